@@ -1,0 +1,1 @@
+"""Wire contracts of managed-backups: commands, events, results, topics (pydantic v2)."""

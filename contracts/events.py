@@ -1,0 +1,190 @@
+"""Domain events as they travel on ``managed-backups.events``, keyed by cluster id.
+
+Each wire event is the envelope (where it sits in the event store, which aggregate, when, who)
+plus the fields of the stored domain event of the same name. The relay builds them from the
+event store; ``extra="forbid"`` makes any drift between a stored event and its contract an error
+in the tests instead of a silent loss.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+from uuid import UUID
+
+from pydantic import Field
+
+from contracts.base import Contract
+from contracts.enums import BackupReason, BackupType, CommandStatus, Engine, Role, Tier
+
+
+class CatalogTable(Contract):
+    name: str
+    row_count: int
+    size_bytes: int
+
+
+class CatalogSchema(Contract):
+    name: str
+    tables: list[CatalogTable]
+
+
+class CatalogDatabase(Contract):
+    name: str
+    schemas: list[CatalogSchema]
+    size_bytes: int = 0
+
+
+class Grant(Contract):
+    role: Role
+    scope: str = Field(description='"*" (everything), "org:<organization>" or "cluster:<id>".')
+
+
+class EventBase(Contract):
+    schema_version: Literal[1] = 1
+    event_id: UUID = Field(description="Stable id of the event: a consumer dedupes on it.")
+    position: int = Field(description="Position in the event store's notification log.")
+    cluster_id: str | None = Field(description="Partition key; None for installation events.")
+    aggregate_id: UUID
+    aggregate_version: int
+    occurred_at: datetime = Field(description="When it happened, on the system's clock.")
+    recorded_at: datetime = Field(description="When the event store recorded it (wall clock).")
+    by: str = Field(description="The principal or service that caused it.")
+
+
+class ClusterRegistered(EventBase):
+    type: Literal["ClusterRegistered"] = "ClusterRegistered"
+    name: str
+    organization: str
+    tier: Tier
+    regions: list[str]
+    engine: Engine
+    database_version: str
+    connection_ref: str
+    backup_region: str
+    enabled: bool
+    frequency_minutes: int
+    retention_days: int
+    command_id: UUID | None
+
+
+class BackupSettingsUpdated(EventBase):
+    type: Literal["BackupSettingsUpdated"] = "BackupSettingsUpdated"
+    enabled: bool
+    frequency_minutes: int
+    retention_days: int
+    retention_changed: bool
+    full_backup_required: bool
+    command_id: UUID | None
+
+
+class ClusterTierChanged(EventBase):
+    type: Literal["ClusterTierChanged"] = "ClusterTierChanged"
+    previous_tier: Tier
+    tier: Tier
+    enabled: bool
+    frequency_minutes: int
+    retention_days: int
+    full_backup_required: bool
+    command_id: UUID | None
+
+
+class ClusterDeleted(EventBase):
+    type: Literal["ClusterDeleted"] = "ClusterDeleted"
+    retention_days: int
+    command_id: UUID | None
+
+
+class BackupScheduled(EventBase):
+    type: Literal["BackupScheduled"] = "BackupScheduled"
+    backup_id: UUID
+    backup_type: BackupType
+    slot: datetime
+    chain_id: UUID = Field(description="The full backup this one belongs to (itself if full).")
+    retention_days: int
+    region: str
+    generation: int = Field(description="Settings generation the slot belongs to.")
+
+
+class BackupStarted(EventBase):
+    type: Literal["BackupStarted"] = "BackupStarted"
+    backup_id: UUID
+    backup_type: BackupType
+    chain_id: UUID
+    reason: BackupReason
+    region: str
+    retention_days: int
+    scheduled_for: datetime | None
+    executor: str
+    lease_until: datetime
+    command_id: UUID | None
+
+
+class BackupCompleted(EventBase):
+    type: Literal["BackupCompleted"] = "BackupCompleted"
+    backup_id: UUID
+    as_of_time: datetime = Field(description='"Data from": the consistent point it holds.')
+    size_bytes: int
+    database_count: int
+    catalog: list[CatalogDatabase]
+    manifest_key: str
+    expires_at: datetime
+
+
+class BackupFailed(EventBase):
+    type: Literal["BackupFailed"] = "BackupFailed"
+    backup_id: UUID
+    error_code: str
+    error_message: str
+    failed_step: str = Field(description="The statement or step that failed.")
+
+
+class BackupVerified(EventBase):
+    type: Literal["BackupVerified"] = "BackupVerified"
+    backup_id: UUID
+    ok: bool
+    chunks_checked: int
+    missing_chunks: list[str]
+    corrupt_chunks: list[str]
+    command_id: UUID | None
+
+
+class ApiKeyIssued(EventBase):
+    type: Literal["ApiKeyIssued"] = "ApiKeyIssued"
+    key_id: str
+    principal: str
+    grants: list[Grant]
+
+
+class ApiKeyRevoked(EventBase):
+    type: Literal["ApiKeyRevoked"] = "ApiKeyRevoked"
+    key_id: str
+
+
+class CommandHandled(EventBase):
+    """The outcome of an authenticated command, kept so a repeated ``command_id`` gets the same
+    result, and for the audit trail (who tried what, and why it was refused)."""
+
+    type: Literal["CommandHandled"] = "CommandHandled"
+    command_id: UUID
+    command_type: str
+    status: CommandStatus
+    code: int
+    reason: str | None
+
+
+DomainEvent = Annotated[
+    ClusterRegistered
+    | BackupSettingsUpdated
+    | ClusterTierChanged
+    | ClusterDeleted
+    | BackupScheduled
+    | BackupStarted
+    | BackupCompleted
+    | BackupFailed
+    | BackupVerified
+    | ApiKeyIssued
+    | ApiKeyRevoked
+    | CommandHandled,
+    Field(discriminator="type"),
+]

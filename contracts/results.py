@@ -1,0 +1,48 @@
+"""The answer to every command, published on ``managed-backups.command-results``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+from uuid import UUID
+
+from pydantic import Field
+
+from contracts.base import Contract
+from contracts.enums import CommandStatus
+
+
+class CommandResult(Contract):
+    schema_version: Literal[1] = 1
+    command_id: UUID | None = Field(
+        description="The command's id; None when the message could not even be parsed."
+    )
+    command_type: str | None = None
+    status: CommandStatus
+    code: int = Field(
+        description=(
+            "HTTP-like status: 200 accepted, 400 bad value, 401 no or wrong credential, "
+            "403 role missing, 404 unknown cluster, 409 conflict, 422 malformed."
+        )
+    )
+    reason: str | None = Field(default=None, description="Why it was rejected, for a human.")
+    cluster_id: str | None = None
+    position: int | None = Field(
+        default=None,
+        description="Event-store position of the last event the command recorded, if any: "
+        "a reader whose projection has reached it sees the change.",
+    )
+    handled_at: datetime
+
+
+class DeadLetter(Contract):
+    """A message that could not be processed, kept for an operator with the error."""
+
+    schema_version: Literal[1] = 1
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    payload: str = Field(description="The message as received (decoded leniently, truncated).")
+    error: str
+    received_at: datetime

@@ -1,0 +1,356 @@
+"""The HTTP API: projection endpoints (queries) and the command gateway (changes).
+
+Queries read the read models kept by the projections service. Changes are published as commands
+on their topic with the caller's bearer token as credential, exactly as any other publisher would;
+the API answers once the command's result is back and the read models have reached the position
+of the events it recorded, so a GET right after a PUT shows the change.
+"""
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from contracts import topics
+from contracts.results import CommandResult
+from services.projections.read_models import Page, ReadModels
+from services.runtime import Runtime
+from shared.clock import SimulatedClock
+from shared.domain.errors import Refused
+from shared.gateway import CommandGateway, CommandTimeout
+from shared.security import Action, Principal
+
+PROJECTION_WAIT_SECONDS = 15.0
+
+
+class BackupsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool
+    frequency_minutes: int
+    retention_days: int
+
+
+class BackupsConfigPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool | None = None
+    frequency_minutes: int | None = None
+    retention_days: int | None = None
+
+
+class ClockAdvance(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    advance_seconds: float = Field(gt=0, le=10 * 365 * 86400)
+
+
+def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"code": status, "message": message})
+
+
+def create_app(runtime: Runtime, gateway: CommandGateway) -> FastAPI:
+    models = ReadModels(runtime.db)
+    models.create()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+
+    app = FastAPI(
+        title="managed-backups",
+        version="1",
+        description="Managed backups for PostgreSQL-compatible clusters.",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Refused)
+    async def refused(request: Request, exc: Refused) -> JSONResponse:
+        return error(exc.code, exc.reason)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for e in exc.errors():
+            loc = ".".join(str(x) for x in e["loc"] if x not in ("body", "query", "path"))
+            parts.append(f"{loc}: {e['msg']}" if loc else str(e["msg"]))
+        return error(400, "; ".join(parts))
+
+    def credential(request: Request) -> str:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise HTTPException(401, "missing bearer token: send Authorization: Bearer <API key>")
+        return token.strip()
+
+    def principal(token: Annotated[str, Depends(credential)]) -> Principal:
+        return runtime.authenticator.authenticate(token)
+
+    Caller = Annotated[Principal, Depends(principal)]
+    Token = Annotated[str, Depends(credential)]
+
+    def visible_cluster(
+        cluster_id: str, who: Principal, action: Action = Action.VIEW_BACKUPS
+    ) -> dict[str, Any]:
+        doc = models.cluster(cluster_id)
+        if doc is None:
+            raise HTTPException(404, f"cluster {cluster_id} is not registered")
+        who.require(action, doc["organization"], cluster_id)
+        return doc
+
+    def live_cluster(
+        cluster_id: str, who: Principal, action: Action = Action.VIEW_BACKUPS
+    ) -> dict[str, Any]:
+        doc = visible_cluster(cluster_id, who, action)
+        if doc["state"] == "DELETED":
+            raise HTTPException(404, f"cluster {cluster_id} was deleted")
+        return doc
+
+    async def wait_for_projection(position: int | None) -> None:
+        if position is None:
+            return
+        deadline = time.monotonic() + PROJECTION_WAIT_SECONDS
+        while await asyncio.to_thread(models.position) < position:
+            if time.monotonic() > deadline:
+                raise HTTPException(
+                    503, "the change is recorded but the views have not caught up yet"
+                )
+            await asyncio.sleep(0.01)
+
+    async def command(topic: str, body: dict[str, Any]) -> CommandResult:
+        body = {"command_id": str(uuid.uuid4()), **body}
+        try:
+            result = await gateway.request(topic, body)
+        except CommandTimeout as exc:
+            raise HTTPException(504, str(exc)) from exc
+        if result.code >= 300:
+            raise HTTPException(result.code, result.reason or "rejected")
+        await wait_for_projection(result.position)
+        return result
+
+    # -- clusters -------------------------------------------------------------------------------
+
+    @app.get("/api/v1/clusters")
+    def list_clusters(who: Caller, show_deleted: bool = False) -> dict[str, Any]:
+        docs = [
+            d
+            for d in models.clusters(include_deleted=show_deleted)
+            if who.can(Action.VIEW_BACKUPS, d["organization"], d["id"])
+        ]
+        return {"clusters": docs}
+
+    @app.get("/api/v1/clusters/{cluster_id}")
+    def get_cluster(cluster_id: str, who: Caller) -> dict[str, Any]:
+        return visible_cluster(cluster_id, who)
+
+    @app.get("/api/v1/clusters/{cluster_id}/events")
+    def cluster_events(
+        cluster_id: str,
+        who: Caller,
+        after: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+    ) -> dict[str, Any]:
+        visible_cluster(cluster_id, who)
+        return {"events": models.audit(cluster_id, after, limit)}
+
+    # -- backup settings ------------------------------------------------------------------------
+
+    def get_config(cluster_id: str, who: Principal) -> dict[str, Any]:
+        config: dict[str, Any] = live_cluster(cluster_id, who)["backups_config"]
+        return config
+
+    async def change_config(cluster_id: str, token: str, change: dict[str, Any]) -> Response:
+        await command(
+            topics.CLUSTER_COMMANDS,
+            {
+                "type": "UpdateBackupSettings",
+                "credential": token,
+                "cluster_id": cluster_id,
+                **change,
+            },
+        )
+        return Response(status_code=200)
+
+    @app.get("/api/v1/clusters/{cluster_id}/backups/config")
+    def get_backups_config(cluster_id: str, who: Caller) -> dict[str, Any]:
+        return get_config(cluster_id, who)
+
+    @app.get("/api/v1/clusters/{cluster_id}/backups-config")
+    def get_backups_config_alias(cluster_id: str, who: Caller) -> dict[str, Any]:
+        return get_config(cluster_id, who)
+
+    @app.put("/api/v1/clusters/{cluster_id}/backups/config")
+    async def put_backups_config(cluster_id: str, body: BackupsConfig, token: Token) -> Response:
+        return await change_config(cluster_id, token, body.model_dump())
+
+    @app.patch("/api/v1/clusters/{cluster_id}/backups-config")
+    async def patch_backups_config(
+        cluster_id: str, body: BackupsConfigPatch, token: Token
+    ) -> Response:
+        return await change_config(cluster_id, token, body.model_dump(exclude_none=True))
+
+    # -- backups --------------------------------------------------------------------------------
+
+    @app.get("/api/v1/clusters/{cluster_id}/backups")
+    def list_backups(
+        cluster_id: str,
+        who: Caller,
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        page: Annotated[int, Query(alias="pagination.page", ge=1)] = 1,
+        limit: Annotated[int, Query(alias="pagination.limit", ge=1, le=1000)] = 100,
+        sort_order: Annotated[
+            Literal["ASC", "DESC", "asc", "desc"], Query(alias="pagination.sort_order")
+        ] = "DESC",
+    ) -> dict[str, Any]:
+        visible_cluster(cluster_id, who)
+        docs, more = models.listed_backups(
+            cluster_id,
+            runtime.clock.now(),
+            start_time,
+            end_time,
+            Page(page, limit, sort_order.upper() == "DESC"),
+        )
+        return {
+            "backups": [
+                {
+                    "id": d["id"],
+                    "as_of_time": d["as_of_time"],
+                    "type": d["type"],
+                    "status": d["status"],
+                    "expires_at": d["expires_at"],
+                    "region": d["region"],
+                    "size_bytes": d["size_bytes"],
+                    "database_count": d["database_count"],
+                }
+                for d in docs
+            ],
+            "pagination": {
+                "next_page": str(page + 1) if more else None,
+                "previous_page": str(page - 1) if page > 1 else None,
+            },
+        }
+
+    @app.get("/api/v1/clusters/{cluster_id}/backups/incomplete")
+    def incomplete_backups(cluster_id: str, who: Caller) -> dict[str, Any]:
+        visible_cluster(cluster_id, who)
+        now = runtime.clock.now()
+        rows = []
+        for d in models.incomplete_backups(cluster_id):
+            started = d["started_at"] or d["scheduled_for"]
+            end = datetime.fromisoformat(d["ended_at"]) if d["ended_at"] else now
+            duration = (end - datetime.fromisoformat(started)).total_seconds() if started else 0.0
+            rows.append(
+                {
+                    "id": d["id"],
+                    "type": d["type"],
+                    "started": started,
+                    "duration_seconds": max(duration, 0.0),
+                    "status": d["status"],
+                    "error": d["error"],
+                    "failed_step": d["failed_step"],
+                    "description": d["description"],
+                }
+            )
+        return {"backups": rows}
+
+    def completed_backup(cluster_id: str, backup_id: str, who: Principal) -> dict[str, Any]:
+        visible_cluster(cluster_id, who)
+        doc = models.backup(cluster_id, backup_id)
+        if doc is None:
+            raise HTTPException(404, f"backup {backup_id} of cluster {cluster_id} is not known")
+        if doc["status"] != "COMPLETE":
+            raise HTTPException(409, f"backup {backup_id} is {doc['status']}, not COMPLETE")
+        return doc
+
+    @app.get("/api/v1/clusters/{cluster_id}/backups/{backup_id}/databases")
+    def backup_databases(cluster_id: str, backup_id: str, who: Caller) -> dict[str, Any]:
+        doc = completed_backup(cluster_id, backup_id, who)
+        databases = []
+        for db in doc["catalog"]:
+            tables = sum(len(s["tables"]) for s in db["schemas"])
+            if tables:
+                databases.append({"name": db["name"], "table_count": tables})
+        return {"databases": databases}
+
+    @app.get("/api/v1/clusters/{cluster_id}/backups/{backup_id}/databases/{database}/tables")
+    def backup_tables(
+        cluster_id: str, backup_id: str, database: str, who: Caller
+    ) -> dict[str, Any]:
+        doc = completed_backup(cluster_id, backup_id, who)
+        for db in doc["catalog"]:
+            if db["name"] == database:
+                return {
+                    "tables": [
+                        {
+                            "schema": s["name"],
+                            "name": t["name"],
+                            "row_count": t["row_count"],
+                            "size_bytes": t["size_bytes"],
+                        }
+                        for s in db["schemas"]
+                        for t in s["tables"]
+                    ]
+                }
+        raise HTTPException(404, f"database {database} is not in backup {backup_id}")
+
+    # -- operations -----------------------------------------------------------------------------
+
+    @app.get("/admin/clock")
+    def get_clock(who: Caller) -> dict[str, Any]:
+        who.require(Action.ADMINISTER, cluster_id="*")
+        clock = runtime.clock
+        if not isinstance(clock, SimulatedClock):
+            return {"simulated": False, "now": clock.now().isoformat(), "services": {}}
+        now = clock.refresh()
+        return {
+            "simulated": True,
+            "now": now.isoformat(),
+            "services": {k: v.isoformat() for k, v in clock.reached().items()},
+        }
+
+    @app.post("/admin/clock")
+    def advance_clock(body: ClockAdvance, who: Caller) -> dict[str, Any]:
+        who.require(Action.ADMINISTER, cluster_id="*")
+        clock = runtime.clock
+        if not isinstance(clock, SimulatedClock):
+            raise HTTPException(
+                409, "the simulated clock is not enabled (managed-backups up --simulated-clock)"
+            )
+        return {"simulated": True, "now": clock.advance(body.advance_seconds).isoformat()}
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "projection_position": models.position()}
+
+    return app
+
+
+async def run(runtime: Runtime, stop: asyncio.Event) -> None:
+    import uvicorn
+
+    from shared.bus import ensure_topics
+
+    settings = runtime.settings
+    await ensure_topics(settings.kafka_bootstrap_servers)
+    gateway = CommandGateway(settings.kafka_bootstrap_servers, f"api-{settings.instance}")
+    await gateway.start()
+    app = create_app(runtime, gateway)
+    config = uvicorn.Config(
+        app, host=settings.api_host, port=settings.api_port, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    await stop.wait()
+    server.should_exit = True
+    await serving
+    await gateway.stop()

@@ -1,0 +1,62 @@
+"""Composition root shared by the services: settings → event store, database, clock, auth."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from dataclasses import dataclass
+
+from shared.clock import Clock, build_clock
+from shared.eventstore import EventStore, open_event_store
+from shared.security import Authenticator, ensure_key_file
+from shared.settings import Settings
+from shared.sqldb import SqlDatabase
+
+SERVICE_CREDENTIAL_ENV = "MANAGED_BACKUPS_SERVICE_CREDENTIAL"
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: EventStore
+    db: SqlDatabase
+    clock: Clock
+    authenticator: Authenticator
+
+    def service_credential(self) -> str:
+        """The key services use for the commands they send each other (e.g. TakeBackup)."""
+        from_env = os.environ.get(SERVICE_CREDENTIAL_ENV)
+        if from_env:
+            return from_env
+        key, _ = ensure_key_file(
+            self.store, self.settings.data_dir / "service-api-key", self.clock, "services"
+        )
+        return key
+
+    def close(self) -> None:
+        self.db.close()
+        self.store.close()
+
+
+def open_runtime(settings: Settings) -> Runtime:
+    store = open_event_store(settings.store_url)
+    db = SqlDatabase(settings.store_url)
+    clock = build_clock(settings, db)
+    return Runtime(settings, store, db, clock, Authenticator(store))
+
+
+def stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+
+def configure_logging(service: str) -> None:
+    logging.basicConfig(
+        level=os.environ.get("MANAGED_BACKUPS_LOG_LEVEL", "INFO"),
+        format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    logging.getLogger("faststream").setLevel(logging.WARNING)

@@ -1,0 +1,106 @@
+"""Handlers of ``managed-backups.cluster-commands``: one function per command.
+
+PRODUCT.md "Clusters" and "Backup settings": registration (with the backup region chosen at random
+from the cluster's regions, for ever), settings changes by the tier rules, tier changes, deletion.
+"""
+
+from __future__ import annotations
+
+import random
+
+from contracts.commands import (
+    ChangeClusterTier,
+    DeleteCluster,
+    RegisterCluster,
+    UpdateBackupSettings,
+)
+from shared.commands import CommandContext, Handled, Handler
+from shared.domain.backup_settings import SettingsChange, initial_settings
+from shared.domain.cluster import Cluster
+from shared.domain.errors import Conflict, NotFound
+from shared.domain.ids import cluster_aggregate_id
+from shared.security import Action, Principal
+
+_random = random.SystemRandom()
+
+
+def load_cluster(context: CommandContext, cluster_id: str) -> Cluster:
+    cluster = context.store.get_or_none(cluster_aggregate_id(cluster_id), Cluster)
+    if cluster is None:
+        raise NotFound(f"cluster {cluster_id} is not registered")
+    if cluster.deleted:
+        raise NotFound(f"cluster {cluster_id} was deleted")
+    return cluster
+
+
+def register_cluster(
+    command: RegisterCluster, principal: Principal, context: CommandContext
+) -> Handled:
+    principal.require(Action.MANAGE_CLUSTERS, organization=command.organization)
+    existing = context.store.get_or_none(cluster_aggregate_id(command.cluster_id), Cluster)
+    if existing is not None:
+        detail = " and was deleted; cluster ids are never reused" if existing.deleted else ""
+        raise Conflict(f"cluster {command.cluster_id} is already registered{detail}")
+    settings = initial_settings(command.tier)
+    cluster = Cluster(
+        cluster_id=command.cluster_id,
+        name=command.name,
+        organization=command.organization,
+        tier=command.tier.value,
+        regions=list(command.regions),
+        engine=command.engine.value,
+        database_version=command.database_version,
+        connection_ref=command.connection_ref,
+        backup_region=_random.choice(command.regions),
+        enabled=settings.enabled,
+        frequency_minutes=settings.frequency_minutes,
+        retention_days=settings.retention_days,
+        command_id=command.command_id,
+        at=context.clock.now(),
+        by=principal.name,
+    )
+    return Handled([cluster], command.cluster_id)
+
+
+def update_backup_settings(
+    command: UpdateBackupSettings, principal: Principal, context: CommandContext
+) -> Handled:
+    cluster = load_cluster(context, command.cluster_id)
+    principal.require(Action.CHANGE_BACKUP_SETTINGS, cluster.organization, cluster.cluster_id)
+    decision = cluster.decide_settings(
+        SettingsChange(command.enabled, command.frequency_minutes, command.retention_days)
+    )
+    if not decision.changed:
+        return Handled([], command.cluster_id)
+    cluster.update_backup_settings(
+        decision, command.command_id, context.clock.now(), principal.name
+    )
+    return Handled([cluster], command.cluster_id)
+
+
+def change_cluster_tier(
+    command: ChangeClusterTier, principal: Principal, context: CommandContext
+) -> Handled:
+    cluster = load_cluster(context, command.cluster_id)
+    principal.require(Action.MANAGE_CLUSTERS, cluster.organization, cluster.cluster_id)
+    changed = cluster.change_tier(
+        command.tier, command.command_id, context.clock.now(), principal.name
+    )
+    return Handled([cluster] if changed else [], command.cluster_id)
+
+
+def delete_cluster(
+    command: DeleteCluster, principal: Principal, context: CommandContext
+) -> Handled:
+    cluster = load_cluster(context, command.cluster_id)
+    principal.require(Action.MANAGE_CLUSTERS, cluster.organization, cluster.cluster_id)
+    cluster.delete(command.command_id, context.clock.now(), principal.name)
+    return Handled([cluster], command.cluster_id)
+
+
+HANDLERS: dict[str, Handler] = {
+    "RegisterCluster": register_cluster,
+    "UpdateBackupSettings": update_backup_settings,
+    "ChangeClusterTier": change_cluster_tier,
+    "DeleteCluster": delete_cluster,
+}

@@ -1,0 +1,257 @@
+"""The schedule loop: decides, for every live cluster, which backup is due and sends TakeBackup.
+
+Exactly once: the backup for a slot gets a deterministic id (cluster, generation, slot) and is
+recorded as ``BackupScheduled`` on the cluster's own stream before TakeBackup is sent. Two
+scheduler instances, or a restarted one, collide on the stream version; the loser re-reads the
+cluster and finds the slot taken. If the process dies between recording and sending, the next
+instance finds a scheduled backup that never started and sends its TakeBackup again (the executor
+ignores a TakeBackup for a backup id it already has).
+
+At most one backup of a cluster in flight: a due slot waits while the last scheduled backup is
+neither COMPLETE nor FAILED; its completion wakes the cluster up.
+
+State comes from the event store only: the clusters (snapshotted aggregates) and the status of
+their latest backups, followed from the notification log; nothing is lost across restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from uuid import UUID, uuid4
+
+from contracts.commands import TakeBackup
+from contracts.enums import BackupReason, BackupStatus, BackupType
+from services.scheduler.cadence import ScheduleView, backup_type_for, due_slot, next_slot
+from shared.clock import Clock
+from shared.domain.backup import Backup
+from shared.domain.cluster import Cluster
+from shared.domain.ids import cluster_aggregate_id, scheduled_backup_id
+from shared.eventstore import EventStore, IntegrityError, event_topics
+
+log = logging.getLogger(__name__)
+TERMINAL = {BackupStatus.COMPLETE.value, BackupStatus.FAILED.value, BackupStatus.EXPIRED.value}
+FOLLOWED = event_topics(
+    Cluster.ClusterRegistered,  # type: ignore[attr-defined]
+    Cluster.BackupSettingsUpdated,  # type: ignore[attr-defined]
+    Cluster.ClusterTierChanged,  # type: ignore[attr-defined]
+    Cluster.ClusterDeleted,  # type: ignore[attr-defined]
+    Cluster.BackupScheduled,  # type: ignore[attr-defined]
+    Backup.BackupStarted,  # type: ignore[attr-defined]
+    Backup.BackupCompleted,  # type: ignore[attr-defined]
+    Backup.BackupFailed,  # type: ignore[attr-defined]
+)
+
+SendTakeBackup = Callable[[TakeBackup], Awaitable[None]]
+
+
+def schedule_view(cluster: Cluster) -> ScheduleView:
+    return ScheduleView(
+        enabled=cluster.enabled,
+        deleted=cluster.deleted,
+        frequency_minutes=cluster.frequency_minutes,
+        generation=cluster.generation,
+        generation_start=cluster.generation_start,
+        full_backup_required=cluster.full_backup_required,
+        last_scheduled=cluster.last_scheduled,
+        chain=cluster.chain,
+    )
+
+
+@dataclass
+class SchedulerStats:
+    scheduled: int = 0
+    conflicts: int = 0
+    resent: int = 0
+    lateness_seconds: list[float] = field(default_factory=list)
+    cpu_seconds: float = 0.0
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: EventStore,
+        clock: Clock,
+        send: SendTakeBackup,
+        credential: str,
+        name: str = "scheduler",
+        poll_seconds: float = 0.05,
+        resend_after_seconds: float = 30.0,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.send = send
+        self.credential = credential
+        self.name = name
+        self.poll_seconds = poll_seconds
+        self.resend_after = resend_after_seconds
+        self.clusters: dict[str, Cluster] = {}
+        self.status: dict[UUID, str] = {}
+        self.sent_at: dict[UUID, float] = {}
+        self.heap: list[tuple[datetime, str]] = []
+        self.dirty: set[str] = set()
+        self.position = 0
+        self.stats = SchedulerStats()
+        self._reported: datetime | None = None
+
+    # -- state from the event store -----------------------------------------------------------
+
+    def bootstrap(self) -> None:
+        self.position = self.store.max_position()
+        after = 0
+        registered = event_topics(Cluster.ClusterRegistered)  # type: ignore[attr-defined]
+        while True:
+            rows = self.store.notifications(after, 1000, registered)
+            for row in rows:
+                cluster_id = self.store.domain_event(row).cluster_id  # type: ignore[attr-defined]
+                self._reload(cluster_id)
+            if len(rows) < 1000:
+                break
+            after = rows[-1].id
+
+    def _reload(self, cluster_id: str) -> Cluster | None:
+        cluster = self.store.get_or_none(cluster_aggregate_id(cluster_id), Cluster)
+        if cluster is None:
+            return None
+        self.clusters[cluster_id] = cluster
+        self.dirty.add(cluster_id)
+        return cluster
+
+    def follow_once(self) -> int:
+        rows = self.store.notifications(self.position, 1000, FOLLOWED)
+        for row in rows:
+            self.position = row.id
+            event = self.store.domain_event(row)
+            cluster_id: str = event.cluster_id  # type: ignore[attr-defined]
+            if isinstance(event, Backup.Event):
+                self.status[event.originator_id] = {
+                    "BackupStarted": BackupStatus.IN_PROGRESS.value,
+                    "BackupCompleted": BackupStatus.COMPLETE.value,
+                    "BackupFailed": BackupStatus.FAILED.value,
+                }[type(event).__name__]
+                self.dirty.add(cluster_id)
+                continue
+            cached = self.clusters.get(cluster_id)
+            if cached is None or cached.version < event.originator_version:
+                self._reload(cluster_id)
+        return len(rows)
+
+    def backup_status(self, backup_id: UUID) -> str | None:
+        """Status of a backup: the followed cache, confirmed from the store when not terminal."""
+        status = self.status.get(backup_id)
+        if status in TERMINAL:
+            return status
+        backup = self.store.get_or_none(backup_id, Backup)
+        if backup is not None:
+            self.status[backup_id] = backup.status
+            return backup.status
+        return None
+
+    # -- decisions -----------------------------------------------------------------------------
+
+    def _push(self, when: datetime, cluster_id: str) -> None:
+        heapq.heappush(self.heap, (when, cluster_id))
+
+    def _due_clusters(self, now: datetime) -> set[str]:
+        due = set(self.dirty)
+        self.dirty.clear()
+        while self.heap and self.heap[0][0] <= now:
+            due.add(heapq.heappop(self.heap)[1])
+        return due
+
+    async def evaluate(self, cluster_id: str, now: datetime) -> None:
+        cluster = self.clusters.get(cluster_id)
+        if cluster is None:
+            return
+        view = schedule_view(cluster)
+        slot = due_slot(view, now)
+        if slot is None:
+            upcoming = next_slot(view)
+            if upcoming is not None:
+                self._push(upcoming, cluster_id)
+            return
+        last = cluster.last_scheduled
+        if last is not None:
+            status = await asyncio.to_thread(self.backup_status, last["backup_id"])
+            if status not in TERMINAL:
+                await self._maybe_resend(cluster, last, status)
+                # Woken by the backup's completion; re-checked now and then in case it is lost.
+                self._push(now + timedelta(seconds=60), cluster_id)
+                return
+        chain_complete = False
+        if cluster.chain is not None:
+            chain_status = await asyncio.to_thread(self.backup_status, cluster.chain["chain_id"])
+            chain_complete = chain_status == BackupStatus.COMPLETE.value
+        backup_type = backup_type_for(view, slot, chain_complete)
+        backup_id = scheduled_backup_id(cluster_id, cluster.generation, slot)
+        chain_id = backup_id if backup_type is BackupType.FULL else cluster.chain["chain_id"]  # type: ignore[index]
+        cluster.schedule_backup(backup_id, backup_type, slot, chain_id, now, self.name)
+        try:
+            await asyncio.to_thread(self.store.save_all, cluster)
+        except IntegrityError:
+            # Another scheduler instance decided first: take its decision from the store.
+            self.stats.conflicts += 1
+            await asyncio.to_thread(self._reload, cluster_id)
+            return
+        self.stats.scheduled += 1
+        self.stats.lateness_seconds.append((now - slot).total_seconds())
+        await self._send(cluster, backup_id)
+        upcoming = next_slot(schedule_view(cluster))
+        if upcoming is not None:
+            self._push(upcoming, cluster_id)
+
+    async def _send(self, cluster: Cluster, backup_id: UUID) -> None:
+        last = cluster.last_scheduled
+        assert last is not None and last["backup_id"] == backup_id
+        command = TakeBackup(
+            command_id=uuid4(),
+            credential=self.credential,
+            cluster_id=cluster.cluster_id,
+            backup_id=backup_id,
+            backup_type=BackupType(last["backup_type"]),
+            reason=BackupReason.SCHEDULED,
+            scheduled_for=last["slot"],
+            chain_id=last["chain_id"],
+            retention_days=cluster.retention_days,
+        )
+        await self.send(command)
+        self.sent_at[backup_id] = time.monotonic()
+
+    async def _maybe_resend(
+        self, cluster: Cluster, last: dict[str, object], status: str | None
+    ) -> None:
+        """A scheduled backup that never started: its TakeBackup was lost (crash), send again."""
+        if status is not None:
+            return
+        backup_id = last["backup_id"]
+        assert isinstance(backup_id, UUID)
+        sent = self.sent_at.get(backup_id)
+        if sent is None or time.monotonic() - sent > self.resend_after:
+            self.stats.resent += 1
+            await self._send(cluster, backup_id)
+
+    # -- loop ----------------------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        started = time.process_time()
+        while await asyncio.to_thread(self.follow_once) == 1000:
+            pass
+        now = self.clock.now()
+        for cluster_id in sorted(self._due_clusters(now)):
+            await self.evaluate(cluster_id, now)
+        if self.clock.simulated and now != self._reported:
+            await asyncio.to_thread(self.clock.report_reached, self.name, now)
+            self._reported = now
+        self.stats.cpu_seconds += time.process_time() - started
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await asyncio.to_thread(self.bootstrap)
+        while not stop.is_set():
+            await self.tick()
+            wake = self.heap[0][0] if self.heap else self.clock.now() + timedelta(hours=1)
+            await self.clock.sleep_until(wake, self.poll_seconds)

@@ -1,0 +1,48 @@
+"""Composition root of the scheduler: cluster-commands consumer + the schedule loop."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pydantic import TypeAdapter
+
+from contracts import topics
+from contracts.commands import ClusterCommand, TakeBackup
+from services.runtime import Runtime
+from services.scheduler.cluster_commands import HANDLERS
+from services.scheduler.scheduler import Scheduler
+from shared.bus import ensure_topics, make_broker, publish_model, subscribe_commands
+from shared.commands import CommandContext, CommandProcessor
+
+GROUP = "managed-backups.scheduler"
+
+
+async def run(runtime: Runtime, stop: asyncio.Event) -> None:
+    settings = runtime.settings
+    await ensure_topics(settings.kafka_bootstrap_servers)
+    broker = make_broker(settings.kafka_bootstrap_servers, f"scheduler-{settings.instance}")
+    processor = CommandProcessor(
+        topics.CLUSTER_COMMANDS,
+        TypeAdapter(ClusterCommand),
+        HANDLERS,
+        CommandContext(runtime.store, runtime.clock, "scheduler"),
+        runtime.authenticator,
+    )
+    subscribe_commands(broker, processor, GROUP)
+    await broker.start()
+
+    async def send(command: TakeBackup) -> None:
+        await publish_model(broker, topics.BACKUP_COMMANDS, command, command.cluster_id)
+
+    scheduler = Scheduler(
+        runtime.store,
+        runtime.clock,
+        send,
+        credential=runtime.service_credential(),
+        poll_seconds=settings.poll_interval_seconds,
+        resend_after_seconds=settings.scheduled_backup_resend_seconds,
+    )
+    try:
+        await scheduler.run(stop)
+    finally:
+        await broker.stop()

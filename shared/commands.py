@@ -1,0 +1,218 @@
+"""Idempotent, authenticated command handling shared by every service.
+
+``CommandProcessor.process`` takes a raw message and always returns a ``CommandResult`` (never
+raises): unparseable → 422 and a dead-letter entry; no or wrong credential → 401; a field that
+does not validate → 400 naming it; a rule that refuses → its status and reason. The outcome of an
+authenticated command is saved atomically with the events it causes, keyed by ``command_id``: a
+repeated command changes nothing and gets the same result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate
+from pydantic import TypeAdapter, ValidationError
+
+from contracts.enums import CommandStatus
+from contracts.results import CommandResult
+from shared.clock import Clock
+from shared.domain.errors import Malformed, Refused
+from shared.domain.outcome import CommandOutcome
+from shared.eventstore import EventStore, IntegrityError
+from shared.security import Authenticator, Principal
+
+log = logging.getLogger(__name__)
+MAX_CONFLICT_RETRIES = 8
+
+
+@dataclass
+class Handled:
+    """What a handler decided: the aggregates to save (atomically with the outcome)."""
+
+    aggregates: list[Aggregate] = field(default_factory=list)
+    cluster_id: str | None = None
+    follow_up: Callable[[], Awaitable[None]] | None = None
+    """Run after the save succeeded (e.g. publishing a command to another service)."""
+
+
+@dataclass(frozen=True)
+class CommandContext:
+    store: EventStore
+    clock: Clock
+    service: str
+
+
+Handler = Callable[[Any, Principal, CommandContext], Handled]
+
+
+@dataclass(frozen=True)
+class Processed:
+    result: CommandResult
+    dead_letter_error: str | None = None
+    follow_up: Callable[[], Awaitable[None]] | None = None
+
+
+def describe_validation_error(exc: ValidationError, tag: str | None) -> str:
+    parts = []
+    for error in exc.errors():
+        loc = [str(x) for x in error["loc"]]
+        if loc and tag is not None and loc[0] == tag:
+            loc = loc[1:]
+        message = str(error["msg"]).removeprefix("Value error, ")
+        parts.append(f"{'.'.join(loc)}: {message}" if loc else message)
+    return "; ".join(parts)
+
+
+class CommandProcessor:
+    def __init__(
+        self,
+        topic: str,
+        adapter: TypeAdapter[Any],
+        handlers: dict[str, Handler],
+        context: CommandContext,
+        authenticator: Authenticator,
+    ) -> None:
+        self.topic = topic
+        self.adapter = adapter
+        self.handlers = handlers
+        self.context = context
+        self.authenticator = authenticator
+
+    def _result(
+        self,
+        command_id: UUID | None,
+        command_type: str | None,
+        code: int,
+        reason: str | None = None,
+        cluster_id: str | None = None,
+        position: int | None = None,
+    ) -> CommandResult:
+        return CommandResult(
+            command_id=command_id,
+            command_type=command_type,
+            status=CommandStatus.ACCEPTED if code < 300 else CommandStatus.REJECTED,
+            code=code,
+            reason=reason,
+            cluster_id=cluster_id,
+            position=position,
+            handled_at=self.context.clock.now(),
+        )
+
+    def process(self, raw: bytes) -> Processed:
+        try:
+            return self._process(raw)
+        except Exception as exc:  # a bug or an outage must not stop the consumer
+            log.exception("command processing failed on %s", self.topic)
+            return Processed(
+                self._result(None, None, 500, f"internal error: {type(exc).__name__}: {exc}"),
+                dead_letter_error=f"internal error: {type(exc).__name__}: {exc}",
+            )
+
+    def _process(self, raw: bytes) -> Processed:
+        try:
+            data = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            error = f"message is not valid JSON: {exc}"
+            return Processed(self._result(None, None, 422, error), dead_letter_error=error)
+        if not isinstance(data, dict):
+            error = f"a command must be a JSON object, got {type(data).__name__}"
+            return Processed(self._result(None, None, 422, error), dead_letter_error=error)
+        command_type = data.get("type") if isinstance(data.get("type"), str) else None
+        try:
+            command_id: UUID | None = UUID(str(data.get("command_id")))
+        except ValueError:
+            command_id = None
+        if command_id is None or command_type is None:
+            missing = "command_id (a UUID)" if command_id is None else "type"
+            error = f"the command has no valid {missing}"
+            return Processed(
+                self._result(command_id, command_type, 422, error), dead_letter_error=error
+            )
+        cluster_hint = data.get("cluster_id") if isinstance(data.get("cluster_id"), str) else None
+        try:
+            principal = self.authenticator.authenticate(data.get("credential"))
+        except Refused as refused:
+            return Processed(
+                self._result(command_id, command_type, refused.code, refused.reason, cluster_hint)
+            )
+        try:
+            command = self.adapter.validate_python(data)
+        except ValidationError as exc:
+            reason = describe_validation_error(exc, command_type)
+            return Processed(self._result(command_id, command_type, 400, reason, cluster_hint))
+        for _ in range(MAX_CONFLICT_RETRIES):
+            known = self.context.store.get_or_none(
+                CommandOutcome.create_id(command_id), CommandOutcome
+            )
+            if known is not None:
+                return Processed(
+                    self._result(
+                        command_id,
+                        known.command_type,
+                        known.code,
+                        known.reason,
+                        known.cluster_id,
+                        self.context.store.max_position(),
+                    )
+                )
+            try:
+                return self._handle(command, command_id, command_type, principal, cluster_hint)
+            except IntegrityError:
+                # Another instance (or a redelivery) recorded concurrently: re-read and decide again.
+                continue
+        return Processed(
+            self._result(command_id, command_type, 409, "too many concurrent changes; retry")
+        )
+
+    def _handle(
+        self,
+        command: Any,
+        command_id: UUID,
+        command_type: str,
+        principal: Principal,
+        cluster_hint: str | None,
+    ) -> Processed:
+        handler = self.handlers.get(command_type)
+        now = self.context.clock.now()
+        try:
+            if handler is None:
+                raise Malformed(f"{command_type} is not handled on {self.topic}")
+            handled = handler(command, principal, self.context)
+        except Refused as refused:
+            outcome = CommandOutcome(
+                command_id=command_id,
+                command_type=command_type,
+                cluster_id=cluster_hint,
+                status=CommandStatus.REJECTED.value,
+                code=refused.code,
+                reason=refused.reason,
+                at=now,
+                by=principal.name,
+            )
+            position = self.context.store.save_all(outcome)
+            return Processed(
+                self._result(
+                    command_id, command_type, refused.code, refused.reason, cluster_hint, position
+                )
+            )
+        outcome = CommandOutcome(
+            command_id=command_id,
+            command_type=command_type,
+            cluster_id=handled.cluster_id,
+            status=CommandStatus.ACCEPTED.value,
+            code=200,
+            reason=None,
+            at=now,
+            by=principal.name,
+        )
+        position = self.context.store.save_all(*handled.aggregates, outcome)
+        return Processed(
+            self._result(command_id, command_type, 200, None, handled.cluster_id, position),
+            follow_up=handled.follow_up,
+        )

@@ -1,0 +1,168 @@
+"""The Backup aggregate: one backup's life, IN_PROGRESS → COMPLETE | FAILED (→ EXPIRED).
+
+Its id is the backup id (deterministic for a scheduled slot), so a duplicate TakeBackup collides
+with the stream that already exists and does nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate, event
+
+from contracts.enums import BackupStatus
+
+
+class Backup(Aggregate):
+    @staticmethod
+    def create_id(backup_id: UUID) -> UUID:
+        return backup_id
+
+    @event("BackupStarted")
+    def __init__(
+        self,
+        backup_id: UUID,
+        cluster_id: str,
+        backup_type: str,
+        chain_id: UUID,
+        reason: str,
+        region: str,
+        retention_days: int,
+        scheduled_for: datetime | None,
+        executor: str,
+        lease_until: datetime,
+        command_id: UUID | None,
+        at: datetime,
+        by: str,
+    ) -> None:
+        self.backup_id = backup_id
+        self.cluster_id = cluster_id
+        self.backup_type = backup_type
+        self.chain_id = chain_id
+        self.reason = reason
+        self.region = region
+        self.retention_days = retention_days
+        self.scheduled_for = scheduled_for
+        self.executor = executor
+        self.lease_until = lease_until
+        self.started_at = at
+        self.status = BackupStatus.IN_PROGRESS.value
+        self.ended_at: datetime | None = None
+        self.as_of_time: datetime | None = None
+        self.expires_at: datetime | None = None
+        self.size_bytes = 0
+        self.error: dict[str, str] | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status != BackupStatus.IN_PROGRESS.value
+
+    def complete(
+        self,
+        as_of_time: datetime,
+        size_bytes: int,
+        catalog: list[dict[str, Any]],
+        manifest_key: str,
+        expires_at: datetime,
+        at: datetime,
+        by: str,
+    ) -> None:
+        self._completed(
+            cluster_id=self.cluster_id,
+            backup_id=self.backup_id,
+            as_of_time=as_of_time,
+            size_bytes=size_bytes,
+            database_count=len(catalog),
+            catalog=catalog,
+            manifest_key=manifest_key,
+            expires_at=expires_at,
+            at=at,
+            by=by,
+        )
+
+    @event("BackupCompleted")
+    def _completed(
+        self,
+        cluster_id: str,
+        backup_id: UUID,
+        as_of_time: datetime,
+        size_bytes: int,
+        database_count: int,
+        catalog: list[dict[str, Any]],
+        manifest_key: str,
+        expires_at: datetime,
+        at: datetime,
+        by: str,
+    ) -> None:
+        self.status = BackupStatus.COMPLETE.value
+        self.as_of_time = as_of_time
+        self.size_bytes = size_bytes
+        self.expires_at = expires_at
+        self.ended_at = at
+
+    def fail(
+        self, error_code: str, error_message: str, failed_step: str, at: datetime, by: str
+    ) -> None:
+        self._failed(
+            cluster_id=self.cluster_id,
+            backup_id=self.backup_id,
+            error_code=error_code,
+            error_message=error_message,
+            failed_step=failed_step,
+            at=at,
+            by=by,
+        )
+
+    @event("BackupFailed")
+    def _failed(
+        self,
+        cluster_id: str,
+        backup_id: UUID,
+        error_code: str,
+        error_message: str,
+        failed_step: str,
+        at: datetime,
+        by: str,
+    ) -> None:
+        self.status = BackupStatus.FAILED.value
+        self.error = {"code": error_code, "message": error_message, "step": failed_step}
+        self.ended_at = at
+
+    def record_verification(
+        self,
+        ok: bool,
+        chunks_checked: int,
+        missing_chunks: list[str],
+        corrupt_chunks: list[str],
+        command_id: UUID | None,
+        at: datetime,
+        by: str,
+    ) -> None:
+        self._verified(
+            cluster_id=self.cluster_id,
+            backup_id=self.backup_id,
+            ok=ok,
+            chunks_checked=chunks_checked,
+            missing_chunks=missing_chunks,
+            corrupt_chunks=corrupt_chunks,
+            command_id=command_id,
+            at=at,
+            by=by,
+        )
+
+    @event("BackupVerified")
+    def _verified(
+        self,
+        cluster_id: str,
+        backup_id: UUID,
+        ok: bool,
+        chunks_checked: int,
+        missing_chunks: list[str],
+        corrupt_chunks: list[str],
+        command_id: UUID | None,
+        at: datetime,
+        by: str,
+    ) -> None:
+        self.verified_ok = ok

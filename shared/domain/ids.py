@@ -1,0 +1,25 @@
+"""Deterministic aggregate ids: the same business key always names the same event stream."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID, uuid5
+
+NAMESPACE = UUID("6f1d3c0e-8a51-4b0e-9a57-1c6d8d2b7a41")
+
+
+def cluster_aggregate_id(cluster_id: str) -> UUID:
+    return uuid5(NAMESPACE, f"cluster:{cluster_id}")
+
+
+def command_outcome_id(command_id: UUID) -> UUID:
+    return uuid5(NAMESPACE, f"command:{command_id}")
+
+
+def api_key_aggregate_id(key_id: str) -> UUID:
+    return uuid5(NAMESPACE, f"api-key:{key_id}")
+
+
+def scheduled_backup_id(cluster_id: str, generation: int, slot: datetime) -> UUID:
+    """The id of the backup for one due slot: a restarted or second scheduler computes the same."""
+    return uuid5(NAMESPACE, f"backup:{cluster_id}:{generation}:{slot.isoformat()}")

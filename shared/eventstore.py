@@ -1,0 +1,163 @@
+"""The event store: the ``eventsourcing`` library's application recorder on PostgreSQL or SQLite.
+
+Every service opens the same store (one events table, one notification log) and appends its
+aggregates' events to it; the relay publishes the notification log to Kafka, projections and the
+scheduler follow it. Stored events are forever: each event class keeps its name and module path
+(``eventsourcing`` records it as the event's topic) and is versioned with ``class_version`` and
+``upcast_vN_vN+1`` methods when its shape changes, so new code reads old events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
+from uuid import UUID, uuid5
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import Aggregate, DomainEventProtocol
+from eventsourcing.persistence import IntegrityError, Notification
+from eventsourcing.utils import get_topic
+from pydantic import TypeAdapter
+
+from contracts.events import DomainEvent, EventBase
+from shared.domain.cluster import Cluster
+from shared.domain.ids import NAMESPACE
+from shared.sqldb import sqlite_path
+
+A = TypeVar("A", bound=Aggregate)
+_WIRE: TypeAdapter[EventBase] = TypeAdapter(DomainEvent)
+# Stored fields that never travel on the wire (a hash of an API key's secret).
+_PRIVATE_FIELDS = {"secret_sha256", "full_backup_required_internal"}
+
+__all__ = ["EventStore", "IntegrityError", "open_event_store", "to_wire_event"]
+
+
+def event_store_env(url: str) -> dict[str, str]:
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        path = sqlite_path(url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return {
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": str(path),
+            "SQLITE_LOCK_TIMEOUT": "60",
+            "CREATE_TABLE": "y",
+        }
+    if parts.scheme in ("postgresql", "postgres", "postgresql+psycopg"):
+        return {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_DBNAME": parts.path.lstrip("/") or "postgres",
+            "POSTGRES_HOST": parts.hostname or "127.0.0.1",
+            "POSTGRES_PORT": str(parts.port or 5432),
+            "POSTGRES_USER": unquote(parts.username or "postgres"),
+            "POSTGRES_PASSWORD": unquote(parts.password or ""),
+            "POSTGRES_POOL_SIZE": "4",
+            "POSTGRES_MAX_OVERFLOW": "4",
+            "POSTGRES_CONN_MAX_AGE": "600",
+            "POSTGRES_LOCK_TIMEOUT": "30",
+            "CREATE_TABLE": "y",
+        }
+    raise ValueError(f"unsupported event store URL {url!r}: use sqlite:/// or postgresql://")
+
+
+class EventStore(Application[UUID]):
+    """One application name for every service, so all share one events table and one log."""
+
+    name = "ManagedBackups"
+    # Clusters accumulate one BackupScheduled per slot; snapshots keep loading them cheap.
+    snapshotting_intervals = {Cluster: 100}
+
+    def get_or_none(self, aggregate_id: UUID, cls: type[A]) -> A | None:
+        try:
+            aggregate: Aggregate = self.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            return None
+        if not isinstance(aggregate, cls):
+            raise TypeError(f"{aggregate_id} is a {type(aggregate).__name__}, not {cls.__name__}")
+        return aggregate
+
+    def save_all(self, *aggregates: Aggregate) -> int | None:
+        """Save atomically; returns the position of the last event recorded (None if none)."""
+        recordings = self.save(*aggregates)
+        positions = [r.notification.id for r in recordings]
+        return max(positions) if positions else None
+
+    def max_position(self) -> int:
+        return self.recorder.max_notification_id() or 0
+
+    def notifications(
+        self, after: int, limit: int, topics: Sequence[str] = ()
+    ) -> list[Notification]:
+        return list(
+            self.recorder.select_notifications(
+                start=after + 1, limit=limit, topics=topics, inclusive_of_start=True
+            )
+        )
+
+    def domain_event(self, notification: Notification) -> DomainEventProtocol[UUID]:
+        return self.mapper.to_domain_event(notification)
+
+    async def follow(
+        self,
+        after: int,
+        topics: Sequence[str] = (),
+        poll: float = 0.05,
+        batch: int = 500,
+    ) -> AsyncIterator[tuple[int, DomainEventProtocol[UUID]]]:
+        """Yield (position, domain event) for every event after ``after``, forever, in order."""
+        position = after
+        while True:
+            rows = await asyncio.to_thread(self.notifications, position, batch, topics)
+            for row in rows:
+                position = row.id
+                yield row.id, self.domain_event(row)
+            if len(rows) < batch:
+                await asyncio.sleep(poll)
+
+
+def open_event_store(url: str, attempts: int = 20) -> EventStore:
+    """Open the store; retries while another process is creating the tables."""
+    for attempt in range(attempts):
+        try:
+            return EventStore(env=event_store_env(url))
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.25)
+    raise AssertionError("unreachable")
+
+
+def event_topics(*classes: type[Any]) -> list[str]:
+    return [get_topic(cls) for cls in classes]
+
+
+def event_id(aggregate_id: UUID, version: int) -> UUID:
+    return uuid5(NAMESPACE, f"event:{aggregate_id}:{version}")
+
+
+def to_wire_event(position: int, event: DomainEventProtocol[UUID]) -> EventBase:
+    """The contract form of a stored domain event (validated: a drift fails loudly)."""
+    fields: dict[str, Any] = dict(event.__dict__)
+    aggregate_id = fields.pop("originator_id")
+    version = fields.pop("originator_version")
+    recorded_at = fields.pop("timestamp")
+    fields.pop("originator_topic", None)
+    for private in _PRIVATE_FIELDS:
+        fields.pop(private, None)
+    payload = {
+        **fields,
+        "type": type(event).__name__,
+        "event_id": event_id(aggregate_id, version),
+        "position": position,
+        "cluster_id": fields.get("cluster_id"),
+        "aggregate_id": aggregate_id,
+        "aggregate_version": version,
+        "occurred_at": fields.pop("at"),
+        "recorded_at": recorded_at,
+    }
+    payload.pop("at", None)
+    wire: EventBase = _WIRE.validate_python(payload)
+    return wire

@@ -1,0 +1,112 @@
+"""Request/response over the topics: publish a command and wait for its result.
+
+Used by the HTTP API (the command gateway) and ``managed-backups publish``. The results consumer
+reads every partition of ``command-results`` from its end (no consumer group: each gateway sees
+every result) and is started before anything is published, so no result can be missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+from uuid import UUID
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from contracts import topics
+from contracts.results import CommandResult
+
+
+class CommandTimeout(TimeoutError):
+    pass
+
+
+class CommandGateway:
+    def __init__(self, bootstrap_servers: str, client_id: str = "managed-backups-gateway") -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.client_id = client_id
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._waiters: dict[UUID, asyncio.Future[CommandResult]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap_servers,
+            enable_idempotence=True,
+            acks="all",
+            client_id=self.client_id,
+        )
+        await self._producer.start()
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap_servers,
+            enable_auto_commit=False,
+            client_id=f"{self.client_id}-results",
+        )
+        await consumer.start()
+        partitions = None
+        for _ in range(100):
+            metadata = await consumer._client.fetch_all_metadata()
+            partitions = metadata.partitions_for_topic(topics.COMMAND_RESULTS)
+            if partitions:
+                break
+            await asyncio.sleep(0.1)
+        if not partitions:
+            raise RuntimeError(f"topic {topics.COMMAND_RESULTS} does not exist")
+        assigned = [TopicPartition(topics.COMMAND_RESULTS, p) for p in sorted(partitions)]
+        consumer.assign(assigned)
+        await consumer.seek_to_end(*assigned)
+        for tp in assigned:  # resolve the end offsets now, before anything is published
+            await consumer.position(tp)
+        self._consumer = consumer
+        self._task = asyncio.create_task(self._read_results(), name="command-results")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def _read_results(self) -> None:
+        assert self._consumer is not None
+        async for record in self._consumer:
+            try:
+                result = CommandResult.model_validate_json(record.value)
+            except ValueError:
+                continue
+            if result.command_id is None:
+                continue
+            waiter = self._waiters.get(result.command_id)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(result)
+
+    async def send(self, topic: str, command: dict[str, Any], key: str | None) -> None:
+        assert self._producer is not None, "start() the gateway first"
+        await self._producer.send_and_wait(
+            topic, json.dumps(command, default=str).encode(), key=key.encode() if key else None
+        )
+
+    async def request(
+        self, topic: str, command: dict[str, Any], timeout: float = 30.0
+    ) -> CommandResult:
+        command_id = UUID(str(command["command_id"]))
+        waiter: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
+        self._waiters[command_id] = waiter
+        try:
+            key = command.get("cluster_id") or command.get("destination_cluster_id")
+            await self.send(topic, command, str(key) if key else None)
+            try:
+                return await asyncio.wait_for(waiter, timeout)
+            except TimeoutError as exc:
+                raise CommandTimeout(
+                    f"no result for command {command_id} on {topics.COMMAND_RESULTS} "
+                    f"within {timeout:.0f} s: is the service consuming {topic} running?"
+                ) from exc
+        finally:
+            self._waiters.pop(command_id, None)

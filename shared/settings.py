@@ -1,0 +1,78 @@
+"""Settings from environment variables, all prefixed ``MANAGED_BACKUPS_``.
+
+Defaults are the embedded ones of ``managed-backups up``: an SQLite event store and local-directory
+object stores under the data directory, Kafka on 127.0.0.1:9092, the API on 127.0.0.1:8080.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1", ""}
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "managed-backups"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MANAGED_BACKUPS_", extra="ignore", frozen=True)
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    event_store_url: str | None = Field(
+        default=None,
+        description="sqlite:///ABS/PATH or postgresql://user:pw@host:port/db; "
+        "default: SQLite file events.sqlite in the data directory.",
+    )
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    environment: str = Field(
+        default="development", description='"production" forbids the simulated clock.'
+    )
+    simulated_clock: bool = False
+    simulated_clock_start: str | None = None
+    region_stores: dict[str, str] = Field(
+        default_factory=dict,
+        description="Object store URL per region (JSON); unlisted regions get a local directory.",
+    )
+    instance: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    relay_batch_size: int = 500
+    poll_interval_seconds: float = 0.05
+    scheduled_backup_resend_seconds: float = 30.0
+
+    @property
+    def store_url(self) -> str:
+        if self.event_store_url:
+            return self.event_store_url
+        return f"sqlite:///{(self.data_dir / 'events.sqlite').resolve()}"
+
+    @property
+    def admin_key_path(self) -> Path:
+        return self.data_dir / "admin-api-key"
+
+    def region_store_url(self, region: str) -> str:
+        if region in self.region_stores:
+            return self.region_stores[region]
+        return (self.data_dir / "objects" / region).resolve().as_uri()
+
+    def production_like(self) -> str | None:
+        """Why this configuration looks like production (None if it does not)."""
+        if self.environment.lower() in ("production", "prod"):
+            return f"MANAGED_BACKUPS_ENVIRONMENT={self.environment}"
+        for server in self.kafka_bootstrap_servers.split(","):
+            host = server.rsplit(":", 1)[0].strip("[]")
+            if host not in LOOPBACK:
+                return f"Kafka at {server} is not on this machine"
+        if self.event_store_url and not self.event_store_url.startswith("sqlite"):
+            host = urlsplit(self.event_store_url).hostname or ""
+            if host not in LOOPBACK:
+                return f"the event store at {host} is not on this machine"
+        return None
