@@ -1,0 +1,51 @@
+"""Fixtures for the real services the integration tests talk to.
+
+Kafka: ``$KAFKA_BOOTSTRAP_SERVERS``, else testcontainers where a Docker engine answers, else a
+real single-node Kafka from the cached Maven Central jars (one per test module, so consumer groups
+and topics of one module never leak into another). PostgreSQL: ``$POSTGRES_URL``, else a container,
+else a throw-away cluster from Debian's postgresql. A service that cannot be had fails the test.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from shared.infra.postgres import postgres_for_tests, url_with_database
+from shared.infra.testing import kafka_for_tests
+
+
+@pytest.fixture(scope="module")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with kafka_for_tests(tmp_path_factory.mktemp("kafka")) as bootstrap:
+        yield bootstrap
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with postgres_for_tests(tmp_path_factory.mktemp("postgres")) as url:
+        yield url
+
+
+def fresh_database(server_url: str) -> str:
+    name = f"mb_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return url_with_database(server_url, name)
+
+
+@pytest.fixture
+def postgres_store_url(postgres_server: str) -> str:
+    return fresh_database(postgres_server)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'events.sqlite'}"
+    server: str = request.getfixturevalue("postgres_server")
+    return fresh_database(server)

@@ -1,0 +1,201 @@
+"""Run the services in-process (each with its own runtime, as separate processes would) for tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from contracts import topics
+from contracts.results import CommandResult
+from services.api.app import create_app
+from services.cli import _service_main
+from services.runtime import Runtime, open_runtime
+from shared.bus import ensure_topics
+from shared.clock import SimulatedClock
+from shared.gateway import CommandGateway
+from shared.security import ensure_key_file
+from shared.settings import Settings
+
+ServiceMain = Callable[[Runtime, asyncio.Event], Awaitable[None]]
+
+
+@dataclass
+class RunningService:
+    name: str
+    runtime: Runtime
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+
+
+@dataclass
+class System:
+    settings: Settings
+    services: dict[str, RunningService] = field(default_factory=dict)
+    admin_key: str = ""
+    gateway: CommandGateway | None = None
+    api_runtime: Runtime | None = None
+    http: httpx.AsyncClient | None = None
+
+    @classmethod
+    async def start(
+        cls,
+        data_dir: Path,
+        store_url: str,
+        kafka: str,
+        services: tuple[str, ...] = ("relay", "projections", "scheduler"),
+        simulated_clock: bool = False,
+        **settings: Any,
+    ) -> System:
+        system = cls(
+            Settings(
+                data_dir=data_dir,
+                event_store_url=store_url,
+                kafka_bootstrap_servers=kafka,
+                simulated_clock=simulated_clock,
+                simulated_clock_start="2026-01-05T00:00:00+00:00",
+                **settings,
+            )
+        )
+        await ensure_topics(kafka)
+        runtime = open_runtime(system.settings)
+        system.admin_key, _ = ensure_key_file(
+            runtime.store, system.settings.admin_key_path, runtime.clock
+        )
+        runtime.service_credential()
+        runtime.close()
+        for name in services:
+            await system.start_service(name)
+        system.gateway = CommandGateway(kafka, f"test-{uuid4().hex[:6]}")
+        await system.gateway.start()
+        system.api_runtime = open_runtime(system.settings)
+        await system.api_runtime.clock.start()
+        app = create_app(system.api_runtime, system.gateway)
+        system.http = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://api",
+            headers={"Authorization": f"Bearer {system.admin_key}"},
+        )
+        return system
+
+    async def start_service(self, name: str, main: ServiceMain | None = None) -> RunningService:
+        runtime = open_runtime(self.settings)
+        await runtime.clock.start()
+        stop = asyncio.Event()
+        task = asyncio.create_task((main or _service_main(name))(runtime, stop), name=name)
+        service = RunningService(name, runtime, stop, task)
+        self.services[name] = service
+        return service
+
+    async def stop_service(self, name: str, kill: bool = False) -> None:
+        service = self.services.pop(name)
+        if kill:
+            service.task.cancel()
+        else:
+            service.stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(service.task, 30)
+        await service.runtime.clock.stop()
+        service.runtime.close()
+
+    async def close(self) -> None:
+        for name in list(self.services):
+            await self.stop_service(name)
+        if self.http is not None:
+            await self.http.aclose()
+        if self.gateway is not None:
+            await self.gateway.stop()
+        if self.api_runtime is not None:
+            await self.api_runtime.clock.stop()
+            self.api_runtime.close()
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    async def command(self, topic: str, body: dict[str, Any], timeout: float = 30) -> CommandResult:
+        assert self.gateway is not None
+        body = {"command_id": str(uuid4()), "credential": self.admin_key, **body}
+        return await self.gateway.request(topic, body, timeout=timeout)
+
+    async def register(self, cluster_id: str, **fields: Any) -> CommandResult:
+        body = {
+            "type": "RegisterCluster",
+            "cluster_id": cluster_id,
+            "name": cluster_id,
+            "organization": "acme",
+            "tier": "STANDARD",
+            "regions": ["us-east-1", "eu-west-1", "ap-south-1"],
+            "database_version": "15",
+            "connection_ref": "postgresql://backup@127.0.0.1:5432/postgres",
+            **fields,
+        }
+        return await self.command(topics.CLUSTER_COMMANDS, body)
+
+    async def wait_projection(self, position: int | None, timeout: float = 15) -> None:
+        assert self.api_runtime is not None
+        from services.projections.read_models import ReadModels
+
+        models = ReadModels(self.api_runtime.db)
+        async with asyncio.timeout(timeout):
+            while await asyncio.to_thread(models.position) < (position or 0):
+                await asyncio.sleep(0.01)
+
+    @property
+    def clock(self) -> SimulatedClock:
+        assert self.api_runtime is not None
+        clock = self.api_runtime.clock
+        assert isinstance(clock, SimulatedClock)
+        return clock
+
+
+async def consume(
+    kafka: str,
+    topic: str,
+    on_record: Callable[[dict[str, Any]], Awaitable[bool] | bool],
+    timeout: float = 60,
+    from_beginning: bool = True,
+) -> None:
+    """Read ``topic`` until ``on_record`` returns True (fails on timeout)."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=kafka,
+        group_id=f"test-{uuid4().hex}",
+        auto_offset_reset="earliest" if from_beginning else "latest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        async with asyncio.timeout(timeout):
+            async for record in consumer:
+                outcome = on_record(json.loads(record.value))
+                if isinstance(outcome, Awaitable):
+                    outcome = await outcome
+                if outcome:
+                    return
+    finally:
+        await consumer.stop()
+
+
+async def publish_raw(kafka: str, topic: str, payload: bytes, key: bytes | None = None) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=kafka)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, payload, key=key)
+    finally:
+        await producer.stop()
+
+
+def iso(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def uuid(value: str) -> UUID:
+    return UUID(value)
