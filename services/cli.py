@@ -82,7 +82,7 @@ def _service_main(name: str) -> Any:
         from services.scheduler.service import run as run_scheduler
 
         return run_scheduler
-    if name == "executor":
+    if name == "backup-executor":
         from services.executor.service import run as run_executor
 
         return run_executor

@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from obstore.store import S3Store
 
-from shared.infra.kafka import LocalKafka, LocalKafkaError, ensure_kafka_jars
+from shared.infra.kafka import KafkaSetupError, LocalKafka, LocalKafkaError, ensure_kafka_jars
 from shared.infra.s3 import LocalS3, create_bucket
 from shared.infra.testing import kafka_for_tests, s3_for_tests
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
+def local_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
     broker = LocalKafka(tmp_path_factory.mktemp("infra-kafka"))
     broker.start()
     try:
@@ -84,30 +84,38 @@ def test_jars_are_cached() -> None:
     assert ensure_kafka_jars() == libs  # idempotent
 
 
-async def test_produce_consume_with_group(kafka: LocalKafka) -> None:
+def test_missing_java_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(KafkaSetupError, match="java was not found"):
+        ensure_kafka_jars(tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+
+
+async def test_produce_consume_with_group(local_kafka: LocalKafka) -> None:
     topic = f"infra-{uuid.uuid4().hex[:8]}"
-    await _produce(kafka.bootstrap_servers, topic, b"one", b"two")
-    got = await _consume(kafka.bootstrap_servers, topic, "g1", 2)
+    await _produce(local_kafka.bootstrap_servers, topic, b"one", b"two")
+    got = await _consume(local_kafka.bootstrap_servers, topic, "g1", 2)
     assert got == [b"one", b"two"]  # same key, same partition: ordered
-    assert await _committed(kafka.bootstrap_servers, topic, "g1") == 2
+    assert await _committed(local_kafka.bootstrap_servers, topic, "g1") == 2
 
 
-async def test_data_survives_stop_restart_and_kill(kafka: LocalKafka) -> None:
+async def test_data_survives_stop_restart_and_kill(local_kafka: LocalKafka) -> None:
     topic = f"durable-{uuid.uuid4().hex[:8]}"
-    servers = kafka.bootstrap_servers
+    servers = local_kafka.bootstrap_servers
     await _produce(servers, topic, b"before-restart")
     assert await _consume(servers, topic, "g-durable", 1) == [b"before-restart"]
 
-    await asyncio.to_thread(kafka.restart)
-    assert kafka.bootstrap_servers == servers  # same port
+    await asyncio.to_thread(local_kafka.restart)
+    assert local_kafka.bootstrap_servers == servers  # same port
     # A new group re-reads the record; the old group's commit survived too.
     assert await _consume(servers, topic, "g-fresh", 1) == [b"before-restart"]
     assert await _committed(servers, topic, "g-durable") == 1
 
     await _produce(servers, topic, b"before-crash")
-    kafka.kill()
-    assert not kafka.is_running()
-    await asyncio.to_thread(kafka.start)
+    local_kafka.kill()
+    assert not local_kafka.is_running()
+    await asyncio.to_thread(local_kafka.start)
     assert await _consume(servers, topic, "g-after-crash", 2) == [
         b"before-restart",
         b"before-crash",
@@ -126,11 +134,11 @@ def test_start_failure_reports_log(tmp_path: Path) -> None:
 
 
 async def test_kafka_for_tests_uses_env(
-    kafka: LocalKafka, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    local_kafka: LocalKafka, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka.bootstrap_servers)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", local_kafka.bootstrap_servers)
     with kafka_for_tests(tmp_path) as servers:
-        assert servers == kafka.bootstrap_servers
+        assert servers == local_kafka.bootstrap_servers
         topic = f"env-{uuid.uuid4().hex[:8]}"
         await _produce(servers, topic, b"x")
         assert await _consume(servers, topic, "g-env", 1) == [b"x"]
