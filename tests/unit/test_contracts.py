@@ -1,0 +1,60 @@
+"""Contracts are closed, immutable, versioned, and exported for every topic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+from pydantic import ValidationError
+
+from contracts import topics
+from contracts.commands import RegisterCluster
+from contracts.export import asyncapi_document, export
+
+
+def register(**kw: object) -> RegisterCluster:
+    body: dict[str, object] = {
+        "command_id": str(uuid4()),
+        "credential": "k",
+        "cluster_id": "c1",
+        "name": "n",
+        "organization": "o",
+        "tier": "STANDARD",
+        "regions": ["us-east-1"],
+        "database_version": "15",
+        "connection_ref": "postgresql://u@h/db",
+    }
+    body.update(kw)
+    return RegisterCluster.model_validate(body)
+
+
+def test_closed_and_immutable() -> None:
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        register(colour="blue")
+    command = register()
+    with pytest.raises(ValidationError):
+        command.name = "other"  # type: ignore[misc]
+    assert command.schema_version == 1
+    assert "credential" not in repr(command)
+
+
+def test_region_rules() -> None:
+    with pytest.raises(ValidationError, match="at least one region"):
+        register(regions=[])
+    with pytest.raises(ValidationError, match="listed more than once"):
+        register(regions=["a", "a"])
+
+
+def test_export_covers_every_topic(tmp_path: Path) -> None:
+    written = export(tmp_path)
+    names = {p.name for p in written}
+    assert "asyncapi.json" in names and "RegisterCluster.schema.json" in names
+    document = json.loads((tmp_path / "asyncapi.json").read_text())
+    assert {c["address"] for c in document["channels"].values()} == set(topics.ALL_TOPICS)
+    assert document == asyncapi_document()
+    for channel in document["channels"].values():
+        for ref in channel["messages"].values():
+            name = ref["$ref"].rsplit("/", 1)[1]
+            assert name in document["components"]["schemas"]
