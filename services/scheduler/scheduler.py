@@ -82,6 +82,7 @@ class Scheduler:
         name: str = "scheduler",
         poll_seconds: float = 0.05,
         resend_after_seconds: float = 30.0,
+        batch_size: int = 500,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -90,6 +91,7 @@ class Scheduler:
         self.name = name
         self.poll_seconds = poll_seconds
         self.resend_after = resend_after_seconds
+        self.batch_size = batch_size
         self.clusters: dict[str, Cluster] = {}
         self.status: dict[UUID, str] = {}
         self.sent_at: dict[UUID, float] = {}
@@ -164,50 +166,86 @@ class Scheduler:
             due.add(heapq.heappop(self.heap)[1])
         return due
 
-    async def evaluate(self, cluster_id: str, now: datetime) -> None:
+    def decide(self, cluster_id: str, now: datetime) -> tuple[Cluster | None, bool]:
+        """Record on the cluster (not yet saved) the backup due now, if any.
+
+        Returns (the cluster with a pending BackupScheduled, or None; whether the cluster's last
+        scheduled backup never started and its TakeBackup should be sent again)."""
         cluster = self.clusters.get(cluster_id)
         if cluster is None:
-            return
+            return None, False
         view = schedule_view(cluster)
         slot = due_slot(view, now)
         if slot is None:
             upcoming = next_slot(view)
             if upcoming is not None:
                 self._push(upcoming, cluster_id)
-            return
+            return None, False
         last = cluster.last_scheduled
         if last is not None:
-            status = await asyncio.to_thread(self.backup_status, last["backup_id"])
+            status = self.backup_status(last["backup_id"])
             if status not in TERMINAL:
-                await self._maybe_resend(cluster, last, status)
                 # Woken by the backup's completion; re-checked now and then in case it is lost.
                 self._push(now + timedelta(seconds=60), cluster_id)
-                return
+                return None, status is None and self._resend_due(last["backup_id"])
         chain_complete = False
         if cluster.chain is not None:
-            chain_status = await asyncio.to_thread(self.backup_status, cluster.chain["chain_id"])
+            chain_status = self.backup_status(cluster.chain["chain_id"])
             chain_complete = chain_status == BackupStatus.COMPLETE.value
         backup_type = backup_type_for(view, slot, chain_complete)
         backup_id = scheduled_backup_id(cluster_id, cluster.generation, slot)
         chain_id = backup_id if backup_type is BackupType.FULL else cluster.chain["chain_id"]  # type: ignore[index]
         cluster.schedule_backup(backup_id, backup_type, slot, chain_id, now, self.name)
-        try:
-            await asyncio.to_thread(self.store.save_all, cluster)
-        except IntegrityError:
-            # Another scheduler instance decided first: take its decision from the store.
-            self.stats.conflicts += 1
-            await asyncio.to_thread(self._reload, cluster_id)
-            return
-        self.stats.scheduled += 1
-        self.stats.lateness_seconds.append((now - slot).total_seconds())
-        await self._send(cluster, backup_id)
-        upcoming = next_slot(schedule_view(cluster))
-        if upcoming is not None:
-            self._push(upcoming, cluster_id)
+        return cluster, False
 
-    async def _send(self, cluster: Cluster, backup_id: UUID) -> None:
+    def _resend_due(self, backup_id: UUID) -> bool:
+        """A scheduled backup that never started: its TakeBackup may have been lost (a crash
+        between recording and sending). Send it again once it has waited ``resend_after``."""
+        first_seen = self.sent_at.setdefault(backup_id, time.monotonic())
+        if time.monotonic() - first_seen > self.resend_after:
+            self.sent_at[backup_id] = time.monotonic()
+            return True
+        return False
+
+    def save_decisions(self, decided: list[Cluster], now: datetime) -> list[Cluster]:
+        """Save in batches (one transaction each). A batch that collides with another scheduler
+        instance is dropped: its clusters are re-read and decided again on the next tick."""
+        saved: list[Cluster] = []
+        for i in range(0, len(decided), self.batch_size):
+            batch = decided[i : i + self.batch_size]
+            try:
+                self.store.save_all(*batch)
+            except IntegrityError:
+                self.stats.conflicts += 1
+                for cluster in batch:
+                    self._reload(cluster.cluster_id)
+                continue
+            for cluster in batch:
+                last = cluster.last_scheduled
+                assert last is not None
+                self.stats.scheduled += 1
+                self.stats.lateness_seconds.append((now - last["slot"]).total_seconds())
+                upcoming = next_slot(schedule_view(cluster))
+                if upcoming is not None:
+                    self._push(upcoming, cluster.cluster_id)
+            saved.extend(batch)
+        return saved
+
+    def _decide_all(self, cluster_ids: list[str], now: datetime) -> tuple[list[Cluster], list[Cluster]]:
+        decided: list[Cluster] = []
+        resend: list[Cluster] = []
+        for cluster_id in cluster_ids:
+            cluster, send_again = self.decide(cluster_id, now)
+            if cluster is not None:
+                decided.append(cluster)
+            elif send_again:
+                resend.append(self.clusters[cluster_id])
+        return self.save_decisions(decided, now), resend
+
+    async def _send(self, cluster: Cluster) -> None:
         last = cluster.last_scheduled
-        assert last is not None and last["backup_id"] == backup_id
+        assert last is not None
+        backup_id = last["backup_id"]
         command = TakeBackup(
             command_id=uuid4(),
             credential=self.credential,
@@ -222,19 +260,6 @@ class Scheduler:
         await self.send(command)
         self.sent_at[backup_id] = time.monotonic()
 
-    async def _maybe_resend(
-        self, cluster: Cluster, last: dict[str, object], status: str | None
-    ) -> None:
-        """A scheduled backup that never started: its TakeBackup was lost (crash), send again."""
-        if status is not None:
-            return
-        backup_id = last["backup_id"]
-        assert isinstance(backup_id, UUID)
-        sent = self.sent_at.get(backup_id)
-        if sent is None or time.monotonic() - sent > self.resend_after:
-            self.stats.resent += 1
-            await self._send(cluster, backup_id)
-
     # -- loop ----------------------------------------------------------------------------------
 
     async def tick(self) -> None:
@@ -242,8 +267,11 @@ class Scheduler:
         while await asyncio.to_thread(self.follow_once) == 1000:
             pass
         now = self.clock.now()
-        for cluster_id in sorted(self._due_clusters(now)):
-            await self.evaluate(cluster_id, now)
+        due = sorted(self._due_clusters(now))
+        if due:
+            saved, resend = await asyncio.to_thread(self._decide_all, due, now)
+            self.stats.resent += len(resend)
+            await asyncio.gather(*(self._send(c) for c in [*saved, *resend]))
         if self.clock.simulated and now != self._reported:
             await asyncio.to_thread(self.clock.report_reached, self.name, now)
             self._reported = now
