@@ -27,7 +27,7 @@ import httpx
 from contracts import topics
 from shared.settings import Settings, default_data_dir
 
-SERVICES = ("relay", "projections", "scheduler", "api")
+SERVICES = ("relay", "projections", "scheduler", "backup-executor", "api")
 
 
 def _settings(data_dir: str | None, **overrides: Any) -> Settings:

@@ -47,6 +47,17 @@ class Settings(BaseSettings):
     relay_batch_size: int = 500
     poll_interval_seconds: float = 0.05
     scheduled_backup_resend_seconds: float = 30.0
+    backup_lease_seconds: float = Field(
+        default=120.0,
+        description="A running backup renews its lease every third of this; an expired lease "
+        "fails the backup (its executor died).",
+    )
+    max_concurrent_backups: int = 2
+    secrets_dir: Path | None = Field(
+        default=None,
+        description="Secret store: holds `pgpass` (libpq format) with the clusters' passwords. "
+        "Default: <data-dir>/secrets.",
+    )
 
     @property
     def store_url(self) -> str:
@@ -57,6 +68,10 @@ class Settings(BaseSettings):
     @property
     def admin_key_path(self) -> Path:
         return self.data_dir / "admin-api-key"
+
+    @property
+    def pgpass_file(self) -> Path:
+        return (self.secrets_dir or self.data_dir / "secrets") / "pgpass"
 
     def region_store_url(self, region: str) -> str:
         if region in self.region_stores:

@@ -199,3 +199,29 @@ def iso(value: str) -> datetime:
 
 def uuid(value: str) -> UUID:
     return UUID(value)
+
+
+async def run_cluster_commands_only(runtime: Runtime, stop: asyncio.Event) -> None:
+    """The scheduler's command consumer without its schedule loop: clusters get registered,
+    but no backup is scheduled (for tests that take backups on demand)."""
+    from pydantic import TypeAdapter
+
+    from contracts.commands import ClusterCommand
+    from services.scheduler.cluster_commands import HANDLERS
+    from shared.bus import make_broker, subscribe_commands
+    from shared.commands import CommandContext, CommandProcessor
+
+    broker = make_broker(runtime.settings.kafka_bootstrap_servers, "test-registry")
+    processor = CommandProcessor(
+        topics.CLUSTER_COMMANDS,
+        TypeAdapter(ClusterCommand),
+        HANDLERS,
+        CommandContext(runtime.store, runtime.clock, "scheduler"),
+        runtime.authenticator,
+    )
+    subscribe_commands(broker, processor, "managed-backups.scheduler")
+    await broker.start()
+    try:
+        await stop.wait()
+    finally:
+        await broker.stop()

@@ -76,6 +76,7 @@ class StandInExecutor:
             backup.complete(
                 as_of_time=now,
                 size_bytes=1,
+                database_count=0,
                 catalog=[],
                 manifest_key="test",
                 expires_at=now + timedelta(days=command.retention_days or 30),

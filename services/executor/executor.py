@@ -1,0 +1,349 @@
+"""The backup-executor: takes and verifies backups (PRODUCT.md "Full and incremental backups").
+
+TakeBackup → BackupStarted (IN_PROGRESS, with a lease) is recorded atomically with the command's
+outcome, then the backup runs in a worker thread through the cluster's engine adapter into its
+backup region's object store → BackupCompleted (COMPLETE) or BackupFailed (error code, message and
+the step or statement that failed). A TakeBackup for a backup id that already exists does nothing.
+VerifyBackup reads every chunk the backup depends on and records which are missing or corrupt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+from contracts.commands import TakeBackup, VerifyBackup
+from contracts.enums import BackupStatus, BackupType
+from services.executor import leases
+from services.executor.dataplane.engine import BackupError, BackupRequest, ErrorCode
+from services.executor.dataplane.manifest import Manifest, list_manifests, read_manifest
+from services.executor.dataplane.objectstore import ObjectStore, open_store
+from services.executor.dataplane.postgres import PostgresAdapter
+from services.executor.dataplane.verify import cleanup_partial, verify_backup
+from services.runtime import Runtime
+from shared.commands import CommandContext, Handled
+from shared.domain.backup import Backup
+from shared.domain.cluster import Cluster
+from shared.domain.errors import BadValue, Conflict, NotFound
+from shared.domain.ids import cluster_aggregate_id
+from shared.eventstore import IntegrityError
+from shared.security import Action, Principal
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Running:
+    backup_id: UUID
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+class BackupExecutor:
+    def __init__(self, runtime: Runtime, name: str) -> None:
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self.name = name
+        self.running: dict[str, Running] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.slots = asyncio.Semaphore(max(1, self.settings.max_concurrent_backups))
+        self._stores: dict[str, ObjectStore] = {}
+        self._stores_lock = threading.Lock()
+        leases.ensure_lease_table(runtime.db)
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def store_for(self, region: str) -> ObjectStore:
+        url = self.settings.region_store_url(region)
+        with self._stores_lock:
+            if url not in self._stores:
+                self._stores[url] = open_store(url)
+            return self._stores[url]
+
+    def adapter_for(self, cluster: Cluster) -> PostgresAdapter:
+        if cluster.engine != "postgres":
+            raise BackupError(
+                ErrorCode.UNSUPPORTED,
+                f"engine {cluster.engine} is not supported yet",
+                "select engine adapter",
+            )
+        env: dict[str, str] = {}
+        if self.settings.pgpass_file.exists():
+            env["PGPASSFILE"] = str(self.settings.pgpass_file)
+        return PostgresAdapter(cluster.connection_ref, env=env)
+
+    def _live_cluster(self, cluster_id: str) -> Cluster:
+        cluster = self.runtime.store.get_or_none(cluster_aggregate_id(cluster_id), Cluster)
+        if cluster is None:
+            raise NotFound(f"cluster {cluster_id} is not registered")
+        if cluster.deleted:
+            raise NotFound(f"cluster {cluster_id} was deleted")
+        return cluster
+
+    def _spawn(self, coroutine: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    # -- TakeBackup ------------------------------------------------------------------------------
+
+    def take_backup(
+        self, command: TakeBackup, principal: Principal, context: CommandContext
+    ) -> Handled:
+        cluster = self._live_cluster(command.cluster_id)
+        principal.require(Action.TAKE_BACKUP, cluster.organization, cluster.cluster_id)
+        if context.store.get_or_none(command.backup_id, Backup) is not None:
+            return Handled([], command.cluster_id)  # a duplicate TakeBackup does nothing
+        running = self.running.get(cluster.cluster_id)
+        if running is not None:
+            raise Conflict(
+                f"backup {running.backup_id} of cluster {cluster.cluster_id} is running; "
+                "a cluster runs one backup at a time"
+            )
+        if command.backup_type is BackupType.FULL:
+            chain_id = command.backup_id
+        elif command.chain_id is not None:
+            chain_id = command.chain_id
+        elif cluster.chain is not None:
+            chain_id = cluster.chain["chain_id"]
+        else:
+            raise Conflict(
+                f"cluster {cluster.cluster_id} has no full backup to build an incremental on"
+            )
+        if command.retention_days is not None and command.retention_days <= 0:
+            raise BadValue("retention_days must be positive")
+        now = context.clock.now()
+        lease = leases.lease_until(now, self.settings.backup_lease_seconds)
+        backup = Backup(
+            backup_id=command.backup_id,
+            cluster_id=cluster.cluster_id,
+            backup_type=command.backup_type.value,
+            chain_id=chain_id,
+            reason=command.reason.value,
+            region=cluster.backup_region,
+            retention_days=command.retention_days or cluster.retention_days,
+            scheduled_for=command.scheduled_for,
+            executor=self.name,
+            lease_until=lease,
+            command_id=command.command_id,
+            at=now,
+            by=principal.name,
+        )
+        async def start() -> None:
+            # Only once BackupStarted is recorded: a failed save leaves nothing behind.
+            await asyncio.to_thread(
+                leases.take,
+                self.runtime.db,
+                command.backup_id,
+                cluster.cluster_id,
+                chain_id,
+                cluster.backup_region,
+                self.name,
+                lease,
+            )
+            running = Running(command.backup_id)
+            self.running[cluster.cluster_id] = running
+            self._spawn(self._run(cluster, backup, running))
+
+        return Handled([backup], cluster.cluster_id, follow_up=start)
+
+    async def _run(self, cluster: Cluster, backup: Backup, running: Running) -> None:
+        try:
+            async with self.slots:
+                work = asyncio.create_task(asyncio.to_thread(self._take, cluster, backup, running))
+                while not work.done():
+                    await asyncio.wait({work}, timeout=self.settings.backup_lease_seconds / 3)
+                    if not work.done():
+                        until = leases.lease_until(
+                            self.runtime.clock.now(), self.settings.backup_lease_seconds
+                        )
+                        await asyncio.to_thread(
+                            leases.renew, self.runtime.db, backup.backup_id, until
+                        )
+                manifest = work.result()
+                await asyncio.to_thread(self._record_completed, backup, manifest)
+        except BackupError as error:
+            await asyncio.to_thread(
+                self._record_failed, backup.backup_id, error.code.value, error.message, error.step
+            )
+        except Exception as error:  # never leave a backup IN_PROGRESS because of a bug
+            log.exception("backup %s failed unexpectedly", backup.backup_id)
+            await asyncio.to_thread(
+                self._record_failed,
+                backup.backup_id,
+                ErrorCode.INTERNAL.value,
+                f"{type(error).__name__}: {error}",
+                "executor",
+            )
+        finally:
+            self.running.pop(cluster.cluster_id, None)
+            await asyncio.to_thread(leases.release, self.runtime.db, backup.backup_id)
+
+    def _take(self, cluster: Cluster, backup: Backup, running: Running) -> Manifest:
+        store = self.store_for(backup.region)
+        adapter = self.adapter_for(cluster)
+        request = BackupRequest(
+            store=store,
+            cluster_id=cluster.cluster_id,
+            backup_id=str(backup.backup_id),
+            cancel=running.cancel,
+        )
+        if backup.backup_type == BackupType.FULL.value:
+            return adapter.full_backup(request)
+        try:
+            chain = list_manifests(store, cluster.cluster_id, str(backup.chain_id))
+        except Exception as exc:
+            raise BackupError(
+                ErrorCode.STORE_FAILED,
+                f"cannot read chain {backup.chain_id}: {exc}",
+                "read chain manifests",
+            ) from exc
+        if not chain:
+            raise BackupError(
+                ErrorCode.INVALID_CHAIN,
+                f"the full backup {backup.chain_id} this incremental depends on is not in the store",
+                "read chain manifests",
+            )
+        previous = max(chain, key=lambda m: m.data_from)
+        return adapter.incremental_backup(request, previous)
+
+    def _record_completed(self, started: Backup, manifest: Manifest) -> None:
+        backup = self.runtime.store.get_or_none(started.backup_id, Backup)
+        if backup is None or backup.is_terminal:
+            return
+        catalog = [
+            {
+                "name": db.name,
+                "size_bytes": db.size_bytes,
+                "schemas": [
+                    {
+                        "name": schema.name,
+                        "tables": [
+                            {"name": t.name, "row_count": t.rows, "size_bytes": t.size_bytes}
+                            for t in schema.tables
+                        ],
+                    }
+                    for schema in db.schemas
+                ],
+            }
+            for db in manifest.catalog.databases
+        ]
+        now = self.runtime.clock.now()
+        backup.complete(
+            as_of_time=manifest.data_from,
+            size_bytes=manifest.totals.new_stored_bytes,
+            database_count=manifest.catalog.database_count,
+            catalog=catalog,
+            manifest_key=f"clusters/{manifest.cluster_id}/chains/{manifest.chain_id}/manifests/{manifest.backup_id}.json",
+            expires_at=manifest.data_from + timedelta(days=backup.retention_days),
+            at=now,
+            by=self.name,
+        )
+        with contextlib.suppress(IntegrityError):  # the reaper failed it first: that stands
+            self.runtime.store.save_all(backup)
+
+    def _record_failed(self, backup_id: UUID, code: str, message: str, step: str) -> bool:
+        backup = self.runtime.store.get_or_none(backup_id, Backup)
+        if backup is None or backup.is_terminal:
+            return False
+        backup.fail(code, message, step, self.runtime.clock.now(), self.name)
+        try:
+            self.runtime.store.save_all(backup)
+        except IntegrityError:
+            return False
+        return True
+
+    # -- leases ----------------------------------------------------------------------------------
+
+    def reap_once(self) -> int:
+        """Fail the backups whose executor died, and delete what they left half-written."""
+        reaped = 0
+        for backup_id, cluster_id, chain_id, region in leases.expired(
+            self.runtime.db, self.runtime.clock.now()
+        ):
+            if any(r.backup_id == backup_id for r in self.running.values()):
+                continue
+            failed = self._record_failed(
+                backup_id,
+                "LEASE_EXPIRED",
+                f"the executor running this backup stopped renewing its lease for "
+                f"{self.settings.backup_lease_seconds:.0f} s (it died or lost the database)",
+                "executor lease",
+            )
+            try:
+                cleanup_partial(self.store_for(region), cluster_id, str(chain_id))
+            except Exception:
+                log.exception("cleaning up after backup %s failed; will retry", backup_id)
+                continue
+            leases.release(self.runtime.db, backup_id)
+            reaped += int(failed)
+        return reaped
+
+    async def reap(self, stop: asyncio.Event) -> None:
+        interval = max(0.2, self.settings.backup_lease_seconds / 6)
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(self.reap_once)
+            except Exception:
+                log.exception("reaping expired leases failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+
+    # -- VerifyBackup ----------------------------------------------------------------------------
+
+    def verify(
+        self, command: VerifyBackup, principal: Principal, context: CommandContext
+    ) -> Handled:
+        cluster = self._live_cluster(command.cluster_id)
+        principal.require(Action.VIEW_BACKUPS, cluster.organization, cluster.cluster_id)
+        backup = context.store.get_or_none(command.backup_id, Backup)
+        if backup is None or backup.cluster_id != cluster.cluster_id:
+            raise NotFound(
+                f"backup {command.backup_id} of cluster {cluster.cluster_id} is not known"
+            )
+        if backup.status != BackupStatus.COMPLETE.value:
+            raise Conflict(
+                f"backup {command.backup_id} is {backup.status}; only a COMPLETE backup can be verified"
+            )
+
+        async def start() -> None:
+            self._spawn(asyncio.to_thread(self._verify, backup, command, principal))
+
+        return Handled([], cluster.cluster_id, follow_up=start)
+
+    def _verify(self, backup: Backup, command: VerifyBackup, principal: Principal) -> None:
+        store = self.store_for(backup.region)
+        missing: list[str] = []
+        corrupt: list[str] = []
+        checked = 0
+        try:
+            manifest = read_manifest(
+                store, backup.cluster_id, str(backup.chain_id), str(backup.backup_id)
+            )
+            report = verify_backup(store, manifest)
+            missing, corrupt, checked = report.missing, report.corrupt, report.chunks_checked
+        except Exception as exc:
+            missing = [f"manifest or chain unreadable: {exc}"]
+        latest = self.runtime.store.get_or_none(backup.backup_id, Backup)
+        assert latest is not None
+        latest.record_verification(
+            ok=not missing and not corrupt,
+            chunks_checked=checked,
+            missing_chunks=missing,
+            corrupt_chunks=corrupt,
+            command_id=command.command_id,
+            at=self.runtime.clock.now(),
+            by=principal.name,
+        )
+        self.runtime.store.save_all(latest)
+
+    async def stop(self) -> None:
+        for running in self.running.values():
+            running.cancel.set()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)

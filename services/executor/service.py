@@ -1,0 +1,38 @@
+"""Composition root of the backup-executor: backup-commands consumer, backups, lease reaper."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pydantic import TypeAdapter
+
+from contracts import topics
+from contracts.commands import BackupCommand
+from services.executor.executor import BackupExecutor
+from services.runtime import Runtime
+from shared.bus import ensure_topics, make_broker, subscribe_commands
+from shared.commands import CommandContext, CommandProcessor
+
+GROUP = "managed-backups.backup-executor"
+
+
+async def run(runtime: Runtime, stop: asyncio.Event) -> None:
+    settings = runtime.settings
+    await ensure_topics(settings.kafka_bootstrap_servers)
+    name = f"backup-executor-{settings.instance}"
+    executor = BackupExecutor(runtime, name)
+    broker = make_broker(settings.kafka_bootstrap_servers, name)
+    processor = CommandProcessor(
+        topics.BACKUP_COMMANDS,
+        TypeAdapter(BackupCommand),
+        {"TakeBackup": executor.take_backup, "VerifyBackup": executor.verify},
+        CommandContext(runtime.store, runtime.clock, name),
+        runtime.authenticator,
+    )
+    subscribe_commands(broker, processor, GROUP)
+    await broker.start()
+    try:
+        await executor.reap(stop)
+    finally:
+        await broker.stop()
+        await executor.stop()

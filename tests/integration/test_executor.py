@@ -1,0 +1,436 @@
+"""The backup-executor as a service: real PostgreSQL source, real broker, both object stores."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import psycopg
+import pytest
+
+from contracts import topics
+from services.executor.service import run as run_executor
+from shared.domain.backup import Backup
+from shared.eventstore import open_event_store
+from shared.infra.postgres import LocalPostgres
+from shared.infra.s3 import LocalS3
+from tests.harness import System, run_cluster_commands_only
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def source() -> Iterator[LocalPostgres]:
+    """The cluster being backed up: two databases with tables, one without."""
+    with LocalPostgres() as pg:
+        with psycopg.connect(pg.url, autocommit=True) as conn:
+            for name in ("shop", "crm", "empty"):
+                conn.execute(f'CREATE DATABASE "{name}"')
+        with psycopg.connect(pg.url_for("shop"), autocommit=True) as conn:
+            conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY, amount numeric, note text)")
+            conn.execute(
+                "INSERT INTO orders SELECT g, g * 1.5, repeat('x', 50) FROM generate_series(1, 20000) g"
+            )
+            conn.execute("CREATE TABLE items (id int PRIMARY KEY, name text)")
+            conn.execute("INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 500) g")
+        with psycopg.connect(pg.url_for("crm"), autocommit=True) as conn:
+            conn.execute("CREATE TABLE contacts (id int PRIMARY KEY, email text)")
+            conn.execute(
+                "INSERT INTO contacts SELECT g, 'c' || g || '@example.com' FROM generate_series(1, 3000) g"
+            )
+            conn.execute("CREATE TABLE events (at timestamptz, what text)")  # no primary key
+            conn.execute(
+                "INSERT INTO events SELECT now(), 'e' || g FROM generate_series(1, 1000) g"
+            )
+        yield pg
+
+
+def connection_ref(pg: LocalPostgres, user: str = "postgres") -> str:
+    return f"postgresql://{user}@127.0.0.1:{pg.port}/postgres"
+
+
+def write_pgpass(
+    data_dir: Path, pg: LocalPostgres, user: str = "postgres", password: str | None = None
+) -> None:
+    secrets = data_dir / "secrets"
+    secrets.mkdir(parents=True, exist_ok=True)
+    path = secrets / "pgpass"
+    with path.open("a") as f:
+        f.write(f"127.0.0.1:{pg.port}:*:{user}:{password or pg.password}\n")
+    path.chmod(0o600)
+
+
+@pytest.fixture
+async def system(tmp_path: Path, kafka: str, source: LocalPostgres) -> AsyncIterator[System]:
+    write_pgpass(tmp_path, source)
+    system = await System.start(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'events.sqlite'}",
+        kafka,
+        services=("projections",),
+        backup_lease_seconds=3.0,
+    )
+    await system.start_service("registry", run_cluster_commands_only)
+    await system.start_service("backup-executor", run_executor)
+    yield system
+    await system.close()
+
+
+async def take(system: System, cluster_id: str, backup_type: str = "FULL", **fields: Any) -> UUID:
+    backup_id = uuid4()
+    result = await system.command(
+        topics.BACKUP_COMMANDS,
+        {
+            "type": "TakeBackup",
+            "cluster_id": cluster_id,
+            "backup_id": str(backup_id),
+            "backup_type": backup_type,
+            **fields,
+        },
+    )
+    assert result.code == 200, result
+    return backup_id
+
+
+async def wait_terminal(system: System, backup_id: UUID, timeout: float = 120) -> Backup:
+    store = open_event_store(system.settings.store_url)
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                backup = await asyncio.to_thread(store.get_or_none, backup_id, Backup)
+                if backup is not None and backup.is_terminal:
+                    await system.wait_projection(store.max_position())
+                    return backup
+                await asyncio.sleep(0.1)
+    finally:
+        store.close()
+
+
+async def test_full_then_incremental_with_views(system: System, source: LocalPostgres) -> None:
+    cluster_id = f"shop-{uuid4().hex[:6]}"
+    assert (await system.register(cluster_id, connection_ref=connection_ref(source))).code == 200
+    full_id = await take(system, cluster_id)
+    full = await wait_terminal(system, full_id)
+    assert full.status == "COMPLETE", full.error
+    with psycopg.connect(source.url_for("shop"), autocommit=True) as conn:
+        conn.execute("UPDATE orders SET amount = amount + 1 WHERE id % 100 = 0")
+        conn.execute("INSERT INTO orders SELECT g, 1, 'new' FROM generate_series(20001, 20200) g")
+    incremental_id = await take(system, cluster_id, "INCREMENTAL", chain_id=str(full_id))
+    incremental = await wait_terminal(system, incremental_id)
+    assert incremental.status == "COMPLETE", incremental.error
+    assert incremental.size_bytes < full.size_bytes / 4
+
+    assert system.http is not None
+    listing = (await system.http.get(f"/api/v1/clusters/{cluster_id}/backups")).json()
+    rows = {r["id"]: r for r in listing["backups"]}
+    assert (
+        rows[str(full_id)]["type"] == "FULL" and rows[str(incremental_id)]["type"] == "INCREMENTAL"
+    )
+    assert rows[str(full_id)]["status"] == "COMPLETE" and rows[str(full_id)]["database_count"] == 2
+    assert rows[str(full_id)]["region"] in ("us-east-1", "eu-west-1", "ap-south-1")
+    assert rows[str(full_id)]["as_of_time"] < rows[str(incremental_id)]["as_of_time"]
+    assert listing["pagination"] == {"next_page": None, "previous_page": None}
+    paged = (
+        await system.http.get(
+            f"/api/v1/clusters/{cluster_id}/backups",
+            params={"pagination.limit": 1, "pagination.sort_order": "ASC"},
+        )
+    ).json()
+    assert [r["id"] for r in paged["backups"]] == [str(full_id)] and paged["pagination"][
+        "next_page"
+    ] == "2"
+
+    databases = (
+        await system.http.get(f"/api/v1/clusters/{cluster_id}/backups/{full_id}/databases")
+    ).json()["databases"]
+    assert sorted((d["name"], d["table_count"]) for d in databases) == [("crm", 2), ("shop", 2)]
+    tables = (
+        await system.http.get(
+            f"/api/v1/clusters/{cluster_id}/backups/{full_id}/databases/shop/tables"
+        )
+    ).json()["tables"]
+    assert {(t["schema"], t["name"]) for t in tables} == {("public", "orders"), ("public", "items")}
+    assert {t["name"]: t["row_count"] for t in tables}["orders"] == 20000
+
+    # A duplicate TakeBackup for the same backup id does nothing.
+    again = await system.command(
+        topics.BACKUP_COMMANDS,
+        {
+            "type": "TakeBackup",
+            "cluster_id": cluster_id,
+            "backup_id": str(full_id),
+            "backup_type": "FULL",
+        },
+    )
+    assert again.code == 200
+    events = (await system.http.get(f"/api/v1/clusters/{cluster_id}/events")).json()["events"]
+    assert [e["type"] for e in events if e.get("backup_id") == str(full_id)] == [
+        "BackupStarted",
+        "BackupCompleted",
+    ]
+
+
+async def test_unreachable_cluster_and_permission_error_end_as_incomplete_backups(
+    system: System, source: LocalPostgres
+) -> None:
+    unreachable = f"gone-{uuid4().hex[:6]}"
+    assert (
+        await system.register(
+            unreachable, connection_ref="postgresql://postgres@127.0.0.1:1/postgres"
+        )
+    ).code == 200
+    failed = await wait_terminal(system, await take(system, unreachable))
+    assert failed.status == "FAILED" and failed.error is not None
+    assert failed.error["code"] == "CONNECTION_FAILED"
+
+    with psycopg.connect(source.url, autocommit=True) as conn:
+        conn.execute("DROP ROLE IF EXISTS weak")
+        conn.execute("CREATE ROLE weak LOGIN PASSWORD 'weakpw'")
+    write_pgpass(system.settings.data_dir, source, "weak", "weakpw")
+    limited = f"weak-{uuid4().hex[:6]}"
+    assert (
+        await system.register(limited, connection_ref=connection_ref(source, "weak"))
+    ).code == 200
+    denied = await wait_terminal(system, await take(system, limited))
+    assert denied.status == "FAILED" and denied.error is not None
+    assert denied.error["code"] == "PERMISSION_DENIED", denied.error
+
+    assert system.http is not None
+    incomplete = (await system.http.get(f"/api/v1/clusters/{limited}/backups/incomplete")).json()[
+        "backups"
+    ]
+    assert incomplete[0]["status"] == "FAILED"
+    assert (
+        incomplete[0]["error"]["code"] == "PERMISSION_DENIED" and incomplete[0]["error"]["message"]
+    )
+    assert incomplete[0]["failed_step"]
+    assert incomplete[0]["duration_seconds"] >= 0
+    assert (await system.http.get(f"/api/v1/clusters/{limited}/backups")).json()["backups"] == []
+
+
+async def verifications(system: System, backup_id: UUID, count: int) -> list[Any]:
+    store = open_event_store(system.settings.store_url)
+    try:
+        async with asyncio.timeout(60):
+            while True:
+                events = [store.domain_event(n) for n in store.notifications(0, 100000)]
+                verified = [
+                    e
+                    for e in events
+                    if type(e).__name__ == "BackupVerified" and e.originator_id == backup_id
+                ]
+                if len(verified) >= count:
+                    return verified
+                await asyncio.sleep(0.1)
+    finally:
+        store.close()
+
+
+async def test_verify_finds_a_corrupted_chunk(system: System, source: LocalPostgres) -> None:
+    cluster_id = f"ver-{uuid4().hex[:6]}"
+    assert (await system.register(cluster_id, connection_ref=connection_ref(source))).code == 200
+    backup_id = await take(system, cluster_id)
+    backup = await wait_terminal(system, backup_id)
+    assert backup.status == "COMPLETE"
+    verify = {"type": "VerifyBackup", "cluster_id": cluster_id, "backup_id": str(backup_id)}
+    assert (await system.command(topics.BACKUP_COMMANDS, verify)).code == 200
+    first = (await verifications(system, backup_id, 1))[0]
+    chunk_dir = (
+        system.settings.data_dir
+        / "objects"
+        / backup.region
+        / "clusters"
+        / cluster_id
+        / "chains"
+        / str(backup_id)
+        / "chunks"
+    )
+    chunks = sorted(p for p in chunk_dir.rglob("*") if p.is_file())
+    assert first.ok is True and first.chunks_checked == len(chunks) > 0
+    victim = max(chunks, key=lambda p: p.stat().st_size)
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    assert (await system.command(topics.BACKUP_COMMANDS, verify)).code == 200
+    second = (await verifications(system, backup_id, 2))[1]
+    assert second.ok is False and second.missing_chunks == []
+    assert [key.rsplit("/", 1)[1] for key in second.corrupt_chunks] == [victim.name]
+    # Not COMPLETE (or unknown): refused with the reason.
+    unknown = await system.command(topics.BACKUP_COMMANDS, {**verify, "backup_id": str(uuid4())})
+    assert unknown.code == 404
+
+
+async def test_s3_region_store(tmp_path: Path, kafka: str, source: LocalPostgres) -> None:
+    write_pgpass(tmp_path, source)
+    with LocalS3() as s3:
+        s3.create_bucket("backups")
+        url = f"s3://backups/mb?endpoint={s3.endpoint_url}&region=us-east-1&allow_http=true&access_key_id=test&secret_access_key=test"
+        system = await System.start(
+            tmp_path,
+            f"sqlite:///{tmp_path / 'events.sqlite'}",
+            kafka,
+            services=("projections",),
+            region_stores={"s3-region": url},
+        )
+        await system.start_service("registry", run_cluster_commands_only)
+        await system.start_service("backup-executor", run_executor)
+        try:
+            cluster_id = f"s3-{uuid4().hex[:6]}"
+            assert (
+                await system.register(
+                    cluster_id, regions=["s3-region"], connection_ref=connection_ref(source)
+                )
+            ).code == 200
+            backup = await wait_terminal(system, await take(system, cluster_id))
+            assert backup.status == "COMPLETE", backup.error
+            assert backup.region == "s3-region"
+            from services.executor.dataplane.objectstore import open_store
+
+            keys = [o.key for o in open_store(url).list(f"clusters/{cluster_id}/")]
+            assert any(k.endswith(f"manifests/{backup.backup_id}.json") for k in keys)
+            assert not (tmp_path / "objects" / "s3-region").exists()
+        finally:
+            await system.close()
+
+
+async def wait_group_members(kafka: str, group: str, pids: list[int], timeout: float = 60) -> None:
+    """Wait until the processes ``pids`` are the group's only members and it is stable."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import GroupCoordinatorNotAvailableError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
+    await admin.start()
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                try:
+                    described = await admin.describe_consumer_groups([group])
+                except GroupCoordinatorNotAvailableError:  # the group does not exist yet
+                    described = []
+                if described and described[0].groups:
+                    group_info = described[0].groups[0]
+                    clients = sorted(int(m[1].rsplit("-", 1)[1]) for m in group_info[5])
+                    if group_info[2] == "Stable" and clients == sorted(pids):
+                        return
+                await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+
+
+def start_executor_process(system: System, log: Path, lease: float) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "MANAGED_BACKUPS_DATA_DIR": str(system.settings.data_dir),
+        "MANAGED_BACKUPS_EVENT_STORE_URL": system.settings.store_url,
+        "MANAGED_BACKUPS_KAFKA_BOOTSTRAP_SERVERS": system.settings.kafka_bootstrap_servers,
+        "MANAGED_BACKUPS_BACKUP_LEASE_SECONDS": str(lease),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "service", "backup-executor"],
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+async def test_executor_killed_mid_backup_fails_within_the_lease_and_leaves_nothing(
+    tmp_path: Path, kafka: str, source: LocalPostgres
+) -> None:
+    with psycopg.connect(source.url, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS big")
+        conn.execute("CREATE DATABASE big")
+    with psycopg.connect(source.url_for("big"), autocommit=True) as conn:
+        conn.execute("CREATE TABLE wide (id bigint PRIMARY KEY, payload text)")
+        conn.execute(
+            "INSERT INTO wide SELECT g, md5(g::text) || repeat(md5((g*7)::text), 12) FROM generate_series(1, 600000) g"
+        )
+    write_pgpass(tmp_path, source)
+    system = await System.start(
+        tmp_path, f"sqlite:///{tmp_path / 'events.sqlite'}", kafka, services=("projections",)
+    )
+    await system.start_service("registry", run_cluster_commands_only)
+    executor = start_executor_process(system, tmp_path / "executor-1.log", lease=4.0)
+    try:
+        cluster_id = f"kill-{uuid4().hex[:6]}"
+        assert (
+            await system.register(cluster_id, connection_ref=connection_ref(source))
+        ).code == 200
+        backup_id = await take(system, cluster_id)
+        store = open_event_store(system.settings.store_url)
+        region_dir = system.settings.data_dir / "objects"
+        async with asyncio.timeout(60):  # wait until it is writing chunks, then kill it
+            while not any(p.is_file() for p in region_dir.rglob("chunks/*/*")):
+                await asyncio.sleep(0.05)
+        executor.send_signal(signal.SIGKILL)
+        executor.wait()
+        killed_at = asyncio.get_running_loop().time()
+        backup = store.get_or_none(backup_id, Backup)
+        assert backup is not None and backup.status == "IN_PROGRESS"
+        executor = start_executor_process(system, tmp_path / "executor-2.log", lease=4.0)
+        failed = await wait_terminal(system, backup_id, timeout=60)
+        assert failed.status == "FAILED" and failed.error is not None
+        assert failed.error["code"] == "LEASE_EXPIRED"
+        assert asyncio.get_running_loop().time() - killed_at < 4.0 * 3
+        chain = region_dir / failed.region / "clusters" / cluster_id / "chains" / str(backup_id)
+        async with asyncio.timeout(30):
+            while chain.exists() and any(p.is_file() for p in chain.rglob("*")):
+                await asyncio.sleep(0.2)
+        assert system.http is not None
+        assert (await system.http.get(f"/api/v1/clusters/{cluster_id}/backups")).json()[
+            "backups"
+        ] == []
+        store.close()
+    finally:
+        executor.terminate()
+        executor.wait()
+        await system.close()
+        with psycopg.connect(source.url, autocommit=True) as conn:
+            conn.execute("DROP DATABASE IF EXISTS big")
+
+
+async def test_two_executors_share_the_work_without_taking_a_backup_twice(
+    tmp_path: Path, kafka: str, source: LocalPostgres
+) -> None:
+    write_pgpass(tmp_path, source)
+    system = await System.start(
+        tmp_path, f"sqlite:///{tmp_path / 'events.sqlite'}", kafka, services=("projections",)
+    )
+    await system.start_service("registry", run_cluster_commands_only)
+    first = start_executor_process(system, tmp_path / "executor-a.log", lease=30)
+    second = start_executor_process(system, tmp_path / "executor-b.log", lease=30)
+    try:
+        await wait_group_members(
+            system.settings.kafka_bootstrap_servers,
+            "managed-backups.backup-executor",
+            [first.pid, second.pid],
+        )
+        clusters = [f"share{i}-{uuid4().hex[:4]}" for i in range(8)]
+        ids = []
+        for cluster_id in clusters:
+            assert (
+                await system.register(cluster_id, connection_ref=connection_ref(source))
+            ).code == 200
+            ids.append(await take(system, cluster_id))
+        backups = [await wait_terminal(system, b, timeout=180) for b in ids]
+        assert all(b.status == "COMPLETE" for b in backups), [b.error for b in backups]
+        assert len({b.executor for b in backups}) == 2
+        store = open_event_store(system.settings.store_url)
+        started = [
+            e
+            for e in (store.domain_event(n) for n in store.notifications(0, 100000))
+            if type(e).__name__ == "BackupStarted"
+        ]
+        store.close()
+        assert sorted(e.originator_id for e in started) == sorted(ids)
+    finally:
+        for proc in (first, second):
+            proc.terminate()
+            proc.wait()
+        await system.close()
