@@ -434,3 +434,50 @@ async def test_two_executors_share_the_work_without_taking_a_backup_twice(
             proc.terminate()
             proc.wait()
         await system.close()
+
+
+async def test_the_scheduler_with_the_real_executor(
+    tmp_path: Path, kafka: str, source: LocalPostgres
+) -> None:
+    """The scheduler's sequence (full, then incrementals on it) taken for real."""
+    write_pgpass(tmp_path, source)
+    system = await System.start(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'events.sqlite'}",
+        kafka,
+        services=("projections", "scheduler"),
+        simulated_clock=True,
+        poll_interval_seconds=0.01,
+    )
+    await system.start_service("backup-executor", run_executor)
+    try:
+        cluster_id = f"sched-{uuid4().hex[:6]}"
+        assert (
+            await system.register(cluster_id, connection_ref=connection_ref(source))
+        ).code == 200
+        assert system.http is not None
+
+        async def listed(count: int) -> list[dict[str, Any]]:
+            async with asyncio.timeout(120):
+                while True:
+                    response = await system.http.get(  # type: ignore[union-attr]
+                        f"/api/v1/clusters/{cluster_id}/backups",
+                        params={"pagination.sort_order": "ASC"},
+                    )
+                    rows = response.json().get("backups", [])
+                    if len(rows) == count and all(r["status"] == "COMPLETE" for r in rows):
+                        return rows  # type: ignore[no-any-return]
+                    await asyncio.sleep(0.1)
+
+        rows = await listed(1)
+        for hour in (1, 2):
+            with psycopg.connect(source.url_for("shop"), autocommit=True) as conn:
+                conn.execute(f"UPDATE orders SET note = 'hour {hour}' WHERE id % 50 = 0")
+            system.clock.advance(3600)
+            rows = await listed(hour + 1)
+        assert [r["type"] for r in rows] == ["FULL", "INCREMENTAL", "INCREMENTAL"]
+        assert rows[1]["size_bytes"] < rows[0]["size_bytes"] / 4
+        expires = [r["expires_at"] for r in rows]
+        assert expires == sorted(expires)
+    finally:
+        await system.close()
