@@ -99,7 +99,9 @@ class SimulatedClock(Clock):
         return datetime.fromisoformat(rows[0][0])
 
     def now(self) -> datetime:
-        return self._now
+        # Read through: a command handled right after someone advanced the clock must see the
+        # new time (a cached value could lag behind by one poll). It is one indexed read.
+        return self.refresh()
 
     def refresh(self) -> datetime:
         self._now = self._read()

@@ -420,7 +420,9 @@ async def test_two_executors_share_the_work_without_taking_a_backup_twice(
             ids.append(await take(system, cluster_id))
         backups = [await wait_terminal(system, b, timeout=180) for b in ids]
         assert all(b.status == "COMPLETE" for b in backups), [b.error for b in backups]
-        assert len({b.executor for b in backups}) == 2
+        used = {b.executor for b in backups}
+        logs = "".join((tmp_path / n).read_text()[-2000:] for n in ("executor-a.log", "executor-b.log"))
+        assert len(used) == 2, (used, logs)
         store = open_event_store(system.settings.store_url)
         started = [
             e
