@@ -328,6 +328,38 @@ def create_app(runtime: Runtime, gateway: CommandGateway) -> FastAPI:
             )
         return {"simulated": True, "now": clock.advance(body.advance_seconds).isoformat()}
 
+    @app.get("/metrics")
+    def metrics(who: Caller) -> Response:
+        """Prometheus text format: per cluster the last successful backup ("data from") and the
+        number of backups per status, so an alert can fire on a cluster that stopped backing up.
+        Scraped with an administrator's bearer token (it names every cluster)."""
+        who.require(Action.ADMINISTER, cluster_id="*")
+        lines = [
+            "# HELP managed_backups_last_successful_backup_timestamp_seconds Data-from time of the "
+            "newest COMPLETE backup.",
+            "# TYPE managed_backups_last_successful_backup_timestamp_seconds gauge",
+        ]
+        counts = [
+            "# HELP managed_backups_backups Backups by status.",
+            "# TYPE managed_backups_backups gauge",
+        ]
+        for cluster_id, status, count, latest in models.backup_metrics():
+            counts.append(
+                f'managed_backups_backups{{cluster="{cluster_id}",status="{status}"}} {count}'
+            )
+            if status == "COMPLETE" and latest:
+                when = datetime.fromisoformat(latest).timestamp()
+                lines.append(
+                    f'managed_backups_last_successful_backup_timestamp_seconds{{cluster="{cluster_id}"}} {when:.3f}'
+                )
+        lines += counts
+        lines += [
+            "# HELP managed_backups_projection_position Event-store position the views reached.",
+            "# TYPE managed_backups_projection_position gauge",
+            f"managed_backups_projection_position {models.position()}",
+        ]
+        return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
         return {"status": "ok", "projection_position": models.position()}

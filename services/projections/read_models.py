@@ -343,6 +343,14 @@ class ReadModels:
         )
         return [json.loads(r[0]) for r in rows]
 
+    def backup_metrics(self) -> list[tuple[str, str, int, str | None]]:
+        """(cluster id, status, count, latest as_of_time) per cluster and status."""
+        rows = self.db.query(
+            f"SELECT cluster_id, status, COUNT(*), MAX(as_of_time) FROM {self.p}backups "
+            "GROUP BY cluster_id, status ORDER BY cluster_id, status"
+        )
+        return [(str(c), str(s), int(n), t) for c, s, n, t in rows]
+
     def dump(self) -> dict[str, list[Any]]:
         """Every row of every table (for comparing a rebuilt projection with the live one)."""
         return {

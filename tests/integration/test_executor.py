@@ -159,6 +159,10 @@ async def test_full_then_incremental_with_views(system: System, source: LocalPos
     assert {(t["schema"], t["name"]) for t in tables} == {("public", "orders"), ("public", "items")}
     assert {t["name"]: t["row_count"] for t in tables}["orders"] == 20000
 
+    metrics = (await system.http.get("/metrics")).text
+    assert f'managed_backups_backups{{cluster="{cluster_id}",status="COMPLETE"}} 2' in metrics
+    assert f'managed_backups_last_successful_backup_timestamp_seconds{{cluster="{cluster_id}"}}' in metrics
+
     # A duplicate TakeBackup for the same backup id does nothing.
     again = await system.command(
         topics.BACKUP_COMMANDS,
