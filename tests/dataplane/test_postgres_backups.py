@@ -155,6 +155,10 @@ def test_full_then_incrementals_store_only_changes_and_rebuild_exactly(
     for db in dbs.values():
         with pg.connect(db) as conn:
             conn.execute("VACUUM ANALYZE")
+    live = {d.name: d for d in pg.adapter().catalog().databases}
+    assert live[dbs["empty"]].table_count == 0 and live[dbs["app"]].table_count == 8
+    assert {t.name for s in live[dbs["shop"]].schemas for t in s.tables} == {"customers", "orders"}
+
     # Both transports in each run: the local store reads every table through psycopg, the S3
     # store streams tables of 1 MiB and more through psql.
     kwargs = {"psql_min_bytes": 1 << 40} if store.kind == "local" else {"psql_min_bytes": 1 << 20}

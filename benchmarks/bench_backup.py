@@ -1,0 +1,427 @@
+"""Backup benchmark: our postgres adapter vs ``pg_dump -Fd -j2`` vs ``pg_dump | restic``.
+
+Run on demand (not in the test suite)::
+
+    python -m benchmarks.bench_backup --scale 60      # >= 1 GB: pgbench -s 60 + wide tables
+    python -m benchmarks.bench_backup --scale 5       # quick check
+
+One run, on a throw-away PostgreSQL (``shared.infra.postgres.LocalPostgres``):
+
+1. data: ``pgbench -i -s SCALE`` plus two wide tables (``events``: jsonb payloads, ``documents``:
+   ~1 KB text bodies) sized with the scale;
+2. full backup: ours (local-directory store) vs ``pg_dump -Fd -j2`` (its default
+   compression) to local disk vs ``pg_dump | restic backup --stdin`` (local repository);
+3. 1% of every table's rows appended: our incremental vs a further restic snapshot;
+4. 1% of the rows updated at random: our incremental vs a further restic snapshot.
+
+Each backup runs in a child process; times are wall-clock, bytes are what landed on disk
+(the store / dump directory / restic repository grew by), peak RSS is the child's
+``ru_maxrss`` (for pipelines: the largest process). Targets (issue 4): full <= 1.3x
+pg_dump's time; appended incremental <= 3% and random-update incremental <= 5% of our full's
+bytes; our bytes <= restic's at every step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared.infra.postgres import LocalPostgres
+
+MiB = 1 << 20
+RESTIC_PASSWORD = "benchmark-only-password"
+
+
+def dir_bytes(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
+@dataclass
+class Result:
+    step: str
+    tool: str
+    seconds: float
+    stored: int
+    peak_rss: int  # bytes
+
+
+# ------------------------------------------------------------------------------ child runners
+def _child_backup(args: dict[str, Any]) -> None:
+    """In a child process: take one backup with our adapter; print JSON."""
+    from services.executor.dataplane.engine import BackupRequest
+    from services.executor.dataplane.manifest import load_manifest
+    from services.executor.dataplane.objectstore import ObjectStore
+    from services.executor.dataplane.postgres import PostgresAdapter
+
+    adapter = PostgresAdapter(
+        args["dsn"], password=os.environ["BENCH_PGPASSWORD"], parallelism=args["parallelism"]
+    )
+    request = BackupRequest(ObjectStore(args["store"]), "bench", args["backup_id"])
+    start = time.perf_counter()
+    if args.get("previous"):
+        previous = load_manifest(Path(args["previous"]).read_bytes())
+        manifest = adapter.incremental_backup(request, previous)
+    else:
+        manifest = adapter.full_backup(request)
+    elapsed = time.perf_counter() - start
+    Path(args["manifest_out"]).write_bytes(manifest.to_json())
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"seconds": elapsed, "peak_rss": rss, "totals": manifest.totals.model_dump()}))
+
+
+def _child_shell(args: dict[str, Any]) -> None:
+    """In a child process: run a shell pipeline; print its time and its largest child's RSS."""
+    start = time.perf_counter()
+    subprocess.run(["bash", "-o", "pipefail", "-c", args["cmd"]], check=True, env=os.environ)
+    elapsed = time.perf_counter() - start
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    print(json.dumps({"seconds": elapsed, "peak_rss": rss}))
+
+
+def _run_child(mode: str, args: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_backup", f"--child-{mode}", json.dumps(args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        check=False,
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"{mode} child failed:\n{out.stdout}\n{out.stderr}")
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+# ------------------------------------------------------------------------------ the run
+class Bench:
+    def __init__(self, scale: int, workdir: Path, parallelism: int) -> None:
+        self.scale = scale
+        self.workdir = workdir
+        self.parallelism = parallelism
+        self.results: list[Result] = []
+        self.pg = LocalPostgres(
+            settings={
+                "shared_buffers": "512MB",
+                "max_wal_size": "8GB",
+                "checkpoint_timeout": "30min",
+                "maintenance_work_mem": "256MB",
+                "work_mem": "64MB",
+                "autovacuum": "off",
+            }
+        )
+        self.store = workdir / "store"
+        self.restic_repo = workdir / "restic"
+        self.manifests = workdir / "manifests"
+        self.manifests.mkdir(parents=True, exist_ok=True)
+
+    # -------------------------------------------------------------- helpers
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
+        env.update(
+            PGPASSWORD=self.pg.password,
+            BENCH_PGPASSWORD=self.pg.password,
+            RESTIC_PASSWORD=RESTIC_PASSWORD,
+            RESTIC_REPOSITORY=str(self.restic_repo),
+        )
+        return env
+
+    def psql(self, sql: str, db: str = "bench") -> None:
+        subprocess.run(
+            [
+                str(self.pg.bindir / "psql"),
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                self.pg.dsn_for(db),
+                "-c",
+                sql,
+            ],
+            check=True,
+            env=self.env,
+        )
+
+    def scalar(self, sql: str, db: str = "bench") -> str:
+        out = subprocess.run(
+            [str(self.pg.bindir / "psql"), "-X", "-q", "-At", "-d", self.pg.dsn_for(db), "-c", sql],
+            check=True,
+            env=self.env,
+            capture_output=True,
+            text=True,
+        )
+        return out.stdout.strip()
+
+    def log(self, msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    # -------------------------------------------------------------- data
+    def generate(self) -> None:
+        self.psql("CREATE DATABASE bench", db="postgres")
+        self.log(f"pgbench -i -s {self.scale}")
+        subprocess.run(
+            [
+                str(self.pg.bindir / "pgbench"),
+                "-i",
+                "-q",
+                "-s",
+                str(self.scale),
+                "-d",
+                self.pg.dsn_for("bench"),
+            ],
+            check=True,
+            env=self.env,
+            capture_output=True,
+        )
+        wide = 8_000 * self.scale
+        self.log(f"wide tables: events and documents, {wide} rows each")
+        self.psql(
+            f"""
+            CREATE TABLE events (
+                id bigint PRIMARY KEY, created_at timestamptz NOT NULL, user_id int NOT NULL,
+                kind text NOT NULL, payload jsonb NOT NULL);
+            INSERT INTO events
+            SELECT g, timestamptz '2024-01-01' + g * interval '1 second', (g::bigint * 7919) % 100000,
+                   (ARRAY['view','click','buy','login','logout'])[1 + g % 5],
+                   jsonb_build_object('session', md5(g::text), 'amount', (g % 1000) / 10.0,
+                                      'tags', jsonb_build_array('t' || g % 17, 't' || g % 31),
+                                      'ua', 'Mozilla/5.0 (X11; Linux x86_64) build ' || g % 97)
+            FROM generate_series(1, {wide}) g;
+            CREATE TABLE documents (
+                id bigint PRIMARY KEY, title text NOT NULL, body text NOT NULL,
+                updated_at timestamptz NOT NULL);
+            INSERT INTO documents
+            SELECT g, 'document ' || g,
+                   array_to_string(ARRAY(SELECT md5((g * 31 + i)::text) || ' lorem ipsum dolor '
+                                         FROM generate_series(1, 20) i), ' '),
+                   timestamptz '2024-01-01' + g * interval '1 minute'
+            FROM generate_series(1, {wide}) g;
+            """
+        )
+        self.psql("VACUUM ANALYZE")
+        self.psql("CHECKPOINT", db="postgres")
+        size = int(self.scalar("SELECT pg_database_size('bench')"))
+        self.log(f"database size: {size / MiB:.0f} MiB")
+        self.db_size = size
+
+    def append_one_percent(self) -> None:
+        self.psql(
+            """
+            INSERT INTO pgbench_accounts
+            SELECT m + g, 1 + (m + g) / 100000, 0, '' FROM (SELECT max(aid) AS m, count(*) AS n
+              FROM pgbench_accounts) s, generate_series(1, (SELECT count(*) / 100 FROM pgbench_accounts)) g;
+            INSERT INTO events
+            SELECT m + g, now(), g % 100000, 'append', jsonb_build_object('session', md5(g::text))
+            FROM (SELECT max(id) AS m FROM events) s, generate_series(1, (SELECT count(*) / 100 FROM events)) g;
+            INSERT INTO documents
+            SELECT m + g, 'appended ' || g, repeat(md5(g::text) || ' appended body ', 20), now()
+            FROM (SELECT max(id) AS m FROM documents) s,
+                 generate_series(1, (SELECT count(*) / 100 FROM documents)) g;
+            INSERT INTO pgbench_history (tid, bid, aid, delta, mtime)
+            SELECT 1 + g % 10, 1, g, g % 100, now() FROM generate_series(1, 1000) g;
+            """
+        )
+
+    def update_one_percent(self) -> None:
+        self.psql(
+            """
+            UPDATE pgbench_accounts SET abalance = abalance + 17
+            WHERE aid IN (SELECT 1 + (hashint4(g::int) & 2147483647) % (SELECT max(aid) FROM pgbench_accounts)
+                          FROM generate_series(1, (SELECT count(*) / 100 FROM pgbench_accounts)) g);
+            UPDATE events SET kind = 'updated', payload = payload || '{"v": 2}'
+            WHERE id IN (SELECT 1 + (hashint4(g::int + 1) & 2147483647) % (SELECT max(id) FROM events)
+                         FROM generate_series(1, (SELECT count(*) / 100 FROM events)) g);
+            UPDATE documents SET title = title || ' (edited)', updated_at = now()
+            WHERE id IN (SELECT 1 + (hashint4(g::int + 2) & 2147483647) % (SELECT max(id) FROM documents)
+                         FROM generate_series(1, (SELECT count(*) / 100 FROM documents)) g);
+            UPDATE pgbench_tellers SET tbalance = tbalance + 1 WHERE tid % 100 = 0;
+            """
+        )
+
+    # -------------------------------------------------------------- tools
+    def ours(self, step: str, backup_id: str, previous: str | None) -> Result:
+        before = dir_bytes(self.store)
+        args = {
+            "dsn": self.pg.dsn_for("postgres"),
+            "store": self.store.as_uri(),
+            "backup_id": backup_id,
+            "previous": str(self.manifests / f"{previous}.json") if previous else None,
+            "manifest_out": str(self.manifests / f"{backup_id}.json"),
+            "parallelism": self.parallelism,
+        }
+        out = _run_child("backup", args, self.env)
+        result = Result(
+            step, "ours", out["seconds"], dir_bytes(self.store) - before, out["peak_rss"]
+        )
+        self.results.append(result)
+        self.log(f"{step}: ours {result.seconds:.1f}s {result.stored / MiB:.1f} MiB")
+        return result
+
+    def pg_dump_dir(self, step: str) -> Result:
+        target = self.workdir / "pg_dump_dir"
+        shutil.rmtree(target, ignore_errors=True)
+        cmd = f"{self.pg.bindir / 'pg_dump'} -Fd -j2 -f {target} -d '{self.pg.dsn_for('bench')}'"
+        out = _run_child("shell", {"cmd": cmd}, self.env)
+        result = Result(step, "pg_dump -Fd -j2", out["seconds"], dir_bytes(target), out["peak_rss"])
+        self.results.append(result)
+        self.log(f"{step}: pg_dump -Fd -j2 {result.seconds:.1f}s {result.stored / MiB:.1f} MiB")
+        return result
+
+    def restic(self, step: str) -> Result:
+        if not self.restic_repo.exists():
+            subprocess.run(
+                ["restic", "init", "--repository-version", "2"],
+                check=True,
+                env=self.env,
+                capture_output=True,
+            )
+        before = dir_bytes(self.restic_repo)
+        cmd = (
+            f"{self.pg.bindir / 'pg_dump'} -d '{self.pg.dsn_for('bench')}'"
+            " | restic backup --quiet --stdin --stdin-filename bench.sql"
+        )
+        out = _run_child("shell", {"cmd": cmd}, self.env)
+        result = Result(
+            step,
+            "pg_dump | restic",
+            out["seconds"],
+            dir_bytes(self.restic_repo) - before,
+            out["peak_rss"],
+        )
+        self.results.append(result)
+        self.log(f"{step}: pg_dump | restic {result.seconds:.1f}s {result.stored / MiB:.1f} MiB")
+        return result
+
+    # -------------------------------------------------------------- main
+    def run(self) -> int:
+        self.pg.start()
+        try:
+            self.generate()
+            full = self.ours("full", "full", None)
+            dump = self.pg_dump_dir("full")
+            restic_full = self.restic("full")
+            self.append_one_percent()
+            inc1 = self.ours("+1% appended", "inc1", "full")
+            restic1 = self.restic("+1% appended")
+            self.update_one_percent()
+            inc2 = self.ours("1% updated", "inc2", "inc1")
+            restic2 = self.restic("1% updated")
+        finally:
+            self.pg.stop()
+        self.report(full, dump, restic_full, inc1, restic1, inc2, restic2)
+        return 0 if self.all_pass else 1
+
+    def report(
+        self,
+        full: Result,
+        dump: Result,
+        restic_full: Result,
+        inc1: Result,
+        restic1: Result,
+        inc2: Result,
+        restic2: Result,
+    ) -> None:
+        print()
+        print(f"scale {self.scale}: database 'bench' {self.db_size / MiB:.0f} MiB on disk")
+        print(
+            f"{'step':<14} {'tool':<17} {'time':>8} {'vs pg_dump':>10} {'stored':>12} {'% our full':>10} {'peak RSS':>9}"
+        )
+        for r in self.results:
+            print(
+                f"{r.step:<14} {r.tool:<17} {r.seconds:>7.1f}s {r.seconds / dump.seconds:>9.2f}x"
+                f" {r.stored / MiB:>9.2f} MiB {100 * r.stored / full.stored:>9.2f}% {r.peak_rss / MiB:>5.0f} MiB"
+            )
+        checks = [
+            (
+                "full time <= 1.3x pg_dump -Fd -j2",
+                full.seconds <= 1.3 * dump.seconds,
+                f"{full.seconds / dump.seconds:.2f}x",
+            ),
+            (
+                "appended incremental <= 3% of full",
+                inc1.stored <= 0.03 * full.stored,
+                f"{100 * inc1.stored / full.stored:.2f}%",
+            ),
+            (
+                "random-update incremental <= 5% of full",
+                inc2.stored <= 0.05 * full.stored,
+                f"{100 * inc2.stored / full.stored:.2f}%",
+            ),
+            (
+                "full bytes <= restic",
+                full.stored <= restic_full.stored,
+                f"{full.stored / MiB:.1f} vs {restic_full.stored / MiB:.1f} MiB",
+            ),
+            (
+                "appended bytes <= restic",
+                inc1.stored <= restic1.stored,
+                f"{inc1.stored / MiB:.2f} vs {restic1.stored / MiB:.2f} MiB",
+            ),
+            (
+                "updated bytes <= restic",
+                inc2.stored <= restic2.stored,
+                f"{inc2.stored / MiB:.2f} vs {restic2.stored / MiB:.2f} MiB",
+            ),
+            (
+                "peak RSS of our backup < 300 MiB",
+                max(full.peak_rss, inc1.peak_rss, inc2.peak_rss) < 300 * MiB,
+                f"{max(full.peak_rss, inc1.peak_rss, inc2.peak_rss) / MiB:.0f} MiB",
+            ),
+        ]
+        print()
+        for name, ok, detail in checks:
+            print(f"  [{'PASS' if ok else 'FAIL'}] {name}: {detail}")
+        self.all_pass = all(ok for _, ok, _ in checks)
+
+    all_pass = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--scale", type=int, default=60, help="pgbench scale (60 gives >= 1 GB)")
+    parser.add_argument("--parallelism", type=int, default=2, help="our table workers")
+    parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary directory")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--child-backup", help=argparse.SUPPRESS)
+    parser.add_argument("--child-shell", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child_backup:
+        _child_backup(json.loads(args.child_backup))
+        return 0
+    if args.child_shell:
+        _child_shell(json.loads(args.child_shell))
+        return 0
+    if shutil.which("restic") is None:
+        raise SystemExit("restic not found (Debian: apt-get install -y restic)")
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-backup-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        return Bench(args.scale, workdir, args.parallelism).run()
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,126 @@
+"""The engine adapter interface: what the executor and the restore service need of an engine.
+
+An adapter turns one database cluster into chunks and a :class:`~.manifest.Manifest`
+(:meth:`EngineAdapter.full_backup`, :meth:`EngineAdapter.incremental_backup`), reports the live
+catalog, and turns a chain of manifests back into table rows
+(:meth:`EngineAdapter.iter_table_rows`) or a restored database. ``postgres`` is the first
+(:mod:`.postgres`); a ``cockroachdb`` adapter implements the same methods.
+
+Every failure the service should report is a :class:`BackupError` with a stable ``code``, a
+human message, and the ``step`` (or SQL statement) that failed. Messages never contain
+passwords: connection parameters travel as a libpq DSN without password, and secrets through
+the adapter's ``password`` / ``env`` arguments.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import ClassVar
+
+from .manifest import Catalog, Manifest
+from .objectstore import ObjectStore
+
+__all__ = [
+    "BackupError",
+    "BackupRequest",
+    "EngineAdapter",
+    "ErrorCode",
+    "RestoreError",
+]
+
+
+class ErrorCode(StrEnum):
+    CONNECTION_FAILED = "CONNECTION_FAILED"
+    """The cluster (or one of its databases) could not be reached."""
+    AUTHENTICATION_FAILED = "AUTHENTICATION_FAILED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    """The backup role lacks a privilege (a table, a database, row-level security...)."""
+    SNAPSHOT_FAILED = "SNAPSHOT_FAILED"
+    DUMP_FAILED = "DUMP_FAILED"
+    """A dump statement or tool failed for another reason."""
+    STORE_FAILED = "STORE_FAILED"
+    """The object store refused a write or read."""
+    DUPLICATE_BACKUP = "DUPLICATE_BACKUP"
+    """A manifest with this backup id already exists."""
+    INVALID_CHAIN = "INVALID_CHAIN"
+    """The previous backup given for an incremental does not fit."""
+    UNSUPPORTED = "UNSUPPORTED"
+    """Server version or feature not supported."""
+    TOOL_MISSING = "TOOL_MISSING"
+    NOT_FOUND = "NOT_FOUND"
+    """A database or table is not in the backup."""
+    CHUNK_MISSING = "CHUNK_MISSING"
+    CHUNK_CORRUPT = "CHUNK_CORRUPT"
+    RESTORE_FAILED = "RESTORE_FAILED"
+    """The destination refused the restored schema or rows."""
+    CANCELLED = "CANCELLED"
+    INTERNAL = "INTERNAL"
+
+
+class BackupError(Exception):
+    """A backup (or restore) failed: ``code``, ``message`` and the ``step`` that failed."""
+
+    def __init__(
+        self, code: ErrorCode | str, message: str, step: str, *, sqlstate: str | None = None
+    ) -> None:
+        self.code = ErrorCode(code)
+        self.message = message
+        self.step = step
+        self.sqlstate = sqlstate
+        super().__init__(f"{self.code.value}: {message} (step: {step})")
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code.value, "message": self.message, "step": self.step}
+
+
+class RestoreError(BackupError):
+    """A restore helper failed (same shape as :class:`BackupError`)."""
+
+
+@dataclass(frozen=True)
+class BackupRequest:
+    """One backup to take.
+
+    ``known_chunks`` (hash → stored size) are chunks already in the chain that need no upload;
+    the adapter adds the previous manifest's own. ``cancel`` aborts the backup as soon as
+    every stream sees it (raises ``BackupError(CANCELLED)``). ``on_progress`` receives the
+    fraction (0..1) of the estimated bytes done.
+    """
+
+    store: ObjectStore
+    cluster_id: str
+    backup_id: str
+    cancel: threading.Event | None = None
+    on_progress: Callable[[float], None] | None = None
+    known_chunks: Mapping[str, int] | None = None
+
+
+class EngineAdapter(ABC):
+    engine: ClassVar[str]
+
+    @abstractmethod
+    def full_backup(self, request: BackupRequest) -> Manifest:
+        """Take a full backup; the new chain's id is ``request.backup_id``."""
+
+    @abstractmethod
+    def incremental_backup(self, request: BackupRequest, previous: Manifest) -> Manifest:
+        """Take an incremental on top of ``previous`` (the latest backup of its chain)."""
+
+    @abstractmethod
+    def catalog(self) -> Catalog:
+        """The live catalog: databases → schemas → tables with sizes and row estimates."""
+
+    @abstractmethod
+    def iter_table_rows(
+        self,
+        store: ObjectStore,
+        chain: Sequence[Manifest],
+        database: str,
+        schema: str,
+        table: str,
+    ) -> Iterator[bytes]:
+        """The table's rows at ``chain[-1]``, as the engine's row stream, verified."""

@@ -1,0 +1,376 @@
+"""Backup manifests: the one immutable document that makes a backup exist.
+
+Layout in a region's object store::
+
+    clusters/{cluster}/chains/{full_backup_id}/manifests/{backup_id}.json
+    clusters/{cluster}/chains/{full_backup_id}/chunks/{hh}/{sha256}
+
+A backup is *listed* (restorable) only once its manifest exists; the manifest is written last
+and exactly once (:meth:`ObjectStore.put_new`). Chunks without a manifest are partial objects of
+a backup whose writer died (see :mod:`.verify` for the clean-up rule).
+
+Versioning: every manifest carries ``schema_version``. :func:`load_manifest` dispatches on it;
+when version 2 comes, keep the version 1 model, add ``ManifestV2`` and an upgrade function,
+and let ``load_manifest`` return the newest model. Models are frozen and forbid unknown fields,
+so a manifest written by a newer writer is refused loudly instead of being half-read.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .objectstore import ObjectNotFound, ObjectStore
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "BackupType",
+    "Catalog",
+    "CatalogDatabase",
+    "CatalogSchema",
+    "CatalogTable",
+    "ChunkRef",
+    "DatabaseBackup",
+    "KeyColumn",
+    "KeySet",
+    "KeySetFormat",
+    "Manifest",
+    "ManifestError",
+    "PgSnapshot",
+    "SequenceValue",
+    "TableBackup",
+    "TableMode",
+    "Totals",
+    "chain_prefix",
+    "check_chain",
+    "chunk_key",
+    "list_manifests",
+    "load_chain",
+    "load_manifest",
+    "manifest_key",
+    "read_manifest",
+    "save_manifest",
+]
+
+SCHEMA_VERSION = 1
+
+
+class ManifestError(Exception):
+    """A manifest is unreadable, of an unknown schema version, or a chain is inconsistent."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class BackupType(StrEnum):
+    FULL = "FULL"
+    INCREMENTAL = "INCREMENTAL"
+
+
+class TableMode(StrEnum):
+    FULL = "FULL"
+    """All rows, in a full backup."""
+    DELTA = "DELTA"
+    """Rows changed since the previous backup of the chain, plus the table's key set."""
+    WHOLE = "WHOLE"
+    """All rows, in an incremental (no usable key, definition changed, ...): see ``reason``."""
+
+
+class KeySetFormat(StrEnum):
+    RANGES = "RANGES"
+    """Single integer key: COPY text lines ``lo<TAB>hi`` of maximal runs of consecutive keys."""
+    KEYS = "KEYS"
+    """COPY text lines of the key columns, in key order."""
+
+
+class ChunkRef(_Model):
+    """A stored chunk: SHA-256 of its raw bytes, raw size, stored (compressed) size."""
+
+    hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+    stored: int = Field(ge=0)
+
+
+class PgSnapshot(_Model):
+    """The exported snapshot a backup was read in (64-bit transaction ids, ``xid8``)."""
+
+    snapshot_id: str
+    xmin: int
+    xmax: int
+    xip: list[int]
+    text: str
+    taken_at: datetime
+    """``statement_timestamp()`` of the statement that took the snapshot."""
+
+    @field_validator("taken_at")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("timestamps must be timezone-aware")
+        return value.astimezone(UTC)
+
+
+class KeyColumn(_Model):
+    name: str
+    type: str
+    """Base type name (``int4``, ``text``, ...)."""
+
+
+class KeySet(_Model):
+    format: KeySetFormat
+    chunks: list[ChunkRef]
+    keys: int
+    """Number of keys (live rows) in the set."""
+    size: int
+    """Raw bytes of the key-set stream."""
+
+
+class SequenceValue(_Model):
+    schema_name: str
+    name: str
+    last_value: int | None
+    """``None`` when the sequence was never used (restore leaves it at its start)."""
+
+
+class TableBackup(_Model):
+    schema_name: str
+    name: str
+    oid: int
+    fingerprint: str
+    """SHA-256 of the table's definition (oid, columns, types, enum labels, key); a change
+    means the next incremental stores the table WHOLE."""
+    columns: list[str]
+    """The COPY column list (generated columns excluded)."""
+    key_columns: list[KeyColumn]
+    """Primary key columns, empty if none."""
+    ordered: bool
+    """Rows are in key order with byte-comparable collation (``COLLATE "C"`` for text keys), so
+    incrementals can be merged onto them."""
+    mode: TableMode
+    reason: str | None = None
+    """Why an incremental stored the table WHOLE."""
+    rows: int
+    """Rows in this backup's data stream (all rows, or the changed rows for DELTA)."""
+    live_rows: int
+    """Rows of the table at the snapshot."""
+    data: list[ChunkRef]
+    data_size: int
+    """Raw bytes of the data stream (COPY text)."""
+    key_set: KeySet | None = None
+    size_bytes: int
+    """``pg_total_relation_size`` at backup time."""
+
+
+class DatabaseBackup(_Model):
+    name: str
+    encoding: str
+    collate: str
+    ctype: str
+    size_bytes: int
+    snapshot: PgSnapshot
+    """The database's exported snapshot (one per database: PostgreSQL does not let a
+    snapshot be imported into another database)."""
+    schema_archive: list[ChunkRef]
+    """``pg_dump --schema-only -Fc`` archive (filterable with ``pg_restore -l`` / ``-L``)."""
+    schema_archive_size: int
+    tables: list[TableBackup]
+    sequences: list[SequenceValue] = []
+
+
+class CatalogTable(_Model):
+    name: str
+    rows: int
+    size_bytes: int
+
+
+class CatalogSchema(_Model):
+    name: str
+    tables: list[CatalogTable]
+
+
+class CatalogDatabase(_Model):
+    name: str
+    table_count: int
+    """0 for a database without tables (views leave such databases out)."""
+    size_bytes: int
+    schemas: list[CatalogSchema]
+
+
+class Catalog(_Model):
+    databases: list[CatalogDatabase]
+
+    @property
+    def database_count(self) -> int:
+        """Databases that hold at least one table (what the backups view counts)."""
+        return sum(1 for db in self.databases if db.table_count > 0)
+
+
+class Totals(_Model):
+    logical_bytes: int
+    """Raw bytes of every stream of this backup (COPY text, archives, key sets)."""
+    stored_bytes: int
+    """Stored (compressed) bytes of every chunk this backup references, each counted once."""
+    new_stored_bytes: int
+    """Bytes of the chunks this backup added to the store (its manifest comes on top: the
+    size ``save_manifest`` returns)."""
+    chunks: int
+    """Distinct chunks referenced."""
+    new_chunks: int
+
+
+class Manifest(_Model):
+    schema_version: Literal[1] = 1
+    engine: Literal["postgres"] = "postgres"
+    backup_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,128}$")
+    cluster_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,128}$")
+    type: BackupType
+    chain_id: str
+    """The full backup this one belongs to (itself for a full)."""
+    parent_id: str | None
+    """The previous backup of the chain (``None`` for a full)."""
+    data_from: datetime
+    """Every transaction committed before this instant is in the backup (UTC): the earliest
+    of the databases' snapshot times."""
+    started_at: datetime
+    completed_at: datetime
+    server_version: str
+    server_version_num: int
+    system_identifier: int | None = None
+    """``pg_control_system()``; ``None`` when the backup role may not read it."""
+    timeline_id: int | None = None
+    """``pg_control_checkpoint()``; ``None`` when the backup role may not read it."""
+    globals_dump: list[ChunkRef]
+    """``pg_dumpall --globals-only`` (roles, tablespaces) as SQL."""
+    globals_without_passwords: bool = False
+    databases: list[DatabaseBackup]
+    catalog: Catalog
+    totals: Totals
+
+    @field_validator("data_from", "started_at", "completed_at")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("timestamps must be timezone-aware")
+        return value.astimezone(UTC)
+
+    def database(self, name: str) -> DatabaseBackup:
+        for db in self.databases:
+            if db.name == name:
+                return db
+        raise KeyError(f"database {name!r} not in backup {self.backup_id}")
+
+    def table(self, database: str, schema: str, table: str) -> TableBackup | None:
+        for db in self.databases:
+            if db.name == database:
+                for t in db.tables:
+                    if t.schema_name == schema and t.name == table:
+                        return t
+        return None
+
+    def chunk_refs(self) -> Iterator[ChunkRef]:
+        """Every chunk this manifest references itself (not its parents'), with repeats."""
+        yield from self.globals_dump
+        for db in self.databases:
+            yield from db.schema_archive
+            for t in db.tables:
+                yield from t.data
+                if t.key_set is not None:
+                    yield from t.key_set.chunks
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(indent=None).encode()
+
+
+# ---------------------------------------------------------------------------- keys
+def chain_prefix(cluster_id: str, chain_id: str) -> str:
+    return f"clusters/{cluster_id}/chains/{chain_id}"
+
+
+def chunk_key(cluster_id: str, chain_id: str, digest: str) -> str:
+    return f"{chain_prefix(cluster_id, chain_id)}/chunks/{digest[:2]}/{digest}"
+
+
+def manifest_key(cluster_id: str, chain_id: str, backup_id: str) -> str:
+    return f"{chain_prefix(cluster_id, chain_id)}/manifests/{backup_id}.json"
+
+
+# ---------------------------------------------------------------------------- I/O
+def load_manifest(data: bytes) -> Manifest:
+    """Parse a stored manifest of any known schema version into the current model."""
+    try:
+        raw = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"manifest is not JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ManifestError("manifest is not a JSON object")
+    version = raw.get("schema_version")
+    if version == 1:
+        try:
+            return Manifest.model_validate(raw)
+        except ValueError as exc:
+            raise ManifestError(f"invalid version 1 manifest: {exc}") from None
+    raise ManifestError(f"unsupported manifest schema_version {version!r}")
+
+
+def save_manifest(store: ObjectStore, manifest: Manifest) -> int:
+    """Write the manifest once (fails with ``ObjectExists`` if it is already there)."""
+    data = manifest.to_json()
+    store.put_new(manifest_key(manifest.cluster_id, manifest.chain_id, manifest.backup_id), data)
+    return len(data)
+
+
+def read_manifest(store: ObjectStore, cluster_id: str, chain_id: str, backup_id: str) -> Manifest:
+    return load_manifest(store.get(manifest_key(cluster_id, chain_id, backup_id)))
+
+
+def list_manifests(store: ObjectStore, cluster_id: str, chain_id: str) -> list[Manifest]:
+    """Every manifest of a chain, oldest first (by ``data_from``)."""
+    prefix = f"{chain_prefix(cluster_id, chain_id)}/manifests/"
+    out = [
+        load_manifest(store.get(info.key))
+        for info in store.list(prefix)
+        if info.key.endswith(".json")
+    ]
+    return sorted(out, key=lambda m: (m.data_from, m.type != BackupType.FULL))
+
+
+def load_chain(store: ObjectStore, manifest: Manifest) -> list[Manifest]:
+    """``manifest`` and its parents back to the full, oldest first (read from the store)."""
+    chain = [manifest]
+    seen = {manifest.backup_id}
+    current = manifest
+    while current.parent_id is not None:
+        try:
+            current = read_manifest(store, current.cluster_id, current.chain_id, current.parent_id)
+        except ObjectNotFound:
+            raise ManifestError(
+                f"backup {chain[-1].backup_id}: parent {chain[-1].parent_id} has no manifest"
+            ) from None
+        if current.backup_id in seen:
+            raise ManifestError(f"cycle in chain at {current.backup_id}")
+        seen.add(current.backup_id)
+        chain.append(current)
+    chain.reverse()
+    check_chain(chain)
+    return chain
+
+
+def check_chain(chain: Sequence[Manifest]) -> None:
+    """Raise ``ManifestError`` unless ``chain`` is a full followed by its consecutive children."""
+    if not chain:
+        raise ManifestError("empty chain")
+    head = chain[0]
+    if head.type != BackupType.FULL or head.chain_id != head.backup_id:
+        raise ManifestError(f"chain must start with a full backup, not {head.backup_id}")
+    for prev, cur in itertools.pairwise(chain):
+        if cur.type != BackupType.INCREMENTAL or cur.parent_id != prev.backup_id:
+            raise ManifestError(f"{cur.backup_id} does not follow {prev.backup_id}")
+        if cur.chain_id != head.backup_id or cur.cluster_id != head.cluster_id:
+            raise ManifestError(f"{cur.backup_id} is not in chain {head.backup_id}")

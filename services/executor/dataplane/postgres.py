@@ -1,0 +1,1409 @@
+"""The ``postgres`` engine adapter: logical, streaming, deduplicated full and incremental backups.
+
+What a backup holds
+===================
+- **One exported snapshot per database, all taken up front.** For each database a coordinator
+  connection opens a ``REPEATABLE READ READ ONLY`` transaction and runs
+  ``pg_export_snapshot()``; the snapshots of all databases (in groups of
+  ``max_held_snapshots``) are taken back to back before any data is read, and each stays open
+  until its database is done. Every worker connection of that database imports it with ``SET
+  TRANSACTION SNAPSHOT`` and ``pg_dump --snapshot`` uses it for the schema, so a database is
+  read at one instant, as ``pg_dump -j`` does. (PostgreSQL refuses to import a snapshot into
+  another database, so a single cluster-wide snapshot is impossible; databases do not share
+  transactions, so per-database consistency is what a restore can observe.) A snapshot's time
+  is ``statement_timestamp()`` of the statement that took it; the backup's ``data_from`` is the
+  earliest of them: every transaction committed before ``data_from`` is in the backup.
+- **Globals**: ``pg_dumpall --globals-only`` (roles, tablespaces); when the role may not read
+  ``pg_authid`` it is retried with ``--no-role-passwords`` (recorded in the manifest).
+- **Per database**: a ``pg_dump --schema-only -Fc`` archive (restores filter it with
+  ``pg_restore -l``/``-L``), sequence values, and per table (``relkind = 'r'``, including
+  partitions and unlogged tables; extension-owned tables are left to ``CREATE EXTENSION``) the
+  rows by ``COPY (SELECT cols FROM ONLY t ORDER BY key) TO STDOUT``. Tables are read in
+  parallel (``parallelism`` connections, default 2, largest first) after the database's
+  coordinator took ``ACCESS SHARE`` locks on them, so no concurrent DDL can rewrite a table
+  under the snapshot.
+- **Text COPY, not binary**: text is what ``pg_dump`` uses; it works for every type (extension
+  types without binary send/receive functions break binary COPY), restores into other
+  PostgreSQL major versions and architectures, compresses as well, and lets a restore parse the
+  key columns without type-specific binary decoders. Session settings are pinned
+  (``DateStyle=ISO``, ``extra_float_digits=3``, ``TimeZone=UTC``, ``bytea_output=hex``,
+  client encoding = the database's encoding) and replayed on restore.
+- **Key order that Python can merge**: text/varchar keys are ordered ``COLLATE "C"`` (byte
+  order in the database encoding), so a restore merges incrementals with plain byte
+  comparisons whatever the database's collation. Keys of other types than ``int2``, ``int4``,
+  ``int8``, ``oid``, ``text``, ``varchar``, ``uuid``, ``bytea`` and ``bool`` are still dumped in
+  key order but such tables are stored whole in incrementals.
+- Large tables stream through a ``psql`` child (C speed, 1 MiB pipe reads); small ones through
+  the worker's psycopg connection (no process start per table). Both import the snapshot.
+  Every stream is cut into content-defined chunks, hashed and zstd-compressed in a thread pool
+  (:mod:`.chunks`), so memory stays bounded whatever the table size.
+
+Incrementals: what changed since the previous backup of the chain
+=================================================================
+For a table with a supported primary key and an unchanged definition, an incremental stores
+
+1. the rows *changed* since the previous backup ``P`` (inserted or updated), in key order, and
+2. the table's *key set* (every live key, in key order) so a restore knows which keys were
+   deleted. A single-integer key is stored as runs ``lo<TAB>hi`` of consecutive keys (computed
+   by the server with ``k - row_number()``), so 6 million dense keys are one line and appends
+   or deletes change a few lines; other keys are stored as a key list. Key sets are chunked
+   with small content-defined chunks so unchanged key ranges dedupe against the previous one.
+
+A restore takes the newest full copy of the table in the chain, upserts each incremental's
+changed rows in order (a k-way merge by key; the newest version of a key wins) and keeps only
+the keys of the last key set.
+
+**Which rows changed.** A row version (tuple) visible in our snapshot ``S`` was written by the
+transaction ``X = xmin``. If ``X`` was already visible to ``P``'s snapshot, then this exact
+tuple was visible to ``P`` too (a tuple visible to ``S`` has no deleter visible to ``S``, hence
+none visible to the earlier ``P``), with the same contents: it is in ``P``'s reconstruction.
+Otherwise the tuple was written after ``P`` (an insert, an update, a re-insert of a deleted
+key) and is "changed". We use a conservative test for "``X`` not visible to ``P``":
+``X >= P.xmin`` (64-bit), with ``P.xmin`` from ``pg_current_snapshot()`` of ``P``'s
+transaction:
+
+- *Transactions in flight at P*: every transaction running at ``P`` has ``xid >= P.xmin``,
+  and so have its subtransactions (a subtransaction's xid is always assigned after its
+  parent's). ``pg_snapshot_xip`` lists top-level xids only, so testing ``xip`` membership
+  would miss rows written in a ``SAVEPOINT`` of an in-flight transaction; the ``xmin``
+  threshold cannot. The price: transactions between ``P.xmin`` and ``P.xmax`` that had already
+  committed are included again (an idempotent upsert).
+- *Rows updated twice*: only the newest version is visible to ``S``; its ``xmin`` is the last
+  updater, so it is changed and its latest contents are stored once.
+- *Deleted and re-inserted keys*: the new tuple has a new ``xmin`` (changed, stored); the key
+  is in the key set, so the restore keeps it with the new contents.
+- *Deletes* leave no tuple; the key is absent from the key set and the restore drops it.
+- *Aborted transactions* leave no visible tuples. Row locks (``SELECT FOR UPDATE``) touch only
+  ``xmax``, not the contents.
+- *Wraparound*: ``xmin`` is 32 bits; snapshots are 64-bit ``xid8``. In the worker's
+  transaction ``age(x)`` is ``(int32)(now - x)`` for a normal xid, so
+  ``d = (age(xmin) - age(S.xmax mod 2^32)) mod 2^32`` is ``(S.xmax - xmin) mod 2^32``
+  whatever ``now`` and the epoch are, and the filter is ``1 <= d <= S.xmax - P.xmin``. The
+  64-bit value this assigns to ``xmin`` is the largest one ``<= S.xmax`` congruent to it mod
+  ``2^32``, never smaller than the true one (which is ``< S.xmax`` since the tuple is visible),
+  so a changed row is never missed: no false negatives. The only false positives are frozen
+  tuples older than ``2^32`` transactions whose raw ``xmin`` happens to alias into the window
+  (``VACUUM FREEZE`` keeps the raw ``xmin`` since PostgreSQL 9.4; pre-9.4 ``FrozenXid`` and
+  bootstrap xids give ``age = INT_MAX`` and count as old): they are stored again, costing bytes,
+  not correctness. ``age()`` uses one stable "now" per transaction, evaluated in the same
+  statement, so the test is exact; it reads ``xmin`` without a text conversion per row.
+- *Limits, all answered by storing the table WHOLE* (with the reason in the manifest): no
+  primary key, an unsupported key type, a non-heap table access method, a new table or a
+  changed definition (fingerprint over oid, column names/types/collations/generation, enum
+  labels of column types, and the key: ``ALTER TABLE ... ADD COLUMN ... DEFAULT`` changes rows
+  without touching their ``xmin``), more than ``2^31`` transactions between ``P.xmin`` and
+  ``S.xmax``, a transaction counter that went backwards, a different system identifier or
+  timeline (a restored or PITR'd source reuses xids), or a new server major version. Changes
+  that alter a row's text without writing it and are not covered by the fingerprint
+  (renaming a value of an enum used through a composite type, changing a domain) need a full.
+  Large objects (``pg_largeobject``) are not backed up yet.
+
+Errors are :class:`~.engine.BackupError` with codes ``CONNECTION_FAILED``,
+``AUTHENTICATION_FAILED``, ``PERMISSION_DENIED``, ``SNAPSHOT_FAILED``, ``DUMP_FAILED``,
+``STORE_FAILED``, ``UNSUPPORTED``, ``TOOL_MISSING``, ``CANCELLED`` and the failing step or
+statement. Connection parameters are a libpq DSN *without* password; secrets come from
+``password=`` or libpq's own mechanisms (``env={"PGPASSFILE": ...}``, ``~/.pgpass``) and are
+passed to child processes through their environment only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from .chunks import (
+    DATA_CHUNKING,
+    KEY_CHUNKING,
+    ChunkingParams,
+    ChunkStore,
+    StreamCancelled,
+    StreamResult,
+)
+from .engine import BackupError, BackupRequest, EngineAdapter, ErrorCode
+from .manifest import (
+    BackupType,
+    Catalog,
+    CatalogDatabase,
+    CatalogSchema,
+    CatalogTable,
+    ChunkRef,
+    DatabaseBackup,
+    KeyColumn,
+    KeySet,
+    KeySetFormat,
+    Manifest,
+    PgSnapshot,
+    SequenceValue,
+    TableBackup,
+    TableMode,
+    Totals,
+    save_manifest,
+)
+from .objectstore import ObjectExists, ObjectStore, ObjectStoreError
+
+__all__ = [
+    "BYTES_KEY_TYPES",
+    "INT_KEY_TYPES",
+    "SESSION_SETTINGS",
+    "PostgresAdapter",
+    "copy_select_sql",
+    "find_pg_tool",
+    "quote_ident",
+]
+
+#: Session settings for every COPY (backup and restore): deterministic, portable text.
+SESSION_SETTINGS: tuple[tuple[str, str], ...] = (
+    ("DateStyle", "ISO"),
+    ("IntervalStyle", "postgres"),
+    ("extra_float_digits", "3"),
+    ("bytea_output", "hex"),
+    ("TimeZone", "UTC"),
+    ("standard_conforming_strings", "on"),
+    ("statement_timeout", "0"),
+    ("idle_in_transaction_session_timeout", "0"),
+    ("client_min_messages", "warning"),
+    ("row_security", "off"),
+    ("search_path", "pg_catalog"),
+)
+
+INT_KEY_TYPES = frozenset({"int2", "int4", "int8", "oid"})
+BYTES_KEY_TYPES = frozenset({"text", "varchar", "uuid", "bytea", "bool"})
+_C_COLLATE_TYPES = frozenset({"text", "varchar"})
+_XID_WINDOW = 1 << 31
+_READ_BLOCK = 1 << 20
+_MIN_SERVER_VERSION = 130000  # pg_current_snapshot() / xid8
+
+_SQLSTATE_RE = re.compile(r"ERROR:\s+([0-9A-Z]{5}):\s*([^\n]*)")
+_ERROR_LINE_RE = re.compile(r"(?:error|ERROR|FATAL):\s*(.*)")
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _quote_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def find_pg_tool(name: str, bindir: Path | None = None) -> str:
+    """Path of a PostgreSQL client tool: ``bindir``, ``$PG_BINDIR``, the newest
+    ``/usr/lib/postgresql/*/bin`` (client tools must be at least the server's version), PATH."""
+    dirs: list[Path] = []
+    if bindir is not None:
+        dirs.append(bindir)
+    env = os.environ.get("PG_BINDIR")
+    if env:
+        dirs.append(Path(env))
+
+    def major(path: str) -> float:
+        try:
+            return float(Path(path).parent.name)
+        except ValueError:
+            return 0.0
+
+    dirs += [
+        Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=major, reverse=True)
+    ]
+    for d in dirs:
+        candidate = d / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which(name)
+    if found:
+        return found
+    raise BackupError(ErrorCode.TOOL_MISSING, f"{name} not found", f"locate {name}")
+
+
+# ------------------------------------------------------------------------------ errors
+def _code_for(sqlstate: str | None, text: str) -> ErrorCode:
+    low = text.lower()
+    if sqlstate:
+        if sqlstate == "42501":
+            return ErrorCode.PERMISSION_DENIED
+        if sqlstate.startswith("28"):
+            return ErrorCode.AUTHENTICATION_FAILED
+        if sqlstate.startswith("08") or sqlstate in ("57P01", "57P02", "57P03", "3D000"):
+            return ErrorCode.CONNECTION_FAILED
+        if sqlstate in ("22023", "0B000") and "snapshot" in low:
+            return ErrorCode.SNAPSHOT_FAILED
+        if sqlstate == "57014":
+            return ErrorCode.CANCELLED
+        return ErrorCode.DUMP_FAILED
+    if "password authentication failed" in low or "no password supplied" in low:
+        return ErrorCode.AUTHENTICATION_FAILED
+    if "authentication failed" in low or "pg_hba.conf" in low:
+        return ErrorCode.AUTHENTICATION_FAILED
+    if "permission denied" in low or "must be superuser" in low or "must be owner" in low:
+        return ErrorCode.PERMISSION_DENIED
+    if (
+        "connection to server" in low
+        or "could not connect" in low
+        or "connection refused" in low
+        or "could not translate host" in low
+        or "server closed the connection" in low
+        or "timeout expired" in low
+        or ("does not exist" in low and "database" in low)
+    ):
+        return ErrorCode.CONNECTION_FAILED
+    if "snapshot" in low:
+        return ErrorCode.SNAPSHOT_FAILED
+    return ErrorCode.DUMP_FAILED
+
+
+def _pg_error(exc: psycopg.Error, step: str) -> BackupError:
+    sqlstate = getattr(exc, "sqlstate", None)
+    text = str(exc).strip() or type(exc).__name__
+    first = text.splitlines()[0]
+    return BackupError(_code_for(sqlstate, text), first[:1000], step[:2000], sqlstate=sqlstate)
+
+
+def _tool_error(tool: str, rc: int, stderr: str, step: str) -> BackupError:
+    match = _SQLSTATE_RE.search(stderr)
+    if match:
+        sqlstate, message = match.group(1), match.group(2).strip()
+        return BackupError(
+            _code_for(sqlstate, message), message[:1000], step[:2000], sqlstate=sqlstate
+        )
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    message = ""
+    for line in lines:
+        m = _ERROR_LINE_RE.search(line)
+        if m:
+            message = m.group(1).strip()
+            break
+    if not message:
+        message = lines[0] if lines else f"{tool} exited with status {rc}"
+    full = "\n".join(lines)
+    return BackupError(_code_for(None, full or message), message[:1000], step[:2000])
+
+
+# ------------------------------------------------------------------------------ plans
+@dataclass(frozen=True)
+class _DbInfo:
+    name: str
+    encoding: str
+    collate: str
+    ctype: str
+    size: int
+
+
+@dataclass(frozen=True)
+class _Table:
+    oid: int
+    schema: str
+    name: str
+    heap_bytes: int
+    total_bytes: int
+    columns: list[str]
+    key_columns: list[KeyColumn]
+    fingerprint: str
+    access_method: str
+
+    @property
+    def qualified(self) -> str:
+        return f"{quote_ident(self.schema)}.{quote_ident(self.name)}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    def unsupported_key(self) -> str | None:
+        if not self.key_columns:
+            return "no primary key"
+        for kc in self.key_columns:
+            if kc.type not in INT_KEY_TYPES and kc.type not in BYTES_KEY_TYPES:
+                return f"primary key type {kc.type} not supported for incrementals"
+        return None
+
+
+def _order_by(key_columns: Sequence[KeyColumn], alias: str = "_t") -> str:
+    parts = []
+    for kc in key_columns:
+        expr = f"{alias}.{quote_ident(kc.name)}"
+        if kc.type in _C_COLLATE_TYPES:
+            expr += ' COLLATE "C"'
+        parts.append(expr)
+    return ", ".join(parts)
+
+
+def copy_select_sql(
+    qualified: str, columns: Sequence[str], key_columns: Sequence[KeyColumn], where: str = ""
+) -> str:
+    """``SELECT cols FROM ONLY t [WHERE ...] ORDER BY key`` as the backup's COPY uses it."""
+    cols = ", ".join(f"_t.{quote_ident(c)}" for c in columns)
+    sql = f"SELECT {cols} FROM ONLY {qualified} AS _t"
+    if where:
+        sql += f" WHERE {where}"
+    if key_columns:
+        sql += f" ORDER BY {_order_by(key_columns)}"
+    return sql
+
+
+@dataclass
+class _Stream:
+    table: _Table
+    kind: str  # "data" | "keys"
+    sql: str
+    params: ChunkingParams
+    key_format: KeySetFormat | None = None
+    psql: bool = False
+    estimate: int = 0
+
+
+@dataclass
+class _StreamOutcome:
+    result: StreamResult
+    rows: int
+    key_format: KeySetFormat | None = None
+
+
+@dataclass
+class _TablePlan:
+    table: _Table
+    mode: TableMode
+    reason: str | None
+    ordered: bool
+    data: _Stream
+    keys: _Stream | None = None
+
+
+class _Flags:
+    """The request's cancel event and the backup's own abort event, as one flag."""
+
+    def __init__(self, *events: threading.Event | None) -> None:
+        self._events = [e for e in events if e is not None]
+
+    def is_set(self) -> bool:
+        return any(e.is_set() for e in self._events)
+
+
+class _LineCounter:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def wrap(self, blocks: Iterable[bytes]) -> Iterator[bytes]:
+        for block in blocks:
+            self.count += block.count(b"\n")
+            yield block
+
+
+class _RangeCounter:
+    """Counts keys of a RANGES key set (``lo\\thi`` lines) while it streams."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._carry = b""
+
+    def wrap(self, blocks: Iterable[bytes]) -> Iterator[bytes]:
+        for block in blocks:
+            data = self._carry + block if self._carry else block
+            lines = data.split(b"\n")
+            self._carry = lines.pop()
+            for line in lines:
+                lo, hi = line.split(b"\t")
+                self.count += int(hi) - int(lo) + 1
+            yield block
+
+
+# ------------------------------------------------------------------------------ catalog SQL
+_DATABASES_SQL = """
+SELECT d.datname, pg_encoding_to_char(d.encoding), d.datcollate, d.datctype,
+       CASE WHEN has_database_privilege(d.oid, 'CONNECT') THEN pg_database_size(d.oid) END
+FROM pg_database d
+WHERE d.datallowconn AND NOT d.datistemplate
+ORDER BY d.datname
+"""
+
+_SCHEMAS_SQL = """
+SELECT n.nspname FROM pg_namespace n
+WHERE n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_namespace'::regclass
+                  AND d.objid = n.oid AND d.deptype = 'e')
+ORDER BY n.nspname
+"""
+
+_TABLES_SQL = """
+SELECT c.oid::int8, n.nspname, c.relname,
+       pg_relation_size(c.oid), pg_total_relation_size(c.oid),
+       ARRAY(SELECT a.attname::text FROM pg_attribute a
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+               AND a.attgenerated = '' ORDER BY a.attnum),
+       ARRAY(SELECT a.attname::text FROM unnest(pk.conkey) WITH ORDINALITY AS k(attnum, ord)
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum ORDER BY k.ord),
+       ARRAY(SELECT (CASE WHEN t.typtype = 'd' THEN bt.typname ELSE t.typname END)::text
+             FROM unnest(pk.conkey) WITH ORDINALITY AS k(attnum, ord)
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+             JOIN pg_type t ON t.oid = a.atttypid
+             LEFT JOIN pg_type bt ON bt.oid = t.typbasetype
+             ORDER BY k.ord),
+       (SELECT string_agg(concat_ws(':', a.attnum, a.attname, format_type(a.atttypid, a.atttypmod),
+                                    a.attcollation, a.attgenerated, a.attnotnull,
+                                    (SELECT string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder)
+                                     FROM pg_enum e
+                                     WHERE e.enumtypid IN (a.atttypid, t.typbasetype, t.typelem))),
+                          '|' ORDER BY a.attnum)
+        FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+        WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
+       coalesce(am.amname, 'heap'), c.relkind::text
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_am am ON am.oid = c.relam
+LEFT JOIN pg_constraint pk ON pk.conrelid = c.oid AND pk.contype = 'p'
+WHERE c.relkind = 'r' AND c.relpersistence IN ('p', 'u')
+  AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                  AND d.objid = c.oid AND d.deptype = 'e')
+ORDER BY n.nspname, c.relname
+"""
+
+_SEQUENCES_SQL = """
+SELECT schemaname::text, sequencename::text, last_value
+FROM pg_sequences
+WHERE schemaname <> 'information_schema' AND schemaname !~ '^pg_'
+ORDER BY 1, 2
+"""
+
+
+# ------------------------------------------------------------------------------ the adapter
+class PostgresAdapter(EngineAdapter):
+    """Backs up one PostgreSQL cluster reachable through ``dsn`` (libpq DSN, no password).
+
+    - ``dsn``: keyword or URI form; names the maintenance database the coordinator connects to
+      (default ``postgres``). Every database that allows connections is backed up.
+    - ``password`` / ``env``: secrets, never logged. ``env`` holds libpq variables
+      (``PGPASSFILE``, ``PGSSLMODE``, ...): applied to psycopg connections and to the child
+      tools' environment. Without them libpq's defaults apply (``~/.pgpass``, ``PGPASSWORD``).
+    - ``parallelism``: tables read at once (connections per database, besides the one holding
+      the snapshot); ``chunk_workers``: threads hashing/compressing/uploading chunks.
+    - ``compression_level``: a fixed zstd level, or ``None`` (adaptive 1-or-3 per stream).
+    - ``psql_min_bytes``: heap size from which a table streams through ``psql`` rather than the
+      worker's psycopg connection.
+    - ``lock_timeout_ms``: how long to wait for the ``ACCESS SHARE`` locks (0: forever).
+    - ``max_held_snapshots``: databases whose snapshots are taken together up front.
+    """
+
+    engine = "postgres"
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        password: str | None = None,
+        env: Mapping[str, str] | None = None,
+        parallelism: int = 2,
+        chunk_workers: int | None = None,
+        compression_level: int | None = None,
+        psql_min_bytes: int = 16 << 20,
+        data_chunking: ChunkingParams = DATA_CHUNKING,
+        key_chunking: ChunkingParams = KEY_CHUNKING,
+        bindir: Path | None = None,
+        connect_timeout: int = 15,
+        lock_timeout_ms: int = 0,
+        max_held_snapshots: int = 16,
+    ) -> None:
+        try:
+            params = conninfo_to_dict(dsn)
+        except psycopg.ProgrammingError as exc:
+            raise ValueError(f"invalid libpq DSN: {str(exc).splitlines()[0]}") from None
+        if "password" in params:
+            raise ValueError(
+                "the DSN must not contain a password: pass password= or use PGPASSFILE"
+            )
+        self.dsn = dsn
+        self.default_db = str(params.get("dbname") or "postgres")
+        self._password = password
+        self._env = dict(env or {})
+        self.parallelism = max(1, parallelism)
+        self.chunk_workers = chunk_workers or max(2, (os.cpu_count() or 2))
+        self.compression_level = compression_level
+        self.psql_min_bytes = psql_min_bytes
+        self.data_chunking = data_chunking
+        self.key_chunking = key_chunking
+        self.bindir = bindir
+        self.connect_timeout = connect_timeout
+        self.lock_timeout_ms = lock_timeout_ms
+        self.max_held_snapshots = max_held_snapshots
+
+    def __repr__(self) -> str:
+        return f"PostgresAdapter({self.dsn!r})"
+
+    # ------------------------------------------------------------------ connections
+    _LIBPQ_ENV = {
+        "PGPASSWORD": "password",
+        "PGPASSFILE": "passfile",
+        "PGSSLMODE": "sslmode",
+        "PGSSLCERT": "sslcert",
+        "PGSSLKEY": "sslkey",
+        "PGSSLROOTCERT": "sslrootcert",
+        "PGSSLPASSWORD": "sslpassword",
+        "PGUSER": "user",
+        "PGHOST": "host",
+        "PGPORT": "port",
+    }
+
+    def _conn_kwargs(self, dbname: str, encoding: str = "UTF8") -> dict[str, Any]:
+        kwargs: dict[str, Any] = {}
+        for var, param in self._LIBPQ_ENV.items():
+            if var in self._env and param not in conninfo_to_dict(self.dsn):
+                kwargs[param] = self._env[var]
+        if self._password is not None:
+            kwargs["password"] = self._password
+        kwargs.update(
+            dbname=dbname,
+            connect_timeout=self.connect_timeout,
+            application_name="managed-backups",
+            client_encoding=encoding,
+        )
+        return kwargs
+
+    def connect(
+        self, dbname: str | None = None, *, step: str | None = None, encoding: str = "UTF8"
+    ) -> psycopg.Connection[Any]:
+        """An autocommit psycopg connection to ``dbname`` (errors as ``BackupError``)."""
+        db = dbname or self.default_db
+        try:
+            return psycopg.connect(self.dsn, autocommit=True, **self._conn_kwargs(db, encoding))
+        except psycopg.Error as exc:
+            err = _pg_error(exc, step or f"connect to database {db}")
+            if err.code == ErrorCode.DUMP_FAILED:
+                err = BackupError(ErrorCode.CONNECTION_FAILED, err.message, err.step)
+            raise err from None
+
+    def _tool_conninfo(self, dbname: str) -> str:
+        return make_conninfo(self.dsn, dbname=dbname, application_name="managed-backups")
+
+    def _child_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        env = dict(os.environ)  # libpq's own mechanisms (PGPASSFILE, PGPASSWORD...) apply
+        env.update(self._env)
+        if self._password is not None:
+            env["PGPASSWORD"] = self._password
+        env.setdefault("PGCONNECT_TIMEOUT", str(self.connect_timeout))
+        if extra:
+            env.update(extra)
+        return env
+
+    def _settings_sql(self, encoding: str | None = None) -> str:
+        sets = [f"SET {name} = {_quote_literal(value)};" for name, value in SESSION_SETTINGS]
+        sets.append(f"SET lock_timeout = {int(self.lock_timeout_ms)};")
+        if encoding:
+            sets.append(f"SET client_encoding = {_quote_literal(encoding)};")
+        return "\n".join(sets)
+
+    def _run_tool(
+        self,
+        cmd: list[str],
+        *,
+        step: str,
+        stdin: bytes | None = None,
+        extra_env: Mapping[str, str] | None = None,
+        flag: _Flags | None = None,
+    ) -> Iterator[bytes]:
+        """Run a client tool, yield its stdout in 1 MiB blocks, raise BackupError on failure."""
+        with tempfile.TemporaryFile() as errf:
+            try:
+                proc = subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=errf,
+                    env=self._child_env(extra_env),
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise BackupError(
+                    ErrorCode.TOOL_MISSING, f"cannot run {cmd[0]}: {exc}", step
+                ) from None
+            finished = False
+            try:
+                assert proc.stdout is not None
+                if stdin is not None:
+                    assert proc.stdin is not None
+                    with contextlib.suppress(BrokenPipeError):
+                        proc.stdin.write(stdin)
+                        proc.stdin.close()
+                while True:
+                    if flag is not None and flag.is_set():
+                        raise StreamCancelled()
+                    block = proc.stdout.read(_READ_BLOCK)
+                    if not block:
+                        break
+                    yield block
+                rc = proc.wait()
+                finished = True
+                if rc != 0:
+                    errf.seek(0)
+                    text = errf.read().decode("utf-8", "replace")
+                    raise _tool_error(Path(cmd[0]).name, rc, text, step)
+            finally:
+                if not finished and proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                if proc.stdout is not None:
+                    proc.stdout.close()
+
+    # ------------------------------------------------------------------ public API
+    def full_backup(self, request: BackupRequest) -> Manifest:
+        return self._backup(request, None)
+
+    def incremental_backup(self, request: BackupRequest, previous: Manifest) -> Manifest:
+        if previous.cluster_id != request.cluster_id:
+            raise BackupError(
+                ErrorCode.INVALID_CHAIN,
+                f"previous backup {previous.backup_id} belongs to cluster {previous.cluster_id}",
+                "check previous backup",
+            )
+        if previous.engine != self.engine:
+            raise BackupError(
+                ErrorCode.INVALID_CHAIN,
+                "previous backup is of another engine",
+                "check previous backup",
+            )
+        return self._backup(request, previous)
+
+    def catalog(self) -> Catalog:
+        """The live catalog (row counts are the planner's estimates)."""
+        with self.connect(step="connect") as conn:
+            dbs = conn.execute(_DATABASES_SQL).fetchall()
+        out: list[CatalogDatabase] = []
+        for name, _enc, _col, _ctype, size in dbs:
+            with self.connect(name, step=f"connect to database {name}") as conn:
+                conn.execute("SET search_path = pg_catalog")
+                schemas = [r[0] for r in conn.execute(_SCHEMAS_SQL).fetchall()]
+                rows = conn.execute(
+                    "SELECT n.nspname, c.relname, greatest(c.reltuples, 0)::int8,"
+                    " pg_total_relation_size(c.oid) FROM pg_class c JOIN pg_namespace n"
+                    " ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND c.relpersistence IN ('p','u')"
+                    " AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'"
+                    " ORDER BY 1, 2"
+                ).fetchall()
+            tables: dict[str, list[CatalogTable]] = {s: [] for s in schemas}
+            for schema, table, est, tsize in rows:
+                tables.setdefault(schema, []).append(
+                    CatalogTable(name=table, rows=int(est), size_bytes=int(tsize))
+                )
+            out.append(
+                CatalogDatabase(
+                    name=name,
+                    table_count=len(rows),
+                    size_bytes=int(size or 0),
+                    schemas=[CatalogSchema(name=s, tables=t) for s, t in sorted(tables.items())],
+                )
+            )
+        return Catalog(databases=out)
+
+    def iter_table_rows(
+        self,
+        store: ObjectStore,
+        chain: Sequence[Manifest],
+        database: str,
+        schema: str,
+        table: str,
+    ) -> Iterator[bytes]:
+        from .restore_rows import iter_table_rows
+
+        return iter_table_rows(store, chain, database, schema, table)
+
+    # ------------------------------------------------------------------ the backup
+    def _backup(self, request: BackupRequest, previous: Manifest | None) -> Manifest:
+        started = datetime.now(UTC)
+        chain_id = request.backup_id if previous is None else previous.chain_id
+        known: dict[str, int] = {}
+        if previous is not None:
+            known.update((ref.hash, ref.stored) for ref in previous.chunk_refs())
+        if request.known_chunks:
+            known.update(request.known_chunks)
+        abort = threading.Event()
+        flag = _Flags(request.cancel, abort)
+        chunks = ChunkStore(
+            request.store,
+            request.cluster_id,
+            chain_id,
+            level=self.compression_level,
+            known=known,
+            workers=self.chunk_workers,
+        )
+        table_pool = ThreadPoolExecutor(max_workers=self.parallelism, thread_name_prefix="pg-table")
+        dump_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pg-dump")
+        try:
+            return self._backup_inner(
+                request, previous, chain_id, started, chunks, table_pool, dump_pool, flag, abort
+            )
+        except StreamCancelled:
+            raise BackupError(ErrorCode.CANCELLED, "backup cancelled", "backup") from None
+        except ObjectStoreError as exc:
+            raise BackupError(ErrorCode.STORE_FAILED, str(exc), "write to object store") from None
+        finally:
+            abort.set()
+            table_pool.shutdown(wait=True, cancel_futures=True)
+            dump_pool.shutdown(wait=True, cancel_futures=True)
+            chunks.close()
+
+    def _backup_inner(
+        self,
+        request: BackupRequest,
+        previous: Manifest | None,
+        chain_id: str,
+        started: datetime,
+        chunks: ChunkStore,
+        table_pool: ThreadPoolExecutor,
+        dump_pool: ThreadPoolExecutor,
+        flag: _Flags,
+        abort: threading.Event,
+    ) -> Manifest:
+        coord = self.connect(step="connect")
+        try:
+            version_num = int(coord.info.server_version)
+            if version_num < _MIN_SERVER_VERSION:
+                raise BackupError(
+                    ErrorCode.UNSUPPORTED,
+                    f"PostgreSQL {version_num} is older than 13 (pg_current_snapshot is needed)",
+                    "check server version",
+                )
+            system_id = self._optional_int(
+                coord, "SELECT system_identifier FROM pg_control_system()"
+            )
+            timeline = self._optional_int(coord, "SELECT timeline_id FROM pg_control_checkpoint()")
+            step = "list databases"
+            try:
+                version_row = coord.execute(
+                    "SELECT current_setting('server_version'), statement_timestamp()"
+                ).fetchone()
+                databases = coord.execute(_DATABASES_SQL).fetchall()
+            except psycopg.Error as exc:
+                raise _pg_error(exc, step) from None
+            assert version_row is not None
+            version, listed_at = str(version_row[0]), version_row[1]
+            for name, _e, _c, _t, size in databases:
+                if size is None:
+                    raise BackupError(
+                        ErrorCode.PERMISSION_DENIED,
+                        f"no CONNECT privilege on database {name}",
+                        f"connect to database {name}",
+                    )
+            global_reason = self._global_whole_reason(previous, system_id, timeline, version_num)
+            globals_future = dump_pool.submit(self._dump_globals, chunks, flag)
+            db_backups: list[DatabaseBackup] = []
+            db_schemas: list[list[str]] = []
+            logical = 0
+            group_size = max(1, self.max_held_snapshots)
+            for start in range(0, len(databases), group_size):
+                group = databases[start : start + group_size]
+                held: list[tuple[psycopg.Connection[Any], PgSnapshot]] = []
+                try:
+                    # Snapshots of a group of databases are taken back to back, before any
+                    # data is read, so the databases are as close in time as possible.
+                    for row in group:
+                        conn = self.connect(row[0], step=f"connect to database {row[0]}")
+                        held.append((conn, self._export_snapshot(conn, row[0])))
+                    for row, (conn, snapshot) in zip(group, held, strict=True):
+                        if flag.is_set():
+                            raise StreamCancelled()
+                        name, encoding, collate, ctype, size = row
+                        db_backup, db_logical, schemas = self._backup_database(
+                            _DbInfo(name, encoding, collate, ctype, int(size)),
+                            conn,
+                            snapshot,
+                            previous,
+                            global_reason,
+                            chunks,
+                            table_pool,
+                            dump_pool,
+                            flag,
+                            abort,
+                            request,
+                        )
+                        db_backups.append(db_backup)
+                        db_schemas.append(schemas)
+                        logical += db_logical
+                finally:
+                    for conn, _snap in held:
+                        with contextlib.suppress(psycopg.Error):
+                            conn.close()
+            globals_refs, globals_size, no_passwords = globals_future.result()
+            logical += globals_size
+        finally:
+            with contextlib.suppress(psycopg.Error):
+                coord.close()
+        data_from = min((db.snapshot.taken_at for db in db_backups), default=listed_at)
+        catalog = Catalog(
+            databases=[
+                CatalogDatabase(
+                    name=db.name,
+                    table_count=len(db.tables),
+                    size_bytes=db.size_bytes,
+                    schemas=self._catalog_schemas(db, schemas),
+                )
+                for db, schemas in zip(db_backups, db_schemas, strict=True)
+            ]
+        )
+        unique: dict[str, ChunkRef] = {}
+        for ref in globals_refs:
+            unique[ref.hash] = ref
+        for db in db_backups:
+            for ref in db.schema_archive:
+                unique[ref.hash] = ref
+            for t in db.tables:
+                for ref in t.data:
+                    unique[ref.hash] = ref
+                if t.key_set is not None:
+                    for ref in t.key_set.chunks:
+                        unique[ref.hash] = ref
+        manifest = Manifest(
+            backup_id=request.backup_id,
+            cluster_id=request.cluster_id,
+            type=BackupType.FULL if previous is None else BackupType.INCREMENTAL,
+            chain_id=chain_id,
+            parent_id=None if previous is None else previous.backup_id,
+            data_from=data_from,
+            started_at=started,
+            completed_at=datetime.now(UTC),
+            server_version=version,
+            server_version_num=version_num,
+            system_identifier=system_id,
+            timeline_id=timeline,
+            globals_dump=globals_refs,
+            globals_without_passwords=no_passwords,
+            databases=db_backups,
+            catalog=catalog,
+            totals=Totals(
+                logical_bytes=logical,
+                stored_bytes=sum(r.stored for r in unique.values()),
+                new_stored_bytes=chunks.new_stored_bytes,
+                chunks=len(unique),
+                new_chunks=chunks.new_chunks,
+            ),
+        )
+        if flag.is_set():
+            raise StreamCancelled()
+        try:
+            save_manifest(request.store, manifest)
+        except ObjectExists:
+            raise BackupError(
+                ErrorCode.DUPLICATE_BACKUP,
+                f"a manifest for backup {request.backup_id} already exists",
+                "write manifest",
+            ) from None
+        except ObjectStoreError as exc:
+            raise BackupError(ErrorCode.STORE_FAILED, str(exc), "write manifest") from None
+        if request.on_progress is not None:
+            request.on_progress(1.0)
+        return manifest
+
+    @staticmethod
+    def _catalog_schemas(db: DatabaseBackup, schemas: list[str]) -> list[CatalogSchema]:
+        by_schema: dict[str, list[CatalogTable]] = {s: [] for s in schemas}
+        for t in db.tables:
+            by_schema.setdefault(t.schema_name, []).append(
+                CatalogTable(name=t.name, rows=t.live_rows, size_bytes=t.size_bytes)
+            )
+        return [CatalogSchema(name=s, tables=ts) for s, ts in sorted(by_schema.items())]
+
+    @staticmethod
+    def _optional_int(conn: psycopg.Connection[Any], sql: str) -> int | None:
+        try:
+            row = conn.execute(sql).fetchone()
+        except psycopg.Error:
+            return None
+        return int(row[0]) if row and row[0] is not None else None
+
+    def _export_snapshot(self, conn: psycopg.Connection[Any], db: str) -> PgSnapshot:
+        """Open the database's repeatable-read transaction and export its snapshot."""
+        step = (
+            f"in database {db}: BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;"
+            " SELECT pg_export_snapshot()"
+        )
+        try:
+            for stmt in self._settings_sql().splitlines():
+                conn.execute(stmt)
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            row = conn.execute(
+                "SELECT pg_export_snapshot(), s::text, pg_snapshot_xmin(s)::text,"
+                " pg_snapshot_xmax(s)::text, ARRAY(SELECT x::text FROM pg_snapshot_xip(s) AS x),"
+                " statement_timestamp() FROM pg_current_snapshot() AS s"
+            ).fetchone()
+        except psycopg.Error as exc:
+            err = _pg_error(exc, step)
+            if err.code == ErrorCode.DUMP_FAILED:
+                err = BackupError(
+                    ErrorCode.SNAPSHOT_FAILED, err.message, step, sqlstate=err.sqlstate
+                )
+            raise err from None
+        assert row is not None
+        snap_id, text, xmin, xmax, xip, ts = row
+        return PgSnapshot(
+            snapshot_id=str(snap_id),
+            xmin=int(xmin),
+            xmax=int(xmax),
+            xip=sorted(int(x) for x in xip),
+            text=str(text),
+            taken_at=ts,
+        )
+
+    @staticmethod
+    def _global_whole_reason(
+        previous: Manifest | None, system_id: int | None, timeline: int | None, version_num: int
+    ) -> str | None:
+        """Why *no* table of this incremental may be a DELTA (``None``: deltas allowed)."""
+        if previous is None:
+            return None
+        if (
+            previous.system_identifier is not None
+            and system_id is not None
+            and previous.system_identifier != system_id
+        ):
+            return "cluster system identifier changed since the previous backup"
+        if (
+            previous.timeline_id is not None
+            and timeline is not None
+            and previous.timeline_id != timeline
+        ):
+            return "timeline changed since the previous backup (point-in-time recovery)"
+        if previous.server_version_num // 10000 != version_num // 10000:
+            return "server major version changed since the previous backup"
+        return None
+
+    @staticmethod
+    def _database_whole_reason(prev: PgSnapshot, snap: PgSnapshot) -> str | None:
+        if snap.xmax < prev.xmax:
+            return "transaction counter went backwards since the previous backup"
+        if snap.xmax - prev.xmin >= _XID_WINDOW:
+            return "more than 2^31 transactions since the previous backup"
+        return None
+
+    # ------------------------------------------------------------------ globals
+    def _dump_globals(self, chunks: ChunkStore, flag: _Flags) -> tuple[list[ChunkRef], int, bool]:
+        tool = find_pg_tool("pg_dumpall", self.bindir)
+        base = [tool, "--globals-only", "-w", "-d", self._tool_conninfo(self.default_db)]
+        try:
+            res = chunks.write_stream(
+                self._run_tool(base, step="pg_dumpall --globals-only", flag=flag),
+                self.data_chunking,
+                cancel=flag,
+            )
+            return res.chunks, res.size, False
+        except BackupError as exc:
+            if exc.code != ErrorCode.PERMISSION_DENIED:
+                raise
+        res = chunks.write_stream(
+            self._run_tool(
+                [*base, "--no-role-passwords"],
+                step="pg_dumpall --globals-only --no-role-passwords",
+                flag=flag,
+            ),
+            self.data_chunking,
+            cancel=flag,
+        )
+        return res.chunks, res.size, True
+
+    # ------------------------------------------------------------------ one database
+    def _backup_database(
+        self,
+        info: _DbInfo,
+        conn: psycopg.Connection[Any],
+        snapshot: PgSnapshot,
+        previous: Manifest | None,
+        global_reason: str | None,
+        chunks: ChunkStore,
+        table_pool: ThreadPoolExecutor,
+        dump_pool: ThreadPoolExecutor,
+        flag: _Flags,
+        abort: threading.Event,
+        request: BackupRequest,
+    ) -> tuple[DatabaseBackup, int, list[str]]:
+        name = info.name
+        ctx = _DbContext(self, name, info.encoding, snapshot.snapshot_id)
+        db_reason = global_reason
+        if previous is not None and db_reason is None:
+            prev_db = next((d for d in previous.databases if d.name == name), None)
+            if prev_db is not None:
+                db_reason = self._database_whole_reason(prev_db.snapshot, snapshot)
+        try:
+            step = f"read catalog of database {name}"
+            try:
+                schemas = [r[0] for r in conn.execute(_SCHEMAS_SQL).fetchall()]
+                tables = [self._table_from_row(r) for r in conn.execute(_TABLES_SQL).fetchall()]
+                sequences = [
+                    SequenceValue(schema_name=s, name=n, last_value=None if v is None else int(v))
+                    for s, n, v in conn.execute(_SEQUENCES_SQL).fetchall()
+                ]
+            except psycopg.Error as exc:
+                raise _pg_error(exc, step) from None
+            self._lock_tables(conn, tables, name)
+            schema_future = dump_pool.submit(
+                self._dump_schema, name, snapshot.snapshot_id, chunks, flag
+            )
+            plans = [self._plan_table(t, previous, name, snapshot, db_reason) for t in tables]
+            streams = [p.data for p in plans] + [p.keys for p in plans if p.keys is not None]
+            streams.sort(key=lambda s: s.estimate, reverse=True)
+            total_estimate = sum(s.estimate for s in streams) or 1
+            done = [0]
+            progress_lock = threading.Lock()
+
+            def run(stream: _Stream) -> _StreamOutcome:
+                try:
+                    outcome = self._run_stream(ctx, stream, chunks, flag)
+                except BaseException:
+                    abort.set()
+                    raise
+                if request.on_progress is not None:
+                    with progress_lock:
+                        done[0] += stream.estimate
+                        request.on_progress(min(0.99, done[0] / total_estimate))
+                return outcome
+
+            futures: dict[int, Future[_StreamOutcome]] = {
+                id(s): table_pool.submit(run, s) for s in streams
+            }
+            outcomes: dict[int, _StreamOutcome] = {}
+            first_error: BaseException | None = None
+            for s in streams:
+                try:
+                    outcomes[id(s)] = futures[id(s)].result()
+                except BaseException as exc:
+                    abort.set()
+                    if first_error is None or isinstance(first_error, StreamCancelled):
+                        first_error = exc
+            try:
+                archive = schema_future.result()
+            except BaseException as exc:
+                abort.set()
+                if first_error is None or isinstance(first_error, StreamCancelled):
+                    first_error = exc
+            if first_error is not None:
+                raise first_error
+            table_backups = [self._table_backup(p, outcomes) for p in plans]
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("COMMIT")
+        finally:
+            ctx.close()
+        logical = archive.size + sum(o.result.size for o in outcomes.values())
+        return (
+            DatabaseBackup(
+                name=name,
+                encoding=info.encoding,
+                collate=info.collate,
+                ctype=info.ctype,
+                size_bytes=info.size,
+                snapshot=snapshot,
+                schema_archive=archive.chunks,
+                schema_archive_size=archive.size,
+                tables=table_backups,
+                sequences=sequences,
+            ),
+            logical,
+            schemas,
+        )
+
+    @staticmethod
+    def _table_from_row(row: Sequence[Any]) -> _Table:
+        oid, schema, name, heap, total, cols, pk_cols, pk_types, coldef, am, relkind = row
+        material = f"{oid}|{relkind}|{am}|{coldef}|pk:{','.join(pk_cols)}:{','.join(pk_types)}"
+        return _Table(
+            oid=int(oid),
+            schema=str(schema),
+            name=str(name),
+            heap_bytes=int(heap),
+            total_bytes=int(total),
+            columns=[str(c) for c in cols],
+            key_columns=[
+                KeyColumn(name=str(c), type=str(t)) for c, t in zip(pk_cols, pk_types, strict=True)
+            ],
+            fingerprint=hashlib.sha256(material.encode()).hexdigest(),
+            access_method=str(am),
+        )
+
+    def _lock_tables(
+        self, conn: psycopg.Connection[Any], tables: Sequence[_Table], db: str
+    ) -> None:
+        for start in range(0, len(tables), 500):
+            batch = tables[start : start + 500]
+            sql = (
+                f"LOCK TABLE {', '.join('ONLY ' + t.qualified for t in batch)} IN ACCESS SHARE MODE"
+            )
+            try:
+                conn.execute(sql)
+            except psycopg.Error as exc:
+                raise _pg_error(exc, f"in database {db}: {sql}") from None
+
+    def _dump_schema(
+        self, db: str, snapshot_id: str, chunks: ChunkStore, flag: _Flags
+    ) -> StreamResult:
+        tool = find_pg_tool("pg_dump", self.bindir)
+        cmd = [
+            tool,
+            "--schema-only",
+            "-Fc",
+            "--compress=0",
+            "-w",
+            f"--snapshot={snapshot_id}",
+            "-d",
+            self._tool_conninfo(db),
+        ]
+        return chunks.write_stream(
+            self._run_tool(cmd, step=f"pg_dump --schema-only -Fc {db}", flag=flag),
+            self.data_chunking,
+            cancel=flag,
+        )
+
+    # ------------------------------------------------------------------ per table
+    def _plan_table(
+        self,
+        table: _Table,
+        previous: Manifest | None,
+        db: str,
+        snapshot: PgSnapshot,
+        global_reason: str | None,
+    ) -> _TablePlan:
+        unsupported = table.unsupported_key()
+        ordered = unsupported is None
+        use_psql = table.heap_bytes >= self.psql_min_bytes
+        full_sql = copy_select_sql(table.qualified, table.columns, table.key_columns)
+        data = _Stream(
+            table, "data", full_sql, self.data_chunking, psql=use_psql, estimate=table.heap_bytes
+        )
+        if previous is None:
+            return _TablePlan(table, TableMode.FULL, None, ordered, data)
+        reason = global_reason or unsupported
+        if reason is None and table.access_method != "heap":
+            reason = f"table access method {table.access_method}"
+        prev = previous.table(db, table.schema, table.name)
+        if reason is None:
+            if prev is None:
+                reason = "new table"
+            elif prev.fingerprint != table.fingerprint:
+                reason = "definition changed"
+            elif not prev.ordered:
+                reason = "previous backup not in key order"
+        if reason is not None:
+            return _TablePlan(table, TableMode.WHOLE, reason, ordered, data)
+        prev_db = previous.database(db)
+        distance = snapshot.xmax - prev_db.snapshot.xmin
+        reference = snapshot.xmax % (1 << 32)
+        where = (
+            f"((age(_t.xmin)::int8 - (SELECT age({_quote_literal(str(reference))}::xid))::int8)"
+            f" & 4294967295) BETWEEN 1 AND {distance}"
+        )
+        data = _Stream(
+            table,
+            "data",
+            copy_select_sql(table.qualified, table.columns, table.key_columns, where),
+            self.data_chunking,
+            psql=use_psql,
+            estimate=max(1, table.heap_bytes // 20),
+        )
+        keys = self._key_stream(table, use_psql)
+        return _TablePlan(table, TableMode.DELTA, None, True, data, keys)
+
+    def _key_stream(self, table: _Table, use_psql: bool, force_list: bool = False) -> _Stream:
+        kcs = table.key_columns
+        estimate = max(1, table.heap_bytes // 10)
+        if len(kcs) == 1 and kcs[0].type in INT_KEY_TYPES and not force_list:
+            k = f"_t.{quote_ident(kcs[0].name)}"
+            sql = (
+                "SELECT min(k), max(k) FROM (SELECT "
+                f"{k} AS k, {k}::int8 - row_number() OVER (ORDER BY {k}) AS g"
+                f" FROM ONLY {table.qualified} AS _t) AS s GROUP BY g ORDER BY 1"
+            )
+            return _Stream(
+                table, "keys", sql, self.key_chunking, KeySetFormat.RANGES, use_psql, estimate
+            )
+        cols = ", ".join(f"_t.{quote_ident(kc.name)}" for kc in kcs)
+        sql = f"SELECT {cols} FROM ONLY {table.qualified} AS _t ORDER BY {_order_by(kcs)}"
+        return _Stream(table, "keys", sql, self.key_chunking, KeySetFormat.KEYS, use_psql, estimate)
+
+    def _run_stream(
+        self, ctx: _DbContext, stream: _Stream, chunks: ChunkStore, flag: _Flags
+    ) -> _StreamOutcome:
+        try:
+            return self._run_stream_once(ctx, stream, chunks, flag)
+        except BackupError as exc:
+            if stream.key_format == KeySetFormat.RANGES and exc.sqlstate == "22003":
+                # int8 keys near -2^63 overflow k - row_number(): fall back to a key list.
+                return self._run_stream_once(
+                    ctx, self._key_stream(stream.table, stream.psql, True), chunks, flag
+                )
+            raise
+
+    def _run_stream_once(
+        self, ctx: _DbContext, stream: _Stream, chunks: ChunkStore, flag: _Flags
+    ) -> _StreamOutcome:
+        sql = f"COPY ({stream.sql}) TO STDOUT"
+        step = f"in database {ctx.name}: {sql}"
+        blocks = (
+            ctx.psql_blocks(sql, step, flag) if stream.psql else ctx.psycopg_blocks(sql, step, flag)
+        )
+        counter: _LineCounter | _RangeCounter
+        counter = _RangeCounter() if stream.key_format == KeySetFormat.RANGES else _LineCounter()
+        try:
+            result = chunks.write_stream(counter.wrap(blocks), stream.params, cancel=flag)
+        except ObjectStoreError as exc:
+            raise BackupError(
+                ErrorCode.STORE_FAILED, str(exc), f"store chunks of {ctx.name}.{stream.table.label}"
+            ) from None
+        return _StreamOutcome(result=result, rows=counter.count, key_format=stream.key_format)
+
+    @staticmethod
+    def _table_backup(plan: _TablePlan, outcomes: Mapping[int, _StreamOutcome]) -> TableBackup:
+        data = outcomes[id(plan.data)]
+        key_set: KeySet | None = None
+        live_rows = data.rows
+        if plan.keys is not None:
+            keys = outcomes[id(plan.keys)]
+            assert keys.key_format is not None
+            key_set = KeySet(
+                format=keys.key_format,
+                chunks=keys.result.chunks,
+                keys=keys.rows,
+                size=keys.result.size,
+            )
+            live_rows = keys.rows
+        t = plan.table
+        return TableBackup(
+            schema_name=t.schema,
+            name=t.name,
+            oid=t.oid,
+            fingerprint=t.fingerprint,
+            columns=t.columns,
+            key_columns=t.key_columns,
+            ordered=plan.ordered,
+            mode=plan.mode,
+            reason=plan.reason,
+            rows=data.rows,
+            live_rows=live_rows,
+            data=data.result.chunks,
+            data_size=data.result.size,
+            key_set=key_set,
+            size_bytes=t.total_bytes,
+        )
+
+
+# ------------------------------------------------------------------------------ per-db context
+@dataclass
+class _DbContext:
+    """One database during a backup: its snapshot and the workers' connections."""
+
+    adapter: PostgresAdapter
+    name: str
+    encoding: str
+    snapshot_id: str
+    _conns: dict[int, psycopg.Connection[Any]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def begin(self, conn: psycopg.Connection[Any], step: str) -> None:
+        try:
+            for stmt in self.adapter._settings_sql().splitlines():
+                conn.execute(stmt)
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            conn.execute(f"SET TRANSACTION SNAPSHOT {_quote_literal(self.snapshot_id)}")
+        except psycopg.Error as exc:
+            err = _pg_error(exc, step)
+            if err.code == ErrorCode.DUMP_FAILED:
+                err = BackupError(
+                    ErrorCode.SNAPSHOT_FAILED, err.message, step, sqlstate=err.sqlstate
+                )
+            raise err from None
+
+    def _worker_conn(self) -> psycopg.Connection[Any]:
+        ident = threading.get_ident()
+        with self._lock:
+            conn = self._conns.get(ident)
+        if conn is not None:
+            return conn
+        conn = self.adapter.connect(
+            self.name, step=f"connect to database {self.name}", encoding=self.encoding
+        )
+        try:
+            self.begin(conn, f"import snapshot in database {self.name}")
+        except BaseException:
+            conn.close()
+            raise
+        with self._lock:
+            self._conns[ident] = conn
+        return conn
+
+    def _drop_conn(self) -> None:
+        with self._lock:
+            conn = self._conns.pop(threading.get_ident(), None)
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+
+    def psycopg_blocks(self, sql: str, step: str, flag: _Flags) -> Iterator[bytes]:
+        conn = self._worker_conn()
+        ok = False
+        try:
+            buf = bytearray()
+            with conn.cursor() as cur, cur.copy(sql) as copy:
+                for row in copy:
+                    buf += row
+                    if len(buf) >= _READ_BLOCK:
+                        if flag.is_set():
+                            raise StreamCancelled()
+                        yield bytes(buf)
+                        buf.clear()
+            if buf:
+                yield bytes(buf)
+            ok = True
+        except psycopg.Error as exc:
+            raise _pg_error(exc, step) from None
+        finally:
+            if not ok:
+                self._drop_conn()
+
+    def psql_blocks(self, sql: str, step: str, flag: _Flags) -> Iterator[bytes]:
+        adapter = self.adapter
+        script = "\n".join(
+            [
+                adapter._settings_sql(),
+                "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;",
+                f"SET TRANSACTION SNAPSHOT {_quote_literal(self.snapshot_id)};",
+                sql + ";",
+                "COMMIT;",
+                "",
+            ]
+        )
+        cmd = [
+            find_pg_tool("psql", adapter.bindir),
+            "-X",
+            "-q",
+            "-w",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-v",
+            "VERBOSITY=verbose",
+            "-d",
+            adapter._tool_conninfo(self.name),
+            "-f",
+            "-",
+        ]
+        return adapter._run_tool(
+            cmd,
+            step=step,
+            stdin=script.encode(),
+            extra_env={"PGCLIENTENCODING": self.encoding},
+            flag=flag,
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            conns = list(self._conns.values())
+            self._conns.clear()
+        for conn in conns:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()

@@ -1,0 +1,484 @@
+"""Rebuilding tables from a chain of manifests, streamed, and restoring them into PostgreSQL.
+
+A table at backup ``B_k`` of a chain is rebuilt from its *history*: the newest backup in
+``B_0..B_k`` that stored it in full (``FULL`` or ``WHOLE``), then every later ``DELTA``:
+
+1. k-way merge of the base rows and each delta's changed rows, all in the same key order
+   (integers numerically, text ``COLLATE "C"``, i.e. bytes); for equal keys the newest backup's
+   row wins (an upsert);
+2. keep only the keys present in ``B_k``'s key set (deleted keys disappear).
+
+Every stream is read chunk by chunk with each chunk's hash verified before use
+(:meth:`~.chunks.ChunkStore.iter_chunks`), so memory is bounded by the number of streams in
+the history times a few chunks, whatever the table size. A history with no delta is streamed
+as is, without parsing.
+
+:func:`restore_table` COPYs a rebuilt table into a destination table inside one transaction,
+so a missing or corrupt chunk found half-way leaves the destination untouched.
+:func:`restore_database` restores a whole database the way ``pg_restore`` sections work:
+pre-data schema, table rows, sequence values, post-data (indexes, constraints, triggers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import heapq
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from .chunks import ChunkError, ChunkMissing, ChunkStore
+from .engine import ErrorCode, RestoreError
+from .manifest import (
+    ChunkRef,
+    KeyColumn,
+    KeySetFormat,
+    Manifest,
+    ManifestError,
+    TableBackup,
+    TableMode,
+    check_chain,
+)
+from .objectstore import ObjectStore
+from .postgres import INT_KEY_TYPES, SESSION_SETTINGS, find_pg_tool, quote_ident
+
+__all__ = [
+    "RestoreReport",
+    "fetch_to_file",
+    "iter_stream",
+    "iter_table_rows",
+    "restore_database",
+    "restore_table",
+    "rows_digest",
+    "table_history",
+]
+
+_OUT_BLOCK = 256 << 10
+Key = tuple[Any, ...]
+
+
+def table_history(
+    chain: Sequence[Manifest], database: str, schema: str, table: str
+) -> list[tuple[Manifest, TableBackup]]:
+    """The (manifest, table entry) pairs needed to rebuild the table at ``chain[-1]``."""
+    try:
+        check_chain(chain)
+    except ManifestError as exc:
+        raise RestoreError(ErrorCode.INVALID_CHAIN, str(exc), "check chain") from None
+    last = chain[-1].table(database, schema, table)
+    if last is None:
+        raise RestoreError(
+            ErrorCode.NOT_FOUND,
+            f"table {database}.{schema}.{table} is not in backup {chain[-1].backup_id}",
+            "find table",
+        )
+    history = [(chain[-1], last)]
+    entry = last
+    index = len(chain) - 1
+    while entry.mode == TableMode.DELTA:
+        index -= 1
+        prev = chain[index].table(database, schema, table) if index >= 0 else None
+        if prev is None or prev.fingerprint != entry.fingerprint or not prev.ordered:
+            raise RestoreError(
+                ErrorCode.INVALID_CHAIN,
+                f"delta of {schema}.{table} in {history[-1][0].backup_id} has no base",
+                "rebuild table history",
+            )
+        history.append((chain[index], prev))
+        entry = prev
+    history.reverse()
+    return history
+
+
+# ------------------------------------------------------------------------------ line parsing
+_ESCAPES = {
+    ord("b"): b"\b",
+    ord("f"): b"\f",
+    ord("n"): b"\n",
+    ord("r"): b"\r",
+    ord("t"): b"\t",
+    ord("v"): b"\v",
+    ord("\\"): b"\\",
+}
+
+
+def _unescape(field: bytes) -> bytes:
+    """Undo COPY text escaping (COPY TO only emits ``\\\\ \\b \\f \\n \\r \\t \\v``)."""
+    if b"\\" not in field:
+        return field
+    out = bytearray()
+    i = 0
+    n = len(field)
+    while i < n:
+        c = field[i]
+        if c == 0x5C and i + 1 < n:
+            out += _ESCAPES.get(field[i + 1], field[i + 1 : i + 2])
+            i += 2
+        else:
+            out.append(c)
+            i += 1
+    return bytes(out)
+
+
+def _key_function(
+    columns: Sequence[str], key_columns: Sequence[KeyColumn]
+) -> Callable[[bytes], Key]:
+    positions = [columns.index(kc.name) for kc in key_columns]
+    converters: list[Callable[[bytes], Any]] = [
+        int if kc.type in INT_KEY_TYPES else _unescape for kc in key_columns
+    ]
+    last = max(positions) + 1
+
+    if len(positions) == 1:
+        pos = positions[0]
+        conv = converters[0]
+
+        def single(line: bytes) -> Key:
+            return (conv(line.split(b"\t", pos + 1)[pos]),)
+
+        return single
+
+    def composite(line: bytes) -> Key:
+        fields = line.split(b"\t", last)
+        return tuple(conv(fields[p]) for p, conv in zip(positions, converters, strict=True))
+
+    return composite
+
+
+def _iter_lines(blocks: Iterable[bytes]) -> Iterator[bytes]:
+    """Lines (without the newline) of a COPY text stream."""
+    carry = b""
+    for block in blocks:
+        data = carry + block if carry else block
+        lines = data.split(b"\n")
+        carry = lines.pop()
+        yield from lines
+    if carry:
+        raise RestoreError(
+            ErrorCode.CHUNK_CORRUPT, "row stream does not end with a newline", "parse rows"
+        )
+
+
+def _keyed(lines: Iterator[bytes], key: Callable[[bytes], Key]) -> Iterator[tuple[Key, bytes]]:
+    for line in lines:
+        yield key(line), line
+
+
+def _batched(lines: Iterable[bytes]) -> Iterator[bytes]:
+    batch: list[bytes] = []
+    size = 0
+    for line in lines:
+        batch.append(line)
+        size += len(line) + 1
+        if size >= _OUT_BLOCK:
+            batch.append(b"")
+            yield b"\n".join(batch)
+            batch = []
+            size = 0
+    if batch:
+        batch.append(b"")
+        yield b"\n".join(batch)
+
+
+# ------------------------------------------------------------------------------ rebuilding
+def _chunk_errors(step: str) -> contextlib.AbstractContextManager[None]:
+    @contextlib.contextmanager
+    def wrap() -> Iterator[None]:
+        try:
+            yield
+        except ChunkError as exc:
+            code = (
+                ErrorCode.CHUNK_MISSING
+                if isinstance(exc, ChunkMissing)
+                else ErrorCode.CHUNK_CORRUPT
+            )
+            raise RestoreError(code, str(exc), step) from None
+
+    return wrap()
+
+
+def iter_stream(
+    store: ObjectStore, manifest: Manifest, refs: Sequence[ChunkRef], *, prefetch: int = 4
+) -> Iterator[bytes]:
+    """The raw bytes of a chunk list of ``manifest``'s chain (globals, a schema archive...)."""
+    with (
+        ChunkStore(store, manifest.cluster_id, manifest.chain_id, workers=prefetch) as chunks,
+        _chunk_errors("read chunks"),
+    ):
+        yield from chunks.iter_chunks(refs, prefetch=prefetch)
+
+
+def iter_table_rows(
+    store: ObjectStore,
+    chain: Sequence[Manifest],
+    database: str,
+    schema: str,
+    table: str,
+    *,
+    prefetch: int = 2,
+) -> Iterator[bytes]:
+    """The table's rows at ``chain[-1]`` as COPY text blocks (whole lines), in key order.
+
+    ``chain`` is the full backup followed by its incrementals up to the wanted backup (see
+    :func:`~.manifest.load_chain`). Raises :class:`~.engine.RestoreError` (``NOT_FOUND``,
+    ``INVALID_CHAIN``, ``CHUNK_MISSING``, ``CHUNK_CORRUPT``).
+    """
+    history = table_history(chain, database, schema, table)
+    head = chain[-1]
+    workers = max(2, prefetch * len(history))
+    step = f"rebuild {database}.{schema}.{table}"
+    with (
+        ChunkStore(store, head.cluster_id, head.chain_id, workers=workers) as chunks,
+        _chunk_errors(step),
+    ):
+        if len(history) == 1:
+            yield from chunks.iter_chunks(history[0][1].data, prefetch=prefetch)
+            return
+        last = history[-1][1]
+        key_fn = _key_function(last.columns, last.key_columns)
+        streams = [
+            _keyed(_iter_lines(chunks.iter_chunks(entry.data, prefetch=prefetch)), key_fn)
+            for _, entry in history
+        ]
+        merged = _newest_per_key(heapq.merge(*streams, key=lambda item: item[0]))
+        assert last.key_set is not None
+        key_lines = _iter_lines(chunks.iter_chunks(last.key_set.chunks, prefetch=prefetch))
+        if last.key_set.format == KeySetFormat.RANGES:
+            kept = _filter_ranges(merged, key_lines)
+        else:
+            key_only = _key_function([kc.name for kc in last.key_columns], last.key_columns)
+            kept = _filter_keys(merged, (key_only(line) for line in key_lines))
+        yield from _batched(kept)
+
+
+def _newest_per_key(items: Iterator[tuple[Key, bytes]]) -> Iterator[tuple[Key, bytes]]:
+    """Of consecutive items with equal keys keep the last (``heapq.merge`` is stable, so the
+    last comes from the newest backup)."""
+    pending: tuple[Key, bytes] | None = None
+    for item in items:
+        if pending is not None and item[0] != pending[0]:
+            yield pending
+        pending = item
+    if pending is not None:
+        yield pending
+
+
+def _filter_ranges(rows: Iterator[tuple[Key, bytes]], ranges: Iterator[bytes]) -> Iterator[bytes]:
+    lo = hi = None
+    for key, line in rows:
+        k = key[0]
+        while hi is None or hi < k:
+            nxt = next(ranges, None)
+            if nxt is None:
+                return
+            a, b = nxt.split(b"\t")
+            lo, hi = int(a), int(b)
+        assert lo is not None
+        if lo <= k:
+            yield line
+
+
+def _filter_keys(rows: Iterator[tuple[Key, bytes]], keys: Iterator[Key]) -> Iterator[bytes]:
+    current: Key | None = None
+    for key, line in rows:
+        while current is None or current < key:
+            current = next(keys, None)
+            if current is None:
+                return
+        if current == key:
+            yield line
+
+
+def rows_digest(blocks: Iterable[bytes], *, sort: bool = False) -> tuple[int, str]:
+    """``(row count, md5 of the COPY text)``; ``sort=True`` hashes the lines sorted (for
+    tables without a key, whose order is physical). Sorting holds the lines in memory."""
+    md5 = hashlib.md5(usedforsecurity=False)
+    rows = 0
+    if sort:
+        lines = sorted(_iter_lines(blocks))
+        for line in lines:
+            md5.update(line + b"\n")
+        return len(lines), md5.hexdigest()
+    for block in blocks:
+        rows += block.count(b"\n")
+        md5.update(block)
+    return rows, md5.hexdigest()
+
+
+# ------------------------------------------------------------------------------ restoring
+def _settings(conn: psycopg.Connection[Any], encoding: str) -> None:
+    for name, value in SESSION_SETTINGS:
+        conn.execute(f"SET {name} = '{value}'")
+    conn.execute(f"SET client_encoding = '{encoding}'")
+
+
+def restore_table(
+    store: ObjectStore,
+    chain: Sequence[Manifest],
+    database: str,
+    schema: str,
+    table: str,
+    conninfo: str,
+    *,
+    password: str | None = None,
+    target_schema: str | None = None,
+    target_table: str | None = None,
+    conn: psycopg.Connection[Any] | None = None,
+) -> int:
+    """COPY the table as of ``chain[-1]`` into an existing table (one transaction).
+
+    The destination is ``target_schema.target_table`` (default: the same names) in the
+    database ``conninfo`` names, or on ``conn`` (then the caller commits). Returns the rows.
+    """
+    entry = chain[-1].table(database, schema, table)
+    if entry is None:
+        raise RestoreError(
+            ErrorCode.NOT_FOUND, f"{database}.{schema}.{table} not in backup", "find table"
+        )
+    encoding = chain[-1].database(database).encoding
+    target = f"{quote_ident(target_schema or schema)}.{quote_ident(target_table or table)}"
+    cols = ", ".join(quote_ident(c) for c in entry.columns)
+    sql = f"COPY {target} ({cols}) FROM STDIN" if entry.columns else f"COPY {target} FROM STDIN"
+    own = conn is None
+    if conn is None:
+        try:
+            conn = psycopg.connect(conninfo, password=password, autocommit=False)
+        except psycopg.Error as exc:
+            raise RestoreError(
+                ErrorCode.CONNECTION_FAILED, str(exc).splitlines()[0], "connect to destination"
+            ) from None
+    rows = 0
+    try:
+        try:
+            _settings(conn, encoding)
+            with conn.cursor() as cur, cur.copy(sql) as copy:
+                for block in iter_table_rows(store, chain, database, schema, table):
+                    copy.write(block)
+                    rows += block.count(b"\n")
+            if own:
+                conn.commit()
+        except psycopg.Error as exc:
+            raise RestoreError(ErrorCode.RESTORE_FAILED, str(exc).splitlines()[0], sql) from None
+    finally:
+        if own:
+            conn.close()
+    return rows
+
+
+def fetch_to_file(
+    store: ObjectStore, manifest: Manifest, refs: Sequence[ChunkRef], path: Path
+) -> Path:
+    """Write a chunk list (e.g. a schema archive) to ``path``, verifying every chunk."""
+    with path.open("wb") as f:
+        for block in iter_stream(store, manifest, refs):
+            f.write(block)
+    return path
+
+
+@dataclass
+class RestoreReport:
+    database: str
+    tables: dict[str, int] = field(default_factory=dict)
+    """``schema.table`` → rows restored."""
+    sequences: int = 0
+
+
+def _pg_restore(
+    args: list[str],
+    archive: Path,
+    conninfo: str,
+    env: Mapping[str, str],
+    step: str,
+    bindir: Path | None,
+) -> None:
+    cmd = [find_pg_tool("pg_restore", bindir), *args, "-d", conninfo, str(archive)]
+    proc = subprocess.run(cmd, capture_output=True, env=dict(env), check=False)
+    if proc.returncode != 0:
+        text = proc.stderr.decode("utf-8", "replace").strip()
+        raise RestoreError(
+            ErrorCode.RESTORE_FAILED, text.splitlines()[0] if text else "pg_restore failed", step
+        )
+
+
+def restore_database(
+    store: ObjectStore,
+    chain: Sequence[Manifest],
+    database: str,
+    conninfo: str,
+    *,
+    password: str | None = None,
+    env: Mapping[str, str] | None = None,
+    no_owner: bool = True,
+    no_privileges: bool = True,
+    bindir: Path | None = None,
+) -> RestoreReport:
+    """Restore database ``database`` of ``chain[-1]`` into the (existing, empty) database
+    ``conninfo`` names: schema pre-data, rows, sequence values, post-data."""
+    head = chain[-1]
+    db = head.database(database)
+    params = conninfo_to_dict(conninfo)
+    if "password" in params:
+        raise ValueError("conninfo must not contain a password")
+    child_env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
+    child_env.update(env or {})
+    if password is not None:
+        child_env["PGPASSWORD"] = password
+    flags = ["--exit-on-error", "-w"]
+    if no_owner:
+        flags.append("--no-owner")
+    if no_privileges:
+        flags.append("--no-privileges")
+    report = RestoreReport(database=database)
+    with tempfile.TemporaryDirectory(prefix="mb-restore-") as tmp:
+        archive = fetch_to_file(store, head, db.schema_archive, Path(tmp) / "schema.dump")
+        _pg_restore(
+            [*flags, "--section=pre-data"],
+            archive,
+            conninfo,
+            child_env,
+            "pg_restore --section=pre-data",
+            bindir,
+        )
+        try:
+            conn = psycopg.connect(conninfo, password=password, autocommit=False)
+        except psycopg.Error as exc:
+            raise RestoreError(
+                ErrorCode.CONNECTION_FAILED, str(exc).splitlines()[0], "connect to destination"
+            ) from None
+        try:
+            for t in db.tables:
+                report.tables[f"{t.schema_name}.{t.name}"] = restore_table(
+                    store, chain, database, t.schema_name, t.name, conninfo, conn=conn
+                )
+            for seq in db.sequences:
+                if seq.last_value is None:
+                    continue
+                target = f"{quote_ident(seq.schema_name)}.{quote_ident(seq.name)}"
+                conn.execute(
+                    "SELECT pg_catalog.setval(%s::regclass, %s, true)", (target, seq.last_value)
+                )
+                report.sequences += 1
+            conn.commit()
+        except psycopg.Error as exc:
+            raise RestoreError(
+                ErrorCode.RESTORE_FAILED, str(exc).splitlines()[0], "restore rows"
+            ) from None
+        finally:
+            conn.close()
+        _pg_restore(
+            [*flags, "--section=post-data"],
+            archive,
+            conninfo,
+            child_env,
+            "pg_restore --section=post-data",
+            bindir,
+        )
+    return report
