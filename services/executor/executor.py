@@ -134,6 +134,7 @@ class BackupExecutor:
             at=now,
             by=principal.name,
         )
+
         async def start() -> None:
             # Only once BackupStarted is recorded: a failed save leaves nothing behind.
             await asyncio.to_thread(
@@ -288,7 +289,12 @@ class BackupExecutor:
         interval = max(0.2, self.settings.backup_lease_seconds / 6)
         while not stop.is_set():
             try:
+                now = self.runtime.clock.now()
                 await asyncio.to_thread(self.reap_once)
+                if self.runtime.clock.simulated:
+                    await asyncio.to_thread(
+                        self.runtime.clock.report_reached, "backup-executor", now
+                    )
             except Exception:
                 log.exception("reaping expired leases failed")
             with contextlib.suppress(TimeoutError):
