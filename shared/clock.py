@@ -47,28 +47,6 @@ class WallClock(Clock):
         return utcnow()
 
 
-class ManualClock(Clock):
-    """For unit tests: time moves only when told."""
-
-    simulated = True
-
-    def __init__(self, start: datetime) -> None:
-        self._now = start
-        self.reached: dict[str, datetime] = {}
-
-    def now(self) -> datetime:
-        return self._now
-
-    def advance(self, seconds: float) -> None:
-        self._now += timedelta(seconds=seconds)
-
-    async def sleep_until(self, when: datetime, max_real_seconds: float) -> None:
-        await asyncio.sleep(0)
-
-    def report_reached(self, service: str, when: datetime) -> None:
-        self.reached[service] = when
-
-
 class SimulatedClockRefused(RuntimeError):
     pass
 

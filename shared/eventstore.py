@@ -30,7 +30,7 @@ from shared.sqldb import sqlite_path
 A = TypeVar("A", bound=Aggregate)
 _WIRE: TypeAdapter[EventBase] = TypeAdapter(DomainEvent)
 # Stored fields that never travel on the wire (a hash of an API key's secret).
-_PRIVATE_FIELDS = {"secret_sha256", "full_backup_required_internal"}
+_PRIVATE_FIELDS = {"secret_sha256"}
 
 __all__ = ["EventStore", "IntegrityError", "open_event_store", "to_wire_event"]
 

@@ -29,8 +29,6 @@ from contracts.events import (
 )
 from shared.sqldb import Cursor, SqlDatabase
 
-# Audit trail: every event of a cluster, except accepted-command bookkeeping (the domain events
-# caused by an accepted command already name the command and the principal).
 PROJECTION_NAME = "views"
 
 
@@ -148,6 +146,8 @@ class ReadModels:
         )
 
     def _apply(self, cursor: Cursor, event: EventBase) -> None:
+        # Audit trail: every event of a cluster, except accepted-command bookkeeping (the domain
+        # events an accepted command caused already name the command and the principal).
         if isinstance(event, CommandHandled) and event.status.value == "ACCEPTED":
             pass
         elif event.cluster_id is not None:
