@@ -7,6 +7,7 @@ of the events it recorded, so a GET right after a PUT shows the change.
 """
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -371,9 +372,18 @@ async def run(runtime: Runtime, stop: asyncio.Event) -> None:
     import uvicorn
 
     from shared.bus import ensure_topics
+    from shared.security import ensure_key_file
 
     settings = runtime.settings
     await ensure_topics(settings.kafka_bootstrap_servers)
+    # Deployments without `up` (compose): the first API start issues the administrator key.
+    _, created = await asyncio.to_thread(
+        ensure_key_file, runtime.store, settings.admin_key_path, runtime.clock, "admin"
+    )
+    if created:
+        logging.getLogger(__name__).warning(
+            "issued the administrator API key: it is in %s", settings.admin_key_path
+        )
     gateway = CommandGateway(settings.kafka_bootstrap_servers, f"api-{settings.instance}")
     await gateway.start()
     app = create_app(runtime, gateway)
