@@ -136,7 +136,10 @@ class CommandProcessor:
             )
         cluster_hint = data.get("cluster_id") if isinstance(data.get("cluster_id"), str) else None
         try:
-            principal = self.authenticator.authenticate(data.get("credential"))
+            credential = data.get("credential")
+            principal = self.authenticator.authenticate(
+                credential if isinstance(credential, str) else None
+            )
         except Refused as refused:
             return Processed(
                 self._result(command_id, command_type, refused.code, refused.reason, cluster_hint)

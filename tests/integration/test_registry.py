@@ -114,6 +114,11 @@ async def test_invalid_commands_are_rejected_with_reasons_and_the_consumer_keeps
         {"type": "DeleteCluster", "command_id": str(uuid4()), "cluster_id": cluster_id},
     )
     assert no_credential.code == 401
+    not_a_string = await system.command(
+        topics.CLUSTER_COMMANDS,
+        {"type": "DeleteCluster", "cluster_id": cluster_id, "credential": 12345},
+    )
+    assert not_a_string.code == 401
     wrong = await system.command(
         topics.CLUSTER_COMMANDS,
         {"type": "DeleteCluster", "cluster_id": cluster_id, "credential": "mbk_0000_nope"},
