@@ -9,9 +9,8 @@ scheduler follow it. Stored events are forever: each event class keeps its name 
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 from uuid import UUID, uuid5
@@ -99,23 +98,6 @@ class EventStore(Application[UUID]):
 
     def domain_event(self, notification: Notification) -> DomainEventProtocol[UUID]:
         return self.mapper.to_domain_event(notification)
-
-    async def follow(
-        self,
-        after: int,
-        topics: Sequence[str] = (),
-        poll: float = 0.05,
-        batch: int = 500,
-    ) -> AsyncIterator[tuple[int, DomainEventProtocol[UUID]]]:
-        """Yield (position, domain event) for every event after ``after``, forever, in order."""
-        position = after
-        while True:
-            rows = await asyncio.to_thread(self.notifications, position, batch, topics)
-            for row in rows:
-                position = row.id
-                yield row.id, self.domain_event(row)
-            if len(rows) < batch:
-                await asyncio.sleep(poll)
 
 
 def open_event_store(url: str, attempts: int = 20) -> EventStore:
