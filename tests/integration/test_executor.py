@@ -161,7 +161,10 @@ async def test_full_then_incremental_with_views(system: System, source: LocalPos
 
     metrics = (await system.http.get("/metrics")).text
     assert f'managed_backups_backups{{cluster="{cluster_id}",status="COMPLETE"}} 2' in metrics
-    assert f'managed_backups_last_successful_backup_timestamp_seconds{{cluster="{cluster_id}"}}' in metrics
+    assert (
+        f'managed_backups_last_successful_backup_timestamp_seconds{{cluster="{cluster_id}"}}'
+        in metrics
+    )
 
     # A duplicate TakeBackup for the same backup id does nothing.
     again = await system.command(
@@ -305,9 +308,11 @@ async def test_s3_region_store(tmp_path: Path, kafka: str, source: LocalPostgres
 
 
 async def wait_group_members(kafka: str, group: str, pids: list[int], timeout: float = 60) -> None:
-    """Wait until the processes ``pids`` are the group's only members and it is stable."""
+    """Wait until the processes ``pids`` are the group's only members, the group is stable and
+    every member holds partitions."""
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import GroupCoordinatorNotAvailableError
+    from aiokafka.protocol.group import MemberAssignment
 
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
     await admin.start()
@@ -321,7 +326,17 @@ async def wait_group_members(kafka: str, group: str, pids: list[int], timeout: f
                 if described and described[0].groups:
                     group_info = described[0].groups[0]
                     clients = sorted(int(m[1].rsplit("-", 1)[1]) for m in group_info[5])
-                    if group_info[2] == "Stable" and clients == sorted(pids):
+                    assigned = [
+                        sum(len(parts) for _, parts in MemberAssignment.decode(m[4]).assignment)
+                        if m[4]
+                        else 0
+                        for m in group_info[5]
+                    ]
+                    if (
+                        group_info[2] == "Stable"
+                        and clients == sorted(pids)
+                        and all(n > 0 for n in assigned)
+                    ):
                         return
                 await asyncio.sleep(0.2)
     finally:
@@ -425,7 +440,9 @@ async def test_two_executors_share_the_work_without_taking_a_backup_twice(
         backups = [await wait_terminal(system, b, timeout=180) for b in ids]
         assert all(b.status == "COMPLETE" for b in backups), [b.error for b in backups]
         used = {b.executor for b in backups}
-        logs = "".join((tmp_path / n).read_text()[-2000:] for n in ("executor-a.log", "executor-b.log"))
+        logs = "".join(
+            (tmp_path / n).read_text()[-2000:] for n in ("executor-a.log", "executor-b.log")
+        )
         assert len(used) == 2, (used, logs)
         store = open_event_store(system.settings.store_url)
         started = [
