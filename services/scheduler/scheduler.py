@@ -17,9 +17,11 @@ their latest backups, followed from the notification log; nothing is lost across
 from __future__ import annotations
 
 import asyncio
+import gc
 import heapq
 import logging
 import time
+from array import array
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -47,7 +49,25 @@ FOLLOWED = event_topics(
     Backup.BackupFailed,  # type: ignore[attr-defined]
 )
 
+STATUS_AFTER = {
+    "BackupStarted": BackupStatus.IN_PROGRESS.value,
+    "BackupCompleted": BackupStatus.COMPLETE.value,
+    "BackupFailed": BackupStatus.FAILED.value,
+}
+
 SendTakeBackup = Callable[[TakeBackup], Awaitable[None]]
+
+
+def relevant_backups(cluster: Cluster | None) -> set[UUID]:
+    """The backups a scheduling decision for ``cluster`` looks at."""
+    if cluster is None:
+        return set()
+    ids: set[UUID] = set()
+    if cluster.last_scheduled is not None:
+        ids.add(cluster.last_scheduled["backup_id"])
+    if cluster.chain is not None:
+        ids.add(cluster.chain["chain_id"])
+    return ids
 
 
 def schedule_view(cluster: Cluster) -> ScheduleView:
@@ -68,7 +88,7 @@ class SchedulerStats:
     scheduled: int = 0
     conflicts: int = 0
     resent: int = 0
-    lateness_seconds: list[float] = field(default_factory=list)
+    lateness_seconds: array[float] = field(default_factory=lambda: array("d"))
     cpu_seconds: float = 0.0
 
 
@@ -93,8 +113,12 @@ class Scheduler:
         self.resend_after = resend_after_seconds
         self.batch_size = batch_size
         self.clusters: dict[str, Cluster] = {}
+        # Only the backups a decision still needs are remembered, per cluster: its last scheduled
+        # backup and its chain's full. Everything older is forgotten, so memory (and the garbage
+        # collector's work) stays flat however long the scheduler runs.
         self.status: dict[UUID, str] = {}
         self.sent_at: dict[UUID, float] = {}
+        self.tracked: dict[str, set[UUID]] = {}
         self.heap: list[tuple[datetime, str]] = []
         self.dirty: set[str] = set()
         self.position = 0
@@ -122,6 +146,7 @@ class Scheduler:
             return None
         self.clusters[cluster_id] = cluster
         self.dirty.add(cluster_id)
+        self._forget_old(cluster)
         return cluster
 
     def follow_once(self) -> int:
@@ -131,11 +156,10 @@ class Scheduler:
             event = self.store.domain_event(row)
             cluster_id: str = event.cluster_id  # type: ignore[attr-defined]
             if isinstance(event, Backup.Event):
-                self.status[event.originator_id] = {
-                    "BackupStarted": BackupStatus.IN_PROGRESS.value,
-                    "BackupCompleted": BackupStatus.COMPLETE.value,
-                    "BackupFailed": BackupStatus.FAILED.value,
-                }[type(event).__name__]
+                if event.originator_id in relevant_backups(self.clusters.get(cluster_id)):
+                    self._remember(
+                        cluster_id, event.originator_id, STATUS_AFTER[type(event).__name__]
+                    )
                 self.dirty.add(cluster_id)
                 continue
             cached = self.clusters.get(cluster_id)
@@ -143,14 +167,30 @@ class Scheduler:
                 self._reload(cluster_id)
         return len(rows)
 
-    def backup_status(self, backup_id: UUID) -> str | None:
+    def _remember(self, cluster_id: str, backup_id: UUID, status: str) -> None:
+        self.status[backup_id] = status
+        self.tracked.setdefault(cluster_id, set()).add(backup_id)
+        if status in TERMINAL:
+            self.sent_at.pop(backup_id, None)
+
+    def _forget_old(self, cluster: Cluster) -> None:
+        tracked = self.tracked.get(cluster.cluster_id)
+        if not tracked:
+            return
+        keep = relevant_backups(cluster)
+        for backup_id in tracked - keep:
+            self.status.pop(backup_id, None)
+            self.sent_at.pop(backup_id, None)
+        tracked &= keep
+
+    def backup_status(self, cluster: Cluster, backup_id: UUID) -> str | None:
         """Status of a backup: the followed cache, confirmed from the store when not terminal."""
         status = self.status.get(backup_id)
         if status in TERMINAL:
             return status
         backup = self.store.get_or_none(backup_id, Backup)
         if backup is not None:
-            self.status[backup_id] = backup.status
+            self._remember(cluster.cluster_id, backup_id, backup.status)
             return backup.status
         return None
 
@@ -183,14 +223,14 @@ class Scheduler:
             return None, False
         last = cluster.last_scheduled
         if last is not None:
-            status = self.backup_status(last["backup_id"])
+            status = self.backup_status(cluster, last["backup_id"])
             if status not in TERMINAL:
                 # Woken by the backup's completion; re-checked now and then in case it is lost.
                 self._push(now + timedelta(seconds=60), cluster_id)
-                return None, status is None and self._resend_due(last["backup_id"])
+                return None, status is None and self._resend_due(cluster, last["backup_id"])
         chain_complete = False
         if cluster.chain is not None:
-            chain_status = self.backup_status(cluster.chain["chain_id"])
+            chain_status = self.backup_status(cluster, cluster.chain["chain_id"])
             chain_complete = chain_status == BackupStatus.COMPLETE.value
         backup_type = backup_type_for(view, slot, chain_complete)
         backup_id = scheduled_backup_id(cluster_id, cluster.generation, slot)
@@ -198,9 +238,10 @@ class Scheduler:
         cluster.schedule_backup(backup_id, backup_type, slot, chain_id, now, self.name)
         return cluster, False
 
-    def _resend_due(self, backup_id: UUID) -> bool:
+    def _resend_due(self, cluster: Cluster, backup_id: UUID) -> bool:
         """A scheduled backup that never started: its TakeBackup may have been lost (a crash
         between recording and sending). Send it again once it has waited ``resend_after``."""
+        self.tracked.setdefault(cluster.cluster_id, set()).add(backup_id)
         first_seen = self.sent_at.setdefault(backup_id, time.monotonic())
         if time.monotonic() - first_seen > self.resend_after:
             self.sent_at[backup_id] = time.monotonic()
@@ -225,13 +266,16 @@ class Scheduler:
                 assert last is not None
                 self.stats.scheduled += 1
                 self.stats.lateness_seconds.append((now - last["slot"]).total_seconds())
+                self._forget_old(cluster)
                 upcoming = next_slot(schedule_view(cluster))
                 if upcoming is not None:
                     self._push(upcoming, cluster.cluster_id)
             saved.extend(batch)
         return saved
 
-    def _decide_all(self, cluster_ids: list[str], now: datetime) -> tuple[list[Cluster], list[Cluster]]:
+    def _decide_all(
+        self, cluster_ids: list[str], now: datetime
+    ) -> tuple[list[Cluster], list[Cluster]]:
         decided: list[Cluster] = []
         resend: list[Cluster] = []
         for cluster_id in cluster_ids:
@@ -259,6 +303,7 @@ class Scheduler:
         )
         await self.send(command)
         self.sent_at[backup_id] = time.monotonic()
+        self.tracked.setdefault(cluster.cluster_id, set()).add(backup_id)
 
     # -- loop ----------------------------------------------------------------------------------
 
@@ -279,6 +324,7 @@ class Scheduler:
 
     async def run(self, stop: asyncio.Event) -> None:
         await asyncio.to_thread(self.bootstrap)
+        gc.freeze()  # the clusters loaded at start-up live on: keep them out of every collection
         while not stop.is_set():
             await self.tick()
             wake = self.heap[0][0] if self.heap else self.clock.now() + timedelta(hours=1)
