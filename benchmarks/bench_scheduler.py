@@ -2,9 +2,11 @@
 
 Run on demand (not in the test suite)::
 
-    python -m benchmarks.bench_scheduler                                 # 10,000 x 24 h
-    python -m benchmarks.bench_scheduler --clusters 500 --hours 1        # quick check
-    python -m benchmarks.bench_scheduler --speedup 10 --burst            # worst case
+    python -m benchmarks.bench_scheduler                           # 10,000 x 24 h at 10x: 2.4 h
+    python -m benchmarks.bench_scheduler --hours 1 --speedup 15    # 10,000 x 1 h: 4 minutes
+    python -m benchmarks.bench_scheduler --clusters 500 --hours 1  # quick check
+    python -m benchmarks.bench_scheduler --hours 0.5 --burst       # worst case: all due at once
+    python -m benchmarks.bench_scheduler --pg-setting autovacuum=off   # A/B a server setting
 
 One run:
 
@@ -55,6 +57,7 @@ import argparse
 import asyncio
 import bisect
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -64,6 +67,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 import uuid
@@ -172,6 +176,7 @@ class Config:
     drain_seconds: float
     json_path: Path | None
     keep: bool
+    pg_settings: dict[str, str]
 
     @property
     def period_us(self) -> int:
@@ -312,6 +317,11 @@ class ClockDriver(threading.Thread):
         i = bisect.bisect_left(self.step_sim, slot_us)
         return self.step_wall[min(i, len(self.step_wall) - 1)]
 
+    def longest_gap_ms(self) -> float:
+        """The longest real time between two clock steps (a stall makes slots due in a bunch)."""
+        wall = self.step_wall
+        return max((b - a for a, b in itertools.pairwise(wall)), default=0.0) * 1000
+
     def sim_at(self, wall: float) -> int:
         """The simulated clock's value (µs) at real (wall) time ``wall``."""
         i = bisect.bisect_right(self.step_wall, wall)
@@ -340,6 +350,8 @@ class Tally:
     #: Lateness of each slot's first TakeBackup: when published (the producer's timestamp) and
     #: when received here; in simulated seconds and in real milliseconds.
     published_sim: array[float] = field(default_factory=lambda: array("d"))
+    #: The simulated hour (since the start) of each slot, aligned with ``published_sim``.
+    slot_hour: array[int] = field(default_factory=lambda: array("H"))
     published_real: array[float] = field(default_factory=lambda: array("d"))
     received_sim: array[float] = field(default_factory=lambda: array("d"))
     received_real: array[float] = field(default_factory=lambda: array("d"))
@@ -434,6 +446,10 @@ class BatchedExecutor:
         driver = self.driver
         due = driver.reached_wall(slot_us)
         tally.published_sim.append((driver.sim_at(published) - slot_us) / 1e6)
+        hour = (slot_us - self.cfg.start_us) // 3_600_000_000
+        tally.slot_hour.append(
+            min(hour, math.ceil(self.cfg.hours) - 1)
+        )  # the end's slot: last hour
         tally.published_real.append((published - due) * 1000)
         tally.received_sim.append((driver.sim_at(received) - slot_us) / 1e6)
         tally.received_real.append((received - due) * 1000)
@@ -514,6 +530,13 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[max(0, math.ceil(q * len(sorted_values)) - 1)]
 
 
+def p99_by_hour(values: array[float], hours: array[int]) -> list[float]:
+    by_hour: dict[int, list[float]] = {}
+    for value, hour in zip(values, hours, strict=True):
+        by_hour.setdefault(hour, []).append(value)
+    return [percentile(sorted(by_hour[h]), 0.99) for h in sorted(by_hour)]
+
+
 @dataclass(frozen=True)
 class Spread:
     p50: float
@@ -553,6 +576,10 @@ class Result:
     published_lateness_real_ms: Spread
     received_lateness_sim_s: Spread
     received_lateness_real_ms: Spread
+    published_p99_sim_s_by_hour: list[float]
+    clock_longest_step_gap_ms: float
+    postgres_autovacuum_cancelled: int | None
+    postgres_settings: str
     scheduler_cpu_seconds: float
     scheduler_cpu_ms_per_backup: float
     scheduler_bootstrap_seconds: float
@@ -597,7 +624,8 @@ class Result:
                 f"clusters                 {self.clusters:,} at {self.frequency_minutes}-minute frequency, "
                 f"{self.registrations} registrations, event store {self.store}",
                 f"simulated span           {self.simulated_hours:g} h, speed-up {self.speedup:g}x "
-                f"(clock step {self.clock_step_ms:g} ms real)",
+                f"(clock step {self.clock_step_ms:g} ms real; longest gap between steps "
+                f"{self.clock_longest_step_gap_ms:.0f} ms)",
                 f"backups scheduled        {n:,} received slots ({self.full:,} FULL, "
                 f"{self.incremental:,} INCREMENTAL); BackupScheduled in store: "
                 f"{'n/a' if self.scheduled_recorded is None else f'{self.scheduled_recorded:,}'}; "
@@ -614,6 +642,13 @@ class Result:
                 "lateness, slot to TakeBackup received by the stand-in executor (+ broker hop):",
                 f"  simulated s            {self.received_lateness_sim_s.show(3)}",
                 f"  real ms                {self.received_lateness_real_ms.show(1)}",
+                "p99 lateness published, simulated s, by simulated hour:",
+                *textwrap.wrap(
+                    " ".join(f"{v:.2f}" for v in self.published_p99_sim_s_by_hour),
+                    width=96,
+                    initial_indent="  ",
+                    subsequent_indent="  ",
+                ),
                 f"scheduler CPU            {self.scheduler_cpu_seconds:.1f} s while the clock ran = "
                 f"{self.scheduler_cpu_ms_per_backup:.3f} ms per scheduled backup "
                 f"(bootstrap {self.scheduler_bootstrap_seconds:.1f} s wall, "
@@ -624,11 +659,19 @@ class Result:
                 f"scheduler RSS            {self.scheduler_rss_mib_start:.0f} MiB after bootstrap -> "
                 f"{self.scheduler_rss_mib_end:.0f} MiB at the end",
                 f"other CPU while running  kafka {opt(self.kafka_cpu_seconds)}, postgres "
-                f"{opt(self.postgres_cpu_seconds)}, this benchmark {self.bench_cpu_seconds:.1f} s "
+                f"{'not used' if self.store == 'sqlite' else opt(self.postgres_cpu_seconds)}, this benchmark {self.bench_cpu_seconds:.1f} s "
                 f"(executor: {self.executor_save_batches:,} batch saves, {self.executor_save_seconds:.1f} s "
                 f"wall, longest {self.executor_save_max_ms:.0f} ms); machine busy "
                 f"{self.machine_busy_fraction * 100:.0f}% of {os.cpu_count()} cores (all processes; "
                 f"load average {self.load_average:.1f})",
+                "postgres                 "
+                + (
+                    ("not used (SQLite event store)" if self.store == "sqlite" else "external")
+                    if self.postgres_autovacuum_cancelled is None
+                    else f"{self.postgres_autovacuum_cancelled} autovacuum tasks cancelled (each "
+                    "after blocking the event store's writers for deadlock_timeout)"
+                )
+                + (f"; settings {self.postgres_settings}" if self.postgres_settings else ""),
                 f"wall time                {self.run_wall_seconds:.1f} s clock running + drain; "
                 f"{self.total_wall_seconds:.1f} s in all (store fill {self.fill_seconds:.1f} s)",
                 f"targets                  p99 lateness (published) < 1 s simulated: {yes[lat_ok]}; "
@@ -639,9 +682,17 @@ class Result:
 
 
 # ---------------------------------------------------------------------------- infrastructure
+@dataclass(frozen=True)
+class Infra:
+    kafka: str
+    url: str
+    kafka_pid: int | None  # None: external (not measured)
+    pg_pid: int | None
+    pg_log: Path | None
+
+
 @contextlib.contextmanager
-def infrastructure(cfg: Config, tmp: Path) -> Iterator[tuple[str, str, int | None, int | None]]:
-    """(kafka bootstrap, store URL, kafka pid, postgres pid)."""
+def infrastructure(cfg: Config, tmp: Path) -> Iterator[Infra]:
     with contextlib.ExitStack() as stack:
         kafka_pid: int | None = None
         bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
@@ -652,21 +703,22 @@ def infrastructure(cfg: Config, tmp: Path) -> Iterator[tuple[str, str, int | Non
             stack.callback(kafka.stop)
             kafka_pid = kafka.pid
         pg_pid: int | None = None
+        pg_log: Path | None = None
         if cfg.store == "sqlite":
             url = f"sqlite:///{tmp / 'events.sqlite'}"
         else:
             server = os.environ.get("POSTGRES_URL")
             if not server:
                 print("starting PostgreSQL ...", flush=True)
-                pg = LocalPostgres(settings=PG_SETTINGS)
+                pg = LocalPostgres(settings={**PG_SETTINGS, **cfg.pg_settings})
                 server = pg.start()
                 stack.callback(pg.stop)
-                pg_pid = pg.pid
+                pg_pid, pg_log = pg.pid, pg.log_path
             name = f"mb_bench_{uuid.uuid4().hex[:10]}"
             with psycopg.connect(server, autocommit=True) as conn:
                 conn.execute(f'CREATE DATABASE "{name}"')
             url = url_with_database(server, name)
-        yield bootstrap, url, kafka_pid, pg_pid
+        yield Infra(bootstrap, url, kafka_pid, pg_pid, pg_log)
 
 
 def start_scheduler(
@@ -694,6 +746,11 @@ def start_scheduler(
     )
 
 
+def count_lines(path: Path, needle: str) -> int:
+    with path.open(errors="replace") as f:
+        return sum(needle in line for line in f)
+
+
 def scheduler_reached(db: SqlDatabase) -> datetime | None:
     rows = db.query("SELECT reached FROM mb_clock_reached WHERE service = 'scheduler'")
     return datetime.fromisoformat(rows[0][0]) if rows else None
@@ -705,8 +762,8 @@ async def run(cfg: Config) -> Result:
     tmp = Path(tempfile.mkdtemp(prefix="bench-scheduler-"))
     prefix = f"bench{uuid.uuid4().hex[:6]}"
     try:
-        with infrastructure(cfg, tmp) as (kafka, url, kafka_pid, pg_pid):
-            return await _run(cfg, tmp, prefix, kafka, url, kafka_pid, pg_pid, began)
+        with infrastructure(cfg, tmp) as infra:
+            return await _run(cfg, tmp, prefix, infra, began)
     finally:
         if cfg.keep:
             print(f"kept {tmp}")
@@ -718,12 +775,10 @@ async def _run(
     cfg: Config,
     tmp: Path,
     prefix: str,
-    kafka: str,
-    url: str,
-    kafka_pid: int | None,
-    pg_pid: int | None,
+    infra: Infra,
     began: float,
 ) -> Result:
+    kafka, url, kafka_pid, pg_pid = infra.kafka, infra.url, infra.kafka_pid, infra.pg_pid
     await ensure_topics(kafka)
     db = SqlDatabase(url)
     clock = SimulatedClock(db, start=T0)
@@ -821,6 +876,7 @@ async def _run(
         await executor.stop()
 
     recorded = await asyncio.to_thread(count_scheduled, store, db)
+    cancelled = None if infra.pg_log is None else count_lines(infra.pg_log, "canceling autovacuum")
     store.close()
     db.close()
     tally = executor.tally
@@ -849,6 +905,10 @@ async def _run(
         published_lateness_real_ms=Spread.of(tally.published_real),
         received_lateness_sim_s=Spread.of(tally.received_sim),
         received_lateness_real_ms=Spread.of(tally.received_real),
+        published_p99_sim_s_by_hour=p99_by_hour(tally.published_sim, tally.slot_hour),
+        clock_longest_step_gap_ms=driver.longest_gap_ms(),
+        postgres_autovacuum_cancelled=cancelled,
+        postgres_settings=" ".join(f"{k}={v}" for k, v in cfg.pg_settings.items()),
         scheduler_cpu_seconds=cpu,
         scheduler_cpu_ms_per_backup=cpu * 1000 / max(1, tally.first_receipts),
         scheduler_bootstrap_seconds=boot_seconds,
@@ -924,11 +984,21 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         help="give up draining after this long without progress",
     )
     parser.add_argument(
+        "--pg-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a server setting for the PostgreSQL this benchmark starts (repeatable), "
+        "e.g. deadlock_timeout=50ms",
+    )
+    parser.add_argument(
         "--json", type=Path, default=None, help="also write the results as JSON here"
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     parser.set_defaults(burst=False)
     args = parser.parse_args(argv)
+    if any("=" not in item for item in args.pg_setting):
+        parser.error("--pg-setting takes NAME=VALUE")
     if args.clusters < 1 or args.frequency < 1 or args.hours <= 0 or args.speedup <= 0:
         parser.error("--clusters, --frequency, --hours and --speedup must be positive")
     return Config(
@@ -947,6 +1017,7 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         drain_seconds=args.drain_seconds,
         json_path=args.json,
         keep=args.keep,
+        pg_settings=dict(item.split("=", 1) for item in args.pg_setting),
     )
 
 
