@@ -56,6 +56,7 @@ STATUS_AFTER = {
 }
 
 SendTakeBackup = Callable[[TakeBackup], Awaitable[None]]
+SEND_SLICE = 200
 
 
 def relevant_backups(cluster: Cluster | None) -> set[UUID]:
@@ -220,6 +221,16 @@ class Scheduler:
             upcoming = next_slot(view)
             if upcoming is not None:
                 self._push(upcoming, cluster_id)
+            last = cluster.last_scheduled
+            # A scheduled backup that never started (its TakeBackup was lost in a crash): send it
+            # again now, not only when the next slot falls due.
+            if (
+                last is not None
+                and self.status.get(last["backup_id"]) not in TERMINAL
+                and self.backup_status(cluster, last["backup_id"]) is None
+            ):
+                self._push(now + timedelta(seconds=60), cluster_id)
+                return None, self._resend_due(cluster, last["backup_id"])
             return None, False
         last = cluster.last_scheduled
         if last is not None:
@@ -316,7 +327,11 @@ class Scheduler:
         if due:
             saved, resend = await asyncio.to_thread(self._decide_all, due, now)
             self.stats.resent += len(resend)
-            await asyncio.gather(*(self._send(c) for c in [*saved, *resend]))
+            to_send = [*saved, *resend]
+            # In slices: one gather of thousands of sends makes the producer's accumulator wake
+            # every waiting send on each drained batch (quadratic in the burst size).
+            for i in range(0, len(to_send), SEND_SLICE):
+                await asyncio.gather(*(self._send(c) for c in to_send[i : i + SEND_SLICE]))
         if self.clock.simulated and now != self._reported:
             await asyncio.to_thread(self.clock.report_reached, self.name, now)
             self._reported = now
