@@ -18,6 +18,29 @@ from shared.infra.kafka import free_ports
 pytestmark = pytest.mark.integration
 
 
+def publish(
+    command: dict[str, object], data: Path, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """`managed-backups publish managed-backups.cluster-commands JSON --data-dir D`."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "publish",
+            "managed-backups.cluster-commands",
+            json.dumps(command),
+            "--data-dir",
+            str(data),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def test_up_publish_and_query_within_a_second(tmp_path: Path) -> None:
     data = tmp_path / "D"
     port = free_ports(1)[0]
@@ -65,23 +88,7 @@ def test_up_publish_and_query_within_a_second(tmp_path: Path) -> None:
             "database_version": "15.8",
             "connection_ref": "postgresql://backup@db.internal:5432/postgres",
         }
-        published = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "services.cli",
-                "publish",
-                "managed-backups.cluster-commands",
-                json.dumps(command),
-                "--data-dir",
-                str(data),
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        published = publish(command, data, env)
         assert published.returncode == 0, published.stdout + published.stderr
         assert json.loads(published.stdout)["status"] == "ACCEPTED"
         accepted_at = time.monotonic()
@@ -97,23 +104,7 @@ def test_up_publish_and_query_within_a_second(tmp_path: Path) -> None:
         assert response.json()["backup_region"] in ("us-east-1", "eu-west-1")
         assert httpx.get(url, timeout=5).status_code == 401
 
-        rejected = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "services.cli",
-                "publish",
-                "managed-backups.cluster-commands",
-                json.dumps(command),
-                "--data-dir",
-                str(data),
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        rejected = publish(command, data, env)
         assert rejected.returncode == 1
         assert json.loads(rejected.stdout)["reason"] == "cluster orders-prod is already registered"
     finally:
