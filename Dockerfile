@@ -19,6 +19,7 @@ COPY pyproject.toml README* ./
 COPY contracts ./contracts
 COPY shared ./shared
 COPY services ./services
+COPY managed_backups ./managed_backups
 RUN pip install . \
     && useradd --system --uid 10001 --home-dir /data --no-create-home mb \
     && mkdir -p /data \

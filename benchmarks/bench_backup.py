@@ -5,7 +5,7 @@ Run on demand (not in the test suite)::
     python -m benchmarks.bench_backup --scale 60      # >= 1 GB: pgbench -s 60 + wide tables
     python -m benchmarks.bench_backup --scale 5       # quick check
 
-One run, on a throw-away PostgreSQL (``shared.infra.postgres.LocalPostgres``):
+One run, on a throw-away PostgreSQL (``tests.infra.postgres.LocalPostgres``):
 
 1. data: ``pgbench -i -s SCALE`` plus two wide tables (``events``: jsonb payloads, ``documents``:
    ~1 KB text bodies) sized with the scale;
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.infra.postgres import LocalPostgres
+from tests.infra.postgres import LocalPostgres
 
 MiB = 1 << 20
 RESTIC_PASSWORD = "benchmark-only-password"
@@ -65,10 +65,10 @@ class Result:
 # ------------------------------------------------------------------------------ child runners
 def _child_backup(args: dict[str, Any]) -> None:
     """In a child process: take one backup with our adapter; print JSON."""
-    from services.executor.dataplane.engine import BackupRequest
-    from services.executor.dataplane.manifest import load_manifest
-    from services.executor.dataplane.objectstore import ObjectStore
-    from services.executor.dataplane.postgres import PostgresAdapter
+    from managed_backups.shared.dataplane.engine import BackupRequest
+    from managed_backups.shared.dataplane.manifest import load_manifest
+    from managed_backups.shared.dataplane.objectstore import ObjectStore
+    from managed_backups.shared.dataplane.postgres import PostgresAdapter
 
     adapter = PostgresAdapter(
         args["dsn"], password=os.environ["BENCH_PGPASSWORD"], parallelism=args["parallelism"]

@@ -16,7 +16,7 @@ One run:
 2. N clusters are created directly in the event store (bulk saves), each at ``--frequency``.
    Their registration times (= their slot grids) are spread uniformly over one period by
    default, as in real life; ``--burst`` registers them all at the same instant (worst case);
-3. the real scheduler service runs in its own process (``python -m services.cli service
+3. the real scheduler service runs in its own process (``python -m managed_backups.services.cli service
    scheduler`` on the simulated clock) and publishes TakeBackup on the real broker;
 4. a batched stand-in executor in this process consumes ``managed-backups.backup-commands``,
    records BackupStarted + BackupCompleted for each TakeBackup (one ``store.save`` per batch)
@@ -81,18 +81,23 @@ from pathlib import Path
 import psycopg
 from aiokafka import AIOKafkaConsumer
 
-from contracts import topics
-from contracts.commands import TakeBackup
-from shared.bus import ensure_topics
-from shared.clock import SimulatedClock
-from shared.domain.backup import Backup
-from shared.domain.cluster import Cluster
-from shared.domain.ids import scheduled_backup_id
-from shared.eventstore import EventStore, IntegrityError, event_topics, open_event_store
-from shared.infra.kafka import LocalKafka
-from shared.infra.postgres import LocalPostgres, url_with_database
-from shared.security import ensure_key_file
-from shared.sqldb import SqlDatabase
+from managed_backups.contracts import topics
+from managed_backups.contracts.commands import TakeBackup
+from managed_backups.shared.bus import ensure_topics
+from managed_backups.shared.clock import SimulatedClock
+from managed_backups.shared.domain.backup import Backup
+from managed_backups.shared.domain.cluster import Cluster
+from managed_backups.shared.domain.ids import scheduled_backup_id
+from managed_backups.shared.eventstore import (
+    EventStore,
+    IntegrityError,
+    event_topics,
+    open_event_store,
+)
+from managed_backups.shared.infra.kafka import LocalKafka
+from managed_backups.shared.security import ensure_key_file
+from managed_backups.shared.sqldb import SqlDatabase
+from tests.infra.postgres import LocalPostgres, url_with_database
 
 T0 = datetime(2026, 1, 5, tzinfo=UTC)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -738,7 +743,7 @@ def start_scheduler(
     if cfg.scheduler_poll is not None:
         env["MANAGED_BACKUPS_POLL_INTERVAL_SECONDS"] = str(cfg.scheduler_poll)
     return subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "service", "scheduler"],
+        [sys.executable, "-m", "managed_backups.services.cli", "service", "scheduler"],
         env=env,
         stdout=(tmp / "scheduler.log").open("ab"),
         stderr=subprocess.STDOUT,

@@ -15,8 +15,8 @@ from uuid import UUID
 
 from pydantic import Field, field_validator
 
-from contracts.base import Contract
-from contracts.enums import BackupReason, BackupType, Engine, RestoreType, Tier
+from managed_backups.contracts.base import Contract
+from managed_backups.contracts.enums import BackupReason, BackupType, Engine, RestoreType, Tier
 
 CLUSTER_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 ClusterId = Annotated[

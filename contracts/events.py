@@ -14,8 +14,15 @@ from uuid import UUID
 
 from pydantic import Field
 
-from contracts.base import Contract
-from contracts.enums import BackupReason, BackupType, CommandStatus, Engine, Role, Tier
+from managed_backups.contracts.base import Contract
+from managed_backups.contracts.enums import (
+    BackupReason,
+    BackupType,
+    CommandStatus,
+    Engine,
+    Role,
+    Tier,
+)
 
 
 class CatalogTable(Contract):

@@ -13,7 +13,7 @@ from typing import Any, get_args
 from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
-from contracts import commands, events, results, topics
+from managed_backups.contracts import commands, events, results, topics
 
 TOPIC_MESSAGES: dict[str, tuple[str, list[type[BaseModel]]]] = {
     topics.CLUSTER_COMMANDS: (
@@ -114,11 +114,12 @@ def export(directory: Path) -> list[Path]:
         path = directory / f"{model.__name__}.schema.json"
         path.write_text(json.dumps(model.model_json_schema(), indent=2, sort_keys=True) + "\n")
         written.append(path)
-    for name, union in (
+    unions: tuple[tuple[str, Any], ...] = (
         ("ClusterCommand", commands.ClusterCommand),
         ("BackupCommand", commands.BackupCommand),
         ("DomainEvent", events.DomainEvent),
-    ):
+    )
+    for name, union in unions:
         path = directory / f"{name}.schema.json"
         schema = TypeAdapter(union).json_schema()
         path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")

@@ -8,8 +8,8 @@ from uuid import UUID
 
 from pydantic import Field
 
-from contracts.base import Contract
-from contracts.enums import CommandStatus
+from managed_backups.contracts.base import Contract
+from managed_backups.contracts.enums import CommandStatus
 
 
 class CommandResult(Contract):

@@ -24,8 +24,8 @@ from typing import Any
 
 import httpx
 
-from contracts import topics
-from shared.settings import Settings, default_data_dir
+from managed_backups.contracts import topics
+from managed_backups.shared.settings import Settings, default_data_dir
 
 SERVICES = ("relay", "projections", "scheduler", "backup-executor", "api")
 
@@ -50,7 +50,7 @@ def _port_free(port: int) -> bool:
 
 
 def cmd_service(args: argparse.Namespace) -> int:
-    from services.runtime import configure_logging, open_runtime, stop_on_signals
+    from managed_backups.services.runtime import configure_logging, open_runtime, stop_on_signals
 
     configure_logging(args.name)
     runtime = open_runtime(_settings(args.data_dir))
@@ -71,23 +71,23 @@ def cmd_service(args: argparse.Namespace) -> int:
 
 def _service_main(name: str) -> Any:
     if name == "relay":
-        from services.projections.runner import run_relay
+        from managed_backups.services.relay.service import run as run_relay
 
         return run_relay
     if name == "projections":
-        from services.projections.runner import run_projections
+        from managed_backups.services.projections.runner import run_projections
 
         return run_projections
     if name == "scheduler":
-        from services.scheduler.service import run as run_scheduler
+        from managed_backups.services.scheduler.service import run as run_scheduler
 
         return run_scheduler
     if name == "backup-executor":
-        from services.executor.service import run as run_executor
+        from managed_backups.services.executor.service import run as run_executor
 
         return run_executor
     if name == "api":
-        from services.api.app import run as run_api
+        from managed_backups.services.api.app import run as run_api
 
         return run_api
     raise SystemExit(f"unknown service {name!r}; one of {', '.join(SERVICES)}")
@@ -97,12 +97,12 @@ def _service_main(name: str) -> Any:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from shared.bus import ensure_topics
-    from shared.clock import build_clock
-    from shared.eventstore import open_event_store
-    from shared.infra.kafka import LocalKafka, child_preexec_fn
-    from shared.security import ensure_key_file
-    from shared.sqldb import SqlDatabase
+    from managed_backups.shared.bus import ensure_topics
+    from managed_backups.shared.clock import build_clock
+    from managed_backups.shared.eventstore import open_event_store
+    from managed_backups.shared.infra.kafka import LocalKafka, child_preexec_fn
+    from managed_backups.shared.security import ensure_key_file
+    from managed_backups.shared.sqldb import SqlDatabase
 
     data_dir = Path(args.data_dir).resolve() if args.data_dir else default_data_dir()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -157,7 +157,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         def spawn(name: str) -> subprocess.Popen[bytes]:
             log = (logs / f"{name}.log").open("ab")
             return subprocess.Popen(
-                [sys.executable, "-m", "services.cli", "service", name],
+                [sys.executable, "-m", "managed_backups.services.cli", "service", name],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -258,7 +258,7 @@ def _stop_children(children: dict[str, subprocess.Popen[bytes]]) -> None:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from shared.gateway import CommandGateway, CommandTimeout
+    from managed_backups.shared.gateway import CommandGateway, CommandTimeout
 
     data_dir = Path(args.data_dir).resolve() if args.data_dir else default_data_dir()
     bootstrap = args.bootstrap_servers or os.environ.get("MANAGED_BACKUPS_KAFKA_BOOTSTRAP_SERVERS")
@@ -315,7 +315,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_contracts_export(args: argparse.Namespace) -> int:
-    from contracts.export import export
+    from managed_backups.contracts.export import export
 
     for path in export(Path(args.directory)):
         print(path)
@@ -323,9 +323,9 @@ def cmd_contracts_export(args: argparse.Namespace) -> int:
 
 
 def cmd_projections_rebuild(args: argparse.Namespace) -> int:
-    from services.projections.service import rebuild
-    from shared.eventstore import open_event_store
-    from shared.sqldb import SqlDatabase
+    from managed_backups.services.projections.service import rebuild
+    from managed_backups.shared.eventstore import open_event_store
+    from managed_backups.shared.sqldb import SqlDatabase
 
     settings = _settings(args.data_dir)
     store = open_event_store(settings.store_url)

@@ -8,11 +8,11 @@ import os
 import signal
 from dataclasses import dataclass
 
-from shared.clock import Clock, build_clock
-from shared.eventstore import EventStore, open_event_store
-from shared.security import Authenticator, ensure_key_file
-from shared.settings import Settings
-from shared.sqldb import SqlDatabase
+from managed_backups.shared.clock import Clock, build_clock
+from managed_backups.shared.eventstore import EventStore, open_event_store
+from managed_backups.shared.security import Authenticator, ensure_key_file
+from managed_backups.shared.settings import Settings
+from managed_backups.shared.sqldb import SqlDatabase
 
 SERVICE_CREDENTIAL_ENV = "MANAGED_BACKUPS_SERVICE_CREDENTIAL"
 

@@ -20,9 +20,9 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
-from contracts import topics
-from contracts.results import CommandResult, DeadLetter
-from shared.commands import CommandProcessor
+from managed_backups.contracts import topics
+from managed_backups.contracts.results import CommandResult, DeadLetter
+from managed_backups.shared.commands import CommandProcessor
 
 log = logging.getLogger(__name__)
 PARTITIONS = 4

@@ -12,8 +12,8 @@ import contextlib
 from abc import ABC, abstractmethod
 from datetime import UTC, datetime, timedelta
 
-from shared.settings import Settings
-from shared.sqldb import SqlDatabase
+from managed_backups.shared.settings import Settings
+from managed_backups.shared.sqldb import SqlDatabase
 
 
 def utcnow() -> datetime:

@@ -19,13 +19,13 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate
 from pydantic import TypeAdapter, ValidationError
 
-from contracts.enums import CommandStatus
-from contracts.results import CommandResult
-from shared.clock import Clock
-from shared.domain.errors import Malformed, Refused
-from shared.domain.outcome import CommandOutcome
-from shared.eventstore import EventStore, IntegrityError
-from shared.security import Authenticator, Principal
+from managed_backups.contracts.enums import CommandStatus
+from managed_backups.contracts.results import CommandResult
+from managed_backups.shared.clock import Clock
+from managed_backups.shared.domain.errors import Malformed, Refused
+from managed_backups.shared.domain.outcome import CommandOutcome
+from managed_backups.shared.eventstore import EventStore, IntegrityError
+from managed_backups.shared.security import Authenticator, Principal
 
 log = logging.getLogger(__name__)
 MAX_CONFLICT_RETRIES = 8

@@ -18,13 +18,14 @@ from uuid import UUID, uuid5
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate, DomainEventProtocol
 from eventsourcing.persistence import IntegrityError, Notification
-from eventsourcing.utils import get_topic
+from eventsourcing.utils import get_topic, register_topic
 from pydantic import TypeAdapter
 
-from contracts.events import DomainEvent, EventBase
-from shared.domain.cluster import Cluster
-from shared.domain.ids import NAMESPACE
-from shared.sqldb import sqlite_path
+import managed_backups.shared
+from managed_backups.contracts.events import DomainEvent, EventBase
+from managed_backups.shared.domain.cluster import Cluster
+from managed_backups.shared.domain.ids import NAMESPACE
+from managed_backups.shared.sqldb import sqlite_path
 
 A = TypeVar("A", bound=Aggregate)
 _WIRE: TypeAdapter[EventBase] = TypeAdapter(DomainEvent)
@@ -32,6 +33,12 @@ _WIRE: TypeAdapter[EventBase] = TypeAdapter(DomainEvent)
 _PRIVATE_FIELDS = {"secret_sha256"}
 
 __all__ = ["EventStore", "IntegrityError", "open_event_store", "to_wire_event"]
+
+# Events recorded before the code moved under the ``managed_backups`` package carry topics such
+# as ``shared.domain.cluster:Cluster.ClusterRegistered``. Registering the old top-level module
+# name makes every such topic (events, aggregates, snapshots) resolve to today's classes.
+PACKAGE_PREFIX = "managed_backups."
+register_topic("shared", managed_backups.shared)
 
 
 def event_store_env(url: str) -> dict[str, str]:
@@ -113,7 +120,13 @@ def open_event_store(url: str, attempts: int = 20) -> EventStore:
 
 
 def event_topics(*classes: type[Any]) -> list[str]:
-    return [get_topic(cls) for cls in classes]
+    """The stored topics of ``classes``: today's, and the one written before the package move
+    (a reader filtering the log by topic must match events of both ages)."""
+    topics: list[str] = []
+    for cls in classes:
+        topic = get_topic(cls)
+        topics += [topic, topic.removeprefix(PACKAGE_PREFIX)]
+    return topics
 
 
 def event_id(aggregate_id: UUID, version: int) -> UUID:

@@ -15,8 +15,8 @@ from uuid import UUID
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from contracts import topics
-from contracts.results import CommandResult
+from managed_backups.contracts import topics
+from managed_backups.contracts.results import CommandResult
 
 
 class CommandTimeout(TimeoutError):

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from contracts.enums import Role
-from shared.clock import Clock
-from shared.domain.errors import Forbidden, NotAuthenticated
-from shared.domain.ids import api_key_aggregate_id
-from shared.domain.principal import ApiKey
-from shared.eventstore import EventStore
+from managed_backups.contracts.enums import Role
+from managed_backups.shared.clock import Clock
+from managed_backups.shared.domain.errors import Forbidden, NotAuthenticated
+from managed_backups.shared.domain.ids import api_key_aggregate_id
+from managed_backups.shared.domain.principal import ApiKey
+from managed_backups.shared.eventstore import EventStore
 
 KEY_PREFIX = "mbk"
 

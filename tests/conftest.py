@@ -15,8 +15,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from shared.infra.postgres import postgres_for_tests, url_with_database
-from shared.infra.testing import kafka_for_tests
+from tests.infra.postgres import postgres_for_tests, url_with_database
+from tests.infra.testing import kafka_for_tests
 
 
 @pytest.fixture(scope="module")

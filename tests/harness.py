@@ -15,16 +15,16 @@ from uuid import UUID, uuid4
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from contracts import topics
-from contracts.results import CommandResult
-from services.api.app import create_app
-from services.cli import _service_main
-from services.runtime import Runtime, open_runtime
-from shared.bus import ensure_topics
-from shared.clock import SimulatedClock
-from shared.gateway import CommandGateway
-from shared.security import ensure_key_file
-from shared.settings import Settings
+from managed_backups.contracts import topics
+from managed_backups.contracts.results import CommandResult
+from managed_backups.services.api.app import create_app
+from managed_backups.services.cli import _service_main
+from managed_backups.services.runtime import Runtime, open_runtime
+from managed_backups.shared.bus import ensure_topics
+from managed_backups.shared.clock import SimulatedClock
+from managed_backups.shared.gateway import CommandGateway
+from managed_backups.shared.security import ensure_key_file
+from managed_backups.shared.settings import Settings
 
 ServiceMain = Callable[[Runtime, asyncio.Event], Awaitable[None]]
 
@@ -141,7 +141,7 @@ class System:
 
     async def wait_projection(self, position: int | None, timeout: float = 15) -> None:
         assert self.api_runtime is not None
-        from services.projections.read_models import ReadModels
+        from managed_backups.services.projections.read_models import ReadModels
 
         models = ReadModels(self.api_runtime.db)
         async with asyncio.timeout(timeout):
@@ -206,10 +206,10 @@ async def run_cluster_commands_only(runtime: Runtime, stop: asyncio.Event) -> No
     but no backup is scheduled (for tests that take backups on demand)."""
     from pydantic import TypeAdapter
 
-    from contracts.commands import ClusterCommand
-    from services.scheduler.cluster_commands import HANDLERS
-    from shared.bus import make_broker, subscribe_commands
-    from shared.commands import CommandContext, CommandProcessor
+    from managed_backups.contracts.commands import ClusterCommand
+    from managed_backups.services.scheduler.cluster_commands import HANDLERS
+    from managed_backups.shared.bus import make_broker, subscribe_commands
+    from managed_backups.shared.commands import CommandContext, CommandProcessor
 
     broker = make_broker(runtime.settings.kafka_bootstrap_servers, "test-registry")
     processor = CommandProcessor(

@@ -13,11 +13,11 @@ from uuid import UUID
 
 from aiokafka import AIOKafkaConsumer
 
-from contracts import topics
-from contracts.commands import TakeBackup
-from services.runtime import Runtime
-from shared.domain.backup import Backup
-from shared.eventstore import IntegrityError
+from managed_backups.contracts import topics
+from managed_backups.contracts.commands import TakeBackup
+from managed_backups.services.runtime import Runtime
+from managed_backups.shared.domain.backup import Backup
+from managed_backups.shared.eventstore import IntegrityError
 
 
 @dataclass

@@ -20,14 +20,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from contracts import topics
-from contracts.results import CommandResult
-from services.projections.read_models import Page, ReadModels
-from services.runtime import Runtime
-from shared.clock import SimulatedClock
-from shared.domain.errors import Refused
-from shared.gateway import CommandGateway, CommandTimeout
-from shared.security import Action, Principal
+from managed_backups.contracts import topics
+from managed_backups.contracts.results import CommandResult
+from managed_backups.services.projections.read_models import Page, ReadModels
+from managed_backups.services.runtime import Runtime
+from managed_backups.shared.clock import SimulatedClock
+from managed_backups.shared.domain.errors import Refused
+from managed_backups.shared.gateway import CommandGateway, CommandTimeout
+from managed_backups.shared.security import Action, Principal
 
 PROJECTION_WAIT_SECONDS = 15.0
 
@@ -371,8 +371,8 @@ def create_app(runtime: Runtime, gateway: CommandGateway) -> FastAPI:
 async def run(runtime: Runtime, stop: asyncio.Event) -> None:
     import uvicorn
 
-    from shared.bus import ensure_topics
-    from shared.security import ensure_key_file
+    from managed_backups.shared.bus import ensure_topics
+    from managed_backups.shared.security import ensure_key_file
 
     settings = runtime.settings
     await ensure_topics(settings.kafka_bootstrap_servers)

@@ -18,22 +18,22 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
-from contracts.commands import TakeBackup, VerifyBackup
-from contracts.enums import BackupStatus, BackupType
-from services.executor import leases
-from services.executor.dataplane.engine import BackupError, BackupRequest, ErrorCode
-from services.executor.dataplane.manifest import Manifest, list_manifests, read_manifest
-from services.executor.dataplane.objectstore import ObjectStore, open_store
-from services.executor.dataplane.postgres import PostgresAdapter
-from services.executor.dataplane.verify import cleanup_partial, verify_backup
-from services.runtime import Runtime
-from shared.commands import CommandContext, Handled
-from shared.domain.backup import Backup
-from shared.domain.cluster import Cluster
-from shared.domain.errors import BadValue, Conflict, NotFound
-from shared.domain.ids import cluster_aggregate_id
-from shared.eventstore import IntegrityError
-from shared.security import Action, Principal
+from managed_backups.contracts.commands import TakeBackup, VerifyBackup
+from managed_backups.contracts.enums import BackupStatus, BackupType
+from managed_backups.services.executor import leases
+from managed_backups.services.runtime import Runtime
+from managed_backups.shared.commands import CommandContext, Handled
+from managed_backups.shared.dataplane.engine import BackupError, BackupRequest, ErrorCode
+from managed_backups.shared.dataplane.manifest import Manifest, list_manifests, read_manifest
+from managed_backups.shared.dataplane.objectstore import ObjectStore, open_store
+from managed_backups.shared.dataplane.postgres import PostgresAdapter
+from managed_backups.shared.dataplane.verify import cleanup_partial, verify_backup
+from managed_backups.shared.domain.backup import Backup
+from managed_backups.shared.domain.cluster import Cluster
+from managed_backups.shared.domain.errors import BadValue, Conflict, NotFound
+from managed_backups.shared.domain.ids import cluster_aggregate_id
+from managed_backups.shared.eventstore import IntegrityError
+from managed_backups.shared.security import Action, Principal
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from uuid import UUID
 
-from shared.sqldb import SqlDatabase
+from managed_backups.shared.sqldb import SqlDatabase
 
 TABLE = "mb_backup_leases"
 

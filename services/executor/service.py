@@ -6,12 +6,12 @@ import asyncio
 
 from pydantic import TypeAdapter
 
-from contracts import topics
-from contracts.commands import BackupCommand
-from services.executor.executor import BackupExecutor
-from services.runtime import Runtime
-from shared.bus import ensure_topics, make_broker, subscribe_commands
-from shared.commands import CommandContext, CommandProcessor
+from managed_backups.contracts import topics
+from managed_backups.contracts.commands import BackupCommand
+from managed_backups.services.executor.executor import BackupExecutor
+from managed_backups.services.runtime import Runtime
+from managed_backups.shared.bus import ensure_topics, make_broker, subscribe_commands
+from managed_backups.shared.commands import CommandContext, CommandProcessor
 
 GROUP = "managed-backups.backup-executor"
 

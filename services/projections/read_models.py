@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from contracts.enums import BackupStatus, BackupType
-from contracts.events import (
+from managed_backups.contracts.enums import BackupStatus, BackupType
+from managed_backups.contracts.events import (
     BackupCompleted,
     BackupFailed,
     BackupScheduled,
@@ -27,7 +27,7 @@ from contracts.events import (
     CommandHandled,
     EventBase,
 )
-from shared.sqldb import Cursor, SqlDatabase
+from managed_backups.shared.sqldb import Cursor, SqlDatabase
 
 PROJECTION_NAME = "views"
 

@@ -6,9 +6,9 @@ import asyncio
 import contextlib
 import logging
 
-from services.projections.read_models import ReadModels
-from shared.eventstore import EventStore, to_wire_event
-from shared.sqldb import SqlDatabase
+from managed_backups.services.projections.read_models import ReadModels
+from managed_backups.shared.eventstore import EventStore, to_wire_event
+from managed_backups.shared.sqldb import SqlDatabase
 
 log = logging.getLogger(__name__)
 

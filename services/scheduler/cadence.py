@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from contracts.enums import BackupType
+from managed_backups.contracts.enums import BackupType
 
 DAY = timedelta(days=1)
 WEEK = timedelta(days=7)

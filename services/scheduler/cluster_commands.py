@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import random
 
-from contracts.commands import (
+from managed_backups.contracts.commands import (
     ChangeClusterTier,
     DeleteCluster,
     RegisterCluster,
     UpdateBackupSettings,
 )
-from shared.commands import CommandContext, Handled, Handler
-from shared.domain.backup_settings import SettingsChange, initial_settings
-from shared.domain.cluster import Cluster
-from shared.domain.errors import Conflict, NotFound
-from shared.domain.ids import cluster_aggregate_id
-from shared.security import Action, Principal
+from managed_backups.shared.commands import CommandContext, Handled, Handler
+from managed_backups.shared.domain.backup_settings import SettingsChange, initial_settings
+from managed_backups.shared.domain.cluster import Cluster
+from managed_backups.shared.domain.errors import Conflict, NotFound
+from managed_backups.shared.domain.ids import cluster_aggregate_id
+from managed_backups.shared.security import Action, Principal
 
 _random = random.SystemRandom()
 

@@ -27,14 +27,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from uuid import UUID, uuid4
 
-from contracts.commands import TakeBackup
-from contracts.enums import BackupReason, BackupStatus, BackupType
-from services.scheduler.cadence import ScheduleView, backup_type_for, due_slot, next_slot
-from shared.clock import Clock
-from shared.domain.backup import Backup
-from shared.domain.cluster import Cluster
-from shared.domain.ids import cluster_aggregate_id, scheduled_backup_id
-from shared.eventstore import EventStore, IntegrityError, event_topics
+from managed_backups.contracts.commands import TakeBackup
+from managed_backups.contracts.enums import BackupReason, BackupStatus, BackupType
+from managed_backups.services.scheduler.cadence import (
+    ScheduleView,
+    backup_type_for,
+    due_slot,
+    next_slot,
+)
+from managed_backups.shared.clock import Clock
+from managed_backups.shared.domain.backup import Backup
+from managed_backups.shared.domain.cluster import Cluster
+from managed_backups.shared.domain.ids import cluster_aggregate_id, scheduled_backup_id
+from managed_backups.shared.eventstore import EventStore, IntegrityError, event_topics
 
 log = logging.getLogger(__name__)
 TERMINAL = {BackupStatus.COMPLETE.value, BackupStatus.FAILED.value, BackupStatus.EXPIRED.value}

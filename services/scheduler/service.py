@@ -6,13 +6,13 @@ import asyncio
 
 from pydantic import TypeAdapter
 
-from contracts import topics
-from contracts.commands import ClusterCommand, TakeBackup
-from services.runtime import Runtime
-from services.scheduler.cluster_commands import HANDLERS
-from services.scheduler.scheduler import Scheduler
-from shared.bus import ensure_topics, make_broker, publish_model, subscribe_commands
-from shared.commands import CommandContext, CommandProcessor
+from managed_backups.contracts import topics
+from managed_backups.contracts.commands import ClusterCommand, TakeBackup
+from managed_backups.services.runtime import Runtime
+from managed_backups.services.scheduler.cluster_commands import HANDLERS
+from managed_backups.services.scheduler.scheduler import Scheduler
+from managed_backups.shared.bus import ensure_topics, make_broker, publish_model, subscribe_commands
+from managed_backups.shared.commands import CommandContext, CommandProcessor
 
 GROUP = "managed-backups.scheduler"
 

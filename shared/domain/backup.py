@@ -12,7 +12,7 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
-from contracts.enums import BackupStatus
+from managed_backups.contracts.enums import BackupStatus
 
 
 class Backup(Aggregate):

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from contracts.enums import Tier
-from shared.domain.errors import BadValue, Conflict
+from managed_backups.contracts.enums import Tier
+from managed_backups.shared.domain.errors import BadValue, Conflict
 
 ALLOWED_FREQUENCIES_MINUTES = (5, 10, 15, 30, 60, 240, 1440)
 ALLOWED_RETENTION_DAYS = (2, 7, 30, 90, 365)

@@ -13,16 +13,16 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
-from contracts.enums import BackupType, Tier
-from shared.domain.backup_settings import (
+from managed_backups.contracts.enums import BackupType, Tier
+from managed_backups.shared.domain.backup_settings import (
     BackupSettings,
     SettingsChange,
     SettingsDecision,
     decide_settings_change,
     settings_after_tier_change,
 )
-from shared.domain.errors import NotFound
-from shared.domain.ids import cluster_aggregate_id
+from managed_backups.shared.domain.errors import NotFound
+from managed_backups.shared.domain.ids import cluster_aggregate_id
 
 
 class Cluster(Aggregate):

@@ -11,7 +11,7 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
-from shared.domain.ids import command_outcome_id
+from managed_backups.shared.domain.ids import command_outcome_id
 
 
 class CommandOutcome(Aggregate):

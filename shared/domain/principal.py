@@ -11,7 +11,7 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
-from shared.domain.ids import api_key_aggregate_id
+from managed_backups.shared.domain.ids import api_key_aggregate_id
 
 
 class ApiKey(Aggregate):

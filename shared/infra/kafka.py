@@ -12,8 +12,8 @@ Usage::
 
 Command line::
 
-    python -m shared.infra.kafka fetch                  # pre-fetch the jars (CI)
-    python -m shared.infra.kafka run --data-dir DIR     # run a broker in the foreground
+    python -m managed_backups.shared.infra.kafka fetch                  # pre-fetch the jars (CI)
+    python -m managed_backups.shared.infra.kafka run --data-dir DIR     # run a broker in the foreground
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class LocalKafkaError(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------------
-# Small process helpers (also used by shared.infra.s3)
+# Small process helpers (also used by tests.infra.s3)
 # --------------------------------------------------------------------------------------------
 
 
@@ -598,7 +598,9 @@ class LocalKafka:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shared.infra.kafka", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m managed_backups.shared.infra.kafka", description=__doc__
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     fetch = sub.add_parser("fetch", help="fetch and cache the Kafka jars")
     fetch.add_argument("--cache-dir", type=Path, default=None)

@@ -3,7 +3,7 @@
 PostgreSQL: ``$POSTGRES_URL``, else a container where a Docker engine answers, else a
 throw-away cluster from Debian's binaries (one per session, dedicated to these tests because a
 backup covers every database of the cluster). S3: ``$S3_ENDPOINT_URL``, else moto's server
-started locally (``shared.infra.testing.s3_for_tests``), a fresh bucket per test. Nothing here skips: a service that
+started locally (``tests.infra.testing.s3_for_tests``), a fresh bucket per test. Nothing here skips: a service that
 cannot be started fails the tests.
 """
 
@@ -19,11 +19,11 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from services.executor.dataplane.objectstore import ObjectStore
-from services.executor.dataplane.postgres import SESSION_SETTINGS, PostgresAdapter
-from shared.infra.postgres import postgres_for_tests, url_with_database
-from shared.infra.s3 import ACCESS_KEY_ID, DEFAULT_REGION, SECRET_ACCESS_KEY, create_bucket
-from shared.infra.testing import s3_for_tests
+from managed_backups.shared.dataplane.objectstore import ObjectStore
+from managed_backups.shared.dataplane.postgres import SESSION_SETTINGS, PostgresAdapter
+from tests.infra.postgres import postgres_for_tests, url_with_database
+from tests.infra.s3 import ACCESS_KEY_ID, DEFAULT_REGION, SECRET_ACCESS_KEY, create_bucket
+from tests.infra.testing import s3_for_tests
 
 
 @dataclass(frozen=True)

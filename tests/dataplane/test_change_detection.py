@@ -15,12 +15,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from services.executor.dataplane.engine import BackupRequest
-from services.executor.dataplane.manifest import Manifest, TableMode
-from services.executor.dataplane.objectstore import ObjectStore
-from services.executor.dataplane.postgres import PostgresAdapter
-from services.executor.dataplane.restore_rows import iter_table_rows, rows_digest
-from shared.infra.postgres import LocalPostgres
+from managed_backups.shared.dataplane.engine import BackupRequest
+from managed_backups.shared.dataplane.manifest import Manifest, TableMode
+from managed_backups.shared.dataplane.objectstore import ObjectStore
+from managed_backups.shared.dataplane.postgres import PostgresAdapter
+from managed_backups.shared.dataplane.restore_rows import iter_table_rows, rows_digest
+from tests.infra.postgres import LocalPostgres
 
 from .conftest import PgServer, source_rows
 

@@ -17,17 +17,26 @@ from pathlib import Path
 import boto3  # type: ignore[import-untyped]
 import pytest
 
-from services.executor.dataplane.engine import BackupError, BackupRequest, ErrorCode, RestoreError
-from services.executor.dataplane.manifest import (
+from managed_backups.shared.dataplane.engine import (
+    BackupError,
+    BackupRequest,
+    ErrorCode,
+    RestoreError,
+)
+from managed_backups.shared.dataplane.manifest import (
     ManifestError,
     chain_prefix,
     chunk_key,
     list_manifests,
 )
-from services.executor.dataplane.objectstore import ObjectStore
-from services.executor.dataplane.postgres import PostgresAdapter
-from services.executor.dataplane.restore_rows import iter_table_rows, restore_table, rows_digest
-from services.executor.dataplane.verify import cleanup_partial, required_chunks, verify_backup
+from managed_backups.shared.dataplane.objectstore import ObjectStore
+from managed_backups.shared.dataplane.postgres import PostgresAdapter
+from managed_backups.shared.dataplane.restore_rows import (
+    iter_table_rows,
+    restore_table,
+    rows_digest,
+)
+from managed_backups.shared.dataplane.verify import cleanup_partial, required_chunks, verify_backup
 
 from .conftest import PgServer, source_rows, store_bytes
 
@@ -151,10 +160,10 @@ def test_duplicate_backup_id_and_cancel(
 _CHILD = textwrap.dedent(
     """
     import json, os, sys, time
-    from services.executor.dataplane.engine import BackupRequest
-    from services.executor.dataplane.manifest import load_manifest
-    from services.executor.dataplane.objectstore import ObjectStore
-    from services.executor.dataplane.postgres import PostgresAdapter
+    from managed_backups.shared.dataplane.engine import BackupRequest
+    from managed_backups.shared.dataplane.manifest import load_manifest
+    from managed_backups.shared.dataplane.objectstore import ObjectStore
+    from managed_backups.shared.dataplane.postgres import PostgresAdapter
 
     args = json.loads(sys.argv[1])
     adapter = PostgresAdapter(args["dsn"], password=os.environ["MB_TEST_PASSWORD"], psql_min_bytes=0)

@@ -22,9 +22,9 @@ pytestmark = pytest.mark.integration
 _CHILD = textwrap.dedent(
     """
     import json, os, resource, sys
-    from services.executor.dataplane.engine import BackupRequest
-    from services.executor.dataplane.objectstore import ObjectStore
-    from services.executor.dataplane.postgres import PostgresAdapter
+    from managed_backups.shared.dataplane.engine import BackupRequest
+    from managed_backups.shared.dataplane.objectstore import ObjectStore
+    from managed_backups.shared.dataplane.postgres import PostgresAdapter
 
     args = json.loads(sys.argv[1])
     adapter = PostgresAdapter(

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from services.executor.dataplane.engine import BackupRequest
-from services.executor.dataplane.manifest import (
+from managed_backups.shared.dataplane.engine import BackupRequest
+from managed_backups.shared.dataplane.manifest import (
     BackupType,
     KeySetFormat,
     Manifest,
@@ -26,9 +26,13 @@ from services.executor.dataplane.manifest import (
     list_manifests,
     load_chain,
 )
-from services.executor.dataplane.objectstore import ObjectStore
-from services.executor.dataplane.restore_rows import iter_table_rows, restore_database, rows_digest
-from services.executor.dataplane.verify import verify_backup
+from managed_backups.shared.dataplane.objectstore import ObjectStore
+from managed_backups.shared.dataplane.restore_rows import (
+    iter_table_rows,
+    restore_database,
+    rows_digest,
+)
+from managed_backups.shared.dataplane.verify import verify_backup
 
 from .conftest import PgServer, source_rows, store_bytes
 

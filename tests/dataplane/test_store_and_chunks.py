@@ -15,14 +15,14 @@ import pytest
 import zstandard
 from pydantic import ValidationError
 
-from services.executor.dataplane.chunks import (
+from managed_backups.shared.dataplane.chunks import (
     ChunkCorrupt,
     ChunkingParams,
     ChunkMissing,
     ChunkStore,
     StreamCancelled,
 )
-from services.executor.dataplane.manifest import (
+from managed_backups.shared.dataplane.manifest import (
     BackupType,
     Catalog,
     ChunkRef,
@@ -34,7 +34,7 @@ from services.executor.dataplane.manifest import (
     read_manifest,
     save_manifest,
 )
-from services.executor.dataplane.objectstore import ObjectExists, ObjectNotFound, ObjectStore
+from managed_backups.shared.dataplane.objectstore import ObjectExists, ObjectNotFound, ObjectStore
 
 pytestmark = pytest.mark.integration
 

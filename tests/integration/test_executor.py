@@ -15,13 +15,13 @@ from uuid import UUID, uuid4
 import psycopg
 import pytest
 
-from contracts import topics
-from services.executor.service import run as run_executor
-from shared.domain.backup import Backup
-from shared.eventstore import open_event_store
-from shared.infra.postgres import LocalPostgres
-from shared.infra.s3 import LocalS3
+from managed_backups.contracts import topics
+from managed_backups.services.executor.service import run as run_executor
+from managed_backups.shared.domain.backup import Backup
+from managed_backups.shared.eventstore import open_event_store
 from tests.harness import System, run_cluster_commands_only
+from tests.infra.postgres import LocalPostgres
+from tests.infra.s3 import LocalS3
 
 pytestmark = pytest.mark.integration
 
@@ -298,7 +298,7 @@ async def test_s3_region_store(tmp_path: Path, kafka: str, source: LocalPostgres
             backup = await wait_terminal(system, await take(system, cluster_id))
             assert backup.status == "COMPLETE", backup.error
             assert backup.region == "s3-region"
-            from services.executor.dataplane.objectstore import open_store
+            from managed_backups.shared.dataplane.objectstore import open_store
 
             keys = [o.key for o in open_store(url).list(f"clusters/{cluster_id}/")]
             assert any(k.endswith(f"manifests/{backup.backup_id}.json") for k in keys)
@@ -352,7 +352,7 @@ def start_executor_process(system: System, log: Path, lease: float) -> subproces
         "MANAGED_BACKUPS_BACKUP_LEASE_SECONDS": str(lease),
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "service", "backup-executor"],
+        [sys.executable, "-m", "managed_backups.services.cli", "service", "backup-executor"],
         env=env,
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,

@@ -14,9 +14,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from obstore.store import S3Store
 
-from shared.infra.kafka import KafkaSetupError, LocalKafka, LocalKafkaError, ensure_kafka_jars
-from shared.infra.s3 import LocalS3, create_bucket
-from shared.infra.testing import kafka_for_tests, s3_for_tests
+from managed_backups.shared.infra.kafka import (
+    KafkaSetupError,
+    LocalKafka,
+    LocalKafkaError,
+    ensure_kafka_jars,
+)
+from tests.infra.s3 import LocalS3, create_bucket
+from tests.infra.testing import kafka_for_tests, s3_for_tests
 
 pytestmark = pytest.mark.integration
 

@@ -10,11 +10,11 @@ from uuid import uuid4
 
 import pytest
 
-from contracts import topics
-from services.projections.read_models import ReadModels
-from services.projections.service import rebuild
-from shared.eventstore import open_event_store
-from shared.sqldb import SqlDatabase
+from managed_backups.contracts import topics
+from managed_backups.services.projections.read_models import ReadModels
+from managed_backups.services.projections.service import rebuild
+from managed_backups.shared.eventstore import open_event_store
+from managed_backups.shared.sqldb import SqlDatabase
 from tests.harness import System, consume, publish_raw
 
 pytestmark = pytest.mark.integration

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from contracts import topics
-from shared.bus import ensure_topics
-from shared.domain.cluster import Cluster
-from shared.eventstore import open_event_store
+from managed_backups.contracts import topics
+from managed_backups.shared.bus import ensure_topics
+from managed_backups.shared.domain.cluster import Cluster
+from managed_backups.shared.eventstore import open_event_store
 
 pytestmark = pytest.mark.integration
 CLUSTERS = 400
@@ -80,7 +80,7 @@ def start_relay(tmp: Path, url: str, kafka: str) -> subprocess.Popen[bytes]:
         "MANAGED_BACKUPS_RELAY_BATCH_SIZE": "25",
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "service", "relay"],
+        [sys.executable, "-m", "managed_backups.services.cli", "service", "relay"],
         env=env,
         stdout=(tmp / "relay.log").open("ab"),
         stderr=subprocess.STDOUT,

@@ -15,9 +15,9 @@ from uuid import UUID, uuid4
 
 import pytest
 
-from contracts import topics
-from contracts.commands import TakeBackup
-from shared.domain.ids import scheduled_backup_id
+from managed_backups.contracts import topics
+from managed_backups.contracts.commands import TakeBackup
+from managed_backups.shared.domain.ids import scheduled_backup_id
 from tests.harness import System
 from tests.standin_executor import StandInExecutor
 
@@ -322,9 +322,9 @@ async def test_refusals_carry_status_and_reason_over_http_and_topic(
     )
     assert wrong.status_code == 401
     # A Cluster Operator may view but not change settings; a Monitor may not even view.
-    from contracts.enums import Role
-    from shared.eventstore import open_event_store
-    from shared.security import Grant, new_api_key
+    from managed_backups.contracts.enums import Role
+    from managed_backups.shared.eventstore import open_event_store
+    from managed_backups.shared.security import Grant, new_api_key
 
     store = open_event_store(system.settings.store_url)
     operator = new_api_key(
@@ -476,7 +476,7 @@ async def test_two_scheduler_instances_at_once_never_duplicate(
         simulated_clock=True,
         poll_interval_seconds=0.01,
     )
-    from services.scheduler.service import run as run_scheduler
+    from managed_backups.services.scheduler.service import run as run_scheduler
 
     await system.start_service("scheduler", run_scheduler)
     await system.start_service("scheduler-2", run_scheduler)
@@ -511,7 +511,7 @@ def start_scheduler_process(system: System, log: Path) -> subprocess.Popen[bytes
         "MANAGED_BACKUPS_SCHEDULED_BACKUP_RESEND_SECONDS": "2",
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "service", "scheduler"],
+        [sys.executable, "-m", "managed_backups.services.cli", "service", "scheduler"],
         env=env,
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,

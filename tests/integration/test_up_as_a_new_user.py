@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.infra.kafka import free_ports
+from managed_backups.shared.infra.kafka import free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +26,7 @@ def publish(
         [
             sys.executable,
             "-m",
-            "services.cli",
+            "managed_backups.services.cli",
             "publish",
             "managed-backups.cluster-commands",
             json.dumps(command),
@@ -49,7 +49,7 @@ def test_up_publish_and_query_within_a_second(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "services.cli",
+            "managed_backups.services.cli",
             "up",
             "--data-dir",
             str(data),

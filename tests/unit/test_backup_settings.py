@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from contracts.enums import Tier
-from shared.domain.backup_settings import (
+from managed_backups.contracts.enums import Tier
+from managed_backups.shared.domain.backup_settings import (
     ALLOWED_FREQUENCIES_MINUTES,
     ALLOWED_RETENTION_DAYS,
     RETENTION_ALREADY_SET,
@@ -15,7 +15,7 @@ from shared.domain.backup_settings import (
     initial_settings,
     settings_after_tier_change,
 )
-from shared.domain.errors import BadValue, Conflict
+from managed_backups.shared.domain.errors import BadValue, Conflict
 
 DEFAULT = BackupSettings(True, 60, 30)
 

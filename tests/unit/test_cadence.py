@@ -6,8 +6,13 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import uuid4
 
-from contracts.enums import BackupType
-from services.scheduler.cadence import ScheduleView, backup_type_for, due_slot, next_slot
+from managed_backups.contracts.enums import BackupType
+from managed_backups.services.scheduler.cadence import (
+    ScheduleView,
+    backup_type_for,
+    due_slot,
+    next_slot,
+)
 
 T0 = datetime.fromisoformat("2026-01-05T00:00:00+00:00")
 

@@ -9,9 +9,9 @@ from uuid import uuid4
 import pytest
 from pydantic import ValidationError
 
-from contracts import topics
-from contracts.commands import RegisterCluster
-from contracts.export import asyncapi_document, export
+from managed_backups.contracts import topics
+from managed_backups.contracts.commands import RegisterCluster
+from managed_backups.contracts.export import asyncapi_document, export
 
 
 def register(**kw: object) -> RegisterCluster:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from contracts.enums import Role
-from shared.domain.errors import Forbidden
-from shared.security import Action, Grant, Principal
+from managed_backups.contracts.enums import Role
+from managed_backups.shared.domain.errors import Forbidden
+from managed_backups.shared.security import Action, Grant, Principal
 
 
 def principal(*grants: tuple[Role, str]) -> Principal:

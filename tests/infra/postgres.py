@@ -446,7 +446,7 @@ class LocalPostgres:
 
 def _docker_available() -> bool:
     try:
-        from shared.infra.docker import docker_available  # type: ignore[import-not-found,unused-ignore]
+        from tests.infra.docker import docker_available  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         docker = shutil.which("docker")
         if docker is None:

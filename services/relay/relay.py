@@ -15,9 +15,9 @@ import logging
 
 from aiokafka import AIOKafkaProducer
 
-from contracts import topics
-from shared.eventstore import EventStore, to_wire_event
-from shared.sqldb import SqlDatabase
+from managed_backups.contracts import topics
+from managed_backups.shared.eventstore import EventStore, to_wire_event
+from managed_backups.shared.sqldb import SqlDatabase
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Each yields a connection string and cleans up after itself. Resolution order for Kafka:
 ``$KAFKA_BOOTSTRAP_SERVERS`` (an already running broker) → Docker (``apache/kafka`` via
 testcontainers) when an engine answers → :class:`~shared.infra.kafka.LocalKafka` from the cached
-Maven Central jars. For S3: ``$S3_ENDPOINT_URL`` → :class:`~shared.infra.s3.LocalS3` (moto).
+Maven Central jars. For S3: ``$S3_ENDPOINT_URL`` → :class:`~tests.infra.s3.LocalS3` (moto).
 
 A service that cannot be had raises: the integration tests fail rather than skip.
 """
@@ -15,9 +15,9 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from shared.infra.docker import docker_available
-from shared.infra.kafka import LocalKafka, free_ports
-from shared.infra.s3 import LocalS3
+from managed_backups.shared.infra.kafka import LocalKafka, free_ports
+from tests.infra.docker import docker_available
+from tests.infra.s3 import LocalS3
 
 __all__ = ["KAFKA_IMAGE", "kafka_for_tests", "s3_for_tests"]
 

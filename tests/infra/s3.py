@@ -24,7 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from shared.infra.kafka import child_preexec_fn, free_ports
+from managed_backups.shared.infra.kafka import child_preexec_fn, free_ports
 
 __all__ = ["DEFAULT_REGION", "LocalS3", "LocalS3Error", "create_bucket"]
 
