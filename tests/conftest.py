@@ -1,9 +1,10 @@
 """Fixtures for the real services the integration tests talk to.
 
-Kafka: ``$KAFKA_BOOTSTRAP_SERVERS``, else testcontainers where a Docker engine answers, else a
-real single-node Kafka from the cached Maven Central jars (one per test module, so consumer groups
-and topics of one module never leak into another). PostgreSQL: ``$POSTGRES_URL``, else a container,
-else a throw-away cluster from Debian's postgresql. A service that cannot be had fails the test.
+Kafka: ``$KAFKA_BOOTSTRAP_SERVERS``, else one broker per test module (so consumer groups and
+topics of one module never leak into another). PostgreSQL: ``$POSTGRES_URL``, else one server per
+session. Both run as local processes (the real Kafka from the cached Maven Central jars, Debian's
+postgresql) or, with ``MANAGED_BACKUPS_TEST_BACKEND=containers``, in containers
+(``tests/infra/backend.py``). A service that cannot be had fails the test.
 """
 
 from __future__ import annotations

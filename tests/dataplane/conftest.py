@@ -1,6 +1,6 @@
 """Fixtures for the data-plane tests: a real PostgreSQL and both object stores.
 
-PostgreSQL: ``$POSTGRES_URL``, else a container where a Docker engine answers, else a
+PostgreSQL: ``$POSTGRES_URL``, else (by ``MANAGED_BACKUPS_TEST_BACKEND``) a container or a
 throw-away cluster from Debian's binaries (one per session, dedicated to these tests because a
 backup covers every database of the cluster). S3: ``$S3_ENDPOINT_URL``, else moto's server
 started locally (``tests.infra.testing.s3_for_tests``), a fresh bucket per test. Nothing here skips: a service that

@@ -5,8 +5,9 @@
 refuses to run as root, so when the current process is root the server runs as an unprivileged
 OS user (Debian's ``postgres`` user, or one created with ``useradd``) that owns the directory.
 
-``postgres_for_tests`` picks, in order: ``$POSTGRES_URL`` (an existing server), a
-``testcontainers`` container when a Docker engine answers, else ``LocalPostgres``.
+``postgres_for_tests`` picks, in order: ``$POSTGRES_URL`` (an existing server), else by the test
+backend (``MANAGED_BACKUPS_TEST_BACKEND``, :mod:`tests.infra.backend`) a container or a
+``LocalPostgres``.
 
 Usage::
 
@@ -33,6 +34,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 from urllib.parse import quote, urlsplit, urlunsplit
+
+from tests.infra.backend import TestBackend, require_docker, test_backend
+from tests.infra.containers import postgres_container
 
 __all__ = [
     "LocalPostgres",
@@ -444,37 +448,18 @@ class LocalPostgres:
         self.stop()
 
 
-def _docker_available() -> bool:
-    try:
-        from tests.infra.docker import docker_available  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        docker = shutil.which("docker")
-        if docker is None:
-            return False
-        try:
-            return (
-                subprocess.run(
-                    [docker, "info"], capture_output=True, timeout=5, check=False
-                ).returncode
-                == 0
-            )
-        except (OSError, subprocess.SubprocessError):
-            return False
-    return bool(docker_available())
-
-
 @contextlib.contextmanager
 def postgres_for_tests(tmp: Path, settings: Mapping[str, str] | None = None) -> Iterator[str]:
-    """Yield a superuser URL: ``$POSTGRES_URL``, else a container, else a ``LocalPostgres``."""
+    """Yield a superuser URL: ``$POSTGRES_URL``, else by the test backend a container or a
+    ``LocalPostgres`` (``settings`` apply to the latter only)."""
     env_url = os.environ.get("POSTGRES_URL")
     if env_url:
         yield env_url
         return
-    if _docker_available():
-        from testcontainers.postgres import PostgresContainer
-
-        with PostgresContainer("postgres:16-alpine", driver=None) as container:
-            yield str(container.get_connection_url())
+    if test_backend() is TestBackend.CONTAINERS:
+        require_docker()
+        with postgres_container() as url:
+            yield url
         return
     base: Path | None = tmp / "pg"
     if os.geteuid() == 0 and base is not None and not _traversable_by_others(tmp):
