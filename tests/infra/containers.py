@@ -46,7 +46,7 @@ def kafka_container(timeout: float = 180) -> Iterator[str]:
     """
     from testcontainers.core.container import DockerContainer
     from testcontainers.core.docker_client import DockerClient
-    from testcontainers.core.waiting_utils import wait_for_logs
+    from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 
     host = DockerClient().host()
     host_port = free_ports(1)[0]
@@ -73,16 +73,18 @@ def kafka_container(timeout: float = 180) -> Iterator[str]:
             KAFKA_AUTO_CREATE_TOPICS_ENABLE="true",
             KAFKA_HEAP_OPTS="-Xmx512m -Xms128m",
         )
+        .waiting_for(
+            LogMessageWaitStrategy("Kafka Server started").with_startup_timeout(int(timeout))
+        )
     )
     with container:
-        wait_for_logs(container, "Kafka Server started", timeout=timeout, raise_on_exit=True)
         yield f"{host}:{host_port}"
 
 
 @contextlib.contextmanager
 def postgres_container() -> Iterator[str]:
     """A PostgreSQL server; yields a superuser URL (``postgresql://postgres:PW@HOST:PORT/postgres``)."""
-    from testcontainers.postgres import PostgresContainer
+    from testcontainers.community.postgres import PostgresContainer
 
     container = PostgresContainer(
         postgres_image(),
