@@ -16,8 +16,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.infra.backend import TestBackend, test_backend
 from tests.infra.postgres import postgres_for_tests, url_with_database
 from tests.infra.testing import kafka_for_tests
+
+# The compose stack's tests need an engine and built images: only on the containers backend.
+collect_ignore = [] if test_backend() is TestBackend.CONTAINERS else ["containers"]
 
 
 @pytest.fixture(scope="module")
