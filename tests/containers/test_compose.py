@@ -203,7 +203,7 @@ class Stack:
 
 
 @pytest.fixture
-def stack(compose: list[str], request: pytest.FixtureRequest) -> Iterator[Stack]:
+def stack(compose: list[str]) -> Iterator[Stack]:
     project = f"mb-e2e-{uuid.uuid4().hex[:8]}"
     port = free_ports(1)[0]
     stack = Stack(compose, project, port, env={})
