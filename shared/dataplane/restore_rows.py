@@ -332,11 +332,13 @@ def restore_table(
     target_schema: str | None = None,
     target_table: str | None = None,
     conn: psycopg.Connection[Any] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> int:
     """COPY the table as of ``chain[-1]`` into an existing table (one transaction).
 
     The destination is ``target_schema.target_table`` (default: the same names) in the
     database ``conninfo`` names, or on ``conn`` (then the caller commits). Returns the rows.
+    ``progress`` receives the byte count of every block written (it may raise to abort).
     """
     entry = chain[-1].table(database, schema, table)
     if entry is None:
@@ -363,6 +365,8 @@ def restore_table(
                 for block in iter_table_rows(store, chain, database, schema, table):
                     copy.write(block)
                     rows += block.count(b"\n")
+                    if progress is not None:
+                        progress(len(block))
             if own:
                 conn.commit()
         except psycopg.Error as exc:
@@ -419,6 +423,7 @@ def restore_database(
     no_owner: bool = True,
     no_privileges: bool = True,
     bindir: Path | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> RestoreReport:
     """Restore database ``database`` of ``chain[-1]`` into the (existing, empty) database
     ``conninfo`` names: schema pre-data, rows, sequence values, post-data."""
@@ -456,7 +461,14 @@ def restore_database(
         try:
             for t in db.tables:
                 report.tables[f"{t.schema_name}.{t.name}"] = restore_table(
-                    store, chain, database, t.schema_name, t.name, conninfo, conn=conn
+                    store,
+                    chain,
+                    database,
+                    t.schema_name,
+                    t.name,
+                    conninfo,
+                    conn=conn,
+                    progress=progress,
                 )
             for seq in db.sequences:
                 if seq.last_value is None:

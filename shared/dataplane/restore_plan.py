@@ -1,0 +1,532 @@
+"""Restore kinds on PostgreSQL: what a DATABASE or TABLE restore writes, and how a failure
+leaves the destination as it was.
+
+Built on :mod:`.restore_rows` (rows rebuilt from a chain, every chunk's hash checked before its
+rows reach the destination). Guarantees, per kind:
+
+- **DATABASE**: the backup's database is restored into a new database under a temporary name
+  (``mb_restore_<job>``, created from ``template0`` with the backup's encoding and collation),
+  then renamed to its final name in one statement. Until the rename nothing with the final
+  name exists; a failure at any step drops the temporary database (and the lease reaper drops
+  it if the worker died), so the destination holds exactly what it held before.
+- **TABLE**: the source database's schema is restored into a scratch database; there the
+  dependencies of the chosen tables are checked (a foreign key to a table not restored, a
+  default using a sequence not restored), refused by name or removed under the
+  ``skip_missing_*`` options, then ``pg_dump -t`` renders exactly the chosen tables with their
+  owned sequences, defaults, indexes, constraints and triggers. Into an existing database
+  (``into_db``) that DDL, the rows and the sequences' values are applied in **one
+  transaction**: PostgreSQL rolls it all back on any failure, including a killed worker (its
+  connection closes). Into a new database, the same transaction runs in a temporary database
+  that is renamed at the end, as for DATABASE. The scratch database is always dropped.
+
+Connections are libpq DSNs without password (``passfile`` or ``env`` carry the secret).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import tempfile
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from .engine import RestoreError
+from .manifest import Manifest
+from .postgres import find_pg_tool, quote_ident
+from .restore_rows import fetch_to_file, restore_database, restore_table, table_history
+
+__all__ = [
+    "ClusterAccess",
+    "PlanError",
+    "RestorePlan",
+    "TableRef",
+    "drop_temporary_databases",
+    "execute_plan",
+    "missing_objects",
+    "plan_bytes",
+    "temporary_database_names",
+]
+
+TEMP_PREFIX = "mb_restore_"
+
+
+class PlanError(Exception):
+    """A restore step refused or failed: a stable ``code``, a message naming what is at fault,
+    and the ``step``. Codes: ``NAME_CLASH``, ``TABLE_EXISTS``, ``DATABASE_MISSING``,
+    ``MISSING_DEPENDENCY``, ``CANCELLED``, and every :class:`~.engine.ErrorCode`."""
+
+    def __init__(self, code: str, message: str, step: str) -> None:
+        super().__init__(f"{code}: {message} (step: {step})")
+        self.code = code
+        self.message = message
+        self.step = step
+
+    @classmethod
+    def from_restore_error(cls, exc: RestoreError) -> PlanError:
+        return cls(exc.code.value, exc.message, exc.step)
+
+
+@dataclass(frozen=True)
+class ClusterAccess:
+    """How to reach a cluster: a DSN without password naming its maintenance database, and the
+    environment (secrets) for the PostgreSQL client tools."""
+
+    dsn: str
+    env: Mapping[str, str] = field(default_factory=dict)
+    bindir: Path | None = None
+
+    def database(self, name: str) -> str:
+        params: dict[str, Any] = dict(conninfo_to_dict(self.dsn))
+        params["dbname"] = name
+        return make_conninfo(**params)
+
+    def connect(self, name: str = "postgres", autocommit: bool = True) -> psycopg.Connection[Any]:
+        try:
+            return psycopg.connect(self.database(name), autocommit=autocommit, connect_timeout=15)
+        except psycopg.Error as exc:
+            raise PlanError(
+                "CONNECTION_FAILED", str(exc).splitlines()[0], f"connect to database {name}"
+            ) from None
+
+    def tool_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
+        env.update(self.env)
+        return env
+
+
+@dataclass(frozen=True)
+class TableRef:
+    schema: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+@dataclass(frozen=True)
+class RestorePlan:
+    """One DATABASE or TABLE restore of ``source_database`` into ``target_database``."""
+
+    kind: str
+    source_database: str
+    target_database: str
+    job_id: UUID
+    tables: tuple[TableRef, ...] = ()
+    into_existing: bool = False
+    skip_missing_foreign_keys: bool = False
+    skip_missing_sequences: bool = False
+
+    @property
+    def temporary_database(self) -> str:
+        return temporary_database_names(self.job_id)[0]
+
+    @property
+    def scratch_database(self) -> str:
+        return temporary_database_names(self.job_id)[1]
+
+
+def temporary_database_names(job_id: UUID) -> tuple[str, str]:
+    """(temporary target, scratch) database names of a job: derived from its id, so the lease
+    reaper can drop them without asking the dead worker."""
+    return f"{TEMP_PREFIX}{job_id.hex}", f"{TEMP_PREFIX}{job_id.hex}_scratch"
+
+
+def missing_objects(head: Manifest, database: str, tables: Sequence[TableRef] = ()) -> list[str]:
+    """Names of the requested objects that the backup does not hold (empty: all there)."""
+    if not any(db.name == database for db in head.databases):
+        return [f"database {database}"]
+    return [
+        f"table {database}.{t}" for t in tables if head.table(database, t.schema, t.name) is None
+    ]
+
+
+def plan_bytes(chain: Sequence[Manifest], plan: RestorePlan) -> int:
+    """Bytes the restore will read: every table's stream along its history (an estimate of
+    what it writes; progress is reported against it)."""
+    head = chain[-1]
+    db = head.database(plan.source_database)
+    wanted = set(plan.tables)
+    total = 0
+    for t in db.tables:
+        if plan.kind == "TABLE" and TableRef(t.schema_name, t.name) not in wanted:
+            continue
+        history = table_history(chain, plan.source_database, t.schema_name, t.name)
+        total += sum(entry.data_size for _, entry in history)
+    return total
+
+
+# ------------------------------------------------------------------------------ destination
+
+
+def _database_exists(conn: psycopg.Connection[Any], name: str) -> bool:
+    row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    return row is not None
+
+
+def check_destination(access: ClusterAccess, plan: RestorePlan) -> None:
+    """Refuse before any data moves: a database that already exists, a missing ``into_db``,
+    a table that already exists there."""
+    with access.connect() as conn:
+        exists = _database_exists(conn, plan.target_database)
+    if not plan.into_existing:
+        if exists:
+            raise PlanError(
+                "NAME_CLASH",
+                f"database {plan.target_database} already exists on the destination; "
+                "choose another with new_db_name",
+                "check destination",
+            )
+        return
+    if not exists:
+        raise PlanError(
+            "DATABASE_MISSING",
+            f"database {plan.target_database} (into_db) does not exist on the destination",
+            "check destination",
+        )
+    with access.connect(plan.target_database) as conn:
+        present = [
+            str(t)
+            for t in plan.tables
+            if conn.execute(
+                "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = %s AND c.relname = %s",
+                (t.schema, t.name),
+            ).fetchone()
+            is not None
+        ]
+    if present:
+        raise PlanError(
+            "TABLE_EXISTS",
+            f"{', '.join(present)} already exist(s) in database {plan.target_database}",
+            "check destination",
+        )
+
+
+def drop_temporary_databases(access: ClusterAccess, job_id: UUID) -> list[str]:
+    """Drop the job's temporary databases (those that exist); returns their names."""
+    dropped = []
+    with access.connect() as conn:
+        for name in temporary_database_names(job_id):
+            if _database_exists(conn, name):
+                conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
+                dropped.append(name)
+    return dropped
+
+
+def _create_database(access: ClusterAccess, name: str, like: Manifest, source_db: str) -> None:
+    db = like.database(source_db)
+    with access.connect() as conn:
+        conn.execute(
+            f"CREATE DATABASE {quote_ident(name)} TEMPLATE template0 "
+            f"ENCODING {_literal(db.encoding)} LC_COLLATE {_literal(db.collate)} "
+            f"LC_CTYPE {_literal(db.ctype)}"
+        )
+
+
+def _rename_database(access: ClusterAccess, old: str, new: str) -> None:
+    with access.connect() as conn:
+        try:
+            conn.execute(f"ALTER DATABASE {quote_ident(old)} RENAME TO {quote_ident(new)}")
+        except psycopg.errors.DuplicateDatabase:
+            raise PlanError(
+                "NAME_CLASH",
+                f"database {new} was created on the destination while the restore ran",
+                "rename into place",
+            ) from None
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+# ------------------------------------------------------------------------------ execution
+
+
+class _Progress:
+    def __init__(self, report: Callable[[int], None], cancel: threading.Event | None) -> None:
+        self.report = report
+        self.cancel = cancel
+
+    def __call__(self, n: int) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise PlanError("CANCELLED", "the restore service is stopping", "copy rows")
+        self.report(n)
+
+
+def execute_plan(
+    store: Any,
+    chain: Sequence[Manifest],
+    plan: RestorePlan,
+    access: ClusterAccess,
+    progress: Callable[[int], None],
+    cancel: threading.Event | None = None,
+) -> list[str]:
+    """Run the restore; returns what the destination now holds from the backup. On failure
+    raises :class:`PlanError` after dropping the temporary databases."""
+    tick = _Progress(progress, cancel)
+    try:
+        check_destination(access, plan)
+        if plan.kind == "DATABASE":
+            _create_database(access, plan.temporary_database, chain[-1], plan.source_database)
+            restore_database(
+                store,
+                chain,
+                plan.source_database,
+                access.database(plan.temporary_database),
+                env=access.env,
+                bindir=access.bindir,
+                progress=tick,
+            )
+            _rename_database(access, plan.temporary_database, plan.target_database)
+            return [f"database {plan.target_database}"]
+        script = _table_scripts(store, chain, plan, access)
+        if plan.into_existing:
+            _apply_tables(store, chain, plan, access, plan.target_database, script, tick)
+        else:
+            _create_database(access, plan.temporary_database, chain[-1], plan.source_database)
+            _apply_tables(store, chain, plan, access, plan.temporary_database, script, tick)
+            _rename_database(access, plan.temporary_database, plan.target_database)
+        return [f"table {plan.target_database}.{t}" for t in plan.tables]
+    except RestoreError as exc:
+        _cleanup_quietly(access, plan)
+        raise PlanError.from_restore_error(exc) from None
+    except BaseException:
+        _cleanup_quietly(access, plan)
+        raise
+    finally:
+        _drop_scratch_quietly(access, plan)
+
+
+def _cleanup_quietly(access: ClusterAccess, plan: RestorePlan) -> None:
+    with contextlib.suppress(Exception):  # the lease reaper retries
+        drop_temporary_databases(access, plan.job_id)
+
+
+def _drop_scratch_quietly(access: ClusterAccess, plan: RestorePlan) -> None:
+    with contextlib.suppress(Exception), access.connect() as conn:  # the reaper retries
+        conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(plan.scratch_database)} WITH (FORCE)")
+
+
+@dataclass
+class _TableScript:
+    pre_data: str
+    post_data: str
+    schemas: list[str]
+    sequences: list[TableRef]
+    """Sequences owned by the restored tables (their values come from the backup)."""
+
+
+def _run_tool(args: list[str], access: ClusterAccess, step: str) -> bytes:
+    proc = subprocess.run(args, capture_output=True, env=access.tool_env(), check=False)
+    if proc.returncode != 0:
+        text = proc.stderr.decode("utf-8", "replace").strip()
+        raise PlanError("RESTORE_FAILED", text.splitlines()[0] if text else f"{step} failed", step)
+    return proc.stdout
+
+
+def _table_scripts(
+    store: Any, chain: Sequence[Manifest], plan: RestorePlan, access: ClusterAccess
+) -> _TableScript:
+    """Restore the source schema into the scratch database, resolve dependencies there, and
+    render the chosen tables' DDL with ``pg_dump -t``."""
+    head = chain[-1]
+    db = head.database(plan.source_database)
+    _create_database(access, plan.scratch_database, head, plan.source_database)
+    scratch = access.database(plan.scratch_database)
+    with tempfile.TemporaryDirectory(prefix="mb-restore-") as tmp:
+        archive = fetch_to_file(store, head, db.schema_archive, Path(tmp) / "schema.dump")
+        _run_tool(
+            [
+                find_pg_tool("pg_restore", access.bindir),
+                "--exit-on-error",
+                "--no-owner",
+                "--no-privileges",
+                "--schema-only",
+                "-d",
+                scratch,
+                str(archive),
+            ],
+            access,
+            "pg_restore the source schema into a scratch database",
+        )
+    with access.connect(plan.scratch_database) as conn:
+        oids = _table_oids(conn, plan.tables)
+        _resolve_foreign_keys(conn, oids, plan)
+        _resolve_sequence_defaults(conn, oids, plan)
+        sequences = [
+            TableRef(s, n)
+            for s, n in conn.execute(
+                "SELECT DISTINCT sn.nspname, s.relname FROM pg_depend d "
+                "JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S' "
+                "JOIN pg_namespace sn ON sn.oid = s.relnamespace "
+                "WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass "
+                "AND d.deptype IN ('a', 'i') AND d.refobjid = ANY(%s)",
+                (oids,),
+            ).fetchall()
+        ]
+    patterns: list[str] = []
+    for t in plan.tables:
+        patterns += ["-t", f"{_pattern(t.schema)}.{_pattern(t.name)}"]
+    dump = [
+        find_pg_tool("pg_dump", access.bindir),
+        "--schema-only",
+        "--no-owner",
+        "--no-privileges",
+        "--strict-names",
+        *patterns,
+        "-d",
+        scratch,
+    ]
+    pre = _run_tool([*dump, "--section=pre-data"], access, "pg_dump -t (pre-data)")
+    post = _run_tool([*dump, "--section=post-data"], access, "pg_dump -t (post-data)")
+    return _TableScript(
+        pre_data=_sql_only(pre.decode()),
+        post_data=_sql_only(post.decode()),
+        schemas=sorted({t.schema for t in plan.tables}),
+        sequences=sequences,
+    )
+
+
+_PSQL_GUARD = re.compile(r"^\\(un)?restrict [A-Za-z0-9]+$", re.MULTILINE)
+
+
+def _sql_only(script: str) -> str:
+    """The script without the ``\\restrict``/``\\unrestrict`` psql guards recent ``pg_dump``
+    versions write (its only meta-commands for one database): what the server executes."""
+    return _PSQL_GUARD.sub("", script)
+
+
+def _pattern(name: str) -> str:
+    """A psql pattern matching exactly ``name`` (inside double quotes nothing is special)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _table_oids(conn: psycopg.Connection[Any], tables: Sequence[TableRef]) -> list[int]:
+    oids = []
+    for t in tables:
+        row = conn.execute(
+            "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = %s",
+            (t.schema, t.name),
+        ).fetchone()
+        if row is None:
+            raise PlanError("NOT_FOUND", f"table {t} is not in the backup's schema", "plan")
+        oids.append(int(row[0]))
+    return oids
+
+
+def _resolve_foreign_keys(
+    conn: psycopg.Connection[Any], oids: list[int], plan: RestorePlan
+) -> None:
+    rows = conn.execute(
+        "SELECT con.conname, cn.nspname, c.relname, fn.nspname, f.relname "
+        "FROM pg_constraint con "
+        "JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace cn ON cn.oid = c.relnamespace "
+        "JOIN pg_class f ON f.oid = con.confrelid JOIN pg_namespace fn ON fn.oid = f.relnamespace "
+        "WHERE con.contype = 'f' AND con.conrelid = ANY(%s) AND NOT con.confrelid = ANY(%s) "
+        "ORDER BY 2, 3, 1",
+        (oids, oids),
+    ).fetchall()
+    if rows and not plan.skip_missing_foreign_keys:
+        names = ", ".join(f"{cs}.{ct}.{name} references {fs}.{ft}" for name, cs, ct, fs, ft in rows)
+        raise PlanError(
+            "MISSING_DEPENDENCY",
+            f"foreign key(s) to tables not restored: {names} "
+            "(restore them too, or set skip_missing_foreign_keys)",
+            "check dependencies",
+        )
+    for name, cs, ct, _, _ in rows:
+        conn.execute(
+            f"ALTER TABLE {quote_ident(cs)}.{quote_ident(ct)} DROP CONSTRAINT {quote_ident(name)}"
+        )
+
+
+def _resolve_sequence_defaults(
+    conn: psycopg.Connection[Any], oids: list[int], plan: RestorePlan
+) -> None:
+    rows = conn.execute(
+        "SELECT DISTINCT n.nspname, c.relname, a.attname, sn.nspname, s.relname "
+        "FROM pg_attrdef ad "
+        "JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum "
+        "JOIN pg_class c ON c.oid = ad.adrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid "
+        "AND d.refclassid = 'pg_class'::regclass "
+        "JOIN pg_class s ON s.oid = d.refobjid AND s.relkind = 'S' "
+        "JOIN pg_namespace sn ON sn.oid = s.relnamespace "
+        "WHERE ad.adrelid = ANY(%s) AND NOT EXISTS (SELECT 1 FROM pg_depend o "
+        "WHERE o.classid = 'pg_class'::regclass AND o.objid = s.oid "
+        "AND o.refclassid = 'pg_class'::regclass AND o.deptype IN ('a', 'i') "
+        "AND o.refobjid = ANY(%s)) ORDER BY 1, 2, 3",
+        (oids, oids),
+    ).fetchall()
+    if rows and not plan.skip_missing_sequences:
+        names = ", ".join(f"{ts}.{tt}.{col} uses {ss}.{sq}" for ts, tt, col, ss, sq in rows)
+        raise PlanError(
+            "MISSING_DEPENDENCY",
+            f"default(s) using sequences not restored: {names} "
+            "(set skip_missing_sequences to drop those defaults)",
+            "check dependencies",
+        )
+    for ts, tt, col, _, _ in rows:
+        conn.execute(
+            f"ALTER TABLE {quote_ident(ts)}.{quote_ident(tt)} "
+            f"ALTER COLUMN {quote_ident(col)} DROP DEFAULT"
+        )
+
+
+def _apply_tables(
+    store: Any,
+    chain: Sequence[Manifest],
+    plan: RestorePlan,
+    access: ClusterAccess,
+    database: str,
+    script: _TableScript,
+    progress: Callable[[int], None],
+) -> None:
+    """DDL, rows and sequence values in one transaction of ``database``."""
+    head = chain[-1]
+    values = {
+        TableRef(s.schema_name, s.name): s.last_value
+        for s in head.database(plan.source_database).sequences
+    }
+    conn = access.connect(database, autocommit=False)
+    try:
+        try:
+            for schema in script.schemas:
+                conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
+            conn.execute(script.pre_data)
+            for t in plan.tables:
+                restore_table(
+                    store,
+                    chain,
+                    plan.source_database,
+                    t.schema,
+                    t.name,
+                    "",
+                    conn=conn,
+                    progress=progress,
+                )
+            for seq in script.sequences:
+                value = values.get(seq)
+                if value is not None:
+                    conn.execute(
+                        "SELECT pg_catalog.setval(%s::regclass, %s, true)",
+                        (f"{quote_ident(seq.schema)}.{quote_ident(seq.name)}", value),
+                    )
+            conn.execute(script.post_data)
+            conn.commit()
+        except psycopg.Error as exc:
+            raise PlanError(
+                "RESTORE_FAILED", str(exc).splitlines()[0], f"restore tables into {database}"
+            ) from None
+    finally:
+        conn.close()
