@@ -130,15 +130,34 @@ class VerifyBackup(CommandBase):
     backup_id: UUID
 
 
+MAX_IDENTIFIER = 63
+"""PostgreSQL truncates identifiers to 63 bytes; a longer name cannot name an object."""
+MAX_RESTORE_OBJECTS = 100
+
+
 class RestoreObject(Contract):
-    database: str
-    schema_: str | None = Field(default=None, alias="schema")
-    table: str | None = None
+    """One database, or one table (``database`` + ``schema`` + ``table``) of the backup."""
+
+    database: str = Field(min_length=1, max_length=MAX_IDENTIFIER)
+    schema_: str | None = Field(
+        default=None, alias="schema", min_length=1, max_length=MAX_IDENTIFIER
+    )
+    table: str | None = Field(default=None, min_length=1, max_length=MAX_IDENTIFIER)
 
 
 class RestoreOptions(Contract):
-    new_db_name: str | None = None
-    into_db: str | None = None
+    new_db_name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_IDENTIFIER,
+        description="DATABASE or TABLE: the new database to create (default: the source name).",
+    )
+    into_db: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_IDENTIFIER,
+        description="TABLE: an existing database to restore the tables into.",
+    )
     skip_missing_foreign_keys: bool = False
     skip_missing_sequences: bool = False
     skip_missing_views: bool = False
@@ -146,13 +165,19 @@ class RestoreOptions(Contract):
 
 
 class StartRestore(CommandBase):
+    """Restore a cluster, a database or tables of a backup into ``destination_cluster_id``."""
+
     type: Literal["StartRestore"] = "StartRestore"
-    restore_id: UUID
+    restore_id: UUID = Field(description="The restore job's id, chosen by the sender.")
     destination_cluster_id: ClusterId
     restore_type: RestoreType
-    backup_id: UUID | None = None
-    source_cluster_id: ClusterId | None = None
-    objects: list[RestoreObject] = Field(default_factory=list)
+    backup_id: UUID | None = Field(
+        default=None, description="Default: the latest restorable backup of the source."
+    )
+    source_cluster_id: ClusterId | None = Field(
+        default=None, description="Default: the destination cluster itself."
+    )
+    objects: list[RestoreObject] = Field(default_factory=list, max_length=MAX_RESTORE_OBJECTS)
     restore_opts: RestoreOptions = Field(default_factory=RestoreOptions)
 
 

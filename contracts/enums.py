@@ -40,6 +40,15 @@ class RestoreType(StrEnum):
     TABLE = "TABLE"
 
 
+class RestorePhase(StrEnum):
+    """A restore job's phase (the console shows it capitalised: Preparing, Running...)."""
+
+    PREPARING = "PREPARING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+
+
 class CommandStatus(StrEnum):
     ACCEPTED = "ACCEPTED"
     REJECTED = "REJECTED"

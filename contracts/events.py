@@ -15,11 +15,13 @@ from uuid import UUID
 from pydantic import Field
 
 from managed_backups.contracts.base import Contract
+from managed_backups.contracts.commands import RestoreObject, RestoreOptions
 from managed_backups.contracts.enums import (
     BackupReason,
     BackupType,
     CommandStatus,
     Engine,
+    RestoreType,
     Role,
     Tier,
 )
@@ -180,6 +182,63 @@ class CommandHandled(EventBase):
     reason: str | None
 
 
+# -- restore jobs: PREPARING → RUNNING → SUCCEEDED | FAILED, keyed by the destination cluster --
+
+
+class RestoreRequested(EventBase):
+    """A restore job was accepted (phase PREPARING); its worker holds a lease until
+    ``lease_until`` and renews it while it runs."""
+
+    type: Literal["RestoreRequested"] = "RestoreRequested"
+    restore_id: UUID
+    restore_type: RestoreType
+    source_cluster_id: str
+    source_cluster_name: str
+    destination_cluster_name: str
+    backup_id: UUID
+    chain_id: UUID
+    backup_end_time: datetime = Field(description='The backup\'s "taken on" (data from) time.')
+    objects: list[RestoreObject]
+    restore_opts: RestoreOptions
+    target_database: str | None = Field(
+        description="The database the restore creates or writes into (None for CLUSTER)."
+    )
+    worker: str
+    lease_until: datetime
+    command_id: UUID | None
+
+
+class RestoreRunning(EventBase):
+    """Data started moving; ``bytes_total`` is what the restore will write."""
+
+    type: Literal["RestoreRunning"] = "RestoreRunning"
+    restore_id: UUID
+    bytes_total: int
+
+
+class RestoreProgressed(EventBase):
+    type: Literal["RestoreProgressed"] = "RestoreProgressed"
+    restore_id: UUID
+    bytes_done: int
+    completion: float = Field(ge=0, le=1, description="0..1, by bytes.")
+
+
+class RestoreSucceeded(EventBase):
+    type: Literal["RestoreSucceeded"] = "RestoreSucceeded"
+    restore_id: UUID
+    bytes_done: int
+    restored: list[str] = Field(description="What the destination now holds from the backup.")
+
+
+class RestoreFailed(EventBase):
+    type: Literal["RestoreFailed"] = "RestoreFailed"
+    restore_id: UUID
+    error_code: str
+    error_message: str
+    failed_step: str
+    destination_state: str = Field(description="What the destination holds after the failure.")
+
+
 DomainEvent = Annotated[
     ClusterRegistered
     | BackupSettingsUpdated
@@ -192,6 +251,11 @@ DomainEvent = Annotated[
     | BackupVerified
     | ApiKeyIssued
     | ApiKeyRevoked
-    | CommandHandled,
+    | CommandHandled
+    | RestoreRequested
+    | RestoreRunning
+    | RestoreProgressed
+    | RestoreSucceeded
+    | RestoreFailed,
     Field(discriminator="type"),
 ]

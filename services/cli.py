@@ -5,6 +5,7 @@ publish   publish a command to the running system and print its result
 service   run one service (what ``up`` and compose.yaml start)
 contracts export DIR   write JSON Schemas and the AsyncAPI document
 projections rebuild    drop the read models and rebuild them from the event store
+restore start DEST ... [--follow]   start a restore job and follow it to its end
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import httpx
 from managed_backups.contracts import topics
 from managed_backups.shared.settings import Settings, default_data_dir
 
-SERVICES = ("relay", "projections", "scheduler", "backup-executor", "api")
+SERVICES = ("relay", "projections", "scheduler", "backup-executor", "restore", "api")
 
 
 def _settings(data_dir: str | None, **overrides: Any) -> Settings:
@@ -86,6 +87,10 @@ def _service_main(name: str) -> Any:
         from managed_backups.services.executor.service import run as run_executor
 
         return run_executor
+    if name == "restore":
+        from managed_backups.services.restore.service import run as run_restore
+
+        return run_restore
     if name == "api":
         from managed_backups.services.api.app import run as run_api
 
@@ -372,6 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
     export = contracts_sub.add_parser("export", help="write JSON Schemas and the AsyncAPI document")
     export.add_argument("directory")
     export.set_defaults(func=cmd_contracts_export)
+
+    from managed_backups.services.restore.cli import add_parser as add_restore_parser
+
+    add_restore_parser(sub)
 
     projections = sub.add_parser("projections", help="read models")
     projections_sub = projections.add_subparsers(dest="projections_command", required=True)

@@ -53,6 +53,12 @@ class Settings(BaseSettings):
         "fails the backup (its executor died).",
     )
     max_concurrent_backups: int = 2
+    restore_lease_seconds: float = Field(
+        default=60.0,
+        description="A running restore renews its lease every third of this; an expired lease "
+        "fails the restore (its worker died) and drops its temporary databases.",
+    )
+    max_concurrent_restores: int = 2
     secrets_dir: Path | None = Field(
         default=None,
         description="Secret store: holds `pgpass` (libpq format) with the clusters' passwords. "

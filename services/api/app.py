@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from managed_backups.contracts import topics
 from managed_backups.contracts.results import CommandResult
+from managed_backups.services.api.restores import restore_router
 from managed_backups.services.projections.read_models import Page, ReadModels
 from managed_backups.services.runtime import Runtime
 from managed_backups.shared.clock import SimulatedClock
@@ -303,6 +304,10 @@ def create_app(runtime: Runtime, gateway: CommandGateway) -> FastAPI:
                     ]
                 }
         raise HTTPException(404, f"database {database} is not in backup {backup_id}")
+
+    # -- restores (services/api/restores.py) ----------------------------------------------------
+
+    app.include_router(restore_router(models, principal, credential, visible_cluster, command))
 
     # -- operations -----------------------------------------------------------------------------
 

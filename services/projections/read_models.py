@@ -27,6 +27,7 @@ from managed_backups.contracts.events import (
     CommandHandled,
     EventBase,
 )
+from managed_backups.services.projections import restore_views
 from managed_backups.shared.sqldb import Cursor, SqlDatabase
 
 PROJECTION_NAME = "views"
@@ -71,6 +72,7 @@ class ReadModels:
             f"CREATE TABLE IF NOT EXISTS {p}audit (position BIGINT PRIMARY KEY, "
             "cluster_id TEXT NOT NULL, doc TEXT NOT NULL)",
             f"CREATE INDEX IF NOT EXISTS {p}audit_by_cluster ON {p}audit (cluster_id, position)",
+            *restore_views.create_statements(p),
         ]
         with self.db.transaction() as cursor:
             for statement in statements:
@@ -78,7 +80,7 @@ class ReadModels:
 
     def drop(self) -> None:
         with self.db.transaction() as cursor:
-            for table in ("position", "clusters", "backups", "audit"):
+            for table in ("position", "clusters", "backups", "audit", "restores"):
                 cursor.execute(f"DROP TABLE IF EXISTS {self.p}{table}")
 
     def position(self) -> int:
@@ -156,6 +158,7 @@ class ReadModels:
                 "ON CONFLICT (position) DO NOTHING",
                 (event.position, event.cluster_id, event.model_dump_json()),
             )
+        restore_views.apply_restore_event(cursor, self.p, event)
         if isinstance(event, ClusterRegistered):
             self._put_cluster(
                 cursor,
@@ -355,8 +358,15 @@ class ReadModels:
         """Every row of every table (for comparing a rebuilt projection with the live one)."""
         return {
             table: [list(r) for r in self.db.query(f"SELECT * FROM {self.p}{table} ORDER BY 1")]
-            for table in ("clusters", "backups", "audit", "position")
+            for table in ("clusters", "backups", "audit", "restores", "position")
         }
+
+    def restores(self, cluster_id: str, page: int, limit: int) -> tuple[list[dict[str, Any]], bool]:
+        """Restore jobs into ``cluster_id``, newest first: (rows, has_more)."""
+        return restore_views.restores(self.db, self.p, cluster_id, page, limit)
+
+    def restore(self, cluster_id: str, restore_id: str) -> dict[str, Any] | None:
+        return restore_views.restore(self.db, self.p, cluster_id, restore_id)
 
 
 def _new_backup_doc(

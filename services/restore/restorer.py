@@ -1,0 +1,408 @@
+"""The restore service: restore jobs from StartRestore to SUCCEEDED or FAILED.
+
+StartRestore is checked against the restore rules (``shared/domain/restore_rules.py``), the
+backup's manifests and the destination (a name that already exists, a table already there)
+before anything is recorded; a refusal is the command's outcome, and no data has moved. When
+accepted, the job's lease is taken (``shared/jobs.py``) *before* ``RestoreRequested``
+(PREPARING) is saved with the command's outcome; then a worker thread runs the restore plan
+(``shared/dataplane/restore_plan.py``): ``RestoreRunning``, ``RestoreProgressed`` at most once
+per percent, then ``RestoreSucceeded`` or ``RestoreFailed`` (code, message, step, and what the
+destination holds). The worker renews the lease every third of ``restore_lease_seconds``;
+every instance reaps expired leases: the job is failed with ``LEASE_EXPIRED`` and its
+temporary databases are dropped. Instances share jobs through their consumer group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from psycopg.conninfo import make_conninfo
+
+from managed_backups.contracts.commands import StartRestore
+from managed_backups.contracts.enums import RestoreType
+from managed_backups.services.runtime import Runtime
+from managed_backups.shared import jobs
+from managed_backups.shared.commands import CommandContext, Handled
+from managed_backups.shared.dataplane.manifest import Manifest, load_chain, read_manifest
+from managed_backups.shared.dataplane.objectstore import ObjectStore, open_store
+from managed_backups.shared.dataplane.restore_plan import (
+    ClusterAccess,
+    PlanError,
+    RestorePlan,
+    TableRef,
+    check_destination,
+    drop_temporary_databases,
+    execute_plan,
+    missing_objects,
+    plan_bytes,
+)
+from managed_backups.shared.domain.backup import Backup
+from managed_backups.shared.domain.cluster import Cluster
+from managed_backups.shared.domain.errors import Conflict, NotFound, Refused
+from managed_backups.shared.domain.ids import cluster_aggregate_id
+from managed_backups.shared.domain.restore import Restore
+from managed_backups.shared.domain.restore_rules import (
+    backup_is_restorable,
+    caller_may_restore_from_source_into_destination,
+    cross_cluster_only_between_advanced_clusters_of_one_organization,
+    deleted_source_only_for_an_administrator,
+    destination_is_live,
+    destination_not_on_an_older_major_version,
+    multi_region_backup_not_into_single_region_cluster,
+    objects_match_the_restore_type,
+)
+from managed_backups.shared.eventstore import EventStore, IntegrityError, event_topics
+from managed_backups.shared.security import Principal
+from managed_backups.shared.settings import Settings
+
+log = logging.getLogger(__name__)
+JOB_KIND = "restore"
+
+
+def cluster_access(cluster: Cluster, settings: Settings) -> ClusterAccess:
+    """How the restore service reaches a cluster: its ``connection_ref`` and the password from
+    the secret store (today the libpq ``pgpass`` file, as the executor does). The one place to
+    change when secrets move."""
+    dsn = cluster.connection_ref
+    env: dict[str, str] = {}
+    if settings.pgpass_file.exists():
+        dsn = make_conninfo(dsn, passfile=str(settings.pgpass_file))
+        env["PGPASSFILE"] = str(settings.pgpass_file)
+    return ClusterAccess(dsn=dsn, env=env)
+
+
+def latest_restorable_backup(store: EventStore, cluster_id: str, now: Any) -> UUID | None:
+    """The newest COMPLETE, unexpired backup of the cluster whose full is too (from the
+    event store's BackupCompleted events; cost grows with the number of backups recorded)."""
+    completed = getattr(Backup, "BackupCompleted")  # noqa: B009 (created by @event)
+    topics = event_topics(completed)
+    found: list[tuple[Any, UUID]] = []
+    after = 0
+    while True:
+        page = store.notifications(after, 1000, topics)
+        for n in page:
+            e = store.domain_event(n)
+            if getattr(e, "cluster_id", None) == cluster_id:
+                found.append((e.as_of_time, e.backup_id))  # type: ignore[attr-defined]
+        if len(page) < 1000:
+            break
+        after = page[-1].id
+    for _, backup_id in sorted(found, key=lambda f: f[0], reverse=True):
+        backup = store.get_or_none(backup_id, Backup)
+        if backup is None:
+            continue
+        full = store.get_or_none(backup.chain_id, Backup)
+        try:
+            backup_is_restorable(backup, full, cluster_id, backup_id, now)
+        except Refused:
+            continue
+        return backup_id
+    return None
+
+
+@dataclass
+class Running:
+    restore_id: UUID
+    cancel: threading.Event = field(default_factory=threading.Event)
+    bytes_done: int = 0
+
+    def add(self, n: int) -> None:
+        self.bytes_done += n
+
+
+@dataclass(frozen=True)
+class Job:
+    restore: Restore
+    plan: RestorePlan
+    chain: Sequence[Manifest]
+    store: ObjectStore
+    access: ClusterAccess
+
+
+def destination_state(plan: RestorePlan | None, target: str | None) -> str:
+    if plan is not None and plan.into_existing:
+        return (
+            f"unchanged: the restore's transaction in database {target} was rolled back; "
+            "nothing of the backup was written"
+        )
+    return (
+        f"unchanged: database {target} was not created and the restore's temporary "
+        "databases were dropped"
+    )
+
+
+class RestoreService:
+    def __init__(self, runtime: Runtime, name: str) -> None:
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self.name = name
+        self.running: dict[UUID, Running] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.slots = asyncio.Semaphore(max(1, self.settings.max_concurrent_restores))
+        self._stores: dict[str, ObjectStore] = {}
+        self._stores_lock = threading.Lock()
+        jobs.ensure_table(runtime.db)
+
+    def store_for(self, region: str) -> ObjectStore:
+        url = self.settings.region_store_url(region)
+        with self._stores_lock:
+            if url not in self._stores:
+                self._stores[url] = open_store(url)
+            return self._stores[url]
+
+    def _cluster(self, store: EventStore, cluster_id: str, role: str) -> Cluster:
+        cluster = store.get_or_none(cluster_aggregate_id(cluster_id), Cluster)
+        if cluster is None:
+            raise NotFound(f"{role} cluster {cluster_id} is not registered")
+        return cluster
+
+    # -- StartRestore ----------------------------------------------------------------------------
+
+    def start_restore(
+        self, command: StartRestore, principal: Principal, context: CommandContext
+    ) -> Handled:
+        store = context.store
+        now = context.clock.now()
+        destination = self._cluster(store, command.destination_cluster_id, "destination")
+        source = (
+            self._cluster(store, command.source_cluster_id, "source")
+            if command.source_cluster_id
+            else destination
+        )
+        caller_may_restore_from_source_into_destination(principal, source, destination)
+        destination_is_live(destination)
+        deleted_source_only_for_an_administrator(principal, source)
+        cross_cluster_only_between_advanced_clusters_of_one_organization(source, destination)
+        opts = command.restore_opts.model_dump()
+        multi_region_backup_not_into_single_region_cluster(
+            source, destination, command.restore_opts.skip_localities_check
+        )
+        destination_not_on_an_older_major_version(source, destination)
+        if store.get_or_none(command.restore_id, Restore) is not None:
+            return Handled([], destination.cluster_id)  # a repeated StartRestore starts nothing
+        objects = [o.model_dump(by_alias=True, exclude_none=True) for o in command.objects]
+        objects_match_the_restore_type(command.restore_type, objects, opts)
+        if command.restore_type is RestoreType.CLUSTER:
+            raise Refused("CLUSTER restores are not available yet", 501)
+        backup_id = command.backup_id or latest_restorable_backup(store, source.cluster_id, now)
+        if backup_id is None:
+            raise NotFound(f"cluster {source.cluster_id} has no restorable backup")
+        backup = store.get_or_none(backup_id, Backup)
+        full = store.get_or_none(backup.chain_id, Backup) if backup is not None else None
+        backup = backup_is_restorable(backup, full, source.cluster_id, backup_id, now)
+        objects_store = self.store_for(backup.region)
+        try:
+            head = read_manifest(
+                objects_store, source.cluster_id, str(backup.chain_id), str(backup.backup_id)
+            )
+            chain = load_chain(objects_store, head)
+        except Exception as exc:
+            raise Conflict(f"backup {backup_id} cannot be read from its store: {exc}") from exc
+        database = objects[0]["database"]
+        tables = tuple(
+            TableRef(o.get("schema", "public"), o["table"]) for o in objects if "table" in o
+        )
+        missing = missing_objects(chain[-1], database, tables)
+        if missing:
+            raise NotFound(f"not in backup {backup_id}: {', '.join(missing)}")
+        into = command.restore_opts.into_db
+        plan = RestorePlan(
+            kind=command.restore_type.value,
+            source_database=database,
+            target_database=into or command.restore_opts.new_db_name or database,
+            job_id=command.restore_id,
+            tables=tables,
+            into_existing=into is not None,
+            skip_missing_foreign_keys=command.restore_opts.skip_missing_foreign_keys,
+            skip_missing_sequences=command.restore_opts.skip_missing_sequences,
+        )
+        access = cluster_access(destination, self.settings)
+        try:
+            check_destination(access, plan)
+        except PlanError as exc:
+            raise Refused(exc.message, 503 if exc.code == "CONNECTION_FAILED" else 409) from None
+        lease = jobs.lease_until(now, self.settings.restore_lease_seconds)
+        # The lease first: a job recorded without a lease could never be reaped.
+        if not jobs.take(
+            self.runtime.db,
+            command.restore_id,
+            JOB_KIND,
+            destination.cluster_id,
+            self.name,
+            lease,
+            {"target_database": plan.target_database},
+        ):
+            raise Conflict(f"restore {command.restore_id} is being started by another worker")
+        restore = Restore(
+            restore_id=command.restore_id,
+            cluster_id=destination.cluster_id,
+            restore_type=command.restore_type.value,
+            source_cluster_id=source.cluster_id,
+            source_cluster_name=source.name,
+            destination_cluster_name=destination.name,
+            backup_id=backup.backup_id,
+            chain_id=backup.chain_id,
+            backup_end_time=chain[-1].data_from,
+            objects=objects,
+            restore_opts=command.restore_opts.model_dump(),
+            target_database=plan.target_database,
+            worker=self.name,
+            lease_until=lease,
+            command_id=command.command_id,
+            at=now,
+            by=principal.name,
+        )
+        job = Job(restore, plan, chain, objects_store, access)
+
+        async def start() -> None:
+            running = Running(command.restore_id)
+            self.running[command.restore_id] = running
+            self._spawn(self._run(job, running))
+
+        return Handled([restore], destination.cluster_id, follow_up=start)
+
+    def _spawn(self, coroutine: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    # -- the job ---------------------------------------------------------------------------------
+
+    def _record(self, restore_id: UUID, change: Callable[[Restore], object]) -> bool:
+        restore = self.runtime.store.get_or_none(restore_id, Restore)
+        if restore is None or restore.is_terminal:
+            return False
+        change(restore)
+        try:
+            self.runtime.store.save_all(restore)
+        except IntegrityError:  # the reaper (or a late outcome) came first: that stands
+            return False
+        return True
+
+    def _fail(self, restore_id: UUID, code: str, message: str, step: str, state: str) -> bool:
+        now = self.runtime.clock.now()
+        return self._record(
+            restore_id, lambda r: r.fail(code, message, step, state, now, self.name)
+        )
+
+    def _progress(self, restore_id: UUID, bytes_done: int) -> bool:
+        now = self.runtime.clock.now()
+        return self._record(restore_id, lambda r: r.progress(bytes_done, now, self.name))
+
+    async def _run(self, job: Job, running: Running) -> None:
+        restore_id = job.restore.restore_id
+        clock = self.runtime.clock
+        tick = max(0.05, min(1.0, self.settings.restore_lease_seconds / 3))
+        state = destination_state(job.plan, job.plan.target_database)
+        try:
+            async with self.slots:
+                total = plan_bytes(job.chain, job.plan)
+                await asyncio.to_thread(
+                    self._record,
+                    restore_id,
+                    lambda r: r.start_running(total, clock.now(), self.name),
+                )
+                work = asyncio.create_task(
+                    asyncio.to_thread(
+                        execute_plan,
+                        job.store,
+                        job.chain,
+                        job.plan,
+                        job.access,
+                        running.add,
+                        running.cancel,
+                    )
+                )
+                while not work.done():
+                    await asyncio.wait({work}, timeout=tick)
+                    if work.done():
+                        break
+                    until = jobs.lease_until(clock.now(), self.settings.restore_lease_seconds)
+                    await asyncio.to_thread(
+                        jobs.renew, self.runtime.db, restore_id, self.name, until
+                    )
+                    await asyncio.to_thread(
+                        self._progress, restore_id, min(running.bytes_done, total)
+                    )
+                restored = work.result()
+                await asyncio.to_thread(
+                    self._record,
+                    restore_id,
+                    lambda r: r.succeed(running.bytes_done, restored, clock.now(), self.name),
+                )
+        except PlanError as error:
+            await asyncio.to_thread(
+                self._fail, restore_id, error.code, error.message, error.step, state
+            )
+        except Exception as error:  # never leave a job running because of a bug
+            log.exception("restore %s failed unexpectedly", restore_id)
+            await asyncio.to_thread(
+                self._fail,
+                restore_id,
+                "INTERNAL",
+                f"{type(error).__name__}: {error}",
+                "restore service",
+                state,
+            )
+        finally:
+            self.running.pop(restore_id, None)
+            await asyncio.to_thread(jobs.release, self.runtime.db, restore_id)
+
+    # -- leases ----------------------------------------------------------------------------------
+
+    def _fail_expired(self, lease: jobs.Lease) -> bool:
+        target = lease.details.get("target_database")
+        state = (
+            f"unchanged: database {target} was not created, or the restore's transaction into "
+            "it was rolled back when its worker's connection closed; the restore's temporary "
+            "databases were dropped"
+        )
+        return self._fail(
+            lease.job_id,
+            "LEASE_EXPIRED",
+            f"the restore worker {lease.owner} stopped renewing its lease for "
+            f"{self.settings.restore_lease_seconds:.0f} s (it died or lost the database)",
+            "restore lease",
+            state,
+        )
+
+    def _cleanup(self, lease: jobs.Lease) -> None:
+        cluster = self.runtime.store.get_or_none(cluster_aggregate_id(lease.cluster_id), Cluster)
+        if cluster is None:
+            return
+        dropped = drop_temporary_databases(cluster_access(cluster, self.settings), lease.job_id)
+        if dropped:
+            log.warning("restore %s: dropped temporary databases %s", lease.job_id, dropped)
+
+    def reap_once(self) -> int:
+        return jobs.reap(
+            self.runtime.db,
+            JOB_KIND,
+            self.runtime.clock.now(),
+            self._fail_expired,
+            self._cleanup,
+            running_here=lambda job_id: job_id in self.running,
+        )
+
+    async def reap(self, stop: asyncio.Event) -> None:
+        interval = max(0.2, self.settings.restore_lease_seconds / 6)
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(self.reap_once)
+            except Exception:
+                log.exception("reaping expired restore leases failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+
+    async def stop(self) -> None:
+        for running in self.running.values():
+            running.cancel.set()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)

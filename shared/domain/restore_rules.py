@@ -1,0 +1,149 @@
+"""The restore rules, one named function each, checked when StartRestore is handled: a refusal
+is a :class:`~.errors.Refused` (its 4xx code and a reason naming what is at fault), recorded
+as the command's outcome before any data moves.
+
+The order in :func:`check_restore_request` is the order a caller fixes things in: who may do
+it, which clusters, which backup, which objects.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from managed_backups.contracts.enums import BackupStatus, RestoreType, Tier
+from managed_backups.shared.domain.backup import Backup
+from managed_backups.shared.domain.cluster import Cluster
+from managed_backups.shared.domain.errors import BadValue, Conflict, Forbidden, NotFound
+from managed_backups.shared.security import Action, Principal
+
+
+def caller_may_restore_from_source_into_destination(
+    principal: Principal, source: Cluster, destination: Cluster
+) -> None:
+    """The restore right is needed on both the source and the destination."""
+    principal.require(Action.RESTORE, source.organization, source.cluster_id)
+    principal.require(Action.RESTORE, destination.organization, destination.cluster_id)
+
+
+def deleted_source_only_for_an_administrator(principal: Principal, source: Cluster) -> None:
+    if source.deleted and not principal.can(Action.ADMINISTER, cluster_id="*"):
+        raise Forbidden(
+            f"cluster {source.cluster_id} was deleted: only an administrator may restore its "
+            "backups"
+        )
+
+
+def destination_is_live(destination: Cluster) -> None:
+    if destination.deleted:
+        raise NotFound(f"destination cluster {destination.cluster_id} was deleted")
+
+
+def cross_cluster_only_between_advanced_clusters_of_one_organization(
+    source: Cluster, destination: Cluster
+) -> None:
+    """BASIC and STANDARD clusters restore into themselves only; ADVANCED clusters also into
+    another ADVANCED cluster of the same organization."""
+    if source.cluster_id == destination.cluster_id:
+        return
+    if source.organization != destination.organization:
+        raise Forbidden(
+            f"cluster {source.cluster_id} (organization {source.organization}) cannot be "
+            f"restored into cluster {destination.cluster_id} of another organization "
+            f"({destination.organization})"
+        )
+    not_advanced = [
+        f"{c.cluster_id} is {c.tier}"
+        for c in (source, destination)
+        if c.tier != Tier.ADVANCED.value
+    ]
+    if not_advanced:
+        raise Conflict(
+            "restoring into another cluster needs both clusters on the ADVANCED tier ("
+            + ", ".join(not_advanced)
+            + "); BASIC and STANDARD clusters restore into the same cluster"
+        )
+
+
+def multi_region_backup_not_into_single_region_cluster(
+    source: Cluster, destination: Cluster, skip_localities_check: bool
+) -> None:
+    if len(source.regions) <= 1 or len(destination.regions) > 1:
+        return
+    if skip_localities_check and destination.tier == Tier.ADVANCED.value:
+        return
+    hint = (
+        "set skip_localities_check to restore anyway"
+        if destination.tier == Tier.ADVANCED.value
+        else "skip_localities_check is available on ADVANCED clusters only"
+    )
+    raise Conflict(
+        f"the backup of multi-region cluster {source.cluster_id} ({', '.join(source.regions)}) "
+        f"cannot be restored into single-region cluster {destination.cluster_id}; {hint}"
+    )
+
+
+def _major(version: str) -> int:
+    head = version.strip().split(".", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
+def destination_not_on_an_older_major_version(source: Cluster, destination: Cluster) -> None:
+    if _major(destination.database_version) < _major(source.database_version):
+        raise Conflict(
+            f"destination cluster {destination.cluster_id} runs PostgreSQL "
+            f"{destination.database_version}, older than the source's "
+            f"{source.database_version}: upgrade the destination first"
+        )
+
+
+def backup_is_restorable(
+    backup: Backup | None,
+    full: Backup | None,
+    source_cluster_id: str,
+    backup_id: Any,
+    now: datetime,
+) -> Backup:
+    """The backup exists, belongs to the source, is COMPLETE and unexpired, and so is the full
+    backup its chain starts with."""
+    if backup is None or backup.cluster_id != source_cluster_id:
+        raise NotFound(f"backup {backup_id} of cluster {source_cluster_id} is not known")
+    if backup.status != BackupStatus.COMPLETE.value:
+        raise Conflict(f"backup {backup_id} is {backup.status}; only a COMPLETE backup restores")
+    for b, what in ((backup, "backup"), (full, "its full backup")):
+        if b is None or b.status != BackupStatus.COMPLETE.value:
+            raise Conflict(f"backup {backup_id}: {what} is not COMPLETE")
+        if b.expires_at is not None and b.expires_at <= now:
+            raise Conflict(f"backup {backup_id} expired ({what} expired at {b.expires_at})")
+    return backup
+
+
+def objects_match_the_restore_type(
+    restore_type: RestoreType, objects: list[dict[str, Any]], opts: dict[str, Any]
+) -> None:
+    """CLUSTER names no objects; DATABASE names one database (no table); TABLE names tables of
+    one database. ``new_db_name`` and ``into_db`` exclude each other."""
+    if opts.get("new_db_name") and opts.get("into_db"):
+        raise BadValue("restore_opts: new_db_name and into_db exclude each other")
+    if restore_type is RestoreType.CLUSTER:
+        if objects:
+            raise BadValue("a CLUSTER restore names no objects: it restores every database")
+        if opts.get("new_db_name") or opts.get("into_db"):
+            raise BadValue("a CLUSTER restore takes neither new_db_name nor into_db")
+        return
+    if not objects:
+        raise BadValue(f"a {restore_type.value} restore needs objects")
+    if restore_type is RestoreType.DATABASE:
+        if len(objects) != 1:
+            raise BadValue("a DATABASE restore names exactly one database in objects")
+        if objects[0].get("table") or objects[0].get("schema"):
+            raise BadValue(f"objects[0] names a table ({objects[0].get('table')}): use type TABLE")
+        if opts.get("into_db"):
+            raise BadValue("a DATABASE restore creates its database: into_db is for TABLE")
+        return
+    without_table = [str(i) for i, o in enumerate(objects) if not o.get("table")]
+    if without_table:
+        raise BadValue(f"a TABLE restore needs a table in objects[{', '.join(without_table)}]")
+    databases = sorted({o["database"] for o in objects})
+    if len(databases) > 1:
+        raise BadValue(f"a TABLE restore takes tables of one database, not {', '.join(databases)}")
