@@ -6,8 +6,6 @@ recorded (PREPARING), or the rule's 4xx ``{"code", "message"}`` before any data 
 Cloud API fields plus the console's ``phase``.
 """
 
-from __future__ import annotations
-
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any

@@ -1,0 +1,352 @@
+"""The restore service end to end: real broker, real PostgreSQL source and destination, backups
+taken by the real executor; restores started over HTTP, on the topic and with the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID, uuid4
+
+import psycopg
+import pytest
+
+from managed_backups.contracts import topics
+from managed_backups.contracts.enums import Role
+from managed_backups.services.cli import main as cli_main
+from managed_backups.services.executor.service import run as run_executor
+from managed_backups.services.restore.service import run as run_restore
+from managed_backups.shared.domain.restore import Restore
+from managed_backups.shared.eventstore import open_event_store
+from managed_backups.shared.security import Grant, new_api_key
+from tests.harness import System, run_cluster_commands_only
+from tests.infra.postgres import LocalPostgres
+from tests.integration.test_executor import connection_ref, take, wait_terminal, write_pgpass
+
+pytestmark = pytest.mark.integration
+
+SHOP = 'shop; "main" ü'
+
+
+def q(schema: str, table: str) -> str:
+    return '"' + schema.replace('"', '""') + '"."' + table.replace('"', '""') + '"'
+
+
+def digest(pg: LocalPostgres, db: str, table: str, schema: str = "public") -> tuple[int, str]:
+    with psycopg.connect(pg.url_for(db), autocommit=True) as conn:
+        md5 = hashlib.md5(usedforsecurity=False)
+        rows = 0
+        with (
+            conn.cursor() as cur,
+            cur.copy(f"COPY (SELECT * FROM {q(schema, table)} ORDER BY 1) TO STDOUT") as copy,
+        ):
+            for block in copy:
+                md5.update(bytes(block))
+                rows += bytes(block).count(b"\n")
+    return rows, md5.hexdigest()
+
+
+def databases(pg: LocalPostgres) -> set[str]:
+    with psycopg.connect(pg.url, autocommit=True) as conn:
+        return {r[0] for r in conn.execute("SELECT datname FROM pg_database").fetchall()}
+
+
+@pytest.fixture(scope="module")
+def source() -> Iterator[LocalPostgres]:
+    with LocalPostgres() as pg:
+        with psycopg.connect(pg.url, autocommit=True) as conn:
+            conn.execute('CREATE DATABASE "shop; ""main"" ü"')
+            conn.execute('CREATE DATABASE "target"')
+        with psycopg.connect(pg.url_for(SHOP), autocommit=True) as conn:
+            conn.execute("CREATE TABLE customers (id int PRIMARY KEY, name text)")
+            conn.execute("INSERT INTO customers SELECT g, 'c' || g FROM generate_series(1, 300) g")
+            conn.execute(
+                "CREATE TABLE orders (id serial PRIMARY KEY, "
+                "customer_id int REFERENCES customers, amount numeric)"
+            )
+            conn.execute(
+                "INSERT INTO orders (customer_id, amount) "
+                "SELECT 1 + g % 300, g FROM generate_series(1, 20000) g"
+            )
+            conn.execute("CREATE VIEW big_orders AS SELECT * FROM orders WHERE amount > 100")
+        yield pg
+
+
+@dataclass
+class World:
+    system: System
+    pg: LocalPostgres
+    cluster_id: str
+    full_id: UUID
+    incremental_id: UUID
+    at_full: dict[str, tuple[int, str]]
+    at_incremental: dict[str, tuple[int, str]]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+async def world(
+    tmp_path_factory: pytest.TempPathFactory, kafka: str, source: LocalPostgres
+) -> AsyncIterator[World]:
+    tmp = tmp_path_factory.mktemp("restore-service")
+    write_pgpass(tmp, source)
+    system = await System.start(
+        tmp,
+        f"sqlite:///{tmp / 'events.sqlite'}",
+        kafka,
+        services=("projections",),
+        restore_lease_seconds=4.0,
+        api_port=free_port(),
+    )
+    await system.start_service("registry", run_cluster_commands_only)
+    await system.start_service("backup-executor", run_executor)
+    await system.start_service("restore", run_restore)
+    await system.start_service("api")
+    cluster_id = f"shop-{uuid4().hex[:6]}"
+    result = await system.register(
+        cluster_id, connection_ref=connection_ref(source), regions=["us-east-1"]
+    )
+    assert result.code == 200
+    full_id = await take(system, cluster_id)
+    assert (await wait_terminal(system, full_id)).status == "COMPLETE"
+    at_full = {t: digest(source, SHOP, t) for t in ("customers", "orders")}
+    with psycopg.connect(source.url_for(SHOP), autocommit=True) as conn:
+        conn.execute("UPDATE orders SET amount = amount + 1 WHERE id % 10 = 0")
+        conn.execute("DELETE FROM orders WHERE id % 13 = 0")
+        conn.execute("INSERT INTO orders (customer_id, amount) VALUES (1, 5), (2, 6)")
+    incremental_id = await take(system, cluster_id, "INCREMENTAL", chain_id=str(full_id))
+    assert (await wait_terminal(system, incremental_id)).status == "COMPLETE"
+    at_incremental = {t: digest(source, SHOP, t) for t in ("customers", "orders")}
+    with psycopg.connect(source.url_for(SHOP), autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO orders (customer_id, amount) VALUES (3, 7)"
+        )  # after: not restored
+    yield World(system, source, cluster_id, full_id, incremental_id, at_full, at_incremental)
+    await system.close()
+
+
+async def wait_job(system: System, restore_id: str, timeout: float = 120) -> Restore:
+    store = open_event_store(system.settings.store_url)
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                job = await asyncio.to_thread(store.get_or_none, UUID(restore_id), Restore)
+                if job is not None and job.is_terminal:
+                    await system.wait_projection(store.max_position())
+                    return job
+                await asyncio.sleep(0.1)
+    finally:
+        store.close()
+
+
+async def post_restore(world: World, body: dict[str, Any], cluster: str | None = None) -> Any:
+    assert world.system.http is not None
+    return await world.system.http.post(
+        f"/api/v1/clusters/{cluster or world.cluster_id}/restores", json=body
+    )
+
+
+async def test_database_restore_from_the_full_over_http_with_the_job_view(world: World) -> None:
+    answer = await post_restore(
+        world,
+        {
+            "type": "DATABASE",
+            "backup_id": str(world.full_id),
+            "objects": [{"database": SHOP}],
+            "restore_opts": {"new_db_name": "from full"},
+        },
+    )
+    assert answer.status_code == 200, answer.text
+    job = answer.json()
+    assert job["phases"][0]["phase"] == "PREPARING"  # recorded before the answer
+    assert job["backup_id"] == str(world.full_id) and job["type"] == "DATABASE"
+    ended = await wait_job(world.system, job["id"])
+    assert ended.phase == "SUCCEEDED", ended.error
+    for table, expected in world.at_full.items():
+        assert digest(world.pg, "from full", table) == expected
+    with psycopg.connect(world.pg.url_for("from full"), autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM big_orders").fetchone()
+        assert conn.execute("SELECT nextval('orders_id_seq')").fetchone() == (20001,)
+    assert world.system.http is not None
+    view = (
+        await world.system.http.get(f"/api/v1/clusters/{world.cluster_id}/restores/{job['id']}")
+    ).json()
+    assert [p["phase"] for p in view["phases"]] == ["PREPARING", "RUNNING", "SUCCEEDED"]
+    assert view["status"] == "SUCCESS" and view["completion_percent"] == 1.0
+    assert view["completed_at"] and view["backup_end_time"] and view["bytes_done"] > 0
+    assert view["source_cluster_name"] == view["destination_cluster_name"] == world.cluster_id
+    assert view["objects"] == [{"database": SHOP}]
+    assert view["client_error_code"] is None
+    events = (await world.system.http.get(f"/api/v1/clusters/{world.cluster_id}/events")).json()[
+        "events"
+    ]
+    kinds = [e["type"] for e in events if e.get("restore_id") == job["id"]]
+    assert kinds[0] == "RestoreRequested" and kinds[1] == "RestoreRunning"
+    assert kinds[-1] == "RestoreSucceeded"
+
+
+async def test_table_restore_from_the_latest_backup_into_an_existing_database(
+    world: World,
+) -> None:
+    answer = await post_restore(
+        world,
+        {
+            "type": "TABLE",
+            "objects": [{"database": SHOP, "schema": "public", "table": "orders"}],
+            "restore_opts": {"into_db": "target", "skip_missing_foreign_keys": True},
+        },
+    )
+    assert answer.status_code == 200, answer.text
+    job = answer.json()
+    assert job["backup_id"] == str(world.incremental_id)  # the latest restorable backup
+    ended = await wait_job(world.system, job["id"])
+    assert ended.phase == "SUCCEEDED", ended.error
+    assert digest(world.pg, "target", "orders") == world.at_incremental["orders"]
+    listing = (
+        await world.system.http.get(f"/api/v1/clusters/{world.cluster_id}/restores")  # type: ignore[union-attr]
+    ).json()
+    assert listing["restores"][0]["id"] == job["id"]  # newest first
+    # The same table again: refused before anything is recorded, the table stays as restored.
+    again = await post_restore(
+        world,
+        {
+            "type": "TABLE",
+            "objects": [{"database": SHOP, "table": "orders"}],
+            "restore_opts": {"into_db": "target", "skip_missing_foreign_keys": True},
+        },
+    )
+    assert again.status_code == 409 and "public.orders already exist" in again.json()["message"]
+    assert digest(world.pg, "target", "orders") == world.at_incremental["orders"]
+
+
+async def test_cli_follows_a_restore_to_its_end(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    api = f"http://127.0.0.1:{world.system.settings.api_port}"
+    args = [
+        "restore",
+        "start",
+        world.cluster_id,
+        "--type",
+        "DATABASE",
+        "--database",
+        SHOP,
+        "--new-db-name",
+        "by cli",
+        "--backup-id",
+        str(world.incremental_id),
+        "--follow",
+        "--api",
+        api,
+        "--credential",
+        world.system.admin_key,
+    ]
+    code = await asyncio.to_thread(cli_main, args)
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "Succeeded" in out.out and "100.0%" in out.out and "restored: database by cli" in out.out
+    for table, expected in world.at_incremental.items():
+        assert digest(world.pg, "by cli", table) == expected
+    # A refused restore: non-zero, with the reason.
+    code = await asyncio.to_thread(
+        cli_main, [*args[:-5], "--api", api, "--credential", world.system.admin_key]
+    )
+    out = capsys.readouterr()
+    assert code == 1 and "by cli already exists" in out.err
+
+
+async def test_rules_refuse_with_their_reason_before_any_data_moves(world: World) -> None:
+    system = world.system
+    before = databases(world.pg)
+    other = f"other-{uuid4().hex[:6]}"
+    assert (await system.register(other, connection_ref=connection_ref(world.pg))).code == 200
+    foreign = f"foreign-{uuid4().hex[:6]}"
+    assert (
+        await system.register(
+            foreign, organization="globex", connection_ref=connection_ref(world.pg)
+        )
+    ).code == 200
+    database = {"type": "DATABASE", "objects": [{"database": SHOP}]}
+    cases: list[tuple[str | None, dict[str, Any], int, str]] = [
+        (other, {**database, "source_cluster_id": world.cluster_id}, 409, "ADVANCED tier"),
+        (foreign, {**database, "source_cluster_id": world.cluster_id}, 403, "another organization"),
+        (None, {**database, "backup_id": str(uuid4())}, 404, "is not known"),
+        (None, {"type": "DATABASE", "objects": [{"database": "nope"}]}, 404, "database nope"),
+        (
+            None,
+            {"type": "TABLE", "objects": [{"database": SHOP, "table": "nope"}]},
+            404,
+            f"table {SHOP}.public.nope",
+        ),
+        (
+            None,
+            {"type": "DATABASE", "objects": [{"database": SHOP, "table": "orders"}]},
+            400,
+            "use type TABLE",
+        ),
+        (None, {"type": "TABLE", "objects": []}, 400, "needs objects"),
+        (None, {**database}, 409, "already exists"),  # its own name: the source database exists
+        (None, {**database, "restore_opts": {"new_db_name": "x" * 64}}, 400, "new_db_name"),
+    ]
+    for cluster, body, status, reason in cases:
+        answer = await post_restore(world, body, cluster)
+        assert answer.status_code == status, (body, answer.text)
+        assert reason in answer.json()["message"], (body, answer.text)
+    # ADVANCED clusters of one organization: multi-region into single-region, older version.
+    src = f"adv-{uuid4().hex[:6]}"
+    dst = f"adv1-{uuid4().hex[:6]}"
+    old = f"old-{uuid4().hex[:6]}"
+    ref = connection_ref(world.pg)
+    assert (await system.register(src, tier="ADVANCED", connection_ref=ref)).code == 200
+    assert (
+        await system.register(dst, tier="ADVANCED", regions=["us-east-1"], connection_ref=ref)
+    ).code == 200
+    assert (
+        await system.register(old, tier="ADVANCED", database_version="14", connection_ref=ref)
+    ).code == 200
+    backup_id = await take(system, src)
+    assert (await wait_terminal(system, backup_id)).status == "COMPLETE"
+    cross = {**database, "source_cluster_id": src, "restore_opts": {"new_db_name": "cross"}}
+    answer = await post_restore(world, cross, dst)
+    assert answer.status_code == 409 and "skip_localities_check" in answer.json()["message"]
+    answer = await post_restore(world, cross, old)
+    assert answer.status_code == 409 and "older than the source" in answer.json()["message"]
+    # The restore right on both clusters: an operator of the destination only is refused.
+    assert system.api_runtime is not None
+    key = new_api_key(
+        system.api_runtime.store,
+        "dst-operator",
+        [Grant(Role.CLUSTER_OPERATOR, f"cluster:{dst}")],
+        system.api_runtime.clock,
+        "test",
+    )
+    assert system.http is not None
+    answer = await system.http.post(
+        f"/api/v1/clusters/{dst}/restores",
+        json={**cross, "restore_opts": {"new_db_name": "cross", "skip_localities_check": True}},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert answer.status_code == 403 and f"cluster {src}" in answer.json()["message"]
+    # On the topic: a rejection with the same reason.
+    result = await system.command(
+        topics.RESTORE_COMMANDS,
+        {
+            "type": "StartRestore",
+            "restore_id": str(uuid4()),
+            "destination_cluster_id": other,
+            "source_cluster_id": world.cluster_id,
+            "restore_type": "DATABASE",
+            "objects": [{"database": SHOP}],
+        },
+    )
+    assert result.code == 409 and result.reason and "ADVANCED tier" in result.reason
+    assert databases(world.pg) == before
