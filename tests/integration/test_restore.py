@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import signal
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -350,3 +355,102 @@ async def test_rules_refuse_with_their_reason_before_any_data_moves(world: World
     )
     assert result.code == 409 and result.reason and "ADVANCED tier" in result.reason
     assert databases(world.pg) == before
+
+
+def start_restore_process(system: System, log: Path, lease: float) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "MANAGED_BACKUPS_DATA_DIR": str(system.settings.data_dir),
+        "MANAGED_BACKUPS_EVENT_STORE_URL": system.settings.store_url,
+        "MANAGED_BACKUPS_KAFKA_BOOTSTRAP_SERVERS": system.settings.kafka_bootstrap_servers,
+        "MANAGED_BACKUPS_RESTORE_LEASE_SECONDS": str(lease),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "managed_backups.services.cli", "service", "restore"],
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+async def test_killed_service_and_corrupted_chunk_leave_the_destination_as_it_was(
+    world: World, tmp_path: Path
+) -> None:
+    system, pg = world.system, world.pg
+    with psycopg.connect(pg.url, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE big")
+    with psycopg.connect(pg.url_for("big"), autocommit=True) as conn:
+        conn.execute("CREATE TABLE wide (id bigint PRIMARY KEY, payload text)")
+        conn.execute(
+            "INSERT INTO wide SELECT g, md5(g::text) || repeat(md5((g * 7)::text), 6) "
+            "FROM generate_series(1, 300000) g"
+        )
+    cluster_id = f"big-{uuid4().hex[:6]}"
+    ref = connection_ref(pg)
+    assert (
+        await system.register(cluster_id, connection_ref=ref, regions=["eu-west-1"])
+    ).code == 200
+    backup_id = await take(system, cluster_id)
+    assert (await wait_terminal(system, backup_id)).status == "COMPLETE"
+    before = databases(pg)
+
+    # Killed mid-job: only a separate process serves restores, SIGKILLed while rows flow.
+    await system.stop_service("restore")
+    worker = start_restore_process(system, tmp_path / "restore-1.log", lease=4.0)
+    try:
+        body = {
+            "type": "DATABASE",
+            "backup_id": str(backup_id),
+            "objects": [{"database": "big"}],
+            "restore_opts": {"new_db_name": "big copy"},
+        }
+        answer = await post_restore(world, body, cluster_id)
+        assert answer.status_code == 200, answer.text
+        restore_id = answer.json()["id"]
+        store = open_event_store(system.settings.store_url)
+        async with asyncio.timeout(60):
+            while True:
+                job = await asyncio.to_thread(store.get_or_none, UUID(restore_id), Restore)
+                temporary = [d for d in databases(pg) if d.startswith("mb_restore_")]
+                if job is not None and job.phase == "RUNNING" and temporary:
+                    break
+                await asyncio.sleep(0.02)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        killed_at = asyncio.get_running_loop().time()
+        await system.start_service("restore", run_restore)  # reaps the expired lease
+        failed = await wait_job(system, restore_id, timeout=60)
+        store.close()
+    finally:
+        if worker.poll() is None:
+            worker.terminate()
+            worker.wait()
+    assert failed.phase == "FAILED" and failed.error is not None
+    assert failed.error["code"] == "LEASE_EXPIRED"
+    assert asyncio.get_running_loop().time() - killed_at < 4.0 * 4
+    async with asyncio.timeout(30):  # the temporary database is dropped with the job
+        while databases(pg) != before:
+            await asyncio.sleep(0.2)
+    assert system.http is not None
+    view = (await system.http.get(f"/api/v1/clusters/{cluster_id}/restores/{restore_id}")).json()
+    assert view["status"] == "FAILED" and view["destination_state"].startswith("unchanged")
+
+    # A corrupted chunk: the job fails naming it, nothing appears on the destination.
+    from managed_backups.shared.dataplane.manifest import read_manifest
+    from managed_backups.shared.dataplane.objectstore import ObjectStore
+
+    region = system.settings.data_dir / "objects" / "eu-west-1"
+    manifest = read_manifest(
+        ObjectStore(region.as_uri()), cluster_id, str(backup_id), str(backup_id)
+    )
+    entry = manifest.table("big", "public", "wide")
+    assert entry is not None
+    victim = next(p for p in region.rglob(entry.data[len(entry.data) // 2].hash) if p.is_file())
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    answer = await post_restore(world, body, cluster_id)
+    assert answer.status_code == 200, answer.text
+    failed = await wait_job(system, answer.json()["id"])
+    assert failed.error is not None and failed.error["code"] == "CHUNK_CORRUPT", failed.error
+    assert databases(pg) == before
