@@ -15,7 +15,9 @@ The order is what makes it safe:
    stream settles a race with a late real outcome) and ``cleanup`` (drop the job's temporary
    objects), and releases the lease only when both succeeded, so a failed cleanup is retried.
 
-A lease carries ``details`` (JSON: what the cleanup needs, e.g. a temporary database's name).
+A lease carries ``details`` (JSON: what the cleanup needs, e.g. a temporary database's name;
+``"exclusive": true`` for a job no other job of its cluster may run beside, see
+:func:`exclusive_job`).
 """
 
 from __future__ import annotations
@@ -97,6 +99,25 @@ def held(db: SqlDatabase, kind: str) -> list[Lease]:
         Lease(UUID(j), k, c, o, datetime.fromisoformat(u), json.loads(d))
         for j, k, c, o, u, d in rows
     ]
+
+
+def on_cluster(db: SqlDatabase, cluster_id: str) -> list[Lease]:
+    """Every job (of any kind) holding a lease on ``cluster_id``."""
+    rows = db.query(
+        f"SELECT job_id, kind, cluster_id, owner, lease_until, details FROM {TABLE} "
+        "WHERE cluster_id = ?",
+        (cluster_id,),
+    )
+    return [
+        Lease(UUID(j), k, c, o, datetime.fromisoformat(u), json.loads(d))
+        for j, k, c, o, u, d in rows
+    ]
+
+
+def exclusive_job(db: SqlDatabase, cluster_id: str) -> Lease | None:
+    """The job that holds ``cluster_id`` exclusively (``details["exclusive"]``, e.g. a CLUSTER
+    restore: no backup and no other restore of the cluster while it runs), if any."""
+    return next((job for job in on_cluster(db, cluster_id) if job.details.get("exclusive")), None)
 
 
 def expired(db: SqlDatabase, kind: str, now: datetime) -> list[Lease]:

@@ -22,6 +22,7 @@ from managed_backups.contracts.commands import TakeBackup, VerifyBackup
 from managed_backups.contracts.enums import BackupStatus, BackupType
 from managed_backups.services.executor import leases
 from managed_backups.services.runtime import Runtime
+from managed_backups.shared import jobs
 from managed_backups.shared.commands import CommandContext, Handled
 from managed_backups.shared.dataplane.engine import BackupError, BackupRequest, ErrorCode
 from managed_backups.shared.dataplane.manifest import Manifest, list_manifests, read_manifest
@@ -32,6 +33,7 @@ from managed_backups.shared.domain.backup import Backup
 from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.domain.errors import BadValue, Conflict, NotFound
 from managed_backups.shared.domain.ids import cluster_aggregate_id
+from managed_backups.shared.domain.restore_rules import no_backup_while_a_cluster_restore_runs
 from managed_backups.shared.eventstore import IntegrityError
 from managed_backups.shared.security import Action, Principal
 
@@ -55,6 +57,7 @@ class BackupExecutor:
         self._stores: dict[str, ObjectStore] = {}
         self._stores_lock = threading.Lock()
         leases.ensure_lease_table(runtime.db)
+        jobs.ensure_table(runtime.db)
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -105,6 +108,10 @@ class BackupExecutor:
                 f"backup {running.backup_id} of cluster {cluster.cluster_id} is running; "
                 "a cluster runs one backup at a time"
             )
+        restoring = jobs.exclusive_job(self.runtime.db, cluster.cluster_id)
+        no_backup_while_a_cluster_restore_runs(
+            cluster.cluster_id, restoring.job_id if restoring else None
+        )
         if command.backup_type is BackupType.FULL:
             chain_id = command.backup_id
         elif command.chain_id is not None:

@@ -56,6 +56,7 @@ from managed_backups.shared.domain.restore_rules import (
     destination_is_live,
     destination_not_on_an_older_major_version,
     multi_region_backup_not_into_single_region_cluster,
+    no_other_restore_while_a_cluster_restore_runs,
     objects_match_the_restore_type,
 )
 from managed_backups.shared.eventstore import EventStore, IntegrityError, event_topics
@@ -127,6 +128,11 @@ class Job:
 
 
 def destination_state(plan: RestorePlan | None, target: str | None) -> str:
+    if plan is not None and plan.kind == "CLUSTER":
+        return (
+            "unchanged: every existing database kept its name and data (the swap is one "
+            "transaction that did not commit); the restored copies were dropped"
+        )
     if plan is not None and plan.into_existing:
         return (
             f"unchanged: the restore's transaction in database {target} was rolled back; "
@@ -189,8 +195,16 @@ class RestoreService:
             return Handled([], destination.cluster_id)  # a repeated StartRestore starts nothing
         objects = [o.model_dump(by_alias=True, exclude_none=True) for o in command.objects]
         objects_match_the_restore_type(command.restore_type, objects, opts)
-        if command.restore_type is RestoreType.CLUSTER:
-            raise Refused("CLUSTER restores are not available yet", 501)
+        no_other_restore_while_a_cluster_restore_runs(
+            command.restore_type,
+            destination.cluster_id,
+            [
+                (job.job_id, bool(job.details.get("exclusive")))
+                for job in jobs.on_cluster(self.runtime.db, destination.cluster_id)
+                if job.kind == JOB_KIND
+            ],
+        )
+        cluster_kind = command.restore_type is RestoreType.CLUSTER
         backup_id = command.backup_id or latest_restorable_backup(store, source.cluster_id, now)
         if backup_id is None:
             raise NotFound(f"cluster {source.cluster_id} has no restorable backup")
@@ -205,11 +219,11 @@ class RestoreService:
             chain = load_chain(objects_store, head)
         except Exception as exc:
             raise Conflict(f"backup {backup_id} cannot be read from its store: {exc}") from exc
-        database = objects[0]["database"]
+        database = "" if cluster_kind else objects[0]["database"]
         tables = tuple(
             TableRef(o.get("schema", "public"), o["table"]) for o in objects if "table" in o
         )
-        missing = missing_objects(chain[-1], database, tables)
+        missing = [] if cluster_kind else missing_objects(chain[-1], database, tables)
         if missing:
             raise NotFound(f"not in backup {backup_id}: {', '.join(missing)}")
         into = command.restore_opts.into_db
@@ -237,7 +251,7 @@ class RestoreService:
             destination.cluster_id,
             self.name,
             lease,
-            {"target_database": plan.target_database},
+            {"target_database": plan.target_database, "exclusive": cluster_kind},
         ):
             raise Conflict(f"restore {command.restore_id} is being started by another worker")
         restore = Restore(
@@ -252,7 +266,7 @@ class RestoreService:
             backup_end_time=chain[-1].data_from,
             objects=objects,
             restore_opts=command.restore_opts.model_dump(),
-            target_database=plan.target_database,
+            target_database=None if cluster_kind else plan.target_database,
             worker=self.name,
             lease_until=lease,
             command_id=command.command_id,

@@ -42,7 +42,13 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from .engine import RestoreError
 from .manifest import Manifest
 from .postgres import find_pg_tool, quote_ident
-from .restore_rows import fetch_to_file, restore_database, restore_table, table_history
+from .restore_rows import (
+    fetch_to_file,
+    iter_stream,
+    restore_database,
+    restore_table,
+    table_history,
+)
 
 __all__ = [
     "ClusterAccess",
@@ -153,15 +159,25 @@ def plan_bytes(chain: Sequence[Manifest], plan: RestorePlan) -> int:
     """Bytes the restore will read: every table's stream along its history (an estimate of
     what it writes; progress is reported against it)."""
     head = chain[-1]
-    db = head.database(plan.source_database)
+    names = cluster_databases(head) if plan.kind == "CLUSTER" else [plan.source_database]
     wanted = set(plan.tables)
     total = 0
-    for t in db.tables:
-        if plan.kind == "TABLE" and TableRef(t.schema_name, t.name) not in wanted:
-            continue
-        history = table_history(chain, plan.source_database, t.schema_name, t.name)
-        total += sum(entry.data_size for _, entry in history)
+    for name in names:
+        for t in head.database(name).tables:
+            if plan.kind == "TABLE" and TableRef(t.schema_name, t.name) not in wanted:
+                continue
+            history = table_history(chain, name, t.schema_name, t.name)
+            total += sum(entry.data_size for _, entry in history)
     return total
+
+
+MAINTENANCE_DATABASES = ("postgres",)
+"""Neither replaced nor restored by a CLUSTER restore: the restore works through it."""
+
+
+def cluster_databases(head: Manifest) -> list[str]:
+    """The databases a CLUSTER restore of ``head`` restores."""
+    return [db.name for db in head.databases if db.name not in MAINTENANCE_DATABASES]
 
 
 # ------------------------------------------------------------------------------ destination
@@ -174,7 +190,9 @@ def _database_exists(conn: psycopg.Connection[Any], name: str) -> bool:
 
 def check_destination(access: ClusterAccess, plan: RestorePlan) -> None:
     """Refuse before any data moves: a database that already exists, a missing ``into_db``,
-    a table that already exists there."""
+    a table that already exists there. A CLUSTER restore replaces what exists."""
+    if plan.kind == "CLUSTER":
+        return
     with access.connect() as conn:
         exists = _database_exists(conn, plan.target_database)
     if not plan.into_existing:
@@ -212,14 +230,19 @@ def check_destination(access: ClusterAccess, plan: RestorePlan) -> None:
 
 
 def drop_temporary_databases(access: ClusterAccess, job_id: UUID) -> list[str]:
-    """Drop the job's temporary databases (those that exist); returns their names."""
-    dropped = []
+    """Drop every database named after the job (temporary targets, the scratch database, the
+    replaced databases a CLUSTER restore keeps until its swap committed); returns their names."""
+    prefix = f"{TEMP_PREFIX}{job_id.hex}"
     with access.connect() as conn:
-        for name in temporary_database_names(job_id):
-            if _database_exists(conn, name):
-                conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
-                dropped.append(name)
-    return dropped
+        names = [
+            str(r[0])
+            for r in conn.execute(
+                "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (prefix,)
+            ).fetchall()
+        ]
+        for name in names:
+            conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
+    return names
 
 
 def _create_database(access: ClusterAccess, name: str, like: Manifest, source_db: str) -> None:
@@ -275,6 +298,8 @@ def execute_plan(
     tick = _Progress(progress, cancel)
     try:
         check_destination(access, plan)
+        if plan.kind == "CLUSTER":
+            return _restore_cluster(store, chain, plan, access, tick)
         if plan.kind == "DATABASE":
             _create_database(access, plan.temporary_database, chain[-1], plan.source_database)
             restore_database(
@@ -530,3 +555,110 @@ def _apply_tables(
             ) from None
     finally:
         conn.close()
+
+
+# ------------------------------------------------------------------------------ CLUSTER
+
+
+def _restore_cluster(
+    store: Any,
+    chain: Sequence[Manifest],
+    plan: RestorePlan,
+    access: ClusterAccess,
+    progress: Callable[[int], None],
+) -> list[str]:
+    """Every database of the backup into a temporary database, then one transaction renames
+    the destination's user databases away and the restored ones into place, and creates or
+    alters the backup's roles; the replaced databases are dropped after the commit. Before the
+    commit every existing database is untouched (sessions connected to them are ended just
+    before the swap, which needs them gone)."""
+    head = chain[-1]
+    temps: dict[str, str] = {}
+    for i, name in enumerate(cluster_databases(head)):
+        temp = f"{TEMP_PREFIX}{plan.job_id.hex}_{i}"
+        _create_database(access, temp, head, name)
+        restore_database(
+            store,
+            chain,
+            name,
+            access.database(temp),
+            env=access.env,
+            bindir=access.bindir,
+            progress=progress,
+        )
+        temps[name] = temp
+    roles = b"".join(iter_stream(store, head, head.globals_dump)).decode()
+    replaced = _swap_cluster(access, plan, temps, roles)
+    # The swap committed: the restore succeeded. Dropping the replaced databases is tidying.
+    with contextlib.suppress(Exception), access.connect() as conn:
+        for name in replaced:
+            conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
+    return [f"database {name}" for name in temps] + ["roles"]
+
+
+def _swap_cluster(
+    access: ClusterAccess, plan: RestorePlan, temps: Mapping[str, str], roles: str
+) -> list[str]:
+    last: psycopg.Error | None = None
+    for _ in range(5):  # a session reconnecting between the terminate and the rename: retry
+        conn = access.connect(autocommit=False)
+        try:
+            existing = [
+                str(r[0])
+                for r in conn.execute(
+                    "SELECT datname FROM pg_database WHERE NOT datistemplate "
+                    "AND datname <> ALL(%s) AND NOT starts_with(datname, %s) ORDER BY 1",
+                    (list(MAINTENANCE_DATABASES), TEMP_PREFIX),
+                ).fetchall()
+            ]
+            _apply_roles(conn, roles)
+            replaced = []
+            for j, name in enumerate(existing):
+                old = f"{TEMP_PREFIX}{plan.job_id.hex}_old_{j}"
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = %s AND pid <> pg_backend_pid()",
+                    (name,),
+                )
+                conn.execute(f"ALTER DATABASE {quote_ident(name)} RENAME TO {quote_ident(old)}")
+                replaced.append(old)
+            for name, temp in temps.items():
+                conn.execute(f"ALTER DATABASE {quote_ident(temp)} RENAME TO {quote_ident(name)}")
+            conn.commit()
+            return replaced
+        except psycopg.errors.ObjectInUse as exc:
+            conn.rollback()
+            last = exc
+        except psycopg.Error as exc:
+            conn.rollback()
+            raise PlanError(
+                "RESTORE_FAILED", str(exc).splitlines()[0], "swap the restored databases in"
+            ) from None
+        finally:
+            conn.close()
+    raise PlanError(
+        "RESTORE_FAILED",
+        f"sessions kept reconnecting to the databases being replaced: {last}",
+        "swap the restored databases in",
+    )
+
+
+def _apply_roles(conn: psycopg.Connection[Any], script: str) -> None:
+    """Create the backup's roles that do not exist and give every role the backup's attributes
+    and memberships. The role the restore connects as keeps its own attributes (its password
+    must keep working); tablespaces are not created (their paths belong to the old host)."""
+    current = str(conn.execute("SELECT current_user").fetchone()[0])  # type: ignore[index]
+    mine = (f"ALTER ROLE {current} ", f"ALTER ROLE {quote_ident(current)} ")
+    for statement in _sql_only(script).split(";\n"):
+        lines = [ln for ln in statement.splitlines() if ln.strip() and not ln.startswith("--")]
+        sql = "\n".join(lines).strip()
+        if not sql or sql.startswith(("SET ", "CREATE TABLESPACE", "ALTER TABLESPACE")):
+            continue
+        if sql.startswith(mine):
+            continue
+        conn.execute("SAVEPOINT mb_role")
+        try:
+            conn.execute(sql)
+        except psycopg.errors.DuplicateObject:
+            conn.execute("ROLLBACK TO SAVEPOINT mb_role")
+        conn.execute("RELEASE SAVEPOINT mb_role")

@@ -147,3 +147,29 @@ def objects_match_the_restore_type(
     databases = sorted({o["database"] for o in objects})
     if len(databases) > 1:
         raise BadValue(f"a TABLE restore takes tables of one database, not {', '.join(databases)}")
+
+
+def no_other_restore_while_a_cluster_restore_runs(
+    restore_type: RestoreType, destination_id: str, running: list[tuple[Any, bool]]
+) -> None:
+    """``running``: (job id, exclusive) of the restores holding a lease on the destination. A
+    CLUSTER restore is exclusive: it starts alone and nothing starts beside it."""
+    for job_id, exclusive in running:
+        if exclusive:
+            raise Conflict(
+                f"CLUSTER restore {job_id} is running on cluster {destination_id}; no other "
+                "restore starts until it ends"
+            )
+    if restore_type is RestoreType.CLUSTER and running:
+        raise Conflict(
+            f"restore {running[0][0]} is running on cluster {destination_id}; a CLUSTER restore "
+            "starts only when no other restore runs there"
+        )
+
+
+def no_backup_while_a_cluster_restore_runs(cluster_id: str, restore_id: Any | None) -> None:
+    if restore_id is not None:
+        raise Conflict(
+            f"CLUSTER restore {restore_id} is replacing cluster {cluster_id}'s databases; it "
+            "takes no backup until the restore ends"
+        )

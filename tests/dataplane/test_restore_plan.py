@@ -148,6 +148,8 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Source]:
                 f"INSERT INTO {q('public', ODD)} SELECT g, E'tab\\there ü ' || g "
                 "FROM generate_series(1, 300) g"
             )
+        with src.connect("postgres") as conn:
+            conn.execute('CREATE ROLE "app reader" NOLOGIN')
         src.backup()
         with src.connect(DB) as conn:
             conn.execute(f"UPDATE {q(SCHEMA, 'orders')} SET amount = amount + 1 WHERE id % 7 = 0")
@@ -160,6 +162,8 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Source]:
         src.backup()
         with src.connect(DB) as conn:  # after the last backup: must not appear in restores
             conn.execute(f"INSERT INTO {q(SCHEMA, 'customers')} VALUES (9999, 'late')")
+        with src.connect("postgres") as conn:
+            conn.execute('DROP ROLE "app reader"')
         yield src
 
 
@@ -304,7 +308,10 @@ def test_a_corrupted_chunk_leaves_the_destination_as_it_was(source: Source, tmp_
     victim.write_bytes(bytes(data))
     with source.connect("postgres") as conn:
         conn.execute('CREATE DATABASE "untouched"')
+    current = digest(source, DB, SCHEMA, "customers", "id")
+    before = databases(source)
     for p in (
+        plan("CLUSTER", ""),
         plan("DATABASE", "never created"),
         plan(
             "TABLE",
@@ -318,9 +325,29 @@ def test_a_corrupted_chunk_leaves_the_destination_as_it_was(source: Source, tmp_
         with pytest.raises(PlanError) as failed:
             execute_plan(store, source.chain, p, source.access, lambda n: None)
         assert failed.value.code == "CHUNK_CORRUPT", failed.value
-    assert "never created" not in databases(source)
+    assert databases(source) == before | {"untouched"}
+    assert digest(source, DB, SCHEMA, "customers", "id") == current  # CLUSTER: intact
     with source.connect("untouched") as conn:
         assert conn.execute(
             "SELECT count(*) FROM pg_class WHERE relname = 'orders'"
         ).fetchone() == (0,)
     assert no_temporary_databases(source)
+
+
+def test_cluster_restore_replaces_every_database_and_brings_back_roles(source: Source) -> None:
+    """Last in this module: it replaces the databases the other tests created."""
+    with source.connect("postgres") as conn:
+        conn.execute('CREATE DATABASE "created after the backup"')
+    idle = source.connect(DB)  # a session on a replaced database is ended
+    restored, _ = run(source, source.chain, plan("CLUSTER", ""))
+    with pytest.raises(psycopg.OperationalError):
+        idle.execute("SELECT 1")
+    idle.close()
+    assert f"database {DB}" in restored and restored[-1] == "roles"
+    names = {d for d in databases(source) if not d.startswith("template")}
+    assert names == {"postgres", DB}
+    for schema, table, order in TABLES:
+        assert digest(source, DB, schema, table, order) == source.expected[-1][(schema, table)]
+    assert next_values(source, DB) == source.sequences[-1]
+    with source.connect("postgres") as conn:
+        assert conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'app reader'").fetchone()

@@ -454,3 +454,45 @@ async def test_killed_service_and_corrupted_chunk_leave_the_destination_as_it_wa
     failed = await wait_job(system, answer.json()["id"])
     assert failed.error is not None and failed.error["code"] == "CHUNK_CORRUPT", failed.error
     assert databases(pg) == before
+
+
+async def test_cluster_restore_is_exclusive_and_replaces_every_database(world: World) -> None:
+    """Last in this module: it replaces every database of the source server."""
+    from datetime import timedelta
+
+    from managed_backups.shared import jobs
+
+    system = world.system
+    assert system.api_runtime is not None
+    db = system.api_runtime.db
+    # While a CLUSTER restore holds the destination: no backup, no other restore.
+    holder = uuid4()
+    until = system.api_runtime.clock.now() + timedelta(seconds=60)
+    jobs.ensure_table(db)
+    assert jobs.take(db, holder, "restore", world.cluster_id, "test", until, {"exclusive": True})
+    try:
+        refused = await system.command(
+            topics.BACKUP_COMMANDS,
+            {
+                "type": "TakeBackup",
+                "cluster_id": world.cluster_id,
+                "backup_id": str(uuid4()),
+                "backup_type": "FULL",
+            },
+        )
+        assert refused.code == 409 and refused.reason and str(holder) in refused.reason
+        answer = await post_restore(world, {"type": "CLUSTER"})
+        assert answer.status_code == 409 and "no other restore" in answer.json()["message"]
+    finally:
+        jobs.release(db, holder)
+
+    with psycopg.connect(world.pg.url, autocommit=True) as conn:
+        conn.execute('CREATE DATABASE "made later"')
+    answer = await post_restore(world, {"type": "CLUSTER", "backup_id": str(world.incremental_id)})
+    assert answer.status_code == 200, answer.text
+    ended = await wait_job(system, answer.json()["id"])
+    assert ended.phase == "SUCCEEDED", ended.error
+    names = {d for d in databases(world.pg) if not d.startswith("template")}
+    assert names == {"postgres", SHOP, "target"}  # as the backup holds them
+    for table, expected in world.at_incremental.items():
+        assert digest(world.pg, SHOP, table) == expected
