@@ -28,8 +28,9 @@ from managed_backups.shared.dataplane.restore_plan import (
     execute_plan,
     plan_bytes,
 )
-from tests.dataplane.conftest import copy_settings
+from tests.dataplane.conftest import copy_settings, s3_store_url
 from tests.infra.postgres import LocalPostgres
+from tests.infra.s3 import create_bucket
 
 pytestmark = pytest.mark.integration
 
@@ -332,6 +333,18 @@ def test_a_corrupted_chunk_leaves_the_destination_as_it_was(source: Source, tmp_
             "SELECT count(*) FROM pg_class WHERE relname = 'orders'"
         ).fetchone() == (0,)
     assert no_temporary_databases(source)
+
+
+def test_restore_from_an_s3_store(source: Source, s3_endpoint: str) -> None:
+    bucket = f"mb-{uuid.uuid4().hex[:12]}"
+    create_bucket(s3_endpoint, bucket)
+    s3 = ObjectStore(s3_store_url(s3_endpoint, bucket))
+    for info in source.store.list("clusters/"):
+        s3.put_new(info.key, source.store.get(info.key))
+    p = plan("TABLE", "from s3", tables=(TableRef("public", ODD),))
+    restored = execute_plan(s3, source.chain, p, source.access, lambda n: None)
+    assert restored == [f"table from s3.public.{ODD}"]
+    assert digest(source, "from s3", "public", ODD, "id") == source.expected[-1][("public", ODD)]
 
 
 def test_cluster_restore_replaces_every_database_and_brings_back_roles(source: Source) -> None:

@@ -456,6 +456,47 @@ async def test_killed_service_and_corrupted_chunk_leave_the_destination_as_it_wa
     assert databases(pg) == before
 
 
+async def test_a_deleted_source_restores_only_for_an_administrator(world: World) -> None:
+    system = world.system
+    ref = connection_ref(world.pg)
+    src = f"gone-{uuid4().hex[:6]}"
+    dst = f"keep-{uuid4().hex[:6]}"
+    assert (await system.register(src, tier="ADVANCED", connection_ref=ref)).code == 200
+    assert (await system.register(dst, tier="ADVANCED", connection_ref=ref)).code == 200
+    backup_id = await take(system, src)
+    assert (await wait_terminal(system, backup_id)).status == "COMPLETE"
+    deleted = await system.command(
+        topics.CLUSTER_COMMANDS, {"type": "DeleteCluster", "cluster_id": src}
+    )
+    assert deleted.code == 200
+    body = {
+        "type": "TABLE",
+        "source_cluster_id": src,
+        "backup_id": str(backup_id),
+        "objects": [{"database": SHOP, "table": "customers"}],
+        "restore_opts": {"new_db_name": "from deleted"},
+    }
+    assert system.api_runtime is not None and system.http is not None
+    org_admin = new_api_key(
+        system.api_runtime.store,
+        "acme-admin",
+        [Grant(Role.ORG_ADMIN, "org:acme")],
+        system.api_runtime.clock,
+        "test",
+    )
+    answer = await system.http.post(
+        f"/api/v1/clusters/{dst}/restores",
+        json=body,
+        headers={"Authorization": f"Bearer {org_admin}"},
+    )
+    assert answer.status_code == 403 and "only an administrator" in answer.json()["message"]
+    assert "from deleted" not in databases(world.pg)
+    answer = await post_restore(world, body, dst)
+    assert answer.status_code == 200, answer.text
+    assert (await wait_job(system, answer.json()["id"])).phase == "SUCCEEDED"
+    assert digest(world.pg, "from deleted", "customers")[0] == 300
+
+
 async def test_cluster_restore_is_exclusive_and_replaces_every_database(world: World) -> None:
     """Last in this module: it replaces every database of the source server."""
     from datetime import timedelta
