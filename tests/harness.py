@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -225,3 +228,20 @@ async def run_cluster_commands_only(runtime: Runtime, stop: asyncio.Event) -> No
         await stop.wait()
     finally:
         await broker.stop()
+
+
+def service_process(system: System, name: str, log: Path, **env: str) -> subprocess.Popen[bytes]:
+    """``managed-backups service NAME`` in its own process, on ``system``'s settings (plus
+    ``env``), logging to ``log``: for tests that SIGKILL a service."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "managed_backups.services.cli", "service", name],
+        env={
+            **os.environ,
+            "MANAGED_BACKUPS_DATA_DIR": str(system.settings.data_dir),
+            "MANAGED_BACKUPS_EVENT_STORE_URL": system.settings.store_url,
+            "MANAGED_BACKUPS_KAFKA_BOOTSTRAP_SERVERS": system.settings.kafka_bootstrap_servers,
+            **env,
+        },
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )

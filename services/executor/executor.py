@@ -26,7 +26,7 @@ from managed_backups.shared import jobs
 from managed_backups.shared.commands import CommandContext, Handled
 from managed_backups.shared.dataplane.engine import BackupError, BackupRequest, ErrorCode
 from managed_backups.shared.dataplane.manifest import Manifest, list_manifests, read_manifest
-from managed_backups.shared.dataplane.objectstore import ObjectStore, open_store
+from managed_backups.shared.dataplane.objectstore import ObjectStore
 from managed_backups.shared.dataplane.postgres import PostgresAdapter
 from managed_backups.shared.dataplane.verify import cleanup_partial, verify_backup
 from managed_backups.shared.domain.backup import Backup
@@ -35,6 +35,7 @@ from managed_backups.shared.domain.errors import BadValue, Conflict, NotFound
 from managed_backups.shared.domain.ids import cluster_aggregate_id
 from managed_backups.shared.domain.restore_rules import no_backup_while_a_cluster_restore_runs
 from managed_backups.shared.eventstore import IntegrityError
+from managed_backups.shared.region_stores import RegionStores
 from managed_backups.shared.security import Action, Principal
 
 log = logging.getLogger(__name__)
@@ -54,19 +55,14 @@ class BackupExecutor:
         self.running: dict[str, Running] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.slots = asyncio.Semaphore(max(1, self.settings.max_concurrent_backups))
-        self._stores: dict[str, ObjectStore] = {}
-        self._stores_lock = threading.Lock()
+        self.stores = RegionStores(runtime.settings)
         leases.ensure_lease_table(runtime.db)
         jobs.ensure_table(runtime.db)
 
     # -- helpers ---------------------------------------------------------------------------------
 
     def store_for(self, region: str) -> ObjectStore:
-        url = self.settings.region_store_url(region)
-        with self._stores_lock:
-            if url not in self._stores:
-                self._stores[url] = open_store(url)
-            return self._stores[url]
+        return self.stores.for_region(region)
 
     def adapter_for(self, cluster: Cluster) -> PostgresAdapter:
         if cluster.engine != "postgres":

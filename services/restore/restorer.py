@@ -31,7 +31,7 @@ from managed_backups.services.runtime import Runtime
 from managed_backups.shared import jobs
 from managed_backups.shared.commands import CommandContext, Handled
 from managed_backups.shared.dataplane.manifest import Manifest, load_chain, read_manifest
-from managed_backups.shared.dataplane.objectstore import ObjectStore, open_store
+from managed_backups.shared.dataplane.objectstore import ObjectStore
 from managed_backups.shared.dataplane.restore_plan import (
     ClusterAccess,
     PlanError,
@@ -60,6 +60,7 @@ from managed_backups.shared.domain.restore_rules import (
     objects_match_the_restore_type,
 )
 from managed_backups.shared.eventstore import EventStore, IntegrityError, event_topics
+from managed_backups.shared.region_stores import RegionStores
 from managed_backups.shared.security import Principal
 from managed_backups.shared.settings import Settings
 
@@ -152,16 +153,11 @@ class RestoreService:
         self.running: dict[UUID, Running] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.slots = asyncio.Semaphore(max(1, self.settings.max_concurrent_restores))
-        self._stores: dict[str, ObjectStore] = {}
-        self._stores_lock = threading.Lock()
+        self.stores = RegionStores(runtime.settings)
         jobs.ensure_table(runtime.db)
 
     def store_for(self, region: str) -> ObjectStore:
-        url = self.settings.region_store_url(region)
-        with self._stores_lock:
-            if url not in self._stores:
-                self._stores[url] = open_store(url)
-            return self._stores[url]
+        return self.stores.for_region(region)
 
     def _cluster(self, store: EventStore, cluster_id: str, role: str) -> Cluster:
         cluster = store.get_or_none(cluster_aggregate_id(cluster_id), Cluster)

@@ -385,8 +385,7 @@ def _table_scripts(
         )
     with access.connect(plan.scratch_database) as conn:
         oids = _table_oids(conn, plan.tables)
-        _resolve_foreign_keys(conn, oids, plan)
-        _resolve_sequence_defaults(conn, oids, plan)
+        _resolve_dependencies(conn, oids, plan)
         sequences = [
             TableRef(s, n)
             for s, n in conn.execute(
@@ -449,63 +448,81 @@ def _table_oids(conn: psycopg.Connection[Any], tables: Sequence[TableRef]) -> li
     return oids
 
 
-def _resolve_foreign_keys(
-    conn: psycopg.Connection[Any], oids: list[int], plan: RestorePlan
-) -> None:
-    rows = conn.execute(
-        "SELECT con.conname, cn.nspname, c.relname, fn.nspname, f.relname "
-        "FROM pg_constraint con "
-        "JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace cn ON cn.oid = c.relnamespace "
-        "JOIN pg_class f ON f.oid = con.confrelid JOIN pg_namespace fn ON fn.oid = f.relnamespace "
-        "WHERE con.contype = 'f' AND con.conrelid = ANY(%s) AND NOT con.confrelid = ANY(%s) "
-        "ORDER BY 2, 3, 1",
-        (oids, oids),
-    ).fetchall()
-    if rows and not plan.skip_missing_foreign_keys:
-        names = ", ".join(f"{cs}.{ct}.{name} references {fs}.{ft}" for name, cs, ct, fs, ft in rows)
-        raise PlanError(
-            "MISSING_DEPENDENCY",
-            f"foreign key(s) to tables not restored: {names} "
-            "(restore them too, or set skip_missing_foreign_keys)",
-            "check dependencies",
-        )
-    for name, cs, ct, _, _ in rows:
-        conn.execute(
-            f"ALTER TABLE {quote_ident(cs)}.{quote_ident(ct)} DROP CONSTRAINT {quote_ident(name)}"
-        )
+@dataclass(frozen=True)
+class _Dependency:
+    """One kind of dependency on objects a TABLE restore leaves out: the query finding them
+    among the chosen tables (``%s`` twice: their oids), how to name one, the option that
+    removes them, and the statement removing one from the scratch schema."""
+
+    what: str
+    option: str
+    query: str
+    describe: Callable[[tuple[Any, ...]], str]
+    remove: Callable[[tuple[Any, ...]], str]
 
 
-def _resolve_sequence_defaults(
+_DEPENDENCIES = (
+    _Dependency(
+        what="foreign key(s) to tables not restored",
+        option="skip_missing_foreign_keys",
+        query=(
+            "SELECT cn.nspname, c.relname, con.conname, fn.nspname, f.relname "
+            "FROM pg_constraint con "
+            "JOIN pg_class c ON c.oid = con.conrelid "
+            "JOIN pg_namespace cn ON cn.oid = c.relnamespace "
+            "JOIN pg_class f ON f.oid = con.confrelid "
+            "JOIN pg_namespace fn ON fn.oid = f.relnamespace "
+            "WHERE con.contype = 'f' AND con.conrelid = ANY(%s) "
+            "AND NOT con.confrelid = ANY(%s) ORDER BY 1, 2, 3"
+        ),
+        describe=lambda r: f"{r[0]}.{r[1]}.{r[2]} references {r[3]}.{r[4]}",
+        remove=lambda r: (
+            f"ALTER TABLE {quote_ident(r[0])}.{quote_ident(r[1])} "
+            f"DROP CONSTRAINT {quote_ident(r[2])}"
+        ),
+    ),
+    _Dependency(
+        what="default(s) using sequences not restored",
+        option="skip_missing_sequences",
+        query=(
+            "SELECT DISTINCT n.nspname, c.relname, a.attname, sn.nspname, s.relname "
+            "FROM pg_attrdef ad "
+            "JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum "
+            "JOIN pg_class c ON c.oid = ad.adrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid "
+            "AND d.refclassid = 'pg_class'::regclass "
+            "JOIN pg_class s ON s.oid = d.refobjid AND s.relkind = 'S' "
+            "JOIN pg_namespace sn ON sn.oid = s.relnamespace "
+            "WHERE ad.adrelid = ANY(%s) AND NOT EXISTS (SELECT 1 FROM pg_depend o "
+            "WHERE o.classid = 'pg_class'::regclass AND o.objid = s.oid "
+            "AND o.refclassid = 'pg_class'::regclass AND o.deptype IN ('a', 'i') "
+            "AND o.refobjid = ANY(%s)) ORDER BY 1, 2, 3"
+        ),
+        describe=lambda r: f"{r[0]}.{r[1]}.{r[2]} uses {r[3]}.{r[4]}",
+        remove=lambda r: (
+            f"ALTER TABLE {quote_ident(r[0])}.{quote_ident(r[1])} "
+            f"ALTER COLUMN {quote_ident(r[2])} DROP DEFAULT"
+        ),
+    ),
+)
+
+
+def _resolve_dependencies(
     conn: psycopg.Connection[Any], oids: list[int], plan: RestorePlan
 ) -> None:
-    rows = conn.execute(
-        "SELECT DISTINCT n.nspname, c.relname, a.attname, sn.nspname, s.relname "
-        "FROM pg_attrdef ad "
-        "JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum "
-        "JOIN pg_class c ON c.oid = ad.adrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid "
-        "AND d.refclassid = 'pg_class'::regclass "
-        "JOIN pg_class s ON s.oid = d.refobjid AND s.relkind = 'S' "
-        "JOIN pg_namespace sn ON sn.oid = s.relnamespace "
-        "WHERE ad.adrelid = ANY(%s) AND NOT EXISTS (SELECT 1 FROM pg_depend o "
-        "WHERE o.classid = 'pg_class'::regclass AND o.objid = s.oid "
-        "AND o.refclassid = 'pg_class'::regclass AND o.deptype IN ('a', 'i') "
-        "AND o.refobjid = ANY(%s)) ORDER BY 1, 2, 3",
-        (oids, oids),
-    ).fetchall()
-    if rows and not plan.skip_missing_sequences:
-        names = ", ".join(f"{ts}.{tt}.{col} uses {ss}.{sq}" for ts, tt, col, ss, sq in rows)
-        raise PlanError(
-            "MISSING_DEPENDENCY",
-            f"default(s) using sequences not restored: {names} "
-            "(set skip_missing_sequences to drop those defaults)",
-            "check dependencies",
-        )
-    for ts, tt, col, _, _ in rows:
-        conn.execute(
-            f"ALTER TABLE {quote_ident(ts)}.{quote_ident(tt)} "
-            f"ALTER COLUMN {quote_ident(col)} DROP DEFAULT"
-        )
+    """Refuse, naming them, the dependencies on objects left out, unless the plan's option for
+    their kind is set: then remove them from the scratch schema before it is rendered."""
+    for dependency in _DEPENDENCIES:
+        rows = conn.execute(dependency.query, (oids, oids)).fetchall()
+        if rows and not getattr(plan, dependency.option):
+            names = ", ".join(dependency.describe(r) for r in rows)
+            raise PlanError(
+                "MISSING_DEPENDENCY",
+                f"{dependency.what}: {names} (restore them too, or set {dependency.option})",
+                "check dependencies",
+            )
+        for row in rows:
+            conn.execute(dependency.remove(row))
 
 
 def _apply_tables(

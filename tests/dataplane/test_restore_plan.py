@@ -6,7 +6,6 @@ Identifiers need quoting everywhere: spaces, quotes, semicolons, Unicode."""
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,9 +27,10 @@ from managed_backups.shared.dataplane.restore_plan import (
     execute_plan,
     plan_bytes,
 )
-from tests.dataplane.conftest import copy_settings, s3_store_url
+from tests.dataplane.conftest import s3_store_url
 from tests.infra.postgres import LocalPostgres
 from tests.infra.s3 import create_bucket
+from tests.restore_checks import table_digest
 
 pytestmark = pytest.mark.integration
 
@@ -72,18 +72,7 @@ class Source:
 
 
 def digest(source: Source, db: str, schema: str, table: str, order: str) -> tuple[int, str]:
-    with source.connect(db) as conn:
-        copy_settings(conn)
-        md5 = hashlib.md5(usedforsecurity=False)
-        rows = 0
-        with (
-            conn.cursor() as cur,
-            cur.copy(f"COPY (SELECT * FROM {q(schema, table)} ORDER BY {order}) TO STDOUT") as copy,
-        ):
-            for block in copy:
-                md5.update(bytes(block))
-                rows += bytes(block).count(b"\n")
-    return rows, md5.hexdigest()
+    return table_digest(source.pg.url_for(db), schema, table, order)
 
 
 def next_values(source: Source, db: str) -> dict[str, int]:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ from managed_backups.contracts import topics
 from managed_backups.services.executor.service import run as run_executor
 from managed_backups.shared.domain.backup import Backup
 from managed_backups.shared.eventstore import open_event_store
-from tests.harness import System, run_cluster_commands_only
+from tests.harness import System, run_cluster_commands_only, service_process
 from tests.infra.postgres import LocalPostgres
 from tests.infra.s3 import LocalS3
 
@@ -344,18 +342,8 @@ async def wait_group_members(kafka: str, group: str, pids: list[int], timeout: f
 
 
 def start_executor_process(system: System, log: Path, lease: float) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "MANAGED_BACKUPS_DATA_DIR": str(system.settings.data_dir),
-        "MANAGED_BACKUPS_EVENT_STORE_URL": system.settings.store_url,
-        "MANAGED_BACKUPS_KAFKA_BOOTSTRAP_SERVERS": system.settings.kafka_bootstrap_servers,
-        "MANAGED_BACKUPS_BACKUP_LEASE_SECONDS": str(lease),
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "managed_backups.services.cli", "service", "backup-executor"],
-        env=env,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
+    return service_process(
+        system, "backup-executor", log, MANAGED_BACKUPS_BACKUP_LEASE_SECONDS=str(lease)
     )
 
 

@@ -4,12 +4,8 @@ taken by the real executor; restores started over HTTP, on the topic and with th
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import os
 import signal
 import socket
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,31 +23,18 @@ from managed_backups.services.restore.service import run as run_restore
 from managed_backups.shared.domain.restore import Restore
 from managed_backups.shared.eventstore import open_event_store
 from managed_backups.shared.security import Grant, new_api_key
-from tests.harness import System, run_cluster_commands_only
+from tests.harness import System, run_cluster_commands_only, service_process
 from tests.infra.postgres import LocalPostgres
 from tests.integration.test_executor import connection_ref, take, wait_terminal, write_pgpass
+from tests.restore_checks import table_digest
 
 pytestmark = pytest.mark.integration
 
 SHOP = 'shop; "main" ü'
 
 
-def q(schema: str, table: str) -> str:
-    return '"' + schema.replace('"', '""') + '"."' + table.replace('"', '""') + '"'
-
-
 def digest(pg: LocalPostgres, db: str, table: str, schema: str = "public") -> tuple[int, str]:
-    with psycopg.connect(pg.url_for(db), autocommit=True) as conn:
-        md5 = hashlib.md5(usedforsecurity=False)
-        rows = 0
-        with (
-            conn.cursor() as cur,
-            cur.copy(f"COPY (SELECT * FROM {q(schema, table)} ORDER BY 1) TO STDOUT") as copy,
-        ):
-            for block in copy:
-                md5.update(bytes(block))
-                rows += bytes(block).count(b"\n")
-    return rows, md5.hexdigest()
+    return table_digest(pg.url_for(db), schema, table)
 
 
 def databases(pg: LocalPostgres) -> set[str]:
@@ -357,22 +340,6 @@ async def test_rules_refuse_with_their_reason_before_any_data_moves(world: World
     assert databases(world.pg) == before
 
 
-def start_restore_process(system: System, log: Path, lease: float) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "MANAGED_BACKUPS_DATA_DIR": str(system.settings.data_dir),
-        "MANAGED_BACKUPS_EVENT_STORE_URL": system.settings.store_url,
-        "MANAGED_BACKUPS_KAFKA_BOOTSTRAP_SERVERS": system.settings.kafka_bootstrap_servers,
-        "MANAGED_BACKUPS_RESTORE_LEASE_SECONDS": str(lease),
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "managed_backups.services.cli", "service", "restore"],
-        env=env,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
-
-
 async def test_killed_service_and_corrupted_chunk_leave_the_destination_as_it_was(
     world: World, tmp_path: Path
 ) -> None:
@@ -396,7 +363,9 @@ async def test_killed_service_and_corrupted_chunk_leave_the_destination_as_it_wa
 
     # Killed mid-job: only a separate process serves restores, SIGKILLed while rows flow.
     await system.stop_service("restore")
-    worker = start_restore_process(system, tmp_path / "restore-1.log", lease=4.0)
+    worker = service_process(
+        system, "restore", tmp_path / "restore-1.log", MANAGED_BACKUPS_RESTORE_LEASE_SECONDS="4"
+    )
     try:
         body = {
             "type": "DATABASE",
