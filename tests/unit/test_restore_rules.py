@@ -1,0 +1,170 @@
+"""The restore rules (each refuses with its status and a reason naming what is at fault) and the
+job leases that let a dead restore be reaped."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import pytest
+
+from managed_backups.contracts.enums import RestoreType, Role
+from managed_backups.shared import jobs
+from managed_backups.shared.domain.cluster import Cluster
+from managed_backups.shared.domain.errors import Refused
+from managed_backups.shared.domain.restore_rules import (
+    caller_may_restore_from_source_into_destination,
+    cross_cluster_only_between_advanced_clusters_of_one_organization,
+    deleted_source_only_for_an_administrator,
+    destination_not_on_an_older_major_version,
+    multi_region_backup_not_into_single_region_cluster,
+    no_other_restore_while_a_cluster_restore_runs,
+    objects_match_the_restore_type,
+)
+from managed_backups.shared.security import Grant, Principal
+from managed_backups.shared.sqldb import SqlDatabase
+
+NOW = datetime(2026, 1, 5, tzinfo=UTC)
+
+
+def cluster(
+    cluster_id: str,
+    tier: str = "ADVANCED",
+    org: str = "acme",
+    regions: tuple[str, ...] = ("us-east-1", "eu-west-1"),
+    version: str = "15.8",
+) -> Cluster:
+    return Cluster(
+        cluster_id=cluster_id,
+        name=cluster_id,
+        organization=org,
+        tier=tier,
+        regions=list(regions),
+        engine="postgres",
+        database_version=version,
+        connection_ref="postgresql://u@h/postgres",
+        backup_region=regions[0],
+        enabled=True,
+        frequency_minutes=60,
+        retention_days=7,
+        command_id=None,
+        at=NOW,
+        by="test",
+    )
+
+
+def refused(call: Any, *args: Any) -> Refused:
+    with pytest.raises(Refused) as info:
+        call(*args)
+    return info.value
+
+
+def test_cross_cluster_only_between_advanced_clusters_of_one_organization() -> None:
+    rule = cross_cluster_only_between_advanced_clusters_of_one_organization
+    rule(cluster("a", "BASIC"), cluster("a", "BASIC"))  # into itself: any tier
+    rule(cluster("a"), cluster("b"))
+    standard = refused(rule, cluster("a", "STANDARD"), cluster("b"))
+    assert standard.code == 409 and "a is STANDARD" in standard.reason
+    other_org = refused(rule, cluster("a"), cluster("b", org="globex"))
+    assert other_org.code == 403 and "another organization" in other_org.reason
+
+
+def test_localities_and_versions() -> None:
+    rule = multi_region_backup_not_into_single_region_cluster
+    single = cluster("s", regions=("us-east-1",))
+    assert "skip_localities_check" in refused(rule, cluster("m"), single, False).reason
+    rule(cluster("m"), single, True)
+    basic_single = cluster("s", "STANDARD", regions=("us-east-1",))
+    assert "ADVANCED clusters only" in refused(rule, cluster("m"), basic_single, True).reason
+    rule(cluster("s1", regions=("x",)), single, False)  # single into single
+    older = refused(
+        destination_not_on_an_older_major_version, cluster("a"), cluster("b", version="14.2")
+    )
+    assert older.code == 409 and "14.2" in older.reason
+    destination_not_on_an_older_major_version(cluster("a"), cluster("b", version="16.1"))
+
+
+def test_rights_on_both_clusters_and_deleted_sources() -> None:
+    operator = Principal("op", "k", (Grant(Role.CLUSTER_OPERATOR, "cluster:b"),))
+    denied = refused(
+        caller_may_restore_from_source_into_destination, operator, cluster("a"), cluster("b")
+    )
+    assert denied.code == 403 and "cluster a" in denied.reason
+    admin = Principal("root", "k", (Grant(Role.SYSTEM_ADMIN, "*"),))
+    gone = cluster("a")
+    gone.delete(None, NOW, "test")
+    org_admin = Principal("oa", "k", (Grant(Role.ORG_ADMIN, "org:acme"),))
+    assert (
+        "only an administrator"
+        in refused(deleted_source_only_for_an_administrator, org_admin, gone).reason
+    )
+    deleted_source_only_for_an_administrator(admin, gone)
+
+
+@pytest.mark.parametrize(
+    ("kind", "objects", "opts", "reason"),
+    [
+        (RestoreType.CLUSTER, [{"database": "d"}], {}, "names no objects"),
+        (RestoreType.DATABASE, [], {}, "needs objects"),
+        (RestoreType.DATABASE, [{"database": "d", "table": "t"}], {}, "use type TABLE"),
+        (RestoreType.DATABASE, [{"database": "d"}, {"database": "e"}], {}, "exactly one"),
+        (RestoreType.TABLE, [{"database": "d"}], {}, "needs a table in objects[0]"),
+        (
+            RestoreType.TABLE,
+            [{"database": "d", "table": "t"}, {"database": "e", "table": "t"}],
+            {},
+            "one database, not d, e",
+        ),
+        (
+            RestoreType.TABLE,
+            [{"database": "d", "table": "t"}],
+            {"new_db_name": "x", "into_db": "y"},
+            "exclude",
+        ),
+    ],
+)
+def test_type_and_objects_must_match(
+    kind: RestoreType, objects: list[dict[str, str]], opts: dict[str, str], reason: str
+) -> None:
+    error = refused(objects_match_the_restore_type, kind, objects, opts)
+    assert error.code == 400 and reason in error.reason
+
+
+def test_a_cluster_restore_runs_alone() -> None:
+    rule = no_other_restore_while_a_cluster_restore_runs
+    rule(RestoreType.DATABASE, "c", [("j1", False)])
+    assert "j1" in refused(rule, RestoreType.CLUSTER, "c", [("j1", False)]).reason
+    assert "no other restore" in refused(rule, RestoreType.TABLE, "c", [("j2", True)]).reason
+
+
+def test_leases_taken_before_the_job_is_recorded_are_reaped(tmp_path: Path) -> None:
+    db = SqlDatabase(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
+    jobs.ensure_table(db)
+    recorded, never, alive = uuid4(), uuid4(), uuid4()
+    for job_id, until in ((recorded, NOW), (never, NOW), (alive, NOW + timedelta(minutes=5))):
+        assert jobs.take(db, job_id, "restore", "c", "w1", until, {"exclusive": job_id == alive})
+    assert not jobs.take(db, alive, "restore", "c", "w2", NOW)  # held by w1
+    failed: list[Any] = []
+    cleaned: list[Any] = []
+    reaped = jobs.reap(
+        db,
+        "restore",
+        NOW + timedelta(seconds=1),
+        fail=lambda lease: (failed.append(lease.job_id), lease.job_id == recorded)[1],
+        cleanup=lambda lease: cleaned.append(lease.job_id),
+    )
+    assert reaped == 1 and set(failed) == set(cleaned) == {recorded, never}
+    assert [lease.job_id for lease in jobs.held(db, "restore")] == [alive]
+    exclusive = jobs.exclusive_job(db, "c")
+    assert exclusive is not None and exclusive.job_id == alive
+    # A failed cleanup keeps the lease, so the next reaper retries.
+    jobs.renew(db, alive, "w1", NOW)
+
+    def broken(lease: jobs.Lease) -> None:
+        raise RuntimeError("destination unreachable")
+
+    assert jobs.reap(db, "restore", NOW + timedelta(seconds=1), lambda lease: True, broken) == 0
+    assert [lease.job_id for lease in jobs.held(db, "restore")] == [alive]
+    db.close()
