@@ -42,6 +42,7 @@ from managed_backups.shared.dataplane.restore_plan import (
     execute_plan,
     missing_objects,
     plan_bytes,
+    schema_views,
 )
 from managed_backups.shared.domain.backup import Backup
 from managed_backups.shared.domain.cluster import Cluster
@@ -216,10 +217,18 @@ class RestoreService:
         except Exception as exc:
             raise Conflict(f"backup {backup_id} cannot be read from its store: {exc}") from exc
         database = "" if cluster_kind else objects[0]["database"]
-        tables = tuple(
+        named = tuple(
             TableRef(o.get("schema", "public"), o["table"]) for o in objects if "table" in o
         )
-        missing = [] if cluster_kind else missing_objects(chain[-1], database, tables)
+        tables = tuple(t for t in named if chain[-1].table(database, t.schema, t.name))
+        access = cluster_access(destination, self.settings)
+        views: tuple[TableRef, ...] = ()
+        missing = [] if cluster_kind else missing_objects(chain[-1], database)
+        if not missing and len(tables) < len(named):
+            others = [t for t in named if t not in tables]
+            found = schema_views(objects_store, chain[-1], database, others, access)
+            views = tuple(t for t in others if t in found)
+            missing = [f"table {database}.{t}" for t in others if t not in found]
         if missing:
             raise NotFound(f"not in backup {backup_id}: {', '.join(missing)}")
         into = command.restore_opts.into_db
@@ -229,11 +238,12 @@ class RestoreService:
             target_database=into or command.restore_opts.new_db_name or database,
             job_id=command.restore_id,
             tables=tables,
+            views=views,
             into_existing=into is not None,
             skip_missing_foreign_keys=command.restore_opts.skip_missing_foreign_keys,
             skip_missing_sequences=command.restore_opts.skip_missing_sequences,
+            skip_missing_views=command.restore_opts.skip_missing_views,
         )
-        access = cluster_access(destination, self.settings)
         try:
             check_destination(access, plan)
         except PlanError as exc:

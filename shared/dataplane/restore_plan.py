@@ -127,9 +127,12 @@ class RestorePlan:
     target_database: str
     job_id: UUID
     tables: tuple[TableRef, ...] = ()
+    views: tuple[TableRef, ...] = ()
+    """TABLE: views named in the objects (restored when what they read is restored too)."""
     into_existing: bool = False
     skip_missing_foreign_keys: bool = False
     skip_missing_sequences: bool = False
+    skip_missing_views: bool = False
 
     @property
     def temporary_database(self) -> str:
@@ -213,7 +216,7 @@ def check_destination(access: ClusterAccess, plan: RestorePlan) -> None:
     with access.connect(plan.target_database) as conn:
         present = [
             str(t)
-            for t in plan.tables
+            for t in (*plan.tables, *plan.views)
             if conn.execute(
                 "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                 "WHERE n.nspname = %s AND c.relname = %s",
@@ -320,7 +323,9 @@ def execute_plan(
             _create_database(access, plan.temporary_database, chain[-1], plan.source_database)
             _apply_tables(store, chain, plan, access, plan.temporary_database, script, tick)
             _rename_database(access, plan.temporary_database, plan.target_database)
-        return [f"table {plan.target_database}.{t}" for t in plan.tables]
+        return [f"table {plan.target_database}.{t}" for t in plan.tables] + [
+            f"view {plan.target_database}.{v}" for v in script.views
+        ]
     except RestoreError as exc:
         _cleanup_quietly(access, plan)
         raise PlanError.from_restore_error(exc) from None
@@ -341,6 +346,69 @@ def _drop_scratch_quietly(access: ClusterAccess, plan: RestorePlan) -> None:
         conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(plan.scratch_database)} WITH (FORCE)")
 
 
+def _resolve_views(
+    conn: psycopg.Connection[Any], table_oids: list[int], plan: RestorePlan
+) -> list[TableRef]:
+    """The named views whose every relation is restored too. A view reading a relation left
+    out is refused by name, or skipped (and the views reading it in turn) under
+    ``skip_missing_views``."""
+    kept = dict(zip(plan.views, _table_oids(conn, plan.views), strict=True))
+    changed = True
+    while changed:
+        changed = False
+        restored = set(table_oids) | set(kept.values())
+        for view, oid in list(kept.items()):
+            missing = [
+                f"{schema}.{name}"
+                for schema, name, ref in conn.execute(
+                    "SELECT DISTINCT rn.nspname, r.relname, r.oid FROM pg_rewrite w "
+                    "JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = w.oid "
+                    "AND d.refclassid = 'pg_class'::regclass "
+                    "JOIN pg_class r ON r.oid = d.refobjid "
+                    "JOIN pg_namespace rn ON rn.oid = r.relnamespace "
+                    "WHERE w.ev_class = %s AND d.refobjid <> w.ev_class ORDER BY 1, 2",
+                    (oid,),
+                ).fetchall()
+                if ref not in restored
+            ]
+            if not missing:
+                continue
+            if not plan.skip_missing_views:
+                raise PlanError(
+                    "MISSING_DEPENDENCY",
+                    f"view {view} reads relations not restored: {', '.join(missing)} "
+                    "(restore them too, or set skip_missing_views)",
+                    "check dependencies",
+                )
+            del kept[view]
+            changed = True
+    return list(kept)
+
+
+def schema_views(
+    store: Any, head: Manifest, database: str, candidates: Sequence[TableRef], access: ClusterAccess
+) -> set[TableRef]:
+    """Which of ``candidates`` are views in the backup's schema of ``database`` (read from the
+    schema archive's table of contents)."""
+    if not candidates:
+        return set()
+    db = head.database(database)
+    with tempfile.TemporaryDirectory(prefix="mb-restore-") as tmp:
+        archive = fetch_to_file(store, head, db.schema_archive, Path(tmp) / "schema.dump")
+        listing = _run_tool(
+            [find_pg_tool("pg_restore", access.bindir), "-l", str(archive)],
+            access,
+            "pg_restore -l",
+        ).decode()
+    found = set()
+    for line in listing.splitlines():
+        if line.startswith(";") or " VIEW " not in line or " MATERIALIZED VIEW " in line:
+            continue
+        rest = line.split(" VIEW ", 1)[1]
+        found |= {c for c in candidates if rest.startswith(f"{c.schema} {c.name} ")}
+    return found
+
+
 @dataclass
 class _TableScript:
     pre_data: str
@@ -348,6 +416,8 @@ class _TableScript:
     schemas: list[str]
     sequences: list[TableRef]
     """Sequences owned by the restored tables (their values come from the backup)."""
+    views: list[TableRef]
+    """The named views that are restored (the others were skipped by skip_missing_views)."""
 
 
 def _run_tool(args: list[str], access: ClusterAccess, step: str) -> bytes:
@@ -386,6 +456,13 @@ def _table_scripts(
     with access.connect(plan.scratch_database) as conn:
         oids = _table_oids(conn, plan.tables)
         _resolve_dependencies(conn, oids, plan)
+        views = _resolve_views(conn, oids, plan)
+        if not plan.tables and not views:
+            raise PlanError(
+                "MISSING_DEPENDENCY",
+                "every view named was skipped (skip_missing_views): nothing left to restore",
+                "check dependencies",
+            )
         sequences = [
             TableRef(s, n)
             for s, n in conn.execute(
@@ -398,7 +475,7 @@ def _table_scripts(
             ).fetchall()
         ]
     patterns: list[str] = []
-    for t in plan.tables:
+    for t in (*plan.tables, *views):
         patterns += ["-t", f"{_pattern(t.schema)}.{_pattern(t.name)}"]
     dump = [
         find_pg_tool("pg_dump", access.bindir),
@@ -415,8 +492,9 @@ def _table_scripts(
     return _TableScript(
         pre_data=_sql_only(pre.decode()),
         post_data=_sql_only(post.decode()),
-        schemas=sorted({t.schema for t in plan.tables}),
+        schemas=sorted({t.schema for t in (*plan.tables, *views)}),
         sequences=sequences,
+        views=views,
     )
 
 

@@ -127,6 +127,11 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Source]:
                 "WHERE amount > 100"
             )
             conn.execute(
+                f"CREATE VIEW {q(SCHEMA, 'order customers')} AS SELECT o.id, c.name "
+                f"FROM {q(SCHEMA, 'orders')} o JOIN {q(SCHEMA, 'customers')} c "
+                "ON c.id = o.customer_id"
+            )
+            conn.execute(
                 f"INSERT INTO {q(SCHEMA, 'customers')} SELECT g, 'c ' || g "
                 "FROM generate_series(1, 500) g"
             )
@@ -227,6 +232,35 @@ def test_table_restore_refuses_missing_dependencies_by_name(source: Source) -> N
     assert seq.value.code == "MISSING_DEPENDENCY" and "public.shared_seq" in seq.value.message
     assert "t_fk" not in databases(source) and "t_seq" not in databases(source)
     assert no_temporary_databases(source)
+
+
+def test_views_restore_with_what_they_read_or_are_refused_or_skipped(source: Source) -> None:
+    orders = (TableRef(SCHEMA, "orders"),)
+    joined = (TableRef(SCHEMA, "order customers"),)
+    skips = {"skip_missing_foreign_keys": True, "skip_missing_sequences": True}
+    with pytest.raises(PlanError) as refused:
+        run(source, source.chain, plan("TABLE", "v1", tables=orders, views=joined, **skips))
+    assert refused.value.code == "MISSING_DEPENDENCY"
+    assert f"view {SCHEMA}.order customers reads relations not restored: {SCHEMA}.customers" in (
+        refused.value.message
+    )
+    p = plan(
+        "TABLE",
+        "v2",
+        tables=orders,
+        views=(TableRef(SCHEMA, "big orders"), *joined),
+        skip_missing_views=True,
+        **skips,
+    )
+    restored, _ = run(source, source.chain, p)
+    assert restored == [f"table v2.{SCHEMA}.orders", f"view v2.{SCHEMA}.big orders"]
+    with source.connect("v2") as conn:
+        big = conn.execute(f"SELECT count(*) FROM {q(SCHEMA, 'big orders')}").fetchone()
+        assert big is not None and big[0] > 0
+        assert conn.execute(
+            "SELECT count(*) FROM pg_views WHERE viewname = 'order customers'"
+        ).fetchone() == (0,)
+    assert "v1" not in databases(source) and no_temporary_databases(source)
 
 
 def test_table_restore_into_an_existing_database_with_skips(source: Source) -> None:

@@ -189,7 +189,10 @@ async def test_table_restore_from_the_latest_backup_into_an_existing_database(
         world,
         {
             "type": "TABLE",
-            "objects": [{"database": SHOP, "schema": "public", "table": "orders"}],
+            "objects": [
+                {"database": SHOP, "schema": "public", "table": "orders"},
+                {"database": SHOP, "table": "big_orders"},
+            ],
             "restore_opts": {"into_db": "target", "skip_missing_foreign_keys": True},
         },
     )
@@ -199,6 +202,7 @@ async def test_table_restore_from_the_latest_backup_into_an_existing_database(
     ended = await wait_job(world.system, job["id"])
     assert ended.phase == "SUCCEEDED", ended.error
     assert digest(world.pg, "target", "orders") == world.at_incremental["orders"]
+    assert digest(world.pg, "target", "big_orders")[0] > 0  # the view came along
     listing = (
         await world.system.http.get(f"/api/v1/clusters/{world.cluster_id}/restores")  # type: ignore[union-attr]
     ).json()
