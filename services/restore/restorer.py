@@ -115,9 +115,12 @@ class Running:
     restore_id: UUID
     cancel: threading.Event = field(default_factory=threading.Event)
     bytes_done: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, n: int) -> None:
-        self.bytes_done += n
+        """Progress from the restore's worker threads (several tables copy at once)."""
+        with self.lock:
+            self.bytes_done += n
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,10 @@ __all__ = [
 ]
 
 TEMP_PREFIX = "mb_restore_"
+RESTORE_JOBS = 2
+"""Tables copied at once, and ``pg_restore -j`` for indexes and constraints, when a database is
+restored under a temporary name (nobody sees it before the rename, so per-table transactions
+are safe)."""
 
 
 class PlanError(Exception):
@@ -313,6 +317,7 @@ def execute_plan(
                 env=access.env,
                 bindir=access.bindir,
                 progress=tick,
+                jobs=RESTORE_JOBS,
             )
             _rename_database(access, plan.temporary_database, plan.target_database)
             return [f"database {plan.target_database}"]
@@ -680,6 +685,7 @@ def _restore_cluster(
             env=access.env,
             bindir=access.bindir,
             progress=progress,
+            jobs=RESTORE_JOBS,
         )
         temps[name] = temp
     roles = b"".join(iter_stream(store, head, head.globals_dump)).decode()

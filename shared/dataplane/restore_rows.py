@@ -424,9 +424,14 @@ def restore_database(
     no_privileges: bool = True,
     bindir: Path | None = None,
     progress: Callable[[int], None] | None = None,
+    jobs: int = 1,
 ) -> RestoreReport:
     """Restore database ``database`` of ``chain[-1]`` into the (existing, empty) database
-    ``conninfo`` names: schema pre-data, rows, sequence values, post-data."""
+    ``conninfo`` names: schema pre-data, rows, sequence values, post-data.
+
+    ``jobs`` > 1 (for a database nobody uses yet, e.g. one restored under a temporary name):
+    that many tables are copied at once, each in its own transaction, and the post-data
+    (indexes, constraints) is built with ``pg_restore -j jobs``."""
     head = chain[-1]
     db = head.database(database)
     params = conninfo_to_dict(conninfo)
@@ -459,7 +464,13 @@ def restore_database(
                 ErrorCode.CONNECTION_FAILED, str(exc).splitlines()[0], "connect to destination"
             ) from None
         try:
-            for t in db.tables:
+            if jobs > 1:  # -- parallel copy (restore service) --
+                report.tables.update(
+                    _copy_tables_in_parallel(
+                        store, chain, database, conninfo, password, progress, jobs
+                    )
+                )
+            for t in db.tables if jobs <= 1 else ():
                 report.tables[f"{t.schema_name}.{t.name}"] = restore_table(
                     store,
                     chain,
@@ -486,7 +497,7 @@ def restore_database(
         finally:
             conn.close()
         _pg_restore(
-            [*flags, "--section=post-data"],
+            [*flags, "--section=post-data", *(["-j", str(jobs)] if jobs > 1 else [])],
             archive,
             conninfo,
             child_env,
@@ -494,3 +505,40 @@ def restore_database(
             bindir,
         )
     return report
+
+
+def _copy_tables_in_parallel(
+    store: ObjectStore,
+    chain: Sequence[Manifest],
+    database: str,
+    conninfo: str,
+    password: str | None,
+    progress: Callable[[int], None] | None,
+    jobs: int,
+) -> dict[str, int]:
+    """Every table of ``database`` copied by ``jobs`` threads, largest first, each table in
+    its own connection and transaction; the first failure stops the others' queue."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    tables = sorted(chain[-1].database(database).tables, key=lambda t: -t.data_size)
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="mb-restore") as pool:
+        futures = {
+            f"{t.schema_name}.{t.name}": pool.submit(
+                restore_table,
+                store,
+                chain,
+                database,
+                t.schema_name,
+                t.name,
+                conninfo,
+                password=password,
+                progress=progress,
+            )
+            for t in tables
+        }
+        try:
+            return {name: future.result() for name, future in futures.items()}
+        except BaseException:
+            for future in futures.values():
+                future.cancel()
+            raise
