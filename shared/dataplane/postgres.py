@@ -811,6 +811,10 @@ class PostgresAdapter(EngineAdapter):
                     for row in group:
                         conn = self.connect(row[0], step=f"connect to database {row[0]}")
                         held.append((conn, self._export_snapshot(conn, row[0])))
+                    if request.on_snapshots is not None:
+                        request.on_snapshots(
+                            {row[0]: snap.snapshot_id for row, (_c, snap) in zip(group, held)}
+                        )
                     for row, (conn, snapshot) in zip(group, held, strict=True):
                         if flag.is_set():
                             raise StreamCancelled()
