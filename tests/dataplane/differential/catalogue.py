@@ -86,7 +86,6 @@ BASICS = Scenario(
 
 # ------------------------------------------------------------------------------ state not in rows
 SEQUENCES = Scenario(
-    known_failure="sequence state after RESTART / setval(false) is lost",
     name="sequences-in-every-state",
     fast=True,
     setup=on(
@@ -112,7 +111,6 @@ SEQUENCES = Scenario(
 )
 
 MATVIEWS = Scenario(
-    known_failure="materialized views restored unpopulated",
     name="materialized-views",
     fast=True,
     setup=on(
@@ -138,7 +136,6 @@ MATVIEWS = Scenario(
 )
 
 LARGE_OBJECTS = Scenario(
-    known_failure="large objects not backed up",
     name="large-objects-with-owners-and-acls",
     fast=True,
     roles=("alice", "bob"),
@@ -158,7 +155,6 @@ LARGE_OBJECTS = Scenario(
 )
 
 DATABASE_SETTINGS = Scenario(
-    known_failure="database settings, comment, owner, ACL not backed up",
     name="database-settings-comments-owner-grants",
     fast=True,
     roles=("owner", "reader"),
@@ -182,7 +178,6 @@ DATABASE_SETTINGS = Scenario(
 )
 
 TEMPLATES = Scenario(
-    known_failure="template and no-connection databases left out silently",
     name="template-and-no-connection-databases",
     fast=True,
     databases={"app": Db(), "tmpl": Db(), "closed": Db()},
@@ -212,7 +207,6 @@ TWO_DBS_SETUP = on(
 )
 
 CONCURRENT_TRUNCATE = Scenario(
-    known_failure="tables locked late: TRUNCATE in another database empties the backup; DROP crashes it",
     name="truncate-reload-rewrite-drop-during-a-multi-database-backup",
     fast=True,
     databases=TWO_DBS,
@@ -234,7 +228,6 @@ CONCURRENT_TRUNCATE = Scenario(
 
 # ------------------------------------------------------------------------------ identity
 BLUE_GREEN = Scenario(
-    known_failure="a database swapped in under the same name is diffed against the old one",
     name="blue-green-database-swap-and-table-rename-swap",
     fast=True,
     databases={"app": Db(), "green": Db(create=False), "blue": Db(create=False)},
@@ -269,7 +262,6 @@ BLUE_GREEN = Scenario(
 
 # ------------------------------------------------------------------------------ type closure
 TYPE_CLOSURE = Scenario(
-    known_failure="composite/domain/reg*/generated-key changes stored as unreplayable deltas",
     name="definition-changes-that-rewrite-text-without-writing-rows",
     fast=True,
     setup=on(
@@ -309,7 +301,6 @@ TYPE_CLOSURE = Scenario(
 
 # ------------------------------------------------------------------------------ encodings
 ENCODINGS = Scenario(
-    known_failure="the psql stream sends UTF-8 SQL to a LATIN1 session",
     name="latin1-database-non-ascii-identifiers-both-streams",
     fast=True,
     databases={"app": Db(encoding="LATIN1")},

@@ -42,7 +42,7 @@ from typing import Any
 import psycopg
 
 from managed_backups.shared.dataplane.engine import BackupRequest
-from managed_backups.shared.dataplane.manifest import Manifest, TableMode
+from managed_backups.shared.dataplane.manifest import Manifest, SkippedDatabase, TableMode
 from managed_backups.shared.dataplane.objectstore import ObjectStore
 from managed_backups.shared.dataplane.postgres import SESSION_SETTINGS, find_pg_tool
 from managed_backups.shared.dataplane.restore_rows import restore_database
@@ -181,7 +181,14 @@ def database_state(conn: psycopg.Connection[Any]) -> dict[str, Any]:
 
 
 def schema_dump(pg: PgServer, db: str, snapshot: str | None = None) -> list[str]:
-    cmd = [find_pg_tool("pg_dump"), "--schema-only", "-w", "-d", pg.dsn_for(db)]
+    cmd = [
+        find_pg_tool("pg_dump"),
+        "--schema-only",
+        "-w",
+        "--lock-wait-timeout=60000",
+        "-d",
+        pg.dsn_for(db),
+    ]
     if snapshot is not None:
         cmd.append(f"--snapshot={snapshot}")
     proc = subprocess.run(
@@ -320,7 +327,7 @@ class Run:
         def on_snapshots(snapshots: Mapping[str, str]) -> None:
             nonlocal started
             for key, name in names.items():
-                if name in snapshots and key not in expected:
+                if name in snapshots:  # a retaken snapshot replaces the first one
                     expected[key] = self._state_in_snapshot(name, snapshots[name])
             if not started and step.during:
                 started = True
@@ -413,8 +420,8 @@ class Run:
         return problems
 
 
-def skipped_databases(manifest: Manifest) -> list[Any]:
-    return list(getattr(manifest, "skipped_databases", []))
+def skipped_databases(manifest: Manifest) -> list[SkippedDatabase]:
+    return list(manifest.catalog.skipped_databases)
 
 
 def run_scenario(pg: PgServer, scenario: Scenario, tmp_path: Path) -> None:
