@@ -210,6 +210,10 @@ class TableBackup(_Model):
     key_set: KeySet | None = None
     size_bytes: int
     """``pg_total_relation_size`` at backup time."""
+    extension_condition: str | None = None
+    """Version 2: an extension configuration table (``pg_extension_config_dump``): the rows
+    kept are those of this ``WHERE`` clause (``""``: all), restored by appending to the rows
+    ``CREATE EXTENSION`` made; ``None`` for an ordinary table."""
 
 
 class DatabaseBackup(_Model):

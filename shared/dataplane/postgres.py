@@ -15,13 +15,30 @@ What a backup holds
   earliest of them: every transaction committed before ``data_from`` is in the backup.
 - **Globals**: ``pg_dumpall --globals-only`` (roles, tablespaces); when the role may not read
   ``pg_authid`` it is retried with ``--no-role-passwords`` (recorded in the manifest).
-- **Per database**: a ``pg_dump --schema-only -Fc`` archive (restores filter it with
-  ``pg_restore -l``/``-L``), sequence values, and per table (``relkind = 'r'``, including
-  partitions and unlogged tables; extension-owned tables are left to ``CREATE EXTENSION``) the
-  rows by ``COPY (SELECT cols FROM ONLY t ORDER BY key) TO STDOUT``. Tables are read in
-  parallel (``parallelism`` connections, default 2, largest first) after the database's
-  coordinator took ``ACCESS SHARE`` locks on them, so no concurrent DDL can rewrite a table
-  under the snapshot.
+- **Which databases**: every database that allows connections, templates included; the others
+  (``ALLOW_CONNECTIONS false``, ``template0``) are listed in ``catalog.skipped_databases``
+  with the reason, never left out silently.
+- **Per database**: a ``pg_dump -Fc -b --exclude-table-data='*.*'`` archive (the schema and
+  the large objects with owners, ACLs and comments; restores filter it with
+  ``pg_restore -l``/``-L``), sequence states (``last_value``, ``is_called``), materialized views
+  (populated or not: a restore refreshes them, as ``pg_restore`` does), the database's own
+  properties (settings, role-in-database settings, comment, connection limit, owner, ACL), its
+  oid (its identity), and per table (``relkind = 'r'``, including partitions and unlogged
+  tables; extension-owned tables are left to ``CREATE EXTENSION`` except configuration tables
+  registered with ``pg_extension_config_dump``, whose rows matching their condition are stored
+  whole) the rows by ``COPY (SELECT cols FROM ONLY t ORDER BY key) TO STDOUT``.
+- **Locks and concurrent DDL**: when a database's turn comes its coordinator takes ``ACCESS
+  SHARE`` locks on its tables, then checks each against the snapshot's catalog: the same oid
+  under the same name (``to_regclass``) and the same storage (``pg_relation_filenode``).
+  ``TRUNCATE`` and table rewrites are not MVCC-safe: a table truncated, rewritten, dropped or
+  replaced between the snapshot and the locks would read as empty or missing. Any difference
+  retakes the database's snapshot (at most five times, then ``SNAPSHOT_FAILED``). The worker
+  connections import the snapshot and lock every table ``NOWAIT`` right away: a DDL statement
+  already queued behind the coordinator's locks would make any later lock request (a reader's,
+  ``pg_dump``'s) wait for ever, so it retakes the snapshot too (after the DDL ran); ``psql``
+  streams lock ``NOWAIT`` and fall back to the worker's connection, and ``pg_dump`` gets
+  ``--lock-wait-timeout`` and a retake. Tables are then read in parallel (``parallelism``
+  connections, default 2, largest first): no DDL can rewrite them under the snapshot.
 - **Text COPY, not binary**: text is what ``pg_dump`` uses; it works for every type (extension
   types without binary send/receive functions break binary COPY), restores into other
   PostgreSQL major versions and architectures, compresses as well, and lets a restore parse the
@@ -88,15 +105,21 @@ transaction:
   not correctness. ``age()`` uses one stable "now" per transaction, evaluated in the same
   statement, so the test is exact; it reads ``xmin`` without a text conversion per row.
 - *Limits, all answered by storing the table WHOLE* (with the reason in the manifest): no
-  primary key, an unsupported key type, a non-heap table access method, a new table or a
-  changed definition (fingerprint over oid, column names/types/collations/generation, enum
-  labels of column types, and the key: ``ALTER TABLE ... ADD COLUMN ... DEFAULT`` changes rows
-  without touching their ``xmin``), more than ``2^31`` transactions between ``P.xmin`` and
-  ``S.xmax``, a transaction counter that went backwards, a different system identifier or
-  timeline (a restored or PITR'd source reuses xids), or a new server major version. Changes
-  that alter a row's text without writing it and are not covered by the fingerprint
-  (renaming a value of an enum used through a composite type, changing a domain) need a full.
-  Large objects (``pg_largeobject``) are not backed up yet.
+  primary key, an unsupported key type, a key on a generated column, a non-heap table access
+  method, a new table or a changed definition, more than ``2^31`` transactions between
+  ``P.xmin`` and ``S.xmax``, a transaction counter that went backwards, a different system
+  identifier or timeline (a restored or PITR'd source reuses xids), a new server major
+  version, another database under the same name (databases are matched by oid: a rename swap
+  or a copy from a template keeps old xmins on different rows), or a previous manifest that
+  did not record the database's oid (schema_version 1).
+- *Definition changes that alter a row's text without writing the row*: the fingerprint covers
+  the oid, column names/types/collations/generation, the key, and the columns' whole **type
+  closure** (array elements, domain bases, composite attributes, range subtypes, at any
+  depth), with each type's name, enum labels, attribute list, typmod, collation and the
+  version of the extension owning it. ``ALTER TABLE ... ADD COLUMN ... DEFAULT``, ``ALTER TYPE
+  ... RENAME VALUE`` or ``ADD ATTRIBUTE`` on a type used anywhere in a column change it. A
+  column whose closure holds a ``reg*`` type prints other objects' current names, which no
+  fingerprint of the table can follow: such tables are stored whole in every incremental.
 
 Errors are :class:`~.engine.BackupError` with codes ``CONNECTION_FAILED``,
 ``AUTHENTICATION_FAILED``, ``PERMISSION_DENIED``, ``SNAPSHOT_FAILED``, ``DUMP_FAILED``,
@@ -194,7 +217,7 @@ _XID_WINDOW = 1 << 31
 _READ_BLOCK = 1 << 20
 _MIN_SERVER_VERSION = 130000  # pg_current_snapshot() / xid8
 _MAX_RETAKES = 5
-_DUMP_LOCK_WAIT_MS = 10_000
+_DUMP_LOCK_WAIT_MS = 5_000
 _LOCK_NOT_AVAILABLE = "55P03"
 _UNDEFINED_TABLE = "42P01"
 
@@ -343,6 +366,9 @@ class _Table:
     access_method: str
     text_follows_names: bool = False
     """A column's type closure holds a ``reg*`` type: its text follows other objects' names."""
+    extension_condition: str | None = None
+    """An extension configuration table: the ``WHERE`` clause of the rows ``pg_dump`` keeps
+    (``""``: all); ``None`` for ordinary tables."""
 
     @property
     def qualified(self) -> str:
@@ -549,15 +575,18 @@ SELECT c.oid::int8, n.nspname, c.relname,
                     'regoperator', 'regconfig', 'regdictionary', 'regnamespace', 'regrole',
                     'regcollation'))
                        THEN ';reg' ELSE '' END
-        FROM (SELECT DISTINCT typ FROM closure) AS cl JOIN pg_type t ON t.oid = cl.typ)
+        FROM (SELECT DISTINCT typ FROM closure) AS cl JOIN pg_type t ON t.oid = cl.typ),
+       (SELECT coalesce(x.extcondition[array_position(x.extconfig, c.oid)], '')
+        FROM pg_extension x WHERE c.oid = ANY (x.extconfig) LIMIT 1)
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_am am ON am.oid = c.relam
 LEFT JOIN pg_constraint pk ON pk.conrelid = c.oid AND pk.contype = 'p'
 WHERE c.relkind = 'r' AND c.relpersistence IN ('p', 'u')
   AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
-  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
-                  AND d.objid = c.oid AND d.deptype = 'e')
+  AND (NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                   AND d.objid = c.oid AND d.deptype = 'e')
+       OR EXISTS (SELECT 1 FROM pg_extension x WHERE c.oid = ANY (x.extconfig)))
 ORDER BY n.nspname, c.relname
 """
 
@@ -1312,6 +1341,7 @@ class PostgresAdapter(EngineAdapter):
             fingerprint=hashlib.sha256(material.encode()).hexdigest(),
             access_method=str(am),
             text_follows_names=closure.endswith(";reg"),
+            extension_condition=None if row[13] is None else str(row[13]),
         )
 
     @staticmethod
@@ -1447,12 +1477,22 @@ class PostgresAdapter(EngineAdapter):
         unsupported = table.unsupported_key()
         ordered = unsupported is None
         use_psql = table.heap_bytes >= self.psql_min_bytes
-        full_sql = copy_select_sql(table.qualified, table.columns, table.key_columns)
+        condition = table.extension_condition
+        # pg_extension_config_dump's condition: "WHERE <expression>" (or empty: every row).
+        where = re.sub(r"(?is)^\s*where\s", "", condition or "").strip()
+        full_sql = copy_select_sql(
+            table.qualified, table.columns, table.key_columns, f"({where})" if where else ""
+        )
         data = _Stream(
             table, "data", full_sql, self.data_chunking, psql=use_psql, estimate=table.heap_bytes
         )
         if previous is None:
             return _TablePlan(table, TableMode.FULL, None, ordered, data)
+        if condition is not None:
+            # Restored by appending to what CREATE EXTENSION creates, as pg_restore does.
+            return _TablePlan(
+                table, TableMode.WHOLE, "extension configuration table", ordered, data
+            )
         reason = global_reason or unsupported
         if reason is None and table.access_method != "heap":
             reason = f"table access method {table.access_method}"
@@ -1572,6 +1612,7 @@ class PostgresAdapter(EngineAdapter):
             data_size=data.result.size,
             key_set=key_set,
             size_bytes=t.total_bytes,
+            extension_condition=t.extension_condition,
         )
 
 

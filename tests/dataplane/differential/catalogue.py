@@ -320,7 +320,7 @@ ENCODINGS = Scenario(
 
 ENCODINGS_PSYCOPG = Scenario(
     name="latin1-database-psycopg-stream",
-    fast=False,
+    fast=True,
     databases={"app": Db(encoding="LATIN1")},
     setup=ENCODINGS.setup,
     steps=ENCODINGS.steps,
@@ -393,6 +393,23 @@ LONG_TRANSACTION = Scenario(
     ),
 )
 
+EXTENSION_CONFIG = Scenario(
+    name="extension-configuration-tables",
+    needs_test_extension=True,
+    setup=on(
+        "app",
+        "CREATE EXTENSION mb_test_config",
+        "INSERT INTO mbt_config VALUES (2, 'mine', true), (3, 'also mine', true)",
+    ),
+    steps=(
+        Step(),
+        Step(
+            before=on("app", "UPDATE mbt_config SET v = 'changed' WHERE id = 2"),
+            whole=("app.public.mbt_config",),
+        ),
+    ),
+)
+
 CATALOGUE: tuple[Scenario, ...] = (
     BASICS,
     SEQUENCES,
@@ -408,4 +425,5 @@ CATALOGUE: tuple[Scenario, ...] = (
     MANY_SCHEMAS,
     PARTITION_CHURN,
     LONG_TRANSACTION,
+    EXTENSION_CONFIG,
 )

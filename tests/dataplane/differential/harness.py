@@ -96,6 +96,9 @@ class Scenario:
     """In the default test run (the whole catalogue runs on demand)."""
     adapter: Mapping[str, Any] = field(default_factory=dict)
     """Extra ``PostgresAdapter`` keyword arguments (e.g. ``psql_min_bytes=0``)."""
+    needs_test_extension: bool = False
+    """Installs ``mb_test_config`` (a table registered with ``pg_extension_config_dump``) into
+    the server's extension directory first: the server must run on this machine."""
     known_failure: str = ""
     """Why the data plane fails this scenario today (an expected, strict failure)."""
 
@@ -424,8 +427,29 @@ def skipped_databases(manifest: Manifest) -> list[SkippedDatabase]:
     return list(manifest.catalog.skipped_databases)
 
 
+_TEST_EXTENSION_SQL = """
+CREATE TABLE mbt_config (id int PRIMARY KEY, v text, user_added bool NOT NULL DEFAULT true);
+INSERT INTO mbt_config VALUES (1, 'shipped with the extension', false);
+SELECT pg_catalog.pg_extension_config_dump('mbt_config', 'WHERE user_added');
+"""
+
+
+def install_test_extension(pg: PgServer) -> None:
+    """Write the ``mb_test_config`` extension into the (local) server's share directory."""
+    with pg.connect() as conn:
+        row = conn.execute("SELECT setting FROM pg_config WHERE name = 'SHAREDIR'").fetchone()
+    assert row is not None
+    directory = Path(str(row[0])) / "extension"
+    (directory / "mb_test_config.control").write_text(
+        "default_version = '1.0'\nrelocatable = false\nschema = public\n"
+    )
+    (directory / "mb_test_config--1.0.sql").write_text(_TEST_EXTENSION_SQL)
+
+
 def run_scenario(pg: PgServer, scenario: Scenario, tmp_path: Path) -> None:
     """Run every step; fail with every difference found (all steps are checked)."""
+    if scenario.needs_test_extension:
+        install_test_extension(pg)
     store = ObjectStore((tmp_path / "store").as_uri())
     run = Run(pg, scenario, store)
     problems: list[str] = []
