@@ -226,7 +226,8 @@ class DatabaseBackup(_Model):
     """The database's exported snapshot (one per database: PostgreSQL does not let a
     snapshot be imported into another database)."""
     schema_archive: list[ChunkRef]
-    """``pg_dump --schema-only -Fc`` archive (filterable with ``pg_restore -l`` / ``-L``)."""
+    """``pg_dump -Fc`` archive without table data (filterable with ``pg_restore -l`` / ``-L``):
+    version 1 ``--schema-only``, version 2 ``-b --exclude-table-data='*.*'`` (with large objects)."""
     schema_archive_size: int
     tables: list[TableBackup]
     sequences: list[SequenceValue] = []

@@ -354,6 +354,22 @@ class _DbInfo:
 
 
 @dataclass(frozen=True)
+class _DbJob:
+    """What backing up one database needs besides its (retakeable) snapshot."""
+
+    info: _DbInfo
+    conn: psycopg.Connection[Any]
+    """The coordinator: holds the snapshot's transaction and the locks."""
+    previous: Manifest | None
+    global_reason: str | None
+    chunks: ChunkStore
+    table_pool: ThreadPoolExecutor
+    dump_pool: ThreadPoolExecutor
+    flag: _Flags
+    request: BackupRequest
+
+
+@dataclass(frozen=True)
 class _Table:
     oid: int
     schema: str
@@ -940,27 +956,27 @@ class PostgresAdapter(EngineAdapter):
                         if flag.is_set():
                             raise StreamCancelled()
                         name, encoding, collate, ctype, size, db_oid, is_template = row
-                        db_backup, db_logical, schemas = self._backup_database(
-                            _DbInfo(
-                                name,
-                                encoding,
-                                collate,
-                                ctype,
-                                int(size),
-                                int(db_oid),
-                                bool(is_template),
-                            ),
+                        info = _DbInfo(
+                            name,
+                            encoding,
+                            collate,
+                            ctype,
+                            int(size),
+                            int(db_oid),
+                            bool(is_template),
+                        )
+                        job = _DbJob(
+                            info,
                             conn,
-                            snapshot,
                             previous,
                             global_reason,
                             chunks,
                             table_pool,
                             dump_pool,
                             flag,
-                            abort,
                             request,
                         )
+                        db_backup, db_logical, schemas = self._backup_database(job, snapshot)
                         db_backups.append(db_backup)
                         db_schemas.append(schemas)
                         logical += db_logical
@@ -1155,18 +1171,7 @@ class PostgresAdapter(EngineAdapter):
 
     # ------------------------------------------------------------------ one database
     def _backup_database(
-        self,
-        info: _DbInfo,
-        conn: psycopg.Connection[Any],
-        snapshot: PgSnapshot,
-        previous: Manifest | None,
-        global_reason: str | None,
-        chunks: ChunkStore,
-        table_pool: ThreadPoolExecutor,
-        dump_pool: ThreadPoolExecutor,
-        flag: _Flags,
-        abort: threading.Event,
-        request: BackupRequest,
+        self, job: _DbJob, snapshot: PgSnapshot
     ) -> tuple[DatabaseBackup, int, list[str]]:
         """Back up one database; retake its snapshot when concurrent DDL got in the way.
 
@@ -1182,46 +1187,26 @@ class PostgresAdapter(EngineAdapter):
         for _attempt in range(_MAX_RETAKES):
             attempt_abort = threading.Event()
             try:
-                return self._backup_database_once(
-                    info,
-                    conn,
-                    snapshot,
-                    previous,
-                    global_reason,
-                    chunks,
-                    table_pool,
-                    dump_pool,
-                    flag.with_event(attempt_abort),
-                    attempt_abort,
-                    request,
-                )
+                return self._backup_database_once(job, snapshot, attempt_abort)
             except _Retake as exc:
                 last = exc
                 attempt_abort.set()
                 with contextlib.suppress(psycopg.Error):
-                    conn.execute("ROLLBACK")
-                snapshot = self._export_snapshot(conn, info.name)
+                    job.conn.execute("ROLLBACK")
+                snapshot = self._export_snapshot(job.conn, job.info.name)
         raise BackupError(
             ErrorCode.SNAPSHOT_FAILED,
-            f"concurrent DDL kept changing database {info.name} while its snapshot was"
+            f"concurrent DDL kept changing database {job.info.name} while its snapshot was"
             f" taken ({_MAX_RETAKES} attempts; last: {last})",
-            f"lock tables of database {info.name}",
+            f"lock tables of database {job.info.name}",
         )
 
     def _backup_database_once(
-        self,
-        info: _DbInfo,
-        conn: psycopg.Connection[Any],
-        snapshot: PgSnapshot,
-        previous: Manifest | None,
-        global_reason: str | None,
-        chunks: ChunkStore,
-        table_pool: ThreadPoolExecutor,
-        dump_pool: ThreadPoolExecutor,
-        flag: _Flags,
-        abort: threading.Event,
-        request: BackupRequest,
+        self, job: _DbJob, snapshot: PgSnapshot, abort: threading.Event
     ) -> tuple[DatabaseBackup, int, list[str]]:
+        info, conn, previous, request = job.info, job.conn, job.previous, job.request
+        chunks, table_pool, dump_pool = job.chunks, job.table_pool, job.dump_pool
+        global_reason, flag = job.global_reason, job.flag.with_event(abort)
         name = info.name
         ctx = _DbContext(self, name, info.encoding, snapshot.snapshot_id)
         db_reason = global_reason

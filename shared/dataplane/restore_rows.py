@@ -326,6 +326,15 @@ def _settings(conn: psycopg.Connection[Any], encoding: str) -> None:
     conn.execute(f"SET client_encoding = '{encoding}'")
 
 
+def _connect(conninfo: str, password: str | None, *, autocommit: bool) -> psycopg.Connection[Any]:
+    try:
+        return psycopg.connect(conninfo, password=password, autocommit=autocommit)
+    except psycopg.Error as exc:
+        raise RestoreError(
+            ErrorCode.CONNECTION_FAILED, str(exc).splitlines()[0], "connect to destination"
+        ) from None
+
+
 def restore_table(
     store: ObjectStore,
     chain: Sequence[Manifest],
@@ -355,12 +364,7 @@ def restore_table(
     sql = f"COPY {target} ({cols}) FROM STDIN" if entry.columns else f"COPY {target} FROM STDIN"
     own = conn is None
     if conn is None:
-        try:
-            conn = psycopg.connect(conninfo, password=password, autocommit=False)
-        except psycopg.Error as exc:
-            raise RestoreError(
-                ErrorCode.CONNECTION_FAILED, str(exc).splitlines()[0], "connect to destination"
-            ) from None
+        conn = _connect(conninfo, password, autocommit=False)
     rows = 0
     try:
         try:
@@ -468,12 +472,7 @@ def restore_database(
             "pg_restore --section=data",
             bindir,
         )
-        try:
-            conn = psycopg.connect(conninfo, password=password, autocommit=False)
-        except psycopg.Error as exc:
-            raise RestoreError(
-                ErrorCode.CONNECTION_FAILED, str(exc).splitlines()[0], "connect to destination"
-            ) from None
+        conn = _connect(conninfo, password, autocommit=False)
         try:
             for t in db.tables:
                 report.tables[f"{t.schema_name}.{t.name}"] = restore_table(
@@ -577,12 +576,7 @@ def _finish_database(
 ) -> None:
     """Refresh populated materialized views, then give the destination database the source
     database's own properties (version 2 manifests; version 1 recorded none)."""
-    try:
-        conn = psycopg.connect(conninfo, password=password, autocommit=True)
-    except psycopg.Error as exc:
-        raise RestoreError(
-            ErrorCode.CONNECTION_FAILED, str(exc).splitlines()[0], "connect to destination"
-        ) from None
+    conn = _connect(conninfo, password, autocommit=True)
     step = "refresh materialized views"
     try:
         pending = [m for m in db.matviews if m.populated]
