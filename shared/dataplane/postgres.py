@@ -1343,7 +1343,11 @@ class PostgresAdapter(EngineAdapter):
                 f"SELECT {i}, last_value, is_called FROM {quote_ident(a)}.{quote_ident(b)}"
                 for i, (a, b) in enumerate(batch)
             )
-            for i, value, called in sorted(conn.execute(sql).fetchall()):
+            try:
+                values = conn.execute(sql).fetchall()
+            except psycopg.errors.UndefinedTable as exc:  # dropped since the snapshot
+                raise _Retake(f"a sequence was dropped: {str(exc).splitlines()[0]}") from None
+            for i, value, called in sorted(values):
                 a, b = batch[int(i)]
                 out.append(
                     SequenceValue(

@@ -43,7 +43,7 @@ class _DdlAfterSnapshot(PostgresAdapter):
         return snapshot
 
 
-def test_dropped_and_truncated_tables_retake_the_snapshot(
+def test_dropped_and_truncated_tables_and_dropped_sequences_retake_the_snapshot(
     pg: PgServer, tmp_path: Path, databases: list[str]
 ) -> None:
     db = pg.create_database("ddl")
@@ -52,13 +52,17 @@ def test_dropped_and_truncated_tables_retake_the_snapshot(
         conn.execute("CREATE TABLE kept (id int PRIMARY KEY)")
         conn.execute("INSERT INTO kept SELECT generate_series(1, 100)")
         conn.execute("CREATE TABLE dropped (id int PRIMARY KEY)")
-    adapter = _DdlAfterSnapshot(pg, db, ["DROP TABLE dropped", "TRUNCATE kept"], times=1)
+        conn.execute("CREATE SEQUENCE gone_seq")
+    adapter = _DdlAfterSnapshot(
+        pg, db, ["DROP TABLE dropped", "TRUNCATE kept", "DROP SEQUENCE gone_seq"], times=1
+    )
     store = ObjectStore((tmp_path / "store").as_uri())
     manifest = adapter.full_backup(BackupRequest(store, "c", "full"))
     assert len(adapter.snapshots) == 2
     backed_up = manifest.database(db)
     assert backed_up.snapshot.snapshot_id == adapter.snapshots[-1]
     assert [t.name for t in backed_up.tables] == ["kept"]
+    assert backed_up.sequences == []
     assert rows_digest(iter_table_rows(store, [manifest], db, "public", "kept"))[0] == 0
 
 
