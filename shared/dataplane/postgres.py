@@ -37,7 +37,9 @@ What a backup holds
   already queued behind the coordinator's locks would make any later lock request (a reader's,
   ``pg_dump``'s) wait for ever, so it retakes the snapshot too (after the DDL ran); ``psql``
   streams lock ``NOWAIT`` and fall back to the worker's connection, and ``pg_dump`` gets
-  ``--lock-wait-timeout`` and a retake. Tables are then read in parallel (``parallelism``
+  ``--lock-wait-timeout`` and a retake. ``pg_dump`` also reads some definitions (views,
+  functions, types) in the current catalog, not the snapshot: one dropped meanwhile fails it,
+  and that too retakes the snapshot. A sequence dropped before its value is read does too. Tables are then read in parallel (``parallelism``
   connections, default 2, largest first): no DDL can rewrite them under the snapshot.
 - **Text COPY, not binary**: text is what ``pg_dump`` uses; it works for every type (extension
   types without binary send/receive functions break binary COPY), restores into other
@@ -220,6 +222,11 @@ _MAX_RETAKES = 5
 _DUMP_LOCK_WAIT_MS = 5_000
 _LOCK_NOT_AVAILABLE = "55P03"
 _UNDEFINED_TABLE = "42P01"
+
+
+_DROPPED_SINCE_SNAPSHOT = re.compile(
+    r"could not open relation with OID|cache lookup failed|with OID \d+ does not exist"
+)
 
 
 class _Retake(Exception):
@@ -1451,6 +1458,11 @@ class PostgresAdapter(EngineAdapter):
             # (pg_dump's --lock-wait-timeout is a statement timeout on its LOCK statements.)
             text = exc.message
             if "could not obtain lock" in text or "due to statement timeout" in text:
+                raise _Retake(f"pg_dump: {exc.message}") from None
+            # pg_dump reads the catalog in the snapshot but some definitions (views, functions,
+            # types) through the server's current catalog: an object dropped since the snapshot
+            # fails it. A new snapshot no longer holds that object.
+            if _DROPPED_SINCE_SNAPSHOT.search(text):
                 raise _Retake(f"pg_dump: {exc.message}") from None
             raise
 

@@ -226,6 +226,32 @@ CONCURRENT_TRUNCATE = Scenario(
     ),
 )
 
+CONCURRENT_DROPS = Scenario(
+    name="views-functions-and-types-dropped-during-a-backup",
+    fast=True,
+    setup=on(
+        "app",
+        "CREATE TABLE t (id int PRIMARY KEY, v text)",
+        "INSERT INTO t SELECT g, 'x' FROM generate_series(1, 100) g",
+        "CREATE VIEW v AS SELECT id FROM t",
+        "CREATE FUNCTION f(int) RETURNS int LANGUAGE sql AS 'SELECT $1 + 1'",
+        "CREATE TYPE colour AS ENUM ('red')",
+        "CREATE SCHEMA spare",
+    ),
+    steps=(
+        Step(),
+        Step(
+            during=on(
+                "app",
+                "DROP VIEW v",
+                "DROP FUNCTION f(int)",
+                "DROP TYPE colour",
+                "DROP SCHEMA spare",
+            )
+        ),
+    ),
+)
+
 # ------------------------------------------------------------------------------ identity
 BLUE_GREEN = Scenario(
     name="blue-green-database-swap-and-table-rename-swap",
@@ -418,6 +444,7 @@ CATALOGUE: tuple[Scenario, ...] = (
     DATABASE_SETTINGS,
     TEMPLATES,
     CONCURRENT_TRUNCATE,
+    CONCURRENT_DROPS,
     BLUE_GREEN,
     TYPE_CLOSURE,
     ENCODINGS,
