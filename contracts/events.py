@@ -180,6 +180,18 @@ class CommandHandled(EventBase):
     reason: str | None
 
 
+class ConnectionSecretSet(EventBase):
+    """A cluster's connection secret was set for the first time (the value is never recorded)."""
+
+    type: Literal["ConnectionSecretSet"] = "ConnectionSecretSet"
+
+
+class ConnectionSecretChanged(EventBase):
+    """A cluster's connection secret was replaced (the value is never recorded)."""
+
+    type: Literal["ConnectionSecretChanged"] = "ConnectionSecretChanged"
+
+
 DomainEvent = Annotated[
     ClusterRegistered
     | BackupSettingsUpdated
@@ -192,6 +204,8 @@ DomainEvent = Annotated[
     | BackupVerified
     | ApiKeyIssued
     | ApiKeyRevoked
-    | CommandHandled,
+    | CommandHandled
+    | ConnectionSecretSet
+    | ConnectionSecretChanged,
     Field(discriminator="type"),
 ]

@@ -5,6 +5,7 @@ publish   publish a command to the running system and print its result
 service   run one service (what ``up`` and compose.yaml start)
 contracts export DIR   write JSON Schemas and the AsyncAPI document
 projections rebuild    drop the read models and rebuild them from the event store
+clusters set-secret ID set the password the executor uses for one cluster (stdin or prompt)
 """
 
 from __future__ import annotations
@@ -378,7 +379,72 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild = projections_sub.add_parser("rebuild", help="drop and rebuild from the event store")
     rebuild.add_argument("--data-dir")
     rebuild.set_defaults(func=cmd_projections_rebuild)
+    add_clusters_commands(sub)
     return parser
+
+
+# -- clusters set-secret ------------------------------------------------------------------------
+
+
+def add_clusters_commands(sub: Any) -> None:
+    clusters = sub.add_parser("clusters", help="cluster administration over the HTTP API")
+    clusters_sub = clusters.add_subparsers(dest="clusters_command", required=True)
+    secret = clusters_sub.add_parser(
+        "set-secret",
+        help="set the password the executor uses for one cluster (read from stdin or a prompt)",
+    )
+    secret.add_argument("cluster_id")
+    secret.add_argument("--data-dir")
+    secret.add_argument("--credential", help="API key (default: the data directory's admin key)")
+    secret.add_argument("--api-url", help="default: http://API_HOST:API_PORT from the settings")
+    secret.set_defaults(func=cmd_set_secret)
+
+
+def read_password(stdin: Any = None) -> str:
+    """The password from stdin when it is not a terminal (its first line), else a prompt."""
+    import getpass
+
+    stream = stdin or sys.stdin
+    if not stream.isatty():
+        return str(stream.readline()).rstrip("\r\n")
+    first = getpass.getpass("cluster password: ")
+    if getpass.getpass("again: ") != first:
+        raise ValueError("the two passwords differ")
+    return first
+
+
+def cmd_set_secret(args: argparse.Namespace) -> int:
+    settings = _settings(args.data_dir)
+    credential = args.credential or os.environ.get("MANAGED_BACKUPS_CREDENTIAL")
+    if not credential and settings.admin_key_path.exists():
+        credential = settings.admin_key_path.read_text().strip()
+    if not credential:
+        print("no credential: pass --credential or --data-dir", file=sys.stderr)
+        return 2
+    try:
+        password = read_password()
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    if not password:
+        print("no password given", file=sys.stderr)
+        return 2
+    url = args.api_url or f"http://{settings.api_host}:{settings.api_port}"
+    try:
+        response = httpx.put(
+            f"{url.rstrip('/')}/api/v1/clusters/{args.cluster_id}/connection-secret",
+            json={"password": password},
+            headers={"Authorization": f"Bearer {credential}"},
+            timeout=30,
+        )
+    except httpx.HTTPError as exc:
+        print(f"cannot reach the API at {url}: {exc}", file=sys.stderr)
+        return 3
+    if response.status_code >= 300:
+        print(f"refused ({response.status_code}): {response.text}", file=sys.stderr)
+        return 1
+    print(f"the connection secret of cluster {args.cluster_id} is set")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

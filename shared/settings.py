@@ -55,8 +55,8 @@ class Settings(BaseSettings):
     max_concurrent_backups: int = 2
     secrets_dir: Path | None = Field(
         default=None,
-        description="Secret store: holds `pgpass` (libpq format) with the clusters' passwords. "
-        "Default: <data-dir>/secrets.",
+        description="Secret store directory (mode 0700): the key encrypting the clusters' "
+        "passwords, which are kept per cluster id in the shared database. Default: <data-dir>/secrets.",
     )
 
     @property
@@ -70,8 +70,13 @@ class Settings(BaseSettings):
         return self.data_dir / "admin-api-key"
 
     @property
+    def secrets_path(self) -> Path:
+        return self.secrets_dir or self.data_dir / "secrets"
+
+    @property
     def pgpass_file(self) -> Path:
-        return (self.secrets_dir or self.data_dir / "secrets") / "pgpass"
+        """Where version 0.1 kept one libpq password file for every cluster (no longer read)."""
+        return self.secrets_path / "pgpass"
 
     def region_store_url(self, region: str) -> str:
         if region in self.region_stores:

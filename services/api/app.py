@@ -25,8 +25,13 @@ from managed_backups.contracts.results import CommandResult
 from managed_backups.services.projections.read_models import Page, ReadModels
 from managed_backups.services.runtime import Runtime
 from managed_backups.shared.clock import SimulatedClock
+from managed_backups.shared.domain.cluster import Cluster
+from managed_backups.shared.domain.connection_secret import ConnectionSecret
 from managed_backups.shared.domain.errors import Refused
+from managed_backups.shared.domain.ids import cluster_aggregate_id, connection_secret_aggregate_id
+from managed_backups.shared.eventstore import IntegrityError
 from managed_backups.shared.gateway import CommandGateway, CommandTimeout
+from managed_backups.shared.secrets import MAX_SECRET_LENGTH, ConnectionSecrets
 from managed_backups.shared.security import Action, Principal
 
 PROJECTION_WAIT_SECONDS = 15.0
@@ -49,6 +54,41 @@ class BackupsConfigPatch(BaseModel):
 class ClockAdvance(BaseModel):
     model_config = ConfigDict(extra="forbid")
     advance_seconds: float = Field(gt=0, le=10 * 365 * 86400)
+
+
+class ConnectionSecretBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    password: str = Field(
+        min_length=1, max_length=MAX_SECRET_LENGTH, repr=False, description="Kept encrypted."
+    )
+
+
+def set_connection_secret(
+    runtime: Runtime,
+    secrets_store: ConnectionSecrets,
+    cluster_id: str,
+    password: str,
+    who: Principal,
+) -> int | None:
+    """Record who changes the secret, then store it; returns the audit event's position."""
+    cluster = runtime.store.get_or_none(cluster_aggregate_id(cluster_id), Cluster)
+    if cluster is None or not who.can(Action.VIEW_BACKUPS, cluster.organization, cluster_id):
+        raise HTTPException(404, f"cluster {cluster_id} is not registered")
+    who.require(Action.MANAGE_CLUSTERS, cluster.organization, cluster_id)
+    if cluster.deleted:
+        raise HTTPException(404, f"cluster {cluster_id} was deleted")
+    now = runtime.clock.now()
+    audit = runtime.store.get_or_none(connection_secret_aggregate_id(cluster_id), ConnectionSecret)
+    if audit is None:
+        audit = ConnectionSecret(cluster_id=cluster_id, at=now, by=who.name)
+    else:
+        audit.change(at=now, by=who.name)
+    try:
+        position = runtime.store.save_all(audit)
+    except IntegrityError:
+        raise HTTPException(409, "the secret is being changed concurrently; retry") from None
+    secrets_store.put(cluster_id, password, now.isoformat())
+    return position
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -360,6 +400,27 @@ def create_app(runtime: Runtime, gateway: CommandGateway) -> FastAPI:
             f"managed_backups_projection_position {models.position()}",
         ]
         return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+    # -- connection secrets ---------------------------------------------------------------------
+
+    secrets_store = ConnectionSecrets(runtime.db, runtime.settings.secrets_path)
+
+    @app.put(
+        "/api/v1/clusters/{cluster_id}/connection-secret",
+        status_code=200,
+        responses={404: {"description": "no such cluster (or not visible to the caller)"}},
+    )
+    async def put_connection_secret(
+        cluster_id: str, body: ConnectionSecretBody, who: Caller
+    ) -> Response:
+        """Set the password the executor uses for this cluster, and only for it. Allowed to
+        whoever may manage the cluster; the audit trail records who changed it, never the
+        value. Callers that may not see the cluster get 404, as if it did not exist."""
+        position = await asyncio.to_thread(
+            set_connection_secret, runtime, secrets_store, cluster_id, body.password, who
+        )
+        await wait_for_projection(position)
+        return Response(status_code=200)
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:

@@ -18,6 +18,9 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
+import psycopg
+from psycopg.conninfo import make_conninfo
+
 from managed_backups.contracts.commands import TakeBackup, VerifyBackup
 from managed_backups.contracts.enums import BackupStatus, BackupType
 from managed_backups.services.executor import leases
@@ -30,9 +33,11 @@ from managed_backups.shared.dataplane.postgres import PostgresAdapter
 from managed_backups.shared.dataplane.verify import cleanup_partial, verify_backup
 from managed_backups.shared.domain.backup import Backup
 from managed_backups.shared.domain.cluster import Cluster
-from managed_backups.shared.domain.errors import BadValue, Conflict, NotFound
+from managed_backups.shared.domain.connection_ref import parse_connection_ref
+from managed_backups.shared.domain.errors import BadValue, Conflict, NotFound, Refused
 from managed_backups.shared.domain.ids import cluster_aggregate_id
 from managed_backups.shared.eventstore import IntegrityError
+from managed_backups.shared.secrets import ConnectionSecrets, SecretStoreError
 from managed_backups.shared.security import Action, Principal
 
 log = logging.getLogger(__name__)
@@ -55,6 +60,7 @@ class BackupExecutor:
         self._stores: dict[str, ObjectStore] = {}
         self._stores_lock = threading.Lock()
         leases.ensure_lease_table(runtime.db)
+        self.secrets = ConnectionSecrets(runtime.db, self.settings.secrets_path)
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -72,10 +78,54 @@ class BackupExecutor:
                 f"engine {cluster.engine} is not supported yet",
                 "select engine adapter",
             )
-        env: dict[str, str] = {}
-        if self.settings.pgpass_file.exists():
-            env["PGPASSFILE"] = str(self.settings.pgpass_file)
-        return PostgresAdapter(cluster.connection_ref, env=env)
+        return PostgresAdapter(
+            self._dsn(cluster), password=self._password(cluster), env=self._libpq_env()
+        )
+
+    def _dsn(self, cluster: Cluster) -> str:
+        """The cluster's allow-listed connection parameters, re-checked at every use (a
+        reference recorded before the allow-list existed is refused here, with its reason)."""
+        try:
+            params = parse_connection_ref(cluster.connection_ref)
+        except Refused as refused:
+            raise BackupError(
+                ErrorCode.UNSUPPORTED, refused.reason, "check the cluster's connection_ref"
+            ) from None
+        return make_conninfo("", **params)
+
+    def _password(self, cluster: Cluster) -> str:
+        """This cluster's own secret; "" (explicitly no password: libpq then neither reads
+        ``PGPASSWORD`` nor finds anything in the empty password file) when none is set."""
+        try:
+            password = self.secrets.get(cluster.cluster_id)
+        except SecretStoreError as exc:
+            raise BackupError(ErrorCode.AUTHENTICATION_FAILED, str(exc), "read secret") from None
+        if password is None and self.settings.pgpass_file.exists():
+            raise BackupError(
+                ErrorCode.AUTHENTICATION_FAILED,
+                f"cluster {cluster.cluster_id} has no connection secret, and the shared password "
+                f"file {self.settings.pgpass_file} is no longer read (a password is bound to its "
+                "cluster): set it with `managed-backups clusters set-secret "
+                f"{cluster.cluster_id}` or PUT /api/v1/clusters/{cluster.cluster_id}/connection-secret",
+                "read secret",
+            )
+        return password or ""
+
+    def _libpq_env(self) -> dict[str, str]:
+        """What replaces libpq's own lookups for every connection and child tool: an empty
+        password file instead of ``~/.pgpass``, no service file, no client certificate or key,
+        and (where the library supports it) no password sent in clear."""
+        nothing = str(self.secrets.dir / "none")
+        env = {
+            "PGPASSFILE": str(self.secrets.empty_passfile()),
+            "PGSERVICEFILE": nothing,
+            "PGSYSCONFDIR": nothing,
+            "PGSSLCERT": nothing,
+            "PGSSLKEY": nothing,
+        }
+        if psycopg.pq.version() >= 160000:
+            env["PGREQUIREAUTH"] = "!password"
+        return env
 
     def _live_cluster(self, cluster_id: str) -> Cluster:
         cluster = self.runtime.store.get_or_none(cluster_aggregate_id(cluster_id), Cluster)

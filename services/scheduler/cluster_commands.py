@@ -17,6 +17,7 @@ from managed_backups.contracts.commands import (
 from managed_backups.shared.commands import CommandContext, Handled, Handler
 from managed_backups.shared.domain.backup_settings import SettingsChange, initial_settings
 from managed_backups.shared.domain.cluster import Cluster
+from managed_backups.shared.domain.connection_ref import parse_connection_ref
 from managed_backups.shared.domain.errors import Conflict, NotFound
 from managed_backups.shared.domain.ids import cluster_aggregate_id
 from managed_backups.shared.security import Action, Principal
@@ -37,6 +38,7 @@ def register_cluster(
     command: RegisterCluster, principal: Principal, context: CommandContext
 ) -> Handled:
     principal.require(Action.MANAGE_CLUSTERS, organization=command.organization)
+    parse_connection_ref(command.connection_ref)
     existing = context.store.get_or_none(cluster_aggregate_id(command.cluster_id), Cluster)
     if existing is not None:
         detail = " and was deleted; cluster ids are never reused" if existing.deleted else ""

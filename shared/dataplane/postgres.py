@@ -695,6 +695,7 @@ class PostgresAdapter(EngineAdapter):
         "PGUSER": "user",
         "PGHOST": "host",
         "PGPORT": "port",
+        "PGREQUIREAUTH": "require_auth",  # only pass it where psycopg's libpq is 16 or newer
     }
 
     def _conn_kwargs(self, dbname: str, encoding: str = "UTF8") -> dict[str, Any]:

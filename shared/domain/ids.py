@@ -23,3 +23,7 @@ def api_key_aggregate_id(key_id: str) -> UUID:
 def scheduled_backup_id(cluster_id: str, generation: int, slot: datetime) -> UUID:
     """The id of the backup for one due slot: a restarted or second scheduler computes the same."""
     return uuid5(NAMESPACE, f"backup:{cluster_id}:{generation}:{slot.isoformat()}")
+
+
+def connection_secret_aggregate_id(cluster_id: str) -> UUID:
+    return uuid5(NAMESPACE, f"connection-secret:{cluster_id}")

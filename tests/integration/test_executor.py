@@ -56,20 +56,8 @@ def connection_ref(pg: LocalPostgres, user: str = "postgres") -> str:
     return f"postgresql://{user}@127.0.0.1:{pg.port}/postgres"
 
 
-def write_pgpass(
-    data_dir: Path, pg: LocalPostgres, user: str = "postgres", password: str | None = None
-) -> None:
-    secrets = data_dir / "secrets"
-    secrets.mkdir(parents=True, exist_ok=True)
-    path = secrets / "pgpass"
-    with path.open("a") as f:
-        f.write(f"127.0.0.1:{pg.port}:*:{user}:{password or pg.password}\n")
-    path.chmod(0o600)
-
-
 @pytest.fixture
 async def system(tmp_path: Path, kafka: str, source: LocalPostgres) -> AsyncIterator[System]:
-    write_pgpass(tmp_path, source)
     system = await System.start(
         tmp_path,
         f"sqlite:///{tmp_path / 'events.sqlite'}",
@@ -115,7 +103,11 @@ async def wait_terminal(system: System, backup_id: UUID, timeout: float = 120) -
 
 async def test_full_then_incremental_with_views(system: System, source: LocalPostgres) -> None:
     cluster_id = f"shop-{uuid4().hex[:6]}"
-    assert (await system.register(cluster_id, connection_ref=connection_ref(source))).code == 200
+    assert (
+        await system.register(
+            cluster_id, connection_ref=connection_ref(source), secret=source.password
+        )
+    ).code == 200
     full_id = await take(system, cluster_id)
     full = await wait_terminal(system, full_id)
     assert full.status == "COMPLETE", full.error
@@ -200,10 +192,11 @@ async def test_unreachable_cluster_and_permission_error_end_as_incomplete_backup
     with psycopg.connect(source.url, autocommit=True) as conn:
         conn.execute("DROP ROLE IF EXISTS weak")
         conn.execute("CREATE ROLE weak LOGIN PASSWORD 'weakpw'")
-    write_pgpass(system.settings.data_dir, source, "weak", "weakpw")
     limited = f"weak-{uuid4().hex[:6]}"
     assert (
-        await system.register(limited, connection_ref=connection_ref(source, "weak"))
+        await system.register(
+            limited, connection_ref=connection_ref(source, "weak"), secret="weakpw"
+        )
     ).code == 200
     denied = await wait_terminal(system, await take(system, limited))
     assert denied.status == "FAILED" and denied.error is not None
@@ -242,7 +235,11 @@ async def verifications(system: System, backup_id: UUID, count: int) -> list[Any
 
 async def test_verify_finds_a_corrupted_chunk(system: System, source: LocalPostgres) -> None:
     cluster_id = f"ver-{uuid4().hex[:6]}"
-    assert (await system.register(cluster_id, connection_ref=connection_ref(source))).code == 200
+    assert (
+        await system.register(
+            cluster_id, connection_ref=connection_ref(source), secret=source.password
+        )
+    ).code == 200
     backup_id = await take(system, cluster_id)
     backup = await wait_terminal(system, backup_id)
     assert backup.status == "COMPLETE"
@@ -275,7 +272,6 @@ async def test_verify_finds_a_corrupted_chunk(system: System, source: LocalPostg
 
 
 async def test_s3_region_store(tmp_path: Path, kafka: str, source: LocalPostgres) -> None:
-    write_pgpass(tmp_path, source)
     with LocalS3() as s3:
         s3.create_bucket("backups")
         url = f"s3://backups/mb?endpoint={s3.endpoint_url}&region=us-east-1&allow_http=true&access_key_id=test&secret_access_key=test"
@@ -292,7 +288,10 @@ async def test_s3_region_store(tmp_path: Path, kafka: str, source: LocalPostgres
             cluster_id = f"s3-{uuid4().hex[:6]}"
             assert (
                 await system.register(
-                    cluster_id, regions=["s3-region"], connection_ref=connection_ref(source)
+                    cluster_id,
+                    regions=["s3-region"],
+                    connection_ref=connection_ref(source),
+                    secret=source.password,
                 )
             ).code == 200
             backup = await wait_terminal(system, await take(system, cluster_id))
@@ -370,7 +369,6 @@ async def test_executor_killed_mid_backup_fails_within_the_lease_and_leaves_noth
         conn.execute(
             "INSERT INTO wide SELECT g, md5(g::text) || repeat(md5((g*7)::text), 12) FROM generate_series(1, 600000) g"
         )
-    write_pgpass(tmp_path, source)
     system = await System.start(
         tmp_path, f"sqlite:///{tmp_path / 'events.sqlite'}", kafka, services=("projections",)
     )
@@ -379,7 +377,9 @@ async def test_executor_killed_mid_backup_fails_within_the_lease_and_leaves_noth
     try:
         cluster_id = f"kill-{uuid4().hex[:6]}"
         assert (
-            await system.register(cluster_id, connection_ref=connection_ref(source))
+            await system.register(
+                cluster_id, connection_ref=connection_ref(source), secret=source.password
+            )
         ).code == 200
         backup_id = await take(system, cluster_id)
         store = open_event_store(system.settings.store_url)
@@ -417,7 +417,6 @@ async def test_executor_killed_mid_backup_fails_within_the_lease_and_leaves_noth
 async def test_two_executors_share_the_work_without_taking_a_backup_twice(
     tmp_path: Path, kafka: str, source: LocalPostgres
 ) -> None:
-    write_pgpass(tmp_path, source)
     system = await System.start(
         tmp_path, f"sqlite:///{tmp_path / 'events.sqlite'}", kafka, services=("projections",)
     )
@@ -434,7 +433,9 @@ async def test_two_executors_share_the_work_without_taking_a_backup_twice(
         ids = []
         for cluster_id in clusters:
             assert (
-                await system.register(cluster_id, connection_ref=connection_ref(source))
+                await system.register(
+                    cluster_id, connection_ref=connection_ref(source), secret=source.password
+                )
             ).code == 200
             ids.append(await take(system, cluster_id))
         backups = [await wait_terminal(system, b, timeout=180) for b in ids]
@@ -463,7 +464,6 @@ async def test_the_scheduler_with_the_real_executor(
     tmp_path: Path, kafka: str, source: LocalPostgres
 ) -> None:
     """The scheduler's sequence (full, then incrementals on it) taken for real."""
-    write_pgpass(tmp_path, source)
     system = await System.start(
         tmp_path,
         f"sqlite:///{tmp_path / 'events.sqlite'}",
@@ -476,7 +476,9 @@ async def test_the_scheduler_with_the_real_executor(
     try:
         cluster_id = f"sched-{uuid4().hex[:6]}"
         assert (
-            await system.register(cluster_id, connection_ref=connection_ref(source))
+            await system.register(
+                cluster_id, connection_ref=connection_ref(source), secret=source.password
+            )
         ).code == 200
         assert system.http is not None
 
