@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,49 @@ from managed_backups.shared.security import Authenticator, Principal
 
 log = logging.getLogger(__name__)
 MAX_CONFLICT_RETRIES = 8
+MAX_COMMAND_BYTES = 256 * 1024
+"""No command needs more (the contracts bound every list and string); larger is refused unread."""
+MAX_JSON_DEPTH = 32
+"""Commands nest a few levels; deeper input is refused before it is parsed."""
+MAX_REASON_CHARS = 2000
+_COMMAND_ID = re.compile(rb'"command_id"\s*:\s*"([0-9a-fA-F-]{36})"')
+
+
+def json_depth_exceeds(raw: bytes, limit: int) -> bool:
+    """Whether ``raw`` nests arrays/objects deeper than ``limit`` (strings are skipped), in one
+    pass without recursion: what a recursive parser would choke on is refused first."""
+    depth = 0
+    in_string = False
+    escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return False
+
+
+def command_id_hint(raw: bytes) -> UUID | None:
+    """The command id of a message that cannot be parsed, if it names one: its sender is then
+    answered rather than left waiting."""
+    match = _COMMAND_ID.search(raw[:4096])
+    if match is None:
+        return None
+    try:
+        return UUID(match.group(1).decode())
+    except ValueError:
+        return None
 
 
 @dataclass
@@ -98,7 +142,7 @@ class CommandProcessor:
             command_type=command_type,
             status=CommandStatus.ACCEPTED if code < 300 else CommandStatus.REJECTED,
             code=code,
-            reason=reason,
+            reason=reason[:MAX_REASON_CHARS] if reason else reason,
             cluster_id=cluster_id,
             position=position,
             handled_at=self.context.clock.now(),
@@ -109,17 +153,27 @@ class CommandProcessor:
             return self._process(raw)
         except Exception as exc:  # a bug or an outage must not stop the consumer
             log.exception("command processing failed on %s", self.topic)
+            error = f"internal error: {type(exc).__name__}: {exc}"
             return Processed(
-                self._result(None, None, 500, f"internal error: {type(exc).__name__}: {exc}"),
-                dead_letter_error=f"internal error: {type(exc).__name__}: {exc}",
+                self._result(command_id_hint(raw), None, 500, error), dead_letter_error=error
             )
 
+    def _unreadable(self, raw: bytes, error: str) -> Processed:
+        return Processed(
+            self._result(command_id_hint(raw), None, 422, error), dead_letter_error=error
+        )
+
     def _process(self, raw: bytes) -> Processed:
+        if len(raw) > MAX_COMMAND_BYTES:
+            return self._unreadable(
+                raw, f"message of {len(raw)} bytes exceeds the {MAX_COMMAND_BYTES}-byte limit"
+            )
+        if json_depth_exceeds(raw, MAX_JSON_DEPTH):
+            return self._unreadable(raw, f"message is nested deeper than {MAX_JSON_DEPTH} levels")
         try:
             data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            error = f"message is not valid JSON: {exc}"
-            return Processed(self._result(None, None, 422, error), dead_letter_error=error)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            return self._unreadable(raw, f"message is not valid JSON: {exc}")
         if not isinstance(data, dict):
             error = f"a command must be a JSON object, got {type(data).__name__}"
             return Processed(self._result(None, None, 422, error), dead_letter_error=error)
