@@ -27,7 +27,13 @@ ClusterId = Annotated[
         examples=["orders-prod"],
     ),
 ]
-_REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_REGION = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+# Bounds of every list and string a command may carry: a command never makes an event larger
+# than the events topic accepts.
+MAX_CREDENTIAL_LENGTH = 512
+MAX_REGIONS = 64
+MAX_NAME_LENGTH = 255
+MAX_RESTORE_OBJECTS = 1000
 
 
 class CommandBase(Contract):
@@ -36,6 +42,7 @@ class CommandBase(Contract):
     credential: str = Field(
         repr=False,
         min_length=1,
+        max_length=MAX_CREDENTIAL_LENGTH,
         description="The caller's API key. Checked, never stored in an event.",
     )
 
@@ -46,7 +53,9 @@ class RegisterCluster(CommandBase):
     name: str = Field(min_length=1, max_length=200)
     organization: str = Field(min_length=1, max_length=200, examples=["acme"])
     tier: Tier
-    regions: list[str] = Field(description="Cloud regions of the cluster, e.g. us-east-1.")
+    regions: list[Annotated[str, Field(max_length=63)]] = Field(
+        max_length=MAX_REGIONS, description="Cloud regions of the cluster, e.g. us-east-1."
+    )
     engine: Engine = Engine.POSTGRES
     database_version: str = Field(min_length=1, max_length=40, examples=["15.8"])
     connection_ref: str = Field(
@@ -65,7 +74,7 @@ class RegisterCluster(CommandBase):
             raise ValueError("a cluster needs at least one region")
         seen: set[str] = set()
         for region in regions:
-            if not _REGION.match(region):
+            if not _REGION.fullmatch(region):
                 raise ValueError(f"region {region!r} is not a valid region name")
             if region in seen:
                 raise ValueError(f"region {region!r} is listed more than once")
@@ -131,14 +140,14 @@ class VerifyBackup(CommandBase):
 
 
 class RestoreObject(Contract):
-    database: str
-    schema_: str | None = Field(default=None, alias="schema")
-    table: str | None = None
+    database: str = Field(min_length=1, max_length=MAX_NAME_LENGTH)
+    schema_: str | None = Field(default=None, alias="schema", max_length=MAX_NAME_LENGTH)
+    table: str | None = Field(default=None, max_length=MAX_NAME_LENGTH)
 
 
 class RestoreOptions(Contract):
-    new_db_name: str | None = None
-    into_db: str | None = None
+    new_db_name: str | None = Field(default=None, max_length=MAX_NAME_LENGTH)
+    into_db: str | None = Field(default=None, max_length=MAX_NAME_LENGTH)
     skip_missing_foreign_keys: bool = False
     skip_missing_sequences: bool = False
     skip_missing_views: bool = False
@@ -152,7 +161,7 @@ class StartRestore(CommandBase):
     restore_type: RestoreType
     backup_id: UUID | None = None
     source_cluster_id: ClusterId | None = None
-    objects: list[RestoreObject] = Field(default_factory=list)
+    objects: list[RestoreObject] = Field(default_factory=list, max_length=MAX_RESTORE_OBJECTS)
     restore_opts: RestoreOptions = Field(default_factory=RestoreOptions)
 
 

@@ -32,9 +32,10 @@ from managed_backups.shared.dataplane.objectstore import ObjectStore, open_store
 from managed_backups.shared.dataplane.postgres import PostgresAdapter
 from managed_backups.shared.dataplane.verify import cleanup_partial, verify_backup
 from managed_backups.shared.domain.backup import Backup
+from managed_backups.shared.domain.backup_settings import require_allowed_retention
 from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.domain.connection_ref import parse_connection_ref
-from managed_backups.shared.domain.errors import BadValue, Conflict, NotFound, Refused
+from managed_backups.shared.domain.errors import Conflict, NotFound, Refused
 from managed_backups.shared.domain.ids import cluster_aggregate_id
 from managed_backups.shared.eventstore import IntegrityError
 from managed_backups.shared.secrets import ConnectionSecrets, SecretStoreError
@@ -165,8 +166,8 @@ class BackupExecutor:
             raise Conflict(
                 f"cluster {cluster.cluster_id} has no full backup to build an incremental on"
             )
-        if command.retention_days is not None and command.retention_days <= 0:
-            raise BadValue("retention_days must be positive")
+        if command.retention_days is not None:
+            require_allowed_retention(command.retention_days)
         now = context.clock.now()
         lease = leases.lease_until(now, self.settings.backup_lease_seconds)
         backup = Backup(

@@ -58,6 +58,16 @@ def _allowed(values: tuple[int, ...]) -> str:
     return ", ".join(str(v) for v in values)
 
 
+def require_allowed_retention(retention_days: int) -> None:
+    """Rule: a retention is one of the allowed values, wherever it is given (settings, or a
+    backup taken on demand with its own retention)."""
+    if retention_days not in ALLOWED_RETENTION_DAYS:
+        raise BadValue(
+            f"retention_days {retention_days} is not allowed; "
+            f"allowed values: {_allowed(ALLOWED_RETENTION_DAYS)}"
+        )
+
+
 def decide_settings_change(
     tier: Tier,
     current: BackupSettings,
@@ -79,11 +89,8 @@ def decide_settings_change(
             f"frequency_minutes {change.frequency_minutes} is not allowed; "
             f"allowed values: {_allowed(ALLOWED_FREQUENCIES_MINUTES)}"
         )
-    if change.retention_days is not None and change.retention_days not in ALLOWED_RETENTION_DAYS:
-        raise BadValue(
-            f"retention_days {change.retention_days} is not allowed; "
-            f"allowed values: {_allowed(ALLOWED_RETENTION_DAYS)}"
-        )
+    if change.retention_days is not None:
+        require_allowed_retention(change.retention_days)
     enabled = current.enabled if change.enabled is None else change.enabled
     frequency = (
         current.frequency_minutes if change.frequency_minutes is None else change.frequency_minutes
