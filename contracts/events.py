@@ -38,8 +38,14 @@ class CatalogSchema(Contract):
 
 class CatalogDatabase(Contract):
     name: str
-    schemas: list[CatalogSchema]
+    schemas: list[CatalogSchema] = Field(
+        description="Its schemas and tables; empty when the event summarises a large catalog "
+        "(table_count says how many there are; the backup's manifest lists them)."
+    )
     size_bytes: int = 0
+    table_count: int | None = Field(
+        default=None, description="Tables in the database (absent in events of version 0.1)."
+    )
 
 
 class Grant(Contract):

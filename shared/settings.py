@@ -53,6 +53,12 @@ class Settings(BaseSettings):
         "fails the backup (its executor died).",
     )
     max_concurrent_backups: int = 2
+    catalog_tables_in_event: int = Field(
+        default=2000,
+        ge=0,
+        description="Tables a BackupCompleted event lists at most; the views read the rest of a "
+        "large catalog from the backup's manifest.",
+    )
     secrets_dir: Path | None = Field(
         default=None,
         description="Secret store directory (mode 0700): the key encrypting the clusters' "

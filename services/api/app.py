@@ -25,6 +25,14 @@ from managed_backups.contracts.results import CommandResult
 from managed_backups.services.projections.read_models import Page, ReadModels
 from managed_backups.services.runtime import Runtime
 from managed_backups.shared.clock import SimulatedClock
+from managed_backups.shared.dataplane.manifest import CatalogDatabase as ManifestCatalogDatabase
+from managed_backups.shared.dataplane.manifest import read_manifest
+from managed_backups.shared.dataplane.objectstore import ObjectStore, open_store
+from managed_backups.shared.domain.catalog import (
+    catalog_is_partial,
+    database_is_partial,
+    table_count,
+)
 from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.domain.connection_secret import ConnectionSecret
 from managed_backups.shared.domain.errors import Refused
@@ -313,12 +321,37 @@ def create_app(runtime: Runtime, gateway: CommandGateway) -> FastAPI:
             raise HTTPException(409, f"backup {backup_id} is {doc['status']}, not COMPLETE")
         return doc
 
+    manifest_stores: dict[str, ObjectStore] = {}
+
+    def full_catalog(doc: dict[str, Any]) -> list[ManifestCatalogDatabase]:
+        """The backup's whole catalog, from its manifest (the event summarises large ones)."""
+        url = runtime.settings.region_store_url(doc["region"])
+        try:
+            if url not in manifest_stores:
+                manifest_stores[url] = open_store(url)
+            manifest = read_manifest(
+                manifest_stores[url], doc["cluster_id"], str(doc["chain_id"]), str(doc["id"])
+            )
+        except Exception as exc:
+            raise HTTPException(
+                503, f"the catalog of backup {doc['id']} cannot be read from its manifest: {exc}"
+            ) from None
+        return list(manifest.catalog.databases)
+
     @app.get("/api/v1/clusters/{cluster_id}/backups/{backup_id}/databases")
     def backup_databases(cluster_id: str, backup_id: str, who: Caller) -> dict[str, Any]:
         doc = completed_backup(cluster_id, backup_id, who)
+        if catalog_is_partial(doc["catalog"], doc["database_count"]):
+            return {
+                "databases": [
+                    {"name": db.name, "table_count": db.table_count}
+                    for db in full_catalog(doc)
+                    if db.table_count
+                ]
+            }
         databases = []
         for db in doc["catalog"]:
-            tables = sum(len(s["tables"]) for s in db["schemas"])
+            tables = table_count(db)
             if tables:
                 databases.append({"name": db["name"], "table_count": tables})
         return {"databases": databases}
@@ -328,20 +361,35 @@ def create_app(runtime: Runtime, gateway: CommandGateway) -> FastAPI:
         cluster_id: str, backup_id: str, database: str, who: Caller
     ) -> dict[str, Any]:
         doc = completed_backup(cluster_id, backup_id, who)
-        for db in doc["catalog"]:
-            if db["name"] == database:
-                return {
-                    "tables": [
-                        {
-                            "schema": s["name"],
-                            "name": t["name"],
-                            "row_count": t["row_count"],
-                            "size_bytes": t["size_bytes"],
-                        }
-                        for s in db["schemas"]
-                        for t in s["tables"]
-                    ]
-                }
+        listed = next((db for db in doc["catalog"] if db["name"] == database), None)
+        if listed is not None and not database_is_partial(listed):
+            return {
+                "tables": [
+                    {
+                        "schema": s["name"],
+                        "name": t["name"],
+                        "row_count": t["row_count"],
+                        "size_bytes": t["size_bytes"],
+                    }
+                    for s in listed["schemas"]
+                    for t in s["tables"]
+                ]
+            }
+        if listed is not None or catalog_is_partial(doc["catalog"], doc["database_count"]):
+            for db in full_catalog(doc):
+                if db.name == database:
+                    return {
+                        "tables": [
+                            {
+                                "schema": s.name,
+                                "name": t.name,
+                                "row_count": t.rows,
+                                "size_bytes": t.size_bytes,
+                            }
+                            for s in db.schemas
+                            for t in s.tables
+                        ]
+                    }
         raise HTTPException(404, f"database {database} is not in backup {backup_id}")
 
     # -- operations -----------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from managed_backups.shared.dataplane.postgres import PostgresAdapter
 from managed_backups.shared.dataplane.verify import cleanup_partial, verify_backup
 from managed_backups.shared.domain.backup import Backup
 from managed_backups.shared.domain.backup_settings import require_allowed_retention
+from managed_backups.shared.domain.catalog import summarise_catalog
 from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.domain.connection_ref import parse_connection_ref
 from managed_backups.shared.domain.errors import Conflict, NotFound, Refused
@@ -268,23 +269,9 @@ class BackupExecutor:
         backup = self.runtime.store.get_or_none(started.backup_id, Backup)
         if backup is None or backup.is_terminal:
             return
-        catalog = [
-            {
-                "name": db.name,
-                "size_bytes": db.size_bytes,
-                "schemas": [
-                    {
-                        "name": schema.name,
-                        "tables": [
-                            {"name": t.name, "row_count": t.rows, "size_bytes": t.size_bytes}
-                            for t in schema.tables
-                        ],
-                    }
-                    for schema in db.schemas
-                ],
-            }
-            for db in manifest.catalog.databases
-        ]
+        catalog = summarise_catalog(
+            manifest.catalog.databases, max_tables=self.settings.catalog_tables_in_event
+        )
         now = self.runtime.clock.now()
         backup.complete(
             as_of_time=manifest.data_from,

@@ -506,3 +506,46 @@ async def test_the_scheduler_with_the_real_executor(
         assert expires == sorted(expires)
     finally:
         await system.close()
+
+
+async def test_a_catalog_larger_than_an_event_lists_is_read_from_the_manifest(
+    tmp_path: Path, kafka: str, source: LocalPostgres
+) -> None:
+    """The completed backup's event lists tables only up to a bound (here 2 of 4); the views
+    still answer for every database and table, from the backup's manifest."""
+    system = await System.start(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'events.sqlite'}",
+        kafka,
+        services=("projections",),
+        catalog_tables_in_event=2,
+    )
+    await system.start_service("registry", run_cluster_commands_only)
+    await system.start_service("backup-executor", run_executor)
+    try:
+        cluster_id = f"cat-{uuid4().hex[:6]}"
+        assert (
+            await system.register(
+                cluster_id, connection_ref=connection_ref(source), secret=source.password
+            )
+        ).code == 200
+        backup = await wait_terminal(system, await take(system, cluster_id))
+        assert backup.status == "COMPLETE", backup.error
+        assert system.http is not None
+        events = (await system.http.get(f"/api/v1/clusters/{cluster_id}/events")).json()["events"]
+        catalog = next(e["catalog"] for e in events if e["type"] == "BackupCompleted")
+        listed = sum(len(s["tables"]) for db in catalog for s in db["schemas"])
+        assert listed == 2 and sorted(db["table_count"] for db in catalog) == [2, 2]
+
+        base = f"/api/v1/clusters/{cluster_id}/backups/{backup.backup_id}/databases"
+        databases = (await system.http.get(base)).json()["databases"]
+        assert sorted((d["name"], d["table_count"]) for d in databases) == [
+            ("crm", 2),
+            ("shop", 2),
+        ]
+        for database, expected in (("shop", {"orders", "items"}), ("crm", {"contacts", "events"})):
+            tables = (await system.http.get(f"{base}/{database}/tables")).json()["tables"]
+            assert {t["name"] for t in tables} == expected
+        assert (await system.http.get(f"{base}/nope/tables")).status_code == 404
+    finally:
+        await system.close()
