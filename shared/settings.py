@@ -53,6 +53,11 @@ class Settings(BaseSettings):
         "fails the backup (its executor died).",
     )
     max_concurrent_backups: int = 2
+    test_crash_at: str | None = Field(
+        default=None,
+        description="Tests only: the name of a fault point where the process exits abruptly "
+        "(ignored in a production-like configuration).",
+    )
     catalog_tables_in_event: int = Field(
         default=2000,
         ge=0,

@@ -39,6 +39,7 @@ from managed_backups.shared.domain.connection_ref import parse_connection_ref
 from managed_backups.shared.domain.errors import Conflict, NotFound, Refused
 from managed_backups.shared.domain.ids import cluster_aggregate_id
 from managed_backups.shared.eventstore import IntegrityError
+from managed_backups.shared.faults import crash_point
 from managed_backups.shared.secrets import ConnectionSecrets, SecretStoreError
 from managed_backups.shared.security import Action, Principal
 
@@ -187,38 +188,44 @@ class BackupExecutor:
             by=principal.name,
         )
 
+        # The lease is taken *before* BackupStarted is saved: whatever happens between the save
+        # and the worker's start (a crash, a kill), the lease expires and the reaper fails the
+        # backup with LEASE_EXPIRED. A lease whose backup was never recorded (the save failed)
+        # is dropped by the reaper as an orphan.
+        leases.take(
+            self.runtime.db,
+            command.backup_id,
+            cluster.cluster_id,
+            chain_id,
+            cluster.backup_region,
+            self.name,
+            lease,
+        )
+
         async def start() -> None:
-            # Only once BackupStarted is recorded: a failed save leaves nothing behind.
-            await asyncio.to_thread(
-                leases.take,
-                self.runtime.db,
-                command.backup_id,
-                cluster.cluster_id,
-                chain_id,
-                cluster.backup_region,
-                self.name,
-                lease,
-            )
+            crash_point(self.settings, "executor-after-backup-started-saved")
             running = Running(command.backup_id)
             self.running[cluster.cluster_id] = running
             self._spawn(self._run(cluster, backup, running))
 
         return Handled([backup], cluster.cluster_id, follow_up=start)
 
+    async def _renew(self, backup_id: UUID) -> None:
+        """Renew the lease every third of its length for as long as this process holds the
+        backup, waiting for a slot included."""
+        while True:
+            await asyncio.sleep(self.settings.backup_lease_seconds / 3)
+            until = leases.lease_until(self.runtime.clock.now(), self.settings.backup_lease_seconds)
+            try:
+                await asyncio.to_thread(leases.renew, self.runtime.db, backup_id, until)
+            except Exception:
+                log.exception("renewing the lease of backup %s failed; will retry", backup_id)
+
     async def _run(self, cluster: Cluster, backup: Backup, running: Running) -> None:
+        renewing = asyncio.create_task(self._renew(backup.backup_id))
         try:
             async with self.slots:
-                work = asyncio.create_task(asyncio.to_thread(self._take, cluster, backup, running))
-                while not work.done():
-                    await asyncio.wait({work}, timeout=self.settings.backup_lease_seconds / 3)
-                    if not work.done():
-                        until = leases.lease_until(
-                            self.runtime.clock.now(), self.settings.backup_lease_seconds
-                        )
-                        await asyncio.to_thread(
-                            leases.renew, self.runtime.db, backup.backup_id, until
-                        )
-                manifest = work.result()
+                manifest = await asyncio.to_thread(self._take, cluster, backup, running)
                 await asyncio.to_thread(self._record_completed, backup, manifest)
         except BackupError as error:
             await asyncio.to_thread(
@@ -234,6 +241,7 @@ class BackupExecutor:
                 "executor",
             )
         finally:
+            renewing.cancel()
             self.running.pop(cluster.cluster_id, None)
             await asyncio.to_thread(leases.release, self.runtime.db, backup.backup_id)
 

@@ -342,13 +342,16 @@ async def wait_group_members(kafka: str, group: str, pids: list[int], timeout: f
         await admin.close()
 
 
-def start_executor_process(system: System, log: Path, lease: float) -> subprocess.Popen[bytes]:
+def start_executor_process(
+    system: System, log: Path, lease: float, **settings: str
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "MANAGED_BACKUPS_DATA_DIR": str(system.settings.data_dir),
         "MANAGED_BACKUPS_EVENT_STORE_URL": system.settings.store_url,
         "MANAGED_BACKUPS_KAFKA_BOOTSTRAP_SERVERS": system.settings.kafka_bootstrap_servers,
         "MANAGED_BACKUPS_BACKUP_LEASE_SECONDS": str(lease),
+        **{f"MANAGED_BACKUPS_{name.upper()}": value for name, value in settings.items()},
     }
     return subprocess.Popen(
         [sys.executable, "-m", "managed_backups.services.cli", "service", "backup-executor"],
@@ -549,3 +552,84 @@ async def test_a_catalog_larger_than_an_event_lists_is_read_from_the_manifest(
         assert (await system.http.get(f"{base}/nope/tables")).status_code == 404
     finally:
         await system.close()
+
+
+async def test_executor_killed_between_recording_the_start_and_running_the_backup(
+    tmp_path: Path, kafka: str, source: LocalPostgres
+) -> None:
+    """The window between saving BackupStarted and starting the worker: an executor that dies
+    there leaves a lease that expires, the backup is failed with LEASE_EXPIRED, and the
+    cluster's schedule goes on (the next slot's backup runs)."""
+    system = await System.start(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'events.sqlite'}",
+        kafka,
+        services=("projections", "scheduler"),
+        simulated_clock=True,
+        poll_interval_seconds=0.01,
+    )
+    simulated = {"simulated_clock": "true", "simulated_clock_start": "2026-01-05T00:00:00+00:00"}
+    crashing = start_executor_process(
+        system,
+        tmp_path / "executor-crash.log",
+        lease=5.0,
+        test_crash_at="executor-after-backup-started-saved",
+        **simulated,
+    )
+    replacement: subprocess.Popen[bytes] | None = None
+    store = open_event_store(system.settings.store_url)
+    try:
+        cluster_id = f"window-{uuid4().hex[:6]}"
+        assert (
+            await system.register(
+                cluster_id, connection_ref=connection_ref(source), secret=source.password
+            )
+        ).code == 200
+        # Slot 0's full backup is sent at once; the executor records it and dies.
+        exit_code = await asyncio.to_thread(crashing.wait, 120)
+        assert exit_code == 86, (tmp_path / "executor-crash.log").read_text()
+        started = [
+            b
+            for b in await asyncio.to_thread(backups_of, store, cluster_id)
+            if b.status == "IN_PROGRESS"
+        ]
+        assert len(started) == 1
+        stuck = started[0]
+
+        replacement = start_executor_process(
+            system, tmp_path / "executor-2.log", lease=5.0, **simulated
+        )
+        system.clock.advance(60)  # past the lease, well before the next hourly slot
+        failed = await wait_terminal(system, stuck.backup_id, timeout=60)
+        assert failed.status == "FAILED" and failed.error is not None
+        assert failed.error["code"] == "LEASE_EXPIRED"
+
+        system.clock.advance(3600)  # the next slot: a full again, taken for real
+        async with asyncio.timeout(120):
+            while True:
+                done = [
+                    b
+                    for b in await asyncio.to_thread(backups_of, store, cluster_id)
+                    if b.status == "COMPLETE"
+                ]
+                if done:
+                    break
+                await asyncio.sleep(0.2)
+        assert done[0].backup_type == "FULL"
+    finally:
+        for process in (crashing, replacement):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                process.wait()
+        store.close()
+        await system.close()
+
+
+def backups_of(store: Any, cluster_id: str) -> list[Backup]:
+    """Every Backup of the cluster, read from the event store (the source of truth)."""
+    from managed_backups.shared.eventstore import event_topics
+
+    topics_ = event_topics(Backup.BackupStarted)  # type: ignore[attr-defined]
+    ids = {store.domain_event(n).originator_id for n in store.notifications(0, 100_000, topics_)}
+    found = [store.get_or_none(i, Backup) for i in ids]
+    return [b for b in found if b is not None and b.cluster_id == cluster_id]
