@@ -184,6 +184,11 @@ class CommandHandled(EventBase):
     status: CommandStatus
     code: int
     reason: str | None
+    body_sha256: str | None = Field(
+        default=None,
+        description="SHA-256 of the command without its credential (absent before version 2): "
+        "a repeated command_id with another body is refused.",
+    )
 
 
 class ConnectionSecretSet(EventBase):

@@ -26,9 +26,10 @@ from typing import Any
 import httpx
 
 from managed_backups.contracts import topics
+from managed_backups.services.registry import service_main, service_names
 from managed_backups.shared.settings import Settings, default_data_dir
 
-SERVICES = ("relay", "projections", "scheduler", "backup-executor", "api")
+SERVICES = service_names()
 
 
 def _settings(data_dir: str | None, **overrides: Any) -> Settings:
@@ -71,42 +72,27 @@ def cmd_service(args: argparse.Namespace) -> int:
 
 
 def _service_main(name: str) -> Any:
-    if name == "relay":
-        from managed_backups.services.relay.service import run as run_relay
-
-        return run_relay
-    if name == "projections":
-        from managed_backups.services.projections.runner import run_projections
-
-        return run_projections
-    if name == "scheduler":
-        from managed_backups.services.scheduler.service import run as run_scheduler
-
-        return run_scheduler
-    if name == "backup-executor":
-        from managed_backups.services.executor.service import run as run_executor
-
-        return run_executor
-    if name == "api":
-        from managed_backups.services.api.app import run as run_api
-
-        return run_api
-    raise SystemExit(f"unknown service {name!r}; one of {', '.join(SERVICES)}")
+    try:
+        return service_main(name)
+    except KeyError as unknown:
+        raise SystemExit(str(unknown.args[0])) from None
 
 
 # -- up -----------------------------------------------------------------------------------------
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from managed_backups.services.runtime import private_sqlite_files
     from managed_backups.shared.bus import ensure_topics
     from managed_backups.shared.clock import build_clock
     from managed_backups.shared.eventstore import open_event_store
     from managed_backups.shared.infra.kafka import LocalKafka, child_preexec_fn
+    from managed_backups.shared.secrets import ensure_private_dir
     from managed_backups.shared.security import ensure_key_file
-    from managed_backups.shared.sqldb import SqlDatabase
+    from managed_backups.shared.sqldb import SqlDatabase, sqlite_path
 
     data_dir = Path(args.data_dir).resolve() if args.data_dir else default_data_dir()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(data_dir)
     settings = _settings(
         str(data_dir), api_port=args.api_port, simulated_clock=args.simulated_clock or None
     )
@@ -138,6 +124,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         asyncio.run(ensure_topics(bootstrap))
         store = open_event_store(settings.store_url)
         db = SqlDatabase(settings.store_url)
+        if settings.store_url.startswith("sqlite"):
+            private_sqlite_files(sqlite_path(settings.store_url))
         clock = build_clock(settings, db)
         admin_key, created = ensure_key_file(store, settings.admin_key_path, clock, "admin")
         service_key, _ = ensure_key_file(store, data_dir / "service-api-key", clock, "services")

@@ -9,6 +9,7 @@ repeated command changes nothing and gets the same result.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -29,6 +30,8 @@ from managed_backups.shared.eventstore import EventStore, IntegrityError
 from managed_backups.shared.security import Authenticator, Principal
 
 log = logging.getLogger(__name__)
+security_log = logging.getLogger("managed_backups.security")
+"""Refusals of callers without rights: kept here, never in the cluster's audit trail."""
 MAX_CONFLICT_RETRIES = 8
 MAX_COMMAND_BYTES = 256 * 1024
 """No command needs more (the contracts bound every list and string); larger is refused unread."""
@@ -203,11 +206,18 @@ class CommandProcessor:
         except ValidationError as exc:
             reason = describe_validation_error(exc, command_type)
             return Processed(self._result(command_id, command_type, 400, reason, cluster_hint))
+        body_sha256 = self.body_hash(data)
         for _ in range(MAX_CONFLICT_RETRIES):
-            known = self.context.store.get_or_none(
-                CommandOutcome.create_id(command_id), CommandOutcome
-            )
+            known = self._known_outcome(command_id, principal)
             if known is not None:
+                if known.body_sha256 is not None and known.body_sha256 != body_sha256:
+                    reason = (
+                        f"command_id {command_id} was already used by {principal.name} for "
+                        "another command; choose a new command_id for a new command"
+                    )
+                    return Processed(
+                        self._result(command_id, command_type, 409, reason, cluster_hint)
+                    )
                 return Processed(
                     self._result(
                         command_id,
@@ -219,13 +229,32 @@ class CommandProcessor:
                     )
                 )
             try:
-                return self._handle(command, command_id, command_type, principal, cluster_hint)
+                return self._handle(
+                    command, command_id, command_type, principal, cluster_hint, body_sha256
+                )
             except IntegrityError:
                 # Another instance (or a redelivery) recorded concurrently: re-read and decide again.
                 continue
         return Processed(
             self._result(command_id, command_type, 409, "too many concurrent changes; retry")
         )
+
+    def body_hash(self, data: dict[str, Any]) -> str:
+        """What a command id promises: this topic, this type, these fields (not the credential:
+        a rotated key repeating a command is the same command)."""
+        body = {k: v for k, v in data.items() if k != "credential"}
+        canonical = json.dumps([self.topic, body], sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def _known_outcome(self, command_id: UUID, principal: Principal) -> CommandOutcome | None:
+        store = self.context.store
+        known = store.get_or_none(
+            CommandOutcome.create_id(command_id, principal.name), CommandOutcome
+        )
+        if known is not None:
+            return known
+        legacy = store.get_or_none(CommandOutcome.legacy_id(command_id), CommandOutcome)
+        return legacy if legacy is not None and legacy.by == principal.name else None
 
     def _handle(
         self,
@@ -234,6 +263,7 @@ class CommandProcessor:
         command_type: str,
         principal: Principal,
         cluster_hint: str | None,
+        body_sha256: str,
     ) -> Processed:
         handler = self.handlers.get(command_type)
         now = self.context.clock.now()
@@ -242,13 +272,24 @@ class CommandProcessor:
                 raise Malformed(f"{command_type} is not handled on {self.topic}")
             handled = handler(command, principal, self.context)
         except Refused as refused:
+            if not refused.audited:
+                security_log.warning(
+                    "refused %s %s from %s on %s: %s",
+                    command_type,
+                    command_id,
+                    principal.name,
+                    cluster_hint,
+                    refused.reason,
+                )
             outcome = CommandOutcome(
                 command_id=command_id,
                 command_type=command_type,
-                cluster_id=cluster_hint,
+                # A refusal of a caller without rights stays out of the cluster's audit trail.
+                cluster_id=cluster_hint if refused.audited else None,
                 status=CommandStatus.REJECTED.value,
                 code=refused.code,
                 reason=refused.reason,
+                body_sha256=body_sha256,
                 at=now,
                 by=principal.name,
             )
@@ -265,6 +306,7 @@ class CommandProcessor:
             status=CommandStatus.ACCEPTED.value,
             code=200,
             reason=None,
+            body_sha256=body_sha256,
             at=now,
             by=principal.name,
         )

@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from managed_backups.contracts import topics
 from managed_backups.contracts.results import CommandResult
 from managed_backups.services.api.app import create_app
-from managed_backups.services.cli import _service_main
+from managed_backups.services.registry import service_main
 from managed_backups.services.runtime import Runtime, open_runtime
 from managed_backups.shared.bus import ensure_topics
 from managed_backups.shared.clock import SimulatedClock
@@ -91,7 +91,7 @@ class System:
         runtime = open_runtime(self.settings)
         await runtime.clock.start()
         stop = asyncio.Event()
-        task = asyncio.create_task((main or _service_main(name))(runtime, stop), name=name)
+        task = asyncio.create_task((main or service_main(name))(runtime, stop), name=name)
         service = RunningService(name, runtime, stop, task)
         self.services[name] = service
         return service

@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from managed_backups.contracts import topics
 from managed_backups.contracts.results import CommandResult
+from managed_backups.services.api.limits import AuthenticatedBoundedBodies
 from managed_backups.services.projections.read_models import Page, ReadModels
 from managed_backups.services.runtime import Runtime
 from managed_backups.shared.clock import SimulatedClock
@@ -35,7 +36,7 @@ from managed_backups.shared.domain.catalog import (
 )
 from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.domain.connection_secret import ConnectionSecret
-from managed_backups.shared.domain.errors import Refused
+from managed_backups.shared.domain.errors import Refused, not_registered
 from managed_backups.shared.domain.ids import cluster_aggregate_id, connection_secret_aggregate_id
 from managed_backups.shared.eventstore import IntegrityError
 from managed_backups.shared.gateway import CommandGateway, CommandTimeout
@@ -80,9 +81,9 @@ def set_connection_secret(
 ) -> int | None:
     """Record who changes the secret, then store it; returns the audit event's position."""
     cluster = runtime.store.get_or_none(cluster_aggregate_id(cluster_id), Cluster)
-    if cluster is None or not who.can(Action.VIEW_BACKUPS, cluster.organization, cluster_id):
-        raise HTTPException(404, f"cluster {cluster_id} is not registered")
-    who.require(Action.MANAGE_CLUSTERS, cluster.organization, cluster_id)
+    if cluster is None:
+        raise HTTPException(404, not_registered(cluster_id))
+    who.require_on_cluster(Action.MANAGE_CLUSTERS, cluster.organization, cluster_id)
     if cluster.deleted:
         raise HTTPException(404, f"cluster {cluster_id} was deleted")
     now = runtime.clock.now()
@@ -97,6 +98,20 @@ def set_connection_secret(
         raise HTTPException(409, "the secret is being changed concurrently; retry") from None
     secrets_store.put(cluster_id, password, now.isoformat())
     return position
+
+
+MAX_PAGE = 1_000_000
+MAX_POSITION = 2**62
+
+
+def in_range(name: str, value: datetime | None) -> datetime | None:
+    """A query time as UTC, or 400 when it cannot be one (e.g. year 1 at UTC+14)."""
+    if value is None:
+        return None
+    try:
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    except (OverflowError, ValueError):
+        raise HTTPException(400, f"{name} is out of the representable range") from None
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -116,6 +131,11 @@ def create_app(runtime: Runtime, gateway: CommandGateway) -> FastAPI:
         version="1",
         description="Managed backups for PostgreSQL-compatible clusters.",
         lifespan=lifespan,
+    )
+
+    app.add_middleware(
+        AuthenticatedBoundedBodies,
+        authenticate=runtime.authenticator.authenticate,
     )
 
     @app.exception_handler(HTTPException)
@@ -152,8 +172,8 @@ def create_app(runtime: Runtime, gateway: CommandGateway) -> FastAPI:
     ) -> dict[str, Any]:
         doc = models.cluster(cluster_id)
         if doc is None:
-            raise HTTPException(404, f"cluster {cluster_id} is not registered")
-        who.require(action, doc["organization"], cluster_id)
+            raise HTTPException(404, not_registered(cluster_id))
+        who.require_on_cluster(action, doc["organization"], cluster_id)
         return doc
 
     def live_cluster(
@@ -205,7 +225,7 @@ def create_app(runtime: Runtime, gateway: CommandGateway) -> FastAPI:
     def cluster_events(
         cluster_id: str,
         who: Caller,
-        after: Annotated[int, Query(ge=0)] = 0,
+        after: Annotated[int, Query(ge=0, le=MAX_POSITION)] = 0,
         limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
     ) -> dict[str, Any]:
         visible_cluster(cluster_id, who)
@@ -255,12 +275,14 @@ def create_app(runtime: Runtime, gateway: CommandGateway) -> FastAPI:
         who: Caller,
         start_time: datetime | None = None,
         end_time: datetime | None = None,
-        page: Annotated[int, Query(alias="pagination.page", ge=1)] = 1,
+        page: Annotated[int, Query(alias="pagination.page", ge=1, le=MAX_PAGE)] = 1,
         limit: Annotated[int, Query(alias="pagination.limit", ge=1, le=1000)] = 100,
         sort_order: Annotated[
             Literal["ASC", "DESC", "asc", "desc"], Query(alias="pagination.sort_order")
         ] = "DESC",
     ) -> dict[str, Any]:
+        start_time = in_range("start_time", start_time)
+        end_time = in_range("end_time", end_time)
         visible_cluster(cluster_id, who)
         docs, more = models.listed_backups(
             cluster_id,

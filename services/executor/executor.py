@@ -14,7 +14,6 @@ import contextlib
 import logging
 import threading
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
@@ -31,12 +30,16 @@ from managed_backups.shared.dataplane.manifest import Manifest, list_manifests, 
 from managed_backups.shared.dataplane.objectstore import ObjectStore, open_store
 from managed_backups.shared.dataplane.postgres import PostgresAdapter
 from managed_backups.shared.dataplane.verify import cleanup_partial, verify_backup
-from managed_backups.shared.domain.backup import Backup
+from managed_backups.shared.domain.backup import Backup, load_backup
+from managed_backups.shared.domain.backup_lifecycle import (
+    backup_expires_at,
+    refuse_second_backup,
+)
 from managed_backups.shared.domain.backup_settings import require_allowed_retention
 from managed_backups.shared.domain.catalog import summarise_catalog
 from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.domain.connection_ref import parse_connection_ref
-from managed_backups.shared.domain.errors import Conflict, NotFound, Refused
+from managed_backups.shared.domain.errors import Conflict, NotFound, Refused, not_registered
 from managed_backups.shared.domain.ids import cluster_aggregate_id
 from managed_backups.shared.eventstore import IntegrityError
 from managed_backups.shared.faults import crash_point
@@ -130,10 +133,11 @@ class BackupExecutor:
             env["PGREQUIREAUTH"] = "!password"
         return env
 
-    def _live_cluster(self, cluster_id: str) -> Cluster:
+    def _live_cluster(self, cluster_id: str, principal: Principal, action: Action) -> Cluster:
         cluster = self.runtime.store.get_or_none(cluster_aggregate_id(cluster_id), Cluster)
         if cluster is None:
-            raise NotFound(f"cluster {cluster_id} is not registered")
+            raise NotFound(not_registered(cluster_id))
+        principal.require_on_cluster(action, cluster.organization, cluster.cluster_id)
         if cluster.deleted:
             raise NotFound(f"cluster {cluster_id} was deleted")
         return cluster
@@ -148,16 +152,11 @@ class BackupExecutor:
     def take_backup(
         self, command: TakeBackup, principal: Principal, context: CommandContext
     ) -> Handled:
-        cluster = self._live_cluster(command.cluster_id)
-        principal.require(Action.TAKE_BACKUP, cluster.organization, cluster.cluster_id)
-        if context.store.get_or_none(command.backup_id, Backup) is not None:
+        cluster = self._live_cluster(command.cluster_id, principal, Action.TAKE_BACKUP)
+        if load_backup(context.store, cluster.cluster_id, command.backup_id) is not None:
             return Handled([], command.cluster_id)  # a duplicate TakeBackup does nothing
         running = self.running.get(cluster.cluster_id)
-        if running is not None:
-            raise Conflict(
-                f"backup {running.backup_id} of cluster {cluster.cluster_id} is running; "
-                "a cluster runs one backup at a time"
-            )
+        refuse_second_backup(cluster.cluster_id, running.backup_id if running else None)
         if command.backup_type is BackupType.FULL:
             chain_id = command.backup_id
         elif command.chain_id is not None:
@@ -229,12 +228,18 @@ class BackupExecutor:
                 await asyncio.to_thread(self._record_completed, backup, manifest)
         except BackupError as error:
             await asyncio.to_thread(
-                self._record_failed, backup.backup_id, error.code.value, error.message, error.step
+                self._record_failed,
+                backup.cluster_id,
+                backup.backup_id,
+                error.code.value,
+                error.message,
+                error.step,
             )
         except Exception as error:  # never leave a backup IN_PROGRESS because of a bug
             log.exception("backup %s failed unexpectedly", backup.backup_id)
             await asyncio.to_thread(
                 self._record_failed,
+                backup.cluster_id,
                 backup.backup_id,
                 ErrorCode.INTERNAL.value,
                 f"{type(error).__name__}: {error}",
@@ -274,7 +279,7 @@ class BackupExecutor:
         return adapter.incremental_backup(request, previous)
 
     def _record_completed(self, started: Backup, manifest: Manifest) -> None:
-        backup = self.runtime.store.get_or_none(started.backup_id, Backup)
+        backup = self.runtime.store.get_or_none(started.id, Backup)
         if backup is None or backup.is_terminal:
             return
         catalog = summarise_catalog(
@@ -287,15 +292,17 @@ class BackupExecutor:
             database_count=manifest.catalog.database_count,
             catalog=catalog,
             manifest_key=f"clusters/{manifest.cluster_id}/chains/{manifest.chain_id}/manifests/{manifest.backup_id}.json",
-            expires_at=manifest.data_from + timedelta(days=backup.retention_days),
+            expires_at=backup_expires_at(manifest.data_from, backup.retention_days),
             at=now,
             by=self.name,
         )
         with contextlib.suppress(IntegrityError):  # the reaper failed it first: that stands
             self.runtime.store.save_all(backup)
 
-    def _record_failed(self, backup_id: UUID, code: str, message: str, step: str) -> bool:
-        backup = self.runtime.store.get_or_none(backup_id, Backup)
+    def _record_failed(
+        self, cluster_id: str, backup_id: UUID, code: str, message: str, step: str
+    ) -> bool:
+        backup = load_backup(self.runtime.store, cluster_id, backup_id)
         if backup is None or backup.is_terminal:
             return False
         backup.fail(code, message, step, self.runtime.clock.now(), self.name)
@@ -316,6 +323,7 @@ class BackupExecutor:
             if any(r.backup_id == backup_id for r in self.running.values()):
                 continue
             failed = self._record_failed(
+                cluster_id,
                 backup_id,
                 "LEASE_EXPIRED",
                 f"the executor running this backup stopped renewing its lease for "
@@ -351,10 +359,9 @@ class BackupExecutor:
     def verify(
         self, command: VerifyBackup, principal: Principal, context: CommandContext
     ) -> Handled:
-        cluster = self._live_cluster(command.cluster_id)
-        principal.require(Action.VIEW_BACKUPS, cluster.organization, cluster.cluster_id)
-        backup = context.store.get_or_none(command.backup_id, Backup)
-        if backup is None or backup.cluster_id != cluster.cluster_id:
+        cluster = self._live_cluster(command.cluster_id, principal, Action.VIEW_BACKUPS)
+        backup = load_backup(context.store, cluster.cluster_id, command.backup_id)
+        if backup is None:
             raise NotFound(
                 f"backup {command.backup_id} of cluster {cluster.cluster_id} is not known"
             )
@@ -381,7 +388,7 @@ class BackupExecutor:
             missing, corrupt, checked = report.missing, report.corrupt, report.chunks_checked
         except Exception as exc:
             missing = [f"manifest or chain unreadable: {exc}"]
-        latest = self.runtime.store.get_or_none(backup.backup_id, Backup)
+        latest = self.runtime.store.get_or_none(backup.id, Backup)
         assert latest is not None
         latest.record_verification(
             ok=not missing and not corrupt,

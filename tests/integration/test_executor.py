@@ -87,12 +87,25 @@ async def take(system: System, cluster_id: str, backup_type: str = "FULL", **fie
     return backup_id
 
 
+def find_backup(store: Any, backup_id: UUID) -> Backup | None:
+    """The backup ``backup_id`` of whichever cluster, read from the event store."""
+    from managed_backups.shared.eventstore import event_topics
+
+    topics_ = event_topics(Backup.BackupStarted)  # type: ignore[attr-defined]
+    for row in store.notifications(0, 1_000_000, topics_):
+        event = store.domain_event(row)
+        if event.backup_id == backup_id:
+            found: Backup | None = store.get_or_none(event.originator_id, Backup)
+            return found
+    return None
+
+
 async def wait_terminal(system: System, backup_id: UUID, timeout: float = 120) -> Backup:
     store = open_event_store(system.settings.store_url)
     try:
         async with asyncio.timeout(timeout):
             while True:
-                backup = await asyncio.to_thread(store.get_or_none, backup_id, Backup)
+                backup = await asyncio.to_thread(find_backup, store, backup_id)
                 if backup is not None and backup.is_terminal:
                     await system.wait_projection(store.max_position())
                     return backup
@@ -224,7 +237,7 @@ async def verifications(system: System, backup_id: UUID, count: int) -> list[Any
                 verified = [
                     e
                     for e in events
-                    if type(e).__name__ == "BackupVerified" and e.originator_id == backup_id
+                    if type(e).__name__ == "BackupVerified" and e.backup_id == backup_id
                 ]
                 if len(verified) >= count:
                     return verified
@@ -393,7 +406,7 @@ async def test_executor_killed_mid_backup_fails_within_the_lease_and_leaves_noth
         executor.send_signal(signal.SIGKILL)
         executor.wait()
         killed_at = asyncio.get_running_loop().time()
-        backup = store.get_or_none(backup_id, Backup)
+        backup = find_backup(store, backup_id)
         assert backup is not None and backup.status == "IN_PROGRESS"
         executor = start_executor_process(system, tmp_path / "executor-2.log", lease=4.0)
         failed = await wait_terminal(system, backup_id, timeout=60)
@@ -455,7 +468,7 @@ async def test_two_executors_share_the_work_without_taking_a_backup_twice(
             if type(e).__name__ == "BackupStarted"
         ]
         store.close()
-        assert sorted(e.originator_id for e in started) == sorted(ids)
+        assert sorted(e.backup_id for e in started) == sorted(ids)
     finally:
         for proc in (first, second):
             proc.terminate()

@@ -197,3 +197,67 @@ async def test_no_password_is_sent_in_clear_and_steering_parameters_are_refused(
     ):
         result = await system.register(f"steer-{uuid4().hex[:6]}", connection_ref=ref)
         assert result.code == 400 and parameter in (result.reason or ""), result
+
+
+async def test_a_backup_id_chosen_by_one_tenant_names_nothing_of_another(system: System) -> None:
+    """Backup streams derive from the cluster: a backup id equal to another aggregate's id, or to
+    another tenant's backup id, collides with nothing and reveals nothing."""
+    from managed_backups.contracts import topics
+    from managed_backups.shared.domain.ids import cluster_aggregate_id
+
+    mallory = issue_key(system, "mallory", Role.ORG_ADMIN, "org:evil")
+    own = f"evil-{uuid4().hex[:6]}"
+    ref = "postgresql://postgres@127.0.0.1:1/postgres"
+    assert (
+        await system.register(own, organization="evil", connection_ref=ref, credential=mallory)
+    ).code == 200
+    victim = f"victim-{uuid4().hex[:6]}"
+    assert (await system.register(victim, connection_ref=ref)).code == 200
+    victims_backup = await take(system, victim)
+    future_cluster = f"future-{uuid4().hex[:6]}"
+    for backup_id in (cluster_aggregate_id(future_cluster), victims_backup):
+        result = await system.command(
+            topics.BACKUP_COMMANDS,
+            {
+                "type": "TakeBackup",
+                "cluster_id": own,
+                "backup_id": str(backup_id),
+                "backup_type": "FULL",
+                "credential": mallory,
+            },
+        )
+        assert result.code in (200, 409), result  # 409: its previous backup still runs
+        if result.code == 409:
+            assert "runs one backup at a time" in (result.reason or "")
+    # The cluster id whose stream id was used as a backup id can still be registered.
+    assert (await system.register(future_cluster, connection_ref=ref)).code == 200
+
+    # Mallory's commands on the victim's cluster are answered as for a cluster that does not
+    # exist, and leave no trace in the victim's audit trail.
+    for body in (
+        {"type": "TakeBackup", "backup_id": str(uuid4()), "backup_type": "FULL"},
+        {"type": "VerifyBackup", "backup_id": str(victims_backup)},
+    ):
+        refused = await system.command(
+            topics.BACKUP_COMMANDS, {**body, "cluster_id": victim, "credential": mallory}
+        )
+        nowhere = await system.command(
+            topics.BACKUP_COMMANDS,
+            {**body, "cluster_id": f"none-{uuid4().hex[:6]}", "credential": mallory},
+        )
+        assert (refused.code, nowhere.code) == (404, 404)
+        assert refused.reason == (nowhere.reason or "").replace(nowhere.cluster_id or "", victim)
+    deleted = await system.command(
+        topics.CLUSTER_COMMANDS,
+        {"type": "DeleteCluster", "cluster_id": victim, "credential": mallory},
+    )
+    assert deleted.code == 404
+    assert system.http is not None
+    await system.wait_projection(deleted.position)
+    events = (await system.http.get(f"/api/v1/clusters/{victim}/events")).json()["events"]
+    assert not [e for e in events if e.get("by") == "mallory"]
+    assert (
+        await system.http.get(
+            f"/api/v1/clusters/{victim}", headers={"Authorization": f"Bearer {mallory}"}
+        )
+    ).status_code == 404

@@ -92,3 +92,29 @@ def test_depth_scan() -> None:
     assert not json_depth_exceeds(b'{"a": [1, {"b": "[[[[["}]}', 3)
     assert json_depth_exceeds(b'{"a": [1, {"b": [[]]}]}', 3)
     assert not json_depth_exceeds(b'{"a": "\\"[[[[["}', 1)
+
+
+def test_idempotency_is_keyed_by_sender_and_body(store: EventStore) -> None:
+    calls: list[str] = []
+
+    def delete(command: Any, principal: Principal, context: CommandContext) -> Handled:
+        calls.append(principal.name)
+        return Handled([], command.cluster_id)
+
+    process, admin = processor(store, delete)
+    other = new_api_key(store, "other", [Grant(Role.SYSTEM_ADMIN, "*")], WallClock(), by="t")
+    command_id = str(uuid4())
+
+    def send(key: str, cluster_id: str = "c1") -> Any:
+        body = {"type": "DeleteCluster", "command_id": command_id, "cluster_id": cluster_id}
+        return process.process(json.dumps({**body, "credential": key}).encode()).result
+
+    first = send(admin)
+    assert first.code == 200 and calls == ["admin"]
+    again = send(admin)
+    assert again.code == 200 and again.command_id == first.command_id and calls == ["admin"]
+    mismatch = send(admin, "c2")
+    assert mismatch.code == 409 and "another command" in (mismatch.reason or "")
+    assert calls == ["admin"]
+    # Another principal's use of the same id is its own command: it cannot be pre-empted.
+    assert send(other).code == 200 and calls == ["admin", "other"]
