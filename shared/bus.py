@@ -37,7 +37,7 @@ DEAD_LETTER_PAYLOAD_LIMIT = 64 * 1024
 async def ensure_topics(
     bootstrap_servers: str, partitions: int = PARTITIONS, timeout: float = 60
 ) -> None:
-    """Create the topics of DESIGN.md if missing. Events are kept forever (the store is the truth,
+    """Create the topics if missing. Events are kept forever (the store is the truth,
     but consumers may replay the topic from the beginning)."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:

@@ -1,4 +1,4 @@
-"""Principals and what they may do (PRODUCT.md "Who may do what").
+"""Principals and what they may do (the "who may do what" rule).
 
 A credential is an API key ``mbk_<key id>_<secret>``. The event store keeps only the SHA-256 of
 the secret. Roles (what each may do: :mod:`managed_backups.shared.domain.roles`) are granted at

@@ -1,4 +1,4 @@
-"""The backup-executor: takes and verifies backups (PRODUCT.md "Full and incremental backups").
+"""The backup-executor: takes and verifies backups (full and incremental).
 
 TakeBackup → BackupStarted (IN_PROGRESS, with a lease) is recorded atomically with the command's
 outcome, then the backup runs in a worker thread through the cluster's engine adapter into its

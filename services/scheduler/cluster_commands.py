@@ -1,6 +1,6 @@
 """Handlers of ``managed-backups.cluster-commands``: one function per command.
 
-PRODUCT.md "Clusters" and "Backup settings": registration (with the backup region chosen at random
+Rules "clusters" and "backup settings": registration (with the backup region chosen at random
 from the cluster's regions, for ever), settings changes by the tier rules, tier changes, deletion.
 """
 

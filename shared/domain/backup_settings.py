@@ -1,4 +1,4 @@
-"""PRODUCT.md "Backup settings (per cluster)": the tier rules, as one pure decision function.
+"""Rule: "backup settings per cluster": the tier rules, as one pure decision function.
 
 | tier | enabled switch | frequency | retention |
 | BASIC | no (always on) | fixed: 24 hours | fixed: 30 days |
@@ -74,7 +74,7 @@ def decide_settings_change(
     retention_already_changed: bool,
     change: SettingsChange,
 ) -> SettingsDecision:
-    """Apply PRODUCT.md's rules to a requested change; raise ``Refused`` with the reason."""
+    """Apply the settings rules to a requested change; raise ``Refused`` with the reason."""
     if tier is Tier.BASIC:
         raise BadValue(
             "backup settings of a BASIC cluster cannot be changed: BASIC clusters take a "
@@ -118,7 +118,7 @@ def decide_settings_change(
 def settings_after_tier_change(
     previous: Tier, tier: Tier, current: BackupSettings
 ) -> tuple[BackupSettings, bool]:
-    """PRODUCT.md "Upgrade" and "Downgrade": returns the new settings and whether a full is due.
+    """Rules "upgrade" and "downgrade" of a tier: returns the new settings and whether a full is due.
 
     Upgrade BASIC → STANDARD/ADVANCED keeps the schedule (now configurable). Downgrade to BASIC
     applies 24 hours / 30 days from then on; a change of frequency or retention takes a full.

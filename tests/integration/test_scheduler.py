@@ -111,7 +111,7 @@ def after_settings(executor: StandInExecutor, cluster_id: str, frequency: int) -
 
 
 def expected_sequence(frequency: int, start: datetime, end: datetime) -> list[tuple[datetime, str]]:
-    """Independent statement of PRODUCT.md's cadence for a cluster registered at ``start``."""
+    """Independent statement of the cadence rule for a cluster registered at ``start``."""
     every_full = timedelta(days=1) if frequency <= 60 else timedelta(days=7)
     out = []
     slot, full_at = start, start
