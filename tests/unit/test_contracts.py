@@ -90,3 +90,8 @@ def test_every_list_and_string_of_a_command_is_bounded() -> None:
         return found
 
     assert unbounded(json.loads(schema)) == []
+
+
+def test_cluster_ids_are_matched_whole() -> None:
+    with pytest.raises(ValidationError):
+        register(cluster_id="c1\n")

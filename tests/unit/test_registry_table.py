@@ -25,3 +25,15 @@ def test_the_cli_reads_the_table() -> None:
         assert parser.parse_args(["service", name]).name == name
     with pytest.raises(SystemExit, match="unknown service 'nope'"):
         cli._service_main("nope")
+
+
+def test_set_secret_reads_the_password_from_a_pipe() -> None:
+    import io
+
+    class Pipe(io.StringIO):
+        def isatty(self) -> bool:
+            return False
+
+    assert cli.read_password(Pipe("s3cret with spaces\nignored\n")) == "s3cret with spaces"
+    args = cli.build_parser().parse_args(["clusters", "set-secret", "orders-prod"])
+    assert args.cluster_id == "orders-prod" and args.func is cli.cmd_set_secret
