@@ -56,17 +56,45 @@ def connection_ref(pg: LocalPostgres, user: str = "postgres") -> str:
     return f"postgresql://{user}@127.0.0.1:{pg.port}/postgres"
 
 
-@pytest.fixture
-async def system(tmp_path: Path, kafka: str, source: LocalPostgres) -> AsyncIterator[System]:
+async def register_source(system: System, prefix: str, pg: LocalPostgres) -> str:
+    """A new cluster backed by ``pg``, with its connection secret set; returns its id."""
+    cluster_id = f"{prefix}-{uuid4().hex[:6]}"
+    registered = await system.register(
+        cluster_id, connection_ref=connection_ref(pg), secret=pg.password
+    )
+    assert registered.code == 200, registered
+    return cluster_id
+
+
+async def scheduled_system(tmp_path: Path, kafka: str) -> System:
+    """Projections and the scheduler on the simulated clock (the executor is up to the test)."""
+    return await System.start(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'events.sqlite'}",
+        kafka,
+        services=("projections", "scheduler"),
+        simulated_clock=True,
+        poll_interval_seconds=0.01,
+    )
+
+
+async def executor_system(tmp_path: Path, kafka: str, **settings: Any) -> System:
+    """Projections, the cluster registry (no schedule) and the executor, in this process."""
     system = await System.start(
         tmp_path,
         f"sqlite:///{tmp_path / 'events.sqlite'}",
         kafka,
         services=("projections",),
-        backup_lease_seconds=3.0,
+        **settings,
     )
     await system.start_service("registry", run_cluster_commands_only)
     await system.start_service("backup-executor", run_executor)
+    return system
+
+
+@pytest.fixture
+async def system(tmp_path: Path, kafka: str, source: LocalPostgres) -> AsyncIterator[System]:
+    system = await executor_system(tmp_path, kafka, backup_lease_seconds=3.0)
     yield system
     await system.close()
 
@@ -115,12 +143,7 @@ async def wait_terminal(system: System, backup_id: UUID, timeout: float = 120) -
 
 
 async def test_full_then_incremental_with_views(system: System, source: LocalPostgres) -> None:
-    cluster_id = f"shop-{uuid4().hex[:6]}"
-    assert (
-        await system.register(
-            cluster_id, connection_ref=connection_ref(source), secret=source.password
-        )
-    ).code == 200
+    cluster_id = await register_source(system, "shop", source)
     full_id = await take(system, cluster_id)
     full = await wait_terminal(system, full_id)
     assert full.status == "COMPLETE", full.error
@@ -247,12 +270,7 @@ async def verifications(system: System, backup_id: UUID, count: int) -> list[Any
 
 
 async def test_verify_finds_a_corrupted_chunk(system: System, source: LocalPostgres) -> None:
-    cluster_id = f"ver-{uuid4().hex[:6]}"
-    assert (
-        await system.register(
-            cluster_id, connection_ref=connection_ref(source), secret=source.password
-        )
-    ).code == 200
+    cluster_id = await register_source(system, "ver", source)
     backup_id = await take(system, cluster_id)
     backup = await wait_terminal(system, backup_id)
     assert backup.status == "COMPLETE"
@@ -391,12 +409,7 @@ async def test_executor_killed_mid_backup_fails_within_the_lease_and_leaves_noth
     await system.start_service("registry", run_cluster_commands_only)
     executor = start_executor_process(system, tmp_path / "executor-1.log", lease=4.0)
     try:
-        cluster_id = f"kill-{uuid4().hex[:6]}"
-        assert (
-            await system.register(
-                cluster_id, connection_ref=connection_ref(source), secret=source.password
-            )
-        ).code == 200
+        cluster_id = await register_source(system, "kill", source)
         backup_id = await take(system, cluster_id)
         store = open_event_store(system.settings.store_url)
         region_dir = system.settings.data_dir / "objects"
@@ -480,22 +493,10 @@ async def test_the_scheduler_with_the_real_executor(
     tmp_path: Path, kafka: str, source: LocalPostgres
 ) -> None:
     """The scheduler's sequence (full, then incrementals on it) taken for real."""
-    system = await System.start(
-        tmp_path,
-        f"sqlite:///{tmp_path / 'events.sqlite'}",
-        kafka,
-        services=("projections", "scheduler"),
-        simulated_clock=True,
-        poll_interval_seconds=0.01,
-    )
+    system = await scheduled_system(tmp_path, kafka)
     await system.start_service("backup-executor", run_executor)
     try:
-        cluster_id = f"sched-{uuid4().hex[:6]}"
-        assert (
-            await system.register(
-                cluster_id, connection_ref=connection_ref(source), secret=source.password
-            )
-        ).code == 200
+        cluster_id = await register_source(system, "sched", source)
         assert system.http is not None
 
         async def listed(count: int) -> list[dict[str, Any]]:
@@ -529,22 +530,9 @@ async def test_a_catalog_larger_than_an_event_lists_is_read_from_the_manifest(
 ) -> None:
     """The completed backup's event lists tables only up to a bound (here 2 of 4); the views
     still answer for every database and table, from the backup's manifest."""
-    system = await System.start(
-        tmp_path,
-        f"sqlite:///{tmp_path / 'events.sqlite'}",
-        kafka,
-        services=("projections",),
-        catalog_tables_in_event=2,
-    )
-    await system.start_service("registry", run_cluster_commands_only)
-    await system.start_service("backup-executor", run_executor)
+    system = await executor_system(tmp_path, kafka, catalog_tables_in_event=2)
     try:
-        cluster_id = f"cat-{uuid4().hex[:6]}"
-        assert (
-            await system.register(
-                cluster_id, connection_ref=connection_ref(source), secret=source.password
-            )
-        ).code == 200
+        cluster_id = await register_source(system, "cat", source)
         backup = await wait_terminal(system, await take(system, cluster_id))
         assert backup.status == "COMPLETE", backup.error
         assert system.http is not None
@@ -573,14 +561,7 @@ async def test_executor_killed_between_recording_the_start_and_running_the_backu
     """The window between saving BackupStarted and starting the worker: an executor that dies
     there leaves a lease that expires, the backup is failed with LEASE_EXPIRED, and the
     cluster's schedule goes on (the next slot's backup runs)."""
-    system = await System.start(
-        tmp_path,
-        f"sqlite:///{tmp_path / 'events.sqlite'}",
-        kafka,
-        services=("projections", "scheduler"),
-        simulated_clock=True,
-        poll_interval_seconds=0.01,
-    )
+    system = await scheduled_system(tmp_path, kafka)
     simulated = {"simulated_clock": "true", "simulated_clock_start": "2026-01-05T00:00:00+00:00"}
     crashing = start_executor_process(
         system,
@@ -592,12 +573,7 @@ async def test_executor_killed_between_recording_the_start_and_running_the_backu
     replacement: subprocess.Popen[bytes] | None = None
     store = open_event_store(system.settings.store_url)
     try:
-        cluster_id = f"window-{uuid4().hex[:6]}"
-        assert (
-            await system.register(
-                cluster_id, connection_ref=connection_ref(source), secret=source.password
-            )
-        ).code == 200
+        cluster_id = await register_source(system, "window", source)
         # Slot 0's full backup is sent at once; the executor records it and dies.
         exit_code = await asyncio.to_thread(crashing.wait, 120)
         assert exit_code == 86, (tmp_path / "executor-crash.log").read_text()

@@ -19,11 +19,15 @@ import psycopg
 import pytest
 
 from managed_backups.contracts.enums import Role
-from managed_backups.services.executor.service import run as run_executor
 from managed_backups.shared.security import Grant, new_api_key
-from tests.harness import System, run_cluster_commands_only
+from tests.harness import System
 from tests.infra.postgres import LocalPostgres
-from tests.integration.test_executor import connection_ref, take, wait_terminal
+from tests.integration.test_executor import (
+    connection_ref,
+    executor_system,
+    take,
+    wait_terminal,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -39,11 +43,7 @@ def victim_db() -> Iterator[LocalPostgres]:
 
 @pytest.fixture
 async def system(tmp_path: Path, kafka: str) -> AsyncIterator[System]:
-    system = await System.start(
-        tmp_path, f"sqlite:///{tmp_path / 'events.sqlite'}", kafka, services=("projections",)
-    )
-    await system.start_service("registry", run_cluster_commands_only)
-    await system.start_service("backup-executor", run_executor)
+    system = await executor_system(tmp_path, kafka)
     yield system
     await system.close()
 
