@@ -126,6 +126,13 @@ class SqlDatabase:
             cursor.execute(sql, params)
             return list(cursor.fetchall())
 
+    def table_exists(self, name: str) -> bool:
+        if self.dialect == "sqlite":
+            sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+        else:
+            sql = "SELECT 1 FROM information_schema.tables WHERE table_name = ?"
+        return bool(self.query(sql, (name,)))
+
     def close(self) -> None:
         with self._lock:
             if self._sqlite is not None:

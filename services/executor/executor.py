@@ -22,7 +22,7 @@ from psycopg.conninfo import make_conninfo
 
 from managed_backups.contracts.commands import TakeBackup, VerifyBackup
 from managed_backups.contracts.enums import BackupStatus, BackupType
-from managed_backups.services.executor import leases
+from managed_backups.services.executor.leases import backup_leases
 from managed_backups.services.runtime import Runtime
 from managed_backups.shared.commands import CommandContext, Handled
 from managed_backups.shared.dataplane.engine import BackupError, BackupRequest, ErrorCode
@@ -43,6 +43,7 @@ from managed_backups.shared.domain.errors import Conflict, NotFound, Refused, no
 from managed_backups.shared.domain.ids import cluster_aggregate_id
 from managed_backups.shared.eventstore import IntegrityError
 from managed_backups.shared.faults import crash_point
+from managed_backups.shared.jobs import keep_renewed, lease_until
 from managed_backups.shared.secrets import ConnectionSecrets, SecretStoreError
 from managed_backups.shared.security import Action, Principal
 
@@ -65,7 +66,7 @@ class BackupExecutor:
         self.slots = asyncio.Semaphore(max(1, self.settings.max_concurrent_backups))
         self._stores: dict[str, ObjectStore] = {}
         self._stores_lock = threading.Lock()
-        leases.ensure_lease_table(runtime.db)
+        self.leases = backup_leases(runtime.db)
         self.secrets = ConnectionSecrets(runtime.db, self.settings.secrets_path)
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -170,7 +171,7 @@ class BackupExecutor:
         if command.retention_days is not None:
             require_allowed_retention(command.retention_days)
         now = context.clock.now()
-        lease = leases.lease_until(now, self.settings.backup_lease_seconds)
+        lease = lease_until(now, self.settings.backup_lease_seconds)
         backup = Backup(
             backup_id=command.backup_id,
             cluster_id=cluster.cluster_id,
@@ -191,14 +192,12 @@ class BackupExecutor:
         # and the worker's start (a crash, a kill), the lease expires and the reaper fails the
         # backup with LEASE_EXPIRED. A lease whose backup was never recorded (the save failed)
         # is dropped by the reaper as an orphan.
-        leases.take(
-            self.runtime.db,
+        self.leases.take(
             command.backup_id,
             cluster.cluster_id,
-            chain_id,
-            cluster.backup_region,
             self.name,
             lease,
+            {"chain_id": str(chain_id), "region": cluster.backup_region},
         )
 
         async def start() -> None:
@@ -209,19 +208,15 @@ class BackupExecutor:
 
         return Handled([backup], cluster.cluster_id, follow_up=start)
 
-    async def _renew(self, backup_id: UUID) -> None:
-        """Renew the lease every third of its length for as long as this process holds the
-        backup, waiting for a slot included."""
-        while True:
-            await asyncio.sleep(self.settings.backup_lease_seconds / 3)
-            until = leases.lease_until(self.runtime.clock.now(), self.settings.backup_lease_seconds)
-            try:
-                await asyncio.to_thread(leases.renew, self.runtime.db, backup_id, until)
-            except Exception:
-                log.exception("renewing the lease of backup %s failed; will retry", backup_id)
-
     async def _run(self, cluster: Cluster, backup: Backup, running: Running) -> None:
-        renewing = asyncio.create_task(self._renew(backup.backup_id))
+        renewing = asyncio.create_task(
+            keep_renewed(
+                self.leases,
+                backup.backup_id,
+                self.settings.backup_lease_seconds,
+                self.runtime.clock.now,
+            )
+        )
         try:
             async with self.slots:
                 manifest = await asyncio.to_thread(self._take, cluster, backup, running)
@@ -248,7 +243,7 @@ class BackupExecutor:
         finally:
             renewing.cancel()
             self.running.pop(cluster.cluster_id, None)
-            await asyncio.to_thread(leases.release, self.runtime.db, backup.backup_id)
+            await asyncio.to_thread(self.leases.release, backup.backup_id)
 
     def _take(self, cluster: Cluster, backup: Backup, running: Running) -> Manifest:
         store = self.store_for(backup.region)
@@ -315,11 +310,14 @@ class BackupExecutor:
     # -- leases ----------------------------------------------------------------------------------
 
     def reap_once(self) -> int:
-        """Fail the backups whose executor died, and delete what they left half-written."""
+        """Fail the backups whose executor died, and delete what they left half-written.
+
+        Objects are deleted only for a backup this call failed: it was IN_PROGRESS, so no other
+        backup of its cluster (hence of its chain) can be running. A lease whose backup was
+        never recorded (an orphan: nothing was written) or has already ended is released."""
         reaped = 0
-        for backup_id, cluster_id, chain_id, region in leases.expired(
-            self.runtime.db, self.runtime.clock.now()
-        ):
+        for lease in self.leases.expired(self.runtime.clock.now()):
+            backup_id, cluster_id = lease.job_id, lease.cluster_id
             if any(r.backup_id == backup_id for r in self.running.values()):
                 continue
             failed = self._record_failed(
@@ -330,12 +328,17 @@ class BackupExecutor:
                 f"{self.settings.backup_lease_seconds:.0f} s (it died or lost the database)",
                 "executor lease",
             )
-            try:
-                cleanup_partial(self.store_for(region), cluster_id, str(chain_id))
-            except Exception:
-                log.exception("cleaning up after backup %s failed; will retry", backup_id)
-                continue
-            leases.release(self.runtime.db, backup_id)
+            if failed:
+                region, chain_id = lease.detail["region"], lease.detail["chain_id"]
+                try:
+                    cleanup_partial(self.store_for(region), cluster_id, chain_id)
+                except Exception:
+                    log.exception(
+                        "cleaning up after backup %s failed: its unreferenced objects stay "
+                        "(never listed)",
+                        backup_id,
+                    )
+            self.leases.release(backup_id)
             reaped += int(failed)
         return reaped
 

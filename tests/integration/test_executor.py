@@ -247,7 +247,10 @@ async def test_unreachable_cluster_and_permission_error_end_as_incomplete_backup
         incomplete[0]["error"]["code"] == "PERMISSION_DENIED" and incomplete[0]["error"]["message"]
     )
     assert incomplete[0]["failed_step"]
-    assert incomplete[0]["duration_seconds"] >= 0
+    assert denied.ended_at is not None
+    assert incomplete[0]["duration_seconds"] == pytest.approx(
+        (denied.ended_at - denied.started_at).total_seconds(), abs=0.001
+    )
     assert (await system.http.get(f"/api/v1/clusters/{limited}/backups")).json()["backups"] == []
 
 

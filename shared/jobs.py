@@ -1,0 +1,119 @@
+"""Leases of running jobs: no job (a backup, a restore) stays running for ever, whatever dies.
+
+The pattern, for any service that runs long jobs recorded as events:
+
+1. In the command handler, :meth:`JobLeases.take` the job's lease *before* the job's start event
+   is saved (the save happens atomically with the command's outcome, right after). A crash
+   anywhere after that (between the save and the worker's start included) leaves a lease that
+   expires.
+2. While the process holds the job (waiting for a slot included), :func:`keep_renewed` renews
+   the lease every third of its length.
+3. When the job's terminal event is recorded, :meth:`JobLeases.release` it.
+4. Every instance periodically reads :meth:`JobLeases.expired`: for each lease it does not hold
+   itself, it records the job as failed (``LEASE_EXPIRED``) if the job was recorded and is not
+   terminal, cleans up what the job left half-done, then releases the lease. A lease whose job
+   was never recorded (the save failed) is simply released: an orphan.
+
+Leases are rows in the shared database (table ``mb_job_leases``, one per running job, keyed by
+the job's kind and id), not events: renewals are not history. Optimistic concurrency on the job's
+stream settles a race between a late completion and a reaper: exactly one of them is recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from uuid import UUID
+
+from managed_backups.shared.sqldb import SqlDatabase
+
+log = logging.getLogger(__name__)
+TABLE = "mb_job_leases"
+
+
+@dataclass(frozen=True)
+class Lease:
+    job_id: UUID
+    cluster_id: str
+    owner: str
+    until: datetime
+    detail: dict[str, str] = field(default_factory=dict)
+    """What the reaper needs to clean up after the job (e.g. where it wrote)."""
+
+
+def lease_until(now: datetime, seconds: float) -> datetime:
+    return now + timedelta(seconds=seconds)
+
+
+class JobLeases:
+    """The leases of one kind of job (``"backup"``, ``"restore"``). Synchronous: call from
+    worker threads (``asyncio.to_thread``) in async code."""
+
+    def __init__(self, db: SqlDatabase, kind: str) -> None:
+        self.db = db
+        self.kind = kind
+        db.execute(
+            f"CREATE TABLE IF NOT EXISTS {TABLE} (kind TEXT NOT NULL, job_id TEXT NOT NULL, "
+            "cluster_id TEXT NOT NULL, owner TEXT NOT NULL, lease_until TEXT NOT NULL, "
+            "detail TEXT NOT NULL, PRIMARY KEY (kind, job_id))"
+        )
+
+    def take(
+        self,
+        job_id: UUID,
+        cluster_id: str,
+        owner: str,
+        until: datetime,
+        detail: Mapping[str, str] | None = None,
+    ) -> None:
+        self.db.execute(
+            f"INSERT INTO {TABLE} (kind, job_id, cluster_id, owner, lease_until, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (kind, job_id) DO UPDATE SET "
+            "owner = excluded.owner, lease_until = excluded.lease_until",
+            (
+                self.kind,
+                str(job_id),
+                cluster_id,
+                owner,
+                until.isoformat(),
+                json.dumps(dict(detail or {})),
+            ),
+        )
+
+    def renew(self, job_id: UUID, until: datetime) -> None:
+        self.db.execute(
+            f"UPDATE {TABLE} SET lease_until = ? WHERE kind = ? AND job_id = ?",
+            (until.isoformat(), self.kind, str(job_id)),
+        )
+
+    def release(self, job_id: UUID) -> None:
+        self.db.execute(
+            f"DELETE FROM {TABLE} WHERE kind = ? AND job_id = ?", (self.kind, str(job_id))
+        )
+
+    def expired(self, now: datetime) -> list[Lease]:
+        rows = self.db.query(
+            f"SELECT job_id, cluster_id, owner, lease_until, detail FROM {TABLE} WHERE kind = ?",
+            (self.kind,),
+        )
+        leases = [
+            Lease(UUID(j), c, o, datetime.fromisoformat(u), json.loads(d)) for j, c, o, u, d in rows
+        ]
+        return [lease for lease in leases if lease.until < now]
+
+
+async def keep_renewed(
+    leases: JobLeases, job_id: UUID, seconds: float, now: Callable[[], datetime]
+) -> None:
+    """Renew ``job_id``'s lease every third of ``seconds`` until cancelled (run it as a task for
+    as long as the process holds the job)."""
+    while True:
+        await asyncio.sleep(seconds / 3)
+        try:
+            await asyncio.to_thread(leases.renew, job_id, lease_until(now(), seconds))
+        except Exception:
+            log.exception("renewing the lease of %s %s failed; will retry", leases.kind, job_id)
