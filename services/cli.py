@@ -54,8 +54,9 @@ def _port_free(port: int) -> bool:
 def cmd_service(args: argparse.Namespace) -> int:
     from managed_backups.services.runtime import configure_logging, open_runtime, stop_on_signals
 
-    configure_logging(args.name)
-    runtime = open_runtime(_settings(args.data_dir))
+    settings = _settings(args.data_dir)
+    configure_logging(args.name, settings.log_level)
+    runtime = open_runtime(settings)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -107,7 +108,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 2
 
     kafka: LocalKafka | None = None
-    bootstrap = os.environ.get("MANAGED_BACKUPS_KAFKA_BOOTSTRAP_SERVERS")
+    bootstrap = (
+        settings.kafka_bootstrap_servers
+        if "kafka_bootstrap_servers" in settings.model_fields_set
+        else None
+    )
     if not bootstrap:
         print("starting Kafka (first start fetches its jars, a minute or two) ...", flush=True)
         kafka = LocalKafka(data_dir / "kafka", port=_kafka_port(data_dir))
@@ -250,7 +255,12 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from managed_backups.shared.gateway import CommandGateway, CommandTimeout
 
     data_dir = Path(args.data_dir).resolve() if args.data_dir else default_data_dir()
-    bootstrap = args.bootstrap_servers or os.environ.get("MANAGED_BACKUPS_KAFKA_BOOTSTRAP_SERVERS")
+    configured = Settings()
+    bootstrap = args.bootstrap_servers or (
+        configured.kafka_bootstrap_servers
+        if "kafka_bootstrap_servers" in configured.model_fields_set
+        else None
+    )
     if not bootstrap and (data_dir / "kafka-bootstrap").exists():
         bootstrap = (data_dir / "kafka-bootstrap").read_text().strip()
     if not bootstrap:
@@ -272,7 +282,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         return 2
     command.setdefault("command_id", str(uuid.uuid4()))
     if "credential" not in command:
-        credential = args.credential or os.environ.get("MANAGED_BACKUPS_CREDENTIAL")
+        credential = args.credential or configured.credential
         key_file = data_dir / "admin-api-key"
         if not credential and key_file.exists():
             credential = key_file.read_text().strip()
@@ -403,7 +413,7 @@ def read_password(stdin: Any = None) -> str:
 
 def cmd_set_secret(args: argparse.Namespace) -> int:
     settings = _settings(args.data_dir)
-    credential = args.credential or os.environ.get("MANAGED_BACKUPS_CREDENTIAL")
+    credential = args.credential or settings.credential
     if not credential and settings.admin_key_path.exists():
         credential = settings.admin_key_path.read_text().strip()
     if not credential:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +15,6 @@ from managed_backups.shared.secrets import ensure_private_dir
 from managed_backups.shared.security import Authenticator, ensure_key_file
 from managed_backups.shared.settings import Settings
 from managed_backups.shared.sqldb import SqlDatabase, sqlite_path
-
-SERVICE_CREDENTIAL_ENV = "MANAGED_BACKUPS_SERVICE_CREDENTIAL"
 
 
 @dataclass
@@ -30,9 +27,8 @@ class Runtime:
 
     def service_credential(self) -> str:
         """The key services use for the commands they send each other (e.g. TakeBackup)."""
-        from_env = os.environ.get(SERVICE_CREDENTIAL_ENV)
-        if from_env:
-            return from_env
+        if self.settings.service_credential:
+            return self.settings.service_credential
         key, _ = ensure_key_file(
             self.store, self.settings.data_dir / "service-api-key", self.clock, "services"
         )
@@ -66,9 +62,9 @@ def stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-def configure_logging(service: str) -> None:
+def configure_logging(service: str, level: str = "INFO") -> None:
     logging.basicConfig(
-        level=os.environ.get("MANAGED_BACKUPS_LOG_LEVEL", "INFO"),
+        level=level,
         format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("aiokafka").setLevel(logging.WARNING)

@@ -53,6 +53,16 @@ class Settings(BaseSettings):
         "fails the backup (its executor died).",
     )
     max_concurrent_backups: int = 2
+    service_credential: str | None = Field(
+        default=None,
+        repr=False,
+        description="The API key services use for the commands they send each other (default: "
+        "one issued into <data-dir>/service-api-key).",
+    )
+    credential: str | None = Field(
+        default=None, repr=False, description="The CLI's API key (default: the admin key file)."
+    )
+    log_level: str = "INFO"
     test_crash_at: str | None = Field(
         default=None,
         description="Tests only: the name of a fault point where the process exits abruptly "
