@@ -17,13 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-import psycopg
-from psycopg.conninfo import make_conninfo
-
 from managed_backups.contracts.commands import TakeBackup, VerifyBackup
 from managed_backups.contracts.enums import BackupStatus, BackupType
 from managed_backups.services.executor.leases import backup_leases
 from managed_backups.services.runtime import Runtime
+from managed_backups.shared.cluster_connection import cluster_connection
 from managed_backups.shared.commands import CommandContext, Handled
 from managed_backups.shared.dataplane.engine import BackupError, BackupRequest, ErrorCode
 from managed_backups.shared.dataplane.manifest import Manifest, list_manifests, read_manifest
@@ -38,13 +36,12 @@ from managed_backups.shared.domain.backup_lifecycle import (
 from managed_backups.shared.domain.backup_settings import require_allowed_retention
 from managed_backups.shared.domain.catalog import summarise_catalog
 from managed_backups.shared.domain.cluster import Cluster
-from managed_backups.shared.domain.connection_ref import parse_connection_ref
-from managed_backups.shared.domain.errors import Conflict, NotFound, Refused, not_registered
+from managed_backups.shared.domain.errors import Conflict, NotFound, not_registered
 from managed_backups.shared.domain.ids import cluster_aggregate_id
 from managed_backups.shared.eventstore import IntegrityError
 from managed_backups.shared.faults import crash_point
 from managed_backups.shared.jobs import keep_renewed, lease_until
-from managed_backups.shared.secrets import ConnectionSecrets, SecretStoreError
+from managed_backups.shared.secrets import ConnectionSecrets
 from managed_backups.shared.security import Action, Principal
 
 log = logging.getLogger(__name__)
@@ -85,54 +82,8 @@ class BackupExecutor:
                 f"engine {cluster.engine} is not supported yet",
                 "select engine adapter",
             )
-        return PostgresAdapter(
-            self._dsn(cluster), password=self._password(cluster), env=self._libpq_env()
-        )
-
-    def _dsn(self, cluster: Cluster) -> str:
-        """The cluster's allow-listed connection parameters, re-checked at every use (a
-        reference recorded before the allow-list existed is refused here, with its reason)."""
-        try:
-            params = parse_connection_ref(cluster.connection_ref)
-        except Refused as refused:
-            raise BackupError(
-                ErrorCode.UNSUPPORTED, refused.reason, "check the cluster's connection_ref"
-            ) from None
-        return make_conninfo("", **params)
-
-    def _password(self, cluster: Cluster) -> str:
-        """This cluster's own secret; "" (explicitly no password: libpq then neither reads
-        ``PGPASSWORD`` nor finds anything in the empty password file) when none is set."""
-        try:
-            password = self.secrets.get(cluster.cluster_id)
-        except SecretStoreError as exc:
-            raise BackupError(ErrorCode.AUTHENTICATION_FAILED, str(exc), "read secret") from None
-        if password is None and self.settings.pgpass_file.exists():
-            raise BackupError(
-                ErrorCode.AUTHENTICATION_FAILED,
-                f"cluster {cluster.cluster_id} has no connection secret, and the shared password "
-                f"file {self.settings.pgpass_file} is no longer read (a password is bound to its "
-                "cluster): set it with `managed-backups clusters set-secret "
-                f"{cluster.cluster_id}` or PUT /api/v1/clusters/{cluster.cluster_id}/connection-secret",
-                "read secret",
-            )
-        return password or ""
-
-    def _libpq_env(self) -> dict[str, str]:
-        """What replaces libpq's own lookups for every connection and child tool: an empty
-        password file instead of ``~/.pgpass``, no service file, no client certificate or key,
-        and (where the library supports it) no password sent in clear."""
-        nothing = str(self.secrets.dir / "none")
-        env = {
-            "PGPASSFILE": str(self.secrets.empty_passfile()),
-            "PGSERVICEFILE": nothing,
-            "PGSYSCONFDIR": nothing,
-            "PGSSLCERT": nothing,
-            "PGSSLKEY": nothing,
-        }
-        if psycopg.pq.version() >= 160000:
-            env["PGREQUIREAUTH"] = "!password"
-        return env
+        connection = cluster_connection(cluster, self.secrets, self.settings.pgpass_file)
+        return connection.postgres_adapter()
 
     def _live_cluster(self, cluster_id: str, principal: Principal, action: Action) -> Cluster:
         cluster = self.runtime.store.get_or_none(cluster_aggregate_id(cluster_id), Cluster)
