@@ -229,6 +229,18 @@ async def test_a_backup_id_chosen_by_one_tenant_names_nothing_of_another(system:
         assert result.code in (200, 409), result  # 409: its previous backup still runs
         if result.code == 409:
             assert "runs one backup at a time" in (result.reason or "")
+    century = await system.command(
+        topics.BACKUP_COMMANDS,
+        {
+            "type": "TakeBackup",
+            "cluster_id": own,
+            "backup_id": str(uuid4()),
+            "backup_type": "FULL",
+            "retention_days": 36_500,
+            "credential": mallory,
+        },
+    )
+    assert century.code == 400 and "retention_days 36500 is not allowed" in (century.reason or "")
     # The cluster id whose stream id was used as a backup id can still be registered.
     assert (await system.register(future_cluster, connection_ref=ref)).code == 200
 

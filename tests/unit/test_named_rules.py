@@ -55,3 +55,13 @@ def test_the_role_table() -> None:
         Action.ADMINISTER not in actions or len(actions) == len(Action)
         for actions in ROLE_ACTIONS.values()
     )
+
+
+def test_a_backup_on_demand_keeps_the_settings_retentions() -> None:
+    from managed_backups.shared.domain.backup_settings import require_allowed_retention
+    from managed_backups.shared.domain.errors import BadValue
+
+    require_allowed_retention(365)
+    for days in (36_500, 10**7, 0, -1):
+        with pytest.raises(BadValue, match="allowed values: 2, 7, 30, 90, 365"):
+            require_allowed_retention(days)
