@@ -105,6 +105,8 @@ class BackupExecutor:
         self, command: TakeBackup, principal: Principal, context: CommandContext
     ) -> Handled:
         cluster = self._live_cluster(command.cluster_id, principal, Action.TAKE_BACKUP)
+        if command.retention_days is not None:
+            require_allowed_retention(command.retention_days)
         if load_backup(context.store, cluster.cluster_id, command.backup_id) is not None:
             return Handled([], command.cluster_id)  # a duplicate TakeBackup does nothing
         running = self.running.get(cluster.cluster_id)
@@ -119,8 +121,6 @@ class BackupExecutor:
             raise Conflict(
                 f"cluster {cluster.cluster_id} has no full backup to build an incremental on"
             )
-        if command.retention_days is not None:
-            require_allowed_retention(command.retention_days)
         now = context.clock.now()
         lease = lease_until(now, self.settings.backup_lease_seconds)
         backup = Backup(
