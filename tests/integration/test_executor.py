@@ -497,9 +497,11 @@ async def test_the_scheduler_with_the_real_executor(
 ) -> None:
     """The scheduler's sequence (full, then incrementals on it) taken for real."""
     system = await scheduled_system(tmp_path, kafka)
-    await system.start_service("backup-executor", run_executor)
     try:
         cluster_id = await register_source(system, "sched", source)
+        # Started once the cluster's secret is set: the first TakeBackup, sent at registration,
+        # waits on its topic until then.
+        await system.start_service("backup-executor", run_executor)
         assert system.http is not None
 
         async def listed(count: int) -> list[dict[str, Any]]:
