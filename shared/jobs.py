@@ -24,9 +24,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 from uuid import UUID
 
 from managed_backups.shared.sqldb import SqlDatabase
@@ -41,12 +42,21 @@ class Lease:
     cluster_id: str
     owner: str
     until: datetime
-    detail: dict[str, str] = field(default_factory=dict)
-    """What the reaper needs to clean up after the job (e.g. where it wrote)."""
+    detail: dict[str, Any] = field(default_factory=dict)
+    """What the reaper needs to clean up after the job (e.g. where it wrote), and what the job
+    holds (``"backups"``: the ids of the backups it reads, see :func:`backups_in_use`)."""
 
 
 def lease_until(now: datetime, seconds: float) -> datetime:
     return now + timedelta(seconds=seconds)
+
+
+def ensure_table(db: SqlDatabase) -> None:
+    db.execute(
+        f"CREATE TABLE IF NOT EXISTS {TABLE} (kind TEXT NOT NULL, job_id TEXT NOT NULL, "
+        "cluster_id TEXT NOT NULL, owner TEXT NOT NULL, lease_until TEXT NOT NULL, "
+        "detail TEXT NOT NULL, PRIMARY KEY (kind, job_id))"
+    )
 
 
 class JobLeases:
@@ -56,11 +66,7 @@ class JobLeases:
     def __init__(self, db: SqlDatabase, kind: str) -> None:
         self.db = db
         self.kind = kind
-        db.execute(
-            f"CREATE TABLE IF NOT EXISTS {TABLE} (kind TEXT NOT NULL, job_id TEXT NOT NULL, "
-            "cluster_id TEXT NOT NULL, owner TEXT NOT NULL, lease_until TEXT NOT NULL, "
-            "detail TEXT NOT NULL, PRIMARY KEY (kind, job_id))"
-        )
+        ensure_table(db)
 
     def take(
         self,
@@ -68,7 +74,7 @@ class JobLeases:
         cluster_id: str,
         owner: str,
         until: datetime,
-        detail: Mapping[str, str] | None = None,
+        detail: Mapping[str, Any] | None = None,
     ) -> None:
         self.db.execute(
             f"INSERT INTO {TABLE} (kind, job_id, cluster_id, owner, lease_until, detail) "
@@ -117,3 +123,33 @@ async def keep_renewed(
             await asyncio.to_thread(leases.renew, job_id, lease_until(now(), seconds))
         except Exception:
             log.exception("renewing the lease of %s %s failed; will retry", leases.kind, job_id)
+
+
+HOLDS = "backups"
+"""The lease detail key listing the ids of the backups a job reads (a restore: every backup of its
+chain). Retention deletes no backup a lease still names."""
+
+
+def holding(backup_ids: Sequence[str]) -> dict[str, Any]:
+    """The lease detail of a job that reads ``backup_ids``."""
+    return {HOLDS: [str(b) for b in backup_ids]}
+
+
+def backups_in_use(db: SqlDatabase, cluster_id: str | None = None) -> set[str]:
+    """Ids of the backups that jobs hold through their leases (of any kind, expired or not: a lease
+    is released only once its job is recorded as ended or its reaper has cleaned up after it).
+
+    The handshake between a job that reads a chain and retention, which deletes chains: the job
+    takes its lease naming the backups *before* its start event is saved, then checks that none
+    of them is expired; retention records the expiry first, then reads this, and deletes only
+    what no lease names. Either the job sees the expiry, or retention sees the hold."""
+    ensure_table(db)
+    sql = f"SELECT detail FROM {TABLE}"
+    params: tuple[str, ...] = ()
+    if cluster_id is not None:
+        sql += " WHERE cluster_id = ?"
+        params = (cluster_id,)
+    held: set[str] = set()
+    for (detail,) in db.query(sql, params):
+        held.update(str(b) for b in json.loads(detail).get(HOLDS, []))
+    return held

@@ -7,7 +7,7 @@ from pathlib import Path
 from uuid import uuid4
 
 from managed_backups.services.executor.leases import LEGACY_TABLE, backup_leases
-from managed_backups.shared.jobs import JobLeases, lease_until
+from managed_backups.shared.jobs import JobLeases, backups_in_use, holding, lease_until
 from managed_backups.shared.sqldb import SqlDatabase
 
 NOW = datetime(2026, 1, 5, tzinfo=UTC)
@@ -95,3 +95,21 @@ def test_the_reaper_fails_a_recorded_backup_and_drops_an_orphan(tmp_path: Path) 
         assert executor.leases.expired(now + timedelta(days=1)) == []
     finally:
         runtime.close()
+
+
+def test_backups_held_by_a_lease_are_in_use_until_it_is_released(tmp_path: Path) -> None:
+    db = SqlDatabase(f"sqlite:///{tmp_path / 's.sqlite'}")
+    assert backups_in_use(db) == set()
+    restores, backups = JobLeases(db, "restore"), JobLeases(db, "backup")
+    job, other = uuid4(), uuid4()
+    restores.take(job, "c1", "restore-a", lease_until(NOW, 60), holding(["f1", "i1"]))
+    restores.take(other, "c2", "restore-a", lease_until(NOW, 60), holding(["f9"]))
+    backups.take(uuid4(), "c1", "executor-a", lease_until(NOW, 60), {"region": "r1"})
+    assert backups_in_use(db) == {"f1", "i1", "f9"}
+    assert backups_in_use(db, "c1") == {"f1", "i1"}
+    # An expired lease still holds its backups: its reaper has not cleaned up yet.
+    assert {lease.job_id for lease in restores.expired(NOW + timedelta(days=1))} == {job, other}
+    assert backups_in_use(db, "c1") == {"f1", "i1"}
+    restores.release(job)
+    assert backups_in_use(db, "c1") == set()
+    db.close()
