@@ -1,4 +1,4 @@
-"""Scheduler benchmark: N clusters at a 5-minute frequency on the simulated clock (issue 3).
+"""Scheduler benchmark: N clusters at a 5-minute frequency on the simulated clock.
 
 Run on demand (not in the test suite)::
 
@@ -206,7 +206,7 @@ class Config:
         return 0 if self.frequency == 60 else 1
 
     def expected_type(self, k: int) -> str:
-        """PRODUCT.md's type of slot ``k`` of a cluster's grid (within its 30-day retention)."""
+        """The cadence rule's type of slot ``k`` of a cluster's grid (within its 30-day retention)."""
         every = (1 if self.frequency <= 60 else 7) * 24 * 60 // self.frequency
         return "FULL" if k % max(1, every) == 0 else "INCREMENTAL"
 

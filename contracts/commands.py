@@ -27,7 +27,13 @@ ClusterId = Annotated[
         examples=["orders-prod"],
     ),
 ]
-_REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_REGION = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+# Bounds of every list and string a command may carry: a command never makes an event larger
+# than the events topic accepts.
+MAX_CREDENTIAL_LENGTH = 512
+MAX_REGIONS = 64
+MAX_NAME_LENGTH = 255
+MAX_RESTORE_OBJECTS = 1000
 
 
 class CommandBase(Contract):
@@ -36,6 +42,7 @@ class CommandBase(Contract):
     credential: str = Field(
         repr=False,
         min_length=1,
+        max_length=MAX_CREDENTIAL_LENGTH,
         description="The caller's API key. Checked, never stored in an event.",
     )
 
@@ -46,7 +53,9 @@ class RegisterCluster(CommandBase):
     name: str = Field(min_length=1, max_length=200)
     organization: str = Field(min_length=1, max_length=200, examples=["acme"])
     tier: Tier
-    regions: list[str] = Field(description="Cloud regions of the cluster, e.g. us-east-1.")
+    regions: list[Annotated[str, Field(max_length=63)]] = Field(
+        max_length=MAX_REGIONS, description="Cloud regions of the cluster, e.g. us-east-1."
+    )
     engine: Engine = Engine.POSTGRES
     database_version: str = Field(min_length=1, max_length=40, examples=["15.8"])
     connection_ref: str = Field(
@@ -65,7 +74,7 @@ class RegisterCluster(CommandBase):
             raise ValueError("a cluster needs at least one region")
         seen: set[str] = set()
         for region in regions:
-            if not _REGION.match(region):
+            if not _REGION.fullmatch(region):
                 raise ValueError(f"region {region!r} is not a valid region name")
             if region in seen:
                 raise ValueError(f"region {region!r} is listed more than once")
@@ -132,7 +141,6 @@ class VerifyBackup(CommandBase):
 
 MAX_IDENTIFIER = 63
 """PostgreSQL truncates identifiers to 63 bytes; a longer name cannot name an object."""
-MAX_RESTORE_OBJECTS = 100
 
 
 class RestoreObject(Contract):

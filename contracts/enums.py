@@ -55,7 +55,7 @@ class CommandStatus(StrEnum):
 
 
 class Role(StrEnum):
-    """Roles of PRODUCT.md "Who may do what"; SYSTEM_ADMIN operates the installation itself."""
+    """Roles of the "who may do what" table; SYSTEM_ADMIN operates the installation itself."""
 
     SYSTEM_ADMIN = "SYSTEM_ADMIN"
     ORG_ADMIN = "ORG_ADMIN"

@@ -40,8 +40,14 @@ class CatalogSchema(Contract):
 
 class CatalogDatabase(Contract):
     name: str
-    schemas: list[CatalogSchema]
+    schemas: list[CatalogSchema] = Field(
+        description="Its schemas and tables; empty when the event summarises a large catalog "
+        "(table_count says how many there are; the backup's manifest lists them)."
+    )
     size_bytes: int = 0
+    table_count: int | None = Field(
+        default=None, description="Tables in the database (absent in events of version 0.1)."
+    )
 
 
 class Grant(Contract):
@@ -180,6 +186,23 @@ class CommandHandled(EventBase):
     status: CommandStatus
     code: int
     reason: str | None
+    body_sha256: str | None = Field(
+        default=None,
+        description="SHA-256 of the command without its credential (absent before version 2): "
+        "a repeated command_id with another body is refused.",
+    )
+
+
+class ConnectionSecretSet(EventBase):
+    """A cluster's connection secret was set for the first time (the value is never recorded)."""
+
+    type: Literal["ConnectionSecretSet"] = "ConnectionSecretSet"
+
+
+class ConnectionSecretChanged(EventBase):
+    """A cluster's connection secret was replaced (the value is never recorded)."""
+
+    type: Literal["ConnectionSecretChanged"] = "ConnectionSecretChanged"
 
 
 # -- restore jobs: PREPARING → RUNNING → SUCCEEDED | FAILED, keyed by the destination cluster --
@@ -252,6 +275,8 @@ DomainEvent = Annotated[
     | ApiKeyIssued
     | ApiKeyRevoked
     | CommandHandled
+    | ConnectionSecretSet
+    | ConnectionSecretChanged
     | RestoreRequested
     | RestoreRunning
     | RestoreProgressed

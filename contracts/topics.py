@@ -1,4 +1,4 @@
-"""The topics of DESIGN.md, exactly, and what each carries."""
+"""The topics, exactly, and what each carries."""
 
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ service   run one service (what ``up`` and compose.yaml start)
 contracts export DIR   write JSON Schemas and the AsyncAPI document
 projections rebuild    drop the read models and rebuild them from the event store
 restore start DEST ... [--follow]   start a restore job and follow it to its end
+clusters set-secret ID set the password the executor uses for one cluster (stdin or prompt)
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from typing import Any
 import httpx
 
 from managed_backups.contracts import topics
+from managed_backups.services.registry import service_main, service_names
 from managed_backups.shared.settings import Settings, default_data_dir
 
-SERVICES = ("relay", "projections", "scheduler", "backup-executor", "restore", "api")
+SERVICES = service_names()
 
 
 def _settings(data_dir: str | None, **overrides: Any) -> Settings:
@@ -53,8 +55,9 @@ def _port_free(port: int) -> bool:
 def cmd_service(args: argparse.Namespace) -> int:
     from managed_backups.services.runtime import configure_logging, open_runtime, stop_on_signals
 
-    configure_logging(args.name)
-    runtime = open_runtime(_settings(args.data_dir))
+    settings = _settings(args.data_dir)
+    configure_logging(args.name, settings.log_level)
+    runtime = open_runtime(settings)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -71,46 +74,27 @@ def cmd_service(args: argparse.Namespace) -> int:
 
 
 def _service_main(name: str) -> Any:
-    if name == "relay":
-        from managed_backups.services.relay.service import run as run_relay
-
-        return run_relay
-    if name == "projections":
-        from managed_backups.services.projections.runner import run_projections
-
-        return run_projections
-    if name == "scheduler":
-        from managed_backups.services.scheduler.service import run as run_scheduler
-
-        return run_scheduler
-    if name == "backup-executor":
-        from managed_backups.services.executor.service import run as run_executor
-
-        return run_executor
-    if name == "restore":
-        from managed_backups.services.restore.service import run as run_restore
-
-        return run_restore
-    if name == "api":
-        from managed_backups.services.api.app import run as run_api
-
-        return run_api
-    raise SystemExit(f"unknown service {name!r}; one of {', '.join(SERVICES)}")
+    try:
+        return service_main(name)
+    except KeyError as unknown:
+        raise SystemExit(str(unknown.args[0])) from None
 
 
 # -- up -----------------------------------------------------------------------------------------
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from managed_backups.services.runtime import private_sqlite_files
     from managed_backups.shared.bus import ensure_topics
     from managed_backups.shared.clock import build_clock
     from managed_backups.shared.eventstore import open_event_store
     from managed_backups.shared.infra.kafka import LocalKafka, child_preexec_fn
+    from managed_backups.shared.secrets import ensure_private_dir
     from managed_backups.shared.security import ensure_key_file
-    from managed_backups.shared.sqldb import SqlDatabase
+    from managed_backups.shared.sqldb import SqlDatabase, sqlite_path
 
     data_dir = Path(args.data_dir).resolve() if args.data_dir else default_data_dir()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(data_dir)
     settings = _settings(
         str(data_dir), api_port=args.api_port, simulated_clock=args.simulated_clock or None
     )
@@ -125,7 +109,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 2
 
     kafka: LocalKafka | None = None
-    bootstrap = os.environ.get("MANAGED_BACKUPS_KAFKA_BOOTSTRAP_SERVERS")
+    bootstrap = (
+        settings.kafka_bootstrap_servers
+        if "kafka_bootstrap_servers" in settings.model_fields_set
+        else None
+    )
     if not bootstrap:
         print("starting Kafka (first start fetches its jars, a minute or two) ...", flush=True)
         kafka = LocalKafka(data_dir / "kafka", port=_kafka_port(data_dir))
@@ -142,6 +130,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         asyncio.run(ensure_topics(bootstrap))
         store = open_event_store(settings.store_url)
         db = SqlDatabase(settings.store_url)
+        if settings.store_url.startswith("sqlite"):
+            private_sqlite_files(sqlite_path(settings.store_url))
         clock = build_clock(settings, db)
         admin_key, created = ensure_key_file(store, settings.admin_key_path, clock, "admin")
         service_key, _ = ensure_key_file(store, data_dir / "service-api-key", clock, "services")
@@ -266,7 +256,12 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from managed_backups.shared.gateway import CommandGateway, CommandTimeout
 
     data_dir = Path(args.data_dir).resolve() if args.data_dir else default_data_dir()
-    bootstrap = args.bootstrap_servers or os.environ.get("MANAGED_BACKUPS_KAFKA_BOOTSTRAP_SERVERS")
+    configured = Settings()
+    bootstrap = args.bootstrap_servers or (
+        configured.kafka_bootstrap_servers
+        if "kafka_bootstrap_servers" in configured.model_fields_set
+        else None
+    )
     if not bootstrap and (data_dir / "kafka-bootstrap").exists():
         bootstrap = (data_dir / "kafka-bootstrap").read_text().strip()
     if not bootstrap:
@@ -288,7 +283,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         return 2
     command.setdefault("command_id", str(uuid.uuid4()))
     if "credential" not in command:
-        credential = args.credential or os.environ.get("MANAGED_BACKUPS_CREDENTIAL")
+        credential = args.credential or configured.credential
         key_file = data_dir / "admin-api-key"
         if not credential and key_file.exists():
             credential = key_file.read_text().strip()
@@ -387,7 +382,72 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild = projections_sub.add_parser("rebuild", help="drop and rebuild from the event store")
     rebuild.add_argument("--data-dir")
     rebuild.set_defaults(func=cmd_projections_rebuild)
+    add_clusters_commands(sub)
     return parser
+
+
+# -- clusters set-secret ------------------------------------------------------------------------
+
+
+def add_clusters_commands(sub: Any) -> None:
+    clusters = sub.add_parser("clusters", help="cluster administration over the HTTP API")
+    clusters_sub = clusters.add_subparsers(dest="clusters_command", required=True)
+    secret = clusters_sub.add_parser(
+        "set-secret",
+        help="set the password the executor uses for one cluster (read from stdin or a prompt)",
+    )
+    secret.add_argument("cluster_id")
+    secret.add_argument("--data-dir")
+    secret.add_argument("--credential", help="API key (default: the data directory's admin key)")
+    secret.add_argument("--api-url", help="default: http://API_HOST:API_PORT from the settings")
+    secret.set_defaults(func=cmd_set_secret)
+
+
+def read_password(stdin: Any = None) -> str:
+    """The password from stdin when it is not a terminal (its first line), else a prompt."""
+    import getpass
+
+    stream = stdin or sys.stdin
+    if not stream.isatty():
+        return str(stream.readline()).rstrip("\r\n")
+    first = getpass.getpass("cluster password: ")
+    if getpass.getpass("again: ") != first:
+        raise ValueError("the two passwords differ")
+    return first
+
+
+def cmd_set_secret(args: argparse.Namespace) -> int:
+    settings = _settings(args.data_dir)
+    credential = args.credential or settings.credential
+    if not credential and settings.admin_key_path.exists():
+        credential = settings.admin_key_path.read_text().strip()
+    if not credential:
+        print("no credential: pass --credential or --data-dir", file=sys.stderr)
+        return 2
+    try:
+        password = read_password()
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    if not password:
+        print("no password given", file=sys.stderr)
+        return 2
+    url = args.api_url or f"http://{settings.api_host}:{settings.api_port}"
+    try:
+        response = httpx.put(
+            f"{url.rstrip('/')}/api/v1/clusters/{args.cluster_id}/connection-secret",
+            json={"password": password},
+            headers={"Authorization": f"Bearer {credential}"},
+            timeout=30,
+        )
+    except httpx.HTTPError as exc:
+        print(f"cannot reach the API at {url}: {exc}", file=sys.stderr)
+        return 3
+    if response.status_code >= 300:
+        print(f"refused ({response.status_code}): {response.text}", file=sys.stderr)
+        return 1
+    print(f"the connection secret of cluster {args.cluster_id} is set")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import os
 import signal
 from dataclasses import dataclass
+from pathlib import Path
 
 from managed_backups.shared.clock import Clock, build_clock
 from managed_backups.shared.eventstore import EventStore, open_event_store
+from managed_backups.shared.secrets import ensure_private_dir
 from managed_backups.shared.security import Authenticator, ensure_key_file
 from managed_backups.shared.settings import Settings
-from managed_backups.shared.sqldb import SqlDatabase
-
-SERVICE_CREDENTIAL_ENV = "MANAGED_BACKUPS_SERVICE_CREDENTIAL"
+from managed_backups.shared.sqldb import SqlDatabase, sqlite_path
 
 
 @dataclass
@@ -27,9 +27,8 @@ class Runtime:
 
     def service_credential(self) -> str:
         """The key services use for the commands they send each other (e.g. TakeBackup)."""
-        from_env = os.environ.get(SERVICE_CREDENTIAL_ENV)
-        if from_env:
-            return from_env
+        if self.settings.service_credential:
+            return self.settings.service_credential
         key, _ = ensure_key_file(
             self.store, self.settings.data_dir / "service-api-key", self.clock, "services"
         )
@@ -41,10 +40,20 @@ class Runtime:
 
 
 def open_runtime(settings: Settings) -> Runtime:
+    ensure_private_dir(settings.data_dir)
     store = open_event_store(settings.store_url)
     db = SqlDatabase(settings.store_url)
+    if settings.store_url.startswith("sqlite"):
+        private_sqlite_files(sqlite_path(settings.store_url))
     clock = build_clock(settings, db)
     return Runtime(settings, store, db, clock, Authenticator(store))
+
+
+def private_sqlite_files(path: Path) -> None:
+    """The embedded event store (and its journal files) readable by this user only."""
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            file.chmod(0o600)
 
 
 def stop_on_signals(stop: asyncio.Event) -> None:
@@ -53,9 +62,9 @@ def stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-def configure_logging(service: str) -> None:
+def configure_logging(service: str, level: str = "INFO") -> None:
     logging.basicConfig(
-        level=os.environ.get("MANAGED_BACKUPS_LOG_LEVEL", "INFO"),
+        level=level,
         format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("aiokafka").setLevel(logging.WARNING)

@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from aiokafka import ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
+from faststream.message import StreamMessage
+from faststream.types import DecodedMessage
 
 from managed_backups.contracts import topics
 from managed_backups.contracts.results import CommandResult, DeadLetter
@@ -32,7 +37,7 @@ DEAD_LETTER_PAYLOAD_LIMIT = 64 * 1024
 async def ensure_topics(
     bootstrap_servers: str, partitions: int = PARTITIONS, timeout: float = 60
 ) -> None:
-    """Create the topics of DESIGN.md if missing. Events are kept forever (the store is the truth,
+    """Create the topics if missing. Events are kept forever (the store is the truth,
     but consumers may replay the topic from the beginning)."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
@@ -107,6 +112,29 @@ async def dead_letter(
     await publish_model(broker, topics.DEAD_LETTER, entry, entry.key)
 
 
+async def undecoded(message: StreamMessage[Any]) -> DecodedMessage:
+    """FastStream's decoder for command topics: the bytes as they are. FastStream's own decoder
+    parses JSON by the message's content-type header before any handler runs, so a malformed or
+    deeply nested body would raise there, be nacked and redelivered for ever; the
+    ``CommandProcessor`` parses instead, with its size and depth bounds, and turns every failure
+    into a rejection and a dead letter."""
+    return message.body
+
+
+def _printable_header(value: bytes | None) -> bytes:
+    return (value or b"").decode("utf-8", errors="replace").encode()
+
+
+async def lenient_headers(
+    record: ConsumerRecord[Any, Any],
+    original: Callable[[ConsumerRecord[Any, Any]], Awaitable[StreamMessage[Any]]],
+) -> StreamMessage[Any]:
+    """FastStream's parser for command topics, fed headers it can decode: it decodes every
+    header value as UTF-8 and would raise (and redeliver for ever) on any other bytes."""
+    headers = [(name, _printable_header(value)) for name, value in record.headers or ()]
+    return await original(dataclasses.replace(record, headers=headers))
+
+
 def subscribe_commands(broker: KafkaBroker, processor: CommandProcessor, group_id: str) -> None:
     """Wire ``processor`` to its topic; a bad message never stops the consumer."""
 
@@ -116,6 +144,8 @@ def subscribe_commands(broker: KafkaBroker, processor: CommandProcessor, group_i
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.NACK_ON_ERROR,
         max_poll_records=50,
+        parser=lenient_headers,
+        decoder=undecoded,
     )
     async def on_command(msg: KafkaMessage) -> None:
         record: Any = msg.raw_message
@@ -124,6 +154,14 @@ def subscribe_commands(broker: KafkaBroker, processor: CommandProcessor, group_i
         try:
             await publish_result(broker, processed.result)
             if processed.dead_letter_error is not None:
+                log.warning(
+                    "dead letter: %s partition %s offset %s (%d bytes): %s",
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    len(raw),
+                    processed.dead_letter_error,
+                )
                 await dead_letter(
                     broker,
                     record.topic,

@@ -9,8 +9,10 @@ repeated command changes nothing and gets the same result.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +30,52 @@ from managed_backups.shared.eventstore import EventStore, IntegrityError
 from managed_backups.shared.security import Authenticator, Principal
 
 log = logging.getLogger(__name__)
+security_log = logging.getLogger("managed_backups.security")
+"""Refusals of callers without rights: kept here, never in the cluster's audit trail."""
 MAX_CONFLICT_RETRIES = 8
+MAX_COMMAND_BYTES = 256 * 1024
+"""No command needs more (the contracts bound every list and string); larger is refused unread."""
+MAX_JSON_DEPTH = 32
+"""Commands nest a few levels; deeper input is refused before it is parsed."""
+MAX_REASON_CHARS = 2000
+_COMMAND_ID = re.compile(rb'"command_id"\s*:\s*"([0-9a-fA-F-]{36})"')
+
+
+def json_depth_exceeds(raw: bytes, limit: int) -> bool:
+    """Whether ``raw`` nests arrays/objects deeper than ``limit`` (strings are skipped), in one
+    pass without recursion: what a recursive parser would choke on is refused first."""
+    depth = 0
+    in_string = False
+    escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return False
+
+
+def command_id_hint(raw: bytes) -> UUID | None:
+    """The command id of a message that cannot be parsed, if it names one: its sender is then
+    answered rather than left waiting."""
+    match = _COMMAND_ID.search(raw[:4096])
+    if match is None:
+        return None
+    try:
+        return UUID(match.group(1).decode())
+    except ValueError:
+        return None
 
 
 @dataclass
@@ -98,7 +145,7 @@ class CommandProcessor:
             command_type=command_type,
             status=CommandStatus.ACCEPTED if code < 300 else CommandStatus.REJECTED,
             code=code,
-            reason=reason,
+            reason=reason[:MAX_REASON_CHARS] if reason else reason,
             cluster_id=cluster_id,
             position=position,
             handled_at=self.context.clock.now(),
@@ -109,17 +156,27 @@ class CommandProcessor:
             return self._process(raw)
         except Exception as exc:  # a bug or an outage must not stop the consumer
             log.exception("command processing failed on %s", self.topic)
+            error = f"internal error: {type(exc).__name__}: {exc}"
             return Processed(
-                self._result(None, None, 500, f"internal error: {type(exc).__name__}: {exc}"),
-                dead_letter_error=f"internal error: {type(exc).__name__}: {exc}",
+                self._result(command_id_hint(raw), None, 500, error), dead_letter_error=error
             )
 
+    def _unreadable(self, raw: bytes, error: str) -> Processed:
+        return Processed(
+            self._result(command_id_hint(raw), None, 422, error), dead_letter_error=error
+        )
+
     def _process(self, raw: bytes) -> Processed:
+        if len(raw) > MAX_COMMAND_BYTES:
+            return self._unreadable(
+                raw, f"message of {len(raw)} bytes exceeds the {MAX_COMMAND_BYTES}-byte limit"
+            )
+        if json_depth_exceeds(raw, MAX_JSON_DEPTH):
+            return self._unreadable(raw, f"message is nested deeper than {MAX_JSON_DEPTH} levels")
         try:
             data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            error = f"message is not valid JSON: {exc}"
-            return Processed(self._result(None, None, 422, error), dead_letter_error=error)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            return self._unreadable(raw, f"message is not valid JSON: {exc}")
         if not isinstance(data, dict):
             error = f"a command must be a JSON object, got {type(data).__name__}"
             return Processed(self._result(None, None, 422, error), dead_letter_error=error)
@@ -149,11 +206,18 @@ class CommandProcessor:
         except ValidationError as exc:
             reason = describe_validation_error(exc, command_type)
             return Processed(self._result(command_id, command_type, 400, reason, cluster_hint))
+        body_sha256 = self.body_hash(data)
         for _ in range(MAX_CONFLICT_RETRIES):
-            known = self.context.store.get_or_none(
-                CommandOutcome.create_id(command_id), CommandOutcome
-            )
+            known = self._known_outcome(command_id, principal)
             if known is not None:
+                if known.body_sha256 is not None and known.body_sha256 != body_sha256:
+                    reason = (
+                        f"command_id {command_id} was already used by {principal.name} for "
+                        "another command; choose a new command_id for a new command"
+                    )
+                    return Processed(
+                        self._result(command_id, command_type, 409, reason, cluster_hint)
+                    )
                 return Processed(
                     self._result(
                         command_id,
@@ -165,13 +229,32 @@ class CommandProcessor:
                     )
                 )
             try:
-                return self._handle(command, command_id, command_type, principal, cluster_hint)
+                return self._handle(
+                    command, command_id, command_type, principal, cluster_hint, body_sha256
+                )
             except IntegrityError:
                 # Another instance (or a redelivery) recorded concurrently: re-read and decide again.
                 continue
         return Processed(
             self._result(command_id, command_type, 409, "too many concurrent changes; retry")
         )
+
+    def body_hash(self, data: dict[str, Any]) -> str:
+        """What a command id promises: this topic, this type, these fields (not the credential:
+        a rotated key repeating a command is the same command)."""
+        body = {k: v for k, v in data.items() if k != "credential"}
+        canonical = json.dumps([self.topic, body], sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def _known_outcome(self, command_id: UUID, principal: Principal) -> CommandOutcome | None:
+        store = self.context.store
+        known = store.get_or_none(
+            CommandOutcome.create_id(command_id, principal.name), CommandOutcome
+        )
+        if known is not None:
+            return known
+        legacy = store.get_or_none(CommandOutcome.legacy_id(command_id), CommandOutcome)
+        return legacy if legacy is not None and legacy.by == principal.name else None
 
     def _handle(
         self,
@@ -180,6 +263,7 @@ class CommandProcessor:
         command_type: str,
         principal: Principal,
         cluster_hint: str | None,
+        body_sha256: str,
     ) -> Processed:
         handler = self.handlers.get(command_type)
         now = self.context.clock.now()
@@ -188,13 +272,24 @@ class CommandProcessor:
                 raise Malformed(f"{command_type} is not handled on {self.topic}")
             handled = handler(command, principal, self.context)
         except Refused as refused:
+            if not refused.audited:
+                security_log.warning(
+                    "refused %s %s from %s on %s: %s",
+                    command_type,
+                    command_id,
+                    principal.name,
+                    cluster_hint,
+                    refused.reason,
+                )
             outcome = CommandOutcome(
                 command_id=command_id,
                 command_type=command_type,
-                cluster_id=cluster_hint,
+                # A refusal of a caller without rights stays out of the cluster's audit trail.
+                cluster_id=cluster_hint if refused.audited else None,
                 status=CommandStatus.REJECTED.value,
                 code=refused.code,
                 reason=refused.reason,
+                body_sha256=body_sha256,
                 at=now,
                 by=principal.name,
             )
@@ -211,6 +306,7 @@ class CommandProcessor:
             status=CommandStatus.ACCEPTED.value,
             code=200,
             reason=None,
+            body_sha256=body_sha256,
             at=now,
             by=principal.name,
         )

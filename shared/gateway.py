@@ -77,8 +77,8 @@ class CommandGateway:
         assert self._consumer is not None
         async for record in self._consumer:
             try:
-                result = CommandResult.model_validate_json(record.value)
-            except ValueError:
+                result = CommandResult.model_validate_json(record.value or b"")
+            except ValueError:  # not a result (pydantic's errors are ValueErrors): skip it
                 continue
             if result.command_id is None:
                 continue
@@ -106,7 +106,9 @@ class CommandGateway:
             except TimeoutError as exc:
                 raise CommandTimeout(
                     f"no result for command {command_id} on {topics.COMMAND_RESULTS} "
-                    f"within {timeout:.0f} s: is the service consuming {topic} running?"
+                    f"within {timeout:.0f} s: is the service consuming {topic} running? The "
+                    "command may still be applied later; send it again with the same "
+                    "command_id to learn its outcome without applying it twice"
                 ) from exc
         finally:
             self._waiters.pop(command_id, None)

@@ -1,31 +1,31 @@
-"""Leases of long-running jobs (restores today; backups can move onto it): a job whose worker
-died is failed within a bounded time, and what it left behind is cleaned up.
+"""Leases of running jobs: no job (a backup, a restore) stays running for ever, whatever dies.
 
-The order is what makes it safe:
+The pattern, for any service that runs long jobs recorded as events:
 
-1. :func:`take` writes the lease row *before* the job's start event is saved (inside the command
-   handler). If the save then fails or the process dies before it, the lease names a job that
-   was never recorded; :func:`reap` drops such leases once they expire (after running the job
-   kind's cleanup, which may find nothing to clean).
-2. While the job runs, its worker renews the lease (:func:`renew`) every third of its length.
-   Renewals are rows, not events: they are not history.
-3. When the job ends, its worker records the outcome, then :func:`release`s the lease.
-4. Every worker instance runs :func:`reap`: for each expired lease it calls ``fail`` (record a
-   ``LEASE_EXPIRED`` outcome on a job that is still running; optimistic concurrency on the job's
-   stream settles a race with a late real outcome) and ``cleanup`` (drop the job's temporary
-   objects), and releases the lease only when both succeeded, so a failed cleanup is retried.
+1. In the command handler, :meth:`JobLeases.take` the job's lease *before* the job's start event
+   is saved (the save happens atomically with the command's outcome, right after). A crash
+   anywhere after that (between the save and the worker's start included) leaves a lease that
+   expires.
+2. While the process holds the job (waiting for a slot included), :func:`keep_renewed` renews
+   the lease every third of its length.
+3. When the job's terminal event is recorded, :meth:`JobLeases.release` it.
+4. Every instance periodically reads :meth:`JobLeases.expired`: for each lease it does not hold
+   itself, it records the job as failed (``LEASE_EXPIRED``) if the job was recorded and is not
+   terminal, cleans up what the job left half-done, then releases the lease. A lease whose job
+   was never recorded (the save failed) is simply released: an orphan.
 
-A lease carries ``details`` (JSON: what the cleanup needs, e.g. a temporary database's name;
-``"exclusive": true`` for a job no other job of its cluster may run beside, see
-:func:`exclusive_job`).
+Leases are rows in the shared database (table ``mb_job_leases``, one per running job, keyed by
+the job's kind and id), not events: renewals are not history. Optimistic concurrency on the job's
+stream settles a race between a late completion and a reaper: exactly one of them is recorded.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -42,108 +42,170 @@ class Lease:
     kind: str
     cluster_id: str
     owner: str
-    lease_until: datetime
-    details: dict[str, Any]
-
-
-def ensure_table(db: SqlDatabase) -> None:
-    db.execute(
-        f"CREATE TABLE IF NOT EXISTS {TABLE} (job_id TEXT PRIMARY KEY, kind TEXT NOT NULL, "
-        "cluster_id TEXT NOT NULL, owner TEXT NOT NULL, lease_until TEXT NOT NULL, "
-        "details TEXT NOT NULL)"
-    )
+    until: datetime
+    detail: dict[str, Any] = field(default_factory=dict)
+    """What the reaper needs to clean up after the job (e.g. where it wrote), and what the job
+    holds (``"backups"``: the ids of the backups it reads, see :func:`backups_in_use`)."""
 
 
 def lease_until(now: datetime, seconds: float) -> datetime:
     return now + timedelta(seconds=seconds)
 
 
-def take(
-    db: SqlDatabase,
-    job_id: UUID,
-    kind: str,
-    cluster_id: str,
-    owner: str,
-    until: datetime,
-    details: dict[str, Any] | None = None,
-) -> bool:
-    """Take the lease of a new job; False if another worker already holds it."""
-    with db.transaction() as cursor:
-        cursor.execute(
-            f"INSERT INTO {TABLE} (job_id, kind, cluster_id, owner, lease_until, details) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (job_id) DO NOTHING",
-            (str(job_id), kind, cluster_id, owner, until.isoformat(), json.dumps(details or {})),
-        )
-        cursor.execute(f"SELECT owner FROM {TABLE} WHERE job_id = ?", (str(job_id),))
-        row = cursor.fetchone()
-    return row is not None and row[0] == owner
-
-
-def renew(db: SqlDatabase, job_id: UUID, owner: str, until: datetime) -> None:
+def ensure_table(db: SqlDatabase) -> None:
     db.execute(
-        f"UPDATE {TABLE} SET lease_until = ? WHERE job_id = ? AND owner = ?",
-        (until.isoformat(), str(job_id), owner),
+        f"CREATE TABLE IF NOT EXISTS {TABLE} (kind TEXT NOT NULL, job_id TEXT NOT NULL, "
+        "cluster_id TEXT NOT NULL, owner TEXT NOT NULL, lease_until TEXT NOT NULL, "
+        "detail TEXT NOT NULL, PRIMARY KEY (kind, job_id))"
     )
 
 
-def release(db: SqlDatabase, job_id: UUID) -> None:
-    db.execute(f"DELETE FROM {TABLE} WHERE job_id = ?", (str(job_id),))
+class JobLeases:
+    """The leases of one kind of job (``"backup"``, ``"restore"``). Synchronous: call from
+    worker threads (``asyncio.to_thread``) in async code."""
 
+    def __init__(self, db: SqlDatabase, kind: str) -> None:
+        self.db = db
+        self.kind = kind
+        ensure_table(db)
 
-def held(db: SqlDatabase, kind: str) -> list[Lease]:
-    rows = db.query(
-        f"SELECT job_id, kind, cluster_id, owner, lease_until, details FROM {TABLE} WHERE kind = ?",
-        (kind,),
-    )
-    return [
-        Lease(UUID(j), k, c, o, datetime.fromisoformat(u), json.loads(d))
-        for j, k, c, o, u, d in rows
-    ]
+    def take(
+        self,
+        job_id: UUID,
+        cluster_id: str,
+        owner: str,
+        until: datetime,
+        detail: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Take (or, for its owner, extend) the lease of ``job_id``; False if another worker
+        holds it."""
+        self.db.execute(
+            f"INSERT INTO {TABLE} (kind, job_id, cluster_id, owner, lease_until, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (kind, job_id) DO UPDATE SET "
+            f"lease_until = excluded.lease_until WHERE {TABLE}.owner = excluded.owner",
+            (
+                self.kind,
+                str(job_id),
+                cluster_id,
+                owner,
+                until.isoformat(),
+                json.dumps(dict(detail or {})),
+            ),
+        )
+        rows = self.db.query(
+            f"SELECT owner FROM {TABLE} WHERE kind = ? AND job_id = ?", (self.kind, str(job_id))
+        )
+        return bool(rows) and rows[0][0] == owner
+
+    def renew(self, job_id: UUID, until: datetime) -> None:
+        self.db.execute(
+            f"UPDATE {TABLE} SET lease_until = ? WHERE kind = ? AND job_id = ?",
+            (until.isoformat(), self.kind, str(job_id)),
+        )
+
+    def release(self, job_id: UUID) -> None:
+        self.db.execute(
+            f"DELETE FROM {TABLE} WHERE kind = ? AND job_id = ?", (self.kind, str(job_id))
+        )
+
+    def expired(self, now: datetime) -> list[Lease]:
+        rows = self.db.query(
+            f"SELECT job_id, cluster_id, owner, lease_until, detail FROM {TABLE} WHERE kind = ?",
+            (self.kind,),
+        )
+        leases = [
+            Lease(UUID(j), self.kind, c, o, datetime.fromisoformat(u), json.loads(d))
+            for j, c, o, u, d in rows
+        ]
+        return [lease for lease in leases if lease.until < now]
+
+    def reap(
+        self,
+        now: datetime,
+        fail: Callable[[Lease], bool],
+        cleanup: Callable[[Lease], None],
+        running_here: Callable[[UUID], bool] = lambda _: False,
+    ) -> int:
+        """Fail and clean up every job whose lease expired (except those this process runs);
+        returns how many were failed. ``fail`` returns False when the job was never recorded or
+        already ended (an orphan lease). A lease is released only when both succeeded, so a
+        failed cleanup is retried by the next pass."""
+        reaped = 0
+        for lease in self.expired(now):
+            if running_here(lease.job_id):
+                continue
+            try:
+                failed = fail(lease)
+                cleanup(lease)
+            except Exception:
+                log.exception("reaping %s job %s failed; will retry", self.kind, lease.job_id)
+                continue
+            self.release(lease.job_id)
+            reaped += int(failed)
+        return reaped
 
 
 def on_cluster(db: SqlDatabase, cluster_id: str) -> list[Lease]:
     """Every job (of any kind) holding a lease on ``cluster_id``."""
+    ensure_table(db)
     rows = db.query(
-        f"SELECT job_id, kind, cluster_id, owner, lease_until, details FROM {TABLE} "
-        "WHERE cluster_id = ?",
+        f"SELECT kind, job_id, owner, lease_until, detail FROM {TABLE} WHERE cluster_id = ?",
         (cluster_id,),
     )
     return [
-        Lease(UUID(j), k, c, o, datetime.fromisoformat(u), json.loads(d))
-        for j, k, c, o, u, d in rows
+        Lease(UUID(j), k, cluster_id, o, datetime.fromisoformat(u), json.loads(d))
+        for k, j, o, u, d in rows
     ]
 
 
+EXCLUSIVE = "exclusive"
+"""The lease detail key of a job no other job of its cluster may run beside (a CLUSTER restore:
+no backup and no other restore of the cluster while it runs)."""
+
+
 def exclusive_job(db: SqlDatabase, cluster_id: str) -> Lease | None:
-    """The job that holds ``cluster_id`` exclusively (``details["exclusive"]``, e.g. a CLUSTER
-    restore: no backup and no other restore of the cluster while it runs), if any."""
-    return next((job for job in on_cluster(db, cluster_id) if job.details.get("exclusive")), None)
+    """The job that holds ``cluster_id`` exclusively, if any."""
+    return next((job for job in on_cluster(db, cluster_id) if job.detail.get(EXCLUSIVE)), None)
 
 
-def expired(db: SqlDatabase, kind: str, now: datetime) -> list[Lease]:
-    return [lease for lease in held(db, kind) if lease.lease_until < now]
-
-
-def reap(
-    db: SqlDatabase,
-    kind: str,
-    now: datetime,
-    fail: Callable[[Lease], bool],
-    cleanup: Callable[[Lease], None],
-    running_here: Callable[[UUID], bool] = lambda _: False,
-) -> int:
-    """Fail and clean up every job of ``kind`` whose lease expired; returns how many were
-    failed. ``fail`` returns False when the job was never recorded or already ended."""
-    reaped = 0
-    for lease in expired(db, kind, now):
-        if running_here(lease.job_id):
-            continue
+async def keep_renewed(
+    leases: JobLeases, job_id: UUID, seconds: float, now: Callable[[], datetime]
+) -> None:
+    """Renew ``job_id``'s lease every third of ``seconds`` until cancelled (run it as a task for
+    as long as the process holds the job)."""
+    while True:
+        await asyncio.sleep(seconds / 3)
         try:
-            failed = fail(lease)
-            cleanup(lease)
+            await asyncio.to_thread(leases.renew, job_id, lease_until(now(), seconds))
         except Exception:
-            log.exception("reaping %s job %s failed; will retry", kind, lease.job_id)
-            continue
-        release(db, lease.job_id)
-        reaped += int(failed)
-    return reaped
+            log.exception("renewing the lease of %s %s failed; will retry", leases.kind, job_id)
+
+
+HOLDS = "backups"
+"""The lease detail key listing the ids of the backups a job reads (a restore: every backup of its
+chain). Retention deletes no backup a lease still names."""
+
+
+def holding(backup_ids: Sequence[str]) -> dict[str, Any]:
+    """The lease detail of a job that reads ``backup_ids``."""
+    return {HOLDS: [str(b) for b in backup_ids]}
+
+
+def backups_in_use(db: SqlDatabase, cluster_id: str | None = None) -> set[str]:
+    """Ids of the backups that jobs hold through their leases (of any kind, expired or not: a lease
+    is released only once its job is recorded as ended or its reaper has cleaned up after it).
+
+    The handshake between a job that reads a chain and retention, which deletes chains: the job
+    takes its lease naming the backups *before* its start event is saved, then checks that none
+    of them is expired; retention records the expiry first, then reads this, and deletes only
+    what no lease names. Either the job sees the expiry, or retention sees the hold."""
+    ensure_table(db)
+    sql = f"SELECT detail FROM {TABLE}"
+    params: tuple[str, ...] = ()
+    if cluster_id is not None:
+        sql += " WHERE cluster_id = ?"
+        params = (cluster_id,)
+    held: set[str] = set()
+    for (detail,) in db.query(sql, params):
+        held.update(str(b) for b in json.loads(detail).get(HOLDS, []))
+    return held

@@ -1,8 +1,9 @@
-"""Principals and what they may do (PRODUCT.md "Who may do what").
+"""Principals and what they may do (the "who may do what" rule).
 
 A credential is an API key ``mbk_<key id>_<secret>``. The event store keeps only the SHA-256 of
-the secret. Roles are granted at ``*`` (the installation), ``org:<organization>`` or
-``cluster:<id>`` scope; organization grants take precedence over cluster grants.
+the secret. Roles (what each may do: :mod:`managed_backups.shared.domain.roles`) are granted at
+``*`` (the installation), ``org:<organization>`` or ``cluster:<id>`` scope; organization grants
+take precedence over cluster grants.
 """
 
 from __future__ import annotations
@@ -13,46 +14,18 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 
 from managed_backups.contracts.enums import Role
 from managed_backups.shared.clock import Clock
-from managed_backups.shared.domain.errors import Forbidden, NotAuthenticated
+from managed_backups.shared.domain.errors import Forbidden, HiddenCluster, NotAuthenticated
 from managed_backups.shared.domain.ids import api_key_aggregate_id
 from managed_backups.shared.domain.principal import ApiKey
+from managed_backups.shared.domain.roles import ROLE_ACTIONS as ROLE_ACTIONS  # re-exported
+from managed_backups.shared.domain.roles import Action as Action  # re-exported
 from managed_backups.shared.eventstore import EventStore
 
 KEY_PREFIX = "mbk"
-
-
-class Action(StrEnum):
-    VIEW_BACKUPS = "view backups"
-    CHANGE_BACKUP_SETTINGS = "change backup settings"
-    RESTORE = "restore"
-    TAKE_BACKUP = "take a backup"
-    MANAGE_CLUSTERS = "register, delete or change the tier of clusters"
-    ADMINISTER = "administer the installation"
-
-
-ROLE_ACTIONS: dict[Role, frozenset[Action]] = {
-    Role.SYSTEM_ADMIN: frozenset(Action),
-    Role.ORG_ADMIN: frozenset(
-        {
-            Action.VIEW_BACKUPS,
-            Action.CHANGE_BACKUP_SETTINGS,
-            Action.RESTORE,
-            Action.TAKE_BACKUP,
-            Action.MANAGE_CLUSTERS,
-        }
-    ),
-    Role.CLUSTER_ADMIN: frozenset(
-        {Action.VIEW_BACKUPS, Action.CHANGE_BACKUP_SETTINGS, Action.RESTORE, Action.TAKE_BACKUP}
-    ),
-    Role.CLUSTER_OPERATOR: frozenset({Action.VIEW_BACKUPS, Action.RESTORE}),
-    Role.CLUSTER_DEVELOPER: frozenset(),
-    Role.CLUSTER_MONITOR: frozenset(),
-}
 
 
 @dataclass(frozen=True)
@@ -82,6 +55,16 @@ class Principal:
         return allowed(
             [g for g in self.grants if cluster_id and g.scope == f"cluster:{cluster_id}"]
         )
+
+    def require_on_cluster(self, action: Action, organization: str, cluster_id: str) -> None:
+        """``require`` for an existing cluster: a caller who may not even see it is told it is
+        not registered (as for a cluster that does not exist), one who may see it but not do
+        ``action`` is refused with 403."""
+        if not self.can(Action.VIEW_BACKUPS, organization, cluster_id) and not self.can(
+            action, organization, cluster_id
+        ):
+            raise HiddenCluster(cluster_id)
+        self.require(action, organization, cluster_id)
 
     def require(
         self, action: Action, organization: str | None = None, cluster_id: str | None = None

@@ -59,10 +59,31 @@ class Settings(BaseSettings):
         "fails the restore (its worker died) and drops its temporary databases.",
     )
     max_concurrent_restores: int = 2
+    service_credential: str | None = Field(
+        default=None,
+        repr=False,
+        description="The API key services use for the commands they send each other (default: "
+        "one issued into <data-dir>/service-api-key).",
+    )
+    credential: str | None = Field(
+        default=None, repr=False, description="The CLI's API key (default: the admin key file)."
+    )
+    log_level: str = "INFO"
+    test_crash_at: str | None = Field(
+        default=None,
+        description="Tests only: the name of a fault point where the process exits abruptly "
+        "(ignored in a production-like configuration).",
+    )
+    catalog_tables_in_event: int = Field(
+        default=2000,
+        ge=0,
+        description="Tables a BackupCompleted event lists at most; the views read the rest of a "
+        "large catalog from the backup's manifest.",
+    )
     secrets_dir: Path | None = Field(
         default=None,
-        description="Secret store: holds `pgpass` (libpq format) with the clusters' passwords. "
-        "Default: <data-dir>/secrets.",
+        description="Secret store directory (mode 0700): the key encrypting the clusters' "
+        "passwords, which are kept per cluster id in the shared database. Default: <data-dir>/secrets.",
     )
 
     @property
@@ -76,8 +97,13 @@ class Settings(BaseSettings):
         return self.data_dir / "admin-api-key"
 
     @property
+    def secrets_path(self) -> Path:
+        return self.secrets_dir or self.data_dir / "secrets"
+
+    @property
     def pgpass_file(self) -> Path:
-        return (self.secrets_dir or self.data_dir / "secrets") / "pgpass"
+        """Where version 0.1 kept one libpq password file for every cluster (no longer read)."""
+        return self.secrets_path / "pgpass"
 
     def region_store_url(self, region: str) -> str:
         if region in self.region_stores:

@@ -1,7 +1,8 @@
 """A small SQL helper over SQLite and PostgreSQL for the tables that are not events.
 
 Read models (projections), the relay's position and the simulated clock live in the same database
-as the event store. Statements are written with ``?`` placeholders and translated for psycopg.
+as the event store. Statements are written with ``?`` placeholders and translated for psycopg
+(:func:`to_psycopg`: quoted text is left alone).
 """
 
 from __future__ import annotations
@@ -23,12 +24,33 @@ class Cursor(Protocol):
     def fetchone(self) -> Any: ...
 
 
+def to_psycopg(sql: str) -> str:
+    """``?`` placeholders as psycopg's ``%s``, outside quoted literals and identifiers only (a
+    ``?`` inside ``'...'`` or ``"..."`` stays as it is), and every literal ``%`` doubled."""
+    out: list[str] = []
+    quote: str | None = None
+    for char in sql:
+        if char == "%":
+            out.append("%%")
+            continue
+        if quote is not None:
+            if char == quote:
+                quote = None  # a doubled quote ('') closes and reopens: same result
+        elif char in ("'", '"'):
+            quote = char
+        elif char == "?":
+            out.append("%s")
+            continue
+        out.append(char)
+    return "".join(out)
+
+
 class _PgCursor:
     def __init__(self, cursor: psycopg.Cursor[Any]) -> None:
         self._cursor = cursor
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        return self._cursor.execute(sql.replace("?", "%s"), tuple(params))
+        return self._cursor.execute(to_psycopg(sql), tuple(params))
 
     def fetchall(self) -> list[Any]:
         return self._cursor.fetchall()
@@ -103,6 +125,13 @@ class SqlDatabase:
         with self.transaction() as cursor:
             cursor.execute(sql, params)
             return list(cursor.fetchall())
+
+    def table_exists(self, name: str) -> bool:
+        if self.dialect == "sqlite":
+            sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+        else:
+            sql = "SELECT 1 FROM information_schema.tables WHERE table_name = ?"
+        return bool(self.query(sql, (name,)))
 
     def close(self) -> None:
         with self._lock:

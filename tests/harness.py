@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from managed_backups.contracts import topics
 from managed_backups.contracts.results import CommandResult
 from managed_backups.services.api.app import create_app
-from managed_backups.services.cli import _service_main
+from managed_backups.services.registry import service_main
 from managed_backups.services.runtime import Runtime, open_runtime
 from managed_backups.shared.bus import ensure_topics
 from managed_backups.shared.clock import SimulatedClock
@@ -94,7 +94,7 @@ class System:
         runtime = open_runtime(self.settings)
         await runtime.clock.start()
         stop = asyncio.Event()
-        task = asyncio.create_task((main or _service_main(name))(runtime, stop), name=name)
+        task = asyncio.create_task((main or service_main(name))(runtime, stop), name=name)
         service = RunningService(name, runtime, stop, task)
         self.services[name] = service
         return service
@@ -128,7 +128,10 @@ class System:
         body = {"command_id": str(uuid4()), "credential": self.admin_key, **body}
         return await self.gateway.request(topic, body, timeout=timeout)
 
-    async def register(self, cluster_id: str, **fields: Any) -> CommandResult:
+    async def register(
+        self, cluster_id: str, secret: str | None = None, **fields: Any
+    ) -> CommandResult:
+        """Register a cluster (and, once registered, set its connection secret if given)."""
         body = {
             "type": "RegisterCluster",
             "cluster_id": cluster_id,
@@ -140,7 +143,22 @@ class System:
             "connection_ref": "postgresql://backup@127.0.0.1:5432/postgres",
             **fields,
         }
-        return await self.command(topics.CLUSTER_COMMANDS, body)
+        result = await self.command(topics.CLUSTER_COMMANDS, body)
+        if secret is not None and result.code == 200:
+            await self.wait_projection(result.position)
+            response = await self.set_secret(cluster_id, secret)
+            assert response.status_code == 200, response.text
+        return result
+
+    async def set_secret(
+        self, cluster_id: str, password: str, credential: str | None = None
+    ) -> httpx.Response:
+        assert self.http is not None
+        return await self.http.put(
+            f"/api/v1/clusters/{cluster_id}/connection-secret",
+            json={"password": password},
+            headers={"Authorization": f"Bearer {credential or self.admin_key}"},
+        )
 
     async def wait_projection(self, position: int | None, timeout: float = 15) -> None:
         assert self.api_runtime is not None
@@ -187,11 +205,17 @@ async def consume(
         await consumer.stop()
 
 
-async def publish_raw(kafka: str, topic: str, payload: bytes, key: bytes | None = None) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=kafka)
+async def publish_raw(
+    kafka: str,
+    topic: str,
+    payload: bytes,
+    key: bytes | None = None,
+    headers: list[tuple[str, bytes]] | None = None,
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=kafka, max_request_size=4 << 20)
     await producer.start()
     try:
-        await producer.send_and_wait(topic, payload, key=key)
+        await producer.send_and_wait(topic, payload, key=key, headers=headers)
     finally:
         await producer.stop()
 

@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -22,12 +22,26 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from managed_backups.contracts import topics
 from managed_backups.contracts.results import CommandResult
+from managed_backups.services.api.limits import AuthenticatedBoundedBodies
 from managed_backups.services.api.restores import restore_router
 from managed_backups.services.projections.read_models import Page, ReadModels
 from managed_backups.services.runtime import Runtime
 from managed_backups.shared.clock import SimulatedClock
-from managed_backups.shared.domain.errors import Refused
+from managed_backups.shared.dataplane.manifest import CatalogDatabase as ManifestCatalogDatabase
+from managed_backups.shared.dataplane.manifest import read_manifest
+from managed_backups.shared.dataplane.objectstore import ObjectStore, open_store
+from managed_backups.shared.domain.catalog import (
+    catalog_is_partial,
+    database_is_partial,
+    table_count,
+)
+from managed_backups.shared.domain.cluster import Cluster
+from managed_backups.shared.domain.connection_secret import ConnectionSecret
+from managed_backups.shared.domain.errors import Refused, not_registered
+from managed_backups.shared.domain.ids import cluster_aggregate_id, connection_secret_aggregate_id
+from managed_backups.shared.eventstore import IntegrityError
 from managed_backups.shared.gateway import CommandGateway, CommandTimeout
+from managed_backups.shared.secrets import MAX_SECRET_LENGTH, ConnectionSecrets
 from managed_backups.shared.security import Action, Principal
 
 PROJECTION_WAIT_SECONDS = 15.0
@@ -52,6 +66,55 @@ class ClockAdvance(BaseModel):
     advance_seconds: float = Field(gt=0, le=10 * 365 * 86400)
 
 
+class ConnectionSecretBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    password: str = Field(
+        min_length=1, max_length=MAX_SECRET_LENGTH, repr=False, description="Kept encrypted."
+    )
+
+
+def set_connection_secret(
+    runtime: Runtime,
+    secrets_store: ConnectionSecrets,
+    cluster_id: str,
+    password: str,
+    who: Principal,
+) -> int | None:
+    """Record who changes the secret, then store it; returns the audit event's position."""
+    cluster = runtime.store.get_or_none(cluster_aggregate_id(cluster_id), Cluster)
+    if cluster is None:
+        raise HTTPException(404, not_registered(cluster_id))
+    who.require_on_cluster(Action.MANAGE_CLUSTERS, cluster.organization, cluster_id)
+    if cluster.deleted:
+        raise HTTPException(404, f"cluster {cluster_id} was deleted")
+    now = runtime.clock.now()
+    audit = runtime.store.get_or_none(connection_secret_aggregate_id(cluster_id), ConnectionSecret)
+    if audit is None:
+        audit = ConnectionSecret(cluster_id=cluster_id, at=now, by=who.name)
+    else:
+        audit.change(at=now, by=who.name)
+    try:
+        position = runtime.store.save_all(audit)
+    except IntegrityError:
+        raise HTTPException(409, "the secret is being changed concurrently; retry") from None
+    secrets_store.put(cluster_id, password, now.isoformat())
+    return position
+
+
+MAX_PAGE = 1_000_000
+MAX_POSITION = 2**62
+
+
+def in_range(name: str, value: datetime | None) -> datetime | None:
+    """A query time as UTC, or 400 when it cannot be one (e.g. year 1 at UTC+14)."""
+    if value is None:
+        return None
+    try:
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    except (OverflowError, ValueError):
+        raise HTTPException(400, f"{name} is out of the representable range") from None
+
+
 def error(status: int, message: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"code": status, "message": message})
 
@@ -69,6 +132,11 @@ def create_app(runtime: Runtime, gateway: CommandGateway) -> FastAPI:
         version="1",
         description="Managed backups for PostgreSQL-compatible clusters.",
         lifespan=lifespan,
+    )
+
+    app.add_middleware(
+        AuthenticatedBoundedBodies,
+        authenticate=runtime.authenticator.authenticate,
     )
 
     @app.exception_handler(HTTPException)
@@ -105,8 +173,8 @@ def create_app(runtime: Runtime, gateway: CommandGateway) -> FastAPI:
     ) -> dict[str, Any]:
         doc = models.cluster(cluster_id)
         if doc is None:
-            raise HTTPException(404, f"cluster {cluster_id} is not registered")
-        who.require(action, doc["organization"], cluster_id)
+            raise HTTPException(404, not_registered(cluster_id))
+        who.require_on_cluster(action, doc["organization"], cluster_id)
         return doc
 
     def live_cluster(
@@ -158,7 +226,7 @@ def create_app(runtime: Runtime, gateway: CommandGateway) -> FastAPI:
     def cluster_events(
         cluster_id: str,
         who: Caller,
-        after: Annotated[int, Query(ge=0)] = 0,
+        after: Annotated[int, Query(ge=0, le=MAX_POSITION)] = 0,
         limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
     ) -> dict[str, Any]:
         visible_cluster(cluster_id, who)
@@ -208,12 +276,14 @@ def create_app(runtime: Runtime, gateway: CommandGateway) -> FastAPI:
         who: Caller,
         start_time: datetime | None = None,
         end_time: datetime | None = None,
-        page: Annotated[int, Query(alias="pagination.page", ge=1)] = 1,
+        page: Annotated[int, Query(alias="pagination.page", ge=1, le=MAX_PAGE)] = 1,
         limit: Annotated[int, Query(alias="pagination.limit", ge=1, le=1000)] = 100,
         sort_order: Annotated[
             Literal["ASC", "DESC", "asc", "desc"], Query(alias="pagination.sort_order")
         ] = "DESC",
     ) -> dict[str, Any]:
+        start_time = in_range("start_time", start_time)
+        end_time = in_range("end_time", end_time)
         visible_cluster(cluster_id, who)
         docs, more = models.listed_backups(
             cluster_id,
@@ -274,12 +344,37 @@ def create_app(runtime: Runtime, gateway: CommandGateway) -> FastAPI:
             raise HTTPException(409, f"backup {backup_id} is {doc['status']}, not COMPLETE")
         return doc
 
+    manifest_stores: dict[str, ObjectStore] = {}
+
+    def full_catalog(doc: dict[str, Any]) -> list[ManifestCatalogDatabase]:
+        """The backup's whole catalog, from its manifest (the event summarises large ones)."""
+        url = runtime.settings.region_store_url(doc["region"])
+        try:
+            if url not in manifest_stores:
+                manifest_stores[url] = open_store(url)
+            manifest = read_manifest(
+                manifest_stores[url], doc["cluster_id"], str(doc["chain_id"]), str(doc["id"])
+            )
+        except Exception as exc:
+            raise HTTPException(
+                503, f"the catalog of backup {doc['id']} cannot be read from its manifest: {exc}"
+            ) from None
+        return list(manifest.catalog.databases)
+
     @app.get("/api/v1/clusters/{cluster_id}/backups/{backup_id}/databases")
     def backup_databases(cluster_id: str, backup_id: str, who: Caller) -> dict[str, Any]:
         doc = completed_backup(cluster_id, backup_id, who)
+        if catalog_is_partial(doc["catalog"], doc["database_count"]):
+            return {
+                "databases": [
+                    {"name": db.name, "table_count": db.table_count}
+                    for db in full_catalog(doc)
+                    if db.table_count
+                ]
+            }
         databases = []
         for db in doc["catalog"]:
-            tables = sum(len(s["tables"]) for s in db["schemas"])
+            tables = table_count(db)
             if tables:
                 databases.append({"name": db["name"], "table_count": tables})
         return {"databases": databases}
@@ -289,20 +384,35 @@ def create_app(runtime: Runtime, gateway: CommandGateway) -> FastAPI:
         cluster_id: str, backup_id: str, database: str, who: Caller
     ) -> dict[str, Any]:
         doc = completed_backup(cluster_id, backup_id, who)
-        for db in doc["catalog"]:
-            if db["name"] == database:
-                return {
-                    "tables": [
-                        {
-                            "schema": s["name"],
-                            "name": t["name"],
-                            "row_count": t["row_count"],
-                            "size_bytes": t["size_bytes"],
-                        }
-                        for s in db["schemas"]
-                        for t in s["tables"]
-                    ]
-                }
+        listed = next((db for db in doc["catalog"] if db["name"] == database), None)
+        if listed is not None and not database_is_partial(listed):
+            return {
+                "tables": [
+                    {
+                        "schema": s["name"],
+                        "name": t["name"],
+                        "row_count": t["row_count"],
+                        "size_bytes": t["size_bytes"],
+                    }
+                    for s in listed["schemas"]
+                    for t in s["tables"]
+                ]
+            }
+        if listed is not None or catalog_is_partial(doc["catalog"], doc["database_count"]):
+            for db in full_catalog(doc):
+                if db.name == database:
+                    return {
+                        "tables": [
+                            {
+                                "schema": s.name,
+                                "name": t.name,
+                                "row_count": t.rows,
+                                "size_bytes": t.size_bytes,
+                            }
+                            for s in db.schemas
+                            for t in s.tables
+                        ]
+                    }
         raise HTTPException(404, f"database {database} is not in backup {backup_id}")
 
     # -- restores (services/api/restores.py) ----------------------------------------------------
@@ -365,6 +475,27 @@ def create_app(runtime: Runtime, gateway: CommandGateway) -> FastAPI:
             f"managed_backups_projection_position {models.position()}",
         ]
         return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+    # -- connection secrets ---------------------------------------------------------------------
+
+    secrets_store = ConnectionSecrets(runtime.db, runtime.settings.secrets_path)
+
+    @app.put(
+        "/api/v1/clusters/{cluster_id}/connection-secret",
+        status_code=200,
+        responses={404: {"description": "no such cluster (or not visible to the caller)"}},
+    )
+    async def put_connection_secret(
+        cluster_id: str, body: ConnectionSecretBody, who: Caller
+    ) -> Response:
+        """Set the password the executor uses for this cluster, and only for it. Allowed to
+        whoever may manage the cluster; the audit trail records who changed it, never the
+        value. Callers that may not see the cluster get 404, as if it did not exist."""
+        position = await asyncio.to_thread(
+            set_connection_secret, runtime, secrets_store, cluster_id, body.password, who
+        )
+        await wait_for_projection(position)
+        return Response(status_code=200)
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:

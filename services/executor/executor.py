@@ -1,4 +1,4 @@
-"""The backup-executor: takes and verifies backups (PRODUCT.md "Full and incremental backups").
+"""The backup-executor: takes and verifies backups (full and incremental).
 
 TakeBackup → BackupStarted (IN_PROGRESS, with a lease) is recorded atomically with the command's
 outcome, then the backup runs in a worker thread through the cluster's engine adapter into its
@@ -14,28 +14,37 @@ import contextlib
 import logging
 import threading
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
 from managed_backups.contracts.commands import TakeBackup, VerifyBackup
 from managed_backups.contracts.enums import BackupStatus, BackupType
-from managed_backups.services.executor import leases
+from managed_backups.services.executor.leases import backup_leases
 from managed_backups.services.runtime import Runtime
 from managed_backups.shared import jobs
+from managed_backups.shared.cluster_connection import cluster_connection
 from managed_backups.shared.commands import CommandContext, Handled
 from managed_backups.shared.dataplane.engine import BackupError, BackupRequest, ErrorCode
 from managed_backups.shared.dataplane.manifest import Manifest, list_manifests, read_manifest
 from managed_backups.shared.dataplane.objectstore import ObjectStore
 from managed_backups.shared.dataplane.postgres import PostgresAdapter
 from managed_backups.shared.dataplane.verify import cleanup_partial, verify_backup
-from managed_backups.shared.domain.backup import Backup
+from managed_backups.shared.domain.backup import Backup, load_backup
+from managed_backups.shared.domain.backup_lifecycle import (
+    backup_expires_at,
+    refuse_second_backup,
+)
+from managed_backups.shared.domain.backup_settings import require_allowed_retention
+from managed_backups.shared.domain.catalog import summarise_catalog
 from managed_backups.shared.domain.cluster import Cluster
-from managed_backups.shared.domain.errors import BadValue, Conflict, NotFound
+from managed_backups.shared.domain.errors import Conflict, NotFound, not_registered
 from managed_backups.shared.domain.ids import cluster_aggregate_id
 from managed_backups.shared.domain.restore_rules import no_backup_while_a_cluster_restore_runs
 from managed_backups.shared.eventstore import IntegrityError
+from managed_backups.shared.faults import crash_point
+from managed_backups.shared.jobs import keep_renewed, lease_until
 from managed_backups.shared.region_stores import RegionStores
+from managed_backups.shared.secrets import ConnectionSecrets
 from managed_backups.shared.security import Action, Principal
 
 log = logging.getLogger(__name__)
@@ -56,8 +65,8 @@ class BackupExecutor:
         self.tasks: set[asyncio.Task[None]] = set()
         self.slots = asyncio.Semaphore(max(1, self.settings.max_concurrent_backups))
         self.stores = RegionStores(runtime.settings)
-        leases.ensure_lease_table(runtime.db)
-        jobs.ensure_table(runtime.db)
+        self.leases = backup_leases(runtime.db)
+        self.secrets = ConnectionSecrets(runtime.db, self.settings.secrets_path)
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -71,15 +80,14 @@ class BackupExecutor:
                 f"engine {cluster.engine} is not supported yet",
                 "select engine adapter",
             )
-        env: dict[str, str] = {}
-        if self.settings.pgpass_file.exists():
-            env["PGPASSFILE"] = str(self.settings.pgpass_file)
-        return PostgresAdapter(cluster.connection_ref, env=env)
+        connection = cluster_connection(cluster, self.secrets, self.settings.pgpass_file)
+        return connection.postgres_adapter()
 
-    def _live_cluster(self, cluster_id: str) -> Cluster:
+    def _live_cluster(self, cluster_id: str, principal: Principal, action: Action) -> Cluster:
         cluster = self.runtime.store.get_or_none(cluster_aggregate_id(cluster_id), Cluster)
         if cluster is None:
-            raise NotFound(f"cluster {cluster_id} is not registered")
+            raise NotFound(not_registered(cluster_id))
+        principal.require_on_cluster(action, cluster.organization, cluster.cluster_id)
         if cluster.deleted:
             raise NotFound(f"cluster {cluster_id} was deleted")
         return cluster
@@ -94,16 +102,13 @@ class BackupExecutor:
     def take_backup(
         self, command: TakeBackup, principal: Principal, context: CommandContext
     ) -> Handled:
-        cluster = self._live_cluster(command.cluster_id)
-        principal.require(Action.TAKE_BACKUP, cluster.organization, cluster.cluster_id)
-        if context.store.get_or_none(command.backup_id, Backup) is not None:
+        cluster = self._live_cluster(command.cluster_id, principal, Action.TAKE_BACKUP)
+        if command.retention_days is not None:
+            require_allowed_retention(command.retention_days)
+        if load_backup(context.store, cluster.cluster_id, command.backup_id) is not None:
             return Handled([], command.cluster_id)  # a duplicate TakeBackup does nothing
         running = self.running.get(cluster.cluster_id)
-        if running is not None:
-            raise Conflict(
-                f"backup {running.backup_id} of cluster {cluster.cluster_id} is running; "
-                "a cluster runs one backup at a time"
-            )
+        refuse_second_backup(cluster.cluster_id, running.backup_id if running else None)
         restoring = jobs.exclusive_job(self.runtime.db, cluster.cluster_id)
         no_backup_while_a_cluster_restore_runs(
             cluster.cluster_id, restoring.job_id if restoring else None
@@ -118,10 +123,8 @@ class BackupExecutor:
             raise Conflict(
                 f"cluster {cluster.cluster_id} has no full backup to build an incremental on"
             )
-        if command.retention_days is not None and command.retention_days <= 0:
-            raise BadValue("retention_days must be positive")
         now = context.clock.now()
-        lease = leases.lease_until(now, self.settings.backup_lease_seconds)
+        lease = lease_until(now, self.settings.backup_lease_seconds)
         backup = Backup(
             backup_id=command.backup_id,
             cluster_id=cluster.cluster_id,
@@ -138,18 +141,21 @@ class BackupExecutor:
             by=principal.name,
         )
 
+        # The lease is taken *before* BackupStarted is saved: whatever happens between the save
+        # and the worker's start (a crash, a kill), the lease expires and the reaper fails the
+        # backup with LEASE_EXPIRED. A lease whose backup was never recorded (the save failed)
+        # is dropped by the reaper as an orphan.
+        if not self.leases.take(
+            command.backup_id,
+            cluster.cluster_id,
+            self.name,
+            lease,
+            {"chain_id": str(chain_id), "region": cluster.backup_region},
+        ):
+            raise Conflict(f"backup {command.backup_id} is being started by another executor")
+
         async def start() -> None:
-            # Only once BackupStarted is recorded: a failed save leaves nothing behind.
-            await asyncio.to_thread(
-                leases.take,
-                self.runtime.db,
-                command.backup_id,
-                cluster.cluster_id,
-                chain_id,
-                cluster.backup_region,
-                self.name,
-                lease,
-            )
+            crash_point(self.settings, "executor-after-backup-started-saved")
             running = Running(command.backup_id)
             self.running[cluster.cluster_id] = running
             self._spawn(self._run(cluster, backup, running))
@@ -157,36 +163,41 @@ class BackupExecutor:
         return Handled([backup], cluster.cluster_id, follow_up=start)
 
     async def _run(self, cluster: Cluster, backup: Backup, running: Running) -> None:
+        renewing = asyncio.create_task(
+            keep_renewed(
+                self.leases,
+                backup.backup_id,
+                self.settings.backup_lease_seconds,
+                self.runtime.clock.now,
+            )
+        )
         try:
             async with self.slots:
-                work = asyncio.create_task(asyncio.to_thread(self._take, cluster, backup, running))
-                while not work.done():
-                    await asyncio.wait({work}, timeout=self.settings.backup_lease_seconds / 3)
-                    if not work.done():
-                        until = leases.lease_until(
-                            self.runtime.clock.now(), self.settings.backup_lease_seconds
-                        )
-                        await asyncio.to_thread(
-                            leases.renew, self.runtime.db, backup.backup_id, until
-                        )
-                manifest = work.result()
+                manifest = await asyncio.to_thread(self._take, cluster, backup, running)
                 await asyncio.to_thread(self._record_completed, backup, manifest)
         except BackupError as error:
             await asyncio.to_thread(
-                self._record_failed, backup.backup_id, error.code.value, error.message, error.step
+                self._record_failed,
+                backup.cluster_id,
+                backup.backup_id,
+                error.code.value,
+                error.message,
+                error.step,
             )
         except Exception as error:  # never leave a backup IN_PROGRESS because of a bug
             log.exception("backup %s failed unexpectedly", backup.backup_id)
             await asyncio.to_thread(
                 self._record_failed,
+                backup.cluster_id,
                 backup.backup_id,
                 ErrorCode.INTERNAL.value,
                 f"{type(error).__name__}: {error}",
                 "executor",
             )
         finally:
+            renewing.cancel()
             self.running.pop(cluster.cluster_id, None)
-            await asyncio.to_thread(leases.release, self.runtime.db, backup.backup_id)
+            await asyncio.to_thread(self.leases.release, backup.backup_id)
 
     def _take(self, cluster: Cluster, backup: Backup, running: Running) -> Manifest:
         store = self.store_for(backup.region)
@@ -217,26 +228,12 @@ class BackupExecutor:
         return adapter.incremental_backup(request, previous)
 
     def _record_completed(self, started: Backup, manifest: Manifest) -> None:
-        backup = self.runtime.store.get_or_none(started.backup_id, Backup)
+        backup = self.runtime.store.get_or_none(started.id, Backup)
         if backup is None or backup.is_terminal:
             return
-        catalog = [
-            {
-                "name": db.name,
-                "size_bytes": db.size_bytes,
-                "schemas": [
-                    {
-                        "name": schema.name,
-                        "tables": [
-                            {"name": t.name, "row_count": t.rows, "size_bytes": t.size_bytes}
-                            for t in schema.tables
-                        ],
-                    }
-                    for schema in db.schemas
-                ],
-            }
-            for db in manifest.catalog.databases
-        ]
+        catalog = summarise_catalog(
+            manifest.catalog.databases, max_tables=self.settings.catalog_tables_in_event
+        )
         now = self.runtime.clock.now()
         backup.complete(
             as_of_time=manifest.data_from,
@@ -244,15 +241,17 @@ class BackupExecutor:
             database_count=manifest.catalog.database_count,
             catalog=catalog,
             manifest_key=f"clusters/{manifest.cluster_id}/chains/{manifest.chain_id}/manifests/{manifest.backup_id}.json",
-            expires_at=manifest.data_from + timedelta(days=backup.retention_days),
+            expires_at=backup_expires_at(manifest.data_from, backup.retention_days),
             at=now,
             by=self.name,
         )
         with contextlib.suppress(IntegrityError):  # the reaper failed it first: that stands
             self.runtime.store.save_all(backup)
 
-    def _record_failed(self, backup_id: UUID, code: str, message: str, step: str) -> bool:
-        backup = self.runtime.store.get_or_none(backup_id, Backup)
+    def _record_failed(
+        self, cluster_id: str, backup_id: UUID, code: str, message: str, step: str
+    ) -> bool:
+        backup = load_backup(self.runtime.store, cluster_id, backup_id)
         if backup is None or backup.is_terminal:
             return False
         backup.fail(code, message, step, self.runtime.clock.now(), self.name)
@@ -265,26 +264,35 @@ class BackupExecutor:
     # -- leases ----------------------------------------------------------------------------------
 
     def reap_once(self) -> int:
-        """Fail the backups whose executor died, and delete what they left half-written."""
+        """Fail the backups whose executor died, and delete what they left half-written.
+
+        Objects are deleted only for a backup this call failed: it was IN_PROGRESS, so no other
+        backup of its cluster (hence of its chain) can be running. A lease whose backup was
+        never recorded (an orphan: nothing was written) or has already ended is released."""
         reaped = 0
-        for backup_id, cluster_id, chain_id, region in leases.expired(
-            self.runtime.db, self.runtime.clock.now()
-        ):
+        for lease in self.leases.expired(self.runtime.clock.now()):
+            backup_id, cluster_id = lease.job_id, lease.cluster_id
             if any(r.backup_id == backup_id for r in self.running.values()):
                 continue
             failed = self._record_failed(
+                cluster_id,
                 backup_id,
                 "LEASE_EXPIRED",
                 f"the executor running this backup stopped renewing its lease for "
                 f"{self.settings.backup_lease_seconds:.0f} s (it died or lost the database)",
                 "executor lease",
             )
-            try:
-                cleanup_partial(self.store_for(region), cluster_id, str(chain_id))
-            except Exception:
-                log.exception("cleaning up after backup %s failed; will retry", backup_id)
-                continue
-            leases.release(self.runtime.db, backup_id)
+            if failed:
+                region, chain_id = lease.detail["region"], lease.detail["chain_id"]
+                try:
+                    cleanup_partial(self.store_for(region), cluster_id, chain_id)
+                except Exception:
+                    log.exception(
+                        "cleaning up after backup %s failed: its unreferenced objects stay "
+                        "(never listed)",
+                        backup_id,
+                    )
+            self.leases.release(backup_id)
             reaped += int(failed)
         return reaped
 
@@ -308,10 +316,9 @@ class BackupExecutor:
     def verify(
         self, command: VerifyBackup, principal: Principal, context: CommandContext
     ) -> Handled:
-        cluster = self._live_cluster(command.cluster_id)
-        principal.require(Action.VIEW_BACKUPS, cluster.organization, cluster.cluster_id)
-        backup = context.store.get_or_none(command.backup_id, Backup)
-        if backup is None or backup.cluster_id != cluster.cluster_id:
+        cluster = self._live_cluster(command.cluster_id, principal, Action.VIEW_BACKUPS)
+        backup = load_backup(context.store, cluster.cluster_id, command.backup_id)
+        if backup is None:
             raise NotFound(
                 f"backup {command.backup_id} of cluster {cluster.cluster_id} is not known"
             )
@@ -338,7 +345,7 @@ class BackupExecutor:
             missing, corrupt, checked = report.missing, report.corrupt, report.chunks_checked
         except Exception as exc:
             missing = [f"manifest or chain unreadable: {exc}"]
-        latest = self.runtime.store.get_or_none(backup.backup_id, Backup)
+        latest = self.runtime.store.get_or_none(backup.id, Backup)
         assert latest is not None
         latest.record_verification(
             ok=not missing and not corrupt,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from pydantic import TypeAdapter
 
@@ -12,12 +13,16 @@ from managed_backups.services.executor.executor import BackupExecutor
 from managed_backups.services.runtime import Runtime
 from managed_backups.shared.bus import ensure_topics, make_broker, subscribe_commands
 from managed_backups.shared.commands import CommandContext, CommandProcessor
+from managed_backups.shared.domain.connection_ref import libpq_environment_refusal
 
 GROUP = "managed-backups.backup-executor"
 
 
 async def run(runtime: Runtime, stop: asyncio.Event) -> None:
     settings = runtime.settings
+    refusal = libpq_environment_refusal(os.environ)
+    if refusal:
+        raise RuntimeError(f"the backup-executor refuses to start: {refusal}")
     await ensure_topics(settings.kafka_bootstrap_servers)
     name = f"backup-executor-{settings.instance}"
     executor = BackupExecutor(runtime, name)

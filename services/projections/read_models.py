@@ -28,6 +28,7 @@ from managed_backups.contracts.events import (
     EventBase,
 )
 from managed_backups.services.projections import restore_views
+from managed_backups.shared.domain.backup_lifecycle import listed_backup_sql
 from managed_backups.shared.sqldb import Cursor, SqlDatabase
 
 PROJECTION_NAME = "views"
@@ -319,11 +320,7 @@ class ReadModels:
         p = self.p
         sql = (
             f"SELECT b.doc FROM {p}backups b WHERE b.cluster_id = ? "
-            "AND b.status IN ('IN_PROGRESS', 'COMPLETE') "
-            "AND (b.expires_at IS NULL OR b.expires_at > ?) "
-            "AND (b.backup_type = 'FULL' OR EXISTS (SELECT 1 FROM "
-            f"{p}backups f WHERE f.backup_id = b.chain_id AND f.status = 'COMPLETE' "
-            "AND (f.expires_at IS NULL OR f.expires_at > ?)))"
+            f"AND {listed_backup_sql(f'{p}backups')}"
         )
         params: list[Any] = [cluster_id, ts(now), ts(now)]
         if start is not None:

@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-from psycopg.conninfo import make_conninfo
-
 from managed_backups.contracts.commands import StartRestore
 from managed_backups.contracts.enums import RestoreType
 from managed_backups.services.runtime import Runtime
 from managed_backups.shared import jobs
+from managed_backups.shared.cluster_connection import cluster_connection
 from managed_backups.shared.commands import CommandContext, Handled
+from managed_backups.shared.dataplane.engine import BackupError
 from managed_backups.shared.dataplane.manifest import Manifest, load_chain, read_manifest
 from managed_backups.shared.dataplane.objectstore import ObjectStore
 from managed_backups.shared.dataplane.restore_plan import (
@@ -44,7 +44,7 @@ from managed_backups.shared.dataplane.restore_plan import (
     plan_bytes,
     schema_views,
 )
-from managed_backups.shared.domain.backup import Backup
+from managed_backups.shared.domain.backup import Backup, load_backup
 from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.domain.errors import Conflict, NotFound, Refused
 from managed_backups.shared.domain.ids import cluster_aggregate_id
@@ -62,6 +62,7 @@ from managed_backups.shared.domain.restore_rules import (
 )
 from managed_backups.shared.eventstore import EventStore, IntegrityError, event_topics
 from managed_backups.shared.region_stores import RegionStores
+from managed_backups.shared.secrets import ConnectionSecrets
 from managed_backups.shared.security import Principal
 from managed_backups.shared.settings import Settings
 
@@ -69,16 +70,17 @@ log = logging.getLogger(__name__)
 JOB_KIND = "restore"
 
 
-def cluster_access(cluster: Cluster, settings: Settings) -> ClusterAccess:
-    """How the restore service reaches a cluster: its ``connection_ref`` and the password from
-    the secret store (today the libpq ``pgpass`` file, as the executor does). The one place to
-    change when secrets move."""
-    dsn = cluster.connection_ref
-    env: dict[str, str] = {}
-    if settings.pgpass_file.exists():
-        dsn = make_conninfo(dsn, passfile=str(settings.pgpass_file))
-        env["PGPASSFILE"] = str(settings.pgpass_file)
-    return ClusterAccess(dsn=dsn, env=env)
+def cluster_access(
+    cluster: Cluster, secrets: ConnectionSecrets, settings: Settings
+) -> ClusterAccess:
+    """How the restore service reaches a cluster: as the executor does
+    (``shared/cluster_connection.py``), its allow-listed ``connection_ref`` and its own secret,
+    libpq's own lookups closed. A reference or secret that cannot be used is a refusal."""
+    try:
+        connection = cluster_connection(cluster, secrets, settings.pgpass_file)
+    except BackupError as exc:
+        raise Refused(f"cluster {cluster.cluster_id}: {exc.message}", 409) from None
+    return ClusterAccess(dsn=connection.dsn, env=connection.env, password=connection.password)
 
 
 def latest_restorable_backup(store: EventStore, cluster_id: str, now: Any) -> UUID | None:
@@ -98,10 +100,10 @@ def latest_restorable_backup(store: EventStore, cluster_id: str, now: Any) -> UU
             break
         after = page[-1].id
     for _, backup_id in sorted(found, key=lambda f: f[0], reverse=True):
-        backup = store.get_or_none(backup_id, Backup)
+        backup = load_backup(store, cluster_id, backup_id)
         if backup is None:
             continue
-        full = store.get_or_none(backup.chain_id, Backup)
+        full = load_backup(store, cluster_id, backup.chain_id)
         try:
             backup_is_restorable(backup, full, cluster_id, backup_id, now)
         except Refused:
@@ -158,7 +160,8 @@ class RestoreService:
         self.tasks: set[asyncio.Task[None]] = set()
         self.slots = asyncio.Semaphore(max(1, self.settings.max_concurrent_restores))
         self.stores = RegionStores(runtime.settings)
-        jobs.ensure_table(runtime.db)
+        self.leases = jobs.JobLeases(runtime.db, JOB_KIND)
+        self.secrets = ConnectionSecrets(runtime.db, self.settings.secrets_path)
 
     def store_for(self, region: str) -> ObjectStore:
         return self.stores.for_region(region)
@@ -199,7 +202,7 @@ class RestoreService:
             command.restore_type,
             destination.cluster_id,
             [
-                (job.job_id, bool(job.details.get("exclusive")))
+                (job.job_id, bool(job.detail.get(jobs.EXCLUSIVE)))
                 for job in jobs.on_cluster(self.runtime.db, destination.cluster_id)
                 if job.kind == JOB_KIND
             ],
@@ -208,8 +211,10 @@ class RestoreService:
         backup_id = command.backup_id or latest_restorable_backup(store, source.cluster_id, now)
         if backup_id is None:
             raise NotFound(f"cluster {source.cluster_id} has no restorable backup")
-        backup = store.get_or_none(backup_id, Backup)
-        full = store.get_or_none(backup.chain_id, Backup) if backup is not None else None
+        backup = load_backup(store, source.cluster_id, backup_id)
+        full = (
+            load_backup(store, source.cluster_id, backup.chain_id) if backup is not None else None
+        )
         backup = backup_is_restorable(backup, full, source.cluster_id, backup_id, now)
         objects_store = self.store_for(backup.region)
         try:
@@ -224,7 +229,7 @@ class RestoreService:
             TableRef(o.get("schema", "public"), o["table"]) for o in objects if "table" in o
         )
         tables = tuple(t for t in named if chain[-1].table(database, t.schema, t.name))
-        access = cluster_access(destination, self.settings)
+        access = cluster_access(destination, self.secrets, self.settings)
         views: tuple[TableRef, ...] = ()
         missing = [] if cluster_kind else missing_objects(chain[-1], database)
         if not missing and len(tables) < len(named):
@@ -253,14 +258,18 @@ class RestoreService:
             raise Refused(exc.message, 503 if exc.code == "CONNECTION_FAILED" else 409) from None
         lease = jobs.lease_until(now, self.settings.restore_lease_seconds)
         # The lease first: a job recorded without a lease could never be reaped.
-        if not jobs.take(
-            self.runtime.db,
+        # It names every backup of the chain the restore reads: retention deletes none of them
+        # while the lease is held (the job re-checks their expiry once it is recorded).
+        if not self.leases.take(
             command.restore_id,
-            JOB_KIND,
             destination.cluster_id,
             self.name,
             lease,
-            {"target_database": plan.target_database, "exclusive": cluster_kind},
+            {
+                "target_database": plan.target_database,
+                jobs.EXCLUSIVE: cluster_kind,
+                **jobs.holding([m.backup_id for m in chain]),
+            },
         ):
             raise Conflict(f"restore {command.restore_id} is being started by another worker")
         restore = Restore(
@@ -309,6 +318,21 @@ class RestoreService:
             return False
         return True
 
+    def _chain_still_restorable(self, job: Job) -> None:
+        """Once the job and its lease are recorded, the backup must still be restorable: retention
+        records an expiry before it reads the leases, so an expiry it recorded after the command's
+        checks is seen here, and the job fails before reading anything."""
+        restore = job.restore
+        store = self.runtime.store
+        backup = load_backup(store, restore.source_cluster_id, restore.backup_id)
+        full = load_backup(store, restore.source_cluster_id, restore.chain_id)
+        try:
+            backup_is_restorable(
+                backup, full, restore.source_cluster_id, restore.backup_id, self.runtime.clock.now()
+            )
+        except Refused as refused:
+            raise PlanError("BACKUP_NOT_RESTORABLE", refused.reason, "check the backup") from None
+
     def _fail(self, restore_id: UUID, code: str, message: str, step: str, state: str) -> bool:
         now = self.runtime.clock.now()
         return self._record(
@@ -326,6 +350,7 @@ class RestoreService:
         state = destination_state(job.plan, job.plan.target_database)
         try:
             async with self.slots:
+                await asyncio.to_thread(self._chain_still_restorable, job)
                 total = plan_bytes(job.chain, job.plan)
                 await asyncio.to_thread(
                     self._record,
@@ -348,9 +373,7 @@ class RestoreService:
                     if work.done():
                         break
                     until = jobs.lease_until(clock.now(), self.settings.restore_lease_seconds)
-                    await asyncio.to_thread(
-                        jobs.renew, self.runtime.db, restore_id, self.name, until
-                    )
+                    await asyncio.to_thread(self.leases.renew, restore_id, until)
                     await asyncio.to_thread(
                         self._progress, restore_id, min(running.bytes_done, total)
                     )
@@ -376,12 +399,12 @@ class RestoreService:
             )
         finally:
             self.running.pop(restore_id, None)
-            await asyncio.to_thread(jobs.release, self.runtime.db, restore_id)
+            await asyncio.to_thread(self.leases.release, restore_id)
 
     # -- leases ----------------------------------------------------------------------------------
 
     def _fail_expired(self, lease: jobs.Lease) -> bool:
-        target = lease.details.get("target_database")
+        target = lease.detail.get("target_database")
         state = (
             f"unchanged: database {target} was not created, or the restore's transaction into "
             "it was rolled back when its worker's connection closed; the restore's temporary "
@@ -400,14 +423,14 @@ class RestoreService:
         cluster = self.runtime.store.get_or_none(cluster_aggregate_id(lease.cluster_id), Cluster)
         if cluster is None:
             return
-        dropped = drop_temporary_databases(cluster_access(cluster, self.settings), lease.job_id)
+        dropped = drop_temporary_databases(
+            cluster_access(cluster, self.secrets, self.settings), lease.job_id
+        )
         if dropped:
             log.warning("restore %s: dropped temporary databases %s", lease.job_id, dropped)
 
     def reap_once(self) -> int:
-        return jobs.reap(
-            self.runtime.db,
-            JOB_KIND,
+        return self.leases.reap(
             self.runtime.clock.now(),
             self._fail_expired,
             self._cleanup,

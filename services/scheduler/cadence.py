@@ -1,4 +1,4 @@
-"""PRODUCT.md "Full and incremental backups": which backup is due, and whether full or incremental.
+"""Rule: "full and incremental backups": which backup is due, and whether full or incremental.
 
 Slots: each settings *generation* (registration, and every change of frequency, retention or the
 enabled switch) starts a grid ``generation_start + k * frequency``; slot 0 is immediate. A slot
@@ -10,7 +10,7 @@ Type of the backup for a slot:
 - full every day when frequency ≤ 60 minutes, every week when frequency ≤ 1440 minutes;
 - full also when the next slot would come after the chain's full expires (its retention): the
   incrementals die with their full, so a new full must exist before the old one goes. This is
-  stricter than the seed: a live cluster always has a restorable chain;
+  stricter than a plain slot grid: a live cluster always has a restorable chain;
 - otherwise incremental, depending on the chain's (complete) full.
 """
 

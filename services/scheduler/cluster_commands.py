@@ -1,12 +1,10 @@
 """Handlers of ``managed-backups.cluster-commands``: one function per command.
 
-PRODUCT.md "Clusters" and "Backup settings": registration (with the backup region chosen at random
+Rules "clusters" and "backup settings": registration (with the backup region chosen at random
 from the cluster's regions, for ever), settings changes by the tier rules, tier changes, deletion.
 """
 
 from __future__ import annotations
-
-import random
 
 from managed_backups.contracts.commands import (
     ChangeClusterTier,
@@ -17,17 +15,22 @@ from managed_backups.contracts.commands import (
 from managed_backups.shared.commands import CommandContext, Handled, Handler
 from managed_backups.shared.domain.backup_settings import SettingsChange, initial_settings
 from managed_backups.shared.domain.cluster import Cluster
-from managed_backups.shared.domain.errors import Conflict, NotFound
+from managed_backups.shared.domain.connection_ref import parse_connection_ref
+from managed_backups.shared.domain.errors import Conflict, NotFound, not_registered
 from managed_backups.shared.domain.ids import cluster_aggregate_id
+from managed_backups.shared.domain.regions import choose_backup_region
 from managed_backups.shared.security import Action, Principal
 
-_random = random.SystemRandom()
 
-
-def load_cluster(context: CommandContext, cluster_id: str) -> Cluster:
+def load_cluster(
+    context: CommandContext, cluster_id: str, principal: Principal, action: Action
+) -> Cluster:
+    """The live cluster ``principal`` may ``action`` on; a deleted or invisible one is refused
+    without revealing more than the caller may see."""
     cluster = context.store.get_or_none(cluster_aggregate_id(cluster_id), Cluster)
     if cluster is None:
-        raise NotFound(f"cluster {cluster_id} is not registered")
+        raise NotFound(not_registered(cluster_id))
+    principal.require_on_cluster(action, cluster.organization, cluster.cluster_id)
     if cluster.deleted:
         raise NotFound(f"cluster {cluster_id} was deleted")
     return cluster
@@ -37,6 +40,7 @@ def register_cluster(
     command: RegisterCluster, principal: Principal, context: CommandContext
 ) -> Handled:
     principal.require(Action.MANAGE_CLUSTERS, organization=command.organization)
+    parse_connection_ref(command.connection_ref)
     existing = context.store.get_or_none(cluster_aggregate_id(command.cluster_id), Cluster)
     if existing is not None:
         detail = " and was deleted; cluster ids are never reused" if existing.deleted else ""
@@ -51,7 +55,7 @@ def register_cluster(
         engine=command.engine.value,
         database_version=command.database_version,
         connection_ref=command.connection_ref,
-        backup_region=_random.choice(command.regions),
+        backup_region=choose_backup_region(command.regions),
         enabled=settings.enabled,
         frequency_minutes=settings.frequency_minutes,
         retention_days=settings.retention_days,
@@ -65,8 +69,7 @@ def register_cluster(
 def update_backup_settings(
     command: UpdateBackupSettings, principal: Principal, context: CommandContext
 ) -> Handled:
-    cluster = load_cluster(context, command.cluster_id)
-    principal.require(Action.CHANGE_BACKUP_SETTINGS, cluster.organization, cluster.cluster_id)
+    cluster = load_cluster(context, command.cluster_id, principal, Action.CHANGE_BACKUP_SETTINGS)
     decision = cluster.decide_settings(
         SettingsChange(command.enabled, command.frequency_minutes, command.retention_days)
     )
@@ -81,8 +84,7 @@ def update_backup_settings(
 def change_cluster_tier(
     command: ChangeClusterTier, principal: Principal, context: CommandContext
 ) -> Handled:
-    cluster = load_cluster(context, command.cluster_id)
-    principal.require(Action.MANAGE_CLUSTERS, cluster.organization, cluster.cluster_id)
+    cluster = load_cluster(context, command.cluster_id, principal, Action.MANAGE_CLUSTERS)
     changed = cluster.change_tier(
         command.tier, command.command_id, context.clock.now(), principal.name
     )
@@ -92,8 +94,7 @@ def change_cluster_tier(
 def delete_cluster(
     command: DeleteCluster, principal: Principal, context: CommandContext
 ) -> Handled:
-    cluster = load_cluster(context, command.cluster_id)
-    principal.require(Action.MANAGE_CLUSTERS, cluster.organization, cluster.cluster_id)
+    cluster = load_cluster(context, command.cluster_id, principal, Action.MANAGE_CLUSTERS)
     cluster.delete(command.command_id, context.clock.now(), principal.name)
     return Handled([cluster], command.cluster_id)
 

@@ -36,13 +36,14 @@ from managed_backups.services.scheduler.cadence import (
     next_slot,
 )
 from managed_backups.shared.clock import Clock
-from managed_backups.shared.domain.backup import Backup
+from managed_backups.shared.domain.backup import Backup, load_backup
+from managed_backups.shared.domain.backup_lifecycle import TERMINAL, backup_may_start
 from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.domain.ids import cluster_aggregate_id, scheduled_backup_id
 from managed_backups.shared.eventstore import EventStore, IntegrityError, event_topics
 
 log = logging.getLogger(__name__)
-TERMINAL = {BackupStatus.COMPLETE.value, BackupStatus.FAILED.value, BackupStatus.EXPIRED.value}
+
 FOLLOWED = event_topics(
     Cluster.ClusterRegistered,  # type: ignore[attr-defined]
     Cluster.BackupSettingsUpdated,  # type: ignore[attr-defined]
@@ -194,7 +195,7 @@ class Scheduler:
         status = self.status.get(backup_id)
         if status in TERMINAL:
             return status
-        backup = self.store.get_or_none(backup_id, Backup)
+        backup = load_backup(self.store, cluster.cluster_id, backup_id)
         if backup is not None:
             self._remember(cluster.cluster_id, backup_id, backup.status)
             return backup.status
@@ -240,7 +241,7 @@ class Scheduler:
         last = cluster.last_scheduled
         if last is not None:
             status = self.backup_status(cluster, last["backup_id"])
-            if status not in TERMINAL:
+            if not backup_may_start(status, last_backup_known=True):
                 # Woken by the backup's completion; re-checked now and then in case it is lost.
                 self._push(now + timedelta(seconds=60), cluster_id)
                 return None, status is None and self._resend_due(cluster, last["backup_id"])

@@ -88,7 +88,12 @@ class BackupRequest:
     ``known_chunks`` (hash → stored size) are chunks already in the chain that need no upload;
     the adapter adds the previous manifest's own. ``cancel`` aborts the backup as soon as
     every stream sees it (raises ``BackupError(CANCELLED)``). ``on_progress`` receives the
-    fraction (0..1) of the estimated bytes done.
+    fraction (0..1) of the estimated bytes done. ``on_snapshots`` is called once per group of
+    databases whose snapshots were just taken (and whose tables are locked), with database name
+    → exported snapshot id, before any of their rows is read: a caller may import a snapshot
+    (``SET TRANSACTION SNAPSHOT``, ``pg_dump --snapshot``) to read the source exactly as the
+    backup sees it (verification, the differential tests). It must not take locks that
+    conflict with ``ACCESS SHARE`` nor return late: the backup waits for it.
     """
 
     store: ObjectStore
@@ -97,6 +102,7 @@ class BackupRequest:
     cancel: threading.Event | None = None
     on_progress: Callable[[float], None] | None = None
     known_chunks: Mapping[str, int] | None = None
+    on_snapshots: Callable[[Mapping[str, str]], None] | None = None
 
 
 class EngineAdapter(ABC):

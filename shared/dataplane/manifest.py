@@ -9,10 +9,20 @@ A backup is *listed* (restorable) only once its manifest exists; the manifest is
 and exactly once (:meth:`ObjectStore.put_new`). Chunks without a manifest are partial objects of
 a backup whose writer died (see :mod:`.verify` for the clean-up rule).
 
-Versioning: every manifest carries ``schema_version``. :func:`load_manifest` dispatches on it;
-when version 2 comes, keep the version 1 model, add ``ManifestV2`` and an upgrade function,
-and let ``load_manifest`` return the newest model. Models are frozen and forbid unknown fields,
-so a manifest written by a newer writer is refused loudly instead of being half-read.
+Versioning: every manifest carries ``schema_version``. :func:`load_manifest` dispatches on it.
+Version 2 only *adds* fields to version 1, so one model reads both: a version 1 document
+validates with every version 2 field at its default, which means "not recorded" (``None``,
+``[]``), and a version 1 document carrying a version 2 field is refused. Writers treat "not
+recorded" as unknown and store whole (e.g. a database without a recorded ``oid`` cannot be
+proven to be the same database). A future version that changes a shape gets its own model and
+an upgrade function. Models are frozen and forbid unknown fields, so a manifest written by a
+newer writer is refused loudly instead of being half-read.
+
+Version 2 added: ``DatabaseBackup.oid``, ``is_template``, ``properties`` (owner, ACL,
+connection limit, comment, database and role-in-database settings), ``matviews``,
+``large_objects``; ``SequenceValue.is_called``; ``Catalog.skipped_databases``. Its schema
+archive also holds the large objects (``pg_dump -b --exclude-table-data='*.*'``, where version 1
+used ``--schema-only``), and table fingerprints cover the columns' whole type closure.
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .objectstore import ObjectNotFound, ObjectStore
 
@@ -37,13 +47,17 @@ __all__ = [
     "CatalogTable",
     "ChunkRef",
     "DatabaseBackup",
+    "DatabaseProperties",
     "KeyColumn",
     "KeySet",
     "KeySetFormat",
     "Manifest",
     "ManifestError",
+    "MatView",
     "PgSnapshot",
+    "RoleSettings",
     "SequenceValue",
+    "SkippedDatabase",
     "TableBackup",
     "TableMode",
     "Totals",
@@ -58,7 +72,7 @@ __all__ = [
     "save_manifest",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class ManifestError(Exception):
@@ -136,7 +150,37 @@ class SequenceValue(_Model):
     schema_name: str
     name: str
     last_value: int | None
-    """``None`` when the sequence was never used (restore leaves it at its start)."""
+    """Version 1: ``None`` when the sequence was never used (restore leaves it at its start).
+    Version 2: the sequence's ``last_value`` as stored (set whatever ``is_called``)."""
+    is_called: bool | None = None
+    """Version 2: ``setval(seq, last_value, is_called)`` restores the state exactly (after
+    ``RESTART`` or ``setval(..., false)`` the next value is ``last_value`` itself)."""
+
+
+class MatView(_Model):
+    """A materialized view; a restore refreshes the populated ones, as ``pg_restore`` does."""
+
+    schema_name: str
+    name: str
+    populated: bool
+
+
+class RoleSettings(_Model):
+    role: str | None
+    """``None``: ``ALTER DATABASE ... SET``; a role: ``ALTER ROLE ... IN DATABASE ... SET``."""
+    settings: list[str]
+    """``name=value`` as ``pg_db_role_setting`` stores them."""
+
+
+class DatabaseProperties(_Model):
+    """What ``pg_dump --create`` would say of the database itself."""
+
+    owner: str
+    acl: str | None
+    """``datacl`` as text (``None``: the default privileges)."""
+    connection_limit: int
+    comment: str | None
+    settings: list[RoleSettings]
 
 
 class TableBackup(_Model):
@@ -166,6 +210,10 @@ class TableBackup(_Model):
     key_set: KeySet | None = None
     size_bytes: int
     """``pg_total_relation_size`` at backup time."""
+    extension_condition: str | None = None
+    """Version 2: an extension configuration table (``pg_extension_config_dump``): the rows
+    kept are those of this ``WHERE`` clause (``""``: all), restored by appending to the rows
+    ``CREATE EXTENSION`` made; ``None`` for an ordinary table."""
 
 
 class DatabaseBackup(_Model):
@@ -178,10 +226,24 @@ class DatabaseBackup(_Model):
     """The database's exported snapshot (one per database: PostgreSQL does not let a
     snapshot be imported into another database)."""
     schema_archive: list[ChunkRef]
-    """``pg_dump --schema-only -Fc`` archive (filterable with ``pg_restore -l`` / ``-L``)."""
+    """``pg_dump -Fc`` archive without table data (filterable with ``pg_restore -l`` / ``-L``):
+    version 1 ``--schema-only``, version 2 ``-b --exclude-table-data='*.*'`` (with large objects)."""
     schema_archive_size: int
     tables: list[TableBackup]
     sequences: list[SequenceValue] = []
+    oid: int | None = None
+    """Version 2: the database's identity; a database recreated or swapped in under the same
+    name has another oid, and its next incremental stores every table whole."""
+    is_template: bool = False
+    properties: DatabaseProperties | None = None
+    matviews: list[MatView] = []
+    large_objects: int | None = None
+    """Version 2: large objects in the schema archive (``None``: not recorded)."""
+
+
+class SkippedDatabase(_Model):
+    name: str
+    reason: str
 
 
 class CatalogTable(_Model):
@@ -205,6 +267,8 @@ class CatalogDatabase(_Model):
 
 class Catalog(_Model):
     databases: list[CatalogDatabase]
+    skipped_databases: list[SkippedDatabase] = []
+    """Databases of the cluster this backup does not hold, each with the reason."""
 
     @property
     def database_count(self) -> int:
@@ -226,7 +290,7 @@ class Totals(_Model):
 
 
 class Manifest(_Model):
-    schema_version: Literal[1] = 1
+    schema_version: Literal[1, 2] = 2
     engine: Literal["postgres"] = "postgres"
     backup_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,128}$")
     cluster_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,128}$")
@@ -259,6 +323,22 @@ class Manifest(_Model):
         if value.tzinfo is None:
             raise ValueError("timestamps must be timezone-aware")
         return value.astimezone(UTC)
+
+    @model_validator(mode="after")
+    def _version_1_has_no_version_2_fields(self) -> Manifest:
+        if self.schema_version == 1:
+            v2 = self.catalog.skipped_databases or any(
+                db.oid is not None
+                or db.properties is not None
+                or db.matviews
+                or db.large_objects is not None
+                or db.is_template
+                or any(seq.is_called is not None for seq in db.sequences)
+                for db in self.databases
+            )
+            if v2:
+                raise ValueError("a version 1 manifest cannot hold version 2 fields")
+        return self
 
     def database(self, name: str) -> DatabaseBackup:
         for db in self.databases:
@@ -311,11 +391,11 @@ def load_manifest(data: bytes) -> Manifest:
     if not isinstance(raw, dict):
         raise ManifestError("manifest is not a JSON object")
     version = raw.get("schema_version")
-    if version == 1:
+    if version in (1, 2):
         try:
             return Manifest.model_validate(raw)
         except ValueError as exc:
-            raise ManifestError(f"invalid version 1 manifest: {exc}") from None
+            raise ManifestError(f"invalid version {version} manifest: {exc}") from None
     raise ManifestError(f"unsupported manifest schema_version {version!r}")
 
 

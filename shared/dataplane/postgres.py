@@ -15,13 +15,32 @@ What a backup holds
   earliest of them: every transaction committed before ``data_from`` is in the backup.
 - **Globals**: ``pg_dumpall --globals-only`` (roles, tablespaces); when the role may not read
   ``pg_authid`` it is retried with ``--no-role-passwords`` (recorded in the manifest).
-- **Per database**: a ``pg_dump --schema-only -Fc`` archive (restores filter it with
-  ``pg_restore -l``/``-L``), sequence values, and per table (``relkind = 'r'``, including
-  partitions and unlogged tables; extension-owned tables are left to ``CREATE EXTENSION``) the
-  rows by ``COPY (SELECT cols FROM ONLY t ORDER BY key) TO STDOUT``. Tables are read in
-  parallel (``parallelism`` connections, default 2, largest first) after the database's
-  coordinator took ``ACCESS SHARE`` locks on them, so no concurrent DDL can rewrite a table
-  under the snapshot.
+- **Which databases**: every database that allows connections, templates included; the others
+  (``ALLOW_CONNECTIONS false``, ``template0``) are listed in ``catalog.skipped_databases``
+  with the reason, never left out silently.
+- **Per database**: a ``pg_dump -Fc -b --exclude-table-data='*.*'`` archive (the schema and
+  the large objects with owners, ACLs and comments; restores filter it with
+  ``pg_restore -l``/``-L``), sequence states (``last_value``, ``is_called``), materialized views
+  (populated or not: a restore refreshes them, as ``pg_restore`` does), the database's own
+  properties (settings, role-in-database settings, comment, connection limit, owner, ACL), its
+  oid (its identity), and per table (``relkind = 'r'``, including partitions and unlogged
+  tables; extension-owned tables are left to ``CREATE EXTENSION`` except configuration tables
+  registered with ``pg_extension_config_dump``, whose rows matching their condition are stored
+  whole) the rows by ``COPY (SELECT cols FROM ONLY t ORDER BY key) TO STDOUT``.
+- **Locks and concurrent DDL**: when a database's turn comes its coordinator takes ``ACCESS
+  SHARE`` locks on its tables, then checks each against the snapshot's catalog: the same oid
+  under the same name (``to_regclass``) and the same storage (``pg_relation_filenode``).
+  ``TRUNCATE`` and table rewrites are not MVCC-safe: a table truncated, rewritten, dropped or
+  replaced between the snapshot and the locks would read as empty or missing. Any difference
+  retakes the database's snapshot (at most five times, then ``SNAPSHOT_FAILED``). The worker
+  connections import the snapshot and lock every table ``NOWAIT`` right away: a DDL statement
+  already queued behind the coordinator's locks would make any later lock request (a reader's,
+  ``pg_dump``'s) wait for ever, so it retakes the snapshot too (after the DDL ran); ``psql``
+  streams lock ``NOWAIT`` and fall back to the worker's connection, and ``pg_dump`` gets
+  ``--lock-wait-timeout`` and a retake. ``pg_dump`` also reads some definitions (views,
+  functions, types) in the current catalog, not the snapshot: one dropped meanwhile fails it,
+  and that too retakes the snapshot. A sequence dropped before its value is read does too. Tables are then read in parallel (``parallelism``
+  connections, default 2, largest first): no DDL can rewrite them under the snapshot.
 - **Text COPY, not binary**: text is what ``pg_dump`` uses; it works for every type (extension
   types without binary send/receive functions break binary COPY), restores into other
   PostgreSQL major versions and architectures, compresses as well, and lets a restore parse the
@@ -88,15 +107,21 @@ transaction:
   not correctness. ``age()`` uses one stable "now" per transaction, evaluated in the same
   statement, so the test is exact; it reads ``xmin`` without a text conversion per row.
 - *Limits, all answered by storing the table WHOLE* (with the reason in the manifest): no
-  primary key, an unsupported key type, a non-heap table access method, a new table or a
-  changed definition (fingerprint over oid, column names/types/collations/generation, enum
-  labels of column types, and the key: ``ALTER TABLE ... ADD COLUMN ... DEFAULT`` changes rows
-  without touching their ``xmin``), more than ``2^31`` transactions between ``P.xmin`` and
-  ``S.xmax``, a transaction counter that went backwards, a different system identifier or
-  timeline (a restored or PITR'd source reuses xids), or a new server major version. Changes
-  that alter a row's text without writing it and are not covered by the fingerprint
-  (renaming a value of an enum used through a composite type, changing a domain) need a full.
-  Large objects (``pg_largeobject``) are not backed up yet.
+  primary key, an unsupported key type, a key on a generated column, a non-heap table access
+  method, a new table or a changed definition, more than ``2^31`` transactions between
+  ``P.xmin`` and ``S.xmax``, a transaction counter that went backwards, a different system
+  identifier or timeline (a restored or PITR'd source reuses xids), a new server major
+  version, another database under the same name (databases are matched by oid: a rename swap
+  or a copy from a template keeps old xmins on different rows), or a previous manifest that
+  did not record the database's oid (schema_version 1).
+- *Definition changes that alter a row's text without writing the row*: the fingerprint covers
+  the oid, column names/types/collations/generation, the key, and the columns' whole **type
+  closure** (array elements, domain bases, composite attributes, range subtypes, at any
+  depth), with each type's name, enum labels, attribute list, typmod, collation and the
+  version of the extension owning it. ``ALTER TABLE ... ADD COLUMN ... DEFAULT``, ``ALTER TYPE
+  ... RENAME VALUE`` or ``ADD ATTRIBUTE`` on a type used anywhere in a column change it. A
+  column whose closure holds a ``reg*`` type prints other objects' current names, which no
+  fingerprint of the table can follow: such tables are stored whole in every incremental.
 
 Errors are :class:`~.engine.BackupError` with codes ``CONNECTION_FAILED``,
 ``AUTHENTICATION_FAILED``, ``PERMISSION_DENIED``, ``SNAPSHOT_FAILED``, ``DUMP_FAILED``,
@@ -119,12 +144,13 @@ import tempfile
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg._encodings import pg2pyenc  # psycopg's own PostgreSQL → Python codec table
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .chunks import (
@@ -144,12 +170,16 @@ from .manifest import (
     CatalogTable,
     ChunkRef,
     DatabaseBackup,
+    DatabaseProperties,
     KeyColumn,
     KeySet,
     KeySetFormat,
     Manifest,
+    MatView,
     PgSnapshot,
+    RoleSettings,
     SequenceValue,
+    SkippedDatabase,
     TableBackup,
     TableMode,
     Totals,
@@ -188,9 +218,34 @@ _C_COLLATE_TYPES = frozenset({"text", "varchar"})
 _XID_WINDOW = 1 << 31
 _READ_BLOCK = 1 << 20
 _MIN_SERVER_VERSION = 130000  # pg_current_snapshot() / xid8
+_MAX_RETAKES = 5
+_DUMP_LOCK_WAIT_MS = 5_000
+_LOCK_NOT_AVAILABLE = "55P03"
+_UNDEFINED_TABLE = "42P01"
+
+
+_DROPPED_SINCE_SNAPSHOT = re.compile(
+    r"could not open relation with OID|cache lookup failed|with OID \d+ does not exist"
+)
+
+
+class _Retake(Exception):
+    """Concurrent DDL got between a database's snapshot and its locks: take a new snapshot."""
+
 
 _SQLSTATE_RE = re.compile(r"ERROR:\s+([0-9A-Z]{5}):\s*([^\n]*)")
 _ERROR_LINE_RE = re.compile(r"(?:error|ERROR|FATAL):\s*(.*)")
+
+
+def python_codec(pg_encoding: str) -> str:
+    """Python's codec for a PostgreSQL encoding name (``LATIN1`` → ``iso8859-1``); ``SQL_ASCII``
+    maps to ``ascii`` and refuses non-ASCII text rather than guessing."""
+    try:
+        return pg2pyenc(pg_encoding.encode())
+    except (KeyError, psycopg.NotSupportedError):
+        raise BackupError(
+            ErrorCode.UNSUPPORTED, f"no Python codec for encoding {pg_encoding}", "encode SQL"
+        ) from None
 
 
 def quote_ident(name: str) -> str:
@@ -301,6 +356,24 @@ class _DbInfo:
     collate: str
     ctype: str
     size: int
+    oid: int
+    is_template: bool
+
+
+@dataclass(frozen=True)
+class _DbJob:
+    """What backing up one database needs besides its (retakeable) snapshot."""
+
+    info: _DbInfo
+    conn: psycopg.Connection[Any]
+    """The coordinator: holds the snapshot's transaction and the locks."""
+    previous: Manifest | None
+    global_reason: str | None
+    chunks: ChunkStore
+    table_pool: ThreadPoolExecutor
+    dump_pool: ThreadPoolExecutor
+    flag: _Flags
+    request: BackupRequest
 
 
 @dataclass(frozen=True)
@@ -314,6 +387,11 @@ class _Table:
     key_columns: list[KeyColumn]
     fingerprint: str
     access_method: str
+    text_follows_names: bool = False
+    """A column's type closure holds a ``reg*`` type: its text follows other objects' names."""
+    extension_condition: str | None = None
+    """An extension configuration table: the ``WHERE`` clause of the rows ``pg_dump`` keeps
+    (``""``: all); ``None`` for ordinary tables."""
 
     @property
     def qualified(self) -> str:
@@ -327,6 +405,8 @@ class _Table:
         if not self.key_columns:
             return "no primary key"
         for kc in self.key_columns:
+            if kc.name not in self.columns:
+                return f"primary key on generated column {kc.name}"
             if kc.type not in INT_KEY_TYPES and kc.type not in BYTES_KEY_TYPES:
                 return f"primary key type {kc.type} not supported for incrementals"
         return None
@@ -389,6 +469,9 @@ class _Flags:
     def __init__(self, *events: threading.Event | None) -> None:
         self._events = [e for e in events if e is not None]
 
+    def with_event(self, event: threading.Event) -> _Flags:
+        return _Flags(*self._events, event)
+
     def is_set(self) -> bool:
         return any(e.is_set() for e in self._events)
 
@@ -424,10 +507,32 @@ class _RangeCounter:
 # ------------------------------------------------------------------------------ catalog SQL
 _DATABASES_SQL = """
 SELECT d.datname, pg_encoding_to_char(d.encoding), d.datcollate, d.datctype,
-       CASE WHEN has_database_privilege(d.oid, 'CONNECT') THEN pg_database_size(d.oid) END
+       CASE WHEN has_database_privilege(d.oid, 'CONNECT') THEN pg_database_size(d.oid) END,
+       d.oid::int8, d.datistemplate
 FROM pg_database d
-WHERE d.datallowconn AND NOT d.datistemplate
+WHERE d.datallowconn
 ORDER BY d.datname
+"""
+
+# Databases no backup can read: listed in the catalog with the reason, never left out silently.
+_SKIPPED_DATABASES_SQL = """
+SELECT d.datname FROM pg_database d WHERE NOT d.datallowconn ORDER BY d.datname
+"""
+
+_PROPERTIES_SQL = """
+SELECT pg_get_userbyid(d.datdba), d.datacl::text, d.datconnlimit,
+       shobj_description(d.oid, 'pg_database'),
+       ARRAY(SELECT coalesce(r.rolname, '') || chr(1) || array_to_string(s.setconfig, chr(2))
+             FROM pg_db_role_setting s LEFT JOIN pg_roles r ON r.oid = s.setrole
+             WHERE s.setdatabase = d.oid ORDER BY 1)
+FROM pg_database d WHERE d.datname = current_database()
+"""
+
+_MATVIEWS_SQL = """
+SELECT n.nspname, c.relname, c.relispopulated FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'm' AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
+ORDER BY 1, 2
 """
 
 _SCHEMAS_SQL = """
@@ -440,7 +545,7 @@ ORDER BY n.nspname
 
 _TABLES_SQL = """
 SELECT c.oid::int8, n.nspname, c.relname,
-       pg_relation_size(c.oid), pg_total_relation_size(c.oid),
+       coalesce(pg_relation_size(c.oid), 0), coalesce(pg_total_relation_size(c.oid), 0),
        ARRAY(SELECT a.attname::text FROM pg_attribute a
              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
                AND a.attgenerated = '' ORDER BY a.attnum),
@@ -460,22 +565,57 @@ SELECT c.oid::int8, n.nspname, c.relname,
                           '|' ORDER BY a.attnum)
         FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
         WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
-       coalesce(am.amname, 'heap'), c.relkind::text
+       coalesce(am.amname, 'heap'), c.relkind::text, c.relfilenode::int8,
+       (WITH RECURSIVE closure(typ, depth) AS (
+          SELECT a.atttypid, 0 FROM pg_attribute a
+          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+          UNION
+          SELECT x.typ, cl.depth + 1 FROM closure cl JOIN pg_type t ON t.oid = cl.typ
+          CROSS JOIN LATERAL (
+            SELECT t.typelem WHERE t.typelem <> 0
+            UNION ALL SELECT t.typbasetype WHERE t.typbasetype <> 0
+            UNION ALL SELECT a2.atttypid FROM pg_attribute a2
+                      WHERE t.typrelid <> 0 AND a2.attrelid = t.typrelid AND a2.attnum > 0
+                        AND NOT a2.attisdropped
+            UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = t.oid
+            UNION ALL SELECT r.rngtypid FROM pg_range r WHERE r.rngmultitypid = t.oid
+          ) AS x(typ)
+          WHERE cl.depth < 32)
+        SELECT string_agg(concat_ws(':', t.oid, format_type(t.oid, NULL), t.typtype,
+                 t.typbasetype, t.typtypmod, t.typnotnull, t.typcollation,
+                 (SELECT string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder)
+                  FROM pg_enum e WHERE e.enumtypid = t.oid),
+                 (SELECT string_agg(a3.attname || ' ' || a3.atttypid || ' ' || a3.atttypmod
+                                    || ' ' || a3.attcollation, ',' ORDER BY a3.attnum)
+                  FROM pg_attribute a3 WHERE t.typrelid <> 0 AND a3.attrelid = t.typrelid
+                    AND a3.attnum > 0 AND NOT a3.attisdropped),
+                 (SELECT string_agg(x.extname || ' ' || x.extversion, ',')
+                  FROM pg_depend dp JOIN pg_extension x ON x.oid = dp.refobjid
+                  WHERE dp.classid = 'pg_type'::regclass AND dp.objid = t.oid
+                    AND dp.deptype = 'e')), ';' ORDER BY t.oid)
+               || CASE WHEN bool_or(t.typnamespace = 'pg_catalog'::regnamespace
+                                    AND t.typname IN ('regclass', 'regtype', 'regproc', 'regprocedure', 'regoper',
+                    'regoperator', 'regconfig', 'regdictionary', 'regnamespace', 'regrole',
+                    'regcollation'))
+                       THEN ';reg' ELSE '' END
+        FROM (SELECT DISTINCT typ FROM closure) AS cl JOIN pg_type t ON t.oid = cl.typ),
+       (SELECT coalesce(x.extcondition[array_position(x.extconfig, c.oid)], '')
+        FROM pg_extension x WHERE c.oid = ANY (x.extconfig) LIMIT 1)
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_am am ON am.oid = c.relam
 LEFT JOIN pg_constraint pk ON pk.conrelid = c.oid AND pk.contype = 'p'
 WHERE c.relkind = 'r' AND c.relpersistence IN ('p', 'u')
   AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
-  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
-                  AND d.objid = c.oid AND d.deptype = 'e')
+  AND (NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                   AND d.objid = c.oid AND d.deptype = 'e')
+       OR EXISTS (SELECT 1 FROM pg_extension x WHERE c.oid = ANY (x.extconfig)))
 ORDER BY n.nspname, c.relname
 """
 
 _SEQUENCES_SQL = """
-SELECT schemaname::text, sequencename::text, last_value
-FROM pg_sequences
-WHERE schemaname <> 'information_schema' AND schemaname !~ '^pg_'
+SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'S' AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
 ORDER BY 1, 2
 """
 
@@ -555,6 +695,7 @@ class PostgresAdapter(EngineAdapter):
         "PGUSER": "user",
         "PGHOST": "host",
         "PGPORT": "port",
+        "PGREQUIREAUTH": "require_auth",  # only pass it where psycopg's libpq is 16 or newer
     }
 
     def _conn_kwargs(self, dbname: str, encoding: str = "UTF8") -> dict[str, Any]:
@@ -681,7 +822,7 @@ class PostgresAdapter(EngineAdapter):
         with self.connect(step="connect") as conn:
             dbs = conn.execute(_DATABASES_SQL).fetchall()
         out: list[CatalogDatabase] = []
-        for name, _enc, _col, _ctype, size in dbs:
+        for name, _enc, _col, _ctype, size, *_rest in dbs:
             with self.connect(name, step=f"connect to database {name}") as conn:
                 conn.execute("SET search_path = pg_catalog")
                 schemas = [r[0] for r in conn.execute(_SCHEMAS_SQL).fetchall()]
@@ -785,11 +926,19 @@ class PostgresAdapter(EngineAdapter):
                     "SELECT current_setting('server_version'), statement_timestamp()"
                 ).fetchone()
                 databases = coord.execute(_DATABASES_SQL).fetchall()
+                skipped = [
+                    SkippedDatabase(
+                        name=str(r[0]),
+                        reason="does not allow connections (ALLOW_CONNECTIONS false; pg_dumpall"
+                        " leaves it out too): not backed up",
+                    )
+                    for r in coord.execute(_SKIPPED_DATABASES_SQL).fetchall()
+                ]
             except psycopg.Error as exc:
                 raise _pg_error(exc, step) from None
             assert version_row is not None
             version, listed_at = str(version_row[0]), version_row[1]
-            for name, _e, _c, _t, size in databases:
+            for name, _e, _c, _t, size, *_rest in databases:
                 if size is None:
                     raise BackupError(
                         ErrorCode.PERMISSION_DENIED,
@@ -814,20 +963,28 @@ class PostgresAdapter(EngineAdapter):
                     for row, (conn, snapshot) in zip(group, held, strict=True):
                         if flag.is_set():
                             raise StreamCancelled()
-                        name, encoding, collate, ctype, size = row
-                        db_backup, db_logical, schemas = self._backup_database(
-                            _DbInfo(name, encoding, collate, ctype, int(size)),
+                        name, encoding, collate, ctype, size, db_oid, is_template = row
+                        info = _DbInfo(
+                            name,
+                            encoding,
+                            collate,
+                            ctype,
+                            int(size),
+                            int(db_oid),
+                            bool(is_template),
+                        )
+                        job = _DbJob(
+                            info,
                             conn,
-                            snapshot,
                             previous,
                             global_reason,
                             chunks,
                             table_pool,
                             dump_pool,
                             flag,
-                            abort,
                             request,
                         )
+                        db_backup, db_logical, schemas = self._backup_database(job, snapshot)
                         db_backups.append(db_backup)
                         db_schemas.append(schemas)
                         logical += db_logical
@@ -850,7 +1007,8 @@ class PostgresAdapter(EngineAdapter):
                     schemas=self._catalog_schemas(db, schemas),
                 )
                 for db, schemas in zip(db_backups, db_schemas, strict=True)
-            ]
+            ],
+            skipped_databases=skipped,
         )
         unique: dict[str, ChunkRef] = {}
         for ref in globals_refs:
@@ -979,7 +1137,15 @@ class PostgresAdapter(EngineAdapter):
         return None
 
     @staticmethod
-    def _database_whole_reason(prev: PgSnapshot, snap: PgSnapshot) -> str | None:
+    def _database_whole_reason(prev_db: DatabaseBackup, snap: PgSnapshot, oid: int) -> str | None:
+        """Why no table of this database may be a DELTA of ``prev_db`` (``None``: allowed).
+        A database is known by its oid, not its name: one dropped and recreated, copied from a
+        template or renamed into place is another database whose rows kept old xmins."""
+        if prev_db.oid is None:
+            return "the previous backup did not record the database's identity"
+        if prev_db.oid != oid:
+            return "another database now has this name (recreated, copied or swapped in)"
+        prev = prev_db.snapshot
         if snap.xmax < prev.xmax:
             return "transaction counter went backwards since the previous backup"
         if snap.xmax - prev.xmin >= _XID_WINDOW:
@@ -1013,38 +1179,70 @@ class PostgresAdapter(EngineAdapter):
 
     # ------------------------------------------------------------------ one database
     def _backup_database(
-        self,
-        info: _DbInfo,
-        conn: psycopg.Connection[Any],
-        snapshot: PgSnapshot,
-        previous: Manifest | None,
-        global_reason: str | None,
-        chunks: ChunkStore,
-        table_pool: ThreadPoolExecutor,
-        dump_pool: ThreadPoolExecutor,
-        flag: _Flags,
-        abort: threading.Event,
-        request: BackupRequest,
+        self, job: _DbJob, snapshot: PgSnapshot
     ) -> tuple[DatabaseBackup, int, list[str]]:
+        """Back up one database; retake its snapshot when concurrent DDL got in the way.
+
+        Between the snapshot and the moment its tables are locked, a table may have been
+        dropped, replaced under the same name, truncated or rewritten (none of which is
+        MVCC-safe): the snapshot would read it as missing or empty. After locking, the table
+        identities and storage (oid by name, ``pg_relation_filenode``) are checked against the
+        snapshot's catalog; on any difference, or when a DDL statement already waits behind our
+        locks (our own readers would queue behind it), the transaction is released and the
+        database's snapshot retaken, at most ``_MAX_RETAKES`` times.
+        """
+        last: _Retake | None = None
+        for _attempt in range(_MAX_RETAKES):
+            attempt_abort = threading.Event()
+            try:
+                return self._backup_database_once(job, snapshot, attempt_abort)
+            except _Retake as exc:
+                last = exc
+                attempt_abort.set()
+                with contextlib.suppress(psycopg.Error):
+                    job.conn.execute("ROLLBACK")
+                snapshot = self._export_snapshot(job.conn, job.info.name)
+        raise BackupError(
+            ErrorCode.SNAPSHOT_FAILED,
+            f"concurrent DDL kept changing database {job.info.name} while its snapshot was"
+            f" taken ({_MAX_RETAKES} attempts; last: {last})",
+            f"lock tables of database {job.info.name}",
+        )
+
+    def _backup_database_once(
+        self, job: _DbJob, snapshot: PgSnapshot, abort: threading.Event
+    ) -> tuple[DatabaseBackup, int, list[str]]:
+        info, conn, previous, request = job.info, job.conn, job.previous, job.request
+        chunks, table_pool, dump_pool = job.chunks, job.table_pool, job.dump_pool
+        global_reason, flag = job.global_reason, job.flag.with_event(abort)
         name = info.name
         ctx = _DbContext(self, name, info.encoding, snapshot.snapshot_id)
         db_reason = global_reason
         if previous is not None and db_reason is None:
             prev_db = next((d for d in previous.databases if d.name == name), None)
             if prev_db is not None:
-                db_reason = self._database_whole_reason(prev_db.snapshot, snapshot)
+                db_reason = self._database_whole_reason(prev_db, snapshot, info.oid)
         try:
             step = f"read catalog of database {name}"
             try:
                 schemas = [r[0] for r in conn.execute(_SCHEMAS_SQL).fetchall()]
-                tables = [self._table_from_row(r) for r in conn.execute(_TABLES_SQL).fetchall()]
-                sequences = [
-                    SequenceValue(schema_name=s, name=n, last_value=None if v is None else int(v))
-                    for s, n, v in conn.execute(_SEQUENCES_SQL).fetchall()
+                table_rows = conn.execute(_TABLES_SQL).fetchall()
+                tables = [self._table_from_row(r) for r in table_rows]
+                sequences = self._read_sequences(conn)
+                matviews = [
+                    MatView(schema_name=str(a), name=str(b), populated=bool(c))
+                    for a, b, c in conn.execute(_MATVIEWS_SQL).fetchall()
                 ]
+                properties = self._read_properties(conn)
+                lo_row = conn.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()
+                large_objects = int(lo_row[0]) if lo_row else 0
             except psycopg.Error as exc:
                 raise _pg_error(exc, step) from None
             self._lock_tables(conn, tables, name)
+            self._check_identities(conn, tables, [int(r[11]) for r in table_rows], name)
+            ctx.open_workers(self.parallelism, tables)
+            if request.on_snapshots is not None:
+                request.on_snapshots({name: snapshot.snapshot_id})
             schema_future = dump_pool.submit(
                 self._dump_schema, name, snapshot.snapshot_id, chunks, flag
             )
@@ -1105,6 +1303,11 @@ class PostgresAdapter(EngineAdapter):
                 schema_archive_size=archive.size,
                 tables=table_backups,
                 sequences=sequences,
+                oid=info.oid,
+                is_template=info.is_template,
+                properties=properties,
+                matviews=matviews,
+                large_objects=large_objects,
             ),
             logical,
             schemas,
@@ -1112,8 +1315,12 @@ class PostgresAdapter(EngineAdapter):
 
     @staticmethod
     def _table_from_row(row: Sequence[Any]) -> _Table:
-        oid, schema, name, heap, total, cols, pk_cols, pk_types, coldef, am, relkind = row
-        material = f"{oid}|{relkind}|{am}|{coldef}|pk:{','.join(pk_cols)}:{','.join(pk_types)}"
+        oid, schema, name, heap, total, cols, pk_cols, pk_types, coldef, am, relkind = row[:11]
+        closure = str(row[12] or "")
+        material = (
+            f"{oid}|{relkind}|{am}|{coldef}|pk:{','.join(pk_cols)}:{','.join(pk_types)}"
+            f"|types:{closure}"
+        )
         return _Table(
             oid=int(oid),
             schema=str(schema),
@@ -1126,40 +1333,139 @@ class PostgresAdapter(EngineAdapter):
             ],
             fingerprint=hashlib.sha256(material.encode()).hexdigest(),
             access_method=str(am),
+            text_follows_names=closure.endswith(";reg"),
+            extension_condition=None if row[13] is None else str(row[13]),
         )
 
+    @staticmethod
+    def _read_sequences(conn: psycopg.Connection[Any]) -> list[SequenceValue]:
+        """``last_value`` and ``is_called`` of every sequence, read from the sequence itself
+        (``pg_sequences`` hides the value when ``is_called`` is false: after ``RESTART`` or
+        ``setval(..., false)``). Sequences are not transactional: this is their state now,
+        as ``pg_dump`` reads it."""
+        names = [(str(a), str(b)) for a, b in conn.execute(_SEQUENCES_SQL).fetchall()]
+        out: list[SequenceValue] = []
+        for start in range(0, len(names), 200):
+            batch = names[start : start + 200]
+            sql = " UNION ALL ".join(
+                f"SELECT {i}, last_value, is_called FROM {quote_ident(a)}.{quote_ident(b)}"
+                for i, (a, b) in enumerate(batch)
+            )
+            try:
+                values = conn.execute(sql).fetchall()
+            except psycopg.errors.UndefinedTable as exc:  # dropped since the snapshot
+                raise _Retake(f"a sequence was dropped: {str(exc).splitlines()[0]}") from None
+            for i, value, called in sorted(values):
+                a, b = batch[int(i)]
+                out.append(
+                    SequenceValue(
+                        schema_name=a, name=b, last_value=int(value), is_called=bool(called)
+                    )
+                )
+        return out
+
+    @staticmethod
+    def _read_properties(conn: psycopg.Connection[Any]) -> DatabaseProperties:
+        row = conn.execute(_PROPERTIES_SQL).fetchone()
+        assert row is not None
+        owner, acl, limit, comment, settings = row
+        role_settings = []
+        for item in settings:
+            role, _sep, config = str(item).partition("\x01")
+            role_settings.append(
+                RoleSettings(role=role or None, settings=config.split("\x02") if config else [])
+            )
+        return DatabaseProperties(
+            owner=str(owner),
+            acl=None if acl is None else str(acl),
+            connection_limit=int(limit),
+            comment=None if comment is None else str(comment),
+            settings=role_settings,
+        )
+
+    @staticmethod
     def _lock_tables(
-        self, conn: psycopg.Connection[Any], tables: Sequence[_Table], db: str
+        conn: psycopg.Connection[Any], tables: Sequence[_Table], db: str, *, nowait: bool = False
     ) -> None:
+        """``ACCESS SHARE`` on every table (``ONLY``), in batches; a table dropped since the
+        snapshot, or (``nowait``) a conflicting lock already queued, raises :class:`_Retake`."""
         for start in range(0, len(tables), 500):
             batch = tables[start : start + 500]
             sql = (
                 f"LOCK TABLE {', '.join('ONLY ' + t.qualified for t in batch)} IN ACCESS SHARE MODE"
+                + (" NOWAIT" if nowait else "")
             )
             try:
                 conn.execute(sql)
             except psycopg.Error as exc:
+                sqlstate = getattr(exc, "sqlstate", None)
+                if sqlstate == _UNDEFINED_TABLE:
+                    raise _Retake(f"a table was dropped: {str(exc).splitlines()[0]}") from None
+                if nowait and sqlstate == _LOCK_NOT_AVAILABLE:
+                    raise _Retake("a DDL statement waits for a lock on one of the tables") from None
                 raise _pg_error(exc, f"in database {db}: {sql}") from None
+
+    @staticmethod
+    def _check_identities(
+        conn: psycopg.Connection[Any], tables: Sequence[_Table], filenodes: Sequence[int], db: str
+    ) -> None:
+        """With the locks held: every table still has the snapshot's oid under its name and
+        the snapshot's storage (not truncated or rewritten meanwhile)."""
+        if not tables:
+            return
+        sql = (
+            "SELECT x.qname FROM unnest(%s::oid[], %s::text[], %s::oid[]) AS x(oid, qname, node)"
+            " WHERE to_regclass(x.qname) IS DISTINCT FROM x.oid::regclass"
+            " OR pg_relation_filenode(x.oid) IS DISTINCT FROM x.node"
+        )
+        try:
+            changed = conn.execute(
+                sql,
+                ([t.oid for t in tables], [t.qualified for t in tables], list(filenodes)),
+            ).fetchall()
+        except psycopg.Error as exc:
+            raise _pg_error(exc, f"in database {db}: check table identities") from None
+        if changed:
+            names = ", ".join(str(r[0]) for r in changed[:5])
+            raise _Retake(f"replaced, truncated or rewritten since the snapshot: {names}")
 
     def _dump_schema(
         self, db: str, snapshot_id: str, chunks: ChunkStore, flag: _Flags
     ) -> StreamResult:
         tool = find_pg_tool("pg_dump", self.bindir)
+        # Everything but table data: the schema and the large objects (with owners, ACLs and
+        # comments), as pg_dump itself would restore them.
         cmd = [
             tool,
-            "--schema-only",
+            "--blobs",
+            "--exclude-table-data=*.*",
             "-Fc",
             "--compress=0",
             "-w",
             f"--snapshot={snapshot_id}",
+            f"--lock-wait-timeout={_DUMP_LOCK_WAIT_MS}",
             "-d",
             self._tool_conninfo(db),
         ]
-        return chunks.write_stream(
-            self._run_tool(cmd, step=f"pg_dump --schema-only -Fc {db}", flag=flag),
-            self.data_chunking,
-            cancel=flag,
-        )
+        try:
+            return chunks.write_stream(
+                self._run_tool(cmd, step=f"pg_dump -Fc --exclude-table-data {db}", flag=flag),
+                self.data_chunking,
+                cancel=flag,
+            )
+        except BackupError as exc:
+            # Our locks are held: pg_dump can only wait behind a DDL statement that itself
+            # waits for us. Release everything and retake the snapshot.
+            # (pg_dump's --lock-wait-timeout is a statement timeout on its LOCK statements.)
+            text = exc.message
+            if "could not obtain lock" in text or "due to statement timeout" in text:
+                raise _Retake(f"pg_dump: {exc.message}") from None
+            # pg_dump reads the catalog in the snapshot but some definitions (views, functions,
+            # types) through the server's current catalog: an object dropped since the snapshot
+            # fails it. A new snapshot no longer holds that object.
+            if _DROPPED_SINCE_SNAPSHOT.search(text):
+                raise _Retake(f"pg_dump: {exc.message}") from None
+            raise
 
     # ------------------------------------------------------------------ per table
     def _plan_table(
@@ -1173,15 +1479,27 @@ class PostgresAdapter(EngineAdapter):
         unsupported = table.unsupported_key()
         ordered = unsupported is None
         use_psql = table.heap_bytes >= self.psql_min_bytes
-        full_sql = copy_select_sql(table.qualified, table.columns, table.key_columns)
+        condition = table.extension_condition
+        # pg_extension_config_dump's condition: "WHERE <expression>" (or empty: every row).
+        where = re.sub(r"(?is)^\s*where\s", "", condition or "").strip()
+        full_sql = copy_select_sql(
+            table.qualified, table.columns, table.key_columns, f"({where})" if where else ""
+        )
         data = _Stream(
             table, "data", full_sql, self.data_chunking, psql=use_psql, estimate=table.heap_bytes
         )
         if previous is None:
             return _TablePlan(table, TableMode.FULL, None, ordered, data)
+        if condition is not None:
+            # Restored by appending to what CREATE EXTENSION creates, as pg_restore does.
+            return _TablePlan(
+                table, TableMode.WHOLE, "extension configuration table", ordered, data
+            )
         reason = global_reason or unsupported
         if reason is None and table.access_method != "heap":
             reason = f"table access method {table.access_method}"
+        if reason is None and table.text_follows_names:
+            reason = "a reg* column: its text follows the referenced objects' names"
         prev = previous.table(db, table.schema, table.name)
         if reason is None:
             if prev is None:
@@ -1233,6 +1551,10 @@ class PostgresAdapter(EngineAdapter):
         try:
             return self._run_stream_once(ctx, stream, chunks, flag)
         except BackupError as exc:
+            if stream.psql and exc.sqlstate == _LOCK_NOT_AVAILABLE:
+                # A DDL statement queued behind our locks: a new session would wait behind it,
+                # the worker's connection already holds the lock.
+                return self._run_stream(ctx, replace(stream, psql=False), chunks, flag)
             if stream.key_format == KeySetFormat.RANGES and exc.sqlstate == "22003":
                 # int8 keys near -2^63 overflow k - row_number(): fall back to a key list.
                 return self._run_stream_once(
@@ -1246,7 +1568,9 @@ class PostgresAdapter(EngineAdapter):
         sql = f"COPY ({stream.sql}) TO STDOUT"
         step = f"in database {ctx.name}: {sql}"
         blocks = (
-            ctx.psql_blocks(sql, step, flag) if stream.psql else ctx.psycopg_blocks(sql, step, flag)
+            ctx.psql_blocks(sql, step, flag, "ONLY " + stream.table.qualified)
+            if stream.psql
+            else ctx.psycopg_blocks(sql, step, flag)
         )
         counter: _LineCounter | _RangeCounter
         counter = _RangeCounter() if stream.key_format == KeySetFormat.RANGES else _LineCounter()
@@ -1290,6 +1614,7 @@ class PostgresAdapter(EngineAdapter):
             data_size=data.result.size,
             key_set=key_set,
             size_bytes=t.total_bytes,
+            extension_condition=t.extension_condition,
         )
 
 
@@ -1303,7 +1628,29 @@ class _DbContext:
     encoding: str
     snapshot_id: str
     _conns: dict[int, psycopg.Connection[Any]] = field(default_factory=dict)
+    _idle: list[psycopg.Connection[Any]] = field(default_factory=list)
+    _tables: Sequence[_Table] = ()
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def open_workers(self, count: int, tables: Sequence[_Table]) -> None:
+        """Open the workers' connections now, each importing the snapshot and locking every
+        table ``NOWAIT``: a reader that asked for its lock later would queue behind any DDL
+        statement waiting for the coordinator's locks, and wait for ever."""
+        self._tables = tables
+        for _ in range(count):
+            self._idle.append(self._new_conn())
+
+    def _new_conn(self) -> psycopg.Connection[Any]:
+        conn = self.adapter.connect(
+            self.name, step=f"connect to database {self.name}", encoding=self.encoding
+        )
+        try:
+            self.begin(conn, f"import snapshot in database {self.name}")
+            self.adapter._lock_tables(conn, self._tables, self.name, nowait=True)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def begin(self, conn: psycopg.Connection[Any], step: str) -> None:
         try:
@@ -1325,14 +1672,10 @@ class _DbContext:
             conn = self._conns.get(ident)
         if conn is not None:
             return conn
-        conn = self.adapter.connect(
-            self.name, step=f"connect to database {self.name}", encoding=self.encoding
-        )
-        try:
-            self.begin(conn, f"import snapshot in database {self.name}")
-        except BaseException:
-            conn.close()
-            raise
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = self._new_conn()
         with self._lock:
             self._conns[ident] = conn
         return conn
@@ -1366,13 +1709,14 @@ class _DbContext:
             if not ok:
                 self._drop_conn()
 
-    def psql_blocks(self, sql: str, step: str, flag: _Flags) -> Iterator[bytes]:
+    def psql_blocks(self, sql: str, step: str, flag: _Flags, table: str) -> Iterator[bytes]:
         adapter = self.adapter
         script = "\n".join(
             [
                 adapter._settings_sql(),
                 "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;",
                 f"SET TRANSACTION SNAPSHOT {_quote_literal(self.snapshot_id)};",
+                f"LOCK TABLE {table} IN ACCESS SHARE MODE NOWAIT;",
                 sql + ";",
                 "COMMIT;",
                 "",
@@ -1395,15 +1739,18 @@ class _DbContext:
         return adapter._run_tool(
             cmd,
             step=step,
-            stdin=script.encode(),
+            # psql sends the script as is and the server reads it in the client encoding: the
+            # identifiers in it must be in the database's encoding, not UTF-8.
+            stdin=script.encode(python_codec(self.encoding)),
             extra_env={"PGCLIENTENCODING": self.encoding},
             flag=flag,
         )
 
     def close(self) -> None:
         with self._lock:
-            conns = list(self._conns.values())
+            conns = [*self._conns.values(), *self._idle]
             self._conns.clear()
+            self._idle.clear()
         for conn in conns:
             with contextlib.suppress(psycopg.Error):
                 conn.close()

@@ -87,12 +87,14 @@ class PlanError(Exception):
 
 @dataclass(frozen=True)
 class ClusterAccess:
-    """How to reach a cluster: a DSN without password naming its maintenance database, and the
-    environment (secrets) for the PostgreSQL client tools."""
+    """How to reach a cluster: a DSN without password naming its maintenance database, the
+    cluster's own password (passed explicitly, never looked up by connection parameters), and the
+    environment for the PostgreSQL client tools (libpq's own lookups closed)."""
 
     dsn: str
     env: Mapping[str, str] = field(default_factory=dict)
     bindir: Path | None = None
+    password: str | None = field(default=None, repr=False)
 
     def database(self, name: str) -> str:
         params: dict[str, Any] = dict(conninfo_to_dict(self.dsn))
@@ -101,7 +103,12 @@ class ClusterAccess:
 
     def connect(self, name: str = "postgres", autocommit: bool = True) -> psycopg.Connection[Any]:
         try:
-            return psycopg.connect(self.database(name), autocommit=autocommit, connect_timeout=15)
+            return psycopg.connect(
+                self.database(name),
+                password=self.password,
+                autocommit=autocommit,
+                connect_timeout=15,
+            )
         except psycopg.Error as exc:
             raise PlanError(
                 "CONNECTION_FAILED", str(exc).splitlines()[0], f"connect to database {name}"
@@ -110,6 +117,8 @@ class ClusterAccess:
     def tool_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
         env.update(self.env)
+        if self.password is not None:
+            env["PGPASSWORD"] = self.password
         return env
 
 
@@ -314,6 +323,7 @@ def execute_plan(
                 chain,
                 plan.source_database,
                 access.database(plan.temporary_database),
+                password=access.password,
                 env=access.env,
                 bindir=access.bindir,
                 progress=tick,
@@ -682,6 +692,7 @@ def _restore_cluster(
             chain,
             name,
             access.database(temp),
+            password=access.password,
             env=access.env,
             bindir=access.bindir,
             progress=progress,
@@ -689,7 +700,8 @@ def _restore_cluster(
         )
         temps[name] = temp
     roles = b"".join(iter_stream(store, head, head.globals_dump)).decode()
-    replaced = _swap_cluster(access, plan, temps, roles)
+    templates = {db.name for db in head.databases if db.is_template and db.name in temps}
+    replaced = _swap_cluster(access, plan, temps, templates, roles)
     # The swap committed: the restore succeeded. Dropping the replaced databases is tidying.
     with contextlib.suppress(Exception), access.connect() as conn:
         for name in replaced:
@@ -698,8 +710,15 @@ def _restore_cluster(
 
 
 def _swap_cluster(
-    access: ClusterAccess, plan: RestorePlan, temps: Mapping[str, str], roles: str
+    access: ClusterAccess,
+    plan: RestorePlan,
+    temps: Mapping[str, str],
+    templates: set[str],
+    roles: str,
 ) -> list[str]:
+    """Replace every user database, and every template database the backup holds one of (a
+    template the backup does not hold, such as ``template1`` in a version 1 backup, stays), by
+    the restored copies; ``templates`` are marked templates again, as in the backup."""
     last: psycopg.Error | None = None
     for _ in range(5):  # a session reconnecting between the terminate and the rename: retry
         conn = access.connect(autocommit=False)
@@ -707,9 +726,9 @@ def _swap_cluster(
             existing = [
                 str(r[0])
                 for r in conn.execute(
-                    "SELECT datname FROM pg_database WHERE NOT datistemplate "
+                    "SELECT datname FROM pg_database WHERE (NOT datistemplate OR datname = ANY(%s)) "
                     "AND datname <> ALL(%s) AND NOT starts_with(datname, %s) ORDER BY 1",
-                    (list(MAINTENANCE_DATABASES), TEMP_PREFIX),
+                    (list(temps), list(MAINTENANCE_DATABASES), TEMP_PREFIX),
                 ).fetchall()
             ]
             _apply_roles(conn, roles)
@@ -721,10 +740,14 @@ def _swap_cluster(
                     "WHERE datname = %s AND pid <> pg_backend_pid()",
                     (name,),
                 )
+                # A template cannot be dropped: the replaced one stops being one first.
+                conn.execute(f"ALTER DATABASE {quote_ident(name)} IS_TEMPLATE false")
                 conn.execute(f"ALTER DATABASE {quote_ident(name)} RENAME TO {quote_ident(old)}")
                 replaced.append(old)
             for name, temp in temps.items():
                 conn.execute(f"ALTER DATABASE {quote_ident(temp)} RENAME TO {quote_ident(name)}")
+                if name in templates:
+                    conn.execute(f"ALTER DATABASE {quote_ident(name)} IS_TEMPLATE true")
             conn.commit()
             return replaced
         except psycopg.errors.ObjectInUse as exc:

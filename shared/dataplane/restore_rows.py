@@ -16,7 +16,11 @@ as is, without parsing.
 :func:`restore_table` COPYs a rebuilt table into a destination table inside one transaction,
 so a missing or corrupt chunk found half-way leaves the destination untouched.
 :func:`restore_database` restores a whole database the way ``pg_restore`` sections work:
-pre-data schema, table rows, sequence values, post-data (indexes, constraints, triggers).
+pre-data schema (with large objects' metadata), large objects' contents, table rows, sequence
+states, post-data (indexes, constraints, triggers, ACLs), then what ``pg_dump --create`` and
+``pg_restore`` would add: populated materialized views refreshed (dependencies first), and the
+database's own settings, role-in-database settings, comment, connection limit, owner and ACL
+applied to the destination database.
 """
 
 from __future__ import annotations
@@ -39,10 +43,12 @@ from .chunks import ChunkError, ChunkMissing, ChunkStore
 from .engine import ErrorCode, RestoreError
 from .manifest import (
     ChunkRef,
+    DatabaseBackup,
     KeyColumn,
     KeySetFormat,
     Manifest,
     ManifestError,
+    MatView,
     TableBackup,
     TableMode,
     check_chain,
@@ -320,6 +326,15 @@ def _settings(conn: psycopg.Connection[Any], encoding: str) -> None:
     conn.execute(f"SET client_encoding = '{encoding}'")
 
 
+def _connect(conninfo: str, password: str | None, *, autocommit: bool) -> psycopg.Connection[Any]:
+    try:
+        return psycopg.connect(conninfo, password=password, autocommit=autocommit)
+    except psycopg.Error as exc:
+        raise RestoreError(
+            ErrorCode.CONNECTION_FAILED, str(exc).splitlines()[0], "connect to destination"
+        ) from None
+
+
 def restore_table(
     store: ObjectStore,
     chain: Sequence[Manifest],
@@ -351,12 +366,7 @@ def restore_table(
     sql = f"COPY {target} ({cols}) FROM STDIN" if entry.columns else f"COPY {target} FROM STDIN"
     own = conn is None
     if conn is None:
-        try:
-            conn = psycopg.connect(conninfo, password=password, autocommit=False)
-        except psycopg.Error as exc:
-            raise RestoreError(
-                ErrorCode.CONNECTION_FAILED, str(exc).splitlines()[0], "connect to destination"
-            ) from None
+        conn = _connect(conninfo, password, autocommit=False)
     rows = 0
     try:
         try:
@@ -393,6 +403,12 @@ class RestoreReport:
     tables: dict[str, int] = field(default_factory=dict)
     """``schema.table`` → rows restored."""
     sequences: int = 0
+    matviews_refreshed: int = 0
+    settings: int = 0
+    """Database and role-in-database settings applied."""
+    skipped: list[str] = field(default_factory=list)
+    """What could not be applied and why (e.g. a role-in-database setting whose role does
+    not exist in the destination cluster)."""
 
 
 def _pg_restore(
@@ -457,12 +473,16 @@ def restore_database(
             "pg_restore --section=pre-data",
             bindir,
         )
-        try:
-            conn = psycopg.connect(conninfo, password=password, autocommit=False)
-        except psycopg.Error as exc:
-            raise RestoreError(
-                ErrorCode.CONNECTION_FAILED, str(exc).splitlines()[0], "connect to destination"
-            ) from None
+        # The archive's only data: large objects' contents (version 2 archives).
+        _pg_restore(
+            [*flags, "--section=data"],
+            archive,
+            conninfo,
+            child_env,
+            "pg_restore --section=data",
+            bindir,
+        )
+        conn = _connect(conninfo, password, autocommit=False)
         try:
             if jobs > 1:  # -- parallel copy (restore service) --
                 report.tables.update(
@@ -483,10 +503,12 @@ def restore_database(
                 )
             for seq in db.sequences:
                 if seq.last_value is None:
-                    continue
+                    continue  # version 1: never used, left at its start
                 target = f"{quote_ident(seq.schema_name)}.{quote_ident(seq.name)}"
+                called = True if seq.is_called is None else seq.is_called
                 conn.execute(
-                    "SELECT pg_catalog.setval(%s::regclass, %s, true)", (target, seq.last_value)
+                    "SELECT pg_catalog.setval(%s::regclass, %s, %s)",
+                    (target, seq.last_value, called),
                 )
                 report.sequences += 1
             conn.commit()
@@ -504,6 +526,7 @@ def restore_database(
             "pg_restore --section=post-data",
             bindir,
         )
+    _finish_database(db, conninfo, password, report, no_owner, no_privileges)
     return report
 
 
@@ -542,3 +565,136 @@ def _copy_tables_in_parallel(
             for future in futures.values():
                 future.cancel()
             raise
+
+
+#: Settings whose value is a list of (quoted) identifiers, stored as SQL list syntax.
+_LIST_SETTINGS = frozenset(
+    {
+        "search_path",
+        "temp_tablespaces",
+        "session_preload_libraries",
+        "shared_preload_libraries",
+        "local_preload_libraries",
+    }
+)
+
+
+def _set_clause(item: str) -> str:
+    name, _sep, value = item.partition("=")
+    if name.lower() in _LIST_SETTINGS:
+        return f"SET {quote_ident(name)} TO {value}"
+    return f"SET {quote_ident(name)} TO {_literal(value)}"
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+_DB_PRIVILEGES = {"C": "CREATE", "T": "TEMPORARY", "c": "CONNECT"}
+
+
+def _acl_items(acl: str) -> list[tuple[str, str, bool]]:
+    """``{grantee=privs/grantor,...}`` as (grantee or ``""`` for PUBLIC, privileges, grant
+    option) triples, one per privilege."""
+    body = acl.strip()[1:-1]
+    items: list[str] = []
+    current = ""
+    quoted = False
+    for ch in body:
+        if ch == '"':
+            quoted = not quoted
+        if ch == "," and not quoted:
+            items.append(current)
+            current = ""
+        else:
+            current += ch
+    if current:
+        items.append(current)
+    out: list[tuple[str, str, bool]] = []
+    for item in items:
+        item = item.strip('"') if item.startswith('"') and item.endswith('"') else item
+        grantee_part, _sep, rest = item.rpartition("=")
+        privs = rest.split("/", 1)[0]
+        grantee = grantee_part.strip('"').replace('""', '"')
+        i = 0
+        while i < len(privs):
+            letter = privs[i]
+            grant = i + 1 < len(privs) and privs[i + 1] == "*"
+            if letter in _DB_PRIVILEGES:
+                out.append((grantee, _DB_PRIVILEGES[letter], grant))
+            i += 2 if grant else 1
+    return out
+
+
+def _finish_database(
+    db: DatabaseBackup,
+    conninfo: str,
+    password: str | None,
+    report: RestoreReport,
+    no_owner: bool,
+    no_privileges: bool,
+) -> None:
+    """Refresh populated materialized views, then give the destination database the source
+    database's own properties (version 2 manifests; version 1 recorded none)."""
+    conn = _connect(conninfo, password, autocommit=True)
+    step = "refresh materialized views"
+    try:
+        pending = [m for m in db.matviews if m.populated]
+        while pending:
+            # A view over an unpopulated view fails: refresh in passes, dependencies first.
+            failed: list[tuple[MatView, str]] = []
+            for mv in pending:
+                sql = f"REFRESH MATERIALIZED VIEW {quote_ident(mv.schema_name)}.{quote_ident(mv.name)}"
+                try:
+                    conn.execute(sql)
+                    report.matviews_refreshed += 1
+                except psycopg.Error as exc:
+                    failed.append((mv, str(exc).splitlines()[0]))
+            if len(failed) == len(pending):
+                raise RestoreError(ErrorCode.RESTORE_FAILED, failed[0][1], step)
+            pending = [mv for mv, _ in failed]
+        props = db.properties
+        if props is None:
+            return
+        step = "apply database properties"
+        row = conn.execute("SELECT current_database()").fetchone()
+        assert row is not None
+        target = quote_ident(str(row[0]))
+        roles = {r[0] for r in conn.execute("SELECT rolname FROM pg_roles").fetchall()}
+        for entry in props.settings:
+            if entry.role is not None and entry.role not in roles:
+                report.skipped.append(
+                    f"settings of role {entry.role} in the database: role does not exist"
+                )
+                continue
+            prefix = (
+                f"ALTER DATABASE {target}"
+                if entry.role is None
+                else f"ALTER ROLE {quote_ident(entry.role)} IN DATABASE {target}"
+            )
+            for item in entry.settings:
+                conn.execute(f"{prefix} {_set_clause(item)}")
+                report.settings += 1
+        conn.execute(f"ALTER DATABASE {target} CONNECTION LIMIT {int(props.connection_limit)}")
+        if props.comment is not None:
+            conn.execute(f"COMMENT ON DATABASE {target} IS {_literal(props.comment)}")
+        if not no_owner:
+            if props.owner in roles:
+                conn.execute(f"ALTER DATABASE {target} OWNER TO {quote_ident(props.owner)}")
+            else:
+                report.skipped.append(f"database owner {props.owner}: role does not exist")
+        if not no_privileges and props.acl is not None:
+            owner = props.owner if not no_owner and props.owner in roles else None
+            revoke_from = "PUBLIC" + (f", {quote_ident(owner)}" if owner else "")
+            conn.execute(f"REVOKE ALL ON DATABASE {target} FROM {revoke_from}")
+            for grantee, privilege, grant in _acl_items(props.acl):
+                if grantee and grantee not in roles:
+                    report.skipped.append(f"{privilege} on the database for {grantee}: no role")
+                    continue
+                to = quote_ident(grantee) if grantee else "PUBLIC"
+                option = " WITH GRANT OPTION" if grant else ""
+                conn.execute(f"GRANT {privilege} ON DATABASE {target} TO {to}{option}")
+    except psycopg.Error as exc:
+        raise RestoreError(ErrorCode.RESTORE_FAILED, str(exc).splitlines()[0], step) from None
+    finally:
+        conn.close()

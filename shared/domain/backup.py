@@ -1,24 +1,30 @@
 """The Backup aggregate: one backup's life, IN_PROGRESS → COMPLETE | FAILED (→ EXPIRED).
 
-Its id is the backup id (deterministic for a scheduled slot), so a duplicate TakeBackup collides
-with the stream that already exists and does nothing.
+Its id derives from the cluster id and the backup id (deterministic for a scheduled slot), so a
+duplicate TakeBackup collides with the stream that already exists and does nothing, and no tenant's
+backup id can name another tenant's stream. Load backups with :func:`load_backup`, which also
+finds those recorded by version 0.1 at the bare backup id.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
 from managed_backups.contracts.enums import BackupStatus
+from managed_backups.shared.domain.ids import backup_aggregate_id
+
+if TYPE_CHECKING:
+    from managed_backups.shared.eventstore import EventStore
 
 
 class Backup(Aggregate):
     @staticmethod
-    def create_id(backup_id: UUID) -> UUID:
-        return backup_id
+    def create_id(cluster_id: str, backup_id: UUID) -> UUID:
+        return backup_aggregate_id(cluster_id, backup_id)
 
     @event("BackupStarted")
     def __init__(
@@ -167,3 +173,16 @@ class Backup(Aggregate):
         by: str,
     ) -> None:
         self.verified_ok = ok
+
+
+def load_backup(store: EventStore, cluster_id: str, backup_id: UUID) -> Backup | None:
+    """The cluster's backup ``backup_id``, or None. A backup recorded by version 0.1 (stream id =
+    the bare backup id) is found too, but only for the cluster it belongs to."""
+    backup = store.get_or_none(backup_aggregate_id(cluster_id, backup_id), Backup)
+    if backup is not None:
+        return backup
+    try:
+        legacy = store.get_or_none(backup_id, Backup)
+    except TypeError:  # that bare id is another kind of aggregate: not a backup of this cluster
+        return None
+    return legacy if legacy is not None and legacy.cluster_id == cluster_id else None

@@ -1,4 +1,4 @@
-"""PRODUCT.md "Backup settings (per cluster)": the tier rules, as one pure decision function.
+"""Rule: "backup settings per cluster": the tier rules, as one pure decision function.
 
 | tier | enabled switch | frequency | retention |
 | BASIC | no (always on) | fixed: 24 hours | fixed: 30 days |
@@ -58,13 +58,23 @@ def _allowed(values: tuple[int, ...]) -> str:
     return ", ".join(str(v) for v in values)
 
 
+def require_allowed_retention(retention_days: int) -> None:
+    """Rule: a retention is one of the allowed values, wherever it is given (settings, or a
+    backup taken on demand with its own retention)."""
+    if retention_days not in ALLOWED_RETENTION_DAYS:
+        raise BadValue(
+            f"retention_days {retention_days} is not allowed; "
+            f"allowed values: {_allowed(ALLOWED_RETENTION_DAYS)}"
+        )
+
+
 def decide_settings_change(
     tier: Tier,
     current: BackupSettings,
     retention_already_changed: bool,
     change: SettingsChange,
 ) -> SettingsDecision:
-    """Apply PRODUCT.md's rules to a requested change; raise ``Refused`` with the reason."""
+    """Apply the settings rules to a requested change; raise ``Refused`` with the reason."""
     if tier is Tier.BASIC:
         raise BadValue(
             "backup settings of a BASIC cluster cannot be changed: BASIC clusters take a "
@@ -79,11 +89,8 @@ def decide_settings_change(
             f"frequency_minutes {change.frequency_minutes} is not allowed; "
             f"allowed values: {_allowed(ALLOWED_FREQUENCIES_MINUTES)}"
         )
-    if change.retention_days is not None and change.retention_days not in ALLOWED_RETENTION_DAYS:
-        raise BadValue(
-            f"retention_days {change.retention_days} is not allowed; "
-            f"allowed values: {_allowed(ALLOWED_RETENTION_DAYS)}"
-        )
+    if change.retention_days is not None:
+        require_allowed_retention(change.retention_days)
     enabled = current.enabled if change.enabled is None else change.enabled
     frequency = (
         current.frequency_minutes if change.frequency_minutes is None else change.frequency_minutes
@@ -111,7 +118,7 @@ def decide_settings_change(
 def settings_after_tier_change(
     previous: Tier, tier: Tier, current: BackupSettings
 ) -> tuple[BackupSettings, bool]:
-    """PRODUCT.md "Upgrade" and "Downgrade": returns the new settings and whether a full is due.
+    """Rules "upgrade" and "downgrade" of a tier: returns the new settings and whether a full is due.
 
     Upgrade BASIC → STANDARD/ADVANCED keeps the schedule (now configurable). Downgrade to BASIC
     applies 24 hours / 30 days from then on; a change of frequency or retention takes a full.

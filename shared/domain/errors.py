@@ -7,6 +7,10 @@ class Refused(Exception):
     """A command that the rules refuse; ``code`` is the status reported to the sender."""
 
     code: int = 400
+    audited: bool = True
+    """Whether the refusal belongs in the cluster's audit trail. Refusals of callers without
+    rights on the cluster do not (they go to the security log): nobody can write into another
+    tenant's trail."""
 
     def __init__(self, reason: str, code: int | None = None) -> None:
         super().__init__(reason)
@@ -25,10 +29,25 @@ class NotAuthenticated(Refused):
 
 class Forbidden(Refused):
     code = 403
+    audited = False
 
 
 class NotFound(Refused):
     code = 404
+
+
+class HiddenCluster(NotFound):
+    """The caller may not see the cluster: answered exactly as for a cluster that does not
+    exist, so its existence is not revealed."""
+
+    audited = False
+
+    def __init__(self, cluster_id: str) -> None:
+        super().__init__(not_registered(cluster_id))
+
+
+def not_registered(cluster_id: str) -> str:
+    return f"cluster {cluster_id} is not registered"
 
 
 class Conflict(Refused):

@@ -126,13 +126,21 @@ class Stack:
             "psql", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-d", database, "-Atc", sql,
         )  # fmt: skip
 
-    def provide_cluster_password(self) -> None:
-        """Hand the cluster's password to the executor through the secret store (pgpass)."""
-        line = f"{CLUSTER_DB_HOST}:5432:*:postgres:{self.cluster_password}\n"
+    def provide_cluster_password(self, cluster_id: str) -> None:
+        """Set the cluster's password in the secret store, through the API (read from stdin)."""
         self.exec(
-            "api", "sh", "-c",
-            "umask 077 && mkdir -p /data/secrets && cat >> /data/secrets/pgpass",
-            stdin=line,
+            "api", "managed-backups", "clusters", "set-secret", cluster_id,
+            "--data-dir", "/data", "--api-url", "http://127.0.0.1:8080",
+            stdin=self.cluster_password + "\n",
+        )  # fmt: skip
+
+    def restore_database(self, cluster_id: str, backup_id: str, database: str, new: str) -> str:
+        """Restore one database of a backup under a new name with the CLI, following the job."""
+        return self.exec(
+            "api", "managed-backups", "restore", "start", cluster_id,
+            "--type", "DATABASE", "--database", database, "--backup-id", backup_id,
+            "--new-db-name", new, "--follow",
+            "--data-dir", "/data", "--api", "http://127.0.0.1:8080",
         )  # fmt: skip
 
     def register(self, cluster_id: str) -> None:
@@ -233,8 +241,11 @@ def test_full_and_incremental_backups_of_a_cluster_in_a_container(stack: Stack) 
         "INSERT INTO orders SELECT g, 'item ' || g FROM generate_series(1, 5000) g",
         "shop",
     )
-    stack.provide_cluster_password()
+    # The first full is sent at registration: the executor takes it once the secret is set.
+    stack.run("stop", "backup-executor")
     stack.register(cluster_id)
+    stack.provide_cluster_password(cluster_id)
+    stack.run("start", "backup-executor")
 
     full = stack.wait_backup(cluster_id, lambda b: b["type"] == "FULL", "first full backup")
     tables = stack.api(f"/api/v1/clusters/{cluster_id}/backups/{full['id']}/databases/shop/tables")[
@@ -258,3 +269,8 @@ def test_full_and_incremental_backups_of_a_cluster_in_a_container(stack: Stack) 
         verification = stack.verify(cluster_id, backup_id)
         assert verification["ok"] is True, verification
         assert verification["chunks_checked"] > 0
+
+    # The restore service, in its own container, restores the incremental's chain exactly.
+    stack.restore_database(cluster_id, incremental_id, "shop", "shop_restored")
+    digest = "SELECT count(*), md5(string_agg(id || ':' || item, ',' ORDER BY id)) FROM orders"
+    assert stack.psql(digest, "shop_restored") == stack.psql(digest, "shop")

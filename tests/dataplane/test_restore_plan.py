@@ -102,10 +102,7 @@ def databases(source: Source) -> set[str]:
 def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Source]:
     tmp = tmp_path_factory.mktemp("restore-plan")
     with LocalPostgres() as pg:
-        passfile = tmp / "pgpass"
-        passfile.write_text(f"127.0.0.1:{pg.port}:*:postgres:{pg.password}\n")
-        passfile.chmod(0o600)
-        access = ClusterAccess(f"{pg.dsn_for()} passfile={passfile}")
+        access = ClusterAccess(pg.dsn_for(), password=pg.password)
         src = Source(pg, access, ObjectStore((tmp / "store").as_uri()), tmp / "store")
         with src.connect("postgres") as conn:
             conn.execute(f"CREATE DATABASE {quote_ident(DB)}")

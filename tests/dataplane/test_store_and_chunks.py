@@ -178,10 +178,17 @@ def test_manifest_versions_frozen_and_written_once() -> None:
     assert read_manifest(store, "c1", "b1", "b1") == m
     assert store.exists(manifest_key("c1", "b1", "b1"))
     raw = json.loads(m.to_json())
-    with pytest.raises(ManifestError, match="schema_version 2"):
-        load_manifest(json.dumps({**raw, "schema_version": 2}).encode())
-    with pytest.raises(ManifestError, match="invalid version 1"):
+    assert raw["schema_version"] == 2
+    with pytest.raises(ManifestError, match="schema_version 3"):
+        load_manifest(json.dumps({**raw, "schema_version": 3}).encode())
+    with pytest.raises(ManifestError, match="invalid version 2"):
         load_manifest(json.dumps({**raw, "surprise": True}).encode())
+    # a version 1 document is read by the same model, but may not carry version 2 fields
+    v1 = {**raw, "schema_version": 1}
+    assert load_manifest(json.dumps(v1).encode()).schema_version == 1
+    v1["catalog"] = {**raw["catalog"], "skipped_databases": [{"name": "x", "reason": "y"}]}
+    with pytest.raises(ManifestError, match="version 1 manifest cannot hold version 2"):
+        load_manifest(json.dumps(v1).encode())
     with pytest.raises(ManifestError, match="not JSON"):
         load_manifest(b"{")
     with pytest.raises(ValidationError):

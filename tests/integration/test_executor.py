@@ -54,29 +54,45 @@ def connection_ref(pg: LocalPostgres, user: str = "postgres") -> str:
     return f"postgresql://{user}@127.0.0.1:{pg.port}/postgres"
 
 
-def write_pgpass(
-    data_dir: Path, pg: LocalPostgres, user: str = "postgres", password: str | None = None
-) -> None:
-    secrets = data_dir / "secrets"
-    secrets.mkdir(parents=True, exist_ok=True)
-    path = secrets / "pgpass"
-    with path.open("a") as f:
-        f.write(f"127.0.0.1:{pg.port}:*:{user}:{password or pg.password}\n")
-    path.chmod(0o600)
+async def register_source(system: System, prefix: str, pg: LocalPostgres) -> str:
+    """A new cluster backed by ``pg``, with its connection secret set; returns its id."""
+    cluster_id = f"{prefix}-{uuid4().hex[:6]}"
+    registered = await system.register(
+        cluster_id, connection_ref=connection_ref(pg), secret=pg.password
+    )
+    assert registered.code == 200, registered
+    return cluster_id
 
 
-@pytest.fixture
-async def system(tmp_path: Path, kafka: str, source: LocalPostgres) -> AsyncIterator[System]:
-    write_pgpass(tmp_path, source)
+async def scheduled_system(tmp_path: Path, kafka: str) -> System:
+    """Projections and the scheduler on the simulated clock (the executor is up to the test)."""
+    return await System.start(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'events.sqlite'}",
+        kafka,
+        services=("projections", "scheduler"),
+        simulated_clock=True,
+        poll_interval_seconds=0.01,
+    )
+
+
+async def executor_system(tmp_path: Path, kafka: str, **settings: Any) -> System:
+    """Projections, the cluster registry (no schedule) and the executor, in this process."""
     system = await System.start(
         tmp_path,
         f"sqlite:///{tmp_path / 'events.sqlite'}",
         kafka,
         services=("projections",),
-        backup_lease_seconds=3.0,
+        **settings,
     )
     await system.start_service("registry", run_cluster_commands_only)
     await system.start_service("backup-executor", run_executor)
+    return system
+
+
+@pytest.fixture
+async def system(tmp_path: Path, kafka: str, source: LocalPostgres) -> AsyncIterator[System]:
+    system = await executor_system(tmp_path, kafka, backup_lease_seconds=3.0)
     yield system
     await system.close()
 
@@ -97,12 +113,25 @@ async def take(system: System, cluster_id: str, backup_type: str = "FULL", **fie
     return backup_id
 
 
+def find_backup(store: Any, backup_id: UUID) -> Backup | None:
+    """The backup ``backup_id`` of whichever cluster, read from the event store."""
+    from managed_backups.shared.eventstore import event_topics
+
+    topics_ = event_topics(Backup.BackupStarted)  # type: ignore[attr-defined]
+    for row in store.notifications(0, 1_000_000, topics_):
+        event = store.domain_event(row)
+        if event.backup_id == backup_id:
+            found: Backup | None = store.get_or_none(event.originator_id, Backup)
+            return found
+    return None
+
+
 async def wait_terminal(system: System, backup_id: UUID, timeout: float = 120) -> Backup:
     store = open_event_store(system.settings.store_url)
     try:
         async with asyncio.timeout(timeout):
             while True:
-                backup = await asyncio.to_thread(store.get_or_none, backup_id, Backup)
+                backup = await asyncio.to_thread(find_backup, store, backup_id)
                 if backup is not None and backup.is_terminal:
                     await system.wait_projection(store.max_position())
                     return backup
@@ -112,8 +141,7 @@ async def wait_terminal(system: System, backup_id: UUID, timeout: float = 120) -
 
 
 async def test_full_then_incremental_with_views(system: System, source: LocalPostgres) -> None:
-    cluster_id = f"shop-{uuid4().hex[:6]}"
-    assert (await system.register(cluster_id, connection_ref=connection_ref(source))).code == 200
+    cluster_id = await register_source(system, "shop", source)
     full_id = await take(system, cluster_id)
     full = await wait_terminal(system, full_id)
     assert full.status == "COMPLETE", full.error
@@ -198,10 +226,11 @@ async def test_unreachable_cluster_and_permission_error_end_as_incomplete_backup
     with psycopg.connect(source.url, autocommit=True) as conn:
         conn.execute("DROP ROLE IF EXISTS weak")
         conn.execute("CREATE ROLE weak LOGIN PASSWORD 'weakpw'")
-    write_pgpass(system.settings.data_dir, source, "weak", "weakpw")
     limited = f"weak-{uuid4().hex[:6]}"
     assert (
-        await system.register(limited, connection_ref=connection_ref(source, "weak"))
+        await system.register(
+            limited, connection_ref=connection_ref(source, "weak"), secret="weakpw"
+        )
     ).code == 200
     denied = await wait_terminal(system, await take(system, limited))
     assert denied.status == "FAILED" and denied.error is not None
@@ -216,7 +245,10 @@ async def test_unreachable_cluster_and_permission_error_end_as_incomplete_backup
         incomplete[0]["error"]["code"] == "PERMISSION_DENIED" and incomplete[0]["error"]["message"]
     )
     assert incomplete[0]["failed_step"]
-    assert incomplete[0]["duration_seconds"] >= 0
+    assert denied.ended_at is not None
+    assert incomplete[0]["duration_seconds"] == pytest.approx(
+        (denied.ended_at - denied.started_at).total_seconds(), abs=0.001
+    )
     assert (await system.http.get(f"/api/v1/clusters/{limited}/backups")).json()["backups"] == []
 
 
@@ -229,7 +261,7 @@ async def verifications(system: System, backup_id: UUID, count: int) -> list[Any
                 verified = [
                     e
                     for e in events
-                    if type(e).__name__ == "BackupVerified" and e.originator_id == backup_id
+                    if type(e).__name__ == "BackupVerified" and e.backup_id == backup_id
                 ]
                 if len(verified) >= count:
                     return verified
@@ -239,8 +271,7 @@ async def verifications(system: System, backup_id: UUID, count: int) -> list[Any
 
 
 async def test_verify_finds_a_corrupted_chunk(system: System, source: LocalPostgres) -> None:
-    cluster_id = f"ver-{uuid4().hex[:6]}"
-    assert (await system.register(cluster_id, connection_ref=connection_ref(source))).code == 200
+    cluster_id = await register_source(system, "ver", source)
     backup_id = await take(system, cluster_id)
     backup = await wait_terminal(system, backup_id)
     assert backup.status == "COMPLETE"
@@ -273,7 +304,6 @@ async def test_verify_finds_a_corrupted_chunk(system: System, source: LocalPostg
 
 
 async def test_s3_region_store(tmp_path: Path, kafka: str, source: LocalPostgres) -> None:
-    write_pgpass(tmp_path, source)
     with LocalS3() as s3:
         s3.create_bucket("backups")
         url = f"s3://backups/mb?endpoint={s3.endpoint_url}&region=us-east-1&allow_http=true&access_key_id=test&secret_access_key=test"
@@ -290,7 +320,10 @@ async def test_s3_region_store(tmp_path: Path, kafka: str, source: LocalPostgres
             cluster_id = f"s3-{uuid4().hex[:6]}"
             assert (
                 await system.register(
-                    cluster_id, regions=["s3-region"], connection_ref=connection_ref(source)
+                    cluster_id,
+                    regions=["s3-region"],
+                    connection_ref=connection_ref(source),
+                    secret=source.password,
                 )
             ).code == 200
             backup = await wait_terminal(system, await take(system, cluster_id))
@@ -341,9 +374,15 @@ async def wait_group_members(kafka: str, group: str, pids: list[int], timeout: f
         await admin.close()
 
 
-def start_executor_process(system: System, log: Path, lease: float) -> subprocess.Popen[bytes]:
+def start_executor_process(
+    system: System, log: Path, lease: float, **settings: str
+) -> subprocess.Popen[bytes]:
     return service_process(
-        system, "backup-executor", log, MANAGED_BACKUPS_BACKUP_LEASE_SECONDS=str(lease)
+        system,
+        "backup-executor",
+        log,
+        MANAGED_BACKUPS_BACKUP_LEASE_SECONDS=str(lease),
+        **{f"MANAGED_BACKUPS_{name.upper()}": value for name, value in settings.items()},
     )
 
 
@@ -358,17 +397,13 @@ async def test_executor_killed_mid_backup_fails_within_the_lease_and_leaves_noth
         conn.execute(
             "INSERT INTO wide SELECT g, md5(g::text) || repeat(md5((g*7)::text), 12) FROM generate_series(1, 600000) g"
         )
-    write_pgpass(tmp_path, source)
     system = await System.start(
         tmp_path, f"sqlite:///{tmp_path / 'events.sqlite'}", kafka, services=("projections",)
     )
     await system.start_service("registry", run_cluster_commands_only)
     executor = start_executor_process(system, tmp_path / "executor-1.log", lease=4.0)
     try:
-        cluster_id = f"kill-{uuid4().hex[:6]}"
-        assert (
-            await system.register(cluster_id, connection_ref=connection_ref(source))
-        ).code == 200
+        cluster_id = await register_source(system, "kill", source)
         backup_id = await take(system, cluster_id)
         store = open_event_store(system.settings.store_url)
         region_dir = system.settings.data_dir / "objects"
@@ -378,7 +413,7 @@ async def test_executor_killed_mid_backup_fails_within_the_lease_and_leaves_noth
         executor.send_signal(signal.SIGKILL)
         executor.wait()
         killed_at = asyncio.get_running_loop().time()
-        backup = store.get_or_none(backup_id, Backup)
+        backup = find_backup(store, backup_id)
         assert backup is not None and backup.status == "IN_PROGRESS"
         executor = start_executor_process(system, tmp_path / "executor-2.log", lease=4.0)
         failed = await wait_terminal(system, backup_id, timeout=60)
@@ -405,7 +440,6 @@ async def test_executor_killed_mid_backup_fails_within_the_lease_and_leaves_noth
 async def test_two_executors_share_the_work_without_taking_a_backup_twice(
     tmp_path: Path, kafka: str, source: LocalPostgres
 ) -> None:
-    write_pgpass(tmp_path, source)
     system = await System.start(
         tmp_path, f"sqlite:///{tmp_path / 'events.sqlite'}", kafka, services=("projections",)
     )
@@ -422,7 +456,9 @@ async def test_two_executors_share_the_work_without_taking_a_backup_twice(
         ids = []
         for cluster_id in clusters:
             assert (
-                await system.register(cluster_id, connection_ref=connection_ref(source))
+                await system.register(
+                    cluster_id, connection_ref=connection_ref(source), secret=source.password
+                )
             ).code == 200
             ids.append(await take(system, cluster_id))
         backups = [await wait_terminal(system, b, timeout=180) for b in ids]
@@ -439,7 +475,7 @@ async def test_two_executors_share_the_work_without_taking_a_backup_twice(
             if type(e).__name__ == "BackupStarted"
         ]
         store.close()
-        assert sorted(e.originator_id for e in started) == sorted(ids)
+        assert sorted(e.backup_id for e in started) == sorted(ids)
     finally:
         for proc in (first, second):
             proc.terminate()
@@ -451,21 +487,12 @@ async def test_the_scheduler_with_the_real_executor(
     tmp_path: Path, kafka: str, source: LocalPostgres
 ) -> None:
     """The scheduler's sequence (full, then incrementals on it) taken for real."""
-    write_pgpass(tmp_path, source)
-    system = await System.start(
-        tmp_path,
-        f"sqlite:///{tmp_path / 'events.sqlite'}",
-        kafka,
-        services=("projections", "scheduler"),
-        simulated_clock=True,
-        poll_interval_seconds=0.01,
-    )
-    await system.start_service("backup-executor", run_executor)
+    system = await scheduled_system(tmp_path, kafka)
     try:
-        cluster_id = f"sched-{uuid4().hex[:6]}"
-        assert (
-            await system.register(cluster_id, connection_ref=connection_ref(source))
-        ).code == 200
+        cluster_id = await register_source(system, "sched", source)
+        # Started once the cluster's secret is set: the first TakeBackup, sent at registration,
+        # waits on its topic until then.
+        await system.start_service("backup-executor", run_executor)
         assert system.http is not None
 
         async def listed(count: int) -> list[dict[str, Any]]:
@@ -492,3 +519,102 @@ async def test_the_scheduler_with_the_real_executor(
         assert expires == sorted(expires)
     finally:
         await system.close()
+
+
+async def test_a_catalog_larger_than_an_event_lists_is_read_from_the_manifest(
+    tmp_path: Path, kafka: str, source: LocalPostgres
+) -> None:
+    """The completed backup's event lists tables only up to a bound (here 2 of 4); the views
+    still answer for every database and table, from the backup's manifest."""
+    system = await executor_system(tmp_path, kafka, catalog_tables_in_event=2)
+    try:
+        cluster_id = await register_source(system, "cat", source)
+        backup = await wait_terminal(system, await take(system, cluster_id))
+        assert backup.status == "COMPLETE", backup.error
+        assert system.http is not None
+        events = (await system.http.get(f"/api/v1/clusters/{cluster_id}/events")).json()["events"]
+        catalog = next(e["catalog"] for e in events if e["type"] == "BackupCompleted")
+        listed = sum(len(s["tables"]) for db in catalog for s in db["schemas"])
+        assert listed == 2 and sorted(db["table_count"] for db in catalog) == [2, 2]
+
+        base = f"/api/v1/clusters/{cluster_id}/backups/{backup.backup_id}/databases"
+        databases = (await system.http.get(base)).json()["databases"]
+        assert sorted((d["name"], d["table_count"]) for d in databases) == [
+            ("crm", 2),
+            ("shop", 2),
+        ]
+        for database, expected in (("shop", {"orders", "items"}), ("crm", {"contacts", "events"})):
+            tables = (await system.http.get(f"{base}/{database}/tables")).json()["tables"]
+            assert {t["name"] for t in tables} == expected
+        assert (await system.http.get(f"{base}/nope/tables")).status_code == 404
+    finally:
+        await system.close()
+
+
+async def test_executor_killed_between_recording_the_start_and_running_the_backup(
+    tmp_path: Path, kafka: str, source: LocalPostgres
+) -> None:
+    """The window between saving BackupStarted and starting the worker: an executor that dies
+    there leaves a lease that expires, the backup is failed with LEASE_EXPIRED, and the
+    cluster's schedule goes on (the next slot's backup runs)."""
+    system = await scheduled_system(tmp_path, kafka)
+    simulated = {"simulated_clock": "true", "simulated_clock_start": "2026-01-05T00:00:00+00:00"}
+    crashing = start_executor_process(
+        system,
+        tmp_path / "executor-crash.log",
+        lease=5.0,
+        test_crash_at="executor-after-backup-started-saved",
+        **simulated,
+    )
+    replacement: subprocess.Popen[bytes] | None = None
+    store = open_event_store(system.settings.store_url)
+    try:
+        cluster_id = await register_source(system, "window", source)
+        # Slot 0's full backup is sent at once; the executor records it and dies.
+        exit_code = await asyncio.to_thread(crashing.wait, 120)
+        assert exit_code == 86, (tmp_path / "executor-crash.log").read_text()
+        started = [
+            b
+            for b in await asyncio.to_thread(backups_of, store, cluster_id)
+            if b.status == "IN_PROGRESS"
+        ]
+        assert len(started) == 1
+        stuck = started[0]
+
+        replacement = start_executor_process(
+            system, tmp_path / "executor-2.log", lease=5.0, **simulated
+        )
+        system.clock.advance(60)  # past the lease, well before the next hourly slot
+        failed = await wait_terminal(system, stuck.backup_id, timeout=60)
+        assert failed.status == "FAILED" and failed.error is not None
+        assert failed.error["code"] == "LEASE_EXPIRED"
+
+        system.clock.advance(3600)  # the next slot: a full again, taken for real
+        async with asyncio.timeout(120):
+            while True:
+                done = [
+                    b
+                    for b in await asyncio.to_thread(backups_of, store, cluster_id)
+                    if b.status == "COMPLETE"
+                ]
+                if done:
+                    break
+                await asyncio.sleep(0.2)
+        assert done[0].backup_type == "FULL"
+    finally:
+        for process in (crashing, replacement):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                process.wait()
+        store.close()
+        await system.close()
+
+
+def backups_of(store: Any, cluster_id: str) -> list[Backup]:
+    """Every Backup of the cluster, read from the event store (the source of truth)."""
+    from managed_backups.shared.eventstore import event_topics
+
+    topics_ = event_topics(Backup.BackupStarted)  # type: ignore[attr-defined]
+    ids = {store.domain_event(n).originator_id for n in store.notifications(0, 100_000, topics_)}
+    found = [store.get_or_none(i, Backup) for i in ids]
+    return [b for b in found if b is not None and b.cluster_id == cluster_id]

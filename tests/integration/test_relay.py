@@ -144,3 +144,68 @@ async def test_relay_killed_mid_stream_then_restarted(
     assert set(last_position) == {f"relay-{i}" for i in range(CLUSTERS)}
     # Every event arrived at least once; the repeats (at most the batch in flight) were dropped.
     assert total <= delivered
+
+
+def registered(cluster_id: str, regions: list[str]) -> Cluster:
+    return Cluster(
+        cluster_id=cluster_id,
+        name=cluster_id,
+        organization="acme",
+        tier="STANDARD",
+        regions=regions,
+        engine="postgres",
+        database_version="15",
+        connection_ref="postgresql://u@h/db",
+        backup_region=regions[0],
+        enabled=True,
+        frequency_minutes=60,
+        retention_days=30,
+        command_id=None,
+        at=datetime.now(UTC),
+        by="test",
+    )
+
+
+async def test_an_event_too_large_to_publish_is_set_aside_and_the_relay_goes_on(
+    tmp_path: Path, kafka: str
+) -> None:
+    """An event larger than the topic's limit (recorded before commands were bounded: 15,876
+    region names made one of 1 MB) is dead-lettered with its position; the next events flow."""
+    from managed_backups.services.relay.relay import Relay
+    from managed_backups.shared.sqldb import SqlDatabase
+    from tests.harness import consume
+
+    await ensure_topics(kafka)
+    url = f"sqlite:///{tmp_path / 'events.sqlite'}"
+    store = open_event_store(url)
+    suffix = os.urandom(3).hex()
+    huge = registered(f"huge-{suffix}", [f"region-{i:05d}-{'x' * 50}" for i in range(16_000)])
+    after = registered(f"after-{suffix}", ["us-east-1"])
+    store.save(huge)
+    store.save(after)
+    huge_position = store.max_position() - 1
+    db = SqlDatabase(url)
+    stop = asyncio.Event()
+    relay = Relay(store, db, kafka, name=f"relay-{suffix}", batch_size=10)
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        await consume(kafka, topics.EVENTS, lambda e: e["cluster_id"] == f"after-{suffix}")
+        letters: list[dict[str, Any]] = []
+        await consume(
+            kafka,
+            topics.DEAD_LETTER,
+            lambda e: (
+                e["topic"] == topics.EVENTS
+                and e["offset"] == huge_position
+                and f"huge-{suffix}" in e["payload"]
+                and not letters.append(e)
+            ),
+        )
+        assert "exceeds" in letters[0]["error"]
+        assert not task.done()
+        assert relay.position == store.max_position()
+    finally:
+        stop.set()
+        await task
+        db.close()
+        store.close()

@@ -25,7 +25,7 @@ from managed_backups.shared.eventstore import open_event_store
 from managed_backups.shared.security import Grant, new_api_key
 from tests.harness import System, run_cluster_commands_only, service_process
 from tests.infra.postgres import LocalPostgres
-from tests.integration.test_executor import connection_ref, take, wait_terminal, write_pgpass
+from tests.integration.test_executor import connection_ref, take, wait_terminal
 from tests.restore_checks import table_digest
 
 pytestmark = pytest.mark.integration
@@ -86,7 +86,6 @@ async def world(
     tmp_path_factory: pytest.TempPathFactory, kafka: str, source: LocalPostgres
 ) -> AsyncIterator[World]:
     tmp = tmp_path_factory.mktemp("restore-service")
-    write_pgpass(tmp, source)
     system = await System.start(
         tmp,
         f"sqlite:///{tmp / 'events.sqlite'}",
@@ -101,7 +100,10 @@ async def world(
     await system.start_service("api")
     cluster_id = f"shop-{uuid4().hex[:6]}"
     result = await system.register(
-        cluster_id, connection_ref=connection_ref(source), regions=["us-east-1"]
+        cluster_id,
+        connection_ref=connection_ref(source),
+        regions=["us-east-1"],
+        secret=source.password,
     )
     assert result.code == 200
     full_id = await take(system, cluster_id)
@@ -260,11 +262,18 @@ async def test_rules_refuse_with_their_reason_before_any_data_moves(world: World
     system = world.system
     before = databases(world.pg)
     other = f"other-{uuid4().hex[:6]}"
-    assert (await system.register(other, connection_ref=connection_ref(world.pg))).code == 200
+    assert (
+        await system.register(
+            other, connection_ref=connection_ref(world.pg), secret=world.pg.password
+        )
+    ).code == 200
     foreign = f"foreign-{uuid4().hex[:6]}"
     assert (
         await system.register(
-            foreign, organization="globex", connection_ref=connection_ref(world.pg)
+            foreign,
+            organization="globex",
+            connection_ref=connection_ref(world.pg),
+            secret=world.pg.password,
         )
     ).code == 200
     database = {"type": "DATABASE", "objects": [{"database": SHOP}]}
@@ -298,12 +307,26 @@ async def test_rules_refuse_with_their_reason_before_any_data_moves(world: World
     dst = f"adv1-{uuid4().hex[:6]}"
     old = f"old-{uuid4().hex[:6]}"
     ref = connection_ref(world.pg)
-    assert (await system.register(src, tier="ADVANCED", connection_ref=ref)).code == 200
     assert (
-        await system.register(dst, tier="ADVANCED", regions=["us-east-1"], connection_ref=ref)
+        await system.register(src, tier="ADVANCED", connection_ref=ref, secret=world.pg.password)
     ).code == 200
     assert (
-        await system.register(old, tier="ADVANCED", database_version="14", connection_ref=ref)
+        await system.register(
+            dst,
+            tier="ADVANCED",
+            regions=["us-east-1"],
+            connection_ref=ref,
+            secret=world.pg.password,
+        )
+    ).code == 200
+    assert (
+        await system.register(
+            old,
+            tier="ADVANCED",
+            database_version="14",
+            connection_ref=ref,
+            secret=world.pg.password,
+        )
     ).code == 200
     backup_id = await take(system, src)
     assert (await wait_terminal(system, backup_id)).status == "COMPLETE"
@@ -359,7 +382,9 @@ async def test_killed_service_and_corrupted_chunk_leave_the_destination_as_it_wa
     cluster_id = f"big-{uuid4().hex[:6]}"
     ref = connection_ref(pg)
     assert (
-        await system.register(cluster_id, connection_ref=ref, regions=["eu-west-1"])
+        await system.register(
+            cluster_id, connection_ref=ref, regions=["eu-west-1"], secret=pg.password
+        )
     ).code == 200
     backup_id = await take(system, cluster_id)
     assert (await wait_terminal(system, backup_id)).status == "COMPLETE"
@@ -434,8 +459,12 @@ async def test_a_deleted_source_restores_only_for_an_administrator(world: World)
     ref = connection_ref(world.pg)
     src = f"gone-{uuid4().hex[:6]}"
     dst = f"keep-{uuid4().hex[:6]}"
-    assert (await system.register(src, tier="ADVANCED", connection_ref=ref)).code == 200
-    assert (await system.register(dst, tier="ADVANCED", connection_ref=ref)).code == 200
+    assert (
+        await system.register(src, tier="ADVANCED", connection_ref=ref, secret=world.pg.password)
+    ).code == 200
+    assert (
+        await system.register(dst, tier="ADVANCED", connection_ref=ref, secret=world.pg.password)
+    ).code == 200
     backup_id = await take(system, src)
     assert (await wait_terminal(system, backup_id)).status == "COMPLETE"
     deleted = await system.command(
@@ -482,8 +511,8 @@ async def test_cluster_restore_is_exclusive_and_replaces_every_database(world: W
     # While a CLUSTER restore holds the destination: no backup, no other restore.
     holder = uuid4()
     until = system.api_runtime.clock.now() + timedelta(seconds=60)
-    jobs.ensure_table(db)
-    assert jobs.take(db, holder, "restore", world.cluster_id, "test", until, {"exclusive": True})
+    leases = jobs.JobLeases(db, "restore")
+    assert leases.take(holder, world.cluster_id, "test", until, {jobs.EXCLUSIVE: True})
     try:
         refused = await system.command(
             topics.BACKUP_COMMANDS,
@@ -498,7 +527,7 @@ async def test_cluster_restore_is_exclusive_and_replaces_every_database(world: W
         answer = await post_restore(world, {"type": "CLUSTER"})
         assert answer.status_code == 409 and "no other restore" in answer.json()["message"]
     finally:
-        jobs.release(db, holder)
+        leases.release(holder)
 
     with psycopg.connect(world.pg.url, autocommit=True) as conn:
         conn.execute('CREATE DATABASE "made later"')
@@ -508,5 +537,10 @@ async def test_cluster_restore_is_exclusive_and_replaces_every_database(world: W
     assert ended.phase == "SUCCEEDED", ended.error
     names = {d for d in databases(world.pg) if not d.startswith("template")}
     assert names == {"postgres", SHOP, "target"}  # as the backup holds them
+    with psycopg.connect(world.pg.url, autocommit=True) as conn:
+        templates = conn.execute(
+            "SELECT datname FROM pg_database WHERE datistemplate ORDER BY 1"
+        ).fetchall()
+    assert templates == [("template0",), ("template1",)]  # template1 replaced, still a template
     for table, expected in world.at_incremental.items():
         assert digest(world.pg, SHOP, table) == expected

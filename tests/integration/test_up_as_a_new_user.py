@@ -107,6 +107,33 @@ def test_up_publish_and_query_within_a_second(tmp_path: Path) -> None:
         rejected = publish(command, data, env)
         assert rejected.returncode == 1
         assert json.loads(rejected.stdout)["reason"] == "cluster orders-prod is already registered"
+
+        # The cluster's password, from stdin, through the API; the trail names who set it.
+        secret = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "managed_backups.services.cli",
+                "clusters",
+                "set-secret",
+                "orders-prod",
+                "--data-dir",
+                str(data),
+                "--api-url",
+                f"http://127.0.0.1:{port}",
+            ],
+            env=env,
+            input="its-password\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert secret.returncode == 0, secret.stdout + secret.stderr
+        events = httpx.get(f"{url}/events", headers=headers, timeout=5).json()["events"]
+        assert [e["by"] for e in events if e["type"] == "ConnectionSecretSet"] == ["admin"]
+        assert "its-password" not in json.dumps(events)
+        assert (data.stat().st_mode & 0o777) == 0o700
     finally:
         up.send_signal(signal.SIGTERM)
         try:

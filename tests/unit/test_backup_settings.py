@@ -1,4 +1,4 @@
-"""PRODUCT.md "Backup settings (per cluster)", rule by rule (pure domain, no I/O)."""
+"""Rule "backup settings per cluster", rule by rule (pure domain, no I/O)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""PRODUCT.md "Full and incremental backups": the cadence, as pure functions."""
+"""Rule "full and incremental backups": the cadence, as pure functions."""
 
 from __future__ import annotations
 

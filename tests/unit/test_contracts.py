@@ -58,3 +58,40 @@ def test_export_covers_every_topic(tmp_path: Path) -> None:
         for ref in channel["messages"].values():
             name = ref["$ref"].rsplit("/", 1)[1]
             assert name in document["components"]["schemas"]
+
+
+def test_every_list_and_string_of_a_command_is_bounded() -> None:
+    """One accepted command can never make an event larger than the events topic takes."""
+    from managed_backups.contracts.commands import AnyCommand
+
+    schema = json.dumps(__import__("pydantic").TypeAdapter(AnyCommand).json_schema(by_alias=True))
+    with pytest.raises(ValidationError, match="at most 64 items"):
+        register(regions=[f"r-{i}" for i in range(15_876)])
+    with pytest.raises(ValidationError, match="not a valid region name"):
+        register(regions=["us-east-1\n"])  # a full match, not a prefix match
+    with pytest.raises(ValidationError, match="at most 512 characters"):
+        register(credential="k" * 513)
+
+    def unbounded(node: object, path: str = "") -> list[str]:
+        found: list[str] = []
+        if isinstance(node, dict):
+            kind = node.get("type")
+            if kind == "string" and not {"maxLength", "enum", "const", "format", "pattern"} & set(
+                node
+            ):
+                found.append(path)
+            if kind == "array" and "maxItems" not in node:
+                found.append(path)
+            for key, value in node.items():
+                found += unbounded(value, f"{path}/{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                found += unbounded(value, f"{path}/{i}")
+        return found
+
+    assert unbounded(json.loads(schema)) == []
+
+
+def test_cluster_ids_are_matched_whole() -> None:
+    with pytest.raises(ValidationError):
+        register(cluster_id="c1\n")

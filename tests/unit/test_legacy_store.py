@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -102,3 +103,63 @@ def test_views_rebuild_from_old_events(legacy_url: str, store: EventStore) -> No
 
 async def _no_send(command: object) -> None:
     raise AssertionError("nothing is sent while reading")
+
+
+def test_backups_recorded_at_their_bare_id_load_for_their_cluster_only(store: EventStore) -> None:
+    """Version 0.1 kept a Backup at the bare backup id; today's ids derive from the cluster."""
+    from uuid import UUID
+
+    from managed_backups.shared.domain.backup import load_backup
+    from managed_backups.shared.domain.ids import backup_aggregate_id
+
+    rows = store.notifications(0, 1000, event_topics(Backup.BackupStarted))  # type: ignore[attr-defined]
+    assert rows
+    for row in rows:
+        backup_id = UUID(str(row.originator_id))
+        stored = store.get_or_none(backup_id, Backup)
+        assert stored is not None
+        found = load_backup(store, stored.cluster_id, backup_id)
+        assert found is not None and found.id == backup_id == stored.backup_id
+        assert load_backup(store, "another-tenants-cluster", backup_id) is None
+        # A new backup with the same backup id in another cluster gets its own stream.
+        assert backup_aggregate_id("another-tenants-cluster", backup_id) != backup_id
+
+
+def test_outcomes_recorded_before_body_hashes_are_honoured_for_their_sender(
+    store: EventStore,
+) -> None:
+    from typing import Any
+    from uuid import UUID
+
+    from pydantic import TypeAdapter
+
+    from managed_backups.contracts import topics
+    from managed_backups.contracts.commands import ClusterCommand
+    from managed_backups.shared.commands import CommandContext, CommandProcessor, Handled
+    from managed_backups.shared.security import Grant, new_api_key
+
+    calls: list[str] = []
+
+    def update(command: Any, principal: Any, context: Any) -> Handled:
+        calls.append(principal.name)
+        return Handled([], command.cluster_id)
+
+    process = CommandProcessor(
+        topics.CLUSTER_COMMANDS,
+        TypeAdapter(ClusterCommand),
+        {"UpdateBackupSettings": update},
+        CommandContext(store, WallClock(), "test"),
+        Authenticator(store),
+    )
+    legacy_id = UUID("00000000-0000-4000-8000-000000000001")
+    body = {
+        "type": "UpdateBackupSettings",
+        "command_id": str(legacy_id),
+        "cluster_id": "legacy-one",
+    }
+    ops = (LEGACY / "events-v0.api-key").read_text().strip()
+    result = process.process(json.dumps({**body, "credential": ops}).encode()).result
+    assert (result.code, result.command_id, calls) == (409, legacy_id, [])
+    newcomer = new_api_key(store, "newcomer", [Grant(Role.SYSTEM_ADMIN, "*")], WallClock(), "t")
+    fresh = process.process(json.dumps({**body, "credential": newcomer}).encode()).result
+    assert fresh.code == 200 and calls == ["newcomer"]

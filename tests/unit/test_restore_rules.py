@@ -141,30 +141,28 @@ def test_a_cluster_restore_runs_alone() -> None:
 
 def test_leases_taken_before_the_job_is_recorded_are_reaped(tmp_path: Path) -> None:
     db = SqlDatabase(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
-    jobs.ensure_table(db)
+    leases = jobs.JobLeases(db, "restore")
     recorded, never, alive = uuid4(), uuid4(), uuid4()
     for job_id, until in ((recorded, NOW), (never, NOW), (alive, NOW + timedelta(minutes=5))):
-        assert jobs.take(db, job_id, "restore", "c", "w1", until, {"exclusive": job_id == alive})
-    assert not jobs.take(db, alive, "restore", "c", "w2", NOW)  # held by w1
+        assert leases.take(job_id, "c", "w1", until, {jobs.EXCLUSIVE: job_id == alive})
+    assert not leases.take(alive, "c", "w2", NOW)  # held by w1
     failed: list[Any] = []
     cleaned: list[Any] = []
-    reaped = jobs.reap(
-        db,
-        "restore",
+    reaped = leases.reap(
         NOW + timedelta(seconds=1),
         fail=lambda lease: (failed.append(lease.job_id), lease.job_id == recorded)[1],
         cleanup=lambda lease: cleaned.append(lease.job_id),
     )
     assert reaped == 1 and set(failed) == set(cleaned) == {recorded, never}
-    assert [lease.job_id for lease in jobs.held(db, "restore")] == [alive]
+    assert [lease.job_id for lease in jobs.on_cluster(db, "c")] == [alive]
     exclusive = jobs.exclusive_job(db, "c")
     assert exclusive is not None and exclusive.job_id == alive
     # A failed cleanup keeps the lease, so the next reaper retries.
-    jobs.renew(db, alive, "w1", NOW)
+    leases.renew(alive, NOW)
 
     def broken(lease: jobs.Lease) -> None:
         raise RuntimeError("destination unreachable")
 
-    assert jobs.reap(db, "restore", NOW + timedelta(seconds=1), lambda lease: True, broken) == 0
-    assert [lease.job_id for lease in jobs.held(db, "restore")] == [alive]
+    assert leases.reap(NOW + timedelta(seconds=1), lambda lease: True, broken) == 0
+    assert [lease.job_id for lease in jobs.on_cluster(db, "c")] == [alive]
     db.close()

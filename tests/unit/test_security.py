@@ -1,4 +1,4 @@
-"""PRODUCT.md "Who may do what": roles, scopes, and organization grants taking precedence."""
+"""Rule "who may do what": roles, scopes, and organization grants taking precedence."""
 
 from __future__ import annotations
 

@@ -1,0 +1,34 @@
+"""Who changed a cluster's connection secret, and when: the audit half of the secret store.
+
+The value lives in the secret store (:mod:`managed_backups.shared.secrets`); the events here carry
+the cluster id and the principal only, never the password nor a hash of it (a hash of a short
+password is as good as the password to whoever reads the events, and events are kept forever).
+The aggregate is separate from ``Cluster`` so the scheduler stays that stream's only writer.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate, event
+
+from managed_backups.shared.domain.ids import connection_secret_aggregate_id
+
+
+class ConnectionSecret(Aggregate):
+    @staticmethod
+    def create_id(cluster_id: str) -> UUID:
+        return connection_secret_aggregate_id(cluster_id)
+
+    @event("ConnectionSecretSet")
+    def __init__(self, cluster_id: str, at: datetime, by: str) -> None:
+        self.cluster_id = cluster_id
+        self.changes = 1
+
+    def change(self, at: datetime, by: str) -> None:
+        self._changed(cluster_id=self.cluster_id, at=at, by=by)
+
+    @event("ConnectionSecretChanged")
+    def _changed(self, cluster_id: str, at: datetime, by: str) -> None:
+        self.changes += 1
