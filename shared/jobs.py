@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -52,12 +53,20 @@ def lease_until(now: datetime, seconds: float) -> datetime:
     return now + timedelta(seconds=seconds)
 
 
+_ENSURED: weakref.WeakSet[SqlDatabase] = weakref.WeakSet()
+
+
 def ensure_table(db: SqlDatabase) -> None:
+    """Create the lease table once per database handle (not on every read: the scheduler reads
+    it at every tick)."""
+    if db in _ENSURED:
+        return
     db.execute(
         f"CREATE TABLE IF NOT EXISTS {TABLE} (kind TEXT NOT NULL, job_id TEXT NOT NULL, "
         "cluster_id TEXT NOT NULL, owner TEXT NOT NULL, lease_until TEXT NOT NULL, "
         "detail TEXT NOT NULL, PRIMARY KEY (kind, job_id))"
     )
+    _ENSURED.add(db)
 
 
 class JobLeases:
@@ -161,6 +170,13 @@ def on_cluster(db: SqlDatabase, cluster_id: str) -> list[Lease]:
 EXCLUSIVE = "exclusive"
 """The lease detail key of a job no other job of its cluster may run beside (a CLUSTER restore:
 no backup and no other restore of the cluster while it runs)."""
+
+
+def clusters_held_exclusively(db: SqlDatabase) -> set[str]:
+    """The clusters an exclusive job holds now (one query, for the scheduler's tick)."""
+    ensure_table(db)
+    rows = db.query(f"SELECT cluster_id, detail FROM {TABLE}")
+    return {str(c) for c, d in rows if json.loads(d).get(EXCLUSIVE)}
 
 
 def exclusive_job(db: SqlDatabase, cluster_id: str) -> Lease | None:

@@ -40,6 +40,9 @@ from managed_backups.shared.domain.backup import Backup, load_backup
 from managed_backups.shared.domain.backup_lifecycle import TERMINAL, backup_may_start
 from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.domain.ids import cluster_aggregate_id, scheduled_backup_id
+from managed_backups.shared.domain.restore_rules import (
+    scheduled_backup_waits_for_a_cluster_restore,
+)
 from managed_backups.shared.eventstore import EventStore, IntegrityError, event_topics
 
 log = logging.getLogger(__name__)
@@ -110,6 +113,7 @@ class Scheduler:
         poll_seconds: float = 0.05,
         resend_after_seconds: float = 30.0,
         batch_size: int = 500,
+        held_exclusively: Callable[[], set[str]] = set,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -119,6 +123,8 @@ class Scheduler:
         self.poll_seconds = poll_seconds
         self.resend_after = resend_after_seconds
         self.batch_size = batch_size
+        self.held_exclusively = held_exclusively
+        """The clusters an exclusive job (a CLUSTER restore) holds: read once per tick."""
         self.clusters: dict[str, Cluster] = {}
         # Only the backups a decision still needs are remembered, per cluster: its last scheduled
         # backup and its chain's full. Everything older is forgotten, so memory (and the garbage
@@ -213,7 +219,9 @@ class Scheduler:
             due.add(heapq.heappop(self.heap)[1])
         return due
 
-    def decide(self, cluster_id: str, now: datetime) -> tuple[Cluster | None, bool]:
+    def decide(
+        self, cluster_id: str, now: datetime, held: set[str] | None = None
+    ) -> tuple[Cluster | None, bool]:
         """Record on the cluster (not yet saved) the backup due now, if any.
 
         Returns (the cluster with a pending BackupScheduled, or None; whether the cluster's last
@@ -237,6 +245,9 @@ class Scheduler:
             ):
                 self._push(now + timedelta(seconds=60), cluster_id)
                 return None, self._resend_due(cluster, last["backup_id"])
+            return None, False
+        if scheduled_backup_waits_for_a_cluster_restore(cluster_id, held or set()):
+            self._push(now + timedelta(seconds=30), cluster_id)
             return None, False
         last = cluster.last_scheduled
         if last is not None:
@@ -295,8 +306,13 @@ class Scheduler:
     ) -> tuple[list[Cluster], list[Cluster]]:
         decided: list[Cluster] = []
         resend: list[Cluster] = []
+        try:
+            held = self.held_exclusively()
+        except Exception:  # the executor refuses such a backup anyway: schedule as usual
+            log.exception("reading which clusters a CLUSTER restore holds failed")
+            held = set()
         for cluster_id in cluster_ids:
-            cluster, send_again = self.decide(cluster_id, now)
+            cluster, send_again = self.decide(cluster_id, now, held)
             if cluster is not None:
                 decided.append(cluster)
             elif send_again:

@@ -11,6 +11,7 @@ from managed_backups.contracts.commands import ClusterCommand, TakeBackup
 from managed_backups.services.runtime import Runtime
 from managed_backups.services.scheduler.cluster_commands import HANDLERS
 from managed_backups.services.scheduler.scheduler import Scheduler
+from managed_backups.shared import jobs
 from managed_backups.shared.bus import ensure_topics, make_broker, publish_model, subscribe_commands
 from managed_backups.shared.commands import CommandContext, CommandProcessor
 
@@ -41,6 +42,7 @@ async def run(runtime: Runtime, stop: asyncio.Event) -> None:
         credential=runtime.service_credential(),
         poll_seconds=settings.poll_interval_seconds,
         resend_after_seconds=settings.scheduled_backup_resend_seconds,
+        held_exclusively=lambda: jobs.clusters_held_exclusively(runtime.db),
     )
     try:
         await scheduler.run(stop)

@@ -187,13 +187,10 @@ def plan_bytes(chain: Sequence[Manifest], plan: RestorePlan) -> int:
     return total
 
 
-MAINTENANCE_DATABASES = ("postgres",)
-"""Neither replaced nor restored by a CLUSTER restore: the restore works through it."""
-
-
 def cluster_databases(head: Manifest) -> list[str]:
-    """The databases a CLUSTER restore of ``head`` restores."""
-    return [db.name for db in head.databases if db.name not in MAINTENANCE_DATABASES]
+    """The databases a CLUSTER restore of ``head`` restores: every database the backup holds
+    (``postgres`` and ``template1`` included, as pg_dumpall keeps them)."""
+    return [db.name for db in head.databases]
 
 
 # ------------------------------------------------------------------------------ destination
@@ -701,34 +698,44 @@ def _restore_cluster(
         temps[name] = temp
     roles = b"".join(iter_stream(store, head, head.globals_dump)).decode()
     templates = {db.name for db in head.databases if db.is_template and db.name in temps}
-    replaced = _swap_cluster(access, plan, temps, templates, roles)
-    # The swap committed: the restore succeeded. Dropping the replaced databases is tidying.
-    with contextlib.suppress(Exception), access.connect() as conn:
+    # The swap renames databases the restore could otherwise be connected to (``postgres``
+    # included): it runs from a database of its own, dropped afterwards.
+    swap = f"{TEMP_PREFIX}{plan.job_id.hex}_swap"
+    with access.connect() as conn:
+        conn.execute(f"CREATE DATABASE {quote_ident(swap)} TEMPLATE template0")
+    replaced = _swap_cluster(access, plan, swap, temps, templates, roles)
+    # The swap committed: the restore succeeded. Dropping the replaced databases is tidying
+    # (what is left is dropped with the job's temporary databases by the reaper).
+    with contextlib.suppress(Exception), access.connect(swap) as conn:
         for name in replaced:
             conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
+    with contextlib.suppress(Exception), access.connect(next(iter(temps))) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(swap)} WITH (FORCE)")
     return [f"database {name}" for name in temps] + ["roles"]
 
 
 def _swap_cluster(
     access: ClusterAccess,
     plan: RestorePlan,
+    swap: str,
     temps: Mapping[str, str],
     templates: set[str],
     roles: str,
 ) -> list[str]:
-    """Replace every user database, and every template database the backup holds one of (a
+    """Replace every user database (``postgres`` included), and every template database the
+    backup holds one of (a
     template the backup does not hold, such as ``template1`` in a version 1 backup, stays), by
     the restored copies; ``templates`` are marked templates again, as in the backup."""
     last: psycopg.Error | None = None
     for _ in range(5):  # a session reconnecting between the terminate and the rename: retry
-        conn = access.connect(autocommit=False)
+        conn = access.connect(swap, autocommit=False)
         try:
             existing = [
                 str(r[0])
                 for r in conn.execute(
                     "SELECT datname FROM pg_database WHERE (NOT datistemplate OR datname = ANY(%s)) "
-                    "AND datname <> ALL(%s) AND NOT starts_with(datname, %s) ORDER BY 1",
-                    (list(temps), list(MAINTENANCE_DATABASES), TEMP_PREFIX),
+                    "AND NOT starts_with(datname, %s) ORDER BY 1",
+                    (list(temps), TEMP_PREFIX),
                 ).fetchall()
             ]
             _apply_roles(conn, roles)

@@ -173,3 +173,10 @@ def no_backup_while_a_cluster_restore_runs(cluster_id: str, restore_id: Any | No
             f"CLUSTER restore {restore_id} is replacing cluster {cluster_id}'s databases; it "
             "takes no backup until the restore ends"
         )
+
+
+def scheduled_backup_waits_for_a_cluster_restore(cluster_id: str, held: set[str]) -> bool:
+    """The schedule's side of the same rule: a slot that falls due while a CLUSTER restore
+    replaces the cluster's databases is not scheduled until the restore ends (then it is, late,
+    and the schedule goes on)."""
+    return cluster_id in held

@@ -48,6 +48,10 @@ def source() -> Iterator[LocalPostgres]:
         with psycopg.connect(pg.url, autocommit=True) as conn:
             conn.execute('CREATE DATABASE "shop; ""main"" ü"')
             conn.execute('CREATE DATABASE "target"')
+            # What people keep in the maintenance database is in a cluster's backup too.
+            conn.execute(
+                "CREATE TABLE kept_in_postgres AS SELECT g AS id FROM generate_series(1, 7) g"
+            )
         with psycopg.connect(pg.url_for(SHOP), autocommit=True) as conn:
             conn.execute("CREATE TABLE customers (id int PRIMARY KEY, name text)")
             conn.execute("INSERT INTO customers SELECT g, 'c' || g FROM generate_series(1, 300) g")
@@ -531,6 +535,7 @@ async def test_cluster_restore_is_exclusive_and_replaces_every_database(world: W
 
     with psycopg.connect(world.pg.url, autocommit=True) as conn:
         conn.execute('CREATE DATABASE "made later"')
+        conn.execute("CREATE TABLE made_later_in_postgres (id int)")
     answer = await post_restore(world, {"type": "CLUSTER", "backup_id": str(world.incremental_id)})
     assert answer.status_code == 200, answer.text
     ended = await wait_job(system, answer.json()["id"])
@@ -542,5 +547,11 @@ async def test_cluster_restore_is_exclusive_and_replaces_every_database(world: W
             "SELECT datname FROM pg_database WHERE datistemplate ORDER BY 1"
         ).fetchall()
     assert templates == [("template0",), ("template1",)]  # template1 replaced, still a template
+    with psycopg.connect(world.pg.url, autocommit=True) as conn:
+        in_postgres = conn.execute(
+            "SELECT relname FROM pg_class WHERE relname LIKE '%%_in_postgres' ORDER BY 1"
+        ).fetchall()
+        kept = conn.execute("SELECT count(*), sum(id) FROM kept_in_postgres").fetchone()
+    assert in_postgres == [("kept_in_postgres",)] and kept == (7, 28)  # postgres replaced too
     for table, expected in world.at_incremental.items():
         assert digest(world.pg, SHOP, table) == expected
