@@ -93,3 +93,19 @@ def libpq_env(secrets: ConnectionSecrets) -> dict[str, str]:
     if psycopg.pq.version() >= 160000:
         env["PGREQUIREAUTH"] = "!password"
     return env
+
+
+def without_secret_hint(cluster_id: str, secrets: ConnectionSecrets, message: str) -> str:
+    """An authentication failure's message, plus what to do when the cluster has no secret set
+    (the usual cause for a new cluster: its first full is sent at registration)."""
+    try:
+        missing = secrets.get(cluster_id) is None
+    except SecretStoreError:
+        return message
+    if not missing:
+        return message
+    return (
+        f"{message} (cluster {cluster_id} has no connection secret: set it with "
+        f"`managed-backups clusters set-secret {cluster_id}`, which also takes the missing "
+        "full backup)"
+    )

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
+from uuid import UUID
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -30,13 +31,17 @@ from managed_backups.shared.clock import SimulatedClock
 from managed_backups.shared.dataplane.manifest import CatalogDatabase as ManifestCatalogDatabase
 from managed_backups.shared.dataplane.manifest import read_manifest
 from managed_backups.shared.dataplane.objectstore import ObjectStore, open_store
+from managed_backups.shared.domain.backup import load_backup
 from managed_backups.shared.domain.catalog import (
     catalog_is_partial,
     database_is_partial,
     table_count,
 )
 from managed_backups.shared.domain.cluster import Cluster
-from managed_backups.shared.domain.connection_secret import ConnectionSecret
+from managed_backups.shared.domain.connection_secret import (
+    ConnectionSecret,
+    a_new_secret_takes_the_missing_full,
+)
 from managed_backups.shared.domain.errors import Refused, not_registered
 from managed_backups.shared.domain.ids import cluster_aggregate_id, connection_secret_aggregate_id
 from managed_backups.shared.eventstore import IntegrityError
@@ -101,6 +106,24 @@ def set_connection_secret(
     return position
 
 
+def missing_full(runtime: Runtime, models: ReadModels, cluster_id: str) -> bool:
+    """Whether a new secret should take the cluster's missing full backup (the named rule).
+    Called once the views caught up with the secret's event, so with every earlier backup."""
+    cluster = runtime.store.get_or_none(cluster_aggregate_id(cluster_id), Cluster)
+    if cluster is None or cluster.deleted:
+        return False
+    listed, _ = models.listed_backups(
+        cluster_id, runtime.clock.now(), None, None, Page(page=1, limit=1, sort_desc=True)
+    )
+    last = cluster.last_scheduled
+    scheduled_not_started = (
+        last is not None
+        and load_backup(runtime.store, cluster_id, UUID(str(last["backup_id"]))) is None
+    )
+    return a_new_secret_takes_the_missing_full(bool(listed), scheduled_not_started)
+
+
+log = logging.getLogger(__name__)
 MAX_PAGE = 1_000_000
 MAX_POSITION = 2**62
 
@@ -486,7 +509,7 @@ def create_app(runtime: Runtime, gateway: CommandGateway) -> FastAPI:
         responses={404: {"description": "no such cluster (or not visible to the caller)"}},
     )
     async def put_connection_secret(
-        cluster_id: str, body: ConnectionSecretBody, who: Caller
+        cluster_id: str, body: ConnectionSecretBody, who: Caller, token: Token
     ) -> Response:
         """Set the password the executor uses for this cluster, and only for it. Allowed to
         whoever may manage the cluster; the audit trail records who changed it, never the
@@ -495,7 +518,35 @@ def create_app(runtime: Runtime, gateway: CommandGateway) -> FastAPI:
             set_connection_secret, runtime, secrets_store, cluster_id, body.password, who
         )
         await wait_for_projection(position)
+        if await asyncio.to_thread(missing_full, runtime, models, cluster_id):
+            await take_missing_full(cluster_id, token)
         return Response(status_code=200)
+
+    async def take_missing_full(cluster_id: str, token: str) -> None:
+        """On the caller's behalf, as any publisher would; the secret is set whatever the
+        outcome (a caller without the backup right, a backup started meanwhile)."""
+        body = {
+            "command_id": str(uuid.uuid4()),
+            "type": "TakeBackup",
+            "credential": token,
+            "cluster_id": cluster_id,
+            "backup_id": str(uuid.uuid4()),
+            "backup_type": "FULL",
+            "reason": "MANUAL",
+        }
+        try:
+            result = await gateway.request(topics.BACKUP_COMMANDS, body)
+        except CommandTimeout:
+            log.warning(
+                "cluster %s: the full backup after its new secret is not answered yet", cluster_id
+            )
+            return
+        log.info(
+            "cluster %s: full backup after its new secret: %s %s",
+            cluster_id,
+            result.code,
+            result.reason or "",
+        )
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:

@@ -22,7 +22,7 @@ from managed_backups.contracts.enums import BackupStatus, BackupType
 from managed_backups.services.executor.leases import backup_leases
 from managed_backups.services.runtime import Runtime
 from managed_backups.shared import jobs
-from managed_backups.shared.cluster_connection import cluster_connection
+from managed_backups.shared.cluster_connection import cluster_connection, without_secret_hint
 from managed_backups.shared.commands import CommandContext, Handled
 from managed_backups.shared.dataplane.engine import BackupError, BackupRequest, ErrorCode
 from managed_backups.shared.dataplane.manifest import Manifest, list_manifests, read_manifest
@@ -176,12 +176,17 @@ class BackupExecutor:
                 manifest = await asyncio.to_thread(self._take, cluster, backup, running)
                 await asyncio.to_thread(self._record_completed, backup, manifest)
         except BackupError as error:
+            message = error.message
+            if error.code is ErrorCode.AUTHENTICATION_FAILED:
+                message = await asyncio.to_thread(
+                    without_secret_hint, backup.cluster_id, self.secrets, message
+                )
             await asyncio.to_thread(
                 self._record_failed,
                 backup.cluster_id,
                 backup.backup_id,
                 error.code.value,
-                error.message,
+                message,
                 error.step,
             )
         except Exception as error:  # never leave a backup IN_PROGRESS because of a bug

@@ -32,3 +32,13 @@ class ConnectionSecret(Aggregate):
     @event("ConnectionSecretChanged")
     def _changed(self, cluster_id: str, at: datetime, by: str) -> None:
         self.changes += 1
+
+
+def a_new_secret_takes_the_missing_full(
+    restorable_or_running: bool, scheduled_not_started: bool
+) -> bool:
+    """Setting or changing a cluster's secret takes a full backup at once when the cluster has
+    no restorable backup and none is on its way: the first full is scheduled at registration,
+    usually before the secret can be set (the cluster must exist first), and fails without it;
+    otherwise the next chance would be the next full slot, up to a frequency later."""
+    return not restorable_or_running and not scheduled_not_started

@@ -16,6 +16,7 @@ import pytest
 from managed_backups.contracts import topics
 from managed_backups.services.executor.service import run as run_executor
 from managed_backups.shared.domain.backup import Backup
+from managed_backups.shared.domain.backup_lifecycle import TERMINAL
 from managed_backups.shared.eventstore import open_event_store
 from tests.harness import System, run_cluster_commands_only, service_process
 from tests.infra.postgres import LocalPostgres
@@ -618,3 +619,41 @@ def backups_of(store: Any, cluster_id: str) -> list[Backup]:
     ids = {store.domain_event(n).originator_id for n in store.notifications(0, 100_000, topics_)}
     found = [store.get_or_none(i, Backup) for i in ids]
     return [b for b in found if b is not None and b.cluster_id == cluster_id]
+
+
+async def test_a_new_secret_takes_the_full_that_failed_without_it(
+    tmp_path: Path, kafka: str, source: LocalPostgres
+) -> None:
+    """A new user registers, the first full (sent at registration) fails without a password,
+    then sets the secret: a full is taken at once, not a frequency later; a later change of a
+    secret with a COMPLETE full takes nothing."""
+    system = await scheduled_system(tmp_path, kafka)
+    try:
+        await system.start_service("backup-executor", run_executor)
+        cluster_id = f"late-{uuid4().hex[:6]}"
+        assert (
+            await system.register(cluster_id, connection_ref=connection_ref(source))
+        ).code == 200
+        store = open_event_store(system.settings.store_url)
+
+        async def backups(until: Any) -> list[Backup]:
+            async with asyncio.timeout(120):
+                while True:
+                    found = await asyncio.to_thread(backups_of, store, cluster_id)
+                    if until(found):
+                        return found
+                    await asyncio.sleep(0.1)
+
+        [first] = await backups(lambda b: len(b) == 1 and b[0].status == "FAILED")
+        assert first.error is not None and first.error["code"] == "AUTHENTICATION_FAILED"
+        assert f"clusters set-secret {cluster_id}" in first.error["message"]
+        assert (await system.set_secret(cluster_id, source.password)).status_code == 200
+        found = await backups(lambda b: len(b) == 2 and all(x.status in TERMINAL for x in b))
+        taken = next(b for b in found if b.backup_id != first.backup_id)
+        assert (taken.backup_type, taken.status) == ("FULL", "COMPLETE"), taken.error
+        # The PUT answers after the backup command it sent is answered: nothing more came.
+        assert (await system.set_secret(cluster_id, source.password)).status_code == 200
+        assert len(backups_of(store, cluster_id)) == 2
+        store.close()
+    finally:
+        await system.close()
