@@ -116,11 +116,9 @@ def missing_full(runtime: Runtime, models: ReadModels, cluster_id: str) -> bool:
         cluster_id, runtime.clock.now(), None, None, Page(page=1, limit=1, sort_desc=True)
     )
     last = cluster.last_scheduled
-    scheduled_not_started = (
-        last is not None
-        and load_backup(runtime.store, cluster_id, UUID(str(last["backup_id"]))) is None
-    )
-    return a_new_secret_takes_the_missing_full(bool(listed), scheduled_not_started)
+    backup = load_backup(runtime.store, cluster_id, UUID(str(last["backup_id"]))) if last else None
+    status = None if backup is None else str(backup.status)
+    return a_new_secret_takes_the_missing_full(bool(listed), status)
 
 
 log = logging.getLogger(__name__)

@@ -39,7 +39,10 @@ from managed_backups.shared.domain.catalog import summarise_catalog
 from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.domain.errors import Conflict, NotFound, not_registered
 from managed_backups.shared.domain.ids import cluster_aggregate_id
-from managed_backups.shared.domain.restore_rules import no_backup_while_a_cluster_restore_runs
+from managed_backups.shared.domain.restore_rules import (
+    latest_restorable_backup,
+    no_backup_while_a_cluster_restore_runs,
+)
 from managed_backups.shared.eventstore import IntegrityError
 from managed_backups.shared.faults import crash_point
 from managed_backups.shared.jobs import keep_renewed, lease_until
@@ -117,12 +120,20 @@ class BackupExecutor:
             chain_id = command.backup_id
         elif command.chain_id is not None:
             chain_id = command.chain_id
-        elif cluster.chain is not None:
-            chain_id = cluster.chain["chain_id"]
         else:
-            raise Conflict(
-                f"cluster {cluster.cluster_id} has no full backup to build an incremental on"
+            # On demand: on the chain of the newest restorable backup, whoever took its full
+            # (the schedule's chain may have a failed full while an on-demand one completed).
+            newest = latest_restorable_backup(
+                context.store, cluster.cluster_id, context.clock.now()
             )
+            if newest is None:
+                raise Conflict(
+                    f"cluster {cluster.cluster_id} has no restorable backup to build an "
+                    "incremental on; take a full backup"
+                )
+            newest_backup = load_backup(context.store, cluster.cluster_id, newest)
+            assert newest_backup is not None
+            chain_id = newest_backup.chain_id
         now = context.clock.now()
         lease = lease_until(now, self.settings.backup_lease_seconds)
         backup = Backup(

@@ -44,7 +44,7 @@ from managed_backups.shared.dataplane.restore_plan import (
     plan_bytes,
     schema_views,
 )
-from managed_backups.shared.domain.backup import Backup, load_backup
+from managed_backups.shared.domain.backup import load_backup
 from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.domain.errors import Conflict, NotFound, Refused
 from managed_backups.shared.domain.ids import cluster_aggregate_id
@@ -56,11 +56,12 @@ from managed_backups.shared.domain.restore_rules import (
     deleted_source_only_for_an_administrator,
     destination_is_live,
     destination_not_on_an_older_major_version,
+    latest_restorable_backup,
     multi_region_backup_not_into_single_region_cluster,
     no_other_restore_while_a_cluster_restore_runs,
     objects_match_the_restore_type,
 )
-from managed_backups.shared.eventstore import EventStore, IntegrityError, event_topics
+from managed_backups.shared.eventstore import EventStore, IntegrityError
 from managed_backups.shared.region_stores import RegionStores
 from managed_backups.shared.secrets import ConnectionSecrets
 from managed_backups.shared.security import Principal
@@ -81,35 +82,6 @@ def cluster_access(
     except BackupError as exc:
         raise Refused(f"cluster {cluster.cluster_id}: {exc.message}", 409) from None
     return ClusterAccess(dsn=connection.dsn, env=connection.env, password=connection.password)
-
-
-def latest_restorable_backup(store: EventStore, cluster_id: str, now: Any) -> UUID | None:
-    """The newest COMPLETE, unexpired backup of the cluster whose full is too (from the
-    event store's BackupCompleted events; cost grows with the number of backups recorded)."""
-    completed = getattr(Backup, "BackupCompleted")  # noqa: B009 (created by @event)
-    topics = event_topics(completed)
-    found: list[tuple[Any, UUID]] = []
-    after = 0
-    while True:
-        page = store.notifications(after, 1000, topics)
-        for n in page:
-            e = store.domain_event(n)
-            if getattr(e, "cluster_id", None) == cluster_id:
-                found.append((e.as_of_time, e.backup_id))  # type: ignore[attr-defined]
-        if len(page) < 1000:
-            break
-        after = page[-1].id
-    for _, backup_id in sorted(found, key=lambda f: f[0], reverse=True):
-        backup = load_backup(store, cluster_id, backup_id)
-        if backup is None:
-            continue
-        full = load_backup(store, cluster_id, backup.chain_id)
-        try:
-            backup_is_restorable(backup, full, cluster_id, backup_id, now)
-        except Refused:
-            continue
-        return backup_id
-    return None
 
 
 @dataclass

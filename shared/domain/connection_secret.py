@@ -13,6 +13,7 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
+from managed_backups.contracts.enums import BackupStatus
 from managed_backups.shared.domain.ids import connection_secret_aggregate_id
 
 
@@ -35,10 +36,11 @@ class ConnectionSecret(Aggregate):
 
 
 def a_new_secret_takes_the_missing_full(
-    restorable_or_running: bool, scheduled_not_started: bool
+    restorable_or_running: bool, last_scheduled_status: str | None
 ) -> bool:
-    """Setting or changing a cluster's secret takes a full backup at once when the cluster has
-    no restorable backup and none is on its way: the first full is scheduled at registration,
-    usually before the secret can be set (the cluster must exist first), and fails without it;
-    otherwise the next chance would be the next full slot, up to a frequency later."""
-    return not restorable_or_running and not scheduled_not_started
+    """Setting or changing a cluster's secret takes a full backup at once when the schedule's
+    last backup FAILED and the cluster has no restorable backup and none running: the first
+    full is scheduled at registration, usually before the secret can be set (the cluster must
+    exist first), and fails without it; otherwise the next chance would be the next full slot,
+    up to a frequency later. A backup scheduled and not started yet will use the new secret."""
+    return not restorable_or_running and last_scheduled_status == BackupStatus.FAILED

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 from managed_backups.contracts.enums import BackupStatus, RestoreType, Tier
-from managed_backups.shared.domain.backup import Backup
+from managed_backups.shared.domain.backup import Backup, load_backup
 from managed_backups.shared.domain.cluster import Cluster
-from managed_backups.shared.domain.errors import BadValue, Conflict, Forbidden, NotFound
+from managed_backups.shared.domain.errors import BadValue, Conflict, Forbidden, NotFound, Refused
+from managed_backups.shared.eventstore import EventStore, event_topics
 from managed_backups.shared.security import Action, Principal
 
 
@@ -180,3 +182,32 @@ def scheduled_backup_waits_for_a_cluster_restore(cluster_id: str, held: set[str]
     replaces the cluster's databases is not scheduled until the restore ends (then it is, late,
     and the schedule goes on)."""
     return cluster_id in held
+
+
+def latest_restorable_backup(store: EventStore, cluster_id: str, now: Any) -> UUID | None:
+    """The newest COMPLETE, unexpired backup of the cluster whose full is too (from the
+    event store's BackupCompleted events; cost grows with the number of backups recorded)."""
+    completed = getattr(Backup, "BackupCompleted")  # noqa: B009 (created by @event)
+    topics = event_topics(completed)
+    found: list[tuple[Any, UUID]] = []
+    after = 0
+    while True:
+        page = store.notifications(after, 1000, topics)
+        for n in page:
+            e = store.domain_event(n)
+            if getattr(e, "cluster_id", None) == cluster_id:
+                found.append((e.as_of_time, e.backup_id))  # type: ignore[attr-defined]
+        if len(page) < 1000:
+            break
+        after = page[-1].id
+    for _, backup_id in sorted(found, key=lambda f: f[0], reverse=True):
+        backup = load_backup(store, cluster_id, backup_id)
+        if backup is None:
+            continue
+        full = load_backup(store, cluster_id, backup.chain_id)
+        try:
+            backup_is_restorable(backup, full, cluster_id, backup_id, now)
+        except Refused:
+            continue
+        return backup_id
+    return None

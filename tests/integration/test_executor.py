@@ -621,7 +621,7 @@ def backups_of(store: Any, cluster_id: str) -> list[Backup]:
     return [b for b in found if b is not None and b.cluster_id == cluster_id]
 
 
-async def test_a_new_secret_takes_the_full_that_failed_without_it(
+async def test_a_new_secret_takes_the_full_that_failed_without_it_and_incrementals_follow_it(
     tmp_path: Path, kafka: str, source: LocalPostgres
 ) -> None:
     """A new user registers, the first full (sent at registration) fails without a password,
@@ -647,6 +647,16 @@ async def test_a_new_secret_takes_the_full_that_failed_without_it(
         [first] = await backups(lambda b: len(b) == 1 and b[0].status == "FAILED")
         assert first.error is not None and first.error["code"] == "AUTHENTICATION_FAILED"
         assert f"clusters set-secret {cluster_id}" in first.error["message"]
+        refused = await system.command(
+            topics.BACKUP_COMMANDS,
+            {
+                "type": "TakeBackup",
+                "cluster_id": cluster_id,
+                "backup_id": str(uuid4()),
+                "backup_type": "INCREMENTAL",
+            },
+        )
+        assert refused.code == 409 and "no restorable backup" in (refused.reason or "")
         assert (await system.set_secret(cluster_id, source.password)).status_code == 200
         found = await backups(lambda b: len(b) == 2 and all(x.status in TERMINAL for x in b))
         taken = next(b for b in found if b.backup_id != first.backup_id)
@@ -654,6 +664,10 @@ async def test_a_new_secret_takes_the_full_that_failed_without_it(
         # The PUT answers after the backup command it sent is answered: nothing more came.
         assert (await system.set_secret(cluster_id, source.password)).status_code == 200
         assert len(backups_of(store, cluster_id)) == 2
+        # An incremental on demand builds on the newest restorable backup's chain (not on the
+        # schedule's chain, whose full failed).
+        incremental = await wait_terminal(system, await take(system, cluster_id, "INCREMENTAL"))
+        assert (incremental.status, incremental.chain_id) == ("COMPLETE", taken.backup_id)
         store.close()
     finally:
         await system.close()

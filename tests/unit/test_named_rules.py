@@ -65,3 +65,14 @@ def test_a_backup_on_demand_keeps_the_settings_retentions() -> None:
     for days in (36_500, 10**7, 0, -1):
         with pytest.raises(BadValue, match="allowed values: 2, 7, 30, 90, 365"):
             require_allowed_retention(days)
+
+
+def test_a_new_secret_takes_the_missing_full_only_after_the_schedule_failed() -> None:
+    from managed_backups.shared.domain.connection_secret import (
+        a_new_secret_takes_the_missing_full as rule,
+    )
+
+    assert rule(restorable_or_running=False, last_scheduled_status="FAILED")
+    assert not rule(restorable_or_running=True, last_scheduled_status="FAILED")
+    for status in (None, "IN_PROGRESS", "COMPLETE"):
+        assert not rule(restorable_or_running=False, last_scheduled_status=status)
