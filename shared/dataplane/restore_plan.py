@@ -63,6 +63,10 @@ __all__ = [
 ]
 
 TEMP_PREFIX = "mb_restore_"
+NOT_KEPT = (
+    "owners and privileges: not kept (a role of the backup does not exist on the destination; "
+    "the objects belong to the role the restore connected as)"
+)
 RESTORE_JOBS = 2
 """Tables copied at once, and ``pg_restore -j`` for indexes and constraints, when a database is
 restored under a temporary name (nobody sees it before the rename, so per-table transactions
@@ -268,6 +272,52 @@ def _create_database(access: ClusterAccess, name: str, like: Manifest, source_db
         )
 
 
+_CREATE_ROLE = re.compile(r'^CREATE ROLE ("(?:[^"]|"")+"|[^\s;]+);$', re.M)
+
+
+def backup_roles(script: str) -> list[str]:
+    """The roles a backup's globals script creates (``pg_dumpall --globals-only``)."""
+    names = []
+    for match in _CREATE_ROLE.finditer(_sql_only(script)):
+        name = match.group(1)
+        names.append(name[1:-1].replace('""', '"') if name.startswith('"') else name)
+    return names
+
+
+def _existing_roles(access: ClusterAccess) -> set[str]:
+    with access.connect() as conn:
+        return {str(r[0]) for r in conn.execute("SELECT rolname FROM pg_roles").fetchall()}
+
+
+def _keeps_owners(store: Any, head: Manifest, access: ClusterAccess) -> bool:
+    """Owners and privileges are restored as the backup has them when every role of the backup
+    exists on the destination (always so after a CLUSTER restore created them, usually so into
+    the cluster itself); otherwise the restored objects belong to the role the restore connects
+    as and carry no grants, and the job says so."""
+    script = b"".join(iter_stream(store, head, head.globals_dump)).decode()
+    return set(backup_roles(script)) <= _existing_roles(access)
+
+
+def _create_missing_roles(access: ClusterAccess, script: str) -> list[str]:
+    """Create (bare) the backup's roles the destination lacks, so restored objects keep their
+    owners and grants; returns them, for the failure path to drop. Their attributes and
+    memberships are applied by the swap's transaction."""
+    created = []
+    existing = _existing_roles(access)
+    with access.connect() as conn:
+        for name in backup_roles(script):
+            if name not in existing:
+                conn.execute(f"CREATE ROLE {quote_ident(name)}")
+                created.append(name)
+    return created
+
+
+def _drop_roles_quietly(access: ClusterAccess, roles: Sequence[str]) -> None:
+    for name in roles:
+        with contextlib.suppress(Exception), access.connect() as conn:
+            conn.execute(f"DROP ROLE IF EXISTS {quote_ident(name)}")
+
+
 def _rename_database(access: ClusterAccess, old: str, new: str) -> None:
     with access.connect() as conn:
         try:
@@ -314,6 +364,7 @@ def execute_plan(
         if plan.kind == "CLUSTER":
             return _restore_cluster(store, chain, plan, access, tick)
         if plan.kind == "DATABASE":
+            keep = _keeps_owners(store, chain[-1], access)
             _create_database(access, plan.temporary_database, chain[-1], plan.source_database)
             restore_database(
                 store,
@@ -325,9 +376,11 @@ def execute_plan(
                 bindir=access.bindir,
                 progress=tick,
                 jobs=RESTORE_JOBS,
+                no_owner=not keep,
+                no_privileges=not keep,
             )
             _rename_database(access, plan.temporary_database, plan.target_database)
-            return [f"database {plan.target_database}"]
+            return [f"database {plan.target_database}"] + ([] if keep else [NOT_KEPT])
         script = _table_scripts(store, chain, plan, access)
         if plan.into_existing:
             _apply_tables(store, chain, plan, access, plan.target_database, script, tick)
@@ -678,12 +731,48 @@ def _restore_cluster(
     the destination's user databases away and the restored ones into place, and creates or
     alters the backup's roles; the replaced databases are dropped after the commit. Before the
     commit every existing database is untouched (sessions connected to them are ended just
-    before the swap, which needs them gone)."""
+    before the swap, which needs them gone). The backup's roles missing on the destination are
+    created first (bare), so restored objects keep their owners and grants; a failure drops
+    them again (a killed worker leaves them: they own nothing once its databases are dropped)."""
     head = chain[-1]
+    roles = b"".join(iter_stream(store, head, head.globals_dump)).decode()
+    created = _create_missing_roles(access, roles)
+    swap = f"{TEMP_PREFIX}{plan.job_id.hex}_swap"
+    try:
+        temps = _restore_cluster_databases(store, chain, plan, access, progress)
+        templates = {db.name for db in head.databases if db.is_template and db.name in temps}
+        # The swap renames databases the restore could otherwise be connected to (``postgres``
+        # included): it runs from a database of its own, dropped afterwards.
+        with access.connect() as conn:
+            conn.execute(f"CREATE DATABASE {quote_ident(swap)} TEMPLATE template0")
+        replaced = _swap_cluster(access, plan, swap, temps, templates, roles)
+    except BaseException:
+        _cleanup_quietly(access, plan)  # the databases first: they hold the roles' objects
+        _drop_roles_quietly(access, created)  # roles it created, not committed by a swap
+        raise
+    # The swap committed: the restore succeeded. Dropping the replaced databases is tidying
+    # (what is left is dropped with the job's temporary databases by the reaper).
+    with contextlib.suppress(Exception), access.connect(swap) as conn:
+        for name in replaced:
+            conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
+    with contextlib.suppress(Exception), access.connect(next(iter(temps))) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(swap)} WITH (FORCE)")
+    return [f"database {name}" for name in temps] + ["roles"]
+
+
+def _restore_cluster_databases(
+    store: Any,
+    chain: Sequence[Manifest],
+    plan: RestorePlan,
+    access: ClusterAccess,
+    progress: Callable[[int], None],
+) -> dict[str, str]:
+    """Every database of the backup into a temporary database, owners and grants kept (every
+    role of the backup exists by now); returns backup name → temporary name."""
     temps: dict[str, str] = {}
-    for i, name in enumerate(cluster_databases(head)):
+    for i, name in enumerate(cluster_databases(chain[-1])):
         temp = f"{TEMP_PREFIX}{plan.job_id.hex}_{i}"
-        _create_database(access, temp, head, name)
+        _create_database(access, temp, chain[-1], name)
         restore_database(
             store,
             chain,
@@ -694,24 +783,11 @@ def _restore_cluster(
             bindir=access.bindir,
             progress=progress,
             jobs=RESTORE_JOBS,
+            no_owner=False,
+            no_privileges=False,
         )
         temps[name] = temp
-    roles = b"".join(iter_stream(store, head, head.globals_dump)).decode()
-    templates = {db.name for db in head.databases if db.is_template and db.name in temps}
-    # The swap renames databases the restore could otherwise be connected to (``postgres``
-    # included): it runs from a database of its own, dropped afterwards.
-    swap = f"{TEMP_PREFIX}{plan.job_id.hex}_swap"
-    with access.connect() as conn:
-        conn.execute(f"CREATE DATABASE {quote_ident(swap)} TEMPLATE template0")
-    replaced = _swap_cluster(access, plan, swap, temps, templates, roles)
-    # The swap committed: the restore succeeded. Dropping the replaced databases is tidying
-    # (what is left is dropped with the job's temporary databases by the reaper).
-    with contextlib.suppress(Exception), access.connect(swap) as conn:
-        for name in replaced:
-            conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
-    with contextlib.suppress(Exception), access.connect(next(iter(temps))) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(swap)} WITH (FORCE)")
-    return [f"database {name}" for name in temps] + ["roles"]
+    return temps
 
 
 def _swap_cluster(

@@ -64,6 +64,11 @@ def source() -> Iterator[LocalPostgres]:
                 "SELECT 1 + g % 300, g FROM generate_series(1, 20000) g"
             )
             conn.execute("CREATE VIEW big_orders AS SELECT * FROM orders WHERE amount > 100")
+            # Owners and grants are part of what a restore gives back.
+            conn.execute("CREATE ROLE shop_owner")
+            conn.execute("CREATE ROLE shop_reader")
+            conn.execute("ALTER TABLE customers OWNER TO shop_owner")
+            conn.execute("GRANT SELECT ON orders TO shop_reader")
         yield pg
 
 
@@ -142,6 +147,15 @@ async def wait_job(system: System, restore_id: str, timeout: float = 120) -> Res
         store.close()
 
 
+def owners_and_grants(pg: LocalPostgres, db: str) -> tuple[Any, ...]:
+    with psycopg.connect(pg.url_for(db), autocommit=True) as conn:
+        owner = conn.execute(
+            "SELECT tableowner FROM pg_tables WHERE tablename = 'customers'"
+        ).fetchone()
+        reader = conn.execute("SELECT has_table_privilege('shop_reader', 'orders', 'SELECT')")
+        return owner, reader.fetchone()
+
+
 async def post_restore(world: World, body: dict[str, Any], cluster: str | None = None) -> Any:
     assert world.system.http is not None
     return await world.system.http.post(
@@ -167,6 +181,7 @@ async def test_database_restore_from_the_full_over_http_with_the_job_view(world:
     assert ended.phase == "SUCCEEDED", ended.error
     for table, expected in world.at_full.items():
         assert digest(world.pg, "from full", table) == expected
+    assert owners_and_grants(world.pg, "from full") == (("shop_owner",), (True,))
     with psycopg.connect(world.pg.url_for("from full"), autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM big_orders").fetchone()
         assert conn.execute("SELECT nextval('orders_id_seq')").fetchone() == (20001,)
@@ -536,6 +551,12 @@ async def test_cluster_restore_is_exclusive_and_replaces_every_database(world: W
     with psycopg.connect(world.pg.url, autocommit=True) as conn:
         conn.execute('CREATE DATABASE "made later"')
         conn.execute("CREATE TABLE made_later_in_postgres (id int)")
+    # A role of the backup dropped since: the CLUSTER restore brings it back with its grant.
+    for db in databases(world.pg) - {"template0"}:
+        with psycopg.connect(world.pg.url_for(db), autocommit=True) as conn:
+            conn.execute("DROP OWNED BY shop_reader")
+    with psycopg.connect(world.pg.url, autocommit=True) as conn:
+        conn.execute("DROP ROLE shop_reader")
     answer = await post_restore(world, {"type": "CLUSTER", "backup_id": str(world.incremental_id)})
     assert answer.status_code == 200, answer.text
     ended = await wait_job(system, answer.json()["id"])
@@ -553,5 +574,6 @@ async def test_cluster_restore_is_exclusive_and_replaces_every_database(world: W
         ).fetchall()
         kept = conn.execute("SELECT count(*), sum(id) FROM kept_in_postgres").fetchone()
     assert in_postgres == [("kept_in_postgres",)] and kept == (7, 28)  # postgres replaced too
+    assert owners_and_grants(world.pg, SHOP) == (("shop_owner",), (True,))
     for table, expected in world.at_incremental.items():
         assert digest(world.pg, SHOP, table) == expected
