@@ -32,6 +32,7 @@ import json
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import cached_property
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -240,6 +241,15 @@ class DatabaseBackup(_Model):
     large_objects: int | None = None
     """Version 2: large objects in the schema archive (``None``: not recorded)."""
 
+    @cached_property
+    def _tables_by_name(self) -> dict[tuple[str, str], TableBackup]:
+        return {(t.schema_name, t.name): t for t in self.tables}
+
+    def table(self, schema: str, name: str) -> TableBackup | None:
+        """The table ``schema.name`` of this database (a dict look-up: databases of
+        thousands of tables are looked up once per table)."""
+        return self._tables_by_name.get((schema, name))
+
 
 class SkippedDatabase(_Model):
     name: str
@@ -349,9 +359,7 @@ class Manifest(_Model):
     def table(self, database: str, schema: str, table: str) -> TableBackup | None:
         for db in self.databases:
             if db.name == database:
-                for t in db.tables:
-                    if t.schema_name == schema and t.name == table:
-                        return t
+                return db.table(schema, table)
         return None
 
     def chunk_refs(self) -> Iterator[ChunkRef]:

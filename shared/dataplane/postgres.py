@@ -382,7 +382,8 @@ class _Table:
     schema: str
     name: str
     heap_bytes: int
-    total_bytes: int
+    """The heap's size from the statistics (``relpages``; exact when never analysed): it
+    orders the streams and picks their transport, never what is read."""
     columns: list[str]
     key_columns: list[KeyColumn]
     fingerprint: str
@@ -545,7 +546,9 @@ ORDER BY n.nspname
 
 _TABLES_SQL = """
 SELECT c.oid::int8, n.nspname, c.relname,
-       coalesce(pg_relation_size(c.oid), 0), coalesce(pg_total_relation_size(c.oid), 0),
+       CASE WHEN c.reltuples < 0 THEN coalesce(pg_relation_size(c.oid), 0)
+            ELSE c.relpages::int8 * current_setting('block_size')::int8 END,
+       NULL::int8,
        ARRAY(SELECT a.attname::text FROM pg_attribute a
              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
                AND a.attgenerated = '' ORDER BY a.attnum),
@@ -566,39 +569,8 @@ SELECT c.oid::int8, n.nspname, c.relname,
         FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
         WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
        coalesce(am.amname, 'heap'), c.relkind::text, c.relfilenode::int8,
-       (WITH RECURSIVE closure(typ, depth) AS (
-          SELECT a.atttypid, 0 FROM pg_attribute a
-          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-          UNION
-          SELECT x.typ, cl.depth + 1 FROM closure cl JOIN pg_type t ON t.oid = cl.typ
-          CROSS JOIN LATERAL (
-            SELECT t.typelem WHERE t.typelem <> 0
-            UNION ALL SELECT t.typbasetype WHERE t.typbasetype <> 0
-            UNION ALL SELECT a2.atttypid FROM pg_attribute a2
-                      WHERE t.typrelid <> 0 AND a2.attrelid = t.typrelid AND a2.attnum > 0
-                        AND NOT a2.attisdropped
-            UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = t.oid
-            UNION ALL SELECT r.rngtypid FROM pg_range r WHERE r.rngmultitypid = t.oid
-          ) AS x(typ)
-          WHERE cl.depth < 32)
-        SELECT string_agg(concat_ws(':', t.oid, format_type(t.oid, NULL), t.typtype,
-                 t.typbasetype, t.typtypmod, t.typnotnull, t.typcollation,
-                 (SELECT string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder)
-                  FROM pg_enum e WHERE e.enumtypid = t.oid),
-                 (SELECT string_agg(a3.attname || ' ' || a3.atttypid || ' ' || a3.atttypmod
-                                    || ' ' || a3.attcollation, ',' ORDER BY a3.attnum)
-                  FROM pg_attribute a3 WHERE t.typrelid <> 0 AND a3.attrelid = t.typrelid
-                    AND a3.attnum > 0 AND NOT a3.attisdropped),
-                 (SELECT string_agg(x.extname || ' ' || x.extversion, ',')
-                  FROM pg_depend dp JOIN pg_extension x ON x.oid = dp.refobjid
-                  WHERE dp.classid = 'pg_type'::regclass AND dp.objid = t.oid
-                    AND dp.deptype = 'e')), ';' ORDER BY t.oid)
-               || CASE WHEN bool_or(t.typnamespace = 'pg_catalog'::regnamespace
-                                    AND t.typname IN ('regclass', 'regtype', 'regproc', 'regprocedure', 'regoper',
-                    'regoperator', 'regconfig', 'regdictionary', 'regnamespace', 'regrole',
-                    'regcollation'))
-                       THEN ';reg' ELSE '' END
-        FROM (SELECT DISTINCT typ FROM closure) AS cl JOIN pg_type t ON t.oid = cl.typ),
+       ARRAY(SELECT DISTINCT a.atttypid::int8 FROM pg_attribute a
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
        (SELECT coalesce(x.extcondition[array_position(x.extconfig, c.oid)], '')
         FROM pg_extension x WHERE c.oid = ANY (x.extconfig) LIMIT 1)
 FROM pg_class c
@@ -611,6 +583,65 @@ WHERE c.relkind = 'r' AND c.relpersistence IN ('p', 'u')
                    AND d.objid = c.oid AND d.deptype = 'e')
        OR EXISTS (SELECT 1 FROM pg_extension x WHERE c.oid = ANY (x.extconfig)))
 ORDER BY n.nspname, c.relname
+"""
+
+# The type closure of every column type of the database, in one set-based pass (a recursive
+# query per table costs a millisecond each: seconds on a multi-tenant schema of thousands of
+# tables). Per root type: every type reachable through array elements, domain bases, composite
+# attributes, range subtypes and multirange ranges, to depth 32.
+_TYPE_CLOSURES_SQL = """
+WITH RECURSIVE roots AS (
+  SELECT DISTINCT a.atttypid AS root FROM pg_attribute a
+  WHERE a.attrelid = ANY (%s::oid[]) AND a.attnum > 0 AND NOT a.attisdropped
+), closure(root, typ, depth) AS (
+  SELECT root, root, 0 FROM roots
+  UNION
+  SELECT cl.root, x.typ, cl.depth + 1 FROM closure cl JOIN pg_type t ON t.oid = cl.typ
+  CROSS JOIN LATERAL (
+    SELECT t.typelem WHERE t.typelem <> 0
+    UNION ALL SELECT t.typbasetype WHERE t.typbasetype <> 0
+    UNION ALL SELECT a2.atttypid FROM pg_attribute a2
+              WHERE t.typrelid <> 0 AND a2.attrelid = t.typrelid AND a2.attnum > 0
+                AND NOT a2.attisdropped
+    UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = t.oid
+    UNION ALL SELECT r.rngtypid FROM pg_range r WHERE r.rngmultitypid = t.oid
+  ) AS x(typ)
+  WHERE cl.depth < 32
+)
+SELECT root::int8, array_agg(DISTINCT typ::int8) FROM closure GROUP BY root
+"""
+
+# What a type contributes to a fingerprint: name, kind, base, typmod, not-null, collation, enum
+# labels, composite attributes, the owning extension's version; and whether it is a ``reg*``
+# type (whose text follows other objects' names).
+_TYPE_DESCRIPTIONS_SQL = """
+SELECT t.oid::int8,
+       concat_ws(':', t.oid, format_type(t.oid, NULL), t.typtype,
+                 t.typbasetype, t.typtypmod, t.typnotnull, t.typcollation,
+                 (SELECT string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder)
+                  FROM pg_enum e WHERE e.enumtypid = t.oid),
+                 (SELECT string_agg(a3.attname || ' ' || a3.atttypid || ' ' || a3.atttypmod
+                                    || ' ' || a3.attcollation, ',' ORDER BY a3.attnum)
+                  FROM pg_attribute a3 WHERE t.typrelid <> 0 AND a3.attrelid = t.typrelid
+                    AND a3.attnum > 0 AND NOT a3.attisdropped),
+                 (SELECT string_agg(x.extname || ' ' || x.extversion, ',')
+                  FROM pg_depend dp JOIN pg_extension x ON x.oid = dp.refobjid
+                  WHERE dp.classid = 'pg_type'::regclass AND dp.objid = t.oid
+                    AND dp.deptype = 'e')),
+       t.typnamespace = 'pg_catalog'::regnamespace
+         AND t.typname IN ('regclass', 'regtype', 'regproc', 'regprocedure', 'regoper',
+                           'regoperator', 'regconfig', 'regdictionary', 'regnamespace',
+                           'regrole', 'regcollation')
+FROM pg_type t WHERE t.oid = ANY (%s::oid[])
+"""
+
+
+# Exact sizes open every relation (its table, indexes, TOAST): about a millisecond per table
+# on a fresh connection. They are read while the rows stream (the coordinator is idle then);
+# planning uses the heap size from the statistics, as pg_dump -j orders its tables by relpages.
+_TABLE_SIZES_SQL = """
+SELECT x.oid::int8, coalesce(pg_total_relation_size(x.oid), 0)
+FROM unnest(%s::oid[]) AS x(oid)
 """
 
 _SEQUENCES_SQL = """
@@ -742,6 +773,10 @@ class PostgresAdapter(EngineAdapter):
     def _settings_sql(self, encoding: str | None = None) -> str:
         sets = [f"SET {name} = {_quote_literal(value)};" for name, value in SESSION_SETTINGS]
         sets.append(f"SET lock_timeout = {int(self.lock_timeout_ms)};")
+        # The catalog queries are costed high (one row per table, correlated subqueries): the
+        # JIT would compile them for seconds to run them for milliseconds. pg_dump's plain
+        # COPY never reaches it; our COPY (SELECT ...) need not either.
+        sets.append("SET jit = off;")
         if encoding:
             sets.append(f"SET client_encoding = {_quote_literal(encoding)};")
         return "\n".join(sets)
@@ -825,6 +860,7 @@ class PostgresAdapter(EngineAdapter):
         for name, _enc, _col, _ctype, size, *_rest in dbs:
             with self.connect(name, step=f"connect to database {name}") as conn:
                 conn.execute("SET search_path = pg_catalog")
+                conn.execute("SET jit = off")
                 schemas = [r[0] for r in conn.execute(_SCHEMAS_SQL).fetchall()]
                 rows = conn.execute(
                     "SELECT n.nspname, c.relname, greatest(c.reltuples, 0)::int8,"
@@ -1226,8 +1262,7 @@ class PostgresAdapter(EngineAdapter):
             step = f"read catalog of database {name}"
             try:
                 schemas = [r[0] for r in conn.execute(_SCHEMAS_SQL).fetchall()]
-                table_rows = conn.execute(_TABLES_SQL).fetchall()
-                tables = [self._table_from_row(r) for r in table_rows]
+                table_rows, tables = self._read_tables(conn)
                 sequences = self._read_sequences(conn)
                 matviews = [
                     MatView(schema_name=str(a), name=str(b), populated=bool(c))
@@ -1270,6 +1305,12 @@ class PostgresAdapter(EngineAdapter):
             }
             outcomes: dict[int, _StreamOutcome] = {}
             first_error: BaseException | None = None
+            sizes: dict[int, int] = {}
+            try:
+                sizes = self._read_sizes(conn, tables, name)
+            except BaseException as exc:
+                abort.set()
+                first_error = exc
             for s in streams:
                 try:
                     outcomes[id(s)] = futures[id(s)].result()
@@ -1285,7 +1326,7 @@ class PostgresAdapter(EngineAdapter):
                     first_error = exc
             if first_error is not None:
                 raise first_error
-            table_backups = [self._table_backup(p, outcomes) for p in plans]
+            table_backups = [self._table_backup(p, outcomes, sizes) for p in plans]
             with contextlib.suppress(psycopg.Error):
                 conn.execute("COMMIT")
         finally:
@@ -1313,10 +1354,39 @@ class PostgresAdapter(EngineAdapter):
             schemas,
         )
 
+    @classmethod
+    def _read_tables(
+        cls, conn: psycopg.Connection[Any]
+    ) -> tuple[list[tuple[Any, ...]], list[_Table]]:
+        """The tables to back up (catalog rows and :class:`_Table`), in three set-based
+        queries whatever the table count: the tables, the type closures of their column
+        types, and what each type of those closures contributes to the fingerprints."""
+        rows = conn.execute(_TABLES_SQL).fetchall()
+        oids = [int(r[0]) for r in rows]
+        closures = {
+            int(root): [int(t) for t in types]
+            for root, types in conn.execute(_TYPE_CLOSURES_SQL, (oids,)).fetchall()
+        }
+        all_types = sorted({t for types in closures.values() for t in types})
+        described = {
+            int(oid): (str(text), bool(is_reg))
+            for oid, text, is_reg in conn.execute(_TYPE_DESCRIPTIONS_SQL, (all_types,)).fetchall()
+        }
+        tables = []
+        for row in rows:
+            types = sorted({t for root in row[12] for t in closures.get(int(root), ())})
+            parts = [described[t] for t in types if t in described]
+            closure = ";".join(text for text, _reg in parts)
+            if parts and any(reg for _text, reg in parts):
+                closure += ";reg"
+            tables.append(cls._table_from_row(row, closure))
+        return rows, tables
+
     @staticmethod
-    def _table_from_row(row: Sequence[Any]) -> _Table:
-        oid, schema, name, heap, total, cols, pk_cols, pk_types, coldef, am, relkind = row[:11]
-        closure = str(row[12] or "")
+    def _table_from_row(row: Sequence[Any], closure: str) -> _Table:
+        """``closure``: the columns' type closure, one description per type in oid order
+        (``;reg`` appended when a ``reg*`` type is in it)."""
+        oid, schema, name, heap, _total, cols, pk_cols, pk_types, coldef, am, relkind = row[:11]
         material = (
             f"{oid}|{relkind}|{am}|{coldef}|pk:{','.join(pk_cols)}:{','.join(pk_types)}"
             f"|types:{closure}"
@@ -1326,7 +1396,6 @@ class PostgresAdapter(EngineAdapter):
             schema=str(schema),
             name=str(name),
             heap_bytes=int(heap),
-            total_bytes=int(total),
             columns=[str(c) for c in cols],
             key_columns=[
                 KeyColumn(name=str(c), type=str(t)) for c, t in zip(pk_cols, pk_types, strict=True)
@@ -1583,7 +1652,20 @@ class PostgresAdapter(EngineAdapter):
         return _StreamOutcome(result=result, rows=counter.count, key_format=stream.key_format)
 
     @staticmethod
-    def _table_backup(plan: _TablePlan, outcomes: Mapping[int, _StreamOutcome]) -> TableBackup:
+    def _read_sizes(
+        conn: psycopg.Connection[Any], tables: Sequence[_Table], db: str
+    ) -> dict[int, int]:
+        """``pg_total_relation_size`` of every table, by oid (the tables are locked)."""
+        try:
+            rows = conn.execute(_TABLE_SIZES_SQL, ([t.oid for t in tables],)).fetchall()
+        except psycopg.Error as exc:
+            raise _pg_error(exc, f"in database {db}: read table sizes") from None
+        return {int(oid): int(size) for oid, size in rows}
+
+    @staticmethod
+    def _table_backup(
+        plan: _TablePlan, outcomes: Mapping[int, _StreamOutcome], sizes: Mapping[int, int]
+    ) -> TableBackup:
         data = outcomes[id(plan.data)]
         key_set: KeySet | None = None
         live_rows = data.rows
@@ -1613,7 +1695,7 @@ class PostgresAdapter(EngineAdapter):
             data=data.result.chunks,
             data_size=data.result.size,
             key_set=key_set,
-            size_bytes=t.total_bytes,
+            size_bytes=sizes.get(t.oid, 0),
             extension_condition=t.extension_condition,
         )
 
