@@ -39,8 +39,19 @@ What a backup holds
   streams lock ``NOWAIT`` and fall back to the worker's connection, and ``pg_dump`` gets
   ``--lock-wait-timeout`` and a retake. ``pg_dump`` also reads some definitions (views,
   functions, types) in the current catalog, not the snapshot: one dropped meanwhile fails it,
-  and that too retakes the snapshot. A sequence dropped before its value is read does too. Tables are then read in parallel (``parallelism``
-  connections, default 2, largest first): no DDL can rewrite them under the snapshot.
+  and that too retakes the snapshot. A sequence dropped before its value is read does too.
+  Once the locks are checked the schema dump starts, then the workers lock, then sequences and
+  the database's own state are read; any retake stops that attempt's schema dump. Tables are
+  then read in parallel (``parallelism`` connections, default 2, largest first by the
+  statistics' ``relpages``, as ``pg_dump -j`` orders them): no DDL can rewrite them under the
+  snapshot.
+- **Thousands of tables**: every catalog read is one set-based query per database whatever the
+  table count (tables, their columns' type closures, sequences in batches, locks in batches of
+  500, identities in one ``unnest``); the catalog queries run with ``jit = off``. Each table
+  costs one ``COPY`` in a full; in an incremental, small unchanged tables cost no ``COPY`` of
+  their own (see :class:`_SmallDeltas`). The lock table must hold ``parallelism + 2`` locks
+  per table (the coordinator's, each worker's, ``pg_dump``'s): ``max_locks_per_transaction x
+  max_connections`` sized for the table count, as ``pg_dump`` itself asks.
 - **Text COPY, not binary**: text is what ``pg_dump`` uses; it works for every type (extension
   types without binary send/receive functions break binary COPY), restores into other
   PostgreSQL major versions and architectures, compresses as well, and lets a restore parse the
@@ -142,8 +153,8 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -221,6 +232,10 @@ _MIN_SERVER_VERSION = 130000  # pg_current_snapshot() / xid8
 _MAX_RETAKES = 5
 _DUMP_LOCK_WAIT_MS = 5_000
 _LOCK_NOT_AVAILABLE = "55P03"
+_NUMERIC_OUT_OF_RANGE = "22003"
+_SMALL_TABLE_BYTES = 1 << 20
+"""DELTA tables up to this heap size are asked about in batches (see :class:`_SmallDeltas`)."""
+_BATCH_TABLES = 200
 _UNDEFINED_TABLE = "42P01"
 
 
@@ -445,6 +460,8 @@ class _Stream:
     key_format: KeySetFormat | None = None
     psql: bool = False
     estimate: int = 0
+    where: str = ""
+    """A DELTA's changed-rows filter (on ``_t``), ``""`` otherwise."""
 
 
 @dataclass
@@ -462,6 +479,27 @@ class _TablePlan:
     ordered: bool
     data: _Stream
     keys: _Stream | None = None
+
+
+@dataclass
+class _SmallDeltas:
+    """Small DELTA tables read together, so a schema of thousands of tables costs a few round
+    trips per batch rather than two COPYs per table.
+
+    - *Changed rows*: one query asks which tables of the batch have a row that passes their
+      changed-rows filter (``EXISTS``, in the same snapshot); only those run their data
+      COPY. The others' data streams are empty, exactly what their COPY would have returned.
+    - *Key sets*: the ``RANGES`` key sets of the batch come from one ``COPY`` of the
+      ``UNION ALL`` of the per-table range queries, prefixed with the table's position and
+      ordered by it; each table's lines are cut out and stored as its own key set, byte for
+      byte what its own query returns. Only one table's lines are in memory at a time.
+    """
+
+    plans: list[_TablePlan]
+
+    @property
+    def estimate(self) -> int:
+        return sum(p.data.estimate + (p.keys.estimate if p.keys else 0) for p in self.plans)
 
 
 class _Flags:
@@ -503,6 +541,46 @@ class _RangeCounter:
                 lo, hi = line.split(b"\t")
                 self.count += int(hi) - int(lo) + 1
             yield block
+
+
+class _Demux:
+    """Cuts a COPY whose first column is a table's position (ascending) into each table's
+    lines without that column, as that table's own query would have returned them. Blocks
+    hold whole rows (psycopg's COPY yields one row per message)."""
+
+    def __init__(self, blocks: Iterator[bytes]) -> None:
+        self._pieces = self._split(blocks)
+        self._next = next(self._pieces, None)
+
+    @staticmethod
+    def _split(blocks: Iterator[bytes]) -> Iterator[tuple[int, bytes]]:
+        for block in blocks:
+            current, lines = -1, bytearray()
+            for line in block.split(b"\n")[:-1]:
+                index, _tab, rest = line.partition(b"\t")
+                position = int(index)
+                if position != current and lines:
+                    yield current, bytes(lines)
+                    lines.clear()
+                current = position
+                lines += rest + b"\n"
+            if lines:
+                yield current, bytes(lines)
+
+    def take(self, position: int) -> Iterator[bytes]:
+        """The lines of the table at ``position`` (none if it has no row)."""
+        while self._next is not None and self._next[0] <= position:
+            if self._next[0] == position:
+                yield self._next[1]
+            self._next = next(self._pieces, None)
+
+    def finish(self) -> None:
+        if self._next is not None:
+            raise BackupError(
+                ErrorCode.INTERNAL,
+                f"batched COPY returned rows for unknown table position {self._next[0]}",
+                "split batched key sets",
+            )
 
 
 # ------------------------------------------------------------------------------ catalog SQL
@@ -1263,46 +1341,70 @@ class PostgresAdapter(EngineAdapter):
             try:
                 schemas = [r[0] for r in conn.execute(_SCHEMAS_SQL).fetchall()]
                 table_rows, tables = self._read_tables(conn)
-                sequences = self._read_sequences(conn)
-                matviews = [
-                    MatView(schema_name=str(a), name=str(b), populated=bool(c))
-                    for a, b, c in conn.execute(_MATVIEWS_SQL).fetchall()
-                ]
-                properties = self._read_properties(conn)
-                lo_row = conn.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()
-                large_objects = int(lo_row[0]) if lo_row else 0
             except psycopg.Error as exc:
                 raise _pg_error(exc, step) from None
             self._lock_tables(conn, tables, name)
             self._check_identities(conn, tables, [int(r[11]) for r in table_rows], name)
-            ctx.open_workers(self.parallelism, tables)
-            if request.on_snapshots is not None:
-                request.on_snapshots({name: snapshot.snapshot_id})
+            # The snapshot holds: the schema dump (the longest step on a schema of thousands
+            # of tables) starts now, while the rest of the database's state is read.
             schema_future = dump_pool.submit(
                 self._dump_schema, name, snapshot.snapshot_id, chunks, flag
             )
+            try:
+                ctx.open_workers(self.parallelism, tables)
+                try:
+                    sequences = self._read_sequences(conn)
+                    matviews = [
+                        MatView(schema_name=str(a), name=str(b), populated=bool(c))
+                        for a, b, c in conn.execute(_MATVIEWS_SQL).fetchall()
+                    ]
+                    properties = self._read_properties(conn)
+                    lo_row = conn.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()
+                    large_objects = int(lo_row[0]) if lo_row else 0
+                except psycopg.Error as exc:
+                    raise _pg_error(exc, step) from None
+                if request.on_snapshots is not None:
+                    request.on_snapshots({name: snapshot.snapshot_id})
+            except BaseException:
+                abort.set()  # this attempt's schema dump stops
+                raise
             plans = [self._plan_table(t, previous, name, snapshot, db_reason) for t in tables]
-            streams = [p.data for p in plans] + [p.keys for p in plans if p.keys is not None]
-            streams.sort(key=lambda s: s.estimate, reverse=True)
-            total_estimate = sum(s.estimate for s in streams) or 1
+            small = [
+                p
+                for p in plans
+                if p.mode == TableMode.DELTA
+                and not p.data.psql
+                and p.table.heap_bytes <= _SMALL_TABLE_BYTES
+            ]
+            batched = {id(p) for p in small}
+            work: list[_Stream | _SmallDeltas] = [
+                _SmallDeltas(small[i : i + _BATCH_TABLES])
+                for i in range(0, len(small), _BATCH_TABLES)
+            ]
+            for p in plans:
+                if id(p) not in batched:
+                    work += [p.data] if p.keys is None else [p.data, p.keys]
+            work.sort(key=lambda w: w.estimate, reverse=True)
+            total_estimate = sum(w.estimate for w in work) or 1
             done = [0]
             progress_lock = threading.Lock()
 
-            def run(stream: _Stream) -> _StreamOutcome:
+            def run(item: _Stream | _SmallDeltas) -> list[tuple[_Stream, _StreamOutcome]]:
                 try:
-                    outcome = self._run_stream(ctx, stream, chunks, flag)
+                    if isinstance(item, _SmallDeltas):
+                        outcome = self._run_small_deltas(ctx, item, chunks, flag)
+                    else:
+                        outcome = [(item, self._run_stream(ctx, item, chunks, flag))]
                 except BaseException:
                     abort.set()
                     raise
                 if request.on_progress is not None:
                     with progress_lock:
-                        done[0] += stream.estimate
+                        done[0] += item.estimate
                         request.on_progress(min(0.99, done[0] / total_estimate))
                 return outcome
 
-            futures: dict[int, Future[_StreamOutcome]] = {
-                id(s): table_pool.submit(run, s) for s in streams
-            }
+            futures = [table_pool.submit(run, w) for w in work]
             outcomes: dict[int, _StreamOutcome] = {}
             first_error: BaseException | None = None
             sizes: dict[int, int] = {}
@@ -1311,9 +1413,9 @@ class PostgresAdapter(EngineAdapter):
             except BaseException as exc:
                 abort.set()
                 first_error = exc
-            for s in streams:
+            for future in futures:
                 try:
-                    outcomes[id(s)] = futures[id(s)].result()
+                    outcomes.update((id(s), o) for s, o in future.result())
                 except BaseException as exc:
                     abort.set()
                     if first_error is None or isinstance(first_error, StreamCancelled):
@@ -1593,6 +1695,7 @@ class PostgresAdapter(EngineAdapter):
             self.data_chunking,
             psql=use_psql,
             estimate=max(1, table.heap_bytes // 20),
+            where=where,
         )
         keys = self._key_stream(table, use_psql)
         return _TablePlan(table, TableMode.DELTA, None, True, data, keys)
@@ -1624,12 +1727,87 @@ class PostgresAdapter(EngineAdapter):
                 # A DDL statement queued behind our locks: a new session would wait behind it,
                 # the worker's connection already holds the lock.
                 return self._run_stream(ctx, replace(stream, psql=False), chunks, flag)
-            if stream.key_format == KeySetFormat.RANGES and exc.sqlstate == "22003":
+            if stream.key_format == KeySetFormat.RANGES and exc.sqlstate == _NUMERIC_OUT_OF_RANGE:
                 # int8 keys near -2^63 overflow k - row_number(): fall back to a key list.
                 return self._run_stream_once(
                     ctx, self._key_stream(stream.table, stream.psql, True), chunks, flag
                 )
             raise
+
+    def _run_small_deltas(
+        self, ctx: _DbContext, batch: _SmallDeltas, chunks: ChunkStore, flag: _Flags
+    ) -> list[tuple[_Stream, _StreamOutcome]]:
+        """The data and key streams of a batch of small DELTA tables (see :class:`_SmallDeltas`)."""
+        plans = batch.plans
+        probe = " UNION ALL ".join(
+            f"SELECT {i} WHERE EXISTS (SELECT 1 FROM ONLY {p.table.qualified} AS _t"
+            f" WHERE {p.data.where})"
+            for i, p in enumerate(plans)
+        )
+        changed = {int(r[0]) for r in ctx.rows(probe, f"in database {ctx.name}: {probe[:500]}")}
+        out: list[tuple[_Stream, _StreamOutcome]] = []
+        for i, p in enumerate(plans):
+            if flag.is_set():
+                raise StreamCancelled()
+            if i in changed:
+                out.append((p.data, self._run_stream(ctx, p.data, chunks, flag)))
+            else:  # what the COPY of no row stores
+                out.append((p.data, _StreamOutcome(StreamResult(chunks=[], size=0), rows=0)))
+        keys = [p.keys for p in plans if p.keys is not None]
+        ranges = [k for k in keys if k.key_format == KeySetFormat.RANGES]
+        try:
+            out += self._run_key_ranges(ctx, ranges, chunks, flag)
+        except BackupError as exc:
+            if exc.sqlstate != _NUMERIC_OUT_OF_RANGE:
+                raise
+            # int8 keys near -2^63: each table on its own (a key list where it overflows).
+            out += [(k, self._run_stream(ctx, k, chunks, flag)) for k in ranges]
+        out += [
+            (k, self._run_stream(ctx, k, chunks, flag))
+            for k in keys
+            if k.key_format != KeySetFormat.RANGES
+        ]
+        return out
+
+    def _run_key_ranges(
+        self, ctx: _DbContext, streams: Sequence[_Stream], chunks: ChunkStore, flag: _Flags
+    ) -> list[tuple[_Stream, _StreamOutcome]]:
+        """``RANGES`` key sets of single-integer-key tables, from one COPY."""
+        if not streams:
+            return []
+        parts = []
+        for i, stream in enumerate(streams):
+            k = f"_t.{quote_ident(stream.table.key_columns[0].name)}"
+            parts.append(
+                f"SELECT {i} AS i, {k}::int8 AS k,"
+                f" {k}::int8 - row_number() OVER (ORDER BY {k}) AS g"
+                f" FROM ONLY {stream.table.qualified} AS _t"
+            )
+        sql = (
+            f"COPY (SELECT i, min(k), max(k) FROM ({' UNION ALL '.join(parts)}) AS s"
+            " GROUP BY i, g ORDER BY i, 2) TO STDOUT"
+        )
+        blocks = ctx.psycopg_blocks(sql, f"in database {ctx.name}: {sql[:500]}", flag)
+        demux = _Demux(blocks)
+        out = []
+        try:
+            for i, stream in enumerate(streams):
+                counter = _RangeCounter()
+                try:
+                    result = chunks.write_stream(
+                        counter.wrap(demux.take(i)), stream.params, cancel=flag
+                    )
+                except ObjectStoreError as exc:
+                    raise BackupError(
+                        ErrorCode.STORE_FAILED,
+                        str(exc),
+                        f"store chunks of {ctx.name}.{stream.table.label}",
+                    ) from None
+                out.append((stream, _StreamOutcome(result, counter.count, KeySetFormat.RANGES)))
+            demux.finish()
+        finally:
+            blocks.close()
+        return out
 
     def _run_stream_once(
         self, ctx: _DbContext, stream: _Stream, chunks: ChunkStore, flag: _Flags
@@ -1769,7 +1947,16 @@ class _DbContext:
             with contextlib.suppress(psycopg.Error):
                 conn.close()
 
-    def psycopg_blocks(self, sql: str, step: str, flag: _Flags) -> Iterator[bytes]:
+    def rows(self, sql: str, step: str) -> list[tuple[Any, ...]]:
+        """A query's rows on this thread's worker connection (in the snapshot)."""
+        conn = self._worker_conn()
+        try:
+            return conn.execute(sql).fetchall()
+        except psycopg.Error as exc:
+            self._drop_conn()
+            raise _pg_error(exc, step) from None
+
+    def psycopg_blocks(self, sql: str, step: str, flag: _Flags) -> Generator[bytes, None, None]:
         conn = self._worker_conn()
         ok = False
         try:
