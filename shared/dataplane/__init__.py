@@ -3,7 +3,10 @@
 - :mod:`.objectstore`: one object-store abstraction chosen by URL (local directory, S3);
 - :mod:`.chunks`: content-defined chunks, zstd, SHA-256, streamed with bounded memory;
 - :mod:`.manifest`: the immutable per-backup manifest (versioned pydantic models);
-- :mod:`.engine`: the engine adapter interface and :class:`BackupError`;
+- :mod:`.errors`: :class:`BackupError` and its codes, mapped from PostgreSQL's and tools' failures;
+- :mod:`.sql`: SQL text shared by backup and restore (quoting, session settings, key types);
+- :mod:`.tools`: finding and running PostgreSQL's client tools;
+- :mod:`.engine`: the engine interface, a backup side and a restore side;
 - :mod:`.postgres`: the ``postgres`` adapter (its docstring explains incremental change
   detection and why it is correct);
 - :mod:`.restore_rows`: rebuilding tables from a chain, restoring into PostgreSQL;

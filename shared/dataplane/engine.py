@@ -6,8 +6,11 @@ catalog, and turns a chain of manifests back into table rows
 (:meth:`EngineAdapter.iter_table_rows`) or a restored database. ``postgres`` is the first
 (:mod:`.postgres`); a ``cockroachdb`` adapter implements the same methods.
 
-Every failure the service should report is a :class:`BackupError` with a stable ``code``, a
-human message, and the ``step`` (or SQL statement) that failed. Messages never contain
+The interface has a backup side (:class:`BackupEngine`: the executor) and a restore side
+(:class:`RestoreEngine`: the restore service); :class:`EngineAdapter` is both.
+
+Every failure the service should report is a :class:`BackupError` (:mod:`.errors`) with a
+stable ``code``, a human message, and the ``step`` (or SQL statement) that failed. Messages never contain
 passwords: connection parameters travel as a libpq DSN without password, and secrets through
 the adapter's ``password`` / ``env`` arguments.
 """
@@ -18,67 +21,21 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import ClassVar
 
+from .errors import BackupError, ErrorCode, RestoreError
 from .manifest import Catalog, Manifest
 from .objectstore import ObjectStore
 
 __all__ = [
+    "BackupEngine",
     "BackupError",
     "BackupRequest",
     "EngineAdapter",
     "ErrorCode",
+    "RestoreEngine",
     "RestoreError",
 ]
-
-
-class ErrorCode(StrEnum):
-    CONNECTION_FAILED = "CONNECTION_FAILED"
-    """The cluster (or one of its databases) could not be reached."""
-    AUTHENTICATION_FAILED = "AUTHENTICATION_FAILED"
-    PERMISSION_DENIED = "PERMISSION_DENIED"
-    """The backup role lacks a privilege (a table, a database, row-level security...)."""
-    SNAPSHOT_FAILED = "SNAPSHOT_FAILED"
-    DUMP_FAILED = "DUMP_FAILED"
-    """A dump statement or tool failed for another reason."""
-    STORE_FAILED = "STORE_FAILED"
-    """The object store refused a write or read."""
-    DUPLICATE_BACKUP = "DUPLICATE_BACKUP"
-    """A manifest with this backup id already exists."""
-    INVALID_CHAIN = "INVALID_CHAIN"
-    """The previous backup given for an incremental does not fit."""
-    UNSUPPORTED = "UNSUPPORTED"
-    """Server version or feature not supported."""
-    TOOL_MISSING = "TOOL_MISSING"
-    NOT_FOUND = "NOT_FOUND"
-    """A database or table is not in the backup."""
-    CHUNK_MISSING = "CHUNK_MISSING"
-    CHUNK_CORRUPT = "CHUNK_CORRUPT"
-    RESTORE_FAILED = "RESTORE_FAILED"
-    """The destination refused the restored schema or rows."""
-    CANCELLED = "CANCELLED"
-    INTERNAL = "INTERNAL"
-
-
-class BackupError(Exception):
-    """A backup (or restore) failed: ``code``, ``message`` and the ``step`` that failed."""
-
-    def __init__(
-        self, code: ErrorCode | str, message: str, step: str, *, sqlstate: str | None = None
-    ) -> None:
-        self.code = ErrorCode(code)
-        self.message = message
-        self.step = step
-        self.sqlstate = sqlstate
-        super().__init__(f"{self.code.value}: {message} (step: {step})")
-
-    def to_dict(self) -> dict[str, str]:
-        return {"code": self.code.value, "message": self.message, "step": self.step}
-
-
-class RestoreError(BackupError):
-    """A restore helper failed (same shape as :class:`BackupError`)."""
 
 
 @dataclass(frozen=True)
@@ -105,7 +62,9 @@ class BackupRequest:
     on_snapshots: Callable[[Mapping[str, str]], None] | None = None
 
 
-class EngineAdapter(ABC):
+class BackupEngine(ABC):
+    """The backup side: what the executor needs of an engine."""
+
     engine: ClassVar[str]
 
     @abstractmethod
@@ -120,6 +79,12 @@ class EngineAdapter(ABC):
     def catalog(self) -> Catalog:
         """The live catalog: databases → schemas → tables with sizes and row estimates."""
 
+
+class RestoreEngine(ABC):
+    """The restore side: reading a chain of manifests back (no connection to the source)."""
+
+    engine: ClassVar[str]
+
     @abstractmethod
     def iter_table_rows(
         self,
@@ -130,3 +95,7 @@ class EngineAdapter(ABC):
         table: str,
     ) -> Iterator[bytes]:
         """The table's rows at ``chain[-1]``, as the engine's row stream, verified."""
+
+
+class EngineAdapter(BackupEngine, RestoreEngine):
+    """Both sides of one engine (``postgres``: :class:`~.postgres.PostgresAdapter`)."""

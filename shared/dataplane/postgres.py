@@ -145,13 +145,9 @@ passed to child processes through their environment only.
 from __future__ import annotations
 
 import contextlib
-import glob
 import hashlib
 import os
 import re
-import shutil
-import subprocess
-import tempfile
 import threading
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -161,7 +157,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg._encodings import pg2pyenc  # psycopg's own PostgreSQL → Python codec table
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .chunks import (
@@ -173,6 +168,7 @@ from .chunks import (
     StreamResult,
 )
 from .engine import BackupError, BackupRequest, EngineAdapter, ErrorCode
+from .errors import pg_error
 from .manifest import (
     BackupType,
     Catalog,
@@ -197,7 +193,20 @@ from .manifest import (
     save_manifest,
 )
 from .objectstore import ObjectExists, ObjectStore, ObjectStoreError
+from .restore_rows import iter_table_rows
+from .sql import (
+    BYTES_KEY_TYPES,
+    INT_KEY_TYPES,
+    SESSION_SETTINGS,
+    copy_select_sql,
+    order_by,
+    python_codec,
+    quote_ident,
+    quote_literal,
+)
+from .tools import find_pg_tool, run_tool
 
+# The SQL helpers and find_pg_tool live in .sql and .tools; re-exported for older imports.
 __all__ = [
     "BYTES_KEY_TYPES",
     "INT_KEY_TYPES",
@@ -208,26 +217,8 @@ __all__ = [
     "quote_ident",
 ]
 
-#: Session settings for every COPY (backup and restore): deterministic, portable text.
-SESSION_SETTINGS: tuple[tuple[str, str], ...] = (
-    ("DateStyle", "ISO"),
-    ("IntervalStyle", "postgres"),
-    ("extra_float_digits", "3"),
-    ("bytea_output", "hex"),
-    ("TimeZone", "UTC"),
-    ("standard_conforming_strings", "on"),
-    ("statement_timeout", "0"),
-    ("idle_in_transaction_session_timeout", "0"),
-    ("client_min_messages", "warning"),
-    ("row_security", "off"),
-    ("search_path", "pg_catalog"),
-)
-
-INT_KEY_TYPES = frozenset({"int2", "int4", "int8", "oid"})
-BYTES_KEY_TYPES = frozenset({"text", "varchar", "uuid", "bytea", "bool"})
-_C_COLLATE_TYPES = frozenset({"text", "varchar"})
 _XID_WINDOW = 1 << 31
-_READ_BLOCK = 1 << 20
+_COPY_BLOCK = 1 << 20
 _MIN_SERVER_VERSION = 130000  # pg_current_snapshot() / xid8
 _MAX_RETAKES = 5
 _DUMP_LOCK_WAIT_MS = 5_000
@@ -246,121 +237,6 @@ _DROPPED_SINCE_SNAPSHOT = re.compile(
 
 class _Retake(Exception):
     """Concurrent DDL got between a database's snapshot and its locks: take a new snapshot."""
-
-
-_SQLSTATE_RE = re.compile(r"ERROR:\s+([0-9A-Z]{5}):\s*([^\n]*)")
-_ERROR_LINE_RE = re.compile(r"(?:error|ERROR|FATAL):\s*(.*)")
-
-
-def python_codec(pg_encoding: str) -> str:
-    """Python's codec for a PostgreSQL encoding name (``LATIN1`` → ``iso8859-1``); ``SQL_ASCII``
-    maps to ``ascii`` and refuses non-ASCII text rather than guessing."""
-    try:
-        return pg2pyenc(pg_encoding.encode())
-    except (KeyError, psycopg.NotSupportedError):
-        raise BackupError(
-            ErrorCode.UNSUPPORTED, f"no Python codec for encoding {pg_encoding}", "encode SQL"
-        ) from None
-
-
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _quote_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def find_pg_tool(name: str, bindir: Path | None = None) -> str:
-    """Path of a PostgreSQL client tool: ``bindir``, ``$PG_BINDIR``, the newest
-    ``/usr/lib/postgresql/*/bin`` (client tools must be at least the server's version), PATH."""
-    dirs: list[Path] = []
-    if bindir is not None:
-        dirs.append(bindir)
-    env = os.environ.get("PG_BINDIR")
-    if env:
-        dirs.append(Path(env))
-
-    def major(path: str) -> float:
-        try:
-            return float(Path(path).parent.name)
-        except ValueError:
-            return 0.0
-
-    dirs += [
-        Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=major, reverse=True)
-    ]
-    for d in dirs:
-        candidate = d / name
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    found = shutil.which(name)
-    if found:
-        return found
-    raise BackupError(ErrorCode.TOOL_MISSING, f"{name} not found", f"locate {name}")
-
-
-# ------------------------------------------------------------------------------ errors
-def _code_for(sqlstate: str | None, text: str) -> ErrorCode:
-    low = text.lower()
-    if sqlstate:
-        if sqlstate == "42501":
-            return ErrorCode.PERMISSION_DENIED
-        if sqlstate.startswith("28"):
-            return ErrorCode.AUTHENTICATION_FAILED
-        if sqlstate.startswith("08") or sqlstate in ("57P01", "57P02", "57P03", "3D000"):
-            return ErrorCode.CONNECTION_FAILED
-        if sqlstate in ("22023", "0B000") and "snapshot" in low:
-            return ErrorCode.SNAPSHOT_FAILED
-        if sqlstate == "57014":
-            return ErrorCode.CANCELLED
-        return ErrorCode.DUMP_FAILED
-    if "password authentication failed" in low or "no password supplied" in low:
-        return ErrorCode.AUTHENTICATION_FAILED
-    if "authentication failed" in low or "pg_hba.conf" in low:
-        return ErrorCode.AUTHENTICATION_FAILED
-    if "permission denied" in low or "must be superuser" in low or "must be owner" in low:
-        return ErrorCode.PERMISSION_DENIED
-    if (
-        "connection to server" in low
-        or "could not connect" in low
-        or "connection refused" in low
-        or "could not translate host" in low
-        or "server closed the connection" in low
-        or "timeout expired" in low
-        or ("does not exist" in low and "database" in low)
-    ):
-        return ErrorCode.CONNECTION_FAILED
-    if "snapshot" in low:
-        return ErrorCode.SNAPSHOT_FAILED
-    return ErrorCode.DUMP_FAILED
-
-
-def _pg_error(exc: psycopg.Error, step: str) -> BackupError:
-    sqlstate = getattr(exc, "sqlstate", None)
-    text = str(exc).strip() or type(exc).__name__
-    first = text.splitlines()[0]
-    return BackupError(_code_for(sqlstate, text), first[:1000], step[:2000], sqlstate=sqlstate)
-
-
-def _tool_error(tool: str, rc: int, stderr: str, step: str) -> BackupError:
-    match = _SQLSTATE_RE.search(stderr)
-    if match:
-        sqlstate, message = match.group(1), match.group(2).strip()
-        return BackupError(
-            _code_for(sqlstate, message), message[:1000], step[:2000], sqlstate=sqlstate
-        )
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    message = ""
-    for line in lines:
-        m = _ERROR_LINE_RE.search(line)
-        if m:
-            message = m.group(1).strip()
-            break
-    if not message:
-        message = lines[0] if lines else f"{tool} exited with status {rc}"
-    full = "\n".join(lines)
-    return BackupError(_code_for(None, full or message), message[:1000], step[:2000])
 
 
 # ------------------------------------------------------------------------------ plans
@@ -426,29 +302,6 @@ class _Table:
             if kc.type not in INT_KEY_TYPES and kc.type not in BYTES_KEY_TYPES:
                 return f"primary key type {kc.type} not supported for incrementals"
         return None
-
-
-def _order_by(key_columns: Sequence[KeyColumn], alias: str = "_t") -> str:
-    parts = []
-    for kc in key_columns:
-        expr = f"{alias}.{quote_ident(kc.name)}"
-        if kc.type in _C_COLLATE_TYPES:
-            expr += ' COLLATE "C"'
-        parts.append(expr)
-    return ", ".join(parts)
-
-
-def copy_select_sql(
-    qualified: str, columns: Sequence[str], key_columns: Sequence[KeyColumn], where: str = ""
-) -> str:
-    """``SELECT cols FROM ONLY t [WHERE ...] ORDER BY key`` as the backup's COPY uses it."""
-    cols = ", ".join(f"_t.{quote_ident(c)}" for c in columns)
-    sql = f"SELECT {cols} FROM ONLY {qualified} AS _t"
-    if where:
-        sql += f" WHERE {where}"
-    if key_columns:
-        sql += f" ORDER BY {_order_by(key_columns)}"
-    return sql
 
 
 @dataclass
@@ -830,7 +683,7 @@ class PostgresAdapter(EngineAdapter):
         try:
             return psycopg.connect(self.dsn, autocommit=True, **self._conn_kwargs(db, encoding))
         except psycopg.Error as exc:
-            err = _pg_error(exc, step or f"connect to database {db}")
+            err = pg_error(exc, step or f"connect to database {db}")
             if err.code == ErrorCode.DUMP_FAILED:
                 err = BackupError(ErrorCode.CONNECTION_FAILED, err.message, err.step)
             raise err from None
@@ -849,14 +702,14 @@ class PostgresAdapter(EngineAdapter):
         return env
 
     def _settings_sql(self, encoding: str | None = None) -> str:
-        sets = [f"SET {name} = {_quote_literal(value)};" for name, value in SESSION_SETTINGS]
+        sets = [f"SET {name} = {quote_literal(value)};" for name, value in SESSION_SETTINGS]
         sets.append(f"SET lock_timeout = {int(self.lock_timeout_ms)};")
         # The catalog queries are costed high (one row per table, correlated subqueries): the
         # JIT would compile them for seconds to run them for milliseconds. pg_dump's plain
         # COPY never reaches it; our COPY (SELECT ...) need not either.
         sets.append("SET jit = off;")
         if encoding:
-            sets.append(f"SET client_encoding = {_quote_literal(encoding)};")
+            sets.append(f"SET client_encoding = {quote_literal(encoding)};")
         return "\n".join(sets)
 
     def _run_tool(
@@ -868,48 +721,7 @@ class PostgresAdapter(EngineAdapter):
         extra_env: Mapping[str, str] | None = None,
         flag: _Flags | None = None,
     ) -> Iterator[bytes]:
-        """Run a client tool, yield its stdout in 1 MiB blocks, raise BackupError on failure."""
-        with tempfile.TemporaryFile() as errf:
-            try:
-                proc = subprocess.Popen(
-                    cmd,
-                    stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=errf,
-                    env=self._child_env(extra_env),
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                raise BackupError(
-                    ErrorCode.TOOL_MISSING, f"cannot run {cmd[0]}: {exc}", step
-                ) from None
-            finished = False
-            try:
-                assert proc.stdout is not None
-                if stdin is not None:
-                    assert proc.stdin is not None
-                    with contextlib.suppress(BrokenPipeError):
-                        proc.stdin.write(stdin)
-                        proc.stdin.close()
-                while True:
-                    if flag is not None and flag.is_set():
-                        raise StreamCancelled()
-                    block = proc.stdout.read(_READ_BLOCK)
-                    if not block:
-                        break
-                    yield block
-                rc = proc.wait()
-                finished = True
-                if rc != 0:
-                    errf.seek(0)
-                    text = errf.read().decode("utf-8", "replace")
-                    raise _tool_error(Path(cmd[0]).name, rc, text, step)
-            finally:
-                if not finished and proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-                if proc.stdout is not None:
-                    proc.stdout.close()
+        return run_tool(cmd, env=self._child_env(extra_env), step=step, stdin=stdin, cancel=flag)
 
     # ------------------------------------------------------------------ public API
     def full_backup(self, request: BackupRequest) -> Manifest:
@@ -970,8 +782,6 @@ class PostgresAdapter(EngineAdapter):
         schema: str,
         table: str,
     ) -> Iterator[bytes]:
-        from .restore_rows import iter_table_rows
-
         return iter_table_rows(store, chain, database, schema, table)
 
     # ------------------------------------------------------------------ the backup
@@ -1049,7 +859,7 @@ class PostgresAdapter(EngineAdapter):
                     for r in coord.execute(_SKIPPED_DATABASES_SQL).fetchall()
                 ]
             except psycopg.Error as exc:
-                raise _pg_error(exc, step) from None
+                raise pg_error(exc, step) from None
             assert version_row is not None
             version, listed_at = str(version_row[0]), version_row[1]
             for name, _e, _c, _t, size, *_rest in databases:
@@ -1210,7 +1020,7 @@ class PostgresAdapter(EngineAdapter):
                 " statement_timestamp() FROM pg_current_snapshot() AS s"
             ).fetchone()
         except psycopg.Error as exc:
-            err = _pg_error(exc, step)
+            err = pg_error(exc, step)
             if err.code == ErrorCode.DUMP_FAILED:
                 err = BackupError(
                     ErrorCode.SNAPSHOT_FAILED, err.message, step, sqlstate=err.sqlstate
@@ -1342,7 +1152,7 @@ class PostgresAdapter(EngineAdapter):
                 schemas = [r[0] for r in conn.execute(_SCHEMAS_SQL).fetchall()]
                 table_rows, tables = self._read_tables(conn)
             except psycopg.Error as exc:
-                raise _pg_error(exc, step) from None
+                raise pg_error(exc, step) from None
             self._lock_tables(conn, tables, name)
             self._check_identities(conn, tables, [int(r[11]) for r in table_rows], name)
             # The snapshot holds: the schema dump (the longest step on a schema of thousands
@@ -1362,7 +1172,7 @@ class PostgresAdapter(EngineAdapter):
                     lo_row = conn.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()
                     large_objects = int(lo_row[0]) if lo_row else 0
                 except psycopg.Error as exc:
-                    raise _pg_error(exc, step) from None
+                    raise pg_error(exc, step) from None
                 if request.on_snapshots is not None:
                     request.on_snapshots({name: snapshot.snapshot_id})
             except BaseException:
@@ -1574,7 +1384,7 @@ class PostgresAdapter(EngineAdapter):
                     raise _Retake(f"a table was dropped: {str(exc).splitlines()[0]}") from None
                 if nowait and sqlstate == _LOCK_NOT_AVAILABLE:
                     raise _Retake("a DDL statement waits for a lock on one of the tables") from None
-                raise _pg_error(exc, f"in database {db}: {sql}") from None
+                raise pg_error(exc, f"in database {db}: {sql}") from None
 
     @staticmethod
     def _check_identities(
@@ -1595,7 +1405,7 @@ class PostgresAdapter(EngineAdapter):
                 ([t.oid for t in tables], [t.qualified for t in tables], list(filenodes)),
             ).fetchall()
         except psycopg.Error as exc:
-            raise _pg_error(exc, f"in database {db}: check table identities") from None
+            raise pg_error(exc, f"in database {db}: check table identities") from None
         if changed:
             names = ", ".join(str(r[0]) for r in changed[:5])
             raise _Retake(f"replaced, truncated or rewritten since the snapshot: {names}")
@@ -1685,7 +1495,7 @@ class PostgresAdapter(EngineAdapter):
         distance = snapshot.xmax - prev_db.snapshot.xmin
         reference = snapshot.xmax % (1 << 32)
         where = (
-            f"((age(_t.xmin)::int8 - (SELECT age({_quote_literal(str(reference))}::xid))::int8)"
+            f"((age(_t.xmin)::int8 - (SELECT age({quote_literal(str(reference))}::xid))::int8)"
             f" & 4294967295) BETWEEN 1 AND {distance}"
         )
         data = _Stream(
@@ -1714,7 +1524,7 @@ class PostgresAdapter(EngineAdapter):
                 table, "keys", sql, self.key_chunking, KeySetFormat.RANGES, use_psql, estimate
             )
         cols = ", ".join(f"_t.{quote_ident(kc.name)}" for kc in kcs)
-        sql = f"SELECT {cols} FROM ONLY {table.qualified} AS _t ORDER BY {_order_by(kcs)}"
+        sql = f"SELECT {cols} FROM ONLY {table.qualified} AS _t ORDER BY {order_by(kcs)}"
         return _Stream(table, "keys", sql, self.key_chunking, KeySetFormat.KEYS, use_psql, estimate)
 
     def _run_stream(
@@ -1837,7 +1647,7 @@ class PostgresAdapter(EngineAdapter):
         try:
             rows = conn.execute(_TABLE_SIZES_SQL, ([t.oid for t in tables],)).fetchall()
         except psycopg.Error as exc:
-            raise _pg_error(exc, f"in database {db}: read table sizes") from None
+            raise pg_error(exc, f"in database {db}: read table sizes") from None
         return {int(oid): int(size) for oid, size in rows}
 
     @staticmethod
@@ -1917,9 +1727,9 @@ class _DbContext:
             for stmt in self.adapter._settings_sql().splitlines():
                 conn.execute(stmt)
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            conn.execute(f"SET TRANSACTION SNAPSHOT {_quote_literal(self.snapshot_id)}")
+            conn.execute(f"SET TRANSACTION SNAPSHOT {quote_literal(self.snapshot_id)}")
         except psycopg.Error as exc:
-            err = _pg_error(exc, step)
+            err = pg_error(exc, step)
             if err.code == ErrorCode.DUMP_FAILED:
                 err = BackupError(
                     ErrorCode.SNAPSHOT_FAILED, err.message, step, sqlstate=err.sqlstate
@@ -1954,7 +1764,7 @@ class _DbContext:
             return conn.execute(sql).fetchall()
         except psycopg.Error as exc:
             self._drop_conn()
-            raise _pg_error(exc, step) from None
+            raise pg_error(exc, step) from None
 
     def psycopg_blocks(self, sql: str, step: str, flag: _Flags) -> Generator[bytes, None, None]:
         conn = self._worker_conn()
@@ -1964,7 +1774,7 @@ class _DbContext:
             with conn.cursor() as cur, cur.copy(sql) as copy:
                 for row in copy:
                     buf += row
-                    if len(buf) >= _READ_BLOCK:
+                    if len(buf) >= _COPY_BLOCK:
                         if flag.is_set():
                             raise StreamCancelled()
                         yield bytes(buf)
@@ -1973,7 +1783,7 @@ class _DbContext:
                 yield bytes(buf)
             ok = True
         except psycopg.Error as exc:
-            raise _pg_error(exc, step) from None
+            raise pg_error(exc, step) from None
         finally:
             if not ok:
                 self._drop_conn()
@@ -1984,7 +1794,7 @@ class _DbContext:
             [
                 adapter._settings_sql(),
                 "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;",
-                f"SET TRANSACTION SNAPSHOT {_quote_literal(self.snapshot_id)};",
+                f"SET TRANSACTION SNAPSHOT {quote_literal(self.snapshot_id)};",
                 f"LOCK TABLE {table} IN ACCESS SHARE MODE NOWAIT;",
                 sql + ";",
                 "COMMIT;",

@@ -54,7 +54,8 @@ from .manifest import (
     check_chain,
 )
 from .objectstore import ObjectStore
-from .postgres import INT_KEY_TYPES, SESSION_SETTINGS, find_pg_tool, quote_ident
+from .sql import INT_KEY_TYPES, SESSION_SETTINGS, quote_ident
+from .tools import find_pg_tool
 
 __all__ = [
     "RestoreReport",

@@ -20,7 +20,8 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from managed_backups.shared.dataplane.objectstore import ObjectStore
-from managed_backups.shared.dataplane.postgres import SESSION_SETTINGS, PostgresAdapter
+from managed_backups.shared.dataplane.postgres import PostgresAdapter
+from managed_backups.shared.dataplane.sql import SESSION_SETTINGS
 from tests.infra.postgres import postgres_for_tests, url_with_database
 from tests.infra.s3 import ACCESS_KEY_ID, DEFAULT_REGION, SECRET_ACCESS_KEY, create_bucket
 from tests.infra.testing import s3_for_tests

@@ -44,8 +44,9 @@ import psycopg
 from managed_backups.shared.dataplane.engine import BackupRequest
 from managed_backups.shared.dataplane.manifest import Manifest, SkippedDatabase, TableMode
 from managed_backups.shared.dataplane.objectstore import ObjectStore
-from managed_backups.shared.dataplane.postgres import SESSION_SETTINGS, find_pg_tool
 from managed_backups.shared.dataplane.restore_rows import restore_database
+from managed_backups.shared.dataplane.sql import SESSION_SETTINGS
+from managed_backups.shared.dataplane.tools import find_pg_tool
 from managed_backups.shared.dataplane.verify import verify_backup
 
 from ..conftest import PgServer
