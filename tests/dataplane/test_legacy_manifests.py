@@ -11,7 +11,7 @@ import pytest
 from managed_backups.shared.dataplane.engine import BackupRequest
 from managed_backups.shared.dataplane.manifest import TableMode, load_chain, read_manifest
 from managed_backups.shared.dataplane.objectstore import ObjectStore
-from managed_backups.shared.dataplane.postgres import PostgresAdapter
+from managed_backups.shared.dataplane.postgres_snapshots import database_whole_reason
 from managed_backups.shared.dataplane.restore_rows import restore_database
 from managed_backups.shared.dataplane.verify import verify_backup
 
@@ -58,7 +58,7 @@ def test_an_incremental_on_a_version_1_parent_stores_whole_and_the_mixed_chain_r
     head = read_manifest(store, "legacy-one", FULL, INCREMENTAL)
     legacy_db = head.database("app")
     assert legacy_db.oid is None and all(s.is_called is None for s in legacy_db.sequences)
-    reason = PostgresAdapter._database_whole_reason(legacy_db, legacy_db.snapshot, 1)
+    reason = database_whole_reason(legacy_db, legacy_db.snapshot, 1)
     assert reason == "the previous backup did not record the database's identity"
 
     with pg.connect() as conn:

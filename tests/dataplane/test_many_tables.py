@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from managed_backups.shared.dataplane import postgres
+from managed_backups.shared.dataplane import postgres_streams
 from managed_backups.shared.dataplane.engine import BackupRequest
 from managed_backups.shared.dataplane.manifest import Manifest, TableBackup, TableMode
 from managed_backups.shared.dataplane.objectstore import ObjectStore
@@ -88,20 +88,20 @@ def test_small_tables_are_read_in_batches_and_store_what_one_copy_per_table_stor
     _change(pg, db)
 
     copies: list[str] = []
-    blocks = postgres._DbContext.psycopg_blocks
+    blocks = postgres_streams.DbReader.psycopg_blocks
 
     def counting(self: Any, sql: str, step: str, flag: Any) -> Any:
         if f"in database {db}:" in step:
             copies.append(sql)
         return blocks(self, sql, step, flag)
 
-    monkeypatch.setattr(postgres._DbContext, "psycopg_blocks", counting)
-    monkeypatch.setattr(postgres, "_BATCH_TABLES", 5)  # several batches, one partial
+    monkeypatch.setattr(postgres_streams.DbReader, "psycopg_blocks", counting)
+    monkeypatch.setattr(postgres_streams, "_BATCH_TABLES", 5)  # several batches, one partial
     batched = adapter.incremental_backup(BackupRequest(store, "c", "batched"), full)
     batched_copies = len(copies)
 
     copies.clear()
-    monkeypatch.setattr(postgres, "_SMALL_TABLE_BYTES", -1)  # one COPY per stream
+    monkeypatch.setattr(postgres_streams, "_SMALL_TABLE_BYTES", -1)  # one COPY per stream
     one_by_one = adapter.incremental_backup(BackupRequest(store, "c", "one-by-one"), full)
     assert len(copies) == 2 * len(names) + 2  # the low int8 keys' ranges retried as lists
 

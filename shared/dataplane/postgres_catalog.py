@@ -1,0 +1,413 @@
+"""What a backup reads of a PostgreSQL catalog, in set-based queries.
+
+Every query here runs in the database's snapshot (the coordinator's repeatable-read
+transaction), so the tables, their definitions and their fingerprints are those the rows are
+read at. Whatever the number of tables, a database costs a fixed number of queries: the
+tables (:func:`read_tables`: columns, key, definition), the type closure of every column type
+at once, the description of every type in those closures, the sequences in batches, and the
+exact sizes (:func:`read_sizes`, read while the rows stream).
+
+A table's **fingerprint** covers its oid, kind, access method, columns (names, types,
+collations, generation, not-null, enum labels) and key, and the columns' whole type closure
+(array elements, domain bases, composite attributes, range subtypes, multiranges, at any
+depth: each type's name, kind, base, typmod, collation, enum labels, attributes and the
+version of the extension owning it). A change of it stores the table whole in the next
+incremental (see :mod:`.postgres_snapshots`). A closure holding a ``reg*`` type is flagged:
+such a column prints other objects' current names, which no fingerprint can follow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from .errors import pg_error
+from .manifest import (
+    Catalog,
+    CatalogDatabase,
+    CatalogSchema,
+    CatalogTable,
+    DatabaseBackup,
+    DatabaseProperties,
+    KeyColumn,
+    MatView,
+    RoleSettings,
+    SequenceValue,
+)
+from .postgres_snapshots import Retake
+from .sql import BYTES_KEY_TYPES, INT_KEY_TYPES, quote_ident
+
+__all__ = [
+    "DATABASES_SQL",
+    "SKIPPED_DATABASES_SQL",
+    "DbInfo",
+    "Table",
+    "catalog_schemas",
+    "live_catalog",
+    "read_large_object_count",
+    "read_matviews",
+    "read_properties",
+    "read_schemas",
+    "read_sequences",
+    "read_sizes",
+    "read_tables",
+]
+
+
+DATABASES_SQL = """
+SELECT d.datname, pg_encoding_to_char(d.encoding), d.datcollate, d.datctype,
+       CASE WHEN has_database_privilege(d.oid, 'CONNECT') THEN pg_database_size(d.oid) END,
+       d.oid::int8, d.datistemplate
+FROM pg_database d
+WHERE d.datallowconn
+ORDER BY d.datname
+"""
+
+# Databases no backup can read: listed in the catalog with the reason, never left out silently.
+SKIPPED_DATABASES_SQL = """
+SELECT d.datname FROM pg_database d WHERE NOT d.datallowconn ORDER BY d.datname
+"""
+
+_PROPERTIES_SQL = """
+SELECT pg_get_userbyid(d.datdba), d.datacl::text, d.datconnlimit,
+       shobj_description(d.oid, 'pg_database'),
+       ARRAY(SELECT coalesce(r.rolname, '') || chr(1) || array_to_string(s.setconfig, chr(2))
+             FROM pg_db_role_setting s LEFT JOIN pg_roles r ON r.oid = s.setrole
+             WHERE s.setdatabase = d.oid ORDER BY 1)
+FROM pg_database d WHERE d.datname = current_database()
+"""
+
+_MATVIEWS_SQL = """
+SELECT n.nspname, c.relname, c.relispopulated FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'm' AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
+ORDER BY 1, 2
+"""
+
+_SCHEMAS_SQL = """
+SELECT n.nspname FROM pg_namespace n
+WHERE n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_namespace'::regclass
+                  AND d.objid = n.oid AND d.deptype = 'e')
+ORDER BY n.nspname
+"""
+
+_TABLES_SQL = """
+SELECT c.oid::int8, n.nspname, c.relname,
+       CASE WHEN c.reltuples < 0 THEN coalesce(pg_relation_size(c.oid), 0)
+            ELSE c.relpages::int8 * current_setting('block_size')::int8 END,
+       NULL::int8,
+       ARRAY(SELECT a.attname::text FROM pg_attribute a
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+               AND a.attgenerated = '' ORDER BY a.attnum),
+       ARRAY(SELECT a.attname::text FROM unnest(pk.conkey) WITH ORDINALITY AS k(attnum, ord)
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum ORDER BY k.ord),
+       ARRAY(SELECT (CASE WHEN t.typtype = 'd' THEN bt.typname ELSE t.typname END)::text
+             FROM unnest(pk.conkey) WITH ORDINALITY AS k(attnum, ord)
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+             JOIN pg_type t ON t.oid = a.atttypid
+             LEFT JOIN pg_type bt ON bt.oid = t.typbasetype
+             ORDER BY k.ord),
+       (SELECT string_agg(concat_ws(':', a.attnum, a.attname, format_type(a.atttypid, a.atttypmod),
+                                    a.attcollation, a.attgenerated, a.attnotnull,
+                                    (SELECT string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder)
+                                     FROM pg_enum e
+                                     WHERE e.enumtypid IN (a.atttypid, t.typbasetype, t.typelem))),
+                          '|' ORDER BY a.attnum)
+        FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+        WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
+       coalesce(am.amname, 'heap'), c.relkind::text, c.relfilenode::int8,
+       ARRAY(SELECT DISTINCT a.atttypid::int8 FROM pg_attribute a
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
+       (SELECT coalesce(x.extcondition[array_position(x.extconfig, c.oid)], '')
+        FROM pg_extension x WHERE c.oid = ANY (x.extconfig) LIMIT 1)
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_am am ON am.oid = c.relam
+LEFT JOIN pg_constraint pk ON pk.conrelid = c.oid AND pk.contype = 'p'
+WHERE c.relkind = 'r' AND c.relpersistence IN ('p', 'u')
+  AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
+  AND (NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                   AND d.objid = c.oid AND d.deptype = 'e')
+       OR EXISTS (SELECT 1 FROM pg_extension x WHERE c.oid = ANY (x.extconfig)))
+ORDER BY n.nspname, c.relname
+"""
+
+# The type closure of every column type of the database, in one set-based pass (a recursive
+# query per table costs a millisecond each: seconds on a multi-tenant schema of thousands of
+# tables). Per root type: every type reachable through array elements, domain bases, composite
+# attributes, range subtypes and multirange ranges, to depth 32.
+_TYPE_CLOSURES_SQL = """
+WITH RECURSIVE roots AS (
+  SELECT DISTINCT a.atttypid AS root FROM pg_attribute a
+  WHERE a.attrelid = ANY (%s::oid[]) AND a.attnum > 0 AND NOT a.attisdropped
+), closure(root, typ, depth) AS (
+  SELECT root, root, 0 FROM roots
+  UNION
+  SELECT cl.root, x.typ, cl.depth + 1 FROM closure cl JOIN pg_type t ON t.oid = cl.typ
+  CROSS JOIN LATERAL (
+    SELECT t.typelem WHERE t.typelem <> 0
+    UNION ALL SELECT t.typbasetype WHERE t.typbasetype <> 0
+    UNION ALL SELECT a2.atttypid FROM pg_attribute a2
+              WHERE t.typrelid <> 0 AND a2.attrelid = t.typrelid AND a2.attnum > 0
+                AND NOT a2.attisdropped
+    UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = t.oid
+    UNION ALL SELECT r.rngtypid FROM pg_range r WHERE r.rngmultitypid = t.oid
+  ) AS x(typ)
+  WHERE cl.depth < 32
+)
+SELECT root::int8, array_agg(DISTINCT typ::int8) FROM closure GROUP BY root
+"""
+
+# What a type contributes to a fingerprint: name, kind, base, typmod, not-null, collation, enum
+# labels, composite attributes, the owning extension's version; and whether it is a ``reg*``
+# type (whose text follows other objects' names).
+_TYPE_DESCRIPTIONS_SQL = """
+SELECT t.oid::int8,
+       concat_ws(':', t.oid, format_type(t.oid, NULL), t.typtype,
+                 t.typbasetype, t.typtypmod, t.typnotnull, t.typcollation,
+                 (SELECT string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder)
+                  FROM pg_enum e WHERE e.enumtypid = t.oid),
+                 (SELECT string_agg(a3.attname || ' ' || a3.atttypid || ' ' || a3.atttypmod
+                                    || ' ' || a3.attcollation, ',' ORDER BY a3.attnum)
+                  FROM pg_attribute a3 WHERE t.typrelid <> 0 AND a3.attrelid = t.typrelid
+                    AND a3.attnum > 0 AND NOT a3.attisdropped),
+                 (SELECT string_agg(x.extname || ' ' || x.extversion, ',')
+                  FROM pg_depend dp JOIN pg_extension x ON x.oid = dp.refobjid
+                  WHERE dp.classid = 'pg_type'::regclass AND dp.objid = t.oid
+                    AND dp.deptype = 'e')),
+       t.typnamespace = 'pg_catalog'::regnamespace
+         AND t.typname IN ('regclass', 'regtype', 'regproc', 'regprocedure', 'regoper',
+                           'regoperator', 'regconfig', 'regdictionary', 'regnamespace',
+                           'regrole', 'regcollation')
+FROM pg_type t WHERE t.oid = ANY (%s::oid[])
+"""
+
+
+# Exact sizes open every relation (its table, indexes, TOAST): about a millisecond per table
+# on a fresh connection. They are read while the rows stream (the coordinator is idle then);
+# planning uses the heap size from the statistics, as pg_dump -j orders its tables by relpages.
+_TABLE_SIZES_SQL = """
+SELECT x.oid::int8, coalesce(pg_total_relation_size(x.oid), 0)
+FROM unnest(%s::oid[]) AS x(oid)
+"""
+
+_SEQUENCES_SQL = """
+SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'S' AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
+ORDER BY 1, 2
+"""
+
+
+@dataclass(frozen=True)
+class DbInfo:
+    name: str
+    encoding: str
+    collate: str
+    ctype: str
+    size: int
+    oid: int
+    is_template: bool
+
+
+@dataclass(frozen=True)
+class Table:
+    oid: int
+    schema: str
+    name: str
+    heap_bytes: int
+    """The heap's size from the statistics (``relpages``; exact when never analysed): it
+    orders the streams and picks their transport, never what is read."""
+    columns: list[str]
+    key_columns: list[KeyColumn]
+    fingerprint: str
+    access_method: str
+    text_follows_names: bool = False
+    """A column's type closure holds a ``reg*`` type: its text follows other objects' names."""
+    extension_condition: str | None = None
+    """An extension configuration table: the ``WHERE`` clause of the rows ``pg_dump`` keeps
+    (``""``: all); ``None`` for ordinary tables."""
+
+    @property
+    def qualified(self) -> str:
+        return f"{quote_ident(self.schema)}.{quote_ident(self.name)}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    def unsupported_key(self) -> str | None:
+        if not self.key_columns:
+            return "no primary key"
+        for kc in self.key_columns:
+            if kc.name not in self.columns:
+                return f"primary key on generated column {kc.name}"
+            if kc.type not in INT_KEY_TYPES and kc.type not in BYTES_KEY_TYPES:
+                return f"primary key type {kc.type} not supported for incrementals"
+        return None
+
+
+def read_tables(conn: psycopg.Connection[Any]) -> tuple[list[tuple[Any, ...]], list[Table]]:
+    """The tables to back up (catalog rows and :class:`Table`), in three set-based
+    queries whatever the table count: the tables, the type closures of their column
+    types, and what each type of those closures contributes to the fingerprints."""
+    rows = conn.execute(_TABLES_SQL).fetchall()
+    oids = [int(r[0]) for r in rows]
+    closures = {
+        int(root): [int(t) for t in types]
+        for root, types in conn.execute(_TYPE_CLOSURES_SQL, (oids,)).fetchall()
+    }
+    all_types = sorted({t for types in closures.values() for t in types})
+    described = {
+        int(oid): (str(text), bool(is_reg))
+        for oid, text, is_reg in conn.execute(_TYPE_DESCRIPTIONS_SQL, (all_types,)).fetchall()
+    }
+    tables = []
+    for row in rows:
+        types = sorted({t for root in row[12] for t in closures.get(int(root), ())})
+        parts = [described[t] for t in types if t in described]
+        closure = ";".join(text for text, _reg in parts)
+        if parts and any(reg for _text, reg in parts):
+            closure += ";reg"
+        tables.append(table_from_row(row, closure))
+    return rows, tables
+
+
+def table_from_row(row: Sequence[Any], closure: str) -> Table:
+    """``closure``: the columns' type closure, one description per type in oid order
+    (``;reg`` appended when a ``reg*`` type is in it)."""
+    oid, schema, name, heap, _total, cols, pk_cols, pk_types, coldef, am, relkind = row[:11]
+    material = (
+        f"{oid}|{relkind}|{am}|{coldef}|pk:{','.join(pk_cols)}:{','.join(pk_types)}|types:{closure}"
+    )
+    return Table(
+        oid=int(oid),
+        schema=str(schema),
+        name=str(name),
+        heap_bytes=int(heap),
+        columns=[str(c) for c in cols],
+        key_columns=[
+            KeyColumn(name=str(c), type=str(t)) for c, t in zip(pk_cols, pk_types, strict=True)
+        ],
+        fingerprint=hashlib.sha256(material.encode()).hexdigest(),
+        access_method=str(am),
+        text_follows_names=closure.endswith(";reg"),
+        extension_condition=None if row[13] is None else str(row[13]),
+    )
+
+
+def read_sequences(conn: psycopg.Connection[Any]) -> list[SequenceValue]:
+    """``last_value`` and ``is_called`` of every sequence, read from the sequence itself
+    (``pg_sequences`` hides the value when ``is_called`` is false: after ``RESTART`` or
+    ``setval(..., false)``). Sequences are not transactional: this is their state now,
+    as ``pg_dump`` reads it."""
+    names = [(str(a), str(b)) for a, b in conn.execute(_SEQUENCES_SQL).fetchall()]
+    out: list[SequenceValue] = []
+    for start in range(0, len(names), 200):
+        batch = names[start : start + 200]
+        sql = " UNION ALL ".join(
+            f"SELECT {i}, last_value, is_called FROM {quote_ident(a)}.{quote_ident(b)}"
+            for i, (a, b) in enumerate(batch)
+        )
+        try:
+            values = conn.execute(sql).fetchall()
+        except psycopg.errors.UndefinedTable as exc:  # dropped since the snapshot
+            raise Retake(f"a sequence was dropped: {str(exc).splitlines()[0]}") from None
+        for i, value, called in sorted(values):
+            a, b = batch[int(i)]
+            out.append(
+                SequenceValue(schema_name=a, name=b, last_value=int(value), is_called=bool(called))
+            )
+    return out
+
+
+def read_properties(conn: psycopg.Connection[Any]) -> DatabaseProperties:
+    row = conn.execute(_PROPERTIES_SQL).fetchone()
+    assert row is not None
+    owner, acl, limit, comment, settings = row
+    role_settings = []
+    for item in settings:
+        role, _sep, config = str(item).partition("\x01")
+        role_settings.append(
+            RoleSettings(role=role or None, settings=config.split("\x02") if config else [])
+        )
+    return DatabaseProperties(
+        owner=str(owner),
+        acl=None if acl is None else str(acl),
+        connection_limit=int(limit),
+        comment=None if comment is None else str(comment),
+        settings=role_settings,
+    )
+
+
+def read_sizes(conn: psycopg.Connection[Any], tables: Sequence[Table], db: str) -> dict[int, int]:
+    """``pg_total_relation_size`` of every table, by oid (the tables are locked)."""
+    try:
+        rows = conn.execute(_TABLE_SIZES_SQL, ([t.oid for t in tables],)).fetchall()
+    except psycopg.Error as exc:
+        raise pg_error(exc, f"in database {db}: read table sizes") from None
+    return {int(oid): int(size) for oid, size in rows}
+
+
+def catalog_schemas(db: DatabaseBackup, schemas: list[str]) -> list[CatalogSchema]:
+    by_schema: dict[str, list[CatalogTable]] = {s: [] for s in schemas}
+    for t in db.tables:
+        by_schema.setdefault(t.schema_name, []).append(
+            CatalogTable(name=t.name, rows=t.live_rows, size_bytes=t.size_bytes)
+        )
+    return [CatalogSchema(name=s, tables=ts) for s, ts in sorted(by_schema.items())]
+
+
+def read_schemas(conn: psycopg.Connection[Any]) -> list[str]:
+    """The user schemas (extension-owned schemas left to ``CREATE EXTENSION``)."""
+    return [str(r[0]) for r in conn.execute(_SCHEMAS_SQL).fetchall()]
+
+
+def read_matviews(conn: psycopg.Connection[Any]) -> list[MatView]:
+    """Materialized views and whether they are populated (a restore refreshes those)."""
+    return [
+        MatView(schema_name=str(a), name=str(b), populated=bool(c))
+        for a, b, c in conn.execute(_MATVIEWS_SQL).fetchall()
+    ]
+
+
+def read_large_object_count(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()
+    return int(row[0]) if row else 0
+
+
+def live_catalog(connect: Callable[..., psycopg.Connection[Any]]) -> Catalog:
+    """The live catalog (row counts are the planner's estimates)."""
+    with connect(step="connect") as conn:
+        dbs = conn.execute(DATABASES_SQL).fetchall()
+    out: list[CatalogDatabase] = []
+    for name, _enc, _col, _ctype, size, *_rest in dbs:
+        with connect(name, step=f"connect to database {name}") as conn:
+            conn.execute("SET search_path = pg_catalog")
+            conn.execute("SET jit = off")
+            schemas = [r[0] for r in conn.execute(_SCHEMAS_SQL).fetchall()]
+            rows = conn.execute(
+                "SELECT n.nspname, c.relname, greatest(c.reltuples, 0)::int8,"
+                " pg_total_relation_size(c.oid) FROM pg_class c JOIN pg_namespace n"
+                " ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND c.relpersistence IN ('p','u')"
+                " AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'"
+                " ORDER BY 1, 2"
+            ).fetchall()
+        tables: dict[str, list[CatalogTable]] = {s: [] for s in schemas}
+        for schema, table, est, tsize in rows:
+            tables.setdefault(schema, []).append(
+                CatalogTable(name=table, rows=int(est), size_bytes=int(tsize))
+            )
+        out.append(
+            CatalogDatabase(
+                name=name,
+                table_count=len(rows),
+                size_bytes=int(size or 0),
+                schemas=[CatalogSchema(name=s, tables=t) for s, t in sorted(tables.items())],
+            )
+        )
+    return Catalog(databases=out)

@@ -1,0 +1,596 @@
+"""Streams: what is read of each table, on which connection, into which chunks.
+
+A table is planned (:func:`plan_table`) as ``FULL`` (a full backup), ``WHOLE`` (an incremental
+that cannot store a delta: the reason is recorded) or ``DELTA`` (its changed rows and its key
+set, see :mod:`.postgres_snapshots`). Each plan has a data stream and, for a delta, a key-set
+stream: a single-integer key is stored as runs ``lo<TAB>hi`` of consecutive keys (computed by
+the server with ``k - row_number()``), so dense keys are a few lines and appends or deletes
+change a few lines; other keys as a key list. Key sets are chunked with small content-defined
+chunks so unchanged key ranges dedupe against the previous one.
+
+A :class:`DbReader` holds one database's worker connections, each importing the database's
+snapshot and locking every table ``NOWAIT`` as it opens (a lock asked for later could queue
+behind a DDL statement waiting for the coordinator's locks, for ever). Large tables stream
+through a ``psql`` child (C speed, 1 MiB pipe reads; a lock it cannot get ``NOWAIT`` falls
+back to the worker's connection, which holds it); small ones through the worker's psycopg
+connection. Small delta tables are read in batches (:class:`SmallDeltas`). Every stream is cut
+into content-defined chunks, hashed and compressed by the :class:`~.chunks.ChunkStore`, so
+memory stays bounded whatever the table size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from .chunks import ChunkingParams, ChunkStore, StreamCancelled, StreamResult
+from .errors import BackupError, ErrorCode, pg_error
+from .manifest import KeySet, KeySetFormat, Manifest, PgSnapshot, TableBackup, TableMode
+from .objectstore import ObjectStoreError
+from .postgres_catalog import Table
+from .postgres_snapshots import LOCK_NOT_AVAILABLE, changed_rows_filter, lock_tables
+from .sql import INT_KEY_TYPES, copy_select_sql, order_by, python_codec, quote_ident, quote_literal
+from .tools import find_pg_tool
+
+if TYPE_CHECKING:
+    from .postgres import PostgresAdapter
+
+__all__ = [
+    "DbReader",
+    "Flags",
+    "SmallDeltas",
+    "Stream",
+    "StreamOutcome",
+    "StreamSettings",
+    "TablePlan",
+    "key_stream",
+    "plan_table",
+    "table_backup",
+    "work_items",
+]
+
+_COPY_BLOCK = 1 << 20
+_NUMERIC_OUT_OF_RANGE = "22003"
+_SMALL_TABLE_BYTES = 1 << 20
+"""DELTA tables up to this heap size are asked about in batches (see :class:`SmallDeltas`)."""
+_BATCH_TABLES = 200
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """The adapter's settings a plan needs."""
+
+    psql_min_bytes: int
+    data_chunking: ChunkingParams
+    key_chunking: ChunkingParams
+
+
+@dataclass
+class Stream:
+    table: Table
+    kind: str  # "data" | "keys"
+    sql: str
+    params: ChunkingParams
+    key_format: KeySetFormat | None = None
+    psql: bool = False
+    estimate: int = 0
+    where: str = ""
+    """A DELTA's changed-rows filter (on ``_t``), ``""`` otherwise."""
+
+
+@dataclass
+class StreamOutcome:
+    result: StreamResult
+    rows: int
+    key_format: KeySetFormat | None = None
+
+
+@dataclass
+class TablePlan:
+    table: Table
+    mode: TableMode
+    reason: str | None
+    ordered: bool
+    data: Stream
+    keys: Stream | None = None
+
+
+@dataclass
+class SmallDeltas:
+    """Small DELTA tables read together, so a schema of thousands of tables costs a few round
+    trips per batch rather than two COPYs per table.
+
+    - *Changed rows*: one query asks which tables of the batch have a row that passes their
+      changed-rows filter (``EXISTS``, in the same snapshot); only those run their data
+      COPY. The others' data streams are empty, exactly what their COPY would have returned.
+    - *Key sets*: the ``RANGES`` key sets of the batch come from one ``COPY`` of the
+      ``UNION ALL`` of the per-table range queries, prefixed with the table's position and
+      ordered by it; each table's lines are cut out and stored as its own key set, byte for
+      byte what its own query returns. Only one table's lines are in memory at a time.
+    """
+
+    plans: list[TablePlan]
+
+    @property
+    def estimate(self) -> int:
+        return sum(p.data.estimate + (p.keys.estimate if p.keys else 0) for p in self.plans)
+
+
+class Flags:
+    """The request's cancel event and the backup's own abort event, as one flag."""
+
+    def __init__(self, *events: threading.Event | None) -> None:
+        self._events = [e for e in events if e is not None]
+
+    def with_event(self, event: threading.Event) -> Flags:
+        return Flags(*self._events, event)
+
+    def is_set(self) -> bool:
+        return any(e.is_set() for e in self._events)
+
+
+class _LineCounter:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def wrap(self, blocks: Iterable[bytes]) -> Iterator[bytes]:
+        for block in blocks:
+            self.count += block.count(b"\n")
+            yield block
+
+
+class _RangeCounter:
+    """Counts keys of a RANGES key set (``lo\\thi`` lines) while it streams."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._carry = b""
+
+    def wrap(self, blocks: Iterable[bytes]) -> Iterator[bytes]:
+        for block in blocks:
+            data = self._carry + block if self._carry else block
+            lines = data.split(b"\n")
+            self._carry = lines.pop()
+            for line in lines:
+                lo, hi = line.split(b"\t")
+                self.count += int(hi) - int(lo) + 1
+            yield block
+
+
+class _Demux:
+    """Cuts a COPY whose first column is a table's position (ascending) into each table's
+    lines without that column, as that table's own query would have returned them. Blocks
+    hold whole rows (psycopg's COPY yields one row per message)."""
+
+    def __init__(self, blocks: Iterator[bytes]) -> None:
+        self._pieces = self._split(blocks)
+        self._next = next(self._pieces, None)
+
+    @staticmethod
+    def _split(blocks: Iterator[bytes]) -> Iterator[tuple[int, bytes]]:
+        for block in blocks:
+            current, lines = -1, bytearray()
+            for line in block.split(b"\n")[:-1]:
+                index, _tab, rest = line.partition(b"\t")
+                position = int(index)
+                if position != current and lines:
+                    yield current, bytes(lines)
+                    lines.clear()
+                current = position
+                lines += rest + b"\n"
+            if lines:
+                yield current, bytes(lines)
+
+    def take(self, position: int) -> Iterator[bytes]:
+        """The lines of the table at ``position`` (none if it has no row)."""
+        while self._next is not None and self._next[0] <= position:
+            if self._next[0] == position:
+                yield self._next[1]
+            self._next = next(self._pieces, None)
+
+    def finish(self) -> None:
+        if self._next is not None:
+            raise BackupError(
+                ErrorCode.INTERNAL,
+                f"batched COPY returned rows for unknown table position {self._next[0]}",
+                "split batched key sets",
+            )
+
+
+def work_items(plans: Sequence[TablePlan]) -> list[Stream | SmallDeltas]:
+    """The units of work of a database's plans, largest first: small DELTA tables read
+    through psycopg in batches of ``_BATCH_TABLES``, every other stream on its own."""
+    small = [
+        p
+        for p in plans
+        if p.mode == TableMode.DELTA
+        and not p.data.psql
+        and p.table.heap_bytes <= _SMALL_TABLE_BYTES
+    ]
+    batched = {id(p) for p in small}
+    work: list[Stream | SmallDeltas] = [
+        SmallDeltas(small[i : i + _BATCH_TABLES]) for i in range(0, len(small), _BATCH_TABLES)
+    ]
+    for p in plans:
+        if id(p) not in batched:
+            work += [p.data] if p.keys is None else [p.data, p.keys]
+    work.sort(key=lambda w: w.estimate, reverse=True)
+    return work
+
+
+def plan_table(
+    table: Table,
+    previous: Manifest | None,
+    db: str,
+    snapshot: PgSnapshot,
+    global_reason: str | None,
+    settings: StreamSettings,
+) -> TablePlan:
+    """How ``table`` is read: ``FULL`` without ``previous``, else ``DELTA`` unless a reason
+    (``global_reason``, the key, the access method, ``reg*`` columns, a new or changed
+    definition) stores it ``WHOLE``."""
+    unsupported = table.unsupported_key()
+    ordered = unsupported is None
+    use_psql = table.heap_bytes >= settings.psql_min_bytes
+    condition = table.extension_condition
+    # pg_extension_config_dump's condition: "WHERE <expression>" (or empty: every row).
+    where = re.sub(r"(?is)^\s*where\s", "", condition or "").strip()
+    full_sql = copy_select_sql(
+        table.qualified, table.columns, table.key_columns, f"({where})" if where else ""
+    )
+    data = Stream(
+        table, "data", full_sql, settings.data_chunking, psql=use_psql, estimate=table.heap_bytes
+    )
+    if previous is None:
+        return TablePlan(table, TableMode.FULL, None, ordered, data)
+    if condition is not None:
+        # Restored by appending to what CREATE EXTENSION creates, as pg_restore does.
+        return TablePlan(table, TableMode.WHOLE, "extension configuration table", ordered, data)
+    reason = global_reason or unsupported
+    if reason is None and table.access_method != "heap":
+        reason = f"table access method {table.access_method}"
+    if reason is None and table.text_follows_names:
+        reason = "a reg* column: its text follows the referenced objects' names"
+    prev = previous.table(db, table.schema, table.name)
+    if reason is None:
+        if prev is None:
+            reason = "new table"
+        elif prev.fingerprint != table.fingerprint:
+            reason = "definition changed"
+        elif not prev.ordered:
+            reason = "previous backup not in key order"
+    if reason is not None:
+        return TablePlan(table, TableMode.WHOLE, reason, ordered, data)
+    where = changed_rows_filter(snapshot, previous.database(db).snapshot)
+    data = Stream(
+        table,
+        "data",
+        copy_select_sql(table.qualified, table.columns, table.key_columns, where),
+        settings.data_chunking,
+        psql=use_psql,
+        estimate=max(1, table.heap_bytes // 20),
+        where=where,
+    )
+    keys = key_stream(table, use_psql, settings.key_chunking)
+    return TablePlan(table, TableMode.DELTA, None, True, data, keys)
+
+
+def key_stream(
+    table: Table, use_psql: bool, params: ChunkingParams, force_list: bool = False
+) -> Stream:
+    """The key set of a DELTA table: ranges of a single integer key, else the key list."""
+    kcs = table.key_columns
+    estimate = max(1, table.heap_bytes // 10)
+    if len(kcs) == 1 and kcs[0].type in INT_KEY_TYPES and not force_list:
+        k = f"_t.{quote_ident(kcs[0].name)}"
+        sql = (
+            "SELECT min(k), max(k) FROM (SELECT "
+            f"{k} AS k, {k}::int8 - row_number() OVER (ORDER BY {k}) AS g"
+            f" FROM ONLY {table.qualified} AS _t) AS s GROUP BY g ORDER BY 1"
+        )
+        return Stream(table, "keys", sql, params, KeySetFormat.RANGES, use_psql, estimate)
+    cols = ", ".join(f"_t.{quote_ident(kc.name)}" for kc in kcs)
+    sql = f"SELECT {cols} FROM ONLY {table.qualified} AS _t ORDER BY {order_by(kcs)}"
+    return Stream(table, "keys", sql, params, KeySetFormat.KEYS, use_psql, estimate)
+
+
+def table_backup(
+    plan: TablePlan, outcomes: Mapping[int, StreamOutcome], sizes: Mapping[int, int]
+) -> TableBackup:
+    data = outcomes[id(plan.data)]
+    key_set: KeySet | None = None
+    live_rows = data.rows
+    if plan.keys is not None:
+        keys = outcomes[id(plan.keys)]
+        assert keys.key_format is not None
+        key_set = KeySet(
+            format=keys.key_format,
+            chunks=keys.result.chunks,
+            keys=keys.rows,
+            size=keys.result.size,
+        )
+        live_rows = keys.rows
+    t = plan.table
+    return TableBackup(
+        schema_name=t.schema,
+        name=t.name,
+        oid=t.oid,
+        fingerprint=t.fingerprint,
+        columns=t.columns,
+        key_columns=t.key_columns,
+        ordered=plan.ordered,
+        mode=plan.mode,
+        reason=plan.reason,
+        rows=data.rows,
+        live_rows=live_rows,
+        data=data.result.chunks,
+        data_size=data.result.size,
+        key_set=key_set,
+        size_bytes=sizes.get(t.oid, 0),
+        extension_condition=t.extension_condition,
+    )
+
+
+@dataclass
+class DbReader:
+    """One database during a backup: its snapshot, the workers' connections, and the
+    streams read on them."""
+
+    adapter: PostgresAdapter
+    name: str
+    encoding: str
+    snapshot_id: str
+    _conns: dict[int, psycopg.Connection[Any]] = field(default_factory=dict)
+    _idle: list[psycopg.Connection[Any]] = field(default_factory=list)
+    _tables: Sequence[Table] = ()
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def open_workers(self, count: int, tables: Sequence[Table]) -> None:
+        """Open the workers' connections now, each importing the snapshot and locking every
+        table ``NOWAIT``: a reader that asked for its lock later would queue behind any DDL
+        statement waiting for the coordinator's locks, and wait for ever."""
+        self._tables = tables
+        for _ in range(count):
+            self._idle.append(self._new_conn())
+
+    def _new_conn(self) -> psycopg.Connection[Any]:
+        conn = self.adapter.connect(
+            self.name, step=f"connect to database {self.name}", encoding=self.encoding
+        )
+        try:
+            self.begin(conn, f"import snapshot in database {self.name}")
+            lock_tables(conn, self._tables, self.name, nowait=True)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def begin(self, conn: psycopg.Connection[Any], step: str) -> None:
+        try:
+            for stmt in self.adapter.settings_sql().splitlines():
+                conn.execute(stmt)
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            conn.execute(f"SET TRANSACTION SNAPSHOT {quote_literal(self.snapshot_id)}")
+        except psycopg.Error as exc:
+            err = pg_error(exc, step)
+            if err.code == ErrorCode.DUMP_FAILED:
+                err = BackupError(
+                    ErrorCode.SNAPSHOT_FAILED, err.message, step, sqlstate=err.sqlstate
+                )
+            raise err from None
+
+    def _worker_conn(self) -> psycopg.Connection[Any]:
+        ident = threading.get_ident()
+        with self._lock:
+            conn = self._conns.get(ident)
+        if conn is not None:
+            return conn
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = self._new_conn()
+        with self._lock:
+            self._conns[ident] = conn
+        return conn
+
+    def _drop_conn(self) -> None:
+        with self._lock:
+            conn = self._conns.pop(threading.get_ident(), None)
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+
+    def rows(self, sql: str, step: str) -> list[tuple[Any, ...]]:
+        """A query's rows on this thread's worker connection (in the snapshot)."""
+        conn = self._worker_conn()
+        try:
+            return conn.execute(sql).fetchall()
+        except psycopg.Error as exc:
+            self._drop_conn()
+            raise pg_error(exc, step) from None
+
+    def psycopg_blocks(self, sql: str, step: str, flag: Flags) -> Generator[bytes, None, None]:
+        conn = self._worker_conn()
+        ok = False
+        try:
+            buf = bytearray()
+            with conn.cursor() as cur, cur.copy(sql) as copy:
+                for row in copy:
+                    buf += row
+                    if len(buf) >= _COPY_BLOCK:
+                        if flag.is_set():
+                            raise StreamCancelled()
+                        yield bytes(buf)
+                        buf.clear()
+            if buf:
+                yield bytes(buf)
+            ok = True
+        except psycopg.Error as exc:
+            raise pg_error(exc, step) from None
+        finally:
+            if not ok:
+                self._drop_conn()
+
+    def psql_blocks(self, sql: str, step: str, flag: Flags, table: str) -> Iterator[bytes]:
+        adapter = self.adapter
+        script = "\n".join(
+            [
+                adapter.settings_sql(),
+                "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;",
+                f"SET TRANSACTION SNAPSHOT {quote_literal(self.snapshot_id)};",
+                f"LOCK TABLE {table} IN ACCESS SHARE MODE NOWAIT;",
+                sql + ";",
+                "COMMIT;",
+                "",
+            ]
+        )
+        cmd = [
+            find_pg_tool("psql", adapter.bindir),
+            "-X",
+            "-q",
+            "-w",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-v",
+            "VERBOSITY=verbose",
+            "-d",
+            adapter.tool_conninfo(self.name),
+            "-f",
+            "-",
+        ]
+        return adapter.run_tool(
+            cmd,
+            step=step,
+            # psql sends the script as is and the server reads it in the client encoding: the
+            # identifiers in it must be in the database's encoding, not UTF-8.
+            stdin=script.encode(python_codec(self.encoding)),
+            extra_env={"PGCLIENTENCODING": self.encoding},
+            flag=flag,
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            conns = [*self._conns.values(), *self._idle]
+            self._conns.clear()
+            self._idle.clear()
+        for conn in conns:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+
+    def run_stream(self, stream: Stream, chunks: ChunkStore, flag: Flags) -> StreamOutcome:
+        try:
+            return self._run_stream_once(stream, chunks, flag)
+        except BackupError as exc:
+            if stream.psql and exc.sqlstate == LOCK_NOT_AVAILABLE:
+                # A DDL statement queued behind our locks: a new session would wait behind it,
+                # the worker's connection already holds the lock.
+                return self.run_stream(replace(stream, psql=False), chunks, flag)
+            if stream.key_format == KeySetFormat.RANGES and exc.sqlstate == _NUMERIC_OUT_OF_RANGE:
+                # int8 keys near -2^63 overflow k - row_number(): fall back to a key list.
+                return self._run_stream_once(
+                    key_stream(stream.table, stream.psql, self.adapter.key_chunking, True),
+                    chunks,
+                    flag,
+                )
+            raise
+
+    def run_small_deltas(
+        self, batch: SmallDeltas, chunks: ChunkStore, flag: Flags
+    ) -> list[tuple[Stream, StreamOutcome]]:
+        """The data and key streams of a batch of small DELTA tables (see :class:`SmallDeltas`)."""
+        plans = batch.plans
+        probe = " UNION ALL ".join(
+            f"SELECT {i} WHERE EXISTS (SELECT 1 FROM ONLY {p.table.qualified} AS _t"
+            f" WHERE {p.data.where})"
+            for i, p in enumerate(plans)
+        )
+        changed = {int(r[0]) for r in self.rows(probe, f"in database {self.name}: {probe[:500]}")}
+        out: list[tuple[Stream, StreamOutcome]] = []
+        for i, p in enumerate(plans):
+            if flag.is_set():
+                raise StreamCancelled()
+            if i in changed:
+                out.append((p.data, self.run_stream(p.data, chunks, flag)))
+            else:  # what the COPY of no row stores
+                out.append((p.data, StreamOutcome(StreamResult(chunks=[], size=0), rows=0)))
+        keys = [p.keys for p in plans if p.keys is not None]
+        ranges = [k for k in keys if k.key_format == KeySetFormat.RANGES]
+        try:
+            out += self._run_key_ranges(ranges, chunks, flag)
+        except BackupError as exc:
+            if exc.sqlstate != _NUMERIC_OUT_OF_RANGE:
+                raise
+            # int8 keys near -2^63: each table on its own (a key list where it overflows).
+            out += [(k, self.run_stream(k, chunks, flag)) for k in ranges]
+        out += [
+            (k, self.run_stream(k, chunks, flag))
+            for k in keys
+            if k.key_format != KeySetFormat.RANGES
+        ]
+        return out
+
+    def _run_key_ranges(
+        self, streams: Sequence[Stream], chunks: ChunkStore, flag: Flags
+    ) -> list[tuple[Stream, StreamOutcome]]:
+        """``RANGES`` key sets of single-integer-key tables, from one COPY."""
+        if not streams:
+            return []
+        parts = []
+        for i, stream in enumerate(streams):
+            k = f"_t.{quote_ident(stream.table.key_columns[0].name)}"
+            parts.append(
+                f"SELECT {i} AS i, {k}::int8 AS k,"
+                f" {k}::int8 - row_number() OVER (ORDER BY {k}) AS g"
+                f" FROM ONLY {stream.table.qualified} AS _t"
+            )
+        sql = (
+            f"COPY (SELECT i, min(k), max(k) FROM ({' UNION ALL '.join(parts)}) AS s"
+            " GROUP BY i, g ORDER BY i, 2) TO STDOUT"
+        )
+        blocks = self.psycopg_blocks(sql, f"in database {self.name}: {sql[:500]}", flag)
+        demux = _Demux(blocks)
+        out = []
+        try:
+            for i, stream in enumerate(streams):
+                counter = _RangeCounter()
+                try:
+                    result = chunks.write_stream(
+                        counter.wrap(demux.take(i)), stream.params, cancel=flag
+                    )
+                except ObjectStoreError as exc:
+                    raise BackupError(
+                        ErrorCode.STORE_FAILED,
+                        str(exc),
+                        f"store chunks of {self.name}.{stream.table.label}",
+                    ) from None
+                out.append((stream, StreamOutcome(result, counter.count, KeySetFormat.RANGES)))
+            demux.finish()
+        finally:
+            blocks.close()
+        return out
+
+    def _run_stream_once(self, stream: Stream, chunks: ChunkStore, flag: Flags) -> StreamOutcome:
+        sql = f"COPY ({stream.sql}) TO STDOUT"
+        step = f"in database {self.name}: {sql}"
+        blocks = (
+            self.psql_blocks(sql, step, flag, "ONLY " + stream.table.qualified)
+            if stream.psql
+            else self.psycopg_blocks(sql, step, flag)
+        )
+        counter: _LineCounter | _RangeCounter
+        counter = _RangeCounter() if stream.key_format == KeySetFormat.RANGES else _LineCounter()
+        try:
+            result = chunks.write_stream(counter.wrap(blocks), stream.params, cancel=flag)
+        except ObjectStoreError as exc:
+            raise BackupError(
+                ErrorCode.STORE_FAILED,
+                str(exc),
+                f"store chunks of {self.name}.{stream.table.label}",
+            ) from None
+        return StreamOutcome(result=result, rows=counter.count, key_format=stream.key_format)
