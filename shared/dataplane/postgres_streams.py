@@ -559,16 +559,7 @@ class DbReader:
         try:
             for i, stream in enumerate(streams):
                 counter = _RangeCounter()
-                try:
-                    result = chunks.write_stream(
-                        counter.wrap(demux.take(i)), stream.params, cancel=flag
-                    )
-                except ObjectStoreError as exc:
-                    raise BackupError(
-                        ErrorCode.STORE_FAILED,
-                        str(exc),
-                        f"store chunks of {self.name}.{stream.table.label}",
-                    ) from None
+                result = self._store(stream, counter.wrap(demux.take(i)), chunks, flag)
                 out.append((stream, StreamOutcome(result, counter.count, KeySetFormat.RANGES)))
             demux.finish()
         finally:
@@ -585,12 +576,18 @@ class DbReader:
         )
         counter: _LineCounter | _RangeCounter
         counter = _RangeCounter() if stream.key_format == KeySetFormat.RANGES else _LineCounter()
+        result = self._store(stream, counter.wrap(blocks), chunks, flag)
+        return StreamOutcome(result=result, rows=counter.count, key_format=stream.key_format)
+
+    def _store(
+        self, stream: Stream, blocks: Iterable[bytes], chunks: ChunkStore, flag: Flags
+    ) -> StreamResult:
+        """``blocks`` chunked and stored with the stream's chunking (errors name the table)."""
         try:
-            result = chunks.write_stream(counter.wrap(blocks), stream.params, cancel=flag)
+            return chunks.write_stream(blocks, stream.params, cancel=flag)
         except ObjectStoreError as exc:
             raise BackupError(
                 ErrorCode.STORE_FAILED,
                 str(exc),
                 f"store chunks of {self.name}.{stream.table.label}",
             ) from None
-        return StreamOutcome(result=result, rows=counter.count, key_format=stream.key_format)
