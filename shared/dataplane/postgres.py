@@ -32,8 +32,9 @@ What a backup holds
   under the same name (``to_regclass``) and the same storage (``pg_relation_filenode``).
   ``TRUNCATE`` and table rewrites are not MVCC-safe: a table truncated, rewritten, dropped or
   replaced between the snapshot and the locks would read as empty or missing. Any difference
-  retakes the database's snapshot (at most five times, then ``SNAPSHOT_FAILED``). The worker
-  connections import the snapshot and lock every table ``NOWAIT`` right away: a DDL statement
+  retakes the database's snapshot (at most five times, then ``SNAPSHOT_FAILED``). The tables
+  are split into lanes, one worker connection each, planned before any row is read; each
+  worker imports the snapshot and locks every table of its lane ``NOWAIT`` right away: a DDL statement
   already queued behind the coordinator's locks would make any later lock request (a reader's,
   ``pg_dump``'s) wait for ever, so it retakes the snapshot too (after the DDL ran); ``psql``
   streams lock ``NOWAIT`` and fall back to the worker's connection, and ``pg_dump`` gets
@@ -42,7 +43,7 @@ What a backup holds
   and that too retakes the snapshot. A sequence dropped before its value is read does too.
   Once the locks are checked the schema dump starts, then the workers lock, then sequences and
   the database's own state are read; any retake stops that attempt's schema dump. Tables are
-  then read in parallel (``parallelism`` connections, default 2, largest first by the
+  then read in parallel (``parallelism`` lanes, default 2, balanced and largest first by the
   statistics' ``relpages``, as ``pg_dump -j`` orders them): no DDL can rewrite them under the
   snapshot.
 - **Thousands of tables**: every catalog read is one set-based query per database whatever the
@@ -50,8 +51,8 @@ What a backup holds
   500, identities in one ``unnest``); the catalog queries run with ``jit = off``. Each table
   costs one ``COPY`` in a full; in an incremental, small unchanged tables cost no ``COPY`` of
   their own (see :class:`~.postgres_streams.SmallDeltas`). The server's lock table must hold
-  ``parallelism + 2`` locks per table (the coordinator's, each worker's, ``pg_dump``'s;
-  ``pg_dump -j2`` needs two): ``max_locks_per_transaction x max_connections`` sized for the
+  about three locks per table (the coordinator's, the worker's that reads it, ``pg_dump``'s;
+  ``pg_dump -j2`` takes two): ``max_locks_per_transaction x max_connections`` sized for the
   table count, as ``pg_dump``'s documentation asks; when it is too small the backup fails
   with the server's hint to raise ``max_locks_per_transaction``.
 - **Text COPY, not binary**: text is what ``pg_dump`` uses; it works for every type (extension
@@ -160,7 +161,8 @@ from .postgres_streams import (
     Stream,
     StreamOutcome,
     StreamSettings,
-    TablePlan,
+    assign_lanes,
+    lane_tables,
     plan_table,
     table_backup,
     work_items,
@@ -671,8 +673,13 @@ class _BackupRun:
             schema_future = self.dump_pool.submit(
                 self.dump_schema, name, snapshot.snapshot_id, flag
             )
+            plans = [
+                plan_table(t, previous, name, snapshot, db_reason, self.stream_settings)
+                for t in tables
+            ]
+            lanes = assign_lanes(work_items(plans), adapter.parallelism)
             try:
-                reader.open_workers(adapter.parallelism, tables)
+                reader.open_lanes([lane_tables(lane) for lane in lanes])
                 try:
                     sequences = read_sequences(conn)
                     matviews = read_matviews(conn)
@@ -685,12 +692,8 @@ class _BackupRun:
             except BaseException:
                 abort.set()  # this attempt's schema dump stops
                 raise
-            plans = [
-                plan_table(t, previous, name, snapshot, db_reason, self.stream_settings)
-                for t in tables
-            ]
             outcomes, sizes, archive = self._read_rows(
-                reader, conn, plans, tables, schema_future, flag, abort
+                reader, conn, lanes, tables, schema_future, flag, abort
             )
             table_backups = [table_backup(p, outcomes, sizes) for p in plans]
             with contextlib.suppress(psycopg.Error):
@@ -724,37 +727,42 @@ class _BackupRun:
         self,
         reader: DbReader,
         conn: psycopg.Connection[Any],
-        plans: Sequence[TablePlan],
+        lanes: Sequence[Sequence[Stream | SmallDeltas]],
         tables: Sequence[Table],
         schema_future: Future[StreamResult],
         flag: Flags,
         abort: threading.Event,
     ) -> tuple[dict[int, StreamOutcome], dict[int, int], StreamResult]:
-        """Every plan's streams on the table pool (largest first), the exact table sizes on
-        the coordinator meanwhile, then the schema dump's result. The first failure sets
-        ``abort`` (every other stream stops) and is raised once all have stopped."""
+        """Every lane on the table pool (each on its own connection, its items largest first),
+        the exact table sizes on the coordinator meanwhile, then the schema dump's result. The
+        first failure sets ``abort`` (every other stream stops) and is raised once all have
+        stopped."""
         request = self.request
-        work = work_items(plans)
-        total_estimate = sum(w.estimate for w in work) or 1
+        total_estimate = sum(w.estimate for lane in lanes for w in lane) or 1
         done = [0]
         progress_lock = threading.Lock()
 
-        def run(item: Stream | SmallDeltas) -> list[tuple[Stream, StreamOutcome]]:
+        def run(lane: int) -> list[tuple[Stream, StreamOutcome]]:
+            reader.enter_lane(lane)
+            out: list[tuple[Stream, StreamOutcome]] = []
             try:
-                if isinstance(item, SmallDeltas):
-                    outcome = reader.run_small_deltas(item, self.chunks, flag)
-                else:
-                    outcome = [(item, reader.run_stream(item, self.chunks, flag))]
+                for item in lanes[lane]:
+                    if flag.is_set():
+                        raise StreamCancelled()
+                    if isinstance(item, SmallDeltas):
+                        out += reader.run_small_deltas(item, self.chunks, flag)
+                    else:
+                        out.append((item, reader.run_stream(item, self.chunks, flag)))
+                    if request.on_progress is not None:
+                        with progress_lock:
+                            done[0] += item.estimate
+                            request.on_progress(min(0.99, done[0] / total_estimate))
             except BaseException:
                 abort.set()
                 raise
-            if request.on_progress is not None:
-                with progress_lock:
-                    done[0] += item.estimate
-                    request.on_progress(min(0.99, done[0] / total_estimate))
-            return outcome
+            return out
 
-        futures = [self.table_pool.submit(run, w) for w in work]
+        futures = [self.table_pool.submit(run, lane) for lane in range(len(lanes)) if lanes[lane]]
         outcomes: dict[int, StreamOutcome] = {}
         first_error: BaseException | None = None
         sizes: dict[int, int] = {}

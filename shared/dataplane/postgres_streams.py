@@ -8,9 +8,10 @@ the server with ``k - row_number()``), so dense keys are a few lines and appends
 change a few lines; other keys as a key list. Key sets are chunked with small content-defined
 chunks so unchanged key ranges dedupe against the previous one.
 
-A :class:`DbReader` holds one database's worker connections, each importing the database's
-snapshot and locking every table ``NOWAIT`` as it opens (a lock asked for later could queue
-behind a DDL statement waiting for the coordinator's locks, for ever). Large tables stream
+The work is split into lanes (:func:`assign_lanes`: balanced, largest first). A
+:class:`DbReader` holds one database's worker connections, one per lane, each importing the
+database's snapshot and locking every table of its lane ``NOWAIT`` as it opens (a lock asked
+for later could queue behind a DDL statement waiting for the coordinator's locks, for ever). Large tables stream
 through a ``psql`` child (C speed, 1 MiB pipe reads; a lock it cannot get ``NOWAIT`` falls
 back to the worker's connection, which holds it); small ones through the worker's psycopg
 connection. Small delta tables are read in batches (:class:`SmallDeltas`). Every stream is cut
@@ -49,7 +50,9 @@ __all__ = [
     "StreamOutcome",
     "StreamSettings",
     "TablePlan",
+    "assign_lanes",
     "key_stream",
+    "lane_tables",
     "plan_table",
     "table_backup",
     "work_items",
@@ -224,6 +227,31 @@ def work_items(plans: Sequence[TablePlan]) -> list[Stream | SmallDeltas]:
     return work
 
 
+def assign_lanes(
+    work: Sequence[Stream | SmallDeltas], count: int
+) -> list[list[Stream | SmallDeltas]]:
+    """``work`` split into ``count`` lanes: each item, largest first, to the lane with the
+    least estimated work so far (the lanes end close together)."""
+    lanes: list[list[Stream | SmallDeltas]] = [[] for _ in range(max(1, count))]
+    loads = [0] * len(lanes)
+    for item in sorted(work, key=lambda w: w.estimate, reverse=True):
+        lane = loads.index(min(loads))
+        lanes[lane].append(item)
+        loads[lane] += max(1, item.estimate)
+    return lanes
+
+
+def lane_tables(items: Sequence[Stream | SmallDeltas]) -> list[Table]:
+    """The tables a lane reads (each once)."""
+    tables: dict[int, Table] = {}
+    for item in items:
+        if isinstance(item, SmallDeltas):
+            tables.update((p.table.oid, p.table) for p in item.plans)
+        else:
+            tables[item.table.oid] = item.table
+    return list(tables.values())
+
+
 def plan_table(
     table: Table,
     previous: Manifest | None,
@@ -347,25 +375,33 @@ class DbReader:
     encoding: str
     snapshot_id: str
     _conns: dict[int, psycopg.Connection[Any]] = field(default_factory=dict)
-    _idle: list[psycopg.Connection[Any]] = field(default_factory=list)
-    _tables: Sequence[Table] = ()
+    """Lane → its worker connection."""
+    _lanes: list[list[Table]] = field(default_factory=list)
+    _local: threading.local = field(default_factory=threading.local)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def open_workers(self, count: int, tables: Sequence[Table]) -> None:
-        """Open the workers' connections now, each importing the snapshot and locking every
-        table ``NOWAIT``: a reader that asked for its lock later would queue behind any DDL
-        statement waiting for the coordinator's locks, and wait for ever."""
-        self._tables = tables
-        for _ in range(count):
-            self._idle.append(self._new_conn())
+    def open_lanes(self, lanes: Sequence[Sequence[Table]]) -> None:
+        """One worker connection per lane, opened now: each imports the snapshot and locks
+        ``NOWAIT`` every table its lane will read (a reader that asked for its lock later
+        would queue behind any DDL statement waiting for the coordinator's locks, and wait
+        for ever). A table is locked by the lane that reads it, not by every worker, so all
+        workers together hold about one lock per table in the server's lock table."""
+        self._lanes = [list(tables) for tables in lanes]
+        for lane, tables in enumerate(self._lanes):
+            if tables:
+                self._conns[lane] = self._new_conn(lane)
 
-    def _new_conn(self) -> psycopg.Connection[Any]:
+    def enter_lane(self, lane: int) -> None:
+        """This thread reads the tables of ``lane`` (on that lane's connection)."""
+        self._local.lane = lane
+
+    def _new_conn(self, lane: int) -> psycopg.Connection[Any]:
         conn = self.adapter.connect(
             self.name, step=f"connect to database {self.name}", encoding=self.encoding
         )
         try:
             self.begin(conn, f"import snapshot in database {self.name}")
-            lock_tables(conn, self._tables, self.name, nowait=True)
+            lock_tables(conn, self._lanes[lane], self.name, nowait=True)
         except BaseException:
             conn.close()
             raise
@@ -386,22 +422,18 @@ class DbReader:
             raise err from None
 
     def _worker_conn(self) -> psycopg.Connection[Any]:
-        ident = threading.get_ident()
+        lane: int = getattr(self._local, "lane", 0)
         with self._lock:
-            conn = self._conns.get(ident)
-        if conn is not None:
-            return conn
-        with self._lock:
-            conn = self._idle.pop() if self._idle else None
-        if conn is None:
-            conn = self._new_conn()
-        with self._lock:
-            self._conns[ident] = conn
+            conn = self._conns.get(lane)
+        if conn is None:  # dropped after an error: a new one locks the lane's tables again
+            conn = self._new_conn(lane)
+            with self._lock:
+                self._conns[lane] = conn
         return conn
 
     def _drop_conn(self) -> None:
         with self._lock:
-            conn = self._conns.pop(threading.get_ident(), None)
+            conn = self._conns.pop(getattr(self._local, "lane", 0), None)
         if conn is not None:
             with contextlib.suppress(psycopg.Error):
                 conn.close()
@@ -476,9 +508,8 @@ class DbReader:
 
     def close(self) -> None:
         with self._lock:
-            conns = [*self._conns.values(), *self._idle]
+            conns = list(self._conns.values())
             self._conns.clear()
-            self._idle.clear()
         for conn in conns:
             with contextlib.suppress(psycopg.Error):
                 conn.close()

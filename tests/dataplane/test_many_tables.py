@@ -126,3 +126,47 @@ def test_small_tables_are_read_in_batches_and_store_what_one_copy_per_table_stor
         )
         restored = iter_table_rows(store, chain, db, "public", name)
         assert rows_digest(restored, sort=True) == expected, name
+
+
+def test_each_table_is_locked_by_the_one_worker_that_reads_it(
+    pg: PgServer, tmp_path: Path, databases: list[str]
+) -> None:
+    """The server's lock table holds about three locks per table during a backup (the
+    coordinator's, the reading worker's, the schema dump's), not one per worker: a schema of
+    thousands of tables fits where ``pg_dump -j`` fits."""
+    db = pg.create_database("locks")
+    databases.append(db)
+    with pg.connect(db) as conn:
+        for i in range(20):
+            conn.execute(f"CREATE TABLE t{i} (id int PRIMARY KEY)")
+            conn.execute(f"INSERT INTO t{i} SELECT generate_series(1, {i + 1})")
+    seen: dict[str, dict[int, int]] = {}
+
+    def holders(snapshots: Any) -> None:
+        if db not in snapshots:
+            return
+        with pg.connect(db) as conn:
+            rows = conn.execute(
+                "SELECT l.relation::regclass::text, l.pid FROM pg_locks l"
+                " JOIN pg_class c ON c.oid = l.relation"
+                " WHERE l.database = (SELECT oid FROM pg_database WHERE datname = %s)"
+                " AND l.mode = 'AccessShareLock' AND l.granted AND c.relkind = 'r'"
+                " AND c.relnamespace = 'public'::regnamespace"
+                " AND l.pid <> pg_backend_pid()",
+                (db,),
+            ).fetchall()
+        for table, pid in rows:
+            seen.setdefault(str(table), {})[int(pid)] = 1
+
+    store = ObjectStore((tmp_path / "store").as_uri())
+    adapter = pg.adapter(parallelism=2)
+    adapter.full_backup(BackupRequest(store, "c", "full", on_snapshots=holders))
+    assert sorted(seen) == sorted(f"t{i}" for i in range(20))
+    per_pid: dict[int, int] = {}
+    for pids in seen.values():
+        assert len(pids) >= 2  # the coordinator and the worker of the table's lane
+        for pid in pids:
+            per_pid[pid] = per_pid.get(pid, 0) + 1
+    # Only the coordinator and the schema dump hold every table; each worker holds its lane's.
+    assert sum(1 for count in per_pid.values() if count == 20) <= 2
+    assert sum(1 for count in per_pid.values() if count < 20) == 2
