@@ -41,8 +41,9 @@ What a backup holds
   ``--lock-wait-timeout`` and a retake. ``pg_dump`` also reads some definitions (views,
   functions, types) in the current catalog, not the snapshot: one dropped meanwhile fails it,
   and that too retakes the snapshot. A sequence dropped before its value is read does too.
-  Once the locks are checked the schema dump starts, then the workers lock, then sequences and
-  the database's own state are read; any retake stops that attempt's schema dump. Tables are
+  The schema dump starts as soon as the snapshot is taken (it reads the snapshot and takes
+  its own locks) while the tables are listed, locked and checked, the workers lock, and
+  sequences and the database's own state are read; a retake stops that attempt's dump. Tables are
   then read in parallel (``parallelism`` lanes, default 2, balanced and largest first by the
   statistics' ``relpages``, as ``pg_dump -j`` orders them): no DDL can rewrite them under the
   snapshot.
@@ -660,25 +661,26 @@ class _BackupRun:
             if prev_db is not None:
                 db_reason = database_whole_reason(prev_db, snapshot, info.oid)
         try:
-            step = f"read catalog of database {name}"
-            try:
-                schemas = read_schemas(conn)
-                table_rows, tables = read_tables(conn)
-            except psycopg.Error as exc:
-                raise pg_error(exc, step) from None
-            lock_tables(conn, tables, name)
-            check_identities(conn, tables, [int(r[11]) for r in table_rows], name)
-            # The snapshot holds: the schema dump (the longest step on a schema of thousands
-            # of tables) starts now, while the rest of the database's state is read.
+            # The schema dump (the longest step on a schema of thousands of tables) reads the
+            # snapshot and takes its own locks: it starts now, while the tables are listed,
+            # locked and checked. Any retake stops it (and its result is never used).
             schema_future = self.dump_pool.submit(
                 self.dump_schema, name, snapshot.snapshot_id, flag
             )
-            plans = [
-                plan_table(t, previous, name, snapshot, db_reason, self.stream_settings)
-                for t in tables
-            ]
-            lanes = assign_lanes(work_items(plans), adapter.parallelism)
+            step = f"read catalog of database {name}"
             try:
+                try:
+                    schemas = read_schemas(conn)
+                    table_rows, tables = read_tables(conn)
+                except psycopg.Error as exc:
+                    raise pg_error(exc, step) from None
+                lock_tables(conn, tables, name)
+                check_identities(conn, tables, [int(r[11]) for r in table_rows], name)
+                plans = [
+                    plan_table(t, previous, name, snapshot, db_reason, self.stream_settings)
+                    for t in tables
+                ]
+                lanes = assign_lanes(work_items(plans), adapter.parallelism)
                 reader.open_lanes([lane_tables(lane) for lane in lanes])
                 try:
                     sequences = read_sequences(conn)
