@@ -41,7 +41,6 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .engine import RestoreError
 from .manifest import Manifest
-from .postgres import find_pg_tool, quote_ident
 from .restore_rows import (
     fetch_to_file,
     iter_stream,
@@ -49,6 +48,8 @@ from .restore_rows import (
     restore_table,
     table_history,
 )
+from .sql import quote_ident
+from .tools import find_pg_tool
 
 __all__ = [
     "ClusterAccess",
