@@ -164,6 +164,28 @@ class BackupVerified(EventBase):
     command_id: UUID | None
 
 
+class BackupExpired(EventBase):
+    """A COMPLETE backup's chain reached its expiry: it is no longer listed nor restorable."""
+
+    type: Literal["BackupExpired"] = "BackupExpired"
+    backup_id: UUID
+    chain_id: UUID
+    reason: str = Field(description="Why it expired (which retention rule, in words).")
+    chain_expires_at: datetime = Field(description="When its chain expired under that rule.")
+
+
+class BackupDeleted(EventBase):
+    """A backup's stored objects were deleted with its chain (its region store's chain prefix).
+    The chain's full carries the chain's totals; its other backups carry zeros."""
+
+    type: Literal["BackupDeleted"] = "BackupDeleted"
+    backup_id: UUID
+    chain_id: UUID
+    objects_deleted: int
+    bytes_freed: int = Field(description="Stored bytes the deletion freed.")
+    reason: str
+
+
 class ApiKeyIssued(EventBase):
     type: Literal["ApiKeyIssued"] = "ApiKeyIssued"
     key_id: str
@@ -272,6 +294,8 @@ DomainEvent = Annotated[
     | BackupCompleted
     | BackupFailed
     | BackupVerified
+    | BackupExpired
+    | BackupDeleted
     | ApiKeyIssued
     | ApiKeyRevoked
     | CommandHandled

@@ -16,6 +16,8 @@ from typing import Any
 from managed_backups.contracts.enums import BackupStatus, BackupType
 from managed_backups.contracts.events import (
     BackupCompleted,
+    BackupDeleted,
+    BackupExpired,
     BackupFailed,
     BackupScheduled,
     BackupSettingsUpdated,
@@ -28,7 +30,11 @@ from managed_backups.contracts.events import (
     EventBase,
 )
 from managed_backups.services.projections import restore_views
-from managed_backups.shared.domain.backup_lifecycle import listed_backup_sql
+from managed_backups.shared.domain.backup_lifecycle import (
+    deleted_cluster_until,
+    kept_past_retention,
+    listed_backup_sql,
+)
 from managed_backups.shared.sqldb import Cursor, SqlDatabase
 
 PROJECTION_NAME = "views"
@@ -74,14 +80,20 @@ class ReadModels:
             "cluster_id TEXT NOT NULL, doc TEXT NOT NULL)",
             f"CREATE INDEX IF NOT EXISTS {p}audit_by_cluster ON {p}audit (cluster_id, position)",
             *restore_views.create_statements(p),
+            # Per cluster, what the retention rules need to list: its newest restorable chain
+            # (the newest COMPLETE full) and, once deleted, until when its backups are kept.
+            f"CREATE TABLE IF NOT EXISTS {p}retention (cluster_id TEXT PRIMARY KEY, "
+            "kept_chain_id TEXT, kept_data_from TEXT, deleted_until TEXT)",
         ]
+        if not self.db.table_exists(f"{p}retention") and self.db.table_exists(f"{p}position"):
+            self.drop()  # views built before the retention table: rebuilt from the log
         with self.db.transaction() as cursor:
             for statement in statements:
                 cursor.execute(statement)
 
     def drop(self) -> None:
         with self.db.transaction() as cursor:
-            for table in ("position", "clusters", "backups", "audit", "restores"):
+            for table in ("position", "clusters", "backups", "audit", "restores", "retention"):
                 cursor.execute(f"DROP TABLE IF EXISTS {self.p}{table}")
 
     def position(self) -> int:
@@ -193,6 +205,9 @@ class ReadModels:
             if isinstance(event, ClusterDeleted):
                 doc["state"] = "DELETED"
                 doc["deleted_at"] = ts(event.occurred_at)
+                until = deleted_cluster_until(event.occurred_at, event.retention_days)
+                doc["backups_kept_until"] = ts(until)
+                self._put_retention(cursor, event.cluster_id, deleted_until=ts(until))
             else:
                 if isinstance(event, ClusterTierChanged):
                     doc["tier"] = event.tier.value
@@ -252,11 +267,17 @@ class ReadModels:
             if doc is None:
                 return
             if isinstance(event, BackupCompleted):
+                expires_at = ts(event.expires_at)
+                if doc["type"] == BackupType.FULL.value:
+                    self._full_completed(cursor, doc["cluster_id"], doc["id"], event.as_of_time)
+                else:  # an incremental expires with its full
+                    full = self._backup_doc(cursor, doc["chain_id"])
+                    expires_at = full["expires_at"] if full is not None else expires_at
                 doc.update(
                     status=BackupStatus.COMPLETE.value,
                     as_of_time=ts(event.as_of_time),
                     ended_at=ts(event.occurred_at),
-                    expires_at=ts(event.expires_at),
+                    expires_at=expires_at,
                     size_bytes=event.size_bytes,
                     database_count=event.database_count,
                     catalog=[db.model_dump() for db in event.catalog],
@@ -278,6 +299,81 @@ class ReadModels:
                     "corrupt_chunks": event.corrupt_chunks,
                 }
             self._put_backup(cursor, doc)
+        elif isinstance(event, BackupExpired | BackupDeleted):
+            doc = self._backup_doc(cursor, str(event.backup_id))
+            if doc is None:
+                return
+            if isinstance(event, BackupExpired):
+                doc.update(
+                    status=BackupStatus.EXPIRED.value,
+                    expired_at=ts(event.occurred_at),
+                    expired_because=event.reason,
+                )
+            else:
+                doc.update(
+                    deleted_at=ts(event.occurred_at),
+                    bytes_freed=event.bytes_freed,
+                    objects_deleted=event.objects_deleted,
+                )
+            self._put_backup(cursor, doc)
+
+    def _retention_row(self, cursor: Cursor, cluster_id: str) -> tuple[Any, ...] | None:
+        cursor.execute(
+            f"SELECT kept_chain_id, kept_data_from, deleted_until FROM {self.p}retention "
+            "WHERE cluster_id = ?",
+            (cluster_id,),
+        )
+        row = cursor.fetchone()
+        return tuple(row) if row else None
+
+    def _put_retention(self, cursor: Cursor, cluster_id: str, **values: str | None) -> None:
+        row = self._retention_row(cursor, cluster_id) or (None, None, None)
+        current = dict(zip(("kept_chain_id", "kept_data_from", "deleted_until"), row, strict=True))
+        current.update(values)
+        cursor.execute(
+            f"INSERT INTO {self.p}retention (cluster_id, kept_chain_id, kept_data_from, "
+            "deleted_until) VALUES (?, ?, ?, ?) ON CONFLICT (cluster_id) DO UPDATE SET "
+            "kept_chain_id = excluded.kept_chain_id, kept_data_from = excluded.kept_data_from, "
+            "deleted_until = excluded.deleted_until",
+            (
+                cluster_id,
+                current["kept_chain_id"],
+                current["kept_data_from"],
+                current["deleted_until"],
+            ),
+        )
+
+    def _full_completed(
+        self, cursor: Cursor, cluster_id: str, backup_id: str, data_from: datetime
+    ) -> None:
+        """Rule "a live cluster never loses its newest restorable chain": track that chain."""
+        row = self._retention_row(cursor, cluster_id)
+        newest = ts(data_from)
+        if row is None or row[1] is None or (newest or "") > row[1]:
+            self._put_retention(cursor, cluster_id, kept_chain_id=backup_id, kept_data_from=newest)
+
+    def _with_retention(self, cluster_id: str, docs: list[dict[str, Any]], now: datetime) -> None:
+        """Say, on each listed backup, when its chain expires under the retention rules."""
+        rows = self.db.query(
+            f"SELECT kept_chain_id, deleted_until FROM {self.p}retention WHERE cluster_id = ?",
+            (cluster_id,),
+        )
+        kept_chain, deleted_until = (rows[0][0], parse_ts(rows[0][1])) if rows else (None, None)
+        for doc in docs:
+            own = parse_ts(doc.get("expires_at"))
+            kept = doc["chain_id"] == kept_chain
+            past = kept_past_retention(own, kept, now)
+            doc["kept_past_retention"] = past
+            if past:
+                doc["expires_at"] = ts(deleted_until)
+                doc["retention_note"] = (
+                    "kept past its retention: the cluster's newest restorable backup chain is "
+                    "kept until a newer full backup completes"
+                    if deleted_until is None
+                    else "kept past its retention until the deleted cluster's backups are deleted"
+                )
+            elif deleted_until is not None and (own is None or own > deleted_until):
+                doc["expires_at"] = ts(deleted_until)
 
     # -- queries --------------------------------------------------------------------------
 
@@ -320,7 +416,7 @@ class ReadModels:
         p = self.p
         sql = (
             f"SELECT b.doc FROM {p}backups b WHERE b.cluster_id = ? "
-            f"AND {listed_backup_sql(f'{p}backups')}"
+            f"AND {listed_backup_sql(f'{p}backups', 'b', f'{p}retention')}"
         )
         params: list[Any] = [cluster_id, ts(now), ts(now)]
         if start is not None:
@@ -333,6 +429,7 @@ class ReadModels:
         params += [page.limit + 1, (page.page - 1) * page.limit]
         rows = self.db.query(sql, params)
         docs = [json.loads(r[0]) for r in rows]
+        self._with_retention(cluster_id, docs, now)
         return docs[: page.limit], len(docs) > page.limit
 
     def incomplete_backups(self, cluster_id: str) -> list[dict[str, Any]]:
@@ -355,7 +452,7 @@ class ReadModels:
         """Every row of every table (for comparing a rebuilt projection with the live one)."""
         return {
             table: [list(r) for r in self.db.query(f"SELECT * FROM {self.p}{table} ORDER BY 1")]
-            for table in ("clusters", "backups", "audit", "restores", "position")
+            for table in ("clusters", "backups", "audit", "restores", "position", "retention")
         }
 
     def restores(self, cluster_id: str, page: int, limit: int) -> tuple[list[dict[str, Any]], bool]:

@@ -1,4 +1,5 @@
-"""The Backup aggregate: one backup's life, IN_PROGRESS → COMPLETE | FAILED (→ EXPIRED).
+"""The Backup aggregate: one backup's life, IN_PROGRESS → COMPLETE | FAILED (→ EXPIRED), then
+its stored objects deleted (``BackupDeleted``, recorded by the retention service only).
 
 Its id derives from the cluster id and the backup id (deterministic for a scheduled slot), so a
 duplicate TakeBackup collides with the stream that already exists and does nothing, and no tenant's
@@ -60,6 +61,8 @@ class Backup(Aggregate):
         self.expires_at: datetime | None = None
         self.size_bytes = 0
         self.error: dict[str, str] | None = None
+        self.expired_at: datetime | None = None
+        self.deleted_at: datetime | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -173,6 +176,61 @@ class Backup(Aggregate):
         by: str,
     ) -> None:
         self.verified_ok = ok
+
+    def expire(self, reason: str, chain_expires_at: datetime, at: datetime, by: str) -> None:
+        """Record that the backup's chain expired (only a COMPLETE backup, once)."""
+        self._expired(
+            cluster_id=self.cluster_id,
+            backup_id=self.backup_id,
+            chain_id=self.chain_id,
+            reason=reason,
+            chain_expires_at=chain_expires_at,
+            at=at,
+            by=by,
+        )
+
+    @event("BackupExpired")
+    def _expired(
+        self,
+        cluster_id: str,
+        backup_id: UUID,
+        chain_id: UUID,
+        reason: str,
+        chain_expires_at: datetime,
+        at: datetime,
+        by: str,
+    ) -> None:
+        self.status = BackupStatus.EXPIRED.value
+        self.expired_at = at
+
+    def record_deleted(
+        self, objects_deleted: int, bytes_freed: int, reason: str, at: datetime, by: str
+    ) -> None:
+        """Record that the backup's stored objects are gone (once)."""
+        self._deleted(
+            cluster_id=self.cluster_id,
+            backup_id=self.backup_id,
+            chain_id=self.chain_id,
+            objects_deleted=objects_deleted,
+            bytes_freed=bytes_freed,
+            reason=reason,
+            at=at,
+            by=by,
+        )
+
+    @event("BackupDeleted")
+    def _deleted(
+        self,
+        cluster_id: str,
+        backup_id: UUID,
+        chain_id: UUID,
+        objects_deleted: int,
+        bytes_freed: int,
+        reason: str,
+        at: datetime,
+        by: str,
+    ) -> None:
+        self.deleted_at = at
 
 
 def load_backup(store: EventStore, cluster_id: str, backup_id: UUID) -> Backup | None:
