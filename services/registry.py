@@ -59,6 +59,11 @@ SERVICES: tuple[Service, ...] = (
         "managed_backups.services.restore.service:run",
         "restores a cluster, a database or tables from a backup",
     ),
+    Service(
+        "retention",
+        "managed_backups.services.retention.service:run",
+        "expires backups by the retention rules and deletes their stored objects",
+    ),
     Service("api", "managed_backups.services.api.app:run", "the HTTP API"),
 )
 

@@ -59,6 +59,11 @@ class Settings(BaseSettings):
         "fails the restore (its worker died) and drops its temporary databases.",
     )
     max_concurrent_restores: int = 2
+    retention_interval_minutes: float = Field(
+        default=5.0,
+        description="The retention service runs a pass every this many minutes of the system "
+        "clock (simulated or not), and on demand (EnforceRetention).",
+    )
     service_credential: str | None = Field(
         default=None,
         repr=False,

@@ -1,0 +1,1 @@
+"""The retention service: expires backup chains by the retention rules and deletes their objects."""

@@ -17,6 +17,7 @@ def test_every_service_has_a_composition_root() -> None:
         "scheduler",
         "backup-executor",
         "restore",
+        "retention",
         "api",
     )
     for service in SERVICES:

@@ -1,0 +1,92 @@
+"""Composition root of the retention service: retention-commands consumer + the periodic pass.
+
+``EnforceRetention`` on ``managed-backups.retention-commands`` runs a pass on demand (one cluster:
+a principal who may change that cluster's backup settings; every cluster: an administrator). A
+pass also runs every ``retention_interval_minutes`` of the system clock (simulated or not); a
+simulated clock's reached time is reported once the pass for it has run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+from pydantic import TypeAdapter
+
+from managed_backups.contracts import topics
+from managed_backups.contracts.commands import EnforceRetention, RetentionCommand
+from managed_backups.services.retention.retention import Retention
+from managed_backups.services.runtime import Runtime
+from managed_backups.shared.bus import ensure_topics, make_broker, subscribe_commands
+from managed_backups.shared.commands import CommandContext, CommandProcessor, Handled, Handler
+from managed_backups.shared.domain.cluster import Cluster
+from managed_backups.shared.domain.errors import NotFound
+from managed_backups.shared.domain.roles import Action
+from managed_backups.shared.security import Principal
+
+log = logging.getLogger(__name__)
+GROUP = "managed-backups.retention"
+NAME = "retention"
+
+
+def enforce_handler(retention: Retention, lock: asyncio.Lock) -> Handler:
+    def handle(command: EnforceRetention, principal: Principal, context: CommandContext) -> Handled:
+        if command.cluster_id is None:
+            principal.require(Action.ADMINISTER)
+        else:
+            cluster = context.store.get_or_none(Cluster.create_id(command.cluster_id), Cluster)
+            if cluster is None:
+                raise NotFound(f"cluster {command.cluster_id} is not registered")
+            principal.require_on_cluster(
+                Action.CHANGE_BACKUP_SETTINGS, cluster.organization, cluster.cluster_id
+            )
+
+        async def run_pass() -> None:
+            async with lock:
+                report = await asyncio.to_thread(
+                    retention.enforce, context.clock.now(), command.cluster_id
+                )
+            log.info("retention pass on demand (%s): %s", command.cluster_id or "all", report)
+
+        return Handled([], command.cluster_id, follow_up=run_pass)
+
+    return handle
+
+
+async def run(runtime: Runtime, stop: asyncio.Event) -> None:
+    settings = runtime.settings
+    await ensure_topics(settings.kafka_bootstrap_servers)
+    name = f"{NAME}-{settings.instance}"
+    retention = Retention(runtime.store, runtime.db, settings.region_store_url, NAME)
+    lock = asyncio.Lock()
+    broker = make_broker(settings.kafka_bootstrap_servers, name)
+    processor = CommandProcessor(
+        topics.RETENTION_COMMANDS,
+        TypeAdapter(RetentionCommand),
+        {"EnforceRetention": enforce_handler(retention, lock)},
+        CommandContext(runtime.store, runtime.clock, NAME),
+        runtime.authenticator,
+    )
+    subscribe_commands(broker, processor, GROUP)
+    await broker.start()
+    interval = timedelta(minutes=settings.retention_interval_minutes)
+    clock = runtime.clock
+    due = clock.now()
+    try:
+        while not stop.is_set():
+            now = clock.now()
+            try:
+                if now >= due:
+                    async with lock:
+                        report = await asyncio.to_thread(retention.enforce, now)
+                    due = now + interval
+                    if report.chains_deleted or report.backups_expired or report.errors:
+                        log.info("retention pass at %s: %s", now.isoformat(), report)
+                if clock.simulated:  # everything due up to ``now`` is done
+                    await asyncio.to_thread(clock.report_reached, NAME, now)
+            except Exception:
+                log.exception("retention pass failed; the next one retries")
+            await clock.sleep_until(due, 1.0)
+    finally:
+        await broker.stop()
