@@ -1,0 +1,388 @@
+"""The retention service's rules over 60+ simulated days, on the real event store and both object
+stores, compared day by day with an independent statement of the rules.
+
+The backups come from a stand-in executor (:class:`StandIn`): it records each scheduled slot's
+``BackupStarted`` and ``BackupCompleted`` (or ``BackupFailed``) exactly as the executor's
+bookkeeping does, and writes small objects at the real keys of the chain (a manifest per backup,
+a chunk) through the data plane's store API, instead of taking a PostgreSQL backup per slot
+(thousands of slots per run). The slots follow the scheduler's cadence rule
+(:func:`backup_type_for`).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from managed_backups.contracts.enums import BackupType
+from managed_backups.services.projections.read_models import Page, ReadModels
+from managed_backups.services.projections.service import Projector
+from managed_backups.services.retention.retention import Retention
+from managed_backups.services.scheduler.cadence import ScheduleView, backup_type_for
+from managed_backups.shared.dataplane.manifest import chain_prefix, chunk_key, manifest_key
+from managed_backups.shared.dataplane.objectstore import ObjectStore
+from managed_backups.shared.domain.backup import Backup
+from managed_backups.shared.domain.backup_lifecycle import backup_expires_at
+from managed_backups.shared.domain.backup_settings import SettingsChange
+from managed_backups.shared.domain.cluster import Cluster
+from managed_backups.shared.eventstore import EventStore, open_event_store
+from managed_backups.shared.jobs import JobLeases, holding
+from managed_backups.shared.sqldb import SqlDatabase
+from tests.infra.s3 import ACCESS_KEY_ID, DEFAULT_REGION, SECRET_ACCESS_KEY, create_bucket
+from tests.infra.testing import s3_for_tests
+from tests.unit.test_retention_rules import B, stated_listed
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+REGION = "us-east-1"
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    with s3_for_tests() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(params=["local", "s3"])
+def object_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "local":
+        return (tmp_path / "objects").as_uri()
+    endpoint: str = request.getfixturevalue("s3_endpoint")
+    bucket = f"mb-{uuid.uuid4().hex[:12]}"
+    create_bucket(endpoint, bucket)
+    return (
+        f"s3://{bucket}/backups?endpoint={endpoint}&region={DEFAULT_REGION}&allow_http=true"
+        f"&access_key_id={ACCESS_KEY_ID}&secret_access_key={SECRET_ACCESS_KEY}"
+    )
+
+
+@dataclass
+class StandIn:
+    """The cluster, its schedule and a stand-in executor, on the real event store and store."""
+
+    store: EventStore
+    objects: ObjectStore
+    cluster_id: str
+    frequency_minutes: int
+    retention_days: int
+    history: list[B] = field(default_factory=list)
+    chain: dict[str, object] | None = None
+    chain_complete: bool = False
+    full_required: bool = False
+    deleted_at: datetime | None = None
+    pending: list[Backup] = field(default_factory=list)
+
+    def register(self) -> Cluster:
+        cluster = Cluster(
+            cluster_id=self.cluster_id,
+            name=self.cluster_id,
+            organization="acme",
+            tier="STANDARD",
+            regions=[REGION],
+            engine="postgres",
+            database_version="15",
+            connection_ref=f"postgresql://u@h/{self.cluster_id}",
+            backup_region=REGION,
+            enabled=True,
+            frequency_minutes=self.frequency_minutes,
+            retention_days=self.retention_days,
+            command_id=None,
+            at=T0,
+            by="test",
+        )
+        self.store.save_all(cluster)
+        return cluster
+
+    def change_retention(self, retention_days: int) -> None:
+        cluster = self.store.get_or_none(Cluster.create_id(self.cluster_id), Cluster)
+        assert cluster is not None
+        decision = cluster.decide_settings(SettingsChange(retention_days=retention_days))
+        cluster.update_backup_settings(decision, None, T0, "test")
+        self.store.save_all(cluster)
+        self.retention_days = retention_days
+        self.full_required = decision.full_backup_required  # a retention change takes a full
+
+    def delete(self, at: datetime) -> None:
+        cluster = self.store.get_or_none(Cluster.create_id(self.cluster_id), Cluster)
+        assert cluster is not None
+        cluster.delete(None, at, "test")
+        self.store.save_all(cluster)
+        self.deleted_at = at
+
+    def take(self, slot: datetime, fail: bool) -> None:
+        view = ScheduleView(
+            enabled=True,
+            deleted=False,
+            frequency_minutes=self.frequency_minutes,
+            generation=0,
+            generation_start=T0,
+            full_backup_required=self.full_required,
+            last_scheduled=None,
+            chain=self.chain,
+        )
+        kind = backup_type_for(view, slot, self.chain_complete)
+        backup_id = uuid.uuid5(uuid.NAMESPACE_URL, f"{self.cluster_id}/{slot.isoformat()}")
+        if kind is BackupType.FULL:
+            chain_id = backup_id
+            self.chain = {
+                "chain_id": backup_id,
+                "slot": slot,
+                "retention_days": self.retention_days,
+            }
+            self.full_required = False
+        else:
+            assert self.chain is not None
+            chain_id = self.chain["chain_id"]  # type: ignore[assignment]
+        backup = Backup(
+            backup_id=backup_id,
+            cluster_id=self.cluster_id,
+            backup_type=kind.value,
+            chain_id=chain_id,
+            reason="SCHEDULED",
+            region=REGION,
+            retention_days=self.retention_days,
+            scheduled_for=slot,
+            executor="stand-in",
+            lease_until=slot + timedelta(minutes=5),
+            command_id=None,
+            at=slot,
+            by="stand-in",
+        )
+        cid, chain = self.cluster_id, str(chain_id)
+        digest = uuid.uuid5(uuid.NAMESPACE_URL, str(backup_id)).hex * 2
+        self.objects.put_if_absent(chunk_key(cid, chain, digest), b"rows " + digest.encode())
+        if fail:
+            backup.fail("STAND_IN", "the stand-in failed this slot", "copy", slot, "stand-in")
+        else:
+            self.objects.put_new(manifest_key(cid, chain, str(backup_id)), b'{"stand-in": 1}')
+            backup.complete(
+                as_of_time=slot,
+                size_bytes=100,
+                database_count=1,
+                catalog=[],
+                manifest_key=manifest_key(cid, chain, str(backup_id)),
+                expires_at=backup_expires_at(slot, self.retention_days),
+                at=slot,
+                by="stand-in",
+            )
+        self.pending.append(backup)
+        if kind is BackupType.FULL:
+            self.chain_complete = not fail
+        self.history.append(
+            B(
+                str(backup_id),
+                chain,
+                kind is BackupType.FULL,
+                "FAILED" if fail else "COMPLETE",
+                slot,
+                self.retention_days,
+            )
+        )
+
+    def flush(self) -> None:
+        """Record the backups taken since the last flush (one save: the log is the same as with
+        one save per backup, and a long run on the 5-minute setting stays fast)."""
+        if self.pending:
+            self.store.save_all(*self.pending)
+            self.pending = []
+
+    def stated(self, now: datetime) -> set[str]:
+        deleted = (self.deleted_at, self.retention_days) if self.deleted_at else None
+        return stated_listed(self.history, now, deleted)
+
+    def chains_in_store(self) -> set[str]:
+        prefix = f"{chain_prefix(self.cluster_id, 'x').rsplit('/', 1)[0]}/"
+        return {info.key[len(prefix) :].split("/", 1)[0] for info in self.objects.list(prefix)}
+
+
+def listed(models: ReadModels, cluster_id: str, now: datetime) -> list[dict[str, object]]:
+    docs, more = models.listed_backups(cluster_id, now, None, None, Page(1, 100_000, False))
+    assert not more
+    return docs
+
+
+def check(sim: StandIn, models: ReadModels, projector: Projector, now: datetime) -> None:
+    """The listing matches the rules' statement; the store holds exactly the listed chains."""
+    projector.catch_up()
+    docs = listed(models, sim.cluster_id, now)
+    stated = sim.stated(now)
+    assert {str(d["id"]) for d in docs} == stated, now
+    by_id = {b.backup_id: b for b in sim.history}
+    assert sim.chains_in_store() == {by_id[b].chain_id for b in stated}, now
+    for doc in docs:
+        b = by_id[str(doc["id"])]
+        assert sim.objects.exists(manifest_key(sim.cluster_id, b.chain_id, b.backup_id))
+        full = by_id[b.chain_id]
+        own = backup_expires_at(full.data_from, full.retention_days)
+        if own > now:
+            assert doc["expires_at"] is not None and not doc["kept_past_retention"]
+        else:
+            assert doc["kept_past_retention"], (now, doc)
+
+
+SETTINGS = [
+    # (store, frequency minutes, retention days, retention after the change on day 31). The
+    # 5-minute setting (17,856 slots) runs on the local store only: on the S3 server it would
+    # take minutes of CI time while proving nothing the other two settings do not.
+    ("local", 5, 2, 7),
+    ("local", 60, 7, 2),
+    ("s3", 60, 7, 2),
+    ("local", 1440, 30, 7),
+    ("s3", 1440, 30, 7),
+]
+
+
+@pytest.mark.parametrize(
+    ("object_store_url", "frequency", "retention", "changed"),
+    SETTINGS,
+    indirect=["object_store_url"],
+)
+def test_62_days_of_retention_match_the_rules(
+    frequency: int, retention: int, changed: int, tmp_path: Path, object_store_url: str
+) -> None:
+    """Backups every ``frequency`` minutes for 62 days; fulls failing for a stretch longer than
+    the retention (the last good chain is kept and says so); the retention changed on day 31
+    (only later backups take it); the cluster deleted on day 62 (its backups kept for its
+    retention, then deleted). Retention passes run every simulated hour; at every simulated day
+    the listing and the store are compared with the statement of the rules."""
+    url = f"sqlite:///{tmp_path / 'events.sqlite'}"
+    store, db = open_event_store(url), SqlDatabase(url)
+    objects = ObjectStore(object_store_url)
+    retention_worker = Retention(store, db, lambda region: object_store_url)
+    models = ReadModels(db)
+    projector = Projector(store, models)
+    sim = StandIn(store, objects, f"c-{frequency}", frequency, retention)
+    sim.register()
+    failing = (T0 + timedelta(days=10), T0 + timedelta(days=10 + retention + 2))
+    step = timedelta(minutes=frequency)
+    now = T0
+    next_pass = T0
+    next_check = T0 + timedelta(days=1)
+    end = T0 + timedelta(days=62)
+    while now < end:
+        if now == T0 + timedelta(days=31):
+            sim.change_retention(changed)
+        sim.take(now, fail=failing[0] <= now < failing[1])
+        now += step
+        if now >= next_pass:
+            sim.flush()
+            report = retention_worker.enforce(now)
+            assert not report.errors
+            next_pass = now + timedelta(hours=1)
+        if now >= next_check:
+            sim.flush()
+            retention_worker.enforce(now)
+            check(sim, models, projector, now)
+            next_check += timedelta(days=1)
+    sim.delete(end)
+    for day in range(sim.retention_days + 2):
+        at = end + timedelta(days=day, hours=1)
+        retention_worker.enforce(at)
+        check(sim, models, projector, at)
+    assert sim.chains_in_store() == set()
+    projector.catch_up()
+    audit = models.audit(sim.cluster_id, limit=1_000_000)
+    deleted = [e for e in audit if e["type"] == "BackupDeleted"]
+    assert sum(int(e["bytes_freed"]) for e in deleted) > 0
+    assert {e["type"] for e in audit} >= {"BackupExpired", "BackupDeleted"}
+    store.close()
+    db.close()
+
+
+def daily_cluster(tmp_path: Path, object_store_url: str, days: int) -> tuple[StandIn, SqlDatabase]:
+    """A cluster taking a full backup every day, kept 2 days, for ``days`` days."""
+    url = f"sqlite:///{tmp_path / 'events.sqlite'}"
+    store, db = open_event_store(url), SqlDatabase(url)
+    sim = StandIn(store, ObjectStore(object_store_url), "daily", 1440, 2)
+    sim.register()
+    for day in range(days):
+        sim.take(T0 + timedelta(days=day), fail=False)
+    sim.flush()
+    return sim, db
+
+
+def deleted_events(store: EventStore) -> set[str]:
+    return {
+        str(event.backup_id)  # type: ignore[attr-defined]
+        for event in (store.domain_event(n) for n in store.notifications(0, 100_000))
+        if type(event).__name__ == "BackupDeleted"
+    }
+
+
+def test_a_chain_a_restore_holds_is_deleted_only_after_the_restore_ends(
+    tmp_path: Path, object_store_url: str
+) -> None:
+    sim, db = daily_cluster(tmp_path, object_store_url, 6)
+    held = sim.history[0]
+    leases = JobLeases(db, "restore")
+    restore_id = uuid.uuid4()
+    now = T0 + timedelta(days=5, hours=1)
+    leases.take(restore_id, sim.cluster_id, "restore-1", now, holding([held.backup_id]))
+    worker = Retention(sim.store, db, lambda region: object_store_url)
+    report = worker.enforce(now)
+    assert report.chains_held == 1 and report.chains_deleted == 3
+    expired = {
+        str(event.backup_id)  # type: ignore[attr-defined]
+        for event in (sim.store.domain_event(n) for n in sim.store.notifications(0, 100_000))
+        if type(event).__name__ == "BackupExpired"
+    }
+    assert held.backup_id in expired  # expired (no new restore may start on it)...
+    assert held.chain_id in sim.chains_in_store()  # ... but its objects stay while it is held
+    assert held.backup_id not in deleted_events(sim.store)
+    leases.release(restore_id)
+    assert worker.enforce(now).chains_deleted == 1
+    assert sim.chains_in_store() == {b.chain_id for b in sim.history[-2:]}
+    assert held.backup_id in deleted_events(sim.store)
+
+
+KILLED_WORKER = """
+import os, signal, sys
+from datetime import datetime
+from managed_backups.services.retention.retention import Retention
+from managed_backups.shared.dataplane.objectstore import ObjectStore
+from managed_backups.shared.eventstore import open_event_store
+from managed_backups.shared.sqldb import SqlDatabase
+
+events_url, objects_url, now = sys.argv[1:4]
+real_delete = ObjectStore.delete
+
+def delete_then_die(self, keys):
+    keys = list(keys)
+    real_delete(self, keys[: len(keys) // 2])
+    os.kill(os.getpid(), signal.SIGKILL)
+
+ObjectStore.delete = delete_then_die
+worker = Retention(open_event_store(events_url), SqlDatabase(events_url), lambda r: objects_url)
+worker.enforce(datetime.fromisoformat(now))
+"""
+
+
+def test_a_retention_worker_killed_mid_deletion_finishes_after_restart(
+    tmp_path: Path, object_store_url: str
+) -> None:
+    sim, db = daily_cluster(tmp_path, object_store_url, 6)
+    now = T0 + timedelta(days=5, hours=1)
+    events_url = f"sqlite:///{tmp_path / 'events.sqlite'}"
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_WORKER, events_url, object_store_url, now.isoformat()],
+        capture_output=True,
+        timeout=120,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
+    first = sim.history[0]
+    remaining = [
+        info.key for info in sim.objects.list(chain_prefix(sim.cluster_id, first.chain_id))
+    ]
+    assert len(remaining) == 1  # killed half-way through the first chain's objects
+    assert not deleted_events(sim.store)
+    report = Retention(sim.store, db, lambda region: object_store_url).enforce(now)
+    assert report.chains_deleted == 4 and not report.errors
+    assert sim.chains_in_store() == {b.chain_id for b in sim.history[-2:]}
+    assert deleted_events(sim.store) == {b.backup_id for b in sim.history[:4]}
