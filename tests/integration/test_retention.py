@@ -11,6 +11,7 @@ a chunk) through the data plane's store API, instead of taking a PostgreSQL back
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from managed_backups.contracts import topics
 from managed_backups.contracts.enums import BackupType
 from managed_backups.services.projections.read_models import Page, ReadModels
 from managed_backups.services.projections.service import Projector
@@ -36,6 +38,7 @@ from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.eventstore import EventStore, open_event_store
 from managed_backups.shared.jobs import JobLeases, holding
 from managed_backups.shared.sqldb import SqlDatabase
+from tests.harness import System
 from tests.infra.s3 import ACCESS_KEY_ID, DEFAULT_REGION, SECRET_ACCESS_KEY, create_bucket
 from tests.infra.testing import s3_for_tests
 from tests.unit.test_retention_rules import B, stated_listed
@@ -296,9 +299,11 @@ def test_62_days_of_retention_match_the_rules(
     db.close()
 
 
-def daily_cluster(tmp_path: Path, object_store_url: str, days: int) -> tuple[StandIn, SqlDatabase]:
+def daily_cluster(
+    tmp_path: Path, object_store_url: str, days: int, url: str | None = None
+) -> tuple[StandIn, SqlDatabase]:
     """A cluster taking a full backup every day, kept 2 days, for ``days`` days."""
-    url = f"sqlite:///{tmp_path / 'events.sqlite'}"
+    url = url or f"sqlite:///{tmp_path / 'events.sqlite'}"
     store, db = open_event_store(url), SqlDatabase(url)
     sim = StandIn(store, ObjectStore(object_store_url), "daily", 1440, 2)
     sim.register()
@@ -386,3 +391,44 @@ def test_a_retention_worker_killed_mid_deletion_finishes_after_restart(
     assert report.chains_deleted == 4 and not report.errors
     assert sim.chains_in_store() == {b.chain_id for b in sim.history[-2:]}
     assert deleted_events(sim.store) == {b.backup_id for b in sim.history[:4]}
+
+
+async def wait_deleted(store: EventStore, backup_ids: set[str], timeout: float = 60) -> None:
+    async with asyncio.timeout(timeout):
+        while not backup_ids <= await asyncio.to_thread(deleted_events, store):
+            await asyncio.sleep(0.05)
+
+
+async def test_the_retention_service_runs_periodically_on_the_simulated_clock_and_on_demand(
+    tmp_path: Path, kafka: str
+) -> None:
+    """The service as ``up`` runs it: the real broker, the event store, the simulated clock."""
+    objects_url = (tmp_path / "objects").as_uri()
+    store_url = f"sqlite:///{tmp_path / 'events.sqlite'}"
+    system = await System.start(
+        tmp_path / "data",
+        store_url,
+        kafka,
+        services=("relay", "projections"),
+        simulated_clock=True,
+        region_stores={REGION: objects_url},
+        retention_interval_minutes=60 * 24 * 365,
+    )
+    try:
+        sim, _ = daily_cluster(tmp_path, objects_url, 6, store_url)
+        # The clock starts on 2026-01-05: the chains of the first three days have expired.
+        await system.start_service("retention")
+        await wait_deleted(sim.store, {b.backup_id for b in sim.history[:3]})
+        # The next periodic pass is a year away: a pass on demand deletes the next chain.
+        system.clock.advance(timedelta(days=1, hours=1).total_seconds())
+        body = {"type": "EnforceRetention", "cluster_id": sim.cluster_id}
+        result = await system.command(topics.RETENTION_COMMANDS, body)
+        assert result.code == 200, result
+        await wait_deleted(sim.store, {sim.history[3].backup_id})
+        unknown = await system.command(
+            topics.RETENTION_COMMANDS, {"type": "EnforceRetention", "cluster_id": "nope"}
+        )
+        assert unknown.code == 404 and "nope" in (unknown.reason or "")
+        assert sim.chains_in_store() == {b.chain_id for b in sim.history[4:]}
+    finally:
+        await system.close()
