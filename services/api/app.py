@@ -24,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from managed_backups.contracts import topics
 from managed_backups.contracts.results import CommandResult
 from managed_backups.services.api.limits import AuthenticatedBoundedBodies
+from managed_backups.services.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from managed_backups.services.api.metrics import render as metrics_text
 from managed_backups.services.api.restores import restore_router
 from managed_backups.services.projections.read_models import Page, ReadModels
 from managed_backups.services.runtime import Runtime
@@ -241,7 +243,8 @@ def create_app(runtime: Runtime, gateway: CommandGateway) -> FastAPI:
 
     @app.get("/api/v1/clusters/{cluster_id}")
     def get_cluster(cluster_id: str, who: Caller) -> dict[str, Any]:
-        return visible_cluster(cluster_id, who)
+        doc = visible_cluster(cluster_id, who)
+        return {**doc, "recoverability": models.recoverability(cluster_id, runtime.clock.now())}
 
     @app.get("/api/v1/clusters/{cluster_id}/events")
     def cluster_events(
@@ -305,7 +308,9 @@ def create_app(runtime: Runtime, gateway: CommandGateway) -> FastAPI:
     ) -> dict[str, Any]:
         start_time = in_range("start_time", start_time)
         end_time = in_range("end_time", end_time)
-        visible_cluster(cluster_id, who)
+        cluster = visible_cluster(cluster_id, who)
+        if cluster["state"] == "DELETED":  # a deleted cluster's backups: administrators only
+            who.require(Action.MANAGE_CLUSTERS, cluster["organization"], cluster_id)
         docs, more = models.listed_backups(
             cluster_id,
             runtime.clock.now(),
@@ -321,6 +326,8 @@ def create_app(runtime: Runtime, gateway: CommandGateway) -> FastAPI:
                     "type": d["type"],
                     "status": d["status"],
                     "expires_at": d["expires_at"],
+                    "kept_past_retention": d.get("kept_past_retention", False),
+                    "retention_note": d.get("retention_note"),
                     "region": d["region"],
                     "size_bytes": d["size_bytes"],
                     "database_count": d["database_count"],
@@ -467,35 +474,12 @@ def create_app(runtime: Runtime, gateway: CommandGateway) -> FastAPI:
 
     @app.get("/metrics")
     def metrics(who: Caller) -> Response:
-        """Prometheus text format: per cluster the last successful backup ("data from") and the
-        number of backups per status, so an alert can fire on a cluster that stopped backing up.
+        """Prometheus text format (``services/api/metrics.py``): per cluster the recoverability
+        window, the last successful backup, stored bytes, backups per status, expired and deleted
+        counts, so an alert can fire on a cluster that stopped backing up or lost its window.
         Scraped with an administrator's bearer token (it names every cluster)."""
         who.require(Action.ADMINISTER, cluster_id="*")
-        lines = [
-            "# HELP managed_backups_last_successful_backup_timestamp_seconds Data-from time of the "
-            "newest COMPLETE backup.",
-            "# TYPE managed_backups_last_successful_backup_timestamp_seconds gauge",
-        ]
-        counts = [
-            "# HELP managed_backups_backups Backups by status.",
-            "# TYPE managed_backups_backups gauge",
-        ]
-        for cluster_id, status, count, latest in models.backup_metrics():
-            counts.append(
-                f'managed_backups_backups{{cluster="{cluster_id}",status="{status}"}} {count}'
-            )
-            if status == "COMPLETE" and latest:
-                when = datetime.fromisoformat(latest).timestamp()
-                lines.append(
-                    f'managed_backups_last_successful_backup_timestamp_seconds{{cluster="{cluster_id}"}} {when:.3f}'
-                )
-        lines += counts
-        lines += [
-            "# HELP managed_backups_projection_position Event-store position the views reached.",
-            "# TYPE managed_backups_projection_position gauge",
-            f"managed_backups_projection_position {models.position()}",
-        ]
-        return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+        return Response(metrics_text(models, runtime.clock.now), media_type=METRICS_CONTENT_TYPE)
 
     # -- connection secrets ---------------------------------------------------------------------
 

@@ -83,7 +83,9 @@ class ReadModels:
             # Per cluster, what the retention rules need to list: its newest restorable chain
             # (the newest COMPLETE full) and, once deleted, until when its backups are kept.
             f"CREATE TABLE IF NOT EXISTS {p}retention (cluster_id TEXT PRIMARY KEY, "
-            "kept_chain_id TEXT, kept_data_from TEXT, deleted_until TEXT)",
+            "kept_chain_id TEXT, kept_data_from TEXT, deleted_until TEXT, "
+            "stored_bytes BIGINT NOT NULL DEFAULT 0, expired_count BIGINT NOT NULL DEFAULT 0, "
+            "deleted_count BIGINT NOT NULL DEFAULT 0, bytes_freed BIGINT NOT NULL DEFAULT 0)",
         ]
         if not self.db.table_exists(f"{p}retention") and self.db.table_exists(f"{p}position"):
             self.drop()  # views built before the retention table: rebuilt from the log
@@ -267,6 +269,7 @@ class ReadModels:
             if doc is None:
                 return
             if isinstance(event, BackupCompleted):
+                self._count(cursor, doc["cluster_id"], stored_bytes=event.size_bytes)
                 expires_at = ts(event.expires_at)
                 if doc["type"] == BackupType.FULL.value:
                     self._full_completed(cursor, doc["cluster_id"], doc["id"], event.as_of_time)
@@ -304,12 +307,21 @@ class ReadModels:
             if doc is None:
                 return
             if isinstance(event, BackupExpired):
+                self._count(cursor, doc["cluster_id"], expired_count=1)
                 doc.update(
                     status=BackupStatus.EXPIRED.value,
                     expired_at=ts(event.occurred_at),
                     expired_because=event.reason,
                 )
             else:
+                stored = int(doc["size_bytes"]) if doc["status"] != "FAILED" else 0
+                self._count(
+                    cursor,
+                    doc["cluster_id"],
+                    stored_bytes=-stored,
+                    deleted_count=1,
+                    bytes_freed=event.bytes_freed,
+                )
                 doc.update(
                     deleted_at=ts(event.occurred_at),
                     bytes_freed=event.bytes_freed,
@@ -341,6 +353,16 @@ class ReadModels:
                 current["kept_data_from"],
                 current["deleted_until"],
             ),
+        )
+
+    def _count(self, cursor: Cursor, cluster_id: str, **deltas: int) -> None:
+        """Add ``deltas`` to the cluster's retention counters."""
+        if self._retention_row(cursor, cluster_id) is None:
+            self._put_retention(cursor, cluster_id)
+        sets = ", ".join(f"{name} = {name} + ?" for name in deltas)
+        cursor.execute(
+            f"UPDATE {self.p}retention SET {sets} WHERE cluster_id = ?",
+            (*deltas.values(), cluster_id),
         )
 
     def _full_completed(
@@ -431,6 +453,43 @@ class ReadModels:
         docs = [json.loads(r[0]) for r in rows]
         self._with_retention(cluster_id, docs, now)
         return docs[: page.limit], len(docs) > page.limit
+
+    def recoverability(self, cluster_id: str, now: datetime) -> dict[str, Any]:
+        """The cluster's recoverability window at ``now`` (oldest and newest "data from" of the
+        COMPLETE backups it lists), its last successful backup, stored bytes, expired and
+        deleted counts, and whether its newest chain is kept past its retention."""
+        p = self.p
+        rows = self.db.query(
+            f"SELECT MIN(b.as_of_time), MAX(b.as_of_time), COUNT(*) FROM {p}backups b "
+            f"WHERE b.cluster_id = ? AND b.status = 'COMPLETE' "
+            f"AND {listed_backup_sql(f'{p}backups', 'b', f'{p}retention')}",
+            (cluster_id, ts(now), ts(now)),
+        )
+        oldest, newest, restorable = rows[0] if rows else (None, None, 0)
+        last = self.db.query(
+            f"SELECT MAX(as_of_time) FROM {p}backups WHERE cluster_id = ? "
+            "AND as_of_time IS NOT NULL AND status IN ('COMPLETE', 'EXPIRED')",
+            (cluster_id,),
+        )
+        counters = self.db.query(
+            f"SELECT stored_bytes, expired_count, deleted_count, bytes_freed, kept_chain_id "
+            f"FROM {p}retention WHERE cluster_id = ?",
+            (cluster_id,),
+        )
+        stored, expired, deleted, freed, kept = counters[0] if counters else (0, 0, 0, 0, None)
+        kept_doc = self.backup(cluster_id, str(kept)) if kept else None
+        kept_expires = parse_ts(kept_doc["expires_at"]) if kept_doc else None
+        return {
+            "oldest_restorable": oldest,
+            "newest_restorable": newest,
+            "restorable_backups": int(restorable or 0),
+            "last_successful_backup": last[0][0] if last else None,
+            "stored_bytes": int(stored),
+            "expired_backups": int(expired),
+            "deleted_backups": int(deleted),
+            "bytes_freed": int(freed),
+            "kept_past_retention": kept_past_retention(kept_expires, kept is not None, now),
+        }
 
     def incomplete_backups(self, cluster_id: str) -> list[dict[str, Any]]:
         rows = self.db.query(

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from managed_backups.contracts import topics
 from managed_backups.contracts.enums import BackupType
@@ -38,7 +39,7 @@ from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.eventstore import EventStore, open_event_store
 from managed_backups.shared.jobs import JobLeases, holding
 from managed_backups.shared.sqldb import SqlDatabase
-from tests.harness import System
+from tests.harness import System, iso
 from tests.infra.s3 import ACCESS_KEY_ID, DEFAULT_REGION, SECRET_ACCESS_KEY, create_bucket
 from tests.infra.testing import s3_for_tests
 from tests.unit.test_retention_rules import B, stated_listed
@@ -430,5 +431,36 @@ async def test_the_retention_service_runs_periodically_on_the_simulated_clock_an
         )
         assert unknown.code == 404 and "nope" in (unknown.reason or "")
         assert sim.chains_in_store() == {b.chain_id for b in sim.history[4:]}
+        # The views: the recoverability window, stored bytes and counts, in the cluster's view
+        # and in /metrics.
+        await system.wait_projection(sim.store.max_position())
+        assert system.http is not None
+        view = (await system.http.get(f"/api/v1/clusters/{sim.cluster_id}")).json()
+        window = view["recoverability"]
+        fourth, last = sim.history[4], sim.history[5]
+        assert iso(window["oldest_restorable"]) == fourth.data_from
+        assert iso(window["newest_restorable"]) == last.data_from
+        assert window["last_successful_backup"] == window["newest_restorable"]
+        assert (window["stored_bytes"], window["expired_backups"]) == (200, 4)
+        assert window["deleted_backups"] == 4 and window["bytes_freed"] > 0
+        text = (await system.http.get("/metrics")).text
+        metrics = {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+        cluster = (("cluster", sim.cluster_id),)
+        expected = {
+            "oldest_restorable_timestamp_seconds": fourth.data_from.timestamp(),
+            "newest_restorable_timestamp_seconds": last.data_from.timestamp(),
+            "stored_bytes": 200,
+            "expired_backups": 4,
+            "deleted_backups": 4,
+            "kept_past_retention": 0,
+        }
+        for name, value in expected.items():
+            assert metrics[(f"managed_backups_{name}", cluster)] == value, name
+        status = (("cluster", sim.cluster_id), ("status", "EXPIRED"))
+        assert metrics[("managed_backups_backups", status)] == 4
     finally:
         await system.close()
