@@ -22,11 +22,11 @@ on the aggregates themselves, so a lagging index never makes a pass act twice.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from uuid import UUID
@@ -35,7 +35,7 @@ from eventsourcing.domain import Aggregate
 
 from managed_backups.contracts.enums import BackupStatus
 from managed_backups.shared.dataplane.manifest import chain_prefix
-from managed_backups.shared.dataplane.objectstore import ObjectStore, open_store
+from managed_backups.shared.dataplane.objectstore import ObjectInfo, ObjectStore, open_store
 from managed_backups.shared.domain.backup import Backup, load_backup
 from managed_backups.shared.domain.backup_lifecycle import (
     chain_expires_at,
@@ -237,6 +237,7 @@ class Retention:
         self.name = name
         self._stores: dict[str, ObjectStore] = {}
         self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(8, thread_name_prefix="retention-list")
 
     def object_store(self, region: str) -> ObjectStore:
         url = self.store_url_for(region)
@@ -260,6 +261,8 @@ class Retention:
         return report
 
     def _enforce_cluster(self, cluster_id: str, now: datetime, report: PassReport) -> None:
+        """Expire the cluster's expired chains (one atomic save), then delete the objects of
+        those no job holds (batched deletes) and record it (one atomic save)."""
         backups = self.index.backups(cluster_id)
         if not backups:
             return
@@ -270,92 +273,92 @@ class Retention:
             (b.backup_id, b.status, b.data_from) for b in backups if b.is_full
         )
         deleted_until = self.index.deleted_until(cluster_id)
-        doomed: list[tuple[str, list[IndexedBackup], str]] = []
+        doomed: dict[str, str] = {}  # chain id -> why it goes
+        expiring: dict[str, datetime] = {}
         for chain_id, members in chains.items():
             full = next((b for b in members if b.backup_id == chain_id), None)
             if full is None or any(b.status == BackupStatus.IN_PROGRESS.value for b in members):
                 continue  # a running backup's chain (or one whose start the index lacks)
             if full.status == BackupStatus.FAILED.value:
-                doomed.append((chain_id, members, "its full backup failed: nothing to restore"))
-                continue
-            if full.status == BackupStatus.COMPLETE.value:
-                expires = chain_expires_at(full.expires_at, chain_id == kept, deleted_until)
-                if expires is None or expires > now:
-                    continue
-                reason = self._expire(
-                    cluster_id, chain_id, members, kept, deleted_until, expires, now
-                )
-                report.backups_expired += sum(
-                    1 for b in members if b.status == BackupStatus.COMPLETE.value
-                )
-                doomed.append((chain_id, members, reason))
+                doomed[chain_id] = "its full backup failed: nothing to restore"
             elif full.status == BackupStatus.EXPIRED.value:
-                doomed.append((chain_id, members, "its chain expired (deletion resumed)"))
-        if not doomed:
+                doomed[chain_id] = "its chain expired (deletion resumed)"
+            elif full.status == BackupStatus.COMPLETE.value:
+                expires = chain_expires_at(full.expires_at, chain_id == kept, deleted_until)
+                if expires is not None and expires <= now:
+                    expiring[chain_id] = expires
+        if not doomed and not expiring:
             return
+        loaded = {
+            str(b.backup_id): b
+            for b in self._load(cluster_id, (m for c in (*doomed, *expiring) for m in chains[c]))
+        }
+        to_expire: list[Aggregate] = []
+        for chain_id, expires in expiring.items():
+            full_aggregate = loaded[chain_id]
+            reason = expiry_reason(full_aggregate, chain_id == kept, deleted_until)
+            for member in chains[chain_id]:
+                backup = loaded.get(member.backup_id)
+                if backup is not None and backup.status == BackupStatus.COMPLETE.value:
+                    backup.expire(reason, expires, at=now, by=self.name)
+                    to_expire.append(backup)
+            doomed[chain_id] = reason
+        if to_expire:
+            try:
+                self.store.save_all(*to_expire)
+            except IntegrityError:  # another worker acted on this cluster: the next pass goes on
+                return
+            report.backups_expired += len(to_expire)
         # The handshake with restores: expiry recorded first, then the holds are read.
         held = backups_in_use(self.db, cluster_id)
-        for chain_id, members, reason in doomed:
-            if any(b.backup_id in held for b in members):
-                report.chains_held += 1
-                continue
-            self._delete_chain(cluster_id, chain_id, members, reason, now, report)
+        free = [c for c in doomed if not any(m.backup_id in held for m in chains[c])]
+        report.chains_held += len(doomed) - len(free)
+        if not free:
+            return
+        listings = dict(
+            zip(
+                free,
+                self._pool.map(lambda c: self._list_chain(cluster_id, c, chains[c]), free),
+                strict=True,
+            )
+        )
+        by_region: dict[str, list[str]] = defaultdict(list)
+        for chain_id in free:
+            region, listed = listings[chain_id]
+            by_region[region] += [info.key for info in listed]
+        for region, keys in by_region.items():
+            self.object_store(region).delete(keys)
+        to_record: list[Aggregate] = []
+        for chain_id in free:
+            _, listed = listings[chain_id]
+            for member in chains[chain_id]:
+                backup = loaded.get(member.backup_id)
+                if backup is None or backup.deleted_at is not None:
+                    continue
+                is_full = member.backup_id == chain_id
+                backup.record_deleted(
+                    objects_deleted=len(listed) if is_full else 0,
+                    bytes_freed=sum(i.size for i in listed) if is_full else 0,
+                    reason=doomed[chain_id],
+                    at=now,
+                    by=self.name,
+                )
+                to_record.append(backup)
+        try:
+            self.store.save_all(*to_record)
+        except IntegrityError:
+            return  # another worker recorded it
+        report.chains_deleted += len(free)
+        for _, listed in listings.values():
+            report.objects_deleted += len(listed)
+            report.bytes_freed += sum(i.size for i in listed)
+
+    def _list_chain(
+        self, cluster_id: str, chain_id: str, members: list[IndexedBackup]
+    ) -> tuple[str, list[ObjectInfo]]:
+        region = next(b.region for b in members if b.backup_id == chain_id)
+        return region, list(self.object_store(region).list(chain_prefix(cluster_id, chain_id)))
 
     def _load(self, cluster_id: str, members: Iterable[IndexedBackup]) -> list[Backup]:
         loaded = [load_backup(self.store, cluster_id, UUID(b.backup_id)) for b in members]
         return [b for b in loaded if b is not None]
-
-    def _expire(
-        self,
-        cluster_id: str,
-        chain_id: str,
-        members: list[IndexedBackup],
-        kept: str | None,
-        deleted_until: datetime | None,
-        expires: datetime,
-        now: datetime,
-    ) -> str:
-        aggregates = self._load(cluster_id, members)
-        full = next(b for b in aggregates if str(b.backup_id) == chain_id)
-        reason = expiry_reason(full, chain_id == kept, deleted_until)
-        to_save: list[Aggregate] = []
-        for backup in aggregates:
-            if backup.status == BackupStatus.COMPLETE.value:
-                backup.expire(reason, expires, at=now, by=self.name)
-                to_save.append(backup)
-        if to_save:
-            with contextlib.suppress(IntegrityError):  # another worker expired it first
-                self.store.save_all(*to_save)
-        return reason
-
-    def _delete_chain(
-        self,
-        cluster_id: str,
-        chain_id: str,
-        members: list[IndexedBackup],
-        reason: str,
-        now: datetime,
-        report: PassReport,
-    ) -> None:
-        region = next(b.region for b in members if b.backup_id == chain_id)
-        objects = self.object_store(region)
-        listed = list(objects.list(chain_prefix(cluster_id, chain_id)))
-        objects.delete(info.key for info in listed)
-        freed = sum(info.size for info in listed)
-        aggregates = [b for b in self._load(cluster_id, members) if b.deleted_at is None]
-        for backup in aggregates:
-            is_full = str(backup.backup_id) == chain_id
-            backup.record_deleted(
-                objects_deleted=len(listed) if is_full else 0,
-                bytes_freed=freed if is_full else 0,
-                reason=reason,
-                at=now,
-                by=self.name,
-            )
-        try:
-            self.store.save_all(*aggregates)
-        except IntegrityError:
-            return  # another worker recorded it
-        report.chains_deleted += 1
-        report.objects_deleted += len(listed)
-        report.bytes_freed += freed

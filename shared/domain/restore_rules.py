@@ -106,17 +106,19 @@ def backup_is_restorable(
     backup_id: Any,
     now: datetime,
 ) -> Backup:
-    """The backup exists, belongs to the source, is COMPLETE and unexpired, and so is the full
-    backup its chain starts with."""
+    """The backup exists, belongs to the source, is COMPLETE, and so is the full backup its
+    chain starts with. Expiry is what the retention service records (``BackupExpired`` turns
+    both to EXPIRED before anything is deleted), not a time check here: a live cluster's newest
+    restorable chain is kept, and restorable, past its retention (see ``chain_expires_at``)."""
     if backup is None or backup.cluster_id != source_cluster_id:
         raise NotFound(f"backup {backup_id} of cluster {source_cluster_id} is not known")
     if backup.status != BackupStatus.COMPLETE.value:
         raise Conflict(f"backup {backup_id} is {backup.status}; only a COMPLETE backup restores")
     for b, what in ((backup, "backup"), (full, "its full backup")):
+        if b is not None and b.status == BackupStatus.EXPIRED.value:
+            raise Conflict(f"backup {backup_id} expired ({what} expired at {b.expired_at})")
         if b is None or b.status != BackupStatus.COMPLETE.value:
             raise Conflict(f"backup {backup_id}: {what} is not COMPLETE")
-        if b.expires_at is not None and b.expires_at <= now:
-            raise Conflict(f"backup {backup_id} expired ({what} expired at {b.expires_at})")
     return backup
 
 
