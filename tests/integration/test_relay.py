@@ -19,6 +19,7 @@ from managed_backups.contracts import topics
 from managed_backups.shared.bus import ensure_topics
 from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.eventstore import open_event_store
+from tests.factories import new_cluster
 
 pytestmark = pytest.mark.integration
 CLUSTERS = 400
@@ -31,23 +32,7 @@ def fill_store(url: str) -> int:
     now = datetime.now(UTC)
     batch: list[Cluster] = []
     for i in range(CLUSTERS):
-        cluster = Cluster(
-            cluster_id=f"relay-{i}",
-            name=f"c{i}",
-            organization="acme",
-            tier="STANDARD",
-            regions=["r1"],
-            engine="postgres",
-            database_version="15",
-            connection_ref="postgresql://u@h/db",
-            backup_region="r1",
-            enabled=True,
-            frequency_minutes=60,
-            retention_days=30,
-            command_id=None,
-            at=now,
-            by="test",
-        )
+        cluster = new_cluster(f"relay-{i}", regions=("r1",), retention_days=30, at=now)
         for n in range(UPDATES_PER_CLUSTER):
             cluster._backup_settings_updated(
                 cluster_id=cluster.cluster_id,

@@ -25,6 +25,7 @@ from managed_backups.shared.domain.restore_rules import (
 )
 from managed_backups.shared.security import Grant, Principal
 from managed_backups.shared.sqldb import SqlDatabase
+from tests.factories import new_cluster
 
 NOW = datetime(2026, 1, 5, tzinfo=UTC)
 
@@ -36,22 +37,8 @@ def cluster(
     regions: tuple[str, ...] = ("us-east-1", "eu-west-1"),
     version: str = "15.8",
 ) -> Cluster:
-    return Cluster(
-        cluster_id=cluster_id,
-        name=cluster_id,
-        organization=org,
-        tier=tier,
-        regions=list(regions),
-        engine="postgres",
-        database_version=version,
-        connection_ref="postgresql://u@h/postgres",
-        backup_region=regions[0],
-        enabled=True,
-        frequency_minutes=60,
-        retention_days=7,
-        command_id=None,
-        at=NOW,
-        by="test",
+    return new_cluster(
+        cluster_id, tier=tier, organization=org, regions=regions, version=version, at=NOW
     )
 
 

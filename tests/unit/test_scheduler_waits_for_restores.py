@@ -10,9 +10,9 @@ from uuid import uuid4
 from managed_backups.services.scheduler.scheduler import Scheduler
 from managed_backups.shared import jobs
 from managed_backups.shared.clock import WallClock
-from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.eventstore import open_event_store
 from managed_backups.shared.sqldb import SqlDatabase
+from tests.factories import new_cluster
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -35,23 +35,7 @@ def test_a_due_slot_waits_while_a_cluster_restore_holds_the_cluster(tmp_path: Pa
         held_exclusively=lambda: jobs.clusters_held_exclusively(db),
     )
     for cluster_id in ("shop", "other"):
-        scheduler.clusters[cluster_id] = Cluster(
-            cluster_id=cluster_id,
-            name=cluster_id,
-            organization="acme",
-            tier="STANDARD",
-            regions=["us-east-1"],
-            engine="postgres",
-            database_version="15",
-            connection_ref="postgresql://u@h/postgres",
-            backup_region="us-east-1",
-            enabled=True,
-            frequency_minutes=60,
-            retention_days=7,
-            command_id=None,
-            at=NOW,
-            by="test",
-        )
+        scheduler.clusters[cluster_id] = new_cluster(cluster_id, at=NOW)
     due = NOW + timedelta(minutes=61)
     decided, _ = scheduler._decide_all(["shop", "other"], due)
     assert [c.cluster_id for c in decided] == ["other"]  # a non-exclusive job holds nothing back
