@@ -25,6 +25,7 @@ from psycopg.conninfo import make_conninfo
 
 from managed_backups.shared.dataplane.engine import BackupError, ErrorCode
 from managed_backups.shared.dataplane.postgres import PostgresAdapter
+from managed_backups.shared.dataplane.restore_plan import ClusterAccess
 from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.domain.connection_ref import parse_connection_ref
 from managed_backups.shared.domain.errors import Refused
@@ -42,6 +43,9 @@ class ClusterConnection:
 
     def postgres_adapter(self, **options: Any) -> PostgresAdapter:
         return PostgresAdapter(self.dsn, password=self.password, env=self.env, **options)
+
+    def restore_access(self) -> ClusterAccess:
+        return ClusterAccess(dsn=self.dsn, env=self.env, password=self.password)
 
 
 def cluster_connection(

@@ -78,10 +78,9 @@ def cluster_access(
     (``shared/cluster_connection.py``), its allow-listed ``connection_ref`` and its own secret,
     libpq's own lookups closed. A reference or secret that cannot be used is a refusal."""
     try:
-        connection = cluster_connection(cluster, secrets, settings.pgpass_file)
+        return cluster_connection(cluster, secrets, settings.pgpass_file).restore_access()
     except BackupError as exc:
         raise Refused(f"cluster {cluster.cluster_id}: {exc.message}", 409) from None
-    return ClusterAccess(dsn=connection.dsn, env=connection.env, password=connection.password)
 
 
 @dataclass

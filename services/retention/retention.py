@@ -38,6 +38,7 @@ from managed_backups.shared.dataplane.manifest import chain_prefix
 from managed_backups.shared.dataplane.objectstore import ObjectInfo, ObjectStore, open_store
 from managed_backups.shared.domain.backup import Backup, load_backup
 from managed_backups.shared.domain.backup_lifecycle import (
+    STATUS_AFTER,
     chain_expires_at,
     deleted_cluster_until,
     newest_restorable_chain,
@@ -57,12 +58,6 @@ FOLLOWED = event_topics(
     Backup.BackupDeleted,  # type: ignore[attr-defined]
     Cluster.ClusterDeleted,  # type: ignore[attr-defined]
 )
-STATUS_AFTER = {
-    "BackupStarted": BackupStatus.IN_PROGRESS.value,
-    "BackupCompleted": BackupStatus.COMPLETE.value,
-    "BackupFailed": BackupStatus.FAILED.value,
-    "BackupExpired": BackupStatus.EXPIRED.value,
-}
 P = "mb_retention_"
 StoreUrlFor = Callable[[str], str]
 """The object store URL of a region."""

@@ -37,7 +37,7 @@ from managed_backups.services.scheduler.cadence import (
 )
 from managed_backups.shared.clock import Clock
 from managed_backups.shared.domain.backup import Backup, load_backup
-from managed_backups.shared.domain.backup_lifecycle import TERMINAL, backup_may_start
+from managed_backups.shared.domain.backup_lifecycle import STATUS_AFTER, TERMINAL, backup_may_start
 from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.domain.ids import cluster_aggregate_id, scheduled_backup_id
 from managed_backups.shared.domain.restore_rules import (
@@ -58,11 +58,6 @@ FOLLOWED = event_topics(
     Backup.BackupFailed,  # type: ignore[attr-defined]
 )
 
-STATUS_AFTER = {
-    "BackupStarted": BackupStatus.IN_PROGRESS.value,
-    "BackupCompleted": BackupStatus.COMPLETE.value,
-    "BackupFailed": BackupStatus.FAILED.value,
-}
 
 SendTakeBackup = Callable[[TakeBackup], Awaitable[None]]
 SEND_SLICE = 200

@@ -30,6 +30,14 @@ from managed_backups.shared.domain.errors import Conflict
 TERMINAL = frozenset(
     {BackupStatus.COMPLETE.value, BackupStatus.FAILED.value, BackupStatus.EXPIRED.value}
 )
+
+STATUS_AFTER = {
+    "BackupStarted": BackupStatus.IN_PROGRESS.value,
+    "BackupCompleted": BackupStatus.COMPLETE.value,
+    "BackupFailed": BackupStatus.FAILED.value,
+    "BackupExpired": BackupStatus.EXPIRED.value,
+}
+"""A backup's status after each of its events that changes it (by event class name)."""
 LISTED_STATUSES = (BackupStatus.IN_PROGRESS.value, BackupStatus.COMPLETE.value)
 
 
