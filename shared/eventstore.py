@@ -156,3 +156,12 @@ def to_wire_event(position: int, event: DomainEventProtocol[UUID]) -> EventBase:
     payload.pop("at", None)
     wire: EventBase = _WIRE.validate_python(payload)
     return wire
+
+
+def cluster_id_of(event: object) -> str:
+    """The cluster an event belongs to: every event of a cluster's, backup's or restore's stream
+    names it (``cluster_id``); anything else is a programming error, said as such."""
+    cluster_id = getattr(event, "cluster_id", None)
+    if not isinstance(cluster_id, str):
+        raise TypeError(f"{type(event).__qualname__} names no cluster")
+    return cluster_id

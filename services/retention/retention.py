@@ -51,12 +51,12 @@ from managed_backups.shared.sqldb import SqlDatabase
 log = logging.getLogger(__name__)
 BY = "retention"
 FOLLOWED = event_topics(
-    Backup.BackupStarted,  # type: ignore[attr-defined]
-    Backup.BackupCompleted,  # type: ignore[attr-defined]
-    Backup.BackupFailed,  # type: ignore[attr-defined]
-    Backup.BackupExpired,  # type: ignore[attr-defined]
-    Backup.BackupDeleted,  # type: ignore[attr-defined]
-    Cluster.ClusterDeleted,  # type: ignore[attr-defined]
+    Backup.BackupStarted,
+    Backup.BackupCompleted,
+    Backup.BackupFailed,
+    Backup.BackupExpired,
+    Backup.BackupDeleted,
+    Cluster.ClusterDeleted,
 )
 P = "mb_retention_"
 StoreUrlFor = Callable[[str], str]

@@ -43,19 +43,24 @@ from managed_backups.shared.domain.ids import cluster_aggregate_id, scheduled_ba
 from managed_backups.shared.domain.restore_rules import (
     scheduled_backup_waits_for_a_cluster_restore,
 )
-from managed_backups.shared.eventstore import EventStore, IntegrityError, event_topics
+from managed_backups.shared.eventstore import (
+    EventStore,
+    IntegrityError,
+    cluster_id_of,
+    event_topics,
+)
 
 log = logging.getLogger(__name__)
 
 FOLLOWED = event_topics(
-    Cluster.ClusterRegistered,  # type: ignore[attr-defined]
-    Cluster.BackupSettingsUpdated,  # type: ignore[attr-defined]
-    Cluster.ClusterTierChanged,  # type: ignore[attr-defined]
-    Cluster.ClusterDeleted,  # type: ignore[attr-defined]
-    Cluster.BackupScheduled,  # type: ignore[attr-defined]
-    Backup.BackupStarted,  # type: ignore[attr-defined]
-    Backup.BackupCompleted,  # type: ignore[attr-defined]
-    Backup.BackupFailed,  # type: ignore[attr-defined]
+    Cluster.ClusterRegistered,
+    Cluster.BackupSettingsUpdated,
+    Cluster.ClusterTierChanged,
+    Cluster.ClusterDeleted,
+    Cluster.BackupScheduled,
+    Backup.BackupStarted,
+    Backup.BackupCompleted,
+    Backup.BackupFailed,
 )
 
 
@@ -138,11 +143,11 @@ class Scheduler:
     def bootstrap(self) -> None:
         self.position = self.store.max_position()
         after = 0
-        registered = event_topics(Cluster.ClusterRegistered)  # type: ignore[attr-defined]
+        registered = event_topics(Cluster.ClusterRegistered)
         while True:
             rows = self.store.notifications(after, 1000, registered)
             for row in rows:
-                cluster_id = self.store.domain_event(row).cluster_id  # type: ignore[attr-defined]
+                cluster_id = cluster_id_of(self.store.domain_event(row))
                 self._reload(cluster_id)
             if len(rows) < 1000:
                 break
@@ -162,7 +167,7 @@ class Scheduler:
         for row in rows:
             self.position = row.id
             event = self.store.domain_event(row)
-            cluster_id: str = event.cluster_id  # type: ignore[attr-defined]
+            cluster_id = cluster_id_of(event)
             if isinstance(event, Backup.Event):
                 if event.originator_id in relevant_backups(self.clusters.get(cluster_id)):
                     self._remember(

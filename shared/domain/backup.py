@@ -27,7 +27,22 @@ class Backup(Aggregate):
     def create_id(cluster_id: str, backup_id: UUID) -> UUID:
         return backup_aggregate_id(cluster_id, backup_id)
 
-    @event("BackupStarted")
+    class BackupStarted(Aggregate.Created):
+        backup_id: UUID
+        cluster_id: str
+        backup_type: str
+        chain_id: UUID
+        reason: str
+        region: str
+        retention_days: int
+        scheduled_for: datetime | None
+        executor: str
+        lease_until: datetime
+        command_id: UUID | None
+        at: datetime
+        by: str
+
+    @event(BackupStarted)
     def __init__(
         self,
         backup_id: UUID,
@@ -92,7 +107,19 @@ class Backup(Aggregate):
             by=by,
         )
 
-    @event("BackupCompleted")
+    class BackupCompleted(Aggregate.Event):
+        cluster_id: str
+        backup_id: UUID
+        as_of_time: datetime
+        size_bytes: int
+        database_count: int
+        catalog: list[dict[str, Any]]
+        manifest_key: str
+        expires_at: datetime
+        at: datetime
+        by: str
+
+    @event(BackupCompleted)
     def _completed(
         self,
         cluster_id: str,
@@ -125,7 +152,16 @@ class Backup(Aggregate):
             by=by,
         )
 
-    @event("BackupFailed")
+    class BackupFailed(Aggregate.Event):
+        cluster_id: str
+        backup_id: UUID
+        error_code: str
+        error_message: str
+        failed_step: str
+        at: datetime
+        by: str
+
+    @event(BackupFailed)
     def _failed(
         self,
         cluster_id: str,
@@ -162,7 +198,18 @@ class Backup(Aggregate):
             by=by,
         )
 
-    @event("BackupVerified")
+    class BackupVerified(Aggregate.Event):
+        cluster_id: str
+        backup_id: UUID
+        ok: bool
+        chunks_checked: int
+        missing_chunks: list[str]
+        corrupt_chunks: list[str]
+        command_id: UUID | None
+        at: datetime
+        by: str
+
+    @event(BackupVerified)
     def _verified(
         self,
         cluster_id: str,
@@ -189,7 +236,16 @@ class Backup(Aggregate):
             by=by,
         )
 
-    @event("BackupExpired")
+    class BackupExpired(Aggregate.Event):
+        cluster_id: str
+        backup_id: UUID
+        chain_id: UUID
+        reason: str
+        chain_expires_at: datetime
+        at: datetime
+        by: str
+
+    @event(BackupExpired)
     def _expired(
         self,
         cluster_id: str,
@@ -218,7 +274,17 @@ class Backup(Aggregate):
             by=by,
         )
 
-    @event("BackupDeleted")
+    class BackupDeleted(Aggregate.Event):
+        cluster_id: str
+        backup_id: UUID
+        chain_id: UUID
+        objects_deleted: int
+        bytes_freed: int
+        reason: str
+        at: datetime
+        by: str
+
+    @event(BackupDeleted)
     def _deleted(
         self,
         cluster_id: str,

@@ -30,7 +30,24 @@ class Cluster(Aggregate):
     def create_id(cluster_id: str) -> UUID:
         return cluster_aggregate_id(cluster_id)
 
-    @event("ClusterRegistered")
+    class ClusterRegistered(Aggregate.Created):
+        cluster_id: str
+        name: str
+        organization: str
+        tier: str
+        regions: list[str]
+        engine: str
+        database_version: str
+        connection_ref: str
+        backup_region: str
+        enabled: bool
+        frequency_minutes: int
+        retention_days: int
+        command_id: UUID | None
+        at: datetime
+        by: str
+
+    @event(ClusterRegistered)
     def __init__(
         self,
         cluster_id: str,
@@ -104,7 +121,18 @@ class Cluster(Aggregate):
             by=by,
         )
 
-    @event("BackupSettingsUpdated")
+    class BackupSettingsUpdated(Aggregate.Event):
+        cluster_id: str
+        enabled: bool
+        frequency_minutes: int
+        retention_days: int
+        retention_changed: bool
+        full_backup_required: bool
+        command_id: UUID | None
+        at: datetime
+        by: str
+
+    @event(BackupSettingsUpdated)
     def _backup_settings_updated(
         self,
         cluster_id: str,
@@ -150,7 +178,19 @@ class Cluster(Aggregate):
         )
         return True
 
-    @event("ClusterTierChanged")
+    class ClusterTierChanged(Aggregate.Event):
+        cluster_id: str
+        previous_tier: str
+        tier: str
+        enabled: bool
+        frequency_minutes: int
+        retention_days: int
+        command_id: UUID | None
+        at: datetime
+        by: str
+        full_backup_required: bool = False
+
+    @event(ClusterTierChanged)
     def _tier_changed(
         self,
         cluster_id: str,
@@ -186,7 +226,14 @@ class Cluster(Aggregate):
             by=by,
         )
 
-    @event("ClusterDeleted")
+    class ClusterDeleted(Aggregate.Event):
+        cluster_id: str
+        retention_days: int
+        command_id: UUID | None
+        at: datetime
+        by: str
+
+    @event(ClusterDeleted)
     def _deleted(
         self, cluster_id: str, retention_days: int, command_id: UUID | None, at: datetime, by: str
     ) -> None:
@@ -222,7 +269,19 @@ class Cluster(Aggregate):
             by=by,
         )
 
-    @event("BackupScheduled")
+    class BackupScheduled(Aggregate.Event):
+        cluster_id: str
+        backup_id: UUID
+        backup_type: str
+        slot: datetime
+        chain_id: UUID
+        retention_days: int
+        region: str
+        generation: int
+        at: datetime
+        by: str
+
+    @event(BackupScheduled)
     def _backup_scheduled(
         self,
         cluster_id: str,

@@ -22,7 +22,12 @@ class ConnectionSecret(Aggregate):
     def create_id(cluster_id: str) -> UUID:
         return connection_secret_aggregate_id(cluster_id)
 
-    @event("ConnectionSecretSet")
+    class ConnectionSecretSet(Aggregate.Created):
+        cluster_id: str
+        at: datetime
+        by: str
+
+    @event(ConnectionSecretSet)
     def __init__(self, cluster_id: str, at: datetime, by: str) -> None:
         self.cluster_id = cluster_id
         self.changes = 1
@@ -30,7 +35,12 @@ class ConnectionSecret(Aggregate):
     def change(self, at: datetime, by: str) -> None:
         self._changed(cluster_id=self.cluster_id, at=at, by=by)
 
-    @event("ConnectionSecretChanged")
+    class ConnectionSecretChanged(Aggregate.Event):
+        cluster_id: str
+        at: datetime
+        by: str
+
+    @event(ConnectionSecretChanged)
     def _changed(self, cluster_id: str, at: datetime, by: str) -> None:
         self.changes += 1
 

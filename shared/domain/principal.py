@@ -19,7 +19,15 @@ class ApiKey(Aggregate):
     def create_id(key_id: str) -> UUID:
         return api_key_aggregate_id(key_id)
 
-    @event("ApiKeyIssued")
+    class ApiKeyIssued(Aggregate.Created):
+        key_id: str
+        principal: str
+        grants: list[dict[str, Any]]
+        secret_sha256: str
+        at: datetime
+        by: str
+
+    @event(ApiKeyIssued)
     def __init__(
         self,
         key_id: str,
@@ -38,6 +46,11 @@ class ApiKey(Aggregate):
     def revoke(self, at: datetime, by: str) -> None:
         self._revoked(key_id=self.key_id, at=at, by=by)
 
-    @event("ApiKeyRevoked")
+    class ApiKeyRevoked(Aggregate.Event):
+        key_id: str
+        at: datetime
+        by: str
+
+    @event(ApiKeyRevoked)
     def _revoked(self, key_id: str, at: datetime, by: str) -> None:
         self.revoked = True

@@ -23,7 +23,26 @@ class Restore(Aggregate):
     def create_id(restore_id: UUID) -> UUID:
         return restore_id
 
-    @event("RestoreRequested")
+    class RestoreRequested(Aggregate.Created):
+        restore_id: UUID
+        cluster_id: str
+        restore_type: str
+        source_cluster_id: str
+        source_cluster_name: str
+        destination_cluster_name: str
+        backup_id: UUID
+        chain_id: UUID
+        backup_end_time: datetime
+        objects: list[dict[str, Any]]
+        restore_opts: dict[str, Any]
+        target_database: str | None
+        worker: str
+        lease_until: datetime
+        command_id: UUID | None
+        at: datetime
+        by: str
+
+    @event(RestoreRequested)
     def __init__(
         self,
         restore_id: UUID,
@@ -76,7 +95,14 @@ class Restore(Aggregate):
             by=by,
         )
 
-    @event("RestoreRunning")
+    class RestoreRunning(Aggregate.Event):
+        cluster_id: str
+        restore_id: UUID
+        bytes_total: int
+        at: datetime
+        by: str
+
+    @event(RestoreRunning)
     def _running(
         self, cluster_id: str, restore_id: UUID, bytes_total: int, at: datetime, by: str
     ) -> None:
@@ -98,7 +124,15 @@ class Restore(Aggregate):
         )
         return True
 
-    @event("RestoreProgressed")
+    class RestoreProgressed(Aggregate.Event):
+        cluster_id: str
+        restore_id: UUID
+        bytes_done: int
+        completion: float
+        at: datetime
+        by: str
+
+    @event(RestoreProgressed)
     def _progressed(
         self,
         cluster_id: str,
@@ -121,7 +155,15 @@ class Restore(Aggregate):
             by=by,
         )
 
-    @event("RestoreSucceeded")
+    class RestoreSucceeded(Aggregate.Event):
+        cluster_id: str
+        restore_id: UUID
+        bytes_done: int
+        restored: list[str]
+        at: datetime
+        by: str
+
+    @event(RestoreSucceeded)
     def _succeeded(
         self,
         cluster_id: str,
@@ -156,7 +198,17 @@ class Restore(Aggregate):
             by=by,
         )
 
-    @event("RestoreFailed")
+    class RestoreFailed(Aggregate.Event):
+        cluster_id: str
+        restore_id: UUID
+        error_code: str
+        error_message: str
+        failed_step: str
+        destination_state: str
+        at: datetime
+        by: str
+
+    @event(RestoreFailed)
     def _failed(
         self,
         cluster_id: str,

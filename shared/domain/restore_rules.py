@@ -189,16 +189,15 @@ def scheduled_backup_waits_for_a_cluster_restore(cluster_id: str, held: set[str]
 def latest_restorable_backup(store: EventStore, cluster_id: str, now: Any) -> UUID | None:
     """The newest COMPLETE, unexpired backup of the cluster whose full is too (from the
     event store's BackupCompleted events; cost grows with the number of backups recorded)."""
-    completed = getattr(Backup, "BackupCompleted")  # noqa: B009 (created by @event)
-    topics = event_topics(completed)
+    topics = event_topics(Backup.BackupCompleted)
     found: list[tuple[Any, UUID]] = []
     after = 0
     while True:
         page = store.notifications(after, 1000, topics)
         for n in page:
             e = store.domain_event(n)
-            if getattr(e, "cluster_id", None) == cluster_id:
-                found.append((e.as_of_time, e.backup_id))  # type: ignore[attr-defined]
+            if isinstance(e, Backup.BackupCompleted) and e.cluster_id == cluster_id:
+                found.append((e.as_of_time, e.backup_id))
         if len(page) < 1000:
             break
         after = page[-1].id
