@@ -1,4 +1,4 @@
-"""The ``managed-backups`` command line.
+"""The ``managed-backups`` command line, a typer application (``app``).
 
 up        run the whole system on this machine, in the foreground, on embedded defaults
 publish   publish a command to the running system and print its result
@@ -7,11 +7,16 @@ contracts export DIR   write JSON Schemas and the AsyncAPI document
 projections rebuild    drop the read models and rebuild them from the event store
 restore start DEST ... [--follow]   start a restore job and follow it to its end
 clusters set-secret ID set the password the executor uses for one cluster (stdin or prompt)
+
+Each command is a function with typed, documented parameters; the groups (``contracts``,
+``projections``, ``clusters``, ``restore``) are typer sub-applications. A command's outcome is its
+exit code (``typer.Exit``): 0 done, 1 refused by the system, 2 a usage problem (typer's own for a
+malformed command line), 3 the system did not answer. Tracebacks never show local variables: a
+credential or a password may be one of them.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -22,21 +27,57 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
+import typer
 
 from managed_backups.contracts import topics
 from managed_backups.services.registry import service_main, service_names
+from managed_backups.services.restore.cli import app as restore_app
 from managed_backups.shared.settings import Settings, default_data_dir
 
 SERVICES = service_names()
 
+app = typer.Typer(
+    name="managed-backups",
+    help="Managed PostgreSQL backups: run the system, publish commands, restore.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    # Plain help and error text: long option names are never cut to fit a panel, and the
+    # "Error: ..." line reads the same in a terminal, a pipe and a log.
+    rich_markup_mode=None,
+)
+contracts_app = typer.Typer(help="contract specifications", no_args_is_help=True)
+projections_app = typer.Typer(help="read models", no_args_is_help=True)
+clusters_app = typer.Typer(help="cluster administration over the HTTP API", no_args_is_help=True)
+app.add_typer(contracts_app, name="contracts")
+app.add_typer(restore_app, name="restore")
+app.add_typer(projections_app, name="projections")
+app.add_typer(clusters_app, name="clusters")
 
-def _settings(data_dir: str | None, **overrides: Any) -> Settings:
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        help="the data directory (default: MANAGED_BACKUPS_DATA_DIR, else "
+        "$XDG_DATA_HOME/managed-backups)"
+    ),
+]
+UpDataDir = Annotated[
+    Path | None,
+    typer.Option(help="the data directory of `up` (default: $XDG_DATA_HOME/managed-backups)"),
+]
+"""``up`` and ``publish`` take the data directory from the command line only."""
+Credential = Annotated[
+    str | None, typer.Option(help="API key (default: the data directory's admin key)")
+]
+
+
+def _settings(data_dir: Path | None, **overrides: Any) -> Settings:
     values: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
     if data_dir is not None:
-        values["data_dir"] = Path(data_dir).resolve()
+        values["data_dir"] = data_dir.resolve()
     return Settings(**values)
 
 
@@ -52,11 +93,32 @@ def _port_free(port: int) -> bool:
 # -- service ------------------------------------------------------------------------------------
 
 
-def cmd_service(args: argparse.Namespace) -> int:
+def _known_service(name: str) -> str:
+    """Only the registry's names (``services/registry.py`` is the one table of services)."""
+    if name not in SERVICES:
+        raise typer.BadParameter(f"{name!r} is not a service; one of: {', '.join(SERVICES)}")
+    return name
+
+
+@app.command("service")
+def cmd_service(
+    name: Annotated[
+        str,
+        typer.Argument(
+            metavar="NAME",
+            help=f"the service: {', '.join(SERVICES)}",
+            callback=_known_service,
+            autocompletion=lambda: list(SERVICES),
+            show_default=False,
+        ),
+    ],
+    data_dir: DataDir = None,
+) -> None:
+    """Run one service in the foreground."""
     from managed_backups.services.runtime import configure_logging, open_runtime, stop_on_signals
 
-    settings = _settings(args.data_dir)
-    configure_logging(args.name, settings.log_level)
+    settings = _settings(data_dir)
+    configure_logging(name, settings.log_level)
     runtime = open_runtime(settings)
 
     async def main() -> None:
@@ -64,13 +126,12 @@ def cmd_service(args: argparse.Namespace) -> int:
         stop_on_signals(stop)
         await runtime.clock.start()
         try:
-            await _service_main(args.name)(runtime, stop)
+            await _service_main(name)(runtime, stop)
         finally:
             await runtime.clock.stop()
 
     asyncio.run(main())
     runtime.close()
-    return 0
 
 
 def _service_main(name: str) -> Any:
@@ -83,7 +144,25 @@ def _service_main(name: str) -> Any:
 # -- up -----------------------------------------------------------------------------------------
 
 
-def cmd_up(args: argparse.Namespace) -> int:
+@app.command("up")
+def cmd_up(
+    data_dir: UpDataDir = None,
+    api_port: Annotated[
+        int | None, typer.Option(help="the HTTP API's port (default: MANAGED_BACKUPS_API_PORT)")
+    ] = None,
+    simulated_clock: Annotated[
+        bool,
+        typer.Option(
+            "--simulated-clock",
+            help="run every service on one simulated clock (never in production)",
+        ),
+    ] = False,
+) -> None:
+    """Run the whole system in the foreground."""
+    raise typer.Exit(_up(data_dir, api_port, simulated_clock))
+
+
+def _up(data_dir_option: Path | None, api_port: int | None, simulated_clock: bool) -> int:
     from managed_backups.services.runtime import private_sqlite_files
     from managed_backups.shared.bus import ensure_topics
     from managed_backups.shared.clock import build_clock
@@ -93,11 +172,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     from managed_backups.shared.security import ensure_key_file
     from managed_backups.shared.sqldb import SqlDatabase, sqlite_path
 
-    data_dir = Path(args.data_dir).resolve() if args.data_dir else default_data_dir()
+    data_dir = data_dir_option.resolve() if data_dir_option else default_data_dir()
     ensure_private_dir(data_dir)
-    settings = _settings(
-        str(data_dir), api_port=args.api_port, simulated_clock=args.simulated_clock or None
-    )
+    settings = _settings(data_dir, api_port=api_port, simulated_clock=simulated_clock or None)
     if settings.simulated_clock and settings.production_like():
         print(
             f"refused: the simulated clock is not allowed here ({settings.production_like()})",
@@ -120,10 +197,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         bootstrap = kafka.start()
     (data_dir / "kafka-bootstrap").write_text(bootstrap + "\n")
     settings = _settings(
-        str(data_dir),
-        api_port=args.api_port,
+        data_dir,
+        api_port=api_port,
         kafka_bootstrap_servers=bootstrap,
-        simulated_clock=args.simulated_clock or None,
+        simulated_clock=simulated_clock or None,
     )
     children: dict[str, subprocess.Popen[bytes]] = {}
     try:
@@ -252,12 +329,53 @@ def _stop_children(children: dict[str, subprocess.Popen[bytes]]) -> None:
 # -- publish ------------------------------------------------------------------------------------
 
 
-def cmd_publish(args: argparse.Namespace) -> int:
+@app.command("publish")
+def cmd_publish(
+    topic: Annotated[
+        str,
+        typer.Argument(
+            metavar="TOPIC", help=f"a command topic: {', '.join(topics.COMMAND_TOPICS)}"
+        ),
+    ],
+    command_json: Annotated[
+        str,
+        typer.Argument(
+            metavar="JSON",
+            help="the command, a JSON object (command_id and credential are filled in if absent)",
+        ),
+    ],
+    data_dir: UpDataDir = None,
+    credential: Credential = None,
+    bootstrap_servers: Annotated[
+        str | None,
+        typer.Option(
+            help="Kafka bootstrap servers (default: those `up` wrote to the data directory)"
+        ),
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the command's result")] = 30.0,
+) -> None:
+    """Publish a command and print its result.
+
+    Exit 0 accepted, 1 rejected, 2 a usage problem, 3 no result within the timeout.
+    """
+    raise typer.Exit(
+        _publish(topic, command_json, data_dir, credential, bootstrap_servers, timeout)
+    )
+
+
+def _publish(
+    topic: str,
+    command_json: str,
+    data_dir_option: Path | None,
+    credential_option: str | None,
+    bootstrap_servers: str | None,
+    timeout: float,
+) -> int:
     from managed_backups.shared.gateway import CommandGateway, CommandTimeout
 
-    data_dir = Path(args.data_dir).resolve() if args.data_dir else default_data_dir()
+    data_dir = data_dir_option.resolve() if data_dir_option else default_data_dir()
     configured = Settings()
-    bootstrap = args.bootstrap_servers or (
+    bootstrap = bootstrap_servers or (
         configured.kafka_bootstrap_servers
         if "kafka_bootstrap_servers" in configured.model_fields_set
         else None
@@ -267,14 +385,14 @@ def cmd_publish(args: argparse.Namespace) -> int:
     if not bootstrap:
         print(f"no broker: is `managed-backups up --data-dir {data_dir}` running?", file=sys.stderr)
         return 2
-    if args.topic not in topics.COMMAND_TOPICS:
+    if topic not in topics.COMMAND_TOPICS:
         print(
-            f"{args.topic} is not a command topic; one of: {', '.join(topics.COMMAND_TOPICS)}",
+            f"{topic} is not a command topic; one of: {', '.join(topics.COMMAND_TOPICS)}",
             file=sys.stderr,
         )
         return 2
     try:
-        command = json.loads(args.json)
+        command = json.loads(command_json)
     except json.JSONDecodeError as exc:
         print(f"the command is not valid JSON: {exc}", file=sys.stderr)
         return 2
@@ -283,7 +401,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         return 2
     command.setdefault("command_id", str(uuid.uuid4()))
     if "credential" not in command:
-        credential = args.credential or configured.credential
+        credential = credential_option or configured.credential
         key_file = data_dir / "admin-api-key"
         if not credential and key_file.exists():
             credential = key_file.read_text().strip()
@@ -299,7 +417,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         gateway = CommandGateway(bootstrap, "managed-backups-cli")
         await gateway.start()
         try:
-            result = await gateway.request(args.topic, command, timeout=args.timeout)
+            result = await gateway.request(topic, command, timeout=timeout)
         except CommandTimeout as exc:
             print(str(exc), file=sys.stderr)
             return 3
@@ -314,128 +432,79 @@ def cmd_publish(args: argparse.Namespace) -> int:
 # -- contracts, projections ---------------------------------------------------------------------
 
 
-def cmd_contracts_export(args: argparse.Namespace) -> int:
+@contracts_app.command("export")
+def cmd_contracts_export(
+    directory: Annotated[
+        Path, typer.Argument(metavar="DIR", help="where to write them (created if missing)")
+    ],
+) -> None:
+    """Write JSON Schemas and the AsyncAPI document."""
     from managed_backups.contracts.export import export
 
-    for path in export(Path(args.directory)):
+    for path in export(directory):
         print(path)
-    return 0
 
 
-def cmd_projections_rebuild(args: argparse.Namespace) -> int:
+@projections_app.command("rebuild")
+def cmd_projections_rebuild(data_dir: DataDir = None) -> None:
+    """Drop the read models and rebuild them from the event store."""
     from managed_backups.services.projections.service import rebuild
     from managed_backups.shared.eventstore import open_event_store
     from managed_backups.shared.sqldb import SqlDatabase
 
-    settings = _settings(args.data_dir)
+    settings = _settings(data_dir)
     store = open_event_store(settings.store_url)
     db = SqlDatabase(settings.store_url)
     models = rebuild(store, db)
     print(f"rebuilt the read models up to position {models.position()}")
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="managed-backups",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    up = sub.add_parser("up", help="run the whole system in the foreground")
-    up.add_argument("--data-dir")
-    up.add_argument("--api-port", type=int)
-    up.add_argument(
-        "--simulated-clock",
-        action="store_true",
-        help="run every service on one simulated clock (never in production)",
-    )
-    up.set_defaults(func=cmd_up)
-
-    publish = sub.add_parser("publish", help="publish a command and print its result")
-    publish.add_argument("topic")
-    publish.add_argument("json")
-    publish.add_argument("--data-dir")
-    publish.add_argument("--credential", help="API key (default: the data directory's admin key)")
-    publish.add_argument("--bootstrap-servers")
-    publish.add_argument("--timeout", type=float, default=30.0)
-    publish.set_defaults(func=cmd_publish)
-
-    service = sub.add_parser("service", help="run one service in the foreground")
-    service.add_argument("name", choices=SERVICES)
-    service.add_argument("--data-dir")
-    service.set_defaults(func=cmd_service)
-
-    contracts = sub.add_parser("contracts", help="contract specifications")
-    contracts_sub = contracts.add_subparsers(dest="contracts_command", required=True)
-    export = contracts_sub.add_parser("export", help="write JSON Schemas and the AsyncAPI document")
-    export.add_argument("directory")
-    export.set_defaults(func=cmd_contracts_export)
-
-    from managed_backups.services.restore.cli import add_parser as add_restore_parser
-
-    add_restore_parser(sub)
-
-    projections = sub.add_parser("projections", help="read models")
-    projections_sub = projections.add_subparsers(dest="projections_command", required=True)
-    rebuild = projections_sub.add_parser("rebuild", help="drop and rebuild from the event store")
-    rebuild.add_argument("--data-dir")
-    rebuild.set_defaults(func=cmd_projections_rebuild)
-    add_clusters_commands(sub)
-    return parser
 
 
 # -- clusters set-secret ------------------------------------------------------------------------
 
 
-def add_clusters_commands(sub: Any) -> None:
-    clusters = sub.add_parser("clusters", help="cluster administration over the HTTP API")
-    clusters_sub = clusters.add_subparsers(dest="clusters_command", required=True)
-    secret = clusters_sub.add_parser(
-        "set-secret",
-        help="set the password the executor uses for one cluster (read from stdin or a prompt)",
-    )
-    secret.add_argument("cluster_id")
-    secret.add_argument("--data-dir")
-    secret.add_argument("--credential", help="API key (default: the data directory's admin key)")
-    secret.add_argument("--api-url", help="default: http://API_HOST:API_PORT from the settings")
-    secret.set_defaults(func=cmd_set_secret)
-
-
 def read_password(stdin: Any = None) -> str:
-    """The password from stdin when it is not a terminal (its first line), else a prompt."""
-    import getpass
+    """The password from stdin when it is not a terminal (its first line), else a prompt.
 
+    The prompt hides what is typed and asks twice; on a mismatch it says so and asks again.
+    """
     stream = stdin or sys.stdin
     if not stream.isatty():
         return str(stream.readline()).rstrip("\r\n")
-    first = getpass.getpass("cluster password: ")
-    if getpass.getpass("again: ") != first:
-        raise ValueError("the two passwords differ")
-    return first
+    password: str = typer.prompt("cluster password", hide_input=True, confirmation_prompt="again")
+    return password
 
 
-def cmd_set_secret(args: argparse.Namespace) -> int:
-    settings = _settings(args.data_dir)
-    credential = args.credential or settings.credential
+@clusters_app.command("set-secret")
+def cmd_set_secret(
+    cluster_id: Annotated[str, typer.Argument(metavar="ID", help="the cluster's id")],
+    data_dir: DataDir = None,
+    credential: Credential = None,
+    api_url: Annotated[
+        str | None, typer.Option(help="default: http://API_HOST:API_PORT from the settings")
+    ] = None,
+) -> None:
+    """Set the password the executor uses for one cluster (read from stdin or a prompt)."""
+    raise typer.Exit(_set_secret(cluster_id, data_dir, credential, api_url))
+
+
+def _set_secret(
+    cluster_id: str, data_dir: Path | None, credential_option: str | None, api_url: str | None
+) -> int:
+    settings = _settings(data_dir)
+    credential = credential_option or settings.credential
     if not credential and settings.admin_key_path.exists():
         credential = settings.admin_key_path.read_text().strip()
     if not credential:
         print("no credential: pass --credential or --data-dir", file=sys.stderr)
         return 2
-    try:
-        password = read_password()
-    except ValueError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
+    password = read_password()
     if not password:
         print("no password given", file=sys.stderr)
         return 2
-    url = args.api_url or f"http://{settings.api_host}:{settings.api_port}"
+    url = api_url or f"http://{settings.api_host}:{settings.api_port}"
     try:
         response = httpx.put(
-            f"{url.rstrip('/')}/api/v1/clusters/{args.cluster_id}/connection-secret",
+            f"{url.rstrip('/')}/api/v1/clusters/{cluster_id}/connection-secret",
             json={"password": password},
             headers={"Authorization": f"Bearer {credential}"},
             timeout=30,
@@ -446,14 +515,19 @@ def cmd_set_secret(args: argparse.Namespace) -> int:
     if response.status_code >= 300:
         print(f"refused ({response.status_code}): {response.text}", file=sys.stderr)
         return 1
-    print(f"the connection secret of cluster {args.cluster_id} is set")
+    print(f"the connection secret of cluster {cluster_id} is set")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    result: int = args.func(args)
-    return result
+    """Run the command line (``argv``, default ``sys.argv[1:]``) and return its exit code."""
+    try:
+        app(args=argv, prog_name="managed-backups")
+    except SystemExit as done:
+        if done.code is None or isinstance(done.code, int):
+            return done.code or 0
+        raise
+    return 0
 
 
 if __name__ == "__main__":

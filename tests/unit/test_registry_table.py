@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 
 import pytest
+from typer.testing import CliRunner
 
 from managed_backups.services import cli
 from managed_backups.services.registry import SERVICES, service_main, service_names
@@ -28,20 +29,12 @@ def test_every_service_has_a_composition_root() -> None:
 
 def test_the_cli_reads_the_table() -> None:
     assert service_names() == cli.SERVICES
-    parser = cli.build_parser()
     for name in service_names():
-        assert parser.parse_args(["service", name]).name == name
+        assert cli._known_service(name) == name
+    unknown = CliRunner().invoke(cli.app, ["service", "nope"])
+    assert unknown.exit_code == 2
+    assert f"'nope' is not a service; one of: {', '.join(service_names())}" in unknown.stderr
+    helped = CliRunner().invoke(cli.app, ["service", "--help"])
+    assert helped.exit_code == 0 and all(name in helped.stdout for name in service_names())
     with pytest.raises(SystemExit, match="unknown service 'nope'"):
         cli._service_main("nope")
-
-
-def test_set_secret_reads_the_password_from_a_pipe() -> None:
-    import io
-
-    class Pipe(io.StringIO):
-        def isatty(self) -> bool:
-            return False
-
-    assert cli.read_password(Pipe("s3cret with spaces\nignored\n")) == "s3cret with spaces"
-    args = cli.build_parser().parse_args(["clusters", "set-secret", "orders-prod"])
-    assert args.cluster_id == "orders-prod" and args.func is cli.cmd_set_secret

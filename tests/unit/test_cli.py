@@ -1,0 +1,187 @@
+"""The ``managed-backups`` command line: help on every command, usage errors as exit 2 with a
+clear message, the documented messages of ``publish`` and ``clusters set-secret``, and the
+set-secret password read from a pipe or a prompt asked twice."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer.main
+from typer.testing import CliRunner
+
+from managed_backups.contracts import topics
+from managed_backups.services import cli
+
+COMMANDS = [
+    [],
+    ["up"],
+    ["publish"],
+    ["service"],
+    ["contracts"],
+    ["contracts", "export"],
+    ["projections"],
+    ["projections", "rebuild"],
+    ["restore"],
+    ["restore", "start"],
+    ["clusters"],
+    ["clusters", "set-secret"],
+]
+DOCUMENTED_OPTIONS = {
+    "up": ["--data-dir", "--api-port", "--simulated-clock"],
+    "publish": ["--data-dir", "--credential", "--bootstrap-servers", "--timeout"],
+    "projections rebuild": ["--data-dir"],
+    "clusters set-secret": ["--data-dir", "--credential", "--api-url"],
+    "restore start": [
+        "--type",
+        "--database",
+        "--schema",
+        "--table",
+        "--backup-id",
+        "--source",
+        "--new-db-name",
+        "--into-db",
+        "--skip-missing-foreign-keys",
+        "--skip-missing-sequences",
+        "--skip-missing-views",
+        "--skip-localities-check",
+        "--follow",
+        "--api",
+        "--credential",
+    ],
+}
+
+
+@pytest.fixture
+def runner(tmp_path: Path) -> CliRunner:
+    """No MANAGED_BACKUPS_* settings and an empty data home: only the arguments count."""
+    import os
+
+    env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("MANAGED_BACKUPS_")}
+    env["XDG_DATA_HOME"] = str(tmp_path / "data-home")
+    return CliRunner(env=env)
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "managed-backups")
+def test_every_command_has_help(runner: CliRunner, command: list[str]) -> None:
+    result = runner.invoke(cli.app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"Usage: managed-backups {' '.join(command)}".rstrip())
+    for option in DOCUMENTED_OPTIONS.get(" ".join(command), []):
+        assert f"{option} " in result.stdout, option
+
+
+def _commands(command: Any, path: str = "managed-backups") -> Iterator[tuple[str, Any]]:
+    yield path, command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _commands(sub, f"{path} {name}")
+
+
+def test_every_command_argument_and_option_has_a_help_text() -> None:
+    for path, command in _commands(typer.main.get_command(cli.app)):
+        assert command.help, path
+        for param in command.params:
+            assert getattr(param, "help", None), f"{path} {param.name}"
+
+
+def test_a_group_without_its_command_shows_its_commands_and_exits_2(runner: CliRunner) -> None:
+    result = runner.invoke(cli.app, ["clusters"])
+    assert result.exit_code == 2 and "set-secret" in result.output
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["nope"], "No such command 'nope'"),
+        (["up", "--api-port", "notint"], "Invalid value for '--api-port'"),
+        (["publish", topics.COMMAND_TOPICS[0]], "Missing argument 'JSON'"),
+        (["publish", "t", "{}", "--timeout", "soon"], "Invalid value for '--timeout'"),
+        (["clusters", "set-secret"], "Missing argument 'ID'"),
+        (["contracts", "export"], "Missing argument 'DIR'"),
+        (["up", "--no-such-flag"], "No such option: --no-such-flag"),
+    ],
+)
+def test_argument_errors_exit_2_with_a_clear_message(
+    runner: CliRunner, argv: list[str], message: str
+) -> None:
+    result = runner.invoke(cli.app, argv)
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert "Usage: managed-backups" in result.stderr and f"Error: {message}" in result.stderr
+
+
+def test_main_returns_the_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["service", "nope"]) == 2
+    assert "'nope' is not a service" in capsys.readouterr().err
+    assert cli.main(["--help"]) == 0
+    assert "Usage: managed-backups" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["publish", "nope", "{}", "--bootstrap-servers", "127.0.0.1:1"],
+            f"nope is not a command topic; one of: {', '.join(topics.COMMAND_TOPICS)}\n",
+        ),
+        (
+            ["publish", topics.COMMAND_TOPICS[0], "x", "--bootstrap-servers", "127.0.0.1:1"],
+            "the command is not valid JSON: Expecting value: line 1 column 1 (char 0)\n",
+        ),
+        (
+            ["publish", topics.COMMAND_TOPICS[0], "[1]", "--bootstrap-servers", "127.0.0.1:1"],
+            "the command must be a JSON object\n",
+        ),
+    ],
+)
+def test_publish_refuses_a_malformed_command_before_any_broker(
+    runner: CliRunner, argv: list[str], message: str
+) -> None:
+    result = runner.invoke(cli.app, argv)
+    assert (result.exit_code, result.stderr) == (2, message)
+
+
+def test_publish_without_a_broker_names_the_data_directory(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    result = runner.invoke(
+        cli.app, ["publish", topics.COMMAND_TOPICS[0], "{}", "--data-dir", str(tmp_path)]
+    )
+    assert result.exit_code == 2
+    assert result.stderr == f"no broker: is `managed-backups up --data-dir {tmp_path}` running?\n"
+
+
+def test_set_secret_without_a_credential_or_a_password(runner: CliRunner, tmp_path: Path) -> None:
+    no_key = runner.invoke(cli.app, ["clusters", "set-secret", "c1", "--data-dir", str(tmp_path)])
+    assert (no_key.exit_code, no_key.stderr) == (
+        2,
+        "no credential: pass --credential or --data-dir\n",
+    )
+    (tmp_path / "admin-api-key").write_text("mbk_x\n")
+    empty = runner.invoke(
+        cli.app, ["clusters", "set-secret", "c1", "--data-dir", str(tmp_path)], input="\n"
+    )
+    assert (empty.exit_code, empty.stderr) == (2, "no password given\n")
+
+
+def test_set_secret_reads_the_first_line_of_a_pipe() -> None:
+    class Pipe(io.StringIO):
+        def isatty(self) -> bool:
+            return False
+
+    assert cli.read_password(Pipe("s3cret with spaces\nignored\n")) == "s3cret with spaces"
+
+
+def test_set_secret_prompts_twice_on_a_terminal_until_both_agree() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    with CliRunner().isolation(input="first\nsecond\ns3cret\ns3cret\n") as (out, _err, _mixed):
+        assert cli.read_password(Terminal()) == "s3cret"
+        prompts = out.getvalue().decode()
+    assert prompts.count("cluster password: ") == 2 and prompts.count("again: ") == 2
+    assert "s3cret" not in prompts and "first" not in prompts
