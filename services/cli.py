@@ -11,7 +11,8 @@ clusters set-secret ID set the password the executor uses for one cluster (stdin
 Each command is a function with typed, documented parameters; the groups (``contracts``,
 ``projections``, ``clusters``, ``restore``) are typer sub-applications. A command's outcome is its
 exit code (``typer.Exit``): 0 done, 1 refused by the system, 2 a usage problem (typer's own for a
-malformed command line), 3 the system did not answer. Tracebacks never show local variables: a
+malformed command line), 3 the system did not answer (``restore start`` says 2 then, as it
+always has). Tracebacks never show local variables: a
 credential or a password may be one of them.
 """
 
