@@ -12,8 +12,8 @@ Each command is a function with typed, documented parameters; the groups (``cont
 ``projections``, ``clusters``, ``restore``) are typer sub-applications. A command's outcome is its
 exit code (``typer.Exit``): 0 done, 1 refused by the system, 2 a usage problem (typer's own for a
 malformed command line), 3 the system did not answer (``restore start`` says 2 then, as it
-always has). Tracebacks never show local variables: a
-credential or a password may be one of them.
+always has). Tracebacks never show local variables: a credential or a password may be one of
+them.
 """
 
 from __future__ import annotations
@@ -91,57 +91,6 @@ def _port_free(port: int) -> bool:
         return True
 
 
-# -- service ------------------------------------------------------------------------------------
-
-
-def _known_service(name: str) -> str:
-    """Only the registry's names (``services/registry.py`` is the one table of services)."""
-    if name not in SERVICES:
-        raise typer.BadParameter(f"{name!r} is not a service; one of: {', '.join(SERVICES)}")
-    return name
-
-
-@app.command("service")
-def cmd_service(
-    name: Annotated[
-        str,
-        typer.Argument(
-            metavar="NAME",
-            help=f"the service: {', '.join(SERVICES)}",
-            callback=_known_service,
-            autocompletion=lambda: list(SERVICES),
-            show_default=False,
-        ),
-    ],
-    data_dir: DataDir = None,
-) -> None:
-    """Run one service in the foreground."""
-    from managed_backups.services.runtime import configure_logging, open_runtime, stop_on_signals
-
-    settings = _settings(data_dir)
-    configure_logging(name, settings.log_level)
-    runtime = open_runtime(settings)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        stop_on_signals(stop)
-        await runtime.clock.start()
-        try:
-            await _service_main(name)(runtime, stop)
-        finally:
-            await runtime.clock.stop()
-
-    asyncio.run(main())
-    runtime.close()
-
-
-def _service_main(name: str) -> Any:
-    try:
-        return service_main(name)
-    except KeyError as unknown:
-        raise SystemExit(str(unknown.args[0])) from None
-
-
 # -- up -----------------------------------------------------------------------------------------
 
 
@@ -149,7 +98,8 @@ def _service_main(name: str) -> Any:
 def cmd_up(
     data_dir: UpDataDir = None,
     api_port: Annotated[
-        int | None, typer.Option(help="the HTTP API's port (default: MANAGED_BACKUPS_API_PORT)")
+        int | None,
+        typer.Option(help="the HTTP API's port (default: MANAGED_BACKUPS_API_PORT, else 8080)"),
     ] = None,
     simulated_clock: Annotated[
         bool,
@@ -428,6 +378,57 @@ def _publish(
         return 0 if result.code < 300 else 1
 
     return asyncio.run(main())
+
+
+# -- service ------------------------------------------------------------------------------------
+
+
+def _known_service(name: str) -> str:
+    """Only the registry's names (``services/registry.py`` is the one table of services)."""
+    if name not in SERVICES:
+        raise typer.BadParameter(f"{name!r} is not a service; one of: {', '.join(SERVICES)}")
+    return name
+
+
+@app.command("service")
+def cmd_service(
+    name: Annotated[
+        str,
+        typer.Argument(
+            metavar="NAME",
+            help=f"the service: {', '.join(SERVICES)}",
+            callback=_known_service,
+            autocompletion=lambda: list(SERVICES),
+            show_default=False,
+        ),
+    ],
+    data_dir: DataDir = None,
+) -> None:
+    """Run one service in the foreground."""
+    from managed_backups.services.runtime import configure_logging, open_runtime, stop_on_signals
+
+    settings = _settings(data_dir)
+    configure_logging(name, settings.log_level)
+    runtime = open_runtime(settings)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+        await runtime.clock.start()
+        try:
+            await _service_main(name)(runtime, stop)
+        finally:
+            await runtime.clock.stop()
+
+    asyncio.run(main())
+    runtime.close()
+
+
+def _service_main(name: str) -> Any:
+    try:
+        return service_main(name)
+    except KeyError as unknown:
+        raise SystemExit(str(unknown.args[0])) from None
 
 
 # -- contracts, projections ---------------------------------------------------------------------
