@@ -59,7 +59,7 @@ COMMAND_PAYLOADS: dict[str, tuple[Any, str]] = {
 async def ensure_topics(
     bootstrap_servers: str, partitions: int = PARTITIONS, timeout: float = 60
 ) -> None:
-    """Create the topics if missing. Events are kept forever (the store is the truth,
+    """Create the topics if missing (aiokafka's admin client: FastStream has no topic admin). Events are kept forever (the store is the truth,
     but consumers may replay the topic from the beginning)."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
@@ -197,11 +197,13 @@ def outcome_publishers(broker: KafkaBroker) -> Outcomes:
         outcomes = Outcomes(
             results=broker.publisher(
                 topics.COMMAND_RESULTS,
+                title=f"{topics.COMMAND_RESULTS}:Outcome",
                 schema=CommandResult,
                 description="The outcome of every command, keyed by command id.",
             ),
             dead_letters=broker.publisher(
                 topics.DEAD_LETTER,
+                title=f"{topics.DEAD_LETTER}:Outcome",
                 schema=DeadLetter,
                 description="A command message that could not be read, with the error.",
             ),

@@ -15,13 +15,30 @@ from uuid import UUID
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from faststream.kafka import KafkaBroker
 
 from managed_backups.contracts import topics
 from managed_backups.contracts.results import CommandResult
+from managed_backups.shared.bus import COMMAND_PAYLOADS
 
 
 class CommandTimeout(TimeoutError):
     pass
+
+
+def declare(broker: KafkaBroker) -> None:
+    """The gateway's send operations, for the AsyncAPI document only. The gateway itself uses
+    aiokafka directly: it forwards the caller's JSON object as given (the consuming service
+    validates it, after its bounds and authentication), and it reads every partition of
+    ``command-results`` from its end without a consumer group, which a FastStream subscriber
+    (group-managed, or a fixed partition list without the seek) does not express."""
+    for topic, (payload, _) in COMMAND_PAYLOADS.items():
+        broker.publisher(
+            topic,
+            title=f"{topic}:Gateway",
+            schema=payload,
+            description="Commands sent by the HTTP API and `managed-backups publish`.",
+        )
 
 
 class CommandGateway:

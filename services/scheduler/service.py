@@ -31,6 +31,7 @@ def declare(broker: KafkaBroker) -> DefaultPublisher:
     declare_command_subscriber(broker, topics.CLUSTER_COMMANDS, GROUP)
     return broker.publisher(
         topics.BACKUP_COMMANDS,
+        title=f"{topics.BACKUP_COMMANDS}:Scheduler",
         schema=TakeBackup,
         description="Scheduled backups, sent by the scheduler to the backup-executor.",
     )
