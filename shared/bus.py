@@ -1,9 +1,13 @@
-"""Kafka wiring: topics, the FastStream broker, and the thin command subscriber.
+"""Kafka wiring: topics, the FastStream broker, and the thin command subscribers.
 
-Subscribers are thin: they hand the raw bytes to a ``CommandProcessor`` (in a worker thread, the
-event store is synchronous), then publish its result on ``command-results`` and, for an
-unparseable message, a dead-letter entry. Offsets are committed only after that (``AckPolicy.ACK``):
-a crash redelivers, and idempotency by ``command_id`` makes the redelivery harmless.
+Each command topic has one thin ``on_<topic>`` subscriber (``declare_command_subscriber``): its
+parameter is the raw bytes, documented as the topic's command type so FastStream's AsyncAPI
+generator shows the payload. It hands the bytes to the service's ``CommandProcessor`` (taken from
+the broker's context, run in a worker thread: the event store is synchronous), then publishes the
+result on ``command-results`` and, for an unreadable message, a dead-letter entry, through
+publishers declared with their message types. Offsets are committed only after that
+(``AckPolicy.NACK_ON_ERROR``: an exception, e.g. a failed publish, redelivers), and idempotency
+by ``command_id`` makes a redelivery harmless.
 """
 
 from __future__ import annotations
@@ -96,15 +100,6 @@ def make_broker(bootstrap_servers: str, client_id: str) -> KafkaBroker:
         enable_idempotence=True,
         acks="all",
         logger=None,
-    )
-
-
-async def publish_model(broker: KafkaBroker, topic: str, payload: Any, key: str | None) -> None:
-    await broker.publish(
-        payload.model_dump_json().encode(),
-        topic=topic,
-        key=key.encode() if key else None,
-        headers={"content-type": "application/json"},
     )
 
 

@@ -147,3 +147,28 @@ def test_every_list_and_string_of_a_command_is_bounded() -> None:
 def test_cluster_ids_are_matched_whole() -> None:
     with pytest.raises(ValidationError):
         register(cluster_id="c1\n")
+
+
+def test_command_subscribers_document_their_command_types() -> None:
+    """Each ``on_<topic>`` handler takes raw bytes, yet the document shows the command models."""
+    document = asyncapi_document()
+    titles: dict[str, set[str]] = {}
+    for operation in document["operations"].values():
+        if operation["action"] != "receive":
+            continue
+        channel = resolve(document, operation["channel"])
+        for ref in channel["messages"].values():
+            payload = resolve(document, resolve(document, ref)["payload"])
+            members = payload.get("oneOf", [payload])
+            titles[channel["address"]] = {m["properties"]["type"]["const"] for m in members}
+    assert titles == {
+        topics.CLUSTER_COMMANDS: {
+            "RegisterCluster",
+            "UpdateBackupSettings",
+            "ChangeClusterTier",
+            "DeleteCluster",
+        },
+        topics.BACKUP_COMMANDS: {"TakeBackup", "VerifyBackup"},
+        topics.RESTORE_COMMANDS: {"StartRestore"},
+        topics.RETENTION_COMMANDS: {"EnforceRetention"},
+    }
