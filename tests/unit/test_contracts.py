@@ -172,3 +172,37 @@ def test_command_subscribers_document_their_command_types() -> None:
         topics.RESTORE_COMMANDS: {"StartRestore"},
         topics.RETENTION_COMMANDS: {"EnforceRetention"},
     }
+
+
+def dangling_refs(document: dict[str, Any]) -> list[str]:
+    """Every ``$ref`` (and discriminator mapping target) that names nothing in ``document``."""
+    targets: list[str] = []
+
+    def collect(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "$ref" and isinstance(value, str):
+                    targets.append(value)
+                elif key == "mapping" and isinstance(value, dict):
+                    targets.extend(str(t) for t in value.values())
+                else:
+                    collect(value)
+        elif isinstance(node, list):
+            for item in node:
+                collect(item)
+
+    collect(document)
+    dangling = []
+    for target in targets:
+        try:
+            resolve(document, {"$ref": target})
+        except (KeyError, TypeError):
+            dangling.append(target)
+    return dangling
+
+
+def test_asyncapi_references_resolve() -> None:
+    assert dangling_refs(asyncapi_document()) == []
+    assert dangling_refs({"a": {"$ref": "#/components/schemas/Nothing"}}) == [
+        "#/components/schemas/Nothing"
+    ]
