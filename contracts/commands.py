@@ -48,16 +48,31 @@ class CommandBase(Contract):
 
 
 class RegisterCluster(CommandBase):
-    type: Literal["RegisterCluster"] = "RegisterCluster"
+    type: Literal["RegisterCluster"] = Field(
+        default="RegisterCluster",
+        description="Always RegisterCluster: names the message (the discriminator).",
+    )
     cluster_id: ClusterId
-    name: str = Field(min_length=1, max_length=200)
-    organization: str = Field(min_length=1, max_length=200, examples=["acme"])
-    tier: Tier
+    name: str = Field(min_length=1, max_length=200, description="Display name of the cluster.")
+    organization: str = Field(
+        min_length=1,
+        max_length=200,
+        examples=["acme"],
+        description="Organization owning the cluster.",
+    )
+    tier: Tier = Field(
+        description="Service tier of the cluster (sets backup frequency and retention)."
+    )
     regions: list[Annotated[str, Field(max_length=63)]] = Field(
         max_length=MAX_REGIONS, description="Cloud regions of the cluster, e.g. us-east-1."
     )
-    engine: Engine = Engine.POSTGRES
-    database_version: str = Field(min_length=1, max_length=40, examples=["15.8"])
+    engine: Engine = Field(default=Engine.POSTGRES, description="Database engine of the cluster.")
+    database_version: str = Field(
+        min_length=1,
+        max_length=40,
+        examples=["15.8"],
+        description="PostgreSQL server version of the cluster.",
+    )
     connection_ref: str = Field(
         min_length=1,
         max_length=500,
@@ -98,32 +113,53 @@ class RegisterCluster(CommandBase):
 class UpdateBackupSettings(CommandBase):
     """Change some of a cluster's backup settings; fields left out stay as they are."""
 
-    type: Literal["UpdateBackupSettings"] = "UpdateBackupSettings"
+    type: Literal["UpdateBackupSettings"] = Field(
+        default="UpdateBackupSettings",
+        description="Always UpdateBackupSettings: names the message (the discriminator).",
+    )
     cluster_id: ClusterId
-    enabled: bool | None = None
-    frequency_minutes: int | None = None
-    retention_days: int | None = None
+    enabled: bool | None = Field(
+        default=None, description="Turn scheduled backups on or off; unchanged if absent."
+    )
+    frequency_minutes: int | None = Field(
+        default=None, description="Minutes between scheduled backups; unchanged if absent."
+    )
+    retention_days: int | None = Field(
+        default=None, description="Days a backup is kept; unchanged if absent."
+    )
 
 
 class ChangeClusterTier(CommandBase):
-    type: Literal["ChangeClusterTier"] = "ChangeClusterTier"
+    type: Literal["ChangeClusterTier"] = Field(
+        default="ChangeClusterTier",
+        description="Always ChangeClusterTier: names the message (the discriminator).",
+    )
     cluster_id: ClusterId
-    tier: Tier
+    tier: Tier = Field(description="The new tier.")
 
 
 class DeleteCluster(CommandBase):
-    type: Literal["DeleteCluster"] = "DeleteCluster"
+    type: Literal["DeleteCluster"] = Field(
+        default="DeleteCluster",
+        description="Always DeleteCluster: names the message (the discriminator).",
+    )
     cluster_id: ClusterId
 
 
 class TakeBackup(CommandBase):
     """Take one backup now. Sent by the scheduler for a due slot, or by a user on demand."""
 
-    type: Literal["TakeBackup"] = "TakeBackup"
+    type: Literal["TakeBackup"] = Field(
+        default="TakeBackup",
+        description="Always TakeBackup: names the message (the discriminator).",
+    )
     cluster_id: ClusterId
     backup_id: UUID = Field(description="Deterministic for a scheduled slot: cluster + slot.")
-    backup_type: BackupType
-    reason: BackupReason = BackupReason.MANUAL
+    backup_type: BackupType = Field(description="FULL starts a new chain; INCREMENTAL extends one.")
+    reason: BackupReason = Field(
+        default=BackupReason.MANUAL,
+        description="SCHEDULED (sent by the scheduler) or MANUAL (on demand).",
+    )
     scheduled_for: datetime | None = Field(default=None, description="The slot, if scheduled.")
     chain_id: UUID | None = Field(
         default=None, description="For an incremental: the complete full backup it depends on."
@@ -134,9 +170,12 @@ class TakeBackup(CommandBase):
 
 
 class VerifyBackup(CommandBase):
-    type: Literal["VerifyBackup"] = "VerifyBackup"
+    type: Literal["VerifyBackup"] = Field(
+        default="VerifyBackup",
+        description="Always VerifyBackup: names the message (the discriminator).",
+    )
     cluster_id: ClusterId
-    backup_id: UUID
+    backup_id: UUID = Field(description="The backup's id.")
 
 
 MAX_IDENTIFIER = 63
@@ -146,11 +185,17 @@ MAX_IDENTIFIER = 63
 class RestoreObject(Contract):
     """One database, or one table (``database`` + ``schema`` + ``table``) of the backup."""
 
-    database: str = Field(min_length=1, max_length=MAX_IDENTIFIER)
+    database: str = Field(min_length=1, max_length=MAX_IDENTIFIER, description="Database name.")
     schema_: str | None = Field(
-        default=None, alias="schema", min_length=1, max_length=MAX_IDENTIFIER
+        default=None,
+        alias="schema",
+        min_length=1,
+        max_length=MAX_IDENTIFIER,
+        description="Schema name.",
     )
-    table: str | None = Field(default=None, min_length=1, max_length=MAX_IDENTIFIER)
+    table: str | None = Field(
+        default=None, min_length=1, max_length=MAX_IDENTIFIER, description="Table name."
+    )
 
 
 class RestoreOptions(Contract):
@@ -166,31 +211,57 @@ class RestoreOptions(Contract):
         max_length=MAX_IDENTIFIER,
         description="TABLE: an existing database to restore the tables into.",
     )
-    skip_missing_foreign_keys: bool = False
-    skip_missing_sequences: bool = False
-    skip_missing_views: bool = False
-    skip_localities_check: bool = False
+    skip_missing_foreign_keys: bool = Field(
+        default=False,
+        description="TABLE restore: leave out a foreign key to a table not restored instead of refusing.",
+    )
+    skip_missing_sequences: bool = Field(
+        default=False,
+        description="TABLE restore: drop a default using a sequence not restored instead of refusing.",
+    )
+    skip_missing_views: bool = Field(
+        default=False,
+        description="TABLE restore: skip a view reading a relation not restored instead of refusing.",
+    )
+    skip_localities_check: bool = Field(
+        default=False,
+        description="Allow a multi-region source into a single-region destination (ADVANCED).",
+    )
 
 
 class StartRestore(CommandBase):
     """Restore a cluster, a database or tables of a backup into ``destination_cluster_id``."""
 
-    type: Literal["StartRestore"] = "StartRestore"
+    type: Literal["StartRestore"] = Field(
+        default="StartRestore",
+        description="Always StartRestore: names the message (the discriminator).",
+    )
     restore_id: UUID = Field(description="The restore job's id, chosen by the sender.")
     destination_cluster_id: ClusterId
-    restore_type: RestoreType
+    restore_type: RestoreType = Field(
+        description="What is restored: the cluster, a database or tables."
+    )
     backup_id: UUID | None = Field(
         default=None, description="Default: the latest restorable backup of the source."
     )
     source_cluster_id: ClusterId | None = Field(
         default=None, description="Default: the destination cluster itself."
     )
-    objects: list[RestoreObject] = Field(default_factory=list, max_length=MAX_RESTORE_OBJECTS)
-    restore_opts: RestoreOptions = Field(default_factory=RestoreOptions)
+    objects: list[RestoreObject] = Field(
+        default_factory=list,
+        max_length=MAX_RESTORE_OBJECTS,
+        description="Databases, schemas or tables to restore (empty for a whole cluster).",
+    )
+    restore_opts: RestoreOptions = Field(
+        default_factory=RestoreOptions, description="Options relaxing the restore's checks."
+    )
 
 
 class EnforceRetention(CommandBase):
-    type: Literal["EnforceRetention"] = "EnforceRetention"
+    type: Literal["EnforceRetention"] = Field(
+        default="EnforceRetention",
+        description="Always EnforceRetention: names the message (the discriminator).",
+    )
     cluster_id: ClusterId | None = Field(default=None, description="None: every cluster.")
 
 

@@ -28,148 +28,214 @@ from managed_backups.contracts.enums import (
 
 
 class CatalogTable(Contract):
-    name: str
-    row_count: int
-    size_bytes: int
+    name: str = Field(description="Table name.")
+    row_count: int = Field(description="Rows in the table.")
+    size_bytes: int = Field(description="Size of the table in bytes.")
 
 
 class CatalogSchema(Contract):
-    name: str
-    tables: list[CatalogTable]
+    name: str = Field(description="Schema name.")
+    tables: list[CatalogTable] = Field(description="Tables of the schema.")
 
 
 class CatalogDatabase(Contract):
-    name: str
+    name: str = Field(description="Database name.")
     schemas: list[CatalogSchema] = Field(
         description="Its schemas and tables; empty when the event summarises a large catalog "
         "(table_count says how many there are; the backup's manifest lists them)."
     )
-    size_bytes: int = 0
+    size_bytes: int = Field(default=0, description="Size of the database in bytes.")
     table_count: int | None = Field(
         default=None, description="Tables in the database (absent in events of version 0.1)."
     )
 
 
 class Grant(Contract):
-    role: Role
+    role: Role = Field(description="The role granted.")
     scope: str = Field(description='"*" (everything), "org:<organization>" or "cluster:<id>".')
 
 
 class EventBase(Contract):
-    schema_version: Literal[1] = 1
+    schema_version: Literal[1] = Field(default=1, description="Version of this message's shape.")
     event_id: UUID = Field(description="Stable id of the event: a consumer dedupes on it.")
     position: int = Field(description="Position in the event store's notification log.")
     cluster_id: str | None = Field(description="Partition key; None for installation events.")
-    aggregate_id: UUID
-    aggregate_version: int
+    aggregate_id: UUID = Field(
+        description="Id of the event-sourced aggregate the event belongs to."
+    )
+    aggregate_version: int = Field(
+        description="Version of that aggregate after this event (1 for its first event)."
+    )
     occurred_at: datetime = Field(description="When it happened, on the system's clock.")
     recorded_at: datetime = Field(description="When the event store recorded it (wall clock).")
     by: str = Field(description="The principal or service that caused it.")
 
 
 class ClusterRegistered(EventBase):
-    type: Literal["ClusterRegistered"] = "ClusterRegistered"
-    name: str
-    organization: str
-    tier: Tier
-    regions: list[str]
-    engine: Engine
-    database_version: str
-    connection_ref: str
-    backup_region: str
-    enabled: bool
-    frequency_minutes: int
-    retention_days: int
-    command_id: UUID | None
+    type: Literal["ClusterRegistered"] = Field(
+        default="ClusterRegistered",
+        description="Always ClusterRegistered: names the message (the discriminator).",
+    )
+    name: str = Field(description="Display name of the cluster.")
+    organization: str = Field(description="Organization owning the cluster.")
+    tier: Tier = Field(
+        description="Service tier of the cluster (sets backup frequency and retention)."
+    )
+    regions: list[str] = Field(description="Cloud regions of the cluster, e.g. us-east-1.")
+    engine: Engine = Field(description="Database engine of the cluster.")
+    database_version: str = Field(description="PostgreSQL server version of the cluster.")
+    connection_ref: str = Field(
+        description="How the executor reaches the cluster: a libpq URL without a password."
+    )
+    backup_region: str = Field(description="Region whose object store holds the cluster's backups.")
+    enabled: bool = Field(description="Whether scheduled backups are on.")
+    frequency_minutes: int = Field(description="Minutes between scheduled backups.")
+    retention_days: int = Field(description="Days a backup is kept.")
+    command_id: UUID | None = Field(
+        description="Id of the command that caused it; None when no command did (e.g. the scheduler)."
+    )
 
 
 class BackupSettingsUpdated(EventBase):
-    type: Literal["BackupSettingsUpdated"] = "BackupSettingsUpdated"
-    enabled: bool
-    frequency_minutes: int
-    retention_days: int
-    retention_changed: bool
-    full_backup_required: bool
-    command_id: UUID | None
+    type: Literal["BackupSettingsUpdated"] = Field(
+        default="BackupSettingsUpdated",
+        description="Always BackupSettingsUpdated: names the message (the discriminator).",
+    )
+    enabled: bool = Field(description="Whether scheduled backups are on.")
+    frequency_minutes: int = Field(description="Minutes between scheduled backups.")
+    retention_days: int = Field(description="Days a backup is kept.")
+    retention_changed: bool = Field(description="Whether retention_days changed.")
+    full_backup_required: bool = Field(
+        description="Whether the next backup must be a full one (the settings change breaks the chain)."
+    )
+    command_id: UUID | None = Field(
+        description="Id of the command that caused it; None when no command did (e.g. the scheduler)."
+    )
 
 
 class ClusterTierChanged(EventBase):
-    type: Literal["ClusterTierChanged"] = "ClusterTierChanged"
-    previous_tier: Tier
-    tier: Tier
-    enabled: bool
-    frequency_minutes: int
-    retention_days: int
-    full_backup_required: bool
-    command_id: UUID | None
+    type: Literal["ClusterTierChanged"] = Field(
+        default="ClusterTierChanged",
+        description="Always ClusterTierChanged: names the message (the discriminator).",
+    )
+    previous_tier: Tier = Field(description="The tier before the change.")
+    tier: Tier = Field(description="The new tier.")
+    enabled: bool = Field(description="Whether scheduled backups are on.")
+    frequency_minutes: int = Field(description="Minutes between scheduled backups.")
+    retention_days: int = Field(description="Days a backup is kept.")
+    full_backup_required: bool = Field(
+        description="Whether the next backup must be a full one (the settings change breaks the chain)."
+    )
+    command_id: UUID | None = Field(
+        description="Id of the command that caused it; None when no command did (e.g. the scheduler)."
+    )
 
 
 class ClusterDeleted(EventBase):
-    type: Literal["ClusterDeleted"] = "ClusterDeleted"
-    retention_days: int
-    command_id: UUID | None
+    type: Literal["ClusterDeleted"] = Field(
+        default="ClusterDeleted",
+        description="Always ClusterDeleted: names the message (the discriminator).",
+    )
+    retention_days: int = Field(description="Days a backup is kept.")
+    command_id: UUID | None = Field(
+        description="Id of the command that caused it; None when no command did (e.g. the scheduler)."
+    )
 
 
 class BackupScheduled(EventBase):
-    type: Literal["BackupScheduled"] = "BackupScheduled"
-    backup_id: UUID
-    backup_type: BackupType
-    slot: datetime
+    type: Literal["BackupScheduled"] = Field(
+        default="BackupScheduled",
+        description="Always BackupScheduled: names the message (the discriminator).",
+    )
+    backup_id: UUID = Field(description="The backup's id.")
+    backup_type: BackupType = Field(description="FULL or INCREMENTAL.")
+    slot: datetime = Field(description="The schedule slot the backup is for.")
     chain_id: UUID = Field(description="The full backup this one belongs to (itself if full).")
-    retention_days: int
-    region: str
+    retention_days: int = Field(description="Days a backup is kept.")
+    region: str = Field(description="Region whose object store receives the backup.")
     generation: int = Field(description="Settings generation the slot belongs to.")
 
 
 class BackupStarted(EventBase):
-    type: Literal["BackupStarted"] = "BackupStarted"
-    backup_id: UUID
-    backup_type: BackupType
-    chain_id: UUID
-    reason: BackupReason
-    region: str
-    retention_days: int
-    scheduled_for: datetime | None
-    executor: str
-    lease_until: datetime
-    command_id: UUID | None
+    type: Literal["BackupStarted"] = Field(
+        default="BackupStarted",
+        description="Always BackupStarted: names the message (the discriminator).",
+    )
+    backup_id: UUID = Field(description="The backup's id.")
+    backup_type: BackupType = Field(description="FULL or INCREMENTAL.")
+    chain_id: UUID = Field(
+        description="Id of the backup chain (a full backup and its incrementals)."
+    )
+    reason: BackupReason = Field(description="SCHEDULED or MANUAL.")
+    region: str = Field(description="Region whose object store receives the backup.")
+    retention_days: int = Field(description="Days a backup is kept.")
+    scheduled_for: datetime | None = Field(description="The schedule slot, if scheduled.")
+    executor: str = Field(description="The backup-executor instance running the backup.")
+    lease_until: datetime = Field(
+        description="Until when the worker holds the job; after that another may take it over."
+    )
+    command_id: UUID | None = Field(
+        description="Id of the command that caused it; None when no command did (e.g. the scheduler)."
+    )
 
 
 class BackupCompleted(EventBase):
-    type: Literal["BackupCompleted"] = "BackupCompleted"
-    backup_id: UUID
+    type: Literal["BackupCompleted"] = Field(
+        default="BackupCompleted",
+        description="Always BackupCompleted: names the message (the discriminator).",
+    )
+    backup_id: UUID = Field(description="The backup's id.")
     as_of_time: datetime = Field(description='"Data from": the consistent point it holds.')
-    size_bytes: int
-    database_count: int
-    catalog: list[CatalogDatabase]
-    manifest_key: str
-    expires_at: datetime
+    size_bytes: int = Field(description="Bytes stored for the backup.")
+    database_count: int = Field(description="Databases in the backup.")
+    catalog: list[CatalogDatabase] = Field(
+        description="What the backup contains: its databases, schemas and tables."
+    )
+    manifest_key: str = Field(description="Object-store key of the backup's manifest.")
+    expires_at: datetime = Field(description="When retention will expire the backup.")
 
 
 class BackupFailed(EventBase):
-    type: Literal["BackupFailed"] = "BackupFailed"
-    backup_id: UUID
-    error_code: str
-    error_message: str
+    type: Literal["BackupFailed"] = Field(
+        default="BackupFailed",
+        description="Always BackupFailed: names the message (the discriminator).",
+    )
+    backup_id: UUID = Field(description="The backup's id.")
+    error_code: str = Field(description="Machine-readable kind of failure.")
+    error_message: str = Field(description="The failure, for a human.")
     failed_step: str = Field(description="The statement or step that failed.")
 
 
 class BackupVerified(EventBase):
-    type: Literal["BackupVerified"] = "BackupVerified"
-    backup_id: UUID
-    ok: bool
-    chunks_checked: int
-    missing_chunks: list[str]
-    corrupt_chunks: list[str]
-    command_id: UUID | None
+    type: Literal["BackupVerified"] = Field(
+        default="BackupVerified",
+        description="Always BackupVerified: names the message (the discriminator).",
+    )
+    backup_id: UUID = Field(description="The backup's id.")
+    ok: bool = Field(description="Whether every chunk is present and intact.")
+    chunks_checked: int = Field(description="Chunks whose presence and checksum were checked.")
+    missing_chunks: list[str] = Field(
+        description="Chunks the manifest lists that are missing from the object store."
+    )
+    corrupt_chunks: list[str] = Field(
+        description="Chunks whose content does not match their checksum."
+    )
+    command_id: UUID | None = Field(
+        description="Id of the command that caused it; None when no command did (e.g. the scheduler)."
+    )
 
 
 class BackupExpired(EventBase):
     """A COMPLETE backup's chain reached its expiry: it is no longer listed nor restorable."""
 
-    type: Literal["BackupExpired"] = "BackupExpired"
-    backup_id: UUID
-    chain_id: UUID
+    type: Literal["BackupExpired"] = Field(
+        default="BackupExpired",
+        description="Always BackupExpired: names the message (the discriminator).",
+    )
+    backup_id: UUID = Field(description="The backup's id.")
+    chain_id: UUID = Field(
+        description="Id of the backup chain (a full backup and its incrementals)."
+    )
     reason: str = Field(description="Why it expired (which retention rule, in words).")
     chain_expires_at: datetime = Field(description="When its chain expired under that rule.")
 
@@ -178,36 +244,50 @@ class BackupDeleted(EventBase):
     """A backup's stored objects were deleted with its chain (its region store's chain prefix).
     The chain's full carries the chain's totals; its other backups carry zeros."""
 
-    type: Literal["BackupDeleted"] = "BackupDeleted"
-    backup_id: UUID
-    chain_id: UUID
-    objects_deleted: int
+    type: Literal["BackupDeleted"] = Field(
+        default="BackupDeleted",
+        description="Always BackupDeleted: names the message (the discriminator).",
+    )
+    backup_id: UUID = Field(description="The backup's id.")
+    chain_id: UUID = Field(
+        description="Id of the backup chain (a full backup and its incrementals)."
+    )
+    objects_deleted: int = Field(description="Objects removed from the object store.")
     bytes_freed: int = Field(description="Stored bytes the deletion freed.")
-    reason: str
+    reason: str = Field(description="Why its objects were deleted, in words.")
 
 
 class ApiKeyIssued(EventBase):
-    type: Literal["ApiKeyIssued"] = "ApiKeyIssued"
-    key_id: str
-    principal: str
-    grants: list[Grant]
+    type: Literal["ApiKeyIssued"] = Field(
+        default="ApiKeyIssued",
+        description="Always ApiKeyIssued: names the message (the discriminator).",
+    )
+    key_id: str = Field(description="Id of the API key (never the key itself).")
+    principal: str = Field(description="Name of the principal the key authenticates.")
+    grants: list[Grant] = Field(description="Roles the key grants, each with its scope.")
 
 
 class ApiKeyRevoked(EventBase):
-    type: Literal["ApiKeyRevoked"] = "ApiKeyRevoked"
-    key_id: str
+    type: Literal["ApiKeyRevoked"] = Field(
+        default="ApiKeyRevoked",
+        description="Always ApiKeyRevoked: names the message (the discriminator).",
+    )
+    key_id: str = Field(description="Id of the API key (never the key itself).")
 
 
 class CommandHandled(EventBase):
     """The outcome of an authenticated command, kept so a repeated ``command_id`` gets the same
     result, and for the audit trail (who tried what, and why it was refused)."""
 
-    type: Literal["CommandHandled"] = "CommandHandled"
-    command_id: UUID
-    command_type: str
-    status: CommandStatus
-    code: int
-    reason: str | None
+    type: Literal["CommandHandled"] = Field(
+        default="CommandHandled",
+        description="Always CommandHandled: names the message (the discriminator).",
+    )
+    command_id: UUID = Field(description="The command's id.")
+    command_type: str = Field(description="The command's type.")
+    status: CommandStatus = Field(description="ACCEPTED or REJECTED.")
+    code: int = Field(description="HTTP-like status of the outcome (see CommandResult.code).")
+    reason: str | None = Field(description="Why it was rejected, for a human; None if accepted.")
     body_sha256: str | None = Field(
         default=None,
         description="SHA-256 of the command without its credential (absent before version 2): "
@@ -218,13 +298,19 @@ class CommandHandled(EventBase):
 class ConnectionSecretSet(EventBase):
     """A cluster's connection secret was set for the first time (the value is never recorded)."""
 
-    type: Literal["ConnectionSecretSet"] = "ConnectionSecretSet"
+    type: Literal["ConnectionSecretSet"] = Field(
+        default="ConnectionSecretSet",
+        description="Always ConnectionSecretSet: names the message (the discriminator).",
+    )
 
 
 class ConnectionSecretChanged(EventBase):
     """A cluster's connection secret was replaced (the value is never recorded)."""
 
-    type: Literal["ConnectionSecretChanged"] = "ConnectionSecretChanged"
+    type: Literal["ConnectionSecretChanged"] = Field(
+        default="ConnectionSecretChanged",
+        description="Always ConnectionSecretChanged: names the message (the discriminator).",
+    )
 
 
 # -- restore jobs: PREPARING → RUNNING → SUCCEEDED | FAILED, keyed by the destination cluster --
@@ -234,57 +320,82 @@ class RestoreRequested(EventBase):
     """A restore job was accepted (phase PREPARING); its worker holds a lease until
     ``lease_until`` and renews it while it runs."""
 
-    type: Literal["RestoreRequested"] = "RestoreRequested"
-    restore_id: UUID
-    restore_type: RestoreType
-    source_cluster_id: str
-    source_cluster_name: str
-    destination_cluster_name: str
-    backup_id: UUID
-    chain_id: UUID
+    type: Literal["RestoreRequested"] = Field(
+        default="RestoreRequested",
+        description="Always RestoreRequested: names the message (the discriminator).",
+    )
+    restore_id: UUID = Field(description="The restore job's id.")
+    restore_type: RestoreType = Field(
+        description="What is restored: the cluster, a database or tables."
+    )
+    source_cluster_id: str = Field(description="Cluster whose backup is restored.")
+    source_cluster_name: str = Field(description="Name of that cluster.")
+    destination_cluster_name: str = Field(description="Name of the cluster restored into.")
+    backup_id: UUID = Field(description="The backup's id.")
+    chain_id: UUID = Field(
+        description="Id of the backup chain (a full backup and its incrementals)."
+    )
     backup_end_time: datetime = Field(description='The backup\'s "taken on" (data from) time.')
-    objects: list[RestoreObject]
-    restore_opts: RestoreOptions
+    objects: list[RestoreObject] = Field(
+        description="Databases, schemas or tables to restore (empty for a whole cluster)."
+    )
+    restore_opts: RestoreOptions = Field(description="Options relaxing the restore's checks.")
     target_database: str | None = Field(
         description="The database the restore creates or writes into (None for CLUSTER)."
     )
-    worker: str
-    lease_until: datetime
-    command_id: UUID | None
+    worker: str = Field(description="The restore service instance running the job.")
+    lease_until: datetime = Field(
+        description="Until when the worker holds the job; after that another may take it over."
+    )
+    command_id: UUID | None = Field(
+        description="Id of the command that caused it; None when no command did (e.g. the scheduler)."
+    )
 
 
 class RestoreRunning(EventBase):
     """Data started moving; ``bytes_total`` is what the restore will write."""
 
-    type: Literal["RestoreRunning"] = "RestoreRunning"
-    restore_id: UUID
-    bytes_total: int
+    type: Literal["RestoreRunning"] = Field(
+        default="RestoreRunning",
+        description="Always RestoreRunning: names the message (the discriminator).",
+    )
+    restore_id: UUID = Field(description="The restore job's id.")
+    bytes_total: int = Field(description="Bytes the restore will read in all.")
 
 
 class RestoreProgressed(EventBase):
-    type: Literal["RestoreProgressed"] = "RestoreProgressed"
-    restore_id: UUID
-    bytes_done: int
+    type: Literal["RestoreProgressed"] = Field(
+        default="RestoreProgressed",
+        description="Always RestoreProgressed: names the message (the discriminator).",
+    )
+    restore_id: UUID = Field(description="The restore job's id.")
+    bytes_done: int = Field(description="Bytes restored so far.")
     completion: float = Field(ge=0, le=1, description="0..1, by bytes.")
 
 
 class RestoreSucceeded(EventBase):
-    type: Literal["RestoreSucceeded"] = "RestoreSucceeded"
-    restore_id: UUID
-    bytes_done: int
+    type: Literal["RestoreSucceeded"] = Field(
+        default="RestoreSucceeded",
+        description="Always RestoreSucceeded: names the message (the discriminator).",
+    )
+    restore_id: UUID = Field(description="The restore job's id.")
+    bytes_done: int = Field(description="Bytes restored so far.")
     restored: list[str] = Field(description="What the destination now holds from the backup.")
 
 
 class RestoreFailed(EventBase):
-    type: Literal["RestoreFailed"] = "RestoreFailed"
-    restore_id: UUID
-    error_code: str
-    error_message: str
-    failed_step: str
+    type: Literal["RestoreFailed"] = Field(
+        default="RestoreFailed",
+        description="Always RestoreFailed: names the message (the discriminator).",
+    )
+    restore_id: UUID = Field(description="The restore job's id.")
+    error_code: str = Field(description="Machine-readable kind of failure.")
+    error_message: str = Field(description="The failure, for a human.")
+    failed_step: str = Field(description="The statement or step that failed.")
     destination_state: str = Field(description="What the destination holds after the failure.")
 
 
-DomainEvent = Annotated[
+WireEvent = (
     ClusterRegistered
     | BackupSettingsUpdated
     | ClusterTierChanged
@@ -305,6 +416,7 @@ DomainEvent = Annotated[
     | RestoreRunning
     | RestoreProgressed
     | RestoreSucceeded
-    | RestoreFailed,
-    Field(discriminator="type"),
-]
+    | RestoreFailed
+)
+"""Any event on the topic (a plain union: every member has its ``type``)."""
+DomainEvent = Annotated[WireEvent, Field(discriminator="type")]

@@ -22,13 +22,13 @@ from eventsourcing.utils import get_topic, register_topic
 from pydantic import TypeAdapter
 
 import managed_backups.shared
-from managed_backups.contracts.events import DomainEvent, EventBase
+from managed_backups.contracts.events import DomainEvent, WireEvent
 from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.domain.ids import NAMESPACE
 from managed_backups.shared.sqldb import sqlite_path
 
 A = TypeVar("A", bound=Aggregate)
-_WIRE: TypeAdapter[EventBase] = TypeAdapter(DomainEvent)
+_WIRE: TypeAdapter[WireEvent] = TypeAdapter(DomainEvent)
 # Stored fields that never travel on the wire (a hash of an API key's secret).
 _PRIVATE_FIELDS = {"secret_sha256"}
 
@@ -133,7 +133,7 @@ def event_id(aggregate_id: UUID, version: int) -> UUID:
     return uuid5(NAMESPACE, f"event:{aggregate_id}:{version}")
 
 
-def to_wire_event(position: int, event: DomainEventProtocol[UUID]) -> EventBase:
+def to_wire_event(position: int, event: DomainEventProtocol[UUID]) -> WireEvent:
     """The contract form of a stored domain event (validated: a drift fails loudly)."""
     fields: dict[str, Any] = dict(event.__dict__)
     aggregate_id = fields.pop("originator_id")
@@ -154,8 +154,7 @@ def to_wire_event(position: int, event: DomainEventProtocol[UUID]) -> EventBase:
         "recorded_at": recorded_at,
     }
     payload.pop("at", None)
-    wire: EventBase = _WIRE.validate_python(payload)
-    return wire
+    return _WIRE.validate_python(payload)
 
 
 def cluster_id_of(event: object) -> str:

@@ -14,13 +14,31 @@ from typing import Any
 from uuid import UUID
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from faststream.kafka import KafkaBroker
 
 from managed_backups.contracts import topics
 from managed_backups.contracts.results import CommandResult
+from managed_backups.shared.bus import COMMAND_PAYLOADS
 
 
 class CommandTimeout(TimeoutError):
     pass
+
+
+def declare(broker: KafkaBroker) -> None:
+    """The gateway's send operations, for the AsyncAPI document only. The gateway itself uses
+    aiokafka directly: it forwards the caller's JSON object as given (the consuming service
+    validates it, after its bounds and authentication), and it reads every partition of
+    ``command-results`` from its end without a consumer group, which a FastStream subscriber
+    (group-managed, or a fixed partition list without the seek) does not express."""
+    for topic, (payload, _) in COMMAND_PAYLOADS.items():
+        broker.publisher(
+            topic,
+            title=f"{topic}:Gateway",
+            schema=payload,
+            description="Commands sent by the HTTP API and `managed-backups publish`.",
+        )
 
 
 class CommandGateway:
@@ -46,22 +64,41 @@ class CommandGateway:
             client_id=f"{self.client_id}-results",
         )
         await consumer.start()
-        partitions = None
-        for _ in range(100):
-            metadata = await consumer._client.fetch_all_metadata()
-            partitions = metadata.partitions_for_topic(topics.COMMAND_RESULTS)
-            if partitions:
-                break
-            await asyncio.sleep(0.1)
-        if not partitions:
-            raise RuntimeError(f"topic {topics.COMMAND_RESULTS} does not exist")
-        assigned = [TopicPartition(topics.COMMAND_RESULTS, p) for p in sorted(partitions)]
+        partitions = await self._result_partitions()
+        assigned = [TopicPartition(topics.COMMAND_RESULTS, p) for p in partitions]
         consumer.assign(assigned)
         await consumer.seek_to_end(*assigned)
         for tp in assigned:  # resolve the end offsets now, before anything is published
             await consumer.position(tp)
         self._consumer = consumer
         self._task = asyncio.create_task(self._read_results(), name="command-results")
+
+    async def _result_partitions(self, attempts: int = 100) -> list[int]:
+        """The partition ids of ``command-results``, through the admin client's public
+        ``describe_topics``. It is asked for *all* topics on purpose: a metadata request naming
+        the topic would let a broker with ``auto.create.topics.enable`` create it with the
+        broker's defaults, whereas a missing topic must stay an error (``ensure_topics`` owns
+        its creation). Retried for a while: a freshly created topic may not have its partitions
+        (leaders) in the metadata yet."""
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self.bootstrap_servers, client_id=f"{self.client_id}-admin"
+        )
+        await admin.start()
+        try:
+            for _ in range(attempts):
+                described = await admin.describe_topics()
+                partitions = sorted(
+                    int(partition["partition"])
+                    for topic in described
+                    if topic["topic"] == topics.COMMAND_RESULTS and topic["error_code"] == 0
+                    for partition in topic["partitions"]
+                )
+                if partitions:
+                    return partitions
+                await asyncio.sleep(0.1)
+        finally:
+            await admin.close()
+        raise RuntimeError(f"topic {topics.COMMAND_RESULTS} does not exist")
 
     async def stop(self) -> None:
         if self._task is not None:

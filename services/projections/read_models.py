@@ -9,6 +9,7 @@ PostgreSQL, in the event store's database; documents are JSON text.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -106,7 +107,7 @@ class ReadModels:
 
     # -- writes ---------------------------------------------------------------------------
 
-    def apply_batch(self, events: list[EventBase]) -> None:
+    def apply_batch(self, events: Sequence[EventBase]) -> None:
         if not events:
             return
         with self.db.transaction() as cursor:

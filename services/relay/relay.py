@@ -73,6 +73,12 @@ class Relay:
         self.position = load_position(db, name)
 
     async def run(self, stop: asyncio.Event) -> None:
+        # Raw aiokafka on purpose: a batch is enqueued with ``send()`` (delivery futures, one
+        # idempotent producer, so per-partition order holds) and its acknowledgements are
+        # gathered afterwards, each record's failure mapped on its own (too large: set aside;
+        # anything else: the batch again) before the position is saved. FastStream's
+        # ``publish(..., no_confirm=True)`` could express this too; it is declared for the
+        # AsyncAPI document in ``services/relay/service.py``.
         producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap_servers,
             enable_idempotence=True,
@@ -107,7 +113,7 @@ class Relay:
                     producer,
                     row,
                     value,
-                    f"{wire.type} event of {len(value)} bytes exceeds the "  # type: ignore[attr-defined]
+                    f"{wire.type} event of {len(value)} bytes exceeds the "
                     f"{MAX_EVENT_BYTES}-byte limit of {topics.EVENTS}",
                 )
                 continue
@@ -116,7 +122,7 @@ class Relay:
                 topics.EVENTS,
                 value=value,
                 key=key,
-                headers=[("type", wire.type.encode()), ("position", str(row.id).encode())],  # type: ignore[attr-defined]
+                headers=[("type", wire.type.encode()), ("position", str(row.id).encode())],
             )
             sends.append((row, value, future))
         outcomes = await asyncio.gather(*(f for _, _, f in sends), return_exceptions=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from faststream.kafka import KafkaBroker
+from faststream.kafka.publisher import DefaultPublisher
 from pydantic import TypeAdapter
 
 from managed_backups.contracts import topics
@@ -12,10 +14,27 @@ from managed_backups.services.runtime import Runtime
 from managed_backups.services.scheduler.cluster_commands import HANDLERS
 from managed_backups.services.scheduler.scheduler import Scheduler
 from managed_backups.shared import jobs
-from managed_backups.shared.bus import ensure_topics, make_broker, publish_model, subscribe_commands
+from managed_backups.shared.bus import (
+    bind_processor,
+    declare_command_subscriber,
+    ensure_topics,
+    make_broker,
+    publish_with,
+)
 from managed_backups.shared.commands import CommandContext, CommandProcessor
 
 GROUP = "managed-backups.scheduler"
+
+
+def declare(broker: KafkaBroker) -> DefaultPublisher:
+    """The scheduler's operations: it receives cluster commands and sends TakeBackup."""
+    declare_command_subscriber(broker, topics.CLUSTER_COMMANDS, GROUP)
+    return broker.publisher(
+        topics.BACKUP_COMMANDS,
+        title=f"{topics.BACKUP_COMMANDS}:Scheduler",
+        schema=TakeBackup,
+        description="Scheduled backups, sent by the scheduler to the backup-executor.",
+    )
 
 
 async def run(runtime: Runtime, stop: asyncio.Event) -> None:
@@ -29,11 +48,12 @@ async def run(runtime: Runtime, stop: asyncio.Event) -> None:
         CommandContext(runtime.store, runtime.clock, "scheduler"),
         runtime.authenticator,
     )
-    subscribe_commands(broker, processor, GROUP)
+    take_backups = declare(broker)
+    bind_processor(broker, processor)
     await broker.start()
 
     async def send(command: TakeBackup) -> None:
-        await publish_model(broker, topics.BACKUP_COMMANDS, command, command.cluster_id)
+        await publish_with(take_backups, command, command.cluster_id)
 
     scheduler = Scheduler(
         runtime.store,
