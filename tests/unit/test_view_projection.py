@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 from uuid import UUID, uuid4
 
 import pytest
@@ -27,6 +27,7 @@ from managed_backups.contracts.events import (
     ClusterRegistered,
     ClusterTierChanged,
     CommandHandled,
+    DomainEvent,
     EventBase,
     RestoreFailed,
     RestoreProgressed,
@@ -34,7 +35,7 @@ from managed_backups.contracts.events import (
     RestoreRunning,
     RestoreSucceeded,
 )
-from managed_backups.services.projections.handlers import ViewProjection
+from managed_backups.services.projections.handlers import AUDIT_ONLY, ViewProjection
 from managed_backups.services.projections.service import Projector, rebuild
 from managed_backups.shared.eventstore import open_event_store
 from managed_backups.shared.sqldb import SqlDatabase
@@ -421,3 +422,10 @@ def test_a_caught_up_projector_applies_nothing_twice(tmp_path: Path) -> None:
     assert views.dump() == before
     # A rebuild into other tables holds the same rows as the live ones.
     assert rebuild(store, db, prefix="mb_other_").dump() == before
+
+
+def test_every_event_class_has_a_handler_or_is_declared_audit_only() -> None:
+    contract_classes = set(get_args(get_args(DomainEvent)[0]))
+    handled = set(vars(ViewProjection)["handle"].dispatcher.registry) - {object, EventBase}
+    assert handled.isdisjoint(AUDIT_ONLY)
+    assert handled | set(AUDIT_ONLY) == contract_classes
