@@ -9,9 +9,11 @@ loop does instead:
 - It constructs a second ``Application`` and a view through its own infrastructure factory, i.e.
   its own connection (pool) to the database, while the views must be written through
   :class:`~managed_backups.shared.sqldb.SqlDatabase`, the connection the readers share.
-- A tracking recorder records its position in the library's own ``tracking`` table, keyed by
-  application name; the views keep theirs in ``mb_view_position`` in the same transaction as the
-  rows (and existing databases, rebuilds into prefixed tables and ``/healthz`` read it there).
+- A tracking recorder records its position in the library's own table (``tracking`` on SQLite,
+  ``notification_tracking`` on PostgreSQL), keyed by application name; the views keep theirs in
+  ``mb_view_position`` in the same transaction as the rows (and existing databases, rebuilds
+  into prefixed tables and ``/healthz`` read it there). ``TrackingRecorder.wait()`` polls that
+  table from a blocking call with a 100-800 ms backoff, slower than the API's 10 ms poll of ours.
 - ``Projection.process_event`` gets one event and one tracking object per call, so each event
   would be one transaction; here a batch of up to ``batch`` events is one transaction, which is
   what keeps a full replay (``projections rebuild``) fast.
