@@ -162,7 +162,7 @@ class System:
 
     async def wait_projection(self, position: int | None, timeout: float = 15) -> None:
         assert self.api_runtime is not None
-        from managed_backups.services.projections.read_models import ReadModels
+        from managed_backups.shared.views import ReadModels
 
         models = ReadModels(self.api_runtime.db)
         async with asyncio.timeout(timeout):

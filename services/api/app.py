@@ -27,7 +27,6 @@ from managed_backups.services.api.limits import AuthenticatedBoundedBodies
 from managed_backups.services.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from managed_backups.services.api.metrics import render as metrics_text
 from managed_backups.services.api.restores import restore_router
-from managed_backups.services.projections.read_models import Page, ReadModels
 from managed_backups.services.runtime import Runtime
 from managed_backups.shared.clock import SimulatedClock
 from managed_backups.shared.dataplane.manifest import CatalogDatabase as ManifestCatalogDatabase
@@ -50,6 +49,7 @@ from managed_backups.shared.eventstore import IntegrityError
 from managed_backups.shared.gateway import CommandGateway, CommandTimeout
 from managed_backups.shared.secrets import MAX_SECRET_LENGTH, ConnectionSecrets
 from managed_backups.shared.security import Action, Principal
+from managed_backups.shared.views import Page, ReadModels
 
 PROJECTION_WAIT_SECONDS = 15.0
 

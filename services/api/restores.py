@@ -22,8 +22,8 @@ from managed_backups.contracts.commands import (
 )
 from managed_backups.contracts.enums import RestoreType
 from managed_backups.contracts.results import CommandResult
-from managed_backups.services.projections.read_models import ReadModels
 from managed_backups.shared.security import Principal
+from managed_backups.shared.views import ReadModels
 
 CLOUD_FIELDS = (
     "id",

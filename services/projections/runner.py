@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from managed_backups.services.projections.read_models import ReadModels
 from managed_backups.services.projections.service import Projector
 from managed_backups.services.runtime import Runtime
+from managed_backups.shared.views import ReadModels
 
 
 async def run_projections(runtime: Runtime, stop: asyncio.Event) -> None:

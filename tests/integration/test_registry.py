@@ -11,10 +11,10 @@ from uuid import uuid4
 import pytest
 
 from managed_backups.contracts import topics
-from managed_backups.services.projections.read_models import ReadModels
 from managed_backups.services.projections.service import rebuild
 from managed_backups.shared.eventstore import open_event_store
 from managed_backups.shared.sqldb import SqlDatabase
+from managed_backups.shared.views import ReadModels
 from tests.harness import System, consume, publish_raw
 
 pytestmark = pytest.mark.integration

@@ -26,7 +26,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from managed_backups.contracts import topics
 from managed_backups.contracts.enums import BackupType
-from managed_backups.services.projections.read_models import Page, ReadModels
 from managed_backups.services.projections.service import Projector
 from managed_backups.services.retention.retention import Retention
 from managed_backups.services.scheduler.cadence import ScheduleView, backup_type_for
@@ -39,6 +38,7 @@ from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.eventstore import EventStore, open_event_store
 from managed_backups.shared.jobs import JobLeases, holding
 from managed_backups.shared.sqldb import SqlDatabase
+from managed_backups.shared.views import Page, ReadModels
 from tests.harness import System, iso
 from tests.infra.s3 import ACCESS_KEY_ID, DEFAULT_REGION, SECRET_ACCESS_KEY, create_bucket
 from tests.infra.testing import s3_for_tests

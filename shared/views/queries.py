@@ -1,0 +1,207 @@
+"""Queries over the read models: what the HTTP API and the console show.
+
+Only reads live here; the projections service keeps the tables current (one handler per event,
+``services/projections/handlers.py``), and any service may read them through this module without
+importing another service. :meth:`ReadModels.create` makes the tables if they are missing, so a
+reader that starts before the projections service sees empty views rather than errors.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from managed_backups.shared.domain.backup_lifecycle import kept_past_retention, listed_backup_sql
+from managed_backups.shared.sqldb import SqlDatabase
+from managed_backups.shared.views.schema import DEFAULT_PREFIX, Tables, parse_ts, ts
+
+
+@dataclass(frozen=True)
+class Page:
+    page: int
+    limit: int
+    sort_desc: bool
+
+
+class ReadModels:
+    """The read models of one database under one table prefix."""
+
+    def __init__(self, db: SqlDatabase, prefix: str = DEFAULT_PREFIX) -> None:
+        self.db = db
+        self.prefix = prefix
+        self.tables = Tables(prefix)
+
+    def create(self) -> None:
+        self.tables.create(self.db)
+
+    def drop(self) -> None:
+        self.tables.drop(self.db)
+
+    def position(self) -> int:
+        return self.tables.position_of(self.db)
+
+    def _docs(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[dict[str, Any]]:
+        return [json.loads(row[0]) for row in self.db.query(sql, params)]
+
+    def _doc(self, sql: str, params: tuple[Any, ...]) -> dict[str, Any] | None:
+        docs = self._docs(sql, params)
+        return docs[0] if docs else None
+
+    # -- clusters and their audit trail -----------------------------------------------------
+
+    def cluster(self, cluster_id: str) -> dict[str, Any] | None:
+        return self._doc(
+            f"SELECT doc FROM {self.tables.clusters} WHERE cluster_id = ?", (cluster_id,)
+        )
+
+    def clusters(self, include_deleted: bool = False) -> list[dict[str, Any]]:
+        where = "" if include_deleted else " WHERE deleted = 0"
+        return self._docs(f"SELECT doc FROM {self.tables.clusters}{where} ORDER BY cluster_id")
+
+    def audit(self, cluster_id: str, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        return self._docs(
+            f"SELECT doc FROM {self.tables.audit} WHERE cluster_id = ? AND position > ? "
+            "ORDER BY position LIMIT ?",
+            (cluster_id, after, limit),
+        )
+
+    # -- backups ----------------------------------------------------------------------------
+
+    def backup(self, cluster_id: str, backup_id: str) -> dict[str, Any] | None:
+        return self._doc(
+            f"SELECT doc FROM {self.tables.backups} WHERE backup_id = ? AND cluster_id = ?",
+            (backup_id, cluster_id),
+        )
+
+    def _listed_sql(self) -> str:
+        """The condition "listed to a user" on alias ``b`` (two ``now`` parameters)."""
+        return listed_backup_sql(self.tables.backups, "b", self.tables.retention)
+
+    def listed_backups(
+        self,
+        cluster_id: str,
+        now: datetime,
+        start: datetime | None,
+        end: datetime | None,
+        page: Page,
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Backups a user can restore (or that are running): not expired, not failed, and an
+        incremental only while its full is complete and unexpired. Returns (rows, has_more)."""
+        sql = f"SELECT b.doc FROM {self.tables.backups} b WHERE b.cluster_id = ? AND {self._listed_sql()}"
+        params: list[Any] = [cluster_id, ts(now), ts(now)]
+        if start is not None:
+            sql += " AND b.sort_time >= ?"
+            params.append(ts(start))
+        if end is not None:
+            sql += " AND b.sort_time < ?"
+            params.append(ts(end))
+        sql += f" ORDER BY b.sort_time {'DESC' if page.sort_desc else 'ASC'}, b.backup_id LIMIT ? OFFSET ?"
+        params += [page.limit + 1, (page.page - 1) * page.limit]
+        docs = self._docs(sql, params)
+        self._with_retention(cluster_id, docs, now)
+        return docs[: page.limit], len(docs) > page.limit
+
+    def _with_retention(self, cluster_id: str, docs: list[dict[str, Any]], now: datetime) -> None:
+        """Say, on each listed backup, when its chain expires under the retention rules."""
+        rows = self.db.query(
+            f"SELECT kept_chain_id, deleted_until FROM {self.tables.retention} WHERE cluster_id = ?",
+            (cluster_id,),
+        )
+        kept_chain, deleted_until = (rows[0][0], parse_ts(rows[0][1])) if rows else (None, None)
+        for doc in docs:
+            own = parse_ts(doc.get("expires_at"))
+            kept = doc["chain_id"] == kept_chain
+            past = kept_past_retention(own, kept, now)
+            doc["kept_past_retention"] = past
+            if past:
+                doc["expires_at"] = ts(deleted_until)
+                doc["retention_note"] = (
+                    "kept past its retention: the cluster's newest restorable backup chain is "
+                    "kept until a newer full backup completes"
+                    if deleted_until is None
+                    else "kept past its retention until the deleted cluster's backups are deleted"
+                )
+            elif deleted_until is not None and (own is None or own > deleted_until):
+                doc["expires_at"] = ts(deleted_until)
+
+    def recoverability(self, cluster_id: str, now: datetime) -> dict[str, Any]:
+        """The cluster's recoverability window at ``now`` (oldest and newest "data from" of the
+        COMPLETE backups it lists), its last successful backup, stored bytes, expired and
+        deleted counts, and whether its newest chain is kept past its retention."""
+        t = self.tables
+        rows = self.db.query(
+            f"SELECT MIN(b.as_of_time), MAX(b.as_of_time), COUNT(*) FROM {t.backups} b "
+            f"WHERE b.cluster_id = ? AND b.status = 'COMPLETE' AND {self._listed_sql()}",
+            (cluster_id, ts(now), ts(now)),
+        )
+        oldest, newest, restorable = rows[0] if rows else (None, None, 0)
+        last = self.db.query(
+            f"SELECT MAX(as_of_time) FROM {t.backups} WHERE cluster_id = ? "
+            "AND as_of_time IS NOT NULL AND status IN ('COMPLETE', 'EXPIRED')",
+            (cluster_id,),
+        )
+        counters = self.db.query(
+            f"SELECT stored_bytes, expired_count, deleted_count, bytes_freed, kept_chain_id "
+            f"FROM {t.retention} WHERE cluster_id = ?",
+            (cluster_id,),
+        )
+        stored, expired, deleted, freed, kept = counters[0] if counters else (0, 0, 0, 0, None)
+        kept_doc = self.backup(cluster_id, str(kept)) if kept else None
+        kept_expires = parse_ts(kept_doc["expires_at"]) if kept_doc else None
+        return {
+            "oldest_restorable": oldest,
+            "newest_restorable": newest,
+            "restorable_backups": int(restorable or 0),
+            "last_successful_backup": last[0][0] if last else None,
+            "stored_bytes": int(stored),
+            "expired_backups": int(expired),
+            "deleted_backups": int(deleted),
+            "bytes_freed": int(freed),
+            "kept_past_retention": kept_past_retention(kept_expires, kept is not None, now),
+        }
+
+    def incomplete_backups(self, cluster_id: str) -> list[dict[str, Any]]:
+        return self._docs(
+            f"SELECT doc FROM {self.tables.backups} WHERE cluster_id = ? "
+            "AND status IN ('SCHEDULED', 'IN_PROGRESS', 'FAILED') ORDER BY sort_time DESC",
+            (cluster_id,),
+        )
+
+    def backup_metrics(self) -> list[tuple[str, str, int, str | None]]:
+        """(cluster id, status, count, latest as_of_time) per cluster and status."""
+        rows = self.db.query(
+            f"SELECT cluster_id, status, COUNT(*), MAX(as_of_time) FROM {self.tables.backups} "
+            "GROUP BY cluster_id, status ORDER BY cluster_id, status"
+        )
+        return [(str(c), str(s), int(n), t) for c, s, n, t in rows]
+
+    # -- restore jobs -----------------------------------------------------------------------
+
+    def restores(self, cluster_id: str, page: int, limit: int) -> tuple[list[dict[str, Any]], bool]:
+        """A destination cluster's restore jobs, newest first: (rows, has_more)."""
+        docs = self._docs(
+            f"SELECT doc FROM {self.tables.restores} WHERE cluster_id = ? "
+            "ORDER BY created_at DESC, restore_id LIMIT ? OFFSET ?",
+            (cluster_id, limit + 1, (page - 1) * limit),
+        )
+        return docs[:limit], len(docs) > limit
+
+    def restore(self, cluster_id: str, restore_id: str) -> dict[str, Any] | None:
+        return self._doc(
+            f"SELECT doc FROM {self.tables.restores} WHERE restore_id = ? AND cluster_id = ?",
+            (restore_id, cluster_id),
+        )
+
+    # -- whole tables -----------------------------------------------------------------------
+
+    def dump(self) -> dict[str, list[Any]]:
+        """Every row of every table by its unprefixed name (for comparing a rebuilt projection
+        with the live one)."""
+        return {
+            table.removeprefix(self.prefix): [
+                list(r) for r in self.db.query(f"SELECT * FROM {table} ORDER BY 1")
+            ]
+            for table in self.tables.all()
+        }

@@ -1,0 +1,120 @@
+"""The read-model tables, defined once: their names, their columns, and the text form of times.
+
+The projections service writes these tables (``services/projections``) and the API and the console
+read them (:mod:`managed_backups.shared.views.queries`); both take every table name from
+:class:`Tables`, so a prefix (a rebuild into side tables) changes every name at once. Tables are
+plain SQL on SQLite or PostgreSQL, in the event store's database; documents are JSON text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from managed_backups.shared.sqldb import SqlDatabase
+
+# The row of the position table that holds how far into the notification log the views are.
+PROJECTION_NAME = "views"
+DEFAULT_PREFIX = "mb_view_"
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def ts(value: datetime | None) -> str | None:
+    """Fixed-width UTC text, so timestamps sort correctly as strings on both databases."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).strftime(TIME_FORMAT)
+
+
+def parse_ts(value: str | None) -> datetime | None:
+    return datetime.strptime(value, TIME_FORMAT).replace(tzinfo=UTC) if value else None
+
+
+@dataclass(frozen=True)
+class Tables:
+    """The names of the read-model tables under one prefix."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    @property
+    def position(self) -> str:
+        return f"{self.prefix}position"
+
+    @property
+    def clusters(self) -> str:
+        return f"{self.prefix}clusters"
+
+    @property
+    def backups(self) -> str:
+        return f"{self.prefix}backups"
+
+    @property
+    def audit(self) -> str:
+        return f"{self.prefix}audit"
+
+    @property
+    def restores(self) -> str:
+        return f"{self.prefix}restores"
+
+    @property
+    def retention(self) -> str:
+        """Per cluster, what the retention rules need to list: its newest restorable chain (the
+        newest COMPLETE full), once deleted until when its backups are kept, and counters."""
+        return f"{self.prefix}retention"
+
+    def all(self) -> tuple[str, ...]:
+        """Every table, in the order :meth:`ReadModels.dump` lists them."""
+        return (
+            self.clusters,
+            self.backups,
+            self.audit,
+            self.restores,
+            self.position,
+            self.retention,
+        )
+
+    def create_statements(self) -> list[str]:
+        p = self.prefix
+        return [
+            f"CREATE TABLE IF NOT EXISTS {self.position} (name TEXT PRIMARY KEY, "
+            "position BIGINT NOT NULL)",
+            f"CREATE TABLE IF NOT EXISTS {self.clusters} (cluster_id TEXT PRIMARY KEY, "
+            "organization TEXT NOT NULL, deleted INTEGER NOT NULL, doc TEXT NOT NULL)",
+            f"CREATE TABLE IF NOT EXISTS {self.backups} (backup_id TEXT PRIMARY KEY, "
+            "cluster_id TEXT NOT NULL, status TEXT NOT NULL, backup_type TEXT NOT NULL, "
+            "chain_id TEXT NOT NULL, sort_time TEXT NOT NULL, as_of_time TEXT, "
+            "expires_at TEXT, doc TEXT NOT NULL)",
+            f"CREATE INDEX IF NOT EXISTS {p}backups_by_cluster ON {self.backups} "
+            "(cluster_id, sort_time)",
+            f"CREATE TABLE IF NOT EXISTS {self.audit} (position BIGINT PRIMARY KEY, "
+            "cluster_id TEXT NOT NULL, doc TEXT NOT NULL)",
+            f"CREATE INDEX IF NOT EXISTS {p}audit_by_cluster ON {self.audit} "
+            "(cluster_id, position)",
+            f"CREATE TABLE IF NOT EXISTS {self.restores} (restore_id TEXT PRIMARY KEY, "
+            "cluster_id TEXT NOT NULL, created_at TEXT NOT NULL, doc TEXT NOT NULL)",
+            f"CREATE INDEX IF NOT EXISTS {p}restores_by_cluster ON {self.restores} "
+            "(cluster_id, created_at)",
+            f"CREATE TABLE IF NOT EXISTS {self.retention} (cluster_id TEXT PRIMARY KEY, "
+            "kept_chain_id TEXT, kept_data_from TEXT, deleted_until TEXT, "
+            "stored_bytes BIGINT NOT NULL DEFAULT 0, expired_count BIGINT NOT NULL DEFAULT 0, "
+            "deleted_count BIGINT NOT NULL DEFAULT 0, bytes_freed BIGINT NOT NULL DEFAULT 0)",
+        ]
+
+    def create(self, db: SqlDatabase) -> None:
+        """Create the tables that are missing. Views built before the retention table existed
+        are dropped first, so the projections service rebuilds them from the log."""
+        if not db.table_exists(self.retention) and db.table_exists(self.position):
+            self.drop(db)
+        with db.transaction() as cursor:
+            for statement in self.create_statements():
+                cursor.execute(statement)
+
+    def drop(self, db: SqlDatabase) -> None:
+        with db.transaction() as cursor:
+            for table in self.all():
+                cursor.execute(f"DROP TABLE IF EXISTS {table}")
+
+    def position_of(self, db: SqlDatabase) -> int:
+        """How far into the notification log the views are (0 before the first event)."""
+        rows = db.query(f"SELECT position FROM {self.position} WHERE name = ?", (PROJECTION_NAME,))
+        return int(rows[0][0]) if rows else 0
