@@ -7,14 +7,23 @@ order is the order on the wire. A key that the view only sets in some states (a 
 ``backups_kept_until`` once deleted) has a default and its route uses
 ``response_model_exclude_unset``, so it stays absent rather than becoming ``null``; every other
 ``null`` is kept. Nested documents whose shape belongs to a message contract (an audit event,
-a restore's objects and options) are passed through as JSON objects.
+a restore's objects and options) are passed through as JSON objects. Closed vocabularies use
+the contracts' enums, so the document lists their values.
 """
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import status
 from pydantic import BaseModel, ConfigDict, Field
 
+from managed_backups.contracts.enums import (
+    BackupStatus,
+    BackupType,
+    Engine,
+    RestorePhase,
+    RestoreType,
+    Tier,
+)
 from managed_backups.shared.secrets import MAX_SECRET_LENGTH
 
 # -- requests -------------------------------------------------------------------------------------
@@ -113,13 +122,13 @@ class ClusterView(BaseModel):
     id: str
     name: str
     organization: str
-    tier: str
+    tier: Tier
     regions: list[str]
-    engine: str
+    engine: Engine
     database_version: str
     connection_ref: str
     backup_region: str
-    state: str = Field(description="READY or DELETED.")
+    state: Literal["READY", "DELETED"]
     backups_config: BackupsConfig
     retention_changed: bool
     created_at: str | None
@@ -147,8 +156,8 @@ class AuditTrail(BaseModel):
 class ListedBackup(BaseModel):
     id: str
     as_of_time: str | None = Field(description='"Taken on": the time the data is from.')
-    type: str
-    status: str
+    type: BackupType
+    status: BackupStatus
     expires_at: str | None = Field(description="The chain's expiry.")
     kept_past_retention: bool
     retention_note: str | None
@@ -169,10 +178,10 @@ class BackupFailure(BaseModel):
 
 class IncompleteBackup(BaseModel):
     id: str
-    type: str
+    type: BackupType
     started: str | None
     duration_seconds: float
-    status: str
+    status: BackupStatus
     error: BackupFailure | None
     failed_step: str | None
     description: str
@@ -204,8 +213,8 @@ class BackupTableList(BaseModel):
     tables: list[BackupTable]
 
 
-class RestorePhase(BaseModel):
-    phase: str
+class PhaseAt(BaseModel):
+    phase: RestorePhase
     at: str | None
 
 
@@ -214,8 +223,8 @@ class RestoreView(BaseModel):
 
     id: str
     backup_id: str
-    status: str = Field(description="PENDING, SUCCESS or FAILED.")
-    type: str
+    status: Literal["PENDING", "SUCCESS", "FAILED"]
+    type: RestoreType
     completion_percent: float = Field(description="0..1 by bytes.")
     created_at: str
     completed_at: str | None
@@ -226,8 +235,10 @@ class RestoreView(BaseModel):
     restore_opts: dict[str, Any]
     client_error_code: str | None
     client_error_message: str | None
-    phase: str = Field(description="Preparing, Running, Succeeded or Failed.")
-    phases: list[RestorePhase]
+    phase: Literal["Preparing", "Running", "Succeeded", "Failed"] = Field(
+        description="The console's phase."
+    )
+    phases: list[PhaseAt]
     bytes_done: int
     bytes_total: int
     source_cluster_id: str | None
