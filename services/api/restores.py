@@ -7,11 +7,10 @@ Cloud API fields plus the console's ``phase``.
 """
 
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from managed_backups.contracts import topics
@@ -21,9 +20,21 @@ from managed_backups.contracts.commands import (
     RestoreOptions,
 )
 from managed_backups.contracts.enums import RestoreType
-from managed_backups.contracts.results import CommandResult
-from managed_backups.shared.security import Principal
-from managed_backups.shared.views import ReadModels
+from managed_backups.services.api.dependencies import (
+    Caller,
+    CommandsDep,
+    Models,
+    Token,
+    visible_cluster,
+)
+from managed_backups.services.api.schemas import (
+    CHANGING,
+    VIEWING,
+    Pagination,
+    RestoreList,
+    RestoreView,
+    errors,
+)
 
 CLOUD_FIELDS = (
     "id",
@@ -52,7 +63,7 @@ class RestoreRequest(BaseModel):
     restore_opts: RestoreOptions = Field(default_factory=RestoreOptions)
 
 
-def restore_view(doc: dict[str, Any]) -> dict[str, Any]:
+def restore_view(doc: dict[str, Any]) -> RestoreView:
     """The Cloud API fields, the console's phase, and what the job knows beyond them."""
     view = {k: doc[k] for k in CLOUD_FIELDS}
     view.update(
@@ -67,65 +78,68 @@ def restore_view(doc: dict[str, Any]) -> dict[str, Any]:
         destination_state=doc["destination_state"],
         restored=doc.get("restored"),
     )
-    return view
+    return RestoreView.model_validate(view)
 
 
-def restore_router(
-    models: ReadModels,
-    caller: Callable[..., Principal],
-    credential: Callable[..., str],
-    visible_cluster: Callable[[str, Principal], dict[str, Any]],
-    command: Callable[[str, dict[str, Any]], Awaitable[CommandResult]],
-) -> APIRouter:
-    router = APIRouter()
-    Caller = Annotated[Principal, Depends(caller)]
-    Token = Annotated[str, Depends(credential)]
+router = APIRouter(
+    prefix="/api/v1/clusters/{cluster_id}/restores", tags=["restores"], responses=errors(*VIEWING)
+)
 
-    @router.post("/api/v1/clusters/{cluster_id}/restores")
-    async def start_restore(cluster_id: str, body: RestoreRequest, token: Token) -> dict[str, Any]:
-        restore_id = str(uuid.uuid4())
-        await command(
-            topics.RESTORE_COMMANDS,
-            {
-                "type": "StartRestore",
-                "credential": token,
-                "restore_id": restore_id,
-                "destination_cluster_id": cluster_id,
-                "restore_type": body.type.value,
-                "backup_id": str(body.backup_id) if body.backup_id else None,
-                "source_cluster_id": body.source_cluster_id,
-                "objects": [o.model_dump(by_alias=True, exclude_none=True) for o in body.objects],
-                "restore_opts": body.restore_opts.model_dump(),
-            },
+
+@router.post("", responses=errors(*CHANGING))
+async def start_restore(
+    cluster_id: str, body: RestoreRequest, token: Token, models: Models, commands: CommandsDep
+) -> RestoreView:
+    restore_id = str(uuid.uuid4())
+    await commands.send(
+        topics.RESTORE_COMMANDS,
+        {
+            "type": "StartRestore",
+            "credential": token,
+            "restore_id": restore_id,
+            "destination_cluster_id": cluster_id,
+            "restore_type": body.type.value,
+            "backup_id": str(body.backup_id) if body.backup_id else None,
+            "source_cluster_id": body.source_cluster_id,
+            "objects": [o.model_dump(by_alias=True, exclude_none=True) for o in body.objects],
+            "restore_opts": body.restore_opts.model_dump(),
+        },
+    )
+    doc = models.restore(cluster_id, restore_id)
+    if doc is None:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"restore {restore_id} is recorded but not yet in the views",
         )
-        doc = models.restore(cluster_id, restore_id)
-        if doc is None:
-            raise HTTPException(503, f"restore {restore_id} is recorded but not yet in the views")
-        return restore_view(doc)
+    return restore_view(doc)
 
-    @router.get("/api/v1/clusters/{cluster_id}/restores")
-    def list_restores(
-        cluster_id: str,
-        who: Caller,
-        page: Annotated[int, Query(alias="pagination.page", ge=1)] = 1,
-        limit: Annotated[int, Query(alias="pagination.limit", ge=1, le=1000)] = 100,
-    ) -> dict[str, Any]:
-        visible_cluster(cluster_id, who)
-        docs, more = models.restores(cluster_id, page, limit)
-        return {
-            "restores": [restore_view(d) for d in docs],
-            "pagination": {
-                "next_page": str(page + 1) if more else None,
-                "previous_page": str(page - 1) if page > 1 else None,
-            },
-        }
 
-    @router.get("/api/v1/clusters/{cluster_id}/restores/{restore_id}")
-    def get_restore(cluster_id: str, restore_id: str, who: Caller) -> dict[str, Any]:
-        visible_cluster(cluster_id, who)
-        doc = models.restore(cluster_id, restore_id)
-        if doc is None:
-            raise HTTPException(404, f"restore {restore_id} into cluster {cluster_id} is not known")
-        return restore_view(doc)
+@router.get("")
+def list_restores(
+    cluster_id: str,
+    who: Caller,
+    models: Models,
+    page: Annotated[int, Query(alias="pagination.page", ge=1)] = 1,
+    limit: Annotated[int, Query(alias="pagination.limit", ge=1, le=1000)] = 100,
+) -> RestoreList:
+    visible_cluster(models, cluster_id, who)
+    docs, more = models.restores(cluster_id, page, limit)
+    return RestoreList(
+        restores=[restore_view(d) for d in docs],
+        pagination=Pagination(
+            next_page=str(page + 1) if more else None,
+            previous_page=str(page - 1) if page > 1 else None,
+        ),
+    )
 
-    return router
+
+@router.get("/{restore_id}")
+def get_restore(cluster_id: str, restore_id: str, who: Caller, models: Models) -> RestoreView:
+    visible_cluster(models, cluster_id, who)
+    doc = models.restore(cluster_id, restore_id)
+    if doc is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            f"restore {restore_id} into cluster {cluster_id} is not known",
+        )
+    return restore_view(doc)

@@ -1,0 +1,174 @@
+"""FastAPI dependencies of the HTTP API: the caller, the runtime and read models, the command
+gateway and the wait for the views.
+
+``create_app`` keeps one :class:`ApiContext` in ``app.state``; routers reach it only through
+these dependencies, so a router module is plain module-level code and a test can override any
+dependency with ``app.dependency_overrides``.
+
+The bearer token is read by ``fastapi.security.HTTPBearer`` (so the OpenAPI document declares the
+scheme) with ``auto_error=False``: a missing or non-bearer ``Authorization`` header gets this
+API's own 401 ``{"code", "message"}``, without the ``WWW-Authenticate`` header HTTPBearer would
+add, exactly as before. (Requests with a body were already authenticated by
+``AuthenticatedBoundedBodies`` before their body was read.)
+"""
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Annotated, Any, cast
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from managed_backups.contracts.results import CommandResult
+from managed_backups.services.runtime import Runtime
+from managed_backups.shared.dataplane.objectstore import ObjectStore
+from managed_backups.shared.domain.errors import not_registered
+from managed_backups.shared.gateway import CommandGateway, CommandTimeout
+from managed_backups.shared.secrets import ConnectionSecrets
+from managed_backups.shared.security import Action, Principal
+from managed_backups.shared.views import ReadModels
+
+PROJECTION_WAIT_SECONDS = 15.0
+MISSING_TOKEN = "missing bearer token: send Authorization: Bearer <API key>"
+
+
+@dataclass
+class ApiContext:
+    """What the routes share, built once per app by ``create_app``."""
+
+    runtime: Runtime
+    models: ReadModels
+    gateway: CommandGateway
+    secrets: ConnectionSecrets
+    manifest_stores: dict[str, ObjectStore] = field(default_factory=dict)
+    """Object stores opened to read manifests, by URL (opened on first use)."""
+
+
+def api_context(request: Request) -> ApiContext:
+    return cast(ApiContext, request.app.state.api)
+
+
+Context = Annotated[ApiContext, Depends(api_context)]
+
+
+def runtime(context: Context) -> Runtime:
+    return context.runtime
+
+
+def read_models(context: Context) -> ReadModels:
+    return context.models
+
+
+RuntimeDep = Annotated[Runtime, Depends(runtime)]
+Models = Annotated[ReadModels, Depends(read_models)]
+
+# -- the caller -----------------------------------------------------------------------------------
+
+bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="APIKey",
+    description="An API key as the bearer token.",
+)
+
+
+def credential(
+    authorization: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> str:
+    """The bearer token, or 401 when there is none (HTTPBearer already strips it)."""
+    if authorization is None or not authorization.credentials:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, MISSING_TOKEN)
+    return authorization.credentials
+
+
+Token = Annotated[str, Depends(credential)]
+
+
+def principal(token: Token, runtime: RuntimeDep) -> Principal:
+    """The authenticated caller (401 through the ``Refused`` handler when the key is wrong)."""
+    return runtime.authenticator.authenticate(token)
+
+
+Caller = Annotated[Principal, Depends(principal)]
+
+
+def visible_cluster(
+    models: ReadModels, cluster_id: str, who: Principal, action: Action = Action.VIEW_BACKUPS
+) -> dict[str, Any]:
+    """The cluster's view if the caller may ``action`` on it (404 when it is not registered)."""
+    doc = models.cluster(cluster_id)
+    if doc is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, not_registered(cluster_id))
+    who.require_on_cluster(action, doc["organization"], cluster_id)
+    return doc
+
+
+def live_cluster(
+    models: ReadModels, cluster_id: str, who: Principal, action: Action = Action.VIEW_BACKUPS
+) -> dict[str, Any]:
+    """As :func:`visible_cluster`, and 404 once the cluster was deleted."""
+    doc = visible_cluster(models, cluster_id, who, action)
+    if doc["state"] == "DELETED":
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"cluster {cluster_id} was deleted")
+    return doc
+
+
+# -- changes --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProjectionWait:
+    """Waits until the read models reached an event-store position, so that a GET right after a
+    change shows it (503 after ``seconds``: the change is recorded, the views are late)."""
+
+    models: ReadModels
+    seconds: float = PROJECTION_WAIT_SECONDS
+
+    async def until(self, position: int | None) -> None:
+        if position is None:
+            return
+        deadline = time.monotonic() + self.seconds
+        while await asyncio.to_thread(self.models.position) < position:
+            if time.monotonic() > deadline:
+                raise HTTPException(
+                    status.HTTP_503_SERVICE_UNAVAILABLE,
+                    "the change is recorded but the views have not caught up yet",
+                )
+            await asyncio.sleep(0.01)
+
+
+def projection_wait(models: Models) -> ProjectionWait:
+    return ProjectionWait(models)
+
+
+Views = Annotated[ProjectionWait, Depends(projection_wait)]
+
+
+@dataclass(frozen=True)
+class Commands:
+    """The command gateway as the routes use it: publish a command (with the caller's token as
+    its credential, as any publisher would) and answer once its result is back and the views
+    show the events it recorded."""
+
+    gateway: CommandGateway
+    views: ProjectionWait
+
+    async def send(self, topic: str, body: dict[str, Any]) -> CommandResult:
+        """The accepted result; its rejection code (4xx) or 504 as an ``HTTPException``."""
+        body = {"command_id": str(uuid.uuid4()), **body}
+        try:
+            result = await self.gateway.request(topic, body)
+        except CommandTimeout as exc:
+            raise HTTPException(status.HTTP_504_GATEWAY_TIMEOUT, str(exc)) from exc
+        if result.code >= 300:
+            raise HTTPException(result.code, result.reason or "rejected")
+        await self.views.until(result.position)
+        return result
+
+
+def commands(context: Context, views: Views) -> Commands:
+    return Commands(context.gateway, views)
+
+
+CommandsDep = Annotated[Commands, Depends(commands)]

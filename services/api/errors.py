@@ -1,0 +1,39 @@
+"""Every error the API answers has one body, ``{"code": <status>, "message": "..."}``
+(:class:`~managed_backups.services.api.schemas.ErrorBody`): HTTP errors, refusals of the domain
+rules, and validation errors, which are 400 here (not FastAPI's 422) with one message naming
+each invalid field."""
+
+from fastapi import FastAPI, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from managed_backups.shared.domain.errors import Refused
+
+
+def error(code: int, message: str) -> JSONResponse:
+    return JSONResponse(status_code=code, content={"code": code, "message": message})
+
+
+def validation_message(exc: RequestValidationError) -> str:
+    """``field: reason`` for each invalid field (``body``/``query``/``path`` left out)."""
+    parts = []
+    for e in exc.errors():
+        loc = ".".join(str(x) for x in e["loc"] if x not in ("body", "query", "path"))
+        parts.append(f"{loc}: {e['msg']}" if loc else str(e["msg"]))
+    return "; ".join(parts)
+
+
+def install(app: FastAPI) -> None:
+    """Answer every error with the one error body."""
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Refused)
+    async def refused(request: Request, exc: Refused) -> JSONResponse:
+        return error(exc.code, exc.reason)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error(status.HTTP_400_BAD_REQUEST, validation_message(exc))

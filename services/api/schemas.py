@@ -1,0 +1,270 @@
+"""The HTTP API's bodies as pydantic models, so the OpenAPI document describes every one.
+
+Requests are strict (``extra="forbid"``). Responses are built from the read models' documents,
+whose times are already fixed-width UTC text (``2026-01-01T00:00:00.000000Z``): they are typed
+``str`` here, never ``datetime``, so the wire format stays exactly the one the views store. Field
+order is the order on the wire. A key that the view only sets in some states (a cluster's
+``backups_kept_until`` once deleted) has a default and its route uses
+``response_model_exclude_unset``, so it stays absent rather than becoming ``null``; every other
+``null`` is kept. Nested documents whose shape belongs to a message contract (an audit event,
+a restore's objects and options) are passed through as JSON objects. Closed vocabularies use
+the contracts' enums, so the document lists their values.
+"""
+
+from typing import Any, Literal
+
+from fastapi import status
+from pydantic import BaseModel, ConfigDict, Field
+
+from managed_backups.contracts.enums import (
+    BackupStatus,
+    BackupType,
+    Engine,
+    RestorePhase,
+    RestoreType,
+    Tier,
+)
+from managed_backups.shared.secrets import MAX_SECRET_LENGTH
+
+# -- requests -------------------------------------------------------------------------------------
+
+
+class BackupsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool
+    frequency_minutes: int
+    retention_days: int
+
+
+class BackupsConfigPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool | None = None
+    frequency_minutes: int | None = None
+    retention_days: int | None = None
+
+
+class ClockAdvance(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    advance_seconds: float = Field(gt=0, le=10 * 365 * 86400)
+
+
+class ConnectionSecretBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    password: str = Field(
+        min_length=1, max_length=MAX_SECRET_LENGTH, repr=False, description="Kept encrypted."
+    )
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: the HTTP status again and a human-readable reason."""
+
+    code: int
+    message: str
+
+
+ERROR_DESCRIPTIONS = {
+    status.HTTP_400_BAD_REQUEST: "invalid body or query parameters",
+    status.HTTP_401_UNAUTHORIZED: "missing, unknown or revoked bearer token",
+    status.HTTP_403_FORBIDDEN: "the caller's grants do not allow it",
+    status.HTTP_404_NOT_FOUND: "not known (or not visible to the caller)",
+    status.HTTP_409_CONFLICT: "refused in the current state",
+    status.HTTP_413_CONTENT_TOO_LARGE: "the request body is too large",
+    status.HTTP_503_SERVICE_UNAVAILABLE: "recorded, but the views have not caught up yet",
+    status.HTTP_504_GATEWAY_TIMEOUT: "the command was not answered in time",
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses, all with the :class:`ErrorBody`."""
+    return {c: {"model": ErrorBody, "description": ERROR_DESCRIPTIONS[c]} for c in codes}
+
+
+AUTHENTICATED = (status.HTTP_400_BAD_REQUEST, status.HTTP_401_UNAUTHORIZED)
+"""What any authenticated route may answer (validation is a 400 here, not FastAPI's 422)."""
+VIEWING = (*AUTHENTICATED, status.HTTP_403_FORBIDDEN, status.HTTP_404_NOT_FOUND)
+CHANGING = (
+    *VIEWING,
+    status.HTTP_409_CONFLICT,
+    status.HTTP_413_CONTENT_TOO_LARGE,
+    status.HTTP_503_SERVICE_UNAVAILABLE,
+    status.HTTP_504_GATEWAY_TIMEOUT,
+)
+
+EMPTY_OK: dict[int | str, dict[str, Any]] = {
+    status.HTTP_200_OK: {"description": "recorded; the body is empty", "content": {}}
+}
+"""A change answered with an empty 200 once the views show it."""
+
+# -- responses ------------------------------------------------------------------------------------
+
+
+class Pagination(BaseModel):
+    next_page: str | None
+    previous_page: str | None
+
+
+class Recoverability(BaseModel):
+    oldest_restorable: str | None = Field(description="The window's start (data-from time).")
+    newest_restorable: str | None = Field(description="The window's end (data-from time).")
+    restorable_backups: int
+    last_successful_backup: str | None
+    stored_bytes: int
+    expired_backups: int
+    deleted_backups: int
+    bytes_freed: int
+    kept_past_retention: bool
+
+
+class ClusterView(BaseModel):
+    id: str
+    name: str
+    organization: str
+    tier: Tier
+    regions: list[str]
+    engine: Engine
+    database_version: str
+    connection_ref: str
+    backup_region: str
+    state: Literal["READY", "DELETED"]
+    backups_config: BackupsConfig
+    retention_changed: bool
+    created_at: str | None
+    deleted_at: str | None
+    version: int
+    backups_kept_until: str | None = Field(
+        default=None, description="Only once deleted: when its backups are deleted."
+    )
+
+
+class ClusterList(BaseModel):
+    clusters: list[ClusterView]
+
+
+class ClusterDetail(ClusterView):
+    recoverability: Recoverability
+
+
+class AuditTrail(BaseModel):
+    events: list[dict[str, Any]] = Field(
+        description="The cluster's events in order, each as its message contract."
+    )
+
+
+class ListedBackup(BaseModel):
+    id: str
+    as_of_time: str | None = Field(description='"Taken on": the time the data is from.')
+    type: BackupType
+    status: BackupStatus
+    expires_at: str | None = Field(description="The chain's expiry.")
+    kept_past_retention: bool
+    retention_note: str | None
+    region: str
+    size_bytes: int
+    database_count: int
+
+
+class BackupList(BaseModel):
+    backups: list[ListedBackup]
+    pagination: Pagination
+
+
+class BackupFailure(BaseModel):
+    code: str
+    message: str
+
+
+class IncompleteBackup(BaseModel):
+    id: str
+    type: BackupType
+    started: str | None
+    duration_seconds: float
+    status: BackupStatus
+    error: BackupFailure | None
+    failed_step: str | None
+    description: str
+
+
+class IncompleteBackupList(BaseModel):
+    backups: list[IncompleteBackup]
+
+
+class BackupDatabase(BaseModel):
+    name: str
+    table_count: int
+
+
+class BackupDatabaseList(BaseModel):
+    databases: list[BackupDatabase]
+
+
+class BackupTable(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    # ``schema`` would shadow a BaseModel attribute: the wire name is the alias.
+    schema_name: str = Field(alias="schema")
+    name: str
+    row_count: int
+    size_bytes: int
+
+
+class BackupTableList(BaseModel):
+    tables: list[BackupTable]
+
+
+class PhaseAt(BaseModel):
+    phase: RestorePhase
+    at: str | None
+
+
+class RestoreView(BaseModel):
+    """The Cloud API fields, the console's ``phase``, and what the job knows beyond them."""
+
+    id: str
+    backup_id: str
+    status: Literal["PENDING", "SUCCESS", "FAILED"]
+    type: RestoreType
+    completion_percent: float = Field(description="0..1 by bytes.")
+    created_at: str
+    completed_at: str | None
+    backup_end_time: str | None
+    source_cluster_name: str | None
+    destination_cluster_name: str | None
+    objects: list[dict[str, Any]]
+    restore_opts: dict[str, Any]
+    client_error_code: str | None
+    client_error_message: str | None
+    phase: Literal["Preparing", "Running", "Succeeded", "Failed"] = Field(
+        description="The console's phase."
+    )
+    phases: list[PhaseAt]
+    bytes_done: int
+    bytes_total: int
+    source_cluster_id: str | None
+    destination_cluster_id: str
+    target_database: str | None
+    failed_step: str | None
+    destination_state: str | None
+    restored: list[str] | None
+
+
+class RestoreList(BaseModel):
+    restores: list[RestoreView]
+    pagination: Pagination
+
+
+class ClockView(BaseModel):
+    simulated: bool
+    now: str
+    services: dict[str, str] = Field(description="The time each service has reached.")
+
+
+class ClockAdvanced(BaseModel):
+    simulated: bool
+    now: str
+
+
+class Health(BaseModel):
+    status: str
+    projection_position: int
