@@ -25,10 +25,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
@@ -102,6 +103,10 @@ class RetentionIndex:
                 f"CREATE INDEX IF NOT EXISTS {P}backups_by_cluster ON {P}backups (cluster_id)"
             )
             cursor.execute(
+                f"CREATE INDEX IF NOT EXISTS {P}backups_by_status ON {P}backups "
+                "(status, expires_at)"
+            )
+            cursor.execute(
                 f"CREATE TABLE IF NOT EXISTS {P}clusters (cluster_id TEXT PRIMARY KEY, "
                 "deleted_until TEXT NOT NULL)"
             )
@@ -171,31 +176,74 @@ class RetentionIndex:
         while self.follow_once() > 0:
             pass
 
-    def cluster_ids(self) -> list[str]:
-        rows = self.db.query(f"SELECT DISTINCT cluster_id FROM {P}backups ORDER BY cluster_id")
+    def cluster_count(self) -> int:
+        return int(self.db.query(f"SELECT COUNT(DISTINCT cluster_id) FROM {P}backups")[0][0])
+
+    def clusters_with_work(self, now: datetime) -> list[str]:
+        """The clusters a pass at ``now`` may have something to do for: a superset of those
+        with a chain to expire or delete (the pass decides on each from its backups).
+
+        A chain can only go when its full failed or expired (deletion pending or resumed), a
+        backup of it failed (leftovers), its full's own expiry has passed (the newest
+        restorable chain is kept past it: it stays a candidate, and the pass keeps it), or the
+        cluster was deleted and its keep-until time has passed. Expiry times are stored as UTC
+        ISO texts, which compare in time order."""
+        at = _ts(now)
+        rows = self.db.query(
+            f"SELECT DISTINCT cluster_id FROM {P}backups WHERE status IN (?, ?) "
+            f"OR (is_full = 1 AND status = ? AND expires_at <= ?) "
+            f"UNION SELECT cluster_id FROM {P}clusters WHERE deleted_until <= ? ORDER BY 1",
+            (
+                BackupStatus.FAILED.value,
+                BackupStatus.EXPIRED.value,
+                BackupStatus.COMPLETE.value,
+                at,
+                at,
+            ),
+        )
         return [str(r[0]) for r in rows]
 
     def backups(self, cluster_id: str) -> list[IndexedBackup]:
+        return self.backups_of([cluster_id]).get(cluster_id, [])
+
+    def backups_of(self, cluster_ids: Sequence[str]) -> dict[str, list[IndexedBackup]]:
+        """The indexed backups of each of ``cluster_ids`` (one query)."""
+        if not cluster_ids:
+            return {}
+        marks = ", ".join("?" for _ in cluster_ids)
         rows = self.db.query(
-            f"SELECT backup_id, chain_id, is_full, status, data_from, expires_at, region "
-            f"FROM {P}backups WHERE cluster_id = ?",
-            (cluster_id,),
+            f"SELECT cluster_id, backup_id, chain_id, is_full, status, data_from, expires_at, "
+            f"region FROM {P}backups WHERE cluster_id IN ({marks})",
+            tuple(cluster_ids),
         )
-        return [
-            IndexedBackup(str(b), str(c), bool(f), str(s), _dt(d), _dt(e), str(r))
-            for b, c, f, s, d, e, r in rows
-        ]
+        found: dict[str, list[IndexedBackup]] = defaultdict(list)
+        for cid, b, c, f, s, d, e, r in rows:
+            found[str(cid)].append(
+                IndexedBackup(str(b), str(c), bool(f), str(s), _dt(d), _dt(e), str(r))
+            )
+        return found
 
     def deleted_until(self, cluster_id: str) -> datetime | None:
+        return self.deleted_until_of([cluster_id]).get(cluster_id)
+
+    def deleted_until_of(self, cluster_ids: Sequence[str]) -> dict[str, datetime]:
+        """The keep-until time of each deleted cluster among ``cluster_ids`` (one query)."""
+        if not cluster_ids:
+            return {}
+        marks = ", ".join("?" for _ in cluster_ids)
         rows = self.db.query(
-            f"SELECT deleted_until FROM {P}clusters WHERE cluster_id = ?", (cluster_id,)
+            f"SELECT cluster_id, deleted_until FROM {P}clusters WHERE cluster_id IN ({marks})",
+            tuple(cluster_ids),
         )
-        return _dt(rows[0][0]) if rows else None
+        return {str(c): datetime.fromisoformat(d) for c, d in rows}
 
 
 @dataclass
 class PassReport:
     clusters: int = 0
+    """Clusters with backups in the index (a pass for every cluster) or the one asked for."""
+    clusters_with_work: int = 0
+    """Clusters the pass looked at in detail (:meth:`RetentionIndex.clusters_with_work`)."""
     backups_expired: int = 0
     chains_deleted: int = 0
     objects_deleted: int = 0
@@ -203,6 +251,9 @@ class PassReport:
     chains_held: int = 0
     """Expired chains left for a later pass: a running job (a restore) holds them."""
     errors: list[str] = field(default_factory=list)
+
+    def error(self, cluster_id: str, exc: BaseException) -> None:
+        self.errors.append(f"{cluster_id}: {type(exc).__name__}: {exc}"[:500])
 
 
 def expiry_reason(full: Backup, kept: bool, deleted_until: datetime | None) -> str:
@@ -219,8 +270,37 @@ def expiry_reason(full: Backup, kept: bool, deleted_until: datetime | None) -> s
     )
 
 
+@dataclass
+class ClusterPlan:
+    """What a pass does to one cluster: the chains that go (and why), their aggregates with the
+    expiries applied in memory, then the chains no job holds and their objects."""
+
+    cluster_id: str
+    chains: dict[str, list[IndexedBackup]]
+    doomed: dict[str, str]
+    """Chain id -> why it goes."""
+    loaded: dict[str, Backup]
+    to_expire: list[Backup]
+    free: list[str] = field(default_factory=list)
+    listings: dict[str, tuple[str, list[ObjectInfo]]] = field(default_factory=dict)
+
+
+GROUP_SIZE = 500
+"""Clusters handled together: one query for their backups, one transaction for their expiries,
+one for their deletions, deletes batched across them. Bounds a pass's memory."""
+WORKERS = 16
+"""Threads for loading aggregates and for the object store's requests (I/O bound)."""
+
+
 class Retention:
-    """One retention worker: applies the rules, records the events, deletes the objects."""
+    """One retention worker: applies the rules, records the events, deletes the objects.
+
+    A pass goes over the clusters with work only (:meth:`RetentionIndex.clusters_with_work`),
+    :data:`GROUP_SIZE` at a time: the plans of a group are made in parallel, their expiries saved
+    in one transaction, the holds read once, the chains listed in parallel, their objects deleted
+    in batches across the group, and the deletions saved in one transaction. If a group's save
+    meets another worker's write (an :class:`IntegrityError`), its clusters are redone one by one
+    from the store, so one conflict costs one cluster, not the group."""
 
     def __init__(
         self, store: EventStore, db: SqlDatabase, store_url_for: StoreUrlFor, name: str = BY
@@ -232,7 +312,7 @@ class Retention:
         self.name = name
         self._stores: dict[str, ObjectStore] = {}
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(8, thread_name_prefix="retention-list")
+        self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="retention")
 
     def object_store(self, region: str) -> ObjectStore:
         url = self.store_url_for(region)
@@ -245,29 +325,114 @@ class Retention:
         """One pass over ``cluster_id`` (None: every cluster) at ``now``."""
         self.index.catch_up()
         report = PassReport()
-        clusters = self.index.cluster_ids() if cluster_id is None else [cluster_id]
-        for cid in clusters:
-            report.clusters += 1
+        if cluster_id is None:
+            report.clusters = self.index.cluster_count()
+            candidates = self.index.clusters_with_work(now)
+        else:
+            report.clusters = 1
+            candidates = [cluster_id]
+        report.clusters_with_work = len(candidates)
+        for start in range(0, len(candidates), GROUP_SIZE):
+            group = candidates[start : start + GROUP_SIZE]
             try:
-                self._enforce_cluster(cid, now, report)
-            except Exception as exc:  # one cluster's trouble never stops the others
-                log.exception("retention of cluster %s failed; the next pass retries", cid)
-                report.errors.append(f"{cid}: {type(exc).__name__}: {exc}"[:500])
+                self._enforce_group(group, now, report)
+            except Exception as exc:  # one group's trouble never stops the others
+                log.exception("retention of clusters %s.. failed; the next pass retries", group[0])
+                report.error(group[0], exc)
         return report
 
-    def _enforce_cluster(self, cluster_id: str, now: datetime, report: PassReport) -> None:
-        """Expire the cluster's expired chains (one atomic save), then delete the objects of
-        those no job holds (batched deletes) and record it (one atomic save)."""
-        backups = self.index.backups(cluster_id)
-        if not backups:
+    def _enforce_group(
+        self, cluster_ids: Sequence[str], now: datetime, report: PassReport, alone: bool = False
+    ) -> None:
+        """Expire the group's expired chains (one atomic save), then delete the objects of those
+        no job holds (batched deletes) and record it (one atomic save). ``alone``: a group of
+        one redone after a conflict (another conflict leaves the cluster to the next pass)."""
+        indexed = self.index.backups_of(cluster_ids)
+        deleted = self.index.deleted_until_of(cluster_ids)
+        plans: list[ClusterPlan] = []
+        for cid, outcome in zip(
+            cluster_ids,
+            self._pool.map(
+                lambda c: _attempt(self._plan, c, indexed.get(c, []), deleted.get(c), now),
+                cluster_ids,
+            ),
+            strict=True,
+        ):
+            if isinstance(outcome, BaseException):
+                report.error(cid, outcome)
+            elif outcome is not None:
+                plans.append(outcome)
+        if not plans:
             return
+        to_expire: list[Aggregate] = [b for p in plans for b in p.to_expire]
+        if to_expire:
+            try:
+                self.store.save_all(*to_expire)
+            except IntegrityError:  # another worker acted on one of them
+                if not alone:
+                    self._one_by_one(plans, now, report)
+                return
+            report.backups_expired += len(to_expire)
+        # The handshake with restores: expiry recorded first, then the holds are read.
+        held = backups_in_use(self.db)
+        for plan in plans:
+            plan.free = [
+                c for c in plan.doomed if not any(m.backup_id in held for m in plan.chains[c])
+            ]
+            report.chains_held += len(plan.doomed) - len(plan.free)
+        listed = [(p, c) for p in plans for c in p.free]
+        failed: set[str] = set()
+        for (plan, chain_id), listing in zip(
+            listed, self._pool.map(lambda pc: _attempt(self._list_chain, *pc), listed), strict=True
+        ):
+            if isinstance(listing, BaseException):
+                report.error(plan.cluster_id, listing)
+                failed.add(plan.cluster_id)
+            else:
+                plan.listings[chain_id] = listing
+        plans = [p for p in plans if p.free and p.cluster_id not in failed]
+        failed_regions = self._delete(plans, report)
+        to_record: list[Aggregate] = []
+        recorded: list[ClusterPlan] = []
+        for plan in plans:
+            if any(region in failed_regions for region, _ in plan.listings.values()):
+                continue  # its objects may still be there: the next pass resumes
+            to_record += self._record_deleted(plan, now)
+            recorded.append(plan)
+        if not to_record:
+            return
+        try:
+            self.store.save_all(*to_record)
+        except IntegrityError:  # another worker recorded some: redo each from the store
+            if not alone:
+                self._one_by_one(recorded, now, report)
+            return
+        for plan in recorded:
+            report.chains_deleted += len(plan.free)
+            for _, objects in plan.listings.values():
+                report.objects_deleted += len(objects)
+                report.bytes_freed += sum(i.size for i in objects)
+
+    def _one_by_one(self, plans: Iterable[ClusterPlan], now: datetime, report: PassReport) -> None:
+        for plan in plans:
+            self._enforce_group([plan.cluster_id], now, report, alone=True)
+
+    def _plan(
+        self,
+        cluster_id: str,
+        backups: list[IndexedBackup],
+        deleted_until: datetime | None,
+        now: datetime,
+    ) -> ClusterPlan | None:
+        """Decide which of the cluster's chains go, load them and apply the expiries."""
+        if not backups:
+            return None
         chains: dict[str, list[IndexedBackup]] = defaultdict(list)
         for b in backups:
             chains[b.chain_id].append(b)
         kept = newest_restorable_chain(
             (b.backup_id, b.status, b.data_from) for b in backups if b.is_full
         )
-        deleted_until = self.index.deleted_until(cluster_id)
         doomed: dict[str, str] = {}  # chain id -> why it goes
         expiring: dict[str, datetime] = {}
         for chain_id, members in chains.items():
@@ -283,12 +448,19 @@ class Retention:
                 if expires is not None and expires <= now:
                     expiring[chain_id] = expires
         if not doomed and not expiring:
-            return
+            return None
         loaded = {
             str(b.backup_id): b
             for b in self._load(cluster_id, (m for c in (*doomed, *expiring) for m in chains[c]))
         }
-        to_expire: list[Aggregate] = []
+        for chain_id in [*doomed, *expiring]:
+            stored = [loaded[m.backup_id] for m in chains[chain_id] if m.backup_id in loaded]
+            if stored and all(b.deleted_at is not None for b in stored):
+                doomed.pop(chain_id, None)  # the index lags: another worker deleted it
+                expiring.pop(chain_id, None)
+        if not doomed and not expiring:
+            return None
+        to_expire: list[Backup] = []
         for chain_id, expires in expiring.items():
             full_aggregate = loaded[chain_id]
             reason = expiry_reason(full_aggregate, chain_id == kept, deleted_until)
@@ -298,62 +470,78 @@ class Retention:
                     backup.expire(reason, expires, at=now, by=self.name)
                     to_expire.append(backup)
             doomed[chain_id] = reason
-        if to_expire:
-            try:
-                self.store.save_all(*to_expire)
-            except IntegrityError:  # another worker acted on this cluster: the next pass goes on
-                return
-            report.backups_expired += len(to_expire)
-        # The handshake with restores: expiry recorded first, then the holds are read.
-        held = backups_in_use(self.db, cluster_id)
-        free = [c for c in doomed if not any(m.backup_id in held for m in chains[c])]
-        report.chains_held += len(doomed) - len(free)
-        if not free:
-            return
-        listings = dict(
-            zip(
-                free,
-                self._pool.map(lambda c: self._list_chain(cluster_id, c, chains[c]), free),
-                strict=True,
-            )
-        )
+        return ClusterPlan(cluster_id, dict(chains), doomed, loaded, to_expire)
+
+    def _delete(self, plans: list[ClusterPlan], report: PassReport) -> set[str]:
+        """Delete the plans' listed objects, in batches per region across the plans, in parallel;
+        returns the regions where a delete failed."""
         by_region: dict[str, list[str]] = defaultdict(list)
-        for chain_id in free:
-            region, listed = listings[chain_id]
-            by_region[region] += [info.key for info in listed]
-        for region, keys in by_region.items():
-            self.object_store(region).delete(keys)
-        to_record: list[Aggregate] = []
-        for chain_id in free:
-            _, listed = listings[chain_id]
-            for member in chains[chain_id]:
-                backup = loaded.get(member.backup_id)
+        for plan in plans:
+            for region, objects in plan.listings.values():
+                by_region[region] += [info.key for info in objects]
+        batches = [
+            (region, keys[i : i + size])
+            for region, keys in by_region.items()
+            for size in [delete_batch_size(len(keys))]
+            for i in range(0, len(keys), size)
+        ]
+        failed: set[str] = set()
+        outcomes = self._pool.map(
+            lambda rk: _attempt(self.object_store(rk[0]).delete, rk[1]), batches
+        )
+        for (region, _), outcome in zip(batches, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                report.error(f"region {region}", outcome)
+                failed.add(region)
+        return failed
+
+    def _record_deleted(self, plan: ClusterPlan, now: datetime) -> list[Aggregate]:
+        recorded: list[Aggregate] = []
+        for chain_id in plan.free:
+            _, objects = plan.listings[chain_id]
+            for member in plan.chains[chain_id]:
+                backup = plan.loaded.get(member.backup_id)
                 if backup is None or backup.deleted_at is not None:
                     continue
                 is_full = member.backup_id == chain_id
                 backup.record_deleted(
-                    objects_deleted=len(listed) if is_full else 0,
-                    bytes_freed=sum(i.size for i in listed) if is_full else 0,
-                    reason=doomed[chain_id],
+                    objects_deleted=len(objects) if is_full else 0,
+                    bytes_freed=sum(i.size for i in objects) if is_full else 0,
+                    reason=plan.doomed[chain_id],
                     at=now,
                     by=self.name,
                 )
-                to_record.append(backup)
-        try:
-            self.store.save_all(*to_record)
-        except IntegrityError:
-            return  # another worker recorded it
-        report.chains_deleted += len(free)
-        for _, listed in listings.values():
-            report.objects_deleted += len(listed)
-            report.bytes_freed += sum(i.size for i in listed)
+                recorded.append(backup)
+        return recorded
 
-    def _list_chain(
-        self, cluster_id: str, chain_id: str, members: list[IndexedBackup]
-    ) -> tuple[str, list[ObjectInfo]]:
+    def _list_chain(self, plan: ClusterPlan, chain_id: str) -> tuple[str, list[ObjectInfo]]:
+        members = plan.chains[chain_id]
         region = next(b.region for b in members if b.backup_id == chain_id)
-        return region, list(self.object_store(region).list(chain_prefix(cluster_id, chain_id)))
+        prefix = chain_prefix(plan.cluster_id, chain_id)
+        return region, list(self.object_store(region).list(prefix))
 
     def _load(self, cluster_id: str, members: Iterable[IndexedBackup]) -> list[Backup]:
         loaded = [load_backup(self.store, cluster_id, UUID(b.backup_id)) for b in members]
         return [b for b in loaded if b is not None]
+
+
+DELETE_BATCH = 1000
+"""Keys per delete request at most (S3's DeleteObjects takes at most 1,000)."""
+
+
+def delete_batch_size(keys: int) -> int:
+    """Keys per delete request: at most :data:`DELETE_BATCH`, and small enough that a group's
+    deletes run as several requests in parallel (a store deletes one request's keys in turn),
+    but no smaller than 100 keys, so a pass makes few requests."""
+    return max(100, min(DELETE_BATCH, -(-keys // (WORKERS // 2))))
+
+
+R = TypeVar("R")
+
+
+def _attempt(call: Callable[..., R], *args: Any) -> R | BaseException:
+    """``call(*args)``, or the exception it raised (for results gathered from a thread pool)."""
+    try:
+        return call(*args)
+    except Exception as exc:
+        return exc

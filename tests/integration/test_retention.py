@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -27,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from managed_backups.contracts import topics
 from managed_backups.contracts.enums import BackupType
 from managed_backups.services.projections.service import Projector
+from managed_backups.services.retention import retention as retention_module
 from managed_backups.services.retention.retention import Retention
 from managed_backups.services.scheduler.cadence import ScheduleView, backup_type_for
 from managed_backups.shared.dataplane.manifest import chain_prefix, chunk_key, manifest_key
@@ -462,3 +464,52 @@ async def test_the_retention_service_runs_periodically_on_the_simulated_clock_an
         assert metrics[("managed_backups_backups", status)] == 4
     finally:
         await system.close()
+
+
+def test_a_pass_over_many_clusters_survives_another_worker_acting_on_one_of_them(
+    tmp_path: Path, object_store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass works on groups of clusters, one transaction per group: when another worker has
+    just acted on one cluster of a group (its save conflicts), the group's other clusters are
+    redone one by one in the same pass. Every expired backup ends expired and deleted exactly
+    once; only the clusters due are looked at; the store keeps exactly the kept chains."""
+    monkeypatch.setattr(retention_module, "GROUP_SIZE", 3)
+    url = f"sqlite:///{tmp_path / 'events.sqlite'}"
+    store, db = open_event_store(url), SqlDatabase(url)
+    objects = ObjectStore(object_store_url)
+    sims = [StandIn(store, objects, f"many-{i}", 1440, 2) for i in range(8)]
+    for i, sim in enumerate(sims):
+        sim.register()
+        for day in range(6) if i < 7 else (4, 5):  # the last one has nothing to expire yet
+            sim.take(T0 + timedelta(days=day), fail=False)
+        sim.flush()
+    now = T0 + timedelta(days=5, hours=1)
+    other = Retention(store, db, lambda region: object_store_url, name="other-worker")
+    worker = Retention(store, db, lambda region: object_store_url)
+    real_plan = worker._plan
+
+    def plan_after_the_other_worker(cluster_id: str, *args: Any) -> Any:
+        if cluster_id == "many-4":  # in the second group
+            other.enforce(now, cluster_id)
+        return real_plan(cluster_id, *args)
+
+    monkeypatch.setattr(worker, "_plan", plan_after_the_other_worker)
+    report = worker.enforce(now)
+    assert not report.errors
+    assert (report.clusters, report.clusters_with_work) == (8, 7)
+    assert report.chains_deleted == 6 * 4  # the other worker deleted many-4's four chains
+    counts: dict[tuple[str, str], int] = {}
+    for n in store.notifications(0, 100_000):
+        event = store.domain_event(n)
+        kind = type(event).__name__
+        if kind in ("BackupExpired", "BackupDeleted"):
+            key = (kind, str(event.backup_id))  # type: ignore[attr-defined]
+            counts[key] = counts.get(key, 0) + 1
+    expected = {b.backup_id for sim in sims[:7] for b in sim.history[:4]}
+    assert set(counts.values()) == {1}
+    assert {b for kind, b in counts if kind == "BackupExpired"} == expected
+    assert {b for kind, b in counts if kind == "BackupDeleted"} == expected
+    for sim in sims:
+        assert sim.chains_in_store() == {b.chain_id for b in sim.history[-2:]}
+    store.close()
+    db.close()
