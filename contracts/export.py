@@ -69,7 +69,7 @@ def application_broker() -> KafkaBroker:
     its documented command type), each publisher (results, dead letters, TakeBackup, events,
     the gateway's commands). It is never started; FastStream's generator reads it."""
     from managed_backups.services.executor.service import GROUP as EXECUTOR_GROUP
-    from managed_backups.services.relay import service as relay
+    from managed_backups.services.relay import relay
     from managed_backups.services.restore.service import GROUP as RESTORE_GROUP
     from managed_backups.services.retention.service import GROUP as RETENTION_GROUP
     from managed_backups.services.scheduler import service as scheduler

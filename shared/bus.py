@@ -93,12 +93,15 @@ async def ensure_topics(
             await admin.close()
 
 
-def make_broker(bootstrap_servers: str, client_id: str) -> KafkaBroker:
+def make_broker(bootstrap_servers: str, client_id: str, linger_ms: int = 0) -> KafkaBroker:
+    """Every service's broker: its producer is idempotent with ``acks=all``. ``linger_ms`` lets
+    a batch publisher (the relay) fill larger requests."""
     return KafkaBroker(
         bootstrap_servers,
         client_id=client_id,
         enable_idempotence=True,
         acks="all",
+        linger_ms=linger_ms,
         logger=None,
     )
 

@@ -14,7 +14,7 @@ from managed_backups.contracts import topics
 from managed_backups.contracts.commands import RegisterCluster
 from managed_backups.contracts.events import DomainEvent
 from managed_backups.contracts.export import all_models, asyncapi_document, export
-from managed_backups.contracts.results import CommandResult
+from managed_backups.contracts.results import CommandResult, DeadLetter
 
 
 def register(**kw: object) -> RegisterCluster:
@@ -96,7 +96,7 @@ def test_asyncapi_lists_each_topics_receive_and_send_operations() -> None:
     - ``Gateway``: the HTTP API and ``managed-backups publish`` send commands and read the
       results;
     - ``Scheduler``: scheduled TakeBackup commands;
-    - ``Relay``: the events.
+    - ``Relay``: the events, and a dead letter for an event it cannot publish.
 
     Nothing in the product reads the events topic (the projections follow the event store
     itself) or the dead-letter topic (it is for operators)."""
@@ -111,7 +111,7 @@ def test_asyncapi_lists_each_topics_receive_and_send_operations() -> None:
         topics.RETENTION_COMMANDS: {("receive", "OnRetentionCommands"), ("send", "Gateway")},
         topics.EVENTS: {("send", "Relay")},
         topics.COMMAND_RESULTS: {("send", "Outcome"), ("receive", "Gateway")},
-        topics.DEAD_LETTER: {("send", "Outcome")},
+        topics.DEAD_LETTER: {("send", "Outcome"), ("send", "Relay")},
     }
     assert set(topics.ALL_TOPICS) == set(operations_by_topic(asyncapi_document()))
 
@@ -123,11 +123,13 @@ def payload_members(document: dict[str, Any], channel_key: str) -> list[dict[str
     return [resolve(document, m) if "$ref" in m else m for m in payload.get("oneOf", [payload])]
 
 
-def test_the_gateway_reads_results_and_the_relay_sends_events() -> None:
-    """The receive operation on ``command-results`` and the relay's send carry their models."""
+def test_the_gateway_reads_results_and_the_relay_sends_documented_messages() -> None:
+    """The receive operation on ``command-results`` and the relay's sends carry their models."""
     document = asyncapi_document()
     (result,) = payload_members(document, f"{topics.COMMAND_RESULTS}:Gateway")
     assert set(result["properties"]) == set(CommandResult.model_json_schema()["properties"])
+    (letter,) = payload_members(document, f"{topics.DEAD_LETTER}:Relay")
+    assert set(letter["properties"]) == set(DeadLetter.model_json_schema()["properties"])
     event_types = {
         m["properties"]["type"]["const"]
         for m in payload_members(document, f"{topics.EVENTS}:Relay")
