@@ -63,8 +63,13 @@ COMMAND_PAYLOADS: dict[str, tuple[Any, str]] = {
 async def ensure_topics(
     bootstrap_servers: str, partitions: int = PARTITIONS, timeout: float = 60
 ) -> None:
-    """Create the topics if missing (aiokafka's admin client: FastStream has no topic admin). Events are kept forever (the store is the truth,
-    but consumers may replay the topic from the beginning)."""
+    """Create the topics if missing. Events are kept forever (the store is the truth, but
+    consumers may replay the topic from the beginning).
+
+    aiokafka's admin client, not FastStream's: FastStream creates a topic only when a subscriber
+    of its own declares it (``Topic(name, num_partitions=…)``), without topic settings such as
+    ``retention.ms``, and nothing in the product subscribes to the events topic; every topic is
+    created here, with its partitions and settings, before any service starts its broker."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
