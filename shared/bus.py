@@ -25,7 +25,7 @@ from aiokafka import ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 from faststream import AckPolicy, Context
-from faststream.kafka import KafkaBroker
+from faststream.kafka import KafkaBroker, Topic
 from faststream.kafka.annotations import KafkaMessage
 from faststream.kafka.publisher import DefaultPublisher
 from faststream.message import StreamMessage
@@ -283,7 +283,9 @@ def declare_command_subscriber(broker: KafkaBroker, topic: str, group_id: str) -
         "return": None,
     }
     broker.subscriber(
-        topic,
+        # ``declare=False``: ``ensure_topics`` creates every topic, with its partitions; a
+        # FastStream-declared topic would be created with one partition if it were missing.
+        Topic(topic, declare=False),
         group_id=group_id,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.NACK_ON_ERROR,
