@@ -51,6 +51,8 @@ from managed_backups.shared.secrets import ConnectionSecrets
 from managed_backups.shared.security import Action, Principal
 
 log = logging.getLogger(__name__)
+SWEEP_POLL_SECONDS = 0.5
+"""How often a backup waiting for retention's sweep of its chain looks again."""
 
 
 @dataclass
@@ -226,6 +228,7 @@ class BackupExecutor:
         )
         if backup.backup_type == BackupType.FULL.value:
             return adapter.full_backup(request)
+        self._wait_for_sweep(cluster.cluster_id, str(backup.chain_id), running.cancel)
         try:
             chain = list_manifests(store, cluster.cluster_id, str(backup.chain_id))
         except Exception as exc:
@@ -242,6 +245,23 @@ class BackupExecutor:
             )
         previous = max(chain, key=lambda m: m.data_from)
         return adapter.incremental_backup(request, previous)
+
+    def _wait_for_sweep(self, cluster_id: str, chain_id: str, cancel: threading.Event) -> None:
+        """Wait while retention sweeps the chain's leftovers, before reading or writing it.
+
+        Our lease is already taken (before ``BackupStarted``): a sweep that starts after this
+        check sees it and leaves the chain alone; one that started before holds a sweep lease,
+        seen here (:func:`managed_backups.shared.jobs.sweep_of_chain`). Without this, a chunk a
+        failed backup left and this one merely references (chunks are written once, by content)
+        could be deleted under it. A sweep lease whose worker died expires."""
+        while (
+            sweep := jobs.sweep_of_chain(
+                self.runtime.db, cluster_id, chain_id, self.runtime.clock.now()
+            )
+        ) is not None:
+            log.info("backup of chain %s waits for %s to sweep the chain", chain_id, sweep.owner)
+            if cancel.wait(SWEEP_POLL_SECONDS):
+                raise BackupError(ErrorCode.CANCELLED, "backup cancelled", "wait for a sweep")
 
     def _record_completed(self, started: Backup, manifest: Manifest) -> None:
         backup = self.runtime.store.get_or_none(started.id, Backup)
