@@ -28,7 +28,7 @@ from managed_backups.shared.dataplane.engine import BackupError, BackupRequest, 
 from managed_backups.shared.dataplane.manifest import Manifest, list_manifests, read_manifest
 from managed_backups.shared.dataplane.objectstore import ObjectStore
 from managed_backups.shared.dataplane.postgres import PostgresAdapter
-from managed_backups.shared.dataplane.verify import cleanup_partial, verify_backup
+from managed_backups.shared.dataplane.verify import verify_backup
 from managed_backups.shared.domain.backup import Backup, load_backup
 from managed_backups.shared.domain.backup_lifecycle import (
     backup_expires_at,
@@ -300,11 +300,13 @@ class BackupExecutor:
     # -- leases ----------------------------------------------------------------------------------
 
     def reap_once(self) -> int:
-        """Fail the backups whose executor died, and delete what they left half-written.
+        """Fail the backups whose executor died (``LEASE_EXPIRED``) and release their leases.
 
-        Objects are deleted only for a backup this call failed: it was IN_PROGRESS, so no other
-        backup of its cluster (hence of its chain) can be running. A lease whose backup was
-        never recorded (an orphan: nothing was written) or has already ended is released."""
+        Nothing is deleted here: what such a backup left half-written (chunks without a
+        manifest) is swept by the retention service, the only service that deletes objects
+        (``services/retention/leftovers.py``; a failed full goes with its chain). A lease whose
+        backup was never recorded (an orphan: nothing was written) or has already ended is
+        released."""
         reaped = 0
         for lease in self.leases.expired(self.runtime.clock.now()):
             backup_id, cluster_id = lease.job_id, lease.cluster_id
@@ -318,16 +320,6 @@ class BackupExecutor:
                 f"{self.settings.backup_lease_seconds:.0f} s (it died or lost the database)",
                 "executor lease",
             )
-            if failed:
-                region, chain_id = lease.detail["region"], lease.detail["chain_id"]
-                try:
-                    cleanup_partial(self.store_for(region), cluster_id, chain_id)
-                except Exception:
-                    log.exception(
-                        "cleaning up after backup %s failed: its unreferenced objects stay "
-                        "(never listed)",
-                        backup_id,
-                    )
             self.leases.release(backup_id)
             reaped += int(failed)
         return reaped
