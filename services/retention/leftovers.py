@@ -37,9 +37,12 @@ What one sweep of a cluster does (:func:`sweep_leftovers`, called by each retent
    (:func:`~managed_backups.shared.dataplane.verify.cleanup_partial`). A chain whose full has
    no manifest is not swept at all (that would delete the whole chain).
 4. **Recorded after.** ``BackupDeleted`` on each swept backup (reason
-   ``"its backup failed: leftovers swept"``); the first of them carries the objects and stored
-   bytes the sweep freed, the others zeros (the chunks of several failed backups cannot be told
-   apart). The views count it like any deletion; the backup's status stays FAILED.
+   ``"its backup failed: leftovers swept"``, or, for a failed backup a later one builds on, a
+   reason saying its manifest and chunks stay until the chain goes: it is recorded all the
+   same, so later passes do not read the chain again for it); the first of them carries the
+   objects and stored bytes the sweep freed, the others zeros (the chunks of several failed
+   backups cannot be told apart). The views count it like any deletion; the backup's status
+   stays FAILED.
 
 Idempotent and crash-safe like chain deletion: a sweep killed after deleting and before
 recording is done again by the next pass (deleting a missing object is a no-op; the recorded
@@ -77,6 +80,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REASON = "its backup failed: leftovers swept"
+REASON_BUILT_ON = (
+    "its backup failed: leftovers swept; its manifest and chunks stay, a later backup of the "
+    "chain builds on them (they go with the chain)"
+)
 SWEEP_LEASE_SECONDS = 600.0
 """How long a sweep lease holds back a backup of its chain if its retention worker dies
 mid-sweep (a sweep itself takes one listing and a few batched deletes)."""
@@ -204,7 +211,7 @@ def _sweep_chain(
             backup.record_deleted(
                 objects_deleted=result.deleted_objects if i == 0 else 0,
                 bytes_freed=result.deleted_bytes if i == 0 else 0,
-                reason=REASON,
+                reason=REASON_BUILT_ON if str(backup.backup_id) in keep else REASON,
                 at=now,
                 by=worker.name,
             )

@@ -29,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from managed_backups.contracts import topics
 from managed_backups.contracts.enums import BackupType
 from managed_backups.services.projections.service import Projector
+from managed_backups.services.retention.leftovers import REASON, REASON_BUILT_ON
 from managed_backups.services.retention.retention import Retention
 from managed_backups.services.scheduler.cadence import ScheduleView, backup_type_for
 from managed_backups.shared.dataplane.manifest import (
@@ -434,6 +435,45 @@ def test_the_leftovers_of_failed_incrementals_are_swept_once_no_backup_writes_th
     failed_docs = {str(d["id"]): d for d in models.incomplete_backups(sim.cluster_id)}
     assert set(failed_docs) == {first_failed, second_failed}
     assert all(d["status"] == "FAILED" and d["deleted_at"] for d in failed_docs.values())
+    store.close()
+    db.close()
+
+
+def test_a_failed_backup_that_a_later_one_builds_on_keeps_its_manifest_and_chunks(
+    tmp_path: Path, object_store_url: str
+) -> None:
+    """A backup failed by the lease reaper whose executor wrote its manifest anyway, and the
+    next incremental built on it (it builds on the chain's newest manifest): the sweep keeps
+    what the later one needs and says so; another failed backup's chunk goes."""
+    url = f"sqlite:///{tmp_path / 'events.sqlite'}"
+    store, db = open_event_store(url), SqlDatabase(url)
+    sim = StandIn(store, ObjectStore(object_store_url), "built-on", 60, 7)
+    sim.register()
+    cid = sim.cluster_id
+    full = sim.take(T0, fail=False)
+    built_on = sim.take(T0 + timedelta(hours=1), fail=True)
+    chain = sim.history[0].chain_id
+    data = b"rows " + sim.chunk_of[built_on].encode()
+    chunk = ChunkRef(hash=sim.chunk_of[built_on], size=len(data), stored=len(data))
+    save_manifest(
+        sim.objects, stand_in_manifest(cid, chain, built_on, full, T0 + timedelta(hours=1), chunk)
+    )
+    sim.parent = built_on
+    later = sim.take(T0 + timedelta(hours=2), fail=False)
+    plain = sim.take(T0 + timedelta(hours=3), fail=True)
+    sim.flush()
+    report = Retention(store, db, lambda region: object_store_url).enforce(T0 + timedelta(hours=4))
+    assert (report.leftovers_swept, report.objects_deleted, report.errors) == (2, 1, [])
+    kept = (full, built_on, later)
+    assert {info.key for info in sim.objects.list(f"clusters/{cid}/")} == {
+        manifest_key(cid, chain, b) for b in kept
+    } | {chunk_key(cid, chain, sim.chunk_of[b]) for b in kept}
+    reasons = {
+        str(e.backup_id): e.reason  # type: ignore[attr-defined]
+        for e in (store.domain_event(n) for n in store.notifications(0, 100_000))
+        if type(e).__name__ == "BackupDeleted"
+    }
+    assert reasons == {built_on: REASON_BUILT_ON, plain: REASON}
     store.close()
     db.close()
 
