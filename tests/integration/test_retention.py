@@ -48,7 +48,7 @@ from managed_backups.shared.domain.backup_lifecycle import backup_expires_at
 from managed_backups.shared.domain.backup_settings import SettingsChange
 from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.eventstore import EventStore, open_event_store
-from managed_backups.shared.jobs import JobLeases, holding
+from managed_backups.shared.jobs import JobLeases, holding, sweep_of_chain
 from managed_backups.shared.sqldb import SqlDatabase
 from managed_backups.shared.views import Page, ReadModels
 from tests.harness import System, iso
@@ -568,6 +568,40 @@ def test_a_retention_worker_killed_mid_deletion_finishes_after_restart(
     assert report.chains_deleted == 4 and not report.errors
     assert sim.chains_in_store() == {b.chain_id for b in sim.history[-2:]}
     assert deleted_events(sim.store) == {b.backup_id for b in sim.history[:4]}
+
+
+def test_a_sweep_killed_mid_deletion_is_finished_by_the_next_pass(
+    tmp_path: Path, object_store_url: str
+) -> None:
+    """A worker SIGKILLed half-way through a sweep's deletes leaves leftovers, nothing recorded,
+    and its sweep lease (a backup of the chain waits on it until it expires); the next pass of a
+    worker of the same name takes the lease back, finishes, records, and releases it."""
+    url = f"sqlite:///{tmp_path / 'events.sqlite'}"
+    store, db = open_event_store(url), SqlDatabase(url)
+    sim = StandIn(store, ObjectStore(object_store_url), "hourly", 60, 7)
+    sim.register()
+    sim.take(T0, fail=False)
+    failed = [sim.take(T0 + timedelta(hours=h), fail=True) for h in (1, 2)]
+    sim.flush()
+    cid, chain = sim.cluster_id, sim.history[0].chain_id
+    leftovers = {chunk_key(cid, chain, sim.chunk_of[b]) for b in failed}
+    now = T0 + timedelta(hours=3)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_WORKER, url, object_store_url, now.isoformat()],
+        capture_output=True,
+        timeout=120,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
+    assert len({k for k in leftovers if sim.objects.exists(k)}) == 1  # half of them deleted
+    assert not deleted_events(store)
+    assert sweep_of_chain(db, cid, chain, now) is not None
+    report = Retention(store, db, lambda region: object_store_url).enforce(now)
+    assert (report.leftovers_swept, report.errors) == (2, [])
+    assert not any(sim.objects.exists(k) for k in leftovers)
+    assert deleted_events(store) == set(failed)
+    assert sweep_of_chain(db, cid, chain, now) is None
+    store.close()
+    db.close()
 
 
 async def wait_deleted(store: EventStore, backup_ids: set[str], timeout: float = 60) -> None:
