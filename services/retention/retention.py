@@ -11,7 +11,9 @@ the system clock (simulated or not):
    store) are deleted, then ``BackupDeleted`` is recorded on each of its backups (the full
    carries the objects and bytes freed);
 3. a pass killed anywhere leaves expired-but-not-deleted chains, which the next pass deletes:
-   deleting is idempotent (a missing object is ignored), so nothing is left orphaned.
+   deleting is idempotent (a missing object is ignored), so nothing is left orphaned;
+4. before that, the leftovers of failed incrementals in live chains are swept
+   (:mod:`.leftovers`: the objects no manifest of the chain still needs).
 
 Object stores are written once and never rewritten: these deletes are their only mutation.
 
@@ -34,6 +36,7 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate
 
 from managed_backups.contracts.enums import BackupStatus
+from managed_backups.services.retention.leftovers import sweep_leftovers
 from managed_backups.shared.dataplane.manifest import chain_prefix
 from managed_backups.shared.dataplane.objectstore import ObjectInfo, ObjectStore, open_store
 from managed_backups.shared.domain.backup import Backup, load_backup
@@ -202,6 +205,8 @@ class PassReport:
     bytes_freed: int = 0
     chains_held: int = 0
     """Expired chains left for a later pass: a running job (a restore) holds them."""
+    leftovers_swept: int = 0
+    """Failed backups of live chains whose leftovers were swept (:mod:`.leftovers`)."""
     errors: list[str] = field(default_factory=list)
 
 
@@ -261,6 +266,7 @@ class Retention:
         backups = self.index.backups(cluster_id)
         if not backups:
             return
+        sweep_leftovers(self, cluster_id, backups, now, report)
         chains: dict[str, list[IndexedBackup]] = defaultdict(list)
         for b in backups:
             chains[b.chain_id].append(b)
