@@ -241,8 +241,10 @@ class BackupExpired(EventBase):
 
 
 class BackupDeleted(EventBase):
-    """A backup's stored objects were deleted with its chain (its region store's chain prefix).
-    The chain's full carries the chain's totals; its other backups carry zeros."""
+    """A backup's stored objects were deleted: with its chain (its region store's chain prefix;
+    the chain's full carries the chain's totals, its other backups zeros), or, for a failed
+    backup of a chain that lives on, its leftovers swept (the chain's objects no kept manifest
+    references; the first failed backup swept carries the totals)."""
 
     type: Literal["BackupDeleted"] = Field(
         default="BackupDeleted",

@@ -65,11 +65,12 @@ def all_models() -> list[type[BaseModel]]:
 
 
 def application_broker() -> KafkaBroker:
-    """A broker carrying the real declarations of every service: each command subscriber (with
-    its documented command type), each publisher (results, dead letters, TakeBackup, events,
-    the gateway's commands). It is never started; FastStream's generator reads it."""
+    """A broker carrying the declarations every service runs with: each command subscriber
+    (with its documented command type) and its result and dead-letter publishers, the
+    scheduler's TakeBackup, the relay's events and dead letters, the gateway's commands and its
+    ``command-results`` subscriber. It is never started; FastStream's generator reads it."""
     from managed_backups.services.executor.service import GROUP as EXECUTOR_GROUP
-    from managed_backups.services.relay import service as relay
+    from managed_backups.services.relay import relay
     from managed_backups.services.restore.service import GROUP as RESTORE_GROUP
     from managed_backups.services.retention.service import GROUP as RETENTION_GROUP
     from managed_backups.services.scheduler import service as scheduler

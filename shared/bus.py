@@ -25,7 +25,7 @@ from aiokafka import ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 from faststream import AckPolicy, Context
-from faststream.kafka import KafkaBroker
+from faststream.kafka import KafkaBroker, Topic
 from faststream.kafka.annotations import KafkaMessage
 from faststream.kafka.publisher import DefaultPublisher
 from faststream.message import StreamMessage
@@ -63,8 +63,13 @@ COMMAND_PAYLOADS: dict[str, tuple[Any, str]] = {
 async def ensure_topics(
     bootstrap_servers: str, partitions: int = PARTITIONS, timeout: float = 60
 ) -> None:
-    """Create the topics if missing (aiokafka's admin client: FastStream has no topic admin). Events are kept forever (the store is the truth,
-    but consumers may replay the topic from the beginning)."""
+    """Create the topics if missing. Events are kept forever (the store is the truth, but
+    consumers may replay the topic from the beginning).
+
+    aiokafka's admin client, not FastStream's: FastStream creates a topic only when a subscriber
+    of its own declares it (``Topic(name, num_partitions=…)``), without topic settings such as
+    ``retention.ms``, and nothing in the product subscribes to the events topic; every topic is
+    created here, with its partitions and settings, before any service starts its broker."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
@@ -93,12 +98,15 @@ async def ensure_topics(
             await admin.close()
 
 
-def make_broker(bootstrap_servers: str, client_id: str) -> KafkaBroker:
+def make_broker(bootstrap_servers: str, client_id: str, linger_ms: int = 0) -> KafkaBroker:
+    """Every service's broker: its producer is idempotent with ``acks=all``. ``linger_ms`` lets
+    a batch publisher (the relay) fill larger requests."""
     return KafkaBroker(
         bootstrap_servers,
         client_id=client_id,
         enable_idempotence=True,
         acks="all",
+        linger_ms=linger_ms,
         logger=None,
     )
 
@@ -275,7 +283,9 @@ def declare_command_subscriber(broker: KafkaBroker, topic: str, group_id: str) -
         "return": None,
     }
     broker.subscriber(
-        topic,
+        # ``declare=False``: ``ensure_topics`` creates every topic, with its partitions; a
+        # FastStream-declared topic would be created with one partition if it were missing.
+        Topic(topic, declare=False),
         group_id=group_id,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.NACK_ON_ERROR,

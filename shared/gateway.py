@@ -1,77 +1,136 @@
 """Request/response over the topics: publish a command and wait for its result.
 
-Used by the HTTP API (the command gateway) and ``managed-backups publish``. The results consumer
-reads every partition of ``command-results`` from its end (no consumer group: each gateway sees
-every result) and is started before anything is published, so no result can be missed.
+Used by the HTTP API (the command gateway) and ``managed-backups publish``. Both directions are
+FastStream endpoints on the gateway's own broker, declared by ``declare`` (which the AsyncAPI
+export calls too, so the document shows exactly what the gateway sends and receives):
+
+- one publisher per command topic; it forwards the caller's JSON object as given (the consuming
+  service validates it, after its size bounds and authentication);
+- one subscriber on ``command-results`` *without a consumer group*: with no group, the client
+  library assigns it every partition of the topic (and any added later), nothing is committed,
+  and, having no committed offset, it starts from the end. Each gateway thus sees every result,
+  whichever partition it lands on. ``CommandGateway.start`` waits until every partition's
+  starting offset is resolved before anything can be published, so no result can be missed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import dataclasses
 import json
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from faststream.kafka import KafkaBroker
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker, Topic
+from faststream.kafka.publisher import DefaultPublisher
+from faststream.kafka.subscriber.usecase import DefaultSubscriber
 
 from managed_backups.contracts import topics
 from managed_backups.contracts.results import CommandResult
-from managed_backups.shared.bus import COMMAND_PAYLOADS
+from managed_backups.shared.bus import (
+    COMMAND_PAYLOADS,
+    documented_as,
+    lenient_headers,
+    make_broker,
+    undecoded,
+)
+
+Waiters = dict[UUID, asyncio.Future[CommandResult]]
+"""The requests waiting for their result, by command id."""
 
 
 class CommandTimeout(TimeoutError):
     pass
 
 
-def declare(broker: KafkaBroker) -> None:
-    """The gateway's send operations, for the AsyncAPI document only. The gateway itself uses
-    aiokafka directly: it forwards the caller's JSON object as given (the consuming service
-    validates it, after its bounds and authentication), and it reads every partition of
-    ``command-results`` from its end without a consumer group, which a FastStream subscriber
-    (group-managed, or a fixed partition list without the seek) does not express."""
-    for topic, (payload, _) in COMMAND_PAYLOADS.items():
-        broker.publisher(
+@dataclasses.dataclass(frozen=True)
+class GatewayEndpoints:
+    """The gateway's send operations (one per command topic) and its receive operation."""
+
+    commands: dict[str, DefaultPublisher]
+    results: DefaultSubscriber
+
+
+def declare(broker: KafkaBroker, waiters: Waiters | None = None) -> GatewayEndpoints:
+    """Declare the gateway's publishers and its ``command-results`` subscriber on ``broker``.
+    The subscriber completes the future in ``waiters`` of each result's command id; the AsyncAPI
+    export, which never starts the broker, passes none.
+
+    The subscriber is documented as receiving ``CommandResult`` but takes the raw bytes
+    (``undecoded``, ``lenient_headers``) and parses them itself: anyone may write to the topic,
+    and a message that is not a result must be skipped, never fail the handler. It has no group,
+    so nothing is acknowledged (``AckPolicy.MANUAL``: there is no offset to commit, and a failed
+    message must not be sought back to). The topic is ``declare=False``: ``ensure_topics`` owns
+    its creation, with the partitions and settings of every topic."""
+    pending: Waiters = {} if waiters is None else waiters
+    commands = {
+        topic: broker.publisher(
             topic,
             title=f"{topic}:Gateway",
             schema=payload,
             description="Commands sent by the HTTP API and `managed-backups publish`.",
         )
+        for topic, (payload, _) in COMMAND_PAYLOADS.items()
+    }
+
+    async def on_command_results(raw: bytes) -> None:
+        try:
+            result = CommandResult.model_validate_json(raw)
+        except ValueError:  # not a result (pydantic's errors are ValueErrors): skip it
+            return
+        if result.command_id is None:
+            return
+        waiter = pending.get(result.command_id)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(result)
+
+    # Real objects, not the strings ``from __future__ import annotations`` leaves: FastStream
+    # reads the signature to build the payload schema.
+    on_command_results.__annotations__ = {
+        "raw": Annotated[bytes, documented_as(CommandResult)],
+        "return": None,
+    }
+    results = broker.subscriber(
+        Topic(topics.COMMAND_RESULTS, declare=False),
+        group_id=None,
+        auto_offset_reset="latest",
+        ack_policy=AckPolicy.MANUAL,
+        parser=lenient_headers,
+        decoder=undecoded,
+        title=f"{topics.COMMAND_RESULTS}:Gateway",
+        description=(
+            "Results read by the HTTP API and `managed-backups publish`: every partition, "
+            "without a consumer group, from the end, each matched to its waiting request by "
+            "command id."
+        ),
+    )
+    results(on_command_results)
+    return GatewayEndpoints(commands, results)
 
 
 class CommandGateway:
     def __init__(self, bootstrap_servers: str, client_id: str = "managed-backups-gateway") -> None:
         self.bootstrap_servers = bootstrap_servers
         self.client_id = client_id
-        self._producer: AIOKafkaProducer | None = None
-        self._consumer: AIOKafkaConsumer | None = None
-        self._waiters: dict[UUID, asyncio.Future[CommandResult]] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._waiters: Waiters = {}
+        self._broker = make_broker(bootstrap_servers, client_id)
+        self._endpoints = declare(self._broker, self._waiters)
+        self._started = False
 
     async def start(self) -> None:
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap_servers,
-            enable_idempotence=True,
-            acks="all",
-            client_id=self.client_id,
-        )
-        await self._producer.start()
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap_servers,
-            enable_auto_commit=False,
-            client_id=f"{self.client_id}-results",
-        )
-        await consumer.start()
+        """Start the broker, then wait until the results subscriber knows where it starts on
+        every partition (the end, as it was then): a result published after ``start`` returns is
+        always read. A missing ``command-results`` topic is an error, checked first."""
         partitions = await self._result_partitions()
-        assigned = [TopicPartition(topics.COMMAND_RESULTS, p) for p in partitions]
-        consumer.assign(assigned)
-        await consumer.seek_to_end(*assigned)
-        for tp in assigned:  # resolve the end offsets now, before anything is published
-            await consumer.position(tp)
-        self._consumer = consumer
-        self._task = asyncio.create_task(self._read_results(), name="command-results")
+        self._started = True  # from here on, ``stop`` stops whatever did start
+        await self._broker.start()
+        consumer = self._endpoints.results.consumer
+        assert consumer is not None, "the broker starts its subscribers"
+        for partition in partitions:
+            await consumer.position(TopicPartition(topics.COMMAND_RESULTS, partition))
 
     async def _result_partitions(self, attempts: int = 100) -> list[int]:
         """The partition ids of ``command-results``, through the admin client's public
@@ -101,32 +160,20 @@ class CommandGateway:
         raise RuntimeError(f"topic {topics.COMMAND_RESULTS} does not exist")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._consumer is not None:
-            await self._consumer.stop()
-        if self._producer is not None:
-            await self._producer.stop()
-
-    async def _read_results(self) -> None:
-        assert self._consumer is not None
-        async for record in self._consumer:
-            try:
-                result = CommandResult.model_validate_json(record.value or b"")
-            except ValueError:  # not a result (pydantic's errors are ValueErrors): skip it
-                continue
-            if result.command_id is None:
-                continue
-            waiter = self._waiters.get(result.command_id)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(result)
+        if self._started:
+            await self._broker.stop()
+            self._started = False
 
     async def send(self, topic: str, command: dict[str, Any], key: str | None) -> None:
-        assert self._producer is not None, "start() the gateway first"
-        await self._producer.send_and_wait(
-            topic, json.dumps(command, default=str).encode(), key=key.encode() if key else None
+        """Publish ``command`` on ``topic`` (a command topic) as JSON, as given."""
+        publisher = self._endpoints.commands.get(topic)
+        if publisher is None:
+            raise ValueError(f"{topic} is not a command topic")
+        assert self._started, "start() the gateway first"
+        await publisher.publish(
+            json.dumps(command, default=str).encode(),
+            key=key.encode() if key else None,
+            headers={"content-type": "application/json"},
         )
 
     async def request(

@@ -225,3 +225,44 @@ def backups_in_use(db: SqlDatabase, cluster_id: str | None = None) -> set[str]:
     for (detail,) in db.query(sql, params):
         held.update(str(b) for b in json.loads(detail).get(HOLDS, []))
     return held
+
+
+SWEEP = "sweep"
+"""The lease kind of retention's leftover sweep of one chain (its job id is the chain id, its
+detail names the chain)."""
+BACKUP = "backup"
+"""The lease kind of a running backup (its detail names the chain it writes into)."""
+
+
+def _names_chain(lease: Lease, chain_id: str) -> bool:
+    return str(lease.detail.get("chain_id")) == chain_id
+
+
+def backup_writing_chain(db: SqlDatabase, cluster_id: str, chain_id: str) -> Lease | None:
+    """A backup lease (expired or not: it is released only once the backup is recorded as
+    ended) on ``chain_id``, if any."""
+    return next(
+        (j for j in on_cluster(db, cluster_id) if j.kind == BACKUP and _names_chain(j, chain_id)),
+        None,
+    )
+
+
+def sweep_of_chain(db: SqlDatabase, cluster_id: str, chain_id: str, now: datetime) -> Lease | None:
+    """The unexpired sweep lease on ``chain_id``, if any.
+
+    The handshake between retention's sweep of a chain's leftovers and a backup writing into
+    that chain (a chunk the backup finds already stored it only references, so the sweep must
+    never delete under it): the backup takes its lease, then waits while this returns a lease
+    before it reads the chain; the sweep takes its lease, then checks
+    :func:`backup_writing_chain` and backs off if it finds one. Either the backup sees the
+    sweep (and waits for its release), or the sweep sees the backup (and leaves the chain to a
+    later pass). An expired sweep lease (a retention worker that died mid-sweep) does not hold
+    a backup back."""
+    return next(
+        (
+            j
+            for j in on_cluster(db, cluster_id)
+            if j.kind == SWEEP and _names_chain(j, chain_id) and j.until >= now
+        ),
+        None,
+    )

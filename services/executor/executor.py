@@ -28,7 +28,7 @@ from managed_backups.shared.dataplane.engine import BackupError, BackupRequest, 
 from managed_backups.shared.dataplane.manifest import Manifest, list_manifests, read_manifest
 from managed_backups.shared.dataplane.objectstore import ObjectStore
 from managed_backups.shared.dataplane.postgres import PostgresAdapter
-from managed_backups.shared.dataplane.verify import cleanup_partial, verify_backup
+from managed_backups.shared.dataplane.verify import verify_backup
 from managed_backups.shared.domain.backup import Backup, load_backup
 from managed_backups.shared.domain.backup_lifecycle import (
     backup_expires_at,
@@ -51,6 +51,8 @@ from managed_backups.shared.secrets import ConnectionSecrets
 from managed_backups.shared.security import Action, Principal
 
 log = logging.getLogger(__name__)
+SWEEP_POLL_SECONDS = 0.5
+"""How often a backup waiting for retention's sweep of its chain looks again."""
 
 
 @dataclass
@@ -226,6 +228,7 @@ class BackupExecutor:
         )
         if backup.backup_type == BackupType.FULL.value:
             return adapter.full_backup(request)
+        self._wait_for_sweep(cluster.cluster_id, str(backup.chain_id), running.cancel)
         try:
             chain = list_manifests(store, cluster.cluster_id, str(backup.chain_id))
         except Exception as exc:
@@ -242,6 +245,23 @@ class BackupExecutor:
             )
         previous = max(chain, key=lambda m: m.data_from)
         return adapter.incremental_backup(request, previous)
+
+    def _wait_for_sweep(self, cluster_id: str, chain_id: str, cancel: threading.Event) -> None:
+        """Wait while retention sweeps the chain's leftovers, before reading or writing it.
+
+        Our lease is already taken (before ``BackupStarted``): a sweep that starts after this
+        check sees it and leaves the chain alone; one that started before holds a sweep lease,
+        seen here (:func:`managed_backups.shared.jobs.sweep_of_chain`). Without this, a chunk a
+        failed backup left and this one merely references (chunks are written once, by content)
+        could be deleted under it. A sweep lease whose worker died expires."""
+        while (
+            sweep := jobs.sweep_of_chain(
+                self.runtime.db, cluster_id, chain_id, self.runtime.clock.now()
+            )
+        ) is not None:
+            log.info("backup of chain %s waits for %s to sweep the chain", chain_id, sweep.owner)
+            if cancel.wait(SWEEP_POLL_SECONDS):
+                raise BackupError(ErrorCode.CANCELLED, "backup cancelled", "wait for a sweep")
 
     def _record_completed(self, started: Backup, manifest: Manifest) -> None:
         backup = self.runtime.store.get_or_none(started.id, Backup)
@@ -280,11 +300,13 @@ class BackupExecutor:
     # -- leases ----------------------------------------------------------------------------------
 
     def reap_once(self) -> int:
-        """Fail the backups whose executor died, and delete what they left half-written.
+        """Fail the backups whose executor died (``LEASE_EXPIRED``) and release their leases.
 
-        Objects are deleted only for a backup this call failed: it was IN_PROGRESS, so no other
-        backup of its cluster (hence of its chain) can be running. A lease whose backup was
-        never recorded (an orphan: nothing was written) or has already ended is released."""
+        Nothing is deleted here: what such a backup left half-written (chunks without a
+        manifest) is swept by the retention service, the only service that deletes objects
+        (``services/retention/leftovers.py``; a failed full goes with its chain). A lease whose
+        backup was never recorded (an orphan: nothing was written) or has already ended is
+        released."""
         reaped = 0
         for lease in self.leases.expired(self.runtime.clock.now()):
             backup_id, cluster_id = lease.job_id, lease.cluster_id
@@ -298,16 +320,6 @@ class BackupExecutor:
                 f"{self.settings.backup_lease_seconds:.0f} s (it died or lost the database)",
                 "executor lease",
             )
-            if failed:
-                region, chain_id = lease.detail["region"], lease.detail["chain_id"]
-                try:
-                    cleanup_partial(self.store_for(region), cluster_id, chain_id)
-                except Exception:
-                    log.exception(
-                        "cleaning up after backup %s failed: its unreferenced objects stay "
-                        "(never listed)",
-                        backup_id,
-                    )
             self.leases.release(backup_id)
             reaped += int(failed)
         return reaped

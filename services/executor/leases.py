@@ -1,6 +1,6 @@
 """The backup-executor's leases: :class:`managed_backups.shared.jobs.JobLeases` of kind
-``backup``, whose detail names the chain and the region the backup writes to (what the reaper
-deletes when it fails a backup whose executor died).
+``backup``, whose detail names the chain and the region the backup writes to (what retention's
+leftover sweep waits for: it never deletes in a chain a backup lease names).
 
 Leases taken by version 0.1 (table ``mb_backup_leases``) are adopted once, so a backup running
 during the upgrade is still reaped if its executor never comes back.
@@ -11,10 +11,10 @@ from __future__ import annotations
 from datetime import datetime
 from uuid import UUID
 
-from managed_backups.shared.jobs import JobLeases
+from managed_backups.shared.jobs import BACKUP, JobLeases
 from managed_backups.shared.sqldb import SqlDatabase
 
-KIND = "backup"
+KIND = BACKUP
 LEGACY_TABLE = "mb_backup_leases"
 
 

@@ -11,7 +11,9 @@ the system clock (simulated or not):
    store) are deleted, then ``BackupDeleted`` is recorded on each of its backups (the full
    carries the objects and bytes freed);
 3. a pass killed anywhere leaves expired-but-not-deleted chains, which the next pass deletes:
-   deleting is idempotent (a missing object is ignored), so nothing is left orphaned.
+   deleting is idempotent (a missing object is ignored), so nothing is left orphaned;
+4. before that, the leftovers of failed incrementals in live chains are swept
+   (:mod:`.leftovers`: the objects no manifest of the chain still needs).
 
 Object stores are written once and never rewritten: these deletes are their only mutation.
 
@@ -35,6 +37,7 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate
 
 from managed_backups.contracts.enums import BackupStatus
+from managed_backups.services.retention.leftovers import sweep_leftovers
 from managed_backups.shared.dataplane.manifest import chain_prefix
 from managed_backups.shared.dataplane.objectstore import ObjectInfo, ObjectStore, open_store
 from managed_backups.shared.domain.backup import Backup, load_backup
@@ -250,6 +253,8 @@ class PassReport:
     bytes_freed: int = 0
     chains_held: int = 0
     """Expired chains left for a later pass: a running job (a restore) holds them."""
+    leftovers_swept: int = 0
+    """Failed backups of live chains whose leftovers were swept (:mod:`.leftovers`)."""
     errors: list[str] = field(default_factory=list)
 
     def error(self, cluster_id: str, exc: BaseException) -> None:
@@ -349,6 +354,12 @@ class Retention:
         one redone after a conflict (another conflict leaves the cluster to the next pass)."""
         indexed = self.index.backups_of(cluster_ids)
         deleted = self.index.deleted_until_of(cluster_ids)
+        if not alone:  # failed incrementals' leftovers in live chains (rare: one by one)
+            for cid in cluster_ids:
+                if indexed.get(cid):
+                    swept = _attempt(sweep_leftovers, self, cid, indexed[cid], now, report)
+                    if isinstance(swept, BaseException):
+                        report.error(cid, swept)
         plans: list[ClusterPlan] = []
         for cid, outcome in zip(
             cluster_ids,

@@ -81,7 +81,12 @@ async def run(runtime: Runtime, stop: asyncio.Event) -> None:
                     async with lock:
                         report = await asyncio.to_thread(retention.enforce, now)
                     due = now + interval
-                    if report.chains_deleted or report.backups_expired or report.errors:
+                    if (
+                        report.chains_deleted
+                        or report.backups_expired
+                        or report.leftovers_swept
+                        or report.errors
+                    ):
                         log.info("retention pass at %s: %s", now.isoformat(), report)
                 if clock.simulated:  # everything due up to ``now`` is done
                     await asyncio.to_thread(clock.report_reached, NAME, now)

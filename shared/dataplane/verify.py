@@ -17,8 +17,12 @@ but no manifest, and is never listed because listing goes by manifests. The rule
 - Every chunk of the chain that no kept manifest references is deleted. When no manifest is
   kept, the whole chain prefix is deleted.
 - It must not run while a backup is being written into the same chain (its chunks have no
-  manifest yet). The control plane runs at most one backup per cluster at a time; call this
-  after a backup of the chain failed or its lease expired, before the next one starts.
+  manifest yet, and a chunk it found already stored it only references: content-addressed
+  writes skip a key that exists). The retention service's leftover sweep
+  (``services/retention/leftovers.py``) calls it under a handshake with the executor that
+  guarantees this.
+- The report says what went: the objects and their stored bytes (from one listing of the
+  chain, so a caller records what the deletion freed).
 """
 
 from __future__ import annotations
@@ -137,6 +141,8 @@ class CleanupReport:
     kept_manifests: list[str] = field(default_factory=list)
     deleted_manifests: list[str] = field(default_factory=list)
     deleted_objects: int = 0
+    deleted_bytes: int = 0
+    """Stored bytes of the deleted objects (their sizes as listed)."""
     deleted_chain: bool = False
 
 
@@ -146,11 +152,16 @@ def cleanup_partial(
     chain_id: str,
     *,
     keep: Collection[str] | None = None,
+    manifests: Sequence[Manifest] | None = None,
     dry_run: bool = False,
 ) -> CleanupReport:
-    """Delete the chain's objects no kept manifest references (see the module docstring)."""
+    """Delete the chain's objects no kept manifest references (see the module docstring).
+
+    ``manifests``: the chain's manifests if the caller has just read them all
+    (:func:`list_manifests`), so they are not read twice."""
     report = CleanupReport(chain_id=chain_id)
-    manifests = list_manifests(store, cluster_id, chain_id)  # raises if any is unreadable
+    if manifests is None:
+        manifests = list_manifests(store, cluster_id, chain_id)  # raises if any is unreadable
     kept = [m for m in manifests if keep is None or m.backup_id in keep]
     dropped = [m for m in manifests if not (keep is None or m.backup_id in keep)]
     kept_ids = {m.backup_id for m in kept}
@@ -163,24 +174,24 @@ def cleanup_partial(
     report.kept_manifests = sorted(kept_ids)
     report.deleted_manifests = sorted(dropped_ids)
     prefix = chain_prefix(cluster_id, chain_id)
-    if not kept:
-        if not dry_run:
-            report.deleted_objects = store.delete_prefix(prefix)
-        else:
-            report.deleted_objects = sum(1 for _ in store.list(prefix))
-        report.deleted_chain = True
-        return report
     referenced: set[str] = set()
     for m in kept:
         referenced.update(ref.hash for ref in m.chunk_refs())
-    doomed: list[str] = []
     chunk_prefix = f"{prefix}/chunks/"
-    for info in store.list(chunk_prefix):
-        name = info.key.rsplit("/", 1)[-1]
-        if name not in referenced:
+    dropped_keys = {manifest_key(cluster_id, chain_id, m.backup_id) for m in dropped}
+    doomed: list[str] = []
+    for info in store.list(prefix):
+        if not kept:
+            goes = True  # nothing kept: the whole chain prefix
+        elif info.key.startswith(chunk_prefix):
+            goes = info.key.rsplit("/", 1)[-1] not in referenced
+        else:
+            goes = info.key in dropped_keys
+        if goes:
             doomed.append(info.key)
-    doomed += [manifest_key(cluster_id, chain_id, m.backup_id) for m in dropped]
+            report.deleted_bytes += info.size
     if not dry_run:
         store.delete(doomed)
     report.deleted_objects = len(doomed)
+    report.deleted_chain = not kept
     return report

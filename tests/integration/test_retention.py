@@ -3,10 +3,12 @@ stores, compared day by day with an independent statement of the rules.
 
 The backups come from a stand-in executor (:class:`StandIn`): it records each scheduled slot's
 ``BackupStarted`` and ``BackupCompleted`` (or ``BackupFailed``) exactly as the executor's
-bookkeeping does, and writes small objects at the real keys of the chain (a manifest per backup,
-a chunk) through the data plane's store API, instead of taking a PostgreSQL backup per slot
-(thousands of slots per run). The slots follow the scheduler's cadence rule
-(:func:`backup_type_for`).
+bookkeeping does, and writes small objects at the real keys of the chain (a chunk per backup,
+and a minimal but valid manifest referencing it for a completed one; a failed one leaves its
+chunk, as a failed backup leaves chunks without a manifest) through the data plane's store
+API, instead of taking a PostgreSQL backup per slot (thousands of slots per run). The slots
+follow the scheduler's cadence rule (:func:`backup_type_for`).
+``tests/integration/test_retention_real_backups.py`` runs retention over real backups.
 """
 
 from __future__ import annotations
@@ -29,16 +31,26 @@ from managed_backups.contracts import topics
 from managed_backups.contracts.enums import BackupType
 from managed_backups.services.projections.service import Projector
 from managed_backups.services.retention import retention as retention_module
+from managed_backups.services.retention.leftovers import REASON, REASON_BUILT_ON
 from managed_backups.services.retention.retention import Retention
 from managed_backups.services.scheduler.cadence import ScheduleView, backup_type_for
-from managed_backups.shared.dataplane.manifest import chain_prefix, chunk_key, manifest_key
+from managed_backups.shared.dataplane.manifest import (
+    Catalog,
+    ChunkRef,
+    Manifest,
+    Totals,
+    chain_prefix,
+    chunk_key,
+    manifest_key,
+    save_manifest,
+)
 from managed_backups.shared.dataplane.objectstore import ObjectStore
 from managed_backups.shared.domain.backup import Backup
 from managed_backups.shared.domain.backup_lifecycle import backup_expires_at
 from managed_backups.shared.domain.backup_settings import SettingsChange
 from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.eventstore import EventStore, open_event_store
-from managed_backups.shared.jobs import JobLeases, holding
+from managed_backups.shared.jobs import JobLeases, holding, sweep_of_chain
 from managed_backups.shared.sqldb import SqlDatabase
 from managed_backups.shared.views import Page, ReadModels
 from tests.harness import System, iso
@@ -84,6 +96,10 @@ class StandIn:
     full_required: bool = False
     deleted_at: datetime | None = None
     pending: list[Backup] = field(default_factory=list)
+    parent: str | None = None
+    """The chain's last completed backup (what the next incremental's manifest builds on)."""
+    chunk_of: dict[str, str] = field(default_factory=dict)
+    """Each backup's chunk (its digest)."""
 
     def register(self) -> Cluster:
         cluster = Cluster(
@@ -122,7 +138,9 @@ class StandIn:
         self.store.save_all(cluster)
         self.deleted_at = at
 
-    def take(self, slot: datetime, fail: bool) -> None:
+    def take(self, slot: datetime, fail: bool, same_chunk_as: str | None = None) -> str:
+        """Take the slot's backup; returns its id. ``same_chunk_as``: a backup of the chain whose
+        chunk this one stores too (content-addressed: it finds it stored and references it)."""
         view = ScheduleView(
             enabled=True,
             deleted=False,
@@ -162,12 +180,25 @@ class StandIn:
             by="stand-in",
         )
         cid, chain = self.cluster_id, str(chain_id)
-        digest = uuid.uuid5(uuid.NAMESPACE_URL, str(backup_id)).hex * 2
-        self.objects.put_if_absent(chunk_key(cid, chain, digest), b"rows " + digest.encode())
+        digest = chunk_digest(same_chunk_as or str(backup_id))
+        self.chunk_of[str(backup_id)] = digest
+        data = b"rows " + digest.encode()
+        self.objects.put_if_absent(chunk_key(cid, chain, digest), data)
+        if kind is BackupType.FULL:
+            self.parent = None
         if fail:
             backup.fail("STAND_IN", "the stand-in failed this slot", "copy", slot, "stand-in")
         else:
-            self.objects.put_new(manifest_key(cid, chain, str(backup_id)), b'{"stand-in": 1}')
+            manifest = stand_in_manifest(
+                cid,
+                chain,
+                str(backup_id),
+                self.parent,
+                slot,
+                ChunkRef(hash=digest, size=len(data), stored=len(data)),
+            )
+            save_manifest(self.objects, manifest)
+            self.parent = str(backup_id)
             backup.complete(
                 as_of_time=slot,
                 size_bytes=100,
@@ -191,6 +222,7 @@ class StandIn:
                 self.retention_days,
             )
         )
+        return str(backup_id)
 
     def flush(self) -> None:
         """Record the backups taken since the last flush (one save: the log is the same as with
@@ -208,6 +240,44 @@ class StandIn:
         return {info.key[len(prefix) :].split("/", 1)[0] for info in self.objects.list(prefix)}
 
 
+def chunk_digest(backup_id: str) -> str:
+    """The stand-in's one chunk of a backup (a SHA-256-shaped name)."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, backup_id).hex * 2
+
+
+def stand_in_manifest(
+    cluster_id: str,
+    chain_id: str,
+    backup_id: str,
+    parent_id: str | None,
+    at: datetime,
+    chunk: ChunkRef,
+) -> Manifest:
+    """A valid manifest with no database, whose globals are the stand-in's one chunk."""
+    return Manifest(
+        backup_id=backup_id,
+        cluster_id=cluster_id,
+        type=BackupType.FULL if parent_id is None else BackupType.INCREMENTAL,
+        chain_id=chain_id,
+        parent_id=parent_id,
+        data_from=at,
+        started_at=at,
+        completed_at=at,
+        server_version="15.0",
+        server_version_num=150000,
+        globals_dump=[chunk],
+        databases=[],
+        catalog=Catalog(databases=[]),
+        totals=Totals(
+            logical_bytes=chunk.size,
+            stored_bytes=chunk.stored,
+            new_stored_bytes=chunk.stored,
+            chunks=1,
+            new_chunks=1,
+        ),
+    )
+
+
 def listed(models: ReadModels, cluster_id: str, now: datetime) -> list[dict[str, object]]:
     docs, more = models.listed_backups(cluster_id, now, None, None, Page(1, 100_000, False))
     assert not more
@@ -215,13 +285,20 @@ def listed(models: ReadModels, cluster_id: str, now: datetime) -> list[dict[str,
 
 
 def check(sim: StandIn, models: ReadModels, projector: Projector, now: datetime) -> None:
-    """The listing matches the rules' statement; the store holds exactly the listed chains."""
+    """The listing matches the rules' statement; the store holds exactly the listed backups'
+    manifests and chunks (expired chains deleted, failed backups' leftovers swept)."""
     projector.catch_up()
     docs = listed(models, sim.cluster_id, now)
     stated = sim.stated(now)
     assert {str(d["id"]) for d in docs} == stated, now
     by_id = {b.backup_id: b for b in sim.history}
     assert sim.chains_in_store() == {by_id[b].chain_id for b in stated}, now
+    cid = sim.cluster_id
+    expected = {manifest_key(cid, by_id[b].chain_id, b) for b in stated} | {
+        chunk_key(cid, by_id[b].chain_id, sim.chunk_of[b]) for b in stated
+    }
+    stored = {info.key for info in sim.objects.list(f"clusters/{cid}/")}
+    assert stored == expected, (now, sorted(stored ^ expected)[:5])
     for doc in docs:
         b = by_id[str(doc["id"])]
         assert sim.objects.exists(manifest_key(sim.cluster_id, b.chain_id, b.backup_id))
@@ -298,6 +375,107 @@ def test_62_days_of_retention_match_the_rules(
     deleted = [e for e in audit if e["type"] == "BackupDeleted"]
     assert sum(int(e["bytes_freed"]) for e in deleted) > 0
     assert {e["type"] for e in audit} >= {"BackupExpired", "BackupDeleted"}
+    store.close()
+    db.close()
+
+
+def test_the_leftovers_of_failed_incrementals_are_swept_once_no_backup_writes_the_chain(
+    tmp_path: Path, object_store_url: str
+) -> None:
+    """An hourly chain with two failed incrementals: their chunks (no manifest references them)
+    are swept and ``BackupDeleted`` recorded on them, except a chunk that a later backup
+    references (it found it stored), and only once no backup lease names the chain; the views
+    count the deletions, the failed backups stay FAILED; a second pass does nothing."""
+    url = f"sqlite:///{tmp_path / 'events.sqlite'}"
+    store, db = open_event_store(url), SqlDatabase(url)
+    sim = StandIn(store, ObjectStore(object_store_url), "hourly", 60, 7)
+    sim.register()
+    slots = [T0 + timedelta(hours=h) for h in range(6)]
+    sim.take(slots[0], fail=False)
+    sim.take(slots[1], fail=False)
+    first_failed = sim.take(slots[2], fail=True)
+    second_failed = sim.take(slots[3], fail=True)
+    sim.take(slots[4], fail=False, same_chunk_as=second_failed)
+    sim.take(slots[5], fail=False)
+    sim.flush()
+    chain = sim.history[0].chain_id
+    assert all(b.chain_id == chain for b in sim.history)
+    now = T0 + timedelta(hours=6)
+    models = ReadModels(db)
+    projector = Projector(store, models)
+    worker = Retention(store, db, lambda region: object_store_url)
+
+    writer = uuid.uuid4()  # a backup being written into the chain holds the sweep back
+    backup_leases = JobLeases(db, "backup")
+    backup_leases.take(writer, sim.cluster_id, "executor-a", now, {"chain_id": chain})
+    report = worker.enforce(now)
+    assert report.leftovers_swept == 0 and not report.errors
+    leftover = chunk_key(sim.cluster_id, chain, chunk_digest(first_failed))
+    assert sim.objects.exists(leftover)
+    assert not deleted_events(store)
+
+    backup_leases.release(writer)
+    report = worker.enforce(now)
+    assert (report.leftovers_swept, report.objects_deleted, report.errors) == (2, 1, [])
+    assert report.bytes_freed == len(b"rows " + chunk_digest(first_failed).encode())
+    assert not sim.objects.exists(leftover)
+    check(sim, models, projector, now)  # the shared chunk stays: a listed backup needs it
+    deleted = [
+        store.domain_event(n)
+        for n in store.notifications(0, 100_000)
+        if type(store.domain_event(n)).__name__ == "BackupDeleted"
+    ]
+    assert [(str(e.backup_id), e.objects_deleted, e.reason) for e in deleted] == [  # type: ignore[attr-defined]
+        (first_failed, 1, "its backup failed: leftovers swept"),
+        (second_failed, 0, "its backup failed: leftovers swept"),
+    ]
+    assert worker.enforce(now + timedelta(minutes=1)).leftovers_swept == 0
+    projector.catch_up()
+    window = models.recoverability(sim.cluster_id, now)
+    assert (window["deleted_backups"], window["bytes_freed"]) == (2, report.bytes_freed)
+    assert window["restorable_backups"] == 4 and window["stored_bytes"] == 400
+    failed_docs = {str(d["id"]): d for d in models.incomplete_backups(sim.cluster_id)}
+    assert set(failed_docs) == {first_failed, second_failed}
+    assert all(d["status"] == "FAILED" and d["deleted_at"] for d in failed_docs.values())
+    store.close()
+    db.close()
+
+
+def test_a_failed_backup_that_a_later_one_builds_on_keeps_its_manifest_and_chunks(
+    tmp_path: Path, object_store_url: str
+) -> None:
+    """A backup failed by the lease reaper whose executor wrote its manifest anyway, and the
+    next incremental built on it (it builds on the chain's newest manifest): the sweep keeps
+    what the later one needs and says so; another failed backup's chunk goes."""
+    url = f"sqlite:///{tmp_path / 'events.sqlite'}"
+    store, db = open_event_store(url), SqlDatabase(url)
+    sim = StandIn(store, ObjectStore(object_store_url), "built-on", 60, 7)
+    sim.register()
+    cid = sim.cluster_id
+    full = sim.take(T0, fail=False)
+    built_on = sim.take(T0 + timedelta(hours=1), fail=True)
+    chain = sim.history[0].chain_id
+    data = b"rows " + sim.chunk_of[built_on].encode()
+    chunk = ChunkRef(hash=sim.chunk_of[built_on], size=len(data), stored=len(data))
+    save_manifest(
+        sim.objects, stand_in_manifest(cid, chain, built_on, full, T0 + timedelta(hours=1), chunk)
+    )
+    sim.parent = built_on
+    later = sim.take(T0 + timedelta(hours=2), fail=False)
+    plain = sim.take(T0 + timedelta(hours=3), fail=True)
+    sim.flush()
+    report = Retention(store, db, lambda region: object_store_url).enforce(T0 + timedelta(hours=4))
+    assert (report.leftovers_swept, report.objects_deleted, report.errors) == (2, 1, [])
+    kept = (full, built_on, later)
+    assert {info.key for info in sim.objects.list(f"clusters/{cid}/")} == {
+        manifest_key(cid, chain, b) for b in kept
+    } | {chunk_key(cid, chain, sim.chunk_of[b]) for b in kept}
+    reasons = {
+        str(e.backup_id): e.reason  # type: ignore[attr-defined]
+        for e in (store.domain_event(n) for n in store.notifications(0, 100_000))
+        if type(e).__name__ == "BackupDeleted"
+    }
+    assert reasons == {built_on: REASON_BUILT_ON, plain: REASON}
     store.close()
     db.close()
 
@@ -392,6 +570,40 @@ def test_a_retention_worker_killed_mid_deletion_finishes_after_restart(
     assert report.chains_deleted == 4 and not report.errors
     assert sim.chains_in_store() == {b.chain_id for b in sim.history[-2:]}
     assert deleted_events(sim.store) == {b.backup_id for b in sim.history[:4]}
+
+
+def test_a_sweep_killed_mid_deletion_is_finished_by_the_next_pass(
+    tmp_path: Path, object_store_url: str
+) -> None:
+    """A worker SIGKILLed half-way through a sweep's deletes leaves leftovers, nothing recorded,
+    and its sweep lease (a backup of the chain waits on it until it expires); the next pass of a
+    worker of the same name takes the lease back, finishes, records, and releases it."""
+    url = f"sqlite:///{tmp_path / 'events.sqlite'}"
+    store, db = open_event_store(url), SqlDatabase(url)
+    sim = StandIn(store, ObjectStore(object_store_url), "hourly", 60, 7)
+    sim.register()
+    sim.take(T0, fail=False)
+    failed = [sim.take(T0 + timedelta(hours=h), fail=True) for h in (1, 2)]
+    sim.flush()
+    cid, chain = sim.cluster_id, sim.history[0].chain_id
+    leftovers = {chunk_key(cid, chain, sim.chunk_of[b]) for b in failed}
+    now = T0 + timedelta(hours=3)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_WORKER, url, object_store_url, now.isoformat()],
+        capture_output=True,
+        timeout=120,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
+    assert len({k for k in leftovers if sim.objects.exists(k)}) == 1  # half of them deleted
+    assert not deleted_events(store)
+    assert sweep_of_chain(db, cid, chain, now) is not None
+    report = Retention(store, db, lambda region: object_store_url).enforce(now)
+    assert (report.leftovers_swept, report.errors) == (2, [])
+    assert not any(sim.objects.exists(k) for k in leftovers)
+    assert deleted_events(store) == set(failed)
+    assert sweep_of_chain(db, cid, chain, now) is None
+    store.close()
+    db.close()
 
 
 async def wait_deleted(store: EventStore, backup_ids: set[str], timeout: float = 60) -> None:

@@ -6,8 +6,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import uuid4
 
+import pytest
+
 from managed_backups.services.executor.leases import LEGACY_TABLE, backup_leases
-from managed_backups.shared.jobs import JobLeases, backups_in_use, holding, lease_until
+from managed_backups.shared.jobs import (
+    SWEEP,
+    JobLeases,
+    backup_writing_chain,
+    backups_in_use,
+    holding,
+    lease_until,
+    sweep_of_chain,
+)
 from managed_backups.shared.sqldb import SqlDatabase
 
 NOW = datetime(2026, 1, 5, tzinfo=UTC)
@@ -113,3 +123,59 @@ def test_backups_held_by_a_lease_are_in_use_until_it_is_released(tmp_path: Path)
     restores.release(job)
     assert backups_in_use(db, "c1") == set()
     db.close()
+
+
+def test_the_sweep_handshake_each_side_sees_the_other(tmp_path: Path) -> None:
+    """A sweep lease and a backup lease on one chain: each side finds the other's; another
+    chain or cluster is not concerned; an expired sweep lease holds nothing back."""
+    db = SqlDatabase(f"sqlite:///{tmp_path / 's.sqlite'}")
+    chain, other = uuid4(), uuid4()
+    sweeps, backups = JobLeases(db, SWEEP), backup_leases(db)
+    assert sweep_of_chain(db, "c1", str(chain), NOW) is None
+    assert backup_writing_chain(db, "c1", str(chain)) is None
+    sweeps.take(chain, "c1", "retention", lease_until(NOW, 60), {"chain_id": str(chain)})
+    backup = uuid4()
+    backups.take(backup, "c1", "executor-a", NOW, {"chain_id": str(chain), "region": "r1"})
+    found = sweep_of_chain(db, "c1", str(chain), NOW + timedelta(seconds=60))
+    assert found is not None and found.owner == "retention"
+    assert sweep_of_chain(db, "c1", str(chain), NOW + timedelta(seconds=61)) is None  # expired
+    assert sweep_of_chain(db, "c1", str(other), NOW) is None
+    assert sweep_of_chain(db, "c2", str(chain), NOW) is None
+    writing = backup_writing_chain(db, "c1", str(chain))
+    assert writing is not None and writing.job_id == backup  # expired or not: not released
+    assert backup_writing_chain(db, "c1", str(other)) is None
+    backups.release(backup)
+    sweeps.release(chain)
+    assert backup_writing_chain(db, "c1", str(chain)) is None
+    assert sweep_of_chain(db, "c1", str(chain), NOW) is None
+    assert backups_in_use(db) == set()  # neither lease holds backups
+    db.close()
+
+
+def test_a_backup_waits_for_the_sweep_of_its_chain(tmp_path: Path) -> None:
+    """The executor's side of the handshake: while an unexpired sweep lease names its chain,
+    the backup does not go on (cancelled there, it says so); once released, it goes on."""
+    import threading
+
+    from managed_backups.services.executor.executor import BackupExecutor
+    from managed_backups.services.runtime import open_runtime
+    from managed_backups.shared.dataplane.engine import BackupError, ErrorCode
+    from managed_backups.shared.settings import Settings
+
+    runtime = open_runtime(Settings(data_dir=tmp_path / "data"))
+    try:
+        executor = BackupExecutor(runtime, "executor-a")
+        chain = uuid4()
+        sweeps = JobLeases(runtime.db, SWEEP)
+        until = lease_until(runtime.clock.now(), 3600)
+        sweeps.take(chain, "c1", "retention", until, {"chain_id": str(chain)})
+        cancel = threading.Event()
+        cancel.set()
+        with pytest.raises(BackupError) as info:
+            executor._wait_for_sweep("c1", str(chain), cancel)
+        assert info.value.code is ErrorCode.CANCELLED and info.value.step == "wait for a sweep"
+        executor._wait_for_sweep("c1", str(uuid4()), cancel)  # another chain: no wait
+        sweeps.release(chain)
+        executor._wait_for_sweep("c1", str(chain), cancel)
+    finally:
+        runtime.close()
