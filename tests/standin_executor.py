@@ -8,16 +8,14 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
-from uuid import UUID
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from managed_backups.contracts import topics
 from managed_backups.contracts.commands import TakeBackup
 from managed_backups.services.runtime import Runtime
-from managed_backups.shared.domain.backup import Backup
 from managed_backups.shared.eventstore import IntegrityError
+from tests.factories import backup_taken
 
 
 @dataclass
@@ -91,35 +89,12 @@ class StandInExecutor:
                 await consumer.stop()
 
     def _answer(self, runtime: Runtime, command: TakeBackup) -> None:
-        now = runtime.clock.now()
-        chain: UUID = command.chain_id or command.backup_id
-        backup = Backup(
-            backup_id=command.backup_id,
-            cluster_id=command.cluster_id,
-            backup_type=command.backup_type.value,
-            chain_id=chain,
-            reason=command.reason.value,
-            region="r",
-            retention_days=command.retention_days or 30,
-            scheduled_for=command.scheduled_for,
+        backup = backup_taken(
+            command,
+            runtime.clock.now(),
             executor="stand-in",
-            lease_until=now + timedelta(hours=1),
-            command_id=command.command_id,
-            at=now,
-            by="stand-in",
+            region="r",
+            failed=self.fail_when(command),
         )
-        if self.fail_when(command):
-            backup.fail("TEST_FAILURE", "failed on purpose", "stand-in", now, "stand-in")
-        else:
-            backup.complete(
-                as_of_time=now,
-                size_bytes=1,
-                database_count=0,
-                catalog=[],
-                manifest_key="test",
-                expires_at=now + timedelta(days=command.retention_days or 30),
-                at=now,
-                by="stand-in",
-            )
         with contextlib.suppress(IntegrityError):  # a duplicate TakeBackup does nothing
             runtime.store.save_all(backup)
