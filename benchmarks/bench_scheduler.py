@@ -97,6 +97,7 @@ from managed_backups.shared.eventstore import (
 from managed_backups.shared.infra.kafka import LocalKafka
 from managed_backups.shared.security import ensure_key_file
 from managed_backups.shared.sqldb import SqlDatabase
+from tests.factories import backup_taken, new_cluster
 from tests.infra.postgres import LocalPostgres, url_with_database
 
 T0 = datetime(2026, 1, 5, tzinfo=UTC)
@@ -225,20 +226,13 @@ def fill_store(store: EventStore, cfg: Config, prefix: str, batch_size: int = 50
     batch: list[Cluster] = []
     for i in range(cfg.clusters):
         at = from_us(cfg.registration_us(i))
-        cluster = Cluster(
-            cluster_id=cluster_name(prefix, i),
+        cluster = new_cluster(
+            cluster_name(prefix, i),
             name=f"bench {i}",
             organization="bench",
-            tier="STANDARD",
-            regions=["r1"],
-            engine="postgres",
-            database_version="15",
+            regions=("r1",),
             connection_ref="postgresql://bench@127.0.0.1/db",
-            backup_region="r1",
-            enabled=True,
-            frequency_minutes=60,
             retention_days=30,
-            command_id=None,
             at=at,
             by="bench",
         )
@@ -485,32 +479,7 @@ class BatchedExecutor:
 
     @staticmethod
     def _backup(command: TakeBackup, now: datetime) -> Backup:
-        backup = Backup(
-            backup_id=command.backup_id,
-            cluster_id=command.cluster_id,
-            backup_type=command.backup_type.value,
-            chain_id=command.chain_id or command.backup_id,
-            reason=command.reason.value,
-            region="r1",
-            retention_days=command.retention_days or 30,
-            scheduled_for=command.scheduled_for,
-            executor="bench",
-            lease_until=now + timedelta(hours=1),
-            command_id=command.command_id,
-            at=now,
-            by="bench",
-        )
-        backup.complete(
-            as_of_time=now,
-            size_bytes=1,
-            database_count=0,
-            catalog=[],
-            manifest_key="bench",
-            expires_at=now + timedelta(days=command.retention_days or 30),
-            at=now,
-            by="bench",
-        )
-        return backup
+        return backup_taken(command, now, executor="bench", region="r1")
 
     @property
     def idle(self) -> bool:

@@ -28,6 +28,7 @@ from managed_backups.shared.clock import SimulatedClock
 from managed_backups.shared.gateway import CommandGateway
 from managed_backups.shared.security import ensure_key_file
 from managed_backups.shared.settings import Settings
+from managed_backups.shared.views import ReadModels
 
 ServiceMain = Callable[[Runtime, asyncio.Event], Awaitable[None]]
 
@@ -161,13 +162,9 @@ class System:
         )
 
     async def wait_projection(self, position: int | None, timeout: float = 15) -> None:
+        """Wait as the API does before answering a change (``TimeoutError`` when late)."""
         assert self.api_runtime is not None
-        from managed_backups.shared.views import ReadModels
-
-        models = ReadModels(self.api_runtime.db)
-        async with asyncio.timeout(timeout):
-            while await asyncio.to_thread(models.position) < (position or 0):
-                await asyncio.sleep(0.01)
+        await ReadModels(self.api_runtime.db).wait_until(position, timeout)
 
     @property
     def clock(self) -> SimulatedClock:

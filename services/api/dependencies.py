@@ -12,8 +12,6 @@ add, exactly as before. (Requests with a body were already authenticated by
 ``AuthenticatedBoundedBodies`` before their body was read.)
 """
 
-import asyncio
-import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Annotated, Any, cast
@@ -120,22 +118,20 @@ def live_cluster(
 @dataclass(frozen=True)
 class ProjectionWait:
     """Waits until the read models reached an event-store position, so that a GET right after a
-    change shows it (503 after ``seconds``: the change is recorded, the views are late)."""
+    change shows it (503 after ``seconds``: the change is recorded, the views are late). The wait
+    itself is :meth:`ReadModels.wait_until`, the one the tests use too."""
 
     models: ReadModels
     seconds: float = PROJECTION_WAIT_SECONDS
 
     async def until(self, position: int | None) -> None:
-        if position is None:
-            return
-        deadline = time.monotonic() + self.seconds
-        while await asyncio.to_thread(self.models.position) < position:
-            if time.monotonic() > deadline:
-                raise HTTPException(
-                    status.HTTP_503_SERVICE_UNAVAILABLE,
-                    "the change is recorded but the views have not caught up yet",
-                )
-            await asyncio.sleep(0.01)
+        try:
+            await self.models.wait_until(position, self.seconds)
+        except TimeoutError:
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                "the change is recorded but the views have not caught up yet",
+            ) from None
 
 
 def projection_wait(models: Models) -> ProjectionWait:

@@ -341,7 +341,17 @@ class Scheduler:
     # -- loop ----------------------------------------------------------------------------------
 
     async def tick(self) -> None:
+        """Follow the log, then decide and send everything due now.
+
+        On the simulated clock it then reports as reached the time it read *before* following
+        the log, not the decision time: a report of ``T`` then says both that everything due up
+        to ``T`` was decided and sent, and that every event recorded before the clock reached
+        ``T`` was followed. So "record a change, move the clock to ``T``, wait until the
+        scheduler reached ``T``" proves the scheduler decided on that change, and a test can
+        assert on the event store that something was *not* scheduled without sleeping. (A due
+        slot that waits for the cluster's backup in flight is decided when that backup ends.)"""
         started = time.process_time()
+        began = self.clock.now()
         while await asyncio.to_thread(self.follow_once) == 1000:
             pass
         now = self.clock.now()
@@ -354,9 +364,9 @@ class Scheduler:
             # every waiting send on each drained batch (quadratic in the burst size).
             for i in range(0, len(to_send), SEND_SLICE):
                 await asyncio.gather(*(self._send(c) for c in to_send[i : i + SEND_SLICE]))
-        if self.clock.simulated and now != self._reported:
-            await asyncio.to_thread(self.clock.report_reached, self.name, now)
-            self._reported = now
+        if self.clock.simulated and began != self._reported:
+            await asyncio.to_thread(self.clock.report_reached, self.name, began)
+            self._reported = began
         self.stats.cpu_seconds += time.process_time() - started
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -38,6 +38,16 @@ def declare(broker: KafkaBroker) -> DefaultPublisher:
 
 
 async def run(runtime: Runtime, stop: asyncio.Event) -> None:
+    """The service's composition root: :func:`serve` as "scheduler"."""
+    await serve(runtime, stop, "scheduler")
+
+
+async def serve(runtime: Runtime, stop: asyncio.Event, name: str) -> None:
+    """Serve cluster commands and run the schedule loop until ``stop``.
+
+    ``name`` is who the instance's ``BackupScheduled`` events say decided them and the name it
+    reports its reached time under on the simulated clock: every instance is "scheduler" in
+    production; a test running two at once names the second to wait for each of them."""
     settings = runtime.settings
     await ensure_topics(settings.kafka_bootstrap_servers)
     broker = make_broker(settings.kafka_bootstrap_servers, f"scheduler-{settings.instance}")
@@ -60,6 +70,7 @@ async def run(runtime: Runtime, stop: asyncio.Event) -> None:
         runtime.clock,
         send,
         credential=runtime.service_credential(),
+        name=name,
         poll_seconds=settings.poll_interval_seconds,
         resend_after_seconds=settings.scheduled_backup_resend_seconds,
         held_exclusively=lambda: jobs.clusters_held_exclusively(runtime.db),

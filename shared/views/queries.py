@@ -8,7 +8,9 @@ reader that starts before the projections service sees empty views rather than e
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -41,6 +43,24 @@ class ReadModels:
 
     def position(self) -> int:
         return self.tables.position_of(self.db)
+
+    async def wait_until(self, position: int | None, timeout: float) -> None:
+        """Wait until the views reached event-store ``position`` (at once for None, which a
+        command that recorded nothing has): ``TimeoutError`` after ``timeout`` seconds.
+
+        The one wait for read-your-writes: the API answers a change only once a GET would show
+        it, and the tests wait the same way before reading the views. It polls the projection's
+        position row (every 10 ms, each read in a thread); the projections service is in another
+        process, so there is nothing in this one to be notified by."""
+        if position is None:
+            return
+        # A deadline checked after each read, not ``asyncio.timeout``: views found caught up are
+        # never a timeout, however short the wait allowed (or slow the read).
+        deadline = time.monotonic() + timeout
+        while await asyncio.to_thread(self.position) < position:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the views have not reached position {position} in {timeout} s")
+            await asyncio.sleep(0.01)
 
     def _docs(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[dict[str, Any]]:
         return [json.loads(row[0]) for row in self.db.query(sql, params)]

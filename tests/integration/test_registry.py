@@ -12,7 +12,9 @@ import pytest
 
 from managed_backups.contracts import topics
 from managed_backups.services.projections.service import rebuild
-from managed_backups.shared.eventstore import open_event_store
+from managed_backups.shared.domain.cluster import Cluster
+from managed_backups.shared.domain.ids import cluster_aggregate_id
+from managed_backups.shared.eventstore import EventStore, open_event_store
 from managed_backups.shared.sqldb import SqlDatabase
 from managed_backups.shared.views import ReadModels
 from tests.harness import System, consume, publish_raw
@@ -179,26 +181,39 @@ async def test_a_repeated_command_id_changes_nothing_and_gets_the_same_result(
 
 
 async def test_projection_dropped_and_rebuilt_equals_the_live_one(system: System) -> None:
-    for i in range(5):
-        cluster_id = f"p{i}-{uuid4().hex[:6]}"
+    clusters = [f"p{i}-{uuid4().hex[:6]}" for i in range(5)]
+    for cluster_id in clusters:
         await system.register(cluster_id)
         await system.command(
             topics.CLUSTER_COMMANDS,
             {"type": "UpdateBackupSettings", "cluster_id": cluster_id, "frequency_minutes": 30},
         )
     last = await system.command(
-        topics.CLUSTER_COMMANDS, {"type": "DeleteCluster", "cluster_id": cluster_id}
+        topics.CLUSTER_COMMANDS, {"type": "DeleteCluster", "cluster_id": clusters[-1]}
     )
     await system.wait_projection(last.position)
-    await asyncio.sleep(0.5)  # let the scheduler's BackupScheduled events land too
     store = open_event_store(system.settings.store_url)
     db = SqlDatabase(system.settings.store_url)
     try:
+        # The scheduler's BackupScheduled events belong in the comparison: wait until the live
+        # clusters have one each, then stop the scheduler, so the store no longer grows while
+        # the live views and the rebuilt ones are read.
+        async with asyncio.timeout(30):
+            while not all(scheduled(store, c) for c in clusters[:-1]):
+                await asyncio.sleep(0.05)
+        await system.stop_service("scheduler")
         await system.wait_projection(store.max_position())
         live = ReadModels(db).dump()
         rebuilt = rebuild(store, db, prefix="mb_rebuilt_").dump()
         assert rebuilt == live
         assert len(live["clusters"]) >= 5 and len(live["audit"]) > 10
+        assert len(live["backups"]) >= 4
     finally:
         db.close()
         store.close()
+
+
+def scheduled(store: EventStore, cluster_id: str) -> bool:
+    """Whether the scheduler recorded a backup for the cluster."""
+    stream = store.events.get(cluster_aggregate_id(cluster_id))
+    return any(isinstance(e, Cluster.BackupScheduled) for e in stream)

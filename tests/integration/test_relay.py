@@ -131,26 +131,6 @@ async def test_relay_killed_mid_stream_then_restarted(
     assert total <= delivered
 
 
-def registered(cluster_id: str, regions: list[str]) -> Cluster:
-    return Cluster(
-        cluster_id=cluster_id,
-        name=cluster_id,
-        organization="acme",
-        tier="STANDARD",
-        regions=regions,
-        engine="postgres",
-        database_version="15",
-        connection_ref="postgresql://u@h/db",
-        backup_region=regions[0],
-        enabled=True,
-        frequency_minutes=60,
-        retention_days=30,
-        command_id=None,
-        at=datetime.now(UTC),
-        by="test",
-    )
-
-
 async def test_an_event_too_large_to_publish_is_set_aside_and_the_relay_goes_on(
     tmp_path: Path, kafka: str
 ) -> None:
@@ -164,8 +144,12 @@ async def test_an_event_too_large_to_publish_is_set_aside_and_the_relay_goes_on(
     url = f"sqlite:///{tmp_path / 'events.sqlite'}"
     store = open_event_store(url)
     suffix = os.urandom(3).hex()
-    huge = registered(f"huge-{suffix}", [f"region-{i:05d}-{'x' * 50}" for i in range(16_000)])
-    after = registered(f"after-{suffix}", ["us-east-1"])
+    huge = new_cluster(
+        f"huge-{suffix}",
+        regions=tuple(f"region-{i:05d}-{'x' * 50}" for i in range(16_000)),
+        at=datetime.now(UTC),
+    )
+    after = new_cluster(f"after-{suffix}", at=datetime.now(UTC))
     store.save(huge)
     store.save(after)
     huge_position = store.max_position() - 1

@@ -10,6 +10,7 @@ import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from uuid import UUID, uuid4
 
@@ -17,7 +18,8 @@ import pytest
 
 from managed_backups.contracts import topics
 from managed_backups.contracts.commands import TakeBackup
-from managed_backups.shared.domain.ids import scheduled_backup_id
+from managed_backups.shared.domain.cluster import Cluster
+from managed_backups.shared.domain.ids import cluster_aggregate_id, scheduled_backup_id
 from tests.harness import System
 from tests.standin_executor import StandInExecutor
 
@@ -50,12 +52,20 @@ async def settle(
     expected: dict[str, int],
     timeout: float = 30,
     ignore: frozenset[UUID] = frozenset(),
+    schedulers: tuple[str, ...] = ("scheduler",),
 ) -> None:
-    """Wait until the scheduler reached the clock's time and each cluster got ``expected``
-    (counted by ``count``)."""
+    """Wait until each scheduler reached the clock's time, each cluster got at least
+    ``expected`` TakeBackups (not counting ``ignore``) and the executor answered every
+    TakeBackup sent until then.
+
+    A scheduler that reached the time has followed every event recorded before the clock got
+    there, decided every slot due and had its sends acknowledged; the executor's barrier then
+    makes ``executor.received`` hold all of them. So after ``settle`` a count that must not have
+    grown is checked against what happened, not against what has arrived so far."""
     now = system.clock.now()
     try:
-        await _settle(system, executor, expected, now, timeout, ignore)
+        await _settle(system, executor, expected, now, timeout, ignore, schedulers)
+        await executor.caught_up(timeout)
     except TimeoutError:
         counts = Counter(c.cluster_id for c in executor.received)
         assert system.http is not None
@@ -84,19 +94,38 @@ async def _settle(
     now: datetime,
     timeout: float,
     ignore: frozenset[UUID],
+    schedulers: tuple[str, ...],
 ) -> None:
     async with asyncio.timeout(timeout):
         while True:
-            reached = system.clock.reached().get("scheduler")
+            reached = system.clock.reached()
             counts = Counter(c.cluster_id for c in executor.received if c.backup_id not in ignore)
             if (
-                reached is not None
-                and reached >= now
+                all(name in reached and reached[name] >= now for name in schedulers)
                 and all(counts[k] >= v for k, v in expected.items())
                 and executor.answered == len(executor.received)
             ):
                 return
             await asyncio.sleep(0.005)
+
+
+def scheduled_in_store(system: System, cluster_id: str) -> list[Cluster.BackupScheduled]:
+    """The cluster's ``BackupScheduled`` events, from its stream in the event store: what the
+    scheduler decided (it records a backup there before sending its TakeBackup)."""
+    assert system.api_runtime is not None
+    stream = system.api_runtime.store.events.get(cluster_aggregate_id(cluster_id))
+    return [e for e in stream if isinstance(e, Cluster.BackupScheduled)]
+
+
+def assert_store_and_executor_agree(
+    system: System, executor: StandInExecutor, cluster_id: str, count: int
+) -> None:
+    """After ``settle``: ``count`` backups were scheduled for the cluster, and the executor
+    received exactly those, once each."""
+    scheduled = [(e.backup_id, e.slot) for e in scheduled_in_store(system, cluster_id)]
+    received = [(c.backup_id, c.scheduled_for) for c in executor.by_cluster(cluster_id)]
+    assert len(scheduled) == count, scheduled
+    assert received == scheduled
 
 
 def after_settings(executor: StandInExecutor, cluster_id: str, frequency: int) -> list[TakeBackup]:
@@ -172,20 +201,6 @@ async def test_exact_sequences_for_every_frequency_over_8_days(
     assert len([c for c in executor.received if c.backup_id not in ignore]) == total
 
 
-async def step_until(
-    system: System,
-    executor: StandInExecutor,
-    cluster_id: str,
-    until: datetime,
-    step_minutes: int,
-) -> None:
-    while system.clock.now() < until:
-        system.clock.advance(step_minutes * 60)
-        await settle(system, executor, {})
-        await asyncio.sleep(0.05)
-        await settle(system, executor, {})
-
-
 async def put_config(
     system: System, cluster_id: str, body: dict[str, object], patch: bool = False
 ) -> tuple[int, str]:
@@ -249,8 +264,7 @@ async def test_settings_change_takes_a_full_immediately_and_disabling_takes_none
     for _ in range(4):
         system.clock.advance(1800)
         await settle(system, executor, {})
-    await asyncio.sleep(0.3)
-    assert len(executor.by_cluster(cluster_id)) == count
+    assert_store_and_executor_agree(system, executor, cluster_id, count)
     # Re-enabling takes a full at once.
     assert await put_config(system, cluster_id, {"enabled": True}, patch=True) == (200, "")
     await settle(system, executor, {cluster_id: count + 1})
@@ -390,8 +404,7 @@ async def test_basic_is_fixed_then_upgrade_and_downgrade(
     assert upgraded.code == 200
     system.clock.advance(3600)
     await settle(system, executor, {})
-    await asyncio.sleep(0.2)
-    assert len(executor.by_cluster(cluster_id)) == 3
+    assert_store_and_executor_agree(system, executor, cluster_id, 3)
     assert await put_config(
         system, cluster_id, {"enabled": True, "frequency_minutes": 60, "retention_days": 90}
     ) == (200, "")
@@ -422,8 +435,7 @@ async def test_basic_is_fixed_then_upgrade_and_downgrade(
     assert config == {"enabled": True, "frequency_minutes": 1440, "retention_days": 30}
     system.clock.advance(23 * 3600)
     await settle(system, executor, {})
-    await asyncio.sleep(0.2)
-    assert len(executor.by_cluster(cluster_id)) == 6
+    assert_store_and_executor_agree(system, executor, cluster_id, 6)
     system.clock.advance(3600)
     await settle(system, executor, {cluster_id: 7})
 
@@ -478,25 +490,26 @@ async def test_two_scheduler_instances_at_once_never_duplicate(
         poll_interval_seconds=0.01,
     )
     from managed_backups.services.scheduler.service import run as run_scheduler
+    from managed_backups.services.scheduler.service import serve
 
     await system.start_service("scheduler", run_scheduler)
-    await system.start_service("scheduler-2", run_scheduler)
+    await system.start_service("scheduler-2", partial(serve, name="scheduler-2"))
+    twins = ("scheduler", "scheduler-2")
     executor = StandInExecutor(kafka)
     await system.start_service("standin", executor.run)
     try:
         clusters = [f"twin{i}-{uuid4().hex[:6]}" for i in range(5)]
         for cluster_id in clusters:
             assert (await system.register(cluster_id)).code == 200
-        await settle(system, executor, {c: 1 for c in clusters})
+        await settle(system, executor, {c: 1 for c in clusters}, schedulers=twins)
         for hour in range(1, 25):
             system.clock.advance(3600)
-            await settle(system, executor, {c: hour + 1 for c in clusters})
-        await asyncio.sleep(0.5)
+            await settle(system, executor, {c: hour + 1 for c in clusters}, schedulers=twins)
         for cluster_id in clusters:
-            received = executor.by_cluster(cluster_id)
-            assert len(received) == 25
-            assert len({c.backup_id for c in received}) == 25
-            assert len({c.scheduled_for for c in received}) == 25
+            assert_store_and_executor_agree(system, executor, cluster_id, 25)
+            assert [c.scheduled_for for c in executor.by_cluster(cluster_id)] == [
+                T0 + timedelta(hours=h) for h in range(25)
+            ]
     finally:
         await system.close()
 
@@ -539,21 +552,21 @@ async def test_scheduler_killed_and_restarted_mid_day_misses_and_duplicates_noth
         scheduler.send_signal(signal.SIGKILL)
         scheduler.wait()
         system.clock.advance(3600)  # the 13:00 slot falls due while the scheduler is down
-        await asyncio.sleep(0.5)
-        assert all(len(executor.by_cluster(c)) == 13 for c in clusters)
+        # The process is gone: the store holds all it scheduled, and once the executor has
+        # drained the topic, all it sent. Nothing was taken for 13:00.
+        await executor.caught_up()
+        for cluster_id in clusters:
+            assert_store_and_executor_agree(system, executor, cluster_id, 13)
         scheduler = start_scheduler_process(system, tmp_path / "scheduler.log")
         await settle(system, executor, {c: 14 for c in clusters}, timeout=60)
         for hour in range(14, 25):
             system.clock.advance(3600)
             await settle(system, executor, {c: hour + 1 for c in clusters})
-        await asyncio.sleep(0.5)
-        start = T0
         for cluster_id in clusters:
-            received = executor.by_cluster(cluster_id)
-            assert [c.scheduled_for for c in received] == [
-                start + timedelta(hours=h) for h in range(25)
+            assert_store_and_executor_agree(system, executor, cluster_id, 25)
+            assert [c.scheduled_for for c in executor.by_cluster(cluster_id)] == [
+                T0 + timedelta(hours=h) for h in range(25)
             ]
-            assert len({c.backup_id for c in received}) == 25
     finally:
         scheduler.terminate()
         scheduler.wait()

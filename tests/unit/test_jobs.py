@@ -19,6 +19,7 @@ from managed_backups.shared.jobs import (
     sweep_of_chain,
 )
 from managed_backups.shared.sqldb import SqlDatabase
+from tests.factories import new_backup
 
 NOW = datetime(2026, 1, 5, tzinfo=UTC)
 
@@ -66,7 +67,7 @@ def test_leases_of_version_0_1_are_adopted(tmp_path: Path) -> None:
 def test_the_reaper_fails_a_recorded_backup_and_drops_an_orphan(tmp_path: Path) -> None:
     from managed_backups.services.executor.executor import BackupExecutor
     from managed_backups.services.runtime import open_runtime
-    from managed_backups.shared.domain.backup import Backup, load_backup
+    from managed_backups.shared.domain.backup import load_backup
     from managed_backups.shared.settings import Settings
 
     runtime = open_runtime(Settings(data_dir=tmp_path / "data", backup_lease_seconds=1))
@@ -75,21 +76,7 @@ def test_the_reaper_fails_a_recorded_backup_and_drops_an_orphan(tmp_path: Path) 
         now = runtime.clock.now()
         recorded, orphan = uuid4(), uuid4()
         runtime.store.save_all(
-            Backup(
-                backup_id=recorded,
-                cluster_id="c1",
-                backup_type="FULL",
-                chain_id=recorded,
-                reason="MANUAL",
-                region="r1",
-                retention_days=7,
-                scheduled_for=None,
-                executor="dead-executor",
-                lease_until=now,
-                command_id=None,
-                at=now,
-                by="test",
-            )
+            new_backup("c1", recorded, executor="dead-executor", lease_until=now, at=now)
         )
         past = now - timedelta(seconds=5)
         for job in (recorded, orphan):
