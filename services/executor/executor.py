@@ -49,6 +49,7 @@ from managed_backups.shared.jobs import keep_renewed, lease_until
 from managed_backups.shared.region_stores import RegionStores
 from managed_backups.shared.secrets import ConnectionSecrets
 from managed_backups.shared.security import Action, Principal
+from managed_backups.shared.views import ReadModels
 
 log = logging.getLogger(__name__)
 SWEEP_POLL_SECONDS = 0.5
@@ -126,7 +127,10 @@ class BackupExecutor:
             # On demand: on the chain of the newest restorable backup, whoever took its full
             # (the schedule's chain may have a failed full while an on-demand one completed).
             newest = latest_restorable_backup(
-                context.store, cluster.cluster_id, context.clock.now()
+                context.store,
+                cluster.cluster_id,
+                context.clock.now(),
+                ReadModels(self.runtime.db).completed_backups(cluster.cluster_id),
             )
             if newest is None:
                 raise Conflict(

@@ -66,6 +66,7 @@ from managed_backups.shared.region_stores import RegionStores
 from managed_backups.shared.secrets import ConnectionSecrets
 from managed_backups.shared.security import Principal
 from managed_backups.shared.settings import Settings
+from managed_backups.shared.views import ReadModels
 
 log = logging.getLogger(__name__)
 JOB_KIND = "restore"
@@ -179,7 +180,12 @@ class RestoreService:
             ],
         )
         cluster_kind = command.restore_type is RestoreType.CLUSTER
-        backup_id = command.backup_id or latest_restorable_backup(store, source.cluster_id, now)
+        backup_id = command.backup_id or latest_restorable_backup(
+            store,
+            source.cluster_id,
+            now,
+            ReadModels(self.runtime.db).completed_backups(source.cluster_id),
+        )
         if backup_id is None:
             raise NotFound(f"cluster {source.cluster_id} has no restorable backup")
         backup = load_backup(store, source.cluster_id, backup_id)

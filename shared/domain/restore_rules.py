@@ -8,6 +8,7 @@ it, which clusters, which backup, which objects.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -186,12 +187,25 @@ def scheduled_backup_waits_for_a_cluster_restore(cluster_id: str, held: set[str]
     return cluster_id in held
 
 
-def latest_restorable_backup(store: EventStore, cluster_id: str, now: Any) -> UUID | None:
-    """The newest COMPLETE, unexpired backup of the cluster whose full is too (from the
-    event store's BackupCompleted events; cost grows with the number of backups recorded)."""
+CompletedBackups = tuple[int, Sequence[tuple[datetime, UUID]]]
+"""A log position and the backups known to have completed up to it (as-of time, id): what the
+backups view holds (:meth:`~managed_backups.shared.views.ReadModels.completed_backups`)."""
+
+
+def latest_restorable_backup(
+    store: EventStore, cluster_id: str, now: Any, known: CompletedBackups = (0, ())
+) -> UUID | None:
+    """The newest COMPLETE, unexpired backup of the cluster whose full is too.
+
+    The candidates are the backups that completed: ``known`` up to its position (the backups
+    view, so a cluster's history costs one indexed query, not a scan of every cluster's
+    events), and the ``BackupCompleted`` events of the log after that position (what the views
+    have not applied yet; all of the log when nothing is known). Each candidate, newest first,
+    is then checked on its aggregates (:func:`backup_is_restorable`): the view only proposes."""
+    position, completed = known
     topics = event_topics(Backup.BackupCompleted)
-    found: list[tuple[Any, UUID]] = []
-    after = 0
+    found: list[tuple[datetime, UUID]] = list(completed)
+    after = position
     while True:
         page = store.notifications(after, 1000, topics)
         for n in page:
@@ -201,7 +215,11 @@ def latest_restorable_backup(store: EventStore, cluster_id: str, now: Any) -> UU
         if len(page) < 1000:
             break
         after = page[-1].id
+    seen: set[UUID] = set()
     for _, backup_id in sorted(found, key=lambda f: f[0], reverse=True):
+        if backup_id in seen:
+            continue
+        seen.add(backup_id)
         backup = load_backup(store, cluster_id, backup_id)
         if backup is None:
             continue

@@ -14,10 +14,17 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 from managed_backups.shared.domain.backup_lifecycle import kept_past_retention, listed_backup_sql
 from managed_backups.shared.sqldb import SqlDatabase
-from managed_backups.shared.views.schema import DEFAULT_PREFIX, Tables, parse_ts, ts
+from managed_backups.shared.views.schema import (
+    DEFAULT_PREFIX,
+    PROJECTION_NAME,
+    Tables,
+    parse_ts,
+    ts,
+)
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,27 @@ class ReadModels:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the views have not reached position {position} in {timeout} s")
             await asyncio.sleep(0.01)
+
+    def completed_backups(self, cluster_id: str) -> tuple[int, list[tuple[datetime, UUID]]]:
+        """The log position the views are at and the cluster's backups that had completed by
+        then (as-of time, id), read together (the projections write rows and position in one
+        transaction). ``(0, [])`` while the views do not exist."""
+        if not self.db.table_exists(self.tables.backups):
+            return 0, []
+        with self.db.transaction() as cursor:
+            cursor.execute(
+                f"SELECT position FROM {self.tables.position} WHERE name = ?", (PROJECTION_NAME,)
+            )
+            row = cursor.fetchone()
+            cursor.execute(
+                f"SELECT as_of_time, backup_id FROM {self.tables.backups} "
+                "WHERE cluster_id = ? AND as_of_time IS NOT NULL",
+                (cluster_id,),
+            )
+            rows = cursor.fetchall()
+        if row is None:
+            return 0, []
+        return int(row[0]), [(datetime.fromisoformat(a), UUID(b)) for a, b in rows]
 
     def _docs(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[dict[str, Any]]:
         return [json.loads(row[0]) for row in self.db.query(sql, params)]

@@ -6,12 +6,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 
 from managed_backups.contracts.enums import RestoreType, Role
+from managed_backups.services.projections.service import Projector
 from managed_backups.shared import jobs
+from managed_backups.shared.domain.backup import Backup
 from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.domain.errors import Refused
 from managed_backups.shared.domain.restore_rules import (
@@ -19,13 +21,16 @@ from managed_backups.shared.domain.restore_rules import (
     cross_cluster_only_between_advanced_clusters_of_one_organization,
     deleted_source_only_for_an_administrator,
     destination_not_on_an_older_major_version,
+    latest_restorable_backup,
     multi_region_backup_not_into_single_region_cluster,
     no_other_restore_while_a_cluster_restore_runs,
     objects_match_the_restore_type,
 )
+from managed_backups.shared.eventstore import open_event_store
 from managed_backups.shared.security import Grant, Principal
 from managed_backups.shared.sqldb import SqlDatabase
-from tests.factories import new_cluster
+from managed_backups.shared.views import ReadModels
+from tests.factories import new_backup, new_cluster
 
 NOW = datetime(2026, 1, 5, tzinfo=UTC)
 
@@ -153,3 +158,57 @@ def test_leases_taken_before_the_job_is_recorded_are_reaped(tmp_path: Path) -> N
     assert leases.reap(NOW + timedelta(seconds=1), lambda lease: True, broken) == 0
     assert [lease.job_id for lease in jobs.on_cluster(db, "c")] == [alive]
     db.close()
+
+
+def _backup(cluster_id: str, day: float, chain: UUID | None = None) -> Backup:
+    at = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(days=day)
+    kind = "FULL" if chain is None else "INCREMENTAL"
+    return new_backup(cluster_id, backup_type=kind, chain_id=chain, scheduled_for=at, at=at)
+
+
+def _complete(backup: Backup) -> Backup:
+    assert backup.scheduled_for is not None
+    at = backup.scheduled_for
+    backup.complete(at, 1, 1, [], f"m/{backup.backup_id}", at + timedelta(days=7), at, "test")
+    return backup
+
+
+def test_latest_restorable_backup_reads_the_view_and_the_log_after_it(tmp_path: Path) -> None:
+    """The candidates are the backups view up to its position plus the log after it; every
+    answer equals the answer of a scan of the whole log, and each candidate is checked on its
+    aggregates (a chain expired after the view's position is refused although the view still
+    has it)."""
+    url = f"sqlite:///{tmp_path / 'events.sqlite'}"
+    store, db = open_event_store(url), SqlDatabase(url)
+    models = ReadModels(db)
+    assert models.completed_backups("c") == (0, [])  # no views yet: the whole log is read
+    projector = Projector(store, models)
+    full = _complete(_backup("c", 0))
+    first = _complete(_backup("c", 1, full.backup_id))
+    failed_full = _backup("c", 2)
+    failed_full.fail("X", "failed", "copy", failed_full.created_on, "test")
+    other_cluster = _complete(_backup("d", 3))
+    store.save_all(full, first, failed_full, other_cluster)
+    projector.catch_up()
+    later = _complete(_backup("c", 2.5, full.backup_id))  # after the views' position
+    store.save_all(later)
+    now = datetime(2026, 1, 4, tzinfo=UTC)
+
+    def both() -> tuple[UUID | None, UUID | None]:
+        known = models.completed_backups("c")
+        return latest_restorable_backup(store, "c", now, known), latest_restorable_backup(
+            store, "c", now
+        )
+
+    position, completed = models.completed_backups("c")
+    assert position > 0 and {b for _, b in completed} == {full.backup_id, first.backup_id}
+    assert both() == (later.backup_id, later.backup_id)
+    projector.catch_up()
+    assert both() == (later.backup_id, later.backup_id)
+    for backup in (full, first, later):
+        backup.expire("test", now, now, "test")
+    store.save_all(full, first, later)  # the view still lists them as completed
+    assert both() == (None, None)
+    assert latest_restorable_backup(store, "d", now, models.completed_backups("d")) == (
+        other_cluster.backup_id
+    )
