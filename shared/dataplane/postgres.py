@@ -141,6 +141,7 @@ from .postgres_catalog import (
     read_large_object_count,
     read_matviews,
     read_properties,
+    read_schema_fingerprint,
     read_schemas,
     read_sequences,
     read_sizes,
@@ -425,6 +426,7 @@ class _BackupRun:
             max_workers=adapter.parallelism, thread_name_prefix="pg-table"
         )
         self.dump_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pg-dump")
+        self.version_num = 0
         self.global_reason: str | None = None
         """Why no table of this incremental may be a delta (``None``: deltas allowed)."""
         self.stream_settings = StreamSettings(
@@ -443,6 +445,7 @@ class _BackupRun:
         coord = adapter.connect(step="connect")
         try:
             version_num = int(coord.info.server_version)
+            self.version_num = version_num
             if version_num < _MIN_SERVER_VERSION:
                 raise BackupError(
                     ErrorCode.UNSUPPORTED,
@@ -656,19 +659,34 @@ class _BackupRun:
         name = info.name
         reader = DbReader(adapter, name, info.encoding, snapshot.snapshot_id)
         db_reason = self.global_reason
+        prev_db: DatabaseBackup | None = None
         if previous is not None and db_reason is None:
             prev_db = next((d for d in previous.databases if d.name == name), None)
             if prev_db is not None:
                 db_reason = database_whole_reason(prev_db, snapshot, info.oid)
+        step = f"read catalog of database {name}"
+        schema_fingerprint: str | None = None
+        schema_future: Future[StreamResult] | None = None
         try:
-            # The schema dump (the longest step on a schema of thousands of tables) reads the
-            # snapshot and takes its own locks: it starts now, while the tables are listed,
-            # locked and checked. Any retake stops it (and its result is never used).
-            schema_future = self.dump_pool.submit(
-                self.dump_schema, name, snapshot.snapshot_id, flag
-            )
-            step = f"read catalog of database {name}"
+            if prev_db is not None and db_reason is None and prev_db.schema_fingerprint:
+                # Nothing pg_dump reads changed since the previous backup: its archive is
+                # this one's (see read_schema_fingerprint), and pg_dump does not run.
+                schema_fingerprint = self._schema_fingerprint(conn, step)
+                if schema_fingerprint == prev_db.schema_fingerprint:
+                    schema_future = Future()
+                    schema_future.set_result(
+                        StreamResult(prev_db.schema_archive, prev_db.schema_archive_size)
+                    )
+            if schema_future is None:
+                # The schema dump (the longest step on a schema of thousands of tables) reads
+                # the snapshot and takes its own locks: it starts now, while the tables are
+                # listed, locked and checked. Any retake stops it (its result is never used).
+                schema_future = self.dump_pool.submit(
+                    self.dump_schema, name, snapshot.snapshot_id, flag
+                )
             try:
+                if schema_fingerprint is None:
+                    schema_fingerprint = self._schema_fingerprint(conn, step)
                 try:
                     schemas = read_schemas(conn)
                     table_rows, tables = read_tables(conn)
@@ -713,6 +731,7 @@ class _BackupRun:
                 snapshot=snapshot,
                 schema_archive=archive.chunks,
                 schema_archive_size=archive.size,
+                schema_fingerprint=schema_fingerprint,
                 tables=table_backups,
                 sequences=sequences,
                 oid=info.oid,
@@ -724,6 +743,13 @@ class _BackupRun:
             logical,
             schemas,
         )
+
+    def _schema_fingerprint(self, conn: psycopg.Connection[Any], step: str) -> str | None:
+        try:
+            large_objects = read_large_object_count(conn)
+        except psycopg.Error as exc:
+            raise pg_error(exc, step) from None
+        return read_schema_fingerprint(conn, large_objects, self.version_num)
 
     def _read_rows(
         self,

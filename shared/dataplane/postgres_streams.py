@@ -32,7 +32,15 @@ import psycopg
 
 from .chunks import ChunkingParams, ChunkStore, StreamCancelled, StreamResult
 from .errors import BackupError, ErrorCode, pg_error
-from .manifest import KeySet, KeySetFormat, Manifest, PgSnapshot, TableBackup, TableMode
+from .manifest import (
+    KeySet,
+    KeySetFormat,
+    Manifest,
+    PgSnapshot,
+    TableBackup,
+    TableMode,
+    unchanged_entry,
+)
 from .objectstore import ObjectStoreError
 from .postgres_catalog import Table
 from .postgres_snapshots import LOCK_NOT_AVAILABLE, changed_rows_filter, lock_tables
@@ -92,6 +100,9 @@ class StreamOutcome:
     result: StreamResult
     rows: int
     key_format: KeySetFormat | None = None
+    unchanged: bool = False
+    """A small delta table's data stream only: no row changed or deleted since the previous
+    backup (nothing read; the table is stored ``UNCHANGED``)."""
 
 
 @dataclass
@@ -102,6 +113,8 @@ class TablePlan:
     ordered: bool
     data: Stream
     keys: Stream | None = None
+    previous: TableBackup | None = None
+    """A delta's entry in the previous backup."""
 
 
 @dataclass
@@ -110,8 +123,16 @@ class SmallDeltas:
     trips per batch rather than two COPYs per table.
 
     - *Changed rows*: one query asks which tables of the batch have a row that passes their
-      changed-rows filter (``EXISTS``, in the same snapshot); only those run their data
-      COPY. The others' data streams are empty, exactly what their COPY would have returned.
+      changed-rows filter (``EXISTS``, in the same snapshot), and how many rows each has;
+      only those with changed rows run their data COPY. The others' data streams are empty,
+      exactly what their COPY would have returned.
+    - *Unchanged tables*: a table without changed rows whose row count is the previous
+      backup's ``live_rows`` is stored ``UNCHANGED`` (no key set read, nothing stored). Its
+      rows are the previous backup's: every row without a changed-rows mark was written by a
+      transaction visible to the previous snapshot and not deleted as of it (a deleter visible
+      to that snapshot would be visible to ours), so the rows we see are a subset of the rows
+      the previous backup holds, and a subset of the same size is the same set. A table with
+      deletions only (fewer rows) still reads its key set.
     - *Key sets*: the ``RANGES`` key sets of the batch come from one ``COPY`` of the
       ``UNION ALL`` of the per-table range queries, prefixed with the table's position and
       ordered by it; each table's lines are cut out and stored as its own key set, byte for
@@ -306,7 +327,7 @@ def plan_table(
         where=where,
     )
     keys = key_stream(table, use_psql, settings.key_chunking)
-    return TablePlan(table, TableMode.DELTA, None, True, data, keys)
+    return TablePlan(table, TableMode.DELTA, None, True, data, keys, prev)
 
 
 def key_stream(
@@ -332,6 +353,9 @@ def table_backup(
     plan: TablePlan, outcomes: Mapping[int, StreamOutcome], sizes: Mapping[int, int]
 ) -> TableBackup:
     data = outcomes[id(plan.data)]
+    if data.unchanged:
+        assert plan.previous is not None
+        return unchanged_entry(plan.previous)
     key_set: KeySet | None = None
     live_rows = data.rows
     if plan.keys is not None:
@@ -537,20 +561,28 @@ class DbReader:
         """The data and key streams of a batch of small DELTA tables (see :class:`SmallDeltas`)."""
         plans = batch.plans
         probe = " UNION ALL ".join(
-            f"SELECT {i} WHERE EXISTS (SELECT 1 FROM ONLY {p.table.qualified} AS _t"
-            f" WHERE {p.data.where})"
+            f"SELECT {i}, EXISTS (SELECT 1 FROM ONLY {p.table.qualified} AS _t"
+            f" WHERE {p.data.where}), (SELECT count(*) FROM ONLY {p.table.qualified})"
             for i, p in enumerate(plans)
         )
-        changed = {int(r[0]) for r in self.rows(probe, f"in database {self.name}: {probe[:500]}")}
+        found = self.rows(probe, f"in database {self.name}: {probe[:500]}")
+        changed = {int(r[0]) for r in found if r[1]}
+        counts = {int(r[0]): int(r[2]) for r in found}
         out: list[tuple[Stream, StreamOutcome]] = []
+        unchanged: set[int] = set()
         for i, p in enumerate(plans):
             if flag.is_set():
                 raise StreamCancelled()
             if i in changed:
                 out.append((p.data, self.run_stream(p.data, chunks, flag)))
-            else:  # what the COPY of no row stores
-                out.append((p.data, StreamOutcome(StreamResult(chunks=[], size=0), rows=0)))
-        keys = [p.keys for p in plans if p.keys is not None]
+                continue
+            same = p.previous is not None and counts[i] == p.previous.live_rows
+            if same:
+                unchanged.add(id(p))
+            # what the COPY of no row stores
+            empty = StreamOutcome(StreamResult(chunks=[], size=0), rows=0, unchanged=same)
+            out.append((p.data, empty))
+        keys = [p.keys for p in plans if p.keys is not None and id(p) not in unchanged]
         ranges = [k for k in keys if k.key_format == KeySetFormat.RANGES]
         try:
             out += self._run_key_ranges(ranges, chunks, flag)

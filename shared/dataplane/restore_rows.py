@@ -75,7 +75,11 @@ Key = tuple[Any, ...]
 def table_history(
     chain: Sequence[Manifest], database: str, schema: str, table: str
 ) -> list[tuple[Manifest, TableBackup]]:
-    """The (manifest, table entry) pairs needed to rebuild the table at ``chain[-1]``."""
+    """The (manifest, table entry) pairs needed to rebuild the table at ``chain[-1]``.
+
+    ``UNCHANGED`` entries store nothing: the table is as the entries before them hold it, so
+    the history starts at the newest entry that stores something (whose key set, for a delta,
+    is the table's at ``chain[-1]``) and skips the unchanged ones below it too."""
     try:
         check_chain(chain)
     except ManifestError as exc:
@@ -87,19 +91,23 @@ def table_history(
             f"table {database}.{schema}.{table} is not in backup {chain[-1].backup_id}",
             "find table",
         )
-    history = [(chain[-1], last)]
+    history: list[tuple[Manifest, TableBackup]] = []
     entry = last
     index = len(chain) - 1
-    while entry.mode == TableMode.DELTA:
+    while True:
+        if entry.mode != TableMode.UNCHANGED:
+            history.append((chain[index], entry))
+        if entry.mode not in (TableMode.DELTA, TableMode.UNCHANGED):
+            break
         index -= 1
         prev = chain[index].table(database, schema, table) if index >= 0 else None
         if prev is None or prev.fingerprint != entry.fingerprint or not prev.ordered:
             raise RestoreError(
                 ErrorCode.INVALID_CHAIN,
-                f"delta of {schema}.{table} in {history[-1][0].backup_id} has no base",
+                f"{entry.mode.lower()} entry of {schema}.{table} in {chain[index + 1].backup_id}"
+                " has no base",
                 "rebuild table history",
             )
-        history.append((chain[index], prev))
         entry = prev
     history.reverse()
     return history
