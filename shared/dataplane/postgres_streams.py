@@ -122,8 +122,8 @@ class SmallDeltas:
     """Small DELTA tables read together, so a schema of thousands of tables costs a few round
     trips per batch rather than two COPYs per table.
 
-    - *Changed rows*: one query asks which tables of the batch have a row that passes their
-      changed-rows filter (``EXISTS``, in the same snapshot), and how many rows each has;
+    - *Changed rows*: one query counts, in one scan of each table of the batch (in the same
+      snapshot), its rows and those that pass its changed-rows filter;
       only those with changed rows run their data COPY. The others' data streams are empty,
       exactly what their COPY would have returned.
     - *Unchanged tables*: a table without changed rows whose row count is the previous
@@ -560,13 +560,14 @@ class DbReader:
     ) -> list[tuple[Stream, StreamOutcome]]:
         """The data and key streams of a batch of small DELTA tables (see :class:`SmallDeltas`)."""
         plans = batch.plans
+        # One scan of each (small) table counts its rows and its changed rows.
         probe = " UNION ALL ".join(
-            f"SELECT {i}, EXISTS (SELECT 1 FROM ONLY {p.table.qualified} AS _t"
-            f" WHERE {p.data.where}), (SELECT count(*) FROM ONLY {p.table.qualified})"
+            f"SELECT {i}, count(*) FILTER (WHERE {p.data.where}), count(*)"
+            f" FROM ONLY {p.table.qualified} AS _t"
             for i, p in enumerate(plans)
         )
         found = self.rows(probe, f"in database {self.name}: {probe[:500]}")
-        changed = {int(r[0]) for r in found if r[1]}
+        changed = {int(r[0]) for r in found if int(r[1]) > 0}
         counts = {int(r[0]): int(r[2]) for r in found}
         out: list[tuple[Stream, StreamOutcome]] = []
         unchanged: set[int] = set()
