@@ -24,7 +24,9 @@ connection limit, comment, database and role-in-database settings), ``matviews``
 archive also holds the large objects (``pg_dump -b --exclude-table-data='*.*'``, where version 1
 used ``--schema-only``), and table fingerprints cover the columns' whole type closure.
 
-Version 3 (what is written now) adds the table mode ``UNCHANGED`` and a stored form that is
+Version 3 (what is written now) adds ``TableBackup.data_offset`` (small tables share chunks:
+a table's stream is a byte range of its chunks' concatenation),
+``DatabaseBackup.schema_fingerprint``, the table mode ``UNCHANGED`` and a stored form that is
 relative to the parent, so that an incremental of a schema of thousands of small tables, of
 which a few changed, stores a few kilobytes instead of repeating every table's entry:
 
@@ -234,6 +236,11 @@ class TableBackup(_Model):
     data: list[ChunkRef]
     data_size: int
     """Raw bytes of the data stream (COPY text)."""
+    data_offset: int = Field(default=0, ge=0)
+    """Version 3: where the data stream starts in the first chunk of ``data``. Small tables
+    share chunks (a *pack*): ``data`` lists the chunks that hold the table's stream, which is
+    ``data_size`` bytes from ``data_offset`` of their concatenation. 0 for a table stored in
+    chunks of its own."""
     key_set: KeySet | None = None
     size_bytes: int
     """``pg_total_relation_size`` at backup time."""
@@ -379,7 +386,9 @@ class Manifest(_Model):
             )
             if v2:
                 raise ValueError("a version 1 manifest cannot hold version 2 fields")
-        if self.schema_version < 3 and any(db.schema_fingerprint for db in self.databases):
+        if self.schema_version < 3 and any(
+            db.schema_fingerprint or any(t.data_offset for t in db.tables) for db in self.databases
+        ):
             raise ValueError(
                 f"a version {self.schema_version} manifest cannot hold version 3 fields"
             )

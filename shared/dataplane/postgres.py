@@ -160,9 +160,11 @@ from .postgres_streams import (
     DbReader,
     Flags,
     SmallDeltas,
+    SmallTables,
     Stream,
     StreamOutcome,
     StreamSettings,
+    WorkItem,
     assign_lanes,
     lane_tables,
     plan_table,
@@ -698,7 +700,7 @@ class _BackupRun:
                     plan_table(t, previous, name, snapshot, db_reason, self.stream_settings)
                     for t in tables
                 ]
-                lanes = assign_lanes(work_items(plans), adapter.parallelism)
+                lanes = assign_lanes(work_items(plans, adapter.parallelism), adapter.parallelism)
                 reader.open_lanes([lane_tables(lane) for lane in lanes])
                 try:
                     sequences = read_sequences(conn)
@@ -755,7 +757,7 @@ class _BackupRun:
         self,
         reader: DbReader,
         conn: psycopg.Connection[Any],
-        lanes: Sequence[Sequence[Stream | SmallDeltas]],
+        lanes: Sequence[Sequence[WorkItem]],
         tables: Sequence[Table],
         schema_future: Future[StreamResult],
         flag: Flags,
@@ -784,6 +786,8 @@ class _BackupRun:
                         raise StreamCancelled()
                     if isinstance(item, SmallDeltas):
                         out += reader.run_small_deltas(item, self.chunks, flag)
+                    elif isinstance(item, SmallTables):
+                        out += reader.run_small_tables(item, self.chunks, flag)
                     else:
                         out.append((item, reader.run_stream(item, self.chunks, flag)))
                     if request.on_progress is not None:

@@ -21,6 +21,7 @@ memory stays bounded whatever the table size.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import re
 import threading
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from .chunks import ChunkingParams, ChunkStore, StreamCancelled, StreamResult
+from .chunks import PACK_CHUNKING, ChunkingParams, ChunkStore, StreamCancelled, StreamResult
 from .errors import BackupError, ErrorCode, pg_error
 from .manifest import (
     KeySet,
@@ -54,10 +55,12 @@ __all__ = [
     "DbReader",
     "Flags",
     "SmallDeltas",
+    "SmallTables",
     "Stream",
     "StreamOutcome",
     "StreamSettings",
     "TablePlan",
+    "WorkItem",
     "assign_lanes",
     "key_stream",
     "lane_tables",
@@ -71,6 +74,8 @@ _NUMERIC_OUT_OF_RANGE = "22003"
 _SMALL_TABLE_BYTES = 1 << 20
 """DELTA tables up to this heap size are asked about in batches (see :class:`SmallDeltas`)."""
 _BATCH_TABLES = 200
+_PACK_TABLE_BYTES = 64 << 10
+"""Tables stored whole up to this heap size share chunks (see :class:`SmallTables`)."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,8 @@ class StreamOutcome:
     unchanged: bool = False
     """A small delta table's data stream only: no row changed or deleted since the previous
     backup (nothing read; the table is stored ``UNCHANGED``)."""
+    offset: int = 0
+    """Where the stream starts in its first chunk (a table packed with others)."""
 
 
 @dataclass
@@ -144,6 +151,24 @@ class SmallDeltas:
     @property
     def estimate(self) -> int:
         return sum(p.data.estimate + (p.keys.estimate if p.keys else 0) for p in self.plans)
+
+
+@dataclass
+class SmallTables:
+    """Small tables stored whole (a full's, an incremental's ``WHOLE`` ones) packed into
+    shared chunks: their COPYs, one after the other on the lane's connection, make one stream
+    cut with :data:`~.chunks.PACK_CHUNKING`, and each table records the chunks holding its
+    bytes and where it starts in the first (``data_offset``). Thousands of tables of a few rows
+    are a few dozen objects, not one each (on S3 a request each, and a per-object minimum
+    where the storage class has one), and compress together. Tables of one batch are
+    consecutive in the stream in plan order, so a full of unchanged small tables dedupes
+    against the previous one."""
+
+    plans: list[TablePlan]
+
+    @property
+    def estimate(self) -> int:
+        return sum(p.data.estimate for p in self.plans)
 
 
 class Flags:
@@ -227,9 +252,14 @@ class _Demux:
             )
 
 
-def work_items(plans: Sequence[TablePlan]) -> list[Stream | SmallDeltas]:
+WorkItem = Stream | SmallDeltas | SmallTables
+
+
+def work_items(plans: Sequence[TablePlan], lanes: int = 1) -> list[WorkItem]:
     """The units of work of a database's plans, largest first: small DELTA tables read
-    through psycopg in batches of ``_BATCH_TABLES``, every other stream on its own."""
+    through psycopg in batches of ``_BATCH_TABLES``, small tables stored whole packed in
+    batches of at most as many (fewer, so that every one of ``lanes`` gets a pack), every other
+    stream on its own."""
     small = [
         p
         for p in plans
@@ -237,10 +267,20 @@ def work_items(plans: Sequence[TablePlan]) -> list[Stream | SmallDeltas]:
         and not p.data.psql
         and p.table.heap_bytes <= _SMALL_TABLE_BYTES
     ]
-    batched = {id(p) for p in small}
-    work: list[Stream | SmallDeltas] = [
+    packed = [
+        p
+        for p in plans
+        if p.mode in (TableMode.FULL, TableMode.WHOLE)
+        and p.keys is None
+        and not p.data.psql
+        and p.table.heap_bytes <= _PACK_TABLE_BYTES
+    ]
+    batched = {id(p) for p in (*small, *packed)}
+    work: list[WorkItem] = [
         SmallDeltas(small[i : i + _BATCH_TABLES]) for i in range(0, len(small), _BATCH_TABLES)
     ]
+    per_pack = max(1, min(_BATCH_TABLES, -(-len(packed) // max(1, lanes))))
+    work += [SmallTables(packed[i : i + per_pack]) for i in range(0, len(packed), per_pack)]
     for p in plans:
         if id(p) not in batched:
             work += [p.data] if p.keys is None else [p.data, p.keys]
@@ -248,12 +288,10 @@ def work_items(plans: Sequence[TablePlan]) -> list[Stream | SmallDeltas]:
     return work
 
 
-def assign_lanes(
-    work: Sequence[Stream | SmallDeltas], count: int
-) -> list[list[Stream | SmallDeltas]]:
+def assign_lanes(work: Sequence[WorkItem], count: int) -> list[list[WorkItem]]:
     """``work`` split into ``count`` lanes: each item, largest first, to the lane with the
     least estimated work so far (the lanes end close together)."""
-    lanes: list[list[Stream | SmallDeltas]] = [[] for _ in range(max(1, count))]
+    lanes: list[list[WorkItem]] = [[] for _ in range(max(1, count))]
     loads = [0] * len(lanes)
     for item in sorted(work, key=lambda w: w.estimate, reverse=True):
         lane = loads.index(min(loads))
@@ -262,11 +300,11 @@ def assign_lanes(
     return lanes
 
 
-def lane_tables(items: Sequence[Stream | SmallDeltas]) -> list[Table]:
+def lane_tables(items: Sequence[WorkItem]) -> list[Table]:
     """The tables a lane reads (each once)."""
     tables: dict[int, Table] = {}
     for item in items:
-        if isinstance(item, SmallDeltas):
+        if isinstance(item, SmallDeltas | SmallTables):
             tables.update((p.table.oid, p.table) for p in item.plans)
         else:
             tables[item.table.oid] = item.table
@@ -383,6 +421,7 @@ def table_backup(
         live_rows=live_rows,
         data=data.result.chunks,
         data_size=data.result.size,
+        data_offset=data.offset,
         key_set=key_set,
         size_bytes=sizes.get(t.oid, 0),
         extension_condition=t.extension_condition,
@@ -597,6 +636,51 @@ class DbReader:
             for k in keys
             if k.key_format != KeySetFormat.RANGES
         ]
+        return out
+
+    def run_small_tables(
+        self, batch: SmallTables, chunks: ChunkStore, flag: Flags
+    ) -> list[tuple[Stream, StreamOutcome]]:
+        """The data streams of a batch of small tables stored whole, packed into shared chunks
+        (see :class:`SmallTables`)."""
+        spans: list[tuple[int, int, int]] = []  # start, end, rows of each table in the pack
+        position = 0
+
+        def blocks() -> Iterator[bytes]:
+            nonlocal position
+            for plan in batch.plans:
+                if flag.is_set():
+                    raise StreamCancelled()
+                sql = f"COPY ({plan.data.sql}) TO STDOUT"
+                start, rows = position, 0
+                for block in self.psycopg_blocks(sql, f"in database {self.name}: {sql}", flag):
+                    rows += block.count(b"\n")
+                    position += len(block)
+                    yield block
+                spans.append((start, position, rows))
+
+        try:
+            result = chunks.write_stream(blocks(), PACK_CHUNKING, cancel=flag)
+        except ObjectStoreError as exc:
+            raise BackupError(
+                ErrorCode.STORE_FAILED,
+                str(exc),
+                f"store chunks of {self.name}: {len(batch.plans)} small tables from"
+                f" {batch.plans[0].table.label}",
+            ) from None
+        starts = [0]
+        for ref in result.chunks:
+            starts.append(starts[-1] + ref.size)
+        out = []
+        for plan, (start, end, rows) in zip(batch.plans, spans, strict=True):
+            if start == end:
+                refs, offset = [], 0
+            else:
+                first = bisect.bisect_right(starts, start) - 1
+                last = bisect.bisect_left(starts, end) - 1
+                refs, offset = result.chunks[first : last + 1], start - starts[first]
+            piece = StreamResult(chunks=refs, size=end - start)
+            out.append((plan.data, StreamOutcome(piece, rows, offset=offset)))
         return out
 
     def _run_key_ranges(

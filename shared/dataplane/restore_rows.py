@@ -231,6 +231,24 @@ def iter_stream(
         yield from chunks.iter_chunks(refs, prefetch=prefetch)
 
 
+def table_stream(chunks: ChunkStore, entry: TableBackup, *, prefetch: int = 2) -> Iterator[bytes]:
+    """The raw bytes of one entry's data stream: ``data_size`` bytes from ``data_offset`` of
+    its chunks (a table packed with others shares its first and last chunks with them)."""
+    skip, left = entry.data_offset, entry.data_size
+    if left == 0:
+        return
+    for block in chunks.iter_chunks(entry.data, prefetch=prefetch):
+        if skip >= len(block):
+            skip -= len(block)
+            continue
+        piece = block[skip : skip + left] if skip or left < len(block) else block
+        skip = 0
+        left -= len(piece)
+        yield piece
+        if left <= 0:
+            return
+
+
 def iter_table_rows(
     store: ObjectStore,
     chain: Sequence[Manifest],
@@ -255,12 +273,12 @@ def iter_table_rows(
         _chunk_errors(step),
     ):
         if len(history) == 1:
-            yield from chunks.iter_chunks(history[0][1].data, prefetch=prefetch)
+            yield from table_stream(chunks, history[0][1], prefetch=prefetch)
             return
         last = history[-1][1]
         key_fn = _key_function(last.columns, last.key_columns)
         streams = [
-            _keyed(_iter_lines(chunks.iter_chunks(entry.data, prefetch=prefetch)), key_fn)
+            _keyed(_iter_lines(table_stream(chunks, entry, prefetch=prefetch)), key_fn)
             for _, entry in history
         ]
         merged = _newest_per_key(heapq.merge(*streams, key=lambda item: item[0]))

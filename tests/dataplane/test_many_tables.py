@@ -10,10 +10,12 @@ streams).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+import zstandard
 
 from managed_backups.shared.dataplane import postgres_streams
 from managed_backups.shared.dataplane.engine import BackupRequest
@@ -218,7 +220,16 @@ def test_unchanged_tables_are_stored_relative_to_the_parent_and_restore_exactly(
                     f"INSERT INTO s{s}.t{i} SELECT g, md5('{s}.{i}.' || g)"
                     " FROM generate_series(1, 6) g"
                 )
+        for i in range(3):  # larger: their bytes span several of a pack's chunks
+            conn.execute(f"CREATE TABLE s0.m{i} (id int PRIMARY KEY, v text)")
+            conn.execute(
+                f"INSERT INTO s0.m{i} SELECT g, md5('m{i}' || g) || md5(g::text)"
+                " FROM generate_series(1, 600) g"
+            )
+        conn.execute("CREATE TABLE s1.nokey (v text)")  # stored whole in every backup
+        conn.execute("INSERT INTO s1.nokey SELECT md5(g::text) FROM generate_series(1, 50) g")
     tables = [(f"s{s}", f"t{i}") for s in range(3) for i in range(40)]
+    tables += [("s0", "m0"), ("s0", "m1"), ("s0", "m2"), ("s1", "nokey")]
     store = ObjectStore((tmp_path / "store").as_uri())
     adapter = pg.adapter()
     digests: list[dict[tuple[str, str], tuple[int, str]]] = []
@@ -228,9 +239,18 @@ def test_unchanged_tables_are_stored_relative_to_the_parent_and_restore_exactly(
 
     full = adapter.full_backup(BackupRequest(store, "c", "full"))
     snapshot_digests()
+    # Small tables share chunks: a few objects for 124 tables, tables starting inside a chunk
+    # and tables spanning several.
+    entries = [full.database(db).table(*t) for t in tables]
+    assert all(e is not None for e in entries)
+    packed = [e for e in entries if e is not None]
+    assert len({ref.hash for e in packed for ref in e.data}) < len(tables) // 10
+    assert sum(1 for e in packed if e.data_offset > 0) > len(tables) // 2
+    assert any(len(e.data) > 1 for e in packed)
     with pg.connect(db) as conn:
         conn.execute("INSERT INTO s0.t1 VALUES (100, 'new')")
         conn.execute("DELETE FROM s1.t2 WHERE id = 3")
+        conn.execute("UPDATE s1.nokey SET v = 'changed' WHERE v = md5('7')")
     inc1 = adapter.incremental_backup(BackupRequest(store, "c", "inc1"), full)
     snapshot_digests()
     with pg.connect(db) as conn:
@@ -243,14 +263,20 @@ def test_unchanged_tables_are_stored_relative_to_the_parent_and_restore_exactly(
         {t: m.database(db).table(*t).mode for t in tables}  # type: ignore[union-attr]
         for m in (inc1, inc2)
     ]
-    assert sum(mode == TableMode.UNCHANGED for mode in modes[0].values()) == len(tables) - 2
-    assert sum(mode == TableMode.UNCHANGED for mode in modes[1].values()) == len(tables) - 2
+    # every table but the changed ones and the one without a key (stored whole)
+    assert sum(mode == TableMode.UNCHANGED for mode in modes[0].values()) == len(tables) - 3
+    assert sum(mode == TableMode.UNCHANGED for mode in modes[1].values()) == len(tables) - 3
+    assert modes[0][("s1", "nokey")] == modes[1][("s1", "nokey")] == TableMode.WHOLE
     assert modes[1][("s1", "t2")] == TableMode.UNCHANGED  # unchanged since inc1's delta
 
     # Stored relative to the parent: a name and a mode per unchanged table.
     key = manifest_key("c", "full", "inc2")
     stored = store.get(key)
-    assert len(stored) < len(full.to_stored()) / 4
+    document = json.loads(zstandard.ZstdDecompressor().decompress(stored))
+    stored_tables = next(d for d in document["databases"] if d["name"] == db)["tables"]
+    compact = [t for t in stored_tables if set(t) == {"schema_name", "name", "mode"}]
+    assert len(compact) == len(tables) - 3 and all(t["mode"] == "UNCHANGED" for t in compact)
+    assert len(stored) < len(full.to_stored()) / 2
     with pytest.raises(ManifestError, match="is read with that parent"):
         load_manifest(stored)
     assert load_manifest(stored, inc1) == inc2
