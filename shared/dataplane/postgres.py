@@ -99,11 +99,11 @@ import contextlib
 import os
 import re
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -124,8 +124,11 @@ from .manifest import (
     CatalogDatabase,
     ChunkRef,
     DatabaseBackup,
+    DatabaseProperties,
     Manifest,
+    MatView,
     PgSnapshot,
+    SequenceValue,
     SkippedDatabase,
     Totals,
     save_manifest,
@@ -193,6 +196,7 @@ __all__ = [
     "quote_ident",
 ]
 
+_T = TypeVar("_T")
 _MIN_SERVER_VERSION = 130000  # pg_current_snapshot() / xid8
 _DUMP_LOCK_WAIT_MS = 5_000
 
@@ -667,19 +671,22 @@ class _BackupRun:
             if prev_db is not None:
                 db_reason = database_whole_reason(prev_db, snapshot, info.oid)
         step = f"read catalog of database {name}"
-        schema_fingerprint: str | None = None
         schema_future: Future[StreamResult] | None = None
+        # Reused when nothing pg_dump reads changed since the previous backup (see
+        # read_schema_fingerprint): pg_dump does not run.
+        reusable = prev_db if prev_db is not None and db_reason is None else None
         try:
-            if prev_db is not None and db_reason is None and prev_db.schema_fingerprint:
-                # Nothing pg_dump reads changed since the previous backup: its archive is
-                # this one's (see read_schema_fingerprint), and pg_dump does not run.
-                schema_fingerprint = self._schema_fingerprint(conn, step)
-                if schema_fingerprint == prev_db.schema_fingerprint:
-                    schema_future = Future()
-                    schema_future.set_result(
-                        StreamResult(prev_db.schema_archive, prev_db.schema_archive_size)
-                    )
-            if schema_future is None:
+            # The schema fingerprint, and the sequences with the database's own state, are
+            # read on connections of their own in the snapshot while the coordinator lists,
+            # locks and checks the tables (on a schema of thousands of tables each of the three
+            # takes a while).
+            side = self.table_pool.submit(
+                self._in_snapshot, self._fingerprint_state, info, snapshot.snapshot_id, step
+            )
+            state = self.table_pool.submit(
+                self._in_snapshot, self._database_state, info, snapshot.snapshot_id, step
+            )
+            if reusable is None or not reusable.schema_fingerprint:
                 # The schema dump (the longest step on a schema of thousands of tables) reads
                 # the snapshot and takes its own locks: it starts now, while the tables are
                 # listed, locked and checked. Any retake stops it (its result is never used).
@@ -687,8 +694,6 @@ class _BackupRun:
                     self.dump_schema, name, snapshot.snapshot_id, flag
                 )
             try:
-                if schema_fingerprint is None:
-                    schema_fingerprint = self._schema_fingerprint(conn, step)
                 try:
                     schemas = read_schemas(conn)
                     table_rows, tables = read_tables(conn)
@@ -702,17 +707,26 @@ class _BackupRun:
                 ]
                 lanes = assign_lanes(work_items(plans, adapter.parallelism), adapter.parallelism)
                 reader.open_lanes([lane_tables(lane) for lane in lanes])
-                try:
-                    sequences = read_sequences(conn)
-                    matviews = read_matviews(conn)
-                    properties = read_properties(conn)
-                    large_objects = read_large_object_count(conn)
-                except psycopg.Error as exc:
-                    raise pg_error(exc, step) from None
+                schema_fingerprint, large_objects = side.result()
+                sequences, matviews, properties = state.result()
+                if schema_future is None:
+                    assert reusable is not None
+                    if schema_fingerprint == reusable.schema_fingerprint:
+                        schema_future = Future()
+                        schema_future.set_result(
+                            StreamResult(reusable.schema_archive, reusable.schema_archive_size)
+                        )
+                    else:
+                        schema_future = self.dump_pool.submit(
+                            self.dump_schema, name, snapshot.snapshot_id, flag
+                        )
                 if request.on_snapshots is not None:
                     request.on_snapshots({name: snapshot.snapshot_id})
             except BaseException:
                 abort.set()  # this attempt's schema dump stops
+                for future in (side, state):  # their connections are closed
+                    with contextlib.suppress(BaseException):
+                        future.result()
                 raise
             outcomes, sizes, archive = self._read_rows(
                 reader, conn, lanes, tables, schema_future, flag, abort
@@ -746,12 +760,36 @@ class _BackupRun:
             schemas,
         )
 
-    def _schema_fingerprint(self, conn: psycopg.Connection[Any], step: str) -> str | None:
+    def _in_snapshot(
+        self,
+        read: Callable[[psycopg.Connection[Any]], _T],
+        info: DbInfo,
+        snapshot_id: str,
+        step: str,
+    ) -> _T:
+        """``read`` on a connection of its own that imports the database's snapshot."""
+        conn = self.adapter.connect(info.name, step=step, encoding=info.encoding)
         try:
-            large_objects = read_large_object_count(conn)
-        except psycopg.Error as exc:
-            raise pg_error(exc, step) from None
-        return read_schema_fingerprint(conn, large_objects, self.version_num)
+            DbReader(self.adapter, info.name, info.encoding, snapshot_id).begin(conn, step)
+            try:
+                return read(conn)
+            except psycopg.Error as exc:
+                raise pg_error(exc, step) from None
+        finally:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+
+    def _fingerprint_state(self, conn: psycopg.Connection[Any]) -> tuple[str | None, int]:
+        """The schema fingerprint and the large-object count."""
+        large_objects = read_large_object_count(conn)
+        return read_schema_fingerprint(conn, large_objects, self.version_num), large_objects
+
+    def _database_state(
+        self, conn: psycopg.Connection[Any]
+    ) -> tuple[list[SequenceValue], list[MatView], DatabaseProperties]:
+        """The sequences (not transactional: their state now, read before any row, as
+        ``pg_dump`` reads it), the materialized views and the database's own properties."""
+        return read_sequences(conn), read_matviews(conn), read_properties(conn)
 
     def _read_rows(
         self,
