@@ -42,16 +42,21 @@ What a backup holds
   functions, types) in the current catalog, not the snapshot: one dropped meanwhile fails it,
   and that too retakes the snapshot. A sequence dropped before its value is read does too.
   The schema dump starts as soon as the snapshot is taken (it reads the snapshot and takes
-  its own locks) while the tables are listed, locked and checked, the workers lock, and
-  sequences and the database's own state are read; a retake stops that attempt's dump. Tables are
+  its own locks) while the tables are listed, locked and checked and the workers lock; the
+  schema fingerprint, and the sequences with the database's own state, are read meanwhile on
+  two connections of their own that import the snapshot. An incremental whose schema
+  fingerprint equals the previous backup's reuses its schema archive and runs no dump (see
+  :func:`~.postgres_catalog.read_schema_fingerprint`). A retake stops that attempt's dump. Tables are
   then read in parallel (``parallelism`` lanes, default 2, balanced and largest first by the
   statistics' ``relpages``, as ``pg_dump -j`` orders them): no DDL can rewrite them under the
   snapshot.
 - **Thousands of tables**: every catalog read is one set-based query per database whatever the
   table count (tables, their columns' type closures, sequences in batches, locks in batches of
   500, identities in one ``unnest``); the catalog queries run with ``jit = off``. Each table
-  costs one ``COPY`` in a full; in an incremental, small unchanged tables cost no ``COPY`` of
-  their own (see :class:`~.postgres_streams.SmallDeltas`). The server's lock table must hold
+  costs one ``COPY`` in a full, small ones packed into shared chunks (a few dozen objects for
+  thousands of tables, see :class:`~.postgres_streams.SmallTables`); in an incremental, small
+  tables are asked about in batches and those without changes are recorded ``UNCHANGED``,
+  costing nothing stored (see :class:`~.postgres_streams.SmallDeltas`). The server's lock table must hold
   about three locks per table (the coordinator's, the worker's that reads it, ``pg_dump``'s;
   ``pg_dump -j2`` takes two): ``max_locks_per_transaction x max_connections`` sized for the
   table count, as ``pg_dump``'s documentation asks; when it is too small the backup fails

@@ -14,7 +14,8 @@ database's snapshot and locking every table of its lane ``NOWAIT`` as it opens (
 for later could queue behind a DDL statement waiting for the coordinator's locks, for ever). Large tables stream
 through a ``psql`` child (C speed, 1 MiB pipe reads; a lock it cannot get ``NOWAIT`` falls
 back to the worker's connection, which holds it); small ones through the worker's psycopg
-connection. Small delta tables are read in batches (:class:`SmallDeltas`). Every stream is cut
+connection. Small delta tables are read in batches (:class:`SmallDeltas`), small tables stored
+whole are packed into shared chunks (:class:`SmallTables`). Every stream is cut
 into content-defined chunks, hashed and compressed by the :class:`~.chunks.ChunkStore`, so
 memory stays bounded whatever the table size.
 """
