@@ -88,6 +88,7 @@ __all__ = [
     "load_chain",
     "load_manifest",
     "manifest_key",
+    "read_catalog",
     "read_manifest",
     "save_manifest",
     "unchanged_entry",
@@ -588,6 +589,19 @@ def read_manifest(store: ObjectStore, cluster_id: str, chain_id: str, backup_id:
             raise ManifestError(f"backup {backup_id}: parent {bid} has no manifest") from None
 
     return _resolve(read(backup_id), read)
+
+
+def read_catalog(store: ObjectStore, cluster_id: str, chain_id: str, backup_id: str) -> Catalog:
+    """The catalog of ``backup_id`` alone: every version stores it whole, so its parents are
+    not read (the views' table listings read a backup's catalog, not its tables' entries)."""
+    raw = _decode(store.get(manifest_key(cluster_id, chain_id, backup_id)))
+    version = raw.get("schema_version")
+    if version not in (1, 2, 3):
+        raise ManifestError(f"unsupported manifest schema_version {version!r}")
+    try:
+        return Catalog.model_validate(raw.get("catalog"))
+    except ValueError as exc:
+        raise ManifestError(f"invalid version {version} manifest catalog: {exc}") from None
 
 
 def list_manifests(store: ObjectStore, cluster_id: str, chain_id: str) -> list[Manifest]:

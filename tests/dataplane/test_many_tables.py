@@ -28,6 +28,7 @@ from managed_backups.shared.dataplane.manifest import (
     load_chain,
     load_manifest,
     manifest_key,
+    read_catalog,
     read_manifest,
 )
 from managed_backups.shared.dataplane.objectstore import ObjectStore
@@ -281,6 +282,7 @@ def test_unchanged_tables_are_stored_relative_to_the_parent_and_restore_exactly(
         load_manifest(stored)
     assert load_manifest(stored, inc1) == inc2
     assert read_manifest(store, "c", "full", "inc2") == inc2
+    assert read_catalog(store, "c", "full", "inc2") == inc2.catalog  # no parent read
     assert list_manifests(store, "c", "full") == [full, inc1, inc2]
     assert load_chain(store, inc2) == [full, inc1, inc2]
     assert verify_backup(store, inc2).ok
