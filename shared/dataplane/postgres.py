@@ -812,9 +812,11 @@ class _BackupRun:
         stopped.
 
         Sizes (``pg_total_relation_size`` opens every fork of the table, its indexes and its
-        TOAST table: about a millisecond a table) are read meanwhile for the tables surely
-        stored, and afterwards for the small delta tables a batch found changed: an
-        ``UNCHANGED`` table keeps the size its previous entry recorded."""
+        TOAST table: about a millisecond a table) are read meanwhile for the tables streamed
+        on their own, by the lanes for the packed small tables (see
+        :meth:`~.postgres_streams.DbReader.run_small_tables`), and afterwards for the small
+        delta tables a batch found changed: an ``UNCHANGED`` table keeps the size its previous
+        entry recorded."""
         request = self.request
         total_estimate = sum(w.estimate for lane in lanes for w in lane) or 1
         done = [0]
@@ -853,7 +855,8 @@ class _BackupRun:
             if isinstance(item, SmallDeltas)
             for p in item.plans
         ]
-        batched_oids = {p.table.oid for p in batched}
+        packed = self._packed_streams(lanes)
+        batched_oids = {p.table.oid for p in batched} | {s.table.oid for s in packed}
         try:
             sizes = read_sizes(conn, [t for t in tables if t.oid not in batched_oids], reader.name)
         except BaseException as exc:
@@ -867,6 +870,10 @@ class _BackupRun:
                 if first_error is None or isinstance(first_error, StreamCancelled):
                     first_error = exc
         if first_error is None:
+            for stream in packed:
+                size = outcomes[id(stream)].size_bytes
+                if size is not None:
+                    sizes[stream.table.oid] = size
             changed = [p.table for p in batched if not outcomes[id(p.data)].unchanged]
             try:
                 sizes.update(read_sizes(conn, changed, reader.name) if changed else {})
@@ -882,6 +889,17 @@ class _BackupRun:
         if first_error is not None:
             raise first_error
         return outcomes, sizes, archive
+
+    @staticmethod
+    def _packed_streams(lanes: Sequence[Sequence[WorkItem]]) -> list[Stream]:
+        """The data streams of the small tables packed into shared chunks."""
+        return [
+            p.data
+            for lane in lanes
+            for item in lane
+            if isinstance(item, SmallTables)
+            for p in item.plans
+        ]
 
     def dump_schema(self, db: str, snapshot_id: str, flag: Flags) -> StreamResult:
         """``pg_dump -Fc -b --exclude-table-data='*.*'`` in the database's snapshot; a lock it

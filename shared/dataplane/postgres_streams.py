@@ -111,6 +111,8 @@ class StreamOutcome:
     backup (nothing read; the table is stored ``UNCHANGED``)."""
     offset: int = 0
     """Where the stream starts in its first chunk (a table packed with others)."""
+    size_bytes: int | None = None
+    """A packed table's ``pg_total_relation_size``, read by the worker that read its rows."""
 
 
 @dataclass
@@ -669,6 +671,16 @@ class DbReader:
                 f"store chunks of {self.name}: {len(batch.plans)} small tables from"
                 f" {batch.plans[0].table.label}",
             ) from None
+        # The exact sizes, on the connection that just read the tables: its relation cache
+        # already holds them and their indexes (the coordinator's would build every entry).
+        oids = ",".join(str(plan.table.oid) for plan in batch.plans)
+        sizes = {
+            int(oid): int(size)
+            for oid, size in self.rows(
+                f"SELECT o::int8, pg_total_relation_size(o) FROM unnest('{{{oids}}}'::oid[]) o",
+                f"in database {self.name}: read the sizes of {len(batch.plans)} small tables",
+            )
+        }
         starts = [0]
         for ref in result.chunks:
             starts.append(starts[-1] + ref.size)
@@ -681,7 +693,10 @@ class DbReader:
                 last = bisect.bisect_left(starts, end) - 1
                 refs, offset = result.chunks[first : last + 1], start - starts[first]
             piece = StreamResult(chunks=refs, size=end - start)
-            out.append((plan.data, StreamOutcome(piece, rows, offset=offset)))
+            outcome = StreamOutcome(
+                piece, rows, offset=offset, size_bytes=sizes.get(plan.table.oid)
+            )
+            out.append((plan.data, outcome))
         return out
 
     def _run_key_ranges(
