@@ -554,14 +554,11 @@ def save_manifest(store: ObjectStore, manifest: Manifest) -> int:
     return len(data)
 
 
-def _resolve(
-    raw: _Raw, read_parent: Callable[[str], _Raw], seen: set[str] | None = None
-) -> Manifest:
+def _resolve(raw: _Raw, read_parent: Callable[[str], _Raw]) -> Manifest:
     """``raw`` validated, its parents read (with ``read_parent``) back to the first one that
     is stored whole."""
     pending = [raw]
-    seen = set(seen or ())
-    seen.add(str(raw.get("backup_id")))
+    seen = {str(raw.get("backup_id"))}
     while _needs_parent(pending[-1]):
         parent_id = pending[-1].get("parent_id")
         if not isinstance(parent_id, str):
