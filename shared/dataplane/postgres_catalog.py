@@ -436,6 +436,19 @@ _SHARED_SQL = {
     " FROM pg_catalog.pg_roles",
     "pg_tablespace": "SELECT md5(string_agg(oid::text || ':' || spcname, ',' ORDER BY oid))"
     " FROM pg_catalog.pg_tablespace",
+    # The database's own properties, which the archive holds too (owner, ACL, connection limit,
+    # settings, comment, security labels): its rows in the shared catalogs, by row version.
+    "pg_database": "SELECT ctid::text || ':' || xmin::text FROM pg_catalog.pg_database"
+    " WHERE datname = current_database()",
+    "pg_db_role_setting": "SELECT md5(string_agg(ctid::text || ':' || xmin::text, ','"
+    " ORDER BY ctid)) FROM pg_catalog.pg_db_role_setting WHERE setdatabase ="
+    " (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())",
+    "pg_shdescription": "SELECT md5(string_agg(ctid::text || ':' || xmin::text, ','"
+    " ORDER BY ctid)) FROM pg_catalog.pg_shdescription WHERE objoid ="
+    " (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())",
+    "pg_shseclabel": "SELECT md5(string_agg(ctid::text || ':' || xmin::text, ','"
+    " ORDER BY ctid)) FROM pg_catalog.pg_shseclabel WHERE objoid ="
+    " (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())",
 }
 _SUBSCRIPTIONS_SQL = (
     "SELECT md5(string_agg(ctid::text || ':' || xmin::text, ',' ORDER BY ctid))"
@@ -461,9 +474,10 @@ def read_schema_fingerprint(
     xmin)`` of every catalog of the database changes with any DDL, large-object write,
     comment, grant or security label. Not covered by that, and read as contents instead: the
     ``pg_index`` flags that ``CREATE``/``DROP INDEX CONCURRENTLY`` update in place, and the
-    shared catalogs whose names the dump prints (roles, tablespaces; the database's
-    subscriptions by row version, when the role may read them: ``pg_dump`` dumps them only
-    for a superuser). Left out: ``pg_statistic`` and ``pg_statistic_ext_data`` (written by
+    shared catalogs whose names the dump prints (roles, tablespaces; the database's own rows
+    in ``pg_database``, ``pg_db_role_setting``, ``pg_shdescription`` and ``pg_shseclabel``
+    and its subscriptions by row version, the latter when the role may read them: ``pg_dump``
+    dumps them only for a superuser). Left out: ``pg_statistic`` and ``pg_statistic_ext_data`` (written by
     every ``ANALYZE``, not dumped), and the other in-place updates (``VACUUM``'s and
     ``ANALYZE``'s sizes and frozen xids in ``pg_class``, which the dump does not print). A
     false difference (a ``TRUNCATE``, a temporary table) only costs the dump.
