@@ -24,7 +24,8 @@ bytes; our bytes <= restic's at every step.
 
 Shape ``tables`` (per-table overhead, a multi-tenant layout): ``--tables`` small tables (default
 3,000: an identity key, a few columns, ``--rows`` rows each) spread over ``--schemas`` schemas
-(default 50), one database. A full backup of ours vs ``pg_dump -Fd -j2`` in the same run, then
+(default 50), one database; every table's rows differ (as tenants' do: identical tables
+would dedupe into a few chunks and hide the per-table objects). A full backup of ours vs ``pg_dump -Fd -j2`` in the same run, then
 a few tables changed (rows inserted, updated, deleted in ``--changed`` tables) and an
 incremental. Targets: the full no slower than ``pg_dump -Fd -j2``; the incremental <= 50% of
 the full's time and <= 5% of its bytes. The server gets ``max_locks_per_transaction`` sized for
@@ -55,12 +56,18 @@ RESTIC_PASSWORD = "benchmark-only-password"
 
 
 def dir_bytes(path: Path) -> int:
-    total = 0
+    return dir_usage(path)[0]
+
+
+def dir_usage(path: Path) -> tuple[int, int]:
+    """Bytes and files under ``path`` (an object store's objects are its files)."""
+    total = files_seen = 0
     for root, _dirs, files in os.walk(path):
         for name in files:
             with contextlib.suppress(FileNotFoundError):
                 total += os.lstat(os.path.join(root, name)).st_size
-    return total
+                files_seen += 1
+    return total, files_seen
 
 
 @dataclass
@@ -70,6 +77,8 @@ class Result:
     seconds: float
     stored: int
     peak_rss: int  # bytes
+    objects: int = 0
+    """Files (objects) the step added to its store or dump directory."""
 
 
 # ------------------------------------------------------------------------------ child runners
@@ -269,7 +278,7 @@ class Bench:
 
     # -------------------------------------------------------------- tools
     def ours(self, step: str, backup_id: str, previous: str | None) -> Result:
-        before = dir_bytes(self.store)
+        before, before_objects = dir_usage(self.store)
         args = {
             "dsn": self.pg.dsn_for("postgres"),
             "store": self.store.as_uri(),
@@ -279,8 +288,14 @@ class Bench:
             "parallelism": self.parallelism,
         }
         out = _run_child("backup", args, self.env)
+        after, after_objects = dir_usage(self.store)
         result = Result(
-            step, "ours", out["seconds"], dir_bytes(self.store) - before, out["peak_rss"]
+            step,
+            "ours",
+            out["seconds"],
+            after - before,
+            out["peak_rss"],
+            after_objects - before_objects,
         )
         self.results.append(result)
         self.log(f"{step}: ours {result.seconds:.1f}s {result.stored / MiB:.1f} MiB")
@@ -291,7 +306,8 @@ class Bench:
         shutil.rmtree(target, ignore_errors=True)
         cmd = f"{self.pg.bindir / 'pg_dump'} -Fd -j2 -f {target} -d '{self.pg.dsn_for('bench')}'"
         out = _run_child("shell", {"cmd": cmd}, self.env)
-        result = Result(step, "pg_dump -Fd -j2", out["seconds"], dir_bytes(target), out["peak_rss"])
+        stored, objects = dir_usage(target)
+        result = Result(step, "pg_dump -Fd -j2", out["seconds"], stored, out["peak_rss"], objects)
         self.results.append(result)
         self.log(f"{step}: pg_dump -Fd -j2 {result.seconds:.1f}s {result.stored / MiB:.1f} MiB")
         return result
@@ -456,8 +472,9 @@ class TablesBench(Bench):
                         name text NOT NULL, amount numeric(12, 2) NOT NULL,
                         created_at timestamptz NOT NULL DEFAULT now())', 'table_' || i);
                     EXECUTE format('INSERT INTO tenant_{s:03d}.%I (name, amount)
-                        SELECT ''row '' || g, g * 1.5 FROM generate_series(1, {self.rows}) g',
-                        'table_' || i);
+                        SELECT md5(%L || g) || '' row '' || g, (hashint4({s} * 100000 + %s * 100 + g)
+                               & 65535) / 100.0 FROM generate_series(1, {self.rows}) g',
+                        'table_' || i, '{s}.' || i || '.', i);
                   END LOOP;
                 END $$;
                 """
@@ -492,13 +509,13 @@ class TablesBench(Bench):
         )
         print(
             f"{'step':<14} {'tool':<17} {'time':>8} {'vs pg_dump':>10} {'% our full':>10}"
-            f" {'stored':>12} {'% our full':>10} {'peak RSS':>9}"
+            f" {'stored':>12} {'% our full':>10} {'objects':>8} {'peak RSS':>9}"
         )
         for r in self.results:
             print(
                 f"{r.step:<14} {r.tool:<17} {r.seconds:>7.1f}s {r.seconds / dump.seconds:>9.2f}x"
                 f" {100 * r.seconds / full.seconds:>9.1f}% {r.stored / MiB:>9.2f} MiB"
-                f" {100 * r.stored / full.stored:>9.2f}% {r.peak_rss / MiB:>5.0f} MiB"
+                f" {100 * r.stored / full.stored:>9.2f}% {r.objects:>8} {r.peak_rss / MiB:>5.0f} MiB"
             )
         limits = [
             ("full time / pg_dump -Fd -j2's", full.seconds / dump.seconds, 1.0),

@@ -28,7 +28,7 @@ from managed_backups.services.api.schemas import (
     errors,
 )
 from managed_backups.shared.dataplane.manifest import CatalogDatabase as ManifestCatalogDatabase
-from managed_backups.shared.dataplane.manifest import read_manifest
+from managed_backups.shared.dataplane.manifest import read_catalog
 from managed_backups.shared.dataplane.objectstore import open_store
 from managed_backups.shared.domain.catalog import (
     catalog_is_partial,
@@ -157,15 +157,13 @@ def full_catalog(context: Context, doc: dict[str, Any]) -> list[ManifestCatalogD
     try:
         if url not in stores:
             stores[url] = open_store(url)
-        manifest = read_manifest(
-            stores[url], doc["cluster_id"], str(doc["chain_id"]), str(doc["id"])
-        )
+        catalog = read_catalog(stores[url], doc["cluster_id"], str(doc["chain_id"]), str(doc["id"]))
     except Exception as exc:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             f"the catalog of backup {doc['id']} cannot be read from its manifest: {exc}",
         ) from None
-    return list(manifest.catalog.databases)
+    return list(catalog.databases)
 
 
 COMPLETED = errors(status.HTTP_409_CONFLICT, status.HTTP_503_SERVICE_UNAVAILABLE)

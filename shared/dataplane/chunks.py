@@ -45,6 +45,7 @@ __all__ = [
     "ADAPTIVE_LEVELS",
     "DATA_CHUNKING",
     "KEY_CHUNKING",
+    "PACK_CHUNKING",
     "CancelFlag",
     "ChunkCorrupt",
     "ChunkError",
@@ -102,6 +103,12 @@ class ChunkingParams:
 DATA_CHUNKING = ChunkingParams(min_size=128 << 10, avg_size=512 << 10, max_size=2 << 20)
 #: Key sets: an insert/delete rewrites one chunk, so smaller chunks keep unchanged ranges shared.
 KEY_CHUNKING = ChunkingParams(min_size=16 << 10, avg_size=64 << 10, max_size=256 << 10)
+
+
+#: Small tables packed into shared chunks (see ``postgres_streams.SmallTables``): small enough
+#: that a restore of one table reads little besides it, large enough to compress well and to
+#: store thousands of tiny tables in a few dozen objects.
+PACK_CHUNKING = ChunkingParams(min_size=8 << 10, avg_size=32 << 10, max_size=128 << 10)
 
 
 #: zstd levels tried on a stream's sample chunks (the first, then every ``RESAMPLE_EVERY``th);

@@ -23,18 +23,37 @@ connection limit, comment, database and role-in-database settings), ``matviews``
 ``large_objects``; ``SequenceValue.is_called``; ``Catalog.skipped_databases``. Its schema
 archive also holds the large objects (``pg_dump -b --exclude-table-data='*.*'``, where version 1
 used ``--schema-only``), and table fingerprints cover the columns' whole type closure.
+
+Version 3 (what is written now) adds ``TableBackup.data_offset`` (small tables share chunks:
+a table's stream is a byte range of its chunks' concatenation),
+``DatabaseBackup.schema_fingerprint``, the table mode ``UNCHANGED`` and a stored form that is
+relative to the parent, so that an incremental of a schema of thousands of small tables, of
+which a few changed, stores a few kilobytes instead of repeating every table's entry:
+
+- an incremental's table in which no row changed and none was deleted since the previous
+  backup is ``UNCHANGED``: it stores nothing, and a restore takes the table as the previous
+  entries of the chain hold it;
+- the stored document is a zstd frame of the JSON (readers tell it from the older, plain JSON
+  documents by the frame's magic number; the object keeps its ``.json`` key), and an
+  ``UNCHANGED`` entry is stored as its name and mode only (``{"schema_name", "name",
+  "mode"}``): everything else (oid, fingerprint, columns, key, live rows, size) is the
+  previous backup's entry for the same table, filled in when the manifest is read with its
+  parent (:func:`read_manifest`, :func:`list_manifests` and :func:`load_chain` do;
+  :func:`load_manifest` takes the parent as an argument). The model in memory always holds the
+  whole entries, so nothing but this module sees the stored form.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import cached_property
 from typing import Literal
 
+import zstandard
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .objectstore import ObjectNotFound, ObjectStore
@@ -69,11 +88,17 @@ __all__ = [
     "load_chain",
     "load_manifest",
     "manifest_key",
+    "read_catalog",
     "read_manifest",
     "save_manifest",
+    "unchanged_entry",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_MAX_MANIFEST_BYTES = 1 << 30
+"""Largest decompressed manifest read (a guard against a corrupt frame header)."""
+_STORED_UNCHANGED_FIELDS = frozenset({"schema_name", "name", "mode"})
 
 
 class ManifestError(Exception):
@@ -96,6 +121,10 @@ class TableMode(StrEnum):
     """Rows changed since the previous backup of the chain, plus the table's key set."""
     WHOLE = "WHOLE"
     """All rows, in an incremental (no usable key, definition changed, ...): see ``reason``."""
+    UNCHANGED = "UNCHANGED"
+    """Version 3, in an incremental: no row inserted, updated or deleted since the previous
+    backup of the chain. Nothing stored (no data, no key set); the entry's other fields are the
+    previous entry's, and a restore takes the table as the previous entries hold it."""
 
 
 class KeySetFormat(StrEnum):
@@ -208,6 +237,11 @@ class TableBackup(_Model):
     data: list[ChunkRef]
     data_size: int
     """Raw bytes of the data stream (COPY text)."""
+    data_offset: int = Field(default=0, ge=0)
+    """Version 3: where the data stream starts in the first chunk of ``data``. Small tables
+    share chunks (a *pack*): ``data`` lists the chunks that hold the table's stream, which is
+    ``data_size`` bytes from ``data_offset`` of their concatenation. 0 for a table stored in
+    chunks of its own."""
     key_set: KeySet | None = None
     size_bytes: int
     """``pg_total_relation_size`` at backup time."""
@@ -230,6 +264,11 @@ class DatabaseBackup(_Model):
     """``pg_dump -Fc`` archive without table data (filterable with ``pg_restore -l`` / ``-L``):
     version 1 ``--schema-only``, version 2 ``-b --exclude-table-data='*.*'`` (with large objects)."""
     schema_archive_size: int
+    schema_fingerprint: str | None = None
+    """Version 3: digest of the catalog state the schema archive was dumped from (see
+    ``postgres_catalog.read_schema_fingerprint``). An incremental whose digest is the same
+    references the previous archive's chunks instead of running ``pg_dump`` again; ``None``
+    (not recorded, or some catalog unreadable) always dumps."""
     tables: list[TableBackup]
     sequences: list[SequenceValue] = []
     oid: int | None = None
@@ -300,7 +339,7 @@ class Totals(_Model):
 
 
 class Manifest(_Model):
-    schema_version: Literal[1, 2] = 2
+    schema_version: Literal[1, 2, 3] = 3
     engine: Literal["postgres"] = "postgres"
     backup_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,128}$")
     cluster_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,128}$")
@@ -348,6 +387,15 @@ class Manifest(_Model):
             )
             if v2:
                 raise ValueError("a version 1 manifest cannot hold version 2 fields")
+        if self.schema_version < 3 and any(
+            db.schema_fingerprint or any(t.data_offset for t in db.tables) for db in self.databases
+        ):
+            raise ValueError(
+                f"a version {self.schema_version} manifest cannot hold version 3 fields"
+            )
+        unchanged = any(t.mode == TableMode.UNCHANGED for db in self.databases for t in db.tables)
+        if unchanged and (self.schema_version < 3 or self.type != BackupType.INCREMENTAL):
+            raise ValueError("only a version 3 incremental can hold UNCHANGED tables")
         return self
 
     def database(self, name: str) -> DatabaseBackup:
@@ -373,7 +421,25 @@ class Manifest(_Model):
                     yield from t.key_set.chunks
 
     def to_json(self) -> bytes:
+        """The whole document as JSON (every entry complete: readable without the parent)."""
         return self.model_dump_json(indent=None).encode()
+
+    def to_stored(self) -> bytes:
+        """What :func:`save_manifest` writes: versions 1 and 2 as JSON; version 3 as a zstd
+        frame of the JSON in which ``UNCHANGED`` entries keep only their name and mode (the
+        rest is the parent's, see the module docstring)."""
+        if self.schema_version < 3:
+            return self.to_json()
+        doc = self.model_dump(mode="json")
+        for db in doc["databases"]:
+            db["tables"] = [
+                {k: t[k] for k in sorted(_STORED_UNCHANGED_FIELDS)}
+                if t["mode"] == TableMode.UNCHANGED
+                else t
+                for t in db["tables"]
+            ]
+        raw = json.dumps(doc, separators=(",", ":")).encode()
+        return zstandard.ZstdCompressor(level=9, write_content_size=True).compress(raw)
 
 
 # ---------------------------------------------------------------------------- keys
@@ -390,62 +456,204 @@ def manifest_key(cluster_id: str, chain_id: str, backup_id: str) -> str:
 
 
 # ---------------------------------------------------------------------------- I/O
-def load_manifest(data: bytes) -> Manifest:
-    """Parse a stored manifest of any known schema version into the current model."""
+_Raw = dict[str, object]
+
+
+def _decode(data: bytes) -> _Raw:
+    """A stored manifest's JSON object (version 3 documents are a zstd frame of it)."""
+    if data[:4] == _ZSTD_MAGIC:
+        try:
+            data = zstandard.ZstdDecompressor().decompress(
+                data, max_output_size=_MAX_MANIFEST_BYTES
+            )
+        except zstandard.ZstdError as exc:
+            raise ManifestError(f"manifest is not a readable zstd frame: {exc}") from None
     try:
         raw = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ManifestError(f"manifest is not JSON: {exc}") from None
     if not isinstance(raw, dict):
         raise ManifestError("manifest is not a JSON object")
+    return raw
+
+
+def _stored_unchanged(raw: _Raw) -> Iterator[tuple[str, list[object], int]]:
+    """(database name, its table list, index) of every entry stored relative to the parent."""
+    databases = raw.get("databases")
+    if raw.get("schema_version") != 3 or not isinstance(databases, list):
+        return
+    for db in databases:
+        tables = db.get("tables") if isinstance(db, dict) else None
+        if not isinstance(tables, list):
+            continue
+        for i, t in enumerate(tables):
+            if isinstance(t, dict) and t.get("mode") == TableMode.UNCHANGED and "oid" not in t:
+                yield str(db.get("name")), tables, i
+
+
+def _needs_parent(raw: _Raw) -> bool:
+    return next(_stored_unchanged(raw), None) is not None
+
+
+def _validate(raw: _Raw, parent: Manifest | None) -> Manifest:
     version = raw.get("schema_version")
-    if version in (1, 2):
-        try:
-            return Manifest.model_validate(raw)
-        except ValueError as exc:
-            raise ManifestError(f"invalid version {version} manifest: {exc}") from None
-    raise ManifestError(f"unsupported manifest schema_version {version!r}")
+    if version not in (1, 2, 3):
+        raise ManifestError(f"unsupported manifest schema_version {version!r}")
+    for db_name, tables, i in list(_stored_unchanged(raw)):
+        entry = tables[i]
+        assert isinstance(entry, dict)
+        if set(entry) != _STORED_UNCHANGED_FIELDS:
+            raise ManifestError(f"invalid version 3 manifest: UNCHANGED entry {entry!r}")
+        if parent is None or parent.backup_id != raw.get("parent_id"):
+            raise ManifestError(
+                f"backup {raw.get('backup_id')} holds tables unchanged since its parent"
+                f" {raw.get('parent_id')}: it is read with that parent"
+            )
+        previous = parent.table(db_name, str(entry["schema_name"]), str(entry["name"]))
+        if previous is None:
+            raise ManifestError(
+                f"backup {raw.get('backup_id')}: unchanged table {db_name}.{entry['schema_name']}"
+                f".{entry['name']} is not in its parent {parent.backup_id}"
+            )
+        tables[i] = unchanged_entry(previous).model_dump(mode="json")
+    try:
+        return Manifest.model_validate(raw)
+    except ValueError as exc:
+        raise ManifestError(f"invalid version {version} manifest: {exc}") from None
+
+
+def unchanged_entry(previous: TableBackup) -> TableBackup:
+    """The ``UNCHANGED`` entry of a table whose previous entry is ``previous``."""
+    if previous.mode == TableMode.UNCHANGED:
+        return previous
+    return previous.model_copy(
+        update={
+            "mode": TableMode.UNCHANGED,
+            "reason": None,
+            "rows": 0,
+            "data": [],
+            "data_size": 0,
+            "key_set": None,
+        }
+    )
+
+
+def load_manifest(data: bytes, parent: Manifest | None = None) -> Manifest:
+    """Parse a stored manifest of any known schema version into the current model.
+
+    A version 3 incremental holding ``UNCHANGED`` tables is read with its ``parent`` (itself
+    read with its own: :func:`read_manifest` does this)."""
+    return _validate(_decode(data), parent)
 
 
 def save_manifest(store: ObjectStore, manifest: Manifest) -> int:
-    """Write the manifest once (fails with ``ObjectExists`` if it is already there)."""
-    data = manifest.to_json()
+    """Write the manifest once (fails with ``ObjectExists`` if it is already there); returns
+    the bytes written."""
+    data = manifest.to_stored()
     store.put_new(manifest_key(manifest.cluster_id, manifest.chain_id, manifest.backup_id), data)
     return len(data)
 
 
+def _resolve(raw: _Raw, read_parent: Callable[[str], _Raw]) -> Manifest:
+    """``raw`` validated, its parents read (with ``read_parent``) back to the first one that
+    is stored whole."""
+    pending = [raw]
+    seen = {str(raw.get("backup_id"))}
+    while _needs_parent(pending[-1]):
+        parent_id = pending[-1].get("parent_id")
+        if not isinstance(parent_id, str):
+            raise ManifestError(f"backup {pending[-1].get('backup_id')} has no parent to read")
+        if parent_id in seen:
+            raise ManifestError(f"cycle in chain at {parent_id}")
+        seen.add(parent_id)
+        pending.append(read_parent(parent_id))
+    parent: Manifest | None = None
+    for item in reversed(pending):
+        parent = _validate(item, parent)
+    assert parent is not None
+    return parent
+
+
 def read_manifest(store: ObjectStore, cluster_id: str, chain_id: str, backup_id: str) -> Manifest:
-    return load_manifest(store.get(manifest_key(cluster_id, chain_id, backup_id)))
+    """The manifest of ``backup_id``, with the parents it is stored relative to read too."""
+
+    def read(bid: str) -> _Raw:
+        try:
+            return _decode(store.get(manifest_key(cluster_id, chain_id, bid)))
+        except ObjectNotFound:
+            if bid == backup_id:
+                raise
+            raise ManifestError(f"backup {backup_id}: parent {bid} has no manifest") from None
+
+    return _resolve(read(backup_id), read)
+
+
+def read_catalog(store: ObjectStore, cluster_id: str, chain_id: str, backup_id: str) -> Catalog:
+    """The catalog of ``backup_id`` alone: every version stores it whole, so its parents are
+    not read (the views' table listings read a backup's catalog, not its tables' entries)."""
+    raw = _decode(store.get(manifest_key(cluster_id, chain_id, backup_id)))
+    version = raw.get("schema_version")
+    if version not in (1, 2, 3):
+        raise ManifestError(f"unsupported manifest schema_version {version!r}")
+    try:
+        return Catalog.model_validate(raw.get("catalog"))
+    except ValueError as exc:
+        raise ManifestError(f"invalid version {version} manifest catalog: {exc}") from None
 
 
 def list_manifests(store: ObjectStore, cluster_id: str, chain_id: str) -> list[Manifest]:
     """Every manifest of a chain, oldest first (by ``data_from``)."""
     prefix = f"{chain_prefix(cluster_id, chain_id)}/manifests/"
-    out = [
-        load_manifest(store.get(info.key))
-        for info in store.list(prefix)
-        if info.key.endswith(".json")
+    raws = [
+        _decode(store.get(info.key)) for info in store.list(prefix) if info.key.endswith(".json")
     ]
+    by_id = {str(r.get("backup_id")): r for r in raws}
+    done: dict[str, Manifest] = {}
+
+    def resolved(bid: str, seen: frozenset[str] = frozenset()) -> Manifest:
+        if bid in done:
+            return done[bid]
+        raw = by_id.get(bid)
+        if raw is None:
+            raise ManifestError(f"chain {chain_id}: backup {bid} has no manifest")
+        parent: Manifest | None = None
+        parent_id = raw.get("parent_id")
+        if _needs_parent(raw) and isinstance(parent_id, str):
+            if parent_id in seen:
+                raise ManifestError(f"cycle in chain at {parent_id}")
+            parent = resolved(parent_id, seen | {bid})
+        done[bid] = _validate(raw, parent)
+        return done[bid]
+
+    out = [resolved(bid) for bid in by_id]
     return sorted(out, key=lambda m: (m.data_from, m.type != BackupType.FULL))
 
 
 def load_chain(store: ObjectStore, manifest: Manifest) -> list[Manifest]:
-    """``manifest`` and its parents back to the full, oldest first (read from the store)."""
-    chain = [manifest]
+    """``manifest`` and its parents back to the full, oldest first (read from the store; each
+    manifest is read once, whatever the parents it is stored relative to)."""
+    raws: list[_Raw] = []
     seen = {manifest.backup_id}
-    current = manifest
-    while current.parent_id is not None:
+    parent_id = manifest.parent_id
+    child = manifest.backup_id
+    while parent_id is not None:
         try:
-            current = read_manifest(store, current.cluster_id, current.chain_id, current.parent_id)
+            raw = _decode(
+                store.get(manifest_key(manifest.cluster_id, manifest.chain_id, parent_id))
+            )
         except ObjectNotFound:
-            raise ManifestError(
-                f"backup {chain[-1].backup_id}: parent {chain[-1].parent_id} has no manifest"
-            ) from None
-        if current.backup_id in seen:
-            raise ManifestError(f"cycle in chain at {current.backup_id}")
-        seen.add(current.backup_id)
-        chain.append(current)
-    chain.reverse()
+            raise ManifestError(f"backup {child}: parent {parent_id} has no manifest") from None
+        if parent_id in seen or str(raw.get("backup_id")) in seen:
+            raise ManifestError(f"cycle in chain at {parent_id}")
+        seen.add(parent_id)
+        raws.append(raw)
+        child = parent_id
+        next_id = raw.get("parent_id")
+        parent_id = next_id if isinstance(next_id, str) else None
+    chain: list[Manifest] = []
+    for raw in reversed(raws):
+        chain.append(_validate(raw, chain[-1] if chain else None))
+    chain.append(manifest)
     check_chain(chain)
     return chain
 

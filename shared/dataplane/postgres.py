@@ -42,16 +42,21 @@ What a backup holds
   functions, types) in the current catalog, not the snapshot: one dropped meanwhile fails it,
   and that too retakes the snapshot. A sequence dropped before its value is read does too.
   The schema dump starts as soon as the snapshot is taken (it reads the snapshot and takes
-  its own locks) while the tables are listed, locked and checked, the workers lock, and
-  sequences and the database's own state are read; a retake stops that attempt's dump. Tables are
+  its own locks) while the tables are listed, locked and checked and the workers lock; the
+  schema fingerprint, and the sequences with the database's own state, are read meanwhile on
+  two connections of their own that import the snapshot. An incremental whose schema
+  fingerprint equals the previous backup's reuses its schema archive and runs no dump (see
+  :func:`~.postgres_catalog.read_schema_fingerprint`). A retake stops that attempt's dump. Tables are
   then read in parallel (``parallelism`` lanes, default 2, balanced and largest first by the
   statistics' ``relpages``, as ``pg_dump -j`` orders them): no DDL can rewrite them under the
   snapshot.
 - **Thousands of tables**: every catalog read is one set-based query per database whatever the
   table count (tables, their columns' type closures, sequences in batches, locks in batches of
   500, identities in one ``unnest``); the catalog queries run with ``jit = off``. Each table
-  costs one ``COPY`` in a full; in an incremental, small unchanged tables cost no ``COPY`` of
-  their own (see :class:`~.postgres_streams.SmallDeltas`). The server's lock table must hold
+  costs one ``COPY`` in a full, small ones packed into shared chunks (a few dozen objects for
+  thousands of tables, see :class:`~.postgres_streams.SmallTables`); in an incremental, small
+  tables are asked about in batches and those without changes are recorded ``UNCHANGED``,
+  costing nothing stored (see :class:`~.postgres_streams.SmallDeltas`). The server's lock table must hold
   about three locks per table (the coordinator's, the worker's that reads it, ``pg_dump``'s;
   ``pg_dump -j2`` takes two): ``max_locks_per_transaction x max_connections`` sized for the
   table count, as ``pg_dump``'s documentation asks; when it is too small the backup fails
@@ -99,11 +104,11 @@ import contextlib
 import os
 import re
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -124,8 +129,11 @@ from .manifest import (
     CatalogDatabase,
     ChunkRef,
     DatabaseBackup,
+    DatabaseProperties,
     Manifest,
+    MatView,
     PgSnapshot,
+    SequenceValue,
     SkippedDatabase,
     Totals,
     save_manifest,
@@ -141,6 +149,7 @@ from .postgres_catalog import (
     read_large_object_count,
     read_matviews,
     read_properties,
+    read_schema_fingerprint,
     read_schemas,
     read_sequences,
     read_sizes,
@@ -159,9 +168,11 @@ from .postgres_streams import (
     DbReader,
     Flags,
     SmallDeltas,
+    SmallTables,
     Stream,
     StreamOutcome,
     StreamSettings,
+    WorkItem,
     assign_lanes,
     lane_tables,
     plan_table,
@@ -190,6 +201,7 @@ __all__ = [
     "quote_ident",
 ]
 
+_T = TypeVar("_T")
 _MIN_SERVER_VERSION = 130000  # pg_current_snapshot() / xid8
 _DUMP_LOCK_WAIT_MS = 5_000
 
@@ -425,6 +437,7 @@ class _BackupRun:
             max_workers=adapter.parallelism, thread_name_prefix="pg-table"
         )
         self.dump_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pg-dump")
+        self.version_num = 0
         self.global_reason: str | None = None
         """Why no table of this incremental may be a delta (``None``: deltas allowed)."""
         self.stream_settings = StreamSettings(
@@ -443,6 +456,7 @@ class _BackupRun:
         coord = adapter.connect(step="connect")
         try:
             version_num = int(coord.info.server_version)
+            self.version_num = version_num
             if version_num < _MIN_SERVER_VERSION:
                 raise BackupError(
                     ErrorCode.UNSUPPORTED,
@@ -656,18 +670,34 @@ class _BackupRun:
         name = info.name
         reader = DbReader(adapter, name, info.encoding, snapshot.snapshot_id)
         db_reason = self.global_reason
+        prev_db: DatabaseBackup | None = None
         if previous is not None and db_reason is None:
             prev_db = next((d for d in previous.databases if d.name == name), None)
             if prev_db is not None:
                 db_reason = database_whole_reason(prev_db, snapshot, info.oid)
+        step = f"read catalog of database {name}"
+        schema_future: Future[StreamResult] | None = None
+        # Reused when nothing pg_dump reads changed since the previous backup (see
+        # read_schema_fingerprint): pg_dump does not run.
+        reusable = prev_db if prev_db is not None and db_reason is None else None
         try:
-            # The schema dump (the longest step on a schema of thousands of tables) reads the
-            # snapshot and takes its own locks: it starts now, while the tables are listed,
-            # locked and checked. Any retake stops it (and its result is never used).
-            schema_future = self.dump_pool.submit(
-                self.dump_schema, name, snapshot.snapshot_id, flag
+            # The schema fingerprint, and the sequences with the database's own state, are
+            # read on connections of their own in the snapshot while the coordinator lists,
+            # locks and checks the tables (on a schema of thousands of tables each of the three
+            # takes a while).
+            side = self.table_pool.submit(
+                self._in_snapshot, self._fingerprint_state, info, snapshot.snapshot_id, step
             )
-            step = f"read catalog of database {name}"
+            state = self.table_pool.submit(
+                self._in_snapshot, self._database_state, info, snapshot.snapshot_id, step
+            )
+            if reusable is None or not reusable.schema_fingerprint:
+                # The schema dump (the longest step on a schema of thousands of tables) reads
+                # the snapshot and takes its own locks: it starts now, while the tables are
+                # listed, locked and checked. Any retake stops it (its result is never used).
+                schema_future = self.dump_pool.submit(
+                    self.dump_schema, name, snapshot.snapshot_id, flag
+                )
             try:
                 try:
                     schemas = read_schemas(conn)
@@ -680,19 +710,28 @@ class _BackupRun:
                     plan_table(t, previous, name, snapshot, db_reason, self.stream_settings)
                     for t in tables
                 ]
-                lanes = assign_lanes(work_items(plans), adapter.parallelism)
+                lanes = assign_lanes(work_items(plans, adapter.parallelism), adapter.parallelism)
                 reader.open_lanes([lane_tables(lane) for lane in lanes])
-                try:
-                    sequences = read_sequences(conn)
-                    matviews = read_matviews(conn)
-                    properties = read_properties(conn)
-                    large_objects = read_large_object_count(conn)
-                except psycopg.Error as exc:
-                    raise pg_error(exc, step) from None
+                schema_fingerprint, large_objects = side.result()
+                sequences, matviews, properties = state.result()
+                if schema_future is None:
+                    assert reusable is not None
+                    if schema_fingerprint == reusable.schema_fingerprint:
+                        schema_future = Future()
+                        schema_future.set_result(
+                            StreamResult(reusable.schema_archive, reusable.schema_archive_size)
+                        )
+                    else:
+                        schema_future = self.dump_pool.submit(
+                            self.dump_schema, name, snapshot.snapshot_id, flag
+                        )
                 if request.on_snapshots is not None:
                     request.on_snapshots({name: snapshot.snapshot_id})
             except BaseException:
                 abort.set()  # this attempt's schema dump stops
+                for future in (side, state):  # their connections are closed
+                    with contextlib.suppress(BaseException):
+                        future.result()
                 raise
             outcomes, sizes, archive = self._read_rows(
                 reader, conn, lanes, tables, schema_future, flag, abort
@@ -713,6 +752,7 @@ class _BackupRun:
                 snapshot=snapshot,
                 schema_archive=archive.chunks,
                 schema_archive_size=archive.size,
+                schema_fingerprint=schema_fingerprint,
                 tables=table_backups,
                 sequences=sequences,
                 oid=info.oid,
@@ -725,11 +765,42 @@ class _BackupRun:
             schemas,
         )
 
+    def _in_snapshot(
+        self,
+        read: Callable[[psycopg.Connection[Any]], _T],
+        info: DbInfo,
+        snapshot_id: str,
+        step: str,
+    ) -> _T:
+        """``read`` on a connection of its own that imports the database's snapshot."""
+        conn = self.adapter.connect(info.name, step=step, encoding=info.encoding)
+        try:
+            DbReader(self.adapter, info.name, info.encoding, snapshot_id).begin(conn, step)
+            try:
+                return read(conn)
+            except psycopg.Error as exc:
+                raise pg_error(exc, step) from None
+        finally:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+
+    def _fingerprint_state(self, conn: psycopg.Connection[Any]) -> tuple[str | None, int]:
+        """The schema fingerprint and the large-object count."""
+        large_objects = read_large_object_count(conn)
+        return read_schema_fingerprint(conn, large_objects, self.version_num), large_objects
+
+    def _database_state(
+        self, conn: psycopg.Connection[Any]
+    ) -> tuple[list[SequenceValue], list[MatView], DatabaseProperties]:
+        """The sequences (not transactional: their state now, read before any row, as
+        ``pg_dump`` reads it), the materialized views and the database's own properties."""
+        return read_sequences(conn), read_matviews(conn), read_properties(conn)
+
     def _read_rows(
         self,
         reader: DbReader,
         conn: psycopg.Connection[Any],
-        lanes: Sequence[Sequence[Stream | SmallDeltas]],
+        lanes: Sequence[Sequence[WorkItem]],
         tables: Sequence[Table],
         schema_future: Future[StreamResult],
         flag: Flags,
@@ -738,7 +809,14 @@ class _BackupRun:
         """Every lane on the table pool (each on its own connection, its items largest first),
         the exact table sizes on the coordinator meanwhile, then the schema dump's result. The
         first failure sets ``abort`` (every other stream stops) and is raised once all have
-        stopped."""
+        stopped.
+
+        Sizes (``pg_total_relation_size`` opens every fork of the table, its indexes and its
+        TOAST table: about a millisecond a table) are read meanwhile for the tables streamed
+        on their own, by the lanes for the packed small tables (see
+        :meth:`~.postgres_streams.DbReader.run_small_tables`), and afterwards for the small
+        delta tables a batch found changed: an ``UNCHANGED`` table keeps the size its previous
+        entry recorded."""
         request = self.request
         total_estimate = sum(w.estimate for lane in lanes for w in lane) or 1
         done = [0]
@@ -753,6 +831,8 @@ class _BackupRun:
                         raise StreamCancelled()
                     if isinstance(item, SmallDeltas):
                         out += reader.run_small_deltas(item, self.chunks, flag)
+                    elif isinstance(item, SmallTables):
+                        out += reader.run_small_tables(item, self.chunks, flag)
                     else:
                         out.append((item, reader.run_stream(item, self.chunks, flag)))
                     if request.on_progress is not None:
@@ -768,8 +848,17 @@ class _BackupRun:
         outcomes: dict[int, StreamOutcome] = {}
         first_error: BaseException | None = None
         sizes: dict[int, int] = {}
+        batched = [
+            p
+            for lane in lanes
+            for item in lane
+            if isinstance(item, SmallDeltas)
+            for p in item.plans
+        ]
+        packed = self._packed_streams(lanes)
+        batched_oids = {p.table.oid for p in batched} | {s.table.oid for s in packed}
         try:
-            sizes = read_sizes(conn, tables, reader.name)
+            sizes = read_sizes(conn, [t for t in tables if t.oid not in batched_oids], reader.name)
         except BaseException as exc:
             abort.set()
             first_error = exc
@@ -780,6 +869,17 @@ class _BackupRun:
                 abort.set()
                 if first_error is None or isinstance(first_error, StreamCancelled):
                     first_error = exc
+        if first_error is None:
+            for stream in packed:
+                size = outcomes[id(stream)].size_bytes
+                if size is not None:
+                    sizes[stream.table.oid] = size
+            changed = [p.table for p in batched if not outcomes[id(p.data)].unchanged]
+            try:
+                sizes.update(read_sizes(conn, changed, reader.name) if changed else {})
+            except BaseException as exc:
+                abort.set()
+                first_error = exc
         try:
             archive = schema_future.result()
         except BaseException as exc:
@@ -789,6 +889,17 @@ class _BackupRun:
         if first_error is not None:
             raise first_error
         return outcomes, sizes, archive
+
+    @staticmethod
+    def _packed_streams(lanes: Sequence[Sequence[WorkItem]]) -> list[Stream]:
+        """The data streams of the small tables packed into shared chunks."""
+        return [
+            p.data
+            for lane in lanes
+            for item in lane
+            if isinstance(item, SmallTables)
+            for p in item.plans
+        ]
 
     def dump_schema(self, db: str, snapshot_id: str, flag: Flags) -> StreamResult:
         """``pg_dump -Fc -b --exclude-table-data='*.*'`` in the database's snapshot; a lock it

@@ -51,6 +51,7 @@ __all__ = [
     "read_large_object_count",
     "read_matviews",
     "read_properties",
+    "read_schema_fingerprint",
     "read_schemas",
     "read_sequences",
     "read_sizes",
@@ -411,3 +412,112 @@ def live_catalog(connect: Callable[..., psycopg.Connection[Any]]) -> Catalog:
             )
         )
     return Catalog(databases=out)
+
+
+# ---------------------------------------------------------------------------- schema fingerprint
+_CATALOGS_SQL = """
+SELECT c.relname::text, c.relisshared, has_table_privilege(c.oid, 'SELECT')
+FROM pg_class c
+WHERE c.relnamespace = 'pg_catalog'::regnamespace AND c.relkind = 'r'
+ORDER BY c.relname
+"""
+
+_NOT_DUMPED_CATALOGS = frozenset({"pg_statistic", "pg_statistic_ext_data"})
+"""Written by ``ANALYZE`` (every autovacuum run), never dumped by ``pg_dump`` 15."""
+
+_IN_PLACE_SQL = {
+    # Flags updated in place (no new row version) during CREATE/DROP INDEX CONCURRENTLY.
+    "pg_index": "SELECT md5(string_agg(indexrelid::text || indisvalid::text || indisready::text"
+    " || indislive::text, ',' ORDER BY indexrelid)) FROM pg_catalog.pg_index",
+}
+_SHARED_SQL = {
+    # Names the dump prints (owners, grantees, tablespaces) live in shared catalogs.
+    "pg_authid": "SELECT md5(string_agg(oid::text || ':' || rolname, ',' ORDER BY oid))"
+    " FROM pg_catalog.pg_roles",
+    "pg_tablespace": "SELECT md5(string_agg(oid::text || ':' || spcname, ',' ORDER BY oid))"
+    " FROM pg_catalog.pg_tablespace",
+    # The database's own properties, which the archive holds too (owner, ACL, connection limit,
+    # settings, comment, security labels): its rows in the shared catalogs, by row version.
+    "pg_database": "SELECT ctid::text || ':' || xmin::text FROM pg_catalog.pg_database"
+    " WHERE datname = current_database()",
+    "pg_db_role_setting": "SELECT md5(string_agg(ctid::text || ':' || xmin::text, ','"
+    " ORDER BY ctid)) FROM pg_catalog.pg_db_role_setting WHERE setdatabase ="
+    " (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())",
+    "pg_shdescription": "SELECT md5(string_agg(ctid::text || ':' || xmin::text, ','"
+    " ORDER BY ctid)) FROM pg_catalog.pg_shdescription WHERE objoid ="
+    " (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())",
+    "pg_shseclabel": "SELECT md5(string_agg(ctid::text || ':' || xmin::text, ','"
+    " ORDER BY ctid)) FROM pg_catalog.pg_shseclabel WHERE objoid ="
+    " (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())",
+}
+_SUBSCRIPTIONS_SQL = (
+    "SELECT md5(string_agg(ctid::text || ':' || xmin::text, ',' ORDER BY ctid))"
+    " FROM pg_catalog.pg_subscription WHERE subdbid ="
+    " (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())"
+)
+_USER_MAPPINGS_SQL = (
+    "SELECT md5(string_agg(umid::text || ':' || srvid::text || ':' || umuser::text || ':'"
+    " || coalesce(umoptions::text, ''), ',' ORDER BY umid)) FROM pg_catalog.pg_user_mappings"
+)
+
+
+def read_schema_fingerprint(
+    conn: psycopg.Connection[Any], large_objects: int, server_version_num: int
+) -> str | None:
+    """A digest of everything ``pg_dump``'s schema archive is made of, in the snapshot: equal
+    digests mean the archive would hold the same definitions, so an incremental reuses the
+    previous archive instead of running ``pg_dump`` (on a schema of thousands of tables, the
+    longest step of a backup). ``None`` when some of it cannot be read (the dump then runs).
+
+    Every DDL statement writes catalog rows: a new row version (insert, update) has a new
+    ``(ctid, xmin)`` and a deleted one disappears from the snapshot, so the set of ``(ctid,
+    xmin)`` of every catalog of the database changes with any DDL, large-object write,
+    comment, grant or security label. Not covered by that, and read as contents instead: the
+    ``pg_index`` flags that ``CREATE``/``DROP INDEX CONCURRENTLY`` update in place, and the
+    shared catalogs whose names the dump prints (roles, tablespaces; the database's own rows
+    in ``pg_database``, ``pg_db_role_setting``, ``pg_shdescription`` and ``pg_shseclabel``
+    and its subscriptions by row version, the latter when the role may read them: ``pg_dump``
+    dumps them only for a superuser). Left out: ``pg_statistic`` and ``pg_statistic_ext_data`` (written by
+    every ``ANALYZE``, not dumped), and the other in-place updates (``VACUUM``'s and
+    ``ANALYZE``'s sizes and frozen xids in ``pg_class``, which the dump does not print). A
+    false difference (a ``TRUNCATE``, a temporary table) only costs the dump.
+    """
+    parts: list[tuple[str, str]] = []
+    try:
+        catalogs = conn.execute(_CATALOGS_SQL).fetchall()
+        for name, shared, readable in catalogs:
+            name = str(name)
+            if name in _NOT_DUMPED_CATALOGS:
+                continue
+            if shared:
+                if name in _SHARED_SQL:
+                    parts.append((name, _SHARED_SQL[name]))
+                elif name == "pg_subscription" and readable:
+                    parts.append((name, _SUBSCRIPTIONS_SQL))
+                continue
+            if not readable:
+                if name == "pg_user_mapping":
+                    parts.append((name, _USER_MAPPINGS_SQL))
+                    continue
+                if name == "pg_largeobject" and large_objects == 0:
+                    continue
+                return None
+            parts.append(
+                (
+                    name,
+                    "SELECT md5(string_agg(ctid::text || ':' || xmin::text, ','"
+                    f" ORDER BY ctid)) FROM pg_catalog.{quote_ident(name)}",
+                )
+            )
+            if name in _IN_PLACE_SQL:
+                parts.append((f"{name} flags", _IN_PLACE_SQL[name]))
+        sql = "SELECT " + ", ".join(f"({q})" for _n, q in parts)
+        row = conn.execute(sql).fetchone()
+    except psycopg.Error as exc:
+        raise pg_error(exc, "read the schema fingerprint") from None
+    assert row is not None
+    digest = hashlib.sha256()
+    digest.update(f"server={server_version_num}\n".encode())
+    for (name, _q), value in zip(parts, row, strict=True):
+        digest.update(f"{name}={value}\n".encode())
+    return digest.hexdigest()

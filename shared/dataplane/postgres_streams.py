@@ -14,13 +14,15 @@ database's snapshot and locking every table of its lane ``NOWAIT`` as it opens (
 for later could queue behind a DDL statement waiting for the coordinator's locks, for ever). Large tables stream
 through a ``psql`` child (C speed, 1 MiB pipe reads; a lock it cannot get ``NOWAIT`` falls
 back to the worker's connection, which holds it); small ones through the worker's psycopg
-connection. Small delta tables are read in batches (:class:`SmallDeltas`). Every stream is cut
+connection. Small delta tables are read in batches (:class:`SmallDeltas`), small tables stored
+whole are packed into shared chunks (:class:`SmallTables`). Every stream is cut
 into content-defined chunks, hashed and compressed by the :class:`~.chunks.ChunkStore`, so
 memory stays bounded whatever the table size.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import re
 import threading
@@ -30,9 +32,17 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from .chunks import ChunkingParams, ChunkStore, StreamCancelled, StreamResult
+from .chunks import PACK_CHUNKING, ChunkingParams, ChunkStore, StreamCancelled, StreamResult
 from .errors import BackupError, ErrorCode, pg_error
-from .manifest import KeySet, KeySetFormat, Manifest, PgSnapshot, TableBackup, TableMode
+from .manifest import (
+    KeySet,
+    KeySetFormat,
+    Manifest,
+    PgSnapshot,
+    TableBackup,
+    TableMode,
+    unchanged_entry,
+)
 from .objectstore import ObjectStoreError
 from .postgres_catalog import Table
 from .postgres_snapshots import LOCK_NOT_AVAILABLE, changed_rows_filter, lock_tables
@@ -46,10 +56,12 @@ __all__ = [
     "DbReader",
     "Flags",
     "SmallDeltas",
+    "SmallTables",
     "Stream",
     "StreamOutcome",
     "StreamSettings",
     "TablePlan",
+    "WorkItem",
     "assign_lanes",
     "key_stream",
     "lane_tables",
@@ -63,6 +75,8 @@ _NUMERIC_OUT_OF_RANGE = "22003"
 _SMALL_TABLE_BYTES = 1 << 20
 """DELTA tables up to this heap size are asked about in batches (see :class:`SmallDeltas`)."""
 _BATCH_TABLES = 200
+_PACK_TABLE_BYTES = 64 << 10
+"""Tables stored whole up to this heap size share chunks (see :class:`SmallTables`)."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +106,13 @@ class StreamOutcome:
     result: StreamResult
     rows: int
     key_format: KeySetFormat | None = None
+    unchanged: bool = False
+    """A small delta table's data stream only: no row changed or deleted since the previous
+    backup (nothing read; the table is stored ``UNCHANGED``)."""
+    offset: int = 0
+    """Where the stream starts in its first chunk (a table packed with others)."""
+    size_bytes: int | None = None
+    """A packed table's ``pg_total_relation_size``, read by the worker that read its rows."""
 
 
 @dataclass
@@ -102,6 +123,8 @@ class TablePlan:
     ordered: bool
     data: Stream
     keys: Stream | None = None
+    previous: TableBackup | None = None
+    """A delta's entry in the previous backup."""
 
 
 @dataclass
@@ -109,9 +132,17 @@ class SmallDeltas:
     """Small DELTA tables read together, so a schema of thousands of tables costs a few round
     trips per batch rather than two COPYs per table.
 
-    - *Changed rows*: one query asks which tables of the batch have a row that passes their
-      changed-rows filter (``EXISTS``, in the same snapshot); only those run their data
-      COPY. The others' data streams are empty, exactly what their COPY would have returned.
+    - *Changed rows*: one query counts, in one scan of each table of the batch (in the same
+      snapshot), its rows and those that pass its changed-rows filter;
+      only those with changed rows run their data COPY. The others' data streams are empty,
+      exactly what their COPY would have returned.
+    - *Unchanged tables*: a table without changed rows whose row count is the previous
+      backup's ``live_rows`` is stored ``UNCHANGED`` (no key set read, nothing stored). Its
+      rows are the previous backup's: every row without a changed-rows mark was written by a
+      transaction visible to the previous snapshot and not deleted as of it (a deleter visible
+      to that snapshot would be visible to ours), so the rows we see are a subset of the rows
+      the previous backup holds, and a subset of the same size is the same set. A table with
+      deletions only (fewer rows) still reads its key set.
     - *Key sets*: the ``RANGES`` key sets of the batch come from one ``COPY`` of the
       ``UNION ALL`` of the per-table range queries, prefixed with the table's position and
       ordered by it; each table's lines are cut out and stored as its own key set, byte for
@@ -123,6 +154,24 @@ class SmallDeltas:
     @property
     def estimate(self) -> int:
         return sum(p.data.estimate + (p.keys.estimate if p.keys else 0) for p in self.plans)
+
+
+@dataclass
+class SmallTables:
+    """Small tables stored whole (a full's, an incremental's ``WHOLE`` ones) packed into
+    shared chunks: their COPYs, one after the other on the lane's connection, make one stream
+    cut with :data:`~.chunks.PACK_CHUNKING`, and each table records the chunks holding its
+    bytes and where it starts in the first (``data_offset``). Thousands of tables of a few rows
+    are a few dozen objects, not one each (on S3 a request each, and a per-object minimum
+    where the storage class has one), and compress together. Tables of one batch are
+    consecutive in the stream in plan order, so a full of unchanged small tables dedupes
+    against the previous one."""
+
+    plans: list[TablePlan]
+
+    @property
+    def estimate(self) -> int:
+        return sum(p.data.estimate for p in self.plans)
 
 
 class Flags:
@@ -206,9 +255,14 @@ class _Demux:
             )
 
 
-def work_items(plans: Sequence[TablePlan]) -> list[Stream | SmallDeltas]:
+WorkItem = Stream | SmallDeltas | SmallTables
+
+
+def work_items(plans: Sequence[TablePlan], lanes: int = 1) -> list[WorkItem]:
     """The units of work of a database's plans, largest first: small DELTA tables read
-    through psycopg in batches of ``_BATCH_TABLES``, every other stream on its own."""
+    through psycopg in batches of ``_BATCH_TABLES``, small tables stored whole packed in
+    batches of at most as many (fewer, so that every one of ``lanes`` gets a pack), every other
+    stream on its own."""
     small = [
         p
         for p in plans
@@ -216,10 +270,20 @@ def work_items(plans: Sequence[TablePlan]) -> list[Stream | SmallDeltas]:
         and not p.data.psql
         and p.table.heap_bytes <= _SMALL_TABLE_BYTES
     ]
-    batched = {id(p) for p in small}
-    work: list[Stream | SmallDeltas] = [
+    packed = [
+        p
+        for p in plans
+        if p.mode in (TableMode.FULL, TableMode.WHOLE)
+        and p.keys is None
+        and not p.data.psql
+        and p.table.heap_bytes <= _PACK_TABLE_BYTES
+    ]
+    batched = {id(p) for p in (*small, *packed)}
+    work: list[WorkItem] = [
         SmallDeltas(small[i : i + _BATCH_TABLES]) for i in range(0, len(small), _BATCH_TABLES)
     ]
+    per_pack = max(1, min(_BATCH_TABLES, -(-len(packed) // max(1, lanes))))
+    work += [SmallTables(packed[i : i + per_pack]) for i in range(0, len(packed), per_pack)]
     for p in plans:
         if id(p) not in batched:
             work += [p.data] if p.keys is None else [p.data, p.keys]
@@ -227,12 +291,10 @@ def work_items(plans: Sequence[TablePlan]) -> list[Stream | SmallDeltas]:
     return work
 
 
-def assign_lanes(
-    work: Sequence[Stream | SmallDeltas], count: int
-) -> list[list[Stream | SmallDeltas]]:
+def assign_lanes(work: Sequence[WorkItem], count: int) -> list[list[WorkItem]]:
     """``work`` split into ``count`` lanes: each item, largest first, to the lane with the
     least estimated work so far (the lanes end close together)."""
-    lanes: list[list[Stream | SmallDeltas]] = [[] for _ in range(max(1, count))]
+    lanes: list[list[WorkItem]] = [[] for _ in range(max(1, count))]
     loads = [0] * len(lanes)
     for item in sorted(work, key=lambda w: w.estimate, reverse=True):
         lane = loads.index(min(loads))
@@ -241,11 +303,11 @@ def assign_lanes(
     return lanes
 
 
-def lane_tables(items: Sequence[Stream | SmallDeltas]) -> list[Table]:
+def lane_tables(items: Sequence[WorkItem]) -> list[Table]:
     """The tables a lane reads (each once)."""
     tables: dict[int, Table] = {}
     for item in items:
-        if isinstance(item, SmallDeltas):
+        if isinstance(item, SmallDeltas | SmallTables):
             tables.update((p.table.oid, p.table) for p in item.plans)
         else:
             tables[item.table.oid] = item.table
@@ -306,7 +368,7 @@ def plan_table(
         where=where,
     )
     keys = key_stream(table, use_psql, settings.key_chunking)
-    return TablePlan(table, TableMode.DELTA, None, True, data, keys)
+    return TablePlan(table, TableMode.DELTA, None, True, data, keys, prev)
 
 
 def key_stream(
@@ -332,6 +394,9 @@ def table_backup(
     plan: TablePlan, outcomes: Mapping[int, StreamOutcome], sizes: Mapping[int, int]
 ) -> TableBackup:
     data = outcomes[id(plan.data)]
+    if data.unchanged:
+        assert plan.previous is not None
+        return unchanged_entry(plan.previous)
     key_set: KeySet | None = None
     live_rows = data.rows
     if plan.keys is not None:
@@ -359,6 +424,7 @@ def table_backup(
         live_rows=live_rows,
         data=data.result.chunks,
         data_size=data.result.size,
+        data_offset=data.offset,
         key_set=key_set,
         size_bytes=sizes.get(t.oid, 0),
         extension_condition=t.extension_condition,
@@ -536,21 +602,30 @@ class DbReader:
     ) -> list[tuple[Stream, StreamOutcome]]:
         """The data and key streams of a batch of small DELTA tables (see :class:`SmallDeltas`)."""
         plans = batch.plans
+        # One scan of each (small) table counts its rows and its changed rows.
         probe = " UNION ALL ".join(
-            f"SELECT {i} WHERE EXISTS (SELECT 1 FROM ONLY {p.table.qualified} AS _t"
-            f" WHERE {p.data.where})"
+            f"SELECT {i}, count(*) FILTER (WHERE {p.data.where}), count(*)"
+            f" FROM ONLY {p.table.qualified} AS _t"
             for i, p in enumerate(plans)
         )
-        changed = {int(r[0]) for r in self.rows(probe, f"in database {self.name}: {probe[:500]}")}
+        found = self.rows(probe, f"in database {self.name}: {probe[:500]}")
+        changed = {int(r[0]) for r in found if int(r[1]) > 0}
+        counts = {int(r[0]): int(r[2]) for r in found}
         out: list[tuple[Stream, StreamOutcome]] = []
+        unchanged: set[int] = set()
         for i, p in enumerate(plans):
             if flag.is_set():
                 raise StreamCancelled()
             if i in changed:
                 out.append((p.data, self.run_stream(p.data, chunks, flag)))
-            else:  # what the COPY of no row stores
-                out.append((p.data, StreamOutcome(StreamResult(chunks=[], size=0), rows=0)))
-        keys = [p.keys for p in plans if p.keys is not None]
+                continue
+            same = p.previous is not None and counts[i] == p.previous.live_rows
+            if same:
+                unchanged.add(id(p))
+            # what the COPY of no row stores
+            empty = StreamOutcome(StreamResult(chunks=[], size=0), rows=0, unchanged=same)
+            out.append((p.data, empty))
+        keys = [p.keys for p in plans if p.keys is not None and id(p) not in unchanged]
         ranges = [k for k in keys if k.key_format == KeySetFormat.RANGES]
         try:
             out += self._run_key_ranges(ranges, chunks, flag)
@@ -564,6 +639,64 @@ class DbReader:
             for k in keys
             if k.key_format != KeySetFormat.RANGES
         ]
+        return out
+
+    def run_small_tables(
+        self, batch: SmallTables, chunks: ChunkStore, flag: Flags
+    ) -> list[tuple[Stream, StreamOutcome]]:
+        """The data streams of a batch of small tables stored whole, packed into shared chunks
+        (see :class:`SmallTables`)."""
+        spans: list[tuple[int, int, int]] = []  # start, end, rows of each table in the pack
+        position = 0
+
+        def blocks() -> Iterator[bytes]:
+            nonlocal position
+            for plan in batch.plans:
+                if flag.is_set():
+                    raise StreamCancelled()
+                sql = f"COPY ({plan.data.sql}) TO STDOUT"
+                start, rows = position, 0
+                for block in self.psycopg_blocks(sql, f"in database {self.name}: {sql}", flag):
+                    rows += block.count(b"\n")
+                    position += len(block)
+                    yield block
+                spans.append((start, position, rows))
+
+        try:
+            result = chunks.write_stream(blocks(), PACK_CHUNKING, cancel=flag)
+        except ObjectStoreError as exc:
+            raise BackupError(
+                ErrorCode.STORE_FAILED,
+                str(exc),
+                f"store chunks of {self.name}: {len(batch.plans)} small tables from"
+                f" {batch.plans[0].table.label}",
+            ) from None
+        # The exact sizes, on the connection that just read the tables: its relation cache
+        # already holds them and their indexes (the coordinator's would build every entry).
+        oids = ",".join(str(plan.table.oid) for plan in batch.plans)
+        sizes = {
+            int(oid): int(size)
+            for oid, size in self.rows(
+                f"SELECT o::int8, pg_total_relation_size(o) FROM unnest('{{{oids}}}'::oid[]) o",
+                f"in database {self.name}: read the sizes of {len(batch.plans)} small tables",
+            )
+        }
+        starts = [0]
+        for ref in result.chunks:
+            starts.append(starts[-1] + ref.size)
+        out = []
+        for plan, (start, end, rows) in zip(batch.plans, spans, strict=True):
+            if start == end:
+                refs, offset = [], 0
+            else:
+                first = bisect.bisect_right(starts, start) - 1
+                last = bisect.bisect_left(starts, end) - 1
+                refs, offset = result.chunks[first : last + 1], start - starts[first]
+            piece = StreamResult(chunks=refs, size=end - start)
+            outcome = StreamOutcome(
+                piece, rows, offset=offset, size_bytes=sizes.get(plan.table.oid)
+            )
+            out.append((plan.data, outcome))
         return out
 
     def _run_key_ranges(

@@ -75,7 +75,11 @@ Key = tuple[Any, ...]
 def table_history(
     chain: Sequence[Manifest], database: str, schema: str, table: str
 ) -> list[tuple[Manifest, TableBackup]]:
-    """The (manifest, table entry) pairs needed to rebuild the table at ``chain[-1]``."""
+    """The (manifest, table entry) pairs needed to rebuild the table at ``chain[-1]``.
+
+    ``UNCHANGED`` entries store nothing: the table is as the entries before them hold it, so
+    the history starts at the newest entry that stores something (whose key set, for a delta,
+    is the table's at ``chain[-1]``) and skips the unchanged ones below it too."""
     try:
         check_chain(chain)
     except ManifestError as exc:
@@ -87,19 +91,23 @@ def table_history(
             f"table {database}.{schema}.{table} is not in backup {chain[-1].backup_id}",
             "find table",
         )
-    history = [(chain[-1], last)]
+    history: list[tuple[Manifest, TableBackup]] = []
     entry = last
     index = len(chain) - 1
-    while entry.mode == TableMode.DELTA:
+    while True:
+        if entry.mode != TableMode.UNCHANGED:
+            history.append((chain[index], entry))
+        if entry.mode not in (TableMode.DELTA, TableMode.UNCHANGED):
+            break
         index -= 1
         prev = chain[index].table(database, schema, table) if index >= 0 else None
         if prev is None or prev.fingerprint != entry.fingerprint or not prev.ordered:
             raise RestoreError(
                 ErrorCode.INVALID_CHAIN,
-                f"delta of {schema}.{table} in {history[-1][0].backup_id} has no base",
+                f"{entry.mode.lower()} entry of {schema}.{table} in {chain[index + 1].backup_id}"
+                " has no base",
                 "rebuild table history",
             )
-        history.append((chain[index], prev))
         entry = prev
     history.reverse()
     return history
@@ -223,6 +231,24 @@ def iter_stream(
         yield from chunks.iter_chunks(refs, prefetch=prefetch)
 
 
+def table_stream(chunks: ChunkStore, entry: TableBackup, *, prefetch: int = 2) -> Iterator[bytes]:
+    """The raw bytes of one entry's data stream: ``data_size`` bytes from ``data_offset`` of
+    its chunks (a table packed with others shares its first and last chunks with them)."""
+    skip, left = entry.data_offset, entry.data_size
+    if left == 0:
+        return
+    for block in chunks.iter_chunks(entry.data, prefetch=prefetch):
+        if skip >= len(block):
+            skip -= len(block)
+            continue
+        piece = block[skip : skip + left] if skip or left < len(block) else block
+        skip = 0
+        left -= len(piece)
+        yield piece
+        if left <= 0:
+            return
+
+
 def iter_table_rows(
     store: ObjectStore,
     chain: Sequence[Manifest],
@@ -247,12 +273,12 @@ def iter_table_rows(
         _chunk_errors(step),
     ):
         if len(history) == 1:
-            yield from chunks.iter_chunks(history[0][1].data, prefetch=prefetch)
+            yield from table_stream(chunks, history[0][1], prefetch=prefetch)
             return
         last = history[-1][1]
         key_fn = _key_function(last.columns, last.key_columns)
         streams = [
-            _keyed(_iter_lines(chunks.iter_chunks(entry.data, prefetch=prefetch)), key_fn)
+            _keyed(_iter_lines(table_stream(chunks, entry, prefetch=prefetch)), key_fn)
             for _, entry in history
         ]
         merged = _newest_per_key(heapq.merge(*streams, key=lambda item: item[0]))

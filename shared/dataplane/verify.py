@@ -81,17 +81,26 @@ def required_chunks(chain: Sequence[Manifest]) -> dict[str, ChunkRef]:
     for db in head.databases:
         add(db.schema_archive)
         for t in db.tables:
-            add(t.data)
-            if t.key_set is not None:
-                add(t.key_set.chunks)
+            # The newest entry that stores something (UNCHANGED ones store nothing) brings its
+            # data and its key set; a delta, the data of every entry down to its base.
             entry = t
             index = by_id[head.backup_id]
-            while entry.mode == TableMode.DELTA:
+            key_set_added = False
+            while True:
+                add(entry.data)
+                if entry.key_set is not None and not key_set_added:
+                    add(entry.key_set.chunks)
+                if entry.mode != TableMode.UNCHANGED:
+                    key_set_added = True
+                if entry.mode not in (TableMode.DELTA, TableMode.UNCHANGED):
+                    break
                 index -= 1
                 prev = chain[index].table(db.name, t.schema_name, t.name) if index >= 0 else None
                 if prev is None:
-                    raise ManifestError(f"{db.name}.{t.schema_name}.{t.name}: delta without base")
-                add(prev.data)
+                    raise ManifestError(
+                        f"{db.name}.{t.schema_name}.{t.name}: {entry.mode.lower()} entry"
+                        " without base"
+                    )
                 entry = prev
     return refs
 

@@ -10,16 +10,35 @@ streams).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+import zstandard
 
 from managed_backups.shared.dataplane import postgres_streams
 from managed_backups.shared.dataplane.engine import BackupRequest
-from managed_backups.shared.dataplane.manifest import Manifest, TableBackup, TableMode
+from managed_backups.shared.dataplane.manifest import (
+    Manifest,
+    ManifestError,
+    TableBackup,
+    TableMode,
+    list_manifests,
+    load_chain,
+    load_manifest,
+    manifest_key,
+    read_catalog,
+    read_manifest,
+)
 from managed_backups.shared.dataplane.objectstore import ObjectStore
-from managed_backups.shared.dataplane.restore_rows import iter_table_rows, rows_digest
+from managed_backups.shared.dataplane.restore_rows import (
+    iter_table_rows,
+    restore_database,
+    rows_digest,
+)
+from managed_backups.shared.dataplane.verify import verify_backup
+from tests.restore_checks import table_digest
 
 from .conftest import PgServer, source_rows
 
@@ -108,13 +127,25 @@ def test_small_tables_are_read_in_batches_and_store_what_one_copy_per_table_stor
     # Changed tables' data, text key sets, the overflowing batch's key sets on their own, one
     # key-set COPY per batch: far fewer round trips than two COPYs per table.
     assert batched_copies < len(names)
+    touched = {"t00_int4", "t05_int8", "t06_int2", "t11_oid", "txt1", "txt2", "to_empty"}
+    touched.add("low_int8_b")
     for name in names:
         ours, reference = _entry(batched, db, name), _entry(one_by_one, db, name)
-        assert ours.mode == TableMode.DELTA, name
-        assert ours.model_dump(exclude={"size_bytes"}) == reference.model_dump(
-            exclude={"size_bytes"}
-        ), name
-    assert _entry(batched, db, "t03_oid").rows == 0 and _entry(batched, db, "t03_oid").data == []
+        if name in touched:
+            assert ours.mode == TableMode.DELTA, name
+            assert ours.model_dump(exclude={"size_bytes"}) == reference.model_dump(
+                exclude={"size_bytes"}
+            ), name
+        else:  # no row changed or deleted: nothing read but the probe, nothing stored
+            assert ours.mode == TableMode.UNCHANGED, name
+            assert reference.mode == TableMode.DELTA and reference.rows == 0, name
+            assert ours.data == [] and ours.key_set is None and ours.rows == 0, name
+            assert ours.live_rows == reference.live_rows, name
+            previous = _entry(full, db, name)
+            assert ours.fingerprint == previous.fingerprint, name
+            assert ours.size_bytes == previous.size_bytes, name
+    assert _entry(batched, db, "t06_int2").rows == 0  # deletions only: a key set, no rows
+    assert _entry(batched, db, "t06_int2").key_set is not None
     assert _entry(batched, db, "t00_int4").rows == 1
     assert _entry(batched, db, "to_empty").live_rows == 0
     assert _entry(batched, db, "low_int8_b").rows == 1
@@ -170,3 +201,96 @@ def test_each_table_is_locked_by_the_one_worker_that_reads_it(
     # Only the coordinator and the schema dump hold every table; each worker holds its lane's.
     assert sum(1 for count in per_pid.values() if count == 20) <= 2
     assert sum(1 for count in per_pid.values() if count < 20) == 2
+
+
+def test_unchanged_tables_are_stored_relative_to_the_parent_and_restore_exactly(
+    pg: PgServer, tmp_path: Path, databases: list[str]
+) -> None:
+    """A chain full → incremental → incremental of many small tables, most never changed:
+    unchanged tables cost a name in the stored manifest, the manifest is read with its
+    parents (one by one, as a listing, as a chain), and every step restores what the source
+    held at it."""
+    db = pg.create_database("rel")
+    databases.append(db)
+    with pg.connect(db) as conn:
+        for s in range(3):
+            conn.execute(f"CREATE SCHEMA s{s}")
+            for i in range(40):
+                conn.execute(f"CREATE TABLE s{s}.t{i} (id int PRIMARY KEY, v text)")
+                conn.execute(
+                    f"INSERT INTO s{s}.t{i} SELECT g, md5('{s}.{i}.' || g)"
+                    " FROM generate_series(1, 6) g"
+                )
+        for i in range(3):  # larger: their bytes span several of a pack's chunks
+            conn.execute(f"CREATE TABLE s0.m{i} (id int PRIMARY KEY, v text)")
+            conn.execute(
+                f"INSERT INTO s0.m{i} SELECT g, md5('m{i}' || g) || md5(g::text)"
+                " FROM generate_series(1, 600) g"
+            )
+        conn.execute("CREATE TABLE s1.nokey (v text)")  # stored whole in every backup
+        conn.execute("INSERT INTO s1.nokey SELECT md5(g::text) FROM generate_series(1, 50) g")
+    tables = [(f"s{s}", f"t{i}") for s in range(3) for i in range(40)]
+    tables += [("s0", "m0"), ("s0", "m1"), ("s0", "m2"), ("s1", "nokey")]
+    store = ObjectStore((tmp_path / "store").as_uri())
+    adapter = pg.adapter()
+    digests: list[dict[tuple[str, str], tuple[int, str]]] = []
+
+    def snapshot_digests() -> None:
+        digests.append({t: table_digest(pg.url_for(db), *t) for t in tables})
+
+    full = adapter.full_backup(BackupRequest(store, "c", "full"))
+    snapshot_digests()
+    # Small tables share chunks: a few objects for 124 tables, tables starting inside a chunk
+    # and tables spanning several.
+    entries = [full.database(db).table(*t) for t in tables]
+    assert all(e is not None for e in entries)
+    packed = [e for e in entries if e is not None]
+    assert len({ref.hash for e in packed for ref in e.data}) < len(tables) // 10
+    assert sum(1 for e in packed if e.data_offset > 0) > len(tables) // 2
+    assert any(len(e.data) > 1 for e in packed)
+    with pg.connect(db) as conn:
+        conn.execute("INSERT INTO s0.t1 VALUES (100, 'new')")
+        conn.execute("DELETE FROM s1.t2 WHERE id = 3")
+        conn.execute("UPDATE s1.nokey SET v = 'changed' WHERE v = md5('7')")
+    inc1 = adapter.incremental_backup(BackupRequest(store, "c", "inc1"), full)
+    snapshot_digests()
+    with pg.connect(db) as conn:
+        conn.execute("UPDATE s2.t3 SET v = 'changed' WHERE id = 2")
+        conn.execute("DELETE FROM s0.t1 WHERE id = 100")
+    inc2 = adapter.incremental_backup(BackupRequest(store, "c", "inc2"), inc1)
+    snapshot_digests()
+
+    modes = [
+        {t: m.database(db).table(*t).mode for t in tables}  # type: ignore[union-attr]
+        for m in (inc1, inc2)
+    ]
+    # every table but the changed ones and the one without a key (stored whole)
+    assert sum(mode == TableMode.UNCHANGED for mode in modes[0].values()) == len(tables) - 3
+    assert sum(mode == TableMode.UNCHANGED for mode in modes[1].values()) == len(tables) - 3
+    assert modes[0][("s1", "nokey")] == modes[1][("s1", "nokey")] == TableMode.WHOLE
+    assert modes[1][("s1", "t2")] == TableMode.UNCHANGED  # unchanged since inc1's delta
+
+    # Stored relative to the parent: a name and a mode per unchanged table.
+    key = manifest_key("c", "full", "inc2")
+    stored = store.get(key)
+    document = json.loads(zstandard.ZstdDecompressor().decompress(stored))
+    stored_tables = next(d for d in document["databases"] if d["name"] == db)["tables"]
+    compact = [t for t in stored_tables if set(t) == {"schema_name", "name", "mode"}]
+    assert len(compact) == len(tables) - 3 and all(t["mode"] == "UNCHANGED" for t in compact)
+    assert len(stored) < len(full.to_stored()) / 2
+    with pytest.raises(ManifestError, match="is read with that parent"):
+        load_manifest(stored)
+    assert load_manifest(stored, inc1) == inc2
+    assert read_manifest(store, "c", "full", "inc2") == inc2
+    assert read_catalog(store, "c", "full", "inc2") == inc2.catalog  # no parent read
+    assert list_manifests(store, "c", "full") == [full, inc1, inc2]
+    assert load_chain(store, inc2) == [full, inc1, inc2]
+    assert verify_backup(store, inc2).ok
+
+    for step, head in enumerate((full, inc1, inc2)):
+        chain = load_chain(store, read_manifest(store, "c", "full", head.backup_id))
+        target = pg.create_database(f"rel{step}")
+        databases.append(target)
+        restore_database(store, chain, db, pg.dsn_for(target), password=pg.password)
+        for t in tables:
+            assert table_digest(pg.url_for(target), *t) == digests[step][t], (step, t)

@@ -172,7 +172,7 @@ def test_full_then_incrementals_store_only_changes_and_rebuild_exactly(
     assert full.type == BackupType.FULL and full.parent_id is None
     assert full.chain_id == full.backup_id
     full_bytes = sc.stored[0]
-    assert full_bytes == full.totals.new_stored_bytes + len(full.to_json())
+    assert full_bytes == full.totals.new_stored_bytes + len(full.to_stored())
     accounts = full.table(dbs["app"], "public", "accounts")
     assert accounts is not None and accounts.mode == TableMode.FULL and accounts.rows == BIG
     assert accounts.ordered and [k.name for k in accounts.key_columns] == ["id"]
@@ -217,7 +217,10 @@ def test_full_then_incrementals_store_only_changes_and_rebuild_exactly(
         nokey1 is not None and nokey1.mode == TableMode.WHOLE and nokey1.reason == "no primary key"
     )
     customers1 = inc1.table(dbs["shop"], "sales", "customers")
-    assert customers1 is not None and customers1.mode == TableMode.DELTA and customers1.rows == 0
+    # no row changed or deleted: nothing stored, the full's entry stands
+    assert customers1 is not None and customers1.mode == TableMode.UNCHANGED
+    assert customers1.rows == 0 and customers1.data == [] and customers1.key_set is None
+    assert customers1.live_rows == 300
     assert sc.stored[1] <= 0.03 * full_bytes, (sc.stored[1], full_bytes)
 
     # ---------------------------------------------------------------- 1% random updates

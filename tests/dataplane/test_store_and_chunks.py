@@ -178,11 +178,18 @@ def test_manifest_versions_frozen_and_written_once() -> None:
     assert read_manifest(store, "c1", "b1", "b1") == m
     assert store.exists(manifest_key("c1", "b1", "b1"))
     raw = json.loads(m.to_json())
-    assert raw["schema_version"] == 2
-    with pytest.raises(ManifestError, match="schema_version 3"):
-        load_manifest(json.dumps({**raw, "schema_version": 3}).encode())
-    with pytest.raises(ManifestError, match="invalid version 2"):
+    assert raw["schema_version"] == 3
+    stored = store.get(manifest_key("c1", "b1", "b1"))
+    assert stored == m.to_stored() and stored[:4] == b"\x28\xb5\x2f\xfd"  # a zstd frame
+    assert load_manifest(stored) == load_manifest(m.to_json()) == m
+    with pytest.raises(ManifestError, match="schema_version 4"):
+        load_manifest(json.dumps({**raw, "schema_version": 4}).encode())
+    with pytest.raises(ManifestError, match="invalid version 3"):
         load_manifest(json.dumps({**raw, "surprise": True}).encode())
+    with pytest.raises(ManifestError, match="not a readable zstd frame"):
+        load_manifest(stored[:20])
+    v2 = {**raw, "schema_version": 2}
+    assert load_manifest(json.dumps(v2).encode()).schema_version == 2
     # a version 1 document is read by the same model, but may not carry version 2 fields
     v1 = {**raw, "schema_version": 1}
     assert load_manifest(json.dumps(v1).encode()).schema_version == 1
