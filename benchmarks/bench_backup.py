@@ -18,7 +18,7 @@ Shape ``pgbench`` (the default; large tables), one run on a throw-away PostgreSQ
 
 Each backup runs in a child process; times are wall-clock, bytes are what landed on disk
 (the store / dump directory / restic repository grew by), peak RSS is the child's
-``ru_maxrss`` (for pipelines: the largest process). Targets (issue 4): full <= 1.3x
+``ru_maxrss`` (for pipelines: the largest process). Targets: full <= 1.3x
 pg_dump's time; appended incremental <= 3% and random-update incremental <= 5% of our full's
 bytes; our bytes <= restic's at every step.
 

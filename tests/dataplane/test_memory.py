@@ -73,7 +73,7 @@ def test_backup_memory_is_bounded_whatever_the_table_size(
         result = json.loads(out.stdout.strip().splitlines()[-1])
         grown = (result["peak_kib"] - result["baseline_kib"]) * 1024
         assert result["logical"] > 160 * MiB
-        # Issue 4's target: the executor stays under 300 MB resident. The table is larger than
+        # The memory target: the executor stays under 300 MB resident. The table is larger than
         # what the process may grow by; buffers are bounded (queue depth x chunk size), though
         # glibc's per-thread arenas make the exact growth vary with load on a 2-core machine.
         assert result["peak_kib"] * 1024 < 300 * MiB, (transport, result)
