@@ -70,7 +70,14 @@ from managed_backups.shared.domain.backup_lifecycle import backup_expires_at
 from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.eventstore import EventStore, open_event_store
 from managed_backups.shared.sqldb import SqlDatabase
-from tests.infra.s3 import ACCESS_KEY_ID, DEFAULT_REGION, SECRET_ACCESS_KEY, create_bucket
+from tests.factories import new_backup, new_cluster
+from tests.infra.s3 import (
+    ACCESS_KEY_ID,
+    DEFAULT_REGION,
+    SECRET_ACCESS_KEY,
+    create_bucket,
+    s3_store_url,
+)
 from tests.infra.testing import s3_for_tests
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -140,32 +147,25 @@ def object_store_url(kind: str, minio: str, tmp: Path) -> Iterator[str]:
                 aws_secret_access_key=secret,
                 region_name=DEFAULT_REGION,
             ).create_bucket(Bucket=bucket)
-        yield (
-            f"s3://{bucket}/backups?endpoint={endpoint}&region={DEFAULT_REGION}&allow_http=true"
-            f"&access_key_id={key}&secret_access_key={secret}"
-        )
+        yield s3_store_url(endpoint, bucket, access_key_id=key, secret_access_key=secret)
 
 
 # ----------------------------------------------------------------------------- the history
 def daily_full(cluster_id: str, day: int) -> Backup:
     at = T0 + timedelta(days=day)
-    backup_id = uuid.uuid5(uuid.NAMESPACE_URL, f"{cluster_id}/{day}")
-    backup = Backup(
-        backup_id=backup_id,
-        cluster_id=cluster_id,
-        backup_type="FULL",
-        chain_id=backup_id,
+    backup = new_backup(
+        cluster_id,
+        uuid.uuid5(uuid.NAMESPACE_URL, f"{cluster_id}/{day}"),
         reason="SCHEDULED",
         region=DEFAULT_REGION,
         retention_days=RETENTION_DAYS,
         scheduled_for=at,
         executor="bench",
         lease_until=at,
-        command_id=None,
         at=at,
-        by="bench",
     )
-    key = manifest_key(cluster_id, str(backup_id), str(backup_id))
+    chain = str(backup.backup_id)
+    key = manifest_key(cluster_id, chain, chain)
     expires = backup_expires_at(at, RETENTION_DAYS)
     backup.complete(at, 100, 1, [], key, expires, at, "bench")
     return backup
@@ -206,36 +206,19 @@ def build(store_url: str, objects: ObjectStore, clusters: int, days: int, steady
 
 # ----------------------------------------------------------------------------- lateness probe
 def register_probe_clusters(store: EventStore, count: int, start: datetime) -> None:
-    """``count`` clusters every 5 minutes, slot 0 of each spread over the 5 minutes after start."""
+    """``count`` clusters every 5 minutes, slot 0 of each (its registration) spread over the 5
+    minutes after ``start``."""
     period = timedelta(minutes=5)
     batch: list[Cluster] = []
     for i in range(count):
         at = start + period * i / count
-        cluster = Cluster(
-            cluster_id=f"probe-{i:05d}",
-            name=f"probe {i}",
+        cluster = new_cluster(
+            f"probe-{i:05d}",
             organization="bench",
-            tier="STANDARD",
-            regions=[DEFAULT_REGION],
-            engine="postgres",
-            database_version="15",
+            regions=(DEFAULT_REGION,),
             connection_ref="postgresql://bench@127.0.0.1/db",
-            backup_region=DEFAULT_REGION,
-            enabled=True,
-            frequency_minutes=60,
-            retention_days=30,
-            command_id=None,
-            at=at,
-            by="bench",
-        )
-        cluster._backup_settings_updated(
-            cluster_id=cluster.cluster_id,
-            enabled=True,
             frequency_minutes=5,
             retention_days=30,
-            retention_changed=False,
-            full_backup_required=True,
-            command_id=None,
             at=at,
             by="bench",
         )

@@ -18,7 +18,8 @@ import pytest
 
 from tests.infra.backend import TestBackend, test_backend
 from tests.infra.postgres import postgres_for_tests, url_with_database
-from tests.infra.testing import kafka_for_tests
+from tests.infra.s3 import create_bucket, s3_store_url
+from tests.infra.testing import kafka_for_tests, s3_for_tests
 
 # The compose stack's tests need an engine and built images: only on the containers backend.
 collect_ignore = [] if test_backend() is TestBackend.CONTAINERS else ["containers"]
@@ -54,3 +55,20 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'events.sqlite'}"
     server: str = request.getfixturevalue("postgres_server")
     return fresh_database(server)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    with s3_for_tests() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(params=["local", "s3"])
+def object_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh object store's URL: a local directory, or a new bucket on the local S3 server."""
+    if request.param == "local":
+        return (tmp_path / "objects").as_uri()
+    endpoint: str = request.getfixturevalue("s3_endpoint")
+    bucket = f"mb-{uuid.uuid4().hex[:12]}"
+    create_bucket(endpoint, bucket)
+    return s3_store_url(endpoint, bucket)

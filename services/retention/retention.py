@@ -39,7 +39,12 @@ from eventsourcing.domain import Aggregate
 from managed_backups.contracts.enums import BackupStatus
 from managed_backups.services.retention.leftovers import sweep_leftovers
 from managed_backups.shared.dataplane.manifest import chain_prefix
-from managed_backups.shared.dataplane.objectstore import ObjectInfo, ObjectStore, open_store
+from managed_backups.shared.dataplane.objectstore import (
+    DELETE_BATCH,
+    ObjectInfo,
+    ObjectStore,
+    open_store,
+)
 from managed_backups.shared.domain.backup import Backup, load_backup
 from managed_backups.shared.domain.backup_lifecycle import (
     STATUS_AFTER,
@@ -206,9 +211,6 @@ class RetentionIndex:
         )
         return [str(r[0]) for r in rows]
 
-    def backups(self, cluster_id: str) -> list[IndexedBackup]:
-        return self.backups_of([cluster_id]).get(cluster_id, [])
-
     def backups_of(self, cluster_ids: Sequence[str]) -> dict[str, list[IndexedBackup]]:
         """The indexed backups of each of ``cluster_ids`` (one query)."""
         if not cluster_ids:
@@ -225,9 +227,6 @@ class RetentionIndex:
                 IndexedBackup(str(b), str(c), bool(f), str(s), _dt(d), _dt(e), str(r))
             )
         return found
-
-    def deleted_until(self, cluster_id: str) -> datetime | None:
-        return self.deleted_until_of([cluster_id]).get(cluster_id)
 
     def deleted_until_of(self, cluster_ids: Sequence[str]) -> dict[str, datetime]:
         """The keep-until time of each deleted cluster among ``cluster_ids`` (one query)."""
@@ -536,14 +535,10 @@ class Retention:
         return [b for b in loaded if b is not None]
 
 
-DELETE_BATCH = 1000
-"""Keys per delete request at most (S3's DeleteObjects takes at most 1,000)."""
-
-
 def delete_batch_size(keys: int) -> int:
-    """Keys per delete request: at most :data:`DELETE_BATCH`, and small enough that a group's
-    deletes run as several requests in parallel (a store deletes one request's keys in turn),
-    but no smaller than 100 keys, so a pass makes few requests."""
+    """Keys per delete request: at most the store's :data:`DELETE_BATCH`, and small enough that
+    a group's deletes run as several requests in parallel (a store deletes one request's keys in
+    turn), but no smaller than 100 keys, so a pass makes few requests."""
     return max(100, min(DELETE_BATCH, -(-keys // (WORKERS // 2))))
 
 

@@ -50,6 +50,10 @@ __all__ = [
 _TRUE = {"1", "true", "yes", "on"}
 
 
+DELETE_BATCH = 500
+"""Keys per delete request (S3's DeleteObjects takes at most 1,000)."""
+
+
 class ObjectStoreError(Exception):
     """Any failure talking to the object store (the message never contains credentials)."""
 
@@ -247,12 +251,13 @@ class ObjectStore:
 
     # ------------------------------------------------------------------ deletes
     def delete(self, keys: Iterable[str]) -> int:
-        """Delete ``keys`` (missing ones are ignored); returns how many were requested."""
+        """Delete ``keys`` (missing ones are ignored), :data:`DELETE_BATCH` per request;
+        returns how many were requested."""
         batch: builtins.list[str] = []
         count = 0
         for key in keys:
             batch.append(key)
-            if len(batch) >= 500:
+            if len(batch) >= DELETE_BATCH:
                 count += self._delete_batch(batch)
                 batch = []
         if batch:

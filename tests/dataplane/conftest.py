@@ -23,8 +23,7 @@ from managed_backups.shared.dataplane.objectstore import ObjectStore
 from managed_backups.shared.dataplane.postgres import PostgresAdapter
 from managed_backups.shared.dataplane.sql import SESSION_SETTINGS
 from tests.infra.postgres import postgres_for_tests, url_with_database
-from tests.infra.s3 import ACCESS_KEY_ID, DEFAULT_REGION, SECRET_ACCESS_KEY, create_bucket
-from tests.infra.testing import s3_for_tests
+from tests.infra.s3 import create_bucket, s3_store_url
 
 
 @dataclass(frozen=True)
@@ -70,19 +69,6 @@ class PgServer:
 def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
     with postgres_for_tests(tmp_path_factory.mktemp("dataplane-pg")) as url:
         yield PgServer(url)
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    with s3_for_tests() as endpoint:
-        yield endpoint
-
-
-def s3_store_url(endpoint: str, bucket: str, prefix: str = "backups") -> str:
-    return (
-        f"s3://{bucket}/{prefix}?endpoint={endpoint}&region={DEFAULT_REGION}&allow_http=true"
-        f"&access_key_id={ACCESS_KEY_ID}&secret_access_key={SECRET_ACCESS_KEY}"
-    )
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -28,9 +28,8 @@ from managed_backups.shared.dataplane.restore_plan import (
     execute_plan,
     plan_bytes,
 )
-from tests.dataplane.conftest import s3_store_url
 from tests.infra.postgres import LocalPostgres
-from tests.infra.s3 import create_bucket
+from tests.infra.s3 import create_bucket, s3_store_url
 from tests.restore_checks import table_digest
 
 pytestmark = pytest.mark.integration

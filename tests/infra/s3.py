@@ -26,11 +26,25 @@ from typing import Any, Self
 
 from managed_backups.shared.infra.kafka import child_preexec_fn, free_ports
 
-__all__ = ["DEFAULT_REGION", "LocalS3", "LocalS3Error", "create_bucket"]
+__all__ = ["DEFAULT_REGION", "LocalS3", "LocalS3Error", "create_bucket", "s3_store_url"]
 
 DEFAULT_REGION = "us-east-1"
 ACCESS_KEY_ID = "test"
 SECRET_ACCESS_KEY = "test"
+
+
+def s3_store_url(
+    endpoint: str,
+    bucket: str,
+    prefix: str = "backups",
+    access_key_id: str = ACCESS_KEY_ID,
+    secret_access_key: str = SECRET_ACCESS_KEY,
+) -> str:
+    """The data plane's object store URL of ``bucket``/``prefix`` on the endpoint."""
+    return (
+        f"s3://{bucket}/{prefix}?endpoint={endpoint}&region={DEFAULT_REGION}&allow_http=true"
+        f"&access_key_id={access_key_id}&secret_access_key={secret_access_key}"
+    )
 
 
 class LocalS3Error(RuntimeError):

@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -54,31 +53,10 @@ from managed_backups.shared.jobs import JobLeases, holding, sweep_of_chain
 from managed_backups.shared.sqldb import SqlDatabase
 from managed_backups.shared.views import Page, ReadModels
 from tests.harness import System, iso
-from tests.infra.s3 import ACCESS_KEY_ID, DEFAULT_REGION, SECRET_ACCESS_KEY, create_bucket
-from tests.infra.testing import s3_for_tests
 from tests.unit.test_retention_rules import B, stated_listed
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 REGION = "us-east-1"
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    with s3_for_tests() as endpoint:
-        yield endpoint
-
-
-@pytest.fixture(params=["local", "s3"])
-def object_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "local":
-        return (tmp_path / "objects").as_uri()
-    endpoint: str = request.getfixturevalue("s3_endpoint")
-    bucket = f"mb-{uuid.uuid4().hex[:12]}"
-    create_bucket(endpoint, bucket)
-    return (
-        f"s3://{bucket}/backups?endpoint={endpoint}&region={DEFAULT_REGION}&allow_http=true"
-        f"&access_key_id={ACCESS_KEY_ID}&secret_access_key={SECRET_ACCESS_KEY}"
-    )
 
 
 @dataclass

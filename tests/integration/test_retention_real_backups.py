@@ -50,8 +50,6 @@ from managed_backups.shared.sqldb import SqlDatabase
 from managed_backups.shared.views import ReadModels
 from tests.harness import System, run_cluster_commands_only
 from tests.infra.postgres import LocalPostgres
-from tests.infra.s3 import ACCESS_KEY_ID, DEFAULT_REGION, SECRET_ACCESS_KEY, create_bucket
-from tests.infra.testing import s3_for_tests
 from tests.integration.test_executor import wait_terminal
 from tests.integration.test_retention import listed
 from tests.restore_checks import table_digest
@@ -91,25 +89,6 @@ def source() -> Iterator[LocalPostgres]:
                 conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {ROLE}")
                 conn.execute(f"GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO {ROLE}")
         yield pg
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    with s3_for_tests() as endpoint:
-        yield endpoint
-
-
-@pytest.fixture(params=["local", "s3"])
-def object_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "local":
-        return (tmp_path / "objects").as_uri()
-    endpoint: str = request.getfixturevalue("s3_endpoint")
-    bucket = f"mb-{uuid.uuid4().hex[:12]}"
-    create_bucket(endpoint, bucket)
-    return (
-        f"s3://{bucket}/backups?endpoint={endpoint}&region={DEFAULT_REGION}&allow_http=true"
-        f"&access_key_id={ACCESS_KEY_ID}&secret_access_key={SECRET_ACCESS_KEY}"
-    )
 
 
 class Source:

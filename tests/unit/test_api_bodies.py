@@ -8,23 +8,17 @@ import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from managed_backups.services.api.app import create_app
 from managed_backups.services.projections.service import Projector
 from managed_backups.services.runtime import Runtime, open_runtime
 from managed_backups.shared.security import ensure_key_file
 from managed_backups.shared.settings import Settings
 from managed_backups.shared.views import ReadModels
 from tests.factories import AT, new_cluster
-
-
-class NoGateway:
-    async def request(self, topic: str, body: dict[str, Any], timeout: float = 30) -> Any:
-        raise AssertionError("no command may be sent in these tests")
+from tests.unit.api_client import api_client
 
 
 @pytest.fixture
@@ -34,13 +28,8 @@ async def api(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]
     live, gone = new_cluster("live"), new_cluster("gone", tier="ADVANCED")
     gone.delete(command_id=None, at=AT + timedelta(days=1), by="test")
     runtime.store.save_all(live, gone)
-    app = create_app(runtime, NoGateway())  # type: ignore[arg-type]
     Projector(runtime.store, ReadModels(runtime.db)).catch_up()
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app),
-        base_url="http://api",
-        headers={"Authorization": f"Bearer {key}"},
-    ) as client:
+    async with api_client(runtime, key) as client:
         yield client, runtime
     runtime.close()
 

@@ -6,32 +6,21 @@ from __future__ import annotations
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from managed_backups.services.api.app import create_app
 from managed_backups.services.runtime import Runtime, open_runtime
 from managed_backups.shared.security import ensure_key_file
 from managed_backups.shared.settings import Settings
-
-
-class NoGateway:
-    async def request(self, topic: str, body: dict[str, Any], timeout: float = 30) -> Any:
-        raise AssertionError("no command may be sent in these tests")
+from tests.unit.api_client import api_client
 
 
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
     runtime = open_runtime(Settings(data_dir=tmp_path / "data"))
     key, _ = ensure_key_file(runtime.store, runtime.settings.admin_key_path, runtime.clock)
-    app = create_app(runtime, NoGateway())  # type: ignore[arg-type]
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app),
-        base_url="http://api",
-        headers={"Authorization": f"Bearer {key}"},
-    ) as client:
+    async with api_client(runtime, key) as client:
         yield client, runtime
     runtime.close()
 
