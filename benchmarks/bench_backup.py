@@ -18,7 +18,10 @@ Shape ``pgbench`` (the default; large tables), one run on a throw-away PostgreSQ
 
 Each backup runs in a child process; times are wall-clock, bytes are what landed on disk
 (the store / dump directory / restic repository grew by), peak RSS is the child's
-``ru_maxrss`` (for pipelines: the largest process). Targets: full <= 1.3x
+``ru_maxrss`` (for pipelines: the largest process). With ``--repeat N`` (default 3 for shape
+``tables``, whose steps take seconds and vary by tens of percent on a busy machine, else 1) our
+steps and ``pg_dump -Fd`` run N times each, our repeats on a copy of the store as it was before
+the step, and the median time is reported. Targets: full <= 1.3x
 pg_dump's time; appended incremental <= 3% and random-update incremental <= 5% of our full's
 bytes; our bytes <= restic's at every step.
 
@@ -40,6 +43,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -131,10 +135,12 @@ def _run_child(mode: str, args: dict[str, Any], env: dict[str, str]) -> dict[str
 
 # ------------------------------------------------------------------------------ the run
 class Bench:
-    def __init__(self, scale: int, workdir: Path, parallelism: int) -> None:
+    def __init__(self, scale: int, workdir: Path, parallelism: int, repeat: int = 1) -> None:
         self.scale = scale
         self.workdir = workdir
         self.parallelism = parallelism
+        self.repeat = max(1, repeat)
+        """Runs of each of our steps and of ``pg_dump -Fd``; the median time is reported."""
         self.results: list[Result] = []
         self.pg = LocalPostgres(
             settings={
@@ -278,7 +284,17 @@ class Bench:
 
     # -------------------------------------------------------------- tools
     def ours(self, step: str, backup_id: str, previous: str | None) -> Result:
+        """Our backup into the store; with ``repeat`` > 1 the same backup is taken again
+        (each time on a copy of the store as it was before the step) and the time reported is
+        the median. Bytes, objects and RSS are the first run's."""
         before, before_objects = dir_usage(self.store)
+        scratch = self.workdir / "scratch"
+        if self.repeat > 1:
+            shutil.rmtree(scratch, ignore_errors=True)
+            if self.store.exists():
+                shutil.copytree(self.store, scratch / "before")
+            else:
+                (scratch / "before").mkdir(parents=True)
         args = {
             "dsn": self.pg.dsn_for("postgres"),
             "store": self.store.as_uri(),
@@ -289,27 +305,46 @@ class Bench:
         }
         out = _run_child("backup", args, self.env)
         after, after_objects = dir_usage(self.store)
+        times = [float(out["seconds"])]
+        for run in range(1, self.repeat):
+            again = scratch / f"run-{run}"
+            shutil.copytree(scratch / "before", again)
+            rerun = {**args, "store": again.as_uri(), "manifest_out": str(again / "manifest")}
+            times.append(float(_run_child("backup", rerun, self.env)["seconds"]))
+            shutil.rmtree(again)
+        shutil.rmtree(scratch, ignore_errors=True)
         result = Result(
             step,
             "ours",
-            out["seconds"],
+            statistics.median(times),
             after - before,
             out["peak_rss"],
             after_objects - before_objects,
         )
         self.results.append(result)
-        self.log(f"{step}: ours {result.seconds:.1f}s {result.stored / MiB:.1f} MiB")
+        self.log(
+            f"{step}: ours {result.seconds:.1f}s {result.stored / MiB:.1f} MiB"
+            + (f" (runs: {', '.join(f'{t:.2f}s' for t in times)})" if len(times) > 1 else "")
+        )
         return result
 
     def pg_dump_dir(self, step: str) -> Result:
+        """``pg_dump -Fd -j2``; the median time of ``repeat`` runs."""
         target = self.workdir / "pg_dump_dir"
-        shutil.rmtree(target, ignore_errors=True)
         cmd = f"{self.pg.bindir / 'pg_dump'} -Fd -j2 -f {target} -d '{self.pg.dsn_for('bench')}'"
-        out = _run_child("shell", {"cmd": cmd}, self.env)
+        times = []
+        for _run in range(self.repeat):
+            shutil.rmtree(target, ignore_errors=True)
+            out = _run_child("shell", {"cmd": cmd}, self.env)
+            times.append(float(out["seconds"]))
         stored, objects = dir_usage(target)
-        result = Result(step, "pg_dump -Fd -j2", out["seconds"], stored, out["peak_rss"], objects)
+        seconds = statistics.median(times)
+        result = Result(step, "pg_dump -Fd -j2", seconds, stored, out["peak_rss"], objects)
         self.results.append(result)
-        self.log(f"{step}: pg_dump -Fd -j2 {result.seconds:.1f}s {result.stored / MiB:.1f} MiB")
+        self.log(
+            f"{step}: pg_dump -Fd -j2 {result.seconds:.1f}s {result.stored / MiB:.1f} MiB"
+            + (f" (runs: {', '.join(f'{t:.2f}s' for t in times)})" if len(times) > 1 else "")
+        )
         return result
 
     def restic(self, step: str) -> Result:
@@ -442,8 +477,9 @@ class TablesBench(Bench):
         rows: int,
         changed: int,
         max_locks: int | None,
+        repeat: int = 1,
     ) -> None:
-        super().__init__(0, workdir, parallelism)
+        super().__init__(0, workdir, parallelism, repeat)
         self.tables, self.schemas, self.rows, self.changed = tables, schemas, rows, changed
         # Every table is locked by our coordinator and pg_dump; pg_dump's docs ask for a lock
         # table sized for the table count on such databases (slots: this x max_connections).
@@ -539,6 +575,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--max-locks", type=int, default=None, help="server max_locks_per_transaction"
     )
     parser.add_argument("--parallelism", type=int, default=2, help="our table workers")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="runs of each timed step, median reported (default: 3 for shape tables, else 1)",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary directory")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--child-backup", help=argparse.SUPPRESS)
@@ -564,8 +606,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rows=args.rows,
                 changed=args.changed,
                 max_locks=args.max_locks,
+                repeat=3 if args.repeat is None else args.repeat,
             ).run()
-        return Bench(args.scale, workdir, args.parallelism).run()
+        return Bench(args.scale, workdir, args.parallelism, args.repeat or 1).run()
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
