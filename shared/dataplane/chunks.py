@@ -105,10 +105,11 @@ DATA_CHUNKING = ChunkingParams(min_size=128 << 10, avg_size=512 << 10, max_size=
 KEY_CHUNKING = ChunkingParams(min_size=16 << 10, avg_size=64 << 10, max_size=256 << 10)
 
 
-#: Small tables packed into shared chunks (see ``postgres_streams.SmallTables``): small enough
-#: that a restore of one table reads little besides it, large enough to compress well and to
-#: store thousands of tiny tables in a few dozen objects.
-PACK_CHUNKING = ChunkingParams(min_size=8 << 10, avg_size=32 << 10, max_size=128 << 10)
+#: Small tables (up to 1 MiB of heap) packed into shared chunks (see
+#: ``postgres_streams.SmallTables``): small enough that a restore of one table reads little
+#: besides it (at most 512 KiB on either side), large enough to compress well and to store
+#: thousands of small tables in a few objects per megabyte.
+PACK_CHUNKING = ChunkingParams(min_size=32 << 10, avg_size=128 << 10, max_size=512 << 10)
 
 
 #: zstd levels tried on a stream's sample chunks (the first, then every ``RESAMPLE_EVERY``th);

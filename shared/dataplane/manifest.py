@@ -430,16 +430,20 @@ class Manifest(_Model):
         rest is the parent's, see the module docstring)."""
         if self.schema_version < 3:
             return self.to_json()
-        doc = self.model_dump(mode="json")
-        for db in doc["databases"]:
-            db["tables"] = [
-                {k: t[k] for k in sorted(_STORED_UNCHANGED_FIELDS)}
-                if t["mode"] == TableMode.UNCHANGED
-                else t
-                for t in db["tables"]
-            ]
+        # UNCHANGED entries are not dumped whole only to be cut down (thousands of them).
+        dropped = set(TableBackup.model_fields) - _STORED_UNCHANGED_FIELDS
+        relative = {
+            i: {
+                "tables": {
+                    j: dropped for j, t in enumerate(db.tables) if t.mode == TableMode.UNCHANGED
+                }
+            }
+            for i, db in enumerate(self.databases)
+        }
+        doc = self.model_dump(mode="json", exclude={"databases": relative})
         raw = json.dumps(doc, separators=(",", ":")).encode()
-        return zstandard.ZstdCompressor(level=9, write_content_size=True).compress(raw)
+        # The document is repetitive: level 3 compresses it as well as 9, ten times faster.
+        return zstandard.ZstdCompressor(level=3, write_content_size=True).compress(raw)
 
 
 # ---------------------------------------------------------------------------- keys

@@ -101,11 +101,12 @@ passed to child processes through their environment only.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -153,6 +154,7 @@ from .postgres_catalog import (
     read_schemas,
     read_sequences,
     read_sizes,
+    read_table_states,
     read_tables,
 )
 from .postgres_snapshots import (
@@ -681,15 +683,16 @@ class _BackupRun:
         # read_schema_fingerprint): pg_dump does not run.
         reusable = prev_db if prev_db is not None and db_reason is None else None
         try:
-            # The schema fingerprint, and the sequences with the database's own state, are
-            # read on connections of their own in the snapshot while the coordinator lists,
-            # locks and checks the tables (on a schema of thousands of tables each of the three
-            # takes a while).
+            # The schema fingerprint, the sequences and the database's own state are read on
+            # a connection of its own in the snapshot while the coordinator lists, locks and
+            # checks the tables (on a schema of thousands of tables, each takes a while).
+            fingerprint_ready: Future[str | None] = Future()
             side = self.table_pool.submit(
-                self._in_snapshot, self._fingerprint_state, info, snapshot.snapshot_id, step
-            )
-            state = self.table_pool.submit(
-                self._in_snapshot, self._database_state, info, snapshot.snapshot_id, step
+                self._in_snapshot,
+                functools.partial(self._side_reads, fingerprint_ready),
+                info,
+                snapshot.snapshot_id,
+                step,
             )
             if reusable is None or not reusable.schema_fingerprint:
                 # The schema dump (the longest step on a schema of thousands of tables) reads
@@ -701,37 +704,45 @@ class _BackupRun:
             try:
                 try:
                     schemas = read_schemas(conn)
-                    table_rows, tables = read_tables(conn)
+                    states = read_table_states(conn) if schema_future is None else None
                 except psycopg.Error as exc:
                     raise pg_error(exc, step) from None
+                found: tuple[list[int], list[Table]] | None = None
+                if schema_future is None:
+                    assert reusable is not None and states is not None
+                    if self._fingerprint(side, fingerprint_ready) == reusable.schema_fingerprint:
+                        # The catalogs hold the previous backup's row versions: its schema
+                        # archive, and its table definitions, are this snapshot's.
+                        schema_future = Future()
+                        schema_future.set_result(
+                            StreamResult(reusable.schema_archive, reusable.schema_archive_size)
+                        )
+                        found = states.tables(reusable)
+                    else:
+                        schema_future = self.dump_pool.submit(
+                            self.dump_schema, name, snapshot.snapshot_id, flag
+                        )
+                if found is None:
+                    try:
+                        found = read_tables(conn)
+                    except psycopg.Error as exc:
+                        raise pg_error(exc, step) from None
+                filenodes, tables = found
                 lock_tables(conn, tables, name)
-                check_identities(conn, tables, [int(r[11]) for r in table_rows], name)
+                check_identities(conn, tables, filenodes, name)
                 plans = [
                     plan_table(t, previous, name, snapshot, db_reason, self.stream_settings)
                     for t in tables
                 ]
                 lanes = assign_lanes(work_items(plans, adapter.parallelism), adapter.parallelism)
                 reader.open_lanes([lane_tables(lane) for lane in lanes])
-                schema_fingerprint, large_objects = side.result()
-                sequences, matviews, properties = state.result()
-                if schema_future is None:
-                    assert reusable is not None
-                    if schema_fingerprint == reusable.schema_fingerprint:
-                        schema_future = Future()
-                        schema_future.set_result(
-                            StreamResult(reusable.schema_archive, reusable.schema_archive_size)
-                        )
-                    else:
-                        schema_future = self.dump_pool.submit(
-                            self.dump_schema, name, snapshot.snapshot_id, flag
-                        )
+                schema_fingerprint, large_objects, (sequences, matviews, properties) = side.result()
                 if request.on_snapshots is not None:
                     request.on_snapshots({name: snapshot.snapshot_id})
             except BaseException:
                 abort.set()  # this attempt's schema dump stops
-                for future in (side, state):  # their connections are closed
-                    with contextlib.suppress(BaseException):
-                        future.result()
+                with contextlib.suppress(BaseException):  # its connection is closed
+                    side.result()
                 raise
             outcomes, sizes, archive = self._read_rows(
                 reader, conn, lanes, tables, schema_future, flag, abort
@@ -784,17 +795,28 @@ class _BackupRun:
             with contextlib.suppress(psycopg.Error):
                 conn.close()
 
-    def _fingerprint_state(self, conn: psycopg.Connection[Any]) -> tuple[str | None, int]:
-        """The schema fingerprint and the large-object count."""
+    def _side_reads(
+        self, fingerprint_ready: Future[str | None], conn: psycopg.Connection[Any]
+    ) -> tuple[str | None, int, tuple[list[SequenceValue], list[MatView], DatabaseProperties]]:
+        """The schema fingerprint (also given to ``fingerprint_ready`` as soon as it is read),
+        the large-object count, then the sequences (not transactional: their state now, read
+        before any row, as ``pg_dump`` reads it), the materialized views and the database's
+        own properties."""
         large_objects = read_large_object_count(conn)
-        return read_schema_fingerprint(conn, large_objects, self.version_num), large_objects
+        fingerprint = read_schema_fingerprint(conn, large_objects, self.version_num)
+        fingerprint_ready.set_result(fingerprint)
+        state = read_sequences(conn), read_matviews(conn), read_properties(conn)
+        return fingerprint, large_objects, state
 
-    def _database_state(
-        self, conn: psycopg.Connection[Any]
-    ) -> tuple[list[SequenceValue], list[MatView], DatabaseProperties]:
-        """The sequences (not transactional: their state now, read before any row, as
-        ``pg_dump`` reads it), the materialized views and the database's own properties."""
-        return read_sequences(conn), read_matviews(conn), read_properties(conn)
+    @staticmethod
+    def _fingerprint(side: Future[Any], ready: Future[str | None]) -> str | None:
+        """The schema fingerprint as soon as the side connection has read it; what stopped
+        the side reads before that is raised."""
+        wait([ready, side], return_when=FIRST_COMPLETED)
+        if ready.done():
+            return ready.result()
+        side.result()
+        raise AssertionError("the side reads ended without a schema fingerprint")
 
     def _read_rows(
         self,

@@ -4,7 +4,8 @@ Every query here runs in the database's snapshot (the coordinator's repeatable-r
 transaction), so the tables, their definitions and their fingerprints are those the rows are
 read at. Whatever the number of tables, a database costs a fixed number of queries: the
 tables (:func:`read_tables`: columns, key, definition), the type closure of every column type
-at once, the description of every type in those closures, the sequences in batches, and the
+at once, the description of every type in those closures, the sequences (in one query, the
+few never called in batches), and the
 exact sizes (:func:`read_sizes`, read while the rows stream).
 
 A table's **fingerprint** covers its oid, kind, access method, columns (names, types,
@@ -19,6 +20,7 @@ such a column prints other objects' current names, which no fingerprint can foll
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,8 +46,10 @@ from .sql import BYTES_KEY_TYPES, INT_KEY_TYPES, quote_ident
 __all__ = [
     "DATABASES_SQL",
     "SKIPPED_DATABASES_SQL",
+    "TABLE_DEFINITION_VERSION",
     "DbInfo",
     "Table",
+    "TableStates",
     "catalog_schemas",
     "live_catalog",
     "read_large_object_count",
@@ -55,6 +59,7 @@ __all__ = [
     "read_schemas",
     "read_sequences",
     "read_sizes",
+    "read_table_states",
     "read_tables",
 ]
 
@@ -97,10 +102,23 @@ WHERE n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
 ORDER BY n.nspname
 """
 
-_TABLES_SQL = """
+_HEAP_BYTES = """CASE WHEN c.reltuples < 0 THEN coalesce(pg_relation_size(c.oid), 0)
+            ELSE c.relpages::int8 * current_setting('block_size')::int8 END"""
+_TABLES_FROM = """FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_am am ON am.oid = c.relam
+"""
+_TABLES_WHERE = """WHERE c.relkind = 'r' AND c.relpersistence IN ('p', 'u')
+  AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
+  AND (NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                   AND d.objid = c.oid AND d.deptype = 'e')
+       OR EXISTS (SELECT 1 FROM pg_extension x WHERE c.oid = ANY (x.extconfig)))
+ORDER BY n.nspname, c.relname
+"""
+
+_TABLES_SQL = f"""
 SELECT c.oid::int8, n.nspname, c.relname,
-       CASE WHEN c.reltuples < 0 THEN coalesce(pg_relation_size(c.oid), 0)
-            ELSE c.relpages::int8 * current_setting('block_size')::int8 END,
+       {_HEAP_BYTES},
        NULL::int8,
        ARRAY(SELECT a.attname::text FROM pg_attribute a
              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -126,17 +144,26 @@ SELECT c.oid::int8, n.nspname, c.relname,
              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
        (SELECT coalesce(x.extcondition[array_position(x.extconfig, c.oid)], '')
         FROM pg_extension x WHERE c.oid = ANY (x.extconfig) LIMIT 1)
-FROM pg_class c
-JOIN pg_namespace n ON n.oid = c.relnamespace
-LEFT JOIN pg_am am ON am.oid = c.relam
-LEFT JOIN pg_constraint pk ON pk.conrelid = c.oid AND pk.contype = 'p'
-WHERE c.relkind = 'r' AND c.relpersistence IN ('p', 'u')
-  AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
-  AND (NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
-                   AND d.objid = c.oid AND d.deptype = 'e')
-       OR EXISTS (SELECT 1 FROM pg_extension x WHERE c.oid = ANY (x.extconfig)))
-ORDER BY n.nspname, c.relname
+{_TABLES_FROM}LEFT JOIN pg_constraint pk ON pk.conrelid = c.oid AND pk.contype = 'p'
+{_TABLES_WHERE}"""
+
+# The same tables, without their definitions: what changes without DDL (the heap's size, the
+# storage after a TRUNCATE or rewrite, checked under the locks) and the access method.
+_TABLE_STATES_SQL = f"""
+SELECT c.oid::int8, n.nspname, c.relname, {_HEAP_BYTES}, coalesce(am.amname, 'heap'),
+       c.relfilenode::int8
+{_TABLES_FROM}{_TABLES_WHERE}"""
+
+_COLUMN_TYPES_SQL = """
+SELECT a.attrelid::int8, array_agg(DISTINCT a.atttypid::int8) FROM pg_attribute a
+WHERE a.attrelid = ANY (%s::oid[]) AND a.attnum > 0 AND NOT a.attisdropped
+GROUP BY a.attrelid
 """
+
+TABLE_DEFINITION_VERSION = 1
+"""What a table's fingerprint is made of (:func:`table_from_row`). The schema fingerprint
+includes it: a change of the material must bump it, or an incremental would reuse definitions
+(see :class:`TableStates`) fingerprinted the old way."""
 
 # The type closure of every column type of the database, in one set-based pass (a recursive
 # query per table costs a millisecond each: seconds on a multi-tenant schema of thousands of
@@ -144,8 +171,7 @@ ORDER BY n.nspname, c.relname
 # attributes, range subtypes and multirange ranges, to depth 32.
 _TYPE_CLOSURES_SQL = """
 WITH RECURSIVE roots AS (
-  SELECT DISTINCT a.atttypid AS root FROM pg_attribute a
-  WHERE a.attrelid = ANY (%s::oid[]) AND a.attnum > 0 AND NOT a.attisdropped
+  SELECT DISTINCT root FROM unnest(%s::oid[]) AS r(root)
 ), closure(root, typ, depth) AS (
   SELECT root, root, 0 FROM roots
   UNION
@@ -197,11 +223,16 @@ SELECT x.oid::int8, coalesce(pg_total_relation_size(x.oid), 0)
 FROM unnest(%s::oid[]) AS x(oid)
 """
 
+# Every sequence with its value when it was called (``pg_sequence_last_value``: NULL when
+# not): one set-based pass, instead of a scan of each sequence (thousands on a schema where
+# every table has an identity column).
 _SEQUENCES_SQL = """
-SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+SELECT n.nspname, c.relname, pg_sequence_last_value(c.oid) FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind = 'S' AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
 ORDER BY 1, 2
 """
+_NO_RELATION_OID = re.compile(r"could not open relation with OID \d+")
 
 
 @dataclass(frozen=True)
@@ -252,30 +283,97 @@ class Table:
         return None
 
 
-def read_tables(conn: psycopg.Connection[Any]) -> tuple[list[tuple[Any, ...]], list[Table]]:
-    """The tables to back up (catalog rows and :class:`Table`), in three set-based
-    queries whatever the table count: the tables, the type closures of their column
+def read_tables(conn: psycopg.Connection[Any]) -> tuple[list[int], list[Table]]:
+    """The tables to back up (their storage's ``relfilenode`` and :class:`Table`), in three
+    set-based queries whatever the table count: the tables, the type closures of their column
     types, and what each type of those closures contributes to the fingerprints."""
     rows = conn.execute(_TABLES_SQL).fetchall()
-    oids = [int(r[0]) for r in rows]
+    closures = _closure_texts(conn, [[int(t) for t in r[12]] for r in rows])
+    tables = [table_from_row(row, closure) for row, closure in zip(rows, closures, strict=True)]
+    return [int(r[11]) for r in rows], tables
+
+
+def _closure_texts(
+    conn: psycopg.Connection[Any], column_types: Sequence[Sequence[int]]
+) -> list[str]:
+    """For each table (given its column types), its columns' type closure: one description
+    per type in oid order, ``;reg`` appended when a ``reg*`` type is in it."""
+    roots = sorted({t for types in column_types for t in types})
     closures = {
         int(root): [int(t) for t in types]
-        for root, types in conn.execute(_TYPE_CLOSURES_SQL, (oids,)).fetchall()
+        for root, types in conn.execute(_TYPE_CLOSURES_SQL, (roots,)).fetchall()
     }
     all_types = sorted({t for types in closures.values() for t in types})
     described = {
         int(oid): (str(text), bool(is_reg))
         for oid, text, is_reg in conn.execute(_TYPE_DESCRIPTIONS_SQL, (all_types,)).fetchall()
     }
-    tables = []
-    for row in rows:
-        types = sorted({t for root in row[12] for t in closures.get(int(root), ())})
-        parts = [described[t] for t in types if t in described]
-        closure = ";".join(text for text, _reg in parts)
-        if parts and any(reg for _text, reg in parts):
-            closure += ";reg"
-        tables.append(table_from_row(row, closure))
-    return rows, tables
+    # Tables of a multi-tenant schema share their column types: one closure text per set.
+    texts: dict[frozenset[int], str] = {}
+    out = []
+    for types_of in column_types:
+        key = frozenset(types_of)
+        closure = texts.get(key)
+        if closure is None:
+            types = sorted({t for root in key for t in closures.get(root, ())})
+            parts = [described[t] for t in types if t in described]
+            closure = ";".join(text for text, _reg in parts)
+            if parts and any(reg for _text, reg in parts):
+                closure += ";reg"
+            texts[key] = closure
+        out.append(closure)
+    return out
+
+
+@dataclass(frozen=True)
+class TableStates:
+    """The tables of a database without their definitions (:func:`read_table_states`), for an
+    incremental whose schema fingerprint equals the previous backup's: the catalogs hold the
+    same row versions, so every table's definition (columns, key, fingerprint, extension
+    condition) is the one the previous manifest recorded, and :func:`read_tables`' query (the
+    longest catalog read on a schema of thousands of tables) need not run again."""
+
+    rows: list[tuple[Any, ...]]
+    closures: list[str]
+
+    def tables(self, previous: DatabaseBackup) -> tuple[list[int], list[Table]] | None:
+        """``(relfilenodes, tables)`` as :func:`read_tables` gives them, the definitions from
+        ``previous``; ``None`` when a table has no entry there under its oid and name."""
+        entries = {t.oid: t for t in previous.tables}
+        tables = []
+        for (oid, schema, name, heap, am, _node), closure in zip(
+            self.rows, self.closures, strict=True
+        ):
+            entry = entries.get(int(oid))
+            if entry is None or (entry.schema_name, entry.name) != (schema, name):
+                return None
+            tables.append(
+                Table(
+                    oid=int(oid),
+                    schema=str(schema),
+                    name=str(name),
+                    heap_bytes=int(heap),
+                    columns=list(entry.columns),
+                    key_columns=list(entry.key_columns),
+                    fingerprint=entry.fingerprint,
+                    access_method=str(am),
+                    text_follows_names=closure.endswith(";reg"),
+                    extension_condition=entry.extension_condition,
+                )
+            )
+        return [int(r[5]) for r in self.rows], tables
+
+
+def read_table_states(conn: psycopg.Connection[Any]) -> TableStates:
+    """The tables' sizes, storage and access methods, and their columns' type closures (for
+    the ``reg*`` check, which the previous manifest does not record)."""
+    rows = conn.execute(_TABLE_STATES_SQL).fetchall()
+    oids = [int(r[0]) for r in rows]
+    types = {
+        int(rel): [int(t) for t in of]
+        for rel, of in conn.execute(_COLUMN_TYPES_SQL, (oids,)).fetchall()
+    }
+    return TableStates(rows, _closure_texts(conn, [types.get(oid, []) for oid in oids]))
 
 
 def table_from_row(row: Sequence[Any], closure: str) -> Table:
@@ -302,28 +400,39 @@ def table_from_row(row: Sequence[Any], closure: str) -> Table:
 
 
 def read_sequences(conn: psycopg.Connection[Any]) -> list[SequenceValue]:
-    """``last_value`` and ``is_called`` of every sequence, read from the sequence itself
-    (``pg_sequences`` hides the value when ``is_called`` is false: after ``RESTART`` or
-    ``setval(..., false)``). Sequences are not transactional: this is their state now,
-    as ``pg_dump`` reads it."""
-    names = [(str(a), str(b)) for a, b in conn.execute(_SEQUENCES_SQL).fetchall()]
-    out: list[SequenceValue] = []
-    for start in range(0, len(names), 200):
-        batch = names[start : start + 200]
+    """``last_value`` and ``is_called`` of every sequence. Sequences are not transactional:
+    this is their state now, as ``pg_dump`` reads it.
+
+    One query reads the value of every called sequence (``pg_sequence_last_value``); the
+    others (never called, ``RESTART``, ``setval(..., false)``: ``pg_sequences`` and that
+    function hide their value) are read from the sequence itself, in batches. A sequence
+    dropped since the snapshot raises :class:`Retake`."""
+    try:
+        listed = conn.execute(_SEQUENCES_SQL).fetchall()
+    except psycopg.errors.InternalError as exc:
+        # pg_sequence_last_value opens the sequence by oid: dropped since the snapshot.
+        if _NO_RELATION_OID.search(str(exc)):
+            raise Retake(f"a sequence was dropped: {str(exc).splitlines()[0]}") from None
+        raise
+    names = [(str(schema), str(name)) for schema, name, _value in listed]
+    values = {n: (int(r[2]), True) for n, r in zip(names, listed, strict=True) if r[2] is not None}
+    uncalled = [n for n in names if n not in values]
+    for start in range(0, len(uncalled), 200):
+        batch = uncalled[start : start + 200]
         sql = " UNION ALL ".join(
             f"SELECT {i}, last_value, is_called FROM {quote_ident(a)}.{quote_ident(b)}"
             for i, (a, b) in enumerate(batch)
         )
         try:
-            values = conn.execute(sql).fetchall()
+            read = conn.execute(sql).fetchall()
         except psycopg.errors.UndefinedTable as exc:  # dropped since the snapshot
             raise Retake(f"a sequence was dropped: {str(exc).splitlines()[0]}") from None
-        for i, value, called in sorted(values):
-            a, b = batch[int(i)]
-            out.append(
-                SequenceValue(schema_name=a, name=b, last_value=int(value), is_called=bool(called))
-            )
-    return out
+        for i, value, called in read:
+            values[batch[int(i)]] = (int(value), bool(called))
+    return [
+        SequenceValue(schema_name=a, name=b, last_value=values[a, b][0], is_called=values[a, b][1])
+        for a, b in names
+    ]
 
 
 def read_properties(conn: psycopg.Connection[Any]) -> DatabaseProperties:
@@ -484,6 +593,12 @@ def read_schema_fingerprint(
     """
     parts: list[tuple[str, str]] = []
     try:
+        # A catalog's rows are read in its physical order (a sort by ctid costs as much as the
+        # rest): a plain sequential scan, neither joining another scan midway nor split
+        # among parallel workers. Another order could only make the digest differ (the dump
+        # then runs), never make two different catalogs equal.
+        conn.execute("SET synchronize_seqscans = off")
+        conn.execute("SET max_parallel_workers_per_gather = 0")
         catalogs = conn.execute(_CATALOGS_SQL).fetchall()
         for name, shared, readable in catalogs:
             name = str(name)
@@ -505,8 +620,8 @@ def read_schema_fingerprint(
             parts.append(
                 (
                     name,
-                    "SELECT md5(string_agg(ctid::text || ':' || xmin::text, ','"
-                    f" ORDER BY ctid)) FROM pg_catalog.{quote_ident(name)}",
+                    "SELECT md5(string_agg(ctid::text || ':' || xmin::text, ','))"
+                    f" FROM pg_catalog.{quote_ident(name)}",
                 )
             )
             if name in _IN_PLACE_SQL:
@@ -518,6 +633,7 @@ def read_schema_fingerprint(
     assert row is not None
     digest = hashlib.sha256()
     digest.update(f"server={server_version_num}\n".encode())
+    digest.update(f"tables={TABLE_DEFINITION_VERSION}\n".encode())
     for (name, _q), value in zip(parts, row, strict=True):
         digest.update(f"{name}={value}\n".encode())
     return digest.hexdigest()

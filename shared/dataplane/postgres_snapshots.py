@@ -183,17 +183,21 @@ def database_whole_reason(prev_db: DatabaseBackup, snap: PgSnapshot, oid: int) -
     return None
 
 
-def changed_rows_filter(snapshot: PgSnapshot, previous: PgSnapshot) -> str:
+def changed_rows_filter(snapshot: PgSnapshot, previous: PgSnapshot, *, small: bool = False) -> str:
     """The ``WHERE`` clause (on ``_t``) of the rows written after ``previous``, as seen in
     ``snapshot``: ``1 <= (S.xmax - xmin) mod 2^32 <= S.xmax - P.xmin``, computed with
     ``age()`` (see the module docstring). Only valid when :func:`database_whole_reason` is
-    ``None``."""
+    ``None``.
+
+    The reference's age is computed once per statement (an init plan); ``small``: once per row
+    instead, for the probe of small tables (a few rows each, hundreds of tables in one
+    statement, where an init plan per table costs more to plan than the rows to read). Both
+    give the same rows: ``age()`` is stable within the transaction."""
     distance = snapshot.xmax - previous.xmin
-    reference = snapshot.xmax % (1 << 32)
-    return (
-        f"((age(_t.xmin)::int8 - (SELECT age({quote_literal(str(reference))}::xid))::int8)"
-        f" & 4294967295) BETWEEN 1 AND {distance}"
-    )
+    reference = f"age({quote_literal(str(snapshot.xmax % (1 << 32)))}::xid)"
+    if not small:
+        reference = f"(SELECT {reference})"
+    return f"((age(_t.xmin)::int8 - {reference}::int8) & 4294967295) BETWEEN 1 AND {distance}"
 
 
 def lock_tables(

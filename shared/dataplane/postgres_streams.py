@@ -26,7 +26,8 @@ import bisect
 import contextlib
 import re
 import threading
-from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -75,8 +76,14 @@ _NUMERIC_OUT_OF_RANGE = "22003"
 _SMALL_TABLE_BYTES = 1 << 20
 """DELTA tables up to this heap size are asked about in batches (see :class:`SmallDeltas`)."""
 _BATCH_TABLES = 200
-_PACK_TABLE_BYTES = 64 << 10
-"""Tables stored whole up to this heap size share chunks (see :class:`SmallTables`)."""
+_PSQL_PACK_BYTES = 4 << 20
+"""A pack of small tables of at least this heap size is read through ``psql`` (see
+:meth:`DbReader.run_small_tables`)."""
+_PACK_MARK = b"\\.pack:"
+_PACK_TABLE_BYTES = 1 << 20
+"""Tables stored whole up to this heap size share chunks (see :class:`SmallTables`): on a
+schema of thousands of tenant tables of a thousand rows each (100 KiB), a chunk object, its
+compression-level trial and its write per table cost more than the rows themselves."""
 
 
 @dataclass(frozen=True)
@@ -98,7 +105,8 @@ class Stream:
     psql: bool = False
     estimate: int = 0
     where: str = ""
-    """A DELTA's changed-rows filter (on ``_t``), ``""`` otherwise."""
+    """A DELTA's changed-rows filter (on ``_t``) for the probe of small tables (see
+    :class:`SmallDeltas`), ``""`` otherwise."""
 
 
 @dataclass
@@ -162,7 +170,7 @@ class SmallTables:
     shared chunks: their COPYs, one after the other on the lane's connection, make one stream
     cut with :data:`~.chunks.PACK_CHUNKING`, and each table records the chunks holding its
     bytes and where it starts in the first (``data_offset``). Thousands of tables of a few rows
-    are a few dozen objects, not one each (on S3 a request each, and a per-object minimum
+    are a few objects, not one each (on S3 a request each, and a per-object minimum
     where the storage class has one), and compress together. Tables of one batch are
     consecutive in the stream in plan order, so a full of unchanged small tables dedupes
     against the previous one."""
@@ -357,15 +365,20 @@ def plan_table(
             reason = "previous backup not in key order"
     if reason is not None:
         return TablePlan(table, TableMode.WHOLE, reason, ordered, data)
-    where = changed_rows_filter(snapshot, previous.database(db).snapshot)
+    since = previous.database(db).snapshot
     data = Stream(
         table,
         "data",
-        copy_select_sql(table.qualified, table.columns, table.key_columns, where),
+        copy_select_sql(
+            table.qualified,
+            table.columns,
+            table.key_columns,
+            changed_rows_filter(snapshot, since),
+        ),
         settings.data_chunking,
         psql=use_psql,
         estimate=max(1, table.heap_bytes // 20),
-        where=where,
+        where=changed_rows_filter(snapshot, since, small=True),
     )
     keys = key_stream(table, use_psql, settings.key_chunking)
     return TablePlan(table, TableMode.DELTA, None, True, data, keys, prev)
@@ -431,6 +444,13 @@ def table_backup(
     )
 
 
+_PackReader = Callable[
+    [Sequence[TablePlan], Flags, list[tuple[int, int, int]], dict[int, int]], Iterator[bytes]
+]
+"""Reads a pack's tables: yields their bytes, records each one's span (start, end, rows) and
+the exact sizes of their relations."""
+
+
 @dataclass
 class DbReader:
     """One database during a backup: its snapshot, the workers' connections, and the
@@ -453,9 +473,23 @@ class DbReader:
         for ever). A table is locked by the lane that reads it, not by every worker, so all
         workers together hold about one lock per table in the server's lock table."""
         self._lanes = [list(tables) for tables in lanes]
-        for lane, tables in enumerate(self._lanes):
-            if tables:
+        used = [lane for lane, tables in enumerate(self._lanes) if tables]
+        if len(used) <= 1:
+            for lane in used:
                 self._conns[lane] = self._new_conn(lane)
+            return
+        # Opened side by side: on a schema of thousands of tables, each lane's locks take a
+        # while. Every connection opened is kept (``close`` releases it) whatever failed.
+        with ThreadPoolExecutor(max_workers=len(used), thread_name_prefix="pg-lane") as pool:
+            opening = {lane: pool.submit(self._new_conn, lane) for lane in used}
+        failure: BaseException | None = None
+        for lane, future in opening.items():
+            try:
+                self._conns[lane] = future.result()
+            except BaseException as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
     def enter_lane(self, lane: int) -> None:
         """This thread reads the tables of ``lane`` (on that lane's connection)."""
@@ -536,14 +570,20 @@ class DbReader:
                 self._drop_conn()
 
     def psql_blocks(self, sql: str, step: str, flag: Flags, table: str) -> Iterator[bytes]:
+        return self._psql(
+            [f"LOCK TABLE {table} IN ACCESS SHARE MODE NOWAIT;", sql + ";"], step, flag
+        )
+
+    def _psql(self, statements: Sequence[str], step: str, flag: Flags) -> Iterator[bytes]:
+        """``statements`` (which lock what they read ``NOWAIT``) in a ``psql`` session in the
+        database's snapshot: its standard output, in blocks."""
         adapter = self.adapter
         script = "\n".join(
             [
                 adapter.settings_sql(),
                 "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;",
                 f"SET TRANSACTION SNAPSHOT {quote_literal(self.snapshot_id)};",
-                f"LOCK TABLE {table} IN ACCESS SHARE MODE NOWAIT;",
-                sql + ";",
+                *statements,
                 "COMMIT;",
                 "",
             ]
@@ -645,25 +685,27 @@ class DbReader:
         self, batch: SmallTables, chunks: ChunkStore, flag: Flags
     ) -> list[tuple[Stream, StreamOutcome]]:
         """The data streams of a batch of small tables stored whole, packed into shared chunks
-        (see :class:`SmallTables`)."""
+        (see :class:`SmallTables`). A pack of :data:`_PSQL_PACK_BYTES` or more is read through
+        one ``psql`` (:meth:`_pack_psql`), a smaller one on the lane's connection."""
+        if sum(p.table.heap_bytes for p in batch.plans) >= _PSQL_PACK_BYTES:
+            try:
+                return self._run_pack(batch, chunks, flag, self._pack_psql)
+            except BackupError as exc:
+                if exc.sqlstate != LOCK_NOT_AVAILABLE:
+                    raise
+                # A DDL statement queued behind our locks (before any row was read): a new
+                # session would wait behind it, the lane's connection already holds the locks.
+        return self._run_pack(batch, chunks, flag, self._pack_psycopg)
+
+    def _run_pack(
+        self, batch: SmallTables, chunks: ChunkStore, flag: Flags, read: _PackReader
+    ) -> list[tuple[Stream, StreamOutcome]]:
         spans: list[tuple[int, int, int]] = []  # start, end, rows of each table in the pack
-        position = 0
-
-        def blocks() -> Iterator[bytes]:
-            nonlocal position
-            for plan in batch.plans:
-                if flag.is_set():
-                    raise StreamCancelled()
-                sql = f"COPY ({plan.data.sql}) TO STDOUT"
-                start, rows = position, 0
-                for block in self.psycopg_blocks(sql, f"in database {self.name}: {sql}", flag):
-                    rows += block.count(b"\n")
-                    position += len(block)
-                    yield block
-                spans.append((start, position, rows))
-
+        sizes: dict[int, int] = {}
         try:
-            result = chunks.write_stream(blocks(), PACK_CHUNKING, cancel=flag)
+            result = chunks.write_stream(
+                read(batch.plans, flag, spans, sizes), PACK_CHUNKING, cancel=flag
+            )
         except ObjectStoreError as exc:
             raise BackupError(
                 ErrorCode.STORE_FAILED,
@@ -671,16 +713,6 @@ class DbReader:
                 f"store chunks of {self.name}: {len(batch.plans)} small tables from"
                 f" {batch.plans[0].table.label}",
             ) from None
-        # The exact sizes, on the connection that just read the tables: its relation cache
-        # already holds them and their indexes (the coordinator's would build every entry).
-        oids = ",".join(str(plan.table.oid) for plan in batch.plans)
-        sizes = {
-            int(oid): int(size)
-            for oid, size in self.rows(
-                f"SELECT o::int8, pg_total_relation_size(o) FROM unnest('{{{oids}}}'::oid[]) o",
-                f"in database {self.name}: read the sizes of {len(batch.plans)} small tables",
-            )
-        }
         starts = [0]
         for ref in result.chunks:
             starts.append(starts[-1] + ref.size)
@@ -698,6 +730,101 @@ class DbReader:
             )
             out.append((plan.data, outcome))
         return out
+
+    def _sizes_sql(self, plans: Sequence[TablePlan]) -> str:
+        """The exact sizes of ``plans``' tables, read on the session that has just read them:
+        its relation cache already holds them and their indexes (another session would build
+        every entry)."""
+        oids = ",".join(str(plan.table.oid) for plan in plans)
+        return f"SELECT o::int8, pg_total_relation_size(o) FROM unnest('{{{oids}}}'::oid[]) o"
+
+    def _pack_psycopg(
+        self,
+        plans: Sequence[TablePlan],
+        flag: Flags,
+        spans: list[tuple[int, int, int]],
+        sizes: dict[int, int],
+    ) -> Iterator[bytes]:
+        """The pack's tables, one ``COPY`` after the other on the lane's connection."""
+        position = 0
+        for plan in plans:
+            if flag.is_set():
+                raise StreamCancelled()
+            sql = f"COPY ({plan.data.sql}) TO STDOUT"
+            start, rows = position, 0
+            for block in self.psycopg_blocks(sql, f"in database {self.name}: {sql}", flag):
+                rows += block.count(b"\n")
+                position += len(block)
+                yield block
+            spans.append((start, position, rows))
+        step = f"in database {self.name}: read the sizes of {len(plans)} small tables"
+        sizes.update(
+            (int(oid), int(size))
+            for oid, size in self.rows(self._sizes_sql(plans), step)
+            if size is not None
+        )
+
+    def _pack_psql(
+        self,
+        plans: Sequence[TablePlan],
+        flag: Flags,
+        spans: list[tuple[int, int, int]],
+        sizes: dict[int, int],
+    ) -> Iterator[bytes]:
+        """The pack's tables in one ``psql`` session: their rows stream in C, where the lane's
+        connection costs a Python call per row (seconds on thousands of tenant tables of a
+        thousand rows). Each table's ``COPY`` follows a line ``\\.pack:<i>``, which no
+        ``COPY`` text line can be (a backslash in a row is always followed by an escape
+        letter, a digit or a backslash), and after the last table come their exact sizes.
+        The bytes of each table are those its own ``COPY`` gives on the lane's connection."""
+        n = len(plans)
+        step = f"psql COPY of {n} small tables from {plans[0].table.label} in database {self.name}"
+        tables = ", ".join("ONLY " + plan.table.qualified for plan in plans)
+        statements = [f"LOCK TABLE {tables} IN ACCESS SHARE MODE NOWAIT;"]
+        for i, plan in enumerate(plans):
+            statements += [f"\\echo '\\\\.pack:{i}'", f"COPY ({plan.data.sql}) TO STDOUT;"]
+        statements += [f"\\echo '\\\\.pack:{n}'", f"COPY ({self._sizes_sql(plans)}) TO STDOUT;"]
+        marks = position = start = rows = 0
+        tail = bytearray()
+        size_lines = bytearray()
+        for block in self._psql(statements, step, flag):
+            tail += block
+            cut = tail.rfind(b"\n") + 1
+            if not cut:
+                continue
+            region = bytes(tail[:cut])
+            del tail[:cut]
+            pos = 0
+            while pos < len(region):
+                if region.startswith(_PACK_MARK, pos):
+                    end = region.index(b"\n", pos)
+                    if region[pos + len(_PACK_MARK) : end] != str(marks).encode():
+                        break
+                    if marks:
+                        spans.append((start, position, rows))
+                    start, rows, marks = position, 0, marks + 1
+                    pos = end + 1
+                    continue
+                following = region.find(b"\n" + _PACK_MARK, pos)
+                stop = len(region) if following < 0 else following + 1
+                data = region[pos:stop]
+                if marks == 0:
+                    break
+                if marks > n:
+                    size_lines += data
+                else:
+                    rows += data.count(b"\n")
+                    position += len(data)
+                    yield data
+                pos = stop
+            if pos < len(region):
+                raise BackupError(ErrorCode.DUMP_FAILED, "psql's output is out of order", step)
+        if tail or marks != n + 1:
+            raise BackupError(ErrorCode.DUMP_FAILED, "psql's output ended early", step)
+        for line in bytes(size_lines).splitlines():
+            oid, size = line.split(b"\t")
+            if size != b"\\N":
+                sizes[int(oid)] = int(size)
 
     def _run_key_ranges(
         self, streams: Sequence[Stream], chunks: ChunkStore, flag: Flags

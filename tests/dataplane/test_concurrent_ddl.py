@@ -66,6 +66,32 @@ def test_dropped_and_truncated_tables_and_dropped_sequences_retake_the_snapshot(
     assert rows_digest(iter_table_rows(store, [manifest], db, "public", "kept"))[0] == 0
 
 
+def test_a_sequence_dropped_after_the_snapshot_retakes_it(
+    pg: PgServer, tmp_path: Path, databases: list[str]
+) -> None:
+    """The sequences are read by oid (``pg_sequence_last_value``) and, when never called, by
+    name: a sequence dropped since the snapshot, with no table changed, still retakes it."""
+    db = pg.create_database("ddl")
+    databases.append(db)
+    with pg.connect(db) as conn:
+        conn.execute("CREATE TABLE kept (id int PRIMARY KEY)")
+        conn.execute("CREATE SEQUENCE called_seq")
+        conn.execute("SELECT nextval('called_seq')")
+        conn.execute("CREATE SEQUENCE uncalled_seq")
+        conn.execute("CREATE SEQUENCE stays_seq START 7")
+        conn.execute("SELECT setval('stays_seq', 41)")
+    for dropped in ("called_seq", "uncalled_seq"):
+        adapter = _DdlAfterSnapshot(pg, db, [f"DROP SEQUENCE {dropped}"], times=1)
+        store = ObjectStore((tmp_path / dropped).as_uri())
+        manifest = adapter.full_backup(BackupRequest(store, "c", "full"))
+        assert len(adapter.snapshots) == 2, dropped
+        sequences = {s.name: (s.last_value, s.is_called) for s in manifest.database(db).sequences}
+        assert dropped not in sequences
+        assert sequences["stays_seq"] == (41, True)
+        with pg.connect(db) as conn:  # back for the next round
+            conn.execute(f"CREATE SEQUENCE {dropped}")
+
+
 def test_ddl_that_never_stops_fails_the_backup_clearly(
     pg: PgServer, tmp_path: Path, databases: list[str]
 ) -> None:

@@ -294,3 +294,97 @@ def test_unchanged_tables_are_stored_relative_to_the_parent_and_restore_exactly(
         restore_database(store, chain, db, pg.dsn_for(target), password=pg.password)
         for t in tables:
             assert table_digest(pg.url_for(target), *t) == digests[step][t], (step, t)
+
+
+_ODD_ROWS = """
+INSERT INTO {t} (id, v, b, n, at, tags) VALUES
+  (1, 'plain', '\\x00ff', 1.5, '2024-01-01 00:00+00', '{{a,b}}'),
+  (2, E'back\\\\slash \\\\. and a tab\\there', NULL, NULL, NULL, NULL),
+  (3, E'\\\\.pack:0', '\\x5c2e', -0.0001, 'infinity', '{{}}'),
+  (4, E'line\\nbreak\\r\\n.starts with a dot', '\\x', 'NaN', '1999-12-31 23:59:59.999+05', '{{"\\\\.",NULL}}'),
+  (5, '{accent}', '\\x0a', 12345678901234567890, '2000-02-29 12:00+00', '{{"q\\"uote"}}'),
+  (6, '', '\\x', 0, '-infinity', NULL)
+"""
+
+
+@pytest.mark.parametrize("encoding", ["UTF8", "LATIN1"])
+def test_a_pack_read_through_psql_stores_what_the_lane_connection_stores(
+    pg: PgServer,
+    tmp_path: Path,
+    databases: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    encoding: str,
+) -> None:
+    """Large packs of small tables are read through one ``psql`` (rows stream in C): every
+    table's bytes, rows and place in the pack are exactly those of one ``COPY`` per table on
+    the lane's connection, whatever the rows hold (backslashes, a row reading like the pack's
+    own table marker, line breaks, NULLs, odd names, another encoding), and restore exactly."""
+    db = f"pack_{encoding.lower()}_{tmp_path.name[-6:]}"
+    with pg.connect() as conn:
+        conn.execute(
+            f"CREATE DATABASE \"{db}\" TEMPLATE template0 ENCODING '{encoding}'"
+            " LC_COLLATE 'C' LC_CTYPE 'C'"
+        )
+    databases.append(db)
+    names = []
+    with pg.connect(db) as conn:
+        conn.execute(f"SET client_encoding = '{encoding}'")
+        for i in range(12):
+            name = f"odd {i}" if i % 3 else f'We"ird_{i}'
+            names.append(name)
+            table = '"' + name.replace('"', '""') + '"'
+            key = "id int PRIMARY KEY" if i % 4 else "id int"  # some without a key
+            conn.execute(
+                f"CREATE TABLE {table} ({key}, v text, b bytea, n numeric, at timestamptz,"
+                " tags text[])"
+            )
+            if i != 5:  # one empty table
+                conn.execute(_ODD_ROWS.format(t=table, accent="déjà vu"))
+                conn.execute(
+                    f"INSERT INTO {table} (id, v) SELECT 100 + g, md5(g::text || '{i}')"
+                    " FROM generate_series(1, 40 * {i}) g".replace("{i}", str(i))
+                )
+    read_by: list[str] = []
+    pack_psql = postgres_streams.DbReader._pack_psql
+
+    def spying(self: Any, *args: Any) -> Any:
+        read_by.append(self.name)
+        return pack_psql(self, *args)
+
+    monkeypatch.setattr(postgres_streams.DbReader, "_pack_psql", spying)
+    adapter = pg.adapter()
+    monkeypatch.setattr(postgres_streams, "_PSQL_PACK_BYTES", 0)
+    through_psql = adapter.full_backup(
+        BackupRequest(ObjectStore((tmp_path / "psql").as_uri()), "c", "full")
+    )
+    assert db in read_by
+    read_by.clear()
+    monkeypatch.setattr(postgres_streams, "_PSQL_PACK_BYTES", 1 << 62)
+    store = ObjectStore((tmp_path / "lane").as_uri())
+    on_the_lane = adapter.full_backup(BackupRequest(store, "c", "full"))
+    assert read_by == []
+
+    for name in names:
+        ours, reference = _entry(through_psql, db, name), _entry(on_the_lane, db, name)
+        assert ours.model_dump() == reference.model_dump(), name
+    assert sum(_entry(through_psql, db, n).rows for n in names) > 0
+    assert any(_entry(through_psql, db, n).data_offset > 0 for n in names)
+
+    target = f"{db}_restored"
+    with pg.connect() as conn:
+        conn.execute(
+            f"CREATE DATABASE \"{target}\" TEMPLATE template0 ENCODING '{encoding}'"
+            " LC_COLLATE 'C' LC_CTYPE 'C'"
+        )
+    databases.append(target)
+    restore_database(
+        ObjectStore((tmp_path / "psql").as_uri()),
+        [through_psql],
+        db,
+        pg.dsn_for(target),
+        password=pg.password,
+    )
+    for name in names:
+        assert table_digest(pg.url_for(target), "public", name) == table_digest(
+            pg.url_for(db), "public", name
+        ), name

@@ -17,7 +17,11 @@ import pytest
 from managed_backups.shared.dataplane import postgres
 from managed_backups.shared.dataplane.engine import BackupRequest
 from managed_backups.shared.dataplane.objectstore import ObjectStore
-from managed_backups.shared.dataplane.postgres_catalog import read_schema_fingerprint
+from managed_backups.shared.dataplane.postgres_catalog import (
+    read_schema_fingerprint,
+    read_table_states,
+    read_tables,
+)
 from managed_backups.shared.dataplane.restore_rows import restore_database
 from tests.restore_checks import table_digest
 
@@ -115,30 +119,41 @@ def test_an_incremental_without_definition_changes_runs_no_schema_dump(
             conn.execute(sql)
     dumped: list[str] = []
     dump_schema = postgres._BackupRun.dump_schema
+    catalog_reads: list[str] = []
 
     def counting(self: Any, name: str, snapshot_id: str, flag: Any) -> Any:
         dumped.append(name)
         return dump_schema(self, name, snapshot_id, flag)
 
+    def counting_reads(conn: Any) -> Any:
+        catalog_reads.append(conn.info.dbname)
+        return read_tables(conn)
+
     monkeypatch.setattr(postgres._BackupRun, "dump_schema", counting)
+    monkeypatch.setattr(postgres, "read_tables", counting_reads)
     store = ObjectStore((tmp_path / "store").as_uri())
     adapter = pg.adapter()
     full = adapter.full_backup(BackupRequest(store, "c", "full"))
     assert db in dumped and full.database(db).schema_fingerprint is not None
 
     dumped.clear()
+    catalog_reads.clear()
     with pg.connect(db) as conn:
         conn.execute("INSERT INTO t1 VALUES (100, 'new')")
         conn.execute("ANALYZE")
     inc1 = adapter.incremental_backup(BackupRequest(store, "c", "inc1"), full)
     assert db not in dumped
+    assert db not in catalog_reads  # the table definitions are the full's
+    assert [t.fingerprint for t in inc1.database(db).tables] == [
+        t.fingerprint for t in full.database(db).tables
+    ]
     assert inc1.database(db).schema_archive == full.database(db).schema_archive
     assert inc1.database(db).schema_fingerprint == full.database(db).schema_fingerprint
 
     with pg.connect(db) as conn:
         conn.execute("CREATE VIEW v1 AS SELECT v FROM t1 WHERE id > 10")
     inc2 = adapter.incremental_backup(BackupRequest(store, "c", "inc2"), inc1)
-    assert db in dumped
+    assert db in dumped and db in catalog_reads
     assert inc2.database(db).schema_fingerprint != inc1.database(db).schema_fingerprint
 
     for head, views in ((inc1, {"v0"}), (inc2, {"v0", "v1"})):
@@ -156,3 +171,60 @@ def test_an_incremental_without_definition_changes_runs_no_schema_dump(
         for table in ("t1", "t2"):
             restored = table_digest(pg.url_for(target), "public", table)
             assert restored == table_digest(pg.url_for(db), "public", table), table
+
+
+_DEFINITIONS = [
+    "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy')",
+    "CREATE DOMAIN positive AS int CHECK (VALUE > 0)",
+    "CREATE TYPE pair AS (a int, b mood[])",
+    "CREATE SCHEMA other",
+    "CREATE TABLE plain (id bigint PRIMARY KEY, v text COLLATE \"C\", m mood, p pair)",
+    "CREATE TABLE other.keyed (k uuid PRIMARY KEY, d positive, moods mood[])",
+    "CREATE TABLE nokey (a int, b numeric(10, 2) NOT NULL)",
+    "CREATE TABLE generated (id int PRIMARY KEY, x int, y int GENERATED ALWAYS AS (x * 2) STORED)",
+    "CREATE TABLE named (id int PRIMARY KEY, r regclass)",
+    "CREATE UNLOGGED TABLE fleeting (id int PRIMARY KEY)",
+    "CREATE TABLE dropped_col (id int PRIMARY KEY, gone int, kept text)",
+    "ALTER TABLE dropped_col DROP COLUMN gone",
+    "CREATE TABLE parted (id int, at date, PRIMARY KEY (id, at)) PARTITION BY RANGE (at)",
+    "CREATE TABLE parted_2024 PARTITION OF parted FOR VALUES FROM ('2024-01-01') TO ('2025-01-01')",
+    "CREATE TABLE zero_columns ()",
+    "INSERT INTO plain VALUES (1, 'a', 'ok', ROW(1, ARRAY['sad']::mood[]))",
+    "INSERT INTO named VALUES (1, 'plain')",
+]
+
+
+def test_the_previous_definitions_are_the_tables_read_again(
+    pg: PgServer, tmp_path: Path, databases: list[str]
+) -> None:
+    """With the schema fingerprint unchanged, the tables rebuilt from the previous manifest's
+    entries (:class:`TableStates`) are exactly those :func:`read_tables` reads: definitions,
+    fingerprints, the ``reg*`` flag, access methods and storage; a table the previous backup
+    did not record makes them unusable."""
+    db = pg.create_database("defs")
+    databases.append(db)
+    with pg.connect(db) as conn:
+        for sql in _DEFINITIONS:
+            conn.execute(sql)
+    store = ObjectStore((tmp_path / "store").as_uri())
+    full = pg.adapter().full_backup(BackupRequest(store, "c", "full"))
+    previous = full.database(db)
+    with pg.connect(db) as conn:
+        conn.execute("INSERT INTO plain VALUES (2, 'b', 'happy', NULL)")
+        conn.execute("TRUNCATE fleeting")  # new storage: the state is read, not reused
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        conn.execute(postgres.PostgresAdapter.settings_sql(pg.adapter()).replace("\n", " "))
+        read = read_tables(conn)
+        rebuilt = read_table_states(conn).tables(previous)
+        conn.execute("ROLLBACK")
+    assert rebuilt is not None
+    assert rebuilt == read
+    names = {t.name: t for t in read[1]}
+    assert names["named"].text_follows_names and not names["plain"].text_follows_names
+    assert {"parted_2024", "zero_columns", "nokey", "keyed"} <= set(names)
+
+    without = previous.model_copy(
+        update={"tables": [t for t in previous.tables if t.name != "nokey"]}
+    )
+    with pg.connect(db) as conn:
+        assert read_table_states(conn).tables(without) is None
