@@ -178,7 +178,7 @@ _DEFINITIONS = [
     "CREATE DOMAIN positive AS int CHECK (VALUE > 0)",
     "CREATE TYPE pair AS (a int, b mood[])",
     "CREATE SCHEMA other",
-    "CREATE TABLE plain (id bigint PRIMARY KEY, v text COLLATE \"C\", m mood, p pair)",
+    'CREATE TABLE plain (id bigint PRIMARY KEY, v text COLLATE "C", m mood, p pair)',
     "CREATE TABLE other.keyed (k uuid PRIMARY KEY, d positive, moods mood[])",
     "CREATE TABLE nokey (a int, b numeric(10, 2) NOT NULL)",
     "CREATE TABLE generated (id int PRIMARY KEY, x int, y int GENERATED ALWAYS AS (x * 2) STORED)",
