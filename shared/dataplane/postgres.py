@@ -43,18 +43,21 @@ What a backup holds
   and that too retakes the snapshot. A sequence dropped before its value is read does too.
   The schema dump starts as soon as the snapshot is taken (it reads the snapshot and takes
   its own locks) while the tables are listed, locked and checked and the workers lock; the
-  schema fingerprint, and the sequences with the database's own state, are read meanwhile on
-  two connections of their own that import the snapshot. An incremental whose schema
+  schema fingerprint, then the sequences and the database's own state and size, are read
+  meanwhile on a connection of its own that imports the snapshot. An incremental whose schema
   fingerprint equals the previous backup's reuses its schema archive and runs no dump (see
-  :func:`~.postgres_catalog.read_schema_fingerprint`). A retake stops that attempt's dump. Tables are
+  :func:`~.postgres_catalog.read_schema_fingerprint`), and takes the table definitions from
+  the previous manifest instead of reading them again (see
+  :class:`~.postgres_catalog.TableStates`). A retake stops that attempt's dump. Tables are
   then read in parallel (``parallelism`` lanes, default 2, balanced and largest first by the
   statistics' ``relpages``, as ``pg_dump -j`` orders them): no DDL can rewrite them under the
   snapshot.
 - **Thousands of tables**: every catalog read is one set-based query per database whatever the
-  table count (tables, their columns' type closures, sequences in batches, locks in batches of
-  500, identities in one ``unnest``); the catalog queries run with ``jit = off``. Each table
-  costs one ``COPY`` in a full, small ones packed into shared chunks (a few dozen objects for
-  thousands of tables, see :class:`~.postgres_streams.SmallTables`); in an incremental, small
+  table count (tables, their columns' type closures, sequences in one query, locks in batches
+  of 500, identities in one ``unnest``); the catalog queries run with ``jit = off``. Each table
+  costs one ``COPY`` in a full, small ones packed into shared chunks (a few objects per
+  megabyte for thousands of tables, large packs read through one ``psql``, see
+  :class:`~.postgres_streams.SmallTables`); in an incremental, small
   tables are asked about in batches and those without changes are recorded ``UNCHANGED``,
   costing nothing stored (see :class:`~.postgres_streams.SmallDeltas`). The server's lock table must hold
   about three locks per table (the coordinator's, the worker's that reads it, ``pg_dump``'s;
@@ -107,6 +110,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -147,6 +151,7 @@ from .postgres_catalog import (
     Table,
     catalog_schemas,
     live_catalog,
+    read_database_size,
     read_large_object_count,
     read_matviews,
     read_properties,
@@ -402,6 +407,19 @@ class PostgresAdapter(EngineAdapter):
         return export_snapshot(conn, db, self.settings_sql())
 
 
+@dataclass(frozen=True)
+class _SideReads:
+    """What a database's side connection reads while the coordinator lists and locks."""
+
+    fingerprint: str | None
+    large_objects: int
+    sequences: list[SequenceValue]
+    matviews: list[MatView]
+    properties: DatabaseProperties
+    size: int
+    """``pg_database_size`` (it walks the database's directory)."""
+
+
 class _BackupRun:
     """One backup: what every step of it shares, created once instead of threaded through.
 
@@ -485,8 +503,8 @@ class _BackupRun:
                 raise pg_error(exc, step) from None
             assert version_row is not None
             version, listed_at = str(version_row[0]), version_row[1]
-            for name, _e, _c, _t, size, *_rest in databases:
-                if size is None:
+            for name, _e, _c, _t, allowed, *_rest in databases:
+                if not allowed:
                     raise BackupError(
                         ErrorCode.PERMISSION_DENIED,
                         f"no CONNECT privilege on database {name}",
@@ -510,15 +528,9 @@ class _BackupRun:
                     for row, (conn, snapshot) in zip(group, held, strict=True):
                         if flag.is_set():
                             raise StreamCancelled()
-                        name, encoding, collate, ctype, size, db_oid, is_template = row
+                        name, encoding, collate, ctype, _allowed, db_oid, is_template = row
                         info = DbInfo(
-                            name,
-                            encoding,
-                            collate,
-                            ctype,
-                            int(size),
-                            int(db_oid),
-                            bool(is_template),
+                            name, encoding, collate, ctype, int(db_oid), bool(is_template)
                         )
                         db_backup, db_logical, schemas = self.database(info, conn, snapshot)
                         db_backups.append(db_backup)
@@ -736,7 +748,7 @@ class _BackupRun:
                 ]
                 lanes = assign_lanes(work_items(plans, adapter.parallelism), adapter.parallelism)
                 reader.open_lanes([lane_tables(lane) for lane in lanes])
-                schema_fingerprint, large_objects, (sequences, matviews, properties) = side.result()
+                state = side.result()
                 if request.on_snapshots is not None:
                     request.on_snapshots({name: snapshot.snapshot_id})
             except BaseException:
@@ -759,18 +771,18 @@ class _BackupRun:
                 encoding=info.encoding,
                 collate=info.collate,
                 ctype=info.ctype,
-                size_bytes=info.size,
+                size_bytes=state.size,
                 snapshot=snapshot,
                 schema_archive=archive.chunks,
                 schema_archive_size=archive.size,
-                schema_fingerprint=schema_fingerprint,
+                schema_fingerprint=state.fingerprint,
                 tables=table_backups,
-                sequences=sequences,
+                sequences=state.sequences,
                 oid=info.oid,
                 is_template=info.is_template,
-                properties=properties,
-                matviews=matviews,
-                large_objects=large_objects,
+                properties=state.properties,
+                matviews=state.matviews,
+                large_objects=state.large_objects,
             ),
             logical,
             schemas,
@@ -797,16 +809,21 @@ class _BackupRun:
 
     def _side_reads(
         self, fingerprint_ready: Future[str | None], conn: psycopg.Connection[Any]
-    ) -> tuple[str | None, int, tuple[list[SequenceValue], list[MatView], DatabaseProperties]]:
+    ) -> _SideReads:
         """The schema fingerprint (also given to ``fingerprint_ready`` as soon as it is read),
-        the large-object count, then the sequences (not transactional: their state now, read
-        before any row, as ``pg_dump`` reads it), the materialized views and the database's
-        own properties."""
+        then the sequences (not transactional: their state now, read before any row, as
+        ``pg_dump`` reads it) and the rest of the database's state."""
         large_objects = read_large_object_count(conn)
         fingerprint = read_schema_fingerprint(conn, large_objects, self.version_num)
         fingerprint_ready.set_result(fingerprint)
-        state = read_sequences(conn), read_matviews(conn), read_properties(conn)
-        return fingerprint, large_objects, state
+        return _SideReads(
+            fingerprint=fingerprint,
+            large_objects=large_objects,
+            sequences=read_sequences(conn),
+            matviews=read_matviews(conn),
+            properties=read_properties(conn),
+            size=read_database_size(conn),
+        )
 
     @staticmethod
     def _fingerprint(side: Future[Any], ready: Future[str | None]) -> str | None:

@@ -52,6 +52,7 @@ __all__ = [
     "TableStates",
     "catalog_schemas",
     "live_catalog",
+    "read_database_size",
     "read_large_object_count",
     "read_matviews",
     "read_properties",
@@ -64,10 +65,11 @@ __all__ = [
 ]
 
 
+# A database's size walks its directory (thousands of files on a schema of thousands of
+# tables): it is read beside the catalog, not before the snapshots (:func:`read_database_size`).
 DATABASES_SQL = """
 SELECT d.datname, pg_encoding_to_char(d.encoding), d.datcollate, d.datctype,
-       CASE WHEN has_database_privilege(d.oid, 'CONNECT') THEN pg_database_size(d.oid) END,
-       d.oid::int8, d.datistemplate
+       has_database_privilege(d.oid, 'CONNECT'), d.oid::int8, d.datistemplate
 FROM pg_database d
 WHERE d.datallowconn
 ORDER BY d.datname
@@ -241,7 +243,6 @@ class DbInfo:
     encoding: str
     collate: str
     ctype: str
-    size: int
     oid: int
     is_template: bool
 
@@ -485,6 +486,11 @@ def read_matviews(conn: psycopg.Connection[Any]) -> list[MatView]:
     ]
 
 
+def read_database_size(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
 def read_large_object_count(conn: psycopg.Connection[Any]) -> int:
     row = conn.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()
     return int(row[0]) if row else 0
@@ -495,10 +501,11 @@ def live_catalog(connect: Callable[..., psycopg.Connection[Any]]) -> Catalog:
     with connect(step="connect") as conn:
         dbs = conn.execute(DATABASES_SQL).fetchall()
     out: list[CatalogDatabase] = []
-    for name, _enc, _col, _ctype, size, *_rest in dbs:
+    for name, *_rest in dbs:
         with connect(name, step=f"connect to database {name}") as conn:
             conn.execute("SET search_path = pg_catalog")
             conn.execute("SET jit = off")
+            size = read_database_size(conn)
             schemas = [r[0] for r in conn.execute(_SCHEMAS_SQL).fetchall()]
             rows = conn.execute(
                 "SELECT n.nspname, c.relname, greatest(c.reltuples, 0)::int8,"
@@ -516,7 +523,7 @@ def live_catalog(connect: Callable[..., psycopg.Connection[Any]]) -> Catalog:
             CatalogDatabase(
                 name=name,
                 table_count=len(rows),
-                size_bytes=int(size or 0),
+                size_bytes=size,
                 schemas=[CatalogSchema(name=s, tables=t) for s, t in sorted(tables.items())],
             )
         )

@@ -86,6 +86,29 @@ def test_unreachable_cluster_and_bad_password(pg: PgServer, tmp_path: Path) -> N
         PostgresAdapter(pg.dsn_for() + " password=secret")
 
 
+def test_a_database_the_role_may_not_connect_to_fails_the_backup_clearly(
+    pg: PgServer, tmp_path: Path, databases: list[str]
+) -> None:
+    db = _app(pg, databases, rows=10)
+    role = f"noconnect_{os.getpid()}"
+    with pg.connect() as conn:
+        conn.execute(f"DROP ROLE IF EXISTS {role}")
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'role-pw'")
+        conn.execute(f'REVOKE CONNECT ON DATABASE "{db}" FROM PUBLIC')
+    try:
+        store = ObjectStore((tmp_path / "store").as_uri())
+        adapter = PostgresAdapter(pg.dsn_for(user=role), password="role-pw")
+        with pytest.raises(BackupError) as info:
+            adapter.full_backup(BackupRequest(store, "c", "b1"))
+        assert info.value.code == ErrorCode.PERMISSION_DENIED
+        assert info.value.message == f"no CONNECT privilege on database {db}"
+        assert list_manifests(store, "c", "b1") == []
+    finally:
+        with pg.connect() as conn:
+            conn.execute(f'GRANT CONNECT ON DATABASE "{db}" TO PUBLIC')
+            conn.execute(f"DROP ROLE {role}")
+
+
 def test_permission_errors_name_the_statement(
     pg: PgServer, tmp_path: Path, databases: list[str]
 ) -> None:
