@@ -307,6 +307,16 @@ INSERT INTO {t} (id, v, b, n, at, tags) VALUES
 """
 
 
+def _database_in(pg: PgServer, databases: list[str], name: str, encoding: str) -> str:
+    with pg.connect() as conn:
+        conn.execute(
+            f"CREATE DATABASE \"{name}\" TEMPLATE template0 ENCODING '{encoding}'"
+            " LC_COLLATE 'C' LC_CTYPE 'C'"
+        )
+    databases.append(name)
+    return name
+
+
 @pytest.mark.parametrize("encoding", ["UTF8", "LATIN1"])
 def test_a_pack_read_through_psql_stores_what_the_lane_connection_stores(
     pg: PgServer,
@@ -319,13 +329,7 @@ def test_a_pack_read_through_psql_stores_what_the_lane_connection_stores(
     table's bytes, rows and place in the pack are exactly those of one ``COPY`` per table on
     the lane's connection, whatever the rows hold (backslashes, a row reading like the pack's
     own table marker, line breaks, NULLs, odd names, another encoding), and restore exactly."""
-    db = f"pack_{encoding.lower()}_{tmp_path.name[-6:]}"
-    with pg.connect() as conn:
-        conn.execute(
-            f"CREATE DATABASE \"{db}\" TEMPLATE template0 ENCODING '{encoding}'"
-            " LC_COLLATE 'C' LC_CTYPE 'C'"
-        )
-    databases.append(db)
+    db = _database_in(pg, databases, f"pack_{encoding.lower()}_{tmp_path.name[-6:]}", encoding)
     names = []
     with pg.connect(db) as conn:
         conn.execute(f"SET client_encoding = '{encoding}'")
@@ -370,13 +374,7 @@ def test_a_pack_read_through_psql_stores_what_the_lane_connection_stores(
     assert sum(_entry(through_psql, db, n).rows for n in names) > 0
     assert any(_entry(through_psql, db, n).data_offset > 0 for n in names)
 
-    target = f"{db}_restored"
-    with pg.connect() as conn:
-        conn.execute(
-            f"CREATE DATABASE \"{target}\" TEMPLATE template0 ENCODING '{encoding}'"
-            " LC_COLLATE 'C' LC_CTYPE 'C'"
-        )
-    databases.append(target)
+    target = _database_in(pg, databases, f"{db}_restored", encoding)
     restore_database(
         ObjectStore((tmp_path / "psql").as_uri()),
         [through_psql],
