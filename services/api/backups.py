@@ -99,10 +99,7 @@ def list_backups(
             )
             for d in docs
         ],
-        pagination=Pagination(
-            next_page=str(page + 1) if more else None,
-            previous_page=str(page - 1) if page > 1 else None,
-        ),
+        pagination=Pagination.around(page, more),
     )
 
 

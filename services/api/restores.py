@@ -126,10 +126,7 @@ def list_restores(
     docs, more = models.restores(cluster_id, page, limit)
     return RestoreList(
         restores=[restore_view(d) for d in docs],
-        pagination=Pagination(
-            next_page=str(page + 1) if more else None,
-            previous_page=str(page - 1) if page > 1 else None,
-        ),
+        pagination=Pagination.around(page, more),
     )
 
 

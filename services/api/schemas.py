@@ -11,7 +11,7 @@ a restore's objects and options) are passed through as JSON objects. Closed voca
 the contracts' enums, so the document lists their values.
 """
 
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from fastapi import status
 from pydantic import BaseModel, ConfigDict, Field
@@ -104,6 +104,14 @@ EMPTY_OK: dict[int | str, dict[str, Any]] = {
 class Pagination(BaseModel):
     next_page: str | None
     previous_page: str | None
+
+    @classmethod
+    def around(cls, page: int, more: bool) -> Self:
+        """The links of ``page`` (1-based); ``more``: a page follows it."""
+        return cls(
+            next_page=str(page + 1) if more else None,
+            previous_page=str(page - 1) if page > 1 else None,
+        )
 
 
 class Recoverability(BaseModel):

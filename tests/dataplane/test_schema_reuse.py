@@ -213,7 +213,7 @@ def test_the_previous_definitions_are_the_tables_read_again(
         conn.execute("INSERT INTO plain VALUES (2, 'b', 'happy', NULL)")
         conn.execute("TRUNCATE fleeting")  # new storage: the state is read, not reused
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-        conn.execute(postgres.PostgresAdapter.settings_sql(pg.adapter()).replace("\n", " "))
+        conn.execute(pg.adapter().settings_sql())  # the backup's search_path: same type names
         read = read_tables(conn)
         rebuilt = read_table_states(conn).tables(previous)
         conn.execute("ROLLBACK")
