@@ -451,6 +451,38 @@ _PackReader = Callable[
 the exact sizes of their relations."""
 
 
+def _pack_sections(blocks: Iterable[bytes], step: str) -> Iterator[tuple[int, bytes | None]]:
+    """``psql``'s output for a pack cut at its ``\\.pack:<i>`` lines: ``(i, None)`` at each
+    (in order from 0), then ``(i, data)`` for the complete lines that follow it. Anything
+    before the first mark, a mark out of order or an unfinished last line fails ``step``."""
+    marks = 0
+    tail = bytearray()
+    for block in blocks:
+        tail += block
+        cut = tail.rfind(b"\n") + 1
+        if not cut:
+            continue
+        region = bytes(tail[:cut])
+        del tail[:cut]
+        pos = 0
+        while pos < len(region):
+            if region.startswith(_PACK_MARK, pos):
+                end = region.index(b"\n", pos)
+                if region[pos + len(_PACK_MARK) : end] != str(marks).encode():
+                    raise BackupError(ErrorCode.DUMP_FAILED, "psql's output is out of order", step)
+                yield marks, None
+                marks, pos = marks + 1, end + 1
+                continue
+            if marks == 0:
+                raise BackupError(ErrorCode.DUMP_FAILED, "psql's output is out of order", step)
+            following = region.find(b"\n" + _PACK_MARK, pos)
+            stop = len(region) if following < 0 else following + 1
+            yield marks - 1, region[pos:stop]
+            pos = stop
+    if tail:
+        raise BackupError(ErrorCode.DUMP_FAILED, "psql's output ended early", step)
+
+
 @dataclass
 class DbReader:
     """One database during a backup: its snapshot, the workers' connections, and the
@@ -784,42 +816,21 @@ class DbReader:
         for i, plan in enumerate(plans):
             statements += [f"\\echo '\\\\.pack:{i}'", f"COPY ({plan.data.sql}) TO STDOUT;"]
         statements += [f"\\echo '\\\\.pack:{n}'", f"COPY ({self._sizes_sql(plans)}) TO STDOUT;"]
-        marks = position = start = rows = 0
-        tail = bytearray()
+        position = start = rows = 0
+        last = -1
         size_lines = bytearray()
-        for block in self._psql(statements, step, flag):
-            tail += block
-            cut = tail.rfind(b"\n") + 1
-            if not cut:
-                continue
-            region = bytes(tail[:cut])
-            del tail[:cut]
-            pos = 0
-            while pos < len(region):
-                if region.startswith(_PACK_MARK, pos):
-                    end = region.index(b"\n", pos)
-                    if region[pos + len(_PACK_MARK) : end] != str(marks).encode():
-                        break
-                    if marks:
-                        spans.append((start, position, rows))
-                    start, rows, marks = position, 0, marks + 1
-                    pos = end + 1
-                    continue
-                following = region.find(b"\n" + _PACK_MARK, pos)
-                stop = len(region) if following < 0 else following + 1
-                data = region[pos:stop]
-                if marks == 0:
-                    break
-                if marks > n:
-                    size_lines += data
-                else:
-                    rows += data.count(b"\n")
-                    position += len(data)
-                    yield data
-                pos = stop
-            if pos < len(region):
-                raise BackupError(ErrorCode.DUMP_FAILED, "psql's output is out of order", step)
-        if tail or marks != n + 1:
+        for index, data in _pack_sections(self._psql(statements, step, flag), step):
+            if data is None:  # the start of table ``index`` (``n``: the sizes)
+                if index:
+                    spans.append((start, position, rows))
+                start, rows, last = position, 0, index
+            elif index == n:
+                size_lines += data
+            else:
+                rows += data.count(b"\n")
+                position += len(data)
+                yield data
+        if last != n:
             raise BackupError(ErrorCode.DUMP_FAILED, "psql's output ended early", step)
         for line in bytes(size_lines).splitlines():
             oid, size = line.split(b"\t")
