@@ -25,6 +25,7 @@ import managed_backups.shared
 from managed_backups.contracts.events import DomainEvent, WireEvent
 from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.domain.ids import NAMESPACE
+from managed_backups.shared.eventstore_postgres import OrderedApplicationRecorder
 from managed_backups.shared.sqldb import sqlite_path
 
 A = TypeVar("A", bound=Aggregate)
@@ -64,6 +65,9 @@ def event_store_env(url: str) -> dict[str, str]:
             "POSTGRES_MAX_OVERFLOW": "4",
             "POSTGRES_CONN_MAX_AGE": "600",
             "POSTGRES_LOCK_TIMEOUT": "30",
+            # Notification ids in commit order without the library's table lock, which
+            # stalled every writer behind autovacuum (see eventstore_postgres).
+            "APPLICATION_RECORDER_TOPIC": get_topic(OrderedApplicationRecorder),
             "CREATE_TABLE": "y",
         }
     raise ValueError(f"unsupported event store URL {url!r}: use sqlite:/// or postgresql://")

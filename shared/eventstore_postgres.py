@@ -1,0 +1,65 @@
+"""The PostgreSQL event store's recorder: notifications in commit order without a table lock.
+
+What it guarantees. Every follower of the notification log (the relay, the projections, the
+scheduler) reads "the events after my position, in order" and never looks back. That is only
+safe if no event can become visible later with a *lower* notification id than one a follower
+has already read: the ids a transaction takes from the ``bigserial`` sequence must all be lower
+than those of any transaction that commits after it. Two writers inserting at once break it
+(writer A takes id 10, writer B takes 11 and commits first; a follower reads 11 and skips 10
+for ever), so inserts into the log must be serialised from the moment ids are taken until
+commit.
+
+How. ``eventsourcing``'s PostgreSQL recorder serialises them with ``LOCK TABLE … IN EXCLUSIVE
+MODE`` on the events table. That lock also conflicts with the ``SHARE UPDATE EXCLUSIVE`` lock
+that VACUUM and ANALYZE take, so under a steady write load every autovacuum of the events table
+stalls every writer until PostgreSQL cancels it after ``deadlock_timeout`` (1 s) — a stall that
+grows with the table — and the vacuum never completes (nor would an anti-wraparound one, which
+is not cancelled: every writer would wait for all of it). This recorder takes a
+transaction-scoped advisory lock on a key derived from the events table instead
+(``pg_advisory_xact_lock``), at the same point (before the insert takes its ids). Writers still
+run one at a time, exactly as before, but the lock conflicts with nothing else: autovacuum,
+ANALYZE and readers never wait for writers nor writers for them.
+
+Why the order still holds. A transaction's heavyweight locks, advisory ones included, are
+released after its commit is recorded and made visible (``CommitTransaction`` releases locks
+last), so the next writer takes its ids only after the previous writer's rows are visible:
+insert order = commit order, as with the table lock. A rolled-back writer leaves a hole in the
+ids that is never filled, which followers already skip. During an upgrade, a writer running
+the previous code (``LOCK TABLE … EXCLUSIVE``) and one running this one still exclude each
+other: the table lock conflicts with the ``ROW EXCLUSIVE`` lock every INSERT holds until commit.
+Nothing in the tables changes, so a store written by the previous version is used as it is.
+``tests/integration/test_event_store_order.py`` checks the order with concurrent writers
+(including a writer held between taking its ids and committing) and that a writer does not wait
+for a held VACUUM lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from psycopg.sql import SQL, Literal
+
+
+def notification_log_lock_key(schema: str, table: str) -> int:
+    """The advisory lock key of one events table (signed 64-bit, as PostgreSQL's ``bigint``):
+    derived from its qualified name, so another application's advisory locks, or another
+    store's in the same database, never share it."""
+    digest = hashlib.sha256(f"managed-backups:notification-log:{schema}.{table}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+class OrderedApplicationRecorder(PostgresApplicationRecorder):
+    """``eventsourcing``'s PostgreSQL application recorder, with the notification ids ordered by
+    a transaction-scoped advisory lock instead of a table lock (see the module docstring)."""
+
+    def __init__(
+        self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"
+    ) -> None:
+        super().__init__(datastore, events_table_name=events_table_name)
+        self.lock_key = notification_log_lock_key(datastore.schema, events_table_name)
+        # The library runs these statements in the insert's transaction, before the INSERT.
+        self.lock_table_statements = [
+            SQL("SET LOCAL lock_timeout = '{0}s'").format(datastore.lock_timeout),
+            SQL("SELECT pg_advisory_xact_lock({0})").format(Literal(self.lock_key)),
+        ]
