@@ -66,8 +66,10 @@ def event_store_env(url: str) -> dict[str, str]:
             "POSTGRES_CONN_MAX_AGE": "600",
             "POSTGRES_LOCK_TIMEOUT": "30",
             # Notification ids in commit order without the library's table lock, which
-            # stalled every writer behind autovacuum (see eventstore_postgres).
+            # stalled every writer behind autovacuum; each insert one statement, a transaction
+            # of its own (see eventstore_postgres).
             "APPLICATION_RECORDER_TOPIC": get_topic(OrderedApplicationRecorder),
+            "POSTGRES_ENABLE_DB_FUNCTIONS": "y",
             "CREATE_TABLE": "y",
         }
     raise ValueError(f"unsupported event store URL {url!r}: use sqlite:/// or postgresql://")

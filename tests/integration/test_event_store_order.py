@@ -65,8 +65,9 @@ OTHER_RECORDERS = {"table-lock": TableLockRecorder, "none": UnorderedRecorder}
 def open_with(url: str, recorder: str) -> EventStore:
     """The store as every service opens it ("ordered"), or with another recorder."""
     env = event_store_env(url)
-    if recorder != "ordered":
+    if recorder != "ordered":  # in a transaction of its own, as the previous version inserted
         env["APPLICATION_RECORDER_TOPIC"] = f"{__name__}:{OTHER_RECORDERS[recorder].__name__}"
+        del env["POSTGRES_ENABLE_DB_FUNCTIONS"]
     return EventStore(env=env)
 
 
