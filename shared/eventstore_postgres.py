@@ -37,10 +37,12 @@ ids that is never filled, which followers already skip. During an upgrade, a wri
 the previous code (``LOCK TABLE … EXCLUSIVE``) and one running this one still exclude each
 other: the table lock conflicts with the ``ROW EXCLUSIVE`` lock every INSERT holds until commit.
 The tables do not change, so a store written by the previous version is used as it is (opening
-it creates the function).
+it creates the function). Opening a store whose tables exist touches no table: the library's
+``CREATE UNIQUE INDEX IF NOT EXISTS`` locks the table before it finds the index, so every
+process start waited for a running autovacuum, cancelled it, and held up the writers behind it.
 ``tests/integration/test_event_store_order.py`` checks the order with concurrent writers
-(including a writer held between taking its ids and committing) and that a writer does not wait
-for a held VACUUM lock.
+(including a writer held between taking its ids and committing), and that neither a writer nor
+a process opening the store waits for a held VACUUM lock.
 """
 
 from __future__ import annotations
@@ -103,3 +105,26 @@ class OrderedApplicationRecorder(PostgresApplicationRecorder):
         self.sql_create_statements[self.create_insert_function_statement_index] = (
             self.sql_create_pg_function_insert_events
         )
+        self.sql_tables_exist = SQL(
+            "SELECT to_regclass({table}) IS NOT NULL AND to_regclass({index}) IS NOT NULL"
+            " AND to_regtype({type}) IS NOT NULL"
+        ).format(
+            table=Literal(f'"{datastore.schema}"."{events_table_name}"'),
+            index=Literal(f'"{datastore.schema}"."{self.notification_id_index_name}"'),
+            type=Literal(f'"{datastore.schema}"."{self.stored_event_type_name}"'),
+        )
+
+    def create_table(self) -> None:
+        """Create the tables, or, when they exist, only (re)create the insert function: the
+        library's ``CREATE UNIQUE INDEX IF NOT EXISTS`` locks an existing table (SHARE) before
+        it finds the index, so every process opening the store waited for a running autovacuum
+        and cancelled it, and held up every writer queued behind it."""
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(self.sql_tables_exist)
+            row = curs.fetchone()
+        if row is None or not next(iter(row.values())):
+            super().create_table()
+            return
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(self.sql_create_pg_function_insert_events, prepare=False)
+        self.datastore.register_type_adapters()

@@ -242,24 +242,29 @@ def _slow_commits(url: str) -> None:
         )
 
 
-def test_a_writer_does_not_wait_for_vacuum(url: str) -> None:
-    """VACUUM and ANALYZE (autovacuum too) hold SHARE UPDATE EXCLUSIVE on the table they work on;
-    the previous recorder's EXCLUSIVE table lock waited for it (autovacuum was cancelled after
-    deadlock_timeout, a manual VACUUM not at all). Today's writer goes on while it is held."""
+def test_neither_a_writer_nor_a_starting_service_waits_for_vacuum(url: str) -> None:
+    """VACUUM and ANALYZE (autovacuum too) hold SHARE UPDATE EXCLUSIVE on the table they work on.
+    The previous recorder's EXCLUSIVE table lock waited for it (autovacuum was cancelled after
+    deadlock_timeout, a manual VACUUM not at all), and so did opening the store (the library's
+    ``CREATE UNIQUE INDEX IF NOT EXISTS`` locks the table first). Today both go on."""
     store = open_with(url, "ordered")
     try:
         store.save_all(new_cluster("before"))
-        with ThreadPoolExecutor(1) as pool, psycopg.connect(url) as vacuum_like:
+        with ThreadPoolExecutor(2) as pool, psycopg.connect(url) as vacuum_like:
             vacuum_like.execute(f"LOCK TABLE {EVENTS} IN SHARE UPDATE EXCLUSIVE MODE")
             saved: Future[Any] = pool.submit(store.save_all, new_cluster("during"))
+            opened: Future[EventStore] = pool.submit(open_event_store, url)
             try:
                 wait_for(
-                    lambda: saved.done() or waiting_on_locks(url) > 0, "the save ends or waits"
+                    lambda: (saved.done() and opened.done()) or waiting_on_locks(url) > 0,
+                    "the save and the opening end, or one waits",
                 )
                 assert saved.done(), "the writer waits for the lock VACUUM holds"
+                assert opened.done(), "opening the store waits for the lock VACUUM holds"
             finally:
-                vacuum_like.rollback()  # a writer that waited goes on, so the pool can end
+                vacuum_like.rollback()  # what waited goes on, so the pool can end
         assert saved.result() == 2
+        opened.result().close()
     finally:
         store.close()
 
