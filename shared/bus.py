@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import weakref
 from collections.abc import Awaitable, Callable
@@ -35,6 +36,7 @@ from pydantic import BaseModel, TypeAdapter, WithJsonSchema
 from managed_backups.contracts import commands, topics
 from managed_backups.contracts.results import CommandResult, DeadLetter
 from managed_backups.shared.commands import CommandProcessor
+from managed_backups.shared.security import redact_api_keys
 
 log = logging.getLogger(__name__)
 PARTITIONS = 4
@@ -123,8 +125,9 @@ def dead_letter_entry(
         topic=topic,
         partition=partition,
         offset=offset,
-        key=key.decode(errors="replace") if key else None,
-        payload=raw[:DEAD_LETTER_PAYLOAD_LIMIT].decode(errors="replace"),
+        key=redact_api_keys(key.decode(errors="replace")) if key else None,
+        # An API key never reaches the dead-letter topic, whatever a message carried.
+        payload=redact_api_keys(raw[:DEAD_LETTER_PAYLOAD_LIMIT].decode(errors="replace")),
         error=error,
         received_at=datetime.now(UTC),
     )
@@ -218,6 +221,18 @@ def outcome_publishers(broker: KafkaBroker) -> Outcomes:
 async def publish_with(publisher: DefaultPublisher, payload: BaseModel, key: str | None) -> None:
     await publisher.publish(
         payload.model_dump_json().encode(),
+        key=key.encode() if key else None,
+        headers={"content-type": "application/json"},
+    )
+
+
+async def publish_json(
+    publisher: DefaultPublisher, payload: dict[str, Any], key: str | None
+) -> None:
+    """Publish a JSON object as it is (a signed command: its token covers exactly these
+    fields)."""
+    await publisher.publish(
+        json.dumps(payload).encode(),
         key=key.encode() if key else None,
         headers={"content-type": "application/json"},
     )

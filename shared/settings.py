@@ -64,11 +64,18 @@ class Settings(BaseSettings):
         description="The retention service runs a pass every this many minutes of the system "
         "clock (simulated or not), and on demand (EnforceRetention).",
     )
-    service_credential: str | None = Field(
+    signing_keys_dir: Path | None = Field(
         default=None,
-        repr=False,
-        description="The API key services use for the commands they send each other (default: "
-        "one issued into <data-dir>/service-api-key).",
+        description="Where a signer (the API, the scheduler) keeps the private key it signs "
+        "commands with (mode 0600 in a 0700 directory); the services verify with the public "
+        "keys in the shared database. Default: <data-dir>/signing-keys.",
+    )
+    command_token_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        le=86400,
+        description="How long a command's token is valid: a command still on its topic after "
+        "that is refused (401) and must be sent again.",
     )
     credential: str | None = Field(
         default=None, repr=False, description="The CLI's API key (default: the admin key file)."
@@ -100,6 +107,15 @@ class Settings(BaseSettings):
     @property
     def admin_key_path(self) -> Path:
         return self.data_dir / "admin-api-key"
+
+    @property
+    def signing_keys_path(self) -> Path:
+        return self.signing_keys_dir or self.data_dir / "signing-keys"
+
+    @property
+    def legacy_service_key_path(self) -> Path:
+        """Where version 0.1 kept the services' system-administrator key (retired at start)."""
+        return self.data_dir / "service-api-key"
 
     @property
     def secrets_path(self) -> Path:

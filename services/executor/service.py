@@ -32,7 +32,7 @@ async def run(runtime: Runtime, stop: asyncio.Event) -> None:
         TypeAdapter(BackupCommand),
         {"TakeBackup": executor.take_backup, "VerifyBackup": executor.verify},
         CommandContext(runtime.store, runtime.clock, name),
-        runtime.authenticator,
+        runtime.verifier,
     )
     subscribe_commands(broker, processor, GROUP)
     await broker.start()

@@ -51,17 +51,12 @@ from managed_backups.shared.domain.ids import cluster_aggregate_id
 from managed_backups.shared.domain.restore import Restore
 from managed_backups.shared.domain.restore_rules import (
     backup_is_restorable,
-    caller_may_restore_from_source_into_destination,
-    cross_cluster_only_between_advanced_clusters_of_one_organization,
-    deleted_source_only_for_an_administrator,
-    destination_is_live,
-    destination_not_on_an_older_major_version,
+    check_restore_request,
     latest_restorable_backup,
-    multi_region_backup_not_into_single_region_cluster,
     no_other_restore_while_a_cluster_restore_runs,
     objects_match_the_restore_type,
 )
-from managed_backups.shared.eventstore import EventStore, IntegrityError
+from managed_backups.shared.eventstore import IntegrityError
 from managed_backups.shared.region_stores import RegionStores
 from managed_backups.shared.secrets import ConnectionSecrets
 from managed_backups.shared.security import Principal
@@ -138,12 +133,6 @@ class RestoreService:
     def store_for(self, region: str) -> ObjectStore:
         return self.stores.for_region(region)
 
-    def _cluster(self, store: EventStore, cluster_id: str, role: str) -> Cluster:
-        cluster = store.get_or_none(cluster_aggregate_id(cluster_id), Cluster)
-        if cluster is None:
-            raise NotFound(f"{role} cluster {cluster_id} is not registered")
-        return cluster
-
     # -- StartRestore ----------------------------------------------------------------------------
 
     def start_restore(
@@ -151,21 +140,14 @@ class RestoreService:
     ) -> Handled:
         store = context.store
         now = context.clock.now()
-        destination = self._cluster(store, command.destination_cluster_id, "destination")
-        source = (
-            self._cluster(store, command.source_cluster_id, "source")
-            if command.source_cluster_id
-            else destination
+        source, destination = check_restore_request(
+            store,
+            principal,
+            command.destination_cluster_id,
+            command.source_cluster_id,
+            command.restore_opts.skip_localities_check,
         )
-        caller_may_restore_from_source_into_destination(principal, source, destination)
-        destination_is_live(destination)
-        deleted_source_only_for_an_administrator(principal, source)
-        cross_cluster_only_between_advanced_clusters_of_one_organization(source, destination)
         opts = command.restore_opts.model_dump()
-        multi_region_backup_not_into_single_region_cluster(
-            source, destination, command.restore_opts.skip_localities_check
-        )
-        destination_not_on_an_older_major_version(source, destination)
         if store.get_or_none(command.restore_id, Restore) is not None:
             return Handled([], destination.cluster_id)  # a repeated StartRestore starts nothing
         objects = [o.model_dump(by_alias=True, exclude_none=True) for o in command.objects]

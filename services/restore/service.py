@@ -27,7 +27,7 @@ async def run(runtime: Runtime, stop: asyncio.Event) -> None:
         TypeAdapter(RestoreCommand),
         {"StartRestore": service.start_restore},
         CommandContext(runtime.store, runtime.clock, name),
-        runtime.authenticator,
+        runtime.verifier,
     )
     subscribe_commands(broker, processor, GROUP)
     await broker.start()

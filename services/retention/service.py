@@ -18,10 +18,9 @@ from managed_backups.contracts import topics
 from managed_backups.contracts.commands import EnforceRetention, RetentionCommand
 from managed_backups.services.retention.retention import Retention
 from managed_backups.services.runtime import Runtime
+from managed_backups.shared.access import load_cluster, may_administer
 from managed_backups.shared.bus import ensure_topics, make_broker, subscribe_commands
 from managed_backups.shared.commands import CommandContext, CommandProcessor, Handled, Handler
-from managed_backups.shared.domain.cluster import Cluster
-from managed_backups.shared.domain.errors import NotFound
 from managed_backups.shared.domain.roles import Action
 from managed_backups.shared.security import Principal
 
@@ -33,13 +32,14 @@ NAME = "retention"
 def enforce_handler(retention: Retention, lock: asyncio.Lock) -> Handler:
     def handle(command: EnforceRetention, principal: Principal, context: CommandContext) -> Handled:
         if command.cluster_id is None:
-            principal.require(Action.ADMINISTER)
+            may_administer(principal)
         else:
-            cluster = context.store.get_or_none(Cluster.create_id(command.cluster_id), Cluster)
-            if cluster is None:
-                raise NotFound(f"cluster {command.cluster_id} is not registered")
-            principal.require_on_cluster(
-                Action.CHANGE_BACKUP_SETTINGS, cluster.organization, cluster.cluster_id
+            load_cluster(
+                context.store,
+                principal,
+                Action.CHANGE_BACKUP_SETTINGS,
+                command.cluster_id,
+                live=False,  # a deleted cluster's backups are retention's to delete
             )
 
         async def run_pass() -> None:
@@ -66,7 +66,7 @@ async def run(runtime: Runtime, stop: asyncio.Event) -> None:
         TypeAdapter(RetentionCommand),
         {"EnforceRetention": enforce_handler(retention, lock)},
         CommandContext(runtime.store, runtime.clock, NAME),
-        runtime.authenticator,
+        runtime.verifier,
     )
     subscribe_commands(broker, processor, GROUP)
     await broker.start()
