@@ -192,7 +192,8 @@ class CommandProcessor:
             return Processed(
                 self._result(command_id, command_type, 422, error), dead_letter_error=error
             )
-        cluster_hint = data.get("cluster_id") if isinstance(data.get("cluster_id"), str) else None
+        named = data.get("cluster_id") or data.get("destination_cluster_id")
+        cluster_hint = named if isinstance(named, str) else None
         try:
             principal = self.verifier.verify(self.topic, data, command_id)
         except Refused as refused:
