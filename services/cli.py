@@ -121,12 +121,19 @@ def cmd_up(
 
 
 def _up(data_dir_option: Path | None, api_port: int | None, simulated_clock: bool) -> int:
+    from managed_backups.services.registry import broker_users
     from managed_backups.services.runtime import private_sqlite_files
+    from managed_backups.shared.broker_access import (
+        ADMIN_USER,
+        BrokerCredentials,
+        KafkaAuth,
+        provision,
+    )
     from managed_backups.shared.bus import ensure_topics
     from managed_backups.shared.clock import build_clock
     from managed_backups.shared.eventstore import open_event_store
     from managed_backups.shared.identity import Identity
-    from managed_backups.shared.infra.kafka import LocalKafka, child_preexec_fn
+    from managed_backups.shared.infra.kafka import BrokerSecurity, LocalKafka, child_preexec_fn
     from managed_backups.shared.secrets import ensure_private_dir
     from managed_backups.shared.sqldb import SqlDatabase, sqlite_path
 
@@ -149,10 +156,21 @@ def _up(data_dir_option: Path | None, api_port: int | None, simulated_clock: boo
         if "kafka_bootstrap_servers" in settings.model_fields_set
         else None
     )
+    # Our own broker authenticates every client: a user per service, ACLs per topic.
+    passwords: dict[str, str] = {}
+    admin_auth = settings.kafka_auth()
     if not bootstrap:
         print("starting Kafka (first start fetches its jars, a minute or two) ...", flush=True)
-        kafka = LocalKafka(data_dir / "kafka", port=_kafka_port(data_dir))
+        passwords = BrokerCredentials(data_dir / BrokerCredentials.FILE).ensure(
+            list(broker_users())
+        )
+        kafka = LocalKafka(
+            data_dir / "kafka",
+            port=_kafka_port(data_dir),
+            security=BrokerSecurity(passwords[ADMIN_USER]),
+        )
         bootstrap = kafka.start()
+        admin_auth = KafkaAuth(ADMIN_USER, passwords[ADMIN_USER], "PLAIN")
     (data_dir / "kafka-bootstrap").write_text(bootstrap + "\n")
     settings = _settings(
         data_dir,
@@ -162,7 +180,15 @@ def _up(data_dir_option: Path | None, api_port: int | None, simulated_clock: boo
     )
     children: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        asyncio.run(ensure_topics(bootstrap))
+        asyncio.run(ensure_topics(bootstrap, auth=admin_auth))
+        if passwords:
+            asyncio.run(
+                provision(
+                    bootstrap,
+                    passwords[ADMIN_USER],
+                    {user: (passwords[user], access) for user, access in broker_users().items()},
+                )
+            )
         store = open_event_store(settings.store_url)
         db = SqlDatabase(settings.store_url)
         if settings.store_url.startswith("sqlite"):
@@ -187,9 +213,17 @@ def _up(data_dir_option: Path | None, api_port: int | None, simulated_clock: boo
 
         def spawn(name: str) -> subprocess.Popen[bytes]:
             log = (logs / f"{name}.log").open("ab")
+            own = (
+                {
+                    "MANAGED_BACKUPS_KAFKA_USERNAME": name,
+                    "MANAGED_BACKUPS_KAFKA_PASSWORD": passwords[name],
+                }
+                if passwords
+                else {}
+            )
             return subprocess.Popen(
                 [sys.executable, "-m", "managed_backups.services.cli", "service", name],
-                env=env,
+                env={**env, **own},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 preexec_fn=child_preexec_fn(),
@@ -338,6 +372,8 @@ def _publish(
     timeout: float,
     api_url: str | None = None,
 ) -> int:
+    from managed_backups.services.registry import COMMAND_LINE_USER
+    from managed_backups.shared.broker_access import BrokerCredentials
     from managed_backups.shared.gateway import CommandGateway, CommandTimeout
 
     data_dir = data_dir_option.resolve() if data_dir_option else default_data_dir()
@@ -375,8 +411,13 @@ def _publish(
     except CliError as error:
         return report(error)
 
+    # `up`'s broker: the command line's own broker user (its passwords are in the data directory).
+    auth = configured.kafka_auth() or BrokerCredentials(data_dir / BrokerCredentials.FILE).auth(
+        COMMAND_LINE_USER
+    )
+
     async def main() -> int:
-        gateway = CommandGateway(bootstrap, "managed-backups-cli")
+        gateway = CommandGateway(bootstrap, "managed-backups-cli", auth=auth)
         await gateway.start()
         try:
             result = await gateway.request(topic, signed, timeout=timeout)

@@ -35,6 +35,7 @@ from pydantic import BaseModel, TypeAdapter, WithJsonSchema
 
 from managed_backups.contracts import commands, topics
 from managed_backups.contracts.results import CommandResult, DeadLetter
+from managed_backups.shared.broker_access import KafkaAuth, client_options
 from managed_backups.shared.commands import CommandProcessor
 from managed_backups.shared.security import redact_api_keys
 
@@ -63,7 +64,10 @@ COMMAND_PAYLOADS: dict[str, tuple[Any, str]] = {
 
 
 async def ensure_topics(
-    bootstrap_servers: str, partitions: int = PARTITIONS, timeout: float = 60
+    bootstrap_servers: str,
+    partitions: int = PARTITIONS,
+    timeout: float = 60,
+    auth: KafkaAuth | None = None,
 ) -> None:
     """Create the topics if missing. Events are kept forever (the store is the truth, but
     consumers may replay the topic from the beginning).
@@ -71,10 +75,12 @@ async def ensure_topics(
     aiokafka's admin client, not FastStream's: FastStream creates a topic only when a subscriber
     of its own declares it (``Topic(name, num_partitions=…)``), without topic settings such as
     ``retention.ms``, and nothing in the product subscribes to the events topic; every topic is
-    created here, with its partitions and settings, before any service starts its broker."""
+    created here, with its partitions and settings, before any service starts its broker. On a
+    broker with ACLs only its administrator may create topics (``managed-backups up`` does,
+    first); a service sees them all and creates nothing."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **client_options(auth))
         try:
             await admin.start()
             existing = set(await admin.list_topics())
@@ -100,9 +106,12 @@ async def ensure_topics(
             await admin.close()
 
 
-def make_broker(bootstrap_servers: str, client_id: str, linger_ms: int = 0) -> KafkaBroker:
+def make_broker(
+    bootstrap_servers: str, client_id: str, linger_ms: int = 0, auth: KafkaAuth | None = None
+) -> KafkaBroker:
     """Every service's broker: its producer is idempotent with ``acks=all``. ``linger_ms`` lets
-    a batch publisher (the relay) fill larger requests."""
+    a batch publisher (the relay) fill larger requests. ``auth``: the service's own broker user
+    (``shared/broker_access.py``)."""
     return KafkaBroker(
         bootstrap_servers,
         client_id=client_id,
@@ -110,6 +119,7 @@ def make_broker(bootstrap_servers: str, client_id: str, linger_ms: int = 0) -> K
         acks="all",
         linger_ms=linger_ms,
         logger=None,
+        security=auth.faststream_security() if auth is not None else None,
     )
 
 

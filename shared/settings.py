@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from managed_backups.shared.broker_access import KafkaAuth
+
 LOOPBACK = {"127.0.0.1", "localhost", "::1", ""}
 
 
@@ -32,6 +34,14 @@ class Settings(BaseSettings):
         "default: SQLite file events.sqlite in the data directory.",
     )
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_username: str | None = Field(
+        default=None,
+        description="This process's broker user (SASL/SCRAM-SHA-256); none: a plaintext broker.",
+    )
+    kafka_password: str | None = Field(default=None, repr=False)
+    kafka_password_file: Path | None = Field(
+        default=None, description="A file holding kafka_password (e.g. a container secret)."
+    )
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     environment: str = Field(
@@ -97,6 +107,20 @@ class Settings(BaseSettings):
         description="Secret store directory (mode 0700): the key encrypting the clusters' "
         "passwords, which are kept per cluster id in the shared database. Default: <data-dir>/secrets.",
     )
+
+    def kafka_auth(self) -> KafkaAuth | None:
+        """How this process logs in to the broker (None: it does not)."""
+        if not self.kafka_username:
+            return None
+        password = self.kafka_password
+        if password is None and self.kafka_password_file is not None:
+            password = self.kafka_password_file.read_text().strip()
+        if not password:
+            raise ValueError(
+                f"MANAGED_BACKUPS_KAFKA_USERNAME is {self.kafka_username} but no password is set "
+                "(MANAGED_BACKUPS_KAFKA_PASSWORD or MANAGED_BACKUPS_KAFKA_PASSWORD_FILE)"
+            )
+        return KafkaAuth(self.kafka_username, password)
 
     @property
     def store_url(self) -> str:

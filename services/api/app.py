@@ -93,7 +93,7 @@ async def run(runtime: Runtime, stop: asyncio.Event) -> None:
     from managed_backups.shared.bus import ensure_topics
 
     settings = runtime.settings
-    await ensure_topics(settings.kafka_bootstrap_servers)
+    await ensure_topics(settings.kafka_bootstrap_servers, auth=settings.kafka_auth())
     identity = Identity(runtime.store, runtime.db, runtime.clock)
     # Deployments without `up` (compose): the first API start issues the administrator key.
     _, created = await asyncio.to_thread(identity.ensure_admin_key, settings.admin_key_path)
@@ -108,7 +108,9 @@ async def run(runtime: Runtime, stop: asyncio.Event) -> None:
             "revoked the services' API key of version 0.1 (%s): services sign their commands now",
             settings.legacy_service_key_path,
         )
-    gateway = CommandGateway(settings.kafka_bootstrap_servers, f"api-{settings.instance}")
+    gateway = CommandGateway(
+        settings.kafka_bootstrap_servers, f"api-{settings.instance}", auth=settings.kafka_auth()
+    )
     await gateway.start()
     app = create_app(runtime, gateway)
     config = uvicorn.Config(

@@ -23,10 +23,10 @@ async def run(runtime: Runtime, stop: asyncio.Event) -> None:
     refusal = libpq_environment_refusal(os.environ)
     if refusal:
         raise RuntimeError(f"the backup-executor refuses to start: {refusal}")
-    await ensure_topics(settings.kafka_bootstrap_servers)
+    await ensure_topics(settings.kafka_bootstrap_servers, auth=settings.kafka_auth())
     name = f"backup-executor-{settings.instance}"
     executor = BackupExecutor(runtime, name)
-    broker = make_broker(settings.kafka_bootstrap_servers, name)
+    broker = make_broker(settings.kafka_bootstrap_servers, name, auth=settings.kafka_auth())
     processor = CommandProcessor(
         topics.BACKUP_COMMANDS,
         TypeAdapter(BackupCommand),

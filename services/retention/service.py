@@ -56,11 +56,11 @@ def enforce_handler(retention: Retention, lock: asyncio.Lock) -> Handler:
 
 async def run(runtime: Runtime, stop: asyncio.Event) -> None:
     settings = runtime.settings
-    await ensure_topics(settings.kafka_bootstrap_servers)
+    await ensure_topics(settings.kafka_bootstrap_servers, auth=settings.kafka_auth())
     name = f"{NAME}-{settings.instance}"
     retention = Retention(runtime.store, runtime.db, settings.region_store_url, NAME)
     lock = asyncio.Lock()
-    broker = make_broker(settings.kafka_bootstrap_servers, name)
+    broker = make_broker(settings.kafka_bootstrap_servers, name, auth=settings.kafka_auth())
     processor = CommandProcessor(
         topics.RETENTION_COMMANDS,
         TypeAdapter(RetentionCommand),

@@ -51,8 +51,12 @@ async def serve(runtime: Runtime, stop: asyncio.Event, name: str) -> None:
     reports its reached time under on the simulated clock: every instance is "scheduler" in
     production; a test running two at once names the second to wait for each of them."""
     settings = runtime.settings
-    await ensure_topics(settings.kafka_bootstrap_servers)
-    broker = make_broker(settings.kafka_bootstrap_servers, f"scheduler-{settings.instance}")
+    await ensure_topics(settings.kafka_bootstrap_servers, auth=settings.kafka_auth())
+    broker = make_broker(
+        settings.kafka_bootstrap_servers,
+        f"scheduler-{settings.instance}",
+        auth=settings.kafka_auth(),
+    )
     processor = CommandProcessor(
         topics.CLUSTER_COMMANDS,
         TypeAdapter(ClusterCommand),
