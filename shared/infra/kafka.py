@@ -319,14 +319,34 @@ class BrokerSecurity:
 
     admin_password: str
 
-    def config(self, port: int, controller_port: int) -> dict[str, str]:
+    def _plain(self, server: bool = True) -> str:
         admin = self.admin_password
         if any(c in admin for c in '"\\;\n'):
             raise ValueError("the broker's admin password has quotes, backslashes or semicolons")
-        plain = (
+        users = f' user_admin="{admin}"' if server else ""
+        return (
             "org.apache.kafka.common.security.plain.PlainLoginModule required "
-            f'username="admin" password="{admin}" user_admin="{admin}";'
+            f'username="admin" password="{admin}"{users};'
         )
+
+    def jaas_file(self) -> str:
+        """The same logins as a JAAS file, for a broker configured by environment variables
+        (compose: ``KAFKA_OPTS=-Djava.security.auth.login.config=FILE``)."""
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        return (
+            f"sasl_plaintext.KafkaServer {{\n  {self._plain()}\n  {scram}\n}};\n"
+            f"controller.KafkaServer {{\n  {self._plain()}\n}};\n"
+        )
+
+    def admin_client_properties(self) -> str:
+        """Kafka's own tools (a health check) logging in as the administrator."""
+        return (
+            "security.protocol=SASL_PLAINTEXT\nsasl.mechanism=PLAIN\n"
+            f"sasl.jaas.config={self._plain(server=False)}\n"
+        )
+
+    def config(self, port: int, controller_port: int) -> dict[str, str]:
+        plain = self._plain()
         listeners = f"SASL_PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}"
         return {
             "listeners": listeners,
