@@ -375,6 +375,16 @@ class ConnectionSecretChanged(EventBase):
     )
 
 
+class ConnectionSecretRemoved(EventBase):
+    """A deleted cluster's connection secret was removed from the secret store."""
+
+    type: Literal["ConnectionSecretRemoved"] = Field(
+        default="ConnectionSecretRemoved",
+        description="Always ConnectionSecretRemoved: names the message (the discriminator).",
+    )
+    reason: str = Field(description="Why, in words.")
+
+
 # -- restore jobs: PREPARING → RUNNING → SUCCEEDED | FAILED, keyed by the destination cluster --
 
 
@@ -479,6 +489,7 @@ WireEvent = (
     | CommandHandled
     | ConnectionSecretSet
     | ConnectionSecretChanged
+    | ConnectionSecretRemoved
     | RestoreRequested
     | RestoreRunning
     | RestoreProgressed

@@ -99,6 +99,10 @@ class ConnectionSecrets:
                 f"{self.dir / KEY_FILE} (was the key replaced?)"
             ) from None
 
+    def clusters(self) -> set[str]:
+        """The clusters with a secret."""
+        return {str(r[0]) for r in self.db.query(f"SELECT cluster_id FROM {TABLE}")}
+
     def delete(self, cluster_id: str) -> None:
         self.db.execute(f"DELETE FROM {TABLE} WHERE cluster_id = ?", (cluster_id,))
 

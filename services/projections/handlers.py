@@ -38,6 +38,7 @@ from managed_backups.contracts.events import (
     ClusterTierChanged,
     CommandHandled,
     ConnectionSecretChanged,
+    ConnectionSecretRemoved,
     ConnectionSecretSet,
     EventBase,
     OrganizationCreated,
@@ -68,6 +69,7 @@ AUDIT_ONLY: tuple[type[EventBase], ...] = (
     CommandHandled,
     ConnectionSecretSet,
     ConnectionSecretChanged,
+    ConnectionSecretRemoved,
 )
 _RETENTION_COLUMNS = ("kept_chain_id", "kept_data_from", "deleted_until")
 

@@ -22,6 +22,7 @@ from managed_backups.shared.access import load_cluster, may_administer
 from managed_backups.shared.bus import ensure_topics, make_broker, subscribe_commands
 from managed_backups.shared.commands import CommandContext, CommandProcessor, Handled, Handler
 from managed_backups.shared.domain.roles import Action
+from managed_backups.shared.secrets import ConnectionSecrets
 from managed_backups.shared.security import Principal
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,13 @@ async def run(runtime: Runtime, stop: asyncio.Event) -> None:
     settings = runtime.settings
     await ensure_topics(settings.kafka_bootstrap_servers, auth=settings.kafka_auth())
     name = f"{NAME}-{settings.instance}"
-    retention = Retention(runtime.store, runtime.db, settings.region_store_url, NAME)
+    retention = Retention(
+        runtime.store,
+        runtime.db,
+        settings.region_store_url,
+        NAME,
+        ConnectionSecrets(runtime.db, settings.secrets_path),
+    )
     lock = asyncio.Lock()
     broker = make_broker(settings.kafka_bootstrap_servers, name, auth=settings.kafka_auth())
     processor = CommandProcessor(
@@ -85,6 +92,7 @@ async def run(runtime: Runtime, stop: asyncio.Event) -> None:
                         report.chains_deleted
                         or report.backups_expired
                         or report.leftovers_swept
+                        or report.secrets_removed
                         or report.errors
                     ):
                         log.info("retention pass at %s: %s", now.isoformat(), report)

@@ -195,7 +195,7 @@ from .sql import (
     quote_ident,
     quote_literal,
 )
-from .tools import find_pg_tool, run_tool
+from .tools import find_pg_tool, run_tool, tool_environment
 
 # The SQL helpers and find_pg_tool live in .sql and .tools; re-exported for older imports.
 __all__ = [
@@ -326,10 +326,7 @@ class PostgresAdapter(EngineAdapter):
         return make_conninfo(self.dsn, dbname=dbname, application_name="managed-backups")
 
     def child_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        env = dict(os.environ)  # libpq's own mechanisms (PGPASSFILE, PGPASSWORD...) apply
-        env.update(self._env)
-        if self._password is not None:
-            env["PGPASSWORD"] = self._password
+        env = tool_environment(self._env, self._password)
         env.setdefault("PGCONNECT_TIMEOUT", str(self.connect_timeout))
         if extra:
             env.update(extra)

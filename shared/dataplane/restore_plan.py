@@ -25,7 +25,6 @@ Connections are libpq DSNs without password (``passfile`` or ``env`` carry the s
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import subprocess
 import tempfile
@@ -49,7 +48,7 @@ from .restore_rows import (
     table_history,
 )
 from .sql import quote_ident
-from .tools import find_pg_tool
+from .tools import find_pg_tool, tool_environment
 
 __all__ = [
     "ClusterAccess",
@@ -120,11 +119,7 @@ class ClusterAccess:
             ) from None
 
     def tool_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
-        env.update(self.env)
-        if self.password is not None:
-            env["PGPASSWORD"] = self.password
-        return env
+        return tool_environment(self.env, self.password)
 
 
 @dataclass(frozen=True)

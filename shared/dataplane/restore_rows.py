@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import heapq
-import os
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -55,7 +54,7 @@ from .manifest import (
 )
 from .objectstore import ObjectStore
 from .sql import INT_KEY_TYPES, SESSION_SETTINGS, quote_ident
-from .tools import find_pg_tool
+from .tools import find_pg_tool, tool_environment
 
 __all__ = [
     "RestoreReport",
@@ -480,10 +479,7 @@ def restore_database(
     params = conninfo_to_dict(conninfo)
     if "password" in params:
         raise ValueError("conninfo must not contain a password")
-    child_env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
-    child_env.update(env or {})
-    if password is not None:
-        child_env["PGPASSWORD"] = password
+    child_env = tool_environment(env, password)
     flags = ["--exit-on-error", "-w"]
     if no_owner:
         flags.append("--no-owner")

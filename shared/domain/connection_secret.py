@@ -31,6 +31,7 @@ class ConnectionSecret(Aggregate):
     def __init__(self, cluster_id: str, at: datetime, by: str) -> None:
         self.cluster_id = cluster_id
         self.changes = 1
+        self.removed = False
 
     def change(self, at: datetime, by: str) -> None:
         self._changed(cluster_id=self.cluster_id, at=at, by=by)
@@ -43,6 +44,28 @@ class ConnectionSecret(Aggregate):
     @event(ConnectionSecretChanged)
     def _changed(self, cluster_id: str, at: datetime, by: str) -> None:
         self.changes += 1
+
+    def remove(self, reason: str, at: datetime, by: str) -> None:
+        self._removed(cluster_id=self.cluster_id, reason=reason, at=at, by=by)
+
+    class ConnectionSecretRemoved(Aggregate.Event):
+        cluster_id: str
+        reason: str
+        at: datetime
+        by: str
+
+    @event(ConnectionSecretRemoved)
+    def _removed(self, cluster_id: str, reason: str, at: datetime, by: str) -> None:
+        self.removed = True
+
+
+def a_deleted_clusters_secret_goes_when_its_backups_do(
+    deleted_until: datetime, now: datetime
+) -> bool:
+    """A deleted cluster is never backed up again, and a restore from its backups connects to
+    the destination only: its password is kept no longer than its backups are (the deleted
+    cluster's retention), then removed from the secret store."""
+    return deleted_until <= now
 
 
 def a_new_secret_takes_the_missing_full(
