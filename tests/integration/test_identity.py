@@ -128,9 +128,11 @@ def search_terms(key: str, hashed: str) -> list[str]:
     ]
 
 
-async def read_topic(kafka: str, topic: str) -> bytes:
-    """Every record of ``topic`` (keys, headers and values) as it is now."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=kafka, enable_auto_commit=False)
+async def read_topic(kafka: str, topic: str, timeout: float = 120) -> bytes:
+    """Every record of ``topic`` (keys, headers and values) up to its end as it is now."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=kafka, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     await consumer.start()
     try:
         partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]  # ensure_topics' count
@@ -138,13 +140,18 @@ async def read_topic(kafka: str, topic: str) -> bytes:
         ends = await consumer.end_offsets(partitions)
         await consumer.seek_to_beginning(*partitions)
         seen = bytearray()
-        for partition in partitions:
-            while await consumer.position(partition) < ends[partition]:
-                batch = await consumer.getmany(partition, timeout_ms=2000)
-                for record in batch.get(partition, []):
-                    seen += (record.key or b"") + (record.value or b"")
-                    for name, value in record.headers or ():
-                        seen += name.encode() + (value or b"")
+
+        async def behind() -> bool:
+            return any([await consumer.position(p) < ends[p] for p in partitions])
+
+        async with asyncio.timeout(timeout):
+            while await behind():
+                batches = await consumer.getmany(timeout_ms=1000, max_records=5000)
+                for records in batches.values():
+                    for record in records:
+                        seen += (record.key or b"") + (record.value or b"")
+                        for name, value in record.headers or ():
+                            seen += name.encode() + (value or b"")
         return bytes(seen)
     finally:
         await consumer.stop()

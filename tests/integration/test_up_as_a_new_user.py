@@ -80,7 +80,11 @@ class Up:
 @pytest.fixture(scope="module")
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     data = tmp_path_factory.mktemp("up") / "D"
-    port = free_ports(1)[0]
+    port, kafka_port = free_ports(2)
+    # The broker's port as `up` remembers it from an earlier start: not 9092, which another
+    # `up` on this machine (another test run) may take at the same moment.
+    data.mkdir()
+    (data / "kafka-bootstrap").write_text(f"127.0.0.1:{kafka_port}\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MANAGED_BACKUPS_")}
     up = subprocess.Popen(
         [
