@@ -40,7 +40,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from .chunks import ChunkError, ChunkMissing, ChunkStore
-from .engine import ErrorCode, RestoreError
+from .engine import BackupError, ErrorCode, RestoreError
 from .manifest import (
     ChunkRef,
     DatabaseBackup,
@@ -55,7 +55,7 @@ from .manifest import (
 )
 from .objectstore import ObjectStore
 from .sql import INT_KEY_TYPES, SESSION_SETTINGS, quote_ident
-from .tools import find_pg_tool
+from .tools import ClientTools, client_tools_for, find_pg_tool
 
 __all__ = [
     "RestoreReport",
@@ -362,6 +362,18 @@ def _connect(conninfo: str, password: str | None, *, autocommit: bool) -> psycop
         ) from None
 
 
+def destination_tools(
+    conninfo: str, password: str | None, client_bindirs: Sequence[Path] = ()
+) -> ClientTools:
+    """The client tools for the destination's server (:func:`~.tools.client_tools_for`)."""
+    with _connect(conninfo, password, autocommit=True) as conn:
+        version = int(conn.info.server_version)
+    try:
+        return client_tools_for(version, client_bindirs, step="choose client tools")
+    except BackupError as exc:
+        raise RestoreError(exc.code, exc.message, exc.step) from None
+
+
 def restore_table(
     store: ObjectStore,
     chain: Sequence[Manifest],
@@ -468,9 +480,14 @@ def restore_database(
     bindir: Path | None = None,
     progress: Callable[[int], None] | None = None,
     jobs: int = 1,
+    client_bindirs: Sequence[Path] = (),
 ) -> RestoreReport:
     """Restore database ``database`` of ``chain[-1]`` into the (existing, empty) database
     ``conninfo`` names: schema pre-data, rows, sequence values, post-data.
+
+    ``bindir``: the client tools to run; without it, those chosen among ``client_bindirs``
+    (default: what the installation provides) for the destination's server
+    (:func:`~.tools.client_tools_for`).
 
     ``jobs`` > 1 (for a database nobody uses yet, e.g. one restored under a temporary name):
     that many tables are copied at once, each in its own transaction, and the post-data
@@ -489,6 +506,8 @@ def restore_database(
         flags.append("--no-owner")
     if no_privileges:
         flags.append("--no-privileges")
+    if bindir is None:
+        bindir = destination_tools(conninfo, password, client_bindirs).bindir
     report = RestoreReport(database=database)
     with tempfile.TemporaryDirectory(prefix="mb-restore-") as tmp:
         archive = fetch_to_file(store, head, db.schema_archive, Path(tmp) / "schema.dump")
