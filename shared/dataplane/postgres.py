@@ -195,7 +195,7 @@ from .sql import (
     quote_ident,
     quote_literal,
 )
-from .tools import ClientTools, client_tools_for, find_pg_tool, run_tool
+from .tools import DUMP_MAJOR_FLOOR, ClientTools, client_tools_for, find_pg_tool, run_tool
 
 # The SQL helpers and find_pg_tool live in .sql and .tools; re-exported for older imports.
 __all__ = [
@@ -234,7 +234,8 @@ class PostgresAdapter(EngineAdapter):
     - ``max_held_snapshots``: databases whose snapshots are taken together up front.
     - ``client_bindirs``: the client tools' bin directories to choose from (default: what the
       installation provides); ``bindir``: exactly this one. Each backup runs the set of the
-      oldest major that is at least the server's (:func:`~.tools.client_tools_for`).
+      oldest major that is at least the server's, and at least 15 when there is one
+      (:func:`~.tools.client_tools_for`).
     """
 
     engine = "postgres"
@@ -498,7 +499,10 @@ class _BackupRun:
                 )
             # Before anything is read: a server newer than every client is refused here.
             self.tools = client_tools_for(
-                version_num, adapter.client_bindirs, step="choose client tools"
+                version_num,
+                adapter.client_bindirs,
+                step="choose client tools",
+                prefer_major_at_least=DUMP_MAJOR_FLOOR,
             )
             system_id = _optional_int(coord, "SELECT system_identifier FROM pg_control_system()")
             timeline = _optional_int(coord, "SELECT timeline_id FROM pg_control_checkpoint()")

@@ -6,8 +6,13 @@ release). At least the server's: ``pg_dump`` refuses a newer server. The oldest 
 tools write for newer servers (``pg_restore`` 17 and later set ``transaction_timeout``, which
 an older server refuses), and a backup taken with the source's own major is read by the
 ``pg_restore`` chosen for any destination of that major or newer (a backup restores only
-into the same or a newer major). One rule serves backups and restores alike. A 13 server,
-whose release carries no client tools, gets 14's. The candidates are the configured bin directories
+into the same or a newer major). A 13 server, whose release carries no client tools, gets 14's.
+**Backups of 13 and 14 are dumped with 15 or newer when available** (:data:`DUMP_MAJOR_FLOOR`):
+15 moved the public schema's default owner and privileges, and its ``pg_dump`` is the first to
+write a pre-15 server's explicitly, so such a backup restores into 15 and later with them (the
+source's own ``pg_dump`` writes nothing for them, and the destination's new defaults would
+apply); its archives (format 1.14) are still read by 13's and 14's ``pg_restore``. The
+candidates are the configured bin directories
 (``MANAGED_BACKUPS_PG_BINDIRS``), or by default what the installation provides: Debian's
 ``/usr/lib/postgresql/*/bin``, the releases cached by
 :mod:`managed_backups.shared.infra.postgres_binaries`, and the directory of ``pg_dump`` on
@@ -37,6 +42,7 @@ from .chunks import CancelFlag, StreamCancelled
 from .errors import BackupError, ErrorCode, tool_error
 
 __all__ = [
+    "DUMP_MAJOR_FLOOR",
     "REQUIRED_TOOLS",
     "ClientTools",
     "available_client_tools",
@@ -50,6 +56,8 @@ __all__ = [
 _READ_BLOCK = 1 << 20
 REQUIRED_TOOLS = ("pg_dump", "pg_dumpall", "pg_restore", "psql")
 """A bin directory is a set of client tools when it holds all of these."""
+DUMP_MAJOR_FLOOR = 15
+"""Backups prefer client tools of at least this major (see the module docstring)."""
 _VERSION = re.compile(r"\(PostgreSQL\) (\d+)(?:\.(\d+))?")
 
 
@@ -125,16 +133,22 @@ def available_client_tools(bindirs: Sequence[Path] | None = None) -> list[Client
 
 
 def client_tools_for(
-    server_version_num: int, bindirs: Sequence[Path] | None = None, *, step: str
+    server_version_num: int,
+    bindirs: Sequence[Path] | None = None,
+    *,
+    step: str,
+    prefer_major_at_least: int = 0,
 ) -> ClientTools:
     """The client tools of the oldest major that is at least the server's, its newest minor
-    (see the module docstring); ``UNSUPPORTED`` naming both versions and what to install when the server is
+    (see the module docstring); of at least ``prefer_major_at_least`` when there are such
+    (backups: :data:`DUMP_MAJOR_FLOOR`); ``UNSUPPORTED`` naming both versions and what to install when the server is
     newer than every one, ``TOOL_MISSING`` when there is none at all."""
     available = available_client_tools(bindirs)
     server_major = server_version_num // 10000
     usable = [t for t in available if t.major >= server_major]
     if usable:
-        return min(usable, key=lambda t: (t.major, -t.version_num))
+        preferred = [t for t in usable if t.major >= prefer_major_at_least] or usable
+        return min(preferred, key=lambda t: (t.major, -t.version_num))
     where = (
         "name their bin directory in MANAGED_BACKUPS_PG_BINDIRS"
         if bindirs
