@@ -195,7 +195,7 @@ from .sql import (
     quote_ident,
     quote_literal,
 )
-from .tools import DUMP_MAJOR_FLOOR, ClientTools, client_tools_for, find_pg_tool, run_tool
+from .tools import ClientTools, client_tools_for, find_pg_tool, run_tool
 
 # The SQL helpers and find_pg_tool live in .sql and .tools; re-exported for older imports.
 __all__ = [
@@ -499,10 +499,7 @@ class _BackupRun:
                 )
             # Before anything is read: a server newer than every client is refused here.
             self.tools = client_tools_for(
-                version_num,
-                adapter.client_bindirs,
-                step="choose client tools",
-                prefer_major_at_least=DUMP_MAJOR_FLOOR,
+                version_num, adapter.client_bindirs, step="choose client tools"
             )
             system_id = _optional_int(coord, "SELECT system_identifier FROM pg_control_system()")
             timeline = _optional_int(coord, "SELECT timeline_id FROM pg_control_checkpoint()")

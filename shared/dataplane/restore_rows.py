@@ -461,10 +461,24 @@ def _pg_restore(
     cmd = [find_pg_tool("pg_restore", bindir), *args, "-d", conninfo, str(archive)]
     proc = subprocess.run(cmd, capture_output=True, env=dict(env), check=False)
     if proc.returncode != 0:
-        text = proc.stderr.decode("utf-8", "replace").strip()
         raise RestoreError(
-            ErrorCode.RESTORE_FAILED, text.splitlines()[0] if text else "pg_restore failed", step
+            ErrorCode.RESTORE_FAILED,
+            _pg_restore_error(proc.stderr.decode("utf-8", "replace")),
+            step,
         )
+
+
+def _pg_restore_error(stderr: str) -> str:
+    """The error line of ``pg_restore``'s standard error and the archive entry it was
+    restoring (its first line, "while PROCESSING TOC:", says neither)."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if "error:" in line]
+    entries = [
+        line.split("from TOC entry", 1)[1].strip() for line in lines if "from TOC entry" in line
+    ]
+    if not errors:
+        return lines[0] if lines else "pg_restore failed"
+    return errors[0] + (f" (archive entry {entries[0]})" if entries else "")
 
 
 def restore_database(

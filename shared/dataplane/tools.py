@@ -6,13 +6,14 @@ release). At least the server's: ``pg_dump`` refuses a newer server. The oldest 
 tools write for newer servers (``pg_restore`` 17 and later set ``transaction_timeout``, which
 an older server refuses), and a backup taken with the source's own major is read by the
 ``pg_restore`` chosen for any destination of that major or newer (a backup restores only
-into the same or a newer major). A 13 server, whose release carries no client tools, gets 14's.
-**Backups of 13 and 14 are dumped with 15 or newer when available** (:data:`DUMP_MAJOR_FLOOR`):
-15 moved the public schema's default owner and privileges, and its ``pg_dump`` is the first to
-write a pre-15 server's explicitly, so such a backup restores into 15 and later with them (the
-source's own ``pg_dump`` writes nothing for them, and the destination's new defaults would
-apply); its archives (format 1.14) are still read by 13's and 14's ``pg_restore``. The
-candidates are the configured bin directories
+into the same or a newer major). **Servers of 13 and 14 get 15's tools** when there are such
+(:data:`PREFERRED_MIN_MAJOR`), for backups and restores alike: 15 moved the public schema's
+default owner and privileges, and its ``pg_dump`` is the first to write a pre-15 server's
+explicitly, so such a backup restores into 15 and later with them (the source's own
+``pg_dump`` writes nothing for them, and the destination's new defaults would apply); and its
+archive needs a ``pg_restore`` of 15 or later (14's recreates the public schema under
+``--no-owner``), which restores into 13 and 14 as their own does. Without 15 or later, a 13
+server gets 14's tools. The candidates are the configured bin directories
 (``MANAGED_BACKUPS_PG_BINDIRS``), or by default what the installation provides: Debian's
 ``/usr/lib/postgresql/*/bin``, the releases cached by
 :mod:`managed_backups.shared.infra.postgres_binaries`, and the directory of ``pg_dump`` on
@@ -42,7 +43,7 @@ from .chunks import CancelFlag, StreamCancelled
 from .errors import BackupError, ErrorCode, tool_error
 
 __all__ = [
-    "DUMP_MAJOR_FLOOR",
+    "PREFERRED_MIN_MAJOR",
     "REQUIRED_TOOLS",
     "ClientTools",
     "available_client_tools",
@@ -56,8 +57,9 @@ __all__ = [
 _READ_BLOCK = 1 << 20
 REQUIRED_TOOLS = ("pg_dump", "pg_dumpall", "pg_restore", "psql")
 """A bin directory is a set of client tools when it holds all of these."""
-DUMP_MAJOR_FLOOR = 15
-"""Backups prefer client tools of at least this major (see the module docstring)."""
+PREFERRED_MIN_MAJOR = 15
+"""Servers of older majors get client tools of this major when there are such (see the module
+docstring)."""
 _VERSION = re.compile(r"\(PostgreSQL\) (\d+)(?:\.(\d+))?")
 
 
@@ -137,11 +139,11 @@ def client_tools_for(
     bindirs: Sequence[Path] | None = None,
     *,
     step: str,
-    prefer_major_at_least: int = 0,
+    prefer_major_at_least: int = PREFERRED_MIN_MAJOR,
 ) -> ClientTools:
     """The client tools of the oldest major that is at least the server's, its newest minor
-    (see the module docstring); of at least ``prefer_major_at_least`` when there are such
-    (backups: :data:`DUMP_MAJOR_FLOOR`); ``UNSUPPORTED`` naming both versions and what to install when the server is
+    (see the module docstring); of at least ``prefer_major_at_least`` when there are such;
+    ``UNSUPPORTED`` naming both versions and what to install when the server is
     newer than every one, ``TOOL_MISSING`` when there is none at all."""
     available = available_client_tools(bindirs)
     server_major = server_version_num // 10000

@@ -38,17 +38,19 @@ def test_the_servers_own_major_newest_minor_when_available(tmp_path: Path) -> No
 
 
 def test_the_next_newer_major_when_the_servers_own_is_missing(tmp_path: Path) -> None:
-    dirs = [bindir(tmp_path, v) for v in ("18.6", "14.23", "16.15")]
-    assert client_tools_for(130023, dirs, step="t").version == "14.23"  # 13 ships no clients
+    dirs = [bindir(tmp_path, v) for v in ("18.6", "16.15")]
     assert client_tools_for(150019, dirs, step="t").version == "16.15"
+    assert client_tools_for(130023, dirs, step="t").version == "16.15"
 
 
-def test_backups_of_13_and_14_prefer_15_or_newer(tmp_path: Path) -> None:
+def test_13_and_14_get_15s_tools_else_the_oldest_newer_ones(tmp_path: Path) -> None:
     dirs = [bindir(tmp_path, v) for v in ("14.23", "16.15", "15.19")]
-    assert client_tools_for(140000, dirs, step="t", prefer_major_at_least=15).version == "15.19"
-    assert client_tools_for(160000, dirs, step="t", prefer_major_at_least=15).version == "16.15"
+    assert client_tools_for(140000, dirs, step="t").version == "15.19"
+    assert client_tools_for(130000, dirs, step="t").version == "15.19"
+    assert client_tools_for(160000, dirs, step="t").version == "16.15"
     only_14 = dirs[:1]
-    assert client_tools_for(130000, only_14, step="t", prefer_major_at_least=15).version == "14.23"
+    assert client_tools_for(130000, only_14, step="t").version == "14.23"  # 13 ships no clients
+    assert client_tools_for(140000, only_14, step="t").version == "14.23"
 
 
 def test_a_server_newer_than_every_client_is_unsupported_naming_both_versions(
