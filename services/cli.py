@@ -123,6 +123,32 @@ def cmd_up(
     raise typer.Exit(_up(data_dir, api_port, simulated_clock))
 
 
+def _fetch_client_tools() -> None:
+    """The PostgreSQL client tools of every supported major that has them (14 to 18), cached
+    like the Kafka jars: a cluster of any supported version is backed up and restored without
+    installing anything. A failure (offline) leaves the tools already installed, and says so."""
+    from managed_backups.shared.infra.postgres_binaries import (
+        RELEASES,
+        BinariesError,
+        ensure_binaries,
+    )
+
+    print("PostgreSQL client tools (the first start fetches 14 to 18, ~60 MB) ...", flush=True)
+    for major, release in RELEASES.items():
+        if not release.has_client_tools:
+            continue
+        try:
+            ensure_binaries(major, clients_only=True)
+        except BinariesError as exc:
+            print(
+                f"warning: PostgreSQL {major}'s client tools are not available: {exc}; servers "
+                f"of {major} are backed up only with client tools installed otherwise "
+                "(MANAGED_BACKUPS_PG_BINDIRS)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
 def _up(data_dir_option: Path | None, api_port: int | None, simulated_clock: bool) -> int:
     from managed_backups.services.registry import broker_users
     from managed_backups.services.runtime import private_sqlite_files
@@ -153,6 +179,7 @@ def _up(data_dir_option: Path | None, api_port: int | None, simulated_clock: boo
         print(f"port {settings.api_port} is taken: choose another with --api-port", file=sys.stderr)
         return 2
 
+    _fetch_client_tools()
     kafka: LocalKafka | None = None
     bootstrap = (
         settings.kafka_bootstrap_servers

@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from managed_backups.shared.broker_access import KafkaAuth
 
@@ -102,6 +103,14 @@ class Settings(BaseSettings):
         description="Tables a BackupCompleted event lists at most; the views read the rest of a "
         "large catalog from the backup's manifest.",
     )
+    pg_bindirs: Annotated[tuple[Path, ...], NoDecode] = Field(
+        default=(),
+        description="The PostgreSQL client tools' bin directories the executor and the restore "
+        "service choose from (for each cluster: the oldest major that is at least the "
+        "server's), separated by ':'. Default: what the installation provides "
+        "(/usr/lib/postgresql/*/bin, the releases cached by `python -m "
+        "managed_backups.shared.infra.postgres_binaries fetch`, pg_dump on PATH).",
+    )
     secrets_dir: Path | None = Field(
         default=None,
         description="Secret store directory (mode 0700): the key encrypting the clusters' "
@@ -121,6 +130,13 @@ class Settings(BaseSettings):
                 "(MANAGED_BACKUPS_KAFKA_PASSWORD or MANAGED_BACKUPS_KAFKA_PASSWORD_FILE)"
             )
         return KafkaAuth(self.kafka_username, password)
+
+    @field_validator("pg_bindirs", mode="before")
+    @classmethod
+    def _split_bindirs(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(Path(p) for p in value.split(os.pathsep) if p.strip())
+        return value
 
     @property
     def store_url(self) -> str:

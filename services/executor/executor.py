@@ -86,7 +86,9 @@ class BackupExecutor:
                 f"engine {cluster.engine} is not supported yet",
                 "select engine adapter",
             )
-        connection = cluster_connection(cluster, self.secrets, self.settings.pgpass_file)
+        connection = cluster_connection(
+            cluster, self.secrets, self.settings.pgpass_file, self.settings.pg_bindirs
+        )
         return connection.postgres_adapter()
 
     def _spawn(self, coroutine: Any) -> None:

@@ -51,6 +51,7 @@ from managed_backups.shared.domain.ids import cluster_aggregate_id
 from managed_backups.shared.domain.restore import Restore
 from managed_backups.shared.domain.restore_rules import (
     backup_is_restorable,
+    backup_not_into_an_older_major,
     check_restore_request,
     latest_restorable_backup,
     no_other_restore_while_a_cluster_restore_runs,
@@ -74,7 +75,9 @@ def cluster_access(
     (``shared/cluster_connection.py``), its allow-listed ``connection_ref`` and its own secret,
     libpq's own lookups closed. A reference or secret that cannot be used is a refusal."""
     try:
-        return cluster_connection(cluster, secrets, settings.pgpass_file).restore_access()
+        return cluster_connection(
+            cluster, secrets, settings.pgpass_file, settings.pg_bindirs
+        ).restore_access()
     except BackupError as exc:
         raise Refused(f"cluster {cluster.cluster_id}: {exc.message}", 409) from None
 
@@ -189,6 +192,13 @@ class RestoreService:
         )
         tables = tuple(t for t in named if chain[-1].table(database, t.schema, t.name))
         access = cluster_access(destination, self.secrets, self.settings)
+        try:
+            destination_version = access.server_version_num()
+        except PlanError as exc:
+            raise Refused(exc.message, 503 if exc.code == "CONNECTION_FAILED" else 409) from None
+        backup_not_into_an_older_major(
+            chain[-1].server_version_num, destination_version, destination.cluster_id
+        )
         views: tuple[TableRef, ...] = ()
         missing = [] if cluster_kind else missing_objects(chain[-1], database)
         if not missing and len(tables) < len(named):

@@ -195,7 +195,7 @@ from .sql import (
     quote_ident,
     quote_literal,
 )
-from .tools import find_pg_tool, run_tool, tool_environment
+from .tools import ClientTools, client_tools_for, find_pg_tool, run_tool, tool_environment
 
 # The SQL helpers and find_pg_tool live in .sql and .tools; re-exported for older imports.
 __all__ = [
@@ -232,6 +232,10 @@ class PostgresAdapter(EngineAdapter):
       worker's psycopg connection.
     - ``lock_timeout_ms``: how long to wait for the ``ACCESS SHARE`` locks (0: forever).
     - ``max_held_snapshots``: databases whose snapshots are taken together up front.
+    - ``client_bindirs``: the client tools' bin directories to choose from (default: what the
+      installation provides); ``bindir``: exactly this one. Each backup runs the set of the
+      oldest major that is at least the server's, and at least 15 when there is one
+      (:func:`~.tools.client_tools_for`).
     """
 
     engine = "postgres"
@@ -252,6 +256,7 @@ class PostgresAdapter(EngineAdapter):
         connect_timeout: int = 15,
         lock_timeout_ms: int = 0,
         max_held_snapshots: int = 16,
+        client_bindirs: Sequence[Path] = (),
     ) -> None:
         try:
             params = conninfo_to_dict(dsn)
@@ -272,6 +277,9 @@ class PostgresAdapter(EngineAdapter):
         self.data_chunking = data_chunking
         self.key_chunking = key_chunking
         self.bindir = bindir
+        self.client_bindirs: tuple[Path, ...] = (
+            (bindir,) if bindir is not None else tuple(client_bindirs)
+        )
         self.connect_timeout = connect_timeout
         self.lock_timeout_ms = lock_timeout_ms
         self.max_held_snapshots = max_held_snapshots
@@ -455,11 +463,17 @@ class _BackupRun:
         )
         self.dump_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pg-dump")
         self.version_num = 0
+        self.tools: ClientTools | None = None
+        """The client tools this backup runs (chosen for the server once connected)."""
         self.global_reason: str | None = None
         """Why no table of this incremental may be a delta (``None``: deltas allowed)."""
         self.stream_settings = StreamSettings(
             adapter.psql_min_bytes, adapter.data_chunking, adapter.key_chunking
         )
+
+    def _tool(self, name: str) -> str:
+        assert self.tools is not None, "the client tools are chosen once connected"
+        return self.tools.path(name)
 
     def close(self) -> None:
         self.abort.set()
@@ -480,6 +494,10 @@ class _BackupRun:
                     f"PostgreSQL {version_num} is older than 13 (pg_current_snapshot is needed)",
                     "check server version",
                 )
+            # Before anything is read: a server newer than every client is refused here.
+            self.tools = client_tools_for(
+                version_num, adapter.client_bindirs, step="choose client tools"
+            )
             system_id = _optional_int(coord, "SELECT system_identifier FROM pg_control_system()")
             timeline = _optional_int(coord, "SELECT timeline_id FROM pg_control_checkpoint()")
             step = "list databases"
@@ -613,7 +631,7 @@ class _BackupRun:
         """``pg_dumpall --globals-only``; without ``pg_authid`` access, ``--no-role-passwords``
         (the third value says so)."""
         adapter = self.adapter
-        tool = find_pg_tool("pg_dumpall", adapter.bindir)
+        tool = self._tool("pg_dumpall")
         base = [tool, "--globals-only", "-w", "-d", adapter.tool_conninfo(adapter.default_db)]
         try:
             res = self.chunks.write_stream(
@@ -679,7 +697,7 @@ class _BackupRun:
         adapter, request, previous = self.adapter, self.request, self.previous
         flag = self.flag.with_event(abort)
         name = info.name
-        reader = DbReader(adapter, name, info.encoding, snapshot.snapshot_id)
+        reader = DbReader(adapter, name, info.encoding, snapshot.snapshot_id, self._tool("psql"))
         db_reason = self.global_reason
         prev_db: DatabaseBackup | None = None
         if previous is not None and db_reason is None:
@@ -795,7 +813,9 @@ class _BackupRun:
         """``read`` on a connection of its own that imports the database's snapshot."""
         conn = self.adapter.connect(info.name, step=step, encoding=info.encoding)
         try:
-            DbReader(self.adapter, info.name, info.encoding, snapshot_id).begin(conn, step)
+            DbReader(self.adapter, info.name, info.encoding, snapshot_id, self._tool("psql")).begin(
+                conn, step
+            )
             try:
                 return read(conn)
             except psycopg.Error as exc:
@@ -941,7 +961,7 @@ class _BackupRun:
         """``pg_dump -Fc -b --exclude-table-data='*.*'`` in the database's snapshot; a lock it
         cannot get, or a definition dropped since the snapshot, raises :class:`Retake`."""
         adapter = self.adapter
-        tool = find_pg_tool("pg_dump", adapter.bindir)
+        tool = self._tool("pg_dump")
         # Everything but table data: the schema and the large objects (with owners, ACLs and
         # comments), as pg_dump itself would restore them.
         cmd = [

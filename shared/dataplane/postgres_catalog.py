@@ -170,7 +170,11 @@ includes it: a change of the material must bump it, or an incremental would reus
 # The type closure of every column type of the database, in one set-based pass (a recursive
 # query per table costs a millisecond each: seconds on a multi-tenant schema of thousands of
 # tables). Per root type: every type reachable through array elements, domain bases, composite
-# attributes, range subtypes and multirange ranges, to depth 32.
+# attributes, range subtypes and multirange ranges, to depth 32. Multiranges exist from
+# PostgreSQL 14 (``pg_range.rngmultitypid``): on 13 that step is left out (see
+# :func:`type_closures_sql`).
+_MULTIRANGE_STEP = """
+    UNION ALL SELECT r.rngtypid FROM pg_range r WHERE r.rngmultitypid = t.oid"""
 _TYPE_CLOSURES_SQL = """
 WITH RECURSIVE roots AS (
   SELECT DISTINCT root FROM unnest(%s::oid[]) AS r(root)
@@ -184,8 +188,7 @@ WITH RECURSIVE roots AS (
     UNION ALL SELECT a2.atttypid FROM pg_attribute a2
               WHERE t.typrelid <> 0 AND a2.attrelid = t.typrelid AND a2.attnum > 0
                 AND NOT a2.attisdropped
-    UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = t.oid
-    UNION ALL SELECT r.rngtypid FROM pg_range r WHERE r.rngmultitypid = t.oid
+    UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = t.oid{multirange}
   ) AS x(typ)
   WHERE cl.depth < 32
 )
@@ -294,15 +297,23 @@ def read_tables(conn: psycopg.Connection[Any]) -> tuple[list[int], list[Table]]:
     return [int(r[11]) for r in rows], tables
 
 
+def type_closures_sql(server_version_num: int) -> str:
+    """The type-closure query for a server: with the multirange step from 14 on (13 has no
+    multiranges, so leaving it out there loses nothing)."""
+    return _TYPE_CLOSURES_SQL.format(
+        multirange=_MULTIRANGE_STEP if server_version_num >= 140000 else ""
+    )
+
+
 def _closure_texts(
     conn: psycopg.Connection[Any], column_types: Sequence[Sequence[int]]
 ) -> list[str]:
     """For each table (given its column types), its columns' type closure: one description
     per type in oid order, ``;reg`` appended when a ``reg*`` type is in it."""
     roots = sorted({t for types in column_types for t in types})
+    sql = type_closures_sql(int(conn.info.server_version))
     closures = {
-        int(root): [int(t) for t in types]
-        for root, types in conn.execute(_TYPE_CLOSURES_SQL, (roots,)).fetchall()
+        int(root): [int(t) for t in types] for root, types in conn.execute(sql, (roots,)).fetchall()
     }
     all_types = sorted({t for types in closures.values() for t in types})
     described = {

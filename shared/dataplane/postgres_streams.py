@@ -48,7 +48,6 @@ from .objectstore import ObjectStoreError
 from .postgres_catalog import Table
 from .postgres_snapshots import LOCK_NOT_AVAILABLE, changed_rows_filter, lock_tables
 from .sql import INT_KEY_TYPES, copy_select_sql, order_by, python_codec, quote_ident, quote_literal
-from .tools import find_pg_tool
 
 if TYPE_CHECKING:
     from .postgres import PostgresAdapter
@@ -492,6 +491,8 @@ class DbReader:
     name: str
     encoding: str
     snapshot_id: str
+    psql: str
+    """The ``psql`` of the client tools chosen for the server."""
     _conns: dict[int, psycopg.Connection[Any]] = field(default_factory=dict)
     """Lane → its worker connection."""
     _lanes: list[list[Table]] = field(default_factory=list)
@@ -621,7 +622,7 @@ class DbReader:
             ]
         )
         cmd = [
-            find_pg_tool("psql", adapter.bindir),
+            self.psql,
             "-X",
             "-q",
             "-w",

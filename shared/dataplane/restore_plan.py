@@ -30,7 +30,7 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -41,6 +41,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from .engine import RestoreError
 from .manifest import Manifest
 from .restore_rows import (
+    destination_tools,
     fetch_to_file,
     iter_stream,
     restore_database,
@@ -98,7 +99,27 @@ class ClusterAccess:
     dsn: str
     env: Mapping[str, str] = field(default_factory=dict)
     bindir: Path | None = None
+    """The client tools the restore runs (:meth:`with_client_tools` chooses them)."""
     password: str | None = field(default=None, repr=False)
+    client_bindirs: tuple[Path, ...] = ()
+    """The client tools to choose from (empty: what the installation provides)."""
+
+    def server_version_num(self) -> int:
+        """The destination server's ``server_version_num``."""
+        with self.connect() as conn:
+            return int(conn.info.server_version)
+
+    def with_client_tools(self) -> ClusterAccess:
+        """This access with ``bindir`` set to the client tools chosen for the destination's
+        server (:func:`~.tools.client_tools_for`; an explicit ``bindir`` is kept);
+        ``UNSUPPORTED`` when the server is newer than every one."""
+        if self.bindir is not None:
+            return self
+        try:
+            tools = destination_tools(self.dsn, self.password, self.client_bindirs)
+        except RestoreError as exc:
+            raise PlanError.from_restore_error(exc) from None
+        return replace(self, bindir=tools.bindir)
 
     def database(self, name: str) -> str:
         params: dict[str, Any] = dict(conninfo_to_dict(self.dsn))
@@ -356,6 +377,7 @@ def execute_plan(
     raises :class:`PlanError` after dropping the temporary databases."""
     tick = _Progress(progress, cancel)
     try:
+        access = access.with_client_tools()
         check_destination(access, plan)
         if plan.kind == "CLUSTER":
             return _restore_cluster(store, chain, plan, access, tick)
@@ -454,6 +476,7 @@ def schema_views(
     if not candidates:
         return set()
     db = head.database(database)
+    access = access.with_client_tools()
     with tempfile.TemporaryDirectory(prefix="mb-restore-") as tmp:
         archive = fetch_to_file(store, head, db.schema_archive, Path(tmp) / "schema.dump")
         listing = _run_tool(

@@ -39,7 +39,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from .chunks import ChunkError, ChunkMissing, ChunkStore
-from .engine import ErrorCode, RestoreError
+from .engine import BackupError, ErrorCode, RestoreError
 from .manifest import (
     ChunkRef,
     DatabaseBackup,
@@ -54,7 +54,7 @@ from .manifest import (
 )
 from .objectstore import ObjectStore
 from .sql import INT_KEY_TYPES, SESSION_SETTINGS, quote_ident
-from .tools import find_pg_tool, tool_environment
+from .tools import ClientTools, client_tools_for, find_pg_tool, tool_environment
 
 __all__ = [
     "RestoreReport",
@@ -361,6 +361,18 @@ def _connect(conninfo: str, password: str | None, *, autocommit: bool) -> psycop
         ) from None
 
 
+def destination_tools(
+    conninfo: str, password: str | None, client_bindirs: Sequence[Path] = ()
+) -> ClientTools:
+    """The client tools for the destination's server (:func:`~.tools.client_tools_for`)."""
+    with _connect(conninfo, password, autocommit=True) as conn:
+        version = int(conn.info.server_version)
+    try:
+        return client_tools_for(version, client_bindirs, step="choose client tools")
+    except BackupError as exc:
+        raise RestoreError(exc.code, exc.message, exc.step) from None
+
+
 def restore_table(
     store: ObjectStore,
     chain: Sequence[Manifest],
@@ -448,10 +460,24 @@ def _pg_restore(
     cmd = [find_pg_tool("pg_restore", bindir), *args, "-d", conninfo, str(archive)]
     proc = subprocess.run(cmd, capture_output=True, env=dict(env), check=False)
     if proc.returncode != 0:
-        text = proc.stderr.decode("utf-8", "replace").strip()
         raise RestoreError(
-            ErrorCode.RESTORE_FAILED, text.splitlines()[0] if text else "pg_restore failed", step
+            ErrorCode.RESTORE_FAILED,
+            _pg_restore_error(proc.stderr.decode("utf-8", "replace")),
+            step,
         )
+
+
+def _pg_restore_error(stderr: str) -> str:
+    """The error line of ``pg_restore``'s standard error and the archive entry it was
+    restoring (its first line, "while PROCESSING TOC:", says neither)."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if "error:" in line]
+    entries = [
+        line.split("from TOC entry", 1)[1].strip() for line in lines if "from TOC entry" in line
+    ]
+    if not errors:
+        return lines[0] if lines else "pg_restore failed"
+    return errors[0] + (f" (archive entry {entries[0]})" if entries else "")
 
 
 def restore_database(
@@ -467,9 +493,14 @@ def restore_database(
     bindir: Path | None = None,
     progress: Callable[[int], None] | None = None,
     jobs: int = 1,
+    client_bindirs: Sequence[Path] = (),
 ) -> RestoreReport:
     """Restore database ``database`` of ``chain[-1]`` into the (existing, empty) database
     ``conninfo`` names: schema pre-data, rows, sequence values, post-data.
+
+    ``bindir``: the client tools to run; without it, those chosen among ``client_bindirs``
+    (default: what the installation provides) for the destination's server
+    (:func:`~.tools.client_tools_for`).
 
     ``jobs`` > 1 (for a database nobody uses yet, e.g. one restored under a temporary name):
     that many tables are copied at once, each in its own transaction, and the post-data
@@ -485,6 +516,8 @@ def restore_database(
         flags.append("--no-owner")
     if no_privileges:
         flags.append("--no-privileges")
+    if bindir is None:
+        bindir = destination_tools(conninfo, password, client_bindirs).bindir
     report = RestoreReport(database=database)
     with tempfile.TemporaryDirectory(prefix="mb-restore-") as tmp:
         archive = fetch_to_file(store, head, db.schema_archive, Path(tmp) / "schema.dump")

@@ -128,11 +128,34 @@ def _major(version: str) -> int:
 
 
 def destination_not_on_an_older_major_version(source: Cluster, destination: Cluster) -> None:
+    """By the versions the clusters were registered with (no connection needed); the
+    destination's real server is checked too (:func:`backup_not_into_an_older_major`)."""
     if _major(destination.database_version) < _major(source.database_version):
         raise Conflict(
             f"destination cluster {destination.cluster_id} runs PostgreSQL "
             f"{destination.database_version}, older than the source's "
             f"{source.database_version}: upgrade the destination first"
+        )
+
+
+def _version_text(version_num: int) -> str:
+    return f"{version_num // 10000}.{version_num % 10000}"
+
+
+def backup_not_into_an_older_major(
+    backup_version_num: int, destination_version_num: int, destination_id: str
+) -> None:
+    """A backup restores into a server of its own major version or a newer one (restore to
+    upgrade), never into an older one: its schema is what ``pg_dump`` wrote for that version
+    and newer ones. Checked against the server the destination really runs (its
+    ``server_version_num``; the backup's is in its manifest), before any data moves."""
+    if destination_version_num // 10000 < backup_version_num // 10000:
+        raise Conflict(
+            f"the backup was taken from PostgreSQL {_version_text(backup_version_num)} and "
+            f"destination cluster {destination_id} runs PostgreSQL "
+            f"{_version_text(destination_version_num)}, an older major version: a backup "
+            "restores only into the same or a newer major version (upgrade the destination "
+            "first)"
         )
 
 

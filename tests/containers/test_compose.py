@@ -1,7 +1,7 @@
 """End to end on the compose stack: compose.yaml as users run it, on the built images.
 
 ``up -d`` starts Kafka, the PostgreSQL event store, every service and the API, plus a PostgreSQL
-cluster in its own container (``compose.cluster.yaml``). The test registers that cluster, gets
+17 cluster in its own container (``compose.cluster.yaml``, ``MANAGED_BACKUPS_CLUSTER_IMAGE``). The test registers that cluster, gets
 its first full backup (the schedule takes it at registration), changes data, takes an incremental
 on demand, checks both are listed with their catalog and pass verification, then ``down -v``
 and checks that no container, network or volume of the project is left.
@@ -164,6 +164,10 @@ class Stack:
             "--data-dir", "/data", "--api", "http://127.0.0.1:8080",
         )  # fmt: skip
 
+    def server_version(self) -> str:
+        """The cluster's ``server_version`` (e.g. ``17.11``)."""
+        return self.psql("SHOW server_version").strip().split()[0]
+
     def register(self, cluster_id: str) -> None:
         self.publish(
             "managed-backups.cluster-commands",
@@ -174,7 +178,7 @@ class Stack:
                 "organization": "acme",
                 "tier": "STANDARD",
                 "regions": ["us-east-1"],
-                "database_version": "15",
+                "database_version": self.server_version(),
                 "connection_ref": f"postgresql://postgres@{CLUSTER_DB_HOST}:5432/postgres",
             },
         )
@@ -256,6 +260,10 @@ def stack(compose: list[str]) -> Iterator[Stack]:
 
 def test_full_and_incremental_backups_of_a_cluster_in_a_container(stack: Stack) -> None:
     cluster_id = f"orders-{uuid.uuid4().hex[:6]}"
+    # A PostgreSQL 17 cluster (newer than Debian 12's client tools): the image's own 17 tools
+    # back it up and restore it (MANAGED_BACKUPS_CLUSTER_PG_MAJOR names another image's major).
+    expected_major = os.environ.get("MANAGED_BACKUPS_CLUSTER_PG_MAJOR", "17")
+    assert stack.server_version().split(".")[0] == expected_major, stack.server_version()
     stack.psql("CREATE DATABASE shop")
     stack.psql(
         "CREATE TABLE orders (id int PRIMARY KEY, item text NOT NULL);"

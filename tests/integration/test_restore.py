@@ -380,6 +380,47 @@ async def test_rules_refuse_with_their_reason_before_any_data_moves(world: World
     assert databases(world.pg) == before
 
 
+async def test_restore_into_a_newer_major_and_never_into_an_older_one(world: World) -> None:
+    """Restore to upgrade through the service (the source's server into one of a newer major),
+    and the refusal of an older one, judged by the servers the clusters really run (both are
+    registered as the source's version)."""
+    system = world.system
+    source_major = world.pg.major
+    assert 13 < source_major < 18, "the source runs a major between the oldest and the newest"
+    ref = connection_ref(world.pg)
+    src = f"ver-{uuid4().hex[:6]}"
+    assert (
+        await system.register(src, tier="ADVANCED", connection_ref=ref, secret=world.pg.password)
+    ).code == 200
+    backup_id = await take(system, src)
+    assert (await wait_terminal(system, backup_id)).status == "COMPLETE"
+    with LocalPostgres(major=18) as newer, LocalPostgres(major=source_major - 1) as older:
+        for server, prefix in ((newer, "newer"), (older, "older")):
+            assert (
+                await system.register(
+                    f"{prefix}-{src}",
+                    tier="ADVANCED",
+                    database_version=str(source_major),
+                    connection_ref=connection_ref(server),
+                    secret=server.password,
+                )
+            ).code == 200
+        body = {"type": "DATABASE", "source_cluster_id": src, "objects": [{"database": SHOP}]}
+        answer = await post_restore(world, body, f"older-{src}")
+        assert answer.status_code == 409, answer.text
+        message = answer.json()["message"]
+        assert f"PostgreSQL {source_major}." in message, message
+        assert f"runs PostgreSQL {source_major - 1}." in message, message
+        assert "same or a newer major" in message
+        assert SHOP not in databases(older)
+        answer = await post_restore(world, body, f"newer-{src}")
+        assert answer.status_code == 200, answer.text
+        ended = await wait_job(system, answer.json()["id"])
+        assert ended.phase == "SUCCEEDED", ended.error
+        for table in ("customers", "orders"):
+            assert digest(newer, SHOP, table) == digest(world.pg, SHOP, table)
+
+
 async def test_killed_service_and_corrupted_chunk_leave_the_destination_as_it_was(
     world: World, tmp_path: Path
 ) -> None:
