@@ -273,6 +273,8 @@ def follow_job(
             last = line
         if job["status"] == "SUCCESS":
             out.write(f"\nrestored: {', '.join(job.get('restored') or [])}\n")
+            for item in job.get("left_out") or []:
+                out.write(f"left out: {item}\n")
             return 0
         if job["status"] == "FAILED":
             out.write("\n")
