@@ -271,7 +271,9 @@ class _Graph:
         self.parent_of, self.children, self.owned_sequences, self.owner_of = {}, {}, {}, {}
         self.belongs_to = {}
         for e in self.entries:
-            rels = [self.by_id[d] for d in e.dependencies if self._is(d, _TABLE_LIKE)]
+            rels = [
+                self.by_id[d] for d in dict.fromkeys(e.dependencies) if self._is(d, _TABLE_LIKE)
+            ]
             owner: TocEntry | None = None
             if e.desc in _FOLLOWERS and e.dependencies:
                 self.followers.setdefault(e.dependencies[0], []).append(e)
@@ -302,18 +304,19 @@ class _Graph:
                     (r for r in rels if self.parent_of.get(r.dump_id) in e.dependencies), None
                 )
             elif e.desc == "SEQUENCE" and rels:
-                owner = rels[0]  # an identity column's sequence
+                owner = rels[0]  # owned by a table (serial or identity column)
                 self.owned_sequences.setdefault(owner.dump_id, []).append(e.dump_id)
                 self.owner_of[e.dump_id] = owner.dump_id
                 continue
             elif e.desc == "SEQUENCE OWNED BY":
-                seq = next(
+                # Belongs to its sequence; the table it names owns the sequence (pg_dump 15
+                # records that on the SEQUENCE entry, older versions here).
+                owner = next(
                     (self.by_id[d] for d in e.dependencies if self._is(d, {"SEQUENCE"})), None
                 )
-                owner = rels[0] if rels else None
-                if seq is not None and owner is not None:
-                    self.owned_sequences.setdefault(owner.dump_id, []).append(seq.dump_id)
-                    self.owner_of[seq.dump_id] = owner.dump_id
+                if owner is not None and rels and owner.dump_id not in self.owner_of:
+                    self.owned_sequences.setdefault(rels[0].dump_id, []).append(owner.dump_id)
+                    self.owner_of[owner.dump_id] = rels[0].dump_id
             if owner is not None:
                 self.owned.setdefault(owner.dump_id, []).append(e)
                 self.belongs_to[e.dump_id] = owner.dump_id
