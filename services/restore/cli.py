@@ -105,7 +105,8 @@ def start(
         str | None, typer.Option(help="schema of the tables (default public)")
     ] = None,
     table: Annotated[
-        list[str] | None, typer.Option("--table", metavar="TABLE", help="a table (repeatable)")
+        list[str] | None,
+        typer.Option("--table", metavar="TABLE", help="a table, view or sequence (repeatable)"),
     ] = None,
     backup_id: Annotated[
         str | None, typer.Option(help="default: the latest restorable backup")
