@@ -13,11 +13,13 @@ Only the TOC is read, never the data blocks, so the archive's compression does n
 
 from __future__ import annotations
 
+import io
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["ArchiveError", "TocEntry", "read_toc"]
+__all__ = ["ArchiveError", "TocEntry", "read_toc", "read_toc_from"]
 
 _MAGIC = b"PGDMP"
 _SECTIONS = {1: "NONE", 2: "PRE_DATA", 3: "DATA", 4: "POST_DATA"}
@@ -90,6 +92,32 @@ def read_toc(path: Path) -> list[TocEntry]:
     """Every TOC entry of the custom-format archive at ``path``, in the archive's order."""
     with path.open("rb") as f:
         return _read(_Reader(f))
+
+
+def read_toc_from(blocks: Iterable[bytes]) -> list[TocEntry]:
+    """The same, from the archive's bytes as they stream: reading stops after the TOC, so
+    the data after it (large objects) is never fetched."""
+    return _read(_Reader(io.BufferedReader(_Blocks(iter(blocks)))))
+
+
+class _Blocks(io.RawIOBase):
+    def __init__(self, blocks: Iterator[bytes]) -> None:
+        self.blocks = blocks
+        self.pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        while not self.pending:
+            block = next(self.blocks, None)
+            if block is None:
+                return 0
+            self.pending = block
+        n = min(len(buffer), len(self.pending))
+        buffer[:n] = self.pending[:n]
+        self.pending = self.pending[n:]
+        return n
 
 
 def _read(r: _Reader) -> list[TocEntry]:

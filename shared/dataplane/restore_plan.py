@@ -30,16 +30,16 @@ import re
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from .archive_toc import ArchiveError, TocEntry, read_toc
+from .archive_toc import ArchiveError, TocEntry, read_toc, read_toc_from
 from .engine import RestoreError
 from .manifest import Manifest
 from .restore_rows import (
@@ -447,9 +447,13 @@ def table_restore_objects(
     the schema archive's table of contents); a partitioned table brings its partitions, at
     every level."""
     db = head.database(database)
-    with tempfile.TemporaryDirectory(prefix="mb-restore-") as tmp:
-        archive = fetch_to_file(store, head, db.schema_archive, Path(tmp) / "schema.dump")
-        entries = _read_toc(archive)
+    blocks = cast(Generator[bytes, None, None], iter_stream(store, head, db.schema_archive))
+    try:
+        entries = read_toc_from(blocks)
+    except ArchiveError as exc:
+        raise PlanError("RESTORE_FAILED", str(exc), "read the schema archive") from None
+    finally:
+        blocks.close()  # the data after the TOC is never fetched
     kinds = {(e.namespace, e.tag): e for e in entries if e.desc in RELATIONS}
     parts: dict[int, list[TableRef]] = {}
     for e in entries:

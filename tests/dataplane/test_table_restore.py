@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from managed_backups.shared.dataplane.archive_toc import read_toc, read_toc_from
 from managed_backups.shared.dataplane.engine import BackupRequest
 from managed_backups.shared.dataplane.manifest import Manifest
 from managed_backups.shared.dataplane.objectstore import ObjectStore
@@ -303,3 +304,51 @@ def test_nothing_is_left_behind(source: Source, tmp_path: Path) -> None:
     with source.pg.connect() as conn:
         names = [r[0] for r in conn.execute("SELECT datname FROM pg_database").fetchall()]
     assert not [n for n in names if str(n).startswith("mb_restore_")]
+
+
+def test_the_archive_toc_is_read_exactly(
+    pg: PgServer, tmp_path: Path, databases: list[str]
+) -> None:
+    """Names with spaces, quotes and dots (which make ``pg_restore -l`` lines ambiguous) are
+    read exactly, with the same entries, order and dependencies as ``pg_restore -l -v``."""
+    db = pg.create_database("tr_toc")
+    databases.append(db)
+    with pg.connect(db) as conn:
+        conn.execute(
+            'CREATE SCHEMA "a b"; CREATE TABLE "a b"."c d" (id serial PRIMARY KEY, "x.y" text);'
+            'CREATE TABLE "a b"."c" (id int REFERENCES "a b"."c d");'
+            "COMMENT ON TABLE \"a b\".\"c d\" IS 'odd'; SELECT lo_from_bytea(0, 'blob')"
+        )
+    archive = tmp_path / "schema.dump"
+    env = {"PGPASSWORD": pg.password}
+    subprocess.run(
+        [find_pg_tool("pg_dump"), "-Fc", "-b", "--schema-only", "-f", str(archive), "-d",
+         pg.dsn_for(db)],
+        check=True, env=env,
+    )  # fmt: skip
+    entries = read_toc(archive)
+    assert (
+        read_toc_from(
+            iter([archive.read_bytes()[i : i + 7] for i in range(0, archive.stat().st_size, 7)])
+        )
+        == entries
+    )
+    listing = subprocess.run(
+        [find_pg_tool("pg_restore"), "-l", "-v", str(archive)],
+        capture_output=True, check=True, text=True,
+    ).stdout  # fmt: skip
+    lines = [ln for ln in listing.splitlines() if ln and not ln.startswith(";")]
+    assert [int(ln.split(";")[0]) for ln in lines] == [e.dump_id for e in entries]
+    for line, e in zip(lines, entries, strict=True):
+        assert line.startswith(
+            f"{e.dump_id}; {e.catalog_oid} {e.oid} {e.desc} {e.namespace or '-'} {e.tag} "
+        ), line
+    tags = {(e.desc, e.namespace, e.tag) for e in entries}
+    assert {
+        ("TABLE", "a b", "c d"),
+        ("TABLE", "a b", "c"),
+        ("COMMENT", "a b", 'TABLE "c d"'),
+    } <= tags
+    fk = next(e for e in entries if e.desc == "FK CONSTRAINT")
+    table = next(e for e in entries if e.tag == "c d" and e.desc == "TABLE")
+    assert fk.tag == "c c_id_fkey" and table.dump_id in fk.dependencies
