@@ -205,7 +205,10 @@ class RestoreObject(Contract):
         description="Schema name.",
     )
     table: str | None = Field(
-        default=None, min_length=1, max_length=MAX_IDENTIFIER, description="Table name."
+        default=None,
+        min_length=1,
+        max_length=MAX_IDENTIFIER,
+        description="Table name (TABLE restore: a table, a view or a sequence of the database).",
     )
 
 

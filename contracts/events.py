@@ -453,6 +453,14 @@ class RestoreSucceeded(EventBase):
     restore_id: UUID = Field(description="The restore job's id.")
     bytes_done: int = Field(description="Bytes restored so far.")
     restored: list[str] = Field(description="What the destination now holds from the backup.")
+    left_out: list[str] = Field(
+        default_factory=list,
+        description=(
+            "What of the backup the restore left out, each with the reason (an owner or grant "
+            "whose role does not exist, a foreign key or default skipped by an option, an "
+            "object of the destination used instead of the backup's); empty before version 2."
+        ),
+    )
 
 
 class RestoreFailed(EventBase):

@@ -76,6 +76,7 @@ def restore_view(doc: dict[str, Any]) -> RestoreView:
         failed_step=doc["failed_step"],
         destination_state=doc["destination_state"],
         restored=doc.get("restored"),
+        left_out=doc.get("left_out"),
     )
     return RestoreView.model_validate(view)
 

@@ -331,6 +331,7 @@ class ViewProjection:
             at = ts(event.occurred_at)
             doc.update(bytes_done=event.bytes_done, completion_percent=1.0, completed_at=at)
             doc["restored"] = event.restored
+            doc["left_out"] = event.left_out
             _restore_phase(doc, "SUCCEEDED", at)
             self._put_restore(cursor, doc)
 

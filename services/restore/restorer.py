@@ -42,7 +42,7 @@ from managed_backups.shared.dataplane.restore_plan import (
     execute_plan,
     missing_objects,
     plan_bytes,
-    schema_views,
+    table_restore_objects,
 )
 from managed_backups.shared.domain.backup import load_backup
 from managed_backups.shared.domain.cluster import Cluster
@@ -200,12 +200,13 @@ class RestoreService:
             chain[-1].server_version_num, destination_version, destination.cluster_id
         )
         views: tuple[TableRef, ...] = ()
+        sequences: tuple[TableRef, ...] = ()
         missing = [] if cluster_kind else missing_objects(chain[-1], database)
-        if not missing and len(tables) < len(named):
-            others = [t for t in named if t not in tables]
-            found = schema_views(objects_store, chain[-1], database, others, access)
-            views = tuple(t for t in others if t in found)
-            missing = [f"table {database}.{t}" for t in others if t not in found]
+        if not missing and named:
+            # Partitioned tables (no rows of their own), their partitions, views, sequences.
+            found = table_restore_objects(objects_store, chain[-1], database, named, access)
+            tables, views, sequences = found.tables, found.views, found.sequences
+            missing = [f"table {database}.{t}" for t in found.missing]
         if missing:
             raise NotFound(f"not in backup {backup_id}: {', '.join(missing)}")
         into = command.restore_opts.into_db
@@ -216,6 +217,7 @@ class RestoreService:
             job_id=command.restore_id,
             tables=tables,
             views=views,
+            sequences=sequences,
             into_existing=into is not None,
             skip_missing_foreign_keys=command.restore_opts.skip_missing_foreign_keys,
             skip_missing_sequences=command.restore_opts.skip_missing_sequences,
@@ -346,11 +348,17 @@ class RestoreService:
                     await asyncio.to_thread(
                         self._progress, restore_id, min(running.bytes_done, total)
                     )
-                restored = work.result()
+                outcome = work.result()
                 await asyncio.to_thread(
                     self._record,
                     restore_id,
-                    lambda r: r.succeed(running.bytes_done, restored, clock.now(), self.name),
+                    lambda r: r.succeed(
+                        running.bytes_done,
+                        outcome.restored,
+                        outcome.left_out,
+                        clock.now(),
+                        self.name,
+                    ),
                 )
         except PlanError as error:
             await asyncio.to_thread(

@@ -223,6 +223,18 @@ async def test_table_restore_from_the_latest_backup_into_an_existing_database(
     assert ended.phase == "SUCCEEDED", ended.error
     assert digest(world.pg, "target", "orders") == world.at_incremental["orders"]
     assert digest(world.pg, "target", "big_orders")[0] > 0  # the view came along
+    with psycopg.connect(world.pg.url_for("target"), autocommit=True) as conn:
+        grant = conn.execute("SELECT has_table_privilege('shop_reader', 'orders', 'SELECT')")
+        assert grant.fetchone() == (True,)  # the grant to a role that exists came back
+    assert world.system.http is not None
+    view = (
+        await world.system.http.get(f"/api/v1/clusters/{world.cluster_id}/restores/{job['id']}")
+    ).json()
+    # What the option left out is in the job's result, not only in a log.
+    assert view["left_out"] == [
+        "foreign key public.orders.orders_customer_id_fkey references public.customers: "
+        "neither restored nor in the target (skip_missing_foreign_keys)"
+    ]
     listing = (
         await world.system.http.get(f"/api/v1/clusters/{world.cluster_id}/restores")  # type: ignore[union-attr]
     ).json()
@@ -274,6 +286,18 @@ async def test_cli_follows_a_restore_to_its_end(
     )
     out = capsys.readouterr()
     assert code == 1 and "by cli already exists" in out.err
+    # A TABLE restore's follow output lists what it left out.
+    table = ["--type", "TABLE", "--table", "orders", "--skip-missing-foreign-keys"]
+    code = await asyncio.to_thread(
+        cli_main, [*args[:3], *table, *args[5:7], "--new-db-name", "cli table", *args[9:]]
+    )
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "restored: table cli table.public.orders" in out.out
+    assert (
+        "left out: foreign key public.orders.orders_customer_id_fkey references public.customers"
+        in out.out
+    )
 
 
 async def test_rules_refuse_with_their_reason_before_any_data_moves(world: World) -> None:
