@@ -40,7 +40,6 @@ from managed_backups.shared.dataplane.restore_plan import (
     TableRef,
     execute_plan,
 )
-from managed_backups.shared.dataplane.tools import find_pg_tool
 from tests.infra.postgres import LocalPostgres
 
 from ..conftest import PgServer
@@ -82,7 +81,7 @@ def table_entries(pg: PgServer, db: str, table: str) -> Entries:
     """``pg_dump --schema-only -t public.table``, entry by entry: (type, name) → owner and
     normalised SQL (grants and comments are entries too)."""
     proc = subprocess.run(
-        [find_pg_tool("pg_dump"), "--schema-only", "-t", f'public."{table}"', "-d",
+        [pg.tool("pg_dump"), "--schema-only", "-t", f'public."{table}"', "-d",
          pg.dsn_for(db)],
         capture_output=True, check=True, env={**os.environ, "PGPASSWORD": pg.password},
     )  # fmt: skip
@@ -165,11 +164,11 @@ class CorpusRun:
             conn.execute(f'CREATE DATABASE "{self.baseline_db}" TEMPLATE template0')
         env = {**os.environ, "PGPASSWORD": self.pg.password}
         dump = subprocess.run(
-            [find_pg_tool("pg_dump"), "-Fc", "-d", self.pg.dsn_for(self.db)],
+            [self.pg.tool("pg_dump"), "-Fc", "-d", self.pg.dsn_for(self.db)],
             capture_output=True, check=True, env=env,
         )  # fmt: skip
         subprocess.run(
-            [find_pg_tool("pg_restore"), "--exit-on-error", "-d",
+            [self.pg.tool("pg_restore"), "--exit-on-error", "-d",
              self.pg.dsn_for(self.baseline_db)],
             input=dump.stdout, capture_output=True, check=True, env=env,
         )  # fmt: skip
