@@ -191,6 +191,8 @@ from .sql import (
     BYTES_KEY_TYPES,
     INT_KEY_TYPES,
     SESSION_SETTINGS,
+    connect,
+    copy_encoding,
     copy_select_sql,
     quote_ident,
     quote_literal,
@@ -294,7 +296,7 @@ class PostgresAdapter(EngineAdapter):
         "PGREQUIREAUTH": "require_auth",  # only pass it where psycopg's libpq is 16 or newer
     }
 
-    def _conn_kwargs(self, dbname: str, encoding: str = "UTF8") -> dict[str, Any]:
+    def _conn_kwargs(self, dbname: str) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}
         for var, param in self._LIBPQ_ENV.items():
             if var in self._env and param not in conninfo_to_dict(self.dsn):
@@ -305,17 +307,21 @@ class PostgresAdapter(EngineAdapter):
             dbname=dbname,
             connect_timeout=self.connect_timeout,
             application_name="managed-backups",
-            client_encoding=encoding,
         )
         return kwargs
 
     def connect(
-        self, dbname: str | None = None, *, step: str | None = None, encoding: str = "UTF8"
+        self, dbname: str | None = None, *, step: str | None = None, encoding: str | None = None
     ) -> psycopg.Connection[Any]:
-        """An autocommit psycopg connection to ``dbname`` (errors as ``BackupError``)."""
+        """An autocommit psycopg connection to ``dbname`` (errors as ``BackupError``): its text
+        Unicode (:func:`~.sql.connect`), or, with ``encoding`` (a session copying rows of a
+        database in that encoding), in the client encoding :func:`~.sql.copy_encoding` gives."""
         db = dbname or self.default_db
+        kwargs = self._conn_kwargs(db)
+        if encoding is not None:
+            kwargs["client_encoding"] = copy_encoding(encoding)
         try:
-            return psycopg.connect(self.dsn, autocommit=True, **self._conn_kwargs(db, encoding))
+            return connect(self.dsn, autocommit=True, **kwargs)
         except psycopg.Error as exc:
             err = pg_error(exc, step or f"connect to database {db}")
             if err.code == ErrorCode.DUMP_FAILED:
@@ -796,7 +802,7 @@ class _BackupRun:
         step: str,
     ) -> _T:
         """``read`` on a connection of its own that imports the database's snapshot."""
-        conn = self.adapter.connect(info.name, step=step, encoding=info.encoding)
+        conn = self.adapter.connect(info.name, step=step)
         try:
             DbReader(self.adapter, info.name, info.encoding, snapshot_id).begin(conn, step)
             try:

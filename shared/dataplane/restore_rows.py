@@ -54,7 +54,15 @@ from .manifest import (
     check_chain,
 )
 from .objectstore import ObjectStore
-from .sql import INT_KEY_TYPES, SESSION_SETTINGS, quote_ident
+from .sql import (
+    INT_KEY_TYPES,
+    SESSION_SETTINGS,
+    connect,
+    copy_encoding,
+    encoded,
+    quote_ident,
+    quote_literal,
+)
 from .tools import find_pg_tool
 
 __all__ = [
@@ -347,15 +355,28 @@ def rows_digest(blocks: Iterable[bytes], *, sort: bool = False) -> tuple[int, st
 
 
 # ------------------------------------------------------------------------------ restoring
-def _settings(conn: psycopg.Connection[Any], encoding: str) -> None:
+def _settings(conn: psycopg.Connection[Any]) -> None:
     for name, value in SESSION_SETTINGS:
         conn.execute(f"SET {name} = '{value}'")
-    conn.execute(f"SET client_encoding = '{encoding}'")
+
+
+@contextlib.contextmanager
+def _copy_encoding(conn: psycopg.Connection[Any], encoding: str) -> Iterator[None]:
+    """The session in the client encoding rows of a database in ``encoding`` are copied in
+    (:func:`~.sql.copy_encoding`), then back in its own (a caller's session goes on with
+    statements in it)."""
+    before = conn.info.parameter_status("client_encoding") or "UTF8"
+    wanted = copy_encoding(encoding)
+    if wanted != before:
+        conn.execute(f"SET client_encoding = {quote_literal(wanted)}")
+    yield
+    if wanted != before:
+        conn.execute(f"SET client_encoding = {quote_literal(before)}")
 
 
 def _connect(conninfo: str, password: str | None, *, autocommit: bool) -> psycopg.Connection[Any]:
     try:
-        return psycopg.connect(conninfo, password=password, autocommit=autocommit)
+        return connect(conninfo, password=password, autocommit=autocommit)
     except psycopg.Error as exc:
         raise RestoreError(
             ErrorCode.CONNECTION_FAILED, str(exc).splitlines()[0], "connect to destination"
@@ -397,8 +418,12 @@ def restore_table(
     rows = 0
     try:
         try:
-            _settings(conn, encoding)
-            with conn.cursor() as cur, cur.copy(sql) as copy:
+            _settings(conn)
+            with (
+                _copy_encoding(conn, encoding),
+                conn.cursor() as cur,
+                cur.copy(encoded(conn, sql)) as copy,
+            ):
                 for block in iter_table_rows(store, chain, database, schema, table):
                     copy.write(block)
                     rows += block.count(b"\n")
