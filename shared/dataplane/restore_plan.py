@@ -48,19 +48,23 @@ from .restore_rows import (
     restore_table,
     table_history,
 )
-from .sql import quote_ident
+from .sql import connect, quote_ident
 from .tools import find_pg_tool
 
 __all__ = [
+    "NOT_DROPPED",
     "ClusterAccess",
+    "DropReport",
     "PlanError",
     "RestorePlan",
     "TableRef",
+    "drop_database",
     "drop_temporary_databases",
     "execute_plan",
     "missing_objects",
     "plan_bytes",
     "temporary_database_names",
+    "temporary_databases",
 ]
 
 TEMP_PREFIX = "mb_restore_"
@@ -68,6 +72,8 @@ NOT_KEPT = (
     "owners and privileges: not kept (a role of the backup does not exist on the destination; "
     "the objects belong to the role the restore connected as)"
 )
+NOT_DROPPED = "not dropped: "
+"""How a restore's result names a temporary database it could not drop (:class:`DropReport`)."""
 RESTORE_JOBS = 2
 """Tables copied at once, and ``pg_restore -j`` for indexes and constraints, when a database is
 restored under a temporary name (nobody sees it before the rename, so per-table transactions
@@ -108,7 +114,7 @@ class ClusterAccess:
 
     def connect(self, name: str = "postgres", autocommit: bool = True) -> psycopg.Connection[Any]:
         try:
-            return psycopg.connect(
+            return connect(
                 self.database(name),
                 password=self.password,
                 autocommit=autocommit,
@@ -247,20 +253,105 @@ def check_destination(access: ClusterAccess, plan: RestorePlan) -> None:
         )
 
 
-def drop_temporary_databases(access: ClusterAccess, job_id: UUID) -> list[str]:
-    """Drop every database named after the job (temporary targets, the scratch database, the
-    replaced databases a CLUSTER restore keeps until its swap committed); returns their names."""
+@dataclass(frozen=True)
+class DropReport:
+    """What :func:`drop_temporary_databases` did: the databases it dropped (checked: the
+    catalog no longer lists them) and those left, each with the reason."""
+
+    dropped: list[str]
+    left: list[tuple[str, str]]
+
+    def describe(self) -> list[str]:
+        """One line per database left (none when everything was dropped)."""
+        return [f"{NOT_DROPPED}temporary database {name} ({why})" for name, why in self.left]
+
+
+def temporary_databases(access: ClusterAccess, job_id: UUID) -> list[str]:
+    """The databases named after the job that exist on the destination now."""
     prefix = f"{TEMP_PREFIX}{job_id.hex}"
     with access.connect() as conn:
-        names = [
+        return [
             str(r[0])
             for r in conn.execute(
-                "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (prefix,)
+                "SELECT datname FROM pg_database WHERE starts_with(datname, %s) ORDER BY 1",
+                (prefix,),
             ).fetchall()
         ]
-        for name in names:
-            conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
-    return names
+
+
+def drop_temporary_databases(access: ClusterAccess, job_id: UUID) -> DropReport:
+    """Drop every database named after the job (temporary targets, the scratch database, the
+    replaced databases a CLUSTER restore keeps until its swap committed, its swap database),
+    whatever they hold, each on its own: one that cannot be dropped never keeps the others.
+    A database is reported dropped only once the catalog no longer lists it."""
+    names = temporary_databases(access, job_id)
+    failed: dict[str, str] = {}
+    for name in names:
+        try:
+            drop_database(access, name)
+        except (PlanError, psycopg.Error) as exc:
+            failed[name] = exc.message if isinstance(exc, PlanError) else _first_line(exc)
+    remaining = temporary_databases(access, job_id)
+    return DropReport(
+        dropped=[n for n in names if n not in remaining],
+        left=[(n, failed.get(n, "still there after DROP DATABASE")) for n in remaining],
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def drop_database(access: ClusterAccess, name: str) -> None:
+    """Drop ``name`` whatever it holds. ``DROP DATABASE ... WITH (FORCE)`` ends its sessions
+    but refuses a database that holds a logical replication subscription, a template, and one
+    with an active logical replication slot:
+
+    - its subscriptions are disabled, detached from their slot (``slot_name = NONE``) and
+      dropped: a restored database's subscription is a copy naming the source's slot on the
+      publisher, which the source (or the restored database replacing it) still uses, so the
+      drop must never reach the publisher;
+    - a template stops being one, and a database closed to connections is opened, so its
+      subscriptions can be reached;
+    - the sessions streaming from its logical slots are ended (the slots go with it)."""
+    with access.connect() as conn:
+        row = conn.execute(
+            "SELECT datallowconn, datistemplate FROM pg_database WHERE datname = %s", (name,)
+        ).fetchone()
+        if row is None:
+            return
+        target = quote_ident(name)
+        if row[1]:
+            conn.execute(f"ALTER DATABASE {target} IS_TEMPLATE false")
+        if not row[0]:
+            conn.execute(f"ALTER DATABASE {target} ALLOW_CONNECTIONS true")
+    with access.connect(name) as conn:
+        subscriptions = [
+            str(r[0])
+            for r in conn.execute(
+                "SELECT s.subname FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid"
+                " WHERE d.datname = current_database()"
+            ).fetchall()
+        ]
+        for subscription in subscriptions:
+            sub = quote_ident(subscription)
+            conn.execute(f"ALTER SUBSCRIPTION {sub} DISABLE")
+            conn.execute(f"ALTER SUBSCRIPTION {sub} SET (slot_name = NONE)")
+            conn.execute(f"DROP SUBSCRIPTION {sub}")
+    with access.connect() as conn:
+        for _attempt in range(3):  # a walsender reconnecting between the two: again
+            conn.execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
+                " WHERE database = %s AND active_pid IS NOT NULL",
+                (name,),
+            )
+            try:
+                conn.execute(f"DROP DATABASE IF EXISTS {target} WITH (FORCE)")
+                return
+            except psycopg.errors.ObjectInUse:
+                if _attempt == 2:
+                    raise
 
 
 def _create_database(access: ClusterAccess, name: str, like: Manifest, source_db: str) -> None:
@@ -403,13 +494,17 @@ def execute_plan(
 
 
 def _cleanup_quietly(access: ClusterAccess, plan: RestorePlan) -> None:
-    with contextlib.suppress(Exception):  # the lease reaper retries
+    """After a failure: the job's databases dropped (what cannot be is left to the restore
+    service's own cleanup step, which checks and says what is left)."""
+    with contextlib.suppress(Exception):
         drop_temporary_databases(access, plan.job_id)
 
 
 def _drop_scratch_quietly(access: ClusterAccess, plan: RestorePlan) -> None:
-    with contextlib.suppress(Exception), access.connect() as conn:  # the reaper retries
-        conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(plan.scratch_database)} WITH (FORCE)")
+    """The TABLE restore's scratch database (it holds the source's whole schema, its
+    subscriptions included); what cannot be dropped is left to the cleanup step."""
+    with contextlib.suppress(Exception):
+        drop_database(access, plan.scratch_database)
 
 
 def _resolve_views(
@@ -751,14 +846,12 @@ def _restore_cluster(
         _cleanup_quietly(access, plan)  # the databases first: they hold the roles' objects
         _drop_roles_quietly(access, created)  # roles it created, not committed by a swap
         raise
-    # The swap committed: the restore succeeded. Dropping the replaced databases is tidying
-    # (what is left is dropped with the job's temporary databases by the reaper).
-    with contextlib.suppress(Exception), access.connect(swap) as conn:
-        for name in replaced:
-            conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
-    with contextlib.suppress(Exception), access.connect(next(iter(temps))) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(swap)} WITH (FORCE)")
-    return [f"database {name}" for name in temps] + ["roles"]
+    # The swap committed: the restore succeeded. Then, in a step of its own, the replaced
+    # databases and the swap database are dropped, whatever they hold; what could not be
+    # dropped is said (and the restore service's cleanup step tries again).
+    del replaced
+    left = drop_temporary_databases(access, plan.job_id).describe()
+    return [f"database {name}" for name in temps] + ["roles", *left]
 
 
 def _restore_cluster_databases(
