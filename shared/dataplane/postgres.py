@@ -134,6 +134,7 @@ from .manifest import (
     CatalogDatabase,
     ChunkRef,
     DatabaseBackup,
+    DatabaseLocale,
     DatabaseProperties,
     Manifest,
     MatView,
@@ -153,6 +154,7 @@ from .postgres_catalog import (
     live_catalog,
     read_database_size,
     read_large_object_count,
+    read_locale,
     read_matviews,
     read_properties,
     read_schema_fingerprint,
@@ -422,6 +424,7 @@ class _SideReads:
     sequences: list[SequenceValue]
     matviews: list[MatView]
     properties: DatabaseProperties
+    locale: DatabaseLocale
     size: int
     """``pg_database_size`` (it walks the database's directory)."""
 
@@ -787,6 +790,7 @@ class _BackupRun:
                 oid=info.oid,
                 is_template=info.is_template,
                 properties=state.properties,
+                locale=state.locale,
                 matviews=state.matviews,
                 large_objects=state.large_objects,
             ),
@@ -828,6 +832,7 @@ class _BackupRun:
             sequences=read_sequences(conn),
             matviews=read_matviews(conn),
             properties=read_properties(conn),
+            locale=read_locale(conn, self.version_num),
             size=read_database_size(conn),
         )
 

@@ -30,7 +30,7 @@ import re
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .engine import RestoreError
-from .manifest import Manifest
+from .manifest import DatabaseBackup, DatabaseLocale, Manifest
 from .restore_rows import (
     fetch_to_file,
     iter_stream,
@@ -58,6 +58,7 @@ __all__ = [
     "PlanError",
     "RestorePlan",
     "TableRef",
+    "create_database_sql",
     "drop_database",
     "drop_temporary_databases",
     "execute_plan",
@@ -354,14 +355,100 @@ def drop_database(access: ClusterAccess, name: str) -> None:
                     raise
 
 
-def _create_database(access: ClusterAccess, name: str, like: Manifest, source_db: str) -> None:
+def create_database_sql(
+    name: str, db: DatabaseBackup, server_version_num: int, tablespaces: Collection[str]
+) -> tuple[str, list[str]]:
+    """``CREATE DATABASE name`` for a copy of the backup's database ``db`` on a destination of
+    ``server_version_num`` with ``tablespaces``, and what it says of the copy (one line each).
+
+    The copy gets what ``pg_dump --create`` keeps: the encoding, ``LC_COLLATE``, ``LC_CTYPE``,
+    the locale provider (``libc`` for a backup that recorded none: version 3 and older), the
+    ICU or builtin locale, the ICU rules, the tablespace. A property the destination cannot
+    hold is refused (``UNSUPPORTED``: ICU before PostgreSQL 15, ICU rules before 16, the builtin
+    provider before 17), never left out; a tablespace the destination lacks is said (the copy
+    is created in the default one). The collation version is not given: the destination
+    computes its own, as after ``pg_dump`` (:func:`_collation_version_note` says when they
+    differ)."""
+    locale = db.locale or DatabaseLocale(provider="libc")
+    parts = [
+        f"CREATE DATABASE {quote_ident(name)} TEMPLATE template0",
+        f"ENCODING {_literal(db.encoding)}",
+        f"LC_COLLATE {_literal(db.collate)}",
+        f"LC_CTYPE {_literal(db.ctype)}",
+    ]
+    major = server_version_num // 10000
+
+    def refuse(what: str, since: int) -> PlanError:
+        return PlanError(
+            "UNSUPPORTED",
+            f"database {db.name} uses {what}, which PostgreSQL {major} cannot hold (it needs"
+            f" {since} or later): restore it into a cluster of PostgreSQL {since} or later",
+            "create database",
+        )
+
+    if server_version_num >= 150000:
+        parts.append(f"LOCALE_PROVIDER {_literal(locale.provider)}")
+    if locale.provider == "icu":
+        if server_version_num < 150000:
+            raise refuse(f"the ICU locale provider (locale {locale.locale!r})", 15)
+        parts.append(f"ICU_LOCALE {_literal(locale.locale or '')}")
+    elif locale.provider == "builtin":
+        if server_version_num < 170000:
+            raise refuse(f"the builtin locale provider (locale {locale.locale!r})", 17)
+        parts.append(f"BUILTIN_LOCALE {_literal(locale.locale or '')}")
+    if locale.icu_rules is not None:
+        if server_version_num < 160000:
+            raise refuse(f"ICU rules ({locale.icu_rules!r})", 16)
+        parts.append(f"ICU_RULES {_literal(locale.icu_rules)}")
+    notes = []
+    tablespace = db.properties.tablespace if db.properties is not None else None
+    if tablespace is not None and tablespace != "pg_default":
+        if tablespace in tablespaces:
+            parts.append(f"TABLESPACE {quote_ident(tablespace)}")
+        else:
+            notes.append(
+                f"database {db.name}: created in the default tablespace (tablespace"
+                f" {tablespace} does not exist on the destination)"
+            )
+    return " ".join(parts), notes
+
+
+def _collation_version_note(
+    conn: psycopg.Connection[Any], name: str, db: DatabaseBackup
+) -> list[str]:
+    """The copy's collation version against the backup's: an index on text built under
+    another version may order differently (``REINDEX`` it, then ``ALTER DATABASE ... REFRESH
+    COLLATION VERSION``)."""
+    recorded = db.locale.collation_version if db.locale is not None else None
+    if recorded is None or conn.info.server_version < 150000:
+        return []
+    row = conn.execute(
+        "SELECT datcollversion FROM pg_database WHERE datname = %s", (name,)
+    ).fetchone()
+    here = None if row is None or row[0] is None else str(row[0])
+    if here == recorded:
+        return []
+    return [
+        f"database {db.name}: collation version {recorded} in the backup, {here} on the"
+        " destination (indexes on text may need REINDEX)"
+    ]
+
+
+def _create_database(access: ClusterAccess, name: str, like: Manifest, source_db: str) -> list[str]:
+    """Create ``name`` as a copy of the backup's database ``source_db`` would be
+    (:func:`create_database_sql`); returns what is to be said of it."""
     db = like.database(source_db)
     with access.connect() as conn:
-        conn.execute(
-            f"CREATE DATABASE {quote_ident(name)} TEMPLATE template0 "
-            f"ENCODING {_literal(db.encoding)} LC_COLLATE {_literal(db.collate)} "
-            f"LC_CTYPE {_literal(db.ctype)}"
-        )
+        tablespaces = {str(r[0]) for r in conn.execute("SELECT spcname FROM pg_tablespace")}
+        sql, notes = create_database_sql(name, db, conn.info.server_version, tablespaces)
+        try:
+            conn.execute(sql)
+        except psycopg.Error as exc:
+            code = "UNSUPPORTED" if exc.sqlstate == "0A000" else "RESTORE_FAILED"
+            raise PlanError(
+                code, f"database {source_db}: {_first_line(exc)}", "create database"
+            ) from None
+        return notes + _collation_version_note(conn, name, db)
 
 
 _CREATE_ROLE = re.compile(r'^CREATE ROLE ("(?:[^"]|"")+"|[^\s;]+);$', re.M)
@@ -457,8 +544,10 @@ def execute_plan(
             return _restore_cluster(store, chain, plan, access, tick)
         if plan.kind == "DATABASE":
             keep = _keeps_owners(store, chain[-1], access)
-            _create_database(access, plan.temporary_database, chain[-1], plan.source_database)
-            restore_database(
+            notes = _create_database(
+                access, plan.temporary_database, chain[-1], plan.source_database
+            )
+            report = restore_database(
                 store,
                 chain,
                 plan.source_database,
@@ -472,7 +561,16 @@ def execute_plan(
                 no_privileges=not keep,
             )
             _rename_database(access, plan.temporary_database, plan.target_database)
-            return [f"database {plan.target_database}"] + ([] if keep else [NOT_KEPT])
+            if chain[-1].database(plan.source_database).is_template:
+                with access.connect() as conn:
+                    target = quote_ident(plan.target_database)
+                    conn.execute(f"ALTER DATABASE {target} IS_TEMPLATE true")
+            return [
+                f"database {plan.target_database}",
+                *([] if keep else [NOT_KEPT]),
+                *notes,
+                *(f"not restored: {what}" for what in report.skipped),
+            ]
         script = _table_scripts(store, chain, plan, access)
         if plan.into_existing:
             _apply_tables(store, chain, plan, access, plan.target_database, script, tick)
@@ -835,7 +933,7 @@ def _restore_cluster(
     created = _create_missing_roles(access, roles)
     swap = f"{TEMP_PREFIX}{plan.job_id.hex}_swap"
     try:
-        temps = _restore_cluster_databases(store, chain, plan, access, progress)
+        temps, notes = _restore_cluster_databases(store, chain, plan, access, progress)
         templates = {db.name for db in head.databases if db.is_template and db.name in temps}
         # The swap renames databases the restore could otherwise be connected to (``postgres``
         # included): it runs from a database of its own, dropped afterwards.
@@ -851,7 +949,7 @@ def _restore_cluster(
     # dropped is said (and the restore service's cleanup step tries again).
     del replaced
     left = drop_temporary_databases(access, plan.job_id).describe()
-    return [f"database {name}" for name in temps] + ["roles", *left]
+    return [f"database {name}" for name in temps] + ["roles", *notes, *left]
 
 
 def _restore_cluster_databases(
@@ -860,14 +958,16 @@ def _restore_cluster_databases(
     plan: RestorePlan,
     access: ClusterAccess,
     progress: Callable[[int], None],
-) -> dict[str, str]:
+) -> tuple[dict[str, str], list[str]]:
     """Every database of the backup into a temporary database, owners and grants kept (every
-    role of the backup exists by now); returns backup name → temporary name."""
+    role of the backup exists by now); returns backup name → temporary name, and what is to
+    be said of the copies (:func:`create_database_sql`)."""
     temps: dict[str, str] = {}
+    notes: list[str] = []
     for i, name in enumerate(cluster_databases(chain[-1])):
         temp = f"{TEMP_PREFIX}{plan.job_id.hex}_{i}"
-        _create_database(access, temp, chain[-1], name)
-        restore_database(
+        notes += _create_database(access, temp, chain[-1], name)
+        report = restore_database(
             store,
             chain,
             name,
@@ -880,8 +980,9 @@ def _restore_cluster_databases(
             no_owner=False,
             no_privileges=False,
         )
+        notes += [f"not restored: database {name}: {what}" for what in report.skipped]
         temps[name] = temp
-    return temps
+    return temps, notes
 
 
 def _swap_cluster(

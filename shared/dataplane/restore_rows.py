@@ -730,6 +730,17 @@ def _finish_database(
         conn.execute(f"ALTER DATABASE {target} CONNECTION LIMIT {int(props.connection_limit)}")
         if props.comment is not None:
             conn.execute(f"COMMENT ON DATABASE {target} IS {_literal(props.comment)}")
+        for label in props.security_labels:
+            try:
+                conn.execute(
+                    f"SECURITY LABEL FOR {quote_ident(label.provider)} ON DATABASE {target}"
+                    f" IS {_literal(label.label)}"
+                )
+            except psycopg.Error as exc:  # its provider is not loaded on the destination
+                report.skipped.append(
+                    f"security label {label.label!r} of provider {label.provider} on the"
+                    f" database: {str(exc).strip().splitlines()[0]}"
+                )
         if not no_owner:
             if props.owner in roles:
                 conn.execute(f"ALTER DATABASE {target} OWNER TO {quote_ident(props.owner)}")
