@@ -72,9 +72,12 @@ What a backup holds
   client encoding = the database's encoding) and replayed on restore.
 - **Key order that Python can merge**: text/varchar keys are ordered ``COLLATE "C"`` (byte
   order in the database encoding), so a restore merges incrementals with plain byte
-  comparisons whatever the database's collation. Keys of other types than ``int2``, ``int4``,
-  ``int8``, ``oid``, ``text``, ``varchar``, ``uuid``, ``bytea`` and ``bool`` are still dumped in
-  key order but such tables are stored whole in incrementals.
+  comparisons whatever the database's collation; ``date``, ``timestamp`` and ``timestamptz``
+  keys in their own order, which the restore reproduces from their ISO text in UTC
+  (infinities, BC dates, years past 9999, fractional seconds: :func:`~.sql.time_key`);
+  ``citext`` keys by their text's bytes (see :data:`~.sql.TEXT_ORDER_KEY_TYPES`). Keys of
+  other types than those, ``int2``, ``int4``, ``int8``, ``oid``, ``uuid``, ``bytea`` and
+  ``bool`` are still dumped in key order but such tables are stored whole in incrementals.
 - Large tables stream through a ``psql`` child (C speed, 1 MiB pipe reads); small ones through
   the worker's psycopg connection (no process start per table). Both import the snapshot.
   Every stream is cut into content-defined chunks, hashed and zstd-compressed in a thread pool

@@ -43,7 +43,7 @@ from .manifest import (
     SequenceValue,
 )
 from .postgres_snapshots import Retake
-from .sql import BYTES_KEY_TYPES, INT_KEY_TYPES, quote_ident
+from .sql import DIFFABLE_KEY_TYPES, quote_ident
 
 __all__ = [
     "DATABASES_SQL",
@@ -310,7 +310,7 @@ class Table:
         for kc in self.key_columns:
             if kc.name not in self.columns:
                 return f"primary key on generated column {kc.name}"
-            if kc.type not in INT_KEY_TYPES and kc.type not in BYTES_KEY_TYPES:
+            if kc.type not in DIFFABLE_KEY_TYPES:
                 return f"primary key type {kc.type} not supported for incrementals"
         return None
 

@@ -55,11 +55,11 @@ from .manifest import (
 )
 from .objectstore import ObjectStore
 from .sql import (
-    INT_KEY_TYPES,
     SESSION_SETTINGS,
     connect,
     copy_encoding,
     encoded,
+    key_parser,
     quote_ident,
     quote_literal,
 )
@@ -122,42 +122,11 @@ def table_history(
 
 
 # ------------------------------------------------------------------------------ line parsing
-_ESCAPES = {
-    ord("b"): b"\b",
-    ord("f"): b"\f",
-    ord("n"): b"\n",
-    ord("r"): b"\r",
-    ord("t"): b"\t",
-    ord("v"): b"\v",
-    ord("\\"): b"\\",
-}
-
-
-def _unescape(field: bytes) -> bytes:
-    """Undo COPY text escaping (COPY TO only emits ``\\\\ \\b \\f \\n \\r \\t \\v``)."""
-    if b"\\" not in field:
-        return field
-    out = bytearray()
-    i = 0
-    n = len(field)
-    while i < n:
-        c = field[i]
-        if c == 0x5C and i + 1 < n:
-            out += _ESCAPES.get(field[i + 1], field[i + 1 : i + 2])
-            i += 2
-        else:
-            out.append(c)
-            i += 1
-    return bytes(out)
-
-
 def _key_function(
     columns: Sequence[str], key_columns: Sequence[KeyColumn]
 ) -> Callable[[bytes], Key]:
     positions = [columns.index(kc.name) for kc in key_columns]
-    converters: list[Callable[[bytes], Any]] = [
-        int if kc.type in INT_KEY_TYPES else _unescape for kc in key_columns
-    ]
+    converters = [key_parser(kc.type) for kc in key_columns]
     last = max(positions) + 1
 
     if len(positions) == 1:
