@@ -11,11 +11,12 @@ whole lines (a chunk each), and a block goes through as it is when no delta key 
 key range and the key set keeps every key of it, which is decided from its first and last
 lines only (a ``RANGES`` key set: one live range holds both; a ``KEYS`` key set: as many live
 keys between them as the block has lines, since a live key that no delta names is a base
-key). Otherwise the block is split into lines and cut with ``bisect`` (a key parsed per probe)
-at each delta key and at each end of a live range: the pieces between cuts are copied through
-whole, the base line a delta key replaces is left out, the delta's line is put in its place,
-and the pieces the key set does not keep are dropped. The deltas (the changed rows: small) are
-merged line by line, the newest version of each key winning.
+key). Otherwise the block is cut, without splitting it into lines, at each delta key and at
+each end of a live range, found by a search over its byte offsets (a key parsed per probe;
+for an integer key, interpolation and bisection in turn): the pieces between cuts are passed
+through as they are, the base line a delta key replaces is left out, the delta's line is put
+in its place, and the pieces the key set does not keep are dropped. The deltas (the changed
+rows: small) are merged line by line, the newest version of each key winning.
 
 Why it is exact: every stream and every probe uses the same order, keys are compared parsed
 (never as text of another form), and each key is emitted at most once, from the newest
@@ -25,7 +26,6 @@ delta, the key set's current range or the live keys of one block.
 
 from __future__ import annotations
 
-import bisect
 import heapq
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -34,7 +34,7 @@ from typing import Any
 Key = tuple[Any, ...]
 KeyFunction = Callable[[bytes], Key]
 
-__all__ = ["Key", "KeyFunction", "KeyList", "LiveKeys", "RangeSet", "merge_history"]
+__all__ = ["Block", "Key", "KeyFunction", "KeyList", "LiveKeys", "RangeSet", "merge_history"]
 
 _OUT_BLOCK = 256 << 10
 
@@ -69,6 +69,68 @@ def lines_of(blocks: Iterable[bytes]) -> Iterator[bytes]:
         yield from lines
 
 
+class Block:
+    """A block of whole lines, searched by key over its byte offsets (never split)."""
+
+    __slots__ = ("data", "key")
+
+    def __init__(self, data: bytes, key: KeyFunction) -> None:
+        self.data = data
+        self.key = key
+
+    def key_at(self, start: int) -> Key:
+        """The key of the line starting at byte ``start``."""
+        return self.key(self.data[start : self.data.index(b"\n", start)])
+
+    def key_before(self, end: int) -> Key:
+        """The key of the line ending (with its newline) at byte ``end``."""
+        return self.key(self.data[self.data.rfind(b"\n", 0, end - 1) + 1 : end - 1])
+
+    def lines(self, a: int, b: int) -> int:
+        return self.data.count(b"\n", a, b)
+
+    def search(
+        self,
+        k: Key,
+        lo: int,
+        hi: int,
+        *,
+        after: bool = False,
+        below: Key | None = None,
+        above: Key | None = None,
+    ) -> int:
+        """The start of the first line in ``[lo, hi)`` (both line starts) whose key is at or
+        after ``k`` (after it, with ``after``), or ``hi``. A probe at a byte offset reads the
+        line around it. For a single integer key a probe is placed by interpolation between the
+        keys known to bound the range (``below`` the line at ``lo``, ``above`` the line before
+        ``hi``, then those the probes saw), which finds a dense key in a few probes; one that
+        did not halve the range is followed by one that does, which bounds the worst case to
+        twice a bisection."""
+        data, key = self.data, self.key
+        target = k[0] if len(k) == 1 and type(k[0]) is int else None
+        low = below[0] if target is not None and below is not None else None
+        high = above[0] if target is not None and above is not None else None
+        interpolate = True
+        while lo < hi:
+            mid = (lo + hi) // 2
+            width = hi - lo
+            if interpolate and low is not None and high is not None and high > low:
+                assert target is not None
+                mid = min(max(lo + (target - low) * width // (high - low), lo), hi - 1)
+            start = max(data.rfind(b"\n", lo, mid) + 1, lo)
+            end = data.index(b"\n", start)
+            found = key(data[start:end])
+            if found < k or (after and found == k):
+                lo = end + 1
+                low = found[0] if target is not None else None
+            else:
+                hi = start
+                high = found[0] if target is not None else None
+            # Interpolation that did not halve the range: the next probe halves it.
+            interpolate = not interpolate or 2 * (hi - lo) <= width
+        return lo
+
+
 class LiveKeys:
     """The key set of the newest backup, asked in ascending key order only."""
 
@@ -80,10 +142,8 @@ class LiveKeys:
         key between them) is live."""
         raise NotImplementedError
 
-    def spans(
-        self, lines: Sequence[bytes], a: int, b: int, key: KeyFunction
-    ) -> Iterator[tuple[int, int]]:
-        """The runs ``[i, j)`` of ``lines[a:b]`` (base lines, no delta key among them) whose
+    def spans(self, block: Block, a: int, b: int) -> Iterator[tuple[int, int]]:
+        """The byte ranges of ``block[a:b]`` (whole base lines, no delta key among them) whose
         keys are live."""
         raise NotImplementedError
 
@@ -120,21 +180,20 @@ class RangeSet(LiveKeys):
         assert self.hi is not None
         return self.lo <= lo and hi <= self.hi
 
-    def spans(
-        self, lines: Sequence[bytes], a: int, b: int, key: KeyFunction
-    ) -> Iterator[tuple[int, int]]:
+    def spans(self, block: Block, a: int, b: int) -> Iterator[tuple[int, int]]:
         while a < b and not self.done:
-            k = key(lines[a])[0]
+            k: int = block.key_at(a)[0]
             if not self._reach(k):
                 return
             assert self.hi is not None
             if k < self.lo:  # deleted keys, up to the range's start
-                a = bisect.bisect_left(lines, (self.lo,), a, b, key=key)
+                a = block.search((self.lo,), a, b, below=(k,))
                 continue
-            if key(lines[b - 1])[0] <= self.hi:
+            last = block.key_before(b)
+            if last[0] <= self.hi:
                 yield a, b
                 return
-            j = bisect.bisect_right(lines, (self.hi,), a, b, key=key)
+            j = block.search((self.hi,), a, b, after=True, below=(k,), above=last)
             yield a, j
             a = j
 
@@ -179,20 +238,22 @@ class KeyList(LiveKeys):
             self._ahead.popleft()
         return True
 
-    def spans(
-        self, lines: Sequence[bytes], a: int, b: int, key: KeyFunction
-    ) -> Iterator[tuple[int, int]]:
-        if self.covers(key(lines[a]), key(lines[b - 1]), b - a):
+    def spans(self, block: Block, a: int, b: int) -> Iterator[tuple[int, int]]:
+        if self.covers(block.key_at(a), block.key_before(b), block.lines(a, b)):
             yield a, b
             return
+        data = block.data
         start = None
-        for i in range(a, b):
-            if self.live(key(lines[i])):
+        i = a
+        while i < b:
+            end = data.index(b"\n", i) + 1
+            if self.live(block.key(data[i : end - 1])):
                 if start is None:
                     start = i
             elif start is not None:
                 yield start, i
                 start = None
+            i = end
         if start is not None:
             yield start, b
 
@@ -201,22 +262,18 @@ class _Out:
     """Output pieces gathered into blocks of about ``_OUT_BLOCK`` bytes."""
 
     def __init__(self) -> None:
-        self.pieces: list[bytes] = []
+        self.pieces: list[bytes | memoryview] = []
         self.size = 0
 
-    def add(self, piece: bytes) -> Iterator[bytes]:
+    def add(self, piece: bytes | memoryview) -> Iterator[bytes]:
         if len(piece) >= _OUT_BLOCK:
             yield from self.flush()
-            yield piece
+            yield piece if isinstance(piece, bytes) else bytes(piece)
             return
         self.pieces.append(piece)
         self.size += len(piece)
         if self.size >= _OUT_BLOCK:
             yield from self.flush()
-
-    def lines(self, lines: Sequence[bytes], a: int, b: int) -> Iterator[bytes]:
-        if a < b:
-            yield from self.add(b"\n".join(lines[a:b]) + b"\n")
 
     def flush(self) -> Iterator[bytes]:
         if self.pieces:
@@ -252,33 +309,33 @@ def merge_history(
     out = _Out()
     changed = newest_per_key(deltas, key)
     pending = next(changed, None)
-    for block in line_blocks(base):
-        last_start = block.rfind(b"\n", 0, len(block) - 1) + 1
-        last = key(block[last_start:-1])
-        if pending is None or pending[0] > last:
-            first = key(block[: block.index(b"\n")])
-            count = block.count(b"\n")
-            if live.covers(first, last, count):
-                yield from out.add(block)
-                continue
-        lines = block.split(b"\n")
-        lines.pop()
-        n = len(lines)
+    for data in line_blocks(base):
+        block = Block(data, key)
+        end = len(data)
+        last = block.key_before(end)
+        untouched = pending is None or pending[0] > last
+        if untouched and live.covers(block.key_at(0), last, block.lines(0, end)):
+            yield from out.add(data)
+            continue
+        view = memoryview(data)
         pos = 0
+        floor: Key | None = None
         while pending is not None and pending[0] <= last:
             k, line = pending
-            i = bisect.bisect_left(lines, k, pos, n, key=key)
-            for a, b in live.spans(lines, pos, i, key) if pos < i else ():
-                yield from out.lines(lines, a, b)
-            if i < n and key(lines[i]) == k:
-                i += 1  # the base's version of the key: replaced
+            i = block.search(k, pos, end, below=floor, above=last)
+            floor = k
+            if pos < i:
+                for a, b in live.spans(block, pos, i):
+                    yield from out.add(view[a:b])
+            if i < end and block.key_at(i) == k:
+                i = data.index(b"\n", i) + 1  # the base's version of the key: replaced
             if live.live(k):
                 yield from out.add(line + b"\n")
             pos = i
             pending = next(changed, None)
-        if pos < n:
-            for a, b in live.spans(lines, pos, n, key):
-                yield from out.lines(lines, a, b)
+        if pos < end:
+            for a, b in live.spans(block, pos, end):
+                yield from out.add(view[a:b])
     while pending is not None:
         if live.live(pending[0]):
             yield from out.add(pending[1] + b"\n")

@@ -589,7 +589,10 @@ def _copy_in_lanes(
                     if not pending:
                         break
                     entry = pending.popleft()
-                freeze = (entry.schema_name, entry.name) in freezable
+                freeze = (
+                    entry.schema_name,
+                    entry.name,
+                ) in freezable and entry.data_size >= _FREEZE_BYTES
                 rows = mine.run(conn, entry, freeze=freeze)
                 done[f"{entry.schema_name}.{entry.name}"] = rows
                 since_commit += entry.data_size
@@ -621,6 +624,9 @@ def _copy_in_lanes(
     return {f"{t.schema_name}.{t.name}": done[f"{t.schema_name}.{t.name}"] for t in db.tables}
 
 
+_FREEZE_BYTES = 1 << 20
+"""Tables from this size are emptied and copied ``FREEZE`` (see :meth:`_TableCopy.run`); a
+smaller one is not worth its ``TRUNCATE`` (a new file for it and its TOAST table)."""
 _COMMIT_BYTES = 256 << 20
 """Rows a restore session copies between two commits (see :func:`_copy_in_lanes`)."""
 
