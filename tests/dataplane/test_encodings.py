@@ -9,11 +9,14 @@ name is non-ASCII where the encoding allows it. One full backup of the cluster (
 psycopg and packed small tables), then keys updated, deleted and re-inserted and an
 incremental read through ``psql`` (``psql_min_bytes=0``); each database of the chain is
 restored by the restore service's path (a DATABASE restore) and its rows compared with the
-source's, byte for byte in the database's encoding, at each step.
+source's, byte for byte in the database's encoding. By default the chain is restored (its
+full's streams merged with the incremental's: both paths); ``MANAGED_BACKUPS_ENCODINGS=all``
+restores the full alone too (twice the restores: about 30 s more).
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -237,7 +240,7 @@ def test_a_database_in_each_encoding_restores_exactly(cluster: Cluster, encoding
     assert cluster.chain[-1].table(name, "public", "t") is not None
     entry = cluster.chain[-1].table(name, "public", "t")
     assert entry is not None and entry.mode == TableMode.DELTA, entry
-    for upto in (1, 2):
+    for upto in (1, 2) if os.environ.get("MANAGED_BACKUPS_ENCODINGS") == "all" else (2,):
         target = f"restored_{uuid.uuid4().hex[:8]}"
         plan = RestorePlan("DATABASE", name, target, uuid.uuid4())
         access = ClusterAccess(cluster.pg.dsn_for(), password=cluster.pg.password)
