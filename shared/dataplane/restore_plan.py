@@ -5,7 +5,8 @@ Built on :mod:`.restore_rows` (rows rebuilt from a chain, every chunk's hash che
 rows reach the destination). Guarantees, per kind:
 
 - **DATABASE**: the backup's database is restored into a new database under a temporary name
-  (``mb_restore_<job>``, created from ``template0`` with the backup's encoding and collation),
+  (``mb_restore_<job>``, created from ``template0`` as the backup's was: encoding, collation,
+  locale provider and locale, for the destination's version, see :func:`create_database_sql`),
   then renamed to its final name in one statement. Until the rename nothing with the final
   name exists; a failure at any step drops the temporary database (and the lease reaper drops
   it if the worker died), so the destination holds exactly what it held before.
@@ -18,6 +19,11 @@ rows reach the destination). Guarantees, per kind:
   transaction**: PostgreSQL rolls it all back on any failure, including a killed worker (its
   connection closes). Into a new database, the same transaction runs in a temporary database
   that is renamed at the end, as for DATABASE. The scratch database is always dropped.
+
+Every database named after a job is dropped whatever it holds (:func:`drop_database`: its
+subscriptions detached from their slots first, which ``DROP DATABASE ... WITH (FORCE)``
+refuses otherwise), each on its own, and reported dropped only once the catalog no longer
+lists it (:func:`drop_temporary_databases`).
 
 Connections are libpq DSNs without password (``passfile`` or ``env`` carry the secret).
 """

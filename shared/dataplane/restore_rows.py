@@ -1,12 +1,10 @@
 """Rebuilding tables from a chain of manifests, streamed, and restoring them into PostgreSQL.
 
 A table at backup ``B_k`` of a chain is rebuilt from its *history*: the newest backup in
-``B_0..B_k`` that stored it in full (``FULL`` or ``WHOLE``), then every later ``DELTA``:
-
-1. k-way merge of the base rows and each delta's changed rows, all in the same key order
-   (integers numerically, text ``COLLATE "C"``, i.e. bytes); for equal keys the newest backup's
-   row wins (an upsert);
-2. keep only the keys present in ``B_k``'s key set (deleted keys disappear).
+``B_0..B_k`` that stored it in full (``FULL`` or ``WHOLE``), then every later ``DELTA``,
+merged once (:mod:`.merge`): for each key the newest backup's row, in the key order the backup
+read them in (:func:`~.sql.order_by`, reproduced by :func:`~.sql.key_parser`), only the keys
+present in ``B_k``'s key set; rows no delta touched pass through a block at a time.
 
 Every stream is read chunk by chunk with each chunk's hash verified before use
 (:meth:`~.chunks.ChunkStore.iter_chunks`), so memory is bounded by the number of streams in
@@ -16,11 +14,13 @@ as is, without parsing.
 :func:`restore_table` COPYs a rebuilt table into a destination table inside one transaction,
 so a missing or corrupt chunk found half-way leaves the destination untouched.
 :func:`restore_database` restores a whole database the way ``pg_restore`` sections work:
-pre-data schema (with large objects' metadata), large objects' contents, table rows, sequence
-states, post-data (indexes, constraints, triggers, ACLs), then what ``pg_dump --create`` and
-``pg_restore`` would add: populated materialized views refreshed (dependencies first), and the
-database's own settings, role-in-database settings, comment, connection limit, owner and ACL
-applied to the destination database.
+pre-data schema with large objects, table rows, sequence states, post-data (indexes,
+constraints, triggers, ACLs), then what ``pg_dump --create`` and ``pg_restore`` would add:
+populated materialized views refreshed (dependencies first), and the database's own settings,
+role-in-database settings, comment, security labels, connection limit, owner and ACL applied
+to the destination database. Its fixed costs are those of ``pg_restore``'s run, not one per
+table (see :func:`restore_database`). Rows are copied in the database's own bytes
+(:func:`~.sql.copy_encoding`), whatever its encoding.
 """
 
 from __future__ import annotations
