@@ -26,11 +26,9 @@ from managed_backups.shared.dataplane.manifest import (
     BackupType,
     Catalog,
     ChunkRef,
-    DatabaseBackup,
     DatabaseLocale,
     Manifest,
     ManifestError,
-    PgSnapshot,
     Totals,
     load_manifest,
     manifest_key,
@@ -38,6 +36,7 @@ from managed_backups.shared.dataplane.manifest import (
     save_manifest,
 )
 from managed_backups.shared.dataplane.objectstore import ObjectExists, ObjectNotFound, ObjectStore
+from tests.factories import database_backup
 
 pytestmark = pytest.mark.integration
 
@@ -172,25 +171,6 @@ def _manifest(backup_id: str = "b1") -> Manifest:
     )
 
 
-def _database() -> DatabaseBackup:
-    snapshot = PgSnapshot(
-        snapshot_id="s", xmin=1, xmax=1, xip=[], text="1:1:", taken_at=datetime.now(UTC)
-    )
-    return DatabaseBackup(
-        name="d",
-        encoding="UTF8",
-        collate="C",
-        ctype="C",
-        size_bytes=0,
-        snapshot=snapshot,
-        schema_archive=[],
-        schema_archive_size=0,
-        tables=[],
-        oid=5,
-        locale=DatabaseLocale(provider="icu", locale="und"),
-    )
-
-
 def test_manifest_versions_frozen_and_written_once() -> None:
     store = ObjectStore("memory://")
     m = _manifest()
@@ -213,7 +193,9 @@ def test_manifest_versions_frozen_and_written_once() -> None:
     v3 = {**raw, "schema_version": 3}
     assert load_manifest(json.dumps(v3).encode()).schema_version == 3
     # a version 3 document may not carry version 4 fields (a database's locale)
-    db = json.loads(_database().model_dump_json())
+    db = json.loads(
+        database_backup(locale=DatabaseLocale(provider="icu", locale="und")).model_dump_json()
+    )
     with pytest.raises(ManifestError, match="version 3 manifest cannot hold version 4"):
         load_manifest(json.dumps({**v3, "databases": [db]}).encode())
     assert load_manifest(json.dumps({**raw, "databases": [db]}).encode()).databases[0].locale

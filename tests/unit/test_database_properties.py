@@ -4,42 +4,25 @@ every property): the SQL, checked without a server of each version."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import pytest
 
 from managed_backups.shared.dataplane.manifest import (
     DatabaseBackup,
     DatabaseLocale,
     DatabaseProperties,
-    PgSnapshot,
 )
 from managed_backups.shared.dataplane.postgres_catalog import locale_sql
 from managed_backups.shared.dataplane.restore_plan import PlanError, create_database_sql
+from tests.factories import database_backup
 
 VERSIONS = [130016, 140013, 150008, 160004, 170002, 180000]
 
 
 def database(locale: DatabaseLocale | None, tablespace: str | None = None) -> DatabaseBackup:
-    snapshot = PgSnapshot(
-        snapshot_id="s", xmin=1, xmax=1, xip=[], text="1:1:", taken_at=datetime.now(UTC)
-    )
     properties = DatabaseProperties(
         owner="o", acl=None, connection_limit=-1, comment=None, settings=[], tablespace=tablespace
     )
-    return DatabaseBackup(
-        name="shop",
-        encoding="UTF8",
-        collate="C",
-        ctype="C.UTF-8",
-        size_bytes=0,
-        snapshot=snapshot,
-        schema_archive=[],
-        schema_archive_size=0,
-        tables=[],
-        properties=properties,
-        locale=locale,
-    )
+    return database_backup(locale=locale, properties=properties, ctype="C.UTF-8")
 
 
 @pytest.mark.parametrize("version", VERSIONS)
