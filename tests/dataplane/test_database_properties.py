@@ -100,14 +100,14 @@ def test_the_manifest_records_the_locale(source: Source) -> None:
 
 
 def test_a_database_restore_keeps_the_icu_provider_and_its_order(source: Source) -> None:
-    restored = execute_plan(
+    outcome = execute_plan(
         source.store,
         source.chain,
         plan("DATABASE", ICU_DB, "icu copy"),
         source.access,
         lambda n: None,
     )
-    assert restored[0] == "database icu copy"
+    assert outcome.restored == ["database icu copy"]
     assert source.locale("icu copy") == ("i", ICU_LOCALE, "C", "C", 7)
     assert source.sorted_words("icu copy") == source.order
 

@@ -127,9 +127,8 @@ def test_a_table_restore_drops_its_scratch_database_holding_a_subscription(
     source: Source,
 ) -> None:
     p = plan("TABLE", "orders only", tables=(TableRef("public", "orders"),))
-    assert execute_plan(source.store, source.chain, p, source.access, lambda n: None) == [
-        "table orders only.public.orders"
-    ]
+    outcome = execute_plan(source.store, source.chain, p, source.access, lambda n: None)
+    assert outcome.restored == ["table orders only.public.orders"]
     assert source.temporary() == set()
     source.replicates()
 
@@ -180,10 +179,10 @@ def test_the_reaper_drops_what_a_killed_job_left_whatever_it_holds(source: Sourc
 def test_cluster_restores_leave_no_replaced_database_behind(source: Source) -> None:
     """Last: it replaces the databases (``app``'s live subscription with the backup's copy)."""
     for _ in range(2):
-        restored = execute_plan(
+        outcome = execute_plan(
             source.store, source.chain, plan("CLUSTER"), source.access, lambda n: None
         )
-        assert "database app" in restored
+        assert "database app" in outcome.restored
         assert source.temporary() == set()
     with source.connect() as conn:
         # The restored copy of the subscription (as pg_restore makes it: disabled, the same
