@@ -16,6 +16,7 @@ refused reference, ``AUTHENTICATION_FAILED`` for a secret that cannot be used), 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,24 +38,40 @@ class ClusterConnection:
     dsn: str
     password: str
     env: dict[str, str]
+    client_bindirs: tuple[Path, ...] = ()
+    """The client tools to choose from (``MANAGED_BACKUPS_PG_BINDIRS``; empty: the default)."""
 
     def __repr__(self) -> str:  # never the password
         return f"ClusterConnection({self.dsn!r})"
 
     def postgres_adapter(self, **options: Any) -> PostgresAdapter:
+        options.setdefault("client_bindirs", self.client_bindirs)
         return PostgresAdapter(self.dsn, password=self.password, env=self.env, **options)
 
     def restore_access(self) -> ClusterAccess:
-        return ClusterAccess(dsn=self.dsn, env=self.env, password=self.password)
+        return ClusterAccess(
+            dsn=self.dsn,
+            env=self.env,
+            password=self.password,
+            client_bindirs=self.client_bindirs,
+        )
 
 
 def cluster_connection(
-    cluster: Cluster, secrets: ConnectionSecrets, legacy_pgpass: Path
+    cluster: Cluster,
+    secrets: ConnectionSecrets,
+    legacy_pgpass: Path,
+    client_bindirs: Sequence[Path] = (),
 ) -> ClusterConnection:
     """The connection to ``cluster``; ``legacy_pgpass`` is where version 0.1 kept one password
-    file for every cluster (only to explain, when it exists, why it is no longer read)."""
+    file for every cluster (only to explain, when it exists, why it is no longer read);
+    ``client_bindirs``: the client tools to choose from (empty: what the installation
+    provides)."""
     return ClusterConnection(
-        _dsn(cluster), _password(cluster, secrets, legacy_pgpass), libpq_env(secrets)
+        _dsn(cluster),
+        _password(cluster, secrets, legacy_pgpass),
+        libpq_env(secrets),
+        tuple(client_bindirs),
     )
 
 

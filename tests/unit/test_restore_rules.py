@@ -17,6 +17,7 @@ from managed_backups.shared.domain.backup import Backup
 from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.domain.errors import Refused
 from managed_backups.shared.domain.restore_rules import (
+    backup_not_into_an_older_major,
     caller_may_restore_from_source_into_destination,
     cross_cluster_only_between_advanced_clusters_of_one_organization,
     deleted_source_only_for_an_administrator,
@@ -78,12 +79,31 @@ def test_localities_and_versions() -> None:
     destination_not_on_an_older_major_version(cluster("a"), cluster("b", version="16.1"))
 
 
+def test_a_backup_restores_into_the_same_or_a_newer_major_never_an_older_one() -> None:
+    backup_not_into_an_older_major(140023, 140001, "same")  # another minor release
+    backup_not_into_an_older_major(140023, 180006, "upgrade")  # restore to upgrade
+    backup_not_into_an_older_major(130023, 140000, "upgrade")
+    older = refused(backup_not_into_an_older_major, 170011, 160015, "old")
+    assert older.code == 409
+    assert "PostgreSQL 17.11" in older.reason and "PostgreSQL 16.15" in older.reason
+    assert "destination cluster old" in older.reason and "same or a newer major" in older.reason
+
+
 def test_rights_on_both_clusters_and_deleted_sources() -> None:
+    rule = caller_may_restore_from_source_into_destination
     operator = Principal("op", "k", (Grant(Role.CLUSTER_OPERATOR, "cluster:b"),))
-    denied = refused(
-        caller_may_restore_from_source_into_destination, operator, cluster("a"), cluster("b")
+    rule(operator, "b", cluster("b"), "b", cluster("b"))
+    # No right on the source: answered as for a source that is not registered (the one rule).
+    denied = refused(rule, operator, "a", cluster("a"), "b", cluster("b"))
+    unknown = refused(rule, operator, "a", None, "b", cluster("b"))
+    assert (denied.code, denied.reason) == (unknown.code, unknown.reason)
+    assert (denied.code, denied.reason) == (404, "cluster a is not registered")
+    monitor_too = Principal(
+        "op",
+        "k",
+        (Grant(Role.CLUSTER_OPERATOR, "cluster:b"), Grant(Role.CLUSTER_MONITOR, "cluster:a")),
     )
-    assert denied.code == 403 and "cluster a" in denied.reason
+    assert refused(rule, monitor_too, "a", cluster("a"), "b", cluster("b")).code == 404
     admin = Principal("root", "k", (Grant(Role.SYSTEM_ADMIN, "*"),))
     gone = cluster("a")
     gone.delete(None, NOW, "test")

@@ -24,6 +24,10 @@ async def _no_send(command: object) -> None:
     raise AssertionError("decisions only")
 
 
+def _no_sign(command: dict[str, Any]) -> dict[str, Any]:
+    raise AssertionError("decisions only: nothing is signed")
+
+
 def _forbid_backup_loads(store: EventStore, monkeypatch: pytest.MonkeyPatch) -> None:
     real = store.get_or_none
 
@@ -41,7 +45,7 @@ def test_a_backups_end_is_followed_from_the_log_not_loaded(
 ) -> None:
     store = open_event_store(f"sqlite:///{tmp_path / 'events.sqlite'}")
     store.save_all(new_cluster("shop", at=NOW))
-    scheduler = Scheduler(store, WallClock(), send=_no_send, credential="unused")
+    scheduler = Scheduler(store, WallClock(), send=_no_send, sign=_no_sign)
     scheduler.bootstrap()
     decided, _ = scheduler._decide_all(["shop"], NOW)
     last = decided[0].last_scheduled

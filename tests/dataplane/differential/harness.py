@@ -19,7 +19,9 @@ the hook, which is what ``pg_dump`` does too.
 Then every step's chain (full .. that incremental) is restored with
 :func:`~managed_backups.shared.dataplane.restore_rows.restore_database` (owners and privileges
 kept) into a fresh database of the same encoding and locale, and the restored state must equal
-the recorded one. Every database of the cluster must be either in the manifest or in its list of
+the recorded one. The restores go into the source's server, or into another one
+(``restore_into``: a newer major, to prove a restore to upgrade; the scenario's roles are
+created there too). Every database of the cluster must be either in the manifest or in its list of
 skipped databases (nothing left out silently), and each manifest must verify.
 
 Statements name databases and roles by key: ``<<db:app>>`` and ``<<role:alice>>`` become the
@@ -82,6 +84,8 @@ class Step:
     """Run one after the other, each from its own connection, after the snapshots are taken."""
     whole: tuple[str, ...] = ()
     """``dbkey.schema.table`` entries this (incremental) backup must store WHOLE."""
+    delta: tuple[str, ...] = ()
+    """``dbkey.schema.table`` entries this (incremental) backup must store as a DELTA."""
     skipped: tuple[str, ...] = ()
     """Database keys the backup must list as skipped (with a reason)."""
 
@@ -185,6 +189,11 @@ def database_state(conn: psycopg.Connection[Any]) -> dict[str, Any]:
 
 
 def schema_dump(pg: PgServer, db: str, snapshot: str | None = None) -> list[str]:
+    return normalised_schema(schema_dump_text(pg, db, snapshot))
+
+
+def schema_dump_text(pg: PgServer, db: str, snapshot: str | None = None) -> str:
+    """``pg_dump --schema-only`` of ``db`` (in ``snapshot``), by the newest client tools."""
     cmd = [
         find_pg_tool("pg_dump"),
         "--schema-only",
@@ -199,7 +208,41 @@ def schema_dump(pg: PgServer, db: str, snapshot: str | None = None) -> list[str]
         cmd, capture_output=True, check=False, env={"PGPASSWORD": pg.password, "PATH": "/usr/bin"}
     )
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
-    return normalised_schema(proc.stdout.decode("utf-8", "replace"))
+    return proc.stdout.decode("utf-8", "replace")
+
+
+def schema_as_rendered_by(target: PgServer, dump: str, spec: Db) -> list[str]:
+    """The schema of ``dump`` as ``target``'s server renders it: loaded into a scratch database
+    there (``psql``), dumped again. A newer major prints some definitions differently (a
+    view's text is the server's own deparse), so a restore into it is compared with this:
+    the source's schema carried by the newest ``pg_dump``, the PostgreSQL project's upgrade
+    route."""
+    scratch = f"df_render_{uuid.uuid4().hex[:8]}"
+    with target.connect() as conn:
+        conn.execute(
+            f"CREATE DATABASE {_q(scratch)} TEMPLATE template0 ENCODING {_q(spec.encoding)}"
+            f" LC_COLLATE {_q(spec.locale)} LC_CTYPE {_q(spec.locale)}"
+        )
+    try:
+        proc = subprocess.run(
+            [
+                find_pg_tool("psql"),
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                target.dsn_for(scratch),
+            ],
+            input=dump.encode(),
+            capture_output=True,
+            check=False,
+            env={"PGPASSWORD": target.password, "PATH": "/usr/bin"},
+        )
+        assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+        return schema_dump(target, scratch)
+    finally:
+        target.drop_database(scratch)
 
 
 # ------------------------------------------------------------------------------ running
@@ -266,8 +309,16 @@ class StepResult:
 class Run:
     """One scenario against the test cluster."""
 
-    def __init__(self, pg: PgServer, scenario: Scenario, store: ObjectStore) -> None:
+    def __init__(
+        self,
+        pg: PgServer,
+        scenario: Scenario,
+        store: ObjectStore,
+        restore_into: PgServer | None = None,
+    ) -> None:
         self.pg = pg
+        self.target = restore_into or pg
+        """The server the steps are restored into."""
         self.scenario = scenario
         self.store = store
         suffix = uuid.uuid4().hex[:6]
@@ -298,6 +349,10 @@ class Run:
         return {k: v for k, v in self.db_names.items() if v in names}
 
     def setup(self) -> None:
+        if self.target is not self.pg:
+            with self.target.connect() as conn:
+                for role in self.role_names.values():
+                    conn.execute(f"CREATE ROLE {_q(role)}")
         with self.pg.connect() as conn:
             for role in self.role_names.values():
                 conn.execute(f"CREATE ROLE {_q(role)}")
@@ -311,6 +366,13 @@ class Run:
         self.execute(self.scenario.setup)
 
     def teardown(self) -> None:
+        if self.target is not self.pg:
+            with self.target.connect() as conn:
+                for name in self.created_targets:
+                    conn.execute(f"DROP DATABASE IF EXISTS {_q(name)} WITH (FORCE)")
+                for role in self.role_names.values():
+                    conn.execute(f"DROP ROLE IF EXISTS {_q(role)}")
+            self.created_targets = []
         with self.pg.connect() as conn:
             for name in [*self.db_names.values(), *self.created_targets]:
                 if conn.execute(
@@ -332,7 +394,7 @@ class Run:
             nonlocal started
             for key, name in names.items():
                 if name in snapshots:  # a retaken snapshot replaces the first one
-                    expected[key] = self._state_in_snapshot(name, snapshots[name])
+                    expected[key] = self._state_in_snapshot(key, name, snapshots[name])
             if not started and step.during:
                 started = True
                 during.start_and_settle()
@@ -353,13 +415,17 @@ class Run:
         assert verify_backup(self.store, manifest).ok
         return StepResult(manifest, expected, names)
 
-    def _state_in_snapshot(self, db: str, snapshot: str) -> dict[str, Any]:
+    def _state_in_snapshot(self, key: str, db: str, snapshot: str) -> dict[str, Any]:
         with psycopg.connect(self.pg.url_for(db)) as conn:
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             conn.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
             state = database_state(conn)
             conn.rollback()
-        state["schema"] = schema_dump(self.pg, db, snapshot)
+        dump = schema_dump_text(self.pg, db, snapshot)
+        if self.target is self.pg:
+            state["schema"] = normalised_schema(dump)
+        else:
+            state["schema"] = schema_as_rendered_by(self.target, dump, self.scenario.databases[key])
         return state
 
     def restore_and_compare(self, chain: Sequence[Manifest], result: StepResult) -> list[str]:
@@ -374,7 +440,7 @@ class Run:
                 continue
             target = f"df_restore_{uuid.uuid4().hex[:8]}"
             self.created_targets.append(target)
-            with self.pg.connect() as conn:
+            with self.target.connect() as conn:
                 conn.execute(
                     f"CREATE DATABASE {_q(target)} TEMPLATE template0 ENCODING"
                     f" {_q(spec.encoding)} LC_COLLATE {_q(spec.locale)} LC_CTYPE {_q(spec.locale)}"
@@ -383,14 +449,14 @@ class Run:
                 self.store,
                 chain,
                 name,
-                self.pg.dsn_for(target),
-                password=self.pg.password,
+                self.target.dsn_for(target),
+                password=self.target.password,
                 no_owner=False,
                 no_privileges=False,
             )
-            with self.pg.connect(target) as conn:
+            with self.target.connect(target) as conn:
                 got = database_state(conn)
-            got["schema"] = schema_dump(self.pg, target)
+            got["schema"] = schema_dump(self.target, target)
             for item in sorted(set(expected) | set(got)):
                 if expected.get(item) != got.get(item):
                     if item == "schema":
@@ -401,7 +467,7 @@ class Run:
                             f"{key} at {head.backup_id}: {item}: source {expected.get(item)!r},"
                             f" restored {got.get(item)!r}"
                         )
-            self.pg.drop_database(target)
+            self.target.drop_database(target)
             self.created_targets.remove(target)
         return problems
 
@@ -415,12 +481,14 @@ class Run:
         for key in step.skipped:
             if result.names[key] not in {s.name for s in skipped_databases(m)}:
                 problems.append(f"{key}: not listed as skipped")
-        for item in step.whole:
-            key, schema, table = item.split(".", 2)
-            entry = m.table(result.names[key], schema, table)
-            if entry is None or entry.mode != TableMode.WHOLE:
-                mode = None if entry is None else entry.mode
-                problems.append(f"{item}: stored {mode}, expected WHOLE")
+        for items, wanted in ((step.whole, TableMode.WHOLE), (step.delta, TableMode.DELTA)):
+            for item in items:
+                key, schema, table = item.split(".", 2)
+                entry = m.table(result.names[key], schema, table)
+                if entry is None or entry.mode != wanted:
+                    mode = None if entry is None else entry.mode
+                    reason = "" if entry is None or not entry.reason else f" ({entry.reason})"
+                    problems.append(f"{item}: stored {mode}{reason}, expected {wanted}")
         return problems
 
 
@@ -447,12 +515,17 @@ def install_test_extension(pg: PgServer) -> None:
     (directory / "mb_test_config--1.0.sql").write_text(_TEST_EXTENSION_SQL)
 
 
-def run_scenario(pg: PgServer, scenario: Scenario, tmp_path: Path) -> None:
-    """Run every step; fail with every difference found (all steps are checked)."""
+def run_scenario(
+    pg: PgServer, scenario: Scenario, tmp_path: Path, restore_into: PgServer | None = None
+) -> None:
+    """Run every step; fail with every difference found (all steps are checked).
+    ``restore_into``: the server to restore into (default: ``pg``)."""
     if scenario.needs_test_extension:
         install_test_extension(pg)
+        if restore_into is not None:
+            install_test_extension(restore_into)
     store = ObjectStore((tmp_path / "store").as_uri())
-    run = Run(pg, scenario, store)
+    run = Run(pg, scenario, store, restore_into)
     problems: list[str] = []
     try:
         run.setup()
