@@ -41,6 +41,11 @@ which a few changed, stores a few kilobytes instead of repeating every table's e
   parent (:func:`read_manifest`, :func:`list_manifests` and :func:`load_chain` do;
   :func:`load_manifest` takes the parent as an argument). The model in memory always holds the
   whole entries, so nothing but this module sees the stored form.
+
+Version 4 adds ``DatabaseBackup.wal_mark`` (:class:`WalMark`: where the next incremental's
+WAL summaries start, PostgreSQL 17 and later) and ``DatabaseBackup.wal_summary`` (what they
+told an incremental). Absent means not recorded: an incremental on top of a database without
+a mark probes every table, as before. Its stored form is version 3's.
 """
 
 from __future__ import annotations
@@ -81,6 +86,7 @@ __all__ = [
     "TableBackup",
     "TableMode",
     "Totals",
+    "WalMark",
     "chain_prefix",
     "check_chain",
     "chunk_key",
@@ -94,7 +100,10 @@ __all__ = [
     "unchanged_entry",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+_VERSIONS = (1, 2, 3, 4)
+_RELATIVE_VERSIONS = (3, 4)
+"""Versions stored compressed and relative to the parent (``UNCHANGED`` entries)."""
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _MAX_MANIFEST_BYTES = 1 << 30
 """Largest decompressed manifest read (a guard against a corrupt frame header)."""
@@ -159,6 +168,18 @@ class PgSnapshot(_Model):
         if value.tzinfo is None:
             raise ValueError("timestamps must be timezone-aware")
         return value.astimezone(UTC)
+
+
+class WalMark(_Model):
+    """Version 4: a point in the server's WAL read just before a database's snapshot (PostgreSQL
+    17 and later with ``summarize_wal``), from which the next incremental asks the server's WAL
+    summaries what was written (see :mod:`.postgres_walsummary`)."""
+
+    lsn: int
+    """``pg_current_wal_insert_lsn()`` as a byte position, read first."""
+    xid: int
+    """``pg_current_xact_id()`` assigned just after (64-bit): every transaction with a later xid
+    was assigned it after ``lsn`` was read, so everything it wrote is in the WAL after ``lsn``."""
 
 
 class KeyColumn(_Model):
@@ -279,6 +300,13 @@ class DatabaseBackup(_Model):
     matviews: list[MatView] = []
     large_objects: int | None = None
     """Version 2: large objects in the schema archive (``None``: not recorded)."""
+    wal_mark: WalMark | None = None
+    """Version 4: where the next incremental's WAL summaries start (``None``: not recorded,
+    e.g. before PostgreSQL 17 or with ``summarize_wal`` off; the next incremental then probes
+    every table)."""
+    wal_summary: str | None = None
+    """Version 4, an incremental's: what the WAL summaries told it (the LSN range read and how
+    many tables it left unread or read by block), or why it probed every table instead."""
 
     @cached_property
     def _tables_by_name(self) -> dict[tuple[str, str], TableBackup]:
@@ -339,7 +367,7 @@ class Totals(_Model):
 
 
 class Manifest(_Model):
-    schema_version: Literal[1, 2, 3] = 3
+    schema_version: Literal[1, 2, 3, 4] = 4
     engine: Literal["postgres"] = "postgres"
     backup_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,128}$")
     cluster_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,128}$")
@@ -387,6 +415,13 @@ class Manifest(_Model):
             )
             if v2:
                 raise ValueError("a version 1 manifest cannot hold version 2 fields")
+        if self.schema_version < 4 and any(
+            db.wal_mark is not None or db.wal_summary is not None for db in self.databases
+        ):
+            raise ValueError(
+                f"a version {self.schema_version} manifest cannot hold version 4 fields"
+                " (a WAL mark)"
+            )
         if self.schema_version < 3 and any(
             db.schema_fingerprint or any(t.data_offset for t in db.tables) for db in self.databases
         ):
@@ -395,7 +430,7 @@ class Manifest(_Model):
             )
         unchanged = any(t.mode == TableMode.UNCHANGED for db in self.databases for t in db.tables)
         if unchanged and (self.schema_version < 3 or self.type != BackupType.INCREMENTAL):
-            raise ValueError("only a version 3 incremental can hold UNCHANGED tables")
+            raise ValueError("only a version 3 or later incremental can hold UNCHANGED tables")
         return self
 
     def database(self, name: str) -> DatabaseBackup:
@@ -425,10 +460,10 @@ class Manifest(_Model):
         return self.model_dump_json(indent=None).encode()
 
     def to_stored(self) -> bytes:
-        """What :func:`save_manifest` writes: versions 1 and 2 as JSON; version 3 as a zstd
-        frame of the JSON in which ``UNCHANGED`` entries keep only their name and mode (the
-        rest is the parent's, see the module docstring)."""
-        if self.schema_version < 3:
+        """What :func:`save_manifest` writes: versions 1 and 2 as JSON; versions 3 and 4 as a
+        zstd frame of the JSON in which ``UNCHANGED`` entries keep only their name and mode
+        (the rest is the parent's, see the module docstring)."""
+        if self.schema_version not in _RELATIVE_VERSIONS:
             return self.to_json()
         # UNCHANGED entries are not dumped whole only to be cut down (thousands of them).
         dropped = set(TableBackup.model_fields) - _STORED_UNCHANGED_FIELDS
@@ -484,7 +519,7 @@ def _decode(data: bytes) -> _Raw:
 def _stored_unchanged(raw: _Raw) -> Iterator[tuple[str, list[object], int]]:
     """(database name, its table list, index) of every entry stored relative to the parent."""
     databases = raw.get("databases")
-    if raw.get("schema_version") != 3 or not isinstance(databases, list):
+    if raw.get("schema_version") not in _RELATIVE_VERSIONS or not isinstance(databases, list):
         return
     for db in databases:
         tables = db.get("tables") if isinstance(db, dict) else None
@@ -501,13 +536,13 @@ def _needs_parent(raw: _Raw) -> bool:
 
 def _validate(raw: _Raw, parent: Manifest | None) -> Manifest:
     version = raw.get("schema_version")
-    if version not in (1, 2, 3):
+    if version not in _VERSIONS:
         raise ManifestError(f"unsupported manifest schema_version {version!r}")
     for db_name, tables, i in list(_stored_unchanged(raw)):
         entry = tables[i]
         assert isinstance(entry, dict)
         if set(entry) != _STORED_UNCHANGED_FIELDS:
-            raise ManifestError(f"invalid version 3 manifest: UNCHANGED entry {entry!r}")
+            raise ManifestError(f"invalid version {version} manifest: UNCHANGED entry {entry!r}")
         if parent is None or parent.backup_id != raw.get("parent_id"):
             raise ManifestError(
                 f"backup {raw.get('backup_id')} holds tables unchanged since its parent"
@@ -597,7 +632,7 @@ def read_catalog(store: ObjectStore, cluster_id: str, chain_id: str, backup_id: 
     not read (the views' table listings read a backup's catalog, not its tables' entries)."""
     raw = _decode(store.get(manifest_key(cluster_id, chain_id, backup_id)))
     version = raw.get("schema_version")
-    if version not in (1, 2, 3):
+    if version not in _VERSIONS:
         raise ManifestError(f"unsupported manifest schema_version {version!r}")
     try:
         return Catalog.model_validate(raw.get("catalog"))

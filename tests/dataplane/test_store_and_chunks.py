@@ -178,13 +178,13 @@ def test_manifest_versions_frozen_and_written_once() -> None:
     assert read_manifest(store, "c1", "b1", "b1") == m
     assert store.exists(manifest_key("c1", "b1", "b1"))
     raw = json.loads(m.to_json())
-    assert raw["schema_version"] == 3
+    assert raw["schema_version"] == 4
     stored = store.get(manifest_key("c1", "b1", "b1"))
     assert stored == m.to_stored() and stored[:4] == b"\x28\xb5\x2f\xfd"  # a zstd frame
     assert load_manifest(stored) == load_manifest(m.to_json()) == m
-    with pytest.raises(ManifestError, match="schema_version 4"):
-        load_manifest(json.dumps({**raw, "schema_version": 4}).encode())
-    with pytest.raises(ManifestError, match="invalid version 3"):
+    with pytest.raises(ManifestError, match="schema_version 5"):
+        load_manifest(json.dumps({**raw, "schema_version": 5}).encode())
+    with pytest.raises(ManifestError, match="invalid version 4"):
         load_manifest(json.dumps({**raw, "surprise": True}).encode())
     with pytest.raises(ManifestError, match="not a readable zstd frame"):
         load_manifest(stored[:20])
