@@ -804,6 +804,7 @@ class _BackupRun:
                 except psycopg.Error as exc:
                     raise pg_error(exc, step) from None
                 found: tuple[list[int], list[Table]] | None = None
+                reused = False
                 if schema_future is None:
                     assert reusable is not None and states is not None
                     if self._fingerprint(side, fingerprint_ready) == reusable.schema_fingerprint:
@@ -813,6 +814,7 @@ class _BackupRun:
                         schema_future.set_result(
                             StreamResult(reusable.schema_archive, reusable.schema_archive_size)
                         )
+                        reused = True
                         found = states.tables(reusable)
                     else:
                         schema_future = self.dump_pool.submit(
@@ -824,8 +826,6 @@ class _BackupRun:
                     except psycopg.Error as exc:
                         raise pg_error(exc, step) from None
                 filenodes, tables = found
-                lock_tables(conn, tables, name)
-                check_identities(conn, tables, filenodes, name)
                 writes, wal_note = self._wal_writes(
                     info, conn, prev_db, db_reason, wal, list(zip(tables, filenodes, strict=True))
                 )
@@ -843,6 +843,15 @@ class _BackupRun:
                 ]
                 if writes is not None:
                     wal_note = _wal_note(writes, plans)
+                # Locked and checked: what is read, and everything while pg_dump runs (an
+                # UNCHANGED table is not read: nothing done to it after the snapshot matters).
+                checked = [
+                    (p.table, node)
+                    for p, node in zip(plans, filenodes, strict=True)
+                    if not reused or p.mode != TableMode.UNCHANGED
+                ]
+                lock_tables(conn, [t for t, _ in checked], name)
+                check_identities(conn, [t for t, _ in checked], [n for _, n in checked], name)
                 lanes = assign_lanes(work_items(plans, adapter.parallelism), adapter.parallelism)
                 reader.open_lanes([lane_tables(lane) for lane in lanes])
                 state = side.result()
