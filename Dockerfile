@@ -48,8 +48,9 @@ COPY services ./services
 COPY managed_backups ./managed_backups
 RUN PIP_CERT=/etc/ssl/certs/ca-certificates.crt /opt/managed-backups/bin/pip install --no-deps . \
     && useradd --system --uid 10001 --home-dir /data --no-create-home mb \
-    && mkdir -p /data \
-    && chown mb:mb /data
+    && mkdir -p /data /signing-keys /broker-users /broker-admin \
+    && chown mb:mb /data /signing-keys /broker-users /broker-admin \
+    && chmod 0700 /signing-keys /broker-users && chmod 0755 /broker-admin
 
 ENV PATH=/opt/managed-backups/bin:${PATH} \
     MANAGED_BACKUPS_DATA_DIR=/data

@@ -58,11 +58,13 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from managed_backups.contracts.commands import TakeBackup
 from managed_backups.services.retention.retention import Retention
 from managed_backups.services.scheduler.scheduler import Scheduler
 from managed_backups.shared.clock import WallClock
+from managed_backups.shared.command_tokens import normalized
 from managed_backups.shared.dataplane.manifest import chunk_key, manifest_key
 from managed_backups.shared.dataplane.objectstore import ObjectStore
 from managed_backups.shared.domain.backup import Backup
@@ -231,15 +233,20 @@ def probe(store_url: str, out: str) -> None:
     store = open_event_store(store_url)
     samples: list[tuple[float, float]] = []
 
-    async def send(command: TakeBackup) -> None:
-        assert command.scheduled_for is not None
-        samples.append((time.time(), (datetime.now(UTC) - command.scheduled_for).total_seconds()))
+    async def send(command: dict[str, Any]) -> None:
+        slot = TakeBackup.model_validate(command).scheduled_for
+        assert slot is not None
+        samples.append((time.time(), (datetime.now(UTC) - slot).total_seconds()))
 
     async def main() -> None:
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         scheduler = Scheduler(
-            store, WallClock(), send, credential="bench", resend_after_seconds=1e9
+            store,
+            WallClock(),
+            send,
+            lambda fields: {**normalized(fields), "token": "unchecked"},  # nobody verifies it
+            resend_after_seconds=1e9,
         )
         await scheduler.run(stop)
 

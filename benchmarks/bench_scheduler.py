@@ -95,7 +95,6 @@ from managed_backups.shared.eventstore import (
     open_event_store,
 )
 from managed_backups.shared.infra.kafka import LocalKafka
-from managed_backups.shared.security import ensure_key_file
 from managed_backups.shared.sqldb import SqlDatabase
 from tests.factories import backup_taken, new_cluster
 from tests.infra.postgres import LocalPostgres, url_with_database
@@ -695,9 +694,7 @@ def infrastructure(cfg: Config, tmp: Path) -> Iterator[Infra]:
         yield Infra(bootstrap, url, kafka_pid, pg_pid, pg_log)
 
 
-def start_scheduler(
-    tmp: Path, url: str, kafka: str, credential: str, cfg: Config
-) -> subprocess.Popen[bytes]:
+def start_scheduler(tmp: Path, url: str, kafka: str, cfg: Config) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "MANAGED_BACKUPS_DATA_DIR": str(tmp),
@@ -705,7 +702,6 @@ def start_scheduler(
         "MANAGED_BACKUPS_KAFKA_BOOTSTRAP_SERVERS": kafka,
         "MANAGED_BACKUPS_SIMULATED_CLOCK": "true",
         "MANAGED_BACKUPS_SIMULATED_CLOCK_START": T0.isoformat(),
-        "MANAGED_BACKUPS_SERVICE_CREDENTIAL": credential,
         "MANAGED_BACKUPS_INSTANCE": "bench-scheduler",
         "MANAGED_BACKUPS_LOG_LEVEL": "WARNING",
     }
@@ -755,9 +751,8 @@ async def _run(
     kafka, url, kafka_pid, pg_pid = infra.kafka, infra.url, infra.kafka_pid, infra.pg_pid
     await ensure_topics(kafka)
     db = SqlDatabase(url)
-    clock = SimulatedClock(db, start=T0)
+    SimulatedClock(db, start=T0)  # the simulated clock the scheduler follows, at T0
     store = open_event_store(url)
-    credential, _ = ensure_key_file(store, tmp / "service-api-key", clock, "services")
     print(f"creating {cfg.clusters:,} clusters in the store ...", flush=True)
     fill_started = time.monotonic()
     await asyncio.to_thread(fill_store, store, cfg, prefix)
@@ -766,7 +761,7 @@ async def _run(
     driver = ClockDriver(url, cfg)
     executor = BatchedExecutor(kafka, store, driver, cfg, prefix)
     await executor.start()
-    scheduler = start_scheduler(tmp, url, kafka, credential, cfg)
+    scheduler = start_scheduler(tmp, url, kafka, cfg)
     try:
         # Bootstrap: the scheduler has loaded every cluster and ticked once at T0.
         boot_started = time.monotonic()

@@ -1,8 +1,10 @@
 """Commands: what a user (over HTTP, the CLI or a topic) asks the system to do.
 
 Every command is a JSON object with a ``type`` naming it, a ``command_id`` (UUID, the idempotency
-key: the same id twice changes nothing and gets the same result), the caller's ``credential`` (an
-API key; never copied into an event) and the command's own fields.
+key: the same id twice changes nothing and gets the same result), a ``token`` (proof of the
+sender's principal, signed for this one command: never an API key, never copied into an event)
+and the command's own fields. Version 2 replaced version 1's ``credential`` (the sender's API key
+itself, in clear on the topic): such a command is refused.
 """
 
 from __future__ import annotations
@@ -30,20 +32,29 @@ ClusterId = Annotated[
 _REGION = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 # Bounds of every list and string a command may carry: a command never makes an event larger
 # than the events topic accepts.
-MAX_CREDENTIAL_LENGTH = 512
+MAX_TOKEN_LENGTH = 2048
 MAX_REGIONS = 64
 MAX_NAME_LENGTH = 255
 MAX_RESTORE_OBJECTS = 1000
 
 
 class CommandBase(Contract):
-    schema_version: Literal[1] = Field(default=1, description="Version of this command's shape.")
+    schema_version: Literal[2] = Field(
+        default=2,
+        description="Version of this command's shape (2: a signed token instead of version 1's "
+        "credential).",
+    )
     command_id: UUID = Field(description="Idempotency key chosen by the sender.")
-    credential: str = Field(
+    token: str = Field(
         repr=False,
         min_length=1,
-        max_length=MAX_CREDENTIAL_LENGTH,
-        description="The caller's API key. Checked, never stored in an event.",
+        max_length=MAX_TOKEN_LENGTH,
+        description=(
+            "Proof of the sender's principal for this command only: a JWT (EdDSA) signed by the "
+            "HTTP API (POST /api/v1/command-tokens) or by the sending service, bound to the "
+            "topic, the command_id and the command's body, valid for minutes. Never an API key; "
+            "checked when the command is handled, never stored in an event."
+        ),
     )
 
 
@@ -194,7 +205,10 @@ class RestoreObject(Contract):
         description="Schema name.",
     )
     table: str | None = Field(
-        default=None, min_length=1, max_length=MAX_IDENTIFIER, description="Table name."
+        default=None,
+        min_length=1,
+        max_length=MAX_IDENTIFIER,
+        description="Table name (TABLE restore: a table, a view or a sequence of the database).",
     )
 
 

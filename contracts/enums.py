@@ -63,3 +63,10 @@ class Role(StrEnum):
     CLUSTER_OPERATOR = "CLUSTER_OPERATOR"
     CLUSTER_DEVELOPER = "CLUSTER_DEVELOPER"
     CLUSTER_MONITOR = "CLUSTER_MONITOR"
+
+
+class ResourceType(StrEnum):
+    """Where a role is granted (as the Cloud API's ``resource_type``)."""
+
+    ORGANIZATION = "ORGANIZATION"
+    CLUSTER = "CLUSTER"

@@ -260,6 +260,8 @@ class BackupDeleted(EventBase):
 
 
 class ApiKeyIssued(EventBase):
+    """A key of version 0.1 (with its grants; today's keys are ``ApiKeyCreated``)."""
+
     type: Literal["ApiKeyIssued"] = Field(
         default="ApiKeyIssued",
         description="Always ApiKeyIssued: names the message (the discriminator).",
@@ -277,6 +279,64 @@ class ApiKeyRevoked(EventBase):
     key_id: str = Field(description="Id of the API key (never the key itself).")
 
 
+class OrganizationCreated(EventBase):
+    type: Literal["OrganizationCreated"] = Field(
+        default="OrganizationCreated",
+        description="Always OrganizationCreated: names the message (the discriminator).",
+    )
+    organization_id: str = Field(description="The organization's id (clusters name it).")
+    name: str = Field(description="Its display name.")
+
+
+class ServiceAccountCreated(EventBase):
+    type: Literal["ServiceAccountCreated"] = Field(
+        default="ServiceAccountCreated",
+        description="Always ServiceAccountCreated: names the message (the discriminator).",
+    )
+    account_id: UUID = Field(description="The service account's id.")
+    organization: str | None = Field(
+        description="Its organization; None for the installation's administrator account."
+    )
+    name: str = Field(description="Its name, unique in its organization.")
+    description: str = Field(description="What it is for.")
+
+
+class RoleGranted(EventBase):
+    type: Literal["RoleGranted"] = Field(
+        default="RoleGranted",
+        description="Always RoleGranted: names the message (the discriminator).",
+    )
+    account_id: UUID = Field(description="The service account granted the role.")
+    role: Role = Field(description="The role.")
+    resource_type: str = Field(
+        description="ORGANIZATION or CLUSTER (INSTALLATION: the administrator's SYSTEM_ADMIN)."
+    )
+    resource_id: str = Field(description="The organization's or the cluster's id.")
+
+
+class RoleGrantRemoved(EventBase):
+    type: Literal["RoleGrantRemoved"] = Field(
+        default="RoleGrantRemoved",
+        description="Always RoleGrantRemoved: names the message (the discriminator).",
+    )
+    account_id: UUID = Field(description="The service account the role is taken from.")
+    role: Role = Field(description="The role.")
+    resource_type: str = Field(description="ORGANIZATION or CLUSTER.")
+    resource_id: str = Field(description="The organization's or the cluster's id.")
+
+
+class ApiKeyCreated(EventBase):
+    type: Literal["ApiKeyCreated"] = Field(
+        default="ApiKeyCreated",
+        description="Always ApiKeyCreated: names the message (the discriminator).",
+    )
+    key_id: str = Field(description="Id of the API key (never the key, nor a hash of it).")
+    account_id: UUID = Field(description="The service account the key authenticates as.")
+    organization: str | None = Field(description="The account's organization.")
+    name: str = Field(description="The key's name.")
+    expires_at: datetime | None = Field(description="When it stops working; None: never.")
+
+
 class CommandHandled(EventBase):
     """The outcome of an authenticated command, kept so a repeated ``command_id`` gets the same
     result, and for the audit trail (who tried what, and why it was refused)."""
@@ -292,7 +352,7 @@ class CommandHandled(EventBase):
     reason: str | None = Field(description="Why it was rejected, for a human; None if accepted.")
     body_sha256: str | None = Field(
         default=None,
-        description="SHA-256 of the command without its credential (absent before version 2): "
+        description="SHA-256 of the command without its token (absent before version 2): "
         "a repeated command_id with another body is refused.",
     )
 
@@ -313,6 +373,16 @@ class ConnectionSecretChanged(EventBase):
         default="ConnectionSecretChanged",
         description="Always ConnectionSecretChanged: names the message (the discriminator).",
     )
+
+
+class ConnectionSecretRemoved(EventBase):
+    """A deleted cluster's connection secret was removed from the secret store."""
+
+    type: Literal["ConnectionSecretRemoved"] = Field(
+        default="ConnectionSecretRemoved",
+        description="Always ConnectionSecretRemoved: names the message (the discriminator).",
+    )
+    reason: str = Field(description="Why, in words.")
 
 
 # -- restore jobs: PREPARING → RUNNING → SUCCEEDED | FAILED, keyed by the destination cluster --
@@ -383,6 +453,14 @@ class RestoreSucceeded(EventBase):
     restore_id: UUID = Field(description="The restore job's id.")
     bytes_done: int = Field(description="Bytes restored so far.")
     restored: list[str] = Field(description="What the destination now holds from the backup.")
+    left_out: list[str] = Field(
+        default_factory=list,
+        description=(
+            "What of the backup the restore left out, each with the reason (an owner or grant "
+            "whose role does not exist, a foreign key or default skipped by an option, an "
+            "object of the destination used instead of the backup's); empty before version 2."
+        ),
+    )
 
 
 class RestoreFailed(EventBase):
@@ -411,9 +489,15 @@ WireEvent = (
     | BackupDeleted
     | ApiKeyIssued
     | ApiKeyRevoked
+    | OrganizationCreated
+    | ServiceAccountCreated
+    | RoleGranted
+    | RoleGrantRemoved
+    | ApiKeyCreated
     | CommandHandled
     | ConnectionSecretSet
     | ConnectionSecretChanged
+    | ConnectionSecretRemoved
     | RestoreRequested
     | RestoreRunning
     | RestoreProgressed

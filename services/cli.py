@@ -7,6 +7,8 @@ contracts export DIR   write JSON Schemas and the AsyncAPI document
 projections rebuild    drop the read models and rebuild them from the event store
 restore start DEST ... [--follow]   start a restore job and follow it to its end
 clusters set-secret ID set the password the executor uses for one cluster (stdin or prompt)
+orgs, accounts, keys, grants   organizations, service accounts, API keys and role grants
+broker credentials|setup       the broker's users and ACLs where `up` does not run it (compose)
 
 Each command is a function with typed, documented parameters; the groups (``contracts``,
 ``projections``, ``clusters``, ``restore``) are typer sub-applications. A command's outcome is its
@@ -34,6 +36,9 @@ import httpx
 import typer
 
 from managed_backups.contracts import topics
+from managed_backups.services.access_cli import accounts_app, grants_app, keys_app, orgs_app
+from managed_backups.services.api_client import API_URL_FILE, ApiAccess, CliError, report
+from managed_backups.services.broker_cli import broker_app
 from managed_backups.services.registry import service_main, service_names
 from managed_backups.services.restore.cli import app as restore_app
 from managed_backups.shared.settings import Settings, default_data_dir
@@ -57,6 +62,11 @@ app.add_typer(contracts_app, name="contracts")
 app.add_typer(restore_app, name="restore")
 app.add_typer(projections_app, name="projections")
 app.add_typer(clusters_app, name="clusters")
+app.add_typer(orgs_app, name="orgs")
+app.add_typer(accounts_app, name="accounts")
+app.add_typer(keys_app, name="keys")
+app.add_typer(grants_app, name="grants")
+app.add_typer(broker_app, name="broker")
 
 DataDir = Annotated[
     Path | None,
@@ -140,13 +150,20 @@ def _fetch_client_tools() -> None:
 
 
 def _up(data_dir_option: Path | None, api_port: int | None, simulated_clock: bool) -> int:
+    from managed_backups.services.registry import broker_users
     from managed_backups.services.runtime import private_sqlite_files
+    from managed_backups.shared.broker_access import (
+        ADMIN_USER,
+        BrokerCredentials,
+        KafkaAuth,
+        provision,
+    )
     from managed_backups.shared.bus import ensure_topics
     from managed_backups.shared.clock import build_clock
     from managed_backups.shared.eventstore import open_event_store
-    from managed_backups.shared.infra.kafka import LocalKafka, child_preexec_fn
+    from managed_backups.shared.identity import Identity
+    from managed_backups.shared.infra.kafka import BrokerSecurity, LocalKafka, child_preexec_fn
     from managed_backups.shared.secrets import ensure_private_dir
-    from managed_backups.shared.security import ensure_key_file
     from managed_backups.shared.sqldb import SqlDatabase, sqlite_path
 
     data_dir = data_dir_option.resolve() if data_dir_option else default_data_dir()
@@ -169,10 +186,21 @@ def _up(data_dir_option: Path | None, api_port: int | None, simulated_clock: boo
         if "kafka_bootstrap_servers" in settings.model_fields_set
         else None
     )
+    # Our own broker authenticates every client: a user per service, ACLs per topic.
+    passwords: dict[str, str] = {}
+    admin_auth = settings.kafka_auth()
     if not bootstrap:
         print("starting Kafka (first start fetches its jars, a minute or two) ...", flush=True)
-        kafka = LocalKafka(data_dir / "kafka", port=_kafka_port(data_dir))
+        passwords = BrokerCredentials(data_dir / BrokerCredentials.FILE).ensure(
+            list(broker_users())
+        )
+        kafka = LocalKafka(
+            data_dir / "kafka",
+            port=_kafka_port(data_dir),
+            security=BrokerSecurity(passwords[ADMIN_USER]),
+        )
         bootstrap = kafka.start()
+        admin_auth = KafkaAuth(ADMIN_USER, passwords[ADMIN_USER], "PLAIN")
     (data_dir / "kafka-bootstrap").write_text(bootstrap + "\n")
     settings = _settings(
         data_dir,
@@ -182,14 +210,24 @@ def _up(data_dir_option: Path | None, api_port: int | None, simulated_clock: boo
     )
     children: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        asyncio.run(ensure_topics(bootstrap))
+        asyncio.run(ensure_topics(bootstrap, auth=admin_auth))
+        if passwords:
+            asyncio.run(
+                provision(
+                    bootstrap,
+                    passwords[ADMIN_USER],
+                    {user: (passwords[user], access) for user, access in broker_users().items()},
+                )
+            )
         store = open_event_store(settings.store_url)
         db = SqlDatabase(settings.store_url)
         if settings.store_url.startswith("sqlite"):
             private_sqlite_files(sqlite_path(settings.store_url))
         clock = build_clock(settings, db)
-        admin_key, created = ensure_key_file(store, settings.admin_key_path, clock, "admin")
-        service_key, _ = ensure_key_file(store, data_dir / "service-api-key", clock, "services")
+        identity = Identity(store, db, clock)
+        admin_key, created = identity.ensure_admin_key(settings.admin_key_path)
+        if identity.retire_legacy_service_key(settings.legacy_service_key_path):
+            print("revoked the services' API key of version 0.1: services sign their commands")
         db.close()
         store.close()
 
@@ -199,16 +237,23 @@ def _up(data_dir_option: Path | None, api_port: int | None, simulated_clock: boo
             "MANAGED_BACKUPS_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "MANAGED_BACKUPS_API_PORT": str(settings.api_port),
             "MANAGED_BACKUPS_SIMULATED_CLOCK": "true" if settings.simulated_clock else "false",
-            "MANAGED_BACKUPS_SERVICE_CREDENTIAL": service_key,
         }
         logs = data_dir / "logs"
         logs.mkdir(exist_ok=True)
 
         def spawn(name: str) -> subprocess.Popen[bytes]:
             log = (logs / f"{name}.log").open("ab")
+            own = (
+                {
+                    "MANAGED_BACKUPS_KAFKA_USERNAME": name,
+                    "MANAGED_BACKUPS_KAFKA_PASSWORD": passwords[name],
+                }
+                if passwords
+                else {}
+            )
             return subprocess.Popen(
                 [sys.executable, "-m", "managed_backups.services.cli", "service", name],
-                env=env,
+                env={**env, **own},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 preexec_fn=child_preexec_fn(),
@@ -218,6 +263,7 @@ def _up(data_dir_option: Path | None, api_port: int | None, simulated_clock: boo
         for name in SERVICES:
             children[name] = spawn(name)
         api = f"http://{settings.api_host}:{settings.api_port}"
+        (data_dir / API_URL_FILE).write_text(api + "\n")
         _wait_http(f"{api}/healthz", children, timeout=60)
         print(f"managed-backups is up (data directory {data_dir})")
         print(f"  API:    {api}")
@@ -319,7 +365,8 @@ def cmd_publish(
         str,
         typer.Argument(
             metavar="JSON",
-            help="the command, a JSON object (command_id and credential are filled in if absent)",
+            help="the command, a JSON object (command_id is filled in if absent); the API signs "
+            "it for the caller's key",
         ),
     ],
     data_dir: UpDataDir = None,
@@ -331,13 +378,18 @@ def cmd_publish(
         ),
     ] = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the command's result")] = 30.0,
+    api_url: Annotated[
+        str | None, typer.Option(help="the API that signs the command (default: `up`'s)")
+    ] = None,
 ) -> None:
     """Publish a command and print its result.
 
+    The API signs the command for the caller's API key (POST /api/v1/command-tokens): what goes
+    on the topic carries a token valid for this command only, never the key.
     Exit 0 accepted, 1 rejected, 2 a usage problem, 3 no result within the timeout.
     """
     raise typer.Exit(
-        _publish(topic, command_json, data_dir, credential, bootstrap_servers, timeout)
+        _publish(topic, command_json, data_dir, credential, bootstrap_servers, timeout, api_url)
     )
 
 
@@ -348,7 +400,10 @@ def _publish(
     credential_option: str | None,
     bootstrap_servers: str | None,
     timeout: float,
+    api_url: str | None = None,
 ) -> int:
+    from managed_backups.services.registry import COMMAND_LINE_USER
+    from managed_backups.shared.broker_access import BrokerCredentials
     from managed_backups.shared.gateway import CommandGateway, CommandTimeout
 
     data_dir = data_dir_option.resolve() if data_dir_option else default_data_dir()
@@ -378,24 +433,24 @@ def _publish(
         print("the command must be a JSON object", file=sys.stderr)
         return 2
     command.setdefault("command_id", str(uuid.uuid4()))
-    if "credential" not in command:
-        credential = credential_option or configured.credential
-        key_file = data_dir / "admin-api-key"
-        if not credential and key_file.exists():
-            credential = key_file.read_text().strip()
-        if not credential:
-            print(
-                f"no credential: pass --credential or run `up` with --data-dir {data_dir}",
-                file=sys.stderr,
-            )
-            return 2
-        command["credential"] = credential
+    try:
+        api = ApiAccess.resolve(data_dir, api_url, credential_option)
+        signed = api.call("POST", "/api/v1/command-tokens", {"topic": topic, "command": command})[
+            "command"
+        ]
+    except CliError as error:
+        return report(error)
+
+    # `up`'s broker: the command line's own broker user (its passwords are in the data directory).
+    auth = configured.kafka_auth() or BrokerCredentials(data_dir / BrokerCredentials.FILE).auth(
+        COMMAND_LINE_USER
+    )
 
     async def main() -> int:
-        gateway = CommandGateway(bootstrap, "managed-backups-cli")
+        gateway = CommandGateway(bootstrap, "managed-backups-cli", auth=auth)
         await gateway.start()
         try:
-            result = await gateway.request(topic, command, timeout=timeout)
+            result = await gateway.request(topic, signed, timeout=timeout)
         except CommandTimeout as exc:
             print(str(exc), file=sys.stderr)
             return 3
@@ -519,31 +574,18 @@ def cmd_set_secret(
 def _set_secret(
     cluster_id: str, data_dir: Path | None, credential_option: str | None, api_url: str | None
 ) -> int:
-    settings = _settings(data_dir)
-    credential = credential_option or settings.credential
-    if not credential and settings.admin_key_path.exists():
-        credential = settings.admin_key_path.read_text().strip()
-    if not credential:
-        print("no credential: pass --credential or --data-dir", file=sys.stderr)
-        return 2
+    try:
+        api = ApiAccess.resolve(data_dir, api_url, credential_option)
+    except CliError as error:
+        return report(error)
     password = read_password()
     if not password:
         print("no password given", file=sys.stderr)
         return 2
-    url = api_url or f"http://{settings.api_host}:{settings.api_port}"
     try:
-        response = httpx.put(
-            f"{url.rstrip('/')}/api/v1/clusters/{cluster_id}/connection-secret",
-            json={"password": password},
-            headers={"Authorization": f"Bearer {credential}"},
-            timeout=30,
-        )
-    except httpx.HTTPError as exc:
-        print(f"cannot reach the API at {url}: {exc}", file=sys.stderr)
-        return 3
-    if response.status_code >= 300:
-        print(f"refused ({response.status_code}): {response.text}", file=sys.stderr)
-        return 1
+        api.call("PUT", f"/api/v1/clusters/{cluster_id}/connection-secret", {"password": password})
+    except CliError as error:
+        return report(error)
     print(f"the connection secret of cluster {cluster_id} is set")
     return 0
 

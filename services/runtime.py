@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from managed_backups.shared.clock import Clock, build_clock
+from managed_backups.shared.command_tokens import CommandSigner, CommandVerifier
 from managed_backups.shared.eventstore import EventStore, open_event_store
 from managed_backups.shared.secrets import ensure_private_dir
-from managed_backups.shared.security import Authenticator, ensure_key_file
+from managed_backups.shared.security import Authenticator, Principals
 from managed_backups.shared.settings import Settings
 from managed_backups.shared.sqldb import SqlDatabase, sqlite_path
 
@@ -24,15 +25,18 @@ class Runtime:
     db: SqlDatabase
     clock: Clock
     authenticator: Authenticator
+    """API keys (the HTTP API's callers)."""
+    verifier: CommandVerifier
+    """Command tokens (every command consumer)."""
 
-    def service_credential(self) -> str:
-        """The key services use for the commands they send each other (e.g. TakeBackup)."""
-        if self.settings.service_credential:
-            return self.settings.service_credential
-        key, _ = ensure_key_file(
-            self.store, self.settings.data_dir / "service-api-key", self.clock, "services"
+    def command_signer(self, signer: str) -> CommandSigner:
+        """The key ``signer`` (the API, or a service that sends commands) signs commands with."""
+        return CommandSigner.load_or_create(
+            signer,
+            self.settings.signing_keys_path,
+            self.db,
+            self.settings.command_token_seconds,
         )
-        return key
 
     def close(self) -> None:
         self.db.close()
@@ -46,7 +50,14 @@ def open_runtime(settings: Settings) -> Runtime:
     if settings.store_url.startswith("sqlite"):
         private_sqlite_files(sqlite_path(settings.store_url))
     clock = build_clock(settings, db)
-    return Runtime(settings, store, db, clock, Authenticator(store))
+    return Runtime(
+        settings,
+        store,
+        db,
+        clock,
+        Authenticator(store, db),
+        CommandVerifier(db, Principals(store)),
+    )
 
 
 def private_sqlite_files(path: Path) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import weakref
 from collections.abc import Awaitable, Callable
@@ -34,7 +35,9 @@ from pydantic import BaseModel, TypeAdapter, WithJsonSchema
 
 from managed_backups.contracts import commands, topics
 from managed_backups.contracts.results import CommandResult, DeadLetter
+from managed_backups.shared.broker_access import KafkaAuth, client_options
 from managed_backups.shared.commands import CommandProcessor
+from managed_backups.shared.security import redact_api_keys
 
 log = logging.getLogger(__name__)
 PARTITIONS = 4
@@ -61,7 +64,10 @@ COMMAND_PAYLOADS: dict[str, tuple[Any, str]] = {
 
 
 async def ensure_topics(
-    bootstrap_servers: str, partitions: int = PARTITIONS, timeout: float = 60
+    bootstrap_servers: str,
+    partitions: int = PARTITIONS,
+    timeout: float = 60,
+    auth: KafkaAuth | None = None,
 ) -> None:
     """Create the topics if missing. Events are kept forever (the store is the truth, but
     consumers may replay the topic from the beginning).
@@ -69,10 +75,12 @@ async def ensure_topics(
     aiokafka's admin client, not FastStream's: FastStream creates a topic only when a subscriber
     of its own declares it (``Topic(name, num_partitions=…)``), without topic settings such as
     ``retention.ms``, and nothing in the product subscribes to the events topic; every topic is
-    created here, with its partitions and settings, before any service starts its broker."""
+    created here, with its partitions and settings, before any service starts its broker. On a
+    broker with ACLs only its administrator may create topics (``managed-backups up`` does,
+    first); a service sees them all and creates nothing."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **client_options(auth))
         try:
             await admin.start()
             existing = set(await admin.list_topics())
@@ -98,9 +106,12 @@ async def ensure_topics(
             await admin.close()
 
 
-def make_broker(bootstrap_servers: str, client_id: str, linger_ms: int = 0) -> KafkaBroker:
+def make_broker(
+    bootstrap_servers: str, client_id: str, linger_ms: int = 0, auth: KafkaAuth | None = None
+) -> KafkaBroker:
     """Every service's broker: its producer is idempotent with ``acks=all``. ``linger_ms`` lets
-    a batch publisher (the relay) fill larger requests."""
+    a batch publisher (the relay) fill larger requests. ``auth``: the service's own broker user
+    (``shared/broker_access.py``)."""
     return KafkaBroker(
         bootstrap_servers,
         client_id=client_id,
@@ -108,6 +119,7 @@ def make_broker(bootstrap_servers: str, client_id: str, linger_ms: int = 0) -> K
         acks="all",
         linger_ms=linger_ms,
         logger=None,
+        security=auth.faststream_security() if auth is not None else None,
     )
 
 
@@ -123,8 +135,9 @@ def dead_letter_entry(
         topic=topic,
         partition=partition,
         offset=offset,
-        key=key.decode(errors="replace") if key else None,
-        payload=raw[:DEAD_LETTER_PAYLOAD_LIMIT].decode(errors="replace"),
+        key=redact_api_keys(key.decode(errors="replace")) if key else None,
+        # An API key never reaches the dead-letter topic, whatever a message carried.
+        payload=redact_api_keys(raw[:DEAD_LETTER_PAYLOAD_LIMIT].decode(errors="replace")),
         error=error,
         received_at=datetime.now(UTC),
     )
@@ -218,6 +231,18 @@ def outcome_publishers(broker: KafkaBroker) -> Outcomes:
 async def publish_with(publisher: DefaultPublisher, payload: BaseModel, key: str | None) -> None:
     await publisher.publish(
         payload.model_dump_json().encode(),
+        key=key.encode() if key else None,
+        headers={"content-type": "application/json"},
+    )
+
+
+async def publish_json(
+    publisher: DefaultPublisher, payload: dict[str, Any], key: str | None
+) -> None:
+    """Publish a JSON object as it is (a signed command: its token covers exactly these
+    fields)."""
+    await publisher.publish(
+        json.dumps(payload).encode(),
         key=key.encode() if key else None,
         headers={"content-type": "application/json"},
     )

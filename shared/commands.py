@@ -1,15 +1,15 @@
 """Idempotent, authenticated command handling shared by every service.
 
 ``CommandProcessor.process`` takes a raw message and always returns a ``CommandResult`` (never
-raises): unparseable → 422 and a dead-letter entry; no or wrong credential → 401; a field that
+raises): unparseable → 422 and a dead-letter entry; no token, a token that does not verify for
+this command, or a revoked or expired key → 401 (``shared/command_tokens.py``); a field that
 does not validate → 400 naming it; a rule that refuses → its status and reason. The outcome of an
-authenticated command is saved atomically with the events it causes, keyed by ``command_id``: a
-repeated command changes nothing and gets the same result.
+authenticated command is saved atomically with the events it causes, keyed by its principal and
+``command_id``: a repeated command changes nothing and gets the same result.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -24,10 +24,11 @@ from pydantic import TypeAdapter, ValidationError
 from managed_backups.contracts.enums import CommandStatus
 from managed_backups.contracts.results import CommandResult
 from managed_backups.shared.clock import Clock
+from managed_backups.shared.command_tokens import CommandVerifier, command_body_sha256
 from managed_backups.shared.domain.errors import Malformed, Refused
 from managed_backups.shared.domain.outcome import CommandOutcome
 from managed_backups.shared.eventstore import EventStore, IntegrityError
-from managed_backups.shared.security import Authenticator, Principal
+from managed_backups.shared.security import Principal
 
 log = logging.getLogger(__name__)
 security_log = logging.getLogger("managed_backups.security")
@@ -123,13 +124,13 @@ class CommandProcessor:
         adapter: TypeAdapter[Any],
         handlers: dict[str, Handler],
         context: CommandContext,
-        authenticator: Authenticator,
+        verifier: CommandVerifier,
     ) -> None:
         self.topic = topic
         self.adapter = adapter
         self.handlers = handlers
         self.context = context
-        self.authenticator = authenticator
+        self.verifier = verifier
 
     def _result(
         self,
@@ -191,13 +192,18 @@ class CommandProcessor:
             return Processed(
                 self._result(command_id, command_type, 422, error), dead_letter_error=error
             )
-        cluster_hint = data.get("cluster_id") if isinstance(data.get("cluster_id"), str) else None
+        named = data.get("cluster_id") or data.get("destination_cluster_id")
+        cluster_hint = named if isinstance(named, str) else None
         try:
-            credential = data.get("credential")
-            principal = self.authenticator.authenticate(
-                credential if isinstance(credential, str) else None
-            )
+            principal = self.verifier.verify(self.topic, data, command_id)
         except Refused as refused:
+            security_log.warning(
+                "unauthenticated %s %s on %s: %s",
+                command_type,
+                command_id,
+                self.topic,
+                refused.reason,
+            )
             return Processed(
                 self._result(command_id, command_type, refused.code, refused.reason, cluster_hint)
             )
@@ -206,7 +212,7 @@ class CommandProcessor:
         except ValidationError as exc:
             reason = describe_validation_error(exc, command_type)
             return Processed(self._result(command_id, command_type, 400, reason, cluster_hint))
-        body_sha256 = self.body_hash(data)
+        body_sha256 = command_body_sha256(self.topic, data)
         for _ in range(MAX_CONFLICT_RETRIES):
             known = self._known_outcome(command_id, principal)
             if known is not None:
@@ -238,13 +244,6 @@ class CommandProcessor:
         return Processed(
             self._result(command_id, command_type, 409, "too many concurrent changes; retry")
         )
-
-    def body_hash(self, data: dict[str, Any]) -> str:
-        """What a command id promises: this topic, this type, these fields (not the credential:
-        a rotated key repeating a command is the same command)."""
-        body = {k: v for k, v in data.items() if k != "credential"}
-        canonical = json.dumps([self.topic, body], sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
 
     def _known_outcome(self, command_id: UUID, principal: Principal) -> CommandOutcome | None:
         store = self.context.store

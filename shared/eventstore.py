@@ -25,6 +25,7 @@ import managed_backups.shared
 from managed_backups.contracts.events import DomainEvent, WireEvent
 from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.domain.ids import NAMESPACE
+from managed_backups.shared.domain.principal import LegacyApiKey
 from managed_backups.shared.sqldb import sqlite_path
 
 A = TypeVar("A", bound=Aggregate)
@@ -39,6 +40,9 @@ __all__ = ["EventStore", "IntegrityError", "open_event_store", "to_wire_event"]
 # name makes every such topic (events, aggregates, snapshots) resolve to today's classes.
 PACKAGE_PREFIX = "managed_backups."
 register_topic("shared", managed_backups.shared)
+# Version 0.1's API keys were ``principal:ApiKey``; today's ``ApiKey`` is a service account's key.
+for _module in ("managed_backups.shared.domain.principal", "shared.domain.principal"):
+    register_topic(f"{_module}:ApiKey", LegacyApiKey)
 
 
 def event_store_env(url: str) -> dict[str, str]:

@@ -30,6 +30,7 @@ from faststream.kafka.subscriber.usecase import DefaultSubscriber
 
 from managed_backups.contracts import topics
 from managed_backups.contracts.results import CommandResult
+from managed_backups.shared.broker_access import KafkaAuth, client_options
 from managed_backups.shared.bus import (
     COMMAND_PAYLOADS,
     documented_as,
@@ -112,11 +113,17 @@ def declare(broker: KafkaBroker, waiters: Waiters | None = None) -> GatewayEndpo
 
 
 class CommandGateway:
-    def __init__(self, bootstrap_servers: str, client_id: str = "managed-backups-gateway") -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        client_id: str = "managed-backups-gateway",
+        auth: KafkaAuth | None = None,
+    ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.client_id = client_id
+        self.auth = auth
         self._waiters: Waiters = {}
-        self._broker = make_broker(bootstrap_servers, client_id)
+        self._broker = make_broker(bootstrap_servers, client_id, auth=auth)
         self._endpoints = declare(self._broker, self._waiters)
         self._started = False
 
@@ -140,7 +147,9 @@ class CommandGateway:
         its creation). Retried for a while: a freshly created topic may not have its partitions
         (leaders) in the metadata yet."""
         admin = AIOKafkaAdminClient(
-            bootstrap_servers=self.bootstrap_servers, client_id=f"{self.client_id}-admin"
+            bootstrap_servers=self.bootstrap_servers,
+            client_id=f"{self.client_id}-admin",
+            **client_options(self.auth),
         )
         await admin.start()
         try:

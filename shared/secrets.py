@@ -1,4 +1,5 @@
-"""The secret store: each cluster's connection password, bound to that cluster's id.
+"""The secret store: each cluster's connection password, bound to that cluster's id; and beside
+it, the salted hashes of the API keys' secrets (:class:`ApiKeySecrets`).
 
 A row per cluster in the shared database (``mb_connection_secrets``), the password encrypted with
 a key that lives only in the secrets directory (``<secrets-dir>/secret-store.key``, mode 0600 in
@@ -13,8 +14,12 @@ decrypted is never replaced by "no password").
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import hmac
 import os
+import secrets
 import threading
 from pathlib import Path
 
@@ -23,6 +28,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from managed_backups.shared.sqldb import SqlDatabase
 
 TABLE = "mb_connection_secrets"
+API_KEY_TABLE = "mb_api_key_secrets"
 KEY_FILE = "secret-store.key"
 EMPTY_PASSFILE = "empty-pgpass"
 MAX_SECRET_LENGTH = 1024
@@ -39,7 +45,7 @@ def ensure_private_dir(path: Path) -> Path:
     return path
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def create_private_file(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
@@ -63,7 +69,7 @@ class ConnectionSecrets:
             if self._fernet is None:
                 path = self.dir / KEY_FILE
                 with contextlib.suppress(FileExistsError):  # another service created it
-                    _write_private(path, Fernet.generate_key())
+                    create_private_file(path, Fernet.generate_key())
                 try:
                     self._fernet = Fernet(path.read_bytes().strip())
                 except (OSError, ValueError) as exc:
@@ -93,6 +99,10 @@ class ConnectionSecrets:
                 f"{self.dir / KEY_FILE} (was the key replaced?)"
             ) from None
 
+    def clusters(self) -> set[str]:
+        """The clusters with a secret."""
+        return {str(r[0]) for r in self.db.query(f"SELECT cluster_id FROM {TABLE}")}
+
     def delete(self, cluster_id: str) -> None:
         self.db.execute(f"DELETE FROM {TABLE} WHERE cluster_id = ?", (cluster_id,))
 
@@ -100,5 +110,53 @@ class ConnectionSecrets:
         """An empty password file: what libpq reads instead of ``~/.pgpass``."""
         path = self.dir / EMPTY_PASSFILE
         with contextlib.suppress(FileExistsError):
-            _write_private(path, b"")
+            create_private_file(path, b"")
         return path
+
+
+class ApiKeySecrets:
+    """The salted hash of each API key's secret, by key id, in a table of its own
+    (``mb_api_key_secrets``): never in an event (kept forever, published on the events topic),
+    never in a view, a log or an error.
+
+    The hash is HMAC-SHA256 keyed with a random salt per key (``hmac-sha256$<salt>$<digest>``).
+    A secret is 256 random bits, not a password a person chose: nothing can be guessed from its
+    hash, so a deliberately slow password hash would only slow every request down. The format
+    names its algorithm, so another can be added and read beside it."""
+
+    ALGORITHM = "hmac-sha256"
+
+    def __init__(self, db: SqlDatabase) -> None:
+        self.db = db
+        db.execute(
+            f"CREATE TABLE IF NOT EXISTS {API_KEY_TABLE} (key_id TEXT PRIMARY KEY, "
+            "hash TEXT NOT NULL, created_at TEXT NOT NULL)"
+        )
+
+    @classmethod
+    def digest(cls, secret: str, salt: bytes) -> bytes:
+        return hmac.new(salt, secret.encode(), hashlib.sha256).digest()
+
+    @classmethod
+    def hashed(cls, secret: str) -> str:
+        salt = secrets.token_bytes(16)
+        parts = (salt, cls.digest(secret, salt))
+        return "$".join([cls.ALGORITHM, *(base64.b64encode(p).decode() for p in parts)])
+
+    def put(self, key_id: str, secret: str, created_at: str) -> None:
+        """Record a new key's hash (a key id is never reused: a second put is an error)."""
+        self.db.execute(
+            f"INSERT INTO {API_KEY_TABLE} (key_id, hash, created_at) VALUES (?, ?, ?)",
+            (key_id, self.hashed(secret), created_at),
+        )
+
+    def matches(self, key_id: str, secret: str) -> bool:
+        rows = self.db.query(f"SELECT hash FROM {API_KEY_TABLE} WHERE key_id = ?", (key_id,))
+        if not rows:
+            return False
+        algorithm, _, rest = str(rows[0][0]).partition("$")
+        salt, _, digest = rest.partition("$")
+        if algorithm != self.ALGORITHM:
+            return False
+        expected = self.digest(secret, base64.b64decode(salt))
+        return hmac.compare_digest(expected, base64.b64decode(digest))

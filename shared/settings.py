@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from managed_backups.shared.broker_access import KafkaAuth
+
 LOOPBACK = {"127.0.0.1", "localhost", "::1", ""}
 
 
@@ -33,6 +35,14 @@ class Settings(BaseSettings):
         "default: SQLite file events.sqlite in the data directory.",
     )
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_username: str | None = Field(
+        default=None,
+        description="This process's broker user (SASL/SCRAM-SHA-256); none: a plaintext broker.",
+    )
+    kafka_password: str | None = Field(default=None, repr=False)
+    kafka_password_file: Path | None = Field(
+        default=None, description="A file holding kafka_password (e.g. a container secret)."
+    )
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     environment: str = Field(
@@ -65,11 +75,18 @@ class Settings(BaseSettings):
         description="The retention service runs a pass every this many minutes of the system "
         "clock (simulated or not), and on demand (EnforceRetention).",
     )
-    service_credential: str | None = Field(
+    signing_keys_dir: Path | None = Field(
         default=None,
-        repr=False,
-        description="The API key services use for the commands they send each other (default: "
-        "one issued into <data-dir>/service-api-key).",
+        description="Where a signer (the API, the scheduler) keeps the private key it signs "
+        "commands with (mode 0600 in a 0700 directory); the services verify with the public "
+        "keys in the shared database. Default: <data-dir>/signing-keys.",
+    )
+    command_token_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        le=86400,
+        description="How long a command's token is valid: a command still on its topic after "
+        "that is refused (401) and must be sent again.",
     )
     credential: str | None = Field(
         default=None, repr=False, description="The CLI's API key (default: the admin key file)."
@@ -100,6 +117,20 @@ class Settings(BaseSettings):
         "passwords, which are kept per cluster id in the shared database. Default: <data-dir>/secrets.",
     )
 
+    def kafka_auth(self) -> KafkaAuth | None:
+        """How this process logs in to the broker (None: it does not)."""
+        if not self.kafka_username:
+            return None
+        password = self.kafka_password
+        if password is None and self.kafka_password_file is not None:
+            password = self.kafka_password_file.read_text().strip()
+        if not password:
+            raise ValueError(
+                f"MANAGED_BACKUPS_KAFKA_USERNAME is {self.kafka_username} but no password is set "
+                "(MANAGED_BACKUPS_KAFKA_PASSWORD or MANAGED_BACKUPS_KAFKA_PASSWORD_FILE)"
+            )
+        return KafkaAuth(self.kafka_username, password)
+
     @field_validator("pg_bindirs", mode="before")
     @classmethod
     def _split_bindirs(cls, value: Any) -> Any:
@@ -116,6 +147,15 @@ class Settings(BaseSettings):
     @property
     def admin_key_path(self) -> Path:
         return self.data_dir / "admin-api-key"
+
+    @property
+    def signing_keys_path(self) -> Path:
+        return self.signing_keys_dir or self.data_dir / "signing-keys"
+
+    @property
+    def legacy_service_key_path(self) -> Path:
+        """Where version 0.1 kept the services' system-administrator key (retired at start)."""
+        return self.data_dir / "service-api-key"
 
     @property
     def secrets_path(self) -> Path:

@@ -19,14 +19,16 @@ import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from managed_backups.contracts import topics
+from managed_backups.contracts.enums import Role
 from managed_backups.contracts.results import CommandResult
 from managed_backups.services.api.app import create_app
 from managed_backups.services.registry import service_main
 from managed_backups.services.runtime import Runtime, open_runtime
 from managed_backups.shared.bus import ensure_topics
 from managed_backups.shared.clock import SimulatedClock
+from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.gateway import CommandGateway
-from managed_backups.shared.security import ensure_key_file
+from managed_backups.shared.identity import Identity
 from managed_backups.shared.settings import Settings
 from managed_backups.shared.views import ReadModels
 
@@ -72,10 +74,8 @@ class System:
         )
         await ensure_topics(kafka)
         runtime = open_runtime(system.settings)
-        system.admin_key, _ = ensure_key_file(
-            runtime.store, system.settings.admin_key_path, runtime.clock
-        )
-        runtime.service_credential()
+        identity = Identity(runtime.store, runtime.db, runtime.clock)
+        system.admin_key, _ = identity.ensure_admin_key(system.settings.admin_key_path)
         runtime.close()
         for name in services:
             await system.start_service(name)
@@ -124,13 +124,74 @@ class System:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    async def command(self, topic: str, body: dict[str, Any], timeout: float = 30) -> CommandResult:
+    async def command(
+        self, topic: str, body: dict[str, Any], key: str | None = None, timeout: float = 30
+    ) -> CommandResult:
+        """Send ``body`` on ``topic`` as ``key``'s principal (default: the administrator),
+        signed by the API as ``managed-backups publish`` has it signed."""
         assert self.gateway is not None
-        body = {"command_id": str(uuid4()), "credential": self.admin_key, **body}
-        return await self.gateway.request(topic, body, timeout=timeout)
+        command = await self.signed(topic, {"command_id": str(uuid4()), **body}, key)
+        return await self.gateway.request(topic, command, timeout=timeout)
+
+    async def signed(
+        self, topic: str, command: dict[str, Any], key: str | None = None
+    ) -> dict[str, Any]:
+        """``command`` with a token for ``key`` (POST /api/v1/command-tokens)."""
+        assert self.http is not None
+        response = await self.http.post(
+            "/api/v1/command-tokens",
+            json={"topic": topic, "command": command},
+            headers={"Authorization": f"Bearer {key or self.admin_key}"},
+        )
+        assert response.status_code == 200, response.text
+        signed: dict[str, Any] = response.json()["command"]
+        return signed
+
+    async def issue_key(self, name: str, role: Role, scope: str) -> str:
+        """An API key of a new service account ``name`` holding ``role`` at ``scope``
+        (``org:<id>`` or ``cluster:<id>``), created through the API by the administrator
+        (the organization too, if missing)."""
+        assert self.http is not None and self.api_runtime is not None
+        kind, _, resource = scope.partition(":")
+        if kind == "org":
+            organization, resource_type = resource, "ORGANIZATION"
+        else:
+            cluster = self.api_runtime.store.get_or_none(Cluster.create_id(resource), Cluster)
+            assert cluster is not None, f"cluster {resource} is not registered"
+            organization, resource_type = cluster.organization, "CLUSTER"
+        await self.ensure_organization(organization)
+        account = await self.http.post(
+            "/api/v1/service-accounts",
+            json={"name": f"{name}-{uuid4().hex[:6]}", "organization": organization},
+        )
+        assert account.status_code == 200, account.text
+        account_id = account.json()["id"]
+        grant = await self.http.post(
+            "/api/v1/role-grants",
+            json={
+                "service_account_id": account_id,
+                "role_name": role.value,
+                "resource_type": resource_type,
+                "resource_id": resource,
+            },
+        )
+        assert grant.status_code == 200, grant.text
+        key = await self.http.post(
+            "/api/v1/api-keys", json={"name": name, "service_account_id": account_id}
+        )
+        assert key.status_code == 200, key.text
+        secret: str = key.json()["secret"]
+        return secret
+
+    async def ensure_organization(self, organization: str) -> None:
+        assert self.http is not None
+        created = await self.http.post(
+            "/api/v1/organizations", json={"id": organization, "name": organization}
+        )
+        assert created.status_code in (200, 409), created.text
 
     async def register(
-        self, cluster_id: str, secret: str | None = None, **fields: Any
+        self, cluster_id: str, secret: str | None = None, key: str | None = None, **fields: Any
     ) -> CommandResult:
         """Register a cluster (and, once registered, set its connection secret if given)."""
         body = {
@@ -144,7 +205,7 @@ class System:
             "connection_ref": "postgresql://backup@127.0.0.1:5432/postgres",
             **fields,
         }
-        result = await self.command(topics.CLUSTER_COMMANDS, body)
+        result = await self.command(topics.CLUSTER_COMMANDS, body, key)
         if secret is not None and result.code == 200:
             await self.wait_projection(result.position)
             response = await self.set_secret(cluster_id, secret)
@@ -241,7 +302,7 @@ async def run_cluster_commands_only(runtime: Runtime, stop: asyncio.Event) -> No
         TypeAdapter(ClusterCommand),
         HANDLERS,
         CommandContext(runtime.store, runtime.clock, "scheduler"),
-        runtime.authenticator,
+        runtime.verifier,
     )
     subscribe_commands(broker, processor, "managed-backups.scheduler")
     await broker.start()

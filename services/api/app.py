@@ -23,13 +23,16 @@ from managed_backups.services.api import (
     clusters,
     connection_secret,
     errors,
+    identity,
     restores,
     system,
 )
 from managed_backups.services.api.dependencies import ApiContext
 from managed_backups.services.api.limits import AuthenticatedBoundedBodies
 from managed_backups.services.runtime import Runtime
+from managed_backups.shared.command_tokens import API_SIGNER
 from managed_backups.shared.gateway import CommandGateway
+from managed_backups.shared.identity import Identity
 from managed_backups.shared.secrets import ConnectionSecrets
 from managed_backups.shared.views import ReadModels
 
@@ -38,6 +41,7 @@ ROUTERS = (
     backups.router,
     restores.router,
     connection_secret.router,
+    identity.router,
     system.router,
 )
 
@@ -73,6 +77,8 @@ def create_app(runtime: Runtime, gateway: CommandGateway) -> FastAPI:
         models=models,
         gateway=gateway,
         secrets=ConnectionSecrets(runtime.db, runtime.settings.secrets_path),
+        signer=runtime.command_signer(API_SIGNER),
+        identity=Identity(runtime.store, runtime.db, runtime.clock),
     )
     app.add_middleware(AuthenticatedBoundedBodies, authenticate=runtime.authenticator.authenticate)
     errors.install(app)
@@ -85,19 +91,26 @@ async def run(runtime: Runtime, stop: asyncio.Event) -> None:
     import uvicorn
 
     from managed_backups.shared.bus import ensure_topics
-    from managed_backups.shared.security import ensure_key_file
 
     settings = runtime.settings
-    await ensure_topics(settings.kafka_bootstrap_servers)
+    await ensure_topics(settings.kafka_bootstrap_servers, auth=settings.kafka_auth())
+    identity = Identity(runtime.store, runtime.db, runtime.clock)
     # Deployments without `up` (compose): the first API start issues the administrator key.
-    _, created = await asyncio.to_thread(
-        ensure_key_file, runtime.store, settings.admin_key_path, runtime.clock, "admin"
-    )
+    _, created = await asyncio.to_thread(identity.ensure_admin_key, settings.admin_key_path)
     if created:
         logging.getLogger(__name__).warning(
             "issued the administrator API key: it is in %s", settings.admin_key_path
         )
-    gateway = CommandGateway(settings.kafka_bootstrap_servers, f"api-{settings.instance}")
+    if await asyncio.to_thread(
+        identity.retire_legacy_service_key, settings.legacy_service_key_path
+    ):
+        logging.getLogger(__name__).warning(
+            "revoked the services' API key of version 0.1 (%s): services sign their commands now",
+            settings.legacy_service_key_path,
+        )
+    gateway = CommandGateway(
+        settings.kafka_bootstrap_servers, f"api-{settings.instance}", auth=settings.kafka_auth()
+    )
     await gateway.start()
     app = create_app(runtime, gateway)
     config = uvicorn.Config(

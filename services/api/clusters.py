@@ -11,7 +11,6 @@ from managed_backups.services.api.dependencies import (
     CommandsDep,
     Models,
     RuntimeDep,
-    Token,
     live_cluster,
     visible_cluster,
 )
@@ -70,11 +69,12 @@ def _config(models: Models, cluster_id: str, who: Caller) -> BackupsConfig:
 
 
 async def _change_config(
-    commands: CommandsDep, cluster_id: str, token: str, change: dict[str, Any]
+    commands: CommandsDep, cluster_id: str, who: Caller, change: dict[str, Any]
 ) -> Response:
     await commands.send(
         topics.CLUSTER_COMMANDS,
-        {"type": "UpdateBackupSettings", "credential": token, "cluster_id": cluster_id, **change},
+        {"type": "UpdateBackupSettings", "cluster_id": cluster_id, **change},
+        who,
     )
     return Response(status_code=status.HTTP_200_OK)
 
@@ -95,9 +95,9 @@ def get_backups_config_alias(cluster_id: str, who: Caller, models: Models) -> Ba
     responses={**EMPTY_OK, **errors(*CHANGING)},
 )
 async def put_backups_config(
-    cluster_id: str, body: BackupsConfig, token: Token, commands: CommandsDep
+    cluster_id: str, body: BackupsConfig, who: Caller, commands: CommandsDep
 ) -> Response:
-    return await _change_config(commands, cluster_id, token, body.model_dump())
+    return await _change_config(commands, cluster_id, who, body.model_dump())
 
 
 @router.patch(
@@ -106,6 +106,6 @@ async def put_backups_config(
     responses={**EMPTY_OK, **errors(*CHANGING)},
 )
 async def patch_backups_config(
-    cluster_id: str, body: BackupsConfigPatch, token: Token, commands: CommandsDep
+    cluster_id: str, body: BackupsConfigPatch, who: Caller, commands: CommandsDep
 ) -> Response:
-    return await _change_config(commands, cluster_id, token, body.model_dump(exclude_none=True))
+    return await _change_config(commands, cluster_id, who, body.model_dump(exclude_none=True))

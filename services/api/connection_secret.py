@@ -3,7 +3,8 @@ restore service use for this cluster, and only for it.
 
 The audit event (who changed it, never the value) is recorded first, then the encrypted secret
 is stored; once the views show the event, the rule "a new secret takes the missing full backup"
-may send a full ``TakeBackup`` on the caller's behalf.
+(never on a cluster whose backups are disabled) may send a full ``TakeBackup`` on the caller's
+behalf.
 """
 
 import asyncio
@@ -14,19 +15,18 @@ from uuid import UUID
 from fastapi import APIRouter, HTTPException, Response, status
 
 from managed_backups.contracts import topics
-from managed_backups.services.api.dependencies import Caller, Context, Token, Views
+from managed_backups.services.api.dependencies import Caller, Commands, CommandsDep, Context, Views
 from managed_backups.services.api.schemas import CHANGING, EMPTY_OK, ConnectionSecretBody, errors
 from managed_backups.services.runtime import Runtime
+from managed_backups.shared.access import load_cluster
 from managed_backups.shared.domain.backup import load_backup
 from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.domain.connection_secret import (
     ConnectionSecret,
     a_new_secret_takes_the_missing_full,
 )
-from managed_backups.shared.domain.errors import not_registered
 from managed_backups.shared.domain.ids import cluster_aggregate_id, connection_secret_aggregate_id
 from managed_backups.shared.eventstore import IntegrityError
-from managed_backups.shared.gateway import CommandGateway, CommandTimeout
 from managed_backups.shared.secrets import ConnectionSecrets
 from managed_backups.shared.security import Action, Principal
 from managed_backups.shared.views import Page, ReadModels
@@ -44,12 +44,7 @@ def set_connection_secret(
     who: Principal,
 ) -> int | None:
     """Record who changes the secret, then store it; returns the audit event's position."""
-    cluster = runtime.store.get_or_none(cluster_aggregate_id(cluster_id), Cluster)
-    if cluster is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, not_registered(cluster_id))
-    who.require_on_cluster(Action.MANAGE_CLUSTERS, cluster.organization, cluster_id)
-    if cluster.deleted:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"cluster {cluster_id} was deleted")
+    load_cluster(runtime.store, who, Action.MANAGE_CLUSTERS, cluster_id)
     now = runtime.clock.now()
     audit = runtime.store.get_or_none(connection_secret_aggregate_id(cluster_id), ConnectionSecret)
     if audit is None:
@@ -78,24 +73,22 @@ def missing_full(runtime: Runtime, models: ReadModels, cluster_id: str) -> bool:
     last = cluster.last_scheduled
     backup = load_backup(runtime.store, cluster_id, UUID(str(last["backup_id"]))) if last else None
     status_ = None if backup is None else str(backup.status)
-    return a_new_secret_takes_the_missing_full(bool(listed), status_)
+    return a_new_secret_takes_the_missing_full(cluster.enabled, bool(listed), status_)
 
 
-async def take_missing_full(gateway: CommandGateway, cluster_id: str, token: str) -> None:
+async def take_missing_full(commands: Commands, cluster_id: str, who: Principal) -> None:
     """On the caller's behalf, as any publisher would; the secret is set whatever the
     outcome (a caller without the backup right, a backup started meanwhile)."""
     body = {
-        "command_id": str(uuid.uuid4()),
         "type": "TakeBackup",
-        "credential": token,
         "cluster_id": cluster_id,
         "backup_id": str(uuid.uuid4()),
         "backup_type": "FULL",
         "reason": "MANUAL",
     }
     try:
-        result = await gateway.request(topics.BACKUP_COMMANDS, body)
-    except CommandTimeout:
+        result = await commands.request(topics.BACKUP_COMMANDS, body, who)
+    except HTTPException:
         log.warning(
             "cluster %s: the full backup after its new secret is not answered yet", cluster_id
         )
@@ -117,9 +110,9 @@ async def put_connection_secret(
     cluster_id: str,
     body: ConnectionSecretBody,
     who: Caller,
-    token: Token,
     context: Context,
     views: Views,
+    commands: CommandsDep,
 ) -> Response:
     """Set the password the executor uses for this cluster, and only for it. Allowed to
     whoever may manage the cluster; the audit trail records who changed it, never the
@@ -130,5 +123,5 @@ async def put_connection_secret(
     )
     await views.until(position)
     if await asyncio.to_thread(missing_full, runtime, models, cluster_id):
-        await take_missing_full(context.gateway, cluster_id, token)
+        await take_missing_full(commands, cluster_id, who)
     return Response(status_code=status.HTTP_200_OK)

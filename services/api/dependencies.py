@@ -21,9 +21,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from managed_backups.contracts.results import CommandResult
 from managed_backups.services.runtime import Runtime
+from managed_backups.shared.access import ClusterRef, require_on_cluster
+from managed_backups.shared.command_tokens import CommandSigner
 from managed_backups.shared.dataplane.objectstore import ObjectStore
-from managed_backups.shared.domain.errors import not_registered
 from managed_backups.shared.gateway import CommandGateway, CommandTimeout
+from managed_backups.shared.identity import Identity
 from managed_backups.shared.secrets import ConnectionSecrets
 from managed_backups.shared.security import Action, Principal
 from managed_backups.shared.views import ReadModels
@@ -40,6 +42,9 @@ class ApiContext:
     models: ReadModels
     gateway: CommandGateway
     secrets: ConnectionSecrets
+    signer: CommandSigner
+    """Signs the commands the API sends for its callers (``shared/command_tokens.py``)."""
+    identity: Identity
     manifest_stores: dict[str, ObjectStore] = field(default_factory=dict)
     """Object stores opened to read manifests, by URL (opened on first use)."""
 
@@ -91,14 +96,22 @@ def principal(token: Token, runtime: RuntimeDep) -> Principal:
 Caller = Annotated[Principal, Depends(principal)]
 
 
+def cluster_ref(doc: dict[str, Any] | None) -> ClusterRef | None:
+    """What the access rule needs of a cluster, from its view."""
+    if doc is None:
+        return None
+    return ClusterRef(str(doc["id"]), str(doc["organization"]), doc["state"] == "DELETED")
+
+
 def visible_cluster(
     models: ReadModels, cluster_id: str, who: Principal, action: Action = Action.VIEW_BACKUPS
 ) -> dict[str, Any]:
-    """The cluster's view if the caller may ``action`` on it (404 when it is not registered)."""
+    """The cluster's view if the caller may ``action`` on it, deleted or not: the one access
+    rule (:func:`managed_backups.shared.access.require_on_cluster`), answered 404 for a cluster
+    the caller may not see exactly as for one that is not registered."""
     doc = models.cluster(cluster_id)
-    if doc is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, not_registered(cluster_id))
-    who.require_on_cluster(action, doc["organization"], cluster_id)
+    require_on_cluster(who, action, cluster_id, cluster_ref(doc), live=False)
+    assert doc is not None
     return doc
 
 
@@ -106,9 +119,9 @@ def live_cluster(
     models: ReadModels, cluster_id: str, who: Principal, action: Action = Action.VIEW_BACKUPS
 ) -> dict[str, Any]:
     """As :func:`visible_cluster`, and 404 once the cluster was deleted."""
-    doc = visible_cluster(models, cluster_id, who, action)
-    if doc["state"] == "DELETED":
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"cluster {cluster_id} was deleted")
+    doc = models.cluster(cluster_id)
+    require_on_cluster(who, action, cluster_id, cluster_ref(doc))
+    assert doc is not None
     return doc
 
 
@@ -143,28 +156,43 @@ Views = Annotated[ProjectionWait, Depends(projection_wait)]
 
 @dataclass(frozen=True)
 class Commands:
-    """The command gateway as the routes use it: publish a command (with the caller's token as
-    its credential, as any publisher would) and answer once its result is back and the views
-    show the events it recorded."""
+    """The command gateway as the routes use it: publish a command signed for the caller (a
+    token bound to this command, never the caller's API key) and answer once its result is back
+    and the views show the events it recorded."""
 
     gateway: CommandGateway
+    signer: CommandSigner
     views: ProjectionWait
 
-    async def send(self, topic: str, body: dict[str, Any]) -> CommandResult:
+    async def send(self, topic: str, body: dict[str, Any], who: Principal) -> CommandResult:
         """The accepted result; its rejection code (4xx) or 504 as an ``HTTPException``."""
-        body = {"command_id": str(uuid.uuid4()), **body}
-        try:
-            result = await self.gateway.request(topic, body)
-        except CommandTimeout as exc:
-            raise HTTPException(status.HTTP_504_GATEWAY_TIMEOUT, str(exc)) from exc
+        result = await self.request(topic, body, who)
         if result.code >= 300:
             raise HTTPException(result.code, result.reason or "rejected")
         await self.views.until(result.position)
         return result
 
+    async def request(self, topic: str, body: dict[str, Any], who: Principal) -> CommandResult:
+        """The command's result, whatever it is (504 as an ``HTTPException``)."""
+        command = sign_for(self.signer, who, topic, {"command_id": str(uuid.uuid4()), **body})
+        try:
+            return await self.gateway.request(topic, command)
+        except CommandTimeout as exc:
+            raise HTTPException(status.HTTP_504_GATEWAY_TIMEOUT, str(exc)) from exc
+
+
+def sign_for(
+    signer: CommandSigner, who: Principal, topic: str, command: dict[str, Any]
+) -> dict[str, Any]:
+    """``command`` with a token for ``who`` (an API key's principal: the API signs for no
+    other)."""
+    if not who.is_key:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"{who.name} sends no commands here")
+    return signer.signed(who.subject, topic, command)
+
 
 def commands(context: Context, views: Views) -> Commands:
-    return Commands(context.gateway, views)
+    return Commands(context.gateway, context.signer, views)
 
 
 CommandsDep = Annotated[Commands, Depends(commands)]

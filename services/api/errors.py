@@ -3,11 +3,15 @@
 rules, and validation errors, which are 400 here (not FastAPI's 422) with one message naming
 each invalid field."""
 
+import logging
+
 from fastapi import FastAPI, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from managed_backups.shared.domain.errors import Refused
+
+security_log = logging.getLogger("managed_backups.security")
 
 
 def error(code: int, message: str) -> JSONResponse:
@@ -32,6 +36,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Refused)
     async def refused(request: Request, exc: Refused) -> JSONResponse:
+        if not exc.audited:  # a caller without rights: the security log's, as for commands
+            security_log.warning("refused %s %s: %s", request.method, request.url.path, exc.reason)
         return error(exc.code, exc.reason)
 
     @app.exception_handler(RequestValidationError)

@@ -24,7 +24,6 @@ from managed_backups.services.api.dependencies import (
     Caller,
     CommandsDep,
     Models,
-    Token,
     visible_cluster,
 )
 from managed_backups.services.api.schemas import (
@@ -77,6 +76,7 @@ def restore_view(doc: dict[str, Any]) -> RestoreView:
         failed_step=doc["failed_step"],
         destination_state=doc["destination_state"],
         restored=doc.get("restored"),
+        left_out=doc.get("left_out"),
     )
     return RestoreView.model_validate(view)
 
@@ -88,14 +88,13 @@ router = APIRouter(
 
 @router.post("", responses=errors(*CHANGING))
 async def start_restore(
-    cluster_id: str, body: RestoreRequest, token: Token, models: Models, commands: CommandsDep
+    cluster_id: str, body: RestoreRequest, who: Caller, models: Models, commands: CommandsDep
 ) -> RestoreView:
     restore_id = str(uuid.uuid4())
     await commands.send(
         topics.RESTORE_COMMANDS,
         {
             "type": "StartRestore",
-            "credential": token,
             "restore_id": restore_id,
             "destination_cluster_id": cluster_id,
             "restore_type": body.type.value,
@@ -104,6 +103,7 @@ async def start_restore(
             "objects": [o.model_dump(by_alias=True, exclude_none=True) for o in body.objects],
             "restore_opts": body.restore_opts.model_dump(),
         },
+        who,
     )
     doc = models.restore(cluster_id, restore_id)
     if doc is None:

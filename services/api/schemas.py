@@ -255,6 +255,9 @@ class RestoreView(BaseModel):
     failed_step: str | None
     destination_state: str | None
     restored: list[str] | None
+    left_out: list[str] | None = Field(
+        default=None, description="What of the backup the restore left out, with the reasons."
+    )
 
 
 class RestoreList(BaseModel):

@@ -22,6 +22,7 @@ from managed_backups.contracts.enums import BackupStatus, BackupType
 from managed_backups.services.executor.leases import backup_leases
 from managed_backups.services.runtime import Runtime
 from managed_backups.shared import jobs
+from managed_backups.shared.access import load_cluster
 from managed_backups.shared.cluster_connection import cluster_connection, without_secret_hint
 from managed_backups.shared.commands import CommandContext, Handled
 from managed_backups.shared.dataplane.engine import BackupError, BackupRequest, ErrorCode
@@ -37,8 +38,7 @@ from managed_backups.shared.domain.backup_lifecycle import (
 from managed_backups.shared.domain.backup_settings import require_allowed_retention
 from managed_backups.shared.domain.catalog import summarise_catalog
 from managed_backups.shared.domain.cluster import Cluster
-from managed_backups.shared.domain.errors import Conflict, NotFound, not_registered
-from managed_backups.shared.domain.ids import cluster_aggregate_id
+from managed_backups.shared.domain.errors import Conflict, NotFound
 from managed_backups.shared.domain.restore_rules import (
     latest_restorable_backup,
     no_backup_while_a_cluster_restore_runs,
@@ -91,15 +91,6 @@ class BackupExecutor:
         )
         return connection.postgres_adapter()
 
-    def _live_cluster(self, cluster_id: str, principal: Principal, action: Action) -> Cluster:
-        cluster = self.runtime.store.get_or_none(cluster_aggregate_id(cluster_id), Cluster)
-        if cluster is None:
-            raise NotFound(not_registered(cluster_id))
-        principal.require_on_cluster(action, cluster.organization, cluster.cluster_id)
-        if cluster.deleted:
-            raise NotFound(f"cluster {cluster_id} was deleted")
-        return cluster
-
     def _spawn(self, coroutine: Any) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coroutine)
         self.tasks.add(task)
@@ -110,7 +101,7 @@ class BackupExecutor:
     def take_backup(
         self, command: TakeBackup, principal: Principal, context: CommandContext
     ) -> Handled:
-        cluster = self._live_cluster(command.cluster_id, principal, Action.TAKE_BACKUP)
+        cluster = load_cluster(context.store, principal, Action.TAKE_BACKUP, command.cluster_id)
         if command.retention_days is not None:
             require_allowed_retention(command.retention_days)
         if load_backup(context.store, cluster.cluster_id, command.backup_id) is not None:
@@ -350,7 +341,7 @@ class BackupExecutor:
     def verify(
         self, command: VerifyBackup, principal: Principal, context: CommandContext
     ) -> Handled:
-        cluster = self._live_cluster(command.cluster_id, principal, Action.VIEW_BACKUPS)
+        cluster = load_cluster(context.store, principal, Action.VIEW_BACKUPS, command.cluster_id)
         backup = load_backup(context.store, cluster.cluster_id, command.backup_id)
         if backup is None:
             raise NotFound(

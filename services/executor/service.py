@@ -23,16 +23,16 @@ async def run(runtime: Runtime, stop: asyncio.Event) -> None:
     refusal = libpq_environment_refusal(os.environ)
     if refusal:
         raise RuntimeError(f"the backup-executor refuses to start: {refusal}")
-    await ensure_topics(settings.kafka_bootstrap_servers)
+    await ensure_topics(settings.kafka_bootstrap_servers, auth=settings.kafka_auth())
     name = f"backup-executor-{settings.instance}"
     executor = BackupExecutor(runtime, name)
-    broker = make_broker(settings.kafka_bootstrap_servers, name)
+    broker = make_broker(settings.kafka_bootstrap_servers, name, auth=settings.kafka_auth())
     processor = CommandProcessor(
         topics.BACKUP_COMMANDS,
         TypeAdapter(BackupCommand),
         {"TakeBackup": executor.take_backup, "VerifyBackup": executor.verify},
         CommandContext(runtime.store, runtime.clock, name),
-        runtime.authenticator,
+        runtime.verifier,
     )
     subscribe_commands(broker, processor, GROUP)
     await broker.start()

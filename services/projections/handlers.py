@@ -22,6 +22,7 @@ from typing import Any
 
 from managed_backups.contracts.enums import BackupStatus, BackupType
 from managed_backups.contracts.events import (
+    ApiKeyCreated,
     ApiKeyIssued,
     ApiKeyRevoked,
     BackupCompleted,
@@ -37,13 +38,18 @@ from managed_backups.contracts.events import (
     ClusterTierChanged,
     CommandHandled,
     ConnectionSecretChanged,
+    ConnectionSecretRemoved,
     ConnectionSecretSet,
     EventBase,
+    OrganizationCreated,
     RestoreFailed,
     RestoreProgressed,
     RestoreRequested,
     RestoreRunning,
     RestoreSucceeded,
+    RoleGranted,
+    RoleGrantRemoved,
+    ServiceAccountCreated,
 )
 from managed_backups.shared.domain.backup_lifecycle import deleted_cluster_until
 from managed_backups.shared.sqldb import Cursor, SqlDatabase
@@ -60,11 +66,10 @@ _RESTORE_STATUS = {
 # tests/unit/test_view_projection.py checks that each contract event class is in one of the two,
 # so a new event class is a decision about the views, not a silent no-op.
 AUDIT_ONLY: tuple[type[EventBase], ...] = (
-    ApiKeyIssued,
-    ApiKeyRevoked,
     CommandHandled,
     ConnectionSecretSet,
     ConnectionSecretChanged,
+    ConnectionSecretRemoved,
 )
 _RETENTION_COLUMNS = ("kept_chain_id", "kept_data_from", "deleted_until")
 
@@ -326,6 +331,7 @@ class ViewProjection:
             at = ts(event.occurred_at)
             doc.update(bytes_done=event.bytes_done, completion_percent=1.0, completed_at=at)
             doc["restored"] = event.restored
+            doc["left_out"] = event.left_out
             _restore_phase(doc, "SUCCEEDED", at)
             self._put_restore(cursor, doc)
 
@@ -343,6 +349,130 @@ class ViewProjection:
             )
             _restore_phase(doc, "FAILED", at)
             self._put_restore(cursor, doc)
+
+    # -- identity: organizations, service accounts, API keys, role grants -----------------------
+
+    @handle.register
+    def _organization_created(self, event: OrganizationCreated, cursor: Cursor) -> None:
+        doc = {
+            "id": event.organization_id,
+            "name": event.name,
+            "created_at": ts(event.occurred_at),
+            "created_by": event.by,
+        }
+        cursor.execute(
+            f"INSERT INTO {self.t.organizations} (organization_id, doc) VALUES (?, ?) "
+            "ON CONFLICT (organization_id) DO NOTHING",
+            (event.organization_id, json.dumps(doc)),
+        )
+
+    @handle.register
+    def _service_account_created(self, event: ServiceAccountCreated, cursor: Cursor) -> None:
+        doc = {
+            "id": str(event.account_id),
+            "name": event.name,
+            "description": event.description,
+            "organization": event.organization,
+            "created_at": ts(event.occurred_at),
+            "creator_name": event.by,
+        }
+        cursor.execute(
+            f"INSERT INTO {self.t.service_accounts} (account_id, organization, doc) "
+            "VALUES (?, ?, ?) ON CONFLICT (account_id) DO NOTHING",
+            (str(event.account_id), event.organization, json.dumps(doc)),
+        )
+
+    @handle.register
+    def _role_granted(self, event: RoleGranted, cursor: Cursor) -> None:
+        cursor.execute(
+            f"SELECT organization FROM {self.t.service_accounts} WHERE account_id = ?",
+            (str(event.account_id),),
+        )
+        row = cursor.fetchone()
+        organization = row[0] if row else None
+        doc = {
+            "service_account_id": str(event.account_id),
+            "role_name": event.role.value,
+            "resource_type": event.resource_type,
+            "resource_id": event.resource_id,
+            "organization": organization,
+            "granted_at": ts(event.occurred_at),
+            "granted_by": event.by,
+        }
+        cursor.execute(
+            f"INSERT INTO {self.t.role_grants} (account_id, role, resource_type, resource_id, "
+            "organization, doc) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (account_id, role, resource_type, resource_id) DO NOTHING",
+            (
+                str(event.account_id),
+                event.role.value,
+                event.resource_type,
+                event.resource_id,
+                organization,
+                json.dumps(doc),
+            ),
+        )
+
+    @handle.register
+    def _role_grant_removed(self, event: RoleGrantRemoved, cursor: Cursor) -> None:
+        cursor.execute(
+            f"DELETE FROM {self.t.role_grants} WHERE account_id = ? AND role = ? "
+            "AND resource_type = ? AND resource_id = ?",
+            (str(event.account_id), event.role.value, event.resource_type, event.resource_id),
+        )
+
+    @handle.register
+    def _api_key_created(self, event: ApiKeyCreated, cursor: Cursor) -> None:
+        self._put_key(
+            cursor,
+            {
+                "id": event.key_id,
+                "name": event.name,
+                "service_account_id": str(event.account_id),
+                "organization": event.organization,
+                "created_at": ts(event.occurred_at),
+                "created_by": event.by,
+                "expires_at": ts(event.expires_at),
+                "revoked_at": None,
+                "revoked_by": None,
+            },
+        )
+
+    @handle.register
+    def _api_key_issued(self, event: ApiKeyIssued, cursor: Cursor) -> None:
+        """A key of version 0.1: listed (to be revoked) with the principal and grants it names."""
+        self._put_key(
+            cursor,
+            {
+                "id": event.key_id,
+                "name": f"{event.principal} (a key of version 0.1)",
+                "service_account_id": None,
+                "organization": None,
+                "created_at": ts(event.occurred_at),
+                "created_by": event.by,
+                "expires_at": None,
+                "revoked_at": None,
+                "revoked_by": None,
+                "legacy_principal": event.principal,
+                "legacy_grants": [g.model_dump(mode="json") for g in event.grants],
+            },
+        )
+
+    @handle.register
+    def _api_key_revoked(self, event: ApiKeyRevoked, cursor: Cursor) -> None:
+        cursor.execute(f"SELECT doc FROM {self.t.api_keys} WHERE key_id = ?", (event.key_id,))
+        row = cursor.fetchone()
+        if row is not None:
+            doc = json.loads(row[0])
+            doc.update(revoked_at=ts(event.occurred_at), revoked_by=event.by)
+            self._put_key(cursor, doc)
+
+    def _put_key(self, cursor: Cursor, doc: dict[str, Any]) -> None:
+        cursor.execute(
+            f"INSERT INTO {self.t.api_keys} (key_id, account_id, organization, doc) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (key_id) DO UPDATE SET doc = excluded.doc",
+            (doc["id"], doc["service_account_id"], doc["organization"], json.dumps(doc)),
+        )
 
     # -- rows -----------------------------------------------------------------------------------
 

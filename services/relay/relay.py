@@ -32,6 +32,7 @@ from faststream.kafka.publisher import DefaultPublisher
 from managed_backups.contracts import topics
 from managed_backups.contracts.events import DomainEvent
 from managed_backups.contracts.results import DeadLetter
+from managed_backups.shared.broker_access import KafkaAuth
 from managed_backups.shared.bus import DEAD_LETTER_PAYLOAD_LIMIT, make_broker
 from managed_backups.shared.eventstore import EventStore, to_wire_event
 from managed_backups.shared.sqldb import SqlDatabase
@@ -101,7 +102,9 @@ class Relay:
         name: str = "relay",
         batch_size: int = 500,
         poll_seconds: float = 0.02,
+        auth: KafkaAuth | None = None,
     ) -> None:
+        self.auth = auth
         self.store = store
         self.db = db
         self.bootstrap_servers = bootstrap_servers
@@ -120,7 +123,9 @@ class Relay:
         record's failure mapped on its own. No Kafka transaction is involved: the position
         saved after the acknowledgements, and consumers deduplicating by ``event_id``, give
         at-least-once without loss or reordering."""
-        broker = make_broker(self.bootstrap_servers, f"managed-backups-{self.name}", linger_ms=2)
+        broker = make_broker(
+            self.bootstrap_servers, f"managed-backups-{self.name}", linger_ms=2, auth=self.auth
+        )
         publishers = declare(broker)
         await broker.start()
         try:

@@ -10,11 +10,13 @@ from managed_backups.shared.bus import ensure_topics
 
 
 async def run(runtime: Runtime, stop: asyncio.Event) -> None:
-    await ensure_topics(runtime.settings.kafka_bootstrap_servers)
+    settings = runtime.settings
+    await ensure_topics(settings.kafka_bootstrap_servers, auth=settings.kafka_auth())
     relay = Relay(
         runtime.store,
         runtime.db,
-        runtime.settings.kafka_bootstrap_servers,
-        batch_size=runtime.settings.relay_batch_size,
+        settings.kafka_bootstrap_servers,
+        batch_size=settings.relay_batch_size,
+        auth=settings.kafka_auth(),
     )
     await relay.run(stop)

@@ -105,7 +105,8 @@ def start(
         str | None, typer.Option(help="schema of the tables (default public)")
     ] = None,
     table: Annotated[
-        list[str] | None, typer.Option("--table", metavar="TABLE", help="a table (repeatable)")
+        list[str] | None,
+        typer.Option("--table", metavar="TABLE", help="a table, view or sequence (repeatable)"),
     ] = None,
     backup_id: Annotated[
         str | None, typer.Option(help="default: the latest restorable backup")
@@ -273,6 +274,8 @@ def follow_job(
             last = line
         if job["status"] == "SUCCESS":
             out.write(f"\nrestored: {', '.join(job.get('restored') or [])}\n")
+            for item in job.get("left_out") or []:
+                out.write(f"left out: {item}\n")
             return 0
         if job["status"] == "FAILED":
             out.write("\n")

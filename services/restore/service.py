@@ -18,16 +18,16 @@ GROUP = "managed-backups.restore"
 
 async def run(runtime: Runtime, stop: asyncio.Event) -> None:
     settings = runtime.settings
-    await ensure_topics(settings.kafka_bootstrap_servers)
+    await ensure_topics(settings.kafka_bootstrap_servers, auth=settings.kafka_auth())
     name = f"restore-{settings.instance}"
     service = RestoreService(runtime, name)
-    broker = make_broker(settings.kafka_bootstrap_servers, name)
+    broker = make_broker(settings.kafka_bootstrap_servers, name, auth=settings.kafka_auth())
     processor = CommandProcessor(
         topics.RESTORE_COMMANDS,
         TypeAdapter(RestoreCommand),
         {"StartRestore": service.start_restore},
         CommandContext(runtime.store, runtime.clock, name),
-        runtime.authenticator,
+        runtime.verifier,
     )
     subscribe_commands(broker, processor, GROUP)
     await broker.start()

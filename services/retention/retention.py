@@ -53,8 +53,13 @@ from managed_backups.shared.domain.backup_lifecycle import (
     newest_restorable_chain,
 )
 from managed_backups.shared.domain.cluster import Cluster
+from managed_backups.shared.domain.connection_secret import (
+    ConnectionSecret,
+    a_deleted_clusters_secret_goes_when_its_backups_do,
+)
 from managed_backups.shared.eventstore import EventStore, IntegrityError, event_topics
 from managed_backups.shared.jobs import backups_in_use
+from managed_backups.shared.secrets import ConnectionSecrets
 from managed_backups.shared.sqldb import SqlDatabase
 
 log = logging.getLogger(__name__)
@@ -228,6 +233,11 @@ class RetentionIndex:
             )
         return found
 
+    def deleted_clusters(self) -> dict[str, datetime]:
+        """Every deleted cluster's keep-until time."""
+        rows = self.db.query(f"SELECT cluster_id, deleted_until FROM {P}clusters")
+        return {str(c): datetime.fromisoformat(d) for c, d in rows}
+
     def deleted_until_of(self, cluster_ids: Sequence[str]) -> dict[str, datetime]:
         """The keep-until time of each deleted cluster among ``cluster_ids`` (one query)."""
         if not cluster_ids:
@@ -254,6 +264,8 @@ class PassReport:
     """Expired chains left for a later pass: a running job (a restore) holds them."""
     leftovers_swept: int = 0
     """Failed backups of live chains whose leftovers were swept (:mod:`.leftovers`)."""
+    secrets_removed: int = 0
+    """Deleted clusters whose password left the secret store (their backups' time ended)."""
     errors: list[str] = field(default_factory=list)
 
     def error(self, cluster_id: str, exc: BaseException) -> None:
@@ -307,10 +319,18 @@ class Retention:
     from the store, so one conflict costs one cluster, not the group."""
 
     def __init__(
-        self, store: EventStore, db: SqlDatabase, store_url_for: StoreUrlFor, name: str = BY
+        self,
+        store: EventStore,
+        db: SqlDatabase,
+        store_url_for: StoreUrlFor,
+        name: str = BY,
+        secrets: ConnectionSecrets | None = None,
     ) -> None:
         self.store = store
         self.db = db
+        self.secrets = secrets
+        """The secret store, whose deleted clusters' passwords a pass removes (None: not this
+        worker's concern)."""
         self.index = RetentionIndex(store, db)
         self.store_url_for = store_url_for
         self.name = name
@@ -343,7 +363,40 @@ class Retention:
             except Exception as exc:  # one group's trouble never stops the others
                 log.exception("retention of clusters %s.. failed; the next pass retries", group[0])
                 report.error(group[0], exc)
+        try:
+            self._remove_deleted_clusters_secrets(now, cluster_id, report)
+        except Exception as exc:
+            log.exception("removing deleted clusters' secrets failed; the next pass retries")
+            report.error("secrets", exc)
         return report
+
+    def _remove_deleted_clusters_secrets(
+        self, now: datetime, cluster_id: str | None, report: PassReport
+    ) -> None:
+        """The rule ``a_deleted_clusters_secret_goes_when_its_backups_do``: the removal is
+        recorded on the cluster's audit trail first (never the value), then the secret goes; a
+        worker stopped between the two removes it on its next pass."""
+        if self.secrets is None:
+            return
+        with_secret = self.secrets.clusters()
+        for cid, until in self.index.deleted_clusters().items():
+            if cid not in with_secret or (cluster_id is not None and cid != cluster_id):
+                continue
+            if not a_deleted_clusters_secret_goes_when_its_backups_do(until, now):
+                continue
+            audit = self.store.get_or_none(ConnectionSecret.create_id(cid), ConnectionSecret)
+            if audit is not None and not audit.removed:
+                reason = (
+                    f"cluster {cid} was deleted and its backups were kept until "
+                    f"{until.isoformat()}: its password is not needed any more"
+                )
+                audit.remove(reason, at=now, by=self.name)
+                try:
+                    self.store.save_all(audit)
+                except IntegrityError:  # changed meanwhile: the next pass decides again
+                    continue
+            self.secrets.delete(cid)
+            report.secrets_removed += 1
 
     def _enforce_group(
         self, cluster_ids: Sequence[str], now: datetime, report: PassReport, alone: bool = False

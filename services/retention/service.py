@@ -18,11 +18,11 @@ from managed_backups.contracts import topics
 from managed_backups.contracts.commands import EnforceRetention, RetentionCommand
 from managed_backups.services.retention.retention import Retention
 from managed_backups.services.runtime import Runtime
+from managed_backups.shared.access import load_cluster, may_administer
 from managed_backups.shared.bus import ensure_topics, make_broker, subscribe_commands
 from managed_backups.shared.commands import CommandContext, CommandProcessor, Handled, Handler
-from managed_backups.shared.domain.cluster import Cluster
-from managed_backups.shared.domain.errors import NotFound
 from managed_backups.shared.domain.roles import Action
+from managed_backups.shared.secrets import ConnectionSecrets
 from managed_backups.shared.security import Principal
 
 log = logging.getLogger(__name__)
@@ -33,13 +33,14 @@ NAME = "retention"
 def enforce_handler(retention: Retention, lock: asyncio.Lock) -> Handler:
     def handle(command: EnforceRetention, principal: Principal, context: CommandContext) -> Handled:
         if command.cluster_id is None:
-            principal.require(Action.ADMINISTER)
+            may_administer(principal)
         else:
-            cluster = context.store.get_or_none(Cluster.create_id(command.cluster_id), Cluster)
-            if cluster is None:
-                raise NotFound(f"cluster {command.cluster_id} is not registered")
-            principal.require_on_cluster(
-                Action.CHANGE_BACKUP_SETTINGS, cluster.organization, cluster.cluster_id
+            load_cluster(
+                context.store,
+                principal,
+                Action.CHANGE_BACKUP_SETTINGS,
+                command.cluster_id,
+                live=False,  # a deleted cluster's backups are retention's to delete
             )
 
         async def run_pass() -> None:
@@ -56,17 +57,23 @@ def enforce_handler(retention: Retention, lock: asyncio.Lock) -> Handler:
 
 async def run(runtime: Runtime, stop: asyncio.Event) -> None:
     settings = runtime.settings
-    await ensure_topics(settings.kafka_bootstrap_servers)
+    await ensure_topics(settings.kafka_bootstrap_servers, auth=settings.kafka_auth())
     name = f"{NAME}-{settings.instance}"
-    retention = Retention(runtime.store, runtime.db, settings.region_store_url, NAME)
+    retention = Retention(
+        runtime.store,
+        runtime.db,
+        settings.region_store_url,
+        NAME,
+        ConnectionSecrets(runtime.db, settings.secrets_path),
+    )
     lock = asyncio.Lock()
-    broker = make_broker(settings.kafka_bootstrap_servers, name)
+    broker = make_broker(settings.kafka_bootstrap_servers, name, auth=settings.kafka_auth())
     processor = CommandProcessor(
         topics.RETENTION_COMMANDS,
         TypeAdapter(RetentionCommand),
         {"EnforceRetention": enforce_handler(retention, lock)},
         CommandContext(runtime.store, runtime.clock, NAME),
-        runtime.authenticator,
+        runtime.verifier,
     )
     subscribe_commands(broker, processor, GROUP)
     await broker.start()
@@ -85,6 +92,7 @@ async def run(runtime: Runtime, stop: asyncio.Event) -> None:
                         report.chains_deleted
                         or report.backups_expired
                         or report.leftovers_swept
+                        or report.secrets_removed
                         or report.errors
                     ):
                         log.info("retention pass at %s: %s", now.isoformat(), report)

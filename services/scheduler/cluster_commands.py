@@ -12,28 +12,15 @@ from managed_backups.contracts.commands import (
     RegisterCluster,
     UpdateBackupSettings,
 )
+from managed_backups.shared.access import load_cluster
 from managed_backups.shared.commands import CommandContext, Handled, Handler
 from managed_backups.shared.domain.backup_settings import SettingsChange, initial_settings
 from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.domain.connection_ref import parse_connection_ref
-from managed_backups.shared.domain.errors import Conflict, NotFound, not_registered
+from managed_backups.shared.domain.errors import Conflict
 from managed_backups.shared.domain.ids import cluster_aggregate_id
 from managed_backups.shared.domain.regions import choose_backup_region
 from managed_backups.shared.security import Action, Principal
-
-
-def load_cluster(
-    context: CommandContext, cluster_id: str, principal: Principal, action: Action
-) -> Cluster:
-    """The live cluster ``principal`` may ``action`` on; a deleted or invisible one is refused
-    without revealing more than the caller may see."""
-    cluster = context.store.get_or_none(cluster_aggregate_id(cluster_id), Cluster)
-    if cluster is None:
-        raise NotFound(not_registered(cluster_id))
-    principal.require_on_cluster(action, cluster.organization, cluster.cluster_id)
-    if cluster.deleted:
-        raise NotFound(f"cluster {cluster_id} was deleted")
-    return cluster
 
 
 def register_cluster(
@@ -69,7 +56,9 @@ def register_cluster(
 def update_backup_settings(
     command: UpdateBackupSettings, principal: Principal, context: CommandContext
 ) -> Handled:
-    cluster = load_cluster(context, command.cluster_id, principal, Action.CHANGE_BACKUP_SETTINGS)
+    cluster = load_cluster(
+        context.store, principal, Action.CHANGE_BACKUP_SETTINGS, command.cluster_id
+    )
     decision = cluster.decide_settings(
         SettingsChange(command.enabled, command.frequency_minutes, command.retention_days)
     )
@@ -84,7 +73,7 @@ def update_backup_settings(
 def change_cluster_tier(
     command: ChangeClusterTier, principal: Principal, context: CommandContext
 ) -> Handled:
-    cluster = load_cluster(context, command.cluster_id, principal, Action.MANAGE_CLUSTERS)
+    cluster = load_cluster(context.store, principal, Action.MANAGE_CLUSTERS, command.cluster_id)
     changed = cluster.change_tier(
         command.tier, command.command_id, context.clock.now(), principal.name
     )
@@ -94,7 +83,7 @@ def change_cluster_tier(
 def delete_cluster(
     command: DeleteCluster, principal: Principal, context: CommandContext
 ) -> Handled:
-    cluster = load_cluster(context, command.cluster_id, principal, Action.MANAGE_CLUSTERS)
+    cluster = load_cluster(context.store, principal, Action.MANAGE_CLUSTERS, command.cluster_id)
     cluster.delete(command.command_id, context.clock.now(), principal.name)
     return Handled([cluster], command.cluster_id)
 

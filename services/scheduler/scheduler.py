@@ -25,6 +25,7 @@ from array import array
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 from uuid import UUID, uuid4
 
 from managed_backups.contracts.commands import TakeBackup
@@ -64,7 +65,10 @@ FOLLOWED = event_topics(
 )
 
 
-SendTakeBackup = Callable[[TakeBackup], Awaitable[None]]
+SendTakeBackup = Callable[[dict[str, Any]], Awaitable[None]]
+"""Publishes a signed TakeBackup as it is (the token signs exactly these fields)."""
+SignCommand = Callable[[dict[str, Any]], dict[str, Any]]
+"""Adds the token of the scheduler's own principal to a command (``CommandSigner.signed``)."""
 SEND_SLICE = 200
 
 
@@ -108,7 +112,7 @@ class Scheduler:
         store: EventStore,
         clock: Clock,
         send: SendTakeBackup,
-        credential: str,
+        sign: SignCommand,
         name: str = "scheduler",
         poll_seconds: float = 0.05,
         resend_after_seconds: float = 30.0,
@@ -118,7 +122,7 @@ class Scheduler:
         self.store = store
         self.clock = clock
         self.send = send
-        self.credential = credential
+        self.sign = sign
         self.name = name
         self.poll_seconds = poll_seconds
         self.resend_after = resend_after_seconds
@@ -323,17 +327,20 @@ class Scheduler:
         last = cluster.last_scheduled
         assert last is not None
         backup_id = last["backup_id"]
-        command = TakeBackup(
-            command_id=uuid4(),
-            credential=self.credential,
-            cluster_id=cluster.cluster_id,
-            backup_id=backup_id,
-            backup_type=BackupType(last["backup_type"]),
-            reason=BackupReason.SCHEDULED,
-            scheduled_for=last["slot"],
-            chain_id=last["chain_id"],
-            retention_days=cluster.retention_days,
-        )
+        fields = {
+            "type": "TakeBackup",
+            "command_id": uuid4(),
+            "cluster_id": cluster.cluster_id,
+            "backup_id": backup_id,
+            "backup_type": BackupType(last["backup_type"]).value,
+            "reason": BackupReason.SCHEDULED.value,
+            "scheduled_for": last["slot"],
+            "chain_id": last["chain_id"],
+            "retention_days": cluster.retention_days,
+        }
+        # Signed anew each time it is sent: a resend is never refused for an expired token.
+        command = self.sign(fields)
+        TakeBackup.model_validate(command)  # what the executor will read: a drift fails here
         await self.send(command)
         self.sent_at[backup_id] = time.monotonic()
         self.tracked.setdefault(cluster.cluster_id, set()).add(backup_id)

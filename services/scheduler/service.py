@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from faststream.kafka import KafkaBroker
 from faststream.kafka.publisher import DefaultPublisher
@@ -19,9 +20,10 @@ from managed_backups.shared.bus import (
     declare_command_subscriber,
     ensure_topics,
     make_broker,
-    publish_with,
+    publish_json,
 )
 from managed_backups.shared.commands import CommandContext, CommandProcessor
+from managed_backups.shared.security import SERVICE_SUBJECT
 
 GROUP = "managed-backups.scheduler"
 
@@ -49,27 +51,37 @@ async def serve(runtime: Runtime, stop: asyncio.Event, name: str) -> None:
     reports its reached time under on the simulated clock: every instance is "scheduler" in
     production; a test running two at once names the second to wait for each of them."""
     settings = runtime.settings
-    await ensure_topics(settings.kafka_bootstrap_servers)
-    broker = make_broker(settings.kafka_bootstrap_servers, f"scheduler-{settings.instance}")
+    await ensure_topics(settings.kafka_bootstrap_servers, auth=settings.kafka_auth())
+    broker = make_broker(
+        settings.kafka_bootstrap_servers,
+        f"scheduler-{settings.instance}",
+        auth=settings.kafka_auth(),
+    )
     processor = CommandProcessor(
         topics.CLUSTER_COMMANDS,
         TypeAdapter(ClusterCommand),
         HANDLERS,
         CommandContext(runtime.store, runtime.clock, "scheduler"),
-        runtime.authenticator,
+        runtime.verifier,
     )
     take_backups = declare(broker)
     bind_processor(broker, processor)
     await broker.start()
 
-    async def send(command: TakeBackup) -> None:
-        await publish_with(take_backups, command, command.cluster_id)
+    async def send(command: dict[str, Any]) -> None:
+        await publish_json(take_backups, command, str(command["cluster_id"]))
+
+    signer = runtime.command_signer("scheduler")
+
+    def sign(fields: dict[str, Any]) -> dict[str, Any]:
+        """The scheduler sends TakeBackup as its own service principal, and nothing else."""
+        return signer.signed(f"{SERVICE_SUBJECT}scheduler", topics.BACKUP_COMMANDS, fields)
 
     scheduler = Scheduler(
         runtime.store,
         runtime.clock,
         send,
-        credential=runtime.service_credential(),
+        sign,
         name=name,
         poll_seconds=settings.poll_interval_seconds,
         resend_after_seconds=settings.scheduled_backup_resend_seconds,

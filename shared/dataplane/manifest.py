@@ -24,7 +24,7 @@ connection limit, comment, database and role-in-database settings), ``matviews``
 archive also holds the large objects (``pg_dump -b --exclude-table-data='*.*'``, where version 1
 used ``--schema-only``), and table fingerprints cover the columns' whole type closure.
 
-Version 3 (what is written now) adds ``TableBackup.data_offset`` (small tables share chunks:
+Version 3 adds ``TableBackup.data_offset`` (small tables share chunks:
 a table's stream is a byte range of its chunks' concatenation),
 ``DatabaseBackup.schema_fingerprint``, the table mode ``UNCHANGED`` and a stored form that is
 relative to the parent, so that an incremental of a schema of thousands of small tables, of
@@ -42,10 +42,18 @@ which a few changed, stores a few kilobytes instead of repeating every table's e
   :func:`load_manifest` takes the parent as an argument). The model in memory always holds the
   whole entries, so nothing but this module sees the stored form.
 
-Version 4 adds ``DatabaseBackup.wal_mark`` (:class:`WalMark`: where the next incremental's
-WAL summaries start, PostgreSQL 17 and later) and ``DatabaseBackup.wal_summary`` (what they
-told an incremental). Absent means not recorded: an incremental on top of a database without
-a mark probes every table, as before. Its stored form is version 3's.
+Version 4 adds what else ``pg_dump --create`` keeps of a database:
+``DatabaseBackup.locale`` (its locale provider, the ICU or builtin provider's locale, ICU
+rules, collation version: :class:`DatabaseLocale`), and ``DatabaseProperties.tablespace`` and
+``security_labels``. A version 3 or older database has no recorded locale: it is restored
+with the libc provider and its ``collate``/``ctype``, as those versions did. Its stored form
+is version 3's.
+
+Version 5 (what is written now) adds ``DatabaseBackup.wal_mark`` (:class:`WalMark`: where the
+next incremental's WAL summaries start, PostgreSQL 17 and later) and
+``DatabaseBackup.wal_summary`` (what they told an incremental). Absent means not recorded: an
+incremental on top of a database without a mark (any version 4 or older manifest, a server
+before 17, ``summarize_wal`` off) probes every table, as before. Its stored form is version 3's.
 """
 
 from __future__ import annotations
@@ -72,6 +80,7 @@ __all__ = [
     "CatalogTable",
     "ChunkRef",
     "DatabaseBackup",
+    "DatabaseLocale",
     "DatabaseProperties",
     "KeyColumn",
     "KeySet",
@@ -81,6 +90,7 @@ __all__ = [
     "MatView",
     "PgSnapshot",
     "RoleSettings",
+    "SecurityLabel",
     "SequenceValue",
     "SkippedDatabase",
     "TableBackup",
@@ -100,9 +110,9 @@ __all__ = [
     "unchanged_entry",
 ]
 
-SCHEMA_VERSION = 4
-_VERSIONS = (1, 2, 3, 4)
-_RELATIVE_VERSIONS = (3, 4)
+SCHEMA_VERSION = 5
+_VERSIONS = (1, 2, 3, 4, 5)
+_RELATIVE_VERSIONS = (3, 4, 5)
 """Versions stored compressed and relative to the parent (``UNCHANGED`` entries)."""
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _MAX_MANIFEST_BYTES = 1 << 30
@@ -171,7 +181,7 @@ class PgSnapshot(_Model):
 
 
 class WalMark(_Model):
-    """Version 4: a point in the server's WAL read just before a database's snapshot (PostgreSQL
+    """Version 5: a point in the server's WAL read just before a database's snapshot (PostgreSQL
     17 and later with ``summarize_wal``), from which the next incremental asks the server's WAL
     summaries what was written (see :mod:`.postgres_walsummary`)."""
 
@@ -223,6 +233,11 @@ class RoleSettings(_Model):
     """``name=value`` as ``pg_db_role_setting`` stores them."""
 
 
+class SecurityLabel(_Model):
+    provider: str
+    label: str
+
+
 class DatabaseProperties(_Model):
     """What ``pg_dump --create`` would say of the database itself."""
 
@@ -232,6 +247,27 @@ class DatabaseProperties(_Model):
     connection_limit: int
     comment: str | None
     settings: list[RoleSettings]
+    tablespace: str | None = None
+    """Version 4: the database's default tablespace (``None``: not recorded)."""
+    security_labels: list[SecurityLabel] = []
+    """Version 4: ``SECURITY LABEL ... ON DATABASE`` (``pg_shseclabel``)."""
+
+
+class DatabaseLocale(_Model):
+    """Version 4: how the database sorts and classifies text, beyond ``collate`` and ``ctype``
+    (``pg_database``'s locale columns, which differ by server version; see
+    ``postgres_catalog.locale_sql``)."""
+
+    provider: Literal["libc", "icu", "builtin"]
+    """``datlocprovider`` (PostgreSQL 15 and later; ``libc`` before)."""
+    locale: str | None = None
+    """The ICU or builtin provider's locale: ``daticulocale`` (15, 16), ``datlocale`` (17 and
+    later); ``None`` for libc."""
+    icu_rules: str | None = None
+    """``daticurules`` (16 and later)."""
+    collation_version: str | None = None
+    """``datcollversion`` (15 and later). Not given to ``CREATE DATABASE`` (the destination
+    computes its own, as after ``pg_dump``); a restore says when they differ."""
 
 
 class TableBackup(_Model):
@@ -297,15 +333,17 @@ class DatabaseBackup(_Model):
     name has another oid, and its next incremental stores every table whole."""
     is_template: bool = False
     properties: DatabaseProperties | None = None
+    locale: DatabaseLocale | None = None
+    """Version 4 (``None``: not recorded; restored with the libc provider)."""
     matviews: list[MatView] = []
     large_objects: int | None = None
     """Version 2: large objects in the schema archive (``None``: not recorded)."""
     wal_mark: WalMark | None = None
-    """Version 4: where the next incremental's WAL summaries start (``None``: not recorded,
+    """Version 5: where the next incremental's WAL summaries start (``None``: not recorded,
     e.g. before PostgreSQL 17 or with ``summarize_wal`` off; the next incremental then probes
     every table)."""
     wal_summary: str | None = None
-    """Version 4, an incremental's: what the WAL summaries told it (the LSN range read and how
+    """Version 5, an incremental's: what the WAL summaries told it (the LSN range read and how
     many tables it left unread or read by block), or why it probed every table instead."""
 
     @cached_property
@@ -367,7 +405,7 @@ class Totals(_Model):
 
 
 class Manifest(_Model):
-    schema_version: Literal[1, 2, 3, 4] = 4
+    schema_version: Literal[1, 2, 3, 4, 5] = 5
     engine: Literal["postgres"] = "postgres"
     backup_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,128}$")
     cluster_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,128}$")
@@ -415,11 +453,11 @@ class Manifest(_Model):
             )
             if v2:
                 raise ValueError("a version 1 manifest cannot hold version 2 fields")
-        if self.schema_version < 4 and any(
+        if self.schema_version < 5 and any(
             db.wal_mark is not None or db.wal_summary is not None for db in self.databases
         ):
             raise ValueError(
-                f"a version {self.schema_version} manifest cannot hold version 4 fields"
+                f"a version {self.schema_version} manifest cannot hold version 5 fields"
                 " (a WAL mark)"
             )
         if self.schema_version < 3 and any(
@@ -427,6 +465,17 @@ class Manifest(_Model):
         ):
             raise ValueError(
                 f"a version {self.schema_version} manifest cannot hold version 3 fields"
+            )
+        if self.schema_version < 4 and any(
+            db.locale is not None
+            or (
+                db.properties is not None
+                and (db.properties.tablespace is not None or db.properties.security_labels)
+            )
+            for db in self.databases
+        ):
+            raise ValueError(
+                f"a version {self.schema_version} manifest cannot hold version 4 fields"
             )
         unchanged = any(t.mode == TableMode.UNCHANGED for db in self.databases for t in db.tables)
         if unchanged and (self.schema_version < 3 or self.type != BackupType.INCREMENTAL):
@@ -460,7 +509,7 @@ class Manifest(_Model):
         return self.model_dump_json(indent=None).encode()
 
     def to_stored(self) -> bytes:
-        """What :func:`save_manifest` writes: versions 1 and 2 as JSON; versions 3 and 4 as a
+        """What :func:`save_manifest` writes: versions 1 and 2 as JSON; versions 3 to 5 as a
         zstd frame of the JSON in which ``UNCHANGED`` entries keep only their name and mode
         (the rest is the parent's, see the module docstring)."""
         if self.schema_version not in _RELATIVE_VERSIONS:

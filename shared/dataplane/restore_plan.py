@@ -5,7 +5,8 @@ Built on :mod:`.restore_rows` (rows rebuilt from a chain, every chunk's hash che
 rows reach the destination). Guarantees, per kind:
 
 - **DATABASE**: the backup's database is restored into a new database under a temporary name
-  (``mb_restore_<job>``, created from ``template0`` with the backup's encoding and collation),
+  (``mb_restore_<job>``, created from ``template0`` as the backup's was: encoding, collation,
+  locale provider and locale, for the destination's version, see :func:`create_database_sql`),
   then renamed to its final name in one statement. Until the rename nothing with the final
   name exists; a failure at any step drops the temporary database (and the lease reaper drops
   it if the worker died), so the destination holds exactly what it held before.
@@ -19,28 +20,33 @@ rows reach the destination). Guarantees, per kind:
   connection closes). Into a new database, the same transaction runs in a temporary database
   that is renamed at the end, as for DATABASE. The scratch database is always dropped.
 
+Every database named after a job is dropped whatever it holds (:func:`drop_database`: its
+subscriptions detached from their slots first, which ``DROP DATABASE ... WITH (FORCE)``
+refuses otherwise), each on its own, and reported dropped only once the catalog no longer
+lists it (:func:`drop_temporary_databases`).
+
 Connections are libpq DSNs without password (``passfile`` or ``env`` carry the secret).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Generator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from .archive_toc import ArchiveError, TocEntry, read_toc, read_toc_from
 from .engine import RestoreError
-from .manifest import Manifest
+from .manifest import DatabaseBackup, DatabaseLocale, Manifest
 from .restore_rows import (
     destination_tools,
     fetch_to_file,
@@ -49,19 +55,33 @@ from .restore_rows import (
     restore_table,
     table_history,
 )
-from .sql import quote_ident
-from .tools import find_pg_tool
+from .sql import connect, quote_ident
+from .table_restore import (
+    RELATIONS,
+    TableRestoreRefused,
+    TableRestoreRequest,
+    plan_table_restore,
+)
+from .tools import find_pg_tool, tool_environment
 
 __all__ = [
+    "NOT_DROPPED",
     "ClusterAccess",
+    "DropReport",
     "PlanError",
+    "RestoreOutcome",
     "RestorePlan",
+    "TableObjects",
     "TableRef",
+    "create_database_sql",
+    "drop_database",
     "drop_temporary_databases",
     "execute_plan",
     "missing_objects",
     "plan_bytes",
+    "table_restore_objects",
     "temporary_database_names",
+    "temporary_databases",
 ]
 
 TEMP_PREFIX = "mb_restore_"
@@ -69,6 +89,8 @@ NOT_KEPT = (
     "owners and privileges: not kept (a role of the backup does not exist on the destination; "
     "the objects belong to the role the restore connected as)"
 )
+NOT_DROPPED = "not dropped: "
+"""How a restore's result names a temporary database it could not drop (:class:`DropReport`)."""
 RESTORE_JOBS = 2
 """Tables copied at once, and ``pg_restore -j`` for indexes and constraints, when a database is
 restored under a temporary name (nobody sees it before the rename, so per-table transactions
@@ -129,7 +151,7 @@ class ClusterAccess:
 
     def connect(self, name: str = "postgres", autocommit: bool = True) -> psycopg.Connection[Any]:
         try:
-            return psycopg.connect(
+            return connect(
                 self.database(name),
                 password=self.password,
                 autocommit=autocommit,
@@ -141,11 +163,7 @@ class ClusterAccess:
             ) from None
 
     def tool_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
-        env.update(self.env)
-        if self.password is not None:
-            env["PGPASSWORD"] = self.password
-        return env
+        return tool_environment(self.env, self.password)
 
 
 @dataclass(frozen=True)
@@ -168,6 +186,8 @@ class RestorePlan:
     tables: tuple[TableRef, ...] = ()
     views: tuple[TableRef, ...] = ()
     """TABLE: views named in the objects (restored when what they read is restored too)."""
+    sequences: tuple[TableRef, ...] = ()
+    """TABLE: sequences named in the objects (created with their values)."""
     into_existing: bool = False
     skip_missing_foreign_keys: bool = False
     skip_missing_sequences: bool = False
@@ -180,6 +200,14 @@ class RestorePlan:
     @property
     def scratch_database(self) -> str:
         return temporary_database_names(self.job_id)[1]
+
+
+@dataclass(frozen=True)
+class RestoreOutcome:
+    """What a restore wrote, and what of the backup it left out (each with the reason)."""
+
+    restored: list[str]
+    left_out: list[str] = field(default_factory=list)
 
 
 def temporary_database_names(job_id: UUID) -> tuple[str, str]:
@@ -252,7 +280,7 @@ def check_destination(access: ClusterAccess, plan: RestorePlan) -> None:
     with access.connect(plan.target_database) as conn:
         present = [
             str(t)
-            for t in (*plan.tables, *plan.views)
+            for t in (*plan.tables, *plan.views, *plan.sequences)
             if conn.execute(
                 "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                 "WHERE n.nspname = %s AND c.relname = %s",
@@ -268,30 +296,201 @@ def check_destination(access: ClusterAccess, plan: RestorePlan) -> None:
         )
 
 
-def drop_temporary_databases(access: ClusterAccess, job_id: UUID) -> list[str]:
-    """Drop every database named after the job (temporary targets, the scratch database, the
-    replaced databases a CLUSTER restore keeps until its swap committed); returns their names."""
+@dataclass(frozen=True)
+class DropReport:
+    """What :func:`drop_temporary_databases` did: the databases it dropped (checked: the
+    catalog no longer lists them) and those left, each with the reason."""
+
+    dropped: list[str]
+    left: list[tuple[str, str]]
+
+    def describe(self) -> list[str]:
+        """One line per database left (none when everything was dropped)."""
+        return [f"{NOT_DROPPED}temporary database {name} ({why})" for name, why in self.left]
+
+
+def temporary_databases(access: ClusterAccess, job_id: UUID) -> list[str]:
+    """The databases named after the job that exist on the destination now."""
     prefix = f"{TEMP_PREFIX}{job_id.hex}"
     with access.connect() as conn:
-        names = [
+        return [
             str(r[0])
             for r in conn.execute(
-                "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (prefix,)
+                "SELECT datname FROM pg_database WHERE starts_with(datname, %s) ORDER BY 1",
+                (prefix,),
             ).fetchall()
         ]
-        for name in names:
-            conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
-    return names
 
 
-def _create_database(access: ClusterAccess, name: str, like: Manifest, source_db: str) -> None:
+def drop_temporary_databases(access: ClusterAccess, job_id: UUID) -> DropReport:
+    """Drop every database named after the job (temporary targets, the scratch database, the
+    replaced databases a CLUSTER restore keeps until its swap committed, its swap database),
+    whatever they hold, each on its own: one that cannot be dropped never keeps the others.
+    A database is reported dropped only once the catalog no longer lists it."""
+    names = temporary_databases(access, job_id)
+    failed: dict[str, str] = {}
+    for name in names:
+        try:
+            drop_database(access, name)
+        except (PlanError, psycopg.Error) as exc:
+            failed[name] = exc.message if isinstance(exc, PlanError) else _first_line(exc)
+    remaining = temporary_databases(access, job_id)
+    return DropReport(
+        dropped=[n for n in names if n not in remaining],
+        left=[(n, failed.get(n, "still there after DROP DATABASE")) for n in remaining],
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def drop_database(access: ClusterAccess, name: str) -> None:
+    """Drop ``name`` whatever it holds. ``DROP DATABASE ... WITH (FORCE)`` ends its sessions
+    but refuses a database that holds a logical replication subscription, a template, and one
+    with an active logical replication slot:
+
+    - its subscriptions are disabled, detached from their slot (``slot_name = NONE``) and
+      dropped: a restored database's subscription is a copy naming the source's slot on the
+      publisher, which the source (or the restored database replacing it) still uses, so the
+      drop must never reach the publisher;
+    - a template stops being one, and a database closed to connections is opened, so its
+      subscriptions can be reached;
+    - the sessions streaming from its logical slots are ended (the slots go with it)."""
+    with access.connect() as conn:
+        row = conn.execute(
+            "SELECT datallowconn, datistemplate FROM pg_database WHERE datname = %s", (name,)
+        ).fetchone()
+        if row is None:
+            return
+        target = quote_ident(name)
+        if row[1]:
+            conn.execute(f"ALTER DATABASE {target} IS_TEMPLATE false")
+        if not row[0]:
+            conn.execute(f"ALTER DATABASE {target} ALLOW_CONNECTIONS true")
+    with access.connect(name) as conn:
+        subscriptions = [
+            str(r[0])
+            for r in conn.execute(
+                "SELECT s.subname FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid"
+                " WHERE d.datname = current_database()"
+            ).fetchall()
+        ]
+        for subscription in subscriptions:
+            sub = quote_ident(subscription)
+            conn.execute(f"ALTER SUBSCRIPTION {sub} DISABLE")
+            conn.execute(f"ALTER SUBSCRIPTION {sub} SET (slot_name = NONE)")
+            conn.execute(f"DROP SUBSCRIPTION {sub}")
+    with access.connect() as conn:
+        for _attempt in range(3):  # a walsender reconnecting between the two: again
+            conn.execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
+                " WHERE database = %s AND active_pid IS NOT NULL",
+                (name,),
+            )
+            try:
+                conn.execute(f"DROP DATABASE IF EXISTS {target} WITH (FORCE)")
+                return
+            except psycopg.errors.ObjectInUse:
+                if _attempt == 2:
+                    raise
+
+
+def create_database_sql(
+    name: str, db: DatabaseBackup, server_version_num: int, tablespaces: Collection[str]
+) -> tuple[str, list[str]]:
+    """``CREATE DATABASE name`` for a copy of the backup's database ``db`` on a destination of
+    ``server_version_num`` with ``tablespaces``, and what it says of the copy (one line each).
+
+    The copy gets what ``pg_dump --create`` keeps: the encoding, ``LC_COLLATE``, ``LC_CTYPE``,
+    the locale provider (``libc`` for a backup that recorded none: version 3 and older), the
+    ICU or builtin locale, the ICU rules, the tablespace. A property the destination cannot
+    hold is refused (``UNSUPPORTED``: ICU before PostgreSQL 15, ICU rules before 16, the builtin
+    provider before 17), never left out; a tablespace the destination lacks is said (the copy
+    is created in the default one). The collation version is not given: the destination
+    computes its own, as after ``pg_dump`` (:func:`_collation_version_note` says when they
+    differ)."""
+    locale = db.locale or DatabaseLocale(provider="libc")
+    parts = [
+        f"CREATE DATABASE {quote_ident(name)} TEMPLATE template0",
+        f"ENCODING {_literal(db.encoding)}",
+        f"LC_COLLATE {_literal(db.collate)}",
+        f"LC_CTYPE {_literal(db.ctype)}",
+    ]
+    major = server_version_num // 10000
+
+    def refuse(what: str, since: int) -> PlanError:
+        return PlanError(
+            "UNSUPPORTED",
+            f"database {db.name} uses {what}, which PostgreSQL {major} cannot hold (it needs"
+            f" {since} or later): restore it into a cluster of PostgreSQL {since} or later",
+            "create database",
+        )
+
+    if server_version_num >= 150000:
+        parts.append(f"LOCALE_PROVIDER {_literal(locale.provider)}")
+    if locale.provider == "icu":
+        if server_version_num < 150000:
+            raise refuse(f"the ICU locale provider (locale {locale.locale!r})", 15)
+        parts.append(f"ICU_LOCALE {_literal(locale.locale or '')}")
+    elif locale.provider == "builtin":
+        if server_version_num < 170000:
+            raise refuse(f"the builtin locale provider (locale {locale.locale!r})", 17)
+        parts.append(f"BUILTIN_LOCALE {_literal(locale.locale or '')}")
+    if locale.icu_rules is not None:
+        if server_version_num < 160000:
+            raise refuse(f"ICU rules ({locale.icu_rules!r})", 16)
+        parts.append(f"ICU_RULES {_literal(locale.icu_rules)}")
+    notes = []
+    tablespace = db.properties.tablespace if db.properties is not None else None
+    if tablespace is not None and tablespace != "pg_default":
+        if tablespace in tablespaces:
+            parts.append(f"TABLESPACE {quote_ident(tablespace)}")
+        else:
+            notes.append(
+                f"database {db.name}: created in the default tablespace (tablespace"
+                f" {tablespace} does not exist on the destination)"
+            )
+    return " ".join(parts), notes
+
+
+def _collation_version_note(
+    conn: psycopg.Connection[Any], name: str, db: DatabaseBackup
+) -> list[str]:
+    """The copy's collation version against the backup's: an index on text built under
+    another version may order differently (``REINDEX`` it, then ``ALTER DATABASE ... REFRESH
+    COLLATION VERSION``)."""
+    recorded = db.locale.collation_version if db.locale is not None else None
+    if recorded is None or conn.info.server_version < 150000:
+        return []
+    row = conn.execute(
+        "SELECT datcollversion FROM pg_database WHERE datname = %s", (name,)
+    ).fetchone()
+    here = None if row is None or row[0] is None else str(row[0])
+    if here == recorded:
+        return []
+    return [
+        f"database {db.name}: collation version {recorded} in the backup, {here} on the"
+        " destination (indexes on text may need REINDEX)"
+    ]
+
+
+def _create_database(access: ClusterAccess, name: str, like: Manifest, source_db: str) -> list[str]:
+    """Create ``name`` as a copy of the backup's database ``source_db`` would be
+    (:func:`create_database_sql`); returns what is to be said of it."""
     db = like.database(source_db)
     with access.connect() as conn:
-        conn.execute(
-            f"CREATE DATABASE {quote_ident(name)} TEMPLATE template0 "
-            f"ENCODING {_literal(db.encoding)} LC_COLLATE {_literal(db.collate)} "
-            f"LC_CTYPE {_literal(db.ctype)}"
-        )
+        tablespaces = {str(r[0]) for r in conn.execute("SELECT spcname FROM pg_tablespace")}
+        sql, notes = create_database_sql(name, db, conn.info.server_version, tablespaces)
+        try:
+            conn.execute(sql)
+        except psycopg.Error as exc:
+            code = "UNSUPPORTED" if exc.sqlstate == "0A000" else "RESTORE_FAILED"
+            raise PlanError(
+                code, f"database {source_db}: {_first_line(exc)}", "create database"
+            ) from None
+        return notes + _collation_version_note(conn, name, db)
 
 
 _CREATE_ROLE = re.compile(r'^CREATE ROLE ("(?:[^"]|"")+"|[^\s;]+);$', re.M)
@@ -377,19 +576,22 @@ def execute_plan(
     access: ClusterAccess,
     progress: Callable[[int], None],
     cancel: threading.Event | None = None,
-) -> list[str]:
-    """Run the restore; returns what the destination now holds from the backup. On failure
-    raises :class:`PlanError` after dropping the temporary databases."""
+) -> RestoreOutcome:
+    """Run the restore; returns what the destination now holds from the backup and what of
+    the backup it left out. On failure raises :class:`PlanError` after dropping the temporary
+    databases."""
     tick = _Progress(progress, cancel)
     try:
         access = access.with_client_tools()
         check_destination(access, plan)
         if plan.kind == "CLUSTER":
-            return _restore_cluster(store, chain, plan, access, tick)
+            return RestoreOutcome(_restore_cluster(store, chain, plan, access, tick))
         if plan.kind == "DATABASE":
             keep = _keeps_owners(store, chain[-1], access)
-            _create_database(access, plan.temporary_database, chain[-1], plan.source_database)
-            restore_database(
+            notes = _create_database(
+                access, plan.temporary_database, chain[-1], plan.source_database
+            )
+            report = restore_database(
                 store,
                 chain,
                 plan.source_database,
@@ -403,17 +605,27 @@ def execute_plan(
                 no_privileges=not keep,
             )
             _rename_database(access, plan.temporary_database, plan.target_database)
-            return [f"database {plan.target_database}"] + ([] if keep else [NOT_KEPT])
-        script = _table_scripts(store, chain, plan, access)
-        if plan.into_existing:
-            _apply_tables(store, chain, plan, access, plan.target_database, script, tick)
-        else:
-            _create_database(access, plan.temporary_database, chain[-1], plan.source_database)
-            _apply_tables(store, chain, plan, access, plan.temporary_database, script, tick)
+            if chain[-1].database(plan.source_database).is_template:
+                with access.connect() as conn:
+                    target = quote_ident(plan.target_database)
+                    conn.execute(f"ALTER DATABASE {target} IS_TEMPLATE true")
+            return RestoreOutcome(
+                [f"database {plan.target_database}"],
+                [
+                    *([] if keep else [NOT_KEPT]),
+                    *notes,
+                    *(f"not restored: {what}" for what in report.skipped),
+                ],
+            )
+        notes = []
+        if not plan.into_existing:
+            notes = _create_database(
+                access, plan.temporary_database, chain[-1], plan.source_database
+            )
+        outcome = _restore_tables(store, chain, plan, access, tick)
+        if not plan.into_existing:
             _rename_database(access, plan.temporary_database, plan.target_database)
-        return [f"table {plan.target_database}.{t}" for t in plan.tables] + [
-            f"view {plan.target_database}.{v}" for v in script.views
-        ]
+        return RestoreOutcome(outcome.restored, [*outcome.left_out, *notes])
     except RestoreError as exc:
         _cleanup_quietly(access, plan)
         raise PlanError.from_restore_error(exc) from None
@@ -425,166 +637,83 @@ def execute_plan(
 
 
 def _cleanup_quietly(access: ClusterAccess, plan: RestorePlan) -> None:
-    with contextlib.suppress(Exception):  # the lease reaper retries
+    """After a failure: the job's databases dropped (what cannot be is left to the restore
+    service's own cleanup step, which checks and says what is left)."""
+    with contextlib.suppress(Exception):
         drop_temporary_databases(access, plan.job_id)
 
 
 def _drop_scratch_quietly(access: ClusterAccess, plan: RestorePlan) -> None:
-    with contextlib.suppress(Exception), access.connect() as conn:  # the reaper retries
-        conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(plan.scratch_database)} WITH (FORCE)")
+    """The TABLE restore's scratch database (it holds the source's whole schema, its
+    subscriptions included); what cannot be dropped is left to the cleanup step."""
+    with contextlib.suppress(Exception):
+        drop_database(access, plan.scratch_database)
 
 
-def _resolve_views(
-    conn: psycopg.Connection[Any], table_oids: list[int], plan: RestorePlan
-) -> list[TableRef]:
-    """The named views whose every relation is restored too. A view reading a relation left
-    out is refused by name, or skipped (and the views reading it in turn) under
-    ``skip_missing_views``."""
-    kept = dict(zip(plan.views, _table_oids(conn, plan.views), strict=True))
-    changed = True
-    while changed:
-        changed = False
-        restored = set(table_oids) | set(kept.values())
-        for view, oid in list(kept.items()):
-            missing = [
-                f"{schema}.{name}"
-                for schema, name, ref in conn.execute(
-                    "SELECT DISTINCT rn.nspname, r.relname, r.oid FROM pg_rewrite w "
-                    "JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = w.oid "
-                    "AND d.refclassid = 'pg_class'::regclass "
-                    "JOIN pg_class r ON r.oid = d.refobjid "
-                    "JOIN pg_namespace rn ON rn.oid = r.relnamespace "
-                    "WHERE w.ev_class = %s AND d.refobjid <> w.ev_class ORDER BY 1, 2",
-                    (oid,),
-                ).fetchall()
-                if ref not in restored
-            ]
-            if not missing:
-                continue
-            if not plan.skip_missing_views:
-                raise PlanError(
-                    "MISSING_DEPENDENCY",
-                    f"view {view} reads relations not restored: {', '.join(missing)} "
-                    "(restore them too, or set skip_missing_views)",
-                    "check dependencies",
-                )
-            del kept[view]
-            changed = True
-    return list(kept)
+@dataclass(frozen=True)
+class TableObjects:
+    """The objects a TABLE restore names, by kind in the backup's schema archive."""
+
+    tables: tuple[TableRef, ...]
+    """Named tables (partitioned ones included) and the partitions of partitioned ones."""
+    views: tuple[TableRef, ...]
+    sequences: tuple[TableRef, ...]
+    missing: tuple[TableRef, ...]
 
 
-def schema_views(
-    store: Any, head: Manifest, database: str, candidates: Sequence[TableRef], access: ClusterAccess
-) -> set[TableRef]:
-    """Which of ``candidates`` are views in the backup's schema of ``database`` (read from the
-    schema archive's table of contents)."""
-    if not candidates:
-        return set()
+def table_restore_objects(
+    store: Any, head: Manifest, database: str, named: Sequence[TableRef], access: ClusterAccess
+) -> TableObjects:
+    """Sort the objects a TABLE restore names into tables, views and sequences (read from
+    the schema archive's table of contents); a partitioned table brings its partitions, at
+    every level."""
     db = head.database(database)
-    access = access.with_client_tools()
-    with tempfile.TemporaryDirectory(prefix="mb-restore-") as tmp:
-        archive = fetch_to_file(store, head, db.schema_archive, Path(tmp) / "schema.dump")
-        listing = _run_tool(
-            [find_pg_tool("pg_restore", access.bindir), "-l", str(archive)],
-            access,
-            "pg_restore -l",
-        ).decode()
-    found = set()
-    for line in listing.splitlines():
-        if line.startswith(";") or " VIEW " not in line or " MATERIALIZED VIEW " in line:
-            continue
-        rest = line.split(" VIEW ", 1)[1]
-        found |= {c for c in candidates if rest.startswith(f"{c.schema} {c.name} ")}
-    return found
+    blocks = cast(Generator[bytes, None, None], iter_stream(store, head, db.schema_archive))
+    try:
+        entries = read_toc_from(blocks)
+    except ArchiveError as exc:
+        raise PlanError("RESTORE_FAILED", str(exc), "read the schema archive") from None
+    finally:
+        blocks.close()  # the data after the TOC is never fetched
+    kinds = {(e.namespace, e.tag): e for e in entries if e.desc in RELATIONS}
+    parts: dict[int, list[TableRef]] = {}
+    for e in entries:
+        if e.desc == "TABLE ATTACH":
+            for parent in e.dependencies:
+                rel = next((r for r in kinds.values() if r.dump_id == parent), None)
+                if rel is not None and (rel.namespace, rel.tag) != (e.namespace, e.tag):
+                    parts.setdefault(parent, []).append(TableRef(e.namespace, e.tag))
+
+    def tree(ref: TableRef) -> list[TableRef]:
+        out = [ref]
+        for child in parts.get(kinds[(ref.schema, ref.name)].dump_id, []):
+            out += tree(child)
+        return out
+
+    tables: list[TableRef] = []
+    views: list[TableRef] = []
+    sequences: list[TableRef] = []
+    missing: list[TableRef] = []
+    for ref in named:
+        entry = kinds.get((ref.schema, ref.name))
+        if entry is None:
+            missing.append(ref)
+        elif entry.desc == "TABLE":
+            tables += [t for t in tree(ref) if t not in tables]
+        elif entry.desc == "VIEW":
+            views.append(ref)
+        elif entry.desc == "SEQUENCE":
+            sequences.append(ref)
+        else:
+            missing.append(ref)  # materialized and foreign tables: restored with their database
+    return TableObjects(tuple(tables), tuple(views), tuple(sequences), tuple(missing))
 
 
-@dataclass
-class _TableScript:
-    pre_data: str
-    post_data: str
-    schemas: list[str]
-    sequences: list[TableRef]
-    """Sequences owned by the restored tables (their values come from the backup)."""
-    views: list[TableRef]
-    """The named views that are restored (the others were skipped by skip_missing_views)."""
-
-
-def _run_tool(args: list[str], access: ClusterAccess, step: str) -> bytes:
-    proc = subprocess.run(args, capture_output=True, env=access.tool_env(), check=False)
-    if proc.returncode != 0:
-        text = proc.stderr.decode("utf-8", "replace").strip()
-        raise PlanError("RESTORE_FAILED", text.splitlines()[0] if text else f"{step} failed", step)
-    return proc.stdout
-
-
-def _table_scripts(
-    store: Any, chain: Sequence[Manifest], plan: RestorePlan, access: ClusterAccess
-) -> _TableScript:
-    """Restore the source schema into the scratch database, resolve dependencies there, and
-    render the chosen tables' DDL with ``pg_dump -t``."""
-    head = chain[-1]
-    db = head.database(plan.source_database)
-    _create_database(access, plan.scratch_database, head, plan.source_database)
-    scratch = access.database(plan.scratch_database)
-    with tempfile.TemporaryDirectory(prefix="mb-restore-") as tmp:
-        archive = fetch_to_file(store, head, db.schema_archive, Path(tmp) / "schema.dump")
-        _run_tool(
-            [
-                find_pg_tool("pg_restore", access.bindir),
-                "--exit-on-error",
-                "--no-owner",
-                "--no-privileges",
-                "--schema-only",
-                "-d",
-                scratch,
-                str(archive),
-            ],
-            access,
-            "pg_restore the source schema into a scratch database",
-        )
-    with access.connect(plan.scratch_database) as conn:
-        oids = _table_oids(conn, plan.tables)
-        _resolve_dependencies(conn, oids, plan)
-        views = _resolve_views(conn, oids, plan)
-        if not plan.tables and not views:
-            raise PlanError(
-                "MISSING_DEPENDENCY",
-                "every view named was skipped (skip_missing_views): nothing left to restore",
-                "check dependencies",
-            )
-        sequences = [
-            TableRef(s, n)
-            for s, n in conn.execute(
-                "SELECT DISTINCT sn.nspname, s.relname FROM pg_depend d "
-                "JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S' "
-                "JOIN pg_namespace sn ON sn.oid = s.relnamespace "
-                "WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass "
-                "AND d.deptype IN ('a', 'i') AND d.refobjid = ANY(%s)",
-                (oids,),
-            ).fetchall()
-        ]
-    patterns: list[str] = []
-    for t in (*plan.tables, *views):
-        patterns += ["-t", f"{_pattern(t.schema)}.{_pattern(t.name)}"]
-    dump = [
-        find_pg_tool("pg_dump", access.bindir),
-        "--schema-only",
-        "--no-owner",
-        "--no-privileges",
-        "--strict-names",
-        *patterns,
-        "-d",
-        scratch,
-    ]
-    pre = _run_tool([*dump, "--section=pre-data"], access, "pg_dump -t (pre-data)")
-    post = _run_tool([*dump, "--section=post-data"], access, "pg_dump -t (post-data)")
-    return _TableScript(
-        pre_data=_sql_only(pre.decode()),
-        post_data=_sql_only(post.decode()),
-        schemas=sorted({t.schema for t in (*plan.tables, *views)}),
-        sequences=sequences,
-        views=views,
-    )
+def _read_toc(archive: Path) -> list[TocEntry]:
+    try:
+        return read_toc(archive)
+    except ArchiveError as exc:
+        raise PlanError("RESTORE_FAILED", str(exc), "read the schema archive") from None
 
 
 _PSQL_GUARD = re.compile(r"^\\(un)?restrict [A-Za-z0-9]+$", re.MULTILINE)
@@ -596,149 +725,101 @@ def _sql_only(script: str) -> str:
     return _PSQL_GUARD.sub("", script)
 
 
-def _pattern(name: str) -> str:
-    """A psql pattern matching exactly ``name`` (inside double quotes nothing is special)."""
-    return '"' + name.replace('"', '""') + '"'
+def _run_tool(args: list[str], access: ClusterAccess, step: str) -> bytes:
+    proc = subprocess.run(args, capture_output=True, env=access.tool_env(), check=False)
+    if proc.returncode != 0:
+        text = proc.stderr.decode("utf-8", "replace").strip()
+        raise PlanError("RESTORE_FAILED", text.splitlines()[0] if text else f"{step} failed", step)
+    return proc.stdout
 
 
-def _table_oids(conn: psycopg.Connection[Any], tables: Sequence[TableRef]) -> list[int]:
-    oids = []
-    for t in tables:
-        row = conn.execute(
-            "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = %s AND c.relname = %s",
-            (t.schema, t.name),
-        ).fetchone()
-        if row is None:
-            raise PlanError("NOT_FOUND", f"table {t} is not in the backup's schema", "plan")
-        oids.append(int(row[0]))
-    return oids
-
-
-@dataclass(frozen=True)
-class _Dependency:
-    """One kind of dependency on objects a TABLE restore leaves out: the query finding them
-    among the chosen tables (``%s`` twice: their oids), how to name one, the option that
-    removes them, and the statement removing one from the scratch schema."""
-
-    what: str
-    option: str
-    query: str
-    describe: Callable[[tuple[Any, ...]], str]
-    remove: Callable[[tuple[Any, ...]], str]
-
-
-_DEPENDENCIES = (
-    _Dependency(
-        what="foreign key(s) to tables not restored",
-        option="skip_missing_foreign_keys",
-        query=(
-            "SELECT cn.nspname, c.relname, con.conname, fn.nspname, f.relname "
-            "FROM pg_constraint con "
-            "JOIN pg_class c ON c.oid = con.conrelid "
-            "JOIN pg_namespace cn ON cn.oid = c.relnamespace "
-            "JOIN pg_class f ON f.oid = con.confrelid "
-            "JOIN pg_namespace fn ON fn.oid = f.relnamespace "
-            "WHERE con.contype = 'f' AND con.conrelid = ANY(%s) "
-            "AND NOT con.confrelid = ANY(%s) ORDER BY 1, 2, 3"
-        ),
-        describe=lambda r: f"{r[0]}.{r[1]}.{r[2]} references {r[3]}.{r[4]}",
-        remove=lambda r: (
-            f"ALTER TABLE {quote_ident(r[0])}.{quote_ident(r[1])} "
-            f"DROP CONSTRAINT {quote_ident(r[2])}"
-        ),
-    ),
-    _Dependency(
-        what="default(s) using sequences not restored",
-        option="skip_missing_sequences",
-        query=(
-            "SELECT DISTINCT n.nspname, c.relname, a.attname, sn.nspname, s.relname "
-            "FROM pg_attrdef ad "
-            "JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum "
-            "JOIN pg_class c ON c.oid = ad.adrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid "
-            "AND d.refclassid = 'pg_class'::regclass "
-            "JOIN pg_class s ON s.oid = d.refobjid AND s.relkind = 'S' "
-            "JOIN pg_namespace sn ON sn.oid = s.relnamespace "
-            "WHERE ad.adrelid = ANY(%s) AND NOT EXISTS (SELECT 1 FROM pg_depend o "
-            "WHERE o.classid = 'pg_class'::regclass AND o.objid = s.oid "
-            "AND o.refclassid = 'pg_class'::regclass AND o.deptype IN ('a', 'i') "
-            "AND o.refobjid = ANY(%s)) ORDER BY 1, 2, 3"
-        ),
-        describe=lambda r: f"{r[0]}.{r[1]}.{r[2]} uses {r[3]}.{r[4]}",
-        remove=lambda r: (
-            f"ALTER TABLE {quote_ident(r[0])}.{quote_ident(r[1])} "
-            f"ALTER COLUMN {quote_ident(r[2])} DROP DEFAULT"
-        ),
-    ),
-)
-
-
-def _resolve_dependencies(
-    conn: psycopg.Connection[Any], oids: list[int], plan: RestorePlan
-) -> None:
-    """Refuse, naming them, the dependencies on objects left out, unless the plan's option for
-    their kind is set: then remove them from the scratch schema before it is rendered."""
-    for dependency in _DEPENDENCIES:
-        rows = conn.execute(dependency.query, (oids, oids)).fetchall()
-        if rows and not getattr(plan, dependency.option):
-            names = ", ".join(dependency.describe(r) for r in rows)
-            raise PlanError(
-                "MISSING_DEPENDENCY",
-                f"{dependency.what}: {names} (restore them too, or set {dependency.option})",
-                "check dependencies",
-            )
-        for row in rows:
-            conn.execute(dependency.remove(row))
-
-
-def _apply_tables(
+def _restore_tables(
     store: Any,
     chain: Sequence[Manifest],
     plan: RestorePlan,
     access: ClusterAccess,
-    database: str,
-    script: _TableScript,
     progress: Callable[[int], None],
-) -> None:
-    """DDL, rows and sequence values in one transaction of ``database``."""
+) -> RestoreOutcome:
+    """The source schema restored into the scratch database (to compare definitions and
+    read defaults), what to write chosen from the schema archive (:mod:`.table_restore`),
+    then DDL, rows, sequence values, post-data, attachments and grants in **one transaction**
+    of the target database."""
     head = chain[-1]
-    values = {
-        TableRef(s.schema_name, s.name): s.last_value
-        for s in head.database(plan.source_database).sequences
-    }
+    db = head.database(plan.source_database)
+    database = plan.target_database if plan.into_existing else plan.temporary_database
+    _create_database(access, plan.scratch_database, head, plan.source_database)
+    with tempfile.TemporaryDirectory(prefix="mb-restore-") as tmp:
+        archive = fetch_to_file(store, head, db.schema_archive, Path(tmp) / "schema.dump")
+        _run_tool(
+            [
+                find_pg_tool("pg_restore", access.bindir),
+                "--exit-on-error",
+                "--no-owner",
+                "--no-privileges",
+                "--schema-only",
+                "-d",
+                access.database(plan.scratch_database),
+                str(archive),
+            ],
+            access,
+            "pg_restore the source schema into a scratch database",
+        )
+        entries = _read_toc(archive)
+    request = TableRestoreRequest(
+        tables=[(t.schema, t.name) for t in plan.tables],
+        views=[(v.schema, v.name) for v in plan.views],
+        sequences=[(q.schema, q.name) for q in plan.sequences],
+        skip_missing_foreign_keys=plan.skip_missing_foreign_keys,
+        skip_missing_sequences=plan.skip_missing_sequences,
+        skip_missing_views=plan.skip_missing_views,
+    )
+    values = {(s.schema_name, s.name): s for s in db.sequences}
     conn = access.connect(database, autocommit=False)
     try:
+        with access.connect(plan.scratch_database, autocommit=False) as scratch:
+            try:
+                work = plan_table_restore(entries, request, conn, scratch, plan.target_database)
+            except TableRestoreRefused as refused:
+                raise PlanError(refused.code, refused.message, "check dependencies") from None
+        step = f"restore tables into {plan.target_database}"
         try:
-            for schema in script.schemas:
-                conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
-            conn.execute(script.pre_data)
-            for t in plan.tables:
-                restore_table(
-                    store,
-                    chain,
-                    plan.source_database,
-                    t.schema,
-                    t.name,
-                    "",
-                    conn=conn,
-                    progress=progress,
-                )
-            for seq in script.sequences:
-                value = values.get(seq)
-                if value is not None:
+            for sql in (*work.settings, *work.pre_data):
+                conn.execute(sql)
+            for schema, name in work.tables:
+                if head.table(plan.source_database, schema, name) is not None:
+                    restore_table(
+                        store, chain, plan.source_database, schema, name, "",
+                        conn=conn, progress=progress,
+                    )  # fmt: skip
+            for key in work.sequences:
+                value = values.get(key)
+                if value is not None and value.last_value is not None:
                     conn.execute(
-                        "SELECT pg_catalog.setval(%s::regclass, %s, true)",
-                        (f"{quote_ident(seq.schema)}.{quote_ident(seq.name)}", value),
+                        "SELECT pg_catalog.setval(%s::regclass, %s, %s)",
+                        (
+                            f"{quote_ident(key[0])}.{quote_ident(key[1])}",
+                            value.last_value,
+                            True if value.is_called is None else value.is_called,
+                        ),
                     )
-            conn.execute(script.post_data)
+            for sql in (*work.post_data, *work.attach, *work.acl):
+                conn.execute(sql)
             conn.commit()
         except psycopg.Error as exc:
-            raise PlanError(
-                "RESTORE_FAILED", str(exc).splitlines()[0], f"restore tables into {database}"
-            ) from None
+            raise PlanError("RESTORE_FAILED", str(exc).splitlines()[0], step) from None
     finally:
         conn.close()
+    restored = [_in_database(plan.target_database, item) for item in work.restored]
+    return RestoreOutcome(restored, work.left_out)
+
+
+def _in_database(database: str, label: str) -> str:
+    """``table public.t`` → ``table db.public.t`` (how results name restored objects)."""
+    kind, _, rest = label.partition(" ")
+    for multi in ("materialized view", "foreign table"):
+        if label.startswith(multi + " "):
+            kind, rest = multi, label[len(multi) + 1 :]
+    return f"{kind} {database}.{rest}"
 
 
 # ------------------------------------------------------------------------------ CLUSTER
@@ -763,7 +844,7 @@ def _restore_cluster(
     created = _create_missing_roles(access, roles)
     swap = f"{TEMP_PREFIX}{plan.job_id.hex}_swap"
     try:
-        temps = _restore_cluster_databases(store, chain, plan, access, progress)
+        temps, notes = _restore_cluster_databases(store, chain, plan, access, progress)
         templates = {db.name for db in head.databases if db.is_template and db.name in temps}
         # The swap renames databases the restore could otherwise be connected to (``postgres``
         # included): it runs from a database of its own, dropped afterwards.
@@ -774,14 +855,12 @@ def _restore_cluster(
         _cleanup_quietly(access, plan)  # the databases first: they hold the roles' objects
         _drop_roles_quietly(access, created)  # roles it created, not committed by a swap
         raise
-    # The swap committed: the restore succeeded. Dropping the replaced databases is tidying
-    # (what is left is dropped with the job's temporary databases by the reaper).
-    with contextlib.suppress(Exception), access.connect(swap) as conn:
-        for name in replaced:
-            conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
-    with contextlib.suppress(Exception), access.connect(next(iter(temps))) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(swap)} WITH (FORCE)")
-    return [f"database {name}" for name in temps] + ["roles"]
+    # The swap committed: the restore succeeded. Then, in a step of its own, the replaced
+    # databases and the swap database are dropped, whatever they hold; what could not be
+    # dropped is said (and the restore service's cleanup step tries again).
+    del replaced
+    left = drop_temporary_databases(access, plan.job_id).describe()
+    return [f"database {name}" for name in temps] + ["roles", *notes, *left]
 
 
 def _restore_cluster_databases(
@@ -790,14 +869,16 @@ def _restore_cluster_databases(
     plan: RestorePlan,
     access: ClusterAccess,
     progress: Callable[[int], None],
-) -> dict[str, str]:
+) -> tuple[dict[str, str], list[str]]:
     """Every database of the backup into a temporary database, owners and grants kept (every
-    role of the backup exists by now); returns backup name → temporary name."""
+    role of the backup exists by now); returns backup name → temporary name, and what is to
+    be said of the copies (:func:`create_database_sql`)."""
     temps: dict[str, str] = {}
+    notes: list[str] = []
     for i, name in enumerate(cluster_databases(chain[-1])):
         temp = f"{TEMP_PREFIX}{plan.job_id.hex}_{i}"
-        _create_database(access, temp, chain[-1], name)
-        restore_database(
+        notes += _create_database(access, temp, chain[-1], name)
+        report = restore_database(
             store,
             chain,
             name,
@@ -810,8 +891,9 @@ def _restore_cluster_databases(
             no_owner=False,
             no_privileges=False,
         )
+        notes += [f"not restored: database {name}: {what}" for what in report.skipped]
         temps[name] = temp
-    return temps
+    return temps, notes
 
 
 def _swap_cluster(

@@ -51,10 +51,13 @@ __all__ = [
     "default_client_bindirs",
     "find_pg_tool",
     "run_tool",
+    "tool_environment",
     "version_text",
 ]
 
 _READ_BLOCK = 1 << 20
+PASSED_TO_TOOLS = ("PATH", "HOME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "TZ")
+"""What a client tool keeps of the service's environment: where programs are, the locale."""
 REQUIRED_TOOLS = ("pg_dump", "pg_dumpall", "pg_restore", "psql")
 """A bin directory is a set of client tools when it holds all of these."""
 PREFERRED_MIN_MAJOR = 15
@@ -177,6 +180,26 @@ def client_tools_for(
         f"itself: {install}; {where}",
         step,
     )
+
+
+def tool_environment(
+    env: Mapping[str, str] | None = None, password: str | None = None
+) -> dict[str, str]:
+    """The whole environment of a PostgreSQL client tool (``pg_dump``, ``pg_restore``,
+    ``psql``): the cluster's password (``PGPASSWORD``), the connection settings ``env`` names
+    (libpq's own lookups closed: ``shared/cluster_connection.py``), the locale and ``PATH``.
+    Nothing else of the service's environment reaches it: not its broker password, not its
+    settings, not a cloud credential. Without a password of the cluster's own (a caller outside
+    the services, a benchmark), libpq's own ``PG*`` variables apply, ``PGPASSWORD`` excepted."""
+    child = {k: os.environ[k] for k in PASSED_TO_TOOLS if k in os.environ}
+    if password is None:
+        child.update(
+            (k, v) for k, v in os.environ.items() if k.startswith("PG") and k != "PGPASSWORD"
+        )
+    child.update(env or {})
+    if password is not None:
+        child["PGPASSWORD"] = password
+    return child
 
 
 def find_pg_tool(name: str, bindir: Path | None = None) -> str:

@@ -25,6 +25,7 @@ class BadValue(Refused):
 
 class NotAuthenticated(Refused):
     code = 401
+    audited = False
 
 
 class Forbidden(Refused):
@@ -36,11 +37,15 @@ class NotFound(Refused):
     code = 404
 
 
-class HiddenCluster(NotFound):
-    """The caller may not see the cluster: answered exactly as for a cluster that does not
-    exist, so its existence is not revealed."""
+class Hidden(NotFound):
+    """Something the caller may not see, answered exactly as something that does not exist (so
+    its existence is not revealed); a refusal for the security log, not an audit trail."""
 
     audited = False
+
+
+class HiddenCluster(Hidden):
+    """The caller may not see the cluster (or it does not exist: both read the same)."""
 
     def __init__(self, cluster_id: str) -> None:
         super().__init__(not_registered(cluster_id))

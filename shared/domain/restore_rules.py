@@ -14,6 +14,7 @@ from typing import Any
 from uuid import UUID
 
 from managed_backups.contracts.enums import BackupStatus, RestoreType, Tier
+from managed_backups.shared.access import ClusterRef, require_on_cluster
 from managed_backups.shared.domain.backup import Backup, load_backup
 from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.domain.errors import BadValue, Conflict, Forbidden, NotFound, Refused
@@ -21,12 +22,47 @@ from managed_backups.shared.eventstore import EventStore, event_topics
 from managed_backups.shared.security import Action, Principal
 
 
+def check_restore_request(
+    store: EventStore,
+    principal: Principal,
+    destination_id: str,
+    source_id: str | None,
+    skip_localities_check: bool,
+) -> tuple[Cluster, Cluster]:
+    """Who may restore, and between which clusters: (source, destination), or the first rule
+    that refuses. The backup and the objects are checked next, by the restore service."""
+    destination = store.get_or_none(Cluster.create_id(destination_id), Cluster)
+    source = (
+        store.get_or_none(Cluster.create_id(source_id), Cluster)
+        if source_id and source_id != destination_id
+        else destination
+    )
+    caller_may_restore_from_source_into_destination(
+        principal, source_id or destination_id, source, destination_id, destination
+    )
+    assert source is not None and destination is not None
+    destination_is_live(destination)
+    deleted_source_only_for_an_administrator(principal, source)
+    cross_cluster_only_between_advanced_clusters_of_one_organization(source, destination)
+    multi_region_backup_not_into_single_region_cluster(source, destination, skip_localities_check)
+    destination_not_on_an_older_major_version(source, destination)
+    return source, destination
+
+
 def caller_may_restore_from_source_into_destination(
-    principal: Principal, source: Cluster, destination: Cluster
+    principal: Principal,
+    source_id: str,
+    source: Cluster | None,
+    destination_id: str,
+    destination: Cluster | None,
 ) -> None:
-    """The restore right is needed on both the source and the destination."""
-    principal.require(Action.RESTORE, source.organization, source.cluster_id)
-    principal.require(Action.RESTORE, destination.organization, destination.cluster_id)
+    """The restore right is needed on both the source and the destination. The one access rule
+    (:func:`~managed_backups.shared.access.require_on_cluster`) decides for each: a cluster the
+    caller may not see is answered as one that is not registered (404), one it may see without
+    the restore right is 403."""
+    for cluster_id, cluster in ((destination_id, destination), (source_id, source)):
+        ref = ClusterRef.of(cluster) if cluster is not None else None
+        require_on_cluster(principal, Action.RESTORE, cluster_id, ref, live=False)
 
 
 def deleted_source_only_for_an_administrator(principal: Principal, source: Cluster) -> None:

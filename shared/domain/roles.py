@@ -1,21 +1,29 @@
-"""Rule: "who may do what" — the actions each role allows.
+"""Rule: "who may do what" — the actions each role allows, and what each service may do.
 
-| role | view backups | change backup settings | restore | take a backup | manage clusters | administer |
-| SYSTEM_ADMIN | yes | yes | yes | yes | yes | yes |
-| ORG_ADMIN | yes | yes | yes | yes | yes | |
-| CLUSTER_ADMIN | yes | yes | yes | yes | | |
-| CLUSTER_OPERATOR | yes | | yes | | | |
-| CLUSTER_DEVELOPER, CLUSTER_MONITOR | | | | | | |
+| role | view backups | change backup settings | restore | take a backup | manage clusters | manage access | administer |
+| SYSTEM_ADMIN | yes | yes | yes | yes | yes | yes | yes |
+| ORG_ADMIN | yes | yes | yes | yes | yes | yes | |
+| CLUSTER_ADMIN | yes | yes | yes | yes | | | |
+| CLUSTER_OPERATOR | yes | | yes | | | | |
+| CLUSTER_DEVELOPER, CLUSTER_MONITOR | | | | | | | |
 
+"Manage access" is creating service accounts and API keys, revoking keys and granting roles in
+an organization (an Organization Admin in theirs, the system administrator everywhere); nobody
+grants a role whose actions they do not hold (:func:`managed_backups.shared.access.may_grant`).
 Where a role is granted (installation, organization, cluster) and how grants combine is
-:class:`managed_backups.shared.security.Principal`.
+:class:`managed_backups.shared.security.Principal`; which roles can be granted where is
+:data:`GRANTABLE`.
+
+The services act under principals of their own, each with only the actions it needs
+(:data:`SERVICE_ACTIONS`): the scheduler sends ``TakeBackup`` for every cluster's schedule, and
+that is all any service sends.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
 
-from managed_backups.contracts.enums import Role
+from managed_backups.contracts.enums import ResourceType, Role
 
 
 class Action(StrEnum):
@@ -24,6 +32,7 @@ class Action(StrEnum):
     RESTORE = "restore"
     TAKE_BACKUP = "take a backup"
     MANAGE_CLUSTERS = "register, delete or change the tier of clusters"
+    MANAGE_ACCESS = "manage service accounts, API keys and role grants"
     ADMINISTER = "administer the installation"
 
 
@@ -36,6 +45,7 @@ ROLE_ACTIONS: dict[Role, frozenset[Action]] = {
             Action.RESTORE,
             Action.TAKE_BACKUP,
             Action.MANAGE_CLUSTERS,
+            Action.MANAGE_ACCESS,
         }
     ),
     Role.CLUSTER_ADMIN: frozenset(
@@ -45,3 +55,26 @@ ROLE_ACTIONS: dict[Role, frozenset[Action]] = {
     Role.CLUSTER_DEVELOPER: frozenset(),
     Role.CLUSTER_MONITOR: frozenset(),
 }
+
+
+GRANTABLE: dict[ResourceType, frozenset[Role]] = {
+    ResourceType.ORGANIZATION: frozenset(
+        {
+            Role.ORG_ADMIN,
+            Role.CLUSTER_ADMIN,
+            Role.CLUSTER_OPERATOR,
+            Role.CLUSTER_DEVELOPER,
+            Role.CLUSTER_MONITOR,
+        }
+    ),
+    ResourceType.CLUSTER: frozenset(
+        {Role.CLUSTER_ADMIN, Role.CLUSTER_OPERATOR, Role.CLUSTER_DEVELOPER, Role.CLUSTER_MONITOR}
+    ),
+}
+"""Which roles can be granted at which scope. ``SYSTEM_ADMIN`` is nobody's to grant: it is the
+installation administrator account's (``managed-backups up`` issues its key)."""
+
+SERVICE_ACTIONS: dict[str, frozenset[Action]] = {
+    "scheduler": frozenset({Action.TAKE_BACKUP}),
+}
+"""What each service principal may do, on every cluster. A service not listed sends nothing."""

@@ -39,6 +39,7 @@ import uuid
 import weakref
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -46,6 +47,7 @@ from typing import Self
 __all__ = [
     "DEFAULT_JVM_OPTS",
     "KAFKA_POM",
+    "BrokerSecurity",
     "KafkaSetupError",
     "LocalKafka",
     "LocalKafkaError",
@@ -297,6 +299,78 @@ def _cleanup_live() -> None:
 atexit.register(_cleanup_live)
 
 
+SCRAM_MECHANISM = "SCRAM-SHA-256"
+
+
+@dataclass(frozen=True)
+class BrokerSecurity:
+    """The broker authenticates every client and authorizes every request.
+
+    - the client listener takes SASL/SCRAM-SHA-256 (the clients' users and their ACLs are
+      created on the running broker by the administrator:
+      :mod:`managed_backups.shared.broker_access`) and PLAIN for ``admin`` alone, defined here
+      in the broker's own configuration so the administrator can always log in;
+    - the controller listener takes PLAIN for ``admin`` (KRaft cannot use SCRAM there);
+    - ``StandardAuthorizer``, ``admin`` the only super user: everyone else gets what an ACL
+      grants, and nothing without one.
+
+    The administrator's password is in ``server.properties`` (mode 0600), never on a command
+    line (another local user could read a process's arguments)."""
+
+    admin_password: str
+
+    def _plain(self, server: bool = True) -> str:
+        admin = self.admin_password
+        if any(c in admin for c in '"\\;\n'):
+            raise ValueError("the broker's admin password has quotes, backslashes or semicolons")
+        users = f' user_admin="{admin}"' if server else ""
+        return (
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f'username="admin" password="{admin}"{users};'
+        )
+
+    def jaas_file(self) -> str:
+        """The same logins as a JAAS file, for a broker configured by environment variables
+        (compose: ``KAFKA_OPTS=-Djava.security.auth.login.config=FILE``)."""
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        return (
+            f"sasl_plaintext.KafkaServer {{\n  {self._plain()}\n  {scram}\n}};\n"
+            f"controller.KafkaServer {{\n  {self._plain()}\n}};\n"
+        )
+
+    def admin_client_properties(self) -> str:
+        """Kafka's own tools (a health check) logging in as the administrator."""
+        return (
+            "security.protocol=SASL_PLAINTEXT\nsasl.mechanism=PLAIN\n"
+            f"sasl.jaas.config={self._plain(server=False)}\n"
+        )
+
+    def config(self, port: int, controller_port: int) -> dict[str, str]:
+        plain = self._plain()
+        listeners = f"SASL_PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}"
+        return {
+            "listeners": listeners,
+            "advertised.listeners": f"SASL_PLAINTEXT://127.0.0.1:{port}",
+            "inter.broker.listener.name": "SASL_PLAINTEXT",
+            "listener.security.protocol.map": (
+                "CONTROLLER:SASL_PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT"
+            ),
+            "listener.name.sasl_plaintext.sasl.enabled.mechanisms": f"{SCRAM_MECHANISM},PLAIN",
+            "listener.name.sasl_plaintext.plain.sasl.jaas.config": plain,
+            "listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            ),
+            "sasl.mechanism.inter.broker.protocol": "PLAIN",
+            "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.controller.plain.sasl.jaas.config": plain,
+            "sasl.mechanism.controller.protocol": "PLAIN",
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users": "User:admin",
+            "allow.everyone.if.no.acl.found": "false",
+            "auto.create.topics.enable": "false",
+        }
+
+
 def _random_cluster_id() -> str:
     """Same shape as ``kafka-storage random-uuid``: base64url of 16 random bytes, no padding."""
     while True:
@@ -319,8 +393,11 @@ class LocalKafka:
         port: int | None = None,
         controller_port: int | None = None,
         log_file: Path | None = None,
+        security: BrokerSecurity | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
+        #: SASL, ACLs and SCRAM users (None: a plaintext broker that lets anyone do anything).
+        self.security = security
         self.port = port
         self.controller_port = controller_port
         self.log_file = (
@@ -517,12 +594,18 @@ class LocalKafka:
             # to expire before it can register again: 9 s by default.
             "broker.session.timeout.ms": "3000",
         }
+        if self.security is not None:
+            conf.update(self.security.config(self.port, self.controller_port))
         conf.update(self.extra_config)
         return conf
 
     def _write_config(self) -> None:
         text = "".join(f"{k}={v}\n" for k, v in self._config().items())
-        self.config_file.write_text(text)
+        # Readable by this user only: with ``security`` it holds the administrator's password.
+        fd = os.open(self.config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        self.config_file.chmod(0o600)
         self.log4j_file.write_text(_LOG4J2_PROPERTIES)
 
     def _format(self, java: str, deadline: float) -> None:

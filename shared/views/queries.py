@@ -242,6 +242,30 @@ class ReadModels:
             (restore_id, cluster_id),
         )
 
+    # -- identity ---------------------------------------------------------------------------
+
+    def organizations(self) -> list[dict[str, Any]]:
+        return self._docs(f"SELECT doc FROM {self.tables.organizations} ORDER BY organization_id")
+
+    def service_accounts(self) -> list[dict[str, Any]]:
+        return self._docs(
+            f"SELECT doc FROM {self.tables.service_accounts} ORDER BY organization, account_id"
+        )
+
+    def api_keys(self) -> list[dict[str, Any]]:
+        """Every key, newest first: none has its secret or a hash of it here."""
+        return sorted(
+            self._docs(f"SELECT doc FROM {self.tables.api_keys}"),
+            key=lambda d: (d["created_at"], d["id"]),
+            reverse=True,
+        )
+
+    def role_grants(self) -> list[dict[str, Any]]:
+        return self._docs(
+            f"SELECT doc FROM {self.tables.role_grants} "
+            "ORDER BY organization, account_id, resource_type, resource_id, role"
+        )
+
     # -- whole tables -----------------------------------------------------------------------
 
     def dump(self) -> dict[str, list[Any]]:

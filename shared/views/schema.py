@@ -62,6 +62,23 @@ class Tables:
         newest COMPLETE full), once deleted until when its backups are kept, and counters."""
         return f"{self.prefix}retention"
 
+    @property
+    def organizations(self) -> str:
+        return f"{self.prefix}organizations"
+
+    @property
+    def service_accounts(self) -> str:
+        return f"{self.prefix}service_accounts"
+
+    @property
+    def api_keys(self) -> str:
+        """Every API key (never its secret nor a hash): today's and version 0.1's."""
+        return f"{self.prefix}api_keys"
+
+    @property
+    def role_grants(self) -> str:
+        return f"{self.prefix}role_grants"
+
     def all(self) -> tuple[str, ...]:
         """Every table, in the order :meth:`ReadModels.dump` lists them."""
         return (
@@ -71,6 +88,10 @@ class Tables:
             self.restores,
             self.position,
             self.retention,
+            self.organizations,
+            self.service_accounts,
+            self.api_keys,
+            self.role_grants,
         )
 
     def create_statements(self) -> list[str]:
@@ -98,12 +119,23 @@ class Tables:
             "kept_chain_id TEXT, kept_data_from TEXT, deleted_until TEXT, "
             "stored_bytes BIGINT NOT NULL DEFAULT 0, expired_count BIGINT NOT NULL DEFAULT 0, "
             "deleted_count BIGINT NOT NULL DEFAULT 0, bytes_freed BIGINT NOT NULL DEFAULT 0)",
+            f"CREATE TABLE IF NOT EXISTS {self.organizations} (organization_id TEXT PRIMARY KEY, "
+            "doc TEXT NOT NULL)",
+            f"CREATE TABLE IF NOT EXISTS {self.service_accounts} (account_id TEXT PRIMARY KEY, "
+            "organization TEXT, doc TEXT NOT NULL)",
+            f"CREATE TABLE IF NOT EXISTS {self.api_keys} (key_id TEXT PRIMARY KEY, "
+            "account_id TEXT, organization TEXT, doc TEXT NOT NULL)",
+            f"CREATE TABLE IF NOT EXISTS {self.role_grants} (account_id TEXT NOT NULL, "
+            "role TEXT NOT NULL, resource_type TEXT NOT NULL, resource_id TEXT NOT NULL, "
+            "organization TEXT, doc TEXT NOT NULL, "
+            "PRIMARY KEY (account_id, role, resource_type, resource_id))",
         ]
 
     def create(self, db: SqlDatabase) -> None:
-        """Create the tables that are missing. Views built before the retention table existed
-        are dropped first, so the projections service rebuilds them from the log."""
-        if not db.table_exists(self.retention) and db.table_exists(self.position):
+        """Create the tables that are missing. Views built before a table existed (the
+        retention table, the identity tables) are dropped first, so the projections service
+        rebuilds them all from the log."""
+        if db.table_exists(self.position) and not all(db.table_exists(t) for t in self.all()):
             self.drop(db)
         with db.transaction() as cursor:
             for statement in self.create_statements():

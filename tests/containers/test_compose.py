@@ -119,6 +119,27 @@ class Stack:
             "api", "managed-backups", "publish", topic, json.dumps(command), "--data-dir", "/data"
         )
 
+    def anonymous_read(self) -> str:
+        """A consumer without credentials on the compose network: what it reads, or how it
+        was refused."""
+        script = (
+            "import asyncio\n"
+            "from aiokafka import AIOKafkaConsumer\n"
+            "async def main():\n"
+            "    c = AIOKafkaConsumer('managed-backups.cluster-commands', "
+            "bootstrap_servers='kafka:9092', group_id='a-stranger', auto_offset_reset='earliest')\n"
+            "    try:\n"
+            "        async with asyncio.timeout(30):\n"
+            "            await c.start()\n"
+            "            print('READ', (await c.getone()).value[:40])\n"
+            "    except Exception as exc:\n"
+            "        print('REFUSED', type(exc).__name__)\n"
+            "    finally:\n"
+            "        await c.stop()\n"
+            "asyncio.run(main())\n"
+        )
+        return self.exec("api", "python", "-c", script).strip()
+
     # -- the cluster being backed up ------------------------------------------------------------
     def psql(self, sql: str, database: str = "postgres") -> str:
         return self.exec(
@@ -277,6 +298,9 @@ def test_full_and_incremental_backups_of_a_cluster_in_a_container(stack: Stack) 
         verification = stack.verify(cluster_id, backup_id)
         assert verification["ok"] is True, verification
         assert verification["chunks_checked"] > 0
+
+    # The broker lets nobody in without credentials (the commands above are on its topic).
+    assert stack.anonymous_read().startswith("REFUSED"), "compose's broker let a stranger read"
 
     # The restore service, in its own container, restores the incremental's chain exactly.
     stack.restore_database(cluster_id, incremental_id, "shop", "shop_restored")

@@ -25,6 +25,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from managed_backups.shared.dataplane.objectstore import ObjectStore
 from managed_backups.shared.dataplane.postgres import PostgresAdapter
 from managed_backups.shared.dataplane.sql import SESSION_SETTINGS
+from managed_backups.shared.dataplane.tools import client_tools_for
 from tests.infra.postgres import postgres_for_tests, test_pg_major, url_with_database
 from tests.infra.s3 import create_bucket, s3_store_url
 
@@ -53,6 +54,13 @@ class PgServer:
 
     def connect(self, dbname: str = "postgres") -> psycopg.Connection[Any]:
         return psycopg.connect(self.url_for(dbname), autocommit=True)
+
+    def tool(self, name: str) -> str:
+        """Client tool ``name`` of the set the services choose for this server (a ``pg_restore``
+        newer than the server sends settings the server refuses)."""
+        with self.connect() as conn:
+            version = conn.info.server_version
+        return client_tools_for(version, step=f"locate {name}").path(name)
 
     def adapter(self, **kwargs: Any) -> PostgresAdapter:
         return PostgresAdapter(self.dsn_for(), password=self.password, **kwargs)

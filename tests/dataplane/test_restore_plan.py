@@ -23,6 +23,7 @@ from managed_backups.shared.dataplane.restore_plan import (
     NOT_KEPT,
     ClusterAccess,
     PlanError,
+    RestoreOutcome,
     RestorePlan,
     TableRef,
     execute_plan,
@@ -165,10 +166,15 @@ def plan(kind: str, target: str, **kwargs: Any) -> RestorePlan:
     )
 
 
-def run(source: Source, chain: list[Manifest], p: RestorePlan) -> tuple[list[str], int]:
+def run(source: Source, chain: list[Manifest], p: RestorePlan) -> tuple[RestoreOutcome, int]:
+    """What the restore wrote and left out, and the bytes it reported."""
     written: list[int] = []
-    restored = execute_plan(source.store, chain, p, source.access, written.append)
-    return restored, sum(written)
+    outcome = execute_plan(source.store, chain, p, source.access, written.append)
+    return outcome, sum(written)
+
+
+def relations(outcome: RestoreOutcome) -> list[str]:
+    return [r for r in outcome.restored if r.startswith(("table ", "view "))]
 
 
 def no_temporary_databases(source: Source) -> bool:
@@ -180,10 +186,10 @@ def test_database_restore_is_exact(source: Source, upto: int) -> None:
     chain = source.chain[:upto]
     target = f"restored {upto} ü;"
     p = plan("DATABASE", target)
-    restored, written = run(source, chain, p)
+    outcome, written = run(source, chain, p)
     # A role of the backup ("app reader") was dropped since: owners and grants are not kept,
     # and the result says so.
-    assert restored == [f"database {target}", NOT_KEPT]
+    assert outcome == RestoreOutcome([f"database {target}"], [NOT_KEPT])
     assert written > 0 and plan_bytes(chain, p) > 0
     for schema, table, order in TABLES:
         assert (
@@ -251,8 +257,12 @@ def test_views_restore_with_what_they_read_or_are_refused_or_skipped(source: Sou
         skip_missing_views=True,
         **skips,
     )
-    restored, _ = run(source, source.chain, p)
-    assert restored == [f"table v2.{SCHEMA}.orders", f"view v2.{SCHEMA}.big orders"]
+    outcome, _ = run(source, source.chain, p)
+    assert relations(outcome) == [f"table v2.{SCHEMA}.orders", f"view v2.{SCHEMA}.big orders"]
+    assert (
+        f"view {SCHEMA}.order customers reads relations not restored: {SCHEMA}.customers "
+        "(skip_missing_views)"
+    ) in outcome.left_out
     with source.connect("v2") as conn:
         big = conn.execute(f"SELECT count(*) FROM {q(SCHEMA, 'big orders')}").fetchone()
         assert big is not None and big[0] > 0
@@ -276,8 +286,18 @@ def test_table_restore_into_an_existing_database_with_skips(source: Source) -> N
         skip_missing_foreign_keys=True,
         skip_missing_sequences=True,
     )
-    restored, _ = run(source, source.chain, p)
-    assert restored == [f"table into here.{SCHEMA}.orders", f"table into here.public.{ODD}"]
+    outcome, _ = run(source, source.chain, p)
+    assert sorted(relations(outcome)) == [
+        f"table into here.public.{ODD}",
+        f"table into here.{SCHEMA}.orders",
+    ]
+    # Every object left out is in the result, with its reason, once.
+    assert sorted(outcome.left_out) == [
+        f"default of {SCHEMA}.orders.ticket (uses sequence public.shared_seq, neither restored "
+        "nor in the target; skip_missing_sequences)",
+        f"foreign key {SCHEMA}.orders.orders_customer_id_fkey references {SCHEMA}.customers: "
+        "neither restored nor in the target (skip_missing_foreign_keys)",
+    ]
     for schema, table, order in TABLES[1:]:
         assert (
             digest(source, "into here", schema, table, order)
@@ -364,8 +384,8 @@ def test_restore_from_an_s3_store(source: Source, s3_endpoint: str) -> None:
     for info in source.store.list("clusters/"):
         s3.put_new(info.key, source.store.get(info.key))
     p = plan("TABLE", "from s3", tables=(TableRef("public", ODD),))
-    restored = execute_plan(s3, source.chain, p, source.access, lambda n: None)
-    assert restored == [f"table from s3.public.{ODD}"]
+    outcome = execute_plan(s3, source.chain, p, source.access, lambda n: None)
+    assert outcome.restored == [f"table from s3.public.{ODD}"]
     assert digest(source, "from s3", "public", ODD, "id") == source.expected[-1][("public", ODD)]
 
 
@@ -374,7 +394,8 @@ def test_cluster_restore_replaces_every_database_and_brings_back_roles(source: S
     with source.connect("postgres") as conn:
         conn.execute('CREATE DATABASE "created after the backup"')
     idle = source.connect(DB)  # a session on a replaced database is ended
-    restored, _ = run(source, source.chain, plan("CLUSTER", ""))
+    outcome, _ = run(source, source.chain, plan("CLUSTER", ""))
+    restored = outcome.restored
     with pytest.raises(psycopg.OperationalError):
         idle.execute("SELECT 1")
     idle.close()

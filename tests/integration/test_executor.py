@@ -101,7 +101,13 @@ async def system(tmp_path: Path, kafka: str, source: LocalPostgres) -> AsyncIter
     await system.close()
 
 
-async def take(system: System, cluster_id: str, backup_type: str = "FULL", **fields: Any) -> UUID:
+async def take(
+    system: System,
+    cluster_id: str,
+    backup_type: str = "FULL",
+    key: str | None = None,
+    **fields: Any,
+) -> UUID:
     backup_id = uuid4()
     result = await system.command(
         topics.BACKUP_COMMANDS,
@@ -112,6 +118,7 @@ async def take(system: System, cluster_id: str, backup_type: str = "FULL", **fie
             "backup_type": backup_type,
             **fields,
         },
+        key,
     )
     assert result.code == 200, result
     return backup_id

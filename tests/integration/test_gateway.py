@@ -52,7 +52,7 @@ async def test_the_gateway_reads_each_result_on_every_partition(kafka: str) -> N
                 "type": "EnforceRetention",
                 "command_id": str(command_id),
                 "cluster_id": f"gateway-{partition}",
-                "credential": "k",
+                "token": "t",
             }
             request = asyncio.create_task(
                 gateway.request(topics.RETENTION_COMMANDS, command, timeout=30)

@@ -56,7 +56,6 @@ async def test_poison_messages_are_dead_lettered_and_the_partition_moves_on(
     command = {
         "type": "RegisterCluster",
         "command_id": command_id,
-        "credential": system.admin_key,
         "cluster_id": cluster_id,
         "name": "after",
         "organization": "acme",
@@ -65,6 +64,7 @@ async def test_poison_messages_are_dead_lettered_and_the_partition_moves_on(
         "database_version": "15",
         "connection_ref": "postgresql://backup@db.internal:5432/postgres",
     }
+    command = await system.signed(topic, command)
     await publish_raw(kafka, topic, json.dumps(command).encode(), key=key, headers=JSON)
 
     results: dict[str, dict[str, Any]] = {}

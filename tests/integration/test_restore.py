@@ -22,7 +22,6 @@ from managed_backups.services.executor.service import run as run_executor
 from managed_backups.services.restore.service import run as run_restore
 from managed_backups.shared.domain.restore import Restore
 from managed_backups.shared.eventstore import open_event_store
-from managed_backups.shared.security import Grant, new_api_key
 from tests.harness import System, run_cluster_commands_only, service_process
 from tests.infra.postgres import LocalPostgres
 from tests.integration.test_executor import connection_ref, take, wait_terminal
@@ -224,6 +223,18 @@ async def test_table_restore_from_the_latest_backup_into_an_existing_database(
     assert ended.phase == "SUCCEEDED", ended.error
     assert digest(world.pg, "target", "orders") == world.at_incremental["orders"]
     assert digest(world.pg, "target", "big_orders")[0] > 0  # the view came along
+    with psycopg.connect(world.pg.url_for("target"), autocommit=True) as conn:
+        grant = conn.execute("SELECT has_table_privilege('shop_reader', 'orders', 'SELECT')")
+        assert grant.fetchone() == (True,)  # the grant to a role that exists came back
+    assert world.system.http is not None
+    view = (
+        await world.system.http.get(f"/api/v1/clusters/{world.cluster_id}/restores/{job['id']}")
+    ).json()
+    # What the option left out is in the job's result, not only in a log.
+    assert view["left_out"] == [
+        "foreign key public.orders.orders_customer_id_fkey references public.customers: "
+        "neither restored nor in the target (skip_missing_foreign_keys)"
+    ]
     listing = (
         await world.system.http.get(f"/api/v1/clusters/{world.cluster_id}/restores")  # type: ignore[union-attr]
     ).json()
@@ -275,6 +286,18 @@ async def test_cli_follows_a_restore_to_its_end(
     )
     out = capsys.readouterr()
     assert code == 1 and "by cli already exists" in out.err
+    # A TABLE restore's follow output lists what it left out.
+    table = ["--type", "TABLE", "--table", "orders", "--skip-missing-foreign-keys"]
+    code = await asyncio.to_thread(
+        cli_main, [*args[:3], *table, *args[5:7], "--new-db-name", "cli table", *args[9:]]
+    )
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "restored: table cli table.public.orders" in out.out
+    assert (
+        "left out: foreign key public.orders.orders_customer_id_fkey references public.customers"
+        in out.out
+    )
 
 
 async def test_rules_refuse_with_their_reason_before_any_data_moves(world: World) -> None:
@@ -354,22 +377,17 @@ async def test_rules_refuse_with_their_reason_before_any_data_moves(world: World
     assert answer.status_code == 409 and "skip_localities_check" in answer.json()["message"]
     answer = await post_restore(world, cross, old)
     assert answer.status_code == 409 and "older than the source" in answer.json()["message"]
-    # The restore right on both clusters: an operator of the destination only is refused.
-    assert system.api_runtime is not None
-    key = new_api_key(
-        system.api_runtime.store,
-        "dst-operator",
-        [Grant(Role.CLUSTER_OPERATOR, f"cluster:{dst}")],
-        system.api_runtime.clock,
-        "test",
-    )
+    # The restore right on both clusters: an operator of the destination only is refused, the
+    # source answered as a cluster that is not registered (the caller may not see it).
+    key = await system.issue_key("dst-operator", Role.CLUSTER_OPERATOR, f"cluster:{dst}")
     assert system.http is not None
     answer = await system.http.post(
         f"/api/v1/clusters/{dst}/restores",
         json={**cross, "restore_opts": {"new_db_name": "cross", "skip_localities_check": True}},
         headers={"Authorization": f"Bearer {key}"},
     )
-    assert answer.status_code == 403 and f"cluster {src}" in answer.json()["message"]
+    assert answer.status_code == 404
+    assert answer.json()["message"] == f"cluster {src} is not registered"
     # On the topic: a rejection with the same reason.
     result = await system.command(
         topics.RESTORE_COMMANDS,
@@ -492,6 +510,8 @@ async def test_killed_service_and_corrupted_chunk_leave_the_destination_as_it_wa
     assert system.http is not None
     view = (await system.http.get(f"/api/v1/clusters/{cluster_id}/restores/{restore_id}")).json()
     assert view["status"] == "FAILED" and view["destination_state"].startswith("unchanged")
+    # Said after the reaper dropped them and checked (the databases are gone: above).
+    assert view["destination_state"].endswith("the restore's temporary databases were dropped")
 
     # A corrupted chunk: the job fails naming it, nothing appears on the destination.
     from managed_backups.shared.dataplane.manifest import read_manifest
@@ -539,13 +559,7 @@ async def test_a_deleted_source_restores_only_for_an_administrator(world: World)
         "restore_opts": {"new_db_name": "from deleted"},
     }
     assert system.api_runtime is not None and system.http is not None
-    org_admin = new_api_key(
-        system.api_runtime.store,
-        "acme-admin",
-        [Grant(Role.ORG_ADMIN, "org:acme")],
-        system.api_runtime.clock,
-        "test",
-    )
+    org_admin = await system.issue_key("acme-admin", Role.ORG_ADMIN, "org:acme")
     answer = await system.http.post(
         f"/api/v1/clusters/{dst}/restores",
         json=body,

@@ -337,17 +337,9 @@ async def test_refusals_carry_status_and_reason_over_http_and_topic(
     assert wrong.status_code == 401
     # A Cluster Operator may view but not change settings; a Monitor may not even view it...
     from managed_backups.contracts.enums import Role
-    from managed_backups.shared.eventstore import open_event_store
-    from managed_backups.shared.security import Grant, new_api_key
 
-    store = open_event_store(system.settings.store_url)
-    operator = new_api_key(
-        store, "op", [Grant(Role.CLUSTER_OPERATOR, f"cluster:{cluster_id}")], system.clock, "test"
-    )
-    monitor = new_api_key(
-        store, "mon", [Grant(Role.CLUSTER_MONITOR, "org:acme")], system.clock, "test"
-    )
-    store.close()
+    operator = await system.issue_key("op", Role.CLUSTER_OPERATOR, f"cluster:{cluster_id}")
+    monitor = await system.issue_key("mon", Role.CLUSTER_MONITOR, "org:acme")
     as_operator = {"Authorization": f"Bearer {operator}"}
     assert (
         await system.http.get(f"/api/v1/clusters/{cluster_id}/backups/config", headers=as_operator)
@@ -367,8 +359,8 @@ async def test_refusals_carry_status_and_reason_over_http_and_topic(
             "type": "UpdateBackupSettings",
             "cluster_id": cluster_id,
             "enabled": False,
-            "credential": operator,
         },
+        operator,
     )
     assert result.code == 403
 

@@ -19,7 +19,6 @@ import psycopg
 import pytest
 
 from managed_backups.contracts.enums import Role
-from managed_backups.shared.security import Grant, new_api_key
 from tests.harness import System
 from tests.infra.postgres import LocalPostgres
 from tests.integration.test_executor import (
@@ -46,12 +45,6 @@ async def system(tmp_path: Path, kafka: str) -> AsyncIterator[System]:
     system = await executor_system(tmp_path, kafka)
     yield system
     await system.close()
-
-
-def issue_key(system: System, principal: str, role: Role, scope: str) -> str:
-    assert system.api_runtime is not None
-    runtime = system.api_runtime
-    return new_api_key(runtime.store, principal, [Grant(role, scope)], runtime.clock, by="test")
 
 
 class PasswordTrap:
@@ -118,19 +111,19 @@ async def test_a_second_tenant_cannot_reach_the_first_tenants_database(
     legacy.chmod(0o600)
     monkeypatch.setenv("PGPASSWORD", victim_db.password)
 
-    mallory = issue_key(system, "mallory", Role.ORG_ADMIN, "org:evil")
+    mallory = await system.issue_key("mallory", Role.ORG_ADMIN, "org:evil")
     intruder = f"intruder-{uuid4().hex[:6]}"
     assert (
         await system.register(
             intruder,
             organization="evil",
             connection_ref=connection_ref(victim_db),
-            credential=mallory,
+            key=mallory,
         )
     ).code == 200
 
     # No secret of its own: a clear migration error, no connection made with anyone's password.
-    unset = await wait_terminal(system, await take(system, intruder, credential=mallory))
+    unset = await wait_terminal(system, await take(system, intruder, key=mallory))
     assert unset.status == "FAILED" and unset.error is not None
     assert unset.error["code"] == "AUTHENTICATION_FAILED"
     assert "no connection secret" in unset.error["message"]
@@ -138,7 +131,7 @@ async def test_a_second_tenant_cannot_reach_the_first_tenants_database(
     # Its own (wrong) secret: the victim's server refuses it.
     legacy.unlink()
     assert (await system.set_secret(intruder, "a-guess", credential=mallory)).status_code == 200
-    guessed = await wait_terminal(system, await take(system, intruder, credential=mallory))
+    guessed = await wait_terminal(system, await take(system, intruder, key=mallory))
     assert guessed.status == "FAILED" and guessed.error is not None
     assert guessed.error["code"] == "AUTHENTICATION_FAILED", guessed.error
 
@@ -205,11 +198,11 @@ async def test_a_backup_id_chosen_by_one_tenant_names_nothing_of_another(system:
     from managed_backups.contracts import topics
     from managed_backups.shared.domain.ids import cluster_aggregate_id
 
-    mallory = issue_key(system, "mallory", Role.ORG_ADMIN, "org:evil")
+    mallory = await system.issue_key("mallory", Role.ORG_ADMIN, "org:evil")
     own = f"evil-{uuid4().hex[:6]}"
     ref = "postgresql://postgres@127.0.0.1:1/postgres"
     assert (
-        await system.register(own, organization="evil", connection_ref=ref, credential=mallory)
+        await system.register(own, organization="evil", connection_ref=ref, key=mallory)
     ).code == 200
     victim = f"victim-{uuid4().hex[:6]}"
     assert (await system.register(victim, connection_ref=ref)).code == 200
@@ -223,8 +216,8 @@ async def test_a_backup_id_chosen_by_one_tenant_names_nothing_of_another(system:
                 "cluster_id": own,
                 "backup_id": str(backup_id),
                 "backup_type": "FULL",
-                "credential": mallory,
             },
+            mallory,
         )
         assert result.code in (200, 409), result  # 409: its previous backup still runs
         if result.code == 409:
@@ -237,8 +230,8 @@ async def test_a_backup_id_chosen_by_one_tenant_names_nothing_of_another(system:
             "backup_id": str(uuid4()),
             "backup_type": "FULL",
             "retention_days": 36_500,
-            "credential": mallory,
         },
+        mallory,
     )
     assert century.code == 400 and "retention_days 36500 is not allowed" in (century.reason or "")
     # The cluster id whose stream id was used as a backup id can still be registered.
@@ -251,23 +244,23 @@ async def test_a_backup_id_chosen_by_one_tenant_names_nothing_of_another(system:
         {"type": "VerifyBackup", "backup_id": str(victims_backup)},
     ):
         refused = await system.command(
-            topics.BACKUP_COMMANDS, {**body, "cluster_id": victim, "credential": mallory}
+            topics.BACKUP_COMMANDS, {**body, "cluster_id": victim}, mallory
         )
         nowhere = await system.command(
-            topics.BACKUP_COMMANDS,
-            {**body, "cluster_id": f"none-{uuid4().hex[:6]}", "credential": mallory},
+            topics.BACKUP_COMMANDS, {**body, "cluster_id": f"none-{uuid4().hex[:6]}"}, mallory
         )
         assert (refused.code, nowhere.code) == (404, 404)
         assert refused.reason == (nowhere.reason or "").replace(nowhere.cluster_id or "", victim)
     deleted = await system.command(
         topics.CLUSTER_COMMANDS,
-        {"type": "DeleteCluster", "cluster_id": victim, "credential": mallory},
+        {"type": "DeleteCluster", "cluster_id": victim},
+        mallory,
     )
     assert deleted.code == 404
     assert system.http is not None
     await system.wait_projection(deleted.position)
     events = (await system.http.get(f"/api/v1/clusters/{victim}/events")).json()["events"]
-    assert not [e for e in events if e.get("by") == "mallory"]
+    assert not [e for e in events if str(e.get("by")).startswith("evil/")]
     assert (
         await system.http.get(
             f"/api/v1/clusters/{victim}", headers={"Authorization": f"Bearer {mallory}"}

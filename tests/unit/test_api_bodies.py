@@ -14,7 +14,7 @@ import pytest
 
 from managed_backups.services.projections.service import Projector
 from managed_backups.services.runtime import Runtime, open_runtime
-from managed_backups.shared.security import ensure_key_file
+from managed_backups.shared.identity import Identity
 from managed_backups.shared.settings import Settings
 from managed_backups.shared.views import ReadModels
 from tests.factories import AT, new_cluster
@@ -24,7 +24,8 @@ from tests.unit.api_client import api_client
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
     runtime = open_runtime(Settings(data_dir=tmp_path / "data"))
-    key, _ = ensure_key_file(runtime.store, runtime.settings.admin_key_path, runtime.clock)
+    identity = Identity(runtime.store, runtime.db, runtime.clock)
+    key, _ = identity.ensure_admin_key(runtime.settings.admin_key_path)
     live, gone = new_cluster("live"), new_cluster("gone", tier="ADVANCED")
     gone.delete(command_id=None, at=AT + timedelta(days=1), by="test")
     runtime.store.save_all(live, gone)

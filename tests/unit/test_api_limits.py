@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from managed_backups.services.runtime import Runtime, open_runtime
-from managed_backups.shared.security import ensure_key_file
+from managed_backups.shared.identity import Identity
 from managed_backups.shared.settings import Settings
 from tests.unit.api_client import api_client
 
@@ -19,7 +19,8 @@ from tests.unit.api_client import api_client
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
     runtime = open_runtime(Settings(data_dir=tmp_path / "data"))
-    key, _ = ensure_key_file(runtime.store, runtime.settings.admin_key_path, runtime.clock)
+    identity = Identity(runtime.store, runtime.db, runtime.clock)
+    key, _ = identity.ensure_admin_key(runtime.settings.admin_key_path)
     async with api_client(runtime, key) as client:
         yield client, runtime
     runtime.close()

@@ -29,10 +29,24 @@ COMMANDS = [
     ["restore", "start"],
     ["clusters"],
     ["clusters", "set-secret"],
+    *(
+        [group, *([command] if command else [])]
+        for group, commands in {
+            "orgs": ("create", "list"),
+            "accounts": ("create", "list"),
+            "keys": ("create", "list", "revoke"),
+            "grants": ("add", "list", "remove"),
+            "broker": ("credentials", "setup"),
+        }.items()
+        for command in ("", *commands)
+    ),
 ]
 DOCUMENTED_OPTIONS = {
     "up": ["--data-dir", "--api-port", "--simulated-clock"],
-    "publish": ["--data-dir", "--credential", "--bootstrap-servers", "--timeout"],
+    "publish": ["--data-dir", "--credential", "--bootstrap-servers", "--timeout", "--api-url"],
+    "keys create": ["--account", "--name", "--expires-at", "--json", "--credential", "--api-url"],
+    "grants add": ["--account", "--role", "--organization", "--cluster", "--json"],
+    "accounts create": ["--organization", "--description", "--json"],
     "projections rebuild": ["--data-dir"],
     "clusters set-secret": ["--data-dir", "--credential", "--api-url"],
     "restore start": [

@@ -22,19 +22,63 @@ def test_every_service_runs_in_its_own_container() -> None:
     commands = {name: spec.get("command") for name, spec in services.items()}
     for name in SERVICES:
         assert commands.get(name) == ["service", name], f"compose.yaml does not run {name}"
-    assert set(services) == {*SERVICES, "kafka", "postgres"}
+    assert set(services) == {*SERVICES, *ONE_SHOTS, "kafka", "postgres"}
 
 
 def test_restart_policies_health_checks_and_data_volume() -> None:
     services = compose()["services"]
     for name, spec in services.items():
-        assert spec.get("restart") == "unless-stopped", name
+        # A one-shot restarted whenever it exits would run for ever.
+        expected = "on-failure" if name in ONE_SHOTS else "unless-stopped"
+        assert spec.get("restart") == expected, name
     for name in ("kafka", "postgres", "api"):
         assert "test" in services[name]["healthcheck"], name
     for name in SERVICES:
         assert "backup-data:/data" in services[name]["volumes"], name
         assert services[name]["depends_on"]["kafka"]["condition"] == "service_healthy"
-    assert set(compose()["volumes"]) == {"backup-data", "kafka-data", "postgres-data"}
+    assert set(compose()["volumes"]) == {
+        "backup-data",
+        "kafka-data",
+        "postgres-data",
+        "broker-admin",
+        "broker-users",
+        "api-signing-key",
+        "scheduler-signing-key",
+    }
+
+
+def test_the_broker_authenticates_each_service_as_itself() -> None:
+    """Each service logs in as its own broker user (its ACLs: services/registry.py); only the
+    broker and its setup see the administrator's password; only the API and the scheduler
+    hold a signing key, each its own."""
+    services = compose()["services"]
+    kafka = services["kafka"]["environment"]
+    assert kafka["KAFKA_LISTENERS"].startswith("SASL_PLAINTEXT://")
+    protocols = kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(",")
+    assert {p.split(":")[1] for p in protocols} == {"SASL_PLAINTEXT"}
+    assert kafka["KAFKA_AUTHORIZER_CLASS_NAME"].endswith("StandardAuthorizer")
+    assert kafka["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    assert kafka["KAFKA_SUPER_USERS"] == "User:admin"
+    assert services["kafka"]["depends_on"]["broker-credentials"]["condition"] == (
+        "service_completed_successfully"
+    )
+    for name in SERVICES:
+        spec = services[name]
+        assert spec["environment"]["MANAGED_BACKUPS_KAFKA_USERNAME"] == name
+        assert spec["environment"]["MANAGED_BACKUPS_KAFKA_PASSWORD_FILE"] == f"/broker-users/{name}"
+        assert spec["depends_on"]["broker-setup"]["condition"] == "service_completed_successfully"
+        keys = [v for v in spec["volumes"] if v.endswith(":/signing-keys")]
+        assert keys == ([f"{name}-signing-key:/signing-keys"] if name in SIGNERS else []), name
+    admins = {
+        n
+        for n, spec in services.items()
+        if any("broker-admin" in v for v in spec.get("volumes", []))
+    }
+    assert admins == {"kafka", "broker-credentials", "broker-setup"}
+
+
+ONE_SHOTS = {"broker-credentials", "broker-setup"}
+SIGNERS = {"api", "scheduler"}
 
 
 def test_valid_for_compose_v1_too() -> None:

@@ -20,7 +20,7 @@ from managed_backups.contracts.results import CommandResult, DeadLetter
 def register(**kw: object) -> RegisterCluster:
     body: dict[str, object] = {
         "command_id": str(uuid4()),
-        "credential": "k",
+        "token": "t",
         "cluster_id": "c1",
         "name": "n",
         "organization": "o",
@@ -39,8 +39,8 @@ def test_closed_and_immutable() -> None:
     command = register()
     with pytest.raises(ValidationError):
         command.name = "other"  # type: ignore[misc]
-    assert command.schema_version == 1
-    assert "credential" not in repr(command)
+    assert command.schema_version == 2
+    assert "token" not in repr(command)
 
 
 def test_region_rules() -> None:
@@ -173,8 +173,8 @@ def test_every_list_and_string_of_a_command_is_bounded() -> None:
         register(regions=[f"r-{i}" for i in range(15_876)])
     with pytest.raises(ValidationError, match="not a valid region name"):
         register(regions=["us-east-1\n"])  # a full match, not a prefix match
-    with pytest.raises(ValidationError, match="at most 512 characters"):
-        register(credential="k" * 513)
+    with pytest.raises(ValidationError, match="at most 2048 characters"):
+        register(token="t" * 2049)
 
     def unbounded(node: object, path: str = "") -> list[str]:
         found: list[str] = []

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
 
 import pytest
 
-from managed_backups.contracts.enums import BackupStatus, Role
+from managed_backups.contracts import topics
+from managed_backups.contracts.enums import BackupStatus, ResourceType, Role
 from managed_backups.services.projections.service import rebuild
 from managed_backups.services.scheduler.scheduler import Scheduler
 from managed_backups.shared.clock import WallClock
@@ -22,8 +25,8 @@ from managed_backups.shared.eventstore import (
     open_event_store,
     to_wire_event,
 )
-from managed_backups.shared.security import Authenticator
 from managed_backups.shared.sqldb import SqlDatabase
+from tests.principals import INSTALLER, Keys
 
 LEGACY = Path(__file__).parent.parent / "data" / "legacy-v0"
 
@@ -76,16 +79,34 @@ def test_aggregates_load_from_old_events_and_snapshots(store: EventStore) -> Non
     assert statuses == [BackupStatus.COMPLETE, BackupStatus.COMPLETE, BackupStatus.FAILED]
 
 
-def test_keys_issued_before_the_move_still_authenticate(store: EventStore) -> None:
+def test_keys_issued_before_the_move_still_authenticate(
+    legacy_url: str, store: EventStore, tmp_path: Path
+) -> None:
+    """A key of version 0.1 (its SHA-256 in its event, its grants in the key) keeps working,
+    over HTTP and for signed commands, is listed, and is revoked at once like any key."""
+    keys = Keys(store, SqlDatabase(legacy_url), tmp_path / "keys")
     key = (LEGACY / "events-v0.api-key").read_text().strip()
-    principal = Authenticator(store).authenticate(key)
+    principal = keys.authenticator.authenticate(key)
     assert principal.name == "ops" and principal.grants[0].role is Role.ORG_ADMIN
     with pytest.raises(NotAuthenticated):
-        Authenticator(store).authenticate(key[:-2] + "xx")
+        keys.authenticator.authenticate(key[:-2] + "xx")
+    command = {"type": "DeleteCluster", "command_id": str(uuid4()), "cluster_id": "legacy-one"}
+    signed = keys.signed(key, topics.CLUSTER_COMMANDS, command)
+    verified = keys.verifier.verify(topics.CLUSTER_COMMANDS, signed, UUID(command["command_id"]))
+    assert verified == principal
+    models = rebuild(store, SqlDatabase(legacy_url))
+    listed = {k["id"]: k for k in models.api_keys()}
+    assert listed[principal.key_id]["legacy_principal"] == "ops"
+    assert len(listed) == 2 and sum(1 for k in listed.values() if k["revoked_at"]) == 1
+    keys.identity.revoke_api_key(INSTALLER, str(principal.key_id))
+    with pytest.raises(NotAuthenticated):
+        keys.authenticator.authenticate(key)
+    with pytest.raises(NotAuthenticated):  # the command signed before the revocation too
+        keys.verifier.verify(topics.CLUSTER_COMMANDS, signed, UUID(command["command_id"]))
 
 
 def test_readers_filtering_by_topic_see_old_events(store: EventStore) -> None:
-    scheduler = Scheduler(store, WallClock(), send=_no_send, credential="unused")
+    scheduler = Scheduler(store, WallClock(), send=_no_send, sign=_no_sign)
     scheduler.bootstrap()
     assert set(scheduler.clusters) == {"legacy-one", "legacy-two"}
     scheduler.position = 0
@@ -103,6 +124,10 @@ def test_views_rebuild_from_old_events(legacy_url: str, store: EventStore) -> No
 
 async def _no_send(command: object) -> None:
     raise AssertionError("nothing is sent while reading")
+
+
+def _no_sign(command: dict[str, Any]) -> dict[str, Any]:
+    raise AssertionError("nothing is signed while reading")
 
 
 def test_backups_recorded_at_their_bare_id_load_for_their_cluster_only(store: EventStore) -> None:
@@ -126,17 +151,14 @@ def test_backups_recorded_at_their_bare_id_load_for_their_cluster_only(store: Ev
 
 
 def test_outcomes_recorded_before_body_hashes_are_honoured_for_their_sender(
-    store: EventStore,
+    legacy_url: str, store: EventStore, tmp_path: Path
 ) -> None:
-    from typing import Any
-    from uuid import UUID
-
     from pydantic import TypeAdapter
 
-    from managed_backups.contracts import topics
     from managed_backups.contracts.commands import ClusterCommand
     from managed_backups.shared.commands import CommandContext, CommandProcessor, Handled
-    from managed_backups.shared.security import Grant, new_api_key
+
+    keys = Keys(store, SqlDatabase(legacy_url), tmp_path / "keys")
 
     calls: list[str] = []
 
@@ -149,7 +171,7 @@ def test_outcomes_recorded_before_body_hashes_are_honoured_for_their_sender(
         TypeAdapter(ClusterCommand),
         {"UpdateBackupSettings": update},
         CommandContext(store, WallClock(), "test"),
-        Authenticator(store),
+        keys.verifier,
     )
     legacy_id = UUID("00000000-0000-4000-8000-000000000001")
     body = {
@@ -158,8 +180,9 @@ def test_outcomes_recorded_before_body_hashes_are_honoured_for_their_sender(
         "cluster_id": "legacy-one",
     }
     ops = (LEGACY / "events-v0.api-key").read_text().strip()
-    result = process.process(json.dumps({**body, "credential": ops}).encode()).result
+    topic = topics.CLUSTER_COMMANDS
+    result = process.process(json.dumps(keys.signed(ops, topic, body)).encode()).result
     assert (result.code, result.command_id, calls) == (409, legacy_id, [])
-    newcomer = new_api_key(store, "newcomer", [Grant(Role.SYSTEM_ADMIN, "*")], WallClock(), "t")
-    fresh = process.process(json.dumps({**body, "credential": newcomer}).encode()).result
-    assert fresh.code == 200 and calls == ["newcomer"]
+    newcomer = keys.key("acme", "newcomer", (Role.ORG_ADMIN, ResourceType.ORGANIZATION, "acme"))
+    fresh = process.process(json.dumps(keys.signed(newcomer, topic, body)).encode()).result
+    assert fresh.code == 200 and calls == ["acme/newcomer"]

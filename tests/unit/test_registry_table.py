@@ -38,3 +38,23 @@ def test_the_cli_reads_the_table() -> None:
     assert helped.exit_code == 0 and all(name in helped.stdout for name in service_names())
     with pytest.raises(SystemExit, match="unknown service 'nope'"):
         cli._service_main("nope")
+
+
+def test_each_consumer_group_is_the_one_its_broker_user_may_join() -> None:
+    """A service reads its command topic in the consumer group its ACLs name (a group the
+    registry does not name would be refused by an authenticated broker)."""
+    from managed_backups.services.executor import service as executor
+    from managed_backups.services.registry import broker_users
+    from managed_backups.services.restore import service as restore
+    from managed_backups.services.retention import service as retention
+    from managed_backups.services.scheduler import service as scheduler
+
+    users = broker_users()
+    for name, module in (
+        ("scheduler", scheduler),
+        ("backup-executor", executor),
+        ("restore", restore),
+        ("retention", retention),
+    ):
+        assert users[name].group == module.GROUP, name
+    assert set(users) == {*service_names(), "cli"}

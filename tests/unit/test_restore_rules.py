@@ -90,11 +90,20 @@ def test_a_backup_restores_into_the_same_or_a_newer_major_never_an_older_one() -
 
 
 def test_rights_on_both_clusters_and_deleted_sources() -> None:
+    rule = caller_may_restore_from_source_into_destination
     operator = Principal("op", "k", (Grant(Role.CLUSTER_OPERATOR, "cluster:b"),))
-    denied = refused(
-        caller_may_restore_from_source_into_destination, operator, cluster("a"), cluster("b")
+    rule(operator, "b", cluster("b"), "b", cluster("b"))
+    # No right on the source: answered as for a source that is not registered (the one rule).
+    denied = refused(rule, operator, "a", cluster("a"), "b", cluster("b"))
+    unknown = refused(rule, operator, "a", None, "b", cluster("b"))
+    assert (denied.code, denied.reason) == (unknown.code, unknown.reason)
+    assert (denied.code, denied.reason) == (404, "cluster a is not registered")
+    monitor_too = Principal(
+        "op",
+        "k",
+        (Grant(Role.CLUSTER_OPERATOR, "cluster:b"), Grant(Role.CLUSTER_MONITOR, "cluster:a")),
     )
-    assert denied.code == 403 and "cluster a" in denied.reason
+    assert refused(rule, monitor_too, "a", cluster("a"), "b", cluster("b")).code == 404
     admin = Principal("root", "k", (Grant(Role.SYSTEM_ADMIN, "*"),))
     gone = cluster("a")
     gone.delete(None, NOW, "test")

@@ -31,7 +31,7 @@ def test_a_due_slot_waits_while_a_cluster_restore_holds_the_cluster(tmp_path: Pa
         open_event_store(f"sqlite:///{tmp_path / 'events.sqlite'}"),
         WallClock(),
         send=_no_send,
-        credential="unused",
+        sign=lambda command: command,
         held_exclusively=lambda: jobs.clusters_held_exclusively(db),
     )
     for cluster_id in ("shop", "other"):
