@@ -391,7 +391,13 @@ class Bench:
             else:
                 again = scratch / f"run-{index}"
                 shutil.copytree(scratch / "before", again)
-                rerun = {**args, "store": again.as_uri(), "manifest_out": str(again / "manifest")}
+                # The rerun's manifest JSON is written beside its store, not in it (its bytes
+                # are not the store's).
+                rerun = {
+                    **args,
+                    "store": again.as_uri(),
+                    "manifest_out": str(scratch / f"manifest-{index}.json"),
+                }
                 out = _run_child("backup", rerun, self.env)
                 after, after_objects = dir_usage(again)
                 shutil.rmtree(again)

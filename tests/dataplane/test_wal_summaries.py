@@ -208,7 +208,9 @@ def test_rewritten_truncated_and_unlogged_tables_are_probed(
     pg17: PgServer, db: str, tmp_path: Path
 ) -> None:
     """A new storage (a rewrite, a TRUNCATE) and an unlogged table (no WAL for its rows) are
-    probed; an unlogged table written since the previous backup would look unwritten."""
+    probed; an unlogged table written since the previous backup would look unwritten, and so
+    would a table emptied by TRUNCATE (its new storage has no block written: only the
+    creation's limit block says so)."""
     _run(
         pg17,
         db,
@@ -218,6 +220,7 @@ def test_rewritten_truncated_and_unlogged_tables_are_probed(
             for kind, name in (
                 ("", "rewritten"),
                 ("", "truncated"),
+                ("", "emptied"),
                 ("UNLOGGED", "scratch"),
                 ("", "quiet"),
             )
@@ -232,17 +235,19 @@ def test_rewritten_truncated_and_unlogged_tables_are_probed(
         "VACUUM FULL rewritten",
         "TRUNCATE truncated",
         "INSERT INTO truncated SELECT g, 'again' FROM generate_series(5, 60) g",
+        "TRUNCATE emptied",
         "UPDATE scratch SET v = 'unlogged' WHERE id % 7 = 0",
     )
     inc = _backup(pg17, store, "inc", full)
     entry = inc.database(db)
     assert entry.wal_summary is not None and entry.wal_summary.endswith(
-        ": 1 tables unwritten (not read), 0 read in their written blocks, 3 probed"
+        ": 1 tables unwritten (not read), 0 read in their written blocks, 4 probed"
     ), entry.wal_summary
     modes = {t.name: t.mode for t in entry.tables}
     assert modes == {
         "rewritten": TableMode.DELTA,
         "truncated": TableMode.DELTA,
+        "emptied": TableMode.DELTA,
         "scratch": TableMode.DELTA,
         "quiet": TableMode.UNCHANGED,
     }
