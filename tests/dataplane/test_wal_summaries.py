@@ -10,6 +10,7 @@ suite on 17 and 18 with summaries on, see ``tests/dataplane/conftest.py``).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from managed_backups.shared.dataplane.manifest import (
     TableBackup,
     TableMode,
     load_chain,
+    load_manifest,
 )
 from managed_backups.shared.dataplane.objectstore import ObjectStore
 from managed_backups.shared.dataplane.postgres import PostgresAdapter
@@ -337,6 +339,39 @@ def test_missing_summaries_and_marks_probe_every_table(
             _restores_to_source(pg17, store, inc, db)
     finally:
         _summarize_wal(pg17, True)
+
+
+def test_an_incremental_on_a_version_4_manifest_probes(
+    pg17: PgServer, db: str, tmp_path: Path
+) -> None:
+    """A version 4 manifest (written before WAL marks existed) has no mark: the incremental on
+    top of it probes every table, says so, records a mark of its own, and restores exactly."""
+    _run(
+        pg17,
+        db,
+        "CREATE TABLE a (id int PRIMARY KEY, v text)",
+        "INSERT INTO a SELECT g, 'v' FROM generate_series(1, 100) g",
+        "CREATE TABLE b (id int PRIMARY KEY, v text)",
+        "INSERT INTO b SELECT g, 'v' FROM generate_series(1, 100) g",
+    )
+    store = ObjectStore((tmp_path / "store").as_uri())
+    full = _backup(pg17, store, "full")
+    raw = json.loads(full.to_json())
+    raw["schema_version"] = 4
+    for entry in raw["databases"]:
+        del entry["wal_mark"], entry["wal_summary"]
+    as_v4 = load_manifest(json.dumps(raw).encode())
+    assert as_v4.schema_version == 4 and as_v4.database(db).wal_mark is None
+    _run(pg17, db, "UPDATE a SET v = 'w' WHERE id = 1")
+    inc = _backup(pg17, store, "inc", as_v4)
+    entry = inc.database(db)
+    assert inc.schema_version == 5 and entry.wal_mark is not None
+    assert entry.wal_summary == "the previous backup recorded no WAL mark: every table probed"
+    assert {t.name: t.mode for t in entry.tables} == {
+        "a": TableMode.DELTA,
+        "b": TableMode.UNCHANGED,
+    }
+    _restores_to_source(pg17, store, inc, db)
 
 
 def test_a_role_without_checkpoint_rights_probes(pg17: PgServer, db: str, tmp_path: Path) -> None:
