@@ -106,7 +106,17 @@ def _child_backup(args: dict[str, Any]) -> None:
     elapsed = time.perf_counter() - start
     Path(args["manifest_out"]).write_bytes(manifest.to_json())
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"seconds": elapsed, "peak_rss": rss, "totals": manifest.totals.model_dump()}))
+    notes = [f"{db.name}: {db.wal_summary}" for db in manifest.databases if db.wal_summary]
+    print(
+        json.dumps(
+            {
+                "seconds": elapsed,
+                "peak_rss": rss,
+                "totals": manifest.totals.model_dump(),
+                "wal_summary": notes,
+            }
+        )
+    )
 
 
 def _child_shell(args: dict[str, Any]) -> None:
@@ -403,6 +413,8 @@ class Bench:
                 shutil.rmtree(again)
             times[variant].append(float(out["seconds"]))
             if variant not in firsts:
+                for note in out.get("wal_summary", []):
+                    self.log(f"{step}: {variant}: {note}")
                 firsts[variant] = (out, after - before, after_objects - before_objects)
         shutil.rmtree(scratch, ignore_errors=True)
         results: dict[str, Result] = {}
