@@ -162,12 +162,18 @@ class BackupExecutor:
         # and the worker's start (a crash, a kill), the lease expires and the reaper fails the
         # backup with LEASE_EXPIRED. A lease whose backup was never recorded (the save failed)
         # is dropped by the reaper as an orphan.
+        # The lease's job id is the backup's stream id: a backup id is unique only within
+        # its cluster, so another tenant's backup of the same id never meets this lease.
         if not self.leases.take(
-            command.backup_id,
+            backup.id,
             cluster.cluster_id,
             self.name,
             lease,
-            {"chain_id": str(chain_id), "region": cluster.backup_region},
+            {
+                "chain_id": str(chain_id),
+                "region": cluster.backup_region,
+                "backup_id": str(command.backup_id),
+            },
         ):
             raise Conflict(f"backup {command.backup_id} is being started by another executor")
 
@@ -183,7 +189,7 @@ class BackupExecutor:
         renewing = asyncio.create_task(
             keep_renewed(
                 self.leases,
-                backup.backup_id,
+                backup.id,
                 self.settings.backup_lease_seconds,
                 self.runtime.clock.now,
             )
@@ -219,7 +225,7 @@ class BackupExecutor:
         finally:
             renewing.cancel()
             self.running.pop(cluster.cluster_id, None)
-            await asyncio.to_thread(self.leases.release, backup.backup_id)
+            await asyncio.to_thread(self.leases.release, backup.id)
 
     def _take(self, cluster: Cluster, backup: Backup, running: Running) -> Manifest:
         store = self.store_for(backup.region)
@@ -313,8 +319,11 @@ class BackupExecutor:
         released."""
         reaped = 0
         for lease in self.leases.expired(self.runtime.clock.now()):
-            backup_id, cluster_id = lease.job_id, lease.cluster_id
-            if any(r.backup_id == backup_id for r in self.running.values()):
+            # Leases taken before the job id was the stream id name the bare backup id.
+            backup_id = UUID(str(lease.detail.get("backup_id", lease.job_id)))
+            cluster_id = lease.cluster_id
+            running = self.running.get(cluster_id)
+            if running is not None and running.backup_id == backup_id:
                 continue
             failed = self._record_failed(
                 cluster_id,
@@ -324,7 +333,7 @@ class BackupExecutor:
                 f"{self.settings.backup_lease_seconds:.0f} s (it died or lost the database)",
                 "executor lease",
             )
-            self.leases.release(backup_id)
+            self.leases.release(lease.job_id)
             reaped += int(failed)
         return reaped
 

@@ -48,7 +48,7 @@ from managed_backups.shared.domain.backup import load_backup
 from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.domain.errors import Conflict, NotFound, Refused
 from managed_backups.shared.domain.ids import cluster_aggregate_id
-from managed_backups.shared.domain.restore import Restore
+from managed_backups.shared.domain.restore import Restore, load_job, load_restore
 from managed_backups.shared.domain.restore_rules import (
     backup_is_restorable,
     caller_may_restore_from_source_into_destination,
@@ -86,7 +86,7 @@ def cluster_access(
 
 @dataclass
 class Running:
-    restore_id: UUID
+    job_id: UUID
     cancel: threading.Event = field(default_factory=threading.Event)
     bytes_done: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -166,8 +166,9 @@ class RestoreService:
             source, destination, command.restore_opts.skip_localities_check
         )
         destination_not_on_an_older_major_version(source, destination)
-        if store.get_or_none(command.restore_id, Restore) is not None:
+        if load_restore(store, destination.cluster_id, command.restore_id) is not None:
             return Handled([], destination.cluster_id)  # a repeated StartRestore starts nothing
+        job_id = Restore.create_id(destination.cluster_id, command.restore_id)
         objects = [o.model_dump(by_alias=True, exclude_none=True) for o in command.objects]
         objects_match_the_restore_type(command.restore_type, objects, opts)
         no_other_restore_while_a_cluster_restore_runs(
@@ -221,7 +222,7 @@ class RestoreService:
             kind=command.restore_type.value,
             source_database=database,
             target_database=into or command.restore_opts.new_db_name or database,
-            job_id=command.restore_id,
+            job_id=job_id,
             tables=tables,
             views=views,
             into_existing=into is not None,
@@ -238,14 +239,14 @@ class RestoreService:
         # It names every backup of the chain the restore reads: retention deletes none of them
         # while the lease is held (the job re-checks their expiry once it is recorded).
         if not self.leases.take(
-            command.restore_id,
+            job_id,
             destination.cluster_id,
             self.name,
             lease,
             {
                 "target_database": plan.target_database,
                 jobs.EXCLUSIVE: cluster_kind,
-                **jobs.holding([m.backup_id for m in chain]),
+                **jobs.holding([m.backup_id for m in chain], source.cluster_id),
             },
         ):
             raise Conflict(f"restore {command.restore_id} is being started by another worker")
@@ -271,8 +272,8 @@ class RestoreService:
         job = Job(restore, plan, chain, objects_store, access)
 
         async def start() -> None:
-            running = Running(command.restore_id)
-            self.running[command.restore_id] = running
+            running = Running(job_id)
+            self.running[job_id] = running
             self._spawn(self._run(job, running))
 
         return Handled([restore], destination.cluster_id, follow_up=start)
@@ -284,8 +285,8 @@ class RestoreService:
 
     # -- the job ---------------------------------------------------------------------------------
 
-    def _record(self, restore_id: UUID, change: Callable[[Restore], object]) -> bool:
-        restore = self.runtime.store.get_or_none(restore_id, Restore)
+    def _record(self, job_id: UUID, change: Callable[[Restore], object]) -> bool:
+        restore = load_job(self.runtime.store, job_id)
         if restore is None or restore.is_terminal:
             return False
         change(restore)
@@ -310,18 +311,16 @@ class RestoreService:
         except Refused as refused:
             raise PlanError("BACKUP_NOT_RESTORABLE", refused.reason, "check the backup") from None
 
-    def _fail(self, restore_id: UUID, code: str, message: str, step: str, state: str) -> bool:
+    def _fail(self, job_id: UUID, code: str, message: str, step: str, state: str) -> bool:
         now = self.runtime.clock.now()
-        return self._record(
-            restore_id, lambda r: r.fail(code, message, step, state, now, self.name)
-        )
+        return self._record(job_id, lambda r: r.fail(code, message, step, state, now, self.name))
 
-    def _progress(self, restore_id: UUID, bytes_done: int) -> bool:
+    def _progress(self, job_id: UUID, bytes_done: int) -> bool:
         now = self.runtime.clock.now()
-        return self._record(restore_id, lambda r: r.progress(bytes_done, now, self.name))
+        return self._record(job_id, lambda r: r.progress(bytes_done, now, self.name))
 
     async def _run(self, job: Job, running: Running) -> None:
-        restore_id = job.restore.restore_id
+        job_id = job.restore.id  # the stream id: also the lease and the temporary databases
         clock = self.runtime.clock
         tick = max(0.05, min(1.0, self.settings.restore_lease_seconds / 3))
         state = destination_state(job.plan, job.plan.target_database)
@@ -331,7 +330,7 @@ class RestoreService:
                 total = plan_bytes(job.chain, job.plan)
                 await asyncio.to_thread(
                     self._record,
-                    restore_id,
+                    job_id,
                     lambda r: r.start_running(total, clock.now(), self.name),
                 )
                 work = asyncio.create_task(
@@ -350,33 +349,31 @@ class RestoreService:
                     if work.done():
                         break
                     until = jobs.lease_until(clock.now(), self.settings.restore_lease_seconds)
-                    await asyncio.to_thread(self.leases.renew, restore_id, until)
-                    await asyncio.to_thread(
-                        self._progress, restore_id, min(running.bytes_done, total)
-                    )
+                    await asyncio.to_thread(self.leases.renew, job_id, until)
+                    await asyncio.to_thread(self._progress, job_id, min(running.bytes_done, total))
                 restored = work.result()
                 await asyncio.to_thread(
                     self._record,
-                    restore_id,
+                    job_id,
                     lambda r: r.succeed(running.bytes_done, restored, clock.now(), self.name),
                 )
         except PlanError as error:
             await asyncio.to_thread(
-                self._fail, restore_id, error.code, error.message, error.step, state
+                self._fail, job_id, error.code, error.message, error.step, state
             )
         except Exception as error:  # never leave a job running because of a bug
-            log.exception("restore %s failed unexpectedly", restore_id)
+            log.exception("restore %s failed unexpectedly", job.restore.restore_id)
             await asyncio.to_thread(
                 self._fail,
-                restore_id,
+                job_id,
                 "INTERNAL",
                 f"{type(error).__name__}: {error}",
                 "restore service",
                 state,
             )
         finally:
-            self.running.pop(restore_id, None)
-            await asyncio.to_thread(self.leases.release, restore_id)
+            self.running.pop(job_id, None)
+            await asyncio.to_thread(self.leases.release, job_id)
 
     # -- leases ----------------------------------------------------------------------------------
 
