@@ -27,7 +27,7 @@ from managed_backups.services.api import (
     system,
 )
 from managed_backups.services.api.dependencies import ApiContext
-from managed_backups.services.api.limits import AuthenticatedBoundedBodies
+from managed_backups.services.api.limits import AuthenticatedBoundedBodies, PlainRequestLines
 from managed_backups.services.runtime import Runtime
 from managed_backups.shared.gateway import CommandGateway
 from managed_backups.shared.secrets import ConnectionSecrets
@@ -75,6 +75,7 @@ def create_app(runtime: Runtime, gateway: CommandGateway) -> FastAPI:
         secrets=ConnectionSecrets(runtime.db, runtime.settings.secrets_path),
     )
     app.add_middleware(AuthenticatedBoundedBodies, authenticate=runtime.authenticator.authenticate)
+    app.add_middleware(PlainRequestLines)
     errors.install(app)
     for router in ROUTERS:
         app.include_router(router)

@@ -19,7 +19,8 @@ def validation_message(exc: RequestValidationError) -> str:
     parts = []
     for e in exc.errors():
         loc = ".".join(str(x) for x in e["loc"] if x not in ("body", "query", "path"))
-        parts.append(f"{loc}: {e['msg']}" if loc else str(e["msg"]))
+        message = str(e["msg"]).removeprefix("Value error, ")
+        parts.append(f"{loc}: {message}" if loc else message)
     return "; ".join(parts)
 
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from managed_backups.shared.domain.errors import NotAuthenticated
 
@@ -23,6 +25,31 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MAX_BODY_BYTES = 64 * 1024
 BODYLESS = frozenset({"GET", "HEAD", "OPTIONS"})
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
+
+
+class PlainRequestLines:
+    """A path or query naming a control character (``%00``, ``%0a``...) is answered 400 before
+    any route sees it: no id, name or filter holds one, and PostgreSQL cannot even compare
+    text with a NUL (the views would fail with a 500)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            raw = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogateescape")
+            for part in (unquote_to_bytes(raw), unquote_to_bytes(scope.get("query_string", b""))):
+                found = _CONTROL.search(part)
+                if found is not None:
+                    what = (
+                        "NUL (\\0)"
+                        if found.group() == b"\0"
+                        else f"control character {found.group()!r}"
+                    )
+                    await _answer(send, 400, f"the request's path or query contains {what}")
+                    return
+        await self.app(scope, receive, send)
 
 
 class AuthenticatedBoundedBodies:
