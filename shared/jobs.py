@@ -118,15 +118,7 @@ class JobLeases:
         )
 
     def expired(self, now: datetime) -> list[Lease]:
-        rows = self.db.query(
-            f"SELECT job_id, cluster_id, owner, lease_until, detail FROM {TABLE} WHERE kind = ?",
-            (self.kind,),
-        )
-        leases = [
-            Lease(UUID(j), self.kind, c, o, datetime.fromisoformat(u), json.loads(d))
-            for j, c, o, u, d in rows
-        ]
-        return [lease for lease in leases if lease.until < now]
+        return [lease for lease in of_kind(self.db, self.kind) if lease.until < now]
 
     def reap(
         self,
@@ -166,6 +158,23 @@ def on_cluster(db: SqlDatabase, cluster_id: str) -> list[Lease]:
         for k, j, o, u, d in rows
     ]
 
+
+def of_kind(db: SqlDatabase, kind: str) -> list[Lease]:
+    """Every lease of ``kind`` (expired or not): the jobs of that kind queued or running."""
+    ensure_table(db)
+    rows = db.query(
+        f"SELECT job_id, cluster_id, owner, lease_until, detail FROM {TABLE} WHERE kind = ?",
+        (kind,),
+    )
+    return [
+        Lease(UUID(j), kind, c, o, datetime.fromisoformat(u), json.loads(d))
+        for j, c, o, u, d in rows
+    ]
+
+
+ORGANIZATION = "organization"
+"""The lease detail key naming the organization of the job's cluster (what bounds jobs per
+organization count by)."""
 
 EXCLUSIVE = "exclusive"
 """The lease detail key of a job no other job of its cluster may run beside (a CLUSTER restore:

@@ -58,7 +58,22 @@ class Settings(BaseSettings):
         description="A running restore renews its lease every third of this; an expired lease "
         "fails the restore (its worker died) and drops its temporary databases.",
     )
-    max_concurrent_restores: int = 2
+    max_concurrent_restores: int = Field(
+        default=2,
+        description="Restore jobs an instance runs at once; a freed slot goes to the "
+        "organization with the fewest jobs running.",
+    )
+    max_restores_per_cluster: int = Field(
+        default=4,
+        ge=1,
+        description="Restore jobs queued or running into one cluster; more are refused (429).",
+    )
+    max_restores_per_organization: int = Field(
+        default=10,
+        ge=1,
+        description="Restore jobs queued or running into one organization's clusters; more are "
+        "refused (429).",
+    )
     retention_interval_minutes: float = Field(
         default=5.0,
         description="The retention service runs a pass every this many minutes of the system "

@@ -18,7 +18,7 @@ from typing import Any
 from uuid import UUID
 
 from managed_backups.contracts.commands import TakeBackup, VerifyBackup
-from managed_backups.contracts.enums import BackupStatus, BackupType
+from managed_backups.contracts.enums import BackupStatus, BackupType, Tier
 from managed_backups.services.executor.leases import backup_leases
 from managed_backups.services.runtime import Runtime
 from managed_backups.shared import jobs
@@ -34,7 +34,7 @@ from managed_backups.shared.domain.backup_lifecycle import (
     backup_expires_at,
     refuse_second_backup,
 )
-from managed_backups.shared.domain.backup_settings import require_allowed_retention
+from managed_backups.shared.domain.backup_settings import backup_retention_follows_the_cluster
 from managed_backups.shared.domain.catalog import summarise_catalog
 from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.domain.errors import Conflict, NotFound, not_registered
@@ -109,8 +109,13 @@ class BackupExecutor:
         self, command: TakeBackup, principal: Principal, context: CommandContext
     ) -> Handled:
         cluster = self._live_cluster(command.cluster_id, principal, Action.TAKE_BACKUP)
-        if command.retention_days is not None:
-            require_allowed_retention(command.retention_days)
+        retention_days = backup_retention_follows_the_cluster(
+            cluster.cluster_id,
+            Tier(cluster.tier),
+            cluster.retention_days,
+            command.retention_days,
+            cluster.scheduled_retention(command.backup_id),
+        )
         if load_backup(context.store, cluster.cluster_id, command.backup_id) is not None:
             return Handled([], command.cluster_id)  # a duplicate TakeBackup does nothing
         running = self.running.get(cluster.cluster_id)
@@ -149,7 +154,7 @@ class BackupExecutor:
             chain_id=chain_id,
             reason=command.reason.value,
             region=cluster.backup_region,
-            retention_days=command.retention_days or cluster.retention_days,
+            retention_days=retention_days,
             scheduled_for=command.scheduled_for,
             executor=self.name,
             lease_until=lease,

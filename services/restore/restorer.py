@@ -25,6 +25,7 @@ from uuid import UUID
 
 from managed_backups.contracts.commands import StartRestore
 from managed_backups.contracts.enums import RestoreType
+from managed_backups.services.restore.fair import FairSlots
 from managed_backups.services.runtime import Runtime
 from managed_backups.shared import jobs
 from managed_backups.shared.cluster_connection import cluster_connection
@@ -60,6 +61,8 @@ from managed_backups.shared.domain.restore_rules import (
     multi_region_backup_not_into_single_region_cluster,
     no_other_restore_while_a_cluster_restore_runs,
     objects_match_the_restore_type,
+    restore_jobs_within_bounds,
+    table_restore_not_into_a_template_or_postgres,
 )
 from managed_backups.shared.eventstore import EventStore, IntegrityError
 from managed_backups.shared.region_stores import RegionStores
@@ -104,6 +107,16 @@ class Job:
     chain: Sequence[Manifest]
     store: ObjectStore
     access: ClusterAccess
+    organization: str
+
+
+def is_template(access: ClusterAccess, database: str) -> bool:
+    """Whether ``database`` is a template on the destination (``datistemplate``)."""
+    with access.connect() as conn:
+        row = conn.execute(
+            "SELECT datistemplate FROM pg_database WHERE datname = %s", (database,)
+        ).fetchone()
+    return bool(row and row[0])
 
 
 def destination_state(plan: RestorePlan | None, target: str | None) -> str:
@@ -130,7 +143,8 @@ class RestoreService:
         self.name = name
         self.running: dict[UUID, Running] = {}
         self.tasks: set[asyncio.Task[None]] = set()
-        self.slots = asyncio.Semaphore(max(1, self.settings.max_concurrent_restores))
+        # A freed slot goes to the organization with the fewest jobs running (fair.py).
+        self.slots = FairSlots(self.settings.max_concurrent_restores)
         self.stores = RegionStores(runtime.settings)
         self.leases = jobs.JobLeases(runtime.db, JOB_KIND)
         self.secrets = ConnectionSecrets(runtime.db, self.settings.secrets_path)
@@ -231,6 +245,13 @@ class RestoreService:
             skip_missing_views=command.restore_opts.skip_missing_views,
         )
         try:
+            if command.restore_type is RestoreType.TABLE:
+                table_restore_not_into_a_template_or_postgres(
+                    principal,
+                    destination,
+                    plan.target_database,
+                    plan.into_existing and is_template(access, plan.target_database),
+                )
             check_destination(access, plan)
         except PlanError as exc:
             raise Refused(exc.message, 503 if exc.code == "CONNECTION_FAILED" else 409) from None
@@ -245,11 +266,17 @@ class RestoreService:
             lease,
             {
                 "target_database": plan.target_database,
+                jobs.ORGANIZATION: destination.organization,
                 jobs.EXCLUSIVE: cluster_kind,
                 **jobs.holding([m.backup_id for m in chain], source.cluster_id),
             },
         ):
             raise Conflict(f"restore {command.restore_id} is being started by another worker")
+        try:
+            self._within_bounds(store, destination)
+        except Refused:
+            self.leases.release(job_id)  # counted while it was taken; never recorded
+            raise
         restore = Restore(
             restore_id=command.restore_id,
             cluster_id=destination.cluster_id,
@@ -269,7 +296,7 @@ class RestoreService:
             at=now,
             by=principal.name,
         )
-        job = Job(restore, plan, chain, objects_store, access)
+        job = Job(restore, plan, chain, objects_store, access, destination.organization)
 
         async def start() -> None:
             running = Running(job_id)
@@ -277,6 +304,30 @@ class RestoreService:
             self._spawn(self._run(job, running))
 
         return Handled([restore], destination.cluster_id, follow_up=start)
+
+    def _within_bounds(self, store: EventStore, destination: Cluster) -> None:
+        """Counted with this job's lease already taken: two jobs started at once on two
+        instances both see each other (both may be refused, never both admitted past the
+        bound)."""
+        leases = jobs.of_kind(self.runtime.db, JOB_KIND)
+        organizations: dict[str, str | None] = {destination.cluster_id: destination.organization}
+
+        def organization(lease: jobs.Lease) -> str | None:
+            known = lease.detail.get(jobs.ORGANIZATION)
+            if known is not None:
+                return str(known)
+            if lease.cluster_id not in organizations:  # a lease taken before it was recorded
+                cluster = store.get_or_none(cluster_aggregate_id(lease.cluster_id), Cluster)
+                organizations[lease.cluster_id] = cluster.organization if cluster else None
+            return organizations[lease.cluster_id]
+
+        restore_jobs_within_bounds(
+            destination,
+            sum(1 for lease in leases if lease.cluster_id == destination.cluster_id),
+            sum(1 for lease in leases if organization(lease) == destination.organization),
+            self.settings.max_restores_per_cluster,
+            self.settings.max_restores_per_organization,
+        )
 
     def _spawn(self, coroutine: Any) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coroutine)
@@ -325,7 +376,7 @@ class RestoreService:
         tick = max(0.05, min(1.0, self.settings.restore_lease_seconds / 3))
         state = destination_state(job.plan, job.plan.target_database)
         try:
-            async with self.slots:
+            async with self.slots.slot(job.organization):
                 await asyncio.to_thread(self._chain_still_restorable, job)
                 total = plan_bytes(job.chain, job.plan)
                 await asyncio.to_thread(

@@ -62,5 +62,11 @@ class Conflict(Refused):
     code = 409
 
 
+class TooMany(Refused):
+    """A bound on queued or running work is reached: retry once some of it has ended."""
+
+    code = 429
+
+
 class Malformed(Refused):
     code = 422
