@@ -153,6 +153,12 @@ def _up(data_dir_option: Path | None, api_port: int | None, simulated_clock: boo
         kafka_bootstrap_servers=bootstrap,
         simulated_clock=simulated_clock or None,
     )
+    # Local development: clusters on this machine are allowed unless the environment says not.
+    allow_local = (
+        settings.allow_local_clusters
+        if "allow_local_clusters" in settings.model_fields_set
+        else True
+    )
     children: dict[str, subprocess.Popen[bytes]] = {}
     try:
         asyncio.run(ensure_topics(bootstrap))
@@ -173,6 +179,7 @@ def _up(data_dir_option: Path | None, api_port: int | None, simulated_clock: boo
             "MANAGED_BACKUPS_API_PORT": str(settings.api_port),
             "MANAGED_BACKUPS_SIMULATED_CLOCK": "true" if settings.simulated_clock else "false",
             "MANAGED_BACKUPS_SERVICE_CREDENTIAL": service_key,
+            "MANAGED_BACKUPS_ALLOW_LOCAL_CLUSTERS": str(allow_local),
         }
         logs = data_dir / "logs"
         logs.mkdir(exist_ok=True)
@@ -203,6 +210,12 @@ def _up(data_dir_option: Path | None, api_port: int | None, simulated_clock: boo
         note = "created" if created else "kept"
         print(f"  administrator API key ({note}, also in {settings.admin_key_path}):")
         print(f"    {admin_key}")
+        if allow_local:
+            print(
+                "  warning: clusters on loopback and link-local addresses are allowed (local "
+                "development; MANAGED_BACKUPS_ALLOW_LOCAL_CLUSTERS=false refuses them, as "
+                "production must)"
+            )
         print("Ctrl-C stops everything.", flush=True)
 
         stopping = False

@@ -100,6 +100,17 @@ class Settings(BaseSettings):
         description="Tables a BackupCompleted event lists at most; the views read the rest of a "
         "large catalog from the backup's manifest.",
     )
+    allow_local_clusters: bool = Field(
+        default=False,
+        description="Let clusters' connections go to loopback and link-local addresses (local "
+        "development: `managed-backups up` turns it on, with a warning). The installation's own "
+        "endpoints are refused whatever this says.",
+    )
+    cluster_ca_dir: Path | None = Field(
+        default=None,
+        description="The directory of CA certificates a connection_ref's sslrootcert may name "
+        "(by file name). Default: <data-dir>/cluster-cas.",
+    )
     secrets_dir: Path | None = Field(
         default=None,
         description="Secret store directory (mode 0700): the key encrypting the clusters' "
@@ -119,6 +130,10 @@ class Settings(BaseSettings):
     @property
     def secrets_path(self) -> Path:
         return self.secrets_dir or self.data_dir / "secrets"
+
+    @property
+    def cluster_ca_path(self) -> Path:
+        return self.cluster_ca_dir or self.data_dir / "cluster-cas"
 
     @property
     def pgpass_file(self) -> Path:

@@ -86,7 +86,7 @@ class BackupExecutor:
                 f"engine {cluster.engine} is not supported yet",
                 "select engine adapter",
             )
-        connection = cluster_connection(cluster, self.secrets, self.settings.pgpass_file)
+        connection = cluster_connection(cluster, self.secrets, self.settings)
         return connection.postgres_adapter()
 
     def _live_cluster(self, cluster_id: str, principal: Principal, action: Action) -> Cluster:

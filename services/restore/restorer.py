@@ -82,7 +82,7 @@ def cluster_access(
     (``shared/cluster_connection.py``), its allow-listed ``connection_ref`` and its own secret,
     libpq's own lookups closed. A reference or secret that cannot be used is a refusal."""
     try:
-        return cluster_connection(cluster, secrets, settings.pgpass_file).restore_access()
+        return cluster_connection(cluster, secrets, settings).restore_access()
     except BackupError as exc:
         raise Refused(f"cluster {cluster.cluster_id}: {exc.message}", 409) from None
 
