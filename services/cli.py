@@ -185,10 +185,12 @@ def _up(data_dir_option: Path | None, api_port: int | None, simulated_clock: boo
         logs.mkdir(exist_ok=True)
 
         def spawn(name: str) -> subprocess.Popen[bytes]:
-            log = (logs / f"{name}.log").open("ab")
+            # The service logs to name.log, rotated by size; name.out keeps what it prints
+            # outside logging (a crash's traceback), appended.
+            log = (logs / f"{name}.out").open("ab")
             return subprocess.Popen(
                 [sys.executable, "-m", "managed_backups.services.cli", "service", name],
-                env=env,
+                env={**env, "MANAGED_BACKUPS_LOG_FILE": str(logs / f"{name}.log")},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 preexec_fn=child_preexec_fn(),
@@ -421,7 +423,7 @@ def cmd_service(
     from managed_backups.services.runtime import configure_logging, open_runtime, stop_on_signals
 
     settings = _settings(data_dir)
-    configure_logging(name, settings.log_level)
+    configure_logging(name, settings)
     runtime = open_runtime(settings)
 
     async def main() -> None:

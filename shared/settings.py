@@ -89,6 +89,33 @@ class Settings(BaseSettings):
         default=None, repr=False, description="The CLI's API key (default: the admin key file)."
     )
     log_level: str = "INFO"
+    log_file: Path | None = Field(
+        default=None,
+        description="Write the service's log to this file, rotated by size (`up` sets one per "
+        "service under <data-dir>/logs); default: standard error.",
+    )
+    log_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, description="Rotation size.")
+    log_backups: int = Field(default=5, ge=1, description="Rotated log files kept.")
+    api_max_connections: int = Field(
+        default=1000,
+        ge=1,
+        description="Open connections the API keeps; past it the oldest connection still "
+        "sending its request's headers is closed (or, if none is, the new one is answered 503).",
+    )
+    api_max_requests: int = Field(
+        default=32,
+        ge=1,
+        description="Requests the API handles at once (/healthz aside); more are answered 503.",
+    )
+    api_header_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Time a client has to send a request's headers."
+    )
+    api_body_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="Time a client has to send each part of a request body."
+    )
+    api_keepalive_seconds: float = Field(
+        default=5.0, gt=0, description="How long an idle keep-alive connection stays open."
+    )
     test_crash_at: str | None = Field(
         default=None,
         description="Tests only: the name of a fault point where the process exits abruptly "

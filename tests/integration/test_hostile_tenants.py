@@ -542,3 +542,142 @@ async def test_verify_full_with_a_ca_from_the_ca_directory_backs_up_and_restores
     failed = await wait_terminal(system, await take(system, impostor))
     assert failed.status == "FAILED" and failed.error is not None
     assert "certificate verify failed" in failed.error["message"], failed.error
+
+
+# -- 2. slow clients --------------------------------------------------------------------------
+
+
+HALF_OPEN = 600
+OPEN_FILES = 400  # the API process's limit: half-open sockets alone would exhaust it
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def health(port: int) -> int:
+    import httpx
+
+    async with httpx.AsyncClient(timeout=3) as client:
+        return (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code
+
+
+async def read_answer(reader: asyncio.StreamReader, timeout: float) -> bytes:
+    """What the server sent until it closed the connection (within ``timeout``)."""
+    received = b""
+    try:
+        async with asyncio.timeout(timeout):
+            while chunk := await reader.read(4096):
+                received += chunk
+    except (TimeoutError, ConnectionError):
+        pass
+    return received
+
+
+async def test_slow_and_half_open_clients_cannot_exhaust_the_api(
+    tmp_path: Path, kafka: str
+) -> None:
+    """A real API process (its open-files limit set low) against real half-open sockets,
+    slow bodies and malformed requests: /healthz keeps answering, half-sent requests are
+    closed after the header timeout, requests past the limit get a clear 503, and the log
+    holds a few lines, not one per attacker."""
+    import resource
+    import subprocess
+    import sys
+
+    port = free_port()
+    log = tmp_path / "logs" / "api.log"
+    env = {
+        **os.environ,
+        "MANAGED_BACKUPS_DATA_DIR": str(tmp_path / "data"),
+        "MANAGED_BACKUPS_KAFKA_BOOTSTRAP_SERVERS": kafka,
+        "MANAGED_BACKUPS_API_PORT": str(port),
+        "MANAGED_BACKUPS_API_MAX_CONNECTIONS": "100",
+        "MANAGED_BACKUPS_API_MAX_REQUESTS": "4",
+        "MANAGED_BACKUPS_API_HEADER_TIMEOUT_SECONDS": "3",
+        "MANAGED_BACKUPS_API_BODY_TIMEOUT_SECONDS": "3",
+        "MANAGED_BACKUPS_LOG_FILE": str(log),
+    }
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (OPEN_FILES, OPEN_FILES))
+
+    api = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "managed_backups.services.cli",
+        "service",
+        "api",
+        env=env,
+        stdout=(tmp_path / "api.out").open("wb"),
+        stderr=subprocess.STDOUT,
+        preexec_fn=low_limit,
+    )
+    writers: list[asyncio.StreamWriter] = []
+    try:
+        async with asyncio.timeout(90):
+            while True:
+                assert api.returncode is None, (tmp_path / "api.out").read_text()
+                try:
+                    if await health(port) == 200:
+                        break
+                except Exception:
+                    await asyncio.sleep(0.2)
+        key = (tmp_path / "data" / "admin-api-key").read_text().strip()
+
+        # Half-open requests: headers never finished.
+        streams = []
+        for _ in range(HALF_OPEN):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: api\r\n")
+            writers.append(writer)
+            streams.append(reader)
+        for _ in range(5):
+            assert await health(port) == 200
+        # Every half-open request is closed: by the header timeout, or to make room.
+        answers = await asyncio.gather(*(read_answer(r, 10) for r in streams[-50:]))
+        assert all(a == b"" or a.startswith(b"HTTP/1.1 408") for a in answers), answers[:3]
+        assert any(a.startswith(b"HTTP/1.1 408") for a in answers)
+
+        # Slow bodies: each request past the limit is answered 503 at once, and the slow ones
+        # 408 once their body is late; /healthz answers throughout.
+        slow = []
+        for _ in range(6):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                b"PUT /api/v1/clusters/c1/connection-secret HTTP/1.1\r\nHost: api\r\n"
+                + f"Authorization: Bearer {key}\r\n".encode()
+                + b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+            )
+            await writer.drain()
+            writers.append(writer)
+            slow.append(reader)
+            await asyncio.sleep(0.2)
+        assert await health(port) == 200
+        answers = await asyncio.gather(*(read_answer(r, 10) for r in slow))
+        busy = [a for a in answers if a.startswith(b"HTTP/1.1 503")]
+        late = [a for a in answers if a.startswith(b"HTTP/1.1 408")]
+        assert len(busy) == 2 and len(late) == 4, answers
+        assert b"MANAGED_BACKUPS_API_MAX_REQUESTS" in busy[0]
+        assert b"MANAGED_BACKUPS_API_BODY_TIMEOUT_SECONDS" in late[0]
+
+        # Malformed requests: uvicorn warns about each; the log keeps a few.
+        for _ in range(300):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+            await read_answer(reader, 5)
+            writer.close()
+        assert await health(port) == 200
+    finally:
+        for writer in writers:
+            writer.close()
+        api.terminate()
+        await asyncio.wait_for(api.wait(), 30)
+    text = log.read_text()
+    assert 0 < text.count("Invalid HTTP request received") <= 10, text[-2000:]
+    assert log.stat().st_size < 64 * 1024
