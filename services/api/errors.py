@@ -3,9 +3,10 @@
 rules, and validation errors, which are 400 here (not FastAPI's 422) with one message naming
 each invalid field."""
 
-from fastapi import FastAPI, HTTPException, Request, status
+from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from managed_backups.shared.domain.errors import Refused
 
@@ -27,8 +28,10 @@ def validation_message(exc: RequestValidationError) -> str:
 def install(app: FastAPI) -> None:
     """Answer every error with the one error body."""
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    # Starlette's own HTTPException (FastAPI's is a subclass): unknown routes, methods not
+    # allowed and bodies that are not JSON get the one error body too.
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error(exc.status_code, str(exc.detail))
 
     @app.exception_handler(Refused)

@@ -8,6 +8,7 @@ ids only: database and table names never reach a key) without changing what it n
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from uuid import UUID
@@ -29,6 +30,8 @@ from managed_backups.shared.dataplane.manifest import chain_prefix, manifest_key
 from managed_backups.shared.dataplane.restore_plan import TEMP_PREFIX, ClusterAccess
 from managed_backups.shared.dataplane.sql import quote_ident, quote_literal
 
+EXAMPLES = int(os.environ.get("MANAGED_BACKUPS_PROPERTY_EXAMPLES", "100"))
+"""Examples per property (``.ci/run``'s fuzz step runs 1000)."""
 HOSTILE = st.text(
     alphabet=st.one_of(
         st.sampled_from(list("\"';/\\. -_$*?[]()%\n\r\t\x00\x7f`")),
@@ -57,13 +60,13 @@ def accepted(name: str) -> bool:
     return True
 
 
-@settings(max_examples=300)
+@settings(max_examples=EXAMPLES)
 @given(HOSTILE)
 def test_the_contract_accepts_exactly_the_names_postgresql_can_hold(name: str) -> None:
     assert accepted(name) == holdable(name)
 
 
-@settings(max_examples=300)
+@settings(max_examples=EXAMPLES)
 @given(HOSTILE)
 def test_a_restore_never_names_a_temporary_database(name: str) -> None:
     target = RESERVED_DATABASE_PREFIX + name
@@ -77,7 +80,7 @@ def test_the_reserved_prefix_is_the_restore_services_own() -> None:
     assert RESERVED_DATABASE_PREFIX == TEMP_PREFIX
 
 
-@settings(max_examples=300)
+@settings(max_examples=EXAMPLES)
 @given(HOSTILE)
 def test_a_name_never_escapes_its_connection_string(name: str) -> None:
     if not holdable(name):
@@ -96,7 +99,9 @@ def conn(postgres_server: str) -> Iterator[psycopg.Connection[tuple[object, ...]
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(HOSTILE)
 def test_a_name_never_escapes_its_sql_identifier_or_literal(
@@ -115,7 +120,7 @@ def test_a_name_never_escapes_its_sql_identifier_or_literal(
     assert conn.execute("SELECT to_regclass('names_canary') IS NOT NULL").fetchone() == (True,)
 
 
-@settings(max_examples=300)
+@settings(max_examples=EXAMPLES)
 @given(HOSTILE, st.uuids())
 def test_a_cluster_id_never_escapes_its_object_store_prefix(name: str, chain: UUID) -> None:
     try:
