@@ -37,6 +37,7 @@ from managed_backups.services.registry import service_names
 from managed_backups.shared.clock import WallClock
 from managed_backups.shared.eventstore import open_event_store
 from managed_backups.shared.security import Grant, new_api_key
+from tests.conftest import fresh_database
 
 pytestmark = pytest.mark.integration
 
@@ -63,8 +64,11 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory, kafka: str) -> Iterator[Running]:
+def running(
+    tmp_path_factory: pytest.TempPathFactory, kafka: str, postgres_server: str
+) -> Iterator[Running]:
     tmp = tmp_path_factory.mktemp("fuzz")
+    store_url = fresh_database(postgres_server)  # as in production: PostgreSQL refuses more
     data, logs = tmp / "data", tmp / "logs"
     logs.mkdir()
     port = free_port()
@@ -72,6 +76,7 @@ def running(tmp_path_factory: pytest.TempPathFactory, kafka: str) -> Iterator[Ru
         **os.environ,
         "MANAGED_BACKUPS_DATA_DIR": str(data),
         "MANAGED_BACKUPS_KAFKA_BOOTSTRAP_SERVERS": kafka,
+        "MANAGED_BACKUPS_EVENT_STORE_URL": store_url,
         "MANAGED_BACKUPS_API_PORT": str(port),
         "MANAGED_BACKUPS_ALLOW_LOCAL_CLUSTERS": "true",
     }
@@ -119,7 +124,7 @@ def running(tmp_path_factory: pytest.TempPathFactory, kafka: str) -> Iterator[Ru
                 timeout=60,
             )
             assert published.returncode == 0, published.stdout + published.stderr
-        store = open_event_store(f"sqlite:///{data / 'events.sqlite'}")
+        store = open_event_store(store_url)
         operator = new_api_key(
             store,
             "fuzz-operator",
