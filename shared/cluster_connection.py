@@ -22,8 +22,10 @@ refused reference, ``AUTHENTICATION_FAILED`` for a secret that cannot be used), 
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,7 +79,9 @@ class NetworkPolicy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> NetworkPolicy:
-        return cls(own_endpoints(settings), settings.allow_local_clusters, settings.cluster_ca_path)
+        return cls(
+            _own_endpoints_cached(settings), settings.allow_local_clusters, settings.cluster_ca_path
+        )
 
 
 def cluster_connection(
@@ -179,6 +183,28 @@ def own_endpoints(settings: Settings) -> tuple[OwnEndpoint, ...]:
     return tuple(found)
 
 
+OWN_ENDPOINTS_TTL_SECONDS = 60.0
+_own_cache: dict[tuple[str, ...], tuple[float, tuple[OwnEndpoint, ...]]] = {}
+
+
+def _own_endpoints_cached(settings: Settings) -> tuple[OwnEndpoint, ...]:
+    """:func:`own_endpoints`, resolved again at most once a minute per configuration."""
+    key = (
+        settings.api_host,
+        str(settings.api_port),
+        settings.store_url,
+        settings.kafka_bootstrap_servers,
+        *sorted(f"{k}={v}" for k, v in settings.region_stores.items()),
+    )
+    now = time.monotonic()
+    cached = _own_cache.get(key)
+    if cached is not None and now - cached[0] < OWN_ENDPOINTS_TTL_SECONDS:
+        return cached[1]
+    own = own_endpoints(settings)
+    _own_cache[key] = (now, own)
+    return own
+
+
 def _addresses_of(host: str, port: int) -> Iterable[Address]:
     try:
         addresses = resolve(host or "0.0.0.0", port)
@@ -191,11 +217,8 @@ def _addresses_of(host: str, port: int) -> Iterable[Address]:
 
 def _this_machine(port: int) -> list[Address]:
     found: list[Address] = [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")]
-    for name in (socket.gethostname(), socket.getfqdn()):
-        try:
-            found += resolve(name, port)
-        except BackupError:
-            continue
+    with contextlib.suppress(BackupError):
+        found += resolve(socket.gethostname(), port)
     return found
 
 
