@@ -146,30 +146,27 @@ class JobLeases:
         return reaped
 
 
-def on_cluster(db: SqlDatabase, cluster_id: str) -> list[Lease]:
-    """Every job (of any kind) holding a lease on ``cluster_id``."""
+def _leases(db: SqlDatabase, column: str, value: str) -> list[Lease]:
     ensure_table(db)
     rows = db.query(
-        f"SELECT kind, job_id, owner, lease_until, detail FROM {TABLE} WHERE cluster_id = ?",
-        (cluster_id,),
+        f"SELECT kind, job_id, cluster_id, owner, lease_until, detail FROM {TABLE} "
+        f"WHERE {column} = ?",
+        (value,),
     )
     return [
-        Lease(UUID(j), k, cluster_id, o, datetime.fromisoformat(u), json.loads(d))
-        for k, j, o, u, d in rows
+        Lease(UUID(j), k, c, o, datetime.fromisoformat(u), json.loads(d))
+        for k, j, c, o, u, d in rows
     ]
+
+
+def on_cluster(db: SqlDatabase, cluster_id: str) -> list[Lease]:
+    """Every job (of any kind) holding a lease on ``cluster_id``."""
+    return _leases(db, "cluster_id", cluster_id)
 
 
 def of_kind(db: SqlDatabase, kind: str) -> list[Lease]:
     """Every lease of ``kind`` (expired or not): the jobs of that kind queued or running."""
-    ensure_table(db)
-    rows = db.query(
-        f"SELECT job_id, cluster_id, owner, lease_until, detail FROM {TABLE} WHERE kind = ?",
-        (kind,),
-    )
-    return [
-        Lease(UUID(j), kind, c, o, datetime.fromisoformat(u), json.loads(d))
-        for j, c, o, u, d in rows
-    ]
+    return _leases(db, "kind", kind)
 
 
 ORGANIZATION = "organization"

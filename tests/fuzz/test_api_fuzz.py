@@ -38,6 +38,7 @@ from managed_backups.shared.clock import WallClock
 from managed_backups.shared.eventstore import open_event_store
 from managed_backups.shared.security import Grant, new_api_key
 from tests.conftest import fresh_database
+from tests.integration.test_restore import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -52,15 +53,6 @@ class Running:
     clusters: list[str]
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     logs: Path = Path()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")

@@ -47,6 +47,7 @@ from tests.factories import new_cluster
 from tests.harness import System
 from tests.infra.postgres import LocalPostgres, _service_user
 from tests.integration.test_executor import connection_ref, executor_system, take, wait_terminal
+from tests.integration.test_restore import free_port
 from tests.restore_checks import table_digest
 
 pytestmark = pytest.mark.integration
@@ -549,15 +550,6 @@ async def test_verify_full_with_a_ca_from_the_ca_directory_backs_up_and_restores
 
 HALF_OPEN = 600
 OPEN_FILES = 400  # the API process's limit: half-open sockets alone would exhaust it
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def health(port: int) -> int:
