@@ -69,7 +69,8 @@ class System:
                 kafka_bootstrap_servers=kafka,
                 simulated_clock=simulated_clock,
                 simulated_clock_start="2026-01-05T00:00:00+00:00",
-                **settings,
+                # The tests' clusters are throw-away servers on 127.0.0.1.
+                **{"allow_local_clusters": True, **settings},
             )
         )
         await ensure_topics(kafka)
@@ -322,6 +323,7 @@ def service_process(system: System, name: str, log: Path, **env: str) -> subproc
             "MANAGED_BACKUPS_DATA_DIR": str(system.settings.data_dir),
             "MANAGED_BACKUPS_EVENT_STORE_URL": system.settings.store_url,
             "MANAGED_BACKUPS_KAFKA_BOOTSTRAP_SERVERS": system.settings.kafka_bootstrap_servers,
+            "MANAGED_BACKUPS_ALLOW_LOCAL_CLUSTERS": str(system.settings.allow_local_clusters),
             **env,
         },
         stdout=log.open("ab"),

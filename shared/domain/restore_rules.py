@@ -17,7 +17,14 @@ from managed_backups.contracts.enums import BackupStatus, RestoreType, Tier
 from managed_backups.shared.access import ClusterRef, require_on_cluster
 from managed_backups.shared.domain.backup import Backup, load_backup
 from managed_backups.shared.domain.cluster import Cluster
-from managed_backups.shared.domain.errors import BadValue, Conflict, Forbidden, NotFound, Refused
+from managed_backups.shared.domain.errors import (
+    BadValue,
+    Conflict,
+    Forbidden,
+    NotFound,
+    Refused,
+    TooMany,
+)
 from managed_backups.shared.eventstore import EventStore, event_topics
 from managed_backups.shared.security import Action, Principal
 
@@ -211,6 +218,74 @@ def objects_match_the_restore_type(
     databases = sorted({o["database"] for o in objects})
     if len(databases) > 1:
         raise BadValue(f"a TABLE restore takes tables of one database, not {', '.join(databases)}")
+    each_object_named_once(objects)
+
+
+def each_object_named_once(objects: Sequence[dict[str, Any]]) -> None:
+    """A request names each table once: a table named twice (a schema left out names
+    ``public``) would be restored twice, and the second copy fails after the first ran."""
+    seen: dict[tuple[str, str, str], int] = {}
+    for i, o in enumerate(objects):
+        key = (o["database"], o.get("schema") or "public", o.get("table") or "")
+        if key in seen:
+            raise BadValue(
+                f"objects[{i}] names {key[1]}.{key[2]} of database {key[0]} again "
+                f"(objects[{seen[key]}]); name each table once"
+            )
+        seen[key] = i
+
+
+TEMPLATE_DATABASES = ("template0", "template1")
+"""Templates every cluster has. A database with ``datistemplate`` set is one too."""
+MAINTENANCE_DATABASE = "postgres"
+
+
+def table_restore_not_into_a_template_or_postgres(
+    principal: Principal, destination: Cluster, target_database: str, target_is_template: bool
+) -> None:
+    """Rows restored into a template database appear in every database created from it
+    afterwards: no TABLE restore writes into one. The maintenance database ``postgres`` is
+    what tools and administrators connect to first: only a Cluster Admin (or above) restores
+    tables into it."""
+    if target_is_template or target_database in TEMPLATE_DATABASES:
+        raise BadValue(
+            f"database {target_database} is a template: tables restored into it would be "
+            "copied into every database created from it afterwards; restore into another "
+            "database (into_db) or a new one (new_db_name)"
+        )
+    if target_database == MAINTENANCE_DATABASE and not principal.can(
+        Action.CHANGE_BACKUP_SETTINGS, destination.organization, destination.cluster_id
+    ):
+        # CHANGE_BACKUP_SETTINGS is what a Cluster Admin has and a Cluster Operator has not.
+        raise Forbidden(
+            f"only a Cluster Admin may restore tables into database {MAINTENANCE_DATABASE} of "
+            f"cluster {destination.cluster_id}; restore into another database (into_db) or a "
+            "new one (new_db_name)"
+        )
+
+
+def restore_jobs_within_bounds(
+    destination: Cluster,
+    jobs_on_cluster: int,
+    jobs_in_organization: int,
+    per_cluster: int,
+    per_organization: int,
+) -> None:
+    """Queued and running restore jobs (this one included) are bounded per destination cluster
+    and per organization, so one tenant cannot fill the restore service's queue."""
+    if jobs_on_cluster > per_cluster:
+        raise TooMany(
+            f"cluster {destination.cluster_id} has {jobs_on_cluster - 1} restore jobs queued or "
+            f"running, the limit per cluster (MANAGED_BACKUPS_MAX_RESTORES_PER_CLUSTER={per_cluster}); "
+            "retry when one has ended"
+        )
+    if jobs_in_organization > per_organization:
+        raise TooMany(
+            f"organization {destination.organization} has {jobs_in_organization - 1} restore "
+            "jobs queued or running, the limit per organization "
+            f"(MANAGED_BACKUPS_MAX_RESTORES_PER_ORGANIZATION={per_organization}); retry when "
+            "one has ended"
+        )
 
 
 def no_other_restore_while_a_cluster_restore_runs(
