@@ -34,9 +34,6 @@ from schemathesis.checks import not_a_server_error
 from managed_backups.contracts import topics
 from managed_backups.contracts.enums import Role
 from managed_backups.services.registry import service_names
-from managed_backups.shared.clock import WallClock
-from managed_backups.shared.eventstore import open_event_store
-from managed_backups.shared.security import Grant, new_api_key
 from tests.conftest import fresh_database
 from tests.integration.test_restore import free_port
 
@@ -97,6 +94,9 @@ def running(
             time.sleep(0.3)
         admin = (data / "admin-api-key").read_text().strip()
         clusters = [f"fuzz-{uuid4().hex[:6]}" for _ in range(2)]
+        api = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {admin}"}, timeout=30)
+        created = api.post("/api/v1/organizations", json={"id": "fuzzers", "name": "Fuzzers"})
+        assert created.status_code == 200, created.text
         for cluster_id in clusters:
             command = {
                 "type": "RegisterCluster",
@@ -108,23 +108,48 @@ def running(
                 "database_version": "15",
                 "connection_ref": "postgresql://backup@127.0.0.1:1/postgres",
             }
+            # As a user publishes: the API signs the command for the key, the CLI puts it on
+            # the topic.
             published = subprocess.run(
-                [*cli, "publish", topics.CLUSTER_COMMANDS, json.dumps(command)],
+                [
+                    *cli,
+                    "publish",
+                    topics.CLUSTER_COMMANDS,
+                    json.dumps(command),
+                    "--api-url",
+                    url,
+                    "--bootstrap-servers",
+                    kafka,
+                ],
                 env={**env, "MANAGED_BACKUPS_CREDENTIAL": admin},
                 capture_output=True,
                 text=True,
                 timeout=60,
             )
             assert published.returncode == 0, published.stdout + published.stderr
-        store = open_event_store(store_url)
-        operator = new_api_key(
-            store,
-            "fuzz-operator",
-            [Grant(Role.CLUSTER_OPERATOR, f"cluster:{clusters[0]}")],
-            WallClock(),
-            by="test",
+        # The tenant's operator: an account of the organization with Cluster Operator on the
+        # first cluster, and its key, made through the API as an administrator makes them.
+        account = api.post(
+            "/api/v1/service-accounts", json={"name": "fuzz-operator", "organization": "fuzzers"}
         )
-        store.close()
+        assert account.status_code == 200, account.text
+        granted = api.post(
+            "/api/v1/role-grants",
+            json={
+                "service_account_id": account.json()["id"],
+                "role_name": Role.CLUSTER_OPERATOR.value,
+                "resource_type": "CLUSTER",
+                "resource_id": clusters[0],
+            },
+        )
+        assert granted.status_code == 200, granted.text
+        key = api.post(
+            "/api/v1/api-keys",
+            json={"name": "fuzz-operator", "service_account_id": account.json()["id"]},
+        )
+        assert key.status_code == 200, key.text
+        operator = key.json()["secret"]
+        api.close()
         yield Running(url, {"admin": admin, "operator": operator}, clusters, processes, logs)
     finally:
         for process in processes.values():

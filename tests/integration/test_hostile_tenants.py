@@ -41,7 +41,6 @@ from managed_backups.shared.domain.backup import load_backup
 from managed_backups.shared.domain.ids import cluster_aggregate_id
 from managed_backups.shared.domain.restore import Restore, load_restore
 from managed_backups.shared.eventstore import open_event_store
-from managed_backups.shared.security import Grant, new_api_key
 from managed_backups.shared.settings import Settings
 from tests.factories import new_cluster
 from tests.harness import System
@@ -77,12 +76,6 @@ class World:
     evil_admin: str
 
 
-def key(system: System, name: str, role: Role, scope: str) -> str:
-    assert system.api_runtime is not None
-    runtime = system.api_runtime
-    return new_api_key(runtime.store, name, [Grant(role, scope)], runtime.clock, by="test")
-
-
 @pytest.fixture(scope="module")
 async def world(
     tmp_path_factory: pytest.TempPathFactory, kafka: str, source: LocalPostgres
@@ -110,9 +103,9 @@ async def world(
         acme,
         evil,
         acme_full,
-        key(system, "acme-operator", Role.CLUSTER_OPERATOR, f"cluster:{acme}"),
-        key(system, "acme-admin", Role.CLUSTER_ADMIN, f"cluster:{acme}"),
-        key(system, "evil-admin", Role.ORG_ADMIN, "org:evil"),
+        await system.issue_key("acme-operator", Role.CLUSTER_OPERATOR, f"cluster:{acme}"),
+        await system.issue_key("acme-admin", Role.CLUSTER_ADMIN, f"cluster:{acme}"),
+        await system.issue_key("evil-admin", Role.ORG_ADMIN, "org:evil"),
     )
     await system.close()
 
@@ -175,13 +168,13 @@ async def test_ids_a_tenant_chooses_never_land_on_another_tenants_records(world:
             topics.RESTORE_COMMANDS,
             {
                 "type": "StartRestore",
-                "credential": world.evil_admin,
                 "restore_id": str(restore_id),
                 "destination_cluster_id": world.evil,
                 "restore_type": "DATABASE",
                 "objects": [{"database": "app"}],
                 "restore_opts": {"new_db_name": f"evil_copy_{n}"},
             },
+            key=world.evil_admin,
         )
         assert result.code == 200, result
         assert (await wait_restore(world, world.evil, str(restore_id))).phase == "SUCCEEDED"
@@ -189,11 +182,11 @@ async def test_ids_a_tenant_chooses_never_land_on_another_tenants_records(world:
         topics.BACKUP_COMMANDS,
         {
             "type": "TakeBackup",
-            "credential": world.evil_admin,
             "cluster_id": world.evil,
             "backup_id": str(world.acme_full),
             "backup_type": "FULL",
         },
+        key=world.evil_admin,
     )
     assert result.code == 200, result
     store = open_event_store(system.settings.store_url)

@@ -11,7 +11,7 @@ import pytest
 
 from managed_backups.services.projections.service import Projector
 from managed_backups.services.runtime import Runtime, open_runtime
-from managed_backups.shared.security import ensure_key_file
+from managed_backups.shared.identity import Identity
 from managed_backups.shared.settings import Settings
 from managed_backups.shared.views import ReadModels
 from tests.factories import new_cluster
@@ -21,7 +21,9 @@ from tests.unit.api_client import api_client
 @pytest.fixture
 async def api(tmp_path: Path, store_url: str) -> AsyncIterator[httpx.AsyncClient]:
     runtime: Runtime = open_runtime(Settings(data_dir=tmp_path / "data", event_store_url=store_url))
-    key, _ = ensure_key_file(runtime.store, runtime.settings.admin_key_path, runtime.clock)
+    key, _ = Identity(runtime.store, runtime.db, runtime.clock).ensure_admin_key(
+        runtime.settings.admin_key_path
+    )
     runtime.store.save_all(new_cluster("live"))
     Projector(runtime.store, ReadModels(runtime.db)).catch_up()
     async with api_client(runtime, key) as client:

@@ -20,7 +20,7 @@ from pydantic import TypeAdapter
 
 from managed_backups.contracts import topics
 from managed_backups.contracts.commands import ClusterCommand
-from managed_backups.contracts.enums import Role
+from managed_backups.contracts.enums import ResourceType, Role
 from managed_backups.services.projections.service import Projector
 from managed_backups.services.scheduler.cluster_commands import HANDLERS
 from managed_backups.shared.clock import WallClock
@@ -28,6 +28,11 @@ from managed_backups.shared.commands import CommandContext, CommandProcessor
 from managed_backups.shared.domain.backup import Backup
 from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.domain.errors import WrongRecordType
+from managed_backups.shared.domain.identity import (
+    api_key_stream_id,
+    organization_aggregate_id,
+    service_account_id,
+)
 from managed_backups.shared.domain.ids import (
     api_key_aggregate_id,
     backup_aggregate_id,
@@ -40,9 +45,9 @@ from managed_backups.shared.domain.ids import (
 from managed_backups.shared.domain.restore import Restore, load_restore
 from managed_backups.shared.eventstore import EventStore, open_event_store
 from managed_backups.shared.jobs import JobLeases, backups_in_use, held_backups, holding
-from managed_backups.shared.security import Authenticator, Grant, new_api_key
 from managed_backups.shared.sqldb import SqlDatabase
 from managed_backups.shared.views import ReadModels
+from tests.principals import Keys
 
 T0 = datetime(2026, 3, 2, tzinfo=UTC)
 
@@ -53,6 +58,10 @@ def ids_of_every_kind(key: str, chosen: UUID) -> dict[str, UUID]:
         "cluster": cluster_aggregate_id(key),
         "secret": connection_secret_aggregate_id(key),
         "api-key": api_key_aggregate_id(key),
+        "api-key-of-an-account": api_key_stream_id(key),
+        "organization": organization_aggregate_id(key),
+        "service-account": service_account_id(key, key),
+        "installation-account": service_account_id(None, key),
         "backup": backup_aggregate_id(key, chosen),
         "restore": restore_aggregate_id(key, chosen),
         "outcome": principal_command_outcome_id(key, chosen),
@@ -65,6 +74,11 @@ def store() -> Iterator[EventStore]:
     store = EventStore(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
     yield store
     store.close()
+
+
+@pytest.fixture
+def keys(store: EventStore, tmp_path: Path) -> Keys:
+    return Keys(store, SqlDatabase(f"sqlite:///{tmp_path / 'shared.sqlite'}"), tmp_path / "keys")
 
 
 def restore(cluster_id: str, restore_id: UUID, at: datetime = T0) -> Restore:
@@ -107,20 +121,23 @@ def backup(cluster_id: str, backup_id: UUID) -> Backup:
     )
 
 
-def register(store: EventStore, cluster_id: str) -> Any:
+def register(keys: Keys, cluster_id: str) -> Any:
     clock = WallClock()
-    key = new_api_key(store, "admin", [Grant(Role.SYSTEM_ADMIN, "*")], clock, by="test")
+    key = keys.key(
+        "victims",
+        f"admin-{uuid4().hex[:6]}",
+        (Role.ORG_ADMIN, ResourceType.ORGANIZATION, "victims"),
+    )
     process = CommandProcessor(
         topics.CLUSTER_COMMANDS,
         TypeAdapter(ClusterCommand),
         HANDLERS,
-        CommandContext(store, clock, "test"),
-        Authenticator(store),
+        CommandContext(keys.identity.store, clock, "test"),
+        keys.verifier,
     )
     command = {
         "type": "RegisterCluster",
         "command_id": str(uuid4()),
-        "credential": key,
         "cluster_id": cluster_id,
         "name": cluster_id,
         "organization": "victims",
@@ -129,15 +146,18 @@ def register(store: EventStore, cluster_id: str) -> Any:
         "database_version": "15",
         "connection_ref": "postgresql://backup@db.example:5432/postgres",
     }
-    return process.process(json.dumps(command).encode()).result
+    signed = keys.signed(key, process.topic, command)
+    return process.process(json.dumps(signed).encode()).result
 
 
-def test_a_restore_id_chosen_as_a_future_clusters_id_squats_nothing(store: EventStore) -> None:
+def test_a_restore_id_chosen_as_a_future_clusters_id_squats_nothing(
+    store: EventStore, keys: Keys
+) -> None:
     """The probe's attack: a restore whose id is the record id of a cluster not yet registered,
     and of its connection secret. The cluster registers, its secret record stays free."""
     store.save_all(restore("evil-cluster", cluster_aggregate_id("victim")))
     store.save_all(restore("evil-cluster", connection_secret_aggregate_id("victim")))
-    result = register(store, "victim")
+    result = register(keys, "victim")
     assert (result.code, result.reason) == (200, None)
     assert store.get_or_none(cluster_aggregate_id("victim"), Cluster) is not None
     assert store.get_or_none(connection_secret_aggregate_id("victim"), Restore) is None
@@ -152,9 +172,9 @@ def test_the_same_restore_id_in_two_clusters_is_two_jobs(store: EventStore) -> N
     assert load_restore(store, "c", chosen) is None
 
 
-def test_a_wrong_type_load_is_a_clean_not_found(store: EventStore) -> None:
+def test_a_wrong_type_load_is_a_clean_not_found(store: EventStore, keys: Keys) -> None:
     store.save_all(backup("a", uuid4()))
-    register(store, "victim")
+    register(keys, "victim")
     with pytest.raises(WrongRecordType) as refused:
         store.get_or_none(cluster_aggregate_id("victim"), Restore)
     assert refused.value.code == 404 and "Cluster" not in refused.value.reason

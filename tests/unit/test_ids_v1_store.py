@@ -28,9 +28,9 @@ from managed_backups.shared.domain.errors import WrongRecordType
 from managed_backups.shared.domain.ids import cluster_aggregate_id
 from managed_backups.shared.domain.outcome import CommandOutcome
 from managed_backups.shared.domain.restore import load_restore
-from managed_backups.shared.security import Authenticator
 from managed_backups.shared.settings import Settings
 from managed_backups.shared.views import ReadModels
+from tests.principals import Keys
 
 DATA = Path(__file__).parent.parent / "data" / "ids-v1"
 FULL = UUID("aaaaaaaa-0000-4000-8000-000000000001")
@@ -69,32 +69,33 @@ def test_the_outcome_of_the_recorded_start_restore_is_still_found(runtime: Runti
     assert known is not None and (known.command_type, known.code) == ("StartRestore", 200)
 
 
-def test_a_cluster_id_squatted_before_is_refused_with_its_reason(runtime: Runtime) -> None:
+def test_a_cluster_id_squatted_before_is_refused_with_its_reason(
+    runtime: Runtime, tmp_path: Path
+) -> None:
     store, clock = runtime.store, runtime.clock
+    # The version's own key (an API key of version 0.1's kind): the API signs for it.
     key = (DATA / "events-v1.api-key").read_text().strip()
+    keys = Keys(store, runtime.db, tmp_path / "signing-keys", clock)
     process = CommandProcessor(
         topics.CLUSTER_COMMANDS,
         TypeAdapter(ClusterCommand),
         HANDLERS,
         CommandContext(store, clock, "test"),
-        Authenticator(store),
+        keys.verifier,
     )
-    result = process.process(
-        json.dumps(
-            {
-                "type": "RegisterCluster",
-                "command_id": "dddddddd-0000-4000-8000-000000000001",
-                "credential": key,
-                "cluster_id": "squatted",
-                "name": "s",
-                "organization": "acme",
-                "tier": "STANDARD",
-                "regions": ["us-east-1"],
-                "database_version": "15",
-                "connection_ref": "postgresql://backup@db.example:5432/postgres",
-            }
-        ).encode()
-    ).result
+    command = {
+        "type": "RegisterCluster",
+        "command_id": "dddddddd-0000-4000-8000-000000000001",
+        "cluster_id": "squatted",
+        "name": "s",
+        "organization": "acme",
+        "tier": "STANDARD",
+        "regions": ["us-east-1"],
+        "database_version": "15",
+        "connection_ref": "postgresql://backup@db.example:5432/postgres",
+    }
+    signed = keys.signed(key, process.topic, command)
+    result = process.process(json.dumps(signed).encode()).result
     assert result.code == 409, result.reason
     assert result.reason is not None and "choose another cluster id" in result.reason
 

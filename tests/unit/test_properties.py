@@ -18,7 +18,14 @@ from pydantic import TypeAdapter
 
 from managed_backups.contracts import topics
 from managed_backups.contracts.commands import ClusterCommand, RestoreCommand
-from managed_backups.contracts.enums import BackupStatus, BackupType, RestoreType, Role, Tier
+from managed_backups.contracts.enums import (
+    BackupStatus,
+    BackupType,
+    ResourceType,
+    RestoreType,
+    Role,
+    Tier,
+)
 from managed_backups.services.scheduler.cadence import ScheduleView, backup_type_for, due_slot
 from managed_backups.services.scheduler.cluster_commands import HANDLERS
 from managed_backups.shared.clock import WallClock
@@ -40,7 +47,8 @@ from managed_backups.shared.domain.backup_settings import (
 from managed_backups.shared.domain.errors import BadValue, Refused
 from managed_backups.shared.domain.restore_rules import objects_match_the_restore_type
 from managed_backups.shared.eventstore import EventStore
-from managed_backups.shared.security import Authenticator, Grant, new_api_key
+from managed_backups.shared.sqldb import SqlDatabase
+from tests.principals import Keys
 
 EXAMPLES = int(os.environ.get("MANAGED_BACKUPS_PROPERTY_EXAMPLES", "100"))
 """Examples per property (``.ci/run``'s fuzz step runs 1000)."""
@@ -53,10 +61,14 @@ SOME = settings(max_examples=EXAMPLES, deadline=None)
 
 
 @pytest.fixture(scope="module")
-def processors() -> Iterator[tuple[CommandProcessor, CommandProcessor, str]]:
+def processors(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[CommandProcessor, CommandProcessor, Keys, str]]:
     store = EventStore(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
     clock = WallClock()
-    key = new_api_key(store, "admin", [Grant(Role.SYSTEM_ADMIN, "*")], clock, by="test")
+    shared = tmp_path_factory.mktemp("properties")
+    keys = Keys(store, SqlDatabase(f"sqlite:///{shared / 'shared.sqlite'}"), shared / "keys")
+    key = keys.key("acme", "admin", (Role.ORG_ADMIN, ResourceType.ORGANIZATION, "acme"))
     context = CommandContext(store, clock, "test")
 
     def refuse_restores(command: Any, principal: Any, context: Any) -> Handled:
@@ -67,16 +79,16 @@ def processors() -> Iterator[tuple[CommandProcessor, CommandProcessor, str]]:
         TypeAdapter(ClusterCommand),
         HANDLERS,
         context,
-        Authenticator(store),
+        keys.verifier,
     )
     restores = CommandProcessor(
         topics.RESTORE_COMMANDS,
         TypeAdapter(RestoreCommand),
         {"StartRestore": refuse_restores},
         context,
-        Authenticator(store),
+        keys.verifier,
     )
-    yield clusters, restores, key
+    yield clusters, restores, keys, key
     store.close()
 
 
@@ -119,13 +131,21 @@ COMMAND_TYPES = st.sampled_from(
 
 
 @st.composite
-def commands(draw: st.DrawFn, key: str) -> bytes:
-    """Command-shaped JSON: a type, an id, sometimes the right credential, fields of any value."""
+def commands(draw: st.DrawFn, keys: Keys, key: str) -> bytes:
+    """Command-shaped JSON: a type, an id, fields of any value, and sometimes a token signed
+    for it (for one of the two topics), a token of nothing, or an API key where version 0.1
+    put it."""
     body: dict[str, Any] = draw(st.dictionaries(FIELDS, JSON, max_size=8))
     body["type"] = draw(COMMAND_TYPES)
     if draw(st.booleans()):
         body["command_id"] = str(uuid4())
-    if draw(st.booleans()):
+    proof = draw(st.sampled_from(["signed", "garbage", "api key", "none"]))
+    if proof == "signed" and "command_id" in body:
+        topic = draw(st.sampled_from([topics.CLUSTER_COMMANDS, topics.RESTORE_COMMANDS]))
+        body = keys.signed(key, topic, body)
+    elif proof == "garbage":
+        body["token"] = draw(st.text(min_size=1, max_size=60))
+    elif proof == "api key":
         body["credential"] = key
     return json.dumps(body).encode()
 
@@ -133,10 +153,10 @@ def commands(draw: st.DrawFn, key: str) -> bytes:
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_any_message_gets_an_answer_never_a_500(
-    processors: tuple[CommandProcessor, CommandProcessor, str], data: st.DataObject
+    processors: tuple[CommandProcessor, CommandProcessor, Keys, str], data: st.DataObject
 ) -> None:
-    clusters, restores, key = processors
-    raw = data.draw(st.one_of(st.binary(max_size=200), commands(key)))
+    clusters, restores, keys, key = processors
+    raw = data.draw(st.one_of(st.binary(max_size=200), commands(keys, key)))
     for processor in (clusters, restores):
         processed = processor.process(raw)
         result = processed.result
