@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from managed_backups.contracts.enums import BackupStatus, RestoreType, Tier
+from managed_backups.contracts.enums import BackupStatus, RestoreType, Role, Tier
 from managed_backups.shared.access import ClusterRef, require_on_cluster
 from managed_backups.shared.domain.backup import Backup, load_backup
 from managed_backups.shared.domain.cluster import Cluster
@@ -245,22 +245,22 @@ def table_restore_not_into_a_template_or_postgres(
 ) -> None:
     """Rows restored into a template database appear in every database created from it
     afterwards: no TABLE restore writes into one. The maintenance database ``postgres`` is
-    what tools and administrators connect to first: only a Cluster Admin (or above) restores
-    tables into it."""
+    what tools and administrators connect to first: only a caller holding the Cluster Admin
+    role on the destination (or a role above it: Organization Admin, the system administrator)
+    restores tables into it: the role, as the rule names it, not an action that comes with it."""
     if target_is_template or target_database in TEMPLATE_DATABASES:
         raise BadValue(
             f"database {target_database} is a template: tables restored into it would be "
             "copied into every database created from it afterwards; restore into another "
             "database (into_db) or a new one (new_db_name)"
         )
-    if target_database == MAINTENANCE_DATABASE and not principal.can(
-        Action.CHANGE_BACKUP_SETTINGS, destination.organization, destination.cluster_id
+    if target_database == MAINTENANCE_DATABASE and not principal.holds_role(
+        Role.CLUSTER_ADMIN, destination.organization, destination.cluster_id
     ):
-        # CHANGE_BACKUP_SETTINGS is what a Cluster Admin has and a Cluster Operator has not.
         raise Forbidden(
-            f"only a Cluster Admin may restore tables into database {MAINTENANCE_DATABASE} of "
-            f"cluster {destination.cluster_id}; restore into another database (into_db) or a "
-            "new one (new_db_name)"
+            f"only a Cluster Admin (or an Organization Admin) may restore tables into database "
+            f"{MAINTENANCE_DATABASE} of cluster {destination.cluster_id}; restore into another "
+            "database (into_db) or a new one (new_db_name)"
         )
 
 

@@ -128,6 +128,23 @@ def test_only_a_cluster_admin_restores_tables_into_postgres() -> None:
     assert why.code == 403 and "Cluster Admin" in why.reason
     rule(principal(Role.CLUSTER_ADMIN), shop, "postgres", False)
     rule(principal(Role.CLUSTER_OPERATOR), shop, "orders", False)
+    # The role, where it decides: an Organization Admin of the cluster's organization is above
+    # a Cluster Admin; an organization's Cluster Operator grant decides over a cluster grant.
+    rule(
+        Principal("o", "k", (Grant(Role.ORG_ADMIN, f"org:{shop.organization}"),)),
+        shop,
+        "postgres",
+        False,
+    )
+    operator_in_org = Principal(
+        "o",
+        "k",
+        (
+            Grant(Role.CLUSTER_OPERATOR, f"org:{shop.organization}"),
+            Grant(Role.CLUSTER_ADMIN, "cluster:shop"),
+        ),
+    )
+    assert refused(rule, operator_in_org, shop, "postgres", False).code == 403
 
 
 def test_an_on_demand_backup_follows_the_tier_and_settings() -> None:
@@ -142,3 +159,22 @@ def test_an_on_demand_backup_follows_the_tier_and_settings() -> None:
     # The slot the schedule recorded keeps the retention it was scheduled with.
     assert rule("s", Tier.STANDARD, 7, 30, scheduled_with=30) == 30
     assert rule("s", Tier.STANDARD, 7, None, scheduled_with=30) == 30
+
+
+@pytest.mark.parametrize("role", list(Role))
+def test_postgres_takes_tables_from_the_roles_that_administer_the_cluster(role: Role) -> None:
+    """Every role, granted where the role table grants it (the installation, the organization,
+    the cluster): only a Cluster Admin, an Organization Admin and the system administrator
+    restore tables into ``postgres``; the Cluster Operator, the only other role that may
+    restore, is refused, and so is every role on another organization's cluster."""
+    shop = new_cluster("shop", organization="acme")
+    scope = {Role.SYSTEM_ADMIN: "*", Role.ORG_ADMIN: "org:acme"}.get(role, "cluster:shop")
+    who = Principal("someone", "k", (Grant(role, scope),))
+    rule = table_restore_not_into_a_template_or_postgres
+    if role in (Role.SYSTEM_ADMIN, Role.ORG_ADMIN, Role.CLUSTER_ADMIN):
+        rule(who, shop, "postgres", False)
+    else:
+        assert refused(rule, who, shop, "postgres", False).code == 403
+    elsewhere = new_cluster("elsewhere", organization="globex")
+    if role is not Role.SYSTEM_ADMIN:
+        assert refused(rule, who, elsewhere, "postgres", False).code == 403
