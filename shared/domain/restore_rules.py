@@ -14,7 +14,7 @@ from typing import Any
 from uuid import UUID
 
 from managed_backups.contracts.enums import BackupStatus, RestoreType, Role, Tier
-from managed_backups.shared.access import ClusterRef, require_on_cluster
+from managed_backups.shared.access import ClusterRef, registered_cluster, require_on_cluster
 from managed_backups.shared.domain.backup import Backup, load_backup
 from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.domain.errors import (
@@ -38,9 +38,9 @@ def check_restore_request(
 ) -> tuple[Cluster, Cluster]:
     """Who may restore, and between which clusters: (source, destination), or the first rule
     that refuses. The backup and the objects are checked next, by the restore service."""
-    destination = store.get_or_none(Cluster.create_id(destination_id), Cluster)
+    destination = registered_cluster(store, destination_id)
     source = (
-        store.get_or_none(Cluster.create_id(source_id), Cluster)
+        registered_cluster(store, source_id)
         if source_id and source_id != destination_id
         else destination
     )

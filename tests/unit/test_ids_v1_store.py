@@ -98,6 +98,17 @@ def test_a_cluster_id_squatted_before_is_refused_with_its_reason(
     result = process.process(json.dumps(signed).encode()).result
     assert result.code == 409, result.reason
     assert result.reason is not None and "choose another cluster id" in result.reason
+    # Any other command on that id is answered as for a cluster that does not exist (the one
+    # access rule), never naming the record that sits there.
+    change = {
+        "type": "UpdateBackupSettings",
+        "command_id": "dddddddd-0000-4000-8000-000000000002",
+        "cluster_id": "squatted",
+        "retention_days": 7,
+    }
+    signed = keys.signed(key, process.topic, change)
+    refused = process.process(json.dumps(signed).encode()).result
+    assert (refused.code, refused.reason) == (404, "cluster squatted is not registered")
 
 
 def test_views_and_the_retention_index_of_the_old_shape_are_rebuilt(runtime: Runtime) -> None:
