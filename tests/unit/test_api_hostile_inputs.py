@@ -77,3 +77,39 @@ async def test_nul_in_a_path_or_query_is_a_400(api: httpx.AsyncClient, path: str
     response = await api.get(path)
     assert response.status_code == 400, response.text
     assert "NUL" in response.json()["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "reason"),
+    [
+        ("/api/v1/organizations", {"id": "shop", "name": "a\x00b"}, "NUL"),
+        (
+            "/api/v1/service-accounts",
+            {"name": "ops", "organization": "shop", "description": "x\ny"},
+            "control character",
+        ),
+        (
+            "/api/v1/api-keys",
+            {"name": "k\x1b[31m", "service_account_id": "6f1d3c0e-8a51-4b0e-9a57-1c6d8d2b7a41"},
+            "control character",
+        ),
+        (
+            "/api/v1/role-grants",
+            {
+                "service_account_id": "6f1d3c0e-8a51-4b0e-9a57-1c6d8d2b7a41",
+                "role_name": "CLUSTER_OPERATOR",
+                "resource_type": "CLUSTER",
+                "resource_id": "li\x00ve",
+            },
+            "NUL",
+        ),
+    ],
+)
+async def test_identity_names_hold_no_control_characters(
+    api: httpx.AsyncClient, path: str, body: dict[str, str], reason: str
+) -> None:
+    """Free text of the identity bodies follows the commands' rule (``plain_text``): it is shown
+    in lists, the CLI and the audit trail, and PostgreSQL cannot hold a NUL."""
+    response = await api.post(path, json=body)
+    assert response.status_code == 400, response.text
+    assert reason in response.json()["message"]
