@@ -2,8 +2,16 @@
 is a :class:`~.errors.Refused` (its 4xx code and a reason naming what is at fault), recorded
 as the command's outcome before any data moves.
 
-The order in :func:`check_restore_request` is the order a caller fixes things in: who may do
-it, which clusters, which backup, which objects.
+The order is the order a caller fixes things in: who may do it and which clusters
+(:func:`check_restore_request`, always first), then, in the restore service, which objects
+(:func:`objects_match_the_restore_type`, each named once), whether a CLUSTER restore runs
+there, which backup, the destination's real server version, where the tables go
+(:func:`table_restore_not_into_a_template_or_postgres`), what the destination already holds,
+and last how many jobs are queued (:func:`restore_jobs_within_bounds`, counted once the job's
+lease is taken). Because the access rule comes first, a caller without the restore right on
+both clusters is told the cluster is not registered, as for an id that names nothing, before
+any other rule could tell it the cluster exists (a 400 for a duplicate, a 403 for
+``postgres``, a 429 for a full queue).
 """
 
 from __future__ import annotations
@@ -281,8 +289,9 @@ def restore_jobs_within_bounds(
         )
     if jobs_in_organization > per_organization:
         raise TooMany(
-            f"organization {destination.organization} has {jobs_in_organization - 1} restore "
-            "jobs queued or running, the limit per organization "
+            # Not how many: they may be on clusters of the organization the caller cannot see.
+            f"organization {destination.organization} has reached its limit of restore jobs "
+            "queued or running "
             f"(MANAGED_BACKUPS_MAX_RESTORES_PER_ORGANIZATION={per_organization}); retry when "
             "one has ended"
         )

@@ -315,6 +315,49 @@ async def test_only_a_cluster_admin_restores_tables_into_postgres(world: World) 
             conn.execute("DROP TABLE IF EXISTS public.items")
 
 
+# -- outsiders first ------------------------------------------------------------------------------
+
+
+async def test_an_outsider_is_told_not_registered_before_any_of_these_refusals(
+    world: World,
+) -> None:
+    """The bounds, the duplicates, the templates and ``postgres`` refuse only callers who may
+    restore into the cluster. Anyone else (another organization's administrator) is told the
+    cluster is not registered, word for word what a cluster that does not exist gets: the one
+    access rule (``check_restore_request``) decides before every rule of the restore."""
+    leases = jobs.JobLeases(world.system.services["restore"].runtime.db, "restore")
+    until = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    queued = [uuid4() for _ in range(world.system.settings.max_restores_per_cluster)]
+    table = {"database": "app", "table": "items"}
+    bodies = {
+        429: {
+            "type": "DATABASE",
+            "objects": [{"database": "app"}],
+            "restore_opts": {"new_db_name": "outsider"},
+        },
+        400: {"type": "TABLE", "objects": [table, table], "restore_opts": {"new_db_name": "o"}},
+        403: {"type": "TABLE", "objects": [table], "restore_opts": {"into_db": "postgres"}},
+    }
+    template = {"type": "TABLE", "objects": [table], "restore_opts": {"into_db": "template1"}}
+    unknown = f"nobody-{uuid4().hex[:6]}"
+    for job in queued:  # acme's cluster is at its bound
+        leases.take(job, world.acme, "elsewhere", until, {jobs.ORGANIZATION: "acme"})
+    try:
+        for code, body in [*bodies.items(), (400, template)]:
+            insider = await post_restore(world, world.acme, body, world.acme_operator)
+            assert insider.status_code == code, insider.text
+            outsider = await post_restore(world, world.acme, body, world.evil_admin)
+            nowhere = await post_restore(world, unknown, body, world.evil_admin)
+            assert outsider.status_code == nowhere.status_code == 404, outsider.text
+            assert outsider.json()["message"].replace(world.acme, "X") == nowhere.json()[
+                "message"
+            ].replace(unknown, "X")
+            assert outsider.json()["message"] == f"cluster {world.acme} is not registered"
+    finally:
+        for job in queued:
+            leases.release(job)
+
+
 # -- 5. on-demand backups and the tier ----------------------------------------------------------
 
 
