@@ -208,6 +208,12 @@ def _up(data_dir_option: Path | None, api_port: int | None, simulated_clock: boo
         kafka_bootstrap_servers=bootstrap,
         simulated_clock=simulated_clock or None,
     )
+    # Local development: clusters on this machine are allowed unless the environment says not.
+    allow_local = (
+        settings.allow_local_clusters
+        if "allow_local_clusters" in settings.model_fields_set
+        else True
+    )
     children: dict[str, subprocess.Popen[bytes]] = {}
     try:
         asyncio.run(ensure_topics(bootstrap, auth=admin_auth))
@@ -237,12 +243,15 @@ def _up(data_dir_option: Path | None, api_port: int | None, simulated_clock: boo
             "MANAGED_BACKUPS_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "MANAGED_BACKUPS_API_PORT": str(settings.api_port),
             "MANAGED_BACKUPS_SIMULATED_CLOCK": "true" if settings.simulated_clock else "false",
+            "MANAGED_BACKUPS_ALLOW_LOCAL_CLUSTERS": str(allow_local),
         }
         logs = data_dir / "logs"
         logs.mkdir(exist_ok=True)
 
         def spawn(name: str) -> subprocess.Popen[bytes]:
-            log = (logs / f"{name}.log").open("ab")
+            # The service logs to name.log, rotated by size; name.out keeps what it prints
+            # outside logging (a crash's traceback), appended.
+            log = (logs / f"{name}.out").open("ab")
             own = (
                 {
                     "MANAGED_BACKUPS_KAFKA_USERNAME": name,
@@ -253,7 +262,7 @@ def _up(data_dir_option: Path | None, api_port: int | None, simulated_clock: boo
             )
             return subprocess.Popen(
                 [sys.executable, "-m", "managed_backups.services.cli", "service", name],
-                env={**env, **own},
+                env={**env, **own, "MANAGED_BACKUPS_LOG_FILE": str(logs / f"{name}.log")},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 preexec_fn=child_preexec_fn(),
@@ -276,6 +285,12 @@ def _up(data_dir_option: Path | None, api_port: int | None, simulated_clock: boo
         note = "created" if created else "kept"
         print(f"  administrator API key ({note}, also in {settings.admin_key_path}):")
         print(f"    {admin_key}")
+        if allow_local:
+            print(
+                "  warning: clusters on loopback and link-local addresses are allowed (local "
+                "development; MANAGED_BACKUPS_ALLOW_LOCAL_CLUSTERS=false refuses them, as "
+                "production must)"
+            )
         print("Ctrl-C stops everything.", flush=True)
 
         stopping = False
@@ -294,7 +309,7 @@ def _up(data_dir_option: Path | None, api_port: int | None, simulated_clock: boo
                     recent = [t for t in restarts.get(name, []) if time.monotonic() - t < 60]
                     print(
                         f"service {name} exited with {proc.returncode}; restarting "
-                        f"(see {logs / (name + '.log')})",
+                        f"(see {logs / (name + '.log')} and {logs / (name + '.out')})",
                         flush=True,
                     )
                     if len(recent) >= 5:
@@ -490,7 +505,7 @@ def cmd_service(
     from managed_backups.services.runtime import configure_logging, open_runtime, stop_on_signals
 
     settings = _settings(data_dir)
-    configure_logging(name, settings.log_level)
+    configure_logging(name, settings)
     runtime = open_runtime(settings)
 
     async def main() -> None:

@@ -28,7 +28,13 @@ from managed_backups.services.api import (
     system,
 )
 from managed_backups.services.api.dependencies import ApiContext
-from managed_backups.services.api.limits import AuthenticatedBoundedBodies
+from managed_backups.services.api.limits import (
+    AuthenticatedBoundedBodies,
+    BoundedConcurrency,
+    PlainRequestLines,
+    guarded_protocol,
+    raise_open_files_limit,
+)
 from managed_backups.services.runtime import Runtime
 from managed_backups.shared.command_tokens import API_SIGNER
 from managed_backups.shared.gateway import CommandGateway
@@ -80,7 +86,15 @@ def create_app(runtime: Runtime, gateway: CommandGateway) -> FastAPI:
         signer=runtime.command_signer(API_SIGNER),
         identity=Identity(runtime.store, runtime.db, runtime.clock),
     )
-    app.add_middleware(AuthenticatedBoundedBodies, authenticate=runtime.authenticator.authenticate)
+    settings = runtime.settings
+    # Starlette runs the last middleware added first: concurrency, request lines, bodies.
+    app.add_middleware(
+        AuthenticatedBoundedBodies,
+        authenticate=runtime.authenticator.authenticate,
+        body_timeout=settings.api_body_timeout_seconds,
+    )
+    app.add_middleware(PlainRequestLines)
+    app.add_middleware(BoundedConcurrency, max_requests=settings.api_max_requests)
     errors.install(app)
     for router in ROUTERS:
         app.include_router(router)
@@ -113,8 +127,16 @@ async def run(runtime: Runtime, stop: asyncio.Event) -> None:
     )
     await gateway.start()
     app = create_app(runtime, gateway)
+    raise_open_files_limit()
     config = uvicorn.Config(
-        app, host=settings.api_host, port=settings.api_port, log_level="warning", lifespan="on"
+        app,
+        host=settings.api_host,
+        port=settings.api_port,
+        log_level="warning",
+        log_config=None,  # uvicorn logs through the root handlers: rate-limited, rotated
+        lifespan="on",
+        http=guarded_protocol(settings.api_header_timeout_seconds, settings.api_max_connections),
+        timeout_keep_alive=int(max(1, settings.api_keepalive_seconds)),
     )
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve())

@@ -169,7 +169,7 @@ class ViewProjection:
         cluster_doc = self._cluster_doc(cursor, event)
         if cluster_doc is not None:
             self._put_cluster(cursor, cluster_doc)
-        if self._backup_doc(cursor, str(event.backup_id)) is None:
+        if self._backup_doc(cursor, event.cluster_id, str(event.backup_id)) is None:
             self._put_backup(
                 cursor,
                 _new_backup_doc(event, ts(event.slot), BackupStatus.SCHEDULED),
@@ -177,7 +177,7 @@ class ViewProjection:
 
     @handle.register
     def _backup_started(self, event: BackupStarted, cursor: Cursor) -> None:
-        doc = self._backup_doc(cursor, str(event.backup_id)) or _new_backup_doc(
+        doc = self._backup_doc(cursor, event.cluster_id, str(event.backup_id)) or _new_backup_doc(
             event, ts(event.scheduled_for), BackupStatus.IN_PROGRESS
         )
         doc.update(
@@ -193,7 +193,7 @@ class ViewProjection:
 
     @handle.register
     def _backup_completed(self, event: BackupCompleted, cursor: Cursor) -> None:
-        doc = self._backup_doc(cursor, str(event.backup_id))
+        doc = self._backup_doc(cursor, event.cluster_id, str(event.backup_id))
         if doc is None:
             return
         self._count(cursor, doc["cluster_id"], stored_bytes=event.size_bytes)
@@ -201,7 +201,7 @@ class ViewProjection:
         if doc["type"] == BackupType.FULL.value:
             self._full_completed(cursor, doc["cluster_id"], doc["id"], event.as_of_time)
         else:  # an incremental expires with its full
-            full = self._backup_doc(cursor, doc["chain_id"])
+            full = self._backup_doc(cursor, doc["cluster_id"], doc["chain_id"])
             expires_at = full["expires_at"] if full is not None else expires_at
         doc.update(
             status=BackupStatus.COMPLETE.value,
@@ -217,7 +217,7 @@ class ViewProjection:
 
     @handle.register
     def _backup_failed(self, event: BackupFailed, cursor: Cursor) -> None:
-        doc = self._backup_doc(cursor, str(event.backup_id))
+        doc = self._backup_doc(cursor, event.cluster_id, str(event.backup_id))
         if doc is None:
             return
         doc.update(
@@ -230,7 +230,7 @@ class ViewProjection:
 
     @handle.register
     def _backup_verified(self, event: BackupVerified, cursor: Cursor) -> None:
-        doc = self._backup_doc(cursor, str(event.backup_id))
+        doc = self._backup_doc(cursor, event.cluster_id, str(event.backup_id))
         if doc is None:
             return
         doc["verification"] = {
@@ -244,7 +244,7 @@ class ViewProjection:
 
     @handle.register
     def _backup_expired(self, event: BackupExpired, cursor: Cursor) -> None:
-        doc = self._backup_doc(cursor, str(event.backup_id))
+        doc = self._backup_doc(cursor, event.cluster_id, str(event.backup_id))
         if doc is None:
             return
         self._count(cursor, doc["cluster_id"], expired_count=1)
@@ -257,7 +257,7 @@ class ViewProjection:
 
     @handle.register
     def _backup_deleted(self, event: BackupDeleted, cursor: Cursor) -> None:
-        doc = self._backup_doc(cursor, str(event.backup_id))
+        doc = self._backup_doc(cursor, event.cluster_id, str(event.backup_id))
         if doc is None:
             return
         stored = int(doc["size_bytes"]) if doc["status"] != "FAILED" else 0
@@ -310,7 +310,7 @@ class ViewProjection:
 
     @handle.register
     def _restore_running(self, event: RestoreRunning, cursor: Cursor) -> None:
-        doc = self._restore_doc(cursor, str(event.restore_id))
+        doc = self._restore_doc(cursor, event.cluster_id, str(event.restore_id))
         if doc is not None:
             doc["bytes_total"] = event.bytes_total
             _restore_phase(doc, "RUNNING", ts(event.occurred_at))
@@ -318,7 +318,7 @@ class ViewProjection:
 
     @handle.register
     def _restore_progressed(self, event: RestoreProgressed, cursor: Cursor) -> None:
-        doc = self._restore_doc(cursor, str(event.restore_id))
+        doc = self._restore_doc(cursor, event.cluster_id, str(event.restore_id))
         if doc is not None:
             doc["bytes_done"] = event.bytes_done
             doc["completion_percent"] = event.completion
@@ -326,7 +326,7 @@ class ViewProjection:
 
     @handle.register
     def _restore_succeeded(self, event: RestoreSucceeded, cursor: Cursor) -> None:
-        doc = self._restore_doc(cursor, str(event.restore_id))
+        doc = self._restore_doc(cursor, event.cluster_id, str(event.restore_id))
         if doc is not None:
             at = ts(event.occurred_at)
             doc.update(bytes_done=event.bytes_done, completion_percent=1.0, completed_at=at)
@@ -337,7 +337,7 @@ class ViewProjection:
 
     @handle.register
     def _restore_failed(self, event: RestoreFailed, cursor: Cursor) -> None:
-        doc = self._restore_doc(cursor, str(event.restore_id))
+        doc = self._restore_doc(cursor, event.cluster_id, str(event.restore_id))
         if doc is not None:
             at = ts(event.occurred_at)
             doc.update(
@@ -502,8 +502,13 @@ class ViewProjection:
             ),
         )
 
-    def _backup_doc(self, cursor: Cursor, backup_id: str) -> dict[str, Any] | None:
-        cursor.execute(f"SELECT doc FROM {self.t.backups} WHERE backup_id = ?", (backup_id,))
+    def _backup_doc(
+        self, cursor: Cursor, cluster_id: str | None, backup_id: str
+    ) -> dict[str, Any] | None:
+        cursor.execute(
+            f"SELECT doc FROM {self.t.backups} WHERE cluster_id = ? AND backup_id = ?",
+            (cluster_id, backup_id),
+        )
         row = cursor.fetchone()
         return json.loads(row[0]) if row else None
 
@@ -512,7 +517,7 @@ class ViewProjection:
             f"INSERT INTO {self.t.backups} (backup_id, cluster_id, status, backup_type, "
             "chain_id, sort_time, as_of_time, expires_at, doc) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (backup_id) DO UPDATE SET status = excluded.status, "
+            "ON CONFLICT (cluster_id, backup_id) DO UPDATE SET status = excluded.status, "
             "backup_type = excluded.backup_type, chain_id = excluded.chain_id, "
             "sort_time = excluded.sort_time, as_of_time = excluded.as_of_time, "
             "expires_at = excluded.expires_at, doc = excluded.doc",
@@ -529,15 +534,21 @@ class ViewProjection:
             ),
         )
 
-    def _restore_doc(self, cursor: Cursor, restore_id: str) -> dict[str, Any] | None:
-        cursor.execute(f"SELECT doc FROM {self.t.restores} WHERE restore_id = ?", (restore_id,))
+    def _restore_doc(
+        self, cursor: Cursor, cluster_id: str | None, restore_id: str
+    ) -> dict[str, Any] | None:
+        cursor.execute(
+            f"SELECT doc FROM {self.t.restores} WHERE cluster_id = ? AND restore_id = ?",
+            (cluster_id, restore_id),
+        )
         row = cursor.fetchone()
         return json.loads(row[0]) if row else None
 
     def _put_restore(self, cursor: Cursor, doc: dict[str, Any]) -> None:
         cursor.execute(
             f"INSERT INTO {self.t.restores} (restore_id, cluster_id, created_at, doc) "
-            "VALUES (?, ?, ?, ?) ON CONFLICT (restore_id) DO UPDATE SET doc = excluded.doc",
+            "VALUES (?, ?, ?, ?) ON CONFLICT (cluster_id, restore_id) DO UPDATE SET "
+            "doc = excluded.doc",
             (doc["id"], doc["destination_cluster_id"], doc["created_at"], json.dumps(doc)),
         )
 

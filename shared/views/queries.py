@@ -273,7 +273,7 @@ class ReadModels:
         with the live one)."""
         return {
             table.removeprefix(self.prefix): [
-                list(r) for r in self.db.query(f"SELECT * FROM {table} ORDER BY 1")
+                list(r) for r in self.db.query(f"SELECT * FROM {table} ORDER BY 1, 2")
             ]
             for table in self.tables.all()
         }

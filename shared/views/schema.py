@@ -15,6 +15,12 @@ from managed_backups.shared.sqldb import SqlDatabase
 
 # The row of the position table that holds how far into the notification log the views are.
 PROJECTION_NAME = "views"
+# The row of the position table that holds the tables' shape (:data:`SCHEMA_VERSION`).
+SCHEMA_ROW = "schema"
+SCHEMA_VERSION = 2
+"""The tables' shape. 2: backups and restores are keyed by (cluster, id): a backup or restore
+id is chosen by a client and is unique only within its cluster. Views of an older shape are
+dropped when opened and rebuilt from the log."""
 DEFAULT_PREFIX = "mb_view_"
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
@@ -101,18 +107,19 @@ class Tables:
             "position BIGINT NOT NULL)",
             f"CREATE TABLE IF NOT EXISTS {self.clusters} (cluster_id TEXT PRIMARY KEY, "
             "organization TEXT NOT NULL, deleted INTEGER NOT NULL, doc TEXT NOT NULL)",
-            f"CREATE TABLE IF NOT EXISTS {self.backups} (backup_id TEXT PRIMARY KEY, "
+            f"CREATE TABLE IF NOT EXISTS {self.backups} (backup_id TEXT NOT NULL, "
             "cluster_id TEXT NOT NULL, status TEXT NOT NULL, backup_type TEXT NOT NULL, "
             "chain_id TEXT NOT NULL, sort_time TEXT NOT NULL, as_of_time TEXT, "
-            "expires_at TEXT, doc TEXT NOT NULL)",
+            "expires_at TEXT, doc TEXT NOT NULL, PRIMARY KEY (cluster_id, backup_id))",
             f"CREATE INDEX IF NOT EXISTS {p}backups_by_cluster ON {self.backups} "
             "(cluster_id, sort_time)",
             f"CREATE TABLE IF NOT EXISTS {self.audit} (position BIGINT PRIMARY KEY, "
             "cluster_id TEXT NOT NULL, doc TEXT NOT NULL)",
             f"CREATE INDEX IF NOT EXISTS {p}audit_by_cluster ON {self.audit} "
             "(cluster_id, position)",
-            f"CREATE TABLE IF NOT EXISTS {self.restores} (restore_id TEXT PRIMARY KEY, "
-            "cluster_id TEXT NOT NULL, created_at TEXT NOT NULL, doc TEXT NOT NULL)",
+            f"CREATE TABLE IF NOT EXISTS {self.restores} (restore_id TEXT NOT NULL, "
+            "cluster_id TEXT NOT NULL, created_at TEXT NOT NULL, doc TEXT NOT NULL, "
+            "PRIMARY KEY (cluster_id, restore_id))",
             f"CREATE INDEX IF NOT EXISTS {p}restores_by_cluster ON {self.restores} "
             "(cluster_id, created_at)",
             f"CREATE TABLE IF NOT EXISTS {self.retention} (cluster_id TEXT PRIMARY KEY, "
@@ -132,14 +139,26 @@ class Tables:
         ]
 
     def create(self, db: SqlDatabase) -> None:
-        """Create the tables that are missing. Views built before a table existed (the
-        retention table, the identity tables) are dropped first, so the projections service
-        rebuilds them all from the log."""
-        if db.table_exists(self.position) and not all(db.table_exists(t) for t in self.all()):
+        """Create the tables that are missing. Views of an older shape (built before a table
+        existed: the retention table, the identity tables; or before :data:`SCHEMA_VERSION`)
+        are dropped first, so the projections service rebuilds them all from the log."""
+        if db.table_exists(self.position) and (
+            not all(db.table_exists(t) for t in self.all())
+            or self.schema_version(db) < SCHEMA_VERSION
+        ):
             self.drop(db)
         with db.transaction() as cursor:
             for statement in self.create_statements():
                 cursor.execute(statement)
+            cursor.execute(
+                f"INSERT INTO {self.position} (name, position) VALUES (?, ?) "
+                "ON CONFLICT (name) DO NOTHING",
+                (SCHEMA_ROW, SCHEMA_VERSION),
+            )
+
+    def schema_version(self, db: SqlDatabase) -> int:
+        rows = db.query(f"SELECT position FROM {self.position} WHERE name = ?", (SCHEMA_ROW,))
+        return int(rows[0][0]) if rows else 1
 
     def drop(self, db: SqlDatabase) -> None:
         with db.transaction() as cursor:
