@@ -464,11 +464,15 @@ class RestoreService:
 
     # -- leases ----------------------------------------------------------------------------------
 
-    def _lease_access(self, lease: jobs.Lease) -> ClusterAccess | None:
+    def _lease_access(self, lease: jobs.Lease) -> ClusterAccess | str:
+        """How to reach the lease's destination, or why it cannot be reached."""
         cluster = self.runtime.store.get_or_none(cluster_aggregate_id(lease.cluster_id), Cluster)
         if cluster is None:
-            return None
-        return cluster_access(cluster, self.secrets, self.settings)
+            return "the destination cluster is not registered"
+        try:
+            return cluster_access(cluster, self.secrets, self.settings)
+        except Refused as refused:  # e.g. its connection is no longer allowed
+            return refused.reason
 
     def _fail_expired(self, lease: jobs.Lease) -> bool:
         """The job's temporary databases first (its worker died: nothing else drops them),
@@ -476,8 +480,8 @@ class RestoreService:
         target = lease.detail.get("target_database")
         access = self._lease_access(lease)
         cleanup = (
-            cleanup_state(None, "the destination cluster is not registered")
-            if access is None
+            cleanup_state(None, access)
+            if isinstance(access, str)
             else self._drop_temporary(lease.job_id, access)[0]
         )
         state = (
@@ -497,7 +501,7 @@ class RestoreService:
         """Checks that nothing of the job is left (dropping what is); raises while something
         is, so the lease stays and the next pass tries again."""
         access = self._lease_access(lease)
-        if access is None:
+        if isinstance(access, str):  # nothing can be dropped there, nor ever checked
             return
         cleanup, cleaned = self._drop_temporary(lease.job_id, access)
         if not cleaned:
