@@ -7,9 +7,12 @@ of the events it recorded, so a GET right after a PUT shows the change.
 
 ``create_app`` is the composition root: it builds the shared :class:`ApiContext` (kept in
 ``app.state``, reached by the routes through ``services/api/dependencies.py``), installs the body
-limits and the one error body, and includes one router per area: ``clusters.py`` (clusters,
-audit trail, backup settings), ``backups.py``, ``restores.py``, ``connection_secret.py`` and
-``system.py`` (health, metrics, simulated clock). Bodies are typed in ``schemas.py``.
+limits and the one error body, and includes one router per area: ``permissions.py`` (who the
+caller is, what it may do on a cluster), ``clusters.py`` (clusters, audit trail, backup
+settings), ``backups.py`` (listing, calendar days, catalog, backup now, verify),
+``restores.py``, ``restore_destinations.py``, ``connection_secret.py`` and ``system.py``
+(health, metrics, simulated clock); then the console (``console.py``, ``/``) and the documents
+(``specs.py``: ``/docs``, ``/redoc``, ``/asyncapi``). Bodies are typed in ``schemas.py``.
 """
 
 import asyncio
@@ -22,8 +25,12 @@ from managed_backups.services.api import (
     backups,
     clusters,
     connection_secret,
+    console,
     errors,
+    permissions,
+    restore_destinations,
     restores,
+    specs,
     system,
 )
 from managed_backups.services.api.dependencies import ApiContext
@@ -34,9 +41,12 @@ from managed_backups.shared.secrets import ConnectionSecrets
 from managed_backups.shared.views import ReadModels
 
 ROUTERS = (
+    permissions.router,
     clusters.router,
     backups.router,
+    backups.lookup,
     restores.router,
+    restore_destinations.router,
     connection_secret.router,
     system.router,
 )
@@ -67,6 +77,9 @@ def create_app(runtime: Runtime, gateway: CommandGateway) -> FastAPI:
         title="managed-backups",
         version="1",
         description="Managed backups for PostgreSQL-compatible clusters.",
+        # Served from the installed package by ``specs.py``, not FastAPI's CDN-backed pages.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.api = ApiContext(
         runtime=runtime,
@@ -78,6 +91,8 @@ def create_app(runtime: Runtime, gateway: CommandGateway) -> FastAPI:
     errors.install(app)
     for router in ROUTERS:
         app.include_router(router)
+    console.install(app)
+    specs.install(app)
     return app
 
 

@@ -147,14 +147,6 @@ class ClusterView(BaseModel):
     )
 
 
-class ClusterList(BaseModel):
-    clusters: list[ClusterView]
-
-
-class ClusterDetail(ClusterView):
-    recoverability: Recoverability
-
-
 class AuditTrail(BaseModel):
     events: list[dict[str, Any]] = Field(
         description="The cluster's events in order, each as its message contract."
@@ -182,6 +174,45 @@ class BackupList(BaseModel):
 class BackupFailure(BaseModel):
     code: str
     message: str
+
+
+class LastBackup(BaseModel):
+    id: str
+    type: BackupType
+    status: BackupStatus
+    at: str | None = Field(description="Its data-from time when complete, else when it started.")
+    error: BackupFailure | None
+
+
+class SettingsChoices(BaseModel):
+    """What the backup settings may be set to on this cluster (its tier's rule)."""
+
+    configurable: bool = Field(description="False on BASIC: the settings are fixed.")
+    frequency_minutes: list[int]
+    retention_days: list[int]
+
+
+ClusterAction = Literal[
+    "view_backups", "change_backup_settings", "restore", "take_backup", "manage_clusters"
+]
+
+
+class ClusterDetail(ClusterView):
+    recoverability: Recoverability
+    last_backup: LastBackup | None = Field(
+        description="The newest backup that ended (COMPLETE or FAILED), if any."
+    )
+    settings_choices: SettingsChoices
+    actions: list[ClusterAction] = Field(
+        description="What the caller may do on this cluster (the console shows only these)."
+    )
+
+
+class ClusterList(BaseModel):
+    clusters: list[ClusterDetail | ClusterView] = Field(
+        description="With detail=true, each with its recoverability, last backup, settings "
+        "choices and the caller's actions."
+    )
 
 
 class IncompleteBackup(BaseModel):
@@ -276,3 +307,76 @@ class ClockAdvanced(BaseModel):
 class Health(BaseModel):
     status: str
     projection_position: int
+
+
+class Me(BaseModel):
+    name: str = Field(description="The principal the API key belongs to.")
+    administrator: bool = Field(description="Whether it administers the installation.")
+    now: str = Field(description="The system's time (the simulated clock's, when it runs on one).")
+
+
+class BackupDay(BaseModel):
+    date: str = Field(description="A UTC day, YYYY-MM-DD.")
+    backups: int = Field(description="Listed backups whose data is from that day.")
+
+
+class BackupDays(BaseModel):
+    days: list[BackupDay]
+
+
+class Verification(BaseModel):
+    ok: bool
+    verified_at: str | None
+    chunks_checked: int
+    missing_chunks: list[str]
+    corrupt_chunks: list[str]
+    command_id: str | None = Field(description="The VerifyBackup command that asked for it.")
+
+
+class BackupDetail(BaseModel):
+    id: str
+    cluster_id: str
+    chain_id: str
+    type: BackupType
+    status: BackupStatus
+    as_of_time: str | None
+    started_at: str | None
+    ended_at: str | None
+    expires_at: str | None = Field(
+        description="The backup's own expiry (its full's for an incremental)."
+    )
+    region: str
+    size_bytes: int
+    database_count: int
+    error: BackupFailure | None
+    verification: Verification | None
+
+
+class TakeBackupRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: BackupType = Field(
+        default=BackupType.FULL,
+        description="FULL, or INCREMENTAL on the chain of the newest restorable backup.",
+    )
+
+
+class VerifyStarted(BaseModel):
+    backup_id: str
+    command_id: str = Field(
+        description="The verification's result carries it (the backup's ``verification``)."
+    )
+
+
+class RestoreDestination(BaseModel):
+    id: str
+    name: str
+    tier: Tier
+    organization: str
+    regions: list[str]
+    database_version: str
+
+
+class RestoreDestinationList(BaseModel):
+    clusters: list[RestoreDestination] = Field(
+        description="Clusters a backup of this one may be restored into by the caller."
+    )

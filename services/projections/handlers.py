@@ -234,6 +234,7 @@ class ViewProjection:
             "chunks_checked": event.chunks_checked,
             "missing_chunks": event.missing_chunks,
             "corrupt_chunks": event.corrupt_chunks,
+            "command_id": None if event.command_id is None else str(event.command_id),
         }
         self._put_backup(cursor, doc)
 
