@@ -4,7 +4,7 @@
 
 import { ApiError, api, cluster as clusterPath, query, session } from "./api.js";
 import { calendar } from "./calendar.js";
-import { passwordDialog, restoreDialog, settingsDialog } from "./dialogs.js";
+import { backupNowDialog, passwordDialog, restoreDialog, settingsDialog } from "./dialogs.js";
 import {
   badge,
   bytes,
@@ -178,7 +178,7 @@ async function clustersPage() {
       h("td", {}, c.organization),
       h("td", {}, badge(c.tier, "tier")),
       h("td", {}, c.backup_region),
-      h("td", {}, utc(c.recoverability.last_successful_backup)),
+      h("td", { class: "time" }, utc(c.recoverability.last_successful_backup)),
       h("td", {}, windowText(c.recoverability)),
       h("td", { class: "num" }, bytes(c.recoverability.stored_bytes)),
       h("td", {}, lastBackupMark(c)),
@@ -188,7 +188,7 @@ async function clustersPage() {
     main,
     h("h1", {}, "Clusters"),
     h("p", { class: "lead" }, `${clusters.length} cluster${clusters.length === 1 ? "" : "s"} you may view. Times are UTC.`),
-    table(["Cluster", "Organization", "Tier", "Backup region", "Last successful backup", "Recoverability window", "Stored", "Last backup"], rows, { caption: "Clusters" }),
+    table(["Cluster", "Organization", "Tier", "Backup region", "Last successful backup", "Recoverability window", ["Stored", "num"], "Last backup"], rows, { caption: "Clusters" }),
   );
 }
 
@@ -210,6 +210,9 @@ async function clusterPage(id, rest, params) {
   const live = c.state !== "DELETED";
   const config = c.backups_config;
   const buttons = h("div", { class: "head-actions" });
+  if (live && may("take_backup")) {
+    buttons.append(h("button", { type: "button", onclick: () => backupNowDialog({ cluster: c, onStarted: () => go(href("clusters", id, "backups")) }) }, "Back up now"));
+  }
   if (live && may("change_backup_settings")) {
     buttons.append(h("button", { type: "button", onclick: () => settingsDialog({ cluster: c, onSaved: route }) }, "Settings"));
   }
@@ -223,7 +226,13 @@ async function clusterPage(id, rest, params) {
     h("div", { class: "title-row" }, h("h1", {}, c.name, " ", h("span", { class: "id" }, c.id), " ", badge(c.tier, "tier")), buttons),
     live ? null : h("p", { class: "danger", role: "note" }, `This cluster was deleted on ${utc(c.deleted_at)} UTC; its backups are kept until ${utc(c.backups_kept_until)} UTC.`),
     c.last_backup?.status === "FAILED"
-      ? h("p", { class: "warning", role: "note" }, h("strong", {}, "The last backup failed. "), c.last_backup.error ? `${c.last_backup.error.code}: ${c.last_backup.error.message}` : "", " See Incomplete Backups.")
+      ? h(
+          "p",
+          { class: "warning", role: "note" },
+          h("strong", {}, "The last backup failed. "),
+          c.last_backup.error ? `${c.last_backup.error.code}: ${c.last_backup.error.message}. ` : "",
+          h("a", { href: href("clusters", id, "incomplete") }, "See Incomplete Backups"),
+        )
       : null,
     h(
       "dl",
@@ -295,7 +304,8 @@ async function backupsTab(c, panel, rest, params) {
   const side = h("div", { class: "backups-side" });
   replace(panel, h("div", { class: "backups-layout" }, side, list));
   const range = day ? { start_time: `${day}T00:00:00Z`, end_time: new Date(Date.parse(`${day}T00:00:00Z`) + 86400000).toISOString() } : {};
-  const data = await api(`${clusterPath(c.id)}/backups${query({ ...range, "pagination.page": page, "pagination.limit": PAGE })}`);
+  const fetchPage = () => api(`${clusterPath(c.id)}/backups${query({ ...range, "pagination.page": page, "pagination.limit": PAGE })}`);
+  const data = await fetchPage();
   const focus = day ? new Date(`${day}T00:00:00Z`) : data.backups[0]?.as_of_time ? new Date(parseUtc(data.backups[0].as_of_time)) : new Date(systemNow());
   side.append(
     calendar({
@@ -306,6 +316,21 @@ async function backupsTab(c, panel, rest, params) {
       onPick: (picked) => go(`${href("clusters", c.id, "backups")}?day=${picked}`),
     }),
   );
+  renderBackups(c, list, data, day, page);
+  // New backups appear, and running ones complete, without a reload.
+  const refresh = async () => {
+    const next = await fetchPage();
+    if (JSON.stringify(next) !== JSON.stringify(data)) {
+      Object.assign(data, next);
+      renderBackups(c, list, data, day, page);
+    }
+    const running = next.backups.some((b) => b.status === "IN_PROGRESS");
+    later(() => refresh().catch((error) => handle(error, route)), running ? 2000 : 10000);
+  };
+  later(() => refresh().catch((error) => handle(error, route)), data.backups.some((b) => b.status === "IN_PROGRESS") ? 2000 : 10000);
+}
+
+function renderBackups(c, list, data, day, page) {
   const heading = h(
     "div",
     { class: "list-head" },
@@ -328,7 +353,7 @@ async function backupsTab(c, panel, rest, params) {
     h(
       "tr",
       {},
-      h("td", {}, utc(b.as_of_time)),
+      h("td", { class: "time" }, utc(b.as_of_time)),
       h("td", {}, badge(statusLabel(b.status))),
       h("td", {}, typeLabel(b.type)),
       h(
@@ -355,7 +380,7 @@ async function backupsTab(c, panel, rest, params) {
     ),
   );
   const pager = pagination(data.pagination, (p) => `${href("clusters", c.id, "backups")}?${new URLSearchParams({ ...(day ? { day } : {}), page: p })}`);
-  replace(list, heading, table(["Data From", "Status", "Type", "Expires In", "Databases", "Size", ""], rows, { caption: "Backups" }), pager);
+  replace(list, heading, table(["Data From", "Status", "Type", "Expires In", ["Databases", "num"], ["Size", "num"], ""], rows, { caption: "Backups" }), pager);
 }
 
 function pagination(p, link) {
@@ -405,7 +430,7 @@ async function databasesView(c, panel, backupId) {
     backupCrumbs(c, backup),
     h("h2", {}, "Databases"),
     h("p", { class: "sub" }, `${typeLabel(backup.type)} backup ${backup.id} · ${bytes(backup.size_bytes)} · databases without tables are not listed.`),
-    rows.length ? table(["Name", "Tables", ""], rows, { caption: "Databases of the backup" }) : empty("No database with tables in this backup."),
+    rows.length ? table(["Name", ["Tables", "num"], ""], rows, { caption: "Databases of the backup" }) : empty("No database with tables in this backup."),
   );
 }
 
@@ -437,7 +462,7 @@ async function tablesView(c, panel, backupId, database) {
     panel,
     backupCrumbs(c, backup, database),
     h("h2", {}, `Tables of ${database}`),
-    rows.length ? table(["Schema", "Name", "Rows", "Size", ""], rows, { caption: `Tables of ${database}` }) : empty("No tables."),
+    rows.length ? table(["Schema", "Name", ["Rows", "num"], ["Size", "num"], ""], rows, { caption: `Tables of ${database}` }) : empty("No tables."),
   );
 }
 
@@ -454,7 +479,7 @@ async function incompleteTab(c, panel) {
     h(
       "tr",
       { class: b.status === "FAILED" ? "failed-row" : "" },
-      h("td", {}, utc(b.started)),
+      h("td", { class: "time" }, utc(b.started)),
       h("td", {}, duration(b.duration_seconds)),
       h(
         "td",
@@ -486,6 +511,13 @@ function objectsText(objects) {
   const db = objects[0].database;
   const tables = objects.filter((o) => o.table).map((o) => `${o.schema ?? "public"}.${o.table}`);
   return tables.length ? `${db}: ${tables.join(", ")}` : db;
+}
+
+// A time as its day above its time of day, where a table has many columns.
+function twoLines(text) {
+  if (!text) return "—";
+  const [day, time] = utc(text).split(" ");
+  return [day, h("br"), time];
 }
 
 function progressCell(job) {
@@ -545,15 +577,12 @@ async function restoresTab(c, panel, rest, params) {
           { dataset: { job: job.id }, class: job.status === "FAILED" ? "failed-row" : "" },
           h(
             "td",
-            {},
-            h("span", { class: "strong" }, job.source_cluster_name ?? job.source_cluster_id ?? "?"),
-            job.objects?.length ? h("span", { class: "sub" }, ` ${objectsText(job.objects)}`) : null,
-            h("span", { class: "arrow", "aria-label": "to" }, " → "),
-            h("span", { class: "strong" }, job.destination_cluster_name ?? job.destination_cluster_id),
-            job.target_database ? h("span", { class: "sub" }, ` ${job.target_database}`) : null,
+            { class: "route" },
+            h("div", {}, h("span", { class: "strong" }, job.source_cluster_name ?? job.source_cluster_id ?? "?"), job.objects?.length ? h("span", { class: "sub" }, ` · ${objectsText(job.objects)}`) : null),
+            h("div", {}, h("span", { class: "arrow", "aria-label": "to" }, "→ "), h("span", { class: "strong" }, job.destination_cluster_name ?? job.destination_cluster_id), job.target_database ? h("span", { class: "sub" }, ` · ${job.target_database}`) : null),
           ),
           h("td", {}, job.type.charAt(0) + job.type.slice(1).toLowerCase()),
-          h("td", {}, utc(job.backup_end_time)),
+          h("td", { class: "time" }, twoLines(job.backup_end_time)),
           h(
             "td",
             { class: "status-cell" },
@@ -563,8 +592,8 @@ async function restoresTab(c, panel, rest, params) {
             job.failed_step ? h("div", { class: "sub" }, `step: ${job.failed_step}`) : null,
           ),
           h("td", {}, progressCell(job)),
-          h("td", {}, utc(job.created_at)),
-          h("td", {}, utc(job.completed_at)),
+          h("td", { class: "time" }, twoLines(job.created_at)),
+          h("td", { class: "time" }, twoLines(job.completed_at)),
           h("td", {}, h("code", { class: "job-id" }, job.id), jobDetails(job)),
         ),
       );
@@ -605,7 +634,10 @@ async function auditTab(c, panel, rest, params) {
   replace(panel, loading("the audit trail"));
   const after = params.get("after");
   const before = params.get("before") ?? (after ? null : LATEST);
-  const { events } = await api(`${clusterPath(c.id)}/events${query({ limit: PAGE, ...(after ? { after } : { before }) })}`);
+  // One more than a page, to know whether there is another page that way.
+  const { events: fetched } = await api(`${clusterPath(c.id)}/events${query({ limit: PAGE + 1, ...(after ? { after } : { before }) })}`);
+  const more = fetched.length > PAGE;
+  const events = !more ? fetched : after ? fetched.slice(0, PAGE) : fetched.slice(1);
   if (!events.length && !after && before === LATEST) {
     replace(panel, h("h2", {}, "Audit trail"), empty("No events recorded for this cluster."));
     return;
@@ -615,7 +647,7 @@ async function auditTab(c, panel, rest, params) {
       "tr",
       {},
       h("td", { class: "num" }, String(e.position)),
-      h("td", {}, utc(e.occurred_at)),
+      h("td", { class: "time" }, utc(e.occurred_at)),
       h("td", {}, h("span", { class: "event-type" }, e.type)),
       h("td", {}, e.by ?? "—"),
       h("td", { class: "details" }, eventSummary(e)),
@@ -627,15 +659,15 @@ async function auditTab(c, panel, rest, params) {
   const pager = h(
     "nav",
     { class: "pager", "aria-label": "Audit trail pages" },
-    first !== undefined ? h("a", { href: link({ before: first }) }, "‹ Earlier events") : h("span", {}),
+    first !== undefined && (after || more) ? h("a", { href: link({ before: first }) }, "‹ Earlier events") : h("span", {}),
     before === LATEST ? h("span", { class: "sub" }, "Latest events") : h("a", { href: href("clusters", c.id, "audit") }, "Latest"),
-    last !== undefined && before !== LATEST ? h("a", { href: link({ after: last }) }, "Later events ›") : h("span", {}),
+    last !== undefined && before !== LATEST && (before || more) ? h("a", { href: link({ after: last }) }, "Later events ›") : h("span", {}),
   );
   replace(
     panel,
     h("h2", {}, "Audit trail"),
     h("p", { class: "sub" }, "Every event of this cluster in the order the event store recorded it, with who caused it."),
-    events.length ? table(["#", "Time (UTC)", "Event", "By", "Details"], rows, { caption: "Audit trail", className: "audit" }) : empty("No more events this way."),
+    events.length ? table([["#", "num"], "Time (UTC)", "Event", "By", "Details"], rows, { caption: "Audit trail", className: "audit" }) : empty("No more events this way."),
     pager,
   );
 }

@@ -383,3 +383,43 @@ export function passwordDialog({ cluster }) {
   password.focus();
 }
 
+
+// -- a backup now -----------------------------------------------------------------------------
+
+export function backupNowDialog({ cluster, onStarted }) {
+  const { body, close } = openDialog(`Back up ${cluster.name} now`);
+  const full = h("input", { type: "radio", name: "type", id: "now-full", value: "FULL", checked: true });
+  const incremental = h("input", { type: "radio", name: "type", id: "now-incremental", value: "INCREMENTAL" });
+  const error = errorBox();
+  const start = h("button", { type: "submit", class: "primary" }, "Start backup");
+  const form = h(
+    "form",
+    { novalidate: true },
+    h(
+      "fieldset",
+      { class: "field" },
+      h("legend", {}, "Type"),
+      h("div", { class: "check" }, full, h("label", { for: full.id }, h("span", { class: "check-label" }, "Full"), h("span", { class: "help" }, "Starts a new chain: everything is stored."))),
+      h("div", { class: "check" }, incremental, h("label", { for: incremental.id }, h("span", { class: "check-label" }, "Incremental"), h("span", { class: "help" }, "Stores what changed since the newest restorable backup's chain."))),
+    ),
+    h("p", { class: "help" }, `Kept ${days(cluster.backups_config.retention_days)}, like the scheduled ones. The schedule goes on as before.`),
+    error,
+    actions(h("button", { type: "button", onclick: close }, "Cancel"), start),
+  );
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    error.hidden = true;
+    const done = busy(start, "Starting…");
+    try {
+      const backup = await api(`${clusterPath(cluster.id)}/backups`, { method: "POST", body: { type: incremental.checked ? "INCREMENTAL" : "FULL" } });
+      close();
+      toast(`Backup ${backup.id} started.`);
+      onStarted(backup);
+    } catch (failure) {
+      done();
+      showError(error, failure.message);
+    }
+  });
+  replace(body, form);
+  full.focus();
+}

@@ -129,7 +129,12 @@ export function table(columns, rows, { caption, className } = {}) {
       "table",
       { class: className },
       caption ? h("caption", { class: "visually-hidden" }, caption) : null,
-      h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col" }, c)))),
+      h(
+        "thead",
+        {},
+        // A column is its title, or [title, "num"] for one aligned right (numbers).
+        h("tr", {}, columns.map((c) => (Array.isArray(c) ? h("th", { scope: "col", class: c[1] }, c[0]) : h("th", { scope: "col" }, c)))),
+      ),
       h("tbody", {}, rows),
     ),
   );
