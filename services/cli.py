@@ -4,21 +4,23 @@ up        run the whole system on this machine, in the foreground, on embedded d
 publish   publish a command to the running system and print its result
 service   run one service (what ``up`` and compose.yaml start)
 contracts export DIR   write JSON Schemas and the AsyncAPI document
-projections rebuild    drop the read models and rebuild them from the event store
+projections rebuild    rebuild the read models from the event store
 restore start DEST ... [--follow]   start a restore job and follow it to its end
 clusters set-secret ID set the password the executor uses for one cluster (stdin or prompt)
+clusters list, backups list|show, settings get|set, backup now|verify, restores list, history
+          daily work over the HTTP API (``services/apicli/``)
 
 Each command is a function with typed, documented parameters; the groups (``contracts``,
-``projections``, ``clusters``, ``restore``) are typer sub-applications. A command's outcome is its
-exit code (``typer.Exit``): 0 done, 1 refused by the system, 2 a usage problem (typer's own for a
-malformed command line), 3 the system did not answer (``restore start`` says 2 then, as it
-always has). Tracebacks never show local variables: a credential or a password may be one of
-them.
+``projections``, ``clusters``, ``restore``...) are typer sub-applications. A command's outcome is
+its exit code (``typer.Exit``): 0 done, 1 refused by the system, 2 a usage problem (typer's own
+for a malformed command line), 3 the system did not answer. Commands that call the API find it
+as ``shared/locations.py`` says (``--api-url``, else the URL ``up`` remembered in the data
+directory) and name the URL they tried when it does not answer. Tracebacks never show local
+variables: a credential or a password may be one of them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -28,15 +30,21 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import httpx
 import typer
 
 from managed_backups.contracts import topics
+from managed_backups.services.apicli import commands as api_commands
 from managed_backups.services.registry import service_main, service_names
 from managed_backups.services.restore.cli import app as restore_app
-from managed_backups.shared.settings import Settings, default_data_dir
+from managed_backups.shared import locations
+
+if TYPE_CHECKING:
+    from managed_backups.shared.settings import Settings
+
+# Each command imports what it uses when it runs (asyncio, the settings model, the broker's
+# client, httpx, rich): a command that only calls the API answers without loading the rest.
 
 SERVICES = service_names()
 
@@ -57,6 +65,7 @@ app.add_typer(contracts_app, name="contracts")
 app.add_typer(restore_app, name="restore")
 app.add_typer(projections_app, name="projections")
 app.add_typer(clusters_app, name="clusters")
+api_commands.register(app, clusters_app)
 
 DataDir = Annotated[
     Path | None,
@@ -76,6 +85,8 @@ Credential = Annotated[
 
 
 def _settings(data_dir: Path | None, **overrides: Any) -> Settings:
+    from managed_backups.shared.settings import Settings
+
     values: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
     if data_dir is not None:
         values["data_dir"] = data_dir.resolve()
@@ -114,6 +125,8 @@ def cmd_up(
 
 
 def _up(data_dir_option: Path | None, api_port: int | None, simulated_clock: bool) -> int:
+    import asyncio
+
     from managed_backups.services.runtime import private_sqlite_files
     from managed_backups.shared.bus import ensure_topics
     from managed_backups.shared.clock import build_clock
@@ -123,7 +136,7 @@ def _up(data_dir_option: Path | None, api_port: int | None, simulated_clock: boo
     from managed_backups.shared.security import ensure_key_file
     from managed_backups.shared.sqldb import SqlDatabase, sqlite_path
 
-    data_dir = data_dir_option.resolve() if data_dir_option else default_data_dir()
+    data_dir = data_dir_option.resolve() if data_dir_option else locations.default_data_dir()
     ensure_private_dir(data_dir)
     settings = _settings(data_dir, api_port=api_port, simulated_clock=simulated_clock or None)
     if settings.simulated_clock and settings.production_like():
@@ -191,6 +204,8 @@ def _up(data_dir_option: Path | None, api_port: int | None, simulated_clock: boo
         for name in SERVICES:
             children[name] = spawn(name)
         api = f"http://{settings.api_host}:{settings.api_port}"
+        # Every command given this data directory reaches this API (and this broker, above).
+        locations.remember_api_url(data_dir, api)
         _wait_http(f"{api}/healthz", children, timeout=60)
         print(f"managed-backups is up (data directory {data_dir})")
         print(f"  API:    {api}")
@@ -250,6 +265,8 @@ def _kafka_port(data_dir: Path) -> int | None:
 
 
 def _wait_http(url: str, children: dict[str, subprocess.Popen[bytes]], timeout: float) -> None:
+    import httpx
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for name, proc in children.items():
@@ -322,17 +339,8 @@ def _publish(
     bootstrap_servers: str | None,
     timeout: float,
 ) -> int:
-    from managed_backups.shared.gateway import CommandGateway, CommandTimeout
-
-    data_dir = data_dir_option.resolve() if data_dir_option else default_data_dir()
-    configured = Settings()
-    bootstrap = bootstrap_servers or (
-        configured.kafka_bootstrap_servers
-        if "kafka_bootstrap_servers" in configured.model_fields_set
-        else None
-    )
-    if not bootstrap and (data_dir / "kafka-bootstrap").exists():
-        bootstrap = (data_dir / "kafka-bootstrap").read_text().strip()
+    data_dir = data_dir_option.resolve() if data_dir_option else locations.default_data_dir()
+    bootstrap = locations.bootstrap_servers(bootstrap_servers, data_dir)
     if not bootstrap:
         print(f"no broker: is `managed-backups up --data-dir {data_dir}` running?", file=sys.stderr)
         return 2
@@ -352,17 +360,18 @@ def _publish(
         return 2
     command.setdefault("command_id", str(uuid.uuid4()))
     if "credential" not in command:
-        credential = credential_option or configured.credential
-        key_file = data_dir / "admin-api-key"
-        if not credential and key_file.exists():
-            credential = key_file.read_text().strip()
-        if not credential:
+        credential = locations.credential(credential_option, data_dir)
+        if credential is None:
             print(
                 f"no credential: pass --credential or run `up` with --data-dir {data_dir}",
                 file=sys.stderr,
             )
             return 2
-        command["credential"] = credential
+        command["credential"] = credential.value
+
+    import asyncio
+
+    from managed_backups.shared.gateway import CommandGateway, CommandTimeout
 
     async def main() -> int:
         gateway = CommandGateway(bootstrap, "managed-backups-cli")
@@ -405,6 +414,8 @@ def cmd_service(
     data_dir: DataDir = None,
 ) -> None:
     """Run one service in the foreground."""
+    import asyncio
+
     from managed_backups.services.runtime import configure_logging, open_runtime, stop_on_signals
 
     settings = _settings(data_dir)
@@ -481,44 +492,24 @@ def cmd_set_secret(
     cluster_id: Annotated[str, typer.Argument(metavar="ID", help="the cluster's id")],
     data_dir: DataDir = None,
     credential: Credential = None,
-    api_url: Annotated[
-        str | None, typer.Option(help="default: http://API_HOST:API_PORT from the settings")
-    ] = None,
+    api_url: api_commands.ApiUrl = None,
 ) -> None:
     """Set the password the executor uses for one cluster (read from stdin or a prompt)."""
-    raise typer.Exit(_set_secret(cluster_id, data_dir, credential, api_url))
+    from managed_backups.services.apicli.client import Api, CliError, cluster_path
 
-
-def _set_secret(
-    cluster_id: str, data_dir: Path | None, credential_option: str | None, api_url: str | None
-) -> int:
-    settings = _settings(data_dir)
-    credential = credential_option or settings.credential
-    if not credential and settings.admin_key_path.exists():
-        credential = settings.admin_key_path.read_text().strip()
-    if not credential:
-        print("no credential: pass --credential or --data-dir", file=sys.stderr)
-        return 2
-    password = read_password()
-    if not password:
-        print("no password given", file=sys.stderr)
-        return 2
-    url = api_url or f"http://{settings.api_host}:{settings.api_port}"
     try:
-        response = httpx.put(
-            f"{url.rstrip('/')}/api/v1/clusters/{cluster_id}/connection-secret",
-            json={"password": password},
-            headers={"Authorization": f"Bearer {credential}"},
-            timeout=30,
-        )
-    except httpx.HTTPError as exc:
-        print(f"cannot reach the API at {url}: {exc}", file=sys.stderr)
-        return 3
-    if response.status_code >= 300:
-        print(f"refused ({response.status_code}): {response.text}", file=sys.stderr)
-        return 1
+        with Api.connect(api_url, data_dir, credential) as api:
+            password = read_password()
+            if not password:
+                print("no password given", file=sys.stderr)
+                raise typer.Exit(2)
+            api.call(
+                "PUT", f"{cluster_path(cluster_id)}/connection-secret", body={"password": password}
+            )
+    except CliError as failure:
+        print(failure.message, file=sys.stderr)
+        raise typer.Exit(failure.exit_code) from None
     print(f"the connection secret of cluster {cluster_id} is set")
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,6 @@
-"""The restore CLI: its arguments become the API request; its progress line (phase, percent,
-bytes, rate, ETA); a refusal's reason on stderr with exit 1."""
+"""The restore CLI: its arguments become the API request; ``--follow`` draws the job's progress
+with rich (phase, percent, bytes, rate, ETA) until it ends; a refusal's reason on stderr with
+exit 1; an API that does not answer is named, with exit 3."""
 
 from __future__ import annotations
 
@@ -11,22 +12,22 @@ import pytest
 from typer.testing import CliRunner
 
 from managed_backups.services import cli
-from managed_backups.services.restore import cli as restore_cli
-from managed_backups.services.restore.cli import progress_line
+from managed_backups.services.apicli import client as api_client_module
 
 
-def _api(monkeypatch: pytest.MonkeyPatch, answer: httpx.Response) -> list[httpx.Request]:
-    """Route ``restore start``'s HTTP client to an in-memory API answering ``answer``."""
+def _api(monkeypatch: pytest.MonkeyPatch, *answers: httpx.Response) -> list[httpx.Request]:
+    """Route the commands' HTTP client to an in-memory API answering ``answers`` in turn (the
+    last one again and again)."""
     seen: list[httpx.Request] = []
 
     def handle(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        return answer
+        return answers[min(len(seen), len(answers)) - 1]
 
     def client(base_url: str) -> httpx.Client:
         return httpx.Client(base_url=base_url, transport=httpx.MockTransport(handle))
 
-    monkeypatch.setattr(restore_cli, "api_client", client)
+    monkeypatch.setattr(api_client_module, "api_client", client)
     return seen
 
 
@@ -52,7 +53,7 @@ def test_table_restore_arguments_become_the_api_request(monkeypatch: pytest.Monk
             "--into-db",
             "x",
             "--skip-missing-views",
-            "--api",
+            "--api-url",
             "http://api.test",
             "--credential",
             "mbk_k",
@@ -99,13 +100,93 @@ def test_a_restore_type_outside_the_three_is_a_usage_error() -> None:
     assert missing.exit_code == 2 and "Missing option '--type'" in missing.stderr
 
 
-def test_progress_line_shows_phase_percent_bytes_rate_and_eta() -> None:
-    job = {
-        "phase": "Running",
-        "completion_percent": 0.25,
-        "bytes_done": 25 << 20,
-        "bytes_total": 100 << 20,
+def job(status: str, phase: str, done: int, total: int) -> dict[str, Any]:
+    return {
+        "id": "r-1",
+        "status": status,
+        "phase": phase,
+        "completion_percent": done / total if total else 0.0,
+        "bytes_done": done,
+        "bytes_total": total,
+        "restored": ["table shop.public.orders"] if status == "SUCCESS" else None,
+        "client_error_code": "CHUNK_CORRUPT" if status == "FAILED" else None,
+        "client_error_message": "chunk abc is corrupt" if status == "FAILED" else None,
+        "failed_step": "verify" if status == "FAILED" else None,
+        "destination_state": "unchanged" if status == "FAILED" else None,
     }
-    line = progress_line(job, started=0.0, now=5.0)
-    assert line.startswith("Running") and "#####" in line and " 25.0%" in line
-    assert "25.0 MiB / 100.0 MiB" in line and "5.0 MiB/s" in line and "ETA 15s" in line
+
+
+def test_follow_shows_phase_percent_bytes_rate_and_eta_until_success(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("managed_backups.services.restore.cli.POLL_SECONDS", 0.0)
+    seen = _api(
+        monkeypatch,
+        httpx.Response(200, json=job("PENDING", "Preparing", 0, 0)),  # the POST's answer
+        httpx.Response(200, json=job("PENDING", "Preparing", 0, 0)),
+        httpx.Response(200, json=job("PENDING", "Running", 25 << 20, 100 << 20)),
+        httpx.Response(200, json=job("PENDING", "Running", 60 << 20, 100 << 20)),
+        httpx.Response(200, json=job("SUCCESS", "Succeeded", 100 << 20, 100 << 20)),
+    )
+    result = CliRunner().invoke(
+        cli.app,
+        [
+            "restore",
+            "start",
+            "dst",
+            "--type",
+            "CLUSTER",
+            "--follow",
+            "--api-url",
+            "http://a",
+            "--credential",
+            "mbk_k",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("Preparing") and "0.0%" in lines[0]
+    assert lines[1].startswith("Running") and " 25.0%" in lines[1]
+    assert "25.0 MiB / 100.0 MiB" in lines[1] and "/s" in lines[1] and "ETA" in lines[1]
+    assert lines[2].startswith("Running") and " 60.0%" in lines[2]
+    assert lines[3].startswith("Succeeded") and "100.0%" in lines[3]
+    assert lines[-1] == "restored: table shop.public.orders"
+    assert [r.url.path for r in seen[1:]] == ["/api/v1/clusters/dst/restores/r-1"] * 4
+
+
+def test_follow_a_failed_job_prints_the_reason_and_exits_1(monkeypatch: pytest.MonkeyPatch) -> None:
+    _api(monkeypatch, httpx.Response(200, json=job("FAILED", "Failed", 1, 10)))
+    result = CliRunner().invoke(
+        cli.app,
+        [
+            "restore",
+            "start",
+            "dst",
+            "--type",
+            "CLUSTER",
+            "--follow",
+            "--api",
+            "http://a",
+            "--credential",
+            "mbk_k",
+        ],
+    )
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "restore r-1 failed: CHUNK_CORRUPT: chunk abc is corrupt (step: verify); "
+        "destination unchanged\n"
+    )
+
+
+def test_an_api_that_does_not_answer_is_named_with_exit_3(tmp_path: Any) -> None:
+    (tmp_path / "api-url").write_text("http://127.0.0.1:9\n")
+    (tmp_path / "admin-api-key").write_text("mbk_k\n")
+    result = CliRunner().invoke(
+        cli.app,
+        ["restore", "start", "dst", "--type", "CLUSTER", "--data-dir", str(tmp_path)],
+    )
+    assert result.exit_code == 3
+    assert result.stderr.startswith(
+        f"cannot reach the API at http://127.0.0.1:9 (from {tmp_path / 'api-url'}): "
+    )
+    assert f"is `managed-backups up --data-dir {tmp_path}` running" in result.stderr
