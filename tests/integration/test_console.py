@@ -3,7 +3,8 @@ stack with real backups (``console_stack.py``): sign-in, each tab, the calendar 
 databases → tables drill-down, a setting changed and a second retention change refused, a TABLE
 restore started from the dialog and followed to its end (then compared with the source), a
 CLUSTER restore refused on a wrong name, the failed backup's hint, the audit trail, setting a
-password, what a Cluster Operator and a Cluster Monitor see, a narrow screen, the API documents.
+password, what a Cluster Operator and a Cluster Monitor see, a narrow screen, the API documents;
+then the command line for daily work on the same stack.
 
 Every page is checked to load nothing from anywhere but the API. A screenshot of each step is
 saved under ``test-output/console/`` (``MANAGED_BACKUPS_TEST_OUTPUT`` moves it).
@@ -14,7 +15,12 @@ is what the audit test finds, the restore test's job is what the operator sees).
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -392,3 +398,70 @@ async def test_the_api_documents_load_from_the_api_alone(
     assert "managed-backups.restore-commands" in {
         c["address"] for c in document["channels"].values()
     }
+
+
+def cli(stack: Stack, *argv: str) -> subprocess.CompletedProcess[str]:
+    """``managed-backups ARGV`` in its own process, as a user runs it, with the admin's key."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MANAGED_BACKUPS_")}
+    env["MANAGED_BACKUPS_CREDENTIAL"] = stack.admin_key
+    return subprocess.run(
+        [sys.executable, "-m", "managed_backups.services.cli", *argv, "--api-url", stack.url],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+async def test_the_cli_for_daily_work_on_the_same_stack(stack: Stack) -> None:
+    """The commands a user types instead of the console, on the real backups above."""
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return cli(stack, *argv)
+
+    listed = await asyncio.to_thread(run, "clusters", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    clusters = {c["id"]: c for c in json.loads(listed.stdout)["clusters"]}
+    assert clusters[PROD]["recoverability"]["restorable_backups"] == 2
+    table = await asyncio.to_thread(run, "clusters", "list")
+    assert PROD in table.stdout and "Recoverability window" in table.stdout
+
+    day = clusters[PROD]["recoverability"]["newest_restorable"][:10]
+    backups = await asyncio.to_thread(run, "backups", "list", PROD, "--date", day, "--json")
+    assert [b["id"] for b in json.loads(backups.stdout)["backups"]] == [
+        str(stack.incremental_id),
+        str(stack.full_id),
+    ]
+    shown = await asyncio.to_thread(run, "backups", "show", str(stack.incremental_id))
+    assert shown.returncode == 0, shown.stderr
+    orders = next(line for line in shown.stdout.splitlines() if " orders " in f" {line} ")
+    assert SHOP in orders and f"{stack.at_incremental['orders'][0]:,}" in orders
+
+    verified = await asyncio.to_thread(run, "backup", "verify", str(stack.full_id))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "OK at" in verified.stdout and "0 missing or corrupt" in verified.stdout
+
+    taken = await asyncio.to_thread(
+        run, "backup", "now", PROD, "--type", "INCREMENTAL", "--wait", "--json"
+    )
+    assert taken.returncode == 0, taken.stderr
+    backup = json.loads(taken.stdout)
+    assert backup["status"] == "COMPLETE" and backup["chain_id"] == str(stack.full_id)
+
+    settings = await asyncio.to_thread(run, "settings", "get", PROD, "--json")
+    assert json.loads(settings.stdout)["retention_days"] == 7  # set in the console above
+    refused = await asyncio.to_thread(run, "settings", "set", PROD, "--retention", "365")
+    assert refused.returncode == 1
+    assert "cluster already has a retention policy set" in refused.stderr
+
+    restores = await asyncio.to_thread(run, "restores", "list", PROD, "--json")
+    assert json.loads(restores.stdout)["restores"][0]["status"] == "SUCCESS"
+    history = await asyncio.to_thread(run, "history", PROD, "--json", "--limit", "500")
+    kinds = [e["type"] for e in json.loads(history.stdout)["events"]]
+    assert "BackupVerified" in kinds and "BackupCompleted" in kinds
+    assert kinds[-1] == "CommandHandled"  # the refused retention change, in the trail too
+
+    unknown = await asyncio.to_thread(run, "backups", "list", "no-such-cluster")
+    assert unknown.returncode == 1
+    assert unknown.stderr == "refused (404): cluster no-such-cluster is not registered\n"

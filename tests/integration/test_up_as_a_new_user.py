@@ -108,7 +108,8 @@ def test_up_publish_and_query_within_a_second(tmp_path: Path) -> None:
         assert rejected.returncode == 1
         assert json.loads(rejected.stdout)["reason"] == "cluster orders-prod is already registered"
 
-        # The cluster's password, from stdin, through the API; the trail names who set it.
+        # The cluster's password, from stdin, through the API up serves for this data
+        # directory (its port, remembered there); the trail names who set it.
         secret = subprocess.run(
             [
                 sys.executable,
@@ -119,8 +120,6 @@ def test_up_publish_and_query_within_a_second(tmp_path: Path) -> None:
                 "orders-prod",
                 "--data-dir",
                 str(data),
-                "--api-url",
-                f"http://127.0.0.1:{port}",
             ],
             env=env,
             input="its-password\n",
@@ -130,6 +129,25 @@ def test_up_publish_and_query_within_a_second(tmp_path: Path) -> None:
             check=False,
         )
         assert secret.returncode == 0, secret.stdout + secret.stderr
+        listed = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "managed_backups.services.cli",
+                "clusters",
+                "list",
+                "--json",
+                "--data-dir",
+                str(data),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert listed.returncode == 0, listed.stderr
+        assert [c["id"] for c in json.loads(listed.stdout)["clusters"]] == ["orders-prod"]
         events = httpx.get(f"{url}/events", headers=headers, timeout=5).json()["events"]
         assert [e["by"] for e in events if e["type"] == "ConnectionSecretSet"] == ["admin"]
         assert "its-password" not in json.dumps(events)
