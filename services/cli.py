@@ -460,7 +460,8 @@ def cmd_contracts_export(
 
 @projections_app.command("rebuild")
 def cmd_projections_rebuild(data_dir: DataDir = None) -> None:
-    """Drop the read models and rebuild them from the event store."""
+    """Rebuild the read models from the event store (into side tables, then swapped in at
+    once: a running system keeps its views meanwhile)."""
     from managed_backups.services.projections.service import rebuild
     from managed_backups.shared.eventstore import open_event_store
     from managed_backups.shared.sqldb import SqlDatabase
@@ -468,8 +469,16 @@ def cmd_projections_rebuild(data_dir: DataDir = None) -> None:
     settings = _settings(data_dir)
     store = open_event_store(settings.store_url)
     db = SqlDatabase(settings.store_url)
+    started = time.monotonic()
     models = rebuild(store, db)
-    print(f"rebuilt the read models up to position {models.position()}")
+    took = time.monotonic() - started
+    events = models.position()
+    print(
+        f"rebuilt the read models up to position {events} "
+        f"({events / max(took, 1e-9):,.0f} events/s, {took:.1f} s)"
+    )
+    db.close()
+    store.close()
 
 
 # -- clusters set-secret ------------------------------------------------------------------------

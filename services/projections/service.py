@@ -28,37 +28,67 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from concurrent.futures import ThreadPoolExecutor
 
+from managed_backups.contracts.events import WireEvent
 from managed_backups.services.projections.handlers import ViewProjection
 from managed_backups.shared.eventstore import EventStore, to_wire_event
 from managed_backups.shared.sqldb import SqlDatabase
 from managed_backups.shared.views import ReadModels
+from managed_backups.shared.views.schema import DEFAULT_PREFIX
 
 
 class Projector:
     """Applies the log after the views' position, in batches, to the tables ``views`` reads."""
 
     def __init__(
-        self, store: EventStore, views: ReadModels, batch: int = 500, poll: float = 0.02
+        self,
+        store: EventStore,
+        views: ReadModels,
+        batch: int = 500,
+        poll: float = 0.02,
+        create: bool = True,
     ) -> None:
         self.store = store
         self.views = views
         self.projection = ViewProjection(views.db, views.prefix)
         self.batch = batch
         self.poll = poll
-        views.create()
+        if create:
+            views.create()
+
+    def read(self, after: int) -> tuple[int, list[WireEvent]]:
+        """The batch after position ``after``: its last position and its contract events."""
+        rows = self.store.notifications(after, self.batch)
+        events = [to_wire_event(row.id, self.store.domain_event(row)) for row in rows]
+        return (rows[-1].id if rows else after), events
 
     def catch_up_once(self) -> int:
-        """Apply the next batch; returns how many events were applied."""
-        rows = self.store.notifications(self.views.position(), self.batch)
-        self.projection.apply_batch(
-            [to_wire_event(row.id, self.store.domain_event(row)) for row in rows]
-        )
-        return len(rows)
+        """Apply the next batch; returns how many events were applied (0 also when another
+        writer moved the views meanwhile: the next call reads where they are now)."""
+        after = self.views.position()
+        _, events = self.read(after)
+        return len(events) if self.projection.apply_batch(events, after=after) else 0
 
     def catch_up(self) -> None:
         while self.catch_up_once() == self.batch:
             pass
+
+    def replay(self) -> None:
+        """Catch up from the views' position to the end of the log, reading and decoding the
+        next batch in a second thread while this one applies the current one (the database
+        works on a batch while Python decodes the next)."""
+        after = self.views.position()
+        with ThreadPoolExecutor(1, thread_name_prefix="replay-read") as reader:
+            coming = reader.submit(self.read, after)
+            while True:
+                last, events = coming.result()
+                if not events:
+                    return
+                coming = reader.submit(self.read, last)
+                if not self.projection.apply_batch(events, after=after):
+                    raise RuntimeError("another writer moved the views being rebuilt")
+                after = last
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -67,9 +97,23 @@ class Projector:
                     await asyncio.wait_for(stop.wait(), timeout=self.poll)
 
 
-def rebuild(store: EventStore, db: SqlDatabase, prefix: str = "mb_view_") -> ReadModels:
-    """Drop the views and replay the whole log into them."""
+REBUILD_BATCH = 5000
+"""Events a rebuild applies per transaction (the live service takes 500: its batches are short
+anyway, and a reader waits for each)."""
+
+
+def rebuild(
+    store: EventStore, db: SqlDatabase, prefix: str = DEFAULT_PREFIX, batch: int = REBUILD_BATCH
+) -> ReadModels:
+    """Replay the whole log into side tables (``<prefix>rebuild_*``, without indexes), then put
+    them in place of the views under ``prefix`` in one transaction (``Tables.replace``, which
+    builds the indexes). Readers keep the old views until then; a projections service running
+    meanwhile goes on from the rebuilt views' position (its next batch finds the position moved
+    and rereads it)."""
+    side = ReadModels(db, f"{prefix}rebuild_")
+    side.drop()
+    side.tables.create(db, indexes=False)
+    Projector(store, side, batch=batch, create=False).replay()
     views = ReadModels(db, prefix)
-    views.drop()
-    Projector(store, views).catch_up()
+    side.tables.replace(db, views.tables)
     return views
