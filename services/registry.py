@@ -8,16 +8,17 @@ service is started, so one service's dependencies never load in another's proces
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the command line reads this table without loading asyncio
+    import asyncio
+
     from managed_backups.services.runtime import Runtime
 
-ServiceMain = Callable[["Runtime", asyncio.Event], Awaitable[None]]
+ServiceMain = Callable[["Runtime", "asyncio.Event"], Awaitable[None]]
 
 
 @dataclass(frozen=True)

@@ -10,22 +10,18 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 from typer.testing import CliRunner
 
 from managed_backups.services import cli
-from managed_backups.services.apicli import client as api_client_module
 from managed_backups.shared import locations
 from managed_backups.shared.settings import Settings
+from tests.unit.fake_api import FakeApi
 
 BACKUP = "11111111-1111-4111-8111-111111111111"
 COMMAND = "22222222-2222-4222-8222-222222222222"
-Route = Callable[[httpx.Request], httpx.Response]
 
 
 @pytest.fixture
@@ -34,32 +30,6 @@ def runner(tmp_path: Path) -> CliRunner:
     env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("MANAGED_BACKUPS_")}
     env["XDG_DATA_HOME"] = str(tmp_path / "data-home")
     return CliRunner(env=env)
-
-
-class FakeApi:
-    """Answers by (method, path); records every request."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, routes: dict[tuple[str, str], Any]):
-        self.routes = routes
-        self.seen: list[httpx.Request] = []
-        self.base_urls: list[str] = []
-
-        def handle(request: httpx.Request) -> httpx.Response:
-            self.seen.append(request)
-            answer = self.routes.get((request.method, request.url.path))
-            if answer is None:
-                return httpx.Response(404, json={"code": 404, "message": "no such route"})
-            if callable(answer):
-                answer = answer(request)
-            return (
-                answer if isinstance(answer, httpx.Response) else httpx.Response(200, json=answer)
-            )
-
-        def client(base_url: str) -> httpx.Client:
-            self.base_urls.append(base_url)
-            return httpx.Client(base_url=base_url, transport=httpx.MockTransport(handle))
-
-        monkeypatch.setattr(api_client_module, "api_client", client)
 
 
 ARGS = ["--api-url", "http://api.test", "--credential", "mbk_k"]
@@ -126,7 +96,7 @@ def test_clusters_list_is_a_table_marking_a_failed_last_backup_or_json(
     api = FakeApi(monkeypatch, {("GET", "/api/v1/clusters"): {"clusters": [FAILING, CLUSTER]}})
     result = runner.invoke(cli.app, ["clusters", "list", *ARGS])
     assert result.exit_code == 0, result.output
-    assert api.seen[0].url.params["detail"] == "true"
+    assert api.seen[0].params["detail"] == "true"
     assert api.seen[0].headers["Authorization"] == "Bearer mbk_k"
     billing = next(line for line in result.stdout.splitlines() if "billing" in line)
     assert "FAILED AUTHENTICATION_FAILED" in billing and "nothing restorable" in billing
@@ -143,7 +113,7 @@ def test_backups_list_of_a_day(runner: CliRunner, monkeypatch: pytest.MonkeyPatc
         cli.app, ["backups", "list", "orders-prod", "--date", "2026-03-02", *ARGS]
     )
     assert result.exit_code == 0, result.output
-    params = api.seen[0].url.params
+    params = api.seen[0].params
     assert params["start_time"] == "2026-03-02T00:00:00Z"
     assert params["end_time"] == "2026-03-03T00:00:00Z"
     assert BACKUP in result.stdout and "2026-03-02 10:00:00" in result.stdout
@@ -190,9 +160,9 @@ def test_a_refusal_prints_the_apis_message_and_exits_1(
     FakeApi(
         monkeypatch,
         {
-            ("PATCH", "/api/v1/clusters/orders-prod/backups-config"): httpx.Response(
+            ("PATCH", "/api/v1/clusters/orders-prod/backups-config"): (
                 409,
-                json={
+                {
                     "code": 409,
                     "message": "cluster already has a retention policy set, open a support "
                     "ticket to change it",
@@ -215,7 +185,7 @@ def test_settings_set_sends_only_what_changes_and_shows_the_result(
     api = FakeApi(
         monkeypatch,
         {
-            ("PATCH", "/api/v1/clusters/c/backups-config"): httpx.Response(200),
+            ("PATCH", "/api/v1/clusters/c/backups-config"): None,
             ("GET", "/api/v1/clusters/c/backups/config"): config,
         },
     )
@@ -223,7 +193,7 @@ def test_settings_set_sends_only_what_changes_and_shows_the_result(
         cli.app, ["settings", "set", "c", "--frequency", "240", "--enabled", "--json", *ARGS]
     )
     assert result.exit_code == 0, result.output
-    assert json.loads(api.seen[0].content) == {"enabled": True, "frequency_minutes": 240}
+    assert api.seen[0].json() == {"enabled": True, "frequency_minutes": 240}
     assert json.loads(result.stdout) == config
     nothing = runner.invoke(cli.app, ["settings", "set", "c", *ARGS])
     assert nothing.exit_code == 2 and "nothing to change" in nothing.stderr
@@ -237,9 +207,10 @@ def test_backup_now_waits_for_its_end(runner: CliRunner, monkeypatch: pytest.Mon
         monkeypatch,
         {
             ("POST", "/api/v1/clusters/c/backups"): {**DETAIL, "status": "IN_PROGRESS"},
-            ("GET", f"/api/v1/clusters/c/backups/{BACKUP}"): lambda _: httpx.Response(
-                200, json={**DETAIL, "status": next(states)}
-            ),
+            ("GET", f"/api/v1/clusters/c/backups/{BACKUP}"): lambda _: {
+                **DETAIL,
+                "status": next(states),
+            },
         },
     )
     monkeypatch.setattr("managed_backups.services.apicli.commands.time.sleep", lambda _: None)
@@ -247,7 +218,7 @@ def test_backup_now_waits_for_its_end(runner: CliRunner, monkeypatch: pytest.Mon
         cli.app, ["backup", "now", "c", "--type", "INCREMENTAL", "--wait", *ARGS]
     )
     assert result.exit_code == 0, result.output
-    assert json.loads(api.seen[0].content) == {"type": "INCREMENTAL"}
+    assert api.seen[0].json() == {"type": "INCREMENTAL"}
     assert f"backup {BACKUP} of c: FULL COMPLETE, 2.0 KiB" in result.stdout
 
 
@@ -269,12 +240,8 @@ def test_backup_verify_waits_for_its_own_result_and_exits_1_on_a_corrupt_chunk(
         monkeypatch,
         {
             ("GET", f"/api/v1/backups/{BACKUP}"): DETAIL,
-            ("POST", f"{base}/verify"): httpx.Response(
-                202, json={"backup_id": BACKUP, "command_id": COMMAND}
-            ),
-            ("GET", base): lambda _: httpx.Response(
-                200, json={**DETAIL, "verification": next(answers)}
-            ),
+            ("POST", f"{base}/verify"): (202, {"backup_id": BACKUP, "command_id": COMMAND}),
+            ("GET", base): lambda _: {**DETAIL, "verification": next(answers)},
         },
     )
     monkeypatch.setattr("managed_backups.services.apicli.commands.time.sleep", lambda _: None)
@@ -301,12 +268,12 @@ def test_history_opens_on_the_latest_events(
     api = FakeApi(monkeypatch, {("GET", "/api/v1/clusters/c/events"): {"events": events}})
     result = runner.invoke(cli.app, ["history", "c", "--limit", "20", *ARGS])
     assert result.exit_code == 0, result.output
-    assert api.seen[0].url.params["before"] == str(2**62)
-    assert api.seen[0].url.params["limit"] == "20"
+    assert api.seen[0].params["before"] == str(2**62)
+    assert api.seen[0].params["limit"] == "20"
     row = next(line for line in result.stdout.splitlines() if "BackupSettingsUpdated" in line)
     assert "admin" in row and "retention_days=7" in row
     later = runner.invoke(cli.app, ["history", "c", "--after", "7", *ARGS])
-    assert later.exit_code == 0 and api.seen[1].url.params["after"] == "7"
+    assert later.exit_code == 0 and api.seen[1].params["after"] == "7"
 
 
 def test_every_command_finds_the_api_up_remembered_in_its_data_directory(
@@ -324,7 +291,7 @@ def test_every_command_finds_the_api_up_remembered_in_its_data_directory(
                 "restores": [],
                 "pagination": {"next_page": None, "previous_page": None},
             },
-            ("PUT", "/api/v1/clusters/c/connection-secret"): httpx.Response(200),
+            ("PUT", "/api/v1/clusters/c/connection-secret"): None,
         },
     )
     for argv, options in (
@@ -334,11 +301,11 @@ def test_every_command_finds_the_api_up_remembered_in_its_data_directory(
     ):
         result = runner.invoke(cli.app, [*argv, "--data-dir", str(data)], **options)
         assert result.exit_code == 0, (argv, result.output)
-    assert api.base_urls == ["http://127.0.0.1:18080"] * 3
+    assert [r.base for r in api.seen] == ["http://127.0.0.1:18080"] * 3
     assert {r.headers["Authorization"] for r in api.seen} == {"Bearer mbk_admin"}
     # --api-url wins over the data directory's.
     runner.invoke(cli.app, ["clusters", "list", "--data-dir", str(data), "--api-url", "http://x"])
-    assert api.base_urls[-1] == "http://x"
+    assert api.seen[-1].base == "http://x"
 
 
 def test_an_unreachable_api_is_named_with_where_its_url_came_from(
@@ -377,6 +344,8 @@ HEAVY = (
     "psycopg",
     "pydantic_settings",
     "uvicorn",
+    "httpx",
+    "asyncio",
 )
 """(pydantic itself is loaded by typer, which validates parameters with it.)"""
 

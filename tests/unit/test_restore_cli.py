@@ -7,33 +7,21 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
 import pytest
 from typer.testing import CliRunner
 
 from managed_backups.services import cli
-from managed_backups.services.apicli import client as api_client_module
+from tests.unit.fake_api import FakeApi, Reply
 
 
-def _api(monkeypatch: pytest.MonkeyPatch, *answers: httpx.Response) -> list[httpx.Request]:
-    """Route the commands' HTTP client to an in-memory API answering ``answers`` in turn (the
-    last one again and again)."""
-    seen: list[httpx.Request] = []
-
-    def handle(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return answers[min(len(seen), len(answers)) - 1]
-
-    def client(base_url: str) -> httpx.Client:
-        return httpx.Client(base_url=base_url, transport=httpx.MockTransport(handle))
-
-    monkeypatch.setattr(api_client_module, "api_client", client)
-    return seen
+def _api(monkeypatch: pytest.MonkeyPatch, *replies: Reply) -> FakeApi:
+    """The commands' API in memory, answering ``replies`` in turn (the last one again)."""
+    return FakeApi(monkeypatch, replies=replies)
 
 
 def test_table_restore_arguments_become_the_api_request(monkeypatch: pytest.MonkeyPatch) -> None:
     job = {"id": "r-1", "status": "PENDING"}
-    seen = _api(monkeypatch, httpx.Response(200, json=job))
+    api = _api(monkeypatch, job)
     result = CliRunner().invoke(
         cli.app,
         [
@@ -61,12 +49,11 @@ def test_table_restore_arguments_become_the_api_request(monkeypatch: pytest.Monk
     )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == job
-    (request,) = seen
-    assert (
-        request.method == "POST" and request.url == "http://api.test/api/v1/clusters/dst/restores"
-    )
+    (request,) = api.seen
+    assert request.method == "POST" and request.base == "http://api.test"
+    assert request.path == "/api/v1/clusters/dst/restores"
     assert request.headers["Authorization"] == "Bearer mbk_k"
-    body: dict[str, Any] = json.loads(request.content)
+    body: dict[str, Any] = request.json()
     assert body["type"] == "TABLE" and "backup_id" not in body
     assert body["objects"] == [
         {"database": "shop", "schema": "s", "table": "a"},
@@ -82,14 +69,14 @@ def test_table_restore_arguments_become_the_api_request(monkeypatch: pytest.Monk
 
 
 def test_a_refusal_prints_its_reason_and_exits_1(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen = _api(monkeypatch, httpx.Response(409, json={"code": 409, "message": "shop exists"}))
+    api = _api(monkeypatch, (409, {"code": 409, "message": "shop exists"}))
     result = CliRunner(env={"MANAGED_BACKUPS_CREDENTIAL": "mbk_env"}).invoke(
         cli.app, ["restore", "start", "dst", "--type", "DATABASE", "--database", "shop"]
     )
     assert result.exit_code == 1
     assert result.stderr == "refused (409): shop exists\n" and result.stdout == ""
-    assert seen[0].headers["Authorization"] == "Bearer mbk_env"
-    assert json.loads(seen[0].content)["objects"] == [{"database": "shop"}]
+    assert api.seen[0].headers["Authorization"] == "Bearer mbk_env"
+    assert api.seen[0].json()["objects"] == [{"database": "shop"}]
 
 
 def test_a_restore_type_outside_the_three_is_a_usage_error() -> None:
@@ -120,13 +107,13 @@ def test_follow_shows_phase_percent_bytes_rate_and_eta_until_success(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr("managed_backups.services.restore.cli.POLL_SECONDS", 0.0)
-    seen = _api(
+    api = _api(
         monkeypatch,
-        httpx.Response(200, json=job("PENDING", "Preparing", 0, 0)),  # the POST's answer
-        httpx.Response(200, json=job("PENDING", "Preparing", 0, 0)),
-        httpx.Response(200, json=job("PENDING", "Running", 25 << 20, 100 << 20)),
-        httpx.Response(200, json=job("PENDING", "Running", 60 << 20, 100 << 20)),
-        httpx.Response(200, json=job("SUCCESS", "Succeeded", 100 << 20, 100 << 20)),
+        job("PENDING", "Preparing", 0, 0),  # the POST's answer
+        job("PENDING", "Preparing", 0, 0),
+        job("PENDING", "Running", 25 << 20, 100 << 20),
+        job("PENDING", "Running", 60 << 20, 100 << 20),
+        job("SUCCESS", "Succeeded", 100 << 20, 100 << 20),
     )
     result = CliRunner().invoke(
         cli.app,
@@ -151,11 +138,11 @@ def test_follow_shows_phase_percent_bytes_rate_and_eta_until_success(
     assert lines[2].startswith("Running") and " 60.0%" in lines[2]
     assert lines[3].startswith("Succeeded") and "100.0%" in lines[3]
     assert lines[-1] == "restored: table shop.public.orders"
-    assert [r.url.path for r in seen[1:]] == ["/api/v1/clusters/dst/restores/r-1"] * 4
+    assert [r.path for r in api.seen[1:]] == ["/api/v1/clusters/dst/restores/r-1"] * 4
 
 
 def test_follow_a_failed_job_prints_the_reason_and_exits_1(monkeypatch: pytest.MonkeyPatch) -> None:
-    _api(monkeypatch, httpx.Response(200, json=job("FAILED", "Failed", 1, 10)))
+    _api(monkeypatch, job("FAILED", "Failed", 1, 10))
     result = CliRunner().invoke(
         cli.app,
         [
