@@ -28,11 +28,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from concurrent.futures import ThreadPoolExecutor
+import itertools
+import multiprocessing
+import os
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 
-from managed_backups.contracts.events import WireEvent
+from pydantic import TypeAdapter
+
+from managed_backups.contracts.events import DomainEvent, WireEvent
 from managed_backups.services.projections.handlers import ViewProjection
-from managed_backups.shared.eventstore import EventStore, to_wire_event
+from managed_backups.shared.eventstore import EventStore, open_event_store, to_wire_event
 from managed_backups.shared.sqldb import SqlDatabase
 from managed_backups.shared.views import ReadModels
 from managed_backups.shared.views.schema import DEFAULT_PREFIX
@@ -97,6 +103,51 @@ class Projector:
                     await asyncio.wait_for(stop.wait(), timeout=self.poll)
 
 
+def _decoded(url: str, first: int, last: int) -> list[str]:
+    """(In a worker process.) The contract events at positions ``first``..``last`` of the
+    store at ``url``, as JSON: decoding the stored events is half a replay's work, and a worker
+    does it beside the process that writes the views."""
+    store = _WORKER_STORES.get(url)
+    if store is None:
+        store = _WORKER_STORES[url] = open_event_store(url)
+    rows = store.recorder.select_notifications(
+        start=first, limit=last - first + 1, stop=last, inclusive_of_start=True
+    )
+    return [
+        to_wire_event(row.id, store.domain_event(row)).model_dump_json(by_alias=True)
+        for row in rows
+    ]
+
+
+_WORKER_STORES: dict[str, EventStore] = {}
+_WIRE: TypeAdapter[WireEvent] = TypeAdapter(DomainEvent)
+
+
+def replay_in_processes(projector: Projector, url: str, workers: int) -> None:
+    """Catch ``projector`` up as ``Projector.replay`` does, the stored events decoded by
+    ``workers`` processes (a few batches ahead, in order) while this one writes the views."""
+    after = projector.views.position()
+    end = projector.store.max_position()
+    step = projector.batch
+    ranges = iter((first, min(first + step - 1, end)) for first in range(after + 1, end + 1, step))
+    context = multiprocessing.get_context("spawn")  # no copy of this process's connections
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        coming: deque[Future[list[str]]] = deque(
+            pool.submit(_decoded, url, *r) for r in itertools.islice(ranges, 2 * workers)
+        )
+        while coming:
+            texts = coming.popleft().result()
+            if (following := next(ranges, None)) is not None:
+                coming.append(pool.submit(_decoded, url, *following))
+            events = [_WIRE.validate_json(text) for text in texts]
+            if not events:
+                continue
+            if not projector.projection.apply_batch(events, after=after):
+                raise RuntimeError("another writer moved the views being rebuilt")
+            after = events[-1].position
+    projector.replay()  # what was appended meanwhile
+
+
 REBUILD_BATCH = 5000
 """Events a rebuild applies per transaction (the live service takes 500: its batches are short
 anyway, and a reader waits for each)."""
@@ -109,11 +160,19 @@ def rebuild(
     them in place of the views under ``prefix`` in one transaction (``Tables.replace``, which
     builds the indexes). Readers keep the old views until then; a projections service running
     meanwhile goes on from the rebuilt views' position (its next batch finds the position moved
-    and rereads it)."""
+    and rereads it). With more than one core the stored events are decoded by worker processes
+    (``replay_in_processes``; started with ``spawn``, so a script calling this needs the
+    ``if __name__ == "__main__":`` guard); the views live in the event store's database, so
+    ``db.url`` is the store's."""
     side = ReadModels(db, f"{prefix}rebuild_")
     side.drop()
     side.tables.create(db, indexes=False)
-    Projector(store, side, batch=batch, create=False).replay()
+    projector = Projector(store, side, batch=batch, create=False)
+    workers = min(4, (os.cpu_count() or 1) - 1)
+    if workers > 0:
+        replay_in_processes(projector, db.url, workers)
+    else:
+        projector.replay()
     views = ReadModels(db, prefix)
     side.tables.replace(db, views.tables)
     return views
