@@ -59,11 +59,11 @@ def store_url(kind: str, tmp: Path) -> Iterator[str]:
         yield kind
 
 
-def timed(work: Callable[[], object]) -> tuple[float, float]:
-    """Wall time, and CPU time of this process and of the worker processes it waited for."""
+def timed(work: Callable[[], object]) -> tuple[float, float, float]:
+    """Wall time, CPU time of this process, and of the worker processes it waited for."""
     wall, cpu, workers = time.monotonic(), time.process_time(), children_cpu()
     work()
-    return time.monotonic() - wall, time.process_time() - cpu + children_cpu() - workers
+    return time.monotonic() - wall, time.process_time() - cpu, children_cpu() - workers
 
 
 def children_cpu() -> float:
@@ -101,22 +101,26 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, store_url(args.store, Path(tmp)) as url:
         store = open_event_store(url)
         db = SqlDatabase(url)
-        wall, _ = timed(lambda: write_history(store, clusters=args.clusters, days=args.days))
+        wall, _, _ = timed(lambda: write_history(store, clusters=args.clusters, days=args.days))
         events = store.max_position()
         print(f"store: {url.split('@')[-1]}; history: {events:,} events written in {wall:.1f} s")
         print(f"load average: {os.getloadavg()[0]:.1f} (cores: {os.cpu_count()})")
-        results: dict[str, tuple[int, float, float]] = {}
-        wall, cpu = timed(lambda: rebuild(store, db))
-        results["rebuild"] = (events, wall, cpu)
-        wall, cpu = timed(lambda: read_only(store))
-        results["read only"] = (events, wall, cpu)
+        results: dict[str, tuple[int, float, float, float]] = {}
+        results["rebuild"] = (events, *timed(lambda: rebuild(store, db)))
+        results["read only"] = (events, *timed(lambda: read_only(store)))
         per_event = min(args.per_event, events)
-        wall, cpu = timed(lambda: one_per_transaction(store, db, per_event))
-        results["one event per transaction"] = (per_event, wall, cpu)
-        print(f"{'step':<28} {'events':>9} {'wall s':>8} {'events/s':>10} {'events/CPU-s':>13}")
-        for step, (n, wall, cpu) in results.items():
-            print(f"{step:<28} {n:>9,} {wall:>8.2f} {n / wall:>10,.0f} {n / cpu:>13,.0f}")
-        rate = {step: n / wall for step, (n, wall, _) in results.items()}
+        results["one event per transaction"] = (
+            per_event,
+            *timed(lambda: one_per_transaction(store, db, per_event)),
+        )
+        print(
+            f"{'step':<27} {'events':>8} {'wall s':>7} {'events/s':>9} "
+            f"{'events/CPU-s: this process':>27} {'workers':>8}"
+        )
+        for step, (n, wall, cpu, workers) in results.items():
+            rate = f"{n / workers:,.0f}" if workers > 0.05 else "-"
+            print(f"{step:<27} {n:>8,} {wall:>7.2f} {n / wall:>9,.0f} {n / cpu:>27,.0f} {rate:>8}")
+        rate = {step: n / wall for step, (n, wall, _, _) in results.items()}
         print(
             f"rebuild / read only: {rate['rebuild'] / rate['read only']:.2f}x; "
             f"rebuild / one event per transaction: "

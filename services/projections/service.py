@@ -27,6 +27,7 @@ rows, read back on start, and a follower that polls ``select_notifications`` aft
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import itertools
 import multiprocessing
@@ -109,6 +110,8 @@ def _decoded(url: str, first: int, last: int) -> list[str]:
     does it beside the process that writes the views."""
     store = _WORKER_STORES.get(url)
     if store is None:
+        if not _WORKER_STORES:
+            atexit.register(_close_worker_stores)
         store = _WORKER_STORES[url] = open_event_store(url)
     rows = store.recorder.select_notifications(
         start=first, limit=last - first + 1, stop=last, inclusive_of_start=True
@@ -120,6 +123,15 @@ def _decoded(url: str, first: int, last: int) -> list[str]:
 
 
 _WORKER_STORES: dict[str, EventStore] = {}
+
+
+def _close_worker_stores() -> None:
+    """Close and drop a worker's stores while the interpreter is whole (the library's
+    finalizer fails once its modules are torn down)."""
+    while _WORKER_STORES:
+        _WORKER_STORES.popitem()[1].close()
+
+
 _WIRE: TypeAdapter[WireEvent] = TypeAdapter(DomainEvent)
 
 
