@@ -317,13 +317,11 @@ async function backupsTab(c, panel, rest, params) {
     }),
   );
   renderBackups(c, list, data, day, page);
-  // New backups appear, and running ones complete, without a reload.
+  // New backups appear, and running ones complete, without a reload (the whole page is
+  // redrawn then: the cluster's last backup and recoverability window changed too).
   const refresh = async () => {
     const next = await fetchPage();
-    if (JSON.stringify(next) !== JSON.stringify(data)) {
-      Object.assign(data, next);
-      renderBackups(c, list, data, day, page);
-    }
+    if (JSON.stringify(next) !== JSON.stringify(data)) return route();
     const running = next.backups.some((b) => b.status === "IN_PROGRESS");
     later(() => refresh().catch((error) => handle(error, route)), running ? 2000 : 10000);
   };

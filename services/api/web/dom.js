@@ -122,6 +122,13 @@ export const statusLabel = (status) =>
 export const typeLabel = (type) => ({ FULL: "Full", INCREMENTAL: "Incremental" })[type] ?? type;
 
 export function table(columns, rows, { caption, className } = {}) {
+  // Each cell knows its column's title: a narrow screen shows rows as cards, titled cells.
+  const titles = columns.map((c) => (Array.isArray(c) ? c[0] : c));
+  for (const row of rows) {
+    [...row.children].forEach((cell, i) => {
+      if (titles[i]) cell.dataset.label = titles[i];
+    });
+  }
   return h(
     "div",
     { class: "table-wrap" },
