@@ -35,6 +35,7 @@ from tests.integration.console_stack import (
     BILLING,
     NAMES,
     PROD,
+    SANDBOX,
     SHOP,
     STAGING,
     Stack,
@@ -236,6 +237,14 @@ async def test_settings_change_then_a_second_retention_change_is_refused(
     await page.screenshot(path=shots / "06-settings-refused.png")
     await dialog.get_by_role("button", name="Cancel").click()
     await expect(page.locator(".cluster-head")).to_contain_text("kept 7 days")
+
+    # A BASIC cluster's settings are shown, read-only, with why.
+    await open_cluster(page, stack, SANDBOX)
+    await page.get_by_role("button", name="Settings").click()
+    await expect(dialog).to_contain_text("BASIC clusters take a backup every 24 hours")
+    await expect(dialog.locator("select[name=retention_days]")).to_be_disabled()
+    await expect(dialog.get_by_role("button", name="Save")).to_have_count(0)
+    await page.keyboard.press("Escape")
 
 
 async def test_a_table_restore_from_the_dialog_runs_to_its_end_and_restores_exactly(
