@@ -137,6 +137,21 @@ class ReadModels:
         """The condition "listed to a user" on alias ``b`` (two ``now`` parameters)."""
         return listed_backup_sql(self.tables.backups, "b", self.tables.retention)
 
+    def _listed_between(
+        self, cluster_id: str, now: datetime, start: datetime | None, end: datetime | None
+    ) -> tuple[str, list[Any]]:
+        """The condition (on alias ``b``) and parameters: the cluster's listed backups whose
+        time is in [start, end)."""
+        where = f"b.cluster_id = ? AND {self._listed_sql()}"
+        params: list[Any] = [cluster_id, ts(now), ts(now)]
+        if start is not None:
+            where += " AND b.sort_time >= ?"
+            params.append(ts(start))
+        if end is not None:
+            where += " AND b.sort_time < ?"
+            params.append(ts(end))
+        return where, params
+
     def listed_backups(
         self,
         cluster_id: str,
@@ -147,14 +162,8 @@ class ReadModels:
     ) -> tuple[list[dict[str, Any]], bool]:
         """Backups a user can restore (or that are running): not expired, not failed, and an
         incremental only while its full is complete and unexpired. Returns (rows, has_more)."""
-        sql = f"SELECT b.doc FROM {self.tables.backups} b WHERE b.cluster_id = ? AND {self._listed_sql()}"
-        params: list[Any] = [cluster_id, ts(now), ts(now)]
-        if start is not None:
-            sql += " AND b.sort_time >= ?"
-            params.append(ts(start))
-        if end is not None:
-            sql += " AND b.sort_time < ?"
-            params.append(ts(end))
+        where, params = self._listed_between(cluster_id, now, start, end)
+        sql = f"SELECT b.doc FROM {self.tables.backups} b WHERE {where}"
         sql += f" ORDER BY b.sort_time {'DESC' if page.sort_desc else 'ASC'}, b.backup_id LIMIT ? OFFSET ?"
         params += [page.limit + 1, (page.page - 1) * page.limit]
         docs = self._docs(sql, params)
@@ -225,18 +234,12 @@ class ReadModels:
     ) -> list[tuple[str, int]]:
         """(UTC day, number of listed backups whose data is from it), in day order: the days
         the console's calendar marks."""
-        sql = (
+        where, params = self._listed_between(cluster_id, now, start, end)
+        rows = self.db.query(
             f"SELECT substr(b.sort_time, 1, 10) AS day, COUNT(*) FROM {self.tables.backups} b "
-            f"WHERE b.cluster_id = ? AND {self._listed_sql()}"
+            f"WHERE {where} GROUP BY substr(b.sort_time, 1, 10) ORDER BY 1",
+            params,
         )
-        params: list[Any] = [cluster_id, ts(now), ts(now)]
-        if start is not None:
-            sql += " AND b.sort_time >= ?"
-            params.append(ts(start))
-        if end is not None:
-            sql += " AND b.sort_time < ?"
-            params.append(ts(end))
-        rows = self.db.query(sql + " GROUP BY substr(b.sort_time, 1, 10) ORDER BY 1", params)
         return [(str(day), int(count)) for day, count in rows]
 
     def last_finished_backup(self, cluster_id: str) -> dict[str, Any] | None:
