@@ -34,7 +34,7 @@ import uvicorn
 from managed_backups.services.api.app import create_app
 from managed_backups.services.projections.service import Projector
 from managed_backups.services.runtime import open_runtime
-from managed_backups.shared.security import ensure_key_file
+from managed_backups.shared.identity import Identity
 from managed_backups.shared.settings import Settings
 from managed_backups.shared.views import ReadModels
 from tests.history import write_history
@@ -87,7 +87,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         runtime = open_runtime(Settings(data_dir=Path(tmp) / "data", api_port=port))
-        key, _ = ensure_key_file(runtime.store, runtime.settings.admin_key_path, runtime.clock)
+        identity = Identity(runtime.store, runtime.db, runtime.clock)
+        key, _ = identity.ensure_admin_key(runtime.settings.admin_key_path)
         write_history(runtime.store, clusters=3)
         Projector(runtime.store, ReadModels(runtime.db), batch=5000).catch_up()
         one = runtime.db.query("SELECT backup_id FROM mb_view_backups WHERE status = 'COMPLETE'")
@@ -110,6 +111,8 @@ def main() -> None:
             (["settings", "get", "c000"], "/api/v1/clusters/c000/backups/config"),
             (["restores", "list", "c000"], "/api/v1/clusters/c000/restores"),
             (["history", "c000"], "/api/v1/clusters/c000/events?before=4611686018427387904"),
+            (["keys", "list"], "/api/v1/api-keys"),
+            (["grants", "list"], "/api/v1/role-grants"),
             (["--help"], None),
         ]
         print(f"load average: {os.getloadavg()[0]:.1f} (cores: {os.cpu_count()})")
