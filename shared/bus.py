@@ -36,7 +36,6 @@ from pydantic import BaseModel, TypeAdapter, WithJsonSchema
 from managed_backups.contracts import commands, topics
 from managed_backups.contracts.results import CommandResult, DeadLetter
 from managed_backups.shared.broker_access import KafkaAuth, client_options
-from managed_backups.shared.security import redact_api_keys
 
 if TYPE_CHECKING:  # loaded where a subscriber is declared: `publish` never needs it
     from managed_backups.shared.commands import CommandProcessor
@@ -133,6 +132,9 @@ def dead_letter_entry(
     raw: bytes,
     error: str,
 ) -> DeadLetter:
+    # Loaded here (the principals' module loads the domain): `publish` never writes a dead letter.
+    from managed_backups.shared.security import redact_api_keys
+
     return DeadLetter(
         topic=topic,
         partition=partition,

@@ -448,3 +448,22 @@ def test_identity_commands_speak_through_the_same_client(
     assert unreachable.stderr.startswith(
         "cannot reach the API at http://127.0.0.1:8080 (from the default): "
     )
+
+
+def test_publish_loads_neither_the_domain_nor_the_api(tmp_path: Path) -> None:
+    """``publish`` needs the broker's client, not the event store's library nor FastAPI: it
+    gets its token from the API (here none answers: exit 3 before any broker is reached)."""
+    program = (
+        "import sys\n"
+        "from managed_backups.services.cli import main\n"
+        "code = main(['publish', 'managed-backups.cluster-commands', '{}', '--bootstrap-servers',"
+        " '127.0.0.1:9', '--api-url', 'http://127.0.0.1:9', '--credential', 'mbk_k'])\n"
+        "from managed_backups.shared import gateway, settings  # what it loads next\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'eventsourcing', 'fastapi'})\n"
+        "print(code, heavy)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MANAGED_BACKUPS_")}
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, env=env, check=False
+    )
+    assert done.stdout.strip().splitlines()[-1] == "3 []", done.stdout + done.stderr
