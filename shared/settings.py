@@ -16,13 +16,9 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from managed_backups.shared.broker_access import KafkaAuth
+from managed_backups.shared.locations import default_data_dir as default_data_dir  # re-exported
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1", ""}
-
-
-def default_data_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "managed-backups"
 
 
 class Settings(BaseSettings):

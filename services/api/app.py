@@ -1,15 +1,20 @@
 """The HTTP API: projection endpoints (queries) and the command gateway (changes).
 
 Queries read the read models kept by the projections service. Changes are published as commands
-on their topic with the caller's bearer token as credential, exactly as any other publisher would;
-the API answers once the command's result is back and the read models have reached the position
+on their topic with a command token the API signs on behalf of the authenticated caller
+(``shared/command_tokens.py``: bound to the command, short-lived, never the caller's key); the
+API answers once the command's result is back and the read models have reached the position
 of the events it recorded, so a GET right after a PUT shows the change.
 
 ``create_app`` is the composition root: it builds the shared :class:`ApiContext` (kept in
 ``app.state``, reached by the routes through ``services/api/dependencies.py``), installs the body
-limits and the one error body, and includes one router per area: ``clusters.py`` (clusters,
-audit trail, backup settings), ``backups.py``, ``restores.py``, ``connection_secret.py`` and
-``system.py`` (health, metrics, simulated clock). Bodies are typed in ``schemas.py``.
+limits and the one error body, and includes one router per area: ``permissions.py`` (who the
+caller is, what it may do on a cluster), ``clusters.py`` (clusters, audit trail, backup
+settings), ``backups.py`` (listing, calendar days, catalog, backup now, verify),
+``restores.py``, ``restore_destinations.py``, ``connection_secret.py``, ``identity.py``
+(organizations, service accounts, API keys, role grants) and ``system.py`` (health, metrics,
+simulated clock); then the console (``console.py``, ``/``) and the documents
+(``specs.py``: ``/docs``, ``/redoc``, ``/asyncapi``). Bodies are typed in ``schemas.py``.
 """
 
 import asyncio
@@ -22,9 +27,13 @@ from managed_backups.services.api import (
     backups,
     clusters,
     connection_secret,
+    console,
     errors,
     identity,
+    permissions,
+    restore_destinations,
     restores,
+    specs,
     system,
 )
 from managed_backups.services.api.dependencies import ApiContext
@@ -43,9 +52,12 @@ from managed_backups.shared.secrets import ConnectionSecrets
 from managed_backups.shared.views import ReadModels
 
 ROUTERS = (
+    permissions.router,
     clusters.router,
     backups.router,
+    backups.lookup,
     restores.router,
+    restore_destinations.router,
     connection_secret.router,
     identity.router,
     system.router,
@@ -77,6 +89,9 @@ def create_app(runtime: Runtime, gateway: CommandGateway) -> FastAPI:
         title="managed-backups",
         version="1",
         description="Managed backups for PostgreSQL-compatible clusters.",
+        # Served from the installed package by ``specs.py``, not FastAPI's CDN-backed pages.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.api = ApiContext(
         runtime=runtime,
@@ -98,6 +113,8 @@ def create_app(runtime: Runtime, gateway: CommandGateway) -> FastAPI:
     errors.install(app)
     for router in ROUTERS:
         app.include_router(router)
+    console.install(app)
+    specs.install(app)
     return app
 
 

@@ -163,3 +163,18 @@ def settings_after_tier_change(
         )
         return basic, full
     return current, False
+
+
+@dataclass(frozen=True)
+class SettingsChoices:
+    configurable: bool
+    frequency_minutes: tuple[int, ...]
+    retention_days: tuple[int, ...]
+
+
+def settings_choices(tier: Tier) -> SettingsChoices:
+    """What a user may choose for a cluster of ``tier`` (what the console's Settings dialog
+    offers): nothing on BASIC, the allowed lists elsewhere."""
+    if tier is Tier.BASIC:
+        return SettingsChoices(False, (BASIC_FREQUENCY_MINUTES,), (BASIC_RETENTION_DAYS,))
+    return SettingsChoices(True, ALLOWED_FREQUENCIES_MINUTES, ALLOWED_RETENTION_DAYS)

@@ -21,6 +21,13 @@ def cluster_aggregate_id(cluster_id: str) -> UUID:
     return uuid5(NAMESPACE, f"cluster:{cluster_id}")
 
 
+def service_account_id(organization: str | None, name: str) -> UUID:
+    """A service account's id derives from its organization and name, so a name is unique
+    within its organization: two creations of the same name collide in the store. (Here, not
+    in ``identity.py``, so the command line computes it without loading the domain.)"""
+    return uuid5(NAMESPACE, f"service-account:{organization or ''}/{name}")
+
+
 def command_outcome_id(command_id: UUID) -> UUID:
     return uuid5(NAMESPACE, f"command:{command_id}")
 
