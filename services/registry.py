@@ -9,7 +9,6 @@ only when a service is started, so one service's dependencies never load in anot
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,10 +17,12 @@ from typing import TYPE_CHECKING
 from managed_backups.contracts import topics
 from managed_backups.shared.broker_access import TopicAccess
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the command line reads this table without loading asyncio
+    import asyncio
+
     from managed_backups.services.runtime import Runtime
 
-ServiceMain = Callable[["Runtime", asyncio.Event], Awaitable[None]]
+ServiceMain = Callable[["Runtime", "asyncio.Event"], Awaitable[None]]
 
 
 @dataclass(frozen=True)

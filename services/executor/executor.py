@@ -18,7 +18,7 @@ from typing import Any
 from uuid import UUID
 
 from managed_backups.contracts.commands import TakeBackup, VerifyBackup
-from managed_backups.contracts.enums import BackupStatus, BackupType
+from managed_backups.contracts.enums import BackupStatus, BackupType, Tier
 from managed_backups.services.executor.leases import backup_leases
 from managed_backups.services.runtime import Runtime
 from managed_backups.shared import jobs
@@ -35,7 +35,7 @@ from managed_backups.shared.domain.backup_lifecycle import (
     backup_expires_at,
     refuse_second_backup,
 )
-from managed_backups.shared.domain.backup_settings import require_allowed_retention
+from managed_backups.shared.domain.backup_settings import backup_retention_follows_the_cluster
 from managed_backups.shared.domain.catalog import summarise_catalog
 from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.domain.errors import Conflict, NotFound
@@ -86,9 +86,7 @@ class BackupExecutor:
                 f"engine {cluster.engine} is not supported yet",
                 "select engine adapter",
             )
-        connection = cluster_connection(
-            cluster, self.secrets, self.settings.pgpass_file, self.settings.pg_bindirs
-        )
+        connection = cluster_connection(cluster, self.secrets, self.settings)
         return connection.postgres_adapter()
 
     def _spawn(self, coroutine: Any) -> None:
@@ -102,8 +100,13 @@ class BackupExecutor:
         self, command: TakeBackup, principal: Principal, context: CommandContext
     ) -> Handled:
         cluster = load_cluster(context.store, principal, Action.TAKE_BACKUP, command.cluster_id)
-        if command.retention_days is not None:
-            require_allowed_retention(command.retention_days)
+        retention_days = backup_retention_follows_the_cluster(
+            cluster.cluster_id,
+            Tier(cluster.tier),
+            cluster.retention_days,
+            command.retention_days,
+            cluster.scheduled_retention(command.backup_id),
+        )
         if load_backup(context.store, cluster.cluster_id, command.backup_id) is not None:
             return Handled([], command.cluster_id)  # a duplicate TakeBackup does nothing
         running = self.running.get(cluster.cluster_id)
@@ -142,7 +145,7 @@ class BackupExecutor:
             chain_id=chain_id,
             reason=command.reason.value,
             region=cluster.backup_region,
-            retention_days=command.retention_days or cluster.retention_days,
+            retention_days=retention_days,
             scheduled_for=command.scheduled_for,
             executor=self.name,
             lease_until=lease,
@@ -155,12 +158,18 @@ class BackupExecutor:
         # and the worker's start (a crash, a kill), the lease expires and the reaper fails the
         # backup with LEASE_EXPIRED. A lease whose backup was never recorded (the save failed)
         # is dropped by the reaper as an orphan.
+        # The lease's job id is the backup's stream id: a backup id is unique only within
+        # its cluster, so another tenant's backup of the same id never meets this lease.
         if not self.leases.take(
-            command.backup_id,
+            backup.id,
             cluster.cluster_id,
             self.name,
             lease,
-            {"chain_id": str(chain_id), "region": cluster.backup_region},
+            {
+                "chain_id": str(chain_id),
+                "region": cluster.backup_region,
+                "backup_id": str(command.backup_id),
+            },
         ):
             raise Conflict(f"backup {command.backup_id} is being started by another executor")
 
@@ -176,7 +185,7 @@ class BackupExecutor:
         renewing = asyncio.create_task(
             keep_renewed(
                 self.leases,
-                backup.backup_id,
+                backup.id,
                 self.settings.backup_lease_seconds,
                 self.runtime.clock.now,
             )
@@ -212,7 +221,7 @@ class BackupExecutor:
         finally:
             renewing.cancel()
             self.running.pop(cluster.cluster_id, None)
-            await asyncio.to_thread(self.leases.release, backup.backup_id)
+            await asyncio.to_thread(self.leases.release, backup.id)
 
     def _take(self, cluster: Cluster, backup: Backup, running: Running) -> Manifest:
         store = self.store_for(backup.region)
@@ -306,8 +315,11 @@ class BackupExecutor:
         released."""
         reaped = 0
         for lease in self.leases.expired(self.runtime.clock.now()):
-            backup_id, cluster_id = lease.job_id, lease.cluster_id
-            if any(r.backup_id == backup_id for r in self.running.values()):
+            # Leases taken before the job id was the stream id name the bare backup id.
+            backup_id = UUID(str(lease.detail.get("backup_id", lease.job_id)))
+            cluster_id = lease.cluster_id
+            running = self.running.get(cluster_id)
+            if running is not None and running.backup_id == backup_id:
                 continue
             failed = self._record_failed(
                 cluster_id,
@@ -317,7 +329,7 @@ class BackupExecutor:
                 f"{self.settings.backup_lease_seconds:.0f} s (it died or lost the database)",
                 "executor lease",
             )
-            self.leases.release(backup_id)
+            self.leases.release(lease.job_id)
             reaped += int(failed)
         return reaped
 

@@ -65,6 +65,7 @@ from managed_backups.shared.dataplane.manifest import ManifestError, list_manife
 from managed_backups.shared.dataplane.objectstore import ObjectStore
 from managed_backups.shared.dataplane.verify import cleanup_partial
 from managed_backups.shared.domain.backup import Backup, load_backup
+from managed_backups.shared.domain.ids import backup_aggregate_id
 from managed_backups.shared.eventstore import EventStore, IntegrityError
 from managed_backups.shared.jobs import (
     SWEEP,
@@ -170,7 +171,8 @@ def _sweep_chain(
     leases = JobLeases(worker.db, SWEEP)
     until = now + timedelta(seconds=SWEEP_LEASE_SECONDS)
     detail = {"chain_id": chain_id, "region": region}
-    if not leases.take(UUID(chain_id), cluster_id, worker.name, until, detail):
+    job_id = backup_aggregate_id(cluster_id, UUID(chain_id))  # chain ids repeat across clusters
+    if not leases.take(job_id, cluster_id, worker.name, until, detail):
         return  # another retention worker is sweeping it
     try:
         writing = backup_writing_chain(worker.db, cluster_id, chain_id)
@@ -223,4 +225,4 @@ def _sweep_chain(
         report.objects_deleted += result.deleted_objects
         report.bytes_freed += result.deleted_bytes
     finally:
-        leases.release(UUID(chain_id))
+        leases.release(job_id)

@@ -16,6 +16,7 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate, event
 
 from managed_backups.contracts.enums import BackupStatus
+from managed_backups.shared.domain.errors import WrongRecordType
 from managed_backups.shared.domain.ids import backup_aggregate_id
 
 if TYPE_CHECKING:
@@ -307,6 +308,6 @@ def load_backup(store: EventStore, cluster_id: str, backup_id: UUID) -> Backup |
         return backup
     try:
         legacy = store.get_or_none(backup_id, Backup)
-    except TypeError:  # that bare id is another kind of aggregate: not a backup of this cluster
+    except WrongRecordType:  # that bare id is another kind of record: not a backup of this cluster
         return None
     return legacy if legacy is not None and legacy.cluster_id == cluster_id else None

@@ -238,6 +238,16 @@ async def test_retention_over_real_backups_keeps_exactly_the_listed_backups_rest
             secret=ROLE_PASSWORD,
         )
         assert registered.code == 200, registered
+        # A backup is kept for its cluster's retention: the cluster keeps them 2 days.
+        kept = await system.command(
+            topics.CLUSTER_COMMANDS,
+            {
+                "type": "UpdateBackupSettings",
+                "cluster_id": cluster_id,
+                "retention_days": RETENTION_DAYS,
+            },
+        )
+        assert kept.code == 200, kept
         cluster = Cluster(system, cluster_id, ObjectStore(object_store_url))
 
         # Chain A: a full and an incremental.

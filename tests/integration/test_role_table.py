@@ -271,6 +271,21 @@ ENDPOINTS = (
     ),
     Endpoint("GET", C + "/backups", Action.VIEW_BACKUPS, "cluster"),
     Endpoint("GET", C + "/backups/incomplete", Action.VIEW_BACKUPS, "cluster"),
+    Endpoint("GET", C + "/backups/days", Action.VIEW_BACKUPS, "cluster"),
+    Endpoint(  # back up now: an incremental without a full to extend is refused after the check
+        "POST",
+        C + "/backups",
+        Action.TAKE_BACKUP,
+        "cluster",
+        lambda w, t: {"type": "INCREMENTAL"},
+    ),
+    Endpoint("GET", C + "/backups/{backup_id}", Action.VIEW_BACKUPS, "cluster"),
+    Endpoint(  # an unknown backup: 404 "not known" after the access check
+        "POST", C + "/backups/{backup_id}/verify", Action.VIEW_BACKUPS, "cluster"
+    ),
+    Endpoint("GET", C + "/restore-destinations", Action.VIEW_BACKUPS, "cluster"),
+    Endpoint("GET", "/api/v1/backups/{backup_id}", None, "any"),
+    Endpoint("GET", "/api/v1/me", None, "any"),
     Endpoint("GET", C + "/backups/{backup_id}/databases", Action.VIEW_BACKUPS, "cluster"),
     Endpoint(
         "GET",
@@ -518,8 +533,36 @@ async def test_every_role_on_every_endpoint(tmp_path: Path) -> None:
                             f"{role} {endpoint.method} {endpoint.path} on {target}: {got}, "
                             f"expected {want} ({text})"
                         )
+        # What the console offers on a cluster (its ``actions``) is what the table allows.
+        for role, world in worlds.items():
+            headers = {"Authorization": f"Bearer {world.key}"}
+            for target in TARGETS:
+                want_actions = [
+                    name
+                    for name, action in CONSOLE_ACTIONS.items()
+                    if expected_on_cluster(role, action, target) == ALLOWED
+                ]
+                answer = await client.get(
+                    f"/api/v1/clusters/{world.clusters[target]}", headers=headers
+                )
+                got_actions = answer.json().get("actions", []) if answer.status_code == 200 else []
+                cases += 1
+                if got_actions != want_actions:
+                    mismatches.append(
+                        f"{role} actions on {target}: {got_actions}, expected {want_actions}"
+                    )
     runtime.close()
     assert not mismatches, f"{len(mismatches)} of {cases} cases:\n" + "\n".join(mismatches)
+
+
+CONSOLE_ACTIONS = {
+    "view_backups": Action.VIEW_BACKUPS,
+    "change_backup_settings": Action.CHANGE_BACKUP_SETTINGS,
+    "restore": Action.RESTORE,
+    "take_backup": Action.TAKE_BACKUP,
+    "manage_clusters": Action.MANAGE_CLUSTERS,
+}
+"""A cluster's ``actions`` (what the console shows controls for) and the action each names."""
 
 
 # -- over the topics: a real broker, the real services ------------------------------------------------

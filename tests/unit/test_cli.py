@@ -40,15 +40,45 @@ COMMANDS = [
         }.items()
         for command in ("", *commands)
     ),
+    ["clusters", "list"],
+    ["backups"],
+    ["backups", "list"],
+    ["backups", "show"],
+    ["settings"],
+    ["settings", "get"],
+    ["settings", "set"],
+    ["backup"],
+    ["backup", "now"],
+    ["backup", "verify"],
+    ["restores"],
+    ["restores", "list"],
+    ["history"],
 ]
+API_OPTIONS = ["--api-url", "--data-dir", "--credential"]
 DOCUMENTED_OPTIONS = {
     "up": ["--data-dir", "--api-port", "--simulated-clock"],
     "publish": ["--data-dir", "--credential", "--bootstrap-servers", "--timeout", "--api-url"],
-    "keys create": ["--account", "--name", "--expires-at", "--json", "--credential", "--api-url"],
-    "grants add": ["--account", "--role", "--organization", "--cluster", "--json"],
-    "accounts create": ["--organization", "--description", "--json"],
+    "orgs create": [*API_OPTIONS, "--json", "--name"],
+    "orgs list": [*API_OPTIONS, "--json"],
+    "accounts create": [*API_OPTIONS, "--json", "--organization", "--description"],
+    "accounts list": [*API_OPTIONS, "--json", "--organization"],
+    "keys create": [*API_OPTIONS, "--json", "--account", "--name", "--expires-at"],
+    "keys list": [*API_OPTIONS, "--json", "--account"],
+    "keys revoke": [*API_OPTIONS, "--json"],
+    "grants add": [*API_OPTIONS, "--json", "--account", "--role", "--organization", "--cluster"],
+    "grants list": [*API_OPTIONS, "--json", "--account"],
+    "grants remove": [*API_OPTIONS, "--json", "--account", "--role", "--organization", "--cluster"],
     "projections rebuild": ["--data-dir"],
-    "clusters set-secret": ["--data-dir", "--credential", "--api-url"],
+    "clusters set-secret": API_OPTIONS,
+    "clusters list": [*API_OPTIONS, "--json"],
+    "backups list": [*API_OPTIONS, "--json", "--date", "--limit", "--page"],
+    "backups show": [*API_OPTIONS, "--json", "--cluster", "--database"],
+    "settings get": [*API_OPTIONS, "--json"],
+    "settings set": [*API_OPTIONS, "--json", "--enabled", "--frequency", "--retention"],
+    "backup now": [*API_OPTIONS, "--json", "--type", "--wait"],
+    "backup verify": [*API_OPTIONS, "--json", "--cluster", "--timeout"],
+    "restores list": [*API_OPTIONS, "--json"],
+    "history": [*API_OPTIONS, "--json", "--limit", "--after"],
     "restore start": [
         "--type",
         "--database",
@@ -63,7 +93,8 @@ DOCUMENTED_OPTIONS = {
         "--skip-missing-views",
         "--skip-localities-check",
         "--follow",
-        "--api",
+        "--api-url",
+        "--data-dir",
         "--credential",
     ],
 }
@@ -172,7 +203,8 @@ def test_set_secret_without_a_credential_or_a_password(runner: CliRunner, tmp_pa
     no_key = runner.invoke(cli.app, ["clusters", "set-secret", "c1", "--data-dir", str(tmp_path)])
     assert (no_key.exit_code, no_key.stderr) == (
         2,
-        "no credential: pass --credential or --data-dir\n",
+        "no credential: pass --credential, set MANAGED_BACKUPS_CREDENTIAL, or pass the "
+        f"--data-dir of `managed-backups up` (its admin-api-key; looked in {tmp_path})\n",
     )
     (tmp_path / "admin-api-key").write_text("mbk_x\n")
     empty = runner.invoke(
