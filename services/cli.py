@@ -7,6 +7,7 @@ contracts export DIR   write JSON Schemas and the AsyncAPI document
 projections rebuild    drop the read models and rebuild them from the event store
 restore start DEST ... [--follow]   start a restore job and follow it to its end
 clusters set-secret ID set the password the executor uses for one cluster (stdin or prompt)
+keys ...               encryption at rest: a cluster's customer key, rotation (``keys_cli.py``)
 
 Each command is a function with typed, documented parameters; the groups (``contracts``,
 ``projections``, ``clusters``, ``restore``) are typer sub-applications. A command's outcome is its
@@ -34,6 +35,7 @@ import httpx
 import typer
 
 from managed_backups.contracts import topics
+from managed_backups.services.keys_cli import app as keys_app
 from managed_backups.services.registry import service_main, service_names
 from managed_backups.services.restore.cli import app as restore_app
 from managed_backups.shared.settings import Settings, default_data_dir
@@ -57,6 +59,7 @@ app.add_typer(contracts_app, name="contracts")
 app.add_typer(restore_app, name="restore")
 app.add_typer(projections_app, name="projections")
 app.add_typer(clusters_app, name="clusters")
+app.add_typer(keys_app, name="keys")
 
 DataDir = Annotated[
     Path | None,

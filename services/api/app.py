@@ -22,6 +22,7 @@ from managed_backups.services.api import (
     backups,
     clusters,
     connection_secret,
+    encryption_key,
     errors,
     restores,
     system,
@@ -29,6 +30,7 @@ from managed_backups.services.api import (
 from managed_backups.services.api.dependencies import ApiContext
 from managed_backups.services.api.limits import AuthenticatedBoundedBodies
 from managed_backups.services.runtime import Runtime
+from managed_backups.shared.encryption import ClusterEncryption
 from managed_backups.shared.gateway import CommandGateway
 from managed_backups.shared.secrets import ConnectionSecrets
 from managed_backups.shared.views import ReadModels
@@ -38,6 +40,7 @@ ROUTERS = (
     backups.router,
     restores.router,
     connection_secret.router,
+    encryption_key.router,
     system.router,
 )
 
@@ -73,6 +76,7 @@ def create_app(runtime: Runtime, gateway: CommandGateway) -> FastAPI:
         models=models,
         gateway=gateway,
         secrets=ConnectionSecrets(runtime.db, runtime.settings.secrets_path),
+        encryption=ClusterEncryption(runtime.settings, runtime.store),
     )
     app.add_middleware(AuthenticatedBoundedBodies, authenticate=runtime.authenticator.authenticate)
     errors.install(app)

@@ -23,6 +23,7 @@ from managed_backups.contracts.results import CommandResult
 from managed_backups.services.runtime import Runtime
 from managed_backups.shared.dataplane.objectstore import ObjectStore
 from managed_backups.shared.domain.errors import not_registered
+from managed_backups.shared.encryption import ClusterEncryption
 from managed_backups.shared.gateway import CommandGateway, CommandTimeout
 from managed_backups.shared.secrets import ConnectionSecrets
 from managed_backups.shared.security import Action, Principal
@@ -40,6 +41,7 @@ class ApiContext:
     models: ReadModels
     gateway: CommandGateway
     secrets: ConnectionSecrets
+    encryption: ClusterEncryption
     manifest_stores: dict[str, ObjectStore] = field(default_factory=dict)
     """Object stores opened to read manifests, by URL (opened on first use)."""
 

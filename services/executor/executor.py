@@ -25,10 +25,11 @@ from managed_backups.shared import jobs
 from managed_backups.shared.cluster_connection import cluster_connection, without_secret_hint
 from managed_backups.shared.commands import CommandContext, Handled
 from managed_backups.shared.dataplane.engine import BackupError, BackupRequest, ErrorCode
-from managed_backups.shared.dataplane.manifest import Manifest, list_manifests, read_manifest
+from managed_backups.shared.dataplane.keys import KeyUnavailable
+from managed_backups.shared.dataplane.manifest import Manifest, list_manifests
 from managed_backups.shared.dataplane.objectstore import ObjectStore
 from managed_backups.shared.dataplane.postgres import PostgresAdapter
-from managed_backups.shared.dataplane.verify import verify_backup
+from managed_backups.shared.dataplane.verify import verify_stored
 from managed_backups.shared.domain.backup import Backup, load_backup
 from managed_backups.shared.domain.backup_lifecycle import (
     backup_expires_at,
@@ -43,6 +44,7 @@ from managed_backups.shared.domain.restore_rules import (
     latest_restorable_backup,
     no_backup_while_a_cluster_restore_runs,
 )
+from managed_backups.shared.encryption import ClusterEncryption
 from managed_backups.shared.eventstore import IntegrityError
 from managed_backups.shared.faults import crash_point
 from managed_backups.shared.jobs import keep_renewed, lease_until
@@ -73,11 +75,13 @@ class BackupExecutor:
         self.stores = RegionStores(runtime.settings)
         self.leases = backup_leases(runtime.db)
         self.secrets = ConnectionSecrets(runtime.db, self.settings.secrets_path)
+        self.encryption = ClusterEncryption(self.settings, runtime.store)
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    def store_for(self, region: str) -> ObjectStore:
-        return self.stores.for_region(region)
+    def store_for(self, cluster: Cluster, region: str) -> ObjectStore:
+        """The region's store, sealed for the cluster (encryption at rest)."""
+        return self.encryption.seal(self.stores.for_region(region), cluster)
 
     def adapter_for(self, cluster: Cluster) -> PostgresAdapter:
         if cluster.engine != "postgres":
@@ -222,7 +226,7 @@ class BackupExecutor:
             await asyncio.to_thread(self.leases.release, backup.backup_id)
 
     def _take(self, cluster: Cluster, backup: Backup, running: Running) -> Manifest:
-        store = self.store_for(backup.region)
+        store = self.store_for(cluster, backup.region)
         adapter = self.adapter_for(cluster)
         request = BackupRequest(
             store=store,
@@ -235,6 +239,8 @@ class BackupExecutor:
         self._wait_for_sweep(cluster.cluster_id, str(backup.chain_id), running.cancel)
         try:
             chain = list_manifests(store, cluster.cluster_id, str(backup.chain_id))
+        except KeyUnavailable as exc:
+            raise BackupError(ErrorCode.KEY_UNAVAILABLE, str(exc), "read chain manifests") from exc
         except Exception as exc:
             raise BackupError(
                 ErrorCode.STORE_FAILED,
@@ -360,20 +366,21 @@ class BackupExecutor:
             )
 
         async def start() -> None:
-            self._spawn(asyncio.to_thread(self._verify, backup, command, principal))
+            self._spawn(asyncio.to_thread(self._verify, cluster, backup, command, principal))
 
         return Handled([], cluster.cluster_id, follow_up=start)
 
-    def _verify(self, backup: Backup, command: VerifyBackup, principal: Principal) -> None:
-        store = self.store_for(backup.region)
+    def _verify(
+        self, cluster: Cluster, backup: Backup, command: VerifyBackup, principal: Principal
+    ) -> None:
         missing: list[str] = []
         corrupt: list[str] = []
         checked = 0
         try:
-            manifest = read_manifest(
+            store = self.store_for(cluster, backup.region)
+            report = verify_stored(
                 store, backup.cluster_id, str(backup.chain_id), str(backup.backup_id)
             )
-            report = verify_backup(store, manifest)
             missing, corrupt, checked = report.missing, report.corrupt, report.chunks_checked
         except Exception as exc:
             missing = [f"manifest or chain unreadable: {exc}"]

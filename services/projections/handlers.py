@@ -38,7 +38,13 @@ from managed_backups.contracts.events import (
     CommandHandled,
     ConnectionSecretChanged,
     ConnectionSecretSet,
+    CustomerKeyChanged,
+    CustomerKeyConfigured,
+    CustomerKeyRemoved,
     EventBase,
+    KeyRotationCompleted,
+    KeyRotationFailed,
+    KeyRotationStarted,
     RestoreFailed,
     RestoreProgressed,
     RestoreRequested,
@@ -65,6 +71,12 @@ AUDIT_ONLY: tuple[type[EventBase], ...] = (
     CommandHandled,
     ConnectionSecretSet,
     ConnectionSecretChanged,
+    CustomerKeyConfigured,
+    CustomerKeyChanged,
+    CustomerKeyRemoved,
+    KeyRotationStarted,
+    KeyRotationCompleted,
+    KeyRotationFailed,
 )
 _RETENTION_COLUMNS = ("kept_chain_id", "kept_data_from", "deleted_until")
 

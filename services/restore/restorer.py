@@ -30,6 +30,7 @@ from managed_backups.shared import jobs
 from managed_backups.shared.cluster_connection import cluster_connection
 from managed_backups.shared.commands import CommandContext, Handled
 from managed_backups.shared.dataplane.engine import BackupError
+from managed_backups.shared.dataplane.keys import KeyUnavailable
 from managed_backups.shared.dataplane.manifest import Manifest, load_chain, read_manifest
 from managed_backups.shared.dataplane.objectstore import ObjectStore
 from managed_backups.shared.dataplane.restore_plan import (
@@ -61,6 +62,7 @@ from managed_backups.shared.domain.restore_rules import (
     no_other_restore_while_a_cluster_restore_runs,
     objects_match_the_restore_type,
 )
+from managed_backups.shared.encryption import ClusterEncryption
 from managed_backups.shared.eventstore import EventStore, IntegrityError
 from managed_backups.shared.region_stores import RegionStores
 from managed_backups.shared.secrets import ConnectionSecrets
@@ -134,9 +136,11 @@ class RestoreService:
         self.stores = RegionStores(runtime.settings)
         self.leases = jobs.JobLeases(runtime.db, JOB_KIND)
         self.secrets = ConnectionSecrets(runtime.db, self.settings.secrets_path)
+        self.encryption = ClusterEncryption(self.settings, runtime.store)
 
-    def store_for(self, region: str) -> ObjectStore:
-        return self.stores.for_region(region)
+    def store_for(self, source: Cluster, region: str) -> ObjectStore:
+        """The region's store, sealed for the source cluster (encryption at rest)."""
+        return self.encryption.seal(self.stores.for_region(region), source)
 
     def _cluster(self, store: EventStore, cluster_id: str, role: str) -> Cluster:
         cluster = store.get_or_none(cluster_aggregate_id(cluster_id), Cluster)
@@ -193,12 +197,15 @@ class RestoreService:
             load_backup(store, source.cluster_id, backup.chain_id) if backup is not None else None
         )
         backup = backup_is_restorable(backup, full, source.cluster_id, backup_id, now)
-        objects_store = self.store_for(backup.region)
+        objects_store = self.store_for(source, backup.region)
         try:
             head = read_manifest(
                 objects_store, source.cluster_id, str(backup.chain_id), str(backup.backup_id)
             )
             chain = load_chain(objects_store, head)
+        except KeyUnavailable as exc:
+            # Before anything is recorded or touched: the destination stays as it is.
+            raise Refused(f"backup {backup_id} cannot be decrypted: {exc}", 409) from None
         except Exception as exc:
             raise Conflict(f"backup {backup_id} cannot be read from its store: {exc}") from exc
         database = "" if cluster_kind else objects[0]["database"]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import os
@@ -48,6 +49,7 @@ __all__ = [
     "KeyProvider",
     "KeyUnavailable",
     "LocalKeyring",
+    "data_key_context",
     "key_fingerprint",
     "new_key_file",
 ]
@@ -176,7 +178,8 @@ class LocalKeyring:
         with self._lock:
             keys = self._keys()
             if not keys and self.current is None and self.create_first:
-                new_key_file(self.directory / "k0001.key")
+                with contextlib.suppress(FileExistsError):  # another process made it first
+                    new_key_file(self.directory / "k0001.key")
                 keys = self._keys()
         if self.current is not None:
             if self.current not in keys:
@@ -186,7 +189,9 @@ class LocalKeyring:
                 )
             return keys[self.current]
         if not keys:
-            raise KeyUnavailable(f"{self.name}: no key file (create one: `managed-backups keys`)")
+            raise KeyUnavailable(
+                f"{self.name}: no key file (create one: `managed-backups keys rotate-platform`)"
+            )
         return keys[max(keys)]
 
     def current_key_id(self) -> str:
