@@ -30,7 +30,7 @@ from managed_backups.services.api import (
 from managed_backups.services.api.dependencies import ApiContext
 from managed_backups.services.api.limits import AuthenticatedBoundedBodies
 from managed_backups.services.runtime import Runtime
-from managed_backups.shared.encryption import ClusterEncryption
+from managed_backups.shared.encryption import ClusterEncryption, platform_keyring
 from managed_backups.shared.gateway import CommandGateway
 from managed_backups.shared.secrets import ConnectionSecrets
 from managed_backups.shared.views import ReadModels
@@ -75,7 +75,9 @@ def create_app(runtime: Runtime, gateway: CommandGateway) -> FastAPI:
         runtime=runtime,
         models=models,
         gateway=gateway,
-        secrets=ConnectionSecrets(runtime.db, runtime.settings.secrets_path),
+        secrets=ConnectionSecrets(
+            runtime.db, runtime.settings.secrets_path, platform_keyring(runtime.settings)
+        ),
         encryption=ClusterEncryption(runtime.settings, runtime.store),
     )
     app.add_middleware(AuthenticatedBoundedBodies, authenticate=runtime.authenticator.authenticate)

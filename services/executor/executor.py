@@ -44,7 +44,7 @@ from managed_backups.shared.domain.restore_rules import (
     latest_restorable_backup,
     no_backup_while_a_cluster_restore_runs,
 )
-from managed_backups.shared.encryption import ClusterEncryption
+from managed_backups.shared.encryption import ClusterEncryption, platform_keyring
 from managed_backups.shared.eventstore import IntegrityError
 from managed_backups.shared.faults import crash_point
 from managed_backups.shared.jobs import keep_renewed, lease_until
@@ -74,7 +74,9 @@ class BackupExecutor:
         self.slots = asyncio.Semaphore(max(1, self.settings.max_concurrent_backups))
         self.stores = RegionStores(runtime.settings)
         self.leases = backup_leases(runtime.db)
-        self.secrets = ConnectionSecrets(runtime.db, self.settings.secrets_path)
+        self.secrets = ConnectionSecrets(
+            runtime.db, self.settings.secrets_path, platform_keyring(self.settings)
+        )
         self.encryption = ClusterEncryption(self.settings, runtime.store)
 
     # -- helpers ---------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ from managed_backups.shared.domain.restore_rules import (
     no_other_restore_while_a_cluster_restore_runs,
     objects_match_the_restore_type,
 )
-from managed_backups.shared.encryption import ClusterEncryption
+from managed_backups.shared.encryption import ClusterEncryption, platform_keyring
 from managed_backups.shared.eventstore import EventStore, IntegrityError
 from managed_backups.shared.region_stores import RegionStores
 from managed_backups.shared.secrets import ConnectionSecrets
@@ -135,7 +135,9 @@ class RestoreService:
         self.slots = asyncio.Semaphore(max(1, self.settings.max_concurrent_restores))
         self.stores = RegionStores(runtime.settings)
         self.leases = jobs.JobLeases(runtime.db, JOB_KIND)
-        self.secrets = ConnectionSecrets(runtime.db, self.settings.secrets_path)
+        self.secrets = ConnectionSecrets(
+            runtime.db, self.settings.secrets_path, platform_keyring(self.settings)
+        )
         self.encryption = ClusterEncryption(self.settings, runtime.store)
 
     def store_for(self, source: Cluster, region: str) -> ObjectStore:

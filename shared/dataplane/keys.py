@@ -113,11 +113,17 @@ def _decode_key(text: bytes) -> bytes:
 
 
 def new_key_file(path: Path) -> None:
-    """Write a new random key to ``path`` (mode 0600; never over an existing file)."""
+    """Write a new random key to ``path`` (mode 0600), whole or not at all, never over an
+    existing file (``FileExistsError``): a reader never sees a half-written key."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(base64.b64encode(os.urandom(KEY_BYTES)) + b"\n")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(base64.b64encode(os.urandom(KEY_BYTES)) + b"\n")
+        os.link(tmp, path)
+    finally:
+        tmp.unlink()
 
 
 class LocalKeyring:
