@@ -193,6 +193,10 @@ class BackupCompleted(EventBase):
     )
     manifest_key: str = Field(description="Object-store key of the backup's manifest.")
     expires_at: datetime = Field(description="When retention will expire the backup.")
+    encrypted: bool | None = Field(
+        default=None,
+        description="Whether its chain is stored encrypted at rest (absent before encryption).",
+    )
 
 
 class BackupFailed(EventBase):

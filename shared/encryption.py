@@ -16,9 +16,12 @@ rotation or before a customer key was configured); a key file removed is a revok
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from managed_backups.shared.dataplane.keys import ClusterKeys, KeyProvider, LocalKeyring
 from managed_backups.shared.dataplane.objectstore import ObjectStore
 from managed_backups.shared.dataplane.sealing import sealed_store
+from managed_backups.shared.domain.backup import Backup
 from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.domain.encryption_key import ClusterEncryptionKey, customer_key_applies
 from managed_backups.shared.domain.ids import encryption_key_aggregate_id
@@ -70,6 +73,16 @@ class ClusterEncryption:
         wrapping: KeyProvider = customer if customer.current is not None else self.platform
         return ClusterKeys(cluster.cluster_id, wrapping, providers)
 
-    def seal(self, objects: ObjectStore, cluster: Cluster) -> ObjectStore:
-        """``objects`` (a region's store) sealed for ``cluster``: what the data plane is given."""
-        return sealed_store(objects, self.keys_for(cluster))
+    def seal(
+        self, objects: ObjectStore, cluster: Cluster, encrypted_chains: Collection[str] = ()
+    ) -> ObjectStore:
+        """``objects`` (a region's store) sealed for ``cluster``: what the data plane is given.
+        ``encrypted_chains``: the chains its backups record as encrypted (see
+        :func:`encrypted_chains`)."""
+        return sealed_store(objects, self.keys_for(cluster), encrypted_chains)
+
+
+def encrypted_chains(*backups: Backup | None) -> set[str]:
+    """The chains of ``backups`` recorded as stored encrypted (``BackupCompleted.encrypted``):
+    a reader refuses them without their key objects instead of reading them as unencrypted."""
+    return {str(b.chain_id) for b in backups if b is not None and b.encrypted}

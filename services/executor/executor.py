@@ -29,6 +29,7 @@ from managed_backups.shared.dataplane.keys import KeyUnavailable
 from managed_backups.shared.dataplane.manifest import Manifest, list_manifests
 from managed_backups.shared.dataplane.objectstore import ObjectStore
 from managed_backups.shared.dataplane.postgres import PostgresAdapter
+from managed_backups.shared.dataplane.sealing import chain_is_encrypted
 from managed_backups.shared.dataplane.verify import verify_stored
 from managed_backups.shared.domain.backup import Backup, load_backup
 from managed_backups.shared.domain.backup_lifecycle import (
@@ -44,7 +45,11 @@ from managed_backups.shared.domain.restore_rules import (
     latest_restorable_backup,
     no_backup_while_a_cluster_restore_runs,
 )
-from managed_backups.shared.encryption import ClusterEncryption, platform_keyring
+from managed_backups.shared.encryption import (
+    ClusterEncryption,
+    encrypted_chains,
+    platform_keyring,
+)
 from managed_backups.shared.eventstore import IntegrityError
 from managed_backups.shared.faults import crash_point
 from managed_backups.shared.jobs import keep_renewed, lease_until
@@ -81,9 +86,12 @@ class BackupExecutor:
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    def store_for(self, cluster: Cluster, region: str) -> ObjectStore:
-        """The region's store, sealed for the cluster (encryption at rest)."""
-        return self.encryption.seal(self.stores.for_region(region), cluster)
+    def store_for(self, cluster: Cluster, region: str, *backups: Backup | None) -> ObjectStore:
+        """The region's store, sealed for the cluster (encryption at rest); the chains of
+        ``backups`` recorded as encrypted are never read as unencrypted."""
+        return self.encryption.seal(
+            self.stores.for_region(region), cluster, encrypted_chains(*backups)
+        )
 
     def adapter_for(self, cluster: Cluster) -> PostgresAdapter:
         if cluster.engine != "postgres":
@@ -196,8 +204,8 @@ class BackupExecutor:
         )
         try:
             async with self.slots:
-                manifest = await asyncio.to_thread(self._take, cluster, backup, running)
-                await asyncio.to_thread(self._record_completed, backup, manifest)
+                manifest, encrypted = await asyncio.to_thread(self._take, cluster, backup, running)
+                await asyncio.to_thread(self._record_completed, backup, manifest, encrypted)
         except BackupError as error:
             message = error.message
             if error.code is ErrorCode.AUTHENTICATION_FAILED:
@@ -227,8 +235,18 @@ class BackupExecutor:
             self.running.pop(cluster.cluster_id, None)
             await asyncio.to_thread(self.leases.release, backup.backup_id)
 
-    def _take(self, cluster: Cluster, backup: Backup, running: Running) -> Manifest:
-        store = self.store_for(cluster, backup.region)
+    def _take(self, cluster: Cluster, backup: Backup, running: Running) -> tuple[Manifest, bool]:
+        """The backup's manifest, and whether its chain is stored encrypted."""
+        full = None
+        if backup.backup_type != BackupType.FULL.value:
+            full = load_backup(self.runtime.store, cluster.cluster_id, backup.chain_id)
+        store = self.store_for(cluster, backup.region, full)
+        manifest = self._take_into(store, cluster, backup, running)
+        return manifest, chain_is_encrypted(store, cluster.cluster_id, str(backup.chain_id))
+
+    def _take_into(
+        self, store: ObjectStore, cluster: Cluster, backup: Backup, running: Running
+    ) -> Manifest:
         adapter = self.adapter_for(cluster)
         request = BackupRequest(
             store=store,
@@ -275,7 +293,7 @@ class BackupExecutor:
             if cancel.wait(SWEEP_POLL_SECONDS):
                 raise BackupError(ErrorCode.CANCELLED, "backup cancelled", "wait for a sweep")
 
-    def _record_completed(self, started: Backup, manifest: Manifest) -> None:
+    def _record_completed(self, started: Backup, manifest: Manifest, encrypted: bool) -> None:
         backup = self.runtime.store.get_or_none(started.id, Backup)
         if backup is None or backup.is_terminal:
             return
@@ -292,6 +310,7 @@ class BackupExecutor:
             expires_at=backup_expires_at(manifest.data_from, backup.retention_days),
             at=now,
             by=self.name,
+            encrypted=encrypted,
         )
         with contextlib.suppress(IntegrityError):  # the reaper failed it first: that stands
             self.runtime.store.save_all(backup)
@@ -379,7 +398,7 @@ class BackupExecutor:
         corrupt: list[str] = []
         checked = 0
         try:
-            store = self.store_for(cluster, backup.region)
+            store = self.store_for(cluster, backup.region, backup)
             report = verify_stored(
                 store, backup.cluster_id, str(backup.chain_id), str(backup.backup_id)
             )

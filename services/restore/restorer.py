@@ -45,7 +45,7 @@ from managed_backups.shared.dataplane.restore_plan import (
     plan_bytes,
     schema_views,
 )
-from managed_backups.shared.domain.backup import load_backup
+from managed_backups.shared.domain.backup import Backup, load_backup
 from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.domain.errors import Conflict, NotFound, Refused
 from managed_backups.shared.domain.ids import cluster_aggregate_id
@@ -62,7 +62,11 @@ from managed_backups.shared.domain.restore_rules import (
     no_other_restore_while_a_cluster_restore_runs,
     objects_match_the_restore_type,
 )
-from managed_backups.shared.encryption import ClusterEncryption, platform_keyring
+from managed_backups.shared.encryption import (
+    ClusterEncryption,
+    encrypted_chains,
+    platform_keyring,
+)
 from managed_backups.shared.eventstore import EventStore, IntegrityError
 from managed_backups.shared.region_stores import RegionStores
 from managed_backups.shared.secrets import ConnectionSecrets
@@ -140,9 +144,12 @@ class RestoreService:
         )
         self.encryption = ClusterEncryption(self.settings, runtime.store)
 
-    def store_for(self, source: Cluster, region: str) -> ObjectStore:
-        """The region's store, sealed for the source cluster (encryption at rest)."""
-        return self.encryption.seal(self.stores.for_region(region), source)
+    def store_for(self, source: Cluster, region: str, *backups: Backup | None) -> ObjectStore:
+        """The region's store, sealed for the source cluster (encryption at rest); the chains
+        of ``backups`` recorded as encrypted are never read as unencrypted."""
+        return self.encryption.seal(
+            self.stores.for_region(region), source, encrypted_chains(*backups)
+        )
 
     def _cluster(self, store: EventStore, cluster_id: str, role: str) -> Cluster:
         cluster = store.get_or_none(cluster_aggregate_id(cluster_id), Cluster)
@@ -199,7 +206,7 @@ class RestoreService:
             load_backup(store, source.cluster_id, backup.chain_id) if backup is not None else None
         )
         backup = backup_is_restorable(backup, full, source.cluster_id, backup_id, now)
-        objects_store = self.store_for(source, backup.region)
+        objects_store = self.store_for(source, backup.region, backup, full)
         try:
             head = read_manifest(
                 objects_store, source.cluster_id, str(backup.chain_id), str(backup.backup_id)

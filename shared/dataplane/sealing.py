@@ -41,7 +41,7 @@ import hmac
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -60,6 +60,8 @@ __all__ = [
     "ClusterSealer",
     "RewrapResult",
     "SealBroken",
+    "chain_is_encrypted",
+    "chains_of",
     "is_sealed",
     "rewrap_chain",
     "sealed_store",
@@ -201,9 +203,14 @@ class ClusterSealer:
 
     overhead = OVERHEAD
 
-    def __init__(self, raw: ObjectStore, keys: ClusterKeys) -> None:
+    def __init__(
+        self, raw: ObjectStore, keys: ClusterKeys, encrypted_chains: Collection[str] = ()
+    ) -> None:
         self.raw = raw
         self.keys = keys
+        self.encrypted_chains = frozenset(encrypted_chains)
+        """Chains the control plane recorded as stored encrypted: without key objects they are
+        refused, never read as chains from before encryption (forged plaintext objects)."""
         self._lock = threading.Lock()
         self._chains: dict[str, ChainKey | None] = {}
         """Resolved chains: their key, or ``None`` for a chain without one (written before
@@ -241,6 +248,11 @@ class ClusterSealer:
             objects = _read_key_objects(self.raw, prefix)
             if objects:
                 return ChainKey(_unwrap_any(self.keys, objects, cluster_id, chain_id))
+            if chain_id in self.encrypted_chains:
+                raise KeyUnavailable(
+                    f"chain {chain_id} is recorded as stored encrypted but its data key objects "
+                    "are missing: it is not read as unencrypted"
+                )
             if not writing:
                 return None
             if self._legacy_chain(prefix, chain_id):
@@ -294,10 +306,21 @@ class ClusterSealer:
         return hashlib.sha256(raw).hexdigest() if chain is None else chain.chunk_name(raw)
 
 
-def sealed_store(store: ObjectStore, keys: ClusterKeys) -> ObjectStore:
-    """``store`` as seen by one cluster: every object sealed under its chain's data key."""
+def sealed_store(
+    store: ObjectStore, keys: ClusterKeys, encrypted_chains: Collection[str] = ()
+) -> ObjectStore:
+    """``store`` as seen by one cluster: every object sealed under its chain's data key.
+    ``encrypted_chains``: chains recorded as encrypted (see :class:`ClusterSealer`)."""
     raw = store.sealed_with(None)
-    return raw.sealed_with(ClusterSealer(raw, keys))
+    return raw.sealed_with(ClusterSealer(raw, keys, encrypted_chains))
+
+
+def chain_is_encrypted(store: ObjectStore, cluster_id: str, chain_id: str) -> bool:
+    """Whether the chain is stored encrypted, as ``store`` (sealed for the cluster) reads it."""
+    sealer = store.sealer
+    if not isinstance(sealer, ClusterSealer):
+        return False
+    return sealer.chain_key(cluster_id, chain_id, writing=False) is not None
 
 
 @dataclass(frozen=True)

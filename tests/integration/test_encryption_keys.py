@@ -24,7 +24,9 @@ from managed_backups.services.cli import main as cli_main
 from managed_backups.services.executor.service import run as run_executor
 from managed_backups.services.restore.service import run as run_restore
 from managed_backups.services.retention.service import run as run_retention
+from managed_backups.shared.dataplane.engine import BackupRequest
 from managed_backups.shared.dataplane.objectstore import ObjectStore
+from managed_backups.shared.dataplane.postgres import PostgresAdapter
 from managed_backups.shared.domain.encryption_key import KeyRotation
 from managed_backups.shared.eventstore import open_event_store
 from managed_backups.shared.security import Grant, new_api_key
@@ -374,3 +376,34 @@ async def test_a_tampered_chunk_is_reported_by_verify_and_fails_the_restore(
     assert job.error is not None and job.error["code"] == "CHUNK_CORRUPT"
     assert "fails authentication" in job.error["message"]
     assert databases(world.pg) == before
+
+
+async def test_a_chain_recorded_as_encrypted_is_never_read_as_unencrypted(
+    world: World,
+) -> None:
+    """Someone who can write the bucket replaces an encrypted chain by a valid unencrypted one
+    (its key objects gone, as for a chain from before encryption): the control plane recorded
+    the chain as encrypted, so the restore and VerifyBackup refuse it."""
+    system = world.system
+    cluster_id = await world.cluster("STANDARD")
+    full = await world.backup(cluster_id)
+    backup = await wait_terminal(system, full)
+    assert backup.encrypted is True
+    raw = world.raw()
+    raw.delete_prefix(f"clusters/{cluster_id}/chains/{full}/")
+    with psycopg.connect(world.pg.url_for("accounts"), autocommit=True) as conn:
+        conn.execute("UPDATE ledger SET amount = -1 WHERE id = 1")  # the forged content
+    try:
+        adapter = PostgresAdapter(world.pg.dsn_for("postgres"), password=world.pg.password)
+        await asyncio.to_thread(adapter.full_backup, BackupRequest(raw, cluster_id, str(full)))
+        answer = await world.restore(cluster_id, full, "forged")
+        assert answer.status_code == 409, answer.text
+        assert "recorded as stored encrypted" in answer.json()["message"]
+        verify = {"type": "VerifyBackup", "cluster_id": cluster_id, "backup_id": str(full)}
+        assert (await system.command(topics.BACKUP_COMMANDS, verify)).code == 200
+        (report,) = await verifications(system, full, 1)
+        assert report.ok is False
+        assert "recorded as stored encrypted" in report.missing_chunks[0]
+    finally:
+        with psycopg.connect(world.pg.url_for("accounts"), autocommit=True) as conn:
+            conn.execute("UPDATE ledger SET amount = 1 WHERE id = 1")

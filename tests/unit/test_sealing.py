@@ -261,3 +261,18 @@ def test_the_envelope_overhead_is_fixed(tmp_path: Path) -> None:
     with pytest.raises(SealBroken):
         overwrite(raw, key, b"{}")
         store.get(key)
+
+
+def test_a_chain_recorded_as_encrypted_is_refused_without_its_key_objects(tmp_path: Path) -> None:
+    raw = ObjectStore("memory://")
+    keys = keys_of(platform(tmp_path))
+    write_chain(sealed_store(raw, keys))
+    raw.delete_prefix(f"clusters/{CLUSTER}/chains/{CHAIN}")
+    forged = write_chain(raw)  # a valid unencrypted chain at the same keys
+    with ChunkStore(sealed_store(raw, keys), CLUSTER, CHAIN) as chunks:
+        assert chunks.read_chunk(forged[0])  # read as a chain from before encryption...
+    with (
+        ChunkStore(sealed_store(raw, keys, encrypted_chains=[CHAIN]), CLUSTER, CHAIN) as chunks,
+        pytest.raises(KeyUnavailable, match="recorded as stored encrypted"),
+    ):
+        chunks.read_chunk(forged[0])  # ...unless the control plane recorded it as encrypted
