@@ -369,3 +369,31 @@ def test_unencrypted_chains_from_before_restore_through_a_sealed_store(
     # A rotation finds nothing to wrap in them, and reading wrote nothing.
     assert rewrap_chain(raw, ClusterKeys(cluster, platform, (platform,)), full).key_id is None
     assert snapshot(raw) == before
+
+
+def test_an_encrypted_chain_written_by_the_first_version_restores_with_the_rotated_key(
+    pg: PgServer, databases: list[str], tmp_path: Path
+) -> None:
+    """``tests/data/encrypted-v1``: the envelope, key objects and keyed names as first written
+    stay readable; the key the rotation added opens it alone."""
+    fixture = DATA / "encrypted-v1"
+    shutil.copytree(fixture / "backup-store", tmp_path / "store")
+    shutil.copytree(fixture / "platform-keys", tmp_path / "keys")
+    (tmp_path / "keys" / "k0001.key").unlink()  # retired after the rotation
+    raw = ObjectStore((tmp_path / "store").as_uri())
+    ring = LocalKeyring(tmp_path / "keys", label="platform", name="platform key")
+    full, inc = "55555555-5555-4555-8555-555555555555", "66666666-6666-4666-8666-666666666666"
+    sealed = seal(raw, ClusterKeys("enc-cluster", ring, (ring,)), encrypted_chains=[full])
+    stored = snapshot(raw)
+    assert all(v.startswith(MAGIC) for k, v in stored.items() if "/keys/" not in k)
+    assert verify_stored(sealed, "enc-cluster", full, inc).ok
+    target = pg.create_database("enc_fixture")
+    databases.append(target)
+    head = read_manifest(sealed, "enc-cluster", full, inc)
+    restore_database(
+        sealed, load_chain(sealed, head), "shop", pg.dsn_for(target), password=pg.password
+    )
+    expected = json.loads((fixture / "backup-store.expected.json").read_text())
+    for table, digest in expected.items():
+        assert list(table_digest(pg.url_for(target), "public", table)) == digest, table
+    assert snapshot(raw) == stored
