@@ -99,6 +99,13 @@ class World:
         assert code == 0
         return (self.customer_keys / cluster_id / f"{name}.key").read_text().strip()
 
+    async def with_customer_key(self, name: str) -> str:
+        """A new ADVANCED cluster whose customer key ``name`` is configured."""
+        cluster_id = await self.cluster()
+        self.new_key(cluster_id, name)
+        assert (await self.set_key(cluster_id, name)).status_code == 200
+        return cluster_id
+
     async def set_key(self, cluster_id: str, name: str, credential: str | None = None) -> Any:
         assert self.system.http is not None
         headers = {"Authorization": f"Bearer {credential}"} if credential else {}
@@ -268,9 +275,7 @@ async def test_backups_under_a_customer_key_restore_and_a_revoked_key_fails_them
 ) -> None:
     system = world.system
     assert system.http is not None
-    cluster_id = await world.cluster()
-    world.new_key(cluster_id, "k1")
-    assert (await world.set_key(cluster_id, "k1")).status_code == 200
+    cluster_id = await world.with_customer_key("k1")
     full = await world.backup(cluster_id)
     at_full = world.digest()
     stored = world.objects(cluster_id)
@@ -306,9 +311,7 @@ async def test_rotation_rewraps_every_chain_and_old_backups_stay_restorable(
 ) -> None:
     system = world.system
     assert system.http is not None
-    cluster_id = await world.cluster()
-    world.new_key(cluster_id, "k1")
-    assert (await world.set_key(cluster_id, "k1")).status_code == 200
+    cluster_id = await world.with_customer_key("k1")
     full = await world.backup(cluster_id)
     at_full = world.digest()
     with psycopg.connect(world.pg.url_for("accounts"), autocommit=True) as conn:
