@@ -18,8 +18,6 @@ grants remove --account ACCOUNT --role ROLE (--organization ORG | --cluster ID)
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,7 +26,7 @@ from uuid import UUID
 import typer
 
 from managed_backups.contracts.enums import ResourceType, Role
-from managed_backups.services.api_client import DONE, USAGE, ApiAccess, CliError, report
+from managed_backups.services.api_client import USAGE, ApiAccess, CliError, run
 from managed_backups.shared.domain.identity import ServiceAccount
 
 orgs_app = typer.Typer(help="organizations", no_args_is_help=True)
@@ -66,23 +64,6 @@ def account_id(account: str) -> str:
         raise CliError(
             f"{account!r} is neither an account id nor ORGANIZATION/NAME", USAGE
         ) from None
-
-
-def run(
-    data_dir: Path | None,
-    credential: str | None,
-    api_url: str | None,
-    as_json: bool,
-    call: Callable[[ApiAccess], Any],
-    show: Callable[[Any], str],
-) -> None:
-    """Call the API and print its answer (``--json``: as it is); exit with the outcome."""
-    try:
-        answer = call(ApiAccess.resolve(data_dir, api_url, credential))
-    except CliError as error:
-        raise typer.Exit(report(error)) from None
-    print(json.dumps(answer, indent=2) if as_json else show(answer))
-    raise typer.Exit(DONE)
 
 
 def rows(items: list[dict[str, Any]], *columns: str) -> str:

@@ -9,12 +9,15 @@ system, 2 a usage problem, 3 no answer.
 
 from __future__ import annotations
 
+import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import typer
 
 from managed_backups.shared.settings import Settings
 
@@ -84,3 +87,20 @@ class ApiAccess:
 def report(error: CliError) -> int:
     print(error.message, file=sys.stderr)
     return error.code
+
+
+def run(
+    data_dir: Path | None,
+    credential: str | None,
+    api_url: str | None,
+    as_json: bool,
+    call: Callable[[ApiAccess], Any],
+    show: Callable[[Any], str],
+) -> None:
+    """Call the API and print its answer (``--json``: as it is); exit with the outcome."""
+    try:
+        answer = call(ApiAccess.resolve(data_dir, api_url, credential))
+    except CliError as error:
+        raise typer.Exit(report(error)) from None
+    print(json.dumps(answer, indent=2) if as_json else show(answer))
+    raise typer.Exit(DONE)

@@ -9,6 +9,8 @@ restore start DEST ... [--follow]   start a restore job and follow it to its end
 clusters set-secret ID set the password the executor uses for one cluster (stdin or prompt)
 orgs, accounts, keys, grants   organizations, service accounts, API keys and role grants
 broker credentials|setup       the broker's users and ACLs where `up` does not run it (compose)
+encryption-key ...     encryption at rest: a cluster's customer key, rotation
+                       (``encryption_key_cli.py``)
 
 Each command is a function with typed, documented parameters; the groups (``contracts``,
 ``projections``, ``clusters``, ``restore``) are typer sub-applications. A command's outcome is its
@@ -39,6 +41,7 @@ from managed_backups.contracts import topics
 from managed_backups.services.access_cli import accounts_app, grants_app, keys_app, orgs_app
 from managed_backups.services.api_client import API_URL_FILE, ApiAccess, CliError, report
 from managed_backups.services.broker_cli import broker_app
+from managed_backups.services.encryption_key_cli import app as encryption_key_app
 from managed_backups.services.registry import service_main, service_names
 from managed_backups.services.restore.cli import app as restore_app
 from managed_backups.shared.settings import Settings, default_data_dir
@@ -67,6 +70,7 @@ app.add_typer(accounts_app, name="accounts")
 app.add_typer(keys_app, name="keys")
 app.add_typer(grants_app, name="grants")
 app.add_typer(broker_app, name="broker")
+app.add_typer(encryption_key_app, name="encryption-key")
 
 DataDir = Annotated[
     Path | None,

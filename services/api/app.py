@@ -22,6 +22,7 @@ from managed_backups.services.api import (
     backups,
     clusters,
     connection_secret,
+    encryption_key,
     errors,
     identity,
     restores,
@@ -31,6 +32,7 @@ from managed_backups.services.api.dependencies import ApiContext
 from managed_backups.services.api.limits import AuthenticatedBoundedBodies
 from managed_backups.services.runtime import Runtime
 from managed_backups.shared.command_tokens import API_SIGNER
+from managed_backups.shared.encryption import ClusterEncryption, platform_keyring
 from managed_backups.shared.gateway import CommandGateway
 from managed_backups.shared.identity import Identity
 from managed_backups.shared.secrets import ConnectionSecrets
@@ -42,6 +44,7 @@ ROUTERS = (
     restores.router,
     connection_secret.router,
     identity.router,
+    encryption_key.router,
     system.router,
 )
 
@@ -76,9 +79,12 @@ def create_app(runtime: Runtime, gateway: CommandGateway) -> FastAPI:
         runtime=runtime,
         models=models,
         gateway=gateway,
-        secrets=ConnectionSecrets(runtime.db, runtime.settings.secrets_path),
+        secrets=ConnectionSecrets(
+            runtime.db, runtime.settings.secrets_path, platform_keyring(runtime.settings)
+        ),
         signer=runtime.command_signer(API_SIGNER),
         identity=Identity(runtime.store, runtime.db, runtime.clock),
+        encryption=ClusterEncryption(runtime.settings, runtime.store),
     )
     app.add_middleware(AuthenticatedBoundedBodies, authenticate=runtime.authenticator.authenticate)
     errors.install(app)

@@ -40,3 +40,12 @@ def principal_command_outcome_id(principal: str, command_id: UUID) -> UUID:
     """The outcome of ``command_id`` as sent by ``principal``: one sender's ids never meet
     another's."""
     return uuid5(NAMESPACE, f"command-of:{principal}:{command_id}")
+
+
+def encryption_key_aggregate_id(cluster_id: str) -> UUID:
+    return uuid5(NAMESPACE, f"encryption-key:{cluster_id}")
+
+
+def key_rotation_id(cluster_id: str, command_id: UUID) -> UUID:
+    """A rotation job's id: one per cluster and command (a repeated command names the same)."""
+    return uuid5(NAMESPACE, f"key-rotation:{cluster_id}:{command_id}")

@@ -1,0 +1,185 @@
+"""``managed-backups encryption-key``: encryption at rest from the command line.
+
+(``managed-backups keys`` is API keys: :mod:`managed_backups.services.access_cli`.)
+
+Over the HTTP API (as whoever the credential names; :mod:`managed_backups.services.api_client`):
+
+encryption-key show ID            which key wraps the cluster's new backups, and whether it is
+                                  usable
+encryption-key set ID KEY_NAME    configure the cluster's customer key (ADVANCED clusters only),
+                                  then re-wrap its existing chains by it (a rotation job)
+encryption-key remove ID          back to the platform key for new chains
+encryption-key rotate ID          start a rotation job (every chain's data key wrapped by the
+                                  current key)
+
+On the machine holding the key directories (no API involved):
+
+encryption-key new-customer-key ID KEY_NAME   write a new random key file for a cluster's
+                                              customer key
+encryption-key rotate-platform                add a new platform key (the current one from then on)
+
+Exit codes as the rest of the CLI: 0 done, 1 refused, 2 usage, 3 the API did not answer.
+Key material is never printed: a key is shown by its id (name and fingerprint).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from managed_backups.services.api_client import run
+from managed_backups.shared.dataplane.keys import new_key_file
+from managed_backups.shared.domain.encryption_key import KEY_NAME_PATTERN
+from managed_backups.shared.encryption import customer_keyring, platform_keyring
+from managed_backups.shared.settings import Settings
+
+app = typer.Typer(help="encryption keys of backups (encryption at rest)", no_args_is_help=True)
+
+ClusterId = Annotated[str, typer.Argument(metavar="ID", help="the cluster's id")]
+DataDir = Annotated[
+    Path | None,
+    typer.Option(help="the data directory (default: MANAGED_BACKUPS_DATA_DIR)"),
+]
+Credential = Annotated[
+    str | None,
+    typer.Option(
+        envvar="MANAGED_BACKUPS_CREDENTIAL",
+        show_envvar=True,
+        help="API key (default: the data directory's admin key)",
+    ),
+]
+ApiUrl = Annotated[str | None, typer.Option(help="default: the API `up` runs, else the settings")]
+Json = Annotated[bool, typer.Option("--json", help="print the API's answer as JSON")]
+
+
+def _settings(data_dir: Path | None) -> Settings:
+    return Settings() if data_dir is None else Settings(data_dir=data_dir.resolve())
+
+
+def _path(cluster_id: str, *rest: str) -> str:
+    return "/".join(("/api/v1/clusters", cluster_id, "encryption-key", *rest))
+
+
+def _show(view: dict[str, Any]) -> str:
+    lines = [f"provider:  {view['provider']}"]
+    if view.get("key_name"):
+        lines.append(f"key name:  {view['key_name']}")
+    lines.append(f"key id:    {view.get('key_id') or '-'}")
+    if not view.get("available"):
+        lines.append(f"NOT AVAILABLE: {view.get('reason')}")
+    return "\n".join(lines)
+
+
+@app.command("show")
+def cmd_show(
+    cluster_id: ClusterId,
+    data_dir: DataDir = None,
+    credential: Credential = None,
+    api_url: ApiUrl = None,
+    as_json: Json = False,
+) -> None:
+    """Show which key wraps the cluster's new backups and whether it is usable."""
+    run(
+        data_dir,
+        credential,
+        api_url,
+        as_json,
+        lambda api: api.call("GET", _path(cluster_id)),
+        _show,
+    )
+
+
+@app.command("set")
+def cmd_set(
+    cluster_id: ClusterId,
+    key_name: Annotated[str, typer.Argument(help="the key file's name, without .key")],
+    data_dir: DataDir = None,
+    credential: Credential = None,
+    api_url: ApiUrl = None,
+    as_json: Json = False,
+) -> None:
+    """Configure the cluster's customer key (ADVANCED only) and re-wrap its chains by it."""
+    run(
+        data_dir,
+        credential,
+        api_url,
+        as_json,
+        lambda api: api.call("PUT", _path(cluster_id), {"key_name": key_name}),
+        lambda view: (
+            _show(view) + "\na rotation job wraps the existing chains' data keys by "
+            "it (see the audit trail)"
+        ),
+    )
+
+
+@app.command("remove")
+def cmd_remove(
+    cluster_id: ClusterId,
+    data_dir: DataDir = None,
+    credential: Credential = None,
+    api_url: ApiUrl = None,
+) -> None:
+    """Go back to the platform key for the cluster's new chains."""
+    run(
+        data_dir,
+        credential,
+        api_url,
+        False,
+        lambda api: api.call("DELETE", _path(cluster_id)),
+        lambda _: f"cluster {cluster_id}: new chains are wrapped by the platform key",
+    )
+
+
+@app.command("rotate")
+def cmd_rotate(
+    cluster_id: ClusterId,
+    data_dir: DataDir = None,
+    credential: Credential = None,
+    api_url: ApiUrl = None,
+) -> None:
+    """Start a rotation job: every chain's data key wrapped by the cluster's current key."""
+    run(
+        data_dir,
+        credential,
+        api_url,
+        False,
+        lambda api: api.call("POST", _path(cluster_id, "rotate")),
+        lambda _: f"cluster {cluster_id}: rotation started (its end is in the audit trail)",
+    )
+
+
+@app.command("new-customer-key")
+def cmd_new_customer_key(
+    cluster_id: ClusterId,
+    key_name: Annotated[str, typer.Argument(help="the new key's name")],
+    data_dir: DataDir = None,
+) -> None:
+    """Write a new random customer key file for a cluster (then: encryption-key set ID
+    KEY_NAME)."""
+    if not re.match(KEY_NAME_PATTERN, key_name):
+        print(f"a key name matches {KEY_NAME_PATTERN}", file=sys.stderr)
+        raise typer.Exit(2)
+    keyring = customer_keyring(_settings(data_dir), cluster_id, key_name)
+    try:
+        new_key_file(keyring.directory / f"{key_name}.key")
+    except FileExistsError:
+        print(f"cluster {cluster_id} already has a key named {key_name}", file=sys.stderr)
+        raise typer.Exit(1) from None
+    print(f"new customer key {keyring.current_key_id()} of cluster {cluster_id}")
+
+
+@app.command("rotate-platform")
+def cmd_rotate_platform(data_dir: DataDir = None) -> None:
+    """Add a new platform key; new chains are wrapped by it. Then re-wrap the existing ones:
+    publish RotateEncryptionKeys (no cluster_id: every cluster, an administrator) on
+    retention-commands."""
+    key_id = platform_keyring(_settings(data_dir)).rotate()
+    print(f"the platform key is now {key_id}")
+    print(
+        "re-wrap the existing chains (as the administrator): managed-backups publish "
+        'managed-backups.retention-commands \'{"type": "RotateEncryptionKeys"}\''
+    )
