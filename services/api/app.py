@@ -1,15 +1,18 @@
 """The HTTP API: projection endpoints (queries) and the command gateway (changes).
 
 Queries read the read models kept by the projections service. Changes are published as commands
-on their topic with the caller's bearer token as credential, exactly as any other publisher would;
-the API answers once the command's result is back and the read models have reached the position
-of the events it recorded, so a GET right after a PUT shows the change.
+on their topic with a token the API signs for the caller (bound to that one command, never the
+caller's API key: ``shared/command_tokens.py``), exactly as any other publisher would; the API
+answers once the command's result is back and the read models have reached the position of the
+events it recorded, so a GET right after a PUT shows the change.
 
 ``create_app`` is the composition root: it builds the shared :class:`ApiContext` (kept in
 ``app.state``, reached by the routes through ``services/api/dependencies.py``), installs the body
 limits and the one error body, and includes one router per area: ``clusters.py`` (clusters,
-audit trail, backup settings), ``backups.py``, ``restores.py``, ``connection_secret.py`` and
-``system.py`` (health, metrics, simulated clock). Bodies are typed in ``schemas.py``.
+audit trail, backup settings), ``backups.py``, ``restores.py``, ``connection_secret.py``,
+``identity.py`` (organizations, service accounts, API keys, role grants, command tokens),
+``encryption_key.py`` (a cluster's encryption key) and ``system.py`` (health, metrics, simulated
+clock). Bodies are typed in ``schemas.py``.
 """
 
 import asyncio
