@@ -19,14 +19,22 @@ grants remove --account ACCOUNT --role ROLE (--organization ORG | --cluster ID)
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 from typing import Annotated, Any
 from uuid import UUID
 
 import typer
 
 from managed_backups.contracts.enums import ResourceType, Role
-from managed_backups.services.api_client import USAGE, ApiAccess, CliError, run
+from managed_backups.services.api_client import (
+    USAGE,
+    ApiAccess,
+    ApiUrl,
+    CliError,
+    Credential,
+    DataDir,
+    Json,
+    run,
+)
 from managed_backups.shared.domain.identity import ServiceAccount
 
 orgs_app = typer.Typer(help="organizations", no_args_is_help=True)
@@ -34,20 +42,6 @@ accounts_app = typer.Typer(help="service accounts", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys", no_args_is_help=True)
 grants_app = typer.Typer(help="role grants", no_args_is_help=True)
 
-DataDir = Annotated[
-    Path | None,
-    typer.Option(help="the data directory (for the API's address and the administrator key)"),
-]
-Credential = Annotated[
-    str | None,
-    typer.Option(
-        envvar="MANAGED_BACKUPS_CREDENTIAL",
-        show_envvar=True,
-        help="API key (default: the data directory's admin key)",
-    ),
-]
-ApiUrl = Annotated[str | None, typer.Option(help="default: the API `up` runs, else the settings")]
-Json = Annotated[bool, typer.Option("--json", help="print the API's answer as JSON")]
 Account = Annotated[str, typer.Option(help="a service account's id, or ORGANIZATION/NAME")]
 Organization = Annotated[str | None, typer.Option(help="an organization's id")]
 Cluster = Annotated[str | None, typer.Option(help="a cluster's id")]

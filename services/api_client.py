@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import typer
@@ -23,6 +23,22 @@ from managed_backups.shared.settings import Settings
 
 DONE, REFUSED, USAGE, NO_ANSWER = 0, 1, 2, 3
 API_URL_FILE = "api-url"
+
+# The options of every command that calls the API (for :meth:`ApiAccess.resolve`).
+DataDir = Annotated[
+    Path | None,
+    typer.Option(help="the data directory (for the API's address and the administrator key)"),
+]
+Credential = Annotated[
+    str | None,
+    typer.Option(
+        envvar="MANAGED_BACKUPS_CREDENTIAL",
+        show_envvar=True,
+        help="API key (default: the data directory's admin key)",
+    ),
+]
+ApiUrl = Annotated[str | None, typer.Option(help="default: the API `up` runs, else the settings")]
+Json = Annotated[bool, typer.Option("--json", help="print the API's answer as JSON")]
 
 
 class CliError(Exception):

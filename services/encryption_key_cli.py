@@ -31,7 +31,7 @@ from typing import Annotated, Any
 
 import typer
 
-from managed_backups.services.api_client import run
+from managed_backups.services.api_client import ApiUrl, Credential, DataDir, Json, run
 from managed_backups.shared.dataplane.keys import new_key_file
 from managed_backups.shared.domain.encryption_key import KEY_NAME_PATTERN
 from managed_backups.shared.encryption import customer_keyring, platform_keyring
@@ -40,20 +40,15 @@ from managed_backups.shared.settings import Settings
 app = typer.Typer(help="encryption keys of backups (encryption at rest)", no_args_is_help=True)
 
 ClusterId = Annotated[str, typer.Argument(metavar="ID", help="the cluster's id")]
-DataDir = Annotated[
+KeysDataDir = Annotated[
     Path | None,
-    typer.Option(help="the data directory (default: MANAGED_BACKUPS_DATA_DIR)"),
-]
-Credential = Annotated[
-    str | None,
     typer.Option(
-        envvar="MANAGED_BACKUPS_CREDENTIAL",
-        show_envvar=True,
-        help="API key (default: the data directory's admin key)",
+        "--data-dir",
+        help="the data directory whose key directories are meant (default: "
+        "MANAGED_BACKUPS_DATA_DIR; MANAGED_BACKUPS_PLATFORM_KEYS_DIR and "
+        "MANAGED_BACKUPS_CUSTOMER_KEYS_DIR override them)",
     ),
 ]
-ApiUrl = Annotated[str | None, typer.Option(help="default: the API `up` runs, else the settings")]
-Json = Annotated[bool, typer.Option("--json", help="print the API's answer as JSON")]
 
 
 def _settings(data_dir: Path | None) -> Settings:
@@ -156,7 +151,7 @@ def cmd_rotate(
 def cmd_new_customer_key(
     cluster_id: ClusterId,
     key_name: Annotated[str, typer.Argument(help="the new key's name")],
-    data_dir: DataDir = None,
+    data_dir: KeysDataDir = None,
 ) -> None:
     """Write a new random customer key file for a cluster (then: encryption-key set ID
     KEY_NAME)."""
@@ -173,7 +168,7 @@ def cmd_new_customer_key(
 
 
 @app.command("rotate-platform")
-def cmd_rotate_platform(data_dir: DataDir = None) -> None:
+def cmd_rotate_platform(data_dir: KeysDataDir = None) -> None:
     """Add a new platform key; new chains are wrapped by it. Then re-wrap the existing ones:
     publish RotateEncryptionKeys (no cluster_id: every cluster, an administrator) on
     retention-commands."""
