@@ -9,6 +9,7 @@ import asyncio
 import base64
 import contextlib
 import io
+import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,6 +266,52 @@ async def test_a_customer_key_is_for_advanced_clusters_and_whoever_may_change_se
         "CustomerKeyConfigured",
         "CustomerKeyRemoved",
     ]
+
+
+async def test_an_outsider_cannot_tell_a_clusters_key_or_rotation_from_an_unknown_cluster(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The one access rule on the encryption-key endpoints and on RotateEncryptionKeys: an
+    Organization Admin of another organization gets, word for word, what an unknown id gets;
+    the refusals go to the security log and nothing into the cluster's audit trail."""
+    system = world.system
+    assert system.http is not None
+    caplog.set_level(logging.WARNING, logger="managed_backups.security")
+    victim = await world.with_customer_key("k1")
+    before = (await system.http.get(f"/api/v1/clusters/{victim}/encryption-key")).json()
+    outsider = await system.issue_key("outsider", Role.ORG_ADMIN, "org:elsewhere")
+    unknown = f"none-{uuid4().hex[:6]}"
+    headers = {"Authorization": f"Bearer {outsider}"}
+    for method, path, body in (
+        ("GET", "encryption-key", None),
+        ("PUT", "encryption-key", {"key_name": "k1"}),
+        ("DELETE", "encryption-key", None),
+        ("POST", "encryption-key/rotate", None),
+    ):
+        for cluster_id in (victim, unknown):
+            answer = await system.http.request(
+                method, f"/api/v1/clusters/{cluster_id}/{path}", json=body, headers=headers
+            )
+            assert (answer.status_code, answer.json()["message"]) == (
+                404,
+                f"cluster {cluster_id} is not registered",
+            ), (method, path)
+    on_topic = {"type": "RotateEncryptionKeys", "cluster_id": victim}
+    refused = await system.command(topics.RETENTION_COMMANDS, on_topic, outsider)
+    assert (refused.code, refused.reason) == (404, f"cluster {victim} is not registered")
+    everything = await system.command(
+        topics.RETENTION_COMMANDS, {"type": "RotateEncryptionKeys"}, outsider
+    )
+    assert everything.code == 403  # every cluster: the system administrator's alone
+    security = [r.getMessage() for r in caplog.records if r.name == "managed_backups.security"]
+    assert any(f"/api/v1/clusters/{victim}/encryption-key" in m for m in security)
+    assert any("RotateEncryptionKeys" in m and victim in m for m in security)
+    assert system.api_runtime is not None
+    await system.wait_projection(system.api_runtime.store.max_position())
+    trail = (await system.http.get(f"/api/v1/clusters/{victim}/events")).json()["events"]
+    assert not [e for e in trail if str(e.get("by")).startswith("elsewhere/")]
+    after = (await system.http.get(f"/api/v1/clusters/{victim}/encryption-key")).json()
+    assert after == before
 
 
 async def test_backups_under_a_customer_key_restore_and_a_revoked_key_fails_them_clearly(
