@@ -342,13 +342,27 @@ class EnforceRetention(CommandBase):
     cluster_id: ClusterId | None = Field(default=None, description="None: every cluster.")
 
 
+class RotateEncryptionKeys(CommandBase):
+    """Wrap every chain's data key by the cluster's current key-encryption key (after the
+    platform key was rotated, or a customer key configured or replaced). Adds one key object
+    per chain; nothing stored is rewritten."""
+
+    type: Literal["RotateEncryptionKeys"] = Field(
+        default="RotateEncryptionKeys",
+        description="Always RotateEncryptionKeys: names the message (the discriminator).",
+    )
+    cluster_id: ClusterId | None = Field(
+        default=None, description="None: every cluster with backups (an administrator)."
+    )
+
+
 ClusterCommand = Annotated[
     RegisterCluster | UpdateBackupSettings | ChangeClusterTier | DeleteCluster,
     Field(discriminator="type"),
 ]
 BackupCommand = Annotated[TakeBackup | VerifyBackup, Field(discriminator="type")]
 RestoreCommand = StartRestore
-RetentionCommand = EnforceRetention
+RetentionCommand = Annotated[EnforceRetention | RotateEncryptionKeys, Field(discriminator="type")]
 AnyCommand = Annotated[
     RegisterCluster
     | UpdateBackupSettings
@@ -357,6 +371,7 @@ AnyCommand = Annotated[
     | TakeBackup
     | VerifyBackup
     | StartRestore
-    | EnforceRetention,
+    | EnforceRetention
+    | RotateEncryptionKeys,
     Field(discriminator="type"),
 ]

@@ -12,6 +12,8 @@ clusters list, backups list|show, settings get|set, backup now|verify, restores 
 orgs, accounts, keys, grants   organizations, service accounts, API keys and role grants, over
           the same API (``services/apicli/access.py``)
 broker credentials|setup       the broker's users and ACLs where `up` does not run it (compose)
+encryption-key ...     encryption at rest: a cluster's customer key, rotation
+                       (``apicli/encryption_key.py``)
 
 Each command is a function with typed, documented parameters; the groups (``contracts``,
 ``projections``, ``clusters``, ``restore``...) are typer sub-applications. A command's outcome is
@@ -40,6 +42,7 @@ import typer
 from managed_backups.contracts import topics
 from managed_backups.services.apicli import access as access_commands
 from managed_backups.services.apicli import commands as api_commands
+from managed_backups.services.apicli.encryption_key import app as encryption_key_app
 from managed_backups.services.broker_cli import broker_app
 from managed_backups.services.registry import service_main, service_names
 from managed_backups.services.restore.cli import app as restore_app
@@ -73,6 +76,7 @@ app.add_typer(clusters_app, name="clusters")
 api_commands.register(app, clusters_app)
 access_commands.register(app)
 app.add_typer(broker_app, name="broker")
+app.add_typer(encryption_key_app, name="encryption-key")
 
 DataDir = Annotated[
     Path | None,

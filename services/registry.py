@@ -86,7 +86,8 @@ SERVICES: tuple[Service, ...] = (
     Service(
         "retention",
         "managed_backups.services.retention.service:run",
-        "expires backups by the retention rules and deletes their stored objects",
+        "expires backups by the retention rules and deletes their stored objects; re-wraps "
+        "chains' data keys (RotateEncryptionKeys)",
         _commands(topics.RETENTION_COMMANDS, "managed-backups.retention"),
     ),
     Service("api", "managed_backups.services.api.app:run", "the HTTP API", PUBLISHER),

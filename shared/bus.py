@@ -58,7 +58,8 @@ COMMAND_PAYLOADS: dict[str, tuple[Any, str]] = {
     ),
     topics.RETENTION_COMMANDS: (
         commands.RetentionCommand,
-        "EnforceRetention (also run periodically); consumed by the retention service.",
+        "EnforceRetention (also run periodically) and RotateEncryptionKeys; consumed by the "
+        "retention service.",
     ),
 }
 """What each command topic carries (the type its subscriber is documented with)."""

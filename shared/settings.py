@@ -165,6 +165,18 @@ class Settings(BaseSettings):
         description="Secret store directory (mode 0700): the key encrypting the clusters' "
         "passwords, which are kept per cluster id in the shared database. Default: <data-dir>/secrets.",
     )
+    platform_keys_dir: Path | None = Field(
+        default=None,
+        description="The platform keyring: key files (base64, 32 bytes) wrapping every chain's "
+        "data key unless the cluster has a customer key; the newest name is current. Default: "
+        "<data-dir>/keys/platform, whose first key is created at first use; a directory set "
+        "here must already hold a key (a missing mount fails backups instead of using a new key).",
+    )
+    customer_keys_dir: Path | None = Field(
+        default=None,
+        description="Customer keys of ADVANCED clusters: <dir>/<cluster id>/<key name>.key. "
+        "Default: <data-dir>/keys/customer.",
+    )
 
     def kafka_auth(self) -> KafkaAuth | None:
         """How this process logs in to the broker (None: it does not)."""
@@ -213,6 +225,14 @@ class Settings(BaseSettings):
     @property
     def cluster_ca_path(self) -> Path:
         return self.cluster_ca_dir or self.data_dir / "cluster-cas"
+
+    @property
+    def platform_keys_path(self) -> Path:
+        return self.platform_keys_dir or self.data_dir / "keys" / "platform"
+
+    @property
+    def customer_keys_path(self) -> Path:
+        return self.customer_keys_dir or self.data_dir / "keys" / "customer"
 
     @property
     def pgpass_file(self) -> Path:

@@ -26,7 +26,9 @@ from managed_backups.services.registry import service_main
 from managed_backups.services.runtime import Runtime, open_runtime
 from managed_backups.shared.bus import ensure_topics
 from managed_backups.shared.clock import SimulatedClock
+from managed_backups.shared.dataplane.objectstore import ObjectStore
 from managed_backups.shared.domain.cluster import Cluster
+from managed_backups.shared.encryption import ClusterEncryption
 from managed_backups.shared.gateway import CommandGateway
 from managed_backups.shared.identity import Identity
 from managed_backups.shared.settings import Settings
@@ -124,6 +126,15 @@ class System:
             self.api_runtime.close()
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def sealed_store(self, cluster_id: str, region: str) -> ObjectStore:
+        """The region's store as the services read it for ``cluster_id`` (sealed with its keys:
+        encryption at rest)."""
+        assert self.api_runtime is not None
+        cluster = self.api_runtime.store.get_or_none(Cluster.create_id(cluster_id), Cluster)
+        assert cluster is not None, cluster_id
+        objects = ObjectStore(self.settings.region_store_url(region))
+        return ClusterEncryption(self.settings, self.api_runtime.store).seal(objects, cluster)
 
     async def command(
         self, topic: str, body: dict[str, Any], key: str | None = None, timeout: float = 30

@@ -12,8 +12,8 @@ limits and the one error body, and includes one router per area: ``permissions.p
 caller is, what it may do on a cluster), ``clusters.py`` (clusters, audit trail, backup
 settings), ``backups.py`` (listing, calendar days, catalog, backup now, verify),
 ``restores.py``, ``restore_destinations.py``, ``connection_secret.py``, ``identity.py``
-(organizations, service accounts, API keys, role grants) and ``system.py`` (health, metrics,
-simulated clock); then the console (``console.py``, ``/``) and the documents
+(organizations, service accounts, API keys, role grants, command tokens), ``encryption_key.py``
+(a cluster's encryption key) and ``system.py`` (health, metrics, simulated clock); then the console (``console.py``, ``/``) and the documents
 (``specs.py``: ``/docs``, ``/redoc``, ``/asyncapi``). Bodies are typed in ``schemas.py``.
 """
 
@@ -28,6 +28,7 @@ from managed_backups.services.api import (
     clusters,
     connection_secret,
     console,
+    encryption_key,
     errors,
     identity,
     permissions,
@@ -46,6 +47,7 @@ from managed_backups.services.api.limits import (
 )
 from managed_backups.services.runtime import Runtime
 from managed_backups.shared.command_tokens import API_SIGNER
+from managed_backups.shared.encryption import ClusterEncryption, platform_keyring
 from managed_backups.shared.gateway import CommandGateway
 from managed_backups.shared.identity import Identity
 from managed_backups.shared.secrets import ConnectionSecrets
@@ -60,6 +62,7 @@ ROUTERS = (
     restore_destinations.router,
     connection_secret.router,
     identity.router,
+    encryption_key.router,
     system.router,
 )
 
@@ -97,9 +100,12 @@ def create_app(runtime: Runtime, gateway: CommandGateway) -> FastAPI:
         runtime=runtime,
         models=models,
         gateway=gateway,
-        secrets=ConnectionSecrets(runtime.db, runtime.settings.secrets_path),
+        secrets=ConnectionSecrets(
+            runtime.db, runtime.settings.secrets_path, platform_keyring(runtime.settings)
+        ),
         signer=runtime.command_signer(API_SIGNER),
         identity=Identity(runtime.store, runtime.db, runtime.clock),
+        encryption=ClusterEncryption(runtime.settings, runtime.store),
     )
     settings = runtime.settings
     # Starlette runs the last middleware added first: concurrency, request lines, bodies.

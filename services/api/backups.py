@@ -45,7 +45,9 @@ from managed_backups.shared.domain.catalog import (
     database_is_partial,
     table_count,
 )
-from managed_backups.shared.domain.errors import Refused
+from managed_backups.shared.domain.cluster import Cluster
+from managed_backups.shared.domain.errors import NotFound, Refused, not_registered
+from managed_backups.shared.domain.ids import cluster_aggregate_id
 from managed_backups.shared.security import Action, Principal
 from managed_backups.shared.views import Page, ReadModels
 
@@ -257,7 +259,13 @@ def full_catalog(context: Context, doc: dict[str, Any]) -> list[ManifestCatalogD
     try:
         if url not in stores:
             stores[url] = open_store(url)
-        catalog = read_catalog(stores[url], doc["cluster_id"], str(doc["chain_id"]), str(doc["id"]))
+        cluster = context.runtime.store.get_or_none(
+            cluster_aggregate_id(doc["cluster_id"]), Cluster
+        )
+        if cluster is None:
+            raise NotFound(not_registered(doc["cluster_id"]))
+        sealed = context.encryption.seal(stores[url], cluster)  # an encrypted manifest
+        catalog = read_catalog(sealed, doc["cluster_id"], str(doc["chain_id"]), str(doc["id"]))
     except Exception as exc:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,

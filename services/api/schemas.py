@@ -25,6 +25,7 @@ from managed_backups.contracts.enums import (
     Role,
     Tier,
 )
+from managed_backups.shared.domain.encryption_key import KEY_NAME_PATTERN
 from managed_backups.shared.secrets import MAX_SECRET_LENGTH
 
 # -- requests -------------------------------------------------------------------------------------
@@ -53,6 +54,15 @@ class ConnectionSecretBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     password: str = Field(
         min_length=1, max_length=MAX_SECRET_LENGTH, repr=False, description="Kept encrypted."
+    )
+
+
+class CustomerKeyBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    key_name: str = Field(
+        pattern=KEY_NAME_PATTERN,
+        description="The key file's name, without .key, in the customer keys directory's "
+        "folder of the cluster.",
     )
 
 
@@ -412,3 +422,21 @@ class RestoreDestinationList(BaseModel):
     clusters: list[RestoreDestination] = Field(
         description="Clusters a backup of this one may be restored into by the caller."
     )
+
+
+class EncryptionKeyView(BaseModel):
+    """Which key-encryption key wraps the data keys of a cluster's new backups."""
+
+    provider: Literal["platform", "customer"]
+    key_name: str | None = Field(description="The customer key configured (None: none).")
+    key_id: str | None = Field(
+        description="The current key's id (name and fingerprint, never key material); None "
+        "when it is not available."
+    )
+    available: bool = Field(description="Whether backups can be taken with it now.")
+    reason: str | None = Field(description="Why it is not available.")
+    customer_key_applies: bool = Field(
+        description="A customer key is configured and the cluster is ADVANCED."
+    )
+    changed_at: str | None
+    changed_by: str | None

@@ -26,10 +26,12 @@ from managed_backups.shared.access import load_cluster
 from managed_backups.shared.cluster_connection import cluster_connection, without_secret_hint
 from managed_backups.shared.commands import CommandContext, Handled
 from managed_backups.shared.dataplane.engine import BackupError, BackupRequest, ErrorCode
-from managed_backups.shared.dataplane.manifest import Manifest, list_manifests, read_manifest
+from managed_backups.shared.dataplane.keys import KeyUnavailable
+from managed_backups.shared.dataplane.manifest import Manifest, list_manifests
 from managed_backups.shared.dataplane.objectstore import ObjectStore
 from managed_backups.shared.dataplane.postgres import PostgresAdapter
-from managed_backups.shared.dataplane.verify import verify_backup
+from managed_backups.shared.dataplane.sealing import chain_is_encrypted
+from managed_backups.shared.dataplane.verify import verify_stored
 from managed_backups.shared.domain.backup import Backup, load_backup
 from managed_backups.shared.domain.backup_lifecycle import (
     backup_expires_at,
@@ -42,6 +44,11 @@ from managed_backups.shared.domain.errors import Conflict, NotFound
 from managed_backups.shared.domain.restore_rules import (
     latest_restorable_backup,
     no_backup_while_a_cluster_restore_runs,
+)
+from managed_backups.shared.encryption import (
+    ClusterEncryption,
+    encrypted_chains,
+    platform_keyring,
 )
 from managed_backups.shared.eventstore import IntegrityError
 from managed_backups.shared.faults import crash_point
@@ -72,12 +79,19 @@ class BackupExecutor:
         self.slots = asyncio.Semaphore(max(1, self.settings.max_concurrent_backups))
         self.stores = RegionStores(runtime.settings)
         self.leases = backup_leases(runtime.db)
-        self.secrets = ConnectionSecrets(runtime.db, self.settings.secrets_path)
+        self.secrets = ConnectionSecrets(
+            runtime.db, self.settings.secrets_path, platform_keyring(self.settings)
+        )
+        self.encryption = ClusterEncryption(self.settings, runtime.store)
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    def store_for(self, region: str) -> ObjectStore:
-        return self.stores.for_region(region)
+    def store_for(self, cluster: Cluster, region: str, *backups: Backup | None) -> ObjectStore:
+        """The region's store, sealed for the cluster (encryption at rest); the chains of
+        ``backups`` recorded as encrypted are never read as unencrypted."""
+        return self.encryption.seal(
+            self.stores.for_region(region), cluster, encrypted_chains(*backups)
+        )
 
     def adapter_for(self, cluster: Cluster) -> PostgresAdapter:
         if cluster.engine != "postgres":
@@ -192,8 +206,8 @@ class BackupExecutor:
         )
         try:
             async with self.slots:
-                manifest = await asyncio.to_thread(self._take, cluster, backup, running)
-                await asyncio.to_thread(self._record_completed, backup, manifest)
+                manifest, encrypted = await asyncio.to_thread(self._take, cluster, backup, running)
+                await asyncio.to_thread(self._record_completed, backup, manifest, encrypted)
         except BackupError as error:
             message = error.message
             if error.code is ErrorCode.AUTHENTICATION_FAILED:
@@ -223,8 +237,18 @@ class BackupExecutor:
             self.running.pop(cluster.cluster_id, None)
             await asyncio.to_thread(self.leases.release, backup.id)
 
-    def _take(self, cluster: Cluster, backup: Backup, running: Running) -> Manifest:
-        store = self.store_for(backup.region)
+    def _take(self, cluster: Cluster, backup: Backup, running: Running) -> tuple[Manifest, bool]:
+        """The backup's manifest, and whether its chain is stored encrypted."""
+        full = None
+        if backup.backup_type != BackupType.FULL.value:
+            full = load_backup(self.runtime.store, cluster.cluster_id, backup.chain_id)
+        store = self.store_for(cluster, backup.region, full)
+        manifest = self._take_into(store, cluster, backup, running)
+        return manifest, chain_is_encrypted(store, cluster.cluster_id, str(backup.chain_id))
+
+    def _take_into(
+        self, store: ObjectStore, cluster: Cluster, backup: Backup, running: Running
+    ) -> Manifest:
         adapter = self.adapter_for(cluster)
         request = BackupRequest(
             store=store,
@@ -237,6 +261,8 @@ class BackupExecutor:
         self._wait_for_sweep(cluster.cluster_id, str(backup.chain_id), running.cancel)
         try:
             chain = list_manifests(store, cluster.cluster_id, str(backup.chain_id))
+        except KeyUnavailable as exc:
+            raise BackupError(ErrorCode.KEY_UNAVAILABLE, str(exc), "read chain manifests") from exc
         except Exception as exc:
             raise BackupError(
                 ErrorCode.STORE_FAILED,
@@ -269,7 +295,7 @@ class BackupExecutor:
             if cancel.wait(SWEEP_POLL_SECONDS):
                 raise BackupError(ErrorCode.CANCELLED, "backup cancelled", "wait for a sweep")
 
-    def _record_completed(self, started: Backup, manifest: Manifest) -> None:
+    def _record_completed(self, started: Backup, manifest: Manifest, encrypted: bool) -> None:
         backup = self.runtime.store.get_or_none(started.id, Backup)
         if backup is None or backup.is_terminal:
             return
@@ -286,6 +312,7 @@ class BackupExecutor:
             expires_at=backup_expires_at(manifest.data_from, backup.retention_days),
             at=now,
             by=self.name,
+            encrypted=encrypted,
         )
         with contextlib.suppress(IntegrityError):  # the reaper failed it first: that stands
             self.runtime.store.save_all(backup)
@@ -365,20 +392,21 @@ class BackupExecutor:
             )
 
         async def start() -> None:
-            self._spawn(asyncio.to_thread(self._verify, backup, command, principal))
+            self._spawn(asyncio.to_thread(self._verify, cluster, backup, command, principal))
 
         return Handled([], cluster.cluster_id, follow_up=start)
 
-    def _verify(self, backup: Backup, command: VerifyBackup, principal: Principal) -> None:
-        store = self.store_for(backup.region)
+    def _verify(
+        self, cluster: Cluster, backup: Backup, command: VerifyBackup, principal: Principal
+    ) -> None:
         missing: list[str] = []
         corrupt: list[str] = []
         checked = 0
         try:
-            manifest = read_manifest(
+            store = self.store_for(cluster, backup.region, backup)
+            report = verify_stored(
                 store, backup.cluster_id, str(backup.chain_id), str(backup.backup_id)
             )
-            report = verify_backup(store, manifest)
             missing, corrupt, checked = report.missing, report.corrupt, report.chunks_checked
         except Exception as exc:
             missing = [f"manifest or chain unreadable: {exc}"]

@@ -41,7 +41,13 @@ from managed_backups.contracts.events import (
     ConnectionSecretChanged,
     ConnectionSecretRemoved,
     ConnectionSecretSet,
+    CustomerKeyChanged,
+    CustomerKeyConfigured,
+    CustomerKeyRemoved,
     EventBase,
+    KeyRotationCompleted,
+    KeyRotationFailed,
+    KeyRotationStarted,
     OrganizationCreated,
     RestoreFailed,
     RestoreProgressed,
@@ -71,6 +77,12 @@ AUDIT_ONLY: tuple[type[EventBase], ...] = (
     ConnectionSecretSet,
     ConnectionSecretChanged,
     ConnectionSecretRemoved,
+    CustomerKeyConfigured,
+    CustomerKeyChanged,
+    CustomerKeyRemoved,
+    KeyRotationStarted,
+    KeyRotationCompleted,
+    KeyRotationFailed,
 )
 _RETENTION_COLUMNS = ("kept_chain_id", "kept_data_from", "deleted_until")
 _RETENTION_COUNTERS = ("stored_bytes", "expired_count", "deleted_count", "bytes_freed")

@@ -33,6 +33,7 @@ from managed_backups.shared import jobs
 from managed_backups.shared.cluster_connection import cluster_connection
 from managed_backups.shared.commands import CommandContext, Handled
 from managed_backups.shared.dataplane.engine import BackupError
+from managed_backups.shared.dataplane.keys import KeyUnavailable
 from managed_backups.shared.dataplane.manifest import Manifest, load_chain, read_manifest
 from managed_backups.shared.dataplane.objectstore import ObjectStore
 from managed_backups.shared.dataplane.restore_plan import (
@@ -49,7 +50,7 @@ from managed_backups.shared.dataplane.restore_plan import (
     plan_bytes,
     table_restore_objects,
 )
-from managed_backups.shared.domain.backup import load_backup
+from managed_backups.shared.domain.backup import Backup, load_backup
 from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.domain.errors import Conflict, NotFound, Refused
 from managed_backups.shared.domain.ids import cluster_aggregate_id
@@ -63,6 +64,11 @@ from managed_backups.shared.domain.restore_rules import (
     objects_match_the_restore_type,
     restore_jobs_within_bounds,
     table_restore_not_into_a_template_or_postgres,
+)
+from managed_backups.shared.encryption import (
+    ClusterEncryption,
+    encrypted_chains,
+    platform_keyring,
 )
 from managed_backups.shared.eventstore import EventStore, IntegrityError
 from managed_backups.shared.region_stores import RegionStores
@@ -160,10 +166,17 @@ class RestoreService:
         self.slots = FairSlots(self.settings.max_concurrent_restores)
         self.stores = RegionStores(runtime.settings)
         self.leases = jobs.JobLeases(runtime.db, JOB_KIND)
-        self.secrets = ConnectionSecrets(runtime.db, self.settings.secrets_path)
+        self.secrets = ConnectionSecrets(
+            runtime.db, self.settings.secrets_path, platform_keyring(self.settings)
+        )
+        self.encryption = ClusterEncryption(self.settings, runtime.store)
 
-    def store_for(self, region: str) -> ObjectStore:
-        return self.stores.for_region(region)
+    def store_for(self, source: Cluster, region: str, *backups: Backup | None) -> ObjectStore:
+        """The region's store, sealed for the source cluster (encryption at rest); the chains
+        of ``backups`` recorded as encrypted are never read as unencrypted."""
+        return self.encryption.seal(
+            self.stores.for_region(region), source, encrypted_chains(*backups)
+        )
 
     # -- StartRestore ----------------------------------------------------------------------------
 
@@ -208,12 +221,15 @@ class RestoreService:
             load_backup(store, source.cluster_id, backup.chain_id) if backup is not None else None
         )
         backup = backup_is_restorable(backup, full, source.cluster_id, backup_id, now)
-        objects_store = self.store_for(backup.region)
+        objects_store = self.store_for(source, backup.region, backup, full)
         try:
             head = read_manifest(
                 objects_store, source.cluster_id, str(backup.chain_id), str(backup.backup_id)
             )
             chain = load_chain(objects_store, head)
+        except KeyUnavailable as exc:
+            # Before anything is recorded or touched: the destination stays as it is.
+            raise Refused(f"backup {backup_id} cannot be decrypted: {exc}", 409) from None
         except Exception as exc:
             raise Conflict(f"backup {backup_id} cannot be read from its store: {exc}") from exc
         database = "" if cluster_kind else objects[0]["database"]

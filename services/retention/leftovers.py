@@ -99,6 +99,8 @@ class Sweeper(Protocol):
 
     def object_store(self, region: str) -> ObjectStore: ...
 
+    def cluster_store(self, cluster_id: str, region: str) -> ObjectStore: ...
+
 
 def chains_to_sweep(backups: Sequence[IndexedBackup]) -> dict[str, list[IndexedBackup]]:
     """The chains with leftovers to sweep (rule 1 of the module docstring), by chain id."""
@@ -185,7 +187,7 @@ def _sweep_chain(
                 writing.job_id,
             )
             return
-        store = worker.object_store(region)
+        store = worker.cluster_store(cluster_id, region)  # encrypted manifests: its keys
         manifests = list_manifests(store, cluster_id, chain_id)  # raises if one is unreadable
         by_id = {m.backup_id: m for m in manifests}
         if chain_id not in by_id:

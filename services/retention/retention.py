@@ -43,6 +43,7 @@ from managed_backups.shared.dataplane.objectstore import (
     DELETE_BATCH,
     ObjectInfo,
     ObjectStore,
+    ObjectStoreError,
     open_store,
 )
 from managed_backups.shared.domain.backup import Backup, load_backup
@@ -57,6 +58,8 @@ from managed_backups.shared.domain.connection_secret import (
     ConnectionSecret,
     a_deleted_clusters_secret_goes_when_its_backups_do,
 )
+from managed_backups.shared.domain.ids import cluster_aggregate_id
+from managed_backups.shared.encryption import ClusterEncryption
 from managed_backups.shared.eventstore import EventStore, IntegrityError, event_topics
 from managed_backups.shared.jobs import held_backups
 from managed_backups.shared.secrets import ConnectionSecrets
@@ -235,6 +238,11 @@ class RetentionIndex:
         )
         return [str(r[0]) for r in rows]
 
+    def clusters_with_backups(self) -> list[str]:
+        """Every cluster with a backup not yet deleted (what a rotation of all re-wraps)."""
+        rows = self.db.query(f"SELECT DISTINCT cluster_id FROM {P}backups ORDER BY 1")
+        return [str(r[0]) for r in rows]
+
     def backups_of(self, cluster_ids: Sequence[str]) -> dict[str, list[IndexedBackup]]:
         """The indexed backups of each of ``cluster_ids`` (one query)."""
         if not cluster_ids:
@@ -344,12 +352,17 @@ class Retention:
         store_url_for: StoreUrlFor,
         name: str = BY,
         secrets: ConnectionSecrets | None = None,
+        *,
+        encryption: ClusterEncryption | None = None,
     ) -> None:
         self.store = store
         self.db = db
         self.secrets = secrets
         """The secret store, whose deleted clusters' passwords a pass removes (None: not this
         worker's concern)."""
+        self.encryption = encryption
+        """The clusters' keys, to read encrypted manifests (the leftover sweep, rotation);
+        ``None``: the store's objects as they are (deleting chains needs no key)."""
         self.index = RetentionIndex(store, db)
         self.store_url_for = store_url_for
         self.name = name
@@ -363,6 +376,16 @@ class Retention:
             if url not in self._stores:
                 self._stores[url] = open_store(url)
             return self._stores[url]
+
+    def cluster_store(self, cluster_id: str, region: str) -> ObjectStore:
+        """The region's store as ``cluster_id`` reads it (sealed for it: encryption at rest)."""
+        objects = self.object_store(region)
+        if self.encryption is None:
+            return objects
+        cluster = self.store.get_or_none(cluster_aggregate_id(cluster_id), Cluster)
+        if cluster is None:
+            raise ObjectStoreError(f"cluster {cluster_id} is not registered: no keys for it")
+        return self.encryption.seal(objects, cluster)
 
     def enforce(self, now: datetime, cluster_id: str | None = None) -> PassReport:
         """One pass over ``cluster_id`` (None: every cluster) at ``now``."""

@@ -54,6 +54,13 @@ next incremental's WAL summaries start, PostgreSQL 17 and later) and
 ``DatabaseBackup.wal_summary`` (what they told an incremental). Absent means not recorded: an
 incremental on top of a database without a mark (any version 4 or older manifest, a server
 before 17, ``summarize_wal`` off) probes every table, as before. Its stored form is version 3's.
+
+How a stored manifest is read, outermost first: an encrypted chain's objects are sealed
+envelopes (:mod:`.sealing`: magic ``89 4d 42 45 01``), opened by the store sealed for the cluster
+before the bytes reach :func:`_decode` (raw sealed bytes here are refused: they need the
+cluster's key); then a zstd frame (its magic number: version 3 and later) or plain JSON
+(versions 1 and 2); then ``schema_version`` picks the model. Encryption is therefore not a
+schema version: any version can be stored sealed or not.
 """
 
 from __future__ import annotations
@@ -70,6 +77,7 @@ import zstandard
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .objectstore import ObjectNotFound, ObjectStore
+from .sealing import is_sealed
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -549,6 +557,8 @@ _Raw = dict[str, object]
 
 def _decode(data: bytes) -> _Raw:
     """A stored manifest's JSON object (version 3 documents are a zstd frame of it)."""
+    if is_sealed(data):
+        raise ManifestError("the manifest is encrypted: read it through the cluster's sealed store")
     if data[:4] == _ZSTD_MAGIC:
         try:
             data = zstandard.ZstdDecompressor().decompress(

@@ -72,6 +72,7 @@ class Backup(Aggregate):
         self.lease_until = lease_until
         self.started_at = at
         self.status = BackupStatus.IN_PROGRESS.value
+        self.encrypted: bool | None = None
         self.ended_at: datetime | None = None
         self.as_of_time: datetime | None = None
         self.expires_at: datetime | None = None
@@ -94,6 +95,7 @@ class Backup(Aggregate):
         expires_at: datetime,
         at: datetime,
         by: str,
+        encrypted: bool | None = None,
     ) -> None:
         self._completed(
             cluster_id=self.cluster_id,
@@ -106,6 +108,7 @@ class Backup(Aggregate):
             expires_at=expires_at,
             at=at,
             by=by,
+            encrypted=encrypted,
         )
 
     class BackupCompleted(Aggregate.Event):
@@ -119,6 +122,9 @@ class Backup(Aggregate):
         expires_at: datetime
         at: datetime
         by: str
+        encrypted: bool | None = None
+        """Whether its chain is stored encrypted (``None``: recorded before encryption at
+        rest). Readers refuse to take such a chain as unencrypted."""
 
     @event(BackupCompleted)
     def _completed(
@@ -133,8 +139,10 @@ class Backup(Aggregate):
         expires_at: datetime,
         at: datetime,
         by: str,
+        encrypted: bool | None = None,
     ) -> None:
         self.status = BackupStatus.COMPLETE.value
+        self.encrypted = encrypted
         self.as_of_time = as_of_time
         self.size_bytes = size_bytes
         self.expires_at = expires_at

@@ -63,3 +63,12 @@ def restore_aggregate_id(cluster_id: str, restore_id: UUID) -> UUID:
     chose never names another record. (Restores recorded before this lived at the bare
     ``restore_id``: :func:`~managed_backups.shared.domain.restore.load_restore`.)"""
     return uuid5(NAMESPACE, f"restore-of:{cluster_id}:{restore_id}")
+
+
+def encryption_key_aggregate_id(cluster_id: str) -> UUID:
+    return uuid5(NAMESPACE, f"encryption-key:{cluster_id}")
+
+
+def key_rotation_id(cluster_id: str, command_id: UUID) -> UUID:
+    """A rotation job's id: one per cluster and command (a repeated command names the same)."""
+    return uuid5(NAMESPACE, f"key-rotation:{cluster_id}:{command_id}")

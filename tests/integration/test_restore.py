@@ -523,11 +523,10 @@ async def test_killed_service_and_corrupted_chunk_leave_the_destination_as_it_wa
 
     # A corrupted chunk: the job fails naming it, nothing appears on the destination.
     from managed_backups.shared.dataplane.manifest import read_manifest
-    from managed_backups.shared.dataplane.objectstore import ObjectStore
 
     region = system.settings.data_dir / "objects" / "eu-west-1"
     manifest = read_manifest(
-        ObjectStore(region.as_uri()), cluster_id, str(backup_id), str(backup_id)
+        system.sealed_store(cluster_id, "eu-west-1"), cluster_id, str(backup_id), str(backup_id)
     )
     entry = manifest.table("big", "public", "wide")
     assert entry is not None

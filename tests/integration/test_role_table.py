@@ -46,6 +46,7 @@ from managed_backups.services.api.app import create_app
 from managed_backups.services.executor.executor import BackupExecutor
 from managed_backups.services.projections.service import Projector
 from managed_backups.services.restore.restorer import RestoreService
+from managed_backups.services.retention.key_rotation import KeyRotations, rotate_handler
 from managed_backups.services.retention.retention import Retention
 from managed_backups.services.retention.service import enforce_handler
 from managed_backups.services.runtime import Runtime, open_runtime
@@ -53,6 +54,7 @@ from managed_backups.services.scheduler.cluster_commands import HANDLERS
 from managed_backups.shared.commands import CommandContext, CommandProcessor
 from managed_backups.shared.domain.identity import ServiceAccount
 from managed_backups.shared.domain.roles import ROLE_ACTIONS, Action
+from managed_backups.shared.encryption import ClusterEncryption
 from managed_backups.shared.settings import Settings
 from managed_backups.shared.views import ReadModels
 from tests.factories import new_cluster
@@ -309,6 +311,20 @@ ENDPOINTS = (
         "cluster",
         lambda w, t: {"password": "role-table"},
     ),
+    Endpoint("GET", C + "/encryption-key", Action.VIEW_BACKUPS, "cluster"),
+    Endpoint(  # the clusters are STANDARD: refused (400, ADVANCED only) after the access check
+        "PUT",
+        C + "/encryption-key",
+        Action.CHANGE_BACKUP_SETTINGS,
+        "cluster",
+        lambda w, t: {"key_name": "role-table"},
+    ),
+    Endpoint(  # no customer key configured: nothing changes
+        "DELETE", C + "/encryption-key", Action.CHANGE_BACKUP_SETTINGS, "cluster"
+    ),
+    Endpoint(  # a RotateEncryptionKeys signed for the caller (no chain to re-wrap)
+        "POST", C + "/encryption-key/rotate", Action.CHANGE_BACKUP_SETTINGS, "cluster"
+    ),
     Endpoint("GET", "/metrics", Action.ADMINISTER, "installation"),
     Endpoint("GET", "/admin/clock", Action.ADMINISTER, "installation"),
     Endpoint(
@@ -430,7 +446,12 @@ class LocalGateway:
         context = CommandContext(runtime.store, runtime.clock, "role-table")
         executor = BackupExecutor(runtime, "role-table")
         restore = RestoreService(runtime, "role-table")
-        retention = Retention(runtime.store, runtime.db, runtime.settings.region_store_url)
+        encryption = ClusterEncryption(runtime.settings, runtime.store)
+        retention = Retention(
+            runtime.store, runtime.db, runtime.settings.region_store_url, encryption=encryption
+        )
+        lock = asyncio.Lock()
+        rotations = KeyRotations(retention, encryption, "role-table", lock, runtime.clock.now)
         handlers: dict[str, tuple[TypeAdapter[Any], dict[str, Any]]] = {
             topics.CLUSTER_COMMANDS: (TypeAdapter(ClusterCommand), HANDLERS),
             topics.BACKUP_COMMANDS: (
@@ -443,7 +464,10 @@ class LocalGateway:
             ),
             topics.RETENTION_COMMANDS: (
                 TypeAdapter(RetentionCommand),
-                {"EnforceRetention": enforce_handler(retention, asyncio.Lock())},
+                {
+                    "EnforceRetention": enforce_handler(retention, lock),
+                    "RotateEncryptionKeys": rotate_handler(rotations),
+                },
             ),
         }
         self.processors = {
@@ -653,6 +677,17 @@ COMMANDS = {
         topics.RETENTION_COMMANDS,
         Action.ADMINISTER,
         lambda w, t: {"type": "EnforceRetention"},
+        scope="installation",
+    ),
+    "RotateEncryptionKeys": CommandCase(  # no chain to re-wrap: the job adds nothing
+        topics.RETENTION_COMMANDS,
+        Action.CHANGE_BACKUP_SETTINGS,
+        lambda w, t: {"type": "RotateEncryptionKeys", "cluster_id": w.clusters[t]},
+    ),
+    "RotateEncryptionKeys (every cluster)": CommandCase(
+        topics.RETENTION_COMMANDS,
+        Action.ADMINISTER,
+        lambda w, t: {"type": "RotateEncryptionKeys"},
         scope="installation",
     ),
 }

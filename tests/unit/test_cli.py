@@ -37,6 +37,14 @@ COMMANDS = [
             "keys": ("create", "list", "revoke"),
             "grants": ("add", "list", "remove"),
             "broker": ("credentials", "setup"),
+            "encryption-key": (
+                "show",
+                "set",
+                "remove",
+                "rotate",
+                "new-customer-key",
+                "rotate-platform",
+            ),
         }.items()
         for command in ("", *commands)
     ),
@@ -79,6 +87,8 @@ DOCUMENTED_OPTIONS = {
     "backup verify": [*API_OPTIONS, "--json", "--cluster", "--timeout"],
     "restores list": [*API_OPTIONS, "--json"],
     "history": [*API_OPTIONS, "--json", "--limit", "--after"],
+    "encryption-key show": [*API_OPTIONS, "--json"],
+    "encryption-key set": [*API_OPTIONS, "--json"],
     "restore start": [
         "--type",
         "--database",
@@ -135,6 +145,17 @@ def test_every_command_argument_and_option_has_a_help_text() -> None:
 def test_a_group_without_its_command_shows_its_commands_and_exits_2(runner: CliRunner) -> None:
     result = runner.invoke(cli.app, ["clusters"])
     assert result.exit_code == 2 and "set-secret" in result.output
+
+
+def test_keys_are_api_keys_and_encryption_keys_have_their_own_group(runner: CliRunner) -> None:
+    """``keys`` is the identity issue's API keys; a cluster's encryption key is
+    ``encryption-key`` (both were once named ``keys``)."""
+    api_keys = runner.invoke(cli.app, ["keys", "--help"])
+    assert api_keys.exit_code == 0 and "API keys" in api_keys.stdout
+    assert "rotate-platform" not in api_keys.stdout
+    encryption = runner.invoke(cli.app, ["encryption-key", "--help"])
+    assert encryption.exit_code == 0 and "rotate-platform" in encryption.stdout
+    assert "revoke" not in encryption.stdout
 
 
 @pytest.mark.parametrize(
