@@ -27,6 +27,7 @@ from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.domain.errors import WrongRecordType
 from managed_backups.shared.domain.ids import NAMESPACE
 from managed_backups.shared.domain.principal import LegacyApiKey
+from managed_backups.shared.eventstore_postgres import OrderedApplicationRecorder
 from managed_backups.shared.sqldb import sqlite_path
 
 A = TypeVar("A", bound=Aggregate)
@@ -69,6 +70,11 @@ def event_store_env(url: str) -> dict[str, str]:
             "POSTGRES_MAX_OVERFLOW": "4",
             "POSTGRES_CONN_MAX_AGE": "600",
             "POSTGRES_LOCK_TIMEOUT": "30",
+            # Notification ids in commit order without the library's table lock, which
+            # stalled every writer behind autovacuum; each insert one statement, a transaction
+            # of its own (see eventstore_postgres).
+            "APPLICATION_RECORDER_TOPIC": get_topic(OrderedApplicationRecorder),
+            "POSTGRES_ENABLE_DB_FUNCTIONS": "y",
             "CREATE_TABLE": "y",
         }
     raise ValueError(f"unsupported event store URL {url!r}: use sqlite:/// or postgresql://")

@@ -53,15 +53,14 @@ from managed_backups.shared.eventstore import (
 
 log = logging.getLogger(__name__)
 
+BACKUP_EVENTS = (Backup.BackupStarted, Backup.BackupCompleted, Backup.BackupFailed)
 FOLLOWED = event_topics(
     Cluster.ClusterRegistered,
     Cluster.BackupSettingsUpdated,
     Cluster.ClusterTierChanged,
     Cluster.ClusterDeleted,
     Cluster.BackupScheduled,
-    Backup.BackupStarted,
-    Backup.BackupCompleted,
-    Backup.BackupFailed,
+    *BACKUP_EVENTS,
 )
 
 
@@ -172,11 +171,11 @@ class Scheduler:
             self.position = row.id
             event = self.store.domain_event(row)
             cluster_id = cluster_id_of(event)
-            if isinstance(event, Backup.Event):
-                if event.originator_id in relevant_backups(self.clusters.get(cluster_id)):
-                    self._remember(
-                        cluster_id, event.originator_id, STATUS_AFTER[type(event).__name__]
-                    )
+            if isinstance(event, BACKUP_EVENTS):
+                # By the backup's id, not its stream's: a backup's stream id derives from its
+                # cluster and backup ids (only 0.1's backups live at the bare backup id).
+                if event.backup_id in relevant_backups(self.clusters.get(cluster_id)):
+                    self._remember(cluster_id, event.backup_id, STATUS_AFTER[type(event).__name__])
                 self.dirty.add(cluster_id)
                 continue
             cached = self.clusters.get(cluster_id)
@@ -241,10 +240,11 @@ class Scheduler:
                 self._push(upcoming, cluster_id)
             last = cluster.last_scheduled
             # A scheduled backup that never started (its TakeBackup was lost in a crash): send it
-            # again now, not only when the next slot falls due.
+            # again now, not only when the next slot falls due. One whose start was followed
+            # from the log has started: no need to ask the store.
             if (
                 last is not None
-                and self.status.get(last["backup_id"]) not in TERMINAL
+                and last["backup_id"] not in self.status
                 and self.backup_status(cluster, last["backup_id"]) is None
             ):
                 self._push(now + timedelta(seconds=60), cluster_id)
