@@ -22,7 +22,6 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from managed_backups.shared.infra.kafka import free_ports
 from tests.infra.postgres import LocalPostgres
 from tests.integration.up_process import prepare_data_dir, running_up, user_environment
 
@@ -78,8 +77,7 @@ def test_the_readme_tour_as_written(tmp_path: Path) -> None:
     up_block, steps = tour_blocks(README.read_text())
     with LocalPostgres() as pg:
         reader = tmp_path / "reader"
-        prepare_data_dir(reader / "mb-data")
-        (api_port,) = free_ports(1)
+        api_port = prepare_data_dir(reader / "mb-data")
         path = os.pathsep.join(
             [str(Path(sys.executable).parent), str(pg.bindir), os.environ["PATH"]]
         )

@@ -1,6 +1,7 @@
-"""The README's first commands, tried as a new user: `up`, then `publish`, then the API; the
-broker `up` runs refuses a client without credentials, and each service holds its own broker
-password only; the newcomer's walk-through of the README's "Access" section."""
+"""The first commands of the user guide (docs/user-guide.md, "First steps in detail"), tried as
+a new user: `up`, then `publish`, then the API; the broker `up` runs refuses a client without
+credentials, and each service holds its own broker password only; the newcomer's walk-through
+of its "Access" section. (The README's own tour: test_readme_tour.py.)"""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from managed_backups.shared.infra.kafka import free_ports
 from tests.integration.up_process import prepare_data_dir, running_up, user_environment
 
 pytestmark = pytest.mark.integration
@@ -79,8 +79,7 @@ class Up:
 @pytest.fixture(scope="module")
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     data = tmp_path_factory.mktemp("up") / "D"
-    prepare_data_dir(data)
-    (port,) = free_ports(1)
+    port = prepare_data_dir(data)
     env = user_environment()
     argv = [sys.executable, "-m", "managed_backups.services.cli", "up"]
     with running_up([*argv, "--data-dir", str(data), "--api-port", str(port)], env) as output:
@@ -189,8 +188,8 @@ def test_ups_broker_refuses_a_client_without_credentials(up: Up) -> None:
 
 
 def test_a_newcomer_gives_an_operator_one_cluster(up: Up) -> None:
-    """README, "Access": an organization, a service account with Cluster Operator on one
-    cluster, its key, which lists that cluster's backups and is refused on another's."""
+    """docs/user-guide.md, "Access": an organization, a service account with Cluster Operator on
+    one cluster, its key, which lists that cluster's backups and is refused on another's."""
     created = up.cli("orgs", "create", "shop", "--name", "Shop Inc")
     assert created.returncode == 0, created.stderr
     for cluster_id in ("shop-orders", "shop-billing"):

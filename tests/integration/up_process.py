@@ -17,13 +17,14 @@ from managed_backups.shared.infra.kafka import free_ports
 READY = "Ctrl-C stops everything"
 
 
-def prepare_data_dir(data: Path) -> None:
+def prepare_data_dir(data: Path) -> int:
     """A new data directory whose broker port, as `up` remembers it from an earlier start, is a
     free one: not 9092, which another `up` on this machine (another test run) may take at the
-    same moment."""
+    same moment. Returns another free port, for the API."""
     data.mkdir(parents=True)
-    (kafka_port,) = free_ports(1)
+    api_port, kafka_port = free_ports(2)
     (data / "kafka-bootstrap").write_text(f"127.0.0.1:{kafka_port}\n")
+    return api_port
 
 
 def user_environment(**extra: str) -> dict[str, str]:
