@@ -33,6 +33,13 @@ a few tables changed (rows inserted, updated, deleted in ``--changed`` tables) a
 incremental. Targets: the full no slower than ``pg_dump -Fd -j2``; the incremental <= 50% of
 the full's time and <= 5% of its bytes. The server gets ``max_locks_per_transaction`` sized for
 the table count, as ``pg_dump``'s own documentation asks of databases with many tables.
+
+``--encryption`` (on the ``pgbench`` shape's data): encryption at rest on and off, compared in
+the same run. Our full backup is taken ``--repeat`` times (default 5) each way into a fresh
+store, alternating which goes first in each round (on a shared machine the load drifts; an
+alternated pair sees the same load), sealed for a cluster with a platform key file
+(``shared/dataplane/sealing.py``) or plain. Reported: each way's median and range, the ratio of
+the medians (target: on <= 1.1x off), stored bytes, and the load average before and after.
 """
 
 from __future__ import annotations
@@ -96,7 +103,14 @@ def _child_backup(args: dict[str, Any]) -> None:
     adapter = PostgresAdapter(
         args["dsn"], password=os.environ["BENCH_PGPASSWORD"], parallelism=args["parallelism"]
     )
-    request = BackupRequest(ObjectStore(args["store"]), "bench", args["backup_id"])
+    store = ObjectStore(args["store"])
+    if args.get("keys"):  # encryption at rest: sealed for the cluster with a platform key
+        from managed_backups.shared.dataplane.keys import ClusterKeys, LocalKeyring
+        from managed_backups.shared.dataplane.sealing import sealed_store
+
+        ring = LocalKeyring(Path(args["keys"]), label="platform", name="key", create_first=True)
+        store = sealed_store(store, ClusterKeys("bench", ring, (ring,)))
+    request = BackupRequest(store, "bench", args["backup_id"])
     start = time.perf_counter()
     if args.get("previous"):
         previous = load_manifest(Path(args["previous"]).read_bytes())
@@ -106,7 +120,17 @@ def _child_backup(args: dict[str, Any]) -> None:
     elapsed = time.perf_counter() - start
     Path(args["manifest_out"]).write_bytes(manifest.to_json())
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"seconds": elapsed, "peak_rss": rss, "totals": manifest.totals.model_dump()}))
+    notes = [f"{db.name}: {db.wal_summary}" for db in manifest.databases if db.wal_summary]
+    print(
+        json.dumps(
+            {
+                "seconds": elapsed,
+                "peak_rss": rss,
+                "totals": manifest.totals.model_dump(),
+                "wal_summary": notes,
+            }
+        )
+    )
 
 
 def _child_shell(args: dict[str, Any]) -> None:
@@ -134,15 +158,37 @@ def _run_child(mode: str, args: dict[str, Any], env: dict[str, str]) -> dict[str
 
 
 # ------------------------------------------------------------------------------ the run
+WAL = "WAL summaries"
+PROBE = "probe"
+
+
 class Bench:
-    def __init__(self, scale: int, workdir: Path, parallelism: int, repeat: int = 1) -> None:
+    def __init__(
+        self,
+        scale: int,
+        workdir: Path,
+        parallelism: int,
+        repeat: int = 1,
+        major: int | None = None,
+        variants: Sequence[str] = (PROBE,),
+    ) -> None:
         self.scale = scale
         self.workdir = workdir
         self.parallelism = parallelism
         self.repeat = max(1, repeat)
-        """Runs of each of our steps and of ``pg_dump -Fd``; the median time is reported."""
+        """Runs of each of our steps (of each variant) and of ``pg_dump -Fd``; the median time
+        is reported."""
+        self.major = major
+        self.variants = tuple(variants)
+        """``WAL``: the server summarizes its WAL (17+), ``PROBE``: it does not; with both, each
+        of our steps runs in both ways, alternated, on the same data."""
         self.results: list[Result] = []
+        self.loads: list[tuple[str, float]] = []
+        """The machine's load average (1 min) when each step started."""
+        self.settled: dict[str, float] = {}
+        """The seconds a CHECKPOINT took right after each step's changes (outside the timings)."""
         self.pg = LocalPostgres(
+            major=major,
             settings={
                 "shared_buffers": "512MB",
                 "max_wal_size": "8GB",
@@ -150,7 +196,10 @@ class Bench:
                 "maintenance_work_mem": "256MB",
                 "work_mem": "64MB",
                 "autovacuum": "off",
-            }
+                # Turning summarize_wal off and on between runs (--wal-summaries both) must
+                # not leave WAL unsummarized: it is kept while the summarizer is off.
+                "wal_keep_size": "8GB",
+            },
         )
         self.store = workdir / "store"
         self.restic_repo = workdir / "restic"
@@ -283,13 +332,60 @@ class Bench:
         )
 
     # -------------------------------------------------------------- tools
-    def ours(self, step: str, backup_id: str, previous: str | None) -> Result:
-        """Our backup into the store; with ``repeat`` > 1 the same backup is taken again
-        (each time on a copy of the store as it was before the step) and the time reported is
-        the median. Bytes, objects and RSS are the first run's."""
+    def summaries(self, on: bool) -> None:
+        """Turn ``summarize_wal`` on or off (17+: no restart needed); once on, wait until the
+        summarizer has caught up with the WAL written meanwhile, as on a server that always
+        summarizes."""
+        self.psql(f"ALTER SYSTEM SET summarize_wal = {'on' if on else 'off'}", db="postgres")
+        self.scalar("SELECT pg_reload_conf()", db="postgres")
+        deadline = time.monotonic() + 300
+        while True:
+            state = self.scalar(
+                "SELECT current_setting('summarize_wal') || ' '"
+                " || coalesce(summarizer_pid, 0)::text FROM pg_get_wal_summarizer_state()",
+                db="postgres",
+            ).split()
+            if state[0] == ("on" if on else "off") and (int(state[1]) > 0) == on:
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit("the WAL summarizer did not follow summarize_wal")
+            time.sleep(0.05)
+        if on:  # summaries reach the checkpoint's redo point, which is after ``target``
+            target = self.scalar("SELECT pg_current_wal_insert_lsn()", db="postgres")
+            self.psql("CHECKPOINT", db="postgres")
+            while (
+                self.scalar(
+                    f"SELECT summarized_lsn >= '{target}' FROM pg_get_wal_summarizer_state()",
+                    db="postgres",
+                )
+                != "t"
+            ):
+                if time.monotonic() > deadline:
+                    raise SystemExit("the WAL summarizer did not catch up")
+                time.sleep(0.05)
+
+    def settle(self) -> float:
+        """A CHECKPOINT before a timed run, outside its time: every run starts with the same
+        clean buffers, whichever ran before it. Returns its seconds."""
+        start = time.perf_counter()
+        self.psql("CHECKPOINT", db="postgres")
+        return time.perf_counter() - start
+
+    def ours(self, step: str, backup_id: str, previous: str | None) -> dict[str, Result]:
+        """Our backup into the store, for each variant (``WAL``/``PROBE``, see
+        :attr:`variants`), ``repeat`` times each, alternated (``WAL, PROBE, PROBE, WAL, ...``):
+        the first run of the first variant is the one kept in the store, every other runs on a
+        copy of the store as it was before the step. The time reported per variant is the
+        median; bytes, objects and RSS are its first run's."""
+        self.loads.append((step, os.getloadavg()[0]))
         before, before_objects = dir_usage(self.store)
         scratch = self.workdir / "scratch"
-        if self.repeat > 1:
+        runs = [
+            variant
+            for r in range(self.repeat)
+            for variant in (self.variants if r % 2 == 0 else self.variants[::-1])
+        ]
+        if len(runs) > 1:
             shutil.rmtree(scratch, ignore_errors=True)
             if self.store.exists():
                 shutil.copytree(self.store, scratch / "before")
@@ -303,30 +399,53 @@ class Bench:
             "manifest_out": str(self.manifests / f"{backup_id}.json"),
             "parallelism": self.parallelism,
         }
-        out = _run_child("backup", args, self.env)
-        after, after_objects = dir_usage(self.store)
-        times = [float(out["seconds"])]
-        for run in range(1, self.repeat):
-            again = scratch / f"run-{run}"
-            shutil.copytree(scratch / "before", again)
-            rerun = {**args, "store": again.as_uri(), "manifest_out": str(again / "manifest")}
-            times.append(float(_run_child("backup", rerun, self.env)["seconds"]))
-            shutil.rmtree(again)
+        times: dict[str, list[float]] = {v: [] for v in self.variants}
+        firsts: dict[str, tuple[dict[str, Any], int, int]] = {}
+        current: str | None = None
+        for index, variant in enumerate(runs):
+            if variant != current and self.major is not None and self.major >= 17:
+                self.summaries(variant == WAL)
+                current = variant
+            settled = self.settle()
+            if index == 0:
+                self.settled[step] = settled
+            if index == 0:
+                out = _run_child("backup", args, self.env)
+                after, after_objects = dir_usage(self.store)
+            else:
+                again = scratch / f"run-{index}"
+                shutil.copytree(scratch / "before", again)
+                # The rerun's manifest JSON is written beside its store, not in it (its bytes
+                # are not the store's).
+                rerun = {
+                    **args,
+                    "store": again.as_uri(),
+                    "manifest_out": str(scratch / f"manifest-{index}.json"),
+                }
+                out = _run_child("backup", rerun, self.env)
+                after, after_objects = dir_usage(again)
+                shutil.rmtree(again)
+            times[variant].append(float(out["seconds"]))
+            if variant not in firsts:
+                for note in out.get("wal_summary", []):
+                    self.log(f"{step}: {variant}: {note}")
+                firsts[variant] = (out, after - before, after_objects - before_objects)
         shutil.rmtree(scratch, ignore_errors=True)
-        result = Result(
-            step,
-            "ours",
-            statistics.median(times),
-            after - before,
-            out["peak_rss"],
-            after_objects - before_objects,
-        )
-        self.results.append(result)
-        self.log(
-            f"{step}: ours {result.seconds:.1f}s {result.stored / MiB:.1f} MiB"
-            + (f" (runs: {', '.join(f'{t:.2f}s' for t in times)})" if len(times) > 1 else "")
-        )
-        return result
+        results: dict[str, Result] = {}
+        for variant in self.variants:
+            out, stored, objects = firsts[variant]
+            tool = "ours" if self.variants == (PROBE,) else f"ours ({variant})"
+            result = Result(
+                step, tool, statistics.median(times[variant]), stored, out["peak_rss"], objects
+            )
+            self.results.append(result)
+            results[variant] = result
+            runs_text = ", ".join(f"{t:.2f}s" for t in times[variant])
+            self.log(
+                f"{step}: {tool} {result.seconds:.1f}s {result.stored / MiB:.1f} MiB"
+                + (f" (runs: {runs_text})" if len(times[variant]) > 1 else "")
+            )
+        return results
 
     def pg_dump_dir(self, step: str) -> Result:
         """``pg_dump -Fd -j2``; the median time of ``repeat`` runs."""
@@ -377,6 +496,8 @@ class Bench:
         """Data, then our full and pg_dump's, then the shape's further steps; the report."""
         self.pg.start()
         try:
+            if self.major is not None and self.major >= 17:
+                self.summaries(self.variants[0] == WAL)
             self.generate()
             full = self.ours("full", "full", None)
             dump = self.pg_dump_dir("full")
@@ -386,7 +507,7 @@ class Bench:
         report()
         return 0 if self.all_pass else 1
 
-    def further_steps(self, full: Result, dump: Result) -> Callable[[], None]:
+    def further_steps(self, full: dict[str, Result], dump: Result) -> Callable[[], None]:
         restic_full = self.restic("full")
         self.append_one_percent()
         inc1 = self.ours("+1% appended", "inc1", "full")
@@ -396,24 +517,58 @@ class Bench:
         restic2 = self.restic("1% updated")
         return lambda: self.report(full, dump, restic_full, inc1, restic1, inc2, restic2)
 
+    def print_machine(self) -> None:
+        """The server, the variants and the machine's load (it is shared: the load is part of
+        every number)."""
+        loads = ", ".join(f"{step} {load:.1f}" for step, load in self.loads)
+        major = self.major or LocalPostgres().major()
+        print(
+            f"PostgreSQL {major}, {os.cpu_count()} cores, load average (1 min) at each step:"
+            f" {loads}; our steps: {' and '.join(self.variants)}, median of {self.repeat}"
+            f" run(s) each, alternated, each after a CHECKPOINT (not timed; right after each"
+            " step's changes it took "
+            + ", ".join(f"{step} {sec:.1f}s" for step, sec in self.settled.items())
+            + ")"
+        )
+
+    def time_checks(
+        self, full: dict[str, Result], steps: Sequence[tuple[dict[str, Result], float]]
+    ) -> list[tuple[str, bool, str]]:
+        """Each variant's incremental time against the same variant's full."""
+        return [
+            (
+                f"{inc[v].step} ({v}) time <= {100 * limit:g}% of the full's",
+                inc[v].seconds <= limit * full[v].seconds,
+                f"{100 * inc[v].seconds / full[v].seconds:.1f}%",
+            )
+            for inc, limit in steps
+            for v in self.variants
+        ]
+
     def report(
         self,
-        full: Result,
+        fulls: dict[str, Result],
         dump: Result,
         restic_full: Result,
-        inc1: Result,
+        inc1s: dict[str, Result],
         restic1: Result,
-        inc2: Result,
+        inc2s: dict[str, Result],
         restic2: Result,
     ) -> None:
+        first = self.variants[0]
+        full, inc1, inc2 = fulls[first], inc1s[first], inc2s[first]
         print()
         print(f"scale {self.scale}: database 'bench' {self.db_size / MiB:.0f} MiB on disk")
+        self.print_machine()
         print(
-            f"{'step':<14} {'tool':<17} {'time':>8} {'vs pg_dump':>10} {'stored':>12} {'% our full':>10} {'peak RSS':>9}"
+            f"{'step':<14} {'tool':<24} {'time':>8} {'vs pg_dump':>10} {'vs our full':>11}"
+            f" {'stored':>12} {'% our full':>10} {'peak RSS':>9}"
         )
         for r in self.results:
+            ours = fulls.get(r.tool.partition("(")[2].rstrip(")") or PROBE, full)
             print(
-                f"{r.step:<14} {r.tool:<17} {r.seconds:>7.1f}s {r.seconds / dump.seconds:>9.2f}x"
+                f"{r.step:<14} {r.tool:<24} {r.seconds:>7.1f}s {r.seconds / dump.seconds:>9.2f}x"
+                f" {100 * r.seconds / ours.seconds:>10.1f}%"
                 f" {r.stored / MiB:>9.2f} MiB {100 * r.stored / full.stored:>9.2f}% {r.peak_rss / MiB:>5.0f} MiB"
             )
         checks = [
@@ -453,6 +608,8 @@ class Bench:
                 f"{max(full.peak_rss, inc1.peak_rss, inc2.peak_rss) / MiB:.0f} MiB",
             ),
         ]
+        if WAL in self.variants:
+            checks += self.time_checks(fulls, [(inc1s, 0.10), (inc2s, 0.10)])
         self.print_checks(checks)
 
     all_pass = False
@@ -462,6 +619,74 @@ class Bench:
         for name, ok, detail in checks:
             print(f"  [{'PASS' if ok else 'FAIL'}] {name}: {detail}")
         self.all_pass = all(ok for _, ok, _ in checks)
+
+
+def alternated(
+    repeat: int, run: Callable[[bool, int], float]
+) -> tuple[list[float], list[float], tuple[float, float]]:
+    """``run(encrypted, round)`` ``repeat`` times each way, alternating which goes first;
+    returns the times off, the times on, and the 1-minute load average before and after."""
+    off: list[float] = []
+    on: list[float] = []
+    load_before = os.getloadavg()[0]
+    for i in range(repeat):
+        for encrypted in (False, True) if i % 2 == 0 else (True, False):
+            (on if encrypted else off).append(run(encrypted, i))
+    return off, on, (load_before, os.getloadavg()[0])
+
+
+def print_encryption_report(
+    what: str, off: list[float], on: list[float], load: tuple[float, float], detail: str = ""
+) -> bool:
+    """Medians, ranges, the ratio and the load; whether on <= 1.1x off."""
+    m_off, m_on = statistics.median(off), statistics.median(on)
+    ratio = m_on / m_off
+    print()
+    print(f"{what}, encryption at rest off vs on ({len(off)} alternated runs each){detail}")
+    print(f"  load average (1 min): {load[0]:.1f} before, {load[1]:.1f} after")
+    for name, times in (("off", off), ("on", on)):
+        runs = ", ".join(f"{t:.2f}" for t in times)
+        print(
+            f"  {name:<3} median {statistics.median(times):7.2f}s  range {min(times):.2f}-{max(times):.2f}s  ({runs})"
+        )
+    ok = ratio <= 1.1
+    print(f"  [{'PASS' if ok else 'FAIL'}] on / off = {ratio:.3f} (target <= 1.1)")
+    return ok
+
+
+class EncryptionBench(Bench):
+    """Our full backup with encryption at rest off and on, alternated (``--encryption``)."""
+
+    def run(self) -> int:
+        self.pg.start()
+        stored: dict[bool, int] = {}
+        try:
+            self.generate()
+
+            def one(encrypted: bool, round_: int) -> float:
+                store = self.workdir / f"store-{'on' if encrypted else 'off'}"
+                shutil.rmtree(store, ignore_errors=True)
+                args = {
+                    "dsn": self.pg.dsn_for("postgres"),
+                    "store": store.as_uri(),
+                    "backup_id": "full",
+                    "manifest_out": str(self.manifests / "full.json"),
+                    "parallelism": self.parallelism,
+                    "keys": str(self.workdir / "keys") if encrypted else None,
+                }
+                out = _run_child("backup", args, self.env)
+                stored[encrypted] = dir_bytes(store)
+                self.log(f"full, encryption {'on ' if encrypted else 'off'}: {out['seconds']:.2f}s")
+                return float(out["seconds"])
+
+            off, on, load = alternated(self.repeat, one)
+        finally:
+            self.pg.stop()
+        detail = (
+            f"\n  database 'bench' {self.db_size / MiB:.0f} MiB; stored {stored[False] / MiB:.1f}"
+            f" MiB off, {stored[True] / MiB:.1f} MiB on"
+        )
+        return 0 if print_encryption_report("full backup", off, on, load, detail) else 1
 
 
 class TablesBench(Bench):
@@ -478,14 +703,21 @@ class TablesBench(Bench):
         changed: int,
         max_locks: int | None,
         repeat: int = 1,
+        major: int | None = None,
+        variants: Sequence[str] = (PROBE,),
     ) -> None:
-        super().__init__(0, workdir, parallelism, repeat)
+        super().__init__(0, workdir, parallelism, repeat, major, variants)
         self.tables, self.schemas, self.rows, self.changed = tables, schemas, rows, changed
         # Every table is locked by our coordinator and pg_dump; pg_dump's docs ask for a lock
         # table sized for the table count on such databases (slots: this x max_connections).
         locks = max_locks if max_locks is not None else max(64, (4 * tables) // 60 + 64)
         self.pg = LocalPostgres(
-            settings={"autovacuum": "off", "max_locks_per_transaction": str(locks)}
+            major=major,
+            settings={
+                "autovacuum": "off",
+                "max_locks_per_transaction": str(locks),
+                "wal_keep_size": "8GB",
+            },
         )
 
     def generate(self) -> None:
@@ -532,25 +764,30 @@ class TablesBench(Bench):
             )
         self.psql("\n".join(statements))
 
-    def further_steps(self, full: Result, dump: Result) -> Callable[[], None]:
+    def further_steps(self, full: dict[str, Result], dump: Result) -> Callable[[], None]:
         self.change_a_few_tables()
         inc = self.ours(f"{self.changed} changed", "inc", "full")
         return lambda: self.report_tables(full, dump, inc)
 
-    def report_tables(self, full: Result, dump: Result, inc: Result) -> None:
+    def report_tables(
+        self, fulls: dict[str, Result], dump: Result, incs: dict[str, Result]
+    ) -> None:
+        full, inc = fulls[self.variants[0]], incs[self.variants[0]]
         print()
         print(
             f"{self.tables} tables x {self.rows} rows in {self.schemas} schemas:"
             f" database 'bench' {self.db_size / MiB:.0f} MiB on disk"
         )
+        self.print_machine()
         print(
-            f"{'step':<14} {'tool':<17} {'time':>8} {'vs pg_dump':>10} {'% our full':>10}"
+            f"{'step':<14} {'tool':<24} {'time':>8} {'vs pg_dump':>10} {'% our full':>10}"
             f" {'stored':>12} {'% our full':>10} {'objects':>8} {'peak RSS':>9}"
         )
         for r in self.results:
+            ours = fulls.get(r.tool.partition("(")[2].rstrip(")") or PROBE, full)
             print(
-                f"{r.step:<14} {r.tool:<17} {r.seconds:>7.1f}s {r.seconds / dump.seconds:>9.2f}x"
-                f" {100 * r.seconds / full.seconds:>9.1f}% {r.stored / MiB:>9.2f} MiB"
+                f"{r.step:<14} {r.tool:<24} {r.seconds:>7.2f}s {r.seconds / dump.seconds:>9.2f}x"
+                f" {100 * r.seconds / ours.seconds:>9.1f}% {r.stored / MiB:>9.2f} MiB"
                 f" {100 * r.stored / full.stored:>9.2f}% {r.objects:>8} {r.peak_rss / MiB:>5.0f} MiB"
             )
         limits = [
@@ -558,7 +795,10 @@ class TablesBench(Bench):
             ("incremental time / full's", inc.seconds / full.seconds, 0.5),
             ("incremental bytes / full's", inc.stored / full.stored, 0.05),
         ]
-        self.print_checks([(f"{n} <= {lim:g}", r <= lim, f"{r:.3f}") for n, r, lim in limits])
+        checks = [(f"{n} <= {lim:g}", r <= lim, f"{r:.3f}") for n, r, lim in limits]
+        if WAL in self.variants:
+            checks += self.time_checks(fulls, [(incs, 0.20)])
+        self.print_checks(checks)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -576,10 +816,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--parallelism", type=int, default=2, help="our table workers")
     parser.add_argument(
+        "--major", type=int, default=None, help="the server's PostgreSQL major (default: 15)"
+    )
+    parser.add_argument(
+        "--wal-summaries",
+        choices=("both", "on", "off"),
+        default=None,
+        help="17+: our steps with summarize_wal on, off, or both alternated on the same data"
+        " (default: both on 17+, else off)",
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         default=None,
         help="runs of each timed step, median reported (default: 3 for shape tables, else 1)",
+    )
+    parser.add_argument(
+        "--encryption",
+        action="store_true",
+        help="our full backup with encryption at rest off and on, alternated (--repeat, default 5)",
     )
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary directory")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -592,8 +847,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.child_shell:
         _child_shell(json.loads(args.child_shell))
         return 0
+    if args.encryption:
+        workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-encryption-"))
+        try:
+            return EncryptionBench(args.scale, workdir, args.parallelism, args.repeat or 5).run()
+        finally:
+            if not args.keep:
+                shutil.rmtree(workdir, ignore_errors=True)
     if args.shape == "pgbench" and shutil.which("restic") is None:
         raise SystemExit("restic not found (Debian: apt-get install -y restic)")
+    wal = args.wal_summaries or ("both" if (args.major or 0) >= 17 else "off")
+    if wal != "off" and (args.major or 0) < 17:
+        raise SystemExit("--wal-summaries on/both needs --major 17 or later")
+    variants = {"both": (WAL, PROBE), "on": (WAL,), "off": (PROBE,)}[wal]
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-backup-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
@@ -607,8 +873,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 changed=args.changed,
                 max_locks=args.max_locks,
                 repeat=3 if args.repeat is None else args.repeat,
+                major=args.major,
+                variants=variants,
             ).run()
-        return Bench(args.scale, workdir, args.parallelism, args.repeat or 1).run()
+        return Bench(
+            args.scale, workdir, args.parallelism, args.repeat or 1, args.major, variants
+        ).run()
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

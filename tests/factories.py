@@ -14,6 +14,7 @@ from managed_backups.shared.dataplane.manifest import (
     DatabaseLocale,
     DatabaseProperties,
     PgSnapshot,
+    WalMark,
 )
 from managed_backups.shared.domain.backup import Backup
 from managed_backups.shared.domain.cluster import Cluster
@@ -131,6 +132,7 @@ def database_backup(
     locale: DatabaseLocale | None = None,
     properties: DatabaseProperties | None = None,
     ctype: str = "C",
+    wal_mark: WalMark | None = None,
 ) -> DatabaseBackup:
     """A manifest's entry of a database without tables (UTF8, ``LC_COLLATE`` C)."""
     snapshot = PgSnapshot(snapshot_id="s", xmin=1, xmax=1, xip=[], text="1:1:", taken_at=AT)
@@ -147,4 +149,5 @@ def database_backup(
         oid=5,
         properties=properties,
         locale=locale,
+        wal_mark=wal_mark,
     )

@@ -42,12 +42,25 @@ which a few changed, stores a few kilobytes instead of repeating every table's e
   :func:`load_manifest` takes the parent as an argument). The model in memory always holds the
   whole entries, so nothing but this module sees the stored form.
 
-Version 4 (what is written now) adds what else ``pg_dump --create`` keeps of a database:
+Version 4 adds what else ``pg_dump --create`` keeps of a database:
 ``DatabaseBackup.locale`` (its locale provider, the ICU or builtin provider's locale, ICU
 rules, collation version: :class:`DatabaseLocale`), and ``DatabaseProperties.tablespace`` and
 ``security_labels``. A version 3 or older database has no recorded locale: it is restored
 with the libc provider and its ``collate``/``ctype``, as those versions did. Its stored form
 is version 3's.
+
+Version 5 (what is written now) adds ``DatabaseBackup.wal_mark`` (:class:`WalMark`: where the
+next incremental's WAL summaries start, PostgreSQL 17 and later) and
+``DatabaseBackup.wal_summary`` (what they told an incremental). Absent means not recorded: an
+incremental on top of a database without a mark (any version 4 or older manifest, a server
+before 17, ``summarize_wal`` off) probes every table, as before. Its stored form is version 3's.
+
+How a stored manifest is read, outermost first: an encrypted chain's objects are sealed
+envelopes (:mod:`.sealing`: magic ``89 4d 42 45 01``), opened by the store sealed for the cluster
+before the bytes reach :func:`_decode` (raw sealed bytes here are refused: they need the
+cluster's key); then a zstd frame (its magic number: version 3 and later) or plain JSON
+(versions 1 and 2); then ``schema_version`` picks the model. Encryption is therefore not a
+schema version: any version can be stored sealed or not.
 """
 
 from __future__ import annotations
@@ -64,6 +77,7 @@ import zstandard
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .objectstore import ObjectNotFound, ObjectStore
+from .sealing import is_sealed
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -90,6 +104,7 @@ __all__ = [
     "TableBackup",
     "TableMode",
     "Totals",
+    "WalMark",
     "chain_prefix",
     "check_chain",
     "chunk_key",
@@ -103,9 +118,9 @@ __all__ = [
     "unchanged_entry",
 ]
 
-SCHEMA_VERSION = 4
-_VERSIONS = (1, 2, 3, 4)
-_RELATIVE_VERSIONS = (3, 4)
+SCHEMA_VERSION = 5
+_VERSIONS = (1, 2, 3, 4, 5)
+_RELATIVE_VERSIONS = (3, 4, 5)
 """Versions stored compressed and relative to the parent (``UNCHANGED`` entries)."""
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _MAX_MANIFEST_BYTES = 1 << 30
@@ -171,6 +186,18 @@ class PgSnapshot(_Model):
         if value.tzinfo is None:
             raise ValueError("timestamps must be timezone-aware")
         return value.astimezone(UTC)
+
+
+class WalMark(_Model):
+    """Version 5: a point in the server's WAL read just before a database's snapshot (PostgreSQL
+    17 and later with ``summarize_wal``), from which the next incremental asks the server's WAL
+    summaries what was written (see :mod:`.postgres_walsummary`)."""
+
+    lsn: int
+    """``pg_current_wal_insert_lsn()`` as a byte position, read first."""
+    xid: int
+    """``pg_current_xact_id()`` assigned just after (64-bit): every transaction with a later xid
+    was assigned it after ``lsn`` was read, so everything it wrote is in the WAL after ``lsn``."""
 
 
 class KeyColumn(_Model):
@@ -319,6 +346,13 @@ class DatabaseBackup(_Model):
     matviews: list[MatView] = []
     large_objects: int | None = None
     """Version 2: large objects in the schema archive (``None``: not recorded)."""
+    wal_mark: WalMark | None = None
+    """Version 5: where the next incremental's WAL summaries start (``None``: not recorded,
+    e.g. before PostgreSQL 17 or with ``summarize_wal`` off; the next incremental then probes
+    every table)."""
+    wal_summary: str | None = None
+    """Version 5, an incremental's: what the WAL summaries told it (the LSN range read and how
+    many tables it left unread or read by block), or why it probed every table instead."""
 
     @cached_property
     def _tables_by_name(self) -> dict[tuple[str, str], TableBackup]:
@@ -379,7 +413,7 @@ class Totals(_Model):
 
 
 class Manifest(_Model):
-    schema_version: Literal[1, 2, 3, 4] = 4
+    schema_version: Literal[1, 2, 3, 4, 5] = 5
     engine: Literal["postgres"] = "postgres"
     backup_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,128}$")
     cluster_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,128}$")
@@ -427,6 +461,13 @@ class Manifest(_Model):
             )
             if v2:
                 raise ValueError("a version 1 manifest cannot hold version 2 fields")
+        if self.schema_version < 5 and any(
+            db.wal_mark is not None or db.wal_summary is not None for db in self.databases
+        ):
+            raise ValueError(
+                f"a version {self.schema_version} manifest cannot hold version 5 fields"
+                " (a WAL mark)"
+            )
         if self.schema_version < 3 and any(
             db.schema_fingerprint or any(t.data_offset for t in db.tables) for db in self.databases
         ):
@@ -476,7 +517,7 @@ class Manifest(_Model):
         return self.model_dump_json(indent=None).encode()
 
     def to_stored(self) -> bytes:
-        """What :func:`save_manifest` writes: versions 1 and 2 as JSON; versions 3 and 4 as a
+        """What :func:`save_manifest` writes: versions 1 and 2 as JSON; versions 3 to 5 as a
         zstd frame of the JSON in which ``UNCHANGED`` entries keep only their name and mode
         (the rest is the parent's, see the module docstring)."""
         if self.schema_version not in _RELATIVE_VERSIONS:
@@ -516,6 +557,8 @@ _Raw = dict[str, object]
 
 def _decode(data: bytes) -> _Raw:
     """A stored manifest's JSON object (version 3 documents are a zstd frame of it)."""
+    if is_sealed(data):
+        raise ManifestError("the manifest is encrypted: read it through the cluster's sealed store")
     if data[:4] == _ZSTD_MAGIC:
         try:
             data = zstandard.ZstdDecompressor().decompress(

@@ -131,6 +131,7 @@ from .chunks import (
 )
 from .engine import BackupError, BackupRequest, EngineAdapter, ErrorCode
 from .errors import pg_error
+from .keys import KeyUnavailable
 from .manifest import (
     BackupType,
     Catalog,
@@ -144,7 +145,9 @@ from .manifest import (
     PgSnapshot,
     SequenceValue,
     SkippedDatabase,
+    TableMode,
     Totals,
+    WalMark,
     save_manifest,
 )
 from .objectstore import ObjectExists, ObjectStore, ObjectStoreError
@@ -184,12 +187,22 @@ from .postgres_streams import (
     Stream,
     StreamOutcome,
     StreamSettings,
+    TablePlan,
     WorkItem,
     assign_lanes,
     lane_tables,
     plan_table,
     table_backup,
     work_items,
+)
+from .postgres_walsummary import (
+    Summarized,
+    WalWrites,
+    end_lsn,
+    read_wal_writes,
+    summarize_through,
+    summarizing,
+    take_mark,
 )
 from .restore_rows import iter_table_rows
 from .sql import (
@@ -410,7 +423,10 @@ class PostgresAdapter(EngineAdapter):
     def _backup(self, request: BackupRequest, previous: Manifest | None) -> Manifest:
         run = _BackupRun(self, request, previous)
         try:
+            run.chunks.open_for_writing()  # fails closed (no key) before anything is read
             return run.take()
+        except KeyUnavailable as exc:
+            raise BackupError(ErrorCode.KEY_UNAVAILABLE, str(exc), "open the chain's key") from None
         except StreamCancelled:
             raise BackupError(ErrorCode.CANCELLED, "backup cancelled", "backup") from None
         except ObjectStoreError as exc:
@@ -435,6 +451,26 @@ class _SideReads:
     locale: DatabaseLocale
     size: int
     """``pg_database_size`` (it walks the database's directory)."""
+
+
+@dataclass(frozen=True)
+class _Wal:
+    """A database attempt's WAL points: the mark to record, the summaries to ask."""
+
+    mark: WalMark | None
+    summaries: Future[Summarized] | None
+    retaken: bool = False
+
+
+def _wal_note(writes: WalWrites, plans: Sequence[TablePlan]) -> str:
+    """What the WAL summaries did for a database (its manifest's ``wal_summary``)."""
+    unread = sum(1 for p in plans if p.mode == TableMode.UNCHANGED)
+    by_block = sum(1 for p in plans if p.mode == TableMode.DELTA and p.data.blocks is not None)
+    probed = sum(1 for p in plans if p.mode == TableMode.DELTA and p.data.blocks is None)
+    return (
+        f"WAL summaries {writes.range_text}: {unread} tables unwritten (not read),"
+        f" {by_block} read in their written blocks, {probed} probed"
+    )
 
 
 class _BackupRun:
@@ -474,6 +510,11 @@ class _BackupRun:
             max_workers=adapter.parallelism, thread_name_prefix="pg-table"
         )
         self.dump_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pg-dump")
+        self.wal_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-wal")
+        """Runs the CHECKPOINT and the wait for the WAL summaries (see :meth:`_summarize`)."""
+        self.summarizing = False
+        """The server summarizes its WAL (17 and later, ``summarize_wal``): each database's
+        snapshot gets a mark, and an incremental asks the summaries what was written."""
         self.version_num = 0
         self.tools: ClientTools | None = None
         """The client tools this backup runs (chosen for the server once connected)."""
@@ -491,6 +532,7 @@ class _BackupRun:
         self.abort.set()
         self.table_pool.shutdown(wait=True, cancel_futures=True)
         self.dump_pool.shutdown(wait=True, cancel_futures=True)
+        self.wal_pool.shutdown(wait=True, cancel_futures=True)
         self.chunks.close()
 
     # ------------------------------------------------------------------ the cluster
@@ -538,6 +580,14 @@ class _BackupRun:
                         f"connect to database {name}",
                     )
             self.global_reason = global_whole_reason(previous, system_id, timeline, version_num)
+            self.summarizing = summarizing(coord, version_num)
+            # The summaries are waited for only when some table could be judged by them.
+            asks_summaries = (
+                self.summarizing
+                and previous is not None
+                and self.global_reason is None
+                and any(db.wal_mark is not None for db in previous.databases)
+            )
             globals_future = self.dump_pool.submit(self.dump_globals)
             db_backups: list[DatabaseBackup] = []
             db_schemas: list[list[str]] = []
@@ -546,12 +596,20 @@ class _BackupRun:
             for start in range(0, len(databases), group_size):
                 group = databases[start : start + group_size]
                 held: list[tuple[psycopg.Connection[Any], PgSnapshot]] = []
+                # Where the next incremental's WAL summaries will start (before the snapshots).
+                mark = take_mark(coord) if self.summarizing else None
                 try:
                     # Snapshots of a group of databases are taken back to back, before any
                     # data is read, so the databases are as close in time as possible.
                     for row in group:
                         conn = adapter.connect(row[0], step=f"connect to database {row[0]}")
                         held.append((conn, adapter._export_snapshot(conn, row[0])))
+                    # Where the summaries must reach (after the snapshots): a checkpoint and
+                    # the summarizer's catching up run while the databases' catalogs are read.
+                    summaries: Future[Summarized] | None = None
+                    end = end_lsn(coord) if asks_summaries else None
+                    if end is not None:
+                        summaries = self.wal_pool.submit(self._summarize, end)
                     for row, (conn, snapshot) in zip(group, held, strict=True):
                         if flag.is_set():
                             raise StreamCancelled()
@@ -559,7 +617,9 @@ class _BackupRun:
                         info = DbInfo(
                             name, encoding, collate, ctype, int(db_oid), bool(is_template)
                         )
-                        db_backup, db_logical, schemas = self.database(info, conn, snapshot)
+                        db_backup, db_logical, schemas = self.database(
+                            info, conn, snapshot, mark, summaries
+                        )
                         db_backups.append(db_backup)
                         db_schemas.append(schemas)
                         logical += db_logical
@@ -668,7 +728,12 @@ class _BackupRun:
 
     # ------------------------------------------------------------------ one database
     def database(
-        self, info: DbInfo, conn: psycopg.Connection[Any], snapshot: PgSnapshot
+        self,
+        info: DbInfo,
+        conn: psycopg.Connection[Any],
+        snapshot: PgSnapshot,
+        mark: WalMark | None = None,
+        summaries: Future[Summarized] | None = None,
     ) -> tuple[DatabaseBackup, int, list[str]]:
         """Back up one database; retake its snapshot when concurrent DDL got in the way.
 
@@ -680,12 +745,16 @@ class _BackupRun:
         locks (our own readers would queue behind it), the transaction is released and the
         database's snapshot retaken, at most ``MAX_RETAKES`` times. ``conn`` (the coordinator)
         holds the snapshot's transaction and the locks.
+
+        ``mark`` (taken before the snapshot) is recorded for the next incremental;
+        ``summaries`` reach past the first snapshot only: a retaken one probes every table.
         """
         last: Retake | None = None
-        for _attempt in range(MAX_RETAKES):
+        for attempt in range(MAX_RETAKES):
             attempt_abort = threading.Event()
+            wal = _Wal(mark, summaries if attempt == 0 else None, retaken=attempt > 0)
             try:
-                return self._database_once(info, conn, snapshot, attempt_abort)
+                return self._database_once(info, conn, snapshot, attempt_abort, wal)
             except Retake as exc:
                 last = exc
                 attempt_abort.set()
@@ -705,6 +774,7 @@ class _BackupRun:
         conn: psycopg.Connection[Any],
         snapshot: PgSnapshot,
         abort: threading.Event,
+        wal: _Wal,
     ) -> tuple[DatabaseBackup, int, list[str]]:
         adapter, request, previous = self.adapter, self.request, self.previous
         flag = self.flag.with_event(abort)
@@ -747,6 +817,7 @@ class _BackupRun:
                 except psycopg.Error as exc:
                     raise pg_error(exc, step) from None
                 found: tuple[list[int], list[Table]] | None = None
+                reused = False
                 if schema_future is None:
                     assert reusable is not None and states is not None
                     if self._fingerprint(side, fingerprint_ready) == reusable.schema_fingerprint:
@@ -756,6 +827,7 @@ class _BackupRun:
                         schema_future.set_result(
                             StreamResult(reusable.schema_archive, reusable.schema_archive_size)
                         )
+                        reused = True
                         found = states.tables(reusable)
                     else:
                         schema_future = self.dump_pool.submit(
@@ -767,12 +839,32 @@ class _BackupRun:
                     except psycopg.Error as exc:
                         raise pg_error(exc, step) from None
                 filenodes, tables = found
-                lock_tables(conn, tables, name)
-                check_identities(conn, tables, filenodes, name)
+                writes, wal_note = self._wal_writes(
+                    info, conn, prev_db, db_reason, wal, list(zip(tables, filenodes, strict=True))
+                )
                 plans = [
-                    plan_table(t, previous, name, snapshot, db_reason, self.stream_settings)
+                    plan_table(
+                        t,
+                        previous,
+                        name,
+                        snapshot,
+                        db_reason,
+                        self.stream_settings,
+                        None if writes is None else writes.of(t.oid),
+                    )
                     for t in tables
                 ]
+                if writes is not None:
+                    wal_note = _wal_note(writes, plans)
+                # Locked and checked: what is read, and everything while pg_dump runs (an
+                # UNCHANGED table is not read: nothing done to it after the snapshot matters).
+                checked = [
+                    (p.table, node)
+                    for p, node in zip(plans, filenodes, strict=True)
+                    if not reused or p.mode != TableMode.UNCHANGED
+                ]
+                lock_tables(conn, [t for t, _ in checked], name)
+                check_identities(conn, [t for t, _ in checked], [n for _, n in checked], name)
                 lanes = assign_lanes(work_items(plans, adapter.parallelism), adapter.parallelism)
                 reader.open_lanes([lane_tables(lane) for lane in lanes])
                 state = side.result()
@@ -783,8 +875,9 @@ class _BackupRun:
                 with contextlib.suppress(BaseException):  # its connection is closed
                     side.result()
                 raise
+            read = [p.table for p in plans if p.mode != TableMode.UNCHANGED]
             outcomes, sizes, archive = self._read_rows(
-                reader, conn, lanes, tables, schema_future, flag, abort
+                reader, conn, lanes, read, schema_future, flag, abort
             )
             table_backups = [table_backup(p, outcomes, sizes) for p in plans]
             with contextlib.suppress(psycopg.Error):
@@ -811,10 +904,62 @@ class _BackupRun:
                 locale=state.locale,
                 matviews=state.matviews,
                 large_objects=state.large_objects,
+                wal_mark=wal.mark,
+                wal_summary=wal_note,
             ),
             logical,
             schemas,
         )
+
+    def _summarize(self, end: int) -> Summarized:
+        """A checkpoint, then the wait until the WAL summaries reach ``end`` (on a connection
+        of its own, while the databases' catalogs are read)."""
+        try:
+            return summarize_through(
+                functools.partial(self.adapter.connect, step="CHECKPOINT for the WAL summaries"),
+                end,
+            )
+        except BackupError as exc:
+            return Summarized(end, reason=f"no connection for the checkpoint: {exc.message}")
+
+    def _wal_writes(
+        self,
+        info: DbInfo,
+        conn: psycopg.Connection[Any],
+        prev_db: DatabaseBackup | None,
+        db_reason: str | None,
+        wal: _Wal,
+        tables: Sequence[tuple[Table, int]],
+    ) -> tuple[WalWrites | None, str | None]:
+        """What the WAL summaries say of the database's tables since the previous backup's
+        mark (see :mod:`.postgres_walsummary`), or why they are not asked (``None`` and a
+        note for the manifest; no note where they could not apply: before 17, a full, a new
+        database, a database stored whole)."""
+        if self.version_num < 170000 or prev_db is None or db_reason is not None:
+            return None, None
+        if not self.summarizing:
+            return None, "summarize_wal is off: every table probed"
+        if prev_db.wal_mark is None:
+            return None, "the previous backup recorded no WAL mark: every table probed"
+        if wal.retaken:
+            return None, "snapshot retaken after concurrent DDL: every table probed"
+        if wal.summaries is None:
+            return None, "the WAL position could not be read: every table probed"
+        summarized = wal.summaries.result()
+        try:
+            writes = read_wal_writes(
+                conn,
+                info.oid,
+                prev_db.wal_mark,
+                prev_db.snapshot,
+                summarized,
+                [(t.oid, node) for t, node in tables],
+            )
+        except psycopg.Error as exc:
+            raise pg_error(exc, f"in database {info.name}: read the WAL summaries") from None
+        if writes.reason is not None:
+            return None, f"WAL summaries {writes.range_text}: {writes.reason}: every table probed"
+        return writes, None
 
     def _in_snapshot(
         self,

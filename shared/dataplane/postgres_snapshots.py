@@ -73,6 +73,13 @@ transaction:
   ... RENAME VALUE`` or ``ADD ATTRIBUTE`` on a type used anywhere in a column change it. A
   column whose closure holds a ``reg*`` type prints other objects' current names, which no
   fingerprint of the table can follow: such tables are stored whole in every incremental.
+- *Where the filter is applied* (PostgreSQL 17 and later, ``summarize_wal``): the server's WAL
+  summaries say which blocks were written since a mark taken before ``P``'s snapshot; a table
+  with none is ``P``'s rows (not read at all), and in a large table the filter is applied to
+  the written blocks only: every tuple this filter selects lies in one of them. The filter
+  itself is unchanged; where the summaries cannot show that (unlogged tables, new storage, a
+  summary missing, a transaction older than the mark...), the table is read whole as above.
+  The argument is :mod:`.postgres_walsummary`'s.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """Streams: what is read of each table, on which connection, into which chunks.
 
 A table is planned (:func:`plan_table`) as ``FULL`` (a full backup), ``WHOLE`` (an incremental
-that cannot store a delta: the reason is recorded) or ``DELTA`` (its changed rows and its key
-set, see :mod:`.postgres_snapshots`). Each plan has a data stream and, for a delta, a key-set
+that cannot store a delta: the reason is recorded), ``DELTA`` (its changed rows and its key
+set, see :mod:`.postgres_snapshots`) or, where the server's WAL summaries show that nothing
+was written to it since the previous backup, ``UNCHANGED`` without reading it at all (see
+:mod:`.postgres_walsummary`). Each plan has a data stream and, for a delta, a key-set
 stream: a single-integer key is stored as runs ``lo<TAB>hi`` of consecutive keys (computed by
 the server with ``k - row_number()``), so dense keys are a few lines and appends or deletes
 change a few lines; other keys as a key list. Key sets are chunked with small content-defined
@@ -47,6 +49,7 @@ from .manifest import (
 from .objectstore import ObjectStoreError
 from .postgres_catalog import Table
 from .postgres_snapshots import LOCK_NOT_AVAILABLE, changed_rows_filter, lock_tables
+from .postgres_walsummary import Written, blocks_of, read_ranges, tid_ranges_sql
 from .sql import (
     INT_KEY_TYPES,
     copy_encoding,
@@ -115,6 +118,8 @@ class Stream:
     where: str = ""
     """A DELTA's changed-rows filter (on ``_t``) for the probe of small tables (see
     :class:`SmallDeltas`), ``""`` otherwise."""
+    blocks: Written | None = None
+    """A DELTA's data stream read in these blocks only (the WAL summaries' written blocks)."""
 
 
 @dataclass
@@ -295,6 +300,7 @@ def work_items(plans: Sequence[TablePlan], lanes: int = 1) -> list[WorkItem]:
         and p.table.heap_bytes <= _PACK_TABLE_BYTES
     ]
     batched = {id(p) for p in (*small, *packed)}
+    batched |= {id(p) for p in plans if p.mode == TableMode.UNCHANGED}  # nothing to read
     work: list[WorkItem] = [
         SmallDeltas(small[i : i + _BATCH_TABLES]) for i in range(0, len(small), _BATCH_TABLES)
     ]
@@ -337,10 +343,14 @@ def plan_table(
     snapshot: PgSnapshot,
     global_reason: str | None,
     settings: StreamSettings,
+    written: Written | None = None,
 ) -> TablePlan:
     """How ``table`` is read: ``FULL`` without ``previous``, else ``DELTA`` unless a reason
     (``global_reason``, the key, the access method, ``reg*`` columns, a new or changed
-    definition) stores it ``WHOLE``."""
+    definition) stores it ``WHOLE``. ``written``: the blocks the WAL summaries say were written
+    since the previous backup (``None``: unknown, probe as before; see
+    :mod:`.postgres_walsummary`): a delta table with none is ``UNCHANGED`` and read not at
+    all, a large one with few is read in those blocks only."""
     unsupported = table.unsupported_key()
     ordered = unsupported is None
     use_psql = table.heap_bytes >= settings.psql_min_bytes
@@ -373,20 +383,32 @@ def plan_table(
             reason = "previous backup not in key order"
     if reason is not None:
         return TablePlan(table, TableMode.WHOLE, reason, ordered, data)
+    assert prev is not None
+    if written == ():
+        return TablePlan(table, TableMode.UNCHANGED, None, True, data, previous=prev)
     since = previous.database(db).snapshot
+    changed = changed_rows_filter(snapshot, since)
+    sql = copy_select_sql(table.qualified, table.columns, table.key_columns, changed)
+    estimate = max(1, table.heap_bytes // 20)
+    spans = None
+    if written is not None and (use_psql or table.heap_bytes > _SMALL_TABLE_BYTES):
+        # Small tables are probed whole in batches (SmallDeltas); a large one only where written.
+        spans = read_ranges(written, blocks_of(table.heap_bytes))
+    if spans is not None:
+        sql = tid_ranges_sql(table.qualified, table.columns, table.key_columns, changed, spans)
+        blocks = sum(
+            (blocks_of(table.heap_bytes) if hi is None else hi + 1) - lo for lo, hi in spans
+        )
+        estimate = max(1, min(estimate, blocks * 8192 // 20))
     data = Stream(
         table,
         "data",
-        copy_select_sql(
-            table.qualified,
-            table.columns,
-            table.key_columns,
-            changed_rows_filter(snapshot, since),
-        ),
+        sql,
         settings.data_chunking,
         psql=use_psql,
-        estimate=max(1, table.heap_bytes // 20),
+        estimate=estimate,
         where=changed_rows_filter(snapshot, since, small=True),
+        blocks=spans,
     )
     keys = key_stream(table, use_psql, settings.key_chunking)
     return TablePlan(table, TableMode.DELTA, None, True, data, keys, prev)
@@ -414,6 +436,9 @@ def key_stream(
 def table_backup(
     plan: TablePlan, outcomes: Mapping[int, StreamOutcome], sizes: Mapping[int, int]
 ) -> TableBackup:
+    if plan.mode == TableMode.UNCHANGED:
+        assert plan.previous is not None
+        return unchanged_entry(plan.previous)
     data = outcomes[id(plan.data)]
     if data.unchanged:
         assert plan.previous is not None

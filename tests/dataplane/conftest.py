@@ -2,13 +2,16 @@
 
 PostgreSQL: ``$POSTGRES_URL``, else (by ``MANAGED_BACKUPS_TEST_BACKEND``) a container or a
 throw-away cluster from Debian's binaries (one per session, dedicated to these tests because a
-backup covers every database of the cluster). S3: ``$S3_ENDPOINT_URL``, else moto's server
+backup covers every database of the cluster); a server of 17 or later (the version matrix's
+``MANAGED_BACKUPS_TEST_PG_MAJOR``) summarizes its WAL, so every incremental of these tests takes
+the WAL-summary path (``MANAGED_BACKUPS_TEST_SUMMARIZE_WAL=off``: the probe alone). S3: ``$S3_ENDPOINT_URL``, else moto's server
 started locally (``tests.infra.testing.s3_for_tests``), a fresh bucket per test. Nothing here skips: a service that
 cannot be started fails the tests.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +26,7 @@ from managed_backups.shared.dataplane.objectstore import ObjectStore
 from managed_backups.shared.dataplane.postgres import PostgresAdapter
 from managed_backups.shared.dataplane.sql import SESSION_SETTINGS
 from managed_backups.shared.dataplane.tools import client_tools_for
-from tests.infra.postgres import postgres_for_tests, url_with_database
+from tests.infra.postgres import postgres_for_tests, test_pg_major, url_with_database
 from tests.infra.s3 import create_bucket, s3_store_url
 
 
@@ -73,9 +76,21 @@ class PgServer:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+SUMMARIZE_WAL_ENV = "MANAGED_BACKUPS_TEST_SUMMARIZE_WAL"
+
+
+def server_settings() -> dict[str, str]:
+    """``summarize_wal = on`` for a server of 17 or later, unless ``$SUMMARIZE_WAL_ENV`` is
+    ``off`` (older servers have no such setting)."""
+    major = test_pg_major()
+    if major is not None and major >= 17 and os.environ.get(SUMMARIZE_WAL_ENV, "on") != "off":
+        return {"summarize_wal": "on"}
+    return {}
+
+
 @pytest.fixture(scope="session")
 def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
-    with postgres_for_tests(tmp_path_factory.mktemp("dataplane-pg")) as url:
+    with postgres_for_tests(tmp_path_factory.mktemp("dataplane-pg"), server_settings()) as url:
         yield PgServer(url)
 
 

@@ -30,6 +30,7 @@ from managed_backups.shared.dataplane.manifest import (
     Manifest,
     ManifestError,
     Totals,
+    WalMark,
     load_manifest,
     manifest_key,
     read_manifest,
@@ -180,16 +181,24 @@ def test_manifest_versions_frozen_and_written_once() -> None:
     assert read_manifest(store, "c1", "b1", "b1") == m
     assert store.exists(manifest_key("c1", "b1", "b1"))
     raw = json.loads(m.to_json())
-    assert raw["schema_version"] == 4
+    assert raw["schema_version"] == 5
     stored = store.get(manifest_key("c1", "b1", "b1"))
     assert stored == m.to_stored() and stored[:4] == b"\x28\xb5\x2f\xfd"  # a zstd frame
     assert load_manifest(stored) == load_manifest(m.to_json()) == m
-    with pytest.raises(ManifestError, match="schema_version 5"):
-        load_manifest(json.dumps({**raw, "schema_version": 5}).encode())
-    with pytest.raises(ManifestError, match="invalid version 4"):
+    with pytest.raises(ManifestError, match="schema_version 6"):
+        load_manifest(json.dumps({**raw, "schema_version": 6}).encode())
+    with pytest.raises(ManifestError, match="invalid version 5"):
         load_manifest(json.dumps({**raw, "surprise": True}).encode())
     with pytest.raises(ManifestError, match="not a readable zstd frame"):
         load_manifest(stored[:20])
+    # version 4 is read as it is; it may not carry version 5 fields (a WAL mark)
+    v4 = {**raw, "schema_version": 4}
+    assert load_manifest(json.dumps(v4).encode()).schema_version == 4
+    marked = json.loads(database_backup(wal_mark=WalMark(lsn=1 << 24, xid=1000)).model_dump_json())
+    with pytest.raises(ManifestError, match="version 4 manifest cannot hold version 5"):
+        load_manifest(json.dumps({**v4, "databases": [marked]}).encode())
+    with_mark = load_manifest(json.dumps({**raw, "databases": [marked]}).encode())
+    assert with_mark.databases[0].wal_mark == WalMark(lsn=1 << 24, xid=1000)
     v3 = {**raw, "schema_version": 3}
     assert load_manifest(json.dumps(v3).encode()).schema_version == 3
     # a version 3 document may not carry version 4 fields (a database's locale)

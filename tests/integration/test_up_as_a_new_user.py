@@ -1,13 +1,12 @@
-"""The README's first commands, tried as a new user: `up`, then `publish`, then the API; the
-broker `up` runs refuses a client without credentials, and each service holds its own broker
-password only; the newcomer's walk-through of the README's "Access" section."""
+"""The first commands of the user guide (docs/user-guide.md, "First steps in detail"), tried as
+a new user: `up`, then `publish`, then the API; the broker `up` runs refuses a client without
+credentials, and each service holds its own broker password only; the newcomer's walk-through
+of its "Access" section. (The README's own tour: test_readme_tour.py.)"""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from managed_backups.shared.infra.kafka import free_ports
+from tests.integration.up_process import prepare_data_dir, running_up, user_environment
 
 pytestmark = pytest.mark.integration
 
@@ -80,49 +79,11 @@ class Up:
 @pytest.fixture(scope="module")
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     data = tmp_path_factory.mktemp("up") / "D"
-    port, kafka_port = free_ports(2)
-    # The broker's port as `up` remembers it from an earlier start: not 9092, which another
-    # `up` on this machine (another test run) may take at the same moment.
-    data.mkdir()
-    (data / "kafka-bootstrap").write_text(f"127.0.0.1:{kafka_port}\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MANAGED_BACKUPS_")}
-    up = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "managed_backups.services.cli",
-            "up",
-            "--data-dir",
-            str(data),
-            "--api-port",
-            str(port),
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert up.stdout is not None
-        lines: list[str] = []
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            line = up.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "Ctrl-C stops everything" in line:
-                break
-        yield Up(data, port, env, "".join(lines))
-    finally:
-        up.send_signal(signal.SIGTERM)
-        try:
-            rest, _ = up.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            up.kill()
-            raise
-    assert up.returncode == 0, rest
-    assert "stopped" in rest
+    port = prepare_data_dir(data)
+    env = user_environment()
+    argv = [sys.executable, "-m", "managed_backups.services.cli", "up"]
+    with running_up([*argv, "--data-dir", str(data), "--api-port", str(port)], env) as output:
+        yield Up(data, port, env, output)
 
 
 def test_up_publish_and_query_within_a_second(up: Up) -> None:
@@ -162,28 +123,13 @@ def test_up_publish_and_query_within_a_second(up: Up) -> None:
     assert rejected.returncode == 1
     assert json.loads(rejected.stdout)["reason"] == "cluster orders-prod is already registered"
 
-    # The cluster's password, from stdin, through the API; the trail names who set it.
-    secret = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "managed_backups.services.cli",
-            "clusters",
-            "set-secret",
-            "orders-prod",
-            "--data-dir",
-            str(data),
-            "--api-url",
-            f"http://127.0.0.1:{port}",
-        ],
-        env=env,
-        input="its-password\n",
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    # The cluster's password, from stdin, through the API up serves for this data directory
+    # (its port, remembered there); the trail names who set it.
+    secret = up.cli("clusters", "set-secret", "orders-prod", stdin="its-password\n")
     assert secret.returncode == 0, secret.stdout + secret.stderr
+    listed = up.cli("clusters", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [c["id"] for c in json.loads(listed.stdout)["clusters"]] == ["orders-prod"]
     events = httpx.get(f"{url}/events", headers=headers, timeout=5).json()["events"]
     assert [e["by"] for e in events if e["type"] == "ConnectionSecretSet"] == ["admin"]
     assert "its-password" not in json.dumps(events)
@@ -242,8 +188,8 @@ def test_ups_broker_refuses_a_client_without_credentials(up: Up) -> None:
 
 
 def test_a_newcomer_gives_an_operator_one_cluster(up: Up) -> None:
-    """README, "Access": an organization, a service account with Cluster Operator on one
-    cluster, its key, which lists that cluster's backups and is refused on another's."""
+    """docs/user-guide.md, "Access": an organization, a service account with Cluster Operator on
+    one cluster, its key, which lists that cluster's backups and is refused on another's."""
     created = up.cli("orgs", "create", "shop", "--name", "Shop Inc")
     assert created.returncode == 0, created.stderr
     for cluster_id in ("shop-orders", "shop-billing"):

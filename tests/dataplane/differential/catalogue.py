@@ -497,6 +497,78 @@ LONG_TRANSACTION = Scenario(
     ),
 )
 
+# ------------------------------------------------------------------------------ WAL summaries (17+)
+# A large table (over 1 MiB: read in its written blocks on a server that summarizes its WAL),
+# small ones written or not, an unlogged one (no WAL for its rows). Every step holds what the
+# WAL-summary path must not miss: rows written in a subtransaction, a HOT update, a change
+# after the snapshot (in the next step only), prunes and vacuum (blocks written, no row
+# changed), a rewrite, a TRUNCATE, a tail cut by VACUUM. On other servers: the probe alone.
+_BIG = "SELECT g, g % 97, repeat(md5(g::text), 3) FROM generate_series({}, {}) g"
+WAL_SUMMARIES = Scenario(
+    name="large-table-written-in-few-blocks",
+    fast=True,
+    setup=on(
+        "app",
+        "CREATE TABLE big (id int PRIMARY KEY, grp int, v text) WITH (fillfactor = 90)",
+        f"INSERT INTO big {_BIG.format(1, 30000)}",
+        "CREATE TABLE hot (id int PRIMARY KEY, n int)",
+        "INSERT INTO hot SELECT g, 0 FROM generate_series(1, 100) g",
+        "CREATE TABLE quiet (id int PRIMARY KEY, v text)",
+        "INSERT INTO quiet SELECT g, 'q' FROM generate_series(1, 50) g",
+        "CREATE UNLOGGED TABLE scratch (id int PRIMARY KEY, v text)",
+        "INSERT INTO scratch SELECT g, 's' FROM generate_series(1, 50) g",
+        "VACUUM (FREEZE, ANALYZE) big",
+    ),
+    steps=(
+        Step(),
+        Step(
+            before=on(
+                "app",
+                "UPDATE big SET v = 'one' WHERE id IN (3, 15000, 29999)",
+                "DELETE FROM big WHERE id BETWEEN 100 AND 110",
+                f"INSERT INTO big {_BIG.format(30001, 30100)}",
+                "BEGIN; INSERT INTO big VALUES (40000, 0, 'top'); SAVEPOINT s;"
+                " INSERT INTO big VALUES (40001, 0, 'rolled back'); ROLLBACK TO s;"
+                " SAVEPOINT t; INSERT INTO big VALUES (40002, 0, 'sub'); RELEASE t; COMMIT",
+                "UPDATE hot SET n = n + 1 WHERE id = 5",
+                "UPDATE scratch SET v = 'unlogged' WHERE id < 4",
+            ),
+            during=on("app", "UPDATE big SET v = 'during' WHERE id = 7"),
+            wal=(
+                ("app", "1 tables unwritten (not read), 1 read in their written blocks, 2 probed"),
+            ),
+        ),
+        Step(
+            before=on(
+                "app",
+                "VACUUM big",
+                "UPDATE big SET grp = grp + 1 WHERE id % 1000 = 0",
+            ),
+            # A vacuum that sets the visibility map writes every page it marks: big may be
+            # read whole (probed) here, never missed.
+            wal=(("app", "2 tables unwritten (not read)"),),
+        ),
+        Step(
+            before=on(
+                "app",
+                "VACUUM FULL big",
+                "VACUUM big",
+                "TRUNCATE quiet",
+                "INSERT INTO quiet SELECT g, 'r' FROM generate_series(1, 40) g",
+            ),
+            wal=(
+                ("app", "1 tables unwritten (not read), 0 read in their written blocks, 3 probed"),
+            ),
+        ),
+        Step(
+            before=on("app", "DELETE FROM big WHERE id > 29000", "VACUUM big"),
+            wal=(
+                ("app", "2 tables unwritten (not read), 1 read in their written blocks, 1 probed"),
+            ),
+        ),
+    ),
+)
+
 EXTENSION_CONFIG = Scenario(
     name="extension-configuration-tables",
     needs_test_extension=True,
@@ -532,4 +604,5 @@ CATALOGUE: tuple[Scenario, ...] = (
     PARTITION_CHURN,
     LONG_TRANSACTION,
     EXTENSION_CONFIG,
+    WAL_SUMMARIES,
 )

@@ -88,6 +88,10 @@ class Step:
     """``dbkey.schema.table`` entries this (incremental) backup must store as a DELTA."""
     skipped: tuple[str, ...] = ()
     """Database keys the backup must list as skipped (with a reason)."""
+    wal: tuple[tuple[str, str], ...] = ()
+    """``(database key, text)``: on a server that summarizes its WAL (17 and later,
+    ``summarize_wal``), the text this incremental's ``wal_summary`` of that database must hold
+    (what the WAL summaries left unread, read by block, or why every table was probed)."""
 
 
 @dataclass(frozen=True)
@@ -471,9 +475,19 @@ class Run:
             self.created_targets.remove(target)
         return problems
 
+    def summarizes(self) -> bool:
+        with self.pg.connect() as conn:
+            row = conn.execute("SELECT current_setting('summarize_wal', true)").fetchone()
+        return row is not None and row[0] == "on"
+
     def check_manifest(self, step: Step, result: StepResult) -> list[str]:
         problems: list[str] = []
         m = result.manifest
+        if step.wal and self.summarizes():
+            for key, text in step.wal:
+                note = m.database(result.names[key]).wal_summary or ""
+                if text not in note:
+                    problems.append(f"{key}: wal_summary {note!r} does not say {text!r}")
         listed = {db.name for db in m.databases} | {s.name for s in skipped_databases(m)}
         for key, name in result.names.items():
             if name not in listed:
