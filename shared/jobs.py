@@ -112,6 +112,15 @@ class JobLeases:
             (until.isoformat(), self.kind, str(job_id)),
         )
 
+    def leave_to_reaper(self, job_id: UUID, now: datetime, detail: Mapping[str, Any]) -> None:
+        """The job ended but left something to clean up: its lease expires now, with only
+        ``detail`` (it holds nothing more, excludes no other job), and every instance's reaper
+        retries the clean-up until it succeeds (``fail`` sees a job already ended)."""
+        self.db.execute(
+            f"UPDATE {TABLE} SET lease_until = ?, detail = ? WHERE kind = ? AND job_id = ?",
+            (now.isoformat(), json.dumps(dict(detail)), self.kind, str(job_id)),
+        )
+
     def release(self, job_id: UUID) -> None:
         self.db.execute(
             f"DELETE FROM {TABLE} WHERE kind = ? AND job_id = ?", (self.kind, str(job_id))

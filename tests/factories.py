@@ -9,6 +9,12 @@ from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
 
 from managed_backups.contracts.commands import TakeBackup
+from managed_backups.shared.dataplane.manifest import (
+    DatabaseBackup,
+    DatabaseLocale,
+    DatabaseProperties,
+    PgSnapshot,
+)
 from managed_backups.shared.domain.backup import Backup
 from managed_backups.shared.domain.cluster import Cluster
 
@@ -117,3 +123,28 @@ def backup_taken(
             by=executor,
         )
     return backup
+
+
+def database_backup(
+    name: str = "shop",
+    *,
+    locale: DatabaseLocale | None = None,
+    properties: DatabaseProperties | None = None,
+    ctype: str = "C",
+) -> DatabaseBackup:
+    """A manifest's entry of a database without tables (UTF8, ``LC_COLLATE`` C)."""
+    snapshot = PgSnapshot(snapshot_id="s", xmin=1, xmax=1, xip=[], text="1:1:", taken_at=AT)
+    return DatabaseBackup(
+        name=name,
+        encoding="UTF8",
+        collate="C",
+        ctype=ctype,
+        size_bytes=0,
+        snapshot=snapshot,
+        schema_archive=[],
+        schema_archive_size=0,
+        tables=[],
+        oid=5,
+        properties=properties,
+        locale=locale,
+    )

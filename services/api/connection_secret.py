@@ -3,7 +3,8 @@ restore service use for this cluster, and only for it.
 
 The audit event (who changed it, never the value) is recorded first, then the encrypted secret
 is stored; once the views show the event, the rule "a new secret takes the missing full backup"
-may send a full ``TakeBackup`` on the caller's behalf.
+(never on a cluster whose backups are disabled) may send a full ``TakeBackup`` on the caller's
+behalf.
 """
 
 import asyncio
@@ -72,7 +73,7 @@ def missing_full(runtime: Runtime, models: ReadModels, cluster_id: str) -> bool:
     last = cluster.last_scheduled
     backup = load_backup(runtime.store, cluster_id, UUID(str(last["backup_id"]))) if last else None
     status_ = None if backup is None else str(backup.status)
-    return a_new_secret_takes_the_missing_full(bool(listed), status_)
+    return a_new_secret_takes_the_missing_full(cluster.enabled, bool(listed), status_)
 
 
 async def take_missing_full(commands: Commands, cluster_id: str, who: Principal) -> None:

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
+import psycopg
+
 from managed_backups.contracts.commands import StartRestore
 from managed_backups.contracts.enums import RestoreType
 from managed_backups.services.runtime import Runtime
@@ -33,7 +35,9 @@ from managed_backups.shared.dataplane.engine import BackupError
 from managed_backups.shared.dataplane.manifest import Manifest, load_chain, read_manifest
 from managed_backups.shared.dataplane.objectstore import ObjectStore
 from managed_backups.shared.dataplane.restore_plan import (
+    NOT_DROPPED,
     ClusterAccess,
+    DropReport,
     PlanError,
     RestorePlan,
     TableRef,
@@ -104,21 +108,34 @@ class Job:
     access: ClusterAccess
 
 
-def destination_state(plan: RestorePlan | None, target: str | None) -> str:
+def destination_state(plan: RestorePlan | None, target: str | None, cleanup: str) -> str:
+    """What a failed job left on the destination; ``cleanup`` says what became of its
+    temporary databases, as checked (:func:`cleanup_state`)."""
     if plan is not None and plan.kind == "CLUSTER":
         return (
             "unchanged: every existing database kept its name and data (the swap is one "
-            "transaction that did not commit); the restored copies were dropped"
+            f"transaction that did not commit); {cleanup}"
         )
     if plan is not None and plan.into_existing:
         return (
             f"unchanged: the restore's transaction in database {target} was rolled back; "
-            "nothing of the backup was written"
+            f"nothing of the backup was written; {cleanup}"
         )
-    return (
-        f"unchanged: database {target} was not created and the restore's temporary "
-        "databases were dropped"
-    )
+    return f"unchanged: database {target} was not created; {cleanup}"
+
+
+def cleanup_state(report: DropReport | None, error: str | None = None) -> str:
+    """The job's temporary databases as :func:`drop_temporary_databases` left them: said
+    dropped only when the catalog no longer lists them."""
+    if report is None:
+        return (
+            f"whether the restore's temporary databases are dropped could not be checked"
+            f" ({error}); the restore service tries again"
+        )
+    if not report.left:
+        return "the restore's temporary databases were dropped"
+    names = ", ".join(f"{name} ({why})" for name, why in report.left)
+    return f"temporary databases not dropped yet: {names}; the restore service tries again"
 
 
 class RestoreService:
@@ -314,11 +331,25 @@ class RestoreService:
         now = self.runtime.clock.now()
         return self._record(restore_id, lambda r: r.progress(bytes_done, now, self.name))
 
+    def _drop_temporary(self, job_id: UUID, access: ClusterAccess) -> tuple[str, bool]:
+        """The cleanup step (after the plan, whatever its outcome; the reaper's too): the
+        job's temporary databases dropped, whatever they hold. Returns what became of them,
+        as checked, and whether none is left."""
+        try:
+            report = drop_temporary_databases(access, job_id)
+        except PlanError as exc:  # the destination cannot be reached
+            return cleanup_state(None, exc.message), False
+        except psycopg.Error as exc:
+            return cleanup_state(None, str(exc).strip().splitlines()[0]), False
+        if report.left:
+            log.warning("restore %s: %s", job_id, cleanup_state(report))
+        return cleanup_state(report), not report.left
+
     async def _run(self, job: Job, running: Running) -> None:
         restore_id = job.restore.restore_id
         clock = self.runtime.clock
         tick = max(0.05, min(1.0, self.settings.restore_lease_seconds / 3))
-        state = destination_state(job.plan, job.plan.target_database)
+        cleaned = True
         try:
             async with self.slots:
                 await asyncio.to_thread(self._chain_still_restorable, job)
@@ -349,43 +380,65 @@ class RestoreService:
                         self._progress, restore_id, min(running.bytes_done, total)
                     )
                 outcome = work.result()
+                cleanup, cleaned = await asyncio.to_thread(
+                    self._drop_temporary, restore_id, job.access
+                )
+                # What execute_plan could not drop is said again only if it is still there.
+                restored = [r for r in outcome.restored if not r.startswith(NOT_DROPPED)]
+                if not cleaned:
+                    restored.append(cleanup)
                 await asyncio.to_thread(
                     self._record,
                     restore_id,
                     lambda r: r.succeed(
                         running.bytes_done,
-                        outcome.restored,
+                        restored,
                         outcome.left_out,
                         clock.now(),
                         self.name,
                     ),
                 )
-        except PlanError as error:
-            await asyncio.to_thread(
-                self._fail, restore_id, error.code, error.message, error.step, state
-            )
-        except Exception as error:  # never leave a job running because of a bug
-            log.exception("restore %s failed unexpectedly", restore_id)
-            await asyncio.to_thread(
-                self._fail,
-                restore_id,
-                "INTERNAL",
-                f"{type(error).__name__}: {error}",
-                "restore service",
-                state,
-            )
+        except Exception as error:  # PlanError, or a bug: never leave a job running
+            if isinstance(error, PlanError):
+                code, message, step = error.code, error.message, error.step
+            else:
+                log.exception("restore %s failed unexpectedly", restore_id)
+                code, message = "INTERNAL", f"{type(error).__name__}: {error}"
+                step = "restore service"
+            cleanup, cleaned = await asyncio.to_thread(self._drop_temporary, restore_id, job.access)
+            state = destination_state(job.plan, job.plan.target_database, cleanup)
+            await asyncio.to_thread(self._fail, restore_id, code, message, step, state)
         finally:
             self.running.pop(restore_id, None)
-            await asyncio.to_thread(self.leases.release, restore_id)
+            if cleaned:
+                await asyncio.to_thread(self.leases.release, restore_id)
+            else:  # the reaper drops what is left (it holds no backup, excludes nothing)
+                target = {"target_database": job.plan.target_database}
+                await asyncio.to_thread(
+                    self.leases.leave_to_reaper, restore_id, self.runtime.clock.now(), target
+                )
 
     # -- leases ----------------------------------------------------------------------------------
 
+    def _lease_access(self, lease: jobs.Lease) -> ClusterAccess | None:
+        cluster = self.runtime.store.get_or_none(cluster_aggregate_id(lease.cluster_id), Cluster)
+        if cluster is None:
+            return None
+        return cluster_access(cluster, self.secrets, self.settings)
+
     def _fail_expired(self, lease: jobs.Lease) -> bool:
+        """The job's temporary databases first (its worker died: nothing else drops them),
+        then its failure, saying what became of them."""
         target = lease.detail.get("target_database")
+        access = self._lease_access(lease)
+        cleanup = (
+            cleanup_state(None, "the destination cluster is not registered")
+            if access is None
+            else self._drop_temporary(lease.job_id, access)[0]
+        )
         state = (
             f"unchanged: database {target} was not created, or the restore's transaction into "
-            "it was rolled back when its worker's connection closed; the restore's temporary "
-            "databases were dropped"
+            f"it was rolled back when its worker's connection closed; {cleanup}"
         )
         return self._fail(
             lease.job_id,
@@ -397,14 +450,14 @@ class RestoreService:
         )
 
     def _cleanup(self, lease: jobs.Lease) -> None:
-        cluster = self.runtime.store.get_or_none(cluster_aggregate_id(lease.cluster_id), Cluster)
-        if cluster is None:
+        """Checks that nothing of the job is left (dropping what is); raises while something
+        is, so the lease stays and the next pass tries again."""
+        access = self._lease_access(lease)
+        if access is None:
             return
-        dropped = drop_temporary_databases(
-            cluster_access(cluster, self.secrets, self.settings), lease.job_id
-        )
-        if dropped:
-            log.warning("restore %s: dropped temporary databases %s", lease.job_id, dropped)
+        cleanup, cleaned = self._drop_temporary(lease.job_id, access)
+        if not cleaned:
+            raise RuntimeError(f"restore {lease.job_id}: {cleanup}")
 
     def reap_once(self) -> int:
         return self.leases.reap(

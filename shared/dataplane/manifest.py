@@ -24,7 +24,7 @@ connection limit, comment, database and role-in-database settings), ``matviews``
 archive also holds the large objects (``pg_dump -b --exclude-table-data='*.*'``, where version 1
 used ``--schema-only``), and table fingerprints cover the columns' whole type closure.
 
-Version 3 (what is written now) adds ``TableBackup.data_offset`` (small tables share chunks:
+Version 3 adds ``TableBackup.data_offset`` (small tables share chunks:
 a table's stream is a byte range of its chunks' concatenation),
 ``DatabaseBackup.schema_fingerprint``, the table mode ``UNCHANGED`` and a stored form that is
 relative to the parent, so that an incremental of a schema of thousands of small tables, of
@@ -41,6 +41,13 @@ which a few changed, stores a few kilobytes instead of repeating every table's e
   parent (:func:`read_manifest`, :func:`list_manifests` and :func:`load_chain` do;
   :func:`load_manifest` takes the parent as an argument). The model in memory always holds the
   whole entries, so nothing but this module sees the stored form.
+
+Version 4 (what is written now) adds what else ``pg_dump --create`` keeps of a database:
+``DatabaseBackup.locale`` (its locale provider, the ICU or builtin provider's locale, ICU
+rules, collation version: :class:`DatabaseLocale`), and ``DatabaseProperties.tablespace`` and
+``security_labels``. A version 3 or older database has no recorded locale: it is restored
+with the libc provider and its ``collate``/``ctype``, as those versions did. Its stored form
+is version 3's.
 """
 
 from __future__ import annotations
@@ -67,6 +74,7 @@ __all__ = [
     "CatalogTable",
     "ChunkRef",
     "DatabaseBackup",
+    "DatabaseLocale",
     "DatabaseProperties",
     "KeyColumn",
     "KeySet",
@@ -76,6 +84,7 @@ __all__ = [
     "MatView",
     "PgSnapshot",
     "RoleSettings",
+    "SecurityLabel",
     "SequenceValue",
     "SkippedDatabase",
     "TableBackup",
@@ -94,7 +103,10 @@ __all__ = [
     "unchanged_entry",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+_VERSIONS = (1, 2, 3, 4)
+_RELATIVE_VERSIONS = (3, 4)
+"""Versions stored compressed and relative to the parent (``UNCHANGED`` entries)."""
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _MAX_MANIFEST_BYTES = 1 << 30
 """Largest decompressed manifest read (a guard against a corrupt frame header)."""
@@ -202,6 +214,11 @@ class RoleSettings(_Model):
     """``name=value`` as ``pg_db_role_setting`` stores them."""
 
 
+class SecurityLabel(_Model):
+    provider: str
+    label: str
+
+
 class DatabaseProperties(_Model):
     """What ``pg_dump --create`` would say of the database itself."""
 
@@ -211,6 +228,27 @@ class DatabaseProperties(_Model):
     connection_limit: int
     comment: str | None
     settings: list[RoleSettings]
+    tablespace: str | None = None
+    """Version 4: the database's default tablespace (``None``: not recorded)."""
+    security_labels: list[SecurityLabel] = []
+    """Version 4: ``SECURITY LABEL ... ON DATABASE`` (``pg_shseclabel``)."""
+
+
+class DatabaseLocale(_Model):
+    """Version 4: how the database sorts and classifies text, beyond ``collate`` and ``ctype``
+    (``pg_database``'s locale columns, which differ by server version; see
+    ``postgres_catalog.locale_sql``)."""
+
+    provider: Literal["libc", "icu", "builtin"]
+    """``datlocprovider`` (PostgreSQL 15 and later; ``libc`` before)."""
+    locale: str | None = None
+    """The ICU or builtin provider's locale: ``daticulocale`` (15, 16), ``datlocale`` (17 and
+    later); ``None`` for libc."""
+    icu_rules: str | None = None
+    """``daticurules`` (16 and later)."""
+    collation_version: str | None = None
+    """``datcollversion`` (15 and later). Not given to ``CREATE DATABASE`` (the destination
+    computes its own, as after ``pg_dump``); a restore says when they differ."""
 
 
 class TableBackup(_Model):
@@ -276,6 +314,8 @@ class DatabaseBackup(_Model):
     name has another oid, and its next incremental stores every table whole."""
     is_template: bool = False
     properties: DatabaseProperties | None = None
+    locale: DatabaseLocale | None = None
+    """Version 4 (``None``: not recorded; restored with the libc provider)."""
     matviews: list[MatView] = []
     large_objects: int | None = None
     """Version 2: large objects in the schema archive (``None``: not recorded)."""
@@ -339,7 +379,7 @@ class Totals(_Model):
 
 
 class Manifest(_Model):
-    schema_version: Literal[1, 2, 3] = 3
+    schema_version: Literal[1, 2, 3, 4] = 4
     engine: Literal["postgres"] = "postgres"
     backup_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,128}$")
     cluster_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,128}$")
@@ -393,9 +433,20 @@ class Manifest(_Model):
             raise ValueError(
                 f"a version {self.schema_version} manifest cannot hold version 3 fields"
             )
+        if self.schema_version < 4 and any(
+            db.locale is not None
+            or (
+                db.properties is not None
+                and (db.properties.tablespace is not None or db.properties.security_labels)
+            )
+            for db in self.databases
+        ):
+            raise ValueError(
+                f"a version {self.schema_version} manifest cannot hold version 4 fields"
+            )
         unchanged = any(t.mode == TableMode.UNCHANGED for db in self.databases for t in db.tables)
         if unchanged and (self.schema_version < 3 or self.type != BackupType.INCREMENTAL):
-            raise ValueError("only a version 3 incremental can hold UNCHANGED tables")
+            raise ValueError("only a version 3 or later incremental can hold UNCHANGED tables")
         return self
 
     def database(self, name: str) -> DatabaseBackup:
@@ -425,10 +476,10 @@ class Manifest(_Model):
         return self.model_dump_json(indent=None).encode()
 
     def to_stored(self) -> bytes:
-        """What :func:`save_manifest` writes: versions 1 and 2 as JSON; version 3 as a zstd
-        frame of the JSON in which ``UNCHANGED`` entries keep only their name and mode (the
-        rest is the parent's, see the module docstring)."""
-        if self.schema_version < 3:
+        """What :func:`save_manifest` writes: versions 1 and 2 as JSON; versions 3 and 4 as a
+        zstd frame of the JSON in which ``UNCHANGED`` entries keep only their name and mode
+        (the rest is the parent's, see the module docstring)."""
+        if self.schema_version not in _RELATIVE_VERSIONS:
             return self.to_json()
         # UNCHANGED entries are not dumped whole only to be cut down (thousands of them).
         dropped = set(TableBackup.model_fields) - _STORED_UNCHANGED_FIELDS
@@ -484,7 +535,7 @@ def _decode(data: bytes) -> _Raw:
 def _stored_unchanged(raw: _Raw) -> Iterator[tuple[str, list[object], int]]:
     """(database name, its table list, index) of every entry stored relative to the parent."""
     databases = raw.get("databases")
-    if raw.get("schema_version") != 3 or not isinstance(databases, list):
+    if raw.get("schema_version") not in _RELATIVE_VERSIONS or not isinstance(databases, list):
         return
     for db in databases:
         tables = db.get("tables") if isinstance(db, dict) else None
@@ -501,13 +552,13 @@ def _needs_parent(raw: _Raw) -> bool:
 
 def _validate(raw: _Raw, parent: Manifest | None) -> Manifest:
     version = raw.get("schema_version")
-    if version not in (1, 2, 3):
+    if version not in _VERSIONS:
         raise ManifestError(f"unsupported manifest schema_version {version!r}")
     for db_name, tables, i in list(_stored_unchanged(raw)):
         entry = tables[i]
         assert isinstance(entry, dict)
         if set(entry) != _STORED_UNCHANGED_FIELDS:
-            raise ManifestError(f"invalid version 3 manifest: UNCHANGED entry {entry!r}")
+            raise ManifestError(f"invalid version {version} manifest: UNCHANGED entry {entry!r}")
         if parent is None or parent.backup_id != raw.get("parent_id"):
             raise ManifestError(
                 f"backup {raw.get('backup_id')} holds tables unchanged since its parent"
@@ -597,7 +648,7 @@ def read_catalog(store: ObjectStore, cluster_id: str, chain_id: str, backup_id: 
     not read (the views' table listings read a backup's catalog, not its tables' entries)."""
     raw = _decode(store.get(manifest_key(cluster_id, chain_id, backup_id)))
     version = raw.get("schema_version")
-    if version not in (1, 2, 3):
+    if version not in _VERSIONS:
         raise ManifestError(f"unsupported manifest schema_version {version!r}")
     try:
         return Catalog.model_validate(raw.get("catalog"))

@@ -72,9 +72,12 @@ What a backup holds
   client encoding = the database's encoding) and replayed on restore.
 - **Key order that Python can merge**: text/varchar keys are ordered ``COLLATE "C"`` (byte
   order in the database encoding), so a restore merges incrementals with plain byte
-  comparisons whatever the database's collation. Keys of other types than ``int2``, ``int4``,
-  ``int8``, ``oid``, ``text``, ``varchar``, ``uuid``, ``bytea`` and ``bool`` are still dumped in
-  key order but such tables are stored whole in incrementals.
+  comparisons whatever the database's collation; ``date``, ``timestamp`` and ``timestamptz``
+  keys in their own order, which the restore reproduces from their ISO text in UTC
+  (infinities, BC dates, years past 9999, fractional seconds: :func:`~.sql.time_key`);
+  ``citext`` keys by their text's bytes (see :data:`~.sql.TEXT_ORDER_KEY_TYPES`). Keys of
+  other types than those, ``int2``, ``int4``, ``int8``, ``oid``, ``uuid``, ``bytea`` and
+  ``bool`` are still dumped in key order but such tables are stored whole in incrementals.
 - Large tables stream through a ``psql`` child (C speed, 1 MiB pipe reads); small ones through
   the worker's psycopg connection (no process start per table). Both import the snapshot.
   Every stream is cut into content-defined chunks, hashed and zstd-compressed in a thread pool
@@ -134,6 +137,7 @@ from .manifest import (
     CatalogDatabase,
     ChunkRef,
     DatabaseBackup,
+    DatabaseLocale,
     DatabaseProperties,
     Manifest,
     MatView,
@@ -153,6 +157,7 @@ from .postgres_catalog import (
     live_catalog,
     read_database_size,
     read_large_object_count,
+    read_locale,
     read_matviews,
     read_properties,
     read_schema_fingerprint,
@@ -191,6 +196,8 @@ from .sql import (
     BYTES_KEY_TYPES,
     INT_KEY_TYPES,
     SESSION_SETTINGS,
+    connect,
+    copy_encoding,
     copy_select_sql,
     quote_ident,
     quote_literal,
@@ -302,7 +309,7 @@ class PostgresAdapter(EngineAdapter):
         "PGREQUIREAUTH": "require_auth",  # only pass it where psycopg's libpq is 16 or newer
     }
 
-    def _conn_kwargs(self, dbname: str, encoding: str = "UTF8") -> dict[str, Any]:
+    def _conn_kwargs(self, dbname: str) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}
         for var, param in self._LIBPQ_ENV.items():
             if var in self._env and param not in conninfo_to_dict(self.dsn):
@@ -313,17 +320,21 @@ class PostgresAdapter(EngineAdapter):
             dbname=dbname,
             connect_timeout=self.connect_timeout,
             application_name="managed-backups",
-            client_encoding=encoding,
         )
         return kwargs
 
     def connect(
-        self, dbname: str | None = None, *, step: str | None = None, encoding: str = "UTF8"
+        self, dbname: str | None = None, *, step: str | None = None, encoding: str | None = None
     ) -> psycopg.Connection[Any]:
-        """An autocommit psycopg connection to ``dbname`` (errors as ``BackupError``)."""
+        """An autocommit psycopg connection to ``dbname`` (errors as ``BackupError``): its text
+        Unicode (:func:`~.sql.connect`), or, with ``encoding`` (a session copying rows of a
+        database in that encoding), in the client encoding :func:`~.sql.copy_encoding` gives."""
         db = dbname or self.default_db
+        kwargs = self._conn_kwargs(db)
+        if encoding is not None:
+            kwargs["client_encoding"] = copy_encoding(encoding)
         try:
-            return psycopg.connect(self.dsn, autocommit=True, **self._conn_kwargs(db, encoding))
+            return connect(self.dsn, autocommit=True, **kwargs)
         except psycopg.Error as exc:
             err = pg_error(exc, step or f"connect to database {db}")
             if err.code == ErrorCode.DUMP_FAILED:
@@ -421,6 +432,7 @@ class _SideReads:
     sequences: list[SequenceValue]
     matviews: list[MatView]
     properties: DatabaseProperties
+    locale: DatabaseLocale
     size: int
     """``pg_database_size`` (it walks the database's directory)."""
 
@@ -796,6 +808,7 @@ class _BackupRun:
                 oid=info.oid,
                 is_template=info.is_template,
                 properties=state.properties,
+                locale=state.locale,
                 matviews=state.matviews,
                 large_objects=state.large_objects,
             ),
@@ -811,7 +824,7 @@ class _BackupRun:
         step: str,
     ) -> _T:
         """``read`` on a connection of its own that imports the database's snapshot."""
-        conn = self.adapter.connect(info.name, step=step, encoding=info.encoding)
+        conn = self.adapter.connect(info.name, step=step)
         try:
             DbReader(self.adapter, info.name, info.encoding, snapshot_id, self._tool("psql")).begin(
                 conn, step
@@ -839,6 +852,7 @@ class _BackupRun:
             sequences=read_sequences(conn),
             matviews=read_matviews(conn),
             properties=read_properties(conn),
+            locale=read_locale(conn, self.version_num),
             size=read_database_size(conn),
         )
 

@@ -23,7 +23,7 @@ import hashlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 
@@ -34,14 +34,16 @@ from .manifest import (
     CatalogSchema,
     CatalogTable,
     DatabaseBackup,
+    DatabaseLocale,
     DatabaseProperties,
     KeyColumn,
     MatView,
     RoleSettings,
+    SecurityLabel,
     SequenceValue,
 )
 from .postgres_snapshots import Retake
-from .sql import BYTES_KEY_TYPES, INT_KEY_TYPES, quote_ident
+from .sql import DIFFABLE_KEY_TYPES, quote_ident
 
 __all__ = [
     "DATABASES_SQL",
@@ -52,8 +54,10 @@ __all__ = [
     "TableStates",
     "catalog_schemas",
     "live_catalog",
+    "locale_sql",
     "read_database_size",
     "read_large_object_count",
+    "read_locale",
     "read_matviews",
     "read_properties",
     "read_schema_fingerprint",
@@ -85,9 +89,36 @@ SELECT pg_get_userbyid(d.datdba), d.datacl::text, d.datconnlimit,
        shobj_description(d.oid, 'pg_database'),
        ARRAY(SELECT coalesce(r.rolname, '') || chr(1) || array_to_string(s.setconfig, chr(2))
              FROM pg_db_role_setting s LEFT JOIN pg_roles r ON r.oid = s.setrole
-             WHERE s.setdatabase = d.oid ORDER BY 1)
+             WHERE s.setdatabase = d.oid ORDER BY 1),
+       (SELECT t.spcname::text FROM pg_tablespace t WHERE t.oid = d.dattablespace),
+       ARRAY(SELECT l.provider || chr(1) || l.label FROM pg_shseclabel l
+             WHERE l.objoid = d.oid AND l.classoid = 'pg_database'::regclass ORDER BY 1)
 FROM pg_database d WHERE d.datname = current_database()
 """
+
+_LOCALE_PROVIDERS: dict[str, Literal["libc", "icu", "builtin"]] = {
+    "c": "libc",
+    "i": "icu",
+    "b": "builtin",
+}
+
+
+def locale_sql(server_version_num: int) -> str:
+    """The query of the current database's locale (provider letter, the provider's locale,
+    ICU rules, collation version) on a server of ``server_version_num``: ``datlocprovider``,
+    ``daticulocale`` and ``datcollversion`` exist from 15, ``daticurules`` from 16, and 17
+    renamed ``daticulocale`` to ``datlocale`` (the builtin provider's locale too); before 15
+    every database is libc."""
+    if server_version_num >= 170000:
+        columns = "d.datlocprovider::text, d.datlocale, d.daticurules, d.datcollversion"
+    elif server_version_num >= 160000:
+        columns = "d.datlocprovider::text, d.daticulocale, d.daticurules, d.datcollversion"
+    elif server_version_num >= 150000:
+        columns = "d.datlocprovider::text, d.daticulocale, NULL::text, d.datcollversion"
+    else:
+        columns = "'c'::text, NULL::text, NULL::text, NULL::text"
+    return f"SELECT {columns} FROM pg_database d WHERE d.datname = current_database()"
+
 
 _MATVIEWS_SQL = """
 SELECT n.nspname, c.relname, c.relispopulated FROM pg_class c
@@ -282,7 +313,7 @@ class Table:
         for kc in self.key_columns:
             if kc.name not in self.columns:
                 return f"primary key on generated column {kc.name}"
-            if kc.type not in INT_KEY_TYPES and kc.type not in BYTES_KEY_TYPES:
+            if kc.type not in DIFFABLE_KEY_TYPES:
                 return f"primary key type {kc.type} not supported for incrementals"
         return None
 
@@ -447,10 +478,23 @@ def read_sequences(conn: psycopg.Connection[Any]) -> list[SequenceValue]:
     ]
 
 
+def read_locale(conn: psycopg.Connection[Any], server_version_num: int) -> DatabaseLocale:
+    """The current database's locale provider and what goes with it (:func:`locale_sql`)."""
+    row = conn.execute(locale_sql(server_version_num)).fetchone()
+    assert row is not None
+    provider, locale, rules, version = row
+    return DatabaseLocale(
+        provider=_LOCALE_PROVIDERS[str(provider)],
+        locale=None if locale is None else str(locale),
+        icu_rules=None if rules is None else str(rules),
+        collation_version=None if version is None else str(version),
+    )
+
+
 def read_properties(conn: psycopg.Connection[Any]) -> DatabaseProperties:
     row = conn.execute(_PROPERTIES_SQL).fetchone()
     assert row is not None
-    owner, acl, limit, comment, settings = row
+    owner, acl, limit, comment, settings, tablespace, labels = row
     role_settings = []
     for item in settings:
         role, _sep, config = str(item).partition("\x01")
@@ -463,6 +507,11 @@ def read_properties(conn: psycopg.Connection[Any]) -> DatabaseProperties:
         connection_limit=int(limit),
         comment=None if comment is None else str(comment),
         settings=role_settings,
+        tablespace=None if tablespace is None else str(tablespace),
+        security_labels=[
+            SecurityLabel(provider=p, label=label)
+            for p, _sep, label in (str(item).partition("\x01") for item in labels)
+        ],
     )
 
 

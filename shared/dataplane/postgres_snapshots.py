@@ -84,7 +84,7 @@ import psycopg
 
 from .errors import BackupError, ErrorCode, pg_error
 from .manifest import DatabaseBackup, Manifest, PgSnapshot
-from .sql import quote_literal
+from .sql import encoded, quote_literal
 
 if TYPE_CHECKING:
     from .postgres_catalog import Table
@@ -212,7 +212,7 @@ def lock_tables(
             + (" NOWAIT" if nowait else "")
         )
         try:
-            conn.execute(sql)
+            conn.execute(encoded(conn, sql))
         except psycopg.Error as exc:
             sqlstate = getattr(exc, "sqlstate", None)
             if sqlstate == _UNDEFINED_TABLE:

@@ -47,7 +47,16 @@ from .manifest import (
 from .objectstore import ObjectStoreError
 from .postgres_catalog import Table
 from .postgres_snapshots import LOCK_NOT_AVAILABLE, changed_rows_filter, lock_tables
-from .sql import INT_KEY_TYPES, copy_select_sql, order_by, python_codec, quote_ident, quote_literal
+from .sql import (
+    INT_KEY_TYPES,
+    copy_encoding,
+    copy_select_sql,
+    encode_statement,
+    encoded,
+    order_by,
+    quote_ident,
+    quote_literal,
+)
 
 if TYPE_CHECKING:
     from .postgres import PostgresAdapter
@@ -575,7 +584,7 @@ class DbReader:
         """A query's rows on this thread's worker connection (in the snapshot)."""
         conn = self._worker_conn()
         try:
-            return conn.execute(sql).fetchall()
+            return conn.execute(encoded(conn, sql)).fetchall()
         except psycopg.Error as exc:
             self._drop_conn()
             raise pg_error(exc, step) from None
@@ -585,7 +594,7 @@ class DbReader:
         ok = False
         try:
             buf = bytearray()
-            with conn.cursor() as cur, cur.copy(sql) as copy:
+            with conn.cursor() as cur, cur.copy(encoded(conn, sql)) as copy:
                 for row in copy:
                     buf += row
                     if len(buf) >= _COPY_BLOCK:
@@ -640,8 +649,8 @@ class DbReader:
             step=step,
             # psql sends the script as is and the server reads it in the client encoding: the
             # identifiers in it must be in the database's encoding, not UTF-8.
-            stdin=script.encode(python_codec(self.encoding)),
-            extra_env={"PGCLIENTENCODING": self.encoding},
+            stdin=encode_statement(script, self.encoding, copy_encoding(self.encoding)),
+            extra_env={"PGCLIENTENCODING": copy_encoding(self.encoding)},
             flag=flag,
         )
 

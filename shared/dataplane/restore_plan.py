@@ -5,7 +5,8 @@ Built on :mod:`.restore_rows` (rows rebuilt from a chain, every chunk's hash che
 rows reach the destination). Guarantees, per kind:
 
 - **DATABASE**: the backup's database is restored into a new database under a temporary name
-  (``mb_restore_<job>``, created from ``template0`` with the backup's encoding and collation),
+  (``mb_restore_<job>``, created from ``template0`` as the backup's was: encoding, collation,
+  locale provider and locale, for the destination's version, see :func:`create_database_sql`),
   then renamed to its final name in one statement. Until the rename nothing with the final
   name exists; a failure at any step drops the temporary database (and the lease reaper drops
   it if the worker died), so the destination holds exactly what it held before.
@@ -19,6 +20,11 @@ rows reach the destination). Guarantees, per kind:
   connection closes). Into a new database, the same transaction runs in a temporary database
   that is renamed at the end, as for DATABASE. The scratch database is always dropped.
 
+Every database named after a job is dropped whatever it holds (:func:`drop_database`: its
+subscriptions detached from their slots first, which ``DROP DATABASE ... WITH (FORCE)``
+refuses otherwise), each on its own, and reported dropped only once the catalog no longer
+lists it (:func:`drop_temporary_databases`).
+
 Connections are libpq DSNs without password (``passfile`` or ``env`` carry the secret).
 """
 
@@ -29,7 +35,7 @@ import re
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Collection, Generator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
@@ -40,7 +46,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .archive_toc import ArchiveError, TocEntry, read_toc, read_toc_from
 from .engine import RestoreError
-from .manifest import Manifest
+from .manifest import DatabaseBackup, DatabaseLocale, Manifest
 from .restore_rows import (
     destination_tools,
     fetch_to_file,
@@ -49,7 +55,7 @@ from .restore_rows import (
     restore_table,
     table_history,
 )
-from .sql import quote_ident
+from .sql import connect, quote_ident
 from .table_restore import (
     RELATIONS,
     TableRestoreRefused,
@@ -59,18 +65,23 @@ from .table_restore import (
 from .tools import find_pg_tool, tool_environment
 
 __all__ = [
+    "NOT_DROPPED",
     "ClusterAccess",
+    "DropReport",
     "PlanError",
     "RestoreOutcome",
     "RestorePlan",
     "TableObjects",
     "TableRef",
+    "create_database_sql",
+    "drop_database",
     "drop_temporary_databases",
     "execute_plan",
     "missing_objects",
     "plan_bytes",
     "table_restore_objects",
     "temporary_database_names",
+    "temporary_databases",
 ]
 
 TEMP_PREFIX = "mb_restore_"
@@ -78,6 +89,8 @@ NOT_KEPT = (
     "owners and privileges: not kept (a role of the backup does not exist on the destination; "
     "the objects belong to the role the restore connected as)"
 )
+NOT_DROPPED = "not dropped: "
+"""How a restore's result names a temporary database it could not drop (:class:`DropReport`)."""
 RESTORE_JOBS = 2
 """Tables copied at once, and ``pg_restore -j`` for indexes and constraints, when a database is
 restored under a temporary name (nobody sees it before the rename, so per-table transactions
@@ -138,7 +151,7 @@ class ClusterAccess:
 
     def connect(self, name: str = "postgres", autocommit: bool = True) -> psycopg.Connection[Any]:
         try:
-            return psycopg.connect(
+            return connect(
                 self.database(name),
                 password=self.password,
                 autocommit=autocommit,
@@ -283,30 +296,201 @@ def check_destination(access: ClusterAccess, plan: RestorePlan) -> None:
         )
 
 
-def drop_temporary_databases(access: ClusterAccess, job_id: UUID) -> list[str]:
-    """Drop every database named after the job (temporary targets, the scratch database, the
-    replaced databases a CLUSTER restore keeps until its swap committed); returns their names."""
+@dataclass(frozen=True)
+class DropReport:
+    """What :func:`drop_temporary_databases` did: the databases it dropped (checked: the
+    catalog no longer lists them) and those left, each with the reason."""
+
+    dropped: list[str]
+    left: list[tuple[str, str]]
+
+    def describe(self) -> list[str]:
+        """One line per database left (none when everything was dropped)."""
+        return [f"{NOT_DROPPED}temporary database {name} ({why})" for name, why in self.left]
+
+
+def temporary_databases(access: ClusterAccess, job_id: UUID) -> list[str]:
+    """The databases named after the job that exist on the destination now."""
     prefix = f"{TEMP_PREFIX}{job_id.hex}"
     with access.connect() as conn:
-        names = [
+        return [
             str(r[0])
             for r in conn.execute(
-                "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (prefix,)
+                "SELECT datname FROM pg_database WHERE starts_with(datname, %s) ORDER BY 1",
+                (prefix,),
             ).fetchall()
         ]
-        for name in names:
-            conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
-    return names
 
 
-def _create_database(access: ClusterAccess, name: str, like: Manifest, source_db: str) -> None:
+def drop_temporary_databases(access: ClusterAccess, job_id: UUID) -> DropReport:
+    """Drop every database named after the job (temporary targets, the scratch database, the
+    replaced databases a CLUSTER restore keeps until its swap committed, its swap database),
+    whatever they hold, each on its own: one that cannot be dropped never keeps the others.
+    A database is reported dropped only once the catalog no longer lists it."""
+    names = temporary_databases(access, job_id)
+    failed: dict[str, str] = {}
+    for name in names:
+        try:
+            drop_database(access, name)
+        except (PlanError, psycopg.Error) as exc:
+            failed[name] = exc.message if isinstance(exc, PlanError) else _first_line(exc)
+    remaining = temporary_databases(access, job_id)
+    return DropReport(
+        dropped=[n for n in names if n not in remaining],
+        left=[(n, failed.get(n, "still there after DROP DATABASE")) for n in remaining],
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def drop_database(access: ClusterAccess, name: str) -> None:
+    """Drop ``name`` whatever it holds. ``DROP DATABASE ... WITH (FORCE)`` ends its sessions
+    but refuses a database that holds a logical replication subscription, a template, and one
+    with an active logical replication slot:
+
+    - its subscriptions are disabled, detached from their slot (``slot_name = NONE``) and
+      dropped: a restored database's subscription is a copy naming the source's slot on the
+      publisher, which the source (or the restored database replacing it) still uses, so the
+      drop must never reach the publisher;
+    - a template stops being one, and a database closed to connections is opened, so its
+      subscriptions can be reached;
+    - the sessions streaming from its logical slots are ended (the slots go with it)."""
+    with access.connect() as conn:
+        row = conn.execute(
+            "SELECT datallowconn, datistemplate FROM pg_database WHERE datname = %s", (name,)
+        ).fetchone()
+        if row is None:
+            return
+        target = quote_ident(name)
+        if row[1]:
+            conn.execute(f"ALTER DATABASE {target} IS_TEMPLATE false")
+        if not row[0]:
+            conn.execute(f"ALTER DATABASE {target} ALLOW_CONNECTIONS true")
+    with access.connect(name) as conn:
+        subscriptions = [
+            str(r[0])
+            for r in conn.execute(
+                "SELECT s.subname FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid"
+                " WHERE d.datname = current_database()"
+            ).fetchall()
+        ]
+        for subscription in subscriptions:
+            sub = quote_ident(subscription)
+            conn.execute(f"ALTER SUBSCRIPTION {sub} DISABLE")
+            conn.execute(f"ALTER SUBSCRIPTION {sub} SET (slot_name = NONE)")
+            conn.execute(f"DROP SUBSCRIPTION {sub}")
+    with access.connect() as conn:
+        for _attempt in range(3):  # a walsender reconnecting between the two: again
+            conn.execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
+                " WHERE database = %s AND active_pid IS NOT NULL",
+                (name,),
+            )
+            try:
+                conn.execute(f"DROP DATABASE IF EXISTS {target} WITH (FORCE)")
+                return
+            except psycopg.errors.ObjectInUse:
+                if _attempt == 2:
+                    raise
+
+
+def create_database_sql(
+    name: str, db: DatabaseBackup, server_version_num: int, tablespaces: Collection[str]
+) -> tuple[str, list[str]]:
+    """``CREATE DATABASE name`` for a copy of the backup's database ``db`` on a destination of
+    ``server_version_num`` with ``tablespaces``, and what it says of the copy (one line each).
+
+    The copy gets what ``pg_dump --create`` keeps: the encoding, ``LC_COLLATE``, ``LC_CTYPE``,
+    the locale provider (``libc`` for a backup that recorded none: version 3 and older), the
+    ICU or builtin locale, the ICU rules, the tablespace. A property the destination cannot
+    hold is refused (``UNSUPPORTED``: ICU before PostgreSQL 15, ICU rules before 16, the builtin
+    provider before 17), never left out; a tablespace the destination lacks is said (the copy
+    is created in the default one). The collation version is not given: the destination
+    computes its own, as after ``pg_dump`` (:func:`_collation_version_note` says when they
+    differ)."""
+    locale = db.locale or DatabaseLocale(provider="libc")
+    parts = [
+        f"CREATE DATABASE {quote_ident(name)} TEMPLATE template0",
+        f"ENCODING {_literal(db.encoding)}",
+        f"LC_COLLATE {_literal(db.collate)}",
+        f"LC_CTYPE {_literal(db.ctype)}",
+    ]
+    major = server_version_num // 10000
+
+    def refuse(what: str, since: int) -> PlanError:
+        return PlanError(
+            "UNSUPPORTED",
+            f"database {db.name} uses {what}, which PostgreSQL {major} cannot hold (it needs"
+            f" {since} or later): restore it into a cluster of PostgreSQL {since} or later",
+            "create database",
+        )
+
+    if server_version_num >= 150000:
+        parts.append(f"LOCALE_PROVIDER {_literal(locale.provider)}")
+    if locale.provider == "icu":
+        if server_version_num < 150000:
+            raise refuse(f"the ICU locale provider (locale {locale.locale!r})", 15)
+        parts.append(f"ICU_LOCALE {_literal(locale.locale or '')}")
+    elif locale.provider == "builtin":
+        if server_version_num < 170000:
+            raise refuse(f"the builtin locale provider (locale {locale.locale!r})", 17)
+        parts.append(f"BUILTIN_LOCALE {_literal(locale.locale or '')}")
+    if locale.icu_rules is not None:
+        if server_version_num < 160000:
+            raise refuse(f"ICU rules ({locale.icu_rules!r})", 16)
+        parts.append(f"ICU_RULES {_literal(locale.icu_rules)}")
+    notes = []
+    tablespace = db.properties.tablespace if db.properties is not None else None
+    if tablespace is not None and tablespace != "pg_default":
+        if tablespace in tablespaces:
+            parts.append(f"TABLESPACE {quote_ident(tablespace)}")
+        else:
+            notes.append(
+                f"database {db.name}: created in the default tablespace (tablespace"
+                f" {tablespace} does not exist on the destination)"
+            )
+    return " ".join(parts), notes
+
+
+def _collation_version_note(
+    conn: psycopg.Connection[Any], name: str, db: DatabaseBackup
+) -> list[str]:
+    """The copy's collation version against the backup's: an index on text built under
+    another version may order differently (``REINDEX`` it, then ``ALTER DATABASE ... REFRESH
+    COLLATION VERSION``)."""
+    recorded = db.locale.collation_version if db.locale is not None else None
+    if recorded is None or conn.info.server_version < 150000:
+        return []
+    row = conn.execute(
+        "SELECT datcollversion FROM pg_database WHERE datname = %s", (name,)
+    ).fetchone()
+    here = None if row is None or row[0] is None else str(row[0])
+    if here == recorded:
+        return []
+    return [
+        f"database {db.name}: collation version {recorded} in the backup, {here} on the"
+        " destination (indexes on text may need REINDEX)"
+    ]
+
+
+def _create_database(access: ClusterAccess, name: str, like: Manifest, source_db: str) -> list[str]:
+    """Create ``name`` as a copy of the backup's database ``source_db`` would be
+    (:func:`create_database_sql`); returns what is to be said of it."""
     db = like.database(source_db)
     with access.connect() as conn:
-        conn.execute(
-            f"CREATE DATABASE {quote_ident(name)} TEMPLATE template0 "
-            f"ENCODING {_literal(db.encoding)} LC_COLLATE {_literal(db.collate)} "
-            f"LC_CTYPE {_literal(db.ctype)}"
-        )
+        tablespaces = {str(r[0]) for r in conn.execute("SELECT spcname FROM pg_tablespace")}
+        sql, notes = create_database_sql(name, db, conn.info.server_version, tablespaces)
+        try:
+            conn.execute(sql)
+        except psycopg.Error as exc:
+            code = "UNSUPPORTED" if exc.sqlstate == "0A000" else "RESTORE_FAILED"
+            raise PlanError(
+                code, f"database {source_db}: {_first_line(exc)}", "create database"
+            ) from None
+        return notes + _collation_version_note(conn, name, db)
 
 
 _CREATE_ROLE = re.compile(r'^CREATE ROLE ("(?:[^"]|"")+"|[^\s;]+);$', re.M)
@@ -404,8 +588,10 @@ def execute_plan(
             return RestoreOutcome(_restore_cluster(store, chain, plan, access, tick))
         if plan.kind == "DATABASE":
             keep = _keeps_owners(store, chain[-1], access)
-            _create_database(access, plan.temporary_database, chain[-1], plan.source_database)
-            restore_database(
+            notes = _create_database(
+                access, plan.temporary_database, chain[-1], plan.source_database
+            )
+            report = restore_database(
                 store,
                 chain,
                 plan.source_database,
@@ -419,13 +605,27 @@ def execute_plan(
                 no_privileges=not keep,
             )
             _rename_database(access, plan.temporary_database, plan.target_database)
-            return RestoreOutcome([f"database {plan.target_database}"], [] if keep else [NOT_KEPT])
+            if chain[-1].database(plan.source_database).is_template:
+                with access.connect() as conn:
+                    target = quote_ident(plan.target_database)
+                    conn.execute(f"ALTER DATABASE {target} IS_TEMPLATE true")
+            return RestoreOutcome(
+                [f"database {plan.target_database}"],
+                [
+                    *([] if keep else [NOT_KEPT]),
+                    *notes,
+                    *(f"not restored: {what}" for what in report.skipped),
+                ],
+            )
+        notes = []
         if not plan.into_existing:
-            _create_database(access, plan.temporary_database, chain[-1], plan.source_database)
+            notes = _create_database(
+                access, plan.temporary_database, chain[-1], plan.source_database
+            )
         outcome = _restore_tables(store, chain, plan, access, tick)
         if not plan.into_existing:
             _rename_database(access, plan.temporary_database, plan.target_database)
-        return outcome
+        return RestoreOutcome(outcome.restored, [*outcome.left_out, *notes])
     except RestoreError as exc:
         _cleanup_quietly(access, plan)
         raise PlanError.from_restore_error(exc) from None
@@ -437,13 +637,17 @@ def execute_plan(
 
 
 def _cleanup_quietly(access: ClusterAccess, plan: RestorePlan) -> None:
-    with contextlib.suppress(Exception):  # the lease reaper retries
+    """After a failure: the job's databases dropped (what cannot be is left to the restore
+    service's own cleanup step, which checks and says what is left)."""
+    with contextlib.suppress(Exception):
         drop_temporary_databases(access, plan.job_id)
 
 
 def _drop_scratch_quietly(access: ClusterAccess, plan: RestorePlan) -> None:
-    with contextlib.suppress(Exception), access.connect() as conn:  # the reaper retries
-        conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(plan.scratch_database)} WITH (FORCE)")
+    """The TABLE restore's scratch database (it holds the source's whole schema, its
+    subscriptions included); what cannot be dropped is left to the cleanup step."""
+    with contextlib.suppress(Exception):
+        drop_database(access, plan.scratch_database)
 
 
 @dataclass(frozen=True)
@@ -640,7 +844,7 @@ def _restore_cluster(
     created = _create_missing_roles(access, roles)
     swap = f"{TEMP_PREFIX}{plan.job_id.hex}_swap"
     try:
-        temps = _restore_cluster_databases(store, chain, plan, access, progress)
+        temps, notes = _restore_cluster_databases(store, chain, plan, access, progress)
         templates = {db.name for db in head.databases if db.is_template and db.name in temps}
         # The swap renames databases the restore could otherwise be connected to (``postgres``
         # included): it runs from a database of its own, dropped afterwards.
@@ -651,14 +855,12 @@ def _restore_cluster(
         _cleanup_quietly(access, plan)  # the databases first: they hold the roles' objects
         _drop_roles_quietly(access, created)  # roles it created, not committed by a swap
         raise
-    # The swap committed: the restore succeeded. Dropping the replaced databases is tidying
-    # (what is left is dropped with the job's temporary databases by the reaper).
-    with contextlib.suppress(Exception), access.connect(swap) as conn:
-        for name in replaced:
-            conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
-    with contextlib.suppress(Exception), access.connect(next(iter(temps))) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(swap)} WITH (FORCE)")
-    return [f"database {name}" for name in temps] + ["roles"]
+    # The swap committed: the restore succeeded. Then, in a step of its own, the replaced
+    # databases and the swap database are dropped, whatever they hold; what could not be
+    # dropped is said (and the restore service's cleanup step tries again).
+    del replaced
+    left = drop_temporary_databases(access, plan.job_id).describe()
+    return [f"database {name}" for name in temps] + ["roles", *notes, *left]
 
 
 def _restore_cluster_databases(
@@ -667,14 +869,16 @@ def _restore_cluster_databases(
     plan: RestorePlan,
     access: ClusterAccess,
     progress: Callable[[int], None],
-) -> dict[str, str]:
+) -> tuple[dict[str, str], list[str]]:
     """Every database of the backup into a temporary database, owners and grants kept (every
-    role of the backup exists by now); returns backup name → temporary name."""
+    role of the backup exists by now); returns backup name → temporary name, and what is to
+    be said of the copies (:func:`create_database_sql`)."""
     temps: dict[str, str] = {}
+    notes: list[str] = []
     for i, name in enumerate(cluster_databases(chain[-1])):
         temp = f"{TEMP_PREFIX}{plan.job_id.hex}_{i}"
-        _create_database(access, temp, chain[-1], name)
-        restore_database(
+        notes += _create_database(access, temp, chain[-1], name)
+        report = restore_database(
             store,
             chain,
             name,
@@ -687,8 +891,9 @@ def _restore_cluster_databases(
             no_owner=False,
             no_privileges=False,
         )
+        notes += [f"not restored: database {name}: {what}" for what in report.skipped]
         temps[name] = temp
-    return temps
+    return temps, notes
 
 
 def _swap_cluster(

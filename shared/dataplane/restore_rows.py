@@ -1,12 +1,10 @@
 """Rebuilding tables from a chain of manifests, streamed, and restoring them into PostgreSQL.
 
 A table at backup ``B_k`` of a chain is rebuilt from its *history*: the newest backup in
-``B_0..B_k`` that stored it in full (``FULL`` or ``WHOLE``), then every later ``DELTA``:
-
-1. k-way merge of the base rows and each delta's changed rows, all in the same key order
-   (integers numerically, text ``COLLATE "C"``, i.e. bytes); for equal keys the newest backup's
-   row wins (an upsert);
-2. keep only the keys present in ``B_k``'s key set (deleted keys disappear).
+``B_0..B_k`` that stored it in full (``FULL`` or ``WHOLE``), then every later ``DELTA``,
+merged once (:mod:`.merge`): for each key the newest backup's row, in the key order the backup
+read them in (:func:`~.sql.order_by`, reproduced by :func:`~.sql.key_parser`), only the keys
+present in ``B_k``'s key set; rows no delta touched pass through a block at a time.
 
 Every stream is read chunk by chunk with each chunk's hash verified before use
 (:meth:`~.chunks.ChunkStore.iter_chunks`), so memory is bounded by the number of streams in
@@ -16,20 +14,23 @@ as is, without parsing.
 :func:`restore_table` COPYs a rebuilt table into a destination table inside one transaction,
 so a missing or corrupt chunk found half-way leaves the destination untouched.
 :func:`restore_database` restores a whole database the way ``pg_restore`` sections work:
-pre-data schema (with large objects' metadata), large objects' contents, table rows, sequence
-states, post-data (indexes, constraints, triggers, ACLs), then what ``pg_dump --create`` and
-``pg_restore`` would add: populated materialized views refreshed (dependencies first), and the
-database's own settings, role-in-database settings, comment, connection limit, owner and ACL
-applied to the destination database.
+pre-data schema with large objects, table rows, sequence states, post-data (indexes,
+constraints, triggers, ACLs), then what ``pg_dump --create`` and ``pg_restore`` would add:
+populated materialized views refreshed (dependencies first), and the database's own settings,
+role-in-database settings, comment, security labels, connection limit, owner and ACL applied
+to the destination database. Its fixed costs are those of ``pg_restore``'s run, not one per
+table (see :func:`restore_database`). Rows are copied in the database's own bytes
+(:func:`~.sql.copy_encoding`), whatever its encoding.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import heapq
 import subprocess
 import tempfile
+import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,8 +53,17 @@ from .manifest import (
     TableMode,
     check_chain,
 )
+from .merge import CorruptStream, Key, KeyList, LiveKeys, RangeSet, lines_of, merge_history
 from .objectstore import ObjectStore
-from .sql import INT_KEY_TYPES, SESSION_SETTINGS, quote_ident
+from .sql import (
+    SESSION_SETTINGS,
+    connect,
+    copy_encoding,
+    encoded,
+    key_parser,
+    quote_ident,
+    quote_literal,
+)
 from .tools import ClientTools, client_tools_for, find_pg_tool, tool_environment
 
 __all__ = [
@@ -68,7 +78,6 @@ __all__ = [
 ]
 
 _OUT_BLOCK = 256 << 10
-Key = tuple[Any, ...]
 
 
 def table_history(
@@ -113,42 +122,11 @@ def table_history(
 
 
 # ------------------------------------------------------------------------------ line parsing
-_ESCAPES = {
-    ord("b"): b"\b",
-    ord("f"): b"\f",
-    ord("n"): b"\n",
-    ord("r"): b"\r",
-    ord("t"): b"\t",
-    ord("v"): b"\v",
-    ord("\\"): b"\\",
-}
-
-
-def _unescape(field: bytes) -> bytes:
-    """Undo COPY text escaping (COPY TO only emits ``\\\\ \\b \\f \\n \\r \\t \\v``)."""
-    if b"\\" not in field:
-        return field
-    out = bytearray()
-    i = 0
-    n = len(field)
-    while i < n:
-        c = field[i]
-        if c == 0x5C and i + 1 < n:
-            out += _ESCAPES.get(field[i + 1], field[i + 1 : i + 2])
-            i += 2
-        else:
-            out.append(c)
-            i += 1
-    return bytes(out)
-
-
 def _key_function(
     columns: Sequence[str], key_columns: Sequence[KeyColumn]
 ) -> Callable[[bytes], Key]:
     positions = [columns.index(kc.name) for kc in key_columns]
-    converters: list[Callable[[bytes], Any]] = [
-        int if kc.type in INT_KEY_TYPES else _unescape for kc in key_columns
-    ]
+    converters = [key_parser(kc.type) for kc in key_columns]
     last = max(positions) + 1
 
     if len(positions) == 1:
@@ -165,41 +143,6 @@ def _key_function(
         return tuple(conv(fields[p]) for p, conv in zip(positions, converters, strict=True))
 
     return composite
-
-
-def _iter_lines(blocks: Iterable[bytes]) -> Iterator[bytes]:
-    """Lines (without the newline) of a COPY text stream."""
-    carry = b""
-    for block in blocks:
-        data = carry + block if carry else block
-        lines = data.split(b"\n")
-        carry = lines.pop()
-        yield from lines
-    if carry:
-        raise RestoreError(
-            ErrorCode.CHUNK_CORRUPT, "row stream does not end with a newline", "parse rows"
-        )
-
-
-def _keyed(lines: Iterator[bytes], key: Callable[[bytes], Key]) -> Iterator[tuple[Key, bytes]]:
-    for line in lines:
-        yield key(line), line
-
-
-def _batched(lines: Iterable[bytes]) -> Iterator[bytes]:
-    batch: list[bytes] = []
-    size = 0
-    for line in lines:
-        batch.append(line)
-        size += len(line) + 1
-        if size >= _OUT_BLOCK:
-            batch.append(b"")
-            yield b"\n".join(batch)
-            batch = []
-            size = 0
-    if batch:
-        batch.append(b"")
-        yield b"\n".join(batch)
 
 
 # ------------------------------------------------------------------------------ rebuilding
@@ -256,77 +199,48 @@ def iter_table_rows(
     table: str,
     *,
     prefetch: int = 2,
+    chunks: ChunkStore | None = None,
 ) -> Iterator[bytes]:
     """The table's rows at ``chain[-1]`` as COPY text blocks (whole lines), in key order.
 
     ``chain`` is the full backup followed by its incrementals up to the wanted backup (see
-    :func:`~.manifest.load_chain`). Raises :class:`~.engine.RestoreError` (``NOT_FOUND``,
-    ``INVALID_CHAIN``, ``CHUNK_MISSING``, ``CHUNK_CORRUPT``).
+    :func:`~.manifest.load_chain`); the table is merged from its history once, the newest
+    version of each key, with the rows nothing touched passed through a block at a time
+    (:func:`~.merge.merge_history`). ``chunks``: a chunk store of the chain to read with
+    (shared by the tables of a database restore), else one of its own. Raises
+    :class:`~.engine.RestoreError` (``NOT_FOUND``, ``INVALID_CHAIN``, ``CHUNK_MISSING``,
+    ``CHUNK_CORRUPT``).
     """
     history = table_history(chain, database, schema, table)
     head = chain[-1]
-    workers = max(2, prefetch * len(history))
     step = f"rebuild {database}.{schema}.{table}"
-    with (
-        ChunkStore(store, head.cluster_id, head.chain_id, workers=workers) as chunks,
-        _chunk_errors(step),
-    ):
+    with contextlib.ExitStack() as stack:
+        if chunks is None:
+            workers = max(2, prefetch * len(history))
+            chunks = stack.enter_context(
+                ChunkStore(store, head.cluster_id, head.chain_id, workers=workers)
+            )
+        stack.enter_context(_chunk_errors(step))
         if len(history) == 1:
             yield from table_stream(chunks, history[0][1], prefetch=prefetch)
             return
         last = history[-1][1]
-        key_fn = _key_function(last.columns, last.key_columns)
-        streams = [
-            _keyed(_iter_lines(table_stream(chunks, entry, prefetch=prefetch)), key_fn)
-            for _, entry in history
-        ]
-        merged = _newest_per_key(heapq.merge(*streams, key=lambda item: item[0]))
         assert last.key_set is not None
-        key_lines = _iter_lines(chunks.iter_chunks(last.key_set.chunks, prefetch=prefetch))
+        key_fn = _key_function(last.columns, last.key_columns)
+        key_lines = lines_of(chunks.iter_chunks(last.key_set.chunks, prefetch=prefetch))
+        live: LiveKeys
         if last.key_set.format == KeySetFormat.RANGES:
-            kept = _filter_ranges(merged, key_lines)
+            live = RangeSet(key_lines)
         else:
             key_only = _key_function([kc.name for kc in last.key_columns], last.key_columns)
-            kept = _filter_keys(merged, (key_only(line) for line in key_lines))
-        yield from _batched(kept)
-
-
-def _newest_per_key(items: Iterator[tuple[Key, bytes]]) -> Iterator[tuple[Key, bytes]]:
-    """Of consecutive items with equal keys keep the last (``heapq.merge`` is stable, so the
-    last comes from the newest backup)."""
-    pending: tuple[Key, bytes] | None = None
-    for item in items:
-        if pending is not None and item[0] != pending[0]:
-            yield pending
-        pending = item
-    if pending is not None:
-        yield pending
-
-
-def _filter_ranges(rows: Iterator[tuple[Key, bytes]], ranges: Iterator[bytes]) -> Iterator[bytes]:
-    lo = hi = None
-    for key, line in rows:
-        k = key[0]
-        while hi is None or hi < k:
-            nxt = next(ranges, None)
-            if nxt is None:
-                return
-            a, b = nxt.split(b"\t")
-            lo, hi = int(a), int(b)
-        assert lo is not None
-        if lo <= k:
-            yield line
-
-
-def _filter_keys(rows: Iterator[tuple[Key, bytes]], keys: Iterator[Key]) -> Iterator[bytes]:
-    current: Key | None = None
-    for key, line in rows:
-        while current is None or current < key:
-            current = next(keys, None)
-            if current is None:
-                return
-        if current == key:
-            yield line
+            live = KeyList(key_only(line) for line in key_lines)
+        streams = [table_stream(chunks, entry, prefetch=prefetch) for _, entry in history]
+        try:
+            yield from merge_history(streams[0], streams[1:], live, key_fn)
+        except CorruptStream as exc:
+            raise RestoreError(ErrorCode.CHUNK_CORRUPT, str(exc), step) from None
+        except ValueError as exc:  # a key that does not parse as its type
+            raise RestoreError(ErrorCode.CHUNK_CORRUPT, f"unreadable key: {exc}", step) from None
 
 
 def rows_digest(blocks: Iterable[bytes], *, sort: bool = False) -> tuple[int, str]:
@@ -335,7 +249,10 @@ def rows_digest(blocks: Iterable[bytes], *, sort: bool = False) -> tuple[int, st
     md5 = hashlib.md5(usedforsecurity=False)
     rows = 0
     if sort:
-        lines = sorted(_iter_lines(blocks))
+        try:
+            lines = sorted(lines_of(blocks))
+        except CorruptStream as exc:
+            raise RestoreError(ErrorCode.CHUNK_CORRUPT, str(exc), "parse rows") from None
         for line in lines:
             md5.update(line + b"\n")
         return len(lines), md5.hexdigest()
@@ -346,15 +263,30 @@ def rows_digest(blocks: Iterable[bytes], *, sort: bool = False) -> tuple[int, st
 
 
 # ------------------------------------------------------------------------------ restoring
-def _settings(conn: psycopg.Connection[Any], encoding: str) -> None:
-    for name, value in SESSION_SETTINGS:
-        conn.execute(f"SET {name} = '{value}'")
-    conn.execute(f"SET client_encoding = '{encoding}'")
+def _settings(conn: psycopg.Connection[Any], **extra: str) -> None:
+    """The session settings of every COPY (:data:`~.sql.SESSION_SETTINGS`) and ``extra``, in
+    one round trip."""
+    pairs = [*SESSION_SETTINGS, *extra.items()]
+    conn.execute("; ".join(f"SET {name} = {quote_literal(value)}" for name, value in pairs))
+
+
+@contextlib.contextmanager
+def _copy_encoding(conn: psycopg.Connection[Any], encoding: str) -> Iterator[None]:
+    """The session in the client encoding rows of a database in ``encoding`` are copied in
+    (:func:`~.sql.copy_encoding`), then back in its own (a caller's session goes on with
+    statements in it)."""
+    before = conn.info.parameter_status("client_encoding") or "UTF8"
+    wanted = copy_encoding(encoding)
+    if wanted != before:
+        conn.execute(f"SET client_encoding = {quote_literal(wanted)}")
+    yield
+    if wanted != before:
+        conn.execute(f"SET client_encoding = {quote_literal(before)}")
 
 
 def _connect(conninfo: str, password: str | None, *, autocommit: bool) -> psycopg.Connection[Any]:
     try:
-        return psycopg.connect(conninfo, password=password, autocommit=autocommit)
+        return connect(conninfo, password=password, autocommit=autocommit)
     except psycopg.Error as exc:
         raise RestoreError(
             ErrorCode.CONNECTION_FAILED, str(exc).splitlines()[0], "connect to destination"
@@ -398,31 +330,78 @@ def restore_table(
         raise RestoreError(
             ErrorCode.NOT_FOUND, f"{database}.{schema}.{table} not in backup", "find table"
         )
-    encoding = chain[-1].database(database).encoding
-    target = f"{quote_ident(target_schema or schema)}.{quote_ident(target_table or table)}"
-    cols = ", ".join(quote_ident(c) for c in entry.columns)
-    sql = f"COPY {target} ({cols}) FROM STDIN" if entry.columns else f"COPY {target} FROM STDIN"
     own = conn is None
     if conn is None:
         conn = _connect(conninfo, password, autocommit=False)
-    rows = 0
     try:
-        try:
-            _settings(conn, encoding)
-            with conn.cursor() as cur, cur.copy(sql) as copy:
-                for block in iter_table_rows(store, chain, database, schema, table):
-                    copy.write(block)
-                    rows += block.count(b"\n")
-                    if progress is not None:
-                        progress(len(block))
-            if own:
-                conn.commit()
-        except psycopg.Error as exc:
-            raise RestoreError(ErrorCode.RESTORE_FAILED, str(exc).splitlines()[0], sql) from None
+        with contextlib.ExitStack() as stack:
+            head = chain[-1]
+            chunks = stack.enter_context(ChunkStore(store, head.cluster_id, head.chain_id))
+            copy = _TableCopy(store, chain, database, chunks, progress)
+            try:
+                _settings(conn)
+                with _copy_encoding(conn, head.database(database).encoding):
+                    rows = copy.run(conn, entry, target_schema, target_table)
+                if own:
+                    conn.commit()
+            except psycopg.Error as exc:
+                raise RestoreError(
+                    ErrorCode.RESTORE_FAILED, str(exc).splitlines()[0], copy.statement
+                ) from None
     finally:
         if own:
             conn.close()
     return rows
+
+
+@dataclass
+class _TableCopy:
+    """COPYs tables of one database of a chain, each rebuilt from its history
+    (:func:`iter_table_rows`) with one shared chunk store."""
+
+    store: ObjectStore
+    chain: Sequence[Manifest]
+    database: str
+    chunks: ChunkStore
+    progress: Callable[[int], None] | None = None
+    statement: str = ""
+    """The last statement run (what a failure names)."""
+
+    def run(
+        self,
+        conn: psycopg.Connection[Any],
+        entry: TableBackup,
+        target_schema: str | None = None,
+        target_table: str | None = None,
+        *,
+        freeze: bool = False,
+    ) -> int:
+        """The rows of ``entry`` into its table on ``conn`` (in the copy encoding, in the
+        caller's transaction). ``freeze``: the table is emptied in the same transaction and
+        filled with ``COPY ... FREEZE`` (rows written frozen and visible to all, so the index
+        builds and the first reads after the restore do not rewrite every page to set hint
+        bits); only for a table nobody else sees yet, and never an extension configuration
+        table, whose rows ``CREATE EXTENSION`` made."""
+        schema, table = entry.schema_name, entry.name
+        target = f"{quote_ident(target_schema or schema)}.{quote_ident(target_table or table)}"
+        cols = f" ({', '.join(quote_ident(c) for c in entry.columns)})" if entry.columns else ""
+        if freeze and entry.extension_condition is None:
+            self.statement = f"TRUNCATE ONLY {target}"
+            conn.execute(encoded(conn, self.statement))
+            self.statement = f"COPY {target}{cols} FROM STDIN (FREEZE)"
+        else:
+            self.statement = f"COPY {target}{cols} FROM STDIN"
+        rows = 0
+        blocks = iter_table_rows(
+            self.store, self.chain, self.database, schema, table, chunks=self.chunks
+        )
+        with conn.cursor() as cur, cur.copy(encoded(conn, self.statement)) as copy:
+            for block in blocks:
+                copy.write(block)
+                rows += block.count(b"\n")
+                if self.progress is not None:
+                    self.progress(len(block))
+        return rows
 
 
 def fetch_to_file(
@@ -496,15 +475,22 @@ def restore_database(
     client_bindirs: Sequence[Path] = (),
 ) -> RestoreReport:
     """Restore database ``database`` of ``chain[-1]`` into the (existing, empty) database
-    ``conninfo`` names: schema pre-data, rows, sequence values, post-data.
+    ``conninfo`` names: schema pre-data and large objects, rows, sequence values, post-data.
 
     ``bindir``: the client tools to run; without it, those chosen among ``client_bindirs``
     (default: what the installation provides) for the destination's server
     (:func:`~.tools.client_tools_for`).
 
-    ``jobs`` > 1 (for a database nobody uses yet, e.g. one restored under a temporary name):
-    that many tables are copied at once, each in its own transaction, and the post-data
-    (indexes, constraints) is built with ``pg_restore -j jobs``."""
+    ``jobs`` = 1: the rows and the sequences' values in one transaction. ``jobs`` > 1 (for a
+    database nobody uses yet, e.g. one restored under a temporary name): that many sessions
+    copy tables at once (largest first, each session taking the next table when it is done,
+    its tables in few transactions with ``COPY FREEZE``), and the post-data (indexes,
+    constraints) is built with ``pg_restore -j jobs``.
+
+    The fixed costs are those of ``pg_restore``'s own run, not one per table: two
+    ``pg_restore`` runs (pre-data with the large objects, post-data), one session per job
+    (its settings sent once), one chunk reader for every table (a pack of small tables shares
+    chunks, read once), and the sequences set in batches."""
     head = chain[-1]
     db = head.database(database)
     params = conninfo_to_dict(conninfo)
@@ -519,59 +505,38 @@ def restore_database(
     if bindir is None:
         bindir = destination_tools(conninfo, password, client_bindirs).bindir
     report = RestoreReport(database=database)
-    with tempfile.TemporaryDirectory(prefix="mb-restore-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="mb-restore-") as tmp,
+        ChunkStore(store, head.cluster_id, head.chain_id, workers=2 + 2 * max(1, jobs)) as chunks,
+    ):
         archive = fetch_to_file(store, head, db.schema_archive, Path(tmp) / "schema.dump")
+        # The schema, then the archive's only data: large objects' contents (version 2).
         _pg_restore(
-            [*flags, "--section=pre-data"],
+            [*flags, "--section=pre-data", "--section=data"],
             archive,
             conninfo,
             child_env,
-            "pg_restore --section=pre-data",
+            "pg_restore --section=pre-data --section=data",
             bindir,
         )
-        # The archive's only data: large objects' contents (version 2 archives).
-        _pg_restore(
-            [*flags, "--section=data"],
-            archive,
-            conninfo,
-            child_env,
-            "pg_restore --section=data",
-            bindir,
-        )
+        copy = _TableCopy(store, chain, database, chunks, progress)
         conn = _connect(conninfo, password, autocommit=False)
         try:
-            if jobs > 1:  # -- parallel copy (restore service) --
-                report.tables.update(
-                    _copy_tables_in_parallel(
-                        store, chain, database, conninfo, password, progress, jobs
-                    )
-                )
-            for t in db.tables if jobs <= 1 else ():
-                report.tables[f"{t.schema_name}.{t.name}"] = restore_table(
-                    store,
-                    chain,
-                    database,
-                    t.schema_name,
-                    t.name,
-                    conninfo,
-                    conn=conn,
-                    progress=progress,
-                )
-            for seq in db.sequences:
-                if seq.last_value is None:
-                    continue  # version 1: never used, left at its start
-                target = f"{quote_ident(seq.schema_name)}.{quote_ident(seq.name)}"
-                called = True if seq.is_called is None else seq.is_called
-                conn.execute(
-                    "SELECT pg_catalog.setval(%s::regclass, %s, %s)",
-                    (target, seq.last_value, called),
-                )
-                report.sequences += 1
-            conn.commit()
-        except psycopg.Error as exc:
-            raise RestoreError(
-                ErrorCode.RESTORE_FAILED, str(exc).splitlines()[0], "restore rows"
-            ) from None
+            try:
+                if jobs > 1:
+                    report.tables.update(_copy_in_lanes(copy, db, conninfo, password, jobs))
+                else:
+                    _settings(conn)
+                    with _copy_encoding(conn, db.encoding):
+                        for t in db.tables:
+                            report.tables[f"{t.schema_name}.{t.name}"] = copy.run(conn, t)
+                copy.statement = "set the sequences' values"
+                report.sequences = _set_sequences(conn, db)
+                conn.commit()
+            except psycopg.Error as exc:
+                raise RestoreError(
+                    ErrorCode.RESTORE_FAILED, str(exc).splitlines()[0], copy.statement
+                ) from None
         finally:
             conn.close()
         _pg_restore(
@@ -586,41 +551,113 @@ def restore_database(
     return report
 
 
-def _copy_tables_in_parallel(
-    store: ObjectStore,
-    chain: Sequence[Manifest],
-    database: str,
+def _set_sequences(conn: psycopg.Connection[Any], db: DatabaseBackup) -> int:
+    """Every sequence's state as the backup read it, 200 to a statement."""
+    values = [s for s in db.sequences if s.last_value is not None]  # version 1: never used
+    for start in range(0, len(values), 200):
+        batch = values[start : start + 200]
+        calls = ", ".join("pg_catalog.setval(%s::regclass, %s, %s)" for _ in batch)
+        args: list[Any] = []
+        for seq in batch:
+            target = f"{quote_ident(seq.schema_name)}.{quote_ident(seq.name)}"
+            args += [target, seq.last_value, True if seq.is_called is None else seq.is_called]
+        conn.execute(f"SELECT {calls}", args)
+    return len(values)
+
+
+def _copy_in_lanes(
+    copy: _TableCopy,
+    db: DatabaseBackup,
     conninfo: str,
     password: str | None,
-    progress: Callable[[int], None] | None,
     jobs: int,
 ) -> dict[str, int]:
-    """Every table of ``database`` copied by ``jobs`` threads, largest first, each table in
-    its own connection and transaction; the first failure stops the others' queue."""
+    """Every table of ``db`` copied by ``jobs`` sessions, each taking the largest table left
+    when it is free (as ``pg_restore -j`` does). A session sends its settings once, writes
+    with ``synchronous_commit = off`` (the database is renamed into place by a later,
+    synchronous commit, which makes everything before it durable) and commits every
+    :data:`_COMMIT_BYTES` of rows rather than per table. The first failure stops the others."""
     from concurrent.futures import ThreadPoolExecutor
 
-    tables = sorted(chain[-1].database(database).tables, key=lambda t: -t.data_size)
-    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="mb-restore") as pool:
-        futures = {
-            f"{t.schema_name}.{t.name}": pool.submit(
-                restore_table,
-                store,
-                chain,
-                database,
-                t.schema_name,
-                t.name,
-                conninfo,
-                password=password,
-                progress=progress,
-            )
-            for t in tables
+    chain = copy.chain
+    pending = deque(
+        sorted(
+            db.tables,
+            key=lambda t: (
+                -sum(e.data_size for _, e in table_history(chain, db.name, t.schema_name, t.name))
+            ),
+        )
+    )
+    lock = threading.Lock()
+    failed = threading.Event()
+    done: dict[str, int] = {}
+    with _connect(conninfo, password, autocommit=True) as conn:
+        # TRUNCATE (for COPY FREEZE) needs its own privilege: the tables the role may empty.
+        freezable = {
+            (str(a), str(b))
+            for a, b in conn.execute(
+                "SELECT n.nspname, c.relname FROM pg_class c"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE c.relkind = 'r' AND has_table_privilege(c.oid, 'TRUNCATE')"
+            ).fetchall()
         }
+
+    def lane() -> None:
+        conn = connect(
+            conninfo,
+            password=password,
+            autocommit=False,
+            client_encoding=copy_encoding(db.encoding),
+        )
+        mine = _TableCopy(copy.store, chain, copy.database, copy.chunks, copy.progress)
         try:
-            return {name: future.result() for name, future in futures.items()}
+            _settings(conn, synchronous_commit="off")
+            since_commit = 0
+            while not failed.is_set():
+                with lock:
+                    if not pending:
+                        break
+                    entry = pending.popleft()
+                freeze = (
+                    entry.schema_name,
+                    entry.name,
+                ) in freezable and entry.data_size >= _FREEZE_BYTES
+                rows = mine.run(conn, entry, freeze=freeze)
+                done[f"{entry.schema_name}.{entry.name}"] = rows
+                since_commit += entry.data_size
+                if since_commit >= _COMMIT_BYTES:
+                    conn.commit()
+                    since_commit = 0
+            conn.commit()
+        except psycopg.Error as exc:
+            failed.set()
+            raise RestoreError(
+                ErrorCode.RESTORE_FAILED, str(exc).splitlines()[0], mine.statement
+            ) from None
         except BaseException:
-            for future in futures.values():
-                future.cancel()
+            failed.set()
             raise
+        finally:
+            conn.close()
+
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="mb-restore") as pool:
+        lanes = [pool.submit(lane) for _ in range(min(jobs, max(1, len(pending))))]
+        errors = []
+        for future in lanes:
+            try:
+                future.result()
+            except BaseException as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+    return {f"{t.schema_name}.{t.name}": done[f"{t.schema_name}.{t.name}"] for t in db.tables}
+
+
+_FREEZE_BYTES = 1 << 20
+"""Tables from this size are emptied and copied ``FREEZE`` (see :meth:`_TableCopy.run`); a
+smaller one is not worth its ``TRUNCATE`` (a new file for it and its TOAST table)."""
+_COMMIT_BYTES = 256 << 20
+"""Rows a restore session copies between two commits (see :func:`_copy_in_lanes`)."""
 
 
 #: Settings whose value is a list of (quoted) identifiers, stored as SQL list syntax.
@@ -734,6 +771,17 @@ def _finish_database(
         conn.execute(f"ALTER DATABASE {target} CONNECTION LIMIT {int(props.connection_limit)}")
         if props.comment is not None:
             conn.execute(f"COMMENT ON DATABASE {target} IS {_literal(props.comment)}")
+        for label in props.security_labels:
+            try:
+                conn.execute(
+                    f"SECURITY LABEL FOR {quote_ident(label.provider)} ON DATABASE {target}"
+                    f" IS {_literal(label.label)}"
+                )
+            except psycopg.Error as exc:  # its provider is not loaded on the destination
+                report.skipped.append(
+                    f"security label {label.label!r} of provider {label.provider} on the"
+                    f" database: {str(exc).strip().splitlines()[0]}"
+                )
         if not no_owner:
             if props.owner in roles:
                 conn.execute(f"ALTER DATABASE {target} OWNER TO {quote_ident(props.owner)}")

@@ -69,11 +69,21 @@ def a_deleted_clusters_secret_goes_when_its_backups_do(
 
 
 def a_new_secret_takes_the_missing_full(
-    restorable_or_running: bool, last_scheduled_status: str | None
+    backups_enabled: bool, restorable_or_running: bool, last_scheduled_status: str | None
 ) -> bool:
-    """Setting or changing a cluster's secret takes a full backup at once when the schedule's
-    last backup FAILED and the cluster has no restorable backup and none running: the first
-    full is scheduled at registration, usually before the secret can be set (the cluster must
-    exist first), and fails without it; otherwise the next chance would be the next full slot,
-    up to a frequency later. A backup scheduled and not started yet will use the new secret."""
-    return not restorable_or_running and last_scheduled_status == BackupStatus.FAILED
+    """Setting or changing a cluster's secret takes a full backup at once when the cluster's
+    backups are enabled, the schedule's last backup FAILED and the cluster has no restorable
+    backup and none running: the first full is scheduled at registration, usually before the
+    secret can be set (the cluster must exist first), and fails without it; otherwise the
+    next chance would be the next full slot, up to a frequency later. A backup scheduled and
+    not started yet will use the new secret.
+
+    A cluster whose backups are disabled takes nothing: disabling takes no backup and a
+    disabled cluster is backed up by nobody (the product's settings rule), and a password
+    change is no reason to start. Re-enabling its backups takes a full at once anyway (the
+    cadence), with the secret then in place."""
+    return (
+        backups_enabled
+        and not restorable_or_running
+        and last_scheduled_status == BackupStatus.FAILED
+    )

@@ -51,7 +51,7 @@ def test_an_incremental_on_a_version_1_parent_stores_whole_and_the_mixed_chain_r
     pg: PgServer, databases: list[str], tmp_path: Path
 ) -> None:
     """Version 1 recorded no database identity, sequence ``is_called``, large objects...: the
-    first incremental of today's version (3) on top of it stores every table whole, and the
+    first incremental of today's version (4) on top of it stores every table whole, and the
     chain mixing both versions restores what the source holds."""
     shutil.copytree(LEGACY / "backup-store-v0", tmp_path / "store")
     store = ObjectStore((tmp_path / "store").as_uri())
@@ -70,11 +70,11 @@ def test_an_incremental_on_a_version_1_parent_stores_whole_and_the_mixed_chain_r
         conn.execute("UPDATE items SET qty = qty + 1000 WHERE id % 3 = 0")
         conn.execute("SELECT setval('counter', 500, false)")
     inc = pg.adapter().incremental_backup(BackupRequest(store, "legacy-one", "v2-inc"), head)
-    assert inc.schema_version == 3 and inc.parent_id == INCREMENTAL
+    assert inc.schema_version == 4 and inc.parent_id == INCREMENTAL
     app = inc.database("app")
     assert app.oid is not None and all(t.mode == TableMode.WHOLE for t in app.tables)
     chain = load_chain(store, inc)
-    assert [m.schema_version for m in chain] == [1, 1, 3]
+    assert [m.schema_version for m in chain] == [1, 1, 4]
     target = pg.create_database("mixed")
     databases.append(target)
     restore_database(store, chain, "app", pg.dsn_for(target), password=pg.password)

@@ -26,6 +26,7 @@ from managed_backups.shared.dataplane.manifest import (
     BackupType,
     Catalog,
     ChunkRef,
+    DatabaseLocale,
     Manifest,
     ManifestError,
     Totals,
@@ -35,6 +36,7 @@ from managed_backups.shared.dataplane.manifest import (
     save_manifest,
 )
 from managed_backups.shared.dataplane.objectstore import ObjectExists, ObjectNotFound, ObjectStore
+from tests.factories import database_backup
 
 pytestmark = pytest.mark.integration
 
@@ -178,16 +180,25 @@ def test_manifest_versions_frozen_and_written_once() -> None:
     assert read_manifest(store, "c1", "b1", "b1") == m
     assert store.exists(manifest_key("c1", "b1", "b1"))
     raw = json.loads(m.to_json())
-    assert raw["schema_version"] == 3
+    assert raw["schema_version"] == 4
     stored = store.get(manifest_key("c1", "b1", "b1"))
     assert stored == m.to_stored() and stored[:4] == b"\x28\xb5\x2f\xfd"  # a zstd frame
     assert load_manifest(stored) == load_manifest(m.to_json()) == m
-    with pytest.raises(ManifestError, match="schema_version 4"):
-        load_manifest(json.dumps({**raw, "schema_version": 4}).encode())
-    with pytest.raises(ManifestError, match="invalid version 3"):
+    with pytest.raises(ManifestError, match="schema_version 5"):
+        load_manifest(json.dumps({**raw, "schema_version": 5}).encode())
+    with pytest.raises(ManifestError, match="invalid version 4"):
         load_manifest(json.dumps({**raw, "surprise": True}).encode())
     with pytest.raises(ManifestError, match="not a readable zstd frame"):
         load_manifest(stored[:20])
+    v3 = {**raw, "schema_version": 3}
+    assert load_manifest(json.dumps(v3).encode()).schema_version == 3
+    # a version 3 document may not carry version 4 fields (a database's locale)
+    db = json.loads(
+        database_backup(locale=DatabaseLocale(provider="icu", locale="und")).model_dump_json()
+    )
+    with pytest.raises(ManifestError, match="version 3 manifest cannot hold version 4"):
+        load_manifest(json.dumps({**v3, "databases": [db]}).encode())
+    assert load_manifest(json.dumps({**raw, "databases": [db]}).encode()).databases[0].locale
     v2 = {**raw, "schema_version": 2}
     assert load_manifest(json.dumps(v2).encode()).schema_version == 2
     # a version 1 document is read by the same model, but may not carry version 2 fields

@@ -510,6 +510,8 @@ async def test_killed_service_and_corrupted_chunk_leave_the_destination_as_it_wa
     assert system.http is not None
     view = (await system.http.get(f"/api/v1/clusters/{cluster_id}/restores/{restore_id}")).json()
     assert view["status"] == "FAILED" and view["destination_state"].startswith("unchanged")
+    # Said after the reaper dropped them and checked (the databases are gone: above).
+    assert view["destination_state"].endswith("the restore's temporary databases were dropped")
 
     # A corrupted chunk: the job fails naming it, nothing appears on the destination.
     from managed_backups.shared.dataplane.manifest import read_manifest

@@ -166,3 +166,50 @@ def test_a_backup_waits_for_the_sweep_of_its_chain(tmp_path: Path) -> None:
         executor._wait_for_sweep("c1", str(chain), cancel)
     finally:
         runtime.close()
+
+
+def test_a_lease_left_to_the_reaper_holds_nothing_and_is_retried_until_cleaned(
+    tmp_path: Path,
+) -> None:
+    """A restore that ended with temporary databases it could not drop leaves its lease to
+    the reaper: expired at once, holding no backup and excluding nothing; the reaper releases
+    it only once its clean-up succeeds."""
+    from managed_backups.shared.jobs import EXCLUSIVE, clusters_held_exclusively
+
+    db = SqlDatabase(f"sqlite:///{tmp_path / 's.sqlite'}")
+    restores = JobLeases(db, "restore")
+    job = uuid4()
+    restores.take(
+        job, "c1", "restore-a", lease_until(NOW, 60), {EXCLUSIVE: True, **holding(["f1"])}
+    )
+    assert clusters_held_exclusively(db) == {"c1"} and backups_in_use(db) == {"f1"}
+    restores.leave_to_reaper(job, NOW, {"target_database": "orders"})
+    assert clusters_held_exclusively(db) == set() and backups_in_use(db) == set()
+    attempts: list[str] = []
+
+    def cleanup(lease: object) -> None:
+        attempts.append("cleanup")
+        if len(attempts) == 1:
+            raise RuntimeError("a database is still there")
+
+    later = NOW + timedelta(seconds=1)
+    assert restores.reap(later, lambda lease: False, cleanup) == 0
+    [lease] = restores.expired(later)
+    assert lease.detail == {"target_database": "orders"}
+    restores.reap(later, lambda lease: False, cleanup)
+    assert attempts == ["cleanup", "cleanup"] and restores.expired(later) == []
+    db.close()
+
+
+def test_a_restore_says_its_temporary_databases_were_dropped_only_when_none_is_left() -> None:
+    from managed_backups.services.restore.restorer import cleanup_state
+    from managed_backups.shared.dataplane.restore_plan import DropReport
+
+    assert cleanup_state(DropReport(["mb_restore_1"], [])) == (
+        "the restore's temporary databases were dropped"
+    )
+    left = cleanup_state(DropReport([], [("mb_restore_1_old_0", "permission denied")]))
+    assert "were dropped" not in left
+    assert "mb_restore_1_old_0 (permission denied)" in left
+    unknown = cleanup_state(None, "connection refused")
+    assert "were dropped" not in unknown and "connection refused" in unknown

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from uuid import uuid4
 
 import pytest
@@ -72,7 +73,49 @@ def test_a_new_secret_takes_the_missing_full_only_after_the_schedule_failed() ->
         a_new_secret_takes_the_missing_full as rule,
     )
 
-    assert rule(restorable_or_running=False, last_scheduled_status="FAILED")
-    assert not rule(restorable_or_running=True, last_scheduled_status="FAILED")
+    assert rule(True, restorable_or_running=False, last_scheduled_status="FAILED")
+    assert not rule(True, restorable_or_running=True, last_scheduled_status="FAILED")
     for status in (None, "IN_PROGRESS", "COMPLETE"):
-        assert not rule(restorable_or_running=False, last_scheduled_status=status)
+        assert not rule(True, restorable_or_running=False, last_scheduled_status=status)
+
+
+def test_a_disabled_clusters_new_secret_takes_nothing() -> None:
+    from managed_backups.shared.domain.connection_secret import (
+        a_new_secret_takes_the_missing_full as rule,
+    )
+
+    for status in (None, "IN_PROGRESS", "COMPLETE", "FAILED"):
+        for restorable in (False, True):
+            assert not rule(False, restorable, status)
+
+
+def test_the_api_asks_the_rule_with_the_clusters_switch(tmp_path: Path) -> None:
+    """``missing_full`` (what the connection-secret route asks before sending a full): yes
+    while the cluster's last scheduled backup failed and nothing is restorable; no once its
+    backups are disabled."""
+    from managed_backups.contracts.enums import BackupType
+    from managed_backups.services.api.connection_secret import missing_full
+    from managed_backups.services.runtime import open_runtime
+    from managed_backups.shared.domain.backup_settings import SettingsChange
+    from managed_backups.shared.settings import Settings
+    from managed_backups.shared.views import ReadModels
+    from tests.factories import new_backup, new_cluster
+
+    runtime = open_runtime(Settings(data_dir=tmp_path / "data"))
+    try:
+        models = ReadModels(runtime.db)
+        models.create()
+        cluster = new_cluster("c1")
+        backup_id = uuid4()
+        at = runtime.clock.now()
+        cluster.schedule_backup(backup_id, BackupType.FULL, at, backup_id, at, "scheduler")
+        backup = new_backup("c1", backup_id, at=at)
+        backup.fail("AUTHENTICATION_FAILED", "no password", "connect", at, "executor")
+        runtime.store.save_all(cluster, backup)
+        assert missing_full(runtime, models, "c1")
+        decision = cluster.decide_settings(SettingsChange(enabled=False))
+        cluster.update_backup_settings(decision, None, at, "owner")
+        runtime.store.save_all(cluster)
+        assert not missing_full(runtime, models, "c1")
+    finally:
+        runtime.close()

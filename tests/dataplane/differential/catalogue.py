@@ -352,6 +352,84 @@ ENCODINGS_PSYCOPG = Scenario(
     steps=ENCODINGS.steps,
 )
 
+# ------------------------------------------------------------------------------ keys diffed by type
+TIME_KEYS_SETUP = on(
+    "app",
+    """
+    CREATE EXTENSION citext;
+    CREATE TABLE events (at timestamptz PRIMARY KEY, v text);
+    INSERT INTO events VALUES ('-infinity', 'first'), ('infinity', 'last'),
+        ('0044-03-15 12:00:00+00 BC', 'ides'), ('0001-12-31 23:59:59.999999+00 BC', 'eve'),
+        ('0001-01-01 00:00:00+00', 'one'), ('9999-12-31 23:59:59.5+00', 'y9999'),
+        ('10000-01-01 00:00:00+00', 'y10000'), ('294276-12-31 23:59:59.999999+00', 'max'),
+        ('2024-01-01 00:00:00+00', 'whole second'), ('2024-01-01 00:00:00.5+00', 'half'),
+        ('2024-01-01 00:00:00.25+00', 'quarter'), ('2024-01-01 00:00:00.000001+00', 'micro'),
+        ('2024-01-01 02:00:00+03', 'another zone, as UTC');
+    INSERT INTO events SELECT timestamptz '2023-06-01 00:00:00+00' + g * interval '37.123 s',
+        'g' || g FROM generate_series(1, 300) g;
+    CREATE TABLE days (day date PRIMARY KEY, n int);
+    INSERT INTO days VALUES ('-infinity', -1), ('infinity', -2), ('4713-01-01 BC', -3),
+        ('0001-01-01 BC', -4), ('0001-01-01', -5), ('5874897-12-31', -6), ('10000-01-01', -7);
+    INSERT INTO days SELECT date '1999-12-01' + g, g FROM generate_series(1, 100) g;
+    CREATE TABLE stamps (at timestamp PRIMARY KEY, v int);
+    INSERT INTO stamps VALUES ('-infinity', 0), ('infinity', 1), ('0100-02-28 23:59:59 BC', 2),
+        ('2000-02-29 00:00:00.1', 3), ('2000-02-29 00:00:00.09', 4), ('2000-02-29 00:00:00', 5);
+    CREATE TABLE tenant_events (tenant int, at timestamptz, v text, PRIMARY KEY (tenant, at));
+    INSERT INTO tenant_events SELECT g % 5, timestamptz '2024-03-01 00:00:00+00'
+        + (g / 5) * interval '1 day', 'e' || g FROM generate_series(1, 200) g;
+    CREATE TABLE handles (handle citext PRIMARY KEY, n int);
+    INSERT INTO handles VALUES ('Alice', 1), ('bob', 2), ('ÄRGER', 3), ('zed', 4), ('Zoe', 5),
+        ('a_b', 6), ('A-B', 7), (E'tab\there', 8);
+    """,
+)
+TIME_KEYS_CHANGES = on(
+    "app",
+    """
+    UPDATE events SET v = 'changed' WHERE at IN ('-infinity', 'infinity',
+        '0044-03-15 12:00:00+00 BC', '2024-01-01 00:00:00.5+00', '294276-12-31 23:59:59.999999+00');
+    DELETE FROM events WHERE at IN ('2024-01-01 00:00:00.25+00', '10000-01-01 00:00:00+00')
+        OR v IN ('g10', 'g11', 'g200');
+    DELETE FROM events WHERE at = '0001-01-01 00:00:00+00';
+    INSERT INTO events VALUES ('0001-01-01 00:00:00+00', 're-inserted'),
+        ('2024-01-01 00:00:00.75+00', 'new'), ('0500-01-01 00:00:00+00 BC', 'new BC');
+    UPDATE events SET at = at + interval '1 microsecond' WHERE v = 'g20';
+    UPDATE days SET n = n + 1000 WHERE day IN ('-infinity', '4713-01-01 BC', '2000-01-01');
+    DELETE FROM days WHERE day IN ('infinity', '0001-01-01');
+    INSERT INTO days VALUES ('0001-01-01', 55), ('0002-02-02 BC', 56);
+    UPDATE stamps SET v = v + 10 WHERE at IN ('2000-02-29 00:00:00.1', '-infinity');
+    DELETE FROM stamps WHERE at = '2000-02-29 00:00:00.09';
+    UPDATE tenant_events SET v = 'moved', at = at + interval '1 hour' WHERE tenant = 3;
+    DELETE FROM tenant_events WHERE tenant = 4 AND v < 'e50';
+    UPDATE handles SET handle = 'ALICE' WHERE handle = 'alice';
+    UPDATE handles SET n = 20 WHERE handle = 'BOB';
+    DELETE FROM handles WHERE handle = 'a_b';
+    INSERT INTO handles VALUES ('A_B', 60), ('ärger2', 61);
+    """,
+)
+TIME_KEYED = tuple(
+    f"app.public.{t}" for t in ("events", "days", "stamps", "tenant_events", "handles")
+)
+
+TIME_KEYS = Scenario(
+    name="time-typed-and-citext-keys-updated-deleted-and-re-inserted-as-deltas",
+    fast=True,
+    setup=TIME_KEYS_SETUP,
+    steps=(
+        Step(),
+        Step(before=TIME_KEYS_CHANGES, delta=TIME_KEYED),
+        Step(
+            before=on(
+                "app",
+                "DELETE FROM events WHERE v LIKE 'g1%'; UPDATE events SET v = 'again'"
+                " WHERE at = 'infinity'; INSERT INTO events VALUES ('10000-01-01 00:00:00+00',"
+                " 'back')",
+                "UPDATE handles SET handle = 'alice' WHERE handle = 'ALICE'",
+            ),
+            delta=("app.public.events", "app.public.handles"),
+        ),
+    ),
+)
+
 # ------------------------------------------------------------------------------ the longer ones
 MANY_SCHEMAS = Scenario(
     name="many-schemas-and-tables",
@@ -449,6 +527,7 @@ CATALOGUE: tuple[Scenario, ...] = (
     TYPE_CLOSURE,
     ENCODINGS,
     ENCODINGS_PSYCOPG,
+    TIME_KEYS,
     MANY_SCHEMAS,
     PARTITION_CHURN,
     LONG_TRANSACTION,

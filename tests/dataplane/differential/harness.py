@@ -84,6 +84,8 @@ class Step:
     """Run one after the other, each from its own connection, after the snapshots are taken."""
     whole: tuple[str, ...] = ()
     """``dbkey.schema.table`` entries this (incremental) backup must store WHOLE."""
+    delta: tuple[str, ...] = ()
+    """``dbkey.schema.table`` entries this (incremental) backup must store as a DELTA."""
     skipped: tuple[str, ...] = ()
     """Database keys the backup must list as skipped (with a reason)."""
 
@@ -479,12 +481,14 @@ class Run:
         for key in step.skipped:
             if result.names[key] not in {s.name for s in skipped_databases(m)}:
                 problems.append(f"{key}: not listed as skipped")
-        for item in step.whole:
-            key, schema, table = item.split(".", 2)
-            entry = m.table(result.names[key], schema, table)
-            if entry is None or entry.mode != TableMode.WHOLE:
-                mode = None if entry is None else entry.mode
-                problems.append(f"{item}: stored {mode}, expected WHOLE")
+        for items, wanted in ((step.whole, TableMode.WHOLE), (step.delta, TableMode.DELTA)):
+            for item in items:
+                key, schema, table = item.split(".", 2)
+                entry = m.table(result.names[key], schema, table)
+                if entry is None or entry.mode != wanted:
+                    mode = None if entry is None else entry.mode
+                    reason = "" if entry is None or not entry.reason else f" ({entry.reason})"
+                    problems.append(f"{item}: stored {mode}{reason}, expected {wanted}")
         return problems
 
 
