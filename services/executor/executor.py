@@ -14,11 +14,12 @@ import contextlib
 import logging
 import threading
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from managed_backups.contracts.commands import TakeBackup, VerifyBackup
-from managed_backups.contracts.enums import BackupStatus, BackupType
+from managed_backups.contracts.enums import BackupReason, BackupStatus, BackupType
 from managed_backups.services.executor.leases import backup_leases
 from managed_backups.services.runtime import Runtime
 from managed_backups.shared import jobs
@@ -33,6 +34,9 @@ from managed_backups.shared.dataplane.verify import verify_backup
 from managed_backups.shared.domain.backup import Backup, load_backup
 from managed_backups.shared.domain.backup_lifecycle import (
     backup_expires_at,
+    chain_has_expired,
+    incremental_parent,
+    refuse_backup_on_expired_chain,
     refuse_second_backup,
 )
 from managed_backups.shared.domain.backup_settings import require_allowed_retention
@@ -45,7 +49,7 @@ from managed_backups.shared.domain.restore_rules import (
 )
 from managed_backups.shared.eventstore import IntegrityError
 from managed_backups.shared.faults import crash_point
-from managed_backups.shared.jobs import keep_renewed, lease_until
+from managed_backups.shared.jobs import Fence, LeaseLost, keep_renewed, lease_until
 from managed_backups.shared.region_stores import RegionStores
 from managed_backups.shared.secrets import ConnectionSecrets
 from managed_backups.shared.security import Action, Principal
@@ -59,7 +63,16 @@ SWEEP_POLL_SECONDS = 0.5
 @dataclass
 class Running:
     backup_id: UUID
+    fence: Fence | None = None
+    """The backup's lease as this worker took it: every result it writes is checked against it."""
     cancel: threading.Event = field(default_factory=threading.Event)
+    lost: threading.Event = field(default_factory=threading.Event)
+    """Set when a renewal found the lease lost (reaped, taken anew): the worker stops, writes
+    nothing more, and leaves the backup to whoever holds its lease now (the reaper)."""
+
+    def lose_lease(self) -> None:
+        self.lost.set()
+        self.cancel.set()
 
 
 class BackupExecutor:
@@ -134,6 +147,13 @@ class BackupExecutor:
             assert newest_backup is not None
             chain_id = newest_backup.chain_id
         now = context.clock.now()
+        if command.backup_type is not BackupType.FULL:
+            full = load_backup(context.store, cluster.cluster_id, chain_id)
+            full_status = full.status if full is not None else None
+            if command.reason is not BackupReason.SCHEDULED:
+                refuse_backup_on_expired_chain(chain_id, full_status)
+            elif chain_has_expired(full_status):
+                return self._refuse_expired_chain(command, cluster, chain_id, principal, now)
         lease = lease_until(now, self.settings.backup_lease_seconds)
         backup = Backup(
             backup_id=command.backup_id,
@@ -155,22 +175,70 @@ class BackupExecutor:
         # and the worker's start (a crash, a kill), the lease expires and the reaper fails the
         # backup with LEASE_EXPIRED. A lease whose backup was never recorded (the save failed)
         # is dropped by the reaper as an orphan.
-        if not self.leases.take(
+        fence = self.leases.take_fenced(
             command.backup_id,
             cluster.cluster_id,
             self.name,
             lease,
             {"chain_id": str(chain_id), "region": cluster.backup_region},
-        ):
+        )
+        if fence is None:
             raise Conflict(f"backup {command.backup_id} is being started by another executor")
 
         async def start() -> None:
             crash_point(self.settings, "executor-after-backup-started-saved")
-            running = Running(command.backup_id)
+            running = Running(command.backup_id, fence)
             self.running[cluster.cluster_id] = running
             self._spawn(self._run(cluster, backup, running))
 
         return Handled([backup], cluster.cluster_id, follow_up=start)
+
+    def _refuse_expired_chain(
+        self,
+        command: TakeBackup,
+        cluster: Cluster,
+        chain_id: UUID,
+        principal: Principal,
+        now: datetime,
+    ) -> Handled:
+        """A scheduled incremental into an expired chain: refused, and the refusal recorded as
+        the slot's backup FAILED (``CHAIN_EXPIRED``) without running. The scheduler sees its
+        slot ended and schedules a full next; a resent TakeBackup finds the backup and does
+        nothing (no resend loop)."""
+        backup = Backup(
+            backup_id=command.backup_id,
+            cluster_id=cluster.cluster_id,
+            backup_type=command.backup_type.value,
+            chain_id=chain_id,
+            reason=command.reason.value,
+            region=cluster.backup_region,
+            retention_days=command.retention_days or cluster.retention_days,
+            scheduled_for=command.scheduled_for,
+            executor=self.name,
+            lease_until=now,
+            command_id=command.command_id,
+            at=now,
+            by=principal.name,
+        )
+        backup.fail(
+            ErrorCode.CHAIN_EXPIRED.value,
+            f"chain {chain_id} has expired; no incremental is added to it (the next scheduled "
+            "backup is a full)",
+            "check chain",
+            now,
+            self.name,
+        )
+        return Handled([backup], cluster.cluster_id)
+
+    def _fenced(self, running: Running) -> None:
+        """Refuse a write by this worker if its lease is no longer its own."""
+        if running.fence is None:
+            return
+        try:
+            self.leases.check(running.fence)
+        except LeaseLost as lost:
+            running.lose_lease()
+            raise BackupError(ErrorCode.LEASE_LOST, str(lost), "executor lease") from None
 
     async def _run(self, cluster: Cluster, backup: Backup, running: Running) -> None:
         renewing = asyncio.create_task(
@@ -179,13 +247,19 @@ class BackupExecutor:
                 backup.backup_id,
                 self.settings.backup_lease_seconds,
                 self.runtime.clock.now,
+                running.fence,
+                running.lose_lease,
             )
         )
         try:
             async with self.slots:
                 manifest = await asyncio.to_thread(self._take, cluster, backup, running)
-                await asyncio.to_thread(self._record_completed, backup, manifest)
+                await asyncio.to_thread(self._record_completed, backup, manifest, running)
         except BackupError as error:
+            if running.lost.is_set():
+                # Its lease is gone: the reaper records the backup's end, not this worker.
+                log.warning("backup %s stopped: it lost its lease", backup.backup_id)
+                return
             message = error.message
             if error.code is ErrorCode.AUTHENTICATION_FAILED:
                 message = await asyncio.to_thread(
@@ -198,6 +272,7 @@ class BackupExecutor:
                 error.code.value,
                 message,
                 error.step,
+                running,
             )
         except Exception as error:  # never leave a backup IN_PROGRESS because of a bug
             log.exception("backup %s failed unexpectedly", backup.backup_id)
@@ -208,11 +283,13 @@ class BackupExecutor:
                 ErrorCode.INTERNAL.value,
                 f"{type(error).__name__}: {error}",
                 "executor",
+                running,
             )
         finally:
             renewing.cancel()
-            self.running.pop(cluster.cluster_id, None)
-            await asyncio.to_thread(self.leases.release, backup.backup_id)
+            if self.running.get(cluster.cluster_id) is running:
+                self.running.pop(cluster.cluster_id, None)
+            await asyncio.to_thread(self.leases.release, backup.backup_id, running.fence)
 
     def _take(self, cluster: Cluster, backup: Backup, running: Running) -> Manifest:
         store = self.store_for(backup.region)
@@ -222,6 +299,7 @@ class BackupExecutor:
             cluster_id=cluster.cluster_id,
             backup_id=str(backup.backup_id),
             cancel=running.cancel,
+            before_commit=lambda: self._fenced(running),
         )
         if backup.backup_type == BackupType.FULL.value:
             return adapter.full_backup(request)
@@ -240,8 +318,22 @@ class BackupExecutor:
                 f"the full backup {backup.chain_id} this incremental depends on is not in the store",
                 "read chain manifests",
             )
-        previous = max(chain, key=lambda m: m.data_from)
-        return adapter.incremental_backup(request, previous)
+        by_id = {m.backup_id: m for m in chain}
+        parent = incremental_parent(
+            ((m.backup_id, m.data_from) for m in chain),
+            lambda backup_id: self._is_complete(cluster.cluster_id, backup_id),
+        )
+        if parent is None:
+            raise BackupError(
+                ErrorCode.INVALID_CHAIN,
+                f"chain {backup.chain_id} has no COMPLETE backup to build this incremental on",
+                "read chain manifests",
+            )
+        return adapter.incremental_backup(request, by_id[parent])
+
+    def _is_complete(self, cluster_id: str, backup_id: str) -> bool:
+        recorded = load_backup(self.runtime.store, cluster_id, UUID(backup_id))
+        return recorded is not None and recorded.status == BackupStatus.COMPLETE.value
 
     def _wait_for_sweep(self, cluster_id: str, chain_id: str, cancel: threading.Event) -> None:
         """Wait while retention sweeps the chain's leftovers, before reading or writing it.
@@ -260,10 +352,11 @@ class BackupExecutor:
             if cancel.wait(SWEEP_POLL_SECONDS):
                 raise BackupError(ErrorCode.CANCELLED, "backup cancelled", "wait for a sweep")
 
-    def _record_completed(self, started: Backup, manifest: Manifest) -> None:
+    def _record_completed(self, started: Backup, manifest: Manifest, running: Running) -> None:
         backup = self.runtime.store.get_or_none(started.id, Backup)
         if backup is None or backup.is_terminal:
             return
+        self._fenced(running)  # a stale worker's completion is refused
         catalog = summarise_catalog(
             manifest.catalog.databases, max_tables=self.settings.catalog_tables_in_event
         )
@@ -282,11 +375,27 @@ class BackupExecutor:
             self.runtime.store.save_all(backup)
 
     def _record_failed(
-        self, cluster_id: str, backup_id: UUID, code: str, message: str, step: str
+        self,
+        cluster_id: str,
+        backup_id: UUID,
+        code: str,
+        message: str,
+        step: str,
+        running: Running | None = None,
     ) -> bool:
+        """Record the backup FAILED. A worker (``running``) whose fencing token is stale
+        records nothing (the reaper does, as ``LEASE_EXPIRED``)."""
         backup = load_backup(self.runtime.store, cluster_id, backup_id)
         if backup is None or backup.is_terminal:
             return False
+        if running is not None:
+            try:
+                self._fenced(running)
+            except BackupError:
+                log.warning(
+                    "backup %s lost its lease: its failure is left to the reaper", backup_id
+                )
+                return False
         backup.fail(code, message, step, self.runtime.clock.now(), self.name)
         try:
             self.runtime.store.save_all(backup)
