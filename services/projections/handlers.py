@@ -81,11 +81,27 @@ class ViewProjection:
         self.db = db
         self.t = Tables(prefix)
 
-    def apply_batch(self, events: list[EventBase]) -> None:
-        """Apply ``events`` (in log order) and record the last one's position, atomically."""
+    def apply_batch(self, events: list[EventBase]) -> bool:
+        """Apply ``events`` (in log order) and record the last one's position, atomically.
+
+        Compare-and-set on the position (two instances of the service may read the same batch):
+        the position row is locked first, and a batch another instance has applied meanwhile
+        (the position already at or past its first event) is dropped, so no event is applied
+        twice (the retention counters add). Returns whether the batch was applied."""
         if not events:
-            return
+            return False
         with self.db.transaction() as cursor:
+            cursor.execute(
+                f"INSERT INTO {self.t.position} (name, position) VALUES (?, 0) "
+                "ON CONFLICT (name) DO NOTHING",
+                (PROJECTION_NAME,),
+            )
+            lock = " FOR UPDATE" if self.db.dialect == "postgres" else ""
+            cursor.execute(
+                f"SELECT position FROM {self.t.position} WHERE name = ?{lock}", (PROJECTION_NAME,)
+            )
+            if int(cursor.fetchone()[0]) >= events[0].position:
+                return False
             for event in events:
                 self._audit(event, cursor)
                 self.handle(event, cursor)
@@ -94,6 +110,7 @@ class ViewProjection:
                 "ON CONFLICT (name) DO UPDATE SET position = excluded.position",
                 (PROJECTION_NAME, events[-1].position),
             )
+        return True
 
     def _audit(self, event: EventBase, cursor: Cursor) -> None:
         """Audit trail: every event of a cluster, except accepted-command bookkeeping (the domain

@@ -171,16 +171,17 @@ def slots_ended_once(state: LogState, report: Report) -> None:
             missing.append(backup_id)
         elif backup.status not in TERMINAL_BACKUP:
             running.append(backup_id)
-    per_slot = Counter(
-        (b.cluster_id, str(b.scheduled_for))
+    # A slot is a scheduled backup id (cluster, settings generation, slot time: a change of
+    # settings starts a new grid whose slot 0 may fall at the same time as the old grid's).
+    scheduled_ids = Counter((c, b) for c, b, _ in state.scheduled)
+    duplicates = [slot for slot, n in scheduled_ids.items() if n > 1]
+    duplicates += [
+        (b.cluster_id, f"{b.backup_id} (SCHEDULED, for no recorded slot)")
         for b in state.backups.values()
-        if b.reason == "SCHEDULED"
-    )
-    duplicates = [slot for slot, n in per_slot.items() if n > 1]
+        if b.reason == "SCHEDULED" and (b.cluster_id, b.backup_id) not in scheduled_ids
+    ]
     outcomes = Counter(
-        state.backups[(c, b)].status
-        for c, b, _ in state.scheduled
-        if (c, b) in state.backups
+        state.backups[(c, b)].status for c, b, _ in state.scheduled if (c, b) in state.backups
     )
     report.add(
         "every scheduled slot ended in exactly one COMPLETE or FAILED backup",
@@ -228,7 +229,7 @@ async def topic_events(bootstrap: str, auth: KafkaAuth | None) -> list[dict[str,
             for p in sorted(consumer.partitions_for_topic(topics.EVENTS) or [])
         ]
         if not partitions:
-            await consumer._client.force_metadata_update()  # noqa: SLF001
+            await consumer._client.force_metadata_update()
             partitions = [
                 TopicPartition(topics.EVENTS, p)
                 for p in sorted(consumer.partitions_for_topic(topics.EVENTS) or [])
@@ -324,9 +325,7 @@ def stores_match_backups(
     wanted: dict[str, set[str]] = defaultdict(set)
     missing: list[str] = []
     live = [
-        b
-        for b in state.backups.values()
-        if b.status in ("COMPLETE", "EXPIRED") and not b.deleted
+        b for b in state.backups.values() if b.status in ("COMPLETE", "EXPIRED") and not b.deleted
     ]
     for backup in live:
         store = stores[backup.region]

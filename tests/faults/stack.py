@@ -179,9 +179,7 @@ class Stack:
         self.events_pg.start()
         self.target_pg = LocalPostgres(None)
         self.target_pg.start()
-        self.passwords = {
-            user: secrets.token_urlsafe(16) for user in [ADMIN_USER, *broker_users()]
-        }
+        self.passwords = {user: secrets.token_urlsafe(16) for user in [ADMIN_USER, *broker_users()]}
         self.kafka = LocalKafka(
             self.base / "kafka", security=BrokerSecurity(self.passwords[ADMIN_USER])
         )
@@ -232,6 +230,9 @@ class Stack:
             "MANAGED_BACKUPS_RESTORE_LEASE_SECONDS": str(RESTORE_LEASE_SECONDS),
             "MANAGED_BACKUPS_RETENTION_INTERVAL_MINUTES": "60",
             "MANAGED_BACKUPS_POLL_INTERVAL_SECONDS": "0.05",
+            # A TakeBackup refused while the cluster's previous backup still ran is sent again
+            # after this many (real) seconds, once the scheduler looks at the cluster again.
+            "MANAGED_BACKUPS_SCHEDULED_BACKUP_RESEND_SECONDS": "2",
             "PYTHONUNBUFFERED": "1",
             **extra,
         }
@@ -292,7 +293,9 @@ class Stack:
                 while True:
                     self.check_alive()
                     with contextlib.suppress(httpx.HTTPError):
-                        if (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
+                        if (
+                            await client.get(f"http://127.0.0.1:{port}/healthz")
+                        ).status_code == 200:
                             break
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"the API on port {port} did not answer")
@@ -349,7 +352,7 @@ class Stack:
                 self.resume_server(pg.pid)
                 pg.stop()
         if self.tmpfs is not None:
-            subprocess.run(["umount", "-l", str(self.tmpfs)], check=False)
+            await asyncio.to_thread(subprocess.run, ["umount", "-l", str(self.tmpfs)], check=False)
 
     # -- processes ---------------------------------------------------------------------------
 
@@ -398,7 +401,9 @@ class Stack:
         signed = await self.signed(topic, {"command_id": str(uuid4()), **body})
         return await self.gateway.request(topic, signed, timeout=timeout)
 
-    async def http(self, method: str, path: str, port: int | None = None, **kw: Any) -> httpx.Response:
+    async def http(
+        self, method: str, path: str, port: int | None = None, **kw: Any
+    ) -> httpx.Response:
         async with httpx.AsyncClient(timeout=60) as client:
             return await client.request(
                 method,
@@ -435,7 +440,9 @@ class Stack:
         deadline = time.monotonic() + timeout
         while True:
             reached = self.reached()
-            if all(reached.get(s, datetime.min.replace(tzinfo=when.tzinfo)) >= when for s in wanted):
+            if all(
+                reached.get(s, datetime.min.replace(tzinfo=when.tzinfo)) >= when for s in wanted
+            ):
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"services did not reach {when}: {reached}")
