@@ -11,6 +11,10 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 from uuid import uuid4
 
+import psycopg
+from eventsourcing.persistence import InterfaceError
+from eventsourcing.persistence import OperationalError as PersistenceOperationalError
+
 from managed_backups.contracts import topics
 from managed_backups.shared.broker_access import ADMIN_USER, KafkaAuth
 from tests.faults.invariants import BackupState, LogState, Report, check_all, fold_log, open_stores
@@ -40,7 +44,15 @@ async def wait_for(
 ) -> T:
     deadline = time.monotonic() + timeout
     while True:
-        found = await check()
+        try:
+            found = await check()
+        except (psycopg.OperationalError, PersistenceOperationalError, InterfaceError) as exc:
+            # A server the fault restarted or paused: our own connection is lost once (the
+            # next attempt reconnects), which says nothing about the system under test.
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out waiting for {what}: {exc}") from exc
+            await asyncio.sleep(every)
+            continue
         if found:
             return found
         if time.monotonic() > deadline:
