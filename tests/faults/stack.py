@@ -160,6 +160,7 @@ class Stack:
     s3_proxy: S3FaultProxy | None = None
     target_proxy: TcpProxy | None = None
     tmpfs: Path | None = None
+    tmpfs_mounted: bool = True
     passwords: dict[str, str] = field(default_factory=dict)
     services: dict[str, list[ServiceProcess]] = field(default_factory=dict)
     api_ports: list[int] = field(default_factory=list)
@@ -195,10 +196,13 @@ class Stack:
         self.loop.run(self.target_proxy.start())
         self.tmpfs = self.base / "local-store"
         self.tmpfs.mkdir()
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BYTES}", "tmpfs", str(self.tmpfs)],
-            check=True,
-        )
+        if os.geteuid() == 0:  # a small tmpfs (a full disk is then a real ENOSPC)
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BYTES}", "tmpfs", str(self.tmpfs)],
+                check=True,
+            )
+        else:  # not root: a plain directory (no full-disk fault can be injected)
+            self.tmpfs_mounted = False
 
     @property
     def store_url(self) -> str:
@@ -351,7 +355,7 @@ class Stack:
             if pg is not None:
                 self.resume_server(pg.pid)
                 pg.stop()
-        if self.tmpfs is not None:
+        if self.tmpfs is not None and self.tmpfs_mounted:
             await asyncio.to_thread(subprocess.run, ["umount", "-l", str(self.tmpfs)], check=False)
 
     # -- processes ---------------------------------------------------------------------------
