@@ -100,6 +100,12 @@ async def backup_ended(work: Workload, cluster_id: str, backup_id: str) -> Any:
     return await wait_for(check, f"backup {backup_id} to end", 180)
 
 
+def held_by(work: Workload, owner: str) -> set[str]:
+    """The backups whose leases ``owner`` holds (a killed or paused executor may run several:
+    all of them wait for the reaper)."""
+    return {str(lease[1]) for lease in work.leases("backup") if str(lease[2]) == owner}
+
+
 def cluster_of_backup(state: LogState, backup_id: str) -> str:
     return next(c for (c, b) in state.backups if b == backup_id)
 
@@ -119,13 +125,14 @@ async def executor_killed_mid_backup(work: Workload) -> Evidence:
         await work.next_day()
         lease = await running_backup_lease(work)
         victim = stack.owner_process(str(lease[2]))
+        orphans = held_by(work, str(lease[2]))
         victim.kill()
         evidence.saw(f"SIGKILL {victim.instance} while it ran backup {lease[1]}")
         victim.start()
     finally:
         stack.target_proxy.slow(0)
     backup_id = str(lease[1])
-    await only_running(work, {backup_id})
+    await only_running(work, orphans)
     await asyncio.to_thread(stack.advance, BACKUP_LEASE_SECONDS + 5)
     state = await work.log()
     ended = await backup_ended(work, cluster_of_backup(state, backup_id), backup_id)
@@ -145,10 +152,11 @@ async def stale_lease_worker(work: Workload) -> Evidence:
         await work.next_day()
         lease = await running_backup_lease(work)
         victim = stack.owner_process(str(lease[2]))
+        orphans = held_by(work, str(lease[2]))
         victim.pause()
         backup_id = str(lease[1])
         evidence.saw(f"SIGSTOP {victim.instance} while it ran backup {backup_id}")
-        await only_running(work, {backup_id})
+        await only_running(work, orphans)
         await asyncio.to_thread(stack.advance, BACKUP_LEASE_SECONDS + 5)
         state = await work.log()
         cluster_id = cluster_of_backup(state, backup_id)
@@ -359,6 +367,83 @@ async def every_message_twice(work: Workload) -> Evidence:
     return evidence
 
 
+async def restore_killed_mid_restore(work: Workload) -> Evidence:
+    """SIGKILL the restore instance copying rows into the destination: the other instance reaps
+    the job (``LEASE_EXPIRED``) and drops its temporary database; the destination stays as it
+    was (no new database)."""
+    stack, evidence = work.stack, Evidence()
+    assert stack.target_proxy is not None
+    before = await asyncio.to_thread(work.target_databases)
+    stack.target_proxy.slow(0.05)
+    try:
+        restore_id = await work.start_restore("weekly-local", "app_killed")
+
+        async def running_lease() -> tuple[Any, ...] | None:
+            state = await work.log()
+            if state.restores.get(restore_id, ("", ""))[1] != "RUNNING":
+                return None
+            temporary = [
+                d for d in await asyncio.to_thread(work.target_databases) if "mb_restore_" in d
+            ]
+            leases = [r for r in work.leases("restore") if str(r[1]) == restore_id]
+            return leases[0] if leases and temporary else None
+
+        lease = await wait_for(running_lease, "the restore copying rows", 120, every=0.05)
+        victim = stack.owner_process(str(lease[2]))
+        victim.kill()
+        evidence.saw(f"SIGKILL {victim.instance} while restore {restore_id} copied rows")
+        victim.start()
+    finally:
+        stack.target_proxy.slow(0)
+    await asyncio.to_thread(stack.advance, RESTORE_LEASE_SECONDS + 5)
+
+    async def ended() -> str | None:
+        state = await work.log()
+        status = state.restores.get(restore_id, ("", ""))[1]
+        return status if status in ("SUCCEEDED", "FAILED") else None
+
+    status = await wait_for(ended, f"restore {restore_id} to end", 180)
+    reason = await asyncio.to_thread(restore_error, work, restore_id)
+    evidence.saw(f"restore {restore_id} ended {status}: {reason}")
+    evidence.happened = status == "FAILED" and "LEASE_EXPIRED" in reason
+    evidence.facts["databases_before"] = before
+    return evidence
+
+
+def restore_error(work: Workload, restore_id: str) -> str:
+    from managed_backups.shared.domain.restore import Restore
+
+    assert work.stack.store is not None
+    job = work.stack.store.get_or_none(UUID(restore_id), Restore)
+    return str(job.error) if job is not None else "not recorded"
+
+
+def destination_as_it_was(work: Workload, state: LogState, evidence: Evidence) -> None:
+    """The failed restore's destination is as it was: the same databases, none left half-made."""
+    after = work.target_databases()
+    assert after == evidence.facts["databases_before"], (evidence.facts["databases_before"], after)
+
+
+async def broker_restarted(work: Workload) -> Evidence:
+    """Restart the Kafka broker while a backup runs and the day's TakeBackups are in flight."""
+    stack, evidence = work.stack, Evidence()
+    assert stack.kafka is not None and stack.target_proxy is not None
+    stack.target_proxy.slow(0.02)
+    try:
+        await work.next_day()
+        lease = await running_backup_lease(work)
+        before = stack.kafka.pid
+        await asyncio.to_thread(stack.kafka.restart)
+        evidence.saw(
+            f"restarted the Kafka broker (pid {before} -> {stack.kafka.pid}) while backup "
+            f"{lease[1]} ran"
+        )
+        evidence.happened = before != stack.kafka.pid
+    finally:
+        stack.target_proxy.slow(0)
+    return evidence
+
+
 FAULTS: dict[str, Fault] = {
     "executor-killed-mid-backup": Fault(
         "SIGKILL of a backup-executor mid-backup", executor_killed_mid_backup
@@ -378,6 +463,12 @@ FAULTS: dict[str, Fault] = {
         "every message delivered twice (consumer groups and the relay rewound)",
         every_message_twice,
     ),
+    "restore-killed-mid-restore": Fault(
+        "SIGKILL of a restore instance mid-restore",
+        restore_killed_mid_restore,
+        (destination_as_it_was,),
+    ),
+    "broker-restart": Fault("restart of the Kafka broker with work in flight", broker_restarted),
 }
 ALL = tuple(FAULTS)
 DEFAULT = (
