@@ -154,6 +154,7 @@ async def stale_lease_worker(work: Workload) -> Evidence:
         victim = stack.owner_process(str(lease[2]))
         orphans = held_by(work, str(lease[2]))
         victim.pause()
+        stack.target_proxy.slow(0)  # the paused worker's backup is frozen; the others end
         backup_id = str(lease[1])
         evidence.saw(f"SIGSTOP {victim.instance} while it ran backup {backup_id}")
         await only_running(work, orphans)
