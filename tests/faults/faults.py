@@ -445,6 +445,80 @@ async def broker_restarted(work: Workload) -> Evidence:
     return evidence
 
 
+async def target_refuses_connections(work: Workload) -> Evidence:
+    """The backup targets' server refuses connections for a day (the proxy in front of it cuts
+    and refuses them), then answers again: that day's backups end FAILED (never hang or stay
+    running), the next day's COMPLETE."""
+    stack, evidence = work.stack, Evidence()
+    proxy = stack.target_proxy
+    assert proxy is not None
+    known = set((await work.log()).backups)
+    refused_before = proxy.refused
+    proxy.refuse()
+    try:
+        await work.next_day()
+        await work.settle()
+    finally:
+        proxy.accept()
+    state = await work.log()
+    refused_day = [b for key, b in state.backups.items() if key not in known]
+    evidence.saw(
+        f"the target refused {proxy.refused - refused_before} connections for a day: its "
+        f"{len(refused_day)} backups ended {sorted({b.status for b in refused_day})} "
+        f"({sorted({(b.error or '').split(':')[0] for b in refused_day})})"
+    )
+    known = set(state.backups)
+    await work.next_day()
+    await work.settle()
+    state = await work.log()
+    next_day = [b for key, b in state.backups.items() if key not in known]
+    evidence.saw(f"answering again: the next day's {len(next_day)} backups ended "
+                 f"{sorted({b.status for b in next_day})}")  # fmt: skip
+    evidence.happened = (
+        proxy.refused > refused_before
+        and bool(refused_day)
+        and all(b.status == "FAILED" for b in refused_day)
+        and bool(next_day)
+        and all(b.status == "COMPLETE" for b in next_day)
+    )
+    return evidence
+
+
+async def follower_killed_mid_batch(work: Workload, service: str, position_table: str) -> Evidence:
+    """SIGKILL one instance of a log follower (the relay, the projections) while the log has
+    events it has not yet passed (the day's backups being recorded), then start it again."""
+    stack, evidence = work.stack, Evidence()
+    assert stack.db is not None and stack.store is not None and stack.target_proxy is not None
+    db, store = stack.db, stack.store
+    victim = stack.instance(service, 0)
+    stack.target_proxy.slow(0.02)
+    try:
+        await work.next_day()
+
+        async def behind_the_log() -> tuple[int, int] | None:
+            top = await asyncio.to_thread(store.max_position)
+            rows = await asyncio.to_thread(db.query, f"SELECT position FROM {position_table}")
+            at = int(rows[0][0]) if rows else 0
+            return (at, top) if at < top else None
+
+        at, top = await wait_for(behind_the_log, f"{service} behind the log", 120, every=0.01)
+        victim.kill()
+        evidence.saw(f"SIGKILL {victim.instance} with the log at {top} and its position at {at}")
+        victim.start()
+    finally:
+        stack.target_proxy.slow(0)
+    evidence.happened = at < top
+    return evidence
+
+
+async def relay_killed_mid_publish(work: Workload) -> Evidence:
+    return await follower_killed_mid_batch(work, "relay", "mb_relay_position")
+
+
+async def projections_killed_mid_batch(work: Workload) -> Evidence:
+    return await follower_killed_mid_batch(work, "projections", "mb_view_position")
+
+
 FAULTS: dict[str, Fault] = {
     "executor-killed-mid-backup": Fault(
         "SIGKILL of a backup-executor mid-backup", executor_killed_mid_backup
@@ -470,6 +544,17 @@ FAULTS: dict[str, Fault] = {
         (destination_as_it_was,),
     ),
     "broker-restart": Fault("restart of the Kafka broker with work in flight", broker_restarted),
+    "relay-killed-mid-publish": Fault(
+        "SIGKILL of a relay instance with events not yet published", relay_killed_mid_publish
+    ),
+    "projections-killed-mid-batch": Fault(
+        "SIGKILL of a projections instance with events not yet applied",
+        projections_killed_mid_batch,
+    ),
+    "target-refuses-connections": Fault(
+        "a backup target refusing connections for a day, then answering again",
+        target_refuses_connections,
+    ),
 }
 ALL = tuple(FAULTS)
 DEFAULT = (
