@@ -519,6 +519,46 @@ async def projections_killed_mid_batch(work: Workload) -> Evidence:
     return await follower_killed_mid_batch(work, "projections", "mb_view_position")
 
 
+PAUSE_SECONDS = 15.0
+"""How long a server stays stopped: longer than the broker's session timeout (10 s), so the
+consumer groups lose their members; the simulated clock, kept in the event store, stands still."""
+
+
+async def server_paused(work: Workload, which: str) -> Evidence:
+    """SIGSTOP a server (its whole process group) while a backup runs, SIGCONT it after
+    :data:`PAUSE_SECONDS`."""
+    stack, evidence = work.stack, Evidence()
+    assert stack.events_pg is not None and stack.kafka is not None
+    assert stack.target_proxy is not None
+    pid = stack.events_pg.pid if which == "event store" else stack.kafka.pid
+    stack.target_proxy.slow(0.02)
+    try:
+        await work.next_day()
+        lease = await running_backup_lease(work)
+        stack.pause_server(pid)
+        began = time.monotonic()
+        try:
+            await asyncio.sleep(PAUSE_SECONDS)  # the fault's length, not a wait for an outcome
+        finally:
+            stack.resume_server(pid)
+        evidence.saw(
+            f"SIGSTOP of the {which}'s server (pid {pid}) for {time.monotonic() - began:.0f} s "
+            f"while backup {lease[1]} ran, then SIGCONT"
+        )
+        evidence.happened = True
+    finally:
+        stack.target_proxy.slow(0)
+    return evidence
+
+
+async def event_store_paused(work: Workload) -> Evidence:
+    return await server_paused(work, "event store")
+
+
+async def broker_paused(work: Workload) -> Evidence:
+    return await server_paused(work, "broker")
+
+
 FAULTS: dict[str, Fault] = {
     "executor-killed-mid-backup": Fault(
         "SIGKILL of a backup-executor mid-backup", executor_killed_mid_backup
@@ -550,6 +590,13 @@ FAULTS: dict[str, Fault] = {
     "projections-killed-mid-batch": Fault(
         "SIGKILL of a projections instance with events not yet applied",
         projections_killed_mid_batch,
+    ),
+    "event-store-paused": Fault(
+        "the event store's PostgreSQL paused (SIGSTOP) with a backup in flight",
+        event_store_paused,
+    ),
+    "broker-paused": Fault(
+        "the Kafka broker paused (SIGSTOP) with a backup in flight", broker_paused
     ),
     "target-refuses-connections": Fault(
         "a backup target refusing connections for a day, then answering again",
