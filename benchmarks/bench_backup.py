@@ -33,6 +33,13 @@ a few tables changed (rows inserted, updated, deleted in ``--changed`` tables) a
 incremental. Targets: the full no slower than ``pg_dump -Fd -j2``; the incremental <= 50% of
 the full's time and <= 5% of its bytes. The server gets ``max_locks_per_transaction`` sized for
 the table count, as ``pg_dump``'s own documentation asks of databases with many tables.
+
+``--encryption`` (on the ``pgbench`` shape's data): encryption at rest on and off, compared in
+the same run. Our full backup is taken ``--repeat`` times (default 5) each way into a fresh
+store, alternating which goes first in each round (on a shared machine the load drifts; an
+alternated pair sees the same load), sealed for a cluster with a platform key file
+(``shared/dataplane/sealing.py``) or plain. Reported: each way's median and range, the ratio of
+the medians (target: on <= 1.1x off), stored bytes, and the load average before and after.
 """
 
 from __future__ import annotations
@@ -96,7 +103,14 @@ def _child_backup(args: dict[str, Any]) -> None:
     adapter = PostgresAdapter(
         args["dsn"], password=os.environ["BENCH_PGPASSWORD"], parallelism=args["parallelism"]
     )
-    request = BackupRequest(ObjectStore(args["store"]), "bench", args["backup_id"])
+    store = ObjectStore(args["store"])
+    if args.get("keys"):  # encryption at rest: sealed for the cluster with a platform key
+        from managed_backups.shared.dataplane.keys import ClusterKeys, LocalKeyring
+        from managed_backups.shared.dataplane.sealing import sealed_store
+
+        ring = LocalKeyring(Path(args["keys"]), label="platform", name="key", create_first=True)
+        store = sealed_store(store, ClusterKeys("bench", ring, (ring,)))
+    request = BackupRequest(store, "bench", args["backup_id"])
     start = time.perf_counter()
     if args.get("previous"):
         previous = load_manifest(Path(args["previous"]).read_bytes())
@@ -464,6 +478,74 @@ class Bench:
         self.all_pass = all(ok for _, ok, _ in checks)
 
 
+def alternated(
+    repeat: int, run: Callable[[bool, int], float]
+) -> tuple[list[float], list[float], tuple[float, float]]:
+    """``run(encrypted, round)`` ``repeat`` times each way, alternating which goes first;
+    returns the times off, the times on, and the 1-minute load average before and after."""
+    off: list[float] = []
+    on: list[float] = []
+    load_before = os.getloadavg()[0]
+    for i in range(repeat):
+        for encrypted in (False, True) if i % 2 == 0 else (True, False):
+            (on if encrypted else off).append(run(encrypted, i))
+    return off, on, (load_before, os.getloadavg()[0])
+
+
+def print_encryption_report(
+    what: str, off: list[float], on: list[float], load: tuple[float, float], detail: str = ""
+) -> bool:
+    """Medians, ranges, the ratio and the load; whether on <= 1.1x off."""
+    m_off, m_on = statistics.median(off), statistics.median(on)
+    ratio = m_on / m_off
+    print()
+    print(f"{what}, encryption at rest off vs on ({len(off)} alternated runs each){detail}")
+    print(f"  load average (1 min): {load[0]:.1f} before, {load[1]:.1f} after")
+    for name, times in (("off", off), ("on", on)):
+        runs = ", ".join(f"{t:.2f}" for t in times)
+        print(
+            f"  {name:<3} median {statistics.median(times):7.2f}s  range {min(times):.2f}-{max(times):.2f}s  ({runs})"
+        )
+    ok = ratio <= 1.1
+    print(f"  [{'PASS' if ok else 'FAIL'}] on / off = {ratio:.3f} (target <= 1.1)")
+    return ok
+
+
+class EncryptionBench(Bench):
+    """Our full backup with encryption at rest off and on, alternated (``--encryption``)."""
+
+    def run(self) -> int:
+        self.pg.start()
+        stored: dict[bool, int] = {}
+        try:
+            self.generate()
+
+            def one(encrypted: bool, round_: int) -> float:
+                store = self.workdir / f"store-{'on' if encrypted else 'off'}"
+                shutil.rmtree(store, ignore_errors=True)
+                args = {
+                    "dsn": self.pg.dsn_for("postgres"),
+                    "store": store.as_uri(),
+                    "backup_id": "full",
+                    "manifest_out": str(self.manifests / "full.json"),
+                    "parallelism": self.parallelism,
+                    "keys": str(self.workdir / "keys") if encrypted else None,
+                }
+                out = _run_child("backup", args, self.env)
+                stored[encrypted] = dir_bytes(store)
+                self.log(f"full, encryption {'on ' if encrypted else 'off'}: {out['seconds']:.2f}s")
+                return float(out["seconds"])
+
+            off, on, load = alternated(self.repeat, one)
+        finally:
+            self.pg.stop()
+        detail = (
+            f"\n  database 'bench' {self.db_size / MiB:.0f} MiB; stored {stored[False] / MiB:.1f}"
+            f" MiB off, {stored[True] / MiB:.1f} MiB on"
+        )
+        return 0 if print_encryption_report("full backup", off, on, load, detail) else 1
+
+
 class TablesBench(Bench):
     """Per-table overhead: many small tables in many schemas (a multi-tenant layout)."""
 
@@ -581,6 +663,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="runs of each timed step, median reported (default: 3 for shape tables, else 1)",
     )
+    parser.add_argument(
+        "--encryption",
+        action="store_true",
+        help="our full backup with encryption at rest off and on, alternated (--repeat, default 5)",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary directory")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--child-backup", help=argparse.SUPPRESS)
@@ -592,6 +679,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.child_shell:
         _child_shell(json.loads(args.child_shell))
         return 0
+    if args.encryption:
+        workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-encryption-"))
+        try:
+            return EncryptionBench(args.scale, workdir, args.parallelism, args.repeat or 5).run()
+        finally:
+            if not args.keep:
+                shutil.rmtree(workdir, ignore_errors=True)
     if args.shape == "pgbench" and shutil.which("restic") is None:
         raise SystemExit("restic not found (Debian: apt-get install -y restic)")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-backup-"))

@@ -31,6 +31,12 @@ are compared with the source at backup time (row count and an order-independent 
 then dropped. Targets (wall-clock medians): ``pgbench``: the full <= 0.7x ``pg_restore -j2``,
 the chain <= 0.7x ``pg_restore -j2`` and within 1.1x of our full; ``objects``: ours <= 1.5x
 the faster ``pg_restore``; peak RSS < 300 MiB.
+
+``--encryption``: one full backup with encryption at rest and one without (the same data), each
+restored ``--repeat`` times (default 5) into a fresh database, alternating which goes first in
+each round; every restore reads its manifests from its store (sealed for the cluster, or plain)
+and is checked against the source. Reported: each way's median and range, the ratio (target:
+on <= 1.1x off) and the load average.
 """
 
 from __future__ import annotations
@@ -78,7 +84,7 @@ def _child_restore(args: dict[str, Any]) -> None:
         execute_plan,
     )
 
-    chain = [load_manifest(Path(p).read_bytes()) for p in args["chain"]]
+    store = ObjectStore(args["store"])
     plan = RestorePlan(
         kind="DATABASE",
         source_database="bench",
@@ -87,9 +93,18 @@ def _child_restore(args: dict[str, Any]) -> None:
     )
     start = time.perf_counter()
     cpu = _own_cpu()
-    execute_plan(
-        ObjectStore(args["store"]), chain, plan, ClusterAccess(args["dsn"]), lambda n: None
-    )
+    if args.get("head"):  # read from the store, as the restore service does (sealed or not)
+        from managed_backups.shared.dataplane.keys import ClusterKeys, LocalKeyring
+        from managed_backups.shared.dataplane.manifest import load_chain, read_manifest
+        from managed_backups.shared.dataplane.sealing import sealed_store
+
+        if args.get("keys"):
+            ring = LocalKeyring(Path(args["keys"]), label="platform", name="key")
+            store = sealed_store(store, ClusterKeys("bench", ring, (ring,)))
+        chain = load_chain(store, read_manifest(store, "bench", args["head"], args["head"]))
+    else:
+        chain = [load_manifest(Path(p).read_bytes()) for p in args["chain"]]
+    execute_plan(store, chain, plan, ClusterAccess(args["dsn"]), lambda n: None)
     elapsed = time.perf_counter() - start
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"seconds": elapsed, "cpu": _own_cpu() - cpu, "peak_rss": rss}))
@@ -409,6 +424,62 @@ class ObjectsRestoreBench(RestoreBench):
         return 0 if ok else 1
 
 
+class EncryptedRestoreBench(RestoreBench):
+    """Our full restore with encryption at rest off and on, alternated (``--encryption``)."""
+
+    def __init__(self, scale: int, workdir: Path, parallelism: int, repeat: int) -> None:
+        super().__init__(scale, workdir, parallelism)
+        self.repeat = repeat
+
+    def run(self) -> int:
+        from benchmarks.bench_backup import alternated, print_encryption_report
+
+        self.pg.start()
+        self.passfile.write_text(f"127.0.0.1:{self.pg.port}:*:postgres:{self.pg.password}\n")
+        self.passfile.chmod(0o600)
+        checks: list[str] = []
+        try:
+            self.generate()
+            for encrypted in (False, True):
+                args = {
+                    "dsn": self.pg.dsn_for("postgres"),
+                    "store": (self.workdir / f"store-{'on' if encrypted else 'off'}").as_uri(),
+                    "backup_id": "full",
+                    "manifest_out": str(self.manifests / f"full-{encrypted}.json"),
+                    "parallelism": self.parallelism,
+                    "keys": str(self.workdir / "keys") if encrypted else None,
+                }
+                _run_child("backup", args, self.env)
+            expected = self.checksums("bench")
+
+            def one(encrypted: bool, round_: int) -> float:
+                target = f"restored_{'on' if encrypted else 'off'}_{round_}"
+                args = {
+                    "head": "full",
+                    "store": (self.workdir / f"store-{'on' if encrypted else 'off'}").as_uri(),
+                    "keys": str(self.workdir / "keys") if encrypted else None,
+                    "target": target,
+                    "dsn": f"{self.pg.dsn_for('postgres')} passfile={self.passfile}",
+                }
+                out = _run_child_restore(args, self.env)
+                checks.append(self.compare(target, expected))
+                self.psql(f'DROP DATABASE "{target}"', db="postgres")
+                self.log(
+                    f"restore, encryption {'on ' if encrypted else 'off'}: {out['seconds']:.2f}s,"
+                    f" {checks[-1]}"
+                )
+                return float(out["seconds"])
+
+            off, on, load = alternated(self.repeat, one)
+        finally:
+            self.pg.stop()
+        detail = f"\n  database 'bench' {self.db_size / MiB:.0f} MiB"
+        ok = print_encryption_report("full restore", off, on, load, detail)
+        matched = all(c == "all tables match" for c in checks)
+        print(f"  [{'PASS' if matched else 'FAIL'}] every restore matches the source")
+        return 0 if ok and matched else 1
+
+
 def _run_child_restore(args: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
     return _run_module_child("--child-restore", args, env)
 
@@ -450,9 +521,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--repeat",
         type=int,
         default=None,
-        help="restores of each tool, medians reported (default: 1 for pgbench, 5 for objects)",
+        help="restores of each tool, medians reported (default: 1 for pgbench, 5 for objects "
+        "and for each way of --encryption)",
     )
     parser.add_argument("--parallelism", type=int, default=2, help="our backup's table workers")
+    parser.add_argument(
+        "--encryption",
+        action="store_true",
+        help="our full restore with encryption at rest off and on, alternated",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary directory")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--child-restore", help=argparse.SUPPRESS)
@@ -480,6 +557,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rows=args.rows,
                 repeat=5 if args.repeat is None else args.repeat,
             ).run()
+        if args.encryption:
+            repeat = 5 if args.repeat is None else args.repeat
+            return EncryptedRestoreBench(args.scale, workdir, args.parallelism, repeat).run()
         return RestoreBench(args.scale, workdir, args.parallelism, args.repeat or 1).run()
     finally:
         if not args.keep:

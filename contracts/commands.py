@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 from uuid import UUID
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
 
 from managed_backups.contracts.base import Contract
 from managed_backups.contracts.enums import BackupReason, BackupType, Engine, RestoreType, Tier
@@ -36,6 +36,35 @@ MAX_TOKEN_LENGTH = 2048
 MAX_REGIONS = 64
 MAX_NAME_LENGTH = 255
 MAX_RESTORE_OBJECTS = 1000
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _control_character(value: str) -> str | None:
+    """A description of the first control character in ``value`` (None if it has none)."""
+    found = _CONTROL.search(value)
+    if found is None:
+        return None
+    char = found.group()
+    if char == "\0":
+        return "NUL (\\0): PostgreSQL cannot store it"
+    return f"control character {char!r}"
+
+
+def plain_text(value: str) -> str:
+    """Rule: free text a command carries (names, organizations, versions, references) holds no
+    control characters: PostgreSQL text cannot hold NUL, and none of them belongs in a name or
+    a log line."""
+    found = _control_character(value)
+    if found is not None:
+        raise ValueError(f"must not contain {found}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(plain_text)]
 
 
 class CommandBase(Contract):
@@ -64,8 +93,8 @@ class RegisterCluster(CommandBase):
         description="Always RegisterCluster: names the message (the discriminator).",
     )
     cluster_id: ClusterId
-    name: str = Field(min_length=1, max_length=200, description="Display name of the cluster.")
-    organization: str = Field(
+    name: Text = Field(min_length=1, max_length=200, description="Display name of the cluster.")
+    organization: Text = Field(
         min_length=1,
         max_length=200,
         examples=["acme"],
@@ -78,13 +107,13 @@ class RegisterCluster(CommandBase):
         max_length=MAX_REGIONS, description="Cloud regions of the cluster, e.g. us-east-1."
     )
     engine: Engine = Field(default=Engine.POSTGRES, description="Database engine of the cluster.")
-    database_version: str = Field(
+    database_version: Text = Field(
         min_length=1,
         max_length=40,
         examples=["15.8"],
         description="PostgreSQL server version of the cluster.",
     )
-    connection_ref: str = Field(
+    connection_ref: Text = Field(
         min_length=1,
         max_length=500,
         description=(
@@ -191,20 +220,54 @@ class VerifyBackup(CommandBase):
 
 MAX_IDENTIFIER = 63
 """PostgreSQL truncates identifiers to 63 bytes; a longer name cannot name an object."""
+RESERVED_DATABASE_PREFIX = "mb_restore_"
+"""The restore service's temporary databases are named so; no restore may name one."""
+
+
+def postgres_name(value: str) -> str:
+    """Rule: "a name PostgreSQL can hold". An identifier (database, schema, table) is at most
+    63 bytes in UTF-8 (PostgreSQL cuts longer ones, so they would name another object), holds
+    no NUL (PostgreSQL cannot store it) and no other control character (``pg_dump`` and
+    ``pg_restore`` refuse names with newlines; none belongs in a name), and is valid Unicode."""
+    plain_text(value)
+    size = len(value.encode("utf-8"))
+    if size > MAX_IDENTIFIER:
+        raise ValueError(
+            f"is {size} bytes in UTF-8; PostgreSQL names are at most {MAX_IDENTIFIER} bytes"
+        )
+    return value
+
+
+def new_database_name(value: str) -> str:
+    """A database a restore creates or writes into: a PostgreSQL name, and not one of the
+    restore service's temporary databases."""
+    postgres_name(value)
+    if value.startswith(RESERVED_DATABASE_PREFIX):
+        raise ValueError(
+            f"names starting with {RESERVED_DATABASE_PREFIX} are reserved for the restore "
+            "service's temporary databases"
+        )
+    return value
+
+
+PostgresName = Annotated[str, AfterValidator(postgres_name)]
+TargetDatabaseName = Annotated[str, AfterValidator(new_database_name)]
 
 
 class RestoreObject(Contract):
     """One database, or one table (``database`` + ``schema`` + ``table``) of the backup."""
 
-    database: str = Field(min_length=1, max_length=MAX_IDENTIFIER, description="Database name.")
-    schema_: str | None = Field(
+    database: PostgresName = Field(
+        min_length=1, max_length=MAX_IDENTIFIER, description="Database name."
+    )
+    schema_: PostgresName | None = Field(
         default=None,
         alias="schema",
         min_length=1,
         max_length=MAX_IDENTIFIER,
         description="Schema name.",
     )
-    table: str | None = Field(
+    table: PostgresName | None = Field(
         default=None,
         min_length=1,
         max_length=MAX_IDENTIFIER,
@@ -213,13 +276,13 @@ class RestoreObject(Contract):
 
 
 class RestoreOptions(Contract):
-    new_db_name: str | None = Field(
+    new_db_name: TargetDatabaseName | None = Field(
         default=None,
         min_length=1,
         max_length=MAX_IDENTIFIER,
         description="DATABASE or TABLE: the new database to create (default: the source name).",
     )
-    into_db: str | None = Field(
+    into_db: TargetDatabaseName | None = Field(
         default=None,
         min_length=1,
         max_length=MAX_IDENTIFIER,
@@ -279,13 +342,27 @@ class EnforceRetention(CommandBase):
     cluster_id: ClusterId | None = Field(default=None, description="None: every cluster.")
 
 
+class RotateEncryptionKeys(CommandBase):
+    """Wrap every chain's data key by the cluster's current key-encryption key (after the
+    platform key was rotated, or a customer key configured or replaced). Adds one key object
+    per chain; nothing stored is rewritten."""
+
+    type: Literal["RotateEncryptionKeys"] = Field(
+        default="RotateEncryptionKeys",
+        description="Always RotateEncryptionKeys: names the message (the discriminator).",
+    )
+    cluster_id: ClusterId | None = Field(
+        default=None, description="None: every cluster with backups (an administrator)."
+    )
+
+
 ClusterCommand = Annotated[
     RegisterCluster | UpdateBackupSettings | ChangeClusterTier | DeleteCluster,
     Field(discriminator="type"),
 ]
 BackupCommand = Annotated[TakeBackup | VerifyBackup, Field(discriminator="type")]
 RestoreCommand = StartRestore
-RetentionCommand = EnforceRetention
+RetentionCommand = Annotated[EnforceRetention | RotateEncryptionKeys, Field(discriminator="type")]
 AnyCommand = Annotated[
     RegisterCluster
     | UpdateBackupSettings
@@ -294,6 +371,7 @@ AnyCommand = Annotated[
     | TakeBackup
     | VerifyBackup
     | StartRestore
-    | EnforceRetention,
+    | EnforceRetention
+    | RotateEncryptionKeys,
     Field(discriminator="type"),
 ]

@@ -193,6 +193,10 @@ class BackupCompleted(EventBase):
     )
     manifest_key: str = Field(description="Object-store key of the backup's manifest.")
     expires_at: datetime = Field(description="When retention will expire the backup.")
+    encrypted: bool | None = Field(
+        default=None,
+        description="Whether its chain is stored encrypted at rest (absent before encryption).",
+    )
 
 
 class BackupFailed(EventBase):
@@ -385,6 +389,85 @@ class ConnectionSecretRemoved(EventBase):
     reason: str = Field(description="Why, in words.")
 
 
+# -- encryption at rest: a cluster's customer key and rotation jobs (no key material, ever) --
+
+
+class CustomerKeyConfigured(EventBase):
+    """A customer-managed key was configured for an ADVANCED cluster: new chains' data keys are
+    wrapped by it. Carries the key's name and id (a fingerprint), never the key."""
+
+    type: Literal["CustomerKeyConfigured"] = Field(
+        default="CustomerKeyConfigured",
+        description="Always CustomerKeyConfigured: names the message (the discriminator).",
+    )
+    key_name: str = Field(description="The key's name (its file in the customer keys directory).")
+    key_id: str = Field(description="The key's id: name and fingerprint, never key material.")
+
+
+class CustomerKeyChanged(EventBase):
+    """Another customer key replaced the cluster's (older chains keep theirs until rotated)."""
+
+    type: Literal["CustomerKeyChanged"] = Field(
+        default="CustomerKeyChanged",
+        description="Always CustomerKeyChanged: names the message (the discriminator).",
+    )
+    key_name: str = Field(description="The new key's name.")
+    key_id: str = Field(description="The new key's id: name and fingerprint.")
+    previous_key_id: str | None = Field(description="The key it replaces (None: the platform's).")
+
+
+class CustomerKeyRemoved(EventBase):
+    """The cluster's customer key was removed: new chains use the platform key."""
+
+    type: Literal["CustomerKeyRemoved"] = Field(
+        default="CustomerKeyRemoved",
+        description="Always CustomerKeyRemoved: names the message (the discriminator).",
+    )
+    previous_key_id: str | None = Field(description="The key removed.")
+
+
+class KeyRotationStarted(EventBase):
+    """A rotation job started: every chain's data key is to be wrapped by ``key_id`` too."""
+
+    type: Literal["KeyRotationStarted"] = Field(
+        default="KeyRotationStarted",
+        description="Always KeyRotationStarted: names the message (the discriminator).",
+    )
+    rotation_id: UUID = Field(description="The rotation job's id.")
+    key_id: str = Field(description="The key-encryption key the chains are re-wrapped by.")
+    worker: str = Field(description="The retention service instance running the job.")
+    lease_until: datetime = Field(description="Until when the worker holds the job.")
+    command_id: UUID | None = Field(description="Id of the command that caused it.")
+
+
+class KeyRotationCompleted(EventBase):
+    """Every chain of the cluster is wrapped by ``key_id``; no stored object was rewritten."""
+
+    type: Literal["KeyRotationCompleted"] = Field(
+        default="KeyRotationCompleted",
+        description="Always KeyRotationCompleted: names the message (the discriminator).",
+    )
+    rotation_id: UUID = Field(description="The rotation job's id.")
+    key_id: str = Field(description="The key-encryption key the chains are now wrapped by.")
+    chains_rewrapped: int = Field(description="Chains that got a key object for key_id.")
+    chains_already_wrapped: int = Field(description="Chains that had one already.")
+    chains_unencrypted: int = Field(
+        description="Chains stored before encryption at rest (nothing to wrap)."
+    )
+
+
+class KeyRotationFailed(EventBase):
+    """A rotation job failed (the chains re-wrapped so far stay so; a new one resumes)."""
+
+    type: Literal["KeyRotationFailed"] = Field(
+        default="KeyRotationFailed",
+        description="Always KeyRotationFailed: names the message (the discriminator).",
+    )
+    rotation_id: UUID = Field(description="The rotation job's id.")
+    error_code: str = Field(description="Machine-readable kind of failure.")
+    error_message: str = Field(description="The failure, for a human.")
+
+
 # -- restore jobs: PREPARING → RUNNING → SUCCEEDED | FAILED, keyed by the destination cluster --
 
 
@@ -498,6 +581,12 @@ WireEvent = (
     | ConnectionSecretSet
     | ConnectionSecretChanged
     | ConnectionSecretRemoved
+    | CustomerKeyConfigured
+    | CustomerKeyChanged
+    | CustomerKeyRemoved
+    | KeyRotationStarted
+    | KeyRotationCompleted
+    | KeyRotationFailed
     | RestoreRequested
     | RestoreRunning
     | RestoreProgressed

@@ -36,8 +36,9 @@ TOPIC_MESSAGES: dict[str, tuple[str, list[type[BaseModel]]]] = {
         [commands.StartRestore],
     ),
     topics.RETENTION_COMMANDS: (
-        "EnforceRetention (also run periodically); consumed by the retention service.",
-        [commands.EnforceRetention],
+        "EnforceRetention (also run periodically) and RotateEncryptionKeys; consumed by the "
+        "retention service.",
+        [commands.EnforceRetention, commands.RotateEncryptionKeys],
     ),
     topics.EVENTS: (
         "Every domain event, keyed by cluster id, in event-store order per cluster.",

@@ -11,7 +11,6 @@ broker setup --admin-dir A
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 from typing import Annotated
@@ -19,15 +18,10 @@ from typing import Annotated
 import typer
 
 from managed_backups.services.registry import broker_users
-from managed_backups.shared.broker_access import (
-    ADMIN_USER,
-    BrokerCredentials,
-    KafkaAuth,
-    provision,
-)
-from managed_backups.shared.bus import ensure_topics
-from managed_backups.shared.infra.kafka import BrokerSecurity
-from managed_backups.shared.settings import Settings
+from managed_backups.shared.broker_access import ADMIN_USER, BrokerCredentials
+
+# The broker's client, the bus and the settings model are loaded by the commands that use
+# them: this module is imported by every command line, including those that only call the API.
 
 broker_app = typer.Typer(help="the broker's users and ACLs (outside `up`)", no_args_is_help=True)
 
@@ -54,6 +48,8 @@ def cmd_credentials(
     users_dir: Annotated[Path, typer.Option(help="one password file per broker user")],
 ) -> None:
     """Generate the broker's passwords (kept if they exist)."""
+    from managed_backups.shared.infra.kafka import BrokerSecurity
+
     passwords = BrokerCredentials(admin_dir / BrokerCredentials.FILE).ensure(list(broker_users()))
     security = BrokerSecurity(passwords[ADMIN_USER])
     # Read by the broker's own user (another uid): the directory is the broker's and setup's.
@@ -67,6 +63,12 @@ def cmd_credentials(
 @broker_app.command("setup")
 def cmd_setup(admin_dir: AdminDir) -> None:
     """Create the topics, the users and their ACLs on the running broker."""
+    import asyncio
+
+    from managed_backups.shared.broker_access import KafkaAuth, provision
+    from managed_backups.shared.bus import ensure_topics
+    from managed_backups.shared.settings import Settings
+
     settings = Settings()
     passwords = BrokerCredentials(admin_dir / BrokerCredentials.FILE).ensure(list(broker_users()))
     admin = passwords[ADMIN_USER]

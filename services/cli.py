@@ -4,23 +4,28 @@ up        run the whole system on this machine, in the foreground, on embedded d
 publish   publish a command to the running system and print its result
 service   run one service (what ``up`` and compose.yaml start)
 contracts export DIR   write JSON Schemas and the AsyncAPI document
-projections rebuild    drop the read models and rebuild them from the event store
+projections rebuild    rebuild the read models from the event store
 restore start DEST ... [--follow]   start a restore job and follow it to its end
 clusters set-secret ID set the password the executor uses for one cluster (stdin or prompt)
-orgs, accounts, keys, grants   organizations, service accounts, API keys and role grants
+clusters list, backups list|show, settings get|set, backup now|verify, restores list, history
+          daily work over the HTTP API (``services/apicli/commands.py``)
+orgs, accounts, keys, grants   organizations, service accounts, API keys and role grants, over
+          the same API (``services/apicli/access.py``)
 broker credentials|setup       the broker's users and ACLs where `up` does not run it (compose)
+encryption-key ...     encryption at rest: a cluster's customer key, rotation
+                       (``apicli/encryption_key.py``)
 
 Each command is a function with typed, documented parameters; the groups (``contracts``,
-``projections``, ``clusters``, ``restore``) are typer sub-applications. A command's outcome is its
-exit code (``typer.Exit``): 0 done, 1 refused by the system, 2 a usage problem (typer's own for a
-malformed command line), 3 the system did not answer (``restore start`` says 2 then, as it
-always has). Tracebacks never show local variables: a credential or a password may be one of
-them.
+``projections``, ``clusters``, ``restore``...) are typer sub-applications. A command's outcome is
+its exit code (``typer.Exit``): 0 done, 1 refused by the system, 2 a usage problem (typer's own
+for a malformed command line), 3 the system did not answer. Commands that call the API find it
+as ``shared/locations.py`` says (``--api-url``, else the URL ``up`` remembered in the data
+directory) and name the URL they tried when it does not answer. Tracebacks never show local
+variables: a credential or a password may be one of them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -30,18 +35,24 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import httpx
 import typer
 
 from managed_backups.contracts import topics
-from managed_backups.services.access_cli import accounts_app, grants_app, keys_app, orgs_app
-from managed_backups.services.api_client import API_URL_FILE, ApiAccess, CliError, report
+from managed_backups.services.apicli import access as access_commands
+from managed_backups.services.apicli import commands as api_commands
+from managed_backups.services.apicli.encryption_key import app as encryption_key_app
 from managed_backups.services.broker_cli import broker_app
 from managed_backups.services.registry import service_main, service_names
 from managed_backups.services.restore.cli import app as restore_app
-from managed_backups.shared.settings import Settings, default_data_dir
+from managed_backups.shared import locations
+
+if TYPE_CHECKING:
+    from managed_backups.shared.settings import Settings
+
+# Each command imports what it uses when it runs (asyncio, the settings model, the broker's
+# client, httpx, rich): a command that only calls the API answers without loading the rest.
 
 SERVICES = service_names()
 
@@ -62,11 +73,10 @@ app.add_typer(contracts_app, name="contracts")
 app.add_typer(restore_app, name="restore")
 app.add_typer(projections_app, name="projections")
 app.add_typer(clusters_app, name="clusters")
-app.add_typer(orgs_app, name="orgs")
-app.add_typer(accounts_app, name="accounts")
-app.add_typer(keys_app, name="keys")
-app.add_typer(grants_app, name="grants")
+api_commands.register(app, clusters_app)
+access_commands.register(app)
 app.add_typer(broker_app, name="broker")
+app.add_typer(encryption_key_app, name="encryption-key")
 
 DataDir = Annotated[
     Path | None,
@@ -86,6 +96,8 @@ Credential = Annotated[
 
 
 def _settings(data_dir: Path | None, **overrides: Any) -> Settings:
+    from managed_backups.shared.settings import Settings
+
     values: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
     if data_dir is not None:
         values["data_dir"] = data_dir.resolve()
@@ -150,6 +162,8 @@ def _fetch_client_tools() -> None:
 
 
 def _up(data_dir_option: Path | None, api_port: int | None, simulated_clock: bool) -> int:
+    import asyncio
+
     from managed_backups.services.registry import broker_users
     from managed_backups.services.runtime import private_sqlite_files
     from managed_backups.shared.broker_access import (
@@ -166,7 +180,7 @@ def _up(data_dir_option: Path | None, api_port: int | None, simulated_clock: boo
     from managed_backups.shared.secrets import ensure_private_dir
     from managed_backups.shared.sqldb import SqlDatabase, sqlite_path
 
-    data_dir = data_dir_option.resolve() if data_dir_option else default_data_dir()
+    data_dir = data_dir_option.resolve() if data_dir_option else locations.default_data_dir()
     ensure_private_dir(data_dir)
     settings = _settings(data_dir, api_port=api_port, simulated_clock=simulated_clock or None)
     if settings.simulated_clock and settings.production_like():
@@ -208,6 +222,12 @@ def _up(data_dir_option: Path | None, api_port: int | None, simulated_clock: boo
         kafka_bootstrap_servers=bootstrap,
         simulated_clock=simulated_clock or None,
     )
+    # Local development: clusters on this machine are allowed unless the environment says not.
+    allow_local = (
+        settings.allow_local_clusters
+        if "allow_local_clusters" in settings.model_fields_set
+        else True
+    )
     children: dict[str, subprocess.Popen[bytes]] = {}
     try:
         asyncio.run(ensure_topics(bootstrap, auth=admin_auth))
@@ -237,12 +257,15 @@ def _up(data_dir_option: Path | None, api_port: int | None, simulated_clock: boo
             "MANAGED_BACKUPS_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "MANAGED_BACKUPS_API_PORT": str(settings.api_port),
             "MANAGED_BACKUPS_SIMULATED_CLOCK": "true" if settings.simulated_clock else "false",
+            "MANAGED_BACKUPS_ALLOW_LOCAL_CLUSTERS": str(allow_local),
         }
         logs = data_dir / "logs"
         logs.mkdir(exist_ok=True)
 
         def spawn(name: str) -> subprocess.Popen[bytes]:
-            log = (logs / f"{name}.log").open("ab")
+            # The service logs to name.log, rotated by size; name.out keeps what it prints
+            # outside logging (a crash's traceback), appended.
+            log = (logs / f"{name}.out").open("ab")
             own = (
                 {
                     "MANAGED_BACKUPS_KAFKA_USERNAME": name,
@@ -253,7 +276,7 @@ def _up(data_dir_option: Path | None, api_port: int | None, simulated_clock: boo
             )
             return subprocess.Popen(
                 [sys.executable, "-m", "managed_backups.services.cli", "service", name],
-                env={**env, **own},
+                env={**env, **own, "MANAGED_BACKUPS_LOG_FILE": str(logs / f"{name}.log")},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 preexec_fn=child_preexec_fn(),
@@ -263,7 +286,8 @@ def _up(data_dir_option: Path | None, api_port: int | None, simulated_clock: boo
         for name in SERVICES:
             children[name] = spawn(name)
         api = f"http://{settings.api_host}:{settings.api_port}"
-        (data_dir / API_URL_FILE).write_text(api + "\n")
+        # Every command given this data directory reaches this API (and this broker, above).
+        locations.remember_api_url(data_dir, api)
         _wait_http(f"{api}/healthz", children, timeout=60)
         print(f"managed-backups is up (data directory {data_dir})")
         print(f"  API:    {api}")
@@ -276,6 +300,12 @@ def _up(data_dir_option: Path | None, api_port: int | None, simulated_clock: boo
         note = "created" if created else "kept"
         print(f"  administrator API key ({note}, also in {settings.admin_key_path}):")
         print(f"    {admin_key}")
+        if allow_local:
+            print(
+                "  warning: clusters on loopback and link-local addresses are allowed (local "
+                "development; MANAGED_BACKUPS_ALLOW_LOCAL_CLUSTERS=false refuses them, as "
+                "production must)"
+            )
         print("Ctrl-C stops everything.", flush=True)
 
         stopping = False
@@ -294,7 +324,7 @@ def _up(data_dir_option: Path | None, api_port: int | None, simulated_clock: boo
                     recent = [t for t in restarts.get(name, []) if time.monotonic() - t < 60]
                     print(
                         f"service {name} exited with {proc.returncode}; restarting "
-                        f"(see {logs / (name + '.log')})",
+                        f"(see {logs / (name + '.log')} and {logs / (name + '.out')})",
                         flush=True,
                     )
                     if len(recent) >= 5:
@@ -323,6 +353,8 @@ def _kafka_port(data_dir: Path) -> int | None:
 
 
 def _wait_http(url: str, children: dict[str, subprocess.Popen[bytes]], timeout: float) -> None:
+    import httpx
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for name, proc in children.items():
@@ -378,9 +410,7 @@ def cmd_publish(
         ),
     ] = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the command's result")] = 30.0,
-    api_url: Annotated[
-        str | None, typer.Option(help="the API that signs the command (default: `up`'s)")
-    ] = None,
+    api_url: api_commands.ApiUrl = None,
 ) -> None:
     """Publish a command and print its result.
 
@@ -402,19 +432,10 @@ def _publish(
     timeout: float,
     api_url: str | None = None,
 ) -> int:
-    from managed_backups.services.registry import COMMAND_LINE_USER
-    from managed_backups.shared.broker_access import BrokerCredentials
-    from managed_backups.shared.gateway import CommandGateway, CommandTimeout
+    from managed_backups.services.apicli.client import Api, CliError
 
-    data_dir = data_dir_option.resolve() if data_dir_option else default_data_dir()
-    configured = Settings()
-    bootstrap = bootstrap_servers or (
-        configured.kafka_bootstrap_servers
-        if "kafka_bootstrap_servers" in configured.model_fields_set
-        else None
-    )
-    if not bootstrap and (data_dir / "kafka-bootstrap").exists():
-        bootstrap = (data_dir / "kafka-bootstrap").read_text().strip()
+    data_dir = locations.data_dir(data_dir_option)
+    bootstrap = locations.bootstrap_servers(bootstrap_servers, data_dir)
     if not bootstrap:
         print(f"no broker: is `managed-backups up --data-dir {data_dir}` running?", file=sys.stderr)
         return 2
@@ -434,15 +455,23 @@ def _publish(
         return 2
     command.setdefault("command_id", str(uuid.uuid4()))
     try:
-        api = ApiAccess.resolve(data_dir, api_url, credential_option)
-        signed = api.call("POST", "/api/v1/command-tokens", {"topic": topic, "command": command})[
-            "command"
-        ]
-    except CliError as error:
-        return report(error)
+        with Api.connect(api_url, data_dir, credential_option) as api:
+            signed = api.call(
+                "POST", "/api/v1/command-tokens", body={"topic": topic, "command": command}
+            )["command"]
+    except CliError as failure:
+        print(failure.message, file=sys.stderr)
+        return failure.exit_code
+
+    import asyncio
+
+    from managed_backups.services.registry import COMMAND_LINE_USER
+    from managed_backups.shared.broker_access import BrokerCredentials
+    from managed_backups.shared.gateway import CommandGateway, CommandTimeout
+    from managed_backups.shared.settings import Settings
 
     # `up`'s broker: the command line's own broker user (its passwords are in the data directory).
-    auth = configured.kafka_auth() or BrokerCredentials(data_dir / BrokerCredentials.FILE).auth(
+    auth = Settings().kafka_auth() or BrokerCredentials(data_dir / BrokerCredentials.FILE).auth(
         COMMAND_LINE_USER
     )
 
@@ -487,10 +516,12 @@ def cmd_service(
     data_dir: DataDir = None,
 ) -> None:
     """Run one service in the foreground."""
+    import asyncio
+
     from managed_backups.services.runtime import configure_logging, open_runtime, stop_on_signals
 
     settings = _settings(data_dir)
-    configure_logging(name, settings.log_level)
+    configure_logging(name, settings)
     runtime = open_runtime(settings)
 
     async def main() -> None:
@@ -531,7 +562,8 @@ def cmd_contracts_export(
 
 @projections_app.command("rebuild")
 def cmd_projections_rebuild(data_dir: DataDir = None) -> None:
-    """Drop the read models and rebuild them from the event store."""
+    """Rebuild the read models from the event store (into side tables, then swapped in at
+    once: a running system keeps its views meanwhile)."""
     from managed_backups.services.projections.service import rebuild
     from managed_backups.shared.eventstore import open_event_store
     from managed_backups.shared.sqldb import SqlDatabase
@@ -539,8 +571,16 @@ def cmd_projections_rebuild(data_dir: DataDir = None) -> None:
     settings = _settings(data_dir)
     store = open_event_store(settings.store_url)
     db = SqlDatabase(settings.store_url)
+    started = time.monotonic()
     models = rebuild(store, db)
-    print(f"rebuilt the read models up to position {models.position()}")
+    took = time.monotonic() - started
+    events = models.position()
+    print(
+        f"rebuilt the read models up to position {events} "
+        f"({events / max(took, 1e-9):,.0f} events/s, {took:.1f} s)"
+    )
+    db.close()
+    store.close()
 
 
 # -- clusters set-secret ------------------------------------------------------------------------
@@ -563,31 +603,24 @@ def cmd_set_secret(
     cluster_id: Annotated[str, typer.Argument(metavar="ID", help="the cluster's id")],
     data_dir: DataDir = None,
     credential: Credential = None,
-    api_url: Annotated[
-        str | None, typer.Option(help="default: http://API_HOST:API_PORT from the settings")
-    ] = None,
+    api_url: api_commands.ApiUrl = None,
 ) -> None:
     """Set the password the executor uses for one cluster (read from stdin or a prompt)."""
-    raise typer.Exit(_set_secret(cluster_id, data_dir, credential, api_url))
+    from managed_backups.services.apicli.client import Api, CliError, cluster_path
 
-
-def _set_secret(
-    cluster_id: str, data_dir: Path | None, credential_option: str | None, api_url: str | None
-) -> int:
     try:
-        api = ApiAccess.resolve(data_dir, api_url, credential_option)
-    except CliError as error:
-        return report(error)
-    password = read_password()
-    if not password:
-        print("no password given", file=sys.stderr)
-        return 2
-    try:
-        api.call("PUT", f"/api/v1/clusters/{cluster_id}/connection-secret", {"password": password})
-    except CliError as error:
-        return report(error)
+        with Api.connect(api_url, data_dir, credential) as api:
+            password = read_password()
+            if not password:
+                print("no password given", file=sys.stderr)
+                raise typer.Exit(2)
+            api.call(
+                "PUT", f"{cluster_path(cluster_id)}/connection-secret", body={"password": password}
+            )
+    except CliError as failure:
+        print(failure.message, file=sys.stderr)
+        raise typer.Exit(failure.exit_code) from None
     print(f"the connection secret of cluster {cluster_id} is set")
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

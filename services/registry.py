@@ -9,7 +9,6 @@ only when a service is started, so one service's dependencies never load in anot
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,10 +17,12 @@ from typing import TYPE_CHECKING
 from managed_backups.contracts import topics
 from managed_backups.shared.broker_access import TopicAccess
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the command line reads this table without loading asyncio
+    import asyncio
+
     from managed_backups.services.runtime import Runtime
 
-ServiceMain = Callable[["Runtime", asyncio.Event], Awaitable[None]]
+ServiceMain = Callable[["Runtime", "asyncio.Event"], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,8 @@ SERVICES: tuple[Service, ...] = (
     Service(
         "retention",
         "managed_backups.services.retention.service:run",
-        "expires backups by the retention rules and deletes their stored objects",
+        "expires backups by the retention rules and deletes their stored objects; re-wraps "
+        "chains' data keys (RotateEncryptionKeys)",
         _commands(topics.RETENTION_COMMANDS, "managed-backups.retention"),
     ),
     Service("api", "managed_backups.services.api.app:run", "the HTTP API", PUBLISHER),

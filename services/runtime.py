@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+from managed_backups.shared import logs
 from managed_backups.shared.clock import Clock, build_clock
 from managed_backups.shared.command_tokens import CommandSigner, CommandVerifier
 from managed_backups.shared.eventstore import EventStore, open_event_store
@@ -73,10 +73,12 @@ def stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-def configure_logging(service: str, level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=level,
-        format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s",
+def configure_logging(service: str, settings: Settings) -> None:
+    """The service's logs (``shared/logs.py``): repeats rate-limited, a rotated file if set."""
+    logs.configure_logging(
+        service,
+        settings.log_level,
+        settings.log_file,
+        settings.log_max_bytes,
+        settings.log_backups,
     )
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
-    logging.getLogger("faststream").setLevel(logging.WARNING)

@@ -27,6 +27,7 @@ from managed_backups.shared.domain.errors import (
     Hidden,
     HiddenCluster,
     NotFound,
+    WrongRecordType,
 )
 from managed_backups.shared.domain.roles import GRANTABLE, ROLE_ACTIONS, Action
 from managed_backups.shared.eventstore import EventStore
@@ -66,12 +67,22 @@ def require_on_cluster(
     return cluster
 
 
+def registered_cluster(store: EventStore, cluster_id: str) -> Cluster | None:
+    """The cluster aggregate of ``cluster_id``, or None when it is not registered. A record of
+    another kind at its id (placed there by a version that let a client choose stream ids) is
+    no cluster: the caller is answered as for one that does not exist, never told what is there."""
+    try:
+        return store.get_or_none(Cluster.create_id(cluster_id), Cluster)
+    except WrongRecordType:
+        return None
+
+
 def load_cluster(
     store: EventStore, who: Principal, action: Action, cluster_id: str, live: bool = True
 ) -> Cluster:
     """The cluster aggregate ``who`` may ``action`` on (:func:`require_on_cluster`): what every
     command handler loads its cluster with."""
-    cluster = store.get_or_none(Cluster.create_id(cluster_id), Cluster)
+    cluster = registered_cluster(store, cluster_id)
     require_on_cluster(
         who, action, cluster_id, ClusterRef.of(cluster) if cluster else None, live=live
     )

@@ -10,16 +10,13 @@ command line), and ACLs per topic, so a service reads and writes its own topics 
 - :class:`BrokerCredentials`: the passwords, generated once into a file readable by its owner
   only (``<data-dir>/kafka-credentials.json``, mode 0600); each service is given its own.
 
-Two Kafka requests are built here from aiokafka's protocol types, because its admin client has
-no call for them: ``AlterUserScramCredentials`` (KIP-554; the salted password computed here, as
-Kafka's own clients do, so no password appears on a command line as with Kafka's tools) and a
-batch of ``CreateAcls`` (aiokafka's own request class sends one ACL per request).
+The two Kafka requests :func:`provision` sends are in ``shared/broker_requests.py``, loaded only
+when it runs: this module is also read by every command line (the registry's table of who may
+do what), which must not pay for the broker's client.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import json
 import os
 import secrets
@@ -27,21 +24,6 @@ from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 from typing import Any
-
-from aiokafka.client import AIOKafkaClient
-from aiokafka.errors import KafkaError
-from aiokafka.protocol.admin import CreateAclsRequest_v1
-from aiokafka.protocol.api import Request, RequestStruct, Response
-from aiokafka.protocol.types import (
-    CompactArray,
-    CompactBytes,
-    CompactString,
-    Int8,
-    Int16,
-    Int32,
-    Schema,
-    TaggedFields,
-)
 
 SCRAM_SHA_256 = "SCRAM-SHA-256"
 ADMIN_USER = "admin"
@@ -135,81 +117,6 @@ def acl_creations(user: str, access: TopicAccess) -> list[tuple[int, str, int, s
     return creations
 
 
-# -- the two requests ------------------------------------------------------------------------------
-
-
-class AlterUserScramCredentialsResponse_v0(Response):  # type: ignore[misc]
-    API_KEY = 51
-    API_VERSION = 0
-    SCHEMA = Schema(
-        ("throttle_time_ms", Int32),
-        (
-            "results",
-            CompactArray(
-                ("user", CompactString("utf-8")),
-                ("error_code", Int16),
-                ("error_message", CompactString("utf-8")),
-                ("tags", TaggedFields),
-            ),
-        ),
-        ("tags", TaggedFields),
-    )
-
-
-class AlterUserScramCredentialsRequest_v0(RequestStruct):  # type: ignore[misc]
-    FLEXIBLE_VERSION = True
-    API_KEY = 51
-    API_VERSION = 0
-    RESPONSE_TYPE = AlterUserScramCredentialsResponse_v0
-    SCHEMA = Schema(
-        (
-            "deletions",
-            CompactArray(
-                ("name", CompactString("utf-8")), ("mechanism", Int8), ("tags", TaggedFields)
-            ),
-        ),
-        (
-            "upsertions",
-            CompactArray(
-                ("name", CompactString("utf-8")),
-                ("mechanism", Int8),
-                ("iterations", Int32),
-                ("salt", CompactBytes),
-                ("salted_password", CompactBytes),
-                ("tags", TaggedFields),
-            ),
-        ),
-        ("tags", TaggedFields),
-    )
-
-
-class AlterUserScramCredentials(Request[AlterUserScramCredentialsRequest_v0]):  # type: ignore[misc]
-    API_KEY = 51
-
-    def __init__(self, users: dict[str, str]) -> None:
-        self.users = users
-
-    def build(
-        self, request_struct_class: type[AlterUserScramCredentialsRequest_v0]
-    ) -> AlterUserScramCredentialsRequest_v0:
-        upsertions: list[tuple[str, int, int, bytes, bytes, dict[int, bytes]]] = []
-        for name, password in sorted(self.users.items()):
-            salt = secrets.token_bytes(32)
-            salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, SCRAM_ITERATIONS)
-            upsertions.append((name, 1, SCRAM_ITERATIONS, salt, salted, {}))  # 1: SCRAM-SHA-256
-        return request_struct_class([], upsertions, {})
-
-
-class CreateAcls(Request[CreateAclsRequest_v1]):  # type: ignore[misc]
-    API_KEY = 30
-
-    def __init__(self, creations: list[tuple[int, str, int, str, str, int, int]]) -> None:
-        self.creations = creations
-
-    def build(self, request_struct_class: type[CreateAclsRequest_v1]) -> CreateAclsRequest_v1:
-        return request_struct_class(self.creations)
-
-
 class ProvisioningError(RuntimeError):
     pass
 
@@ -222,6 +129,10 @@ async def provision(
 ) -> None:
     """Create or update every user's SCRAM credential and ACLs, logged in as the administrator
     (``users``: name → (password, access))."""
+    from aiokafka.client import AIOKafkaClient
+
+    from managed_backups.shared.broker_requests import AlterUserScramCredentials, CreateAcls
+
     client = AIOKafkaClient(
         bootstrap_servers=bootstrap_servers,
         client_id="managed-backups-provisioning",
@@ -250,6 +161,11 @@ async def provision(
 async def _wait_until_accepted(bootstrap_servers: str, auth: KafkaAuth, timeout: float) -> None:
     """A new SCRAM credential is usable once the broker applied it from its metadata log, a
     moment after the request succeeded: a service started before would be refused once."""
+    import asyncio
+
+    from aiokafka.client import AIOKafkaClient
+    from aiokafka.errors import KafkaError
+
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         client = AIOKafkaClient(bootstrap_servers=bootstrap_servers, **auth.client_options())

@@ -20,7 +20,7 @@ import logging
 import weakref
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from aiokafka import ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -36,8 +36,9 @@ from pydantic import BaseModel, TypeAdapter, WithJsonSchema
 from managed_backups.contracts import commands, topics
 from managed_backups.contracts.results import CommandResult, DeadLetter
 from managed_backups.shared.broker_access import KafkaAuth, client_options
-from managed_backups.shared.commands import CommandProcessor
-from managed_backups.shared.security import redact_api_keys
+
+if TYPE_CHECKING:  # loaded where a subscriber is declared: `publish` never needs it
+    from managed_backups.shared.commands import CommandProcessor
 
 log = logging.getLogger(__name__)
 PARTITIONS = 4
@@ -57,7 +58,8 @@ COMMAND_PAYLOADS: dict[str, tuple[Any, str]] = {
     ),
     topics.RETENTION_COMMANDS: (
         commands.RetentionCommand,
-        "EnforceRetention (also run periodically); consumed by the retention service.",
+        "EnforceRetention (also run periodically) and RotateEncryptionKeys; consumed by the "
+        "retention service.",
     ),
 }
 """What each command topic carries (the type its subscriber is documented with)."""
@@ -131,6 +133,9 @@ def dead_letter_entry(
     raw: bytes,
     error: str,
 ) -> DeadLetter:
+    # Loaded here (the principals' module loads the domain): `publish` never writes a dead letter.
+    from managed_backups.shared.security import redact_api_keys
+
     return DeadLetter(
         topic=topic,
         partition=partition,
@@ -259,6 +264,8 @@ def declare_command_subscriber(broker: KafkaBroker, topic: str, group_id: str) -
     authenticates (a 401 comes before a 400), then validates; FastStream validating first would
     raise before the handler and redeliver instead of answering with a rejection and a dead
     letter."""
+    from managed_backups.shared.commands import CommandProcessor
+
     payload, description = COMMAND_PAYLOADS[topic]
     outcomes = outcome_publishers(broker)
     name = "on_" + topic.rsplit(".", 1)[-1].replace("-", "_")

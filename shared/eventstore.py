@@ -24,6 +24,7 @@ from pydantic import TypeAdapter
 import managed_backups.shared
 from managed_backups.contracts.events import DomainEvent, WireEvent
 from managed_backups.shared.domain.cluster import Cluster
+from managed_backups.shared.domain.errors import WrongRecordType
 from managed_backups.shared.domain.ids import NAMESPACE
 from managed_backups.shared.domain.principal import LegacyApiKey
 from managed_backups.shared.sqldb import sqlite_path
@@ -86,7 +87,7 @@ class EventStore(Application[UUID]):
         except AggregateNotFoundError:
             return None
         if not isinstance(aggregate, cls):
-            raise TypeError(f"{aggregate_id} is a {type(aggregate).__name__}, not {cls.__name__}")
+            raise WrongRecordType(aggregate_id, cls.__name__)
         return aggregate
 
     def save_all(self, *aggregates: Aggregate) -> int | None:

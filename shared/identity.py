@@ -26,9 +26,9 @@ from managed_backups.shared.access import (
     may_administer,
     may_grant,
     may_manage_access,
+    registered_cluster,
 )
 from managed_backups.shared.clock import Clock
-from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.domain.errors import (
     BadValue,
     Conflict,
@@ -190,7 +190,7 @@ class Identity:
         account = self.managed_account(who, account_id)
         cluster = None
         if resource_type is ResourceType.CLUSTER:
-            found = self.store.get_or_none(Cluster.create_id(resource_id), Cluster)
+            found = registered_cluster(self.store, resource_id)
             cluster = ClusterRef.of(found) if found else None
         may_grant(who, role, resource_type, account.organization, cluster, resource_id)
         return account

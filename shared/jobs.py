@@ -208,15 +208,7 @@ class JobLeases:
         )
 
     def expired(self, now: datetime) -> list[Lease]:
-        rows = self.db.query(
-            f"SELECT job_id, cluster_id, owner, lease_until, detail FROM {TABLE} WHERE kind = ?",
-            (self.kind,),
-        )
-        leases = [
-            Lease(UUID(j), self.kind, c, o, datetime.fromisoformat(u), json.loads(d))
-            for j, c, o, u, d in rows
-        ]
-        return [lease for lease in leases if lease.until < now]
+        return [lease for lease in of_kind(self.db, self.kind) if lease.until < now]
 
     def reap(
         self,
@@ -244,18 +236,32 @@ class JobLeases:
         return reaped
 
 
-def on_cluster(db: SqlDatabase, cluster_id: str) -> list[Lease]:
-    """Every job (of any kind) holding a lease on ``cluster_id``."""
+def _leases(db: SqlDatabase, column: str, value: str) -> list[Lease]:
     ensure_table(db)
     rows = db.query(
-        f"SELECT kind, job_id, owner, lease_until, detail FROM {TABLE} WHERE cluster_id = ?",
-        (cluster_id,),
+        f"SELECT kind, job_id, cluster_id, owner, lease_until, detail FROM {TABLE} "
+        f"WHERE {column} = ?",
+        (value,),
     )
     return [
-        Lease(UUID(j), k, cluster_id, o, datetime.fromisoformat(u), json.loads(d))
-        for k, j, o, u, d in rows
+        Lease(UUID(j), k, c, o, datetime.fromisoformat(u), json.loads(d))
+        for k, j, c, o, u, d in rows
     ]
 
+
+def on_cluster(db: SqlDatabase, cluster_id: str) -> list[Lease]:
+    """Every job (of any kind) holding a lease on ``cluster_id``."""
+    return _leases(db, "cluster_id", cluster_id)
+
+
+def of_kind(db: SqlDatabase, kind: str) -> list[Lease]:
+    """Every lease of ``kind`` (expired or not): the jobs of that kind queued or running."""
+    return _leases(db, "kind", kind)
+
+
+ORGANIZATION = "organization"
+"""The lease detail key naming the organization of the job's cluster (what bounds jobs per
+organization count by)."""
 
 EXCLUSIVE = "exclusive"
 """The lease detail key of a job no other job of its cluster may run beside (a CLUSTER restore:
@@ -302,31 +308,45 @@ async def keep_renewed(
 HOLDS = "backups"
 """The lease detail key listing the ids of the backups a job reads (a restore: every backup of its
 chain). Retention deletes no backup a lease still names."""
+HOLDS_OF = "backups_of"
+"""The lease detail key naming the cluster whose backups :data:`HOLDS` lists (a backup id is
+unique only within its cluster; a cross-cluster restore's lease is on its destination). Leases
+without it hold backups of their own cluster."""
 
 
-def holding(backup_ids: Sequence[str]) -> dict[str, Any]:
-    """The lease detail of a job that reads ``backup_ids``."""
-    return {HOLDS: [str(b) for b in backup_ids]}
+def holding(backup_ids: Sequence[str], cluster_id: str | None = None) -> dict[str, Any]:
+    """The lease detail of a job that reads ``backup_ids`` of ``cluster_id``."""
+    detail: dict[str, Any] = {HOLDS: [str(b) for b in backup_ids]}
+    if cluster_id is not None:
+        detail[HOLDS_OF] = cluster_id
+    return detail
+
+
+def held_backups(db: SqlDatabase) -> dict[str, set[str]]:
+    """Per cluster, the ids of its backups that jobs hold through their leases (see
+    :func:`backups_in_use`)."""
+    ensure_table(db)
+    held: dict[str, set[str]] = {}
+    for cluster_id, detail in db.query(f"SELECT cluster_id, detail FROM {TABLE}"):
+        parsed = json.loads(detail)
+        ids = parsed.get(HOLDS, [])
+        if ids:
+            held.setdefault(str(parsed.get(HOLDS_OF, cluster_id)), set()).update(map(str, ids))
+    return held
 
 
 def backups_in_use(db: SqlDatabase, cluster_id: str | None = None) -> set[str]:
-    """Ids of the backups that jobs hold through their leases (of any kind, expired or not: a lease
+    """Ids of the backups (of ``cluster_id``, or of any cluster) that jobs hold through their leases (of any kind, expired or not: a lease
     is released only once its job is recorded as ended or its reaper has cleaned up after it).
 
     The handshake between a job that reads a chain and retention, which deletes chains: the job
     takes its lease naming the backups *before* its start event is saved, then checks that none
     of them is expired; retention records the expiry first, then reads this, and deletes only
     what no lease names. Either the job sees the expiry, or retention sees the hold."""
-    ensure_table(db)
-    sql = f"SELECT detail FROM {TABLE}"
-    params: tuple[str, ...] = ()
+    held = held_backups(db)
     if cluster_id is not None:
-        sql += " WHERE cluster_id = ?"
-        params = (cluster_id,)
-    held: set[str] = set()
-    for (detail,) in db.query(sql, params):
-        held.update(str(b) for b in json.loads(detail).get(HOLDS, []))
-    return held
+        return held.get(cluster_id, set())
+    return set().union(*held.values())
 
 
 SWEEP = "sweep"

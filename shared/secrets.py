@@ -8,6 +8,14 @@ only by the backup-executor, for that cluster's connections; it never goes into 
 an error or a view (the audit trail records *who changed* a cluster's secret, never the value or
 a hash of it). Nothing here looks a password up by host, port, database or user.
 
+The secret store's key can itself come from a key provider (:mod:`.dataplane.keys`; the
+services pass the platform keyring, the one that wraps backups' data keys): it is then kept only
+*wrapped* by that provider's current key (``<secrets-dir>/secret-store.key.wrapped``, JSON with
+the key id), so a copy of the data directory and the database opens nothing without the
+provider's key (keep the platform keys outside the data directory, or use a KMS adapter). A
+plain key file left by an earlier version is wrapped and removed at first use; after the
+provider's key is rotated, the next use wraps it by the new key.
+
 Failures: a missing or wrong key raises :class:`SecretStoreError` (a secret that cannot be
 decrypted is never replaced by "no password").
 """
@@ -18,6 +26,7 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import json
 import os
 import secrets
 import threading
@@ -25,11 +34,14 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
 
+from managed_backups.shared.dataplane.keys import KeyProvider, KeyUnavailable
 from managed_backups.shared.sqldb import SqlDatabase
 
 TABLE = "mb_connection_secrets"
 API_KEY_TABLE = "mb_api_key_secrets"
 KEY_FILE = "secret-store.key"
+WRAPPED_KEY_FILE = "secret-store.key.wrapped"
+WRAP_CONTEXT = b"managed-backups secret store key v1"
 EMPTY_PASSFILE = "empty-pgpass"
 MAX_SECRET_LENGTH = 1024
 
@@ -54,9 +66,11 @@ def create_private_file(path: Path, data: bytes) -> None:
 class ConnectionSecrets:
     """Passwords keyed by cluster id. Thread-safe; call from worker threads."""
 
-    def __init__(self, db: SqlDatabase, secrets_dir: Path) -> None:
+    def __init__(self, db: SqlDatabase, secrets_dir: Path, keys: KeyProvider | None = None) -> None:
         self.db = db
         self.dir = ensure_private_dir(secrets_dir)
+        self.keys = keys
+        """Wraps the store's key (``None``: a plain key file in the secrets directory)."""
         self._lock = threading.Lock()
         self._fernet: Fernet | None = None
         db.execute(
@@ -66,6 +80,8 @@ class ConnectionSecrets:
 
     def _key(self) -> Fernet:
         with self._lock:
+            if self._fernet is None and self.keys is not None:
+                self._fernet = Fernet(self._wrapped_key(self.keys))
             if self._fernet is None:
                 path = self.dir / KEY_FILE
                 with contextlib.suppress(FileExistsError):  # another service created it
@@ -75,6 +91,42 @@ class ConnectionSecrets:
                 except (OSError, ValueError) as exc:
                     raise SecretStoreError(f"the secret store key {path} is unusable") from exc
             return self._fernet
+
+    def _wrapped_key(self, keys: KeyProvider) -> bytes:
+        """The store's key, kept wrapped by ``keys`` (see the module docstring)."""
+        wrapped_path, plain_path = self.dir / WRAPPED_KEY_FILE, self.dir / KEY_FILE
+        try:
+            if wrapped_path.exists():
+                doc = json.loads(wrapped_path.read_text())
+                key = keys.unwrap(doc["key_id"], base64.b64decode(doc["wrapped"]), WRAP_CONTEXT)
+                if doc["key_id"] != keys.current_key_id():
+                    self._write_wrapped(keys, key, replace=True)  # follow the rotated key
+                plain_path.unlink(missing_ok=True)  # left by a migration cut short
+                return key
+            key = plain_path.read_bytes().strip() if plain_path.exists() else Fernet.generate_key()
+            try:
+                self._write_wrapped(keys, key, replace=False)
+            except FileExistsError:  # another service created it first: use theirs
+                return self._wrapped_key(keys)
+            plain_path.unlink(missing_ok=True)
+            return key
+        except KeyUnavailable as exc:
+            raise SecretStoreError(f"the secret store's key cannot be unwrapped: {exc}") from None
+        except (OSError, ValueError, KeyError) as exc:
+            raise SecretStoreError(f"the secret store key {wrapped_path} is unusable") from exc
+
+    def _write_wrapped(self, keys: KeyProvider, key: bytes, *, replace: bool) -> None:
+        key_id, wrapped = keys.wrap(key, WRAP_CONTEXT)
+        doc = json.dumps({"key_id": key_id, "wrapped": base64.b64encode(wrapped).decode()})
+        tmp = self.dir / f"{WRAPPED_KEY_FILE}.{os.getpid()}.{threading.get_ident()}.tmp"
+        create_private_file(tmp, doc.encode())
+        if replace:
+            tmp.replace(self.dir / WRAPPED_KEY_FILE)
+            return
+        try:
+            os.link(tmp, self.dir / WRAPPED_KEY_FILE)  # fails if another process made it
+        finally:
+            tmp.unlink()
 
     def put(self, cluster_id: str, password: str, changed_at: str) -> None:
         if not password or len(password) > MAX_SECRET_LENGTH:
@@ -95,8 +147,8 @@ class ConnectionSecrets:
             return self._key().decrypt(str(rows[0][0]).encode()).decode()
         except InvalidToken:
             raise SecretStoreError(
-                f"the secret of cluster {cluster_id} does not decrypt with "
-                f"{self.dir / KEY_FILE} (was the key replaced?)"
+                f"the secret of cluster {cluster_id} does not decrypt with the secret store's "
+                f"key in {self.dir} (was the key replaced?)"
             ) from None
 
     def clusters(self) -> set[str]:

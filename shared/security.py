@@ -33,7 +33,7 @@ from managed_backups.shared.domain.errors import Forbidden, NotAuthenticated
 from managed_backups.shared.domain.identity import ApiKey, ServiceAccount
 from managed_backups.shared.domain.principal import LegacyApiKey
 from managed_backups.shared.domain.roles import ROLE_ACTIONS as ROLE_ACTIONS  # re-exported
-from managed_backups.shared.domain.roles import SERVICE_ACTIONS
+from managed_backups.shared.domain.roles import ROLES_AT_LEAST, SERVICE_ACTIONS
 from managed_backups.shared.domain.roles import Action as Action  # re-exported
 from managed_backups.shared.eventstore import EventStore
 from managed_backups.shared.secrets import ApiKeySecrets
@@ -84,24 +84,30 @@ class Principal:
     def is_key(self) -> bool:
         return self.subject.startswith(KEY_SUBJECT)
 
+    def grants_on(self, organization: str | None, cluster_id: str | None) -> list[Grant]:
+        """The grants that decide here: the installation's, then the organization's or, if the
+        principal holds none there, the cluster's (organization grants take precedence)."""
+        installation = [g for g in self.grants if g.scope == "*"]
+        org_grants = [g for g in self.grants if organization and g.scope == f"org:{organization}"]
+        if org_grants:
+            return installation + org_grants
+        return installation + [
+            g for g in self.grants if cluster_id and g.scope == f"cluster:{cluster_id}"
+        ]
+
     def can(
         self, action: Action, organization: str | None = None, cluster_id: str | None = None
     ) -> bool:
         if action in self.service_actions:
             return True
+        return any(action in ROLE_ACTIONS[g.role] for g in self.grants_on(organization, cluster_id))
 
-        def allowed(grants: list[Grant]) -> bool:
-            return any(action in ROLE_ACTIONS[g.role] for g in grants)
-
-        if allowed([g for g in self.grants if g.scope == "*"]):
-            return True
-        org_grants = [g for g in self.grants if organization and g.scope == f"org:{organization}"]
-        if org_grants:
-            # Organization grants take precedence over cluster grants.
-            return allowed(org_grants)
-        return allowed(
-            [g for g in self.grants if cluster_id and g.scope == f"cluster:{cluster_id}"]
-        )
+    def holds_role(
+        self, role: Role, organization: str | None = None, cluster_id: str | None = None
+    ) -> bool:
+        """Whether a grant that decides here is ``role`` or a role above it
+        (:data:`~managed_backups.shared.domain.roles.ROLES_AT_LEAST`). Services hold no role."""
+        return any(g.role in ROLES_AT_LEAST[role] for g in self.grants_on(organization, cluster_id))
 
     def require(
         self, action: Action, organization: str | None = None, cluster_id: str | None = None

@@ -16,13 +16,9 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from managed_backups.shared.broker_access import KafkaAuth
+from managed_backups.shared.locations import default_data_dir as default_data_dir  # re-exported
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1", ""}
-
-
-def default_data_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "managed-backups"
 
 
 class Settings(BaseSettings):
@@ -69,7 +65,22 @@ class Settings(BaseSettings):
         description="A running restore renews its lease every third of this; an expired lease "
         "fails the restore (its worker died) and drops its temporary databases.",
     )
-    max_concurrent_restores: int = 2
+    max_concurrent_restores: int = Field(
+        default=2,
+        description="Restore jobs an instance runs at once; a freed slot goes to the "
+        "organization with the fewest jobs running.",
+    )
+    max_restores_per_cluster: int = Field(
+        default=4,
+        ge=1,
+        description="Restore jobs queued or running into one cluster; more are refused (429).",
+    )
+    max_restores_per_organization: int = Field(
+        default=10,
+        ge=1,
+        description="Restore jobs queued or running into one organization's clusters; more are "
+        "refused (429).",
+    )
     retention_interval_minutes: float = Field(
         default=5.0,
         description="The retention service runs a pass every this many minutes of the system "
@@ -92,6 +103,33 @@ class Settings(BaseSettings):
         default=None, repr=False, description="The CLI's API key (default: the admin key file)."
     )
     log_level: str = "INFO"
+    log_file: Path | None = Field(
+        default=None,
+        description="Write the service's log to this file, rotated by size (`up` sets one per "
+        "service under <data-dir>/logs); default: standard error.",
+    )
+    log_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, description="Rotation size.")
+    log_backups: int = Field(default=5, ge=1, description="Rotated log files kept.")
+    api_max_connections: int = Field(
+        default=1000,
+        ge=1,
+        description="Open connections the API keeps; past it the oldest connection still "
+        "sending its request's headers is closed (or, if none is, the new one is answered 503).",
+    )
+    api_max_requests: int = Field(
+        default=32,
+        ge=1,
+        description="Requests the API handles at once (/healthz aside); more are answered 503.",
+    )
+    api_header_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Time a client has to send a request's headers."
+    )
+    api_body_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="Time a client has to send each part of a request body."
+    )
+    api_keepalive_seconds: float = Field(
+        default=5.0, gt=0, description="How long an idle keep-alive connection stays open."
+    )
     test_crash_at: str | None = Field(
         default=None,
         description="Tests only: the name of a fault point where the process exits abruptly "
@@ -111,10 +149,33 @@ class Settings(BaseSettings):
         "(/usr/lib/postgresql/*/bin, the releases cached by `python -m "
         "managed_backups.shared.infra.postgres_binaries fetch`, pg_dump on PATH).",
     )
+    allow_local_clusters: bool = Field(
+        default=False,
+        description="Let clusters' connections go to loopback and link-local addresses (local "
+        "development: `managed-backups up` turns it on, with a warning). The installation's own "
+        "endpoints are refused whatever this says.",
+    )
+    cluster_ca_dir: Path | None = Field(
+        default=None,
+        description="The directory of CA certificates a connection_ref's sslrootcert may name "
+        "(by file name). Default: <data-dir>/cluster-cas.",
+    )
     secrets_dir: Path | None = Field(
         default=None,
         description="Secret store directory (mode 0700): the key encrypting the clusters' "
         "passwords, which are kept per cluster id in the shared database. Default: <data-dir>/secrets.",
+    )
+    platform_keys_dir: Path | None = Field(
+        default=None,
+        description="The platform keyring: key files (base64, 32 bytes) wrapping every chain's "
+        "data key unless the cluster has a customer key; the newest name is current. Default: "
+        "<data-dir>/keys/platform, whose first key is created at first use; a directory set "
+        "here must already hold a key (a missing mount fails backups instead of using a new key).",
+    )
+    customer_keys_dir: Path | None = Field(
+        default=None,
+        description="Customer keys of ADVANCED clusters: <dir>/<cluster id>/<key name>.key. "
+        "Default: <data-dir>/keys/customer.",
     )
 
     def kafka_auth(self) -> KafkaAuth | None:
@@ -160,6 +221,18 @@ class Settings(BaseSettings):
     @property
     def secrets_path(self) -> Path:
         return self.secrets_dir or self.data_dir / "secrets"
+
+    @property
+    def cluster_ca_path(self) -> Path:
+        return self.cluster_ca_dir or self.data_dir / "cluster-cas"
+
+    @property
+    def platform_keys_path(self) -> Path:
+        return self.platform_keys_dir or self.data_dir / "keys" / "platform"
+
+    @property
+    def customer_keys_path(self) -> Path:
+        return self.customer_keys_dir or self.data_dir / "keys" / "customer"
 
     @property
     def pgpass_file(self) -> Path:

@@ -9,6 +9,7 @@ postgresql) or, with ``MANAGED_BACKUPS_TEST_BACKEND=containers``, in containers
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,9 @@ from tests.infra.testing import kafka_for_tests, s3_for_tests
 
 # The compose stack's tests need an engine and built images: only on the containers backend.
 collect_ignore = [] if test_backend() is TestBackend.CONTAINERS else ["containers"]
+# The API fuzz runs in .ci/run's own step, with its own budget (tests/fuzz/test_api_fuzz.py).
+if os.environ.get("MANAGED_BACKUPS_FUZZ") != "1":
+    collect_ignore.append("fuzz")
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,9 @@ from managed_backups.services.registry import service_main
 from managed_backups.services.runtime import Runtime, open_runtime
 from managed_backups.shared.bus import ensure_topics
 from managed_backups.shared.clock import SimulatedClock
+from managed_backups.shared.dataplane.objectstore import ObjectStore
 from managed_backups.shared.domain.cluster import Cluster
+from managed_backups.shared.encryption import ClusterEncryption
 from managed_backups.shared.gateway import CommandGateway
 from managed_backups.shared.identity import Identity
 from managed_backups.shared.settings import Settings
@@ -69,7 +71,8 @@ class System:
                 kafka_bootstrap_servers=kafka,
                 simulated_clock=simulated_clock,
                 simulated_clock_start="2026-01-05T00:00:00+00:00",
-                **settings,
+                # The tests' clusters are throw-away servers on 127.0.0.1.
+                **{"allow_local_clusters": True, **settings},
             )
         )
         await ensure_topics(kafka)
@@ -124,6 +127,15 @@ class System:
 
     # -- helpers ----------------------------------------------------------------------------
 
+    def sealed_store(self, cluster_id: str, region: str) -> ObjectStore:
+        """The region's store as the services read it for ``cluster_id`` (sealed with its keys:
+        encryption at rest)."""
+        assert self.api_runtime is not None
+        cluster = self.api_runtime.store.get_or_none(Cluster.create_id(cluster_id), Cluster)
+        assert cluster is not None, cluster_id
+        objects = ObjectStore(self.settings.region_store_url(region))
+        return ClusterEncryption(self.settings, self.api_runtime.store).seal(objects, cluster)
+
     async def command(
         self, topic: str, body: dict[str, Any], key: str | None = None, timeout: float = 30
     ) -> CommandResult:
@@ -136,13 +148,21 @@ class System:
     async def signed(
         self, topic: str, command: dict[str, Any], key: str | None = None
     ) -> dict[str, Any]:
-        """``command`` with a token for ``key`` (POST /api/v1/command-tokens)."""
+        """``command`` with a token for ``key`` (POST /api/v1/command-tokens). Tests that send
+        many commands at once may find the API at its limit of requests: like any client, this
+        retries after the ``Retry-After`` it is given (503), for at most a minute."""
         assert self.http is not None
-        response = await self.http.post(
-            "/api/v1/command-tokens",
-            json={"topic": topic, "command": command},
-            headers={"Authorization": f"Bearer {key or self.admin_key}"},
-        )
+        async with asyncio.timeout(60):
+            while True:
+                response = await self.http.post(
+                    "/api/v1/command-tokens",
+                    json={"topic": topic, "command": command},
+                    headers={"Authorization": f"Bearer {key or self.admin_key}"},
+                )
+                retry_after = response.headers.get("retry-after")
+                if response.status_code != 503 or retry_after is None:
+                    break
+                await asyncio.sleep(float(retry_after))
         assert response.status_code == 200, response.text
         signed: dict[str, Any] = response.json()["command"]
         return signed
@@ -322,6 +342,7 @@ def service_process(system: System, name: str, log: Path, **env: str) -> subproc
             "MANAGED_BACKUPS_DATA_DIR": str(system.settings.data_dir),
             "MANAGED_BACKUPS_EVENT_STORE_URL": system.settings.store_url,
             "MANAGED_BACKUPS_KAFKA_BOOTSTRAP_SERVERS": system.settings.kafka_bootstrap_servers,
+            "MANAGED_BACKUPS_ALLOW_LOCAL_CLUSTERS": str(system.settings.allow_local_clusters),
             **env,
         },
         stdout=log.open("ab"),

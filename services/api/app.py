@@ -1,15 +1,20 @@
 """The HTTP API: projection endpoints (queries) and the command gateway (changes).
 
 Queries read the read models kept by the projections service. Changes are published as commands
-on their topic with the caller's bearer token as credential, exactly as any other publisher would;
-the API answers once the command's result is back and the read models have reached the position
+on their topic with a command token the API signs on behalf of the authenticated caller
+(``shared/command_tokens.py``: bound to the command, short-lived, never the caller's key); the
+API answers once the command's result is back and the read models have reached the position
 of the events it recorded, so a GET right after a PUT shows the change.
 
 ``create_app`` is the composition root: it builds the shared :class:`ApiContext` (kept in
 ``app.state``, reached by the routes through ``services/api/dependencies.py``), installs the body
-limits and the one error body, and includes one router per area: ``clusters.py`` (clusters,
-audit trail, backup settings), ``backups.py``, ``restores.py``, ``connection_secret.py`` and
-``system.py`` (health, metrics, simulated clock). Bodies are typed in ``schemas.py``.
+limits and the one error body, and includes one router per area: ``permissions.py`` (who the
+caller is, what it may do on a cluster), ``clusters.py`` (clusters, audit trail, backup
+settings), ``backups.py`` (listing, calendar days, catalog, backup now, verify),
+``restores.py``, ``restore_destinations.py``, ``connection_secret.py``, ``identity.py``
+(organizations, service accounts, API keys, role grants, command tokens), ``encryption_key.py``
+(a cluster's encryption key) and ``system.py`` (health, metrics, simulated clock); then the console (``console.py``, ``/``) and the documents
+(``specs.py``: ``/docs``, ``/redoc``, ``/asyncapi``). Bodies are typed in ``schemas.py``.
 """
 
 import asyncio
@@ -22,26 +27,42 @@ from managed_backups.services.api import (
     backups,
     clusters,
     connection_secret,
+    console,
+    encryption_key,
     errors,
     identity,
+    permissions,
+    restore_destinations,
     restores,
+    specs,
     system,
 )
 from managed_backups.services.api.dependencies import ApiContext
-from managed_backups.services.api.limits import AuthenticatedBoundedBodies
+from managed_backups.services.api.limits import (
+    AuthenticatedBoundedBodies,
+    BoundedConcurrency,
+    PlainRequestLines,
+    guarded_protocol,
+    raise_open_files_limit,
+)
 from managed_backups.services.runtime import Runtime
 from managed_backups.shared.command_tokens import API_SIGNER
+from managed_backups.shared.encryption import ClusterEncryption, platform_keyring
 from managed_backups.shared.gateway import CommandGateway
 from managed_backups.shared.identity import Identity
 from managed_backups.shared.secrets import ConnectionSecrets
 from managed_backups.shared.views import ReadModels
 
 ROUTERS = (
+    permissions.router,
     clusters.router,
     backups.router,
+    backups.lookup,
     restores.router,
+    restore_destinations.router,
     connection_secret.router,
     identity.router,
+    encryption_key.router,
     system.router,
 )
 
@@ -71,19 +92,35 @@ def create_app(runtime: Runtime, gateway: CommandGateway) -> FastAPI:
         title="managed-backups",
         version="1",
         description="Managed backups for PostgreSQL-compatible clusters.",
+        # Served from the installed package by ``specs.py``, not FastAPI's CDN-backed pages.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.api = ApiContext(
         runtime=runtime,
         models=models,
         gateway=gateway,
-        secrets=ConnectionSecrets(runtime.db, runtime.settings.secrets_path),
+        secrets=ConnectionSecrets(
+            runtime.db, runtime.settings.secrets_path, platform_keyring(runtime.settings)
+        ),
         signer=runtime.command_signer(API_SIGNER),
         identity=Identity(runtime.store, runtime.db, runtime.clock),
+        encryption=ClusterEncryption(runtime.settings, runtime.store),
     )
-    app.add_middleware(AuthenticatedBoundedBodies, authenticate=runtime.authenticator.authenticate)
+    settings = runtime.settings
+    # Starlette runs the last middleware added first: concurrency, request lines, bodies.
+    app.add_middleware(
+        AuthenticatedBoundedBodies,
+        authenticate=runtime.authenticator.authenticate,
+        body_timeout=settings.api_body_timeout_seconds,
+    )
+    app.add_middleware(PlainRequestLines)
+    app.add_middleware(BoundedConcurrency, max_requests=settings.api_max_requests)
     errors.install(app)
     for router in ROUTERS:
         app.include_router(router)
+    console.install(app)
+    specs.install(app)
     return app
 
 
@@ -113,8 +150,16 @@ async def run(runtime: Runtime, stop: asyncio.Event) -> None:
     )
     await gateway.start()
     app = create_app(runtime, gateway)
+    raise_open_files_limit()
     config = uvicorn.Config(
-        app, host=settings.api_host, port=settings.api_port, log_level="warning", lifespan="on"
+        app,
+        host=settings.api_host,
+        port=settings.api_port,
+        log_level="warning",
+        log_config=None,  # uvicorn logs through the root handlers: rate-limited, rotated
+        lifespan="on",
+        http=guarded_protocol(settings.api_header_timeout_seconds, settings.api_max_connections),
+        timeout_keep_alive=int(max(1, settings.api_keepalive_seconds)),
     )
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve())

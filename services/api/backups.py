@@ -2,22 +2,30 @@
 completed backup's databases and tables (from the event's catalog, or from the backup's
 manifest when the event only summarises a large catalog)."""
 
+import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
+from uuid import UUID
 
 from fastapi import APIRouter, HTTPException, Query, status
 
+from managed_backups.contracts import topics
 from managed_backups.services.api.dependencies import (
     Caller,
+    CommandsDep,
     Context,
     Models,
     RuntimeDep,
     visible_cluster,
 )
 from managed_backups.services.api.schemas import (
+    CHANGING,
     VIEWING,
     BackupDatabase,
     BackupDatabaseList,
+    BackupDay,
+    BackupDays,
+    BackupDetail,
     BackupList,
     BackupTable,
     BackupTableList,
@@ -25,6 +33,8 @@ from managed_backups.services.api.schemas import (
     IncompleteBackupList,
     ListedBackup,
     Pagination,
+    TakeBackupRequest,
+    VerifyStarted,
     errors,
 )
 from managed_backups.shared.dataplane.manifest import CatalogDatabase as ManifestCatalogDatabase
@@ -35,6 +45,9 @@ from managed_backups.shared.domain.catalog import (
     database_is_partial,
     table_count,
 )
+from managed_backups.shared.domain.cluster import Cluster
+from managed_backups.shared.domain.errors import NotFound, Refused, not_registered
+from managed_backups.shared.domain.ids import cluster_aggregate_id
 from managed_backups.shared.security import Action, Principal
 from managed_backups.shared.views import Page, ReadModels
 
@@ -131,6 +144,98 @@ def incomplete_backups(
     return IncompleteBackupList(backups=rows)
 
 
+@router.get("/days")
+def backup_days(
+    cluster_id: str,
+    who: Caller,
+    models: Models,
+    runtime: RuntimeDep,
+    start_time: datetime | None = None,
+    end_time: datetime | None = None,
+) -> BackupDays:
+    """The UTC days with listed backups between the times (the console's calendar marks them)."""
+    start_time = in_range("start_time", start_time)
+    end_time = in_range("end_time", end_time)
+    cluster = visible_cluster(models, cluster_id, who)
+    if cluster["state"] == "DELETED":
+        who.require(Action.MANAGE_CLUSTERS, cluster["organization"], cluster_id)
+    days = models.backup_days(cluster_id, runtime.clock.now(), start_time, end_time)
+    return BackupDays(days=[BackupDay(date=day, backups=n) for day, n in days])
+
+
+@router.post("", responses=errors(*CHANGING))
+async def take_backup(
+    cluster_id: str, body: TakeBackupRequest, who: Caller, models: Models, commands: CommandsDep
+) -> BackupDetail:
+    """Take a backup now (a TakeBackup command signed for the caller, who needs the right to
+    take a backup on the cluster); answers with the backup once it is recorded as started."""
+    backup_id = str(uuid.uuid4())
+    await commands.send(
+        topics.BACKUP_COMMANDS,
+        {
+            "type": "TakeBackup",
+            "cluster_id": cluster_id,
+            "backup_id": backup_id,
+            "backup_type": body.type.value,
+            "reason": "MANUAL",
+        },
+        who,
+    )
+    doc = models.backup(cluster_id, backup_id)
+    if doc is None:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"backup {backup_id} is recorded but not yet in the views",
+        )
+    return backup_detail(doc)
+
+
+@router.get("/{backup_id}")
+def get_backup(cluster_id: str, backup_id: UUID, who: Caller, models: Models) -> BackupDetail:
+    """One backup of the cluster, whatever its status (with its last verification)."""
+    visible_cluster(models, cluster_id, who)
+    doc = models.backup(cluster_id, str(backup_id))
+    if doc is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"backup {backup_id} of cluster {cluster_id} is not known"
+        )
+    return backup_detail(doc)
+
+
+@router.post(
+    "/{backup_id}/verify",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=errors(*CHANGING),
+)
+async def verify_backup(
+    cluster_id: str, backup_id: UUID, who: Caller, commands: CommandsDep
+) -> VerifyStarted:
+    """Read every chunk of the backup and check its hash (a VerifyBackup command). Answers
+    once the verification started; its result is the backup's ``verification``, carrying the
+    ``command_id`` answered here."""
+    command_id = str(uuid.uuid4())
+    await commands.send(
+        topics.BACKUP_COMMANDS,
+        {
+            "type": "VerifyBackup",
+            "command_id": command_id,
+            "cluster_id": cluster_id,
+            "backup_id": str(backup_id),
+        },
+        who,
+    )
+    return VerifyStarted(backup_id=str(backup_id), command_id=command_id)
+
+
+def backup_detail(doc: dict[str, Any]) -> BackupDetail:
+    return BackupDetail.model_validate(
+        {
+            **{k: doc.get(k) for k in BackupDetail.model_fields},
+            "verification": doc.get("verification"),
+        }
+    )
+
+
 def completed_backup(
     models: ReadModels, cluster_id: str, backup_id: str, who: Principal
 ) -> dict[str, Any]:
@@ -154,7 +259,13 @@ def full_catalog(context: Context, doc: dict[str, Any]) -> list[ManifestCatalogD
     try:
         if url not in stores:
             stores[url] = open_store(url)
-        catalog = read_catalog(stores[url], doc["cluster_id"], str(doc["chain_id"]), str(doc["id"]))
+        cluster = context.runtime.store.get_or_none(
+            cluster_aggregate_id(doc["cluster_id"]), Cluster
+        )
+        if cluster is None:
+            raise NotFound(not_registered(doc["cluster_id"]))
+        sealed = context.encryption.seal(stores[url], cluster)  # an encrypted manifest
+        catalog = read_catalog(sealed, doc["cluster_id"], str(doc["chain_id"]), str(doc["id"]))
     except Exception as exc:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
@@ -224,3 +335,19 @@ def backup_tables(
     raise HTTPException(
         status.HTTP_404_NOT_FOUND, f"database {database} is not in backup {backup_id}"
     )
+
+
+lookup = APIRouter(prefix="/api/v1/backups", tags=["backups"], responses=errors(*VIEWING))
+
+
+@lookup.get("/{backup_id}")
+def find_backup(backup_id: UUID, who: Caller, models: Models) -> BackupDetail:
+    """A backup by its id alone, in whichever cluster the caller may see it (what
+    ``managed-backups backups show ID`` asks first)."""
+    for doc in models.backups_by_id(str(backup_id)):
+        try:  # the one access rule, as GET .../clusters/{cluster_id}/backups/{backup_id} applies
+            visible_cluster(models, doc["cluster_id"], who)
+        except Refused:
+            continue
+        return backup_detail(doc)
+    raise HTTPException(status.HTTP_404_NOT_FOUND, f"backup {backup_id} is not known")

@@ -24,6 +24,7 @@ from managed_backups.services.runtime import Runtime
 from managed_backups.shared.access import ClusterRef, require_on_cluster
 from managed_backups.shared.command_tokens import CommandSigner
 from managed_backups.shared.dataplane.objectstore import ObjectStore
+from managed_backups.shared.encryption import ClusterEncryption
 from managed_backups.shared.gateway import CommandGateway, CommandTimeout
 from managed_backups.shared.identity import Identity
 from managed_backups.shared.secrets import ConnectionSecrets
@@ -45,6 +46,7 @@ class ApiContext:
     signer: CommandSigner
     """Signs the commands the API sends for its callers (``shared/command_tokens.py``)."""
     identity: Identity
+    encryption: ClusterEncryption
     manifest_stores: dict[str, ObjectStore] = field(default_factory=dict)
     """Object stores opened to read manifests, by URL (opened on first use)."""
 

@@ -5,9 +5,10 @@ each invalid field."""
 
 import logging
 
-from fastapi import FastAPI, HTTPException, Request, status
+from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from managed_backups.shared.domain.errors import Refused
 
@@ -23,15 +24,18 @@ def validation_message(exc: RequestValidationError) -> str:
     parts = []
     for e in exc.errors():
         loc = ".".join(str(x) for x in e["loc"] if x not in ("body", "query", "path"))
-        parts.append(f"{loc}: {e['msg']}" if loc else str(e["msg"]))
+        message = str(e["msg"]).removeprefix("Value error, ")
+        parts.append(f"{loc}: {message}" if loc else message)
     return "; ".join(parts)
 
 
 def install(app: FastAPI) -> None:
     """Answer every error with the one error body."""
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    # Starlette's own HTTPException (FastAPI's is a subclass): unknown routes, methods not
+    # allowed and bodies that are not JSON get the one error body too.
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error(exc.status_code, str(exc.detail))
 
     @app.exception_handler(Refused)

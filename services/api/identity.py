@@ -18,6 +18,7 @@ from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from managed_backups.contracts import topics
+from managed_backups.contracts.commands import Text
 from managed_backups.contracts.enums import ResourceType, Role
 from managed_backups.services.api.dependencies import Caller, Context, Models, Views, sign_for
 from managed_backups.services.api.schemas import AUTHENTICATED, CHANGING, errors
@@ -37,7 +38,7 @@ router = APIRouter(prefix="/api/v1", tags=["identity"], responses=errors(*AUTHEN
 class OrganizationRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str = Field(pattern=ORGANIZATION_ID, description="What clusters name as organization.")
-    name: str = Field(min_length=1, max_length=200)
+    name: Text = Field(min_length=1, max_length=200)
 
 
 class OrganizationView(BaseModel):
@@ -55,7 +56,7 @@ class ServiceAccountRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=NAME, description="Unique in its organization.")
     organization: str = Field(pattern=ORGANIZATION_ID)
-    description: str = Field(default="", max_length=500)
+    description: Text = Field(default="", max_length=500)
 
 
 class ServiceAccountView(BaseModel):
@@ -73,7 +74,7 @@ class ServiceAccountList(BaseModel):
 
 class ApiKeyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=100)
+    name: Text = Field(min_length=1, max_length=100)
     service_account_id: UUID
     expires_at: datetime | None = Field(
         default=None, description="When it stops working (timezone required); none: never."
@@ -109,7 +110,7 @@ class RoleGrantRequest(BaseModel):
     service_account_id: UUID
     role_name: Role
     resource_type: ResourceType
-    resource_id: str = Field(min_length=1, max_length=63)
+    resource_id: Text = Field(min_length=1, max_length=63)
 
 
 class RoleGrantView(BaseModel):

@@ -20,6 +20,7 @@ from managed_backups.contracts.commands import (
     RestoreOptions,
 )
 from managed_backups.contracts.enums import RestoreType
+from managed_backups.services.api.backups import MAX_PAGE
 from managed_backups.services.api.dependencies import (
     Caller,
     CommandsDep,
@@ -119,7 +120,7 @@ def list_restores(
     cluster_id: str,
     who: Caller,
     models: Models,
-    page: Annotated[int, Query(alias="pagination.page", ge=1)] = 1,
+    page: Annotated[int, Query(alias="pagination.page", ge=1, le=MAX_PAGE)] = 1,
     limit: Annotated[int, Query(alias="pagination.limit", ge=1, le=1000)] = 100,
 ) -> RestoreList:
     visible_cluster(models, cluster_id, who)

@@ -22,8 +22,10 @@ from managed_backups.contracts.enums import (
     Engine,
     RestorePhase,
     RestoreType,
+    Role,
     Tier,
 )
+from managed_backups.shared.domain.encryption_key import KEY_NAME_PATTERN
 from managed_backups.shared.secrets import MAX_SECRET_LENGTH
 
 # -- requests -------------------------------------------------------------------------------------
@@ -52,6 +54,15 @@ class ConnectionSecretBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     password: str = Field(
         min_length=1, max_length=MAX_SECRET_LENGTH, repr=False, description="Kept encrypted."
+    )
+
+
+class CustomerKeyBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    key_name: str = Field(
+        pattern=KEY_NAME_PATTERN,
+        description="The key file's name, without .key, in the customer keys directory's "
+        "folder of the cluster.",
     )
 
 
@@ -147,14 +158,6 @@ class ClusterView(BaseModel):
     )
 
 
-class ClusterList(BaseModel):
-    clusters: list[ClusterView]
-
-
-class ClusterDetail(ClusterView):
-    recoverability: Recoverability
-
-
 class AuditTrail(BaseModel):
     events: list[dict[str, Any]] = Field(
         description="The cluster's events in order, each as its message contract."
@@ -182,6 +185,45 @@ class BackupList(BaseModel):
 class BackupFailure(BaseModel):
     code: str
     message: str
+
+
+class LastBackup(BaseModel):
+    id: str
+    type: BackupType
+    status: BackupStatus
+    at: str | None = Field(description="Its data-from time when complete, else when it started.")
+    error: BackupFailure | None
+
+
+class SettingsChoices(BaseModel):
+    """What the backup settings may be set to on this cluster (its tier's rule)."""
+
+    configurable: bool = Field(description="False on BASIC: the settings are fixed.")
+    frequency_minutes: list[int]
+    retention_days: list[int]
+
+
+ClusterAction = Literal[
+    "view_backups", "change_backup_settings", "restore", "take_backup", "manage_clusters"
+]
+
+
+class ClusterDetail(ClusterView):
+    recoverability: Recoverability
+    last_backup: LastBackup | None = Field(
+        description="The newest backup that ended (COMPLETE or FAILED), if any."
+    )
+    settings_choices: SettingsChoices
+    actions: list[ClusterAction] = Field(
+        description="What the caller may do on this cluster (the console shows only these)."
+    )
+
+
+class ClusterList(BaseModel):
+    clusters: list[ClusterDetail | ClusterView] = Field(
+        description="With detail=true, each with its recoverability, last backup, settings "
+        "choices and the caller's actions."
+    )
 
 
 class IncompleteBackup(BaseModel):
@@ -279,3 +321,122 @@ class ClockAdvanced(BaseModel):
 class Health(BaseModel):
     status: str
     projection_position: int
+
+
+class CallerAccount(BaseModel):
+    id: str = Field(description="The service account's id.")
+    name: str
+    organization: str | None = Field(description="None: one of the installation's own accounts.")
+
+
+class CallerGrant(BaseModel):
+    role_name: Role
+    resource_type: Literal["INSTALLATION", "ORGANIZATION", "CLUSTER"]
+    resource_id: str = Field(description="The organization's or cluster's id; * for all.")
+
+    @classmethod
+    def of(cls, role: Role, scope: str) -> Self:
+        """A principal's grant (``*``, ``org:<id>`` or ``cluster:<id>``), as the wire says it."""
+        kind, _, resource = scope.partition(":")
+        if kind == "org":
+            return cls(role_name=role, resource_type="ORGANIZATION", resource_id=resource)
+        if kind == "cluster":
+            return cls(role_name=role, resource_type="CLUSTER", resource_id=resource)
+        return cls(role_name=role, resource_type="INSTALLATION", resource_id="*")
+
+
+class Me(BaseModel):
+    name: str = Field(description="The principal, as the audit trail names it (``by``).")
+    key_id: str | None = Field(description="The id of the API key the request was made with.")
+    service_account: CallerAccount | None = Field(
+        description="The key's service account (None for a key of version 0.1)."
+    )
+    organization: str | None = Field(description="The service account's organization.")
+    grants: list[CallerGrant] = Field(description="The roles the account holds, and where.")
+    administrator: bool = Field(description="Whether it administers the installation.")
+    now: str = Field(description="The system's time (the simulated clock's, when it runs on one).")
+
+
+class BackupDay(BaseModel):
+    date: str = Field(description="A UTC day, YYYY-MM-DD.")
+    backups: int = Field(description="Listed backups whose data is from that day.")
+
+
+class BackupDays(BaseModel):
+    days: list[BackupDay]
+
+
+class Verification(BaseModel):
+    ok: bool
+    verified_at: str | None
+    chunks_checked: int
+    missing_chunks: list[str]
+    corrupt_chunks: list[str]
+    command_id: str | None = Field(description="The VerifyBackup command that asked for it.")
+
+
+class BackupDetail(BaseModel):
+    id: str
+    cluster_id: str
+    chain_id: str
+    type: BackupType
+    status: BackupStatus
+    as_of_time: str | None
+    started_at: str | None
+    ended_at: str | None
+    expires_at: str | None = Field(
+        description="The backup's own expiry (its full's for an incremental)."
+    )
+    region: str
+    size_bytes: int
+    database_count: int
+    error: BackupFailure | None
+    verification: Verification | None
+
+
+class TakeBackupRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: BackupType = Field(
+        default=BackupType.FULL,
+        description="FULL, or INCREMENTAL on the chain of the newest restorable backup.",
+    )
+
+
+class VerifyStarted(BaseModel):
+    backup_id: str
+    command_id: str = Field(
+        description="The verification's result carries it (the backup's ``verification``)."
+    )
+
+
+class RestoreDestination(BaseModel):
+    id: str
+    name: str
+    tier: Tier
+    organization: str
+    regions: list[str]
+    database_version: str
+
+
+class RestoreDestinationList(BaseModel):
+    clusters: list[RestoreDestination] = Field(
+        description="Clusters a backup of this one may be restored into by the caller."
+    )
+
+
+class EncryptionKeyView(BaseModel):
+    """Which key-encryption key wraps the data keys of a cluster's new backups."""
+
+    provider: Literal["platform", "customer"]
+    key_name: str | None = Field(description="The customer key configured (None: none).")
+    key_id: str | None = Field(
+        description="The current key's id (name and fingerprint, never key material); None "
+        "when it is not available."
+    )
+    available: bool = Field(description="Whether backups can be taken with it now.")
+    reason: str | None = Field(description="Why it is not available.")
+    customer_key_applies: bool = Field(
+        description="A customer key is configured and the cluster is ADVANCED."
+    )
+    changed_at: str | None
+    changed_by: str | None

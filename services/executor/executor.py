@@ -19,7 +19,7 @@ from typing import Any
 from uuid import UUID
 
 from managed_backups.contracts.commands import TakeBackup, VerifyBackup
-from managed_backups.contracts.enums import BackupReason, BackupStatus, BackupType
+from managed_backups.contracts.enums import BackupReason, BackupStatus, BackupType, Tier
 from managed_backups.services.executor.leases import backup_leases
 from managed_backups.services.runtime import Runtime
 from managed_backups.shared import jobs
@@ -27,10 +27,12 @@ from managed_backups.shared.access import load_cluster
 from managed_backups.shared.cluster_connection import cluster_connection, without_secret_hint
 from managed_backups.shared.commands import CommandContext, Handled
 from managed_backups.shared.dataplane.engine import BackupError, BackupRequest, ErrorCode
-from managed_backups.shared.dataplane.manifest import Manifest, list_manifests, read_manifest
+from managed_backups.shared.dataplane.keys import KeyUnavailable
+from managed_backups.shared.dataplane.manifest import Manifest, list_manifests
 from managed_backups.shared.dataplane.objectstore import ObjectStore
 from managed_backups.shared.dataplane.postgres import PostgresAdapter
-from managed_backups.shared.dataplane.verify import verify_backup
+from managed_backups.shared.dataplane.sealing import chain_is_encrypted
+from managed_backups.shared.dataplane.verify import verify_stored
 from managed_backups.shared.domain.backup import Backup, load_backup
 from managed_backups.shared.domain.backup_lifecycle import (
     backup_expires_at,
@@ -39,13 +41,18 @@ from managed_backups.shared.domain.backup_lifecycle import (
     refuse_backup_on_expired_chain,
     refuse_second_backup,
 )
-from managed_backups.shared.domain.backup_settings import require_allowed_retention
+from managed_backups.shared.domain.backup_settings import backup_retention_follows_the_cluster
 from managed_backups.shared.domain.catalog import summarise_catalog
 from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.domain.errors import Conflict, NotFound
 from managed_backups.shared.domain.restore_rules import (
     latest_restorable_backup,
     no_backup_while_a_cluster_restore_runs,
+)
+from managed_backups.shared.encryption import (
+    ClusterEncryption,
+    encrypted_chains,
+    platform_keyring,
 )
 from managed_backups.shared.eventstore import IntegrityError
 from managed_backups.shared.faults import crash_point
@@ -85,12 +92,19 @@ class BackupExecutor:
         self.slots = asyncio.Semaphore(max(1, self.settings.max_concurrent_backups))
         self.stores = RegionStores(runtime.settings)
         self.leases = backup_leases(runtime.db)
-        self.secrets = ConnectionSecrets(runtime.db, self.settings.secrets_path)
+        self.secrets = ConnectionSecrets(
+            runtime.db, self.settings.secrets_path, platform_keyring(self.settings)
+        )
+        self.encryption = ClusterEncryption(self.settings, runtime.store)
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    def store_for(self, region: str) -> ObjectStore:
-        return self.stores.for_region(region)
+    def store_for(self, cluster: Cluster, region: str, *backups: Backup | None) -> ObjectStore:
+        """The region's store, sealed for the cluster (encryption at rest); the chains of
+        ``backups`` recorded as encrypted are never read as unencrypted."""
+        return self.encryption.seal(
+            self.stores.for_region(region), cluster, encrypted_chains(*backups)
+        )
 
     def adapter_for(self, cluster: Cluster) -> PostgresAdapter:
         if cluster.engine != "postgres":
@@ -99,9 +113,7 @@ class BackupExecutor:
                 f"engine {cluster.engine} is not supported yet",
                 "select engine adapter",
             )
-        connection = cluster_connection(
-            cluster, self.secrets, self.settings.pgpass_file, self.settings.pg_bindirs
-        )
+        connection = cluster_connection(cluster, self.secrets, self.settings)
         return connection.postgres_adapter()
 
     def _spawn(self, coroutine: Any) -> None:
@@ -115,8 +127,13 @@ class BackupExecutor:
         self, command: TakeBackup, principal: Principal, context: CommandContext
     ) -> Handled:
         cluster = load_cluster(context.store, principal, Action.TAKE_BACKUP, command.cluster_id)
-        if command.retention_days is not None:
-            require_allowed_retention(command.retention_days)
+        retention_days = backup_retention_follows_the_cluster(
+            cluster.cluster_id,
+            Tier(cluster.tier),
+            cluster.retention_days,
+            command.retention_days,
+            cluster.scheduled_retention(command.backup_id),
+        )
         if load_backup(context.store, cluster.cluster_id, command.backup_id) is not None:
             return Handled([], command.cluster_id)  # a duplicate TakeBackup does nothing
         running = self.running.get(cluster.cluster_id)
@@ -162,7 +179,7 @@ class BackupExecutor:
             chain_id=chain_id,
             reason=command.reason.value,
             region=cluster.backup_region,
-            retention_days=command.retention_days or cluster.retention_days,
+            retention_days=retention_days,
             scheduled_for=command.scheduled_for,
             executor=self.name,
             lease_until=lease,
@@ -175,12 +192,18 @@ class BackupExecutor:
         # and the worker's start (a crash, a kill), the lease expires and the reaper fails the
         # backup with LEASE_EXPIRED. A lease whose backup was never recorded (the save failed)
         # is dropped by the reaper as an orphan.
+        # The lease's job id is the backup's stream id: a backup id is unique only within
+        # its cluster, so another tenant's backup of the same id never meets this lease.
         fence = self.leases.take_fenced(
-            command.backup_id,
+            backup.id,
             cluster.cluster_id,
             self.name,
             lease,
-            {"chain_id": str(chain_id), "region": cluster.backup_region},
+            {
+                "chain_id": str(chain_id),
+                "region": cluster.backup_region,
+                "backup_id": str(command.backup_id),
+            },
         )
         if fence is None:
             raise Conflict(f"backup {command.backup_id} is being started by another executor")
@@ -244,7 +267,7 @@ class BackupExecutor:
         renewing = asyncio.create_task(
             keep_renewed(
                 self.leases,
-                backup.backup_id,
+                backup.id,
                 self.settings.backup_lease_seconds,
                 self.runtime.clock.now,
                 running.fence,
@@ -253,8 +276,10 @@ class BackupExecutor:
         )
         try:
             async with self.slots:
-                manifest = await asyncio.to_thread(self._take, cluster, backup, running)
-                await asyncio.to_thread(self._record_completed, backup, manifest, running)
+                manifest, encrypted = await asyncio.to_thread(self._take, cluster, backup, running)
+                await asyncio.to_thread(
+                    self._record_completed, backup, manifest, encrypted, running
+                )
         except BackupError as error:
             if running.lost.is_set():
                 # Its lease is gone: the reaper records the backup's end, not this worker.
@@ -289,10 +314,20 @@ class BackupExecutor:
             renewing.cancel()
             if self.running.get(cluster.cluster_id) is running:
                 self.running.pop(cluster.cluster_id, None)
-            await asyncio.to_thread(self.leases.release, backup.backup_id, running.fence)
+            await asyncio.to_thread(self.leases.release, backup.id, running.fence)
 
-    def _take(self, cluster: Cluster, backup: Backup, running: Running) -> Manifest:
-        store = self.store_for(backup.region)
+    def _take(self, cluster: Cluster, backup: Backup, running: Running) -> tuple[Manifest, bool]:
+        """The backup's manifest, and whether its chain is stored encrypted."""
+        full = None
+        if backup.backup_type != BackupType.FULL.value:
+            full = load_backup(self.runtime.store, cluster.cluster_id, backup.chain_id)
+        store = self.store_for(cluster, backup.region, full)
+        manifest = self._take_into(store, cluster, backup, running)
+        return manifest, chain_is_encrypted(store, cluster.cluster_id, str(backup.chain_id))
+
+    def _take_into(
+        self, store: ObjectStore, cluster: Cluster, backup: Backup, running: Running
+    ) -> Manifest:
         adapter = self.adapter_for(cluster)
         request = BackupRequest(
             store=store,
@@ -306,6 +341,8 @@ class BackupExecutor:
         self._wait_for_sweep(cluster.cluster_id, str(backup.chain_id), running.cancel)
         try:
             chain = list_manifests(store, cluster.cluster_id, str(backup.chain_id))
+        except KeyUnavailable as exc:
+            raise BackupError(ErrorCode.KEY_UNAVAILABLE, str(exc), "read chain manifests") from exc
         except Exception as exc:
             raise BackupError(
                 ErrorCode.STORE_FAILED,
@@ -352,7 +389,9 @@ class BackupExecutor:
             if cancel.wait(SWEEP_POLL_SECONDS):
                 raise BackupError(ErrorCode.CANCELLED, "backup cancelled", "wait for a sweep")
 
-    def _record_completed(self, started: Backup, manifest: Manifest, running: Running) -> None:
+    def _record_completed(
+        self, started: Backup, manifest: Manifest, encrypted: bool, running: Running
+    ) -> None:
         backup = self.runtime.store.get_or_none(started.id, Backup)
         if backup is None or backup.is_terminal:
             return
@@ -370,6 +409,7 @@ class BackupExecutor:
             expires_at=backup_expires_at(manifest.data_from, backup.retention_days),
             at=now,
             by=self.name,
+            encrypted=encrypted,
         )
         with contextlib.suppress(IntegrityError):  # the reaper failed it first: that stands
             self.runtime.store.save_all(backup)
@@ -415,8 +455,11 @@ class BackupExecutor:
         released."""
         reaped = 0
         for lease in self.leases.expired(self.runtime.clock.now()):
-            backup_id, cluster_id = lease.job_id, lease.cluster_id
-            if any(r.backup_id == backup_id for r in self.running.values()):
+            # Leases taken before the job id was the stream id name the bare backup id.
+            backup_id = UUID(str(lease.detail.get("backup_id", lease.job_id)))
+            cluster_id = lease.cluster_id
+            running = self.running.get(cluster_id)
+            if running is not None and running.backup_id == backup_id:
                 continue
             failed = self._record_failed(
                 cluster_id,
@@ -426,7 +469,7 @@ class BackupExecutor:
                 f"{self.settings.backup_lease_seconds:.0f} s (it died or lost the database)",
                 "executor lease",
             )
-            self.leases.release(backup_id)
+            self.leases.release(lease.job_id)
             reaped += int(failed)
         return reaped
 
@@ -462,20 +505,21 @@ class BackupExecutor:
             )
 
         async def start() -> None:
-            self._spawn(asyncio.to_thread(self._verify, backup, command, principal))
+            self._spawn(asyncio.to_thread(self._verify, cluster, backup, command, principal))
 
         return Handled([], cluster.cluster_id, follow_up=start)
 
-    def _verify(self, backup: Backup, command: VerifyBackup, principal: Principal) -> None:
-        store = self.store_for(backup.region)
+    def _verify(
+        self, cluster: Cluster, backup: Backup, command: VerifyBackup, principal: Principal
+    ) -> None:
         missing: list[str] = []
         corrupt: list[str] = []
         checked = 0
         try:
-            manifest = read_manifest(
+            store = self.store_for(cluster, backup.region, backup)
+            report = verify_stored(
                 store, backup.cluster_id, str(backup.chain_id), str(backup.backup_id)
             )
-            report = verify_backup(store, manifest)
             missing, corrupt, checked = report.missing, report.corrupt, report.chunks_checked
         except Exception as exc:
             missing = [f"manifest or chain unreadable: {exc}"]

@@ -16,6 +16,7 @@ reader of the topics sees, so the views show exactly what was published.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from functools import singledispatchmethod
 from typing import Any
@@ -40,7 +41,13 @@ from managed_backups.contracts.events import (
     ConnectionSecretChanged,
     ConnectionSecretRemoved,
     ConnectionSecretSet,
+    CustomerKeyChanged,
+    CustomerKeyConfigured,
+    CustomerKeyRemoved,
     EventBase,
+    KeyRotationCompleted,
+    KeyRotationFailed,
+    KeyRotationStarted,
     OrganizationCreated,
     RestoreFailed,
     RestoreProgressed,
@@ -70,8 +77,17 @@ AUDIT_ONLY: tuple[type[EventBase], ...] = (
     ConnectionSecretSet,
     ConnectionSecretChanged,
     ConnectionSecretRemoved,
+    CustomerKeyConfigured,
+    CustomerKeyChanged,
+    CustomerKeyRemoved,
+    KeyRotationStarted,
+    KeyRotationCompleted,
+    KeyRotationFailed,
 )
 _RETENTION_COLUMNS = ("kept_chain_id", "kept_data_from", "deleted_until")
+_RETENTION_COUNTERS = ("stored_bytes", "expired_count", "deleted_count", "bytes_freed")
+_CHUNK = 900
+"""Parameters per statement at most (SQLite's limit is 999 on old builds)."""
 
 
 class ViewProjection:
@@ -80,37 +96,62 @@ class ViewProjection:
     def __init__(self, db: SqlDatabase, prefix: str = DEFAULT_PREFIX) -> None:
         self.db = db
         self.t = Tables(prefix)
+        self._rows: _BatchRows | None = None
 
-    def apply_batch(self, events: list[EventBase]) -> bool:
+    def apply_batch(self, events: Sequence[EventBase], after: int | None = None) -> bool:
         """Apply ``events`` (in log order) and record the last one's position, atomically.
 
-        Compare-and-set on the position (two instances of the service may read the same batch):
-        the position row is locked first, and a batch another instance has applied meanwhile
-        (the position already at or past its first event) is dropped, so no event is applied
-        twice (the retention counters add). Returns whether the batch was applied."""
+        With ``after`` (the position the events follow), the batch applies only if the views
+        are still at ``after`` when its transaction starts (it moves the position first, so a
+        concurrent writer waits for it, then finds the position moved and applies nothing):
+        two projectors, or a projector and a rebuild that just replaced the views, never apply
+        an event twice or skip one. Returns whether it applied.
+
+        The rows the batch reads are read once and kept, with its changes, in memory
+        (:class:`_BatchRows`) until its end; then every changed row is written once, together
+        with the audit rows and the position, in the same transaction. A handler sees the rows as
+        every earlier event of the batch left them, so a batch of any size gives the same tables
+        as one event at a time (``tests/integration/test_projections_rebuild.py`` compares a
+        rebuild in large batches with the views kept live in small ones)."""
         if not events:
-            return False
+            return True
         with self.db.transaction() as cursor:
-            cursor.execute(
-                f"INSERT INTO {self.t.position} (name, position) VALUES (?, 0) "
-                "ON CONFLICT (name) DO NOTHING",
-                (PROJECTION_NAME,),
-            )
-            lock = " FOR UPDATE" if self.db.dialect == "postgres" else ""
-            cursor.execute(
-                f"SELECT position FROM {self.t.position} WHERE name = ?{lock}", (PROJECTION_NAME,)
-            )
-            if int(cursor.fetchone()[0]) >= events[0].position:
+            if after is not None and not self._claim(cursor, after, events[-1].position):
                 return False
-            for event in events:
-                self._audit(event, cursor)
-                self.handle(event, cursor)
-            cursor.execute(
-                f"INSERT INTO {self.t.position} (name, position) VALUES (?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-                (PROJECTION_NAME, events[-1].position),
-            )
+            self._rows = _BatchRows(self.t, cursor, self.db.dialect)
+            try:
+                self._rows.prefetch(events)
+                for event in events:
+                    self._audit(event, cursor)
+                    self.handle(event, cursor)
+                self._rows.flush()
+            finally:
+                self._rows = None
+            if after is None:
+                cursor.execute(
+                    f"INSERT INTO {self.t.position} (name, position) VALUES (?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+                    (PROJECTION_NAME, events[-1].position),
+                )
         return True
+
+    def _claim(self, cursor: Cursor, after: int, last: int) -> bool:
+        """Move the position from ``after`` to ``last``, if it is still ``after``."""
+        cursor.execute(
+            f"INSERT INTO {self.t.position} (name, position) VALUES (?, 0) "
+            "ON CONFLICT (name) DO NOTHING",
+            (PROJECTION_NAME,),
+        )
+        moved = cursor.execute(
+            f"UPDATE {self.t.position} SET position = ? WHERE name = ? AND position = ?",
+            (last, PROJECTION_NAME, after),
+        )
+        return int(moved.rowcount) == 1
+
+    @property
+    def rows(self) -> _BatchRows:
+        assert self._rows is not None, "rows are read and written inside apply_batch only"
+        return self._rows
 
     def _audit(self, event: EventBase, cursor: Cursor) -> None:
         """Audit trail: every event of a cluster, except accepted-command bookkeeping (the domain
@@ -118,11 +159,7 @@ class ViewProjection:
         if isinstance(event, CommandHandled) and event.status.value == "ACCEPTED":
             return
         if event.cluster_id is not None:
-            cursor.execute(
-                f"INSERT INTO {self.t.audit} (position, cluster_id, doc) VALUES (?, ?, ?) "
-                "ON CONFLICT (position) DO NOTHING",
-                (event.position, event.cluster_id, event.model_dump_json()),
-            )
+            self.rows.audit.append((event.position, event.cluster_id, event.model_dump_json()))
 
     # -- one handler per event class ----------------------------------------------------------
 
@@ -186,7 +223,7 @@ class ViewProjection:
         cluster_doc = self._cluster_doc(cursor, event)
         if cluster_doc is not None:
             self._put_cluster(cursor, cluster_doc)
-        if self._backup_doc(cursor, str(event.backup_id)) is None:
+        if self._backup_doc(cursor, event.cluster_id, str(event.backup_id)) is None:
             self._put_backup(
                 cursor,
                 _new_backup_doc(event, ts(event.slot), BackupStatus.SCHEDULED),
@@ -194,7 +231,7 @@ class ViewProjection:
 
     @handle.register
     def _backup_started(self, event: BackupStarted, cursor: Cursor) -> None:
-        doc = self._backup_doc(cursor, str(event.backup_id)) or _new_backup_doc(
+        doc = self._backup_doc(cursor, event.cluster_id, str(event.backup_id)) or _new_backup_doc(
             event, ts(event.scheduled_for), BackupStatus.IN_PROGRESS
         )
         doc.update(
@@ -210,7 +247,7 @@ class ViewProjection:
 
     @handle.register
     def _backup_completed(self, event: BackupCompleted, cursor: Cursor) -> None:
-        doc = self._backup_doc(cursor, str(event.backup_id))
+        doc = self._backup_doc(cursor, event.cluster_id, str(event.backup_id))
         if doc is None:
             return
         self._count(cursor, doc["cluster_id"], stored_bytes=event.size_bytes)
@@ -218,7 +255,7 @@ class ViewProjection:
         if doc["type"] == BackupType.FULL.value:
             self._full_completed(cursor, doc["cluster_id"], doc["id"], event.as_of_time)
         else:  # an incremental expires with its full
-            full = self._backup_doc(cursor, doc["chain_id"])
+            full = self._backup_doc(cursor, doc["cluster_id"], doc["chain_id"])
             expires_at = full["expires_at"] if full is not None else expires_at
         doc.update(
             status=BackupStatus.COMPLETE.value,
@@ -234,7 +271,7 @@ class ViewProjection:
 
     @handle.register
     def _backup_failed(self, event: BackupFailed, cursor: Cursor) -> None:
-        doc = self._backup_doc(cursor, str(event.backup_id))
+        doc = self._backup_doc(cursor, event.cluster_id, str(event.backup_id))
         if doc is None:
             return
         doc.update(
@@ -247,7 +284,7 @@ class ViewProjection:
 
     @handle.register
     def _backup_verified(self, event: BackupVerified, cursor: Cursor) -> None:
-        doc = self._backup_doc(cursor, str(event.backup_id))
+        doc = self._backup_doc(cursor, event.cluster_id, str(event.backup_id))
         if doc is None:
             return
         doc["verification"] = {
@@ -256,12 +293,13 @@ class ViewProjection:
             "chunks_checked": event.chunks_checked,
             "missing_chunks": event.missing_chunks,
             "corrupt_chunks": event.corrupt_chunks,
+            "command_id": None if event.command_id is None else str(event.command_id),
         }
         self._put_backup(cursor, doc)
 
     @handle.register
     def _backup_expired(self, event: BackupExpired, cursor: Cursor) -> None:
-        doc = self._backup_doc(cursor, str(event.backup_id))
+        doc = self._backup_doc(cursor, event.cluster_id, str(event.backup_id))
         if doc is None:
             return
         self._count(cursor, doc["cluster_id"], expired_count=1)
@@ -274,7 +312,7 @@ class ViewProjection:
 
     @handle.register
     def _backup_deleted(self, event: BackupDeleted, cursor: Cursor) -> None:
-        doc = self._backup_doc(cursor, str(event.backup_id))
+        doc = self._backup_doc(cursor, event.cluster_id, str(event.backup_id))
         if doc is None:
             return
         stored = int(doc["size_bytes"]) if doc["status"] != "FAILED" else 0
@@ -327,7 +365,7 @@ class ViewProjection:
 
     @handle.register
     def _restore_running(self, event: RestoreRunning, cursor: Cursor) -> None:
-        doc = self._restore_doc(cursor, str(event.restore_id))
+        doc = self._restore_doc(cursor, event.cluster_id, str(event.restore_id))
         if doc is not None:
             doc["bytes_total"] = event.bytes_total
             _restore_phase(doc, "RUNNING", ts(event.occurred_at))
@@ -335,7 +373,7 @@ class ViewProjection:
 
     @handle.register
     def _restore_progressed(self, event: RestoreProgressed, cursor: Cursor) -> None:
-        doc = self._restore_doc(cursor, str(event.restore_id))
+        doc = self._restore_doc(cursor, event.cluster_id, str(event.restore_id))
         if doc is not None:
             doc["bytes_done"] = event.bytes_done
             doc["completion_percent"] = event.completion
@@ -343,7 +381,7 @@ class ViewProjection:
 
     @handle.register
     def _restore_succeeded(self, event: RestoreSucceeded, cursor: Cursor) -> None:
-        doc = self._restore_doc(cursor, str(event.restore_id))
+        doc = self._restore_doc(cursor, event.cluster_id, str(event.restore_id))
         if doc is not None:
             at = ts(event.occurred_at)
             doc.update(bytes_done=event.bytes_done, completion_percent=1.0, completed_at=at)
@@ -354,7 +392,7 @@ class ViewProjection:
 
     @handle.register
     def _restore_failed(self, event: RestoreFailed, cursor: Cursor) -> None:
-        doc = self._restore_doc(cursor, str(event.restore_id))
+        doc = self._restore_doc(cursor, event.cluster_id, str(event.restore_id))
         if doc is not None:
             at = ts(event.occurred_at)
             doc.update(
@@ -368,6 +406,9 @@ class ViewProjection:
             self._put_restore(cursor, doc)
 
     # -- identity: organizations, service accounts, API keys, role grants -----------------------
+    # Written at once through the cursor, not kept by _BatchRows: no other handler reads these
+    # tables, and each handler here reads only rows an earlier statement of the same
+    # transaction wrote, so a batch of any size still gives the tables one event at a time would.
 
     @handle.register
     def _organization_created(self, event: OrganizationCreated, cursor: Cursor) -> None:
@@ -491,102 +532,57 @@ class ViewProjection:
             (doc["id"], doc["service_account_id"], doc["organization"], json.dumps(doc)),
         )
 
-    # -- rows -----------------------------------------------------------------------------------
+    # -- rows (kept by the batch until its end: _BatchRows) -------------------------------------
 
     def _cluster_doc(self, cursor: Cursor, event: EventBase) -> dict[str, Any] | None:
         """The cluster's document with the version of ``event``'s cluster stream (None if the
         cluster was never registered)."""
-        cursor.execute(
-            f"SELECT doc FROM {self.t.clusters} WHERE cluster_id = ?", (event.cluster_id,)
-        )
-        row = cursor.fetchone()
-        if row is None:
+        doc = self.rows.get("clusters", str(event.cluster_id))
+        if doc is None:
             return None
-        doc: dict[str, Any] = json.loads(row[0])
         doc["version"] = event.aggregate_version
         return doc
 
     def _put_cluster(self, cursor: Cursor, doc: dict[str, Any]) -> None:
-        cursor.execute(
-            f"INSERT INTO {self.t.clusters} (cluster_id, organization, deleted, doc) "
-            "VALUES (?, ?, ?, ?) ON CONFLICT (cluster_id) DO UPDATE SET "
-            "organization = excluded.organization, deleted = excluded.deleted, doc = excluded.doc",
-            (
-                doc["id"],
-                doc["organization"],
-                1 if doc["state"] == "DELETED" else 0,
-                json.dumps(doc),
-            ),
-        )
+        self.rows.put("clusters", doc["id"], doc)
 
-    def _backup_doc(self, cursor: Cursor, backup_id: str) -> dict[str, Any] | None:
-        cursor.execute(f"SELECT doc FROM {self.t.backups} WHERE backup_id = ?", (backup_id,))
-        row = cursor.fetchone()
-        return json.loads(row[0]) if row else None
+    def _backup_doc(
+        self, cursor: Cursor, cluster_id: str | None, backup_id: str
+    ) -> dict[str, Any] | None:
+        return self.rows.get("backups", (cluster_id or "", backup_id))
 
     def _put_backup(self, cursor: Cursor, doc: dict[str, Any]) -> None:
-        cursor.execute(
-            f"INSERT INTO {self.t.backups} (backup_id, cluster_id, status, backup_type, "
-            "chain_id, sort_time, as_of_time, expires_at, doc) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (backup_id) DO UPDATE SET status = excluded.status, "
-            "backup_type = excluded.backup_type, chain_id = excluded.chain_id, "
-            "sort_time = excluded.sort_time, as_of_time = excluded.as_of_time, "
-            "expires_at = excluded.expires_at, doc = excluded.doc",
-            (
-                doc["id"],
-                doc["cluster_id"],
-                doc["status"],
-                doc["type"],
-                doc["chain_id"],
-                doc["as_of_time"] or doc["started_at"] or doc["scheduled_for"],
-                doc["as_of_time"],
-                doc["expires_at"],
-                json.dumps(doc),
-            ),
-        )
+        self.rows.put("backups", (doc["cluster_id"], doc["id"]), doc)
 
-    def _restore_doc(self, cursor: Cursor, restore_id: str) -> dict[str, Any] | None:
-        cursor.execute(f"SELECT doc FROM {self.t.restores} WHERE restore_id = ?", (restore_id,))
-        row = cursor.fetchone()
-        return json.loads(row[0]) if row else None
+    def _restore_doc(
+        self, cursor: Cursor, cluster_id: str | None, restore_id: str
+    ) -> dict[str, Any] | None:
+        return self.rows.get("restores", (cluster_id or "", restore_id))
 
     def _put_restore(self, cursor: Cursor, doc: dict[str, Any]) -> None:
-        cursor.execute(
-            f"INSERT INTO {self.t.restores} (restore_id, cluster_id, created_at, doc) "
-            "VALUES (?, ?, ?, ?) ON CONFLICT (restore_id) DO UPDATE SET doc = excluded.doc",
-            (doc["id"], doc["destination_cluster_id"], doc["created_at"], json.dumps(doc)),
-        )
+        self.rows.put("restores", (doc["destination_cluster_id"], doc["id"]), doc)
 
     def _retention_row(self, cursor: Cursor, cluster_id: str) -> tuple[Any, ...] | None:
-        cursor.execute(
-            f"SELECT {', '.join(_RETENTION_COLUMNS)} FROM {self.t.retention} WHERE cluster_id = ?",
-            (cluster_id,),
-        )
-        row = cursor.fetchone()
-        return tuple(row) if row else None
+        row = self.rows.get("retention", cluster_id)
+        return None if row is None else tuple(row[name] for name in _RETENTION_COLUMNS)
 
     def _put_retention(self, cursor: Cursor, cluster_id: str, **values: str | None) -> None:
-        row = self._retention_row(cursor, cluster_id) or (None, None, None)
-        current = dict(zip(_RETENTION_COLUMNS, row, strict=True))
-        current.update(values)
-        cursor.execute(
-            f"INSERT INTO {self.t.retention} (cluster_id, kept_chain_id, kept_data_from, "
-            "deleted_until) VALUES (?, ?, ?, ?) ON CONFLICT (cluster_id) DO UPDATE SET "
-            "kept_chain_id = excluded.kept_chain_id, kept_data_from = excluded.kept_data_from, "
-            "deleted_until = excluded.deleted_until",
-            (cluster_id, *(current[name] for name in _RETENTION_COLUMNS)),
-        )
+        row = self.rows.get("retention", cluster_id) or {
+            **dict.fromkeys(_RETENTION_COLUMNS),
+            **dict.fromkeys(_RETENTION_COUNTERS, 0),
+        }
+        row.update(values)
+        self.rows.put("retention", cluster_id, row)
 
     def _count(self, cursor: Cursor, cluster_id: str, **deltas: int) -> None:
         """Add ``deltas`` to the cluster's retention counters."""
         if self._retention_row(cursor, cluster_id) is None:
             self._put_retention(cursor, cluster_id)
-        sets = ", ".join(f"{name} = {name} + ?" for name in deltas)
-        cursor.execute(
-            f"UPDATE {self.t.retention} SET {sets} WHERE cluster_id = ?",
-            (*deltas.values(), cluster_id),
-        )
+        row = self.rows.get("retention", cluster_id)
+        assert row is not None
+        for name, delta in deltas.items():
+            row[name] += delta
+        self.rows.put("retention", cluster_id, row)
 
     def _full_completed(
         self, cursor: Cursor, cluster_id: str, backup_id: str, data_from: datetime
@@ -596,6 +592,212 @@ class ViewProjection:
         newest = ts(data_from)
         if row is None or row[1] is None or (newest or "") > row[1]:
             self._put_retention(cursor, cluster_id, kept_chain_id=backup_id, kept_data_from=newest)
+
+
+Key = str | tuple[str, str]
+"""A row's key in :class:`_BatchRows`: a cluster id, or (cluster id, id) for backups and
+restores (ids chosen by clients are unique only within their cluster)."""
+
+
+class _BatchRows:
+    """The rows one batch reads and writes: each read from its table once, then kept (with the
+    batch's changes) in memory; ``flush`` writes every changed row once (``executemany``) and
+    the audit rows, in the batch's transaction. What a replay costs per event is then mostly
+    the handler itself, not a round trip to the database per read and write."""
+
+    def __init__(self, tables: Tables, cursor: Cursor, dialect: str) -> None:
+        self.t = tables
+        self.cursor = cursor
+        # On PostgreSQL the keys read are one array parameter (``= ANY``) and the rows written
+        # one JSON parameter: a statement with thousands of placeholders costs more to send
+        # than its rows.
+        self.arrays = dialect == "postgres"
+        self.kept: dict[str, dict[Key, dict[str, Any] | None]] = {
+            kind: {} for kind in ("clusters", "backups", "restores", "retention")
+        }
+        self.changed: dict[str, set[Key]] = {kind: set() for kind in self.kept}
+        self.audit: list[tuple[int, str, str]] = []
+
+    def _in(self, values: list[str]) -> tuple[str, list[Any]]:
+        """A condition ``column <this>`` that holds for ``values``, and its parameters."""
+        if self.arrays:
+            return "= ANY(?::text[])", [values]
+        return f"IN ({', '.join('?' for _ in values)})", list(values)
+
+    def _select(self, kind: str, keys: list[Key]) -> None:
+        """Read the rows of ``keys`` into ``kept``, None where a row does not exist. Backups
+        and restores are keyed by (cluster id, id): both columns are matched (the primary
+        key's index), and a row of a pair not asked for is not kept."""
+        if kind in ("backups", "restores"):
+            pairs = [k for k in keys if isinstance(k, tuple)]
+            table, column = (
+                (self.t.backups, "backup_id")
+                if kind == "backups"
+                else (self.t.restores, "restore_id")
+            )
+            in_clusters, cluster_params = self._in(sorted({c for c, _ in pairs}))
+            in_ids, id_params = self._in(sorted({i for _, i in pairs}))
+            self.cursor.execute(
+                f"SELECT cluster_id, {column}, doc FROM {table} "
+                f"WHERE cluster_id {in_clusters} AND {column} {in_ids}",
+                [*cluster_params, *id_params],
+            )
+            rows = {(r[0], r[1]): json.loads(r[2]) for r in self.cursor.fetchall()}
+            for pair in pairs:
+                self.kept[kind][pair] = rows.get(pair)
+            return
+        where, params = self._in([k for k in keys if isinstance(k, str)])
+        if kind == "retention":
+            columns = ("cluster_id", *_RETENTION_COLUMNS, *_RETENTION_COUNTERS)
+            self.cursor.execute(
+                f"SELECT {', '.join(columns)} FROM {self.t.retention} WHERE cluster_id {where}",
+                params,
+            )
+            found = {
+                r[0]: dict(zip(columns[1:], r[1:], strict=True)) for r in self.cursor.fetchall()
+            }
+        else:
+            self.cursor.execute(
+                f"SELECT cluster_id, doc FROM {self.t.clusters} WHERE cluster_id {where}", params
+            )
+            found = {r[0]: json.loads(r[1]) for r in self.cursor.fetchall()}
+        for key in keys:
+            self.kept[kind][key] = found.get(key)
+
+    def read(self, kind: str, keys: Iterable[Key]) -> None:
+        """Read every row of ``keys`` not yet kept (on SQLite in chunks, below its parameter
+        limit: a pair takes two)."""
+        missing = sorted((k for k in keys if k not in self.kept[kind]), key=str)
+        step = max(len(missing), 1) if self.arrays else _CHUNK // 2
+        for start in range(0, len(missing), step):
+            self._select(kind, missing[start : start + step])
+
+    def prefetch(self, events: Sequence[EventBase]) -> None:
+        """Read at once the rows the batch's events name (their clusters, backups, the full
+        backups of their chains, restores), instead of one query per row on first use."""
+        clusters = {e.cluster_id for e in events if e.cluster_id is not None}
+        self.read("clusters", clusters)
+        self.read("retention", clusters)
+        self.read(
+            "backups",
+            {(e.cluster_id or "", str(b)) for e in events if (b := getattr(e, "backup_id", None))},
+        )
+        chains: set[Key] = {
+            (e.cluster_id or "", str(c)) for e in events if (c := getattr(e, "chain_id", None))
+        }
+        chains |= {
+            (d["cluster_id"], d["chain_id"]) for d in self.kept["backups"].values() if d is not None
+        }
+        self.read("backups", chains)
+        self.read(
+            "restores",
+            {(e.cluster_id or "", str(r)) for e in events if (r := getattr(e, "restore_id", None))},
+        )
+
+    def get(self, kind: str, key: Key) -> dict[str, Any] | None:
+        if key not in self.kept[kind]:
+            self._select(kind, [key])
+        return self.kept[kind][key]
+
+    def put(self, kind: str, key: Key, row: dict[str, Any]) -> None:
+        self.kept[kind][key] = row
+        self.changed[kind].add(key)
+
+    def _changed(self, kind: str) -> list[dict[str, Any]]:
+        return [row for key in sorted(self.changed[kind], key=str) if (row := self.kept[kind][key])]
+
+    def _upsert(
+        self, head: str, rows: list[tuple[Any, ...]], tail: str, types: tuple[str, ...]
+    ) -> None:
+        """Insert ``rows`` (``head`` names the columns, of the SQL ``types``): on PostgreSQL
+        in one statement whose one parameter is the rows as JSON (``json_to_recordset``: the
+        server parses it, where a parameter per value, or an array of quoted documents, costs
+        the client more than the rows); on SQLite ``head VALUES (...), (...) tail``, as many
+        rows a statement as its parameter limit allows."""
+        if not rows:
+            return
+        if self.arrays:
+            names = [c.strip() for c in head[head.index("(") + 1 : head.rindex(")")].split(",")]
+            quoted = [f'"{name}"' for name in names]
+            record = ", ".join(f"{q} {t}" for q, t in zip(quoted, types, strict=True))
+            self.cursor.execute(
+                f"{head} SELECT {', '.join(quoted)} FROM json_to_recordset(?::json) AS "
+                f"r({record}) {tail}",
+                [json.dumps([dict(zip(names, row, strict=True)) for row in rows])],
+            )
+            return
+        width = len(rows[0])
+        per_statement = max(1, _CHUNK // width)
+        one = f"({', '.join('?' for _ in range(width))})"
+        for start in range(0, len(rows), per_statement):
+            chunk = rows[start : start + per_statement]
+            self.cursor.execute(
+                f"{head} VALUES {', '.join(one for _ in chunk)} {tail}",
+                [value for row in chunk for value in row],
+            )
+
+    def flush(self) -> None:
+        t = self.t
+        self._upsert(
+            f"INSERT INTO {t.audit} (position, cluster_id, doc)",
+            self.audit,
+            "ON CONFLICT (position) DO NOTHING",
+            ("bigint", "text", "text"),
+        )
+        self._upsert(
+            f"INSERT INTO {t.clusters} (cluster_id, organization, deleted, doc)",
+            [
+                (d["id"], d["organization"], 1 if d["state"] == "DELETED" else 0, json.dumps(d))
+                for d in self._changed("clusters")
+            ],
+            "ON CONFLICT (cluster_id) DO UPDATE SET organization = excluded.organization, "
+            "deleted = excluded.deleted, doc = excluded.doc",
+            ("text", "text", "integer", "text"),
+        )
+        self._upsert(
+            f"INSERT INTO {t.backups} (backup_id, cluster_id, status, backup_type, chain_id, "
+            "sort_time, as_of_time, expires_at, doc)",
+            [
+                (
+                    d["id"],
+                    d["cluster_id"],
+                    d["status"],
+                    d["type"],
+                    d["chain_id"],
+                    d["as_of_time"] or d["started_at"] or d["scheduled_for"],
+                    d["as_of_time"],
+                    d["expires_at"],
+                    json.dumps(d),
+                )
+                for d in self._changed("backups")
+            ],
+            "ON CONFLICT (cluster_id, backup_id) DO UPDATE SET status = excluded.status, "
+            "backup_type = excluded.backup_type, chain_id = excluded.chain_id, "
+            "sort_time = excluded.sort_time, as_of_time = excluded.as_of_time, "
+            "expires_at = excluded.expires_at, doc = excluded.doc",
+            ("text",) * 9,
+        )
+        self._upsert(
+            f"INSERT INTO {t.restores} (restore_id, cluster_id, created_at, doc)",
+            [
+                (d["id"], d["destination_cluster_id"], d["created_at"], json.dumps(d))
+                for d in self._changed("restores")
+            ],
+            "ON CONFLICT (cluster_id, restore_id) DO UPDATE SET doc = excluded.doc",
+            ("text",) * 4,
+        )
+        columns = (*_RETENTION_COLUMNS, *_RETENTION_COUNTERS)
+        self._upsert(
+            f"INSERT INTO {t.retention} (cluster_id, {', '.join(columns)})",
+            [
+                (key, *(row[name] for name in columns))
+                for key in sorted(self.changed["retention"], key=str)
+                if (row := self.kept["retention"][key])
+            ],
+            "ON CONFLICT (cluster_id) DO UPDATE SET "
+            + ", ".join(f"{c} = excluded.{c}" for c in columns),
+            ("text",) * 4 + ("bigint",) * 4,
+        )
 
 
 def _backups_config(

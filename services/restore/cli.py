@@ -2,7 +2,10 @@
 ``--follow``, show its progress (phase, percent, bytes, rate, ETA) until it ends.
 
 Exit codes: 0 the job was recorded (or, with ``--follow``, SUCCEEDED); 1 the request was refused
-or the job FAILED (the reason is printed on stderr); 2 a usage or connection problem.
+or the job FAILED (the reason is printed on stderr); 2 a usage problem; 3 no answer from the API
+(the URL tried is printed). The API is found as every command finds it (``--api-url``, else
+the URL ``up`` remembered in the data directory: ``shared/locations.py``); ``--follow`` draws its
+progress with rich (bar, bytes, rate and ETA on a terminal; a line per change otherwise).
 
 The command is a typer sub-application (``app``) that the top-level ``managed-backups`` CLI
 mounts as ``restore``. Its options are parsed into one typed ``RestoreRequest``; turning that
@@ -18,12 +21,16 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, TextIO
+from typing import TYPE_CHECKING, Annotated, Any
 
-import httpx
 import typer
 
-from managed_backups.shared.settings import Settings, default_data_dir
+from managed_backups.services.apicli import output
+from managed_backups.services.apicli.client import REFUSED, Api, CliError, cluster_path, segment
+from managed_backups.services.apicli.commands import ApiUrl
+
+if TYPE_CHECKING:
+    from rich.progress import Task
 
 POLL_SECONDS = 0.5
 
@@ -86,11 +93,6 @@ class RestoreRequest:
         return body
 
 
-def api_client(base_url: str) -> httpx.Client:
-    """The HTTP client ``restore start`` talks to the API with (tests swap in a mock transport)."""
-    return httpx.Client(base_url=base_url, timeout=60)
-
-
 @app.command("start")
 def start(
     destination: Annotated[str, typer.Argument(metavar="DEST", help="the destination cluster id")],
@@ -151,9 +153,9 @@ def start(
     follow: Annotated[
         bool, typer.Option("--follow", help="show progress until the job ends")
     ] = False,
+    api_url: ApiUrl = None,
     api: Annotated[
-        str | None,
-        typer.Option(help="API base URL (default: from the data directory's settings)"),
+        str | None, typer.Option("--api", hidden=True, help="the former name of --api-url")
     ] = None,
     data_dir: Annotated[
         Path | None,
@@ -187,7 +189,12 @@ def start(
     )
     raise typer.Exit(
         start_restore(
-            destination, request, follow=follow, api=api, data_dir=data_dir, credential=credential
+            destination,
+            request,
+            follow=follow,
+            api_url=api_url or api,
+            data_dir=data_dir,
+            credential=credential,
         )
     )
 
@@ -197,93 +204,86 @@ def start_restore(
     request: RestoreRequest,
     *,
     follow: bool,
-    api: str | None,
+    api_url: str | None,
     data_dir: Path | None,
     credential: str | None,
 ) -> int:
     """Post the job; print it, or with ``follow`` its progress; return the exit code."""
-    directory = data_dir.resolve() if data_dir else default_data_dir()
-    key_file = directory / "admin-api-key"
-    credential = credential or (key_file.read_text().strip() if key_file.exists() else None)
-    if not credential:
-        print("no credential: pass --credential or --data-dir of `up`", file=sys.stderr)
-        return 2
-    if api is None:
-        settings = Settings(data_dir=directory)
-        api = f"http://{settings.api_host}:{settings.api_port}"
-    with api_client(api) as client:
-        client.headers["Authorization"] = f"Bearer {credential}"
-        try:
-            answer = client.post(f"/api/v1/clusters/{destination}/restores", json=request.body())
-        except httpx.HTTPError as exc:
-            print(f"the API is not reachable: {exc}", file=sys.stderr)
-            return 2
-        if answer.status_code != 200:
-            print(f"refused ({answer.status_code}): {_message(answer)}", file=sys.stderr)
-            return 1
-        job: dict[str, Any] = answer.json()
-        if not follow:
-            print(json.dumps(job, indent=2))
-            return 0
-        return follow_job(client, destination, job["id"], sys.stdout)
-
-
-def _message(answer: httpx.Response) -> str:
     try:
-        return str(answer.json().get("message"))
-    except ValueError:
-        return answer.text
+        with Api.connect(api_url, data_dir, credential) as api:
+            job: dict[str, Any] = api.call(
+                "POST", f"{cluster_path(destination)}/restores", body=request.body()
+            )
+            if not follow:
+                print(json.dumps(job, indent=2))
+                return 0
+            return follow_job(api, destination, job["id"])
+    except CliError as failure:
+        print(failure.message, file=sys.stderr)
+        return failure.exit_code
 
 
-def _mib(n: float) -> str:
-    return f"{n / (1 << 20):.1f} MiB"
-
-
-def progress_line(job: dict[str, Any], started: float, now: float) -> str:
-    """``Running   [#########-----------]  45.0%  12.3 MiB / 27.1 MiB  5.1 MiB/s  ETA 3s``"""
-    fraction = float(job["completion_percent"])
-    done, total = int(job["bytes_done"]), int(job["bytes_total"])
-    elapsed = max(now - started, 1e-6)
-    rate = done / elapsed
-    eta = f"ETA {(total - done) / rate:.0f}s" if rate > 0 and total > done else "ETA -"
-    bar = "#" * int(fraction * 20)
+def progress_text(job: dict[str, Any], task: Task) -> str:
+    """The line printed per change when stdout is not a terminal (rich measures the rate)."""
+    rate = f"{output.size(task.speed)}/s" if task.speed else "-/s"
+    left = task.time_remaining
+    eta = f"ETA {left:.0f}s" if left is not None and job["status"] == "PENDING" else "ETA -"
     return (
-        f"{job['phase']:<10} [{bar:<20}] {fraction * 100:5.1f}%  {_mib(done)} / {_mib(total)}  "
-        f"{_mib(rate)}/s  {eta}"
+        f"{job['phase']:<10} {float(job['completion_percent']) * 100:5.1f}%  "
+        f"{output.size(job['bytes_done'])} / {output.size(job['bytes_total'])}  {rate}  {eta}"
     )
 
 
-def follow_job(
-    client: httpx.Client, destination: str, restore_id: str, out: TextIO, poll: float = POLL_SECONDS
-) -> int:
-    """Poll the job until it ends; 0 on SUCCESS, 1 on FAILED (reason on stderr)."""
-    started = time.monotonic()
-    last = ""
-    while True:
-        answer = client.get(f"/api/v1/clusters/{destination}/restores/{restore_id}")
-        if answer.status_code != 200:
-            print(
-                f"cannot read the job ({answer.status_code}): {_message(answer)}", file=sys.stderr
-            )
-            return 2
-        job = answer.json()
-        line = progress_line(job, started, time.monotonic())
-        if line != last:
-            out.write(("\r" if out.isatty() else "") + line + ("" if out.isatty() else "\n"))
-            out.flush()
-            last = line
-        if job["status"] == "SUCCESS":
-            out.write(f"\nrestored: {', '.join(job.get('restored') or [])}\n")
-            for item in job.get("left_out") or []:
-                out.write(f"left out: {item}\n")
-            return 0
-        if job["status"] == "FAILED":
-            out.write("\n")
-            print(
-                f"restore {restore_id} failed: {job['client_error_code']}: "
-                f"{job['client_error_message']} (step: {job['failed_step']}); destination "
-                f"{job['destination_state']}",
-                file=sys.stderr,
-            )
-            return 1
-        time.sleep(poll)
+def follow_job(api: Api, destination: str, restore_id: str, poll: float = POLL_SECONDS) -> int:
+    """Poll the job until it ends, drawing its progress; 0 on SUCCESS, 1 on FAILED (reason on
+    stderr)."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    console = output.console()
+    path = f"{cluster_path(destination)}/restores/{segment(restore_id)}"
+    columns = (
+        TextColumn("{task.description:<10}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
+        task_id = progress.add_task("Preparing", total=None)
+        last = ""
+        while True:
+            job = api.get(path)
+            total = int(job["bytes_total"]) or None
+            done = int(job["bytes_done"])
+            if job["status"] == "SUCCESS" and total:
+                done = total
+            progress.update(task_id, description=job["phase"], total=total, completed=done)
+            if not console.is_terminal:
+                line = progress_text(job, progress.tasks[0])
+                if line != last:
+                    console.print(line)
+                    last = line
+            if job["status"] in ("SUCCESS", "FAILED"):
+                break
+            time.sleep(poll)
+    if job["status"] == "SUCCESS":
+        console.print(f"restored: {', '.join(job.get('restored') or [])}")
+        for item in job.get("left_out") or []:
+            console.print(f"left out: {item}")
+        return 0
+    print(
+        f"restore {restore_id} failed: {job['client_error_code']}: "
+        f"{job['client_error_message']} (step: {job['failed_step']}); destination "
+        f"{job['destination_state']}",
+        file=sys.stderr,
+    )
+    return REFUSED

@@ -27,11 +27,13 @@ import psycopg
 
 from managed_backups.contracts.commands import StartRestore
 from managed_backups.contracts.enums import RestoreType
+from managed_backups.services.restore.fair import FairSlots
 from managed_backups.services.runtime import Runtime
 from managed_backups.shared import jobs
 from managed_backups.shared.cluster_connection import cluster_connection
 from managed_backups.shared.commands import CommandContext, Handled
 from managed_backups.shared.dataplane.engine import BackupError
+from managed_backups.shared.dataplane.keys import KeyUnavailable
 from managed_backups.shared.dataplane.manifest import Manifest, load_chain, read_manifest
 from managed_backups.shared.dataplane.objectstore import ObjectStore
 from managed_backups.shared.dataplane.restore_plan import (
@@ -48,11 +50,11 @@ from managed_backups.shared.dataplane.restore_plan import (
     plan_bytes,
     table_restore_objects,
 )
-from managed_backups.shared.domain.backup import load_backup
+from managed_backups.shared.domain.backup import Backup, load_backup
 from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.domain.errors import Conflict, NotFound, Refused
 from managed_backups.shared.domain.ids import cluster_aggregate_id
-from managed_backups.shared.domain.restore import Restore
+from managed_backups.shared.domain.restore import Restore, load_job, load_restore
 from managed_backups.shared.domain.restore_rules import (
     backup_is_restorable,
     backup_not_into_an_older_major,
@@ -60,8 +62,15 @@ from managed_backups.shared.domain.restore_rules import (
     latest_restorable_backup,
     no_other_restore_while_a_cluster_restore_runs,
     objects_match_the_restore_type,
+    restore_jobs_within_bounds,
+    table_restore_not_into_a_template_or_postgres,
 )
-from managed_backups.shared.eventstore import IntegrityError
+from managed_backups.shared.encryption import (
+    ClusterEncryption,
+    encrypted_chains,
+    platform_keyring,
+)
+from managed_backups.shared.eventstore import EventStore, IntegrityError
 from managed_backups.shared.region_stores import RegionStores
 from managed_backups.shared.secrets import ConnectionSecrets
 from managed_backups.shared.security import Principal
@@ -79,16 +88,14 @@ def cluster_access(
     (``shared/cluster_connection.py``), its allow-listed ``connection_ref`` and its own secret,
     libpq's own lookups closed. A reference or secret that cannot be used is a refusal."""
     try:
-        return cluster_connection(
-            cluster, secrets, settings.pgpass_file, settings.pg_bindirs
-        ).restore_access()
+        return cluster_connection(cluster, secrets, settings).restore_access()
     except BackupError as exc:
         raise Refused(f"cluster {cluster.cluster_id}: {exc.message}", 409) from None
 
 
 @dataclass
 class Running:
-    restore_id: UUID
+    job_id: UUID
     cancel: threading.Event = field(default_factory=threading.Event)
     bytes_done: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -111,6 +118,16 @@ class Job:
     chain: Sequence[Manifest]
     store: ObjectStore
     access: ClusterAccess
+    organization: str
+
+
+def is_template(access: ClusterAccess, database: str) -> bool:
+    """Whether ``database`` is a template on the destination (``datistemplate``)."""
+    with access.connect() as conn:
+        row = conn.execute(
+            "SELECT datistemplate FROM pg_database WHERE datname = %s", (database,)
+        ).fetchone()
+    return bool(row and row[0])
 
 
 def destination_state(plan: RestorePlan | None, target: str | None, cleanup: str) -> str:
@@ -150,13 +167,21 @@ class RestoreService:
         self.name = name
         self.running: dict[UUID, Running] = {}
         self.tasks: set[asyncio.Task[None]] = set()
-        self.slots = asyncio.Semaphore(max(1, self.settings.max_concurrent_restores))
+        # A freed slot goes to the organization with the fewest jobs running (fair.py).
+        self.slots = FairSlots(self.settings.max_concurrent_restores)
         self.stores = RegionStores(runtime.settings)
         self.leases = jobs.JobLeases(runtime.db, JOB_KIND)
-        self.secrets = ConnectionSecrets(runtime.db, self.settings.secrets_path)
+        self.secrets = ConnectionSecrets(
+            runtime.db, self.settings.secrets_path, platform_keyring(self.settings)
+        )
+        self.encryption = ClusterEncryption(self.settings, runtime.store)
 
-    def store_for(self, region: str) -> ObjectStore:
-        return self.stores.for_region(region)
+    def store_for(self, source: Cluster, region: str, *backups: Backup | None) -> ObjectStore:
+        """The region's store, sealed for the source cluster (encryption at rest); the chains
+        of ``backups`` recorded as encrypted are never read as unencrypted."""
+        return self.encryption.seal(
+            self.stores.for_region(region), source, encrypted_chains(*backups)
+        )
 
     # -- StartRestore ----------------------------------------------------------------------------
 
@@ -173,8 +198,9 @@ class RestoreService:
             command.restore_opts.skip_localities_check,
         )
         opts = command.restore_opts.model_dump()
-        if store.get_or_none(command.restore_id, Restore) is not None:
+        if load_restore(store, destination.cluster_id, command.restore_id) is not None:
             return Handled([], destination.cluster_id)  # a repeated StartRestore starts nothing
+        job_id = Restore.create_id(destination.cluster_id, command.restore_id)
         objects = [o.model_dump(by_alias=True, exclude_none=True) for o in command.objects]
         objects_match_the_restore_type(command.restore_type, objects, opts)
         no_other_restore_while_a_cluster_restore_runs(
@@ -200,12 +226,15 @@ class RestoreService:
             load_backup(store, source.cluster_id, backup.chain_id) if backup is not None else None
         )
         backup = backup_is_restorable(backup, full, source.cluster_id, backup_id, now)
-        objects_store = self.store_for(backup.region)
+        objects_store = self.store_for(source, backup.region, backup, full)
         try:
             head = read_manifest(
                 objects_store, source.cluster_id, str(backup.chain_id), str(backup.backup_id)
             )
             chain = load_chain(objects_store, head)
+        except KeyUnavailable as exc:
+            # Before anything is recorded or touched: the destination stays as it is.
+            raise Refused(f"backup {backup_id} cannot be decrypted: {exc}", 409) from None
         except Exception as exc:
             raise Conflict(f"backup {backup_id} cannot be read from its store: {exc}") from exc
         database = "" if cluster_kind else objects[0]["database"]
@@ -236,7 +265,7 @@ class RestoreService:
             kind=command.restore_type.value,
             source_database=database,
             target_database=into or command.restore_opts.new_db_name or database,
-            job_id=command.restore_id,
+            job_id=job_id,
             tables=tables,
             views=views,
             sequences=sequences,
@@ -246,6 +275,13 @@ class RestoreService:
             skip_missing_views=command.restore_opts.skip_missing_views,
         )
         try:
+            if command.restore_type is RestoreType.TABLE:
+                table_restore_not_into_a_template_or_postgres(
+                    principal,
+                    destination,
+                    plan.target_database,
+                    plan.into_existing and is_template(access, plan.target_database),
+                )
             check_destination(access, plan)
         except PlanError as exc:
             raise Refused(exc.message, 503 if exc.code == "CONNECTION_FAILED" else 409) from None
@@ -254,18 +290,24 @@ class RestoreService:
         # It names every backup of the chain the restore reads: retention deletes none of them
         # while the lease is held (the job re-checks their expiry once it is recorded).
         fence = self.leases.take_fenced(
-            command.restore_id,
+            job_id,
             destination.cluster_id,
             self.name,
             lease,
             {
                 "target_database": plan.target_database,
+                jobs.ORGANIZATION: destination.organization,
                 jobs.EXCLUSIVE: cluster_kind,
-                **jobs.holding([m.backup_id for m in chain]),
+                **jobs.holding([m.backup_id for m in chain], source.cluster_id),
             },
         )
         if fence is None:
             raise Conflict(f"restore {command.restore_id} is being started by another worker")
+        try:
+            self._within_bounds(store, destination)
+        except Refused:
+            self.leases.release(job_id)  # counted while it was taken; never recorded
+            raise
         restore = Restore(
             restore_id=command.restore_id,
             cluster_id=destination.cluster_id,
@@ -285,14 +327,38 @@ class RestoreService:
             at=now,
             by=principal.name,
         )
-        job = Job(restore, plan, chain, objects_store, access)
+        job = Job(restore, plan, chain, objects_store, access, destination.organization)
 
         async def start() -> None:
-            running = Running(command.restore_id, fence=fence)
-            self.running[command.restore_id] = running
+            running = Running(job_id, fence=fence)
+            self.running[job_id] = running
             self._spawn(self._run(job, running))
 
         return Handled([restore], destination.cluster_id, follow_up=start)
+
+    def _within_bounds(self, store: EventStore, destination: Cluster) -> None:
+        """Counted with this job's lease already taken: two jobs started at once on two
+        instances both see each other (both may be refused, never both admitted past the
+        bound)."""
+        leases = jobs.of_kind(self.runtime.db, JOB_KIND)
+        organizations: dict[str, str | None] = {destination.cluster_id: destination.organization}
+
+        def organization(lease: jobs.Lease) -> str | None:
+            known = lease.detail.get(jobs.ORGANIZATION)
+            if known is not None:
+                return str(known)
+            if lease.cluster_id not in organizations:  # a lease taken before it was recorded
+                cluster = store.get_or_none(cluster_aggregate_id(lease.cluster_id), Cluster)
+                organizations[lease.cluster_id] = cluster.organization if cluster else None
+            return organizations[lease.cluster_id]
+
+        restore_jobs_within_bounds(
+            destination,
+            sum(1 for lease in leases if lease.cluster_id == destination.cluster_id),
+            sum(1 for lease in leases if organization(lease) == destination.organization),
+            self.settings.max_restores_per_cluster,
+            self.settings.max_restores_per_organization,
+        )
 
     def _spawn(self, coroutine: Any) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coroutine)
@@ -303,13 +369,13 @@ class RestoreService:
 
     def _record(
         self,
-        restore_id: UUID,
+        job_id: UUID,
         change: Callable[[Restore], object],
         running: Running | None = None,
     ) -> bool:
         """Record ``change``; by a worker (``running``) only while its fencing token is current
         (a worker whose lease was reaped or taken anew records nothing)."""
-        restore = self.runtime.store.get_or_none(restore_id, Restore)
+        restore = load_job(self.runtime.store, job_id)
         if restore is None or restore.is_terminal:
             return False
         if running is not None and running.fence is not None:
@@ -318,7 +384,7 @@ class RestoreService:
             except jobs.LeaseLost as lost:
                 running.lost.set()
                 running.cancel.set()
-                log.warning("restore %s lost its lease: %s", restore_id, lost)
+                log.warning("restore %s lost its lease: %s", job_id, lost)
                 return False
         change(restore)
         try:
@@ -344,7 +410,7 @@ class RestoreService:
 
     def _fail(
         self,
-        restore_id: UUID,
+        job_id: UUID,
         code: str,
         message: str,
         step: str,
@@ -353,12 +419,12 @@ class RestoreService:
     ) -> bool:
         now = self.runtime.clock.now()
         return self._record(
-            restore_id, lambda r: r.fail(code, message, step, state, now, self.name), running
+            job_id, lambda r: r.fail(code, message, step, state, now, self.name), running
         )
 
-    def _progress(self, restore_id: UUID, bytes_done: int) -> bool:
+    def _progress(self, job_id: UUID, bytes_done: int) -> bool:
         now = self.runtime.clock.now()
-        return self._record(restore_id, lambda r: r.progress(bytes_done, now, self.name))
+        return self._record(job_id, lambda r: r.progress(bytes_done, now, self.name))
 
     def _drop_temporary(self, job_id: UUID, access: ClusterAccess) -> tuple[str, bool]:
         """The cleanup step (after the plan, whatever its outcome; the reaper's too): the
@@ -375,17 +441,17 @@ class RestoreService:
         return cleanup_state(report), not report.left
 
     async def _run(self, job: Job, running: Running) -> None:
-        restore_id = job.restore.restore_id
+        job_id = job.restore.id  # the stream id: also the lease and the temporary databases
         clock = self.runtime.clock
         tick = max(0.05, min(1.0, self.settings.restore_lease_seconds / 3))
         cleaned = True
         try:
-            async with self.slots:
+            async with self.slots.slot(job.organization):
                 await asyncio.to_thread(self._chain_still_restorable, job)
                 total = plan_bytes(job.chain, job.plan)
                 await asyncio.to_thread(
                     self._record,
-                    restore_id,
+                    job_id,
                     lambda r: r.start_running(total, clock.now(), self.name),
                     running,
                 )
@@ -407,27 +473,21 @@ class RestoreService:
                     if running.lost.is_set():
                         continue  # waiting for the cancelled work to stop
                     until = jobs.lease_until(clock.now(), self.settings.restore_lease_seconds)
-                    held = await asyncio.to_thread(
-                        self.leases.renew, restore_id, until, running.fence
-                    )
+                    held = await asyncio.to_thread(self.leases.renew, job_id, until, running.fence)
                     if not held:
-                        log.warning("restore %s lost its lease: stopping it", restore_id)
+                        log.warning("restore %s lost its lease: stopping it", job_id)
                         running.lost.set()
                         running.cancel.set()
-                    await asyncio.to_thread(
-                        self._progress, restore_id, min(running.bytes_done, total)
-                    )
+                    await asyncio.to_thread(self._progress, job_id, min(running.bytes_done, total))
                 outcome = work.result()
-                cleanup, cleaned = await asyncio.to_thread(
-                    self._drop_temporary, restore_id, job.access
-                )
+                cleanup, cleaned = await asyncio.to_thread(self._drop_temporary, job_id, job.access)
                 # What execute_plan could not drop is said again only if it is still there.
                 restored = [r for r in outcome.restored if not r.startswith(NOT_DROPPED)]
                 if not cleaned:
                     restored.append(cleanup)
                 await asyncio.to_thread(
                     self._record,
-                    restore_id,
+                    job_id,
                     lambda r: r.succeed(
                         running.bytes_done,
                         restored,
@@ -441,31 +501,35 @@ class RestoreService:
             if isinstance(error, PlanError):
                 code, message, step = error.code, error.message, error.step
             else:
-                log.exception("restore %s failed unexpectedly", restore_id)
+                log.exception("restore %s failed unexpectedly", job.restore.restore_id)
                 code, message = "INTERNAL", f"{type(error).__name__}: {error}"
                 step = "restore service"
-            cleanup, cleaned = await asyncio.to_thread(self._drop_temporary, restore_id, job.access)
+            cleanup, cleaned = await asyncio.to_thread(self._drop_temporary, job_id, job.access)
             state = destination_state(job.plan, job.plan.target_database, cleanup)
-            await asyncio.to_thread(self._fail, restore_id, code, message, step, state, running)
+            await asyncio.to_thread(self._fail, job_id, code, message, step, state, running)
         finally:
-            self.running.pop(restore_id, None)
+            self.running.pop(job_id, None)
             if running.lost.is_set():
                 pass  # the lease is no longer this worker's: its holder (the reaper) releases it
             elif cleaned:
-                await asyncio.to_thread(self.leases.release, restore_id)
+                await asyncio.to_thread(self.leases.release, job_id)
             else:  # the reaper drops what is left (it holds no backup, excludes nothing)
                 target = {"target_database": job.plan.target_database}
                 await asyncio.to_thread(
-                    self.leases.leave_to_reaper, restore_id, self.runtime.clock.now(), target
+                    self.leases.leave_to_reaper, job_id, self.runtime.clock.now(), target
                 )
 
     # -- leases ----------------------------------------------------------------------------------
 
-    def _lease_access(self, lease: jobs.Lease) -> ClusterAccess | None:
+    def _lease_access(self, lease: jobs.Lease) -> ClusterAccess | str:
+        """How to reach the lease's destination, or why it cannot be reached."""
         cluster = self.runtime.store.get_or_none(cluster_aggregate_id(lease.cluster_id), Cluster)
         if cluster is None:
-            return None
-        return cluster_access(cluster, self.secrets, self.settings)
+            return "the destination cluster is not registered"
+        try:
+            return cluster_access(cluster, self.secrets, self.settings)
+        except Refused as refused:  # e.g. its connection is no longer allowed
+            return refused.reason
 
     def _fail_expired(self, lease: jobs.Lease) -> bool:
         """The job's temporary databases first (its worker died: nothing else drops them),
@@ -473,8 +537,8 @@ class RestoreService:
         target = lease.detail.get("target_database")
         access = self._lease_access(lease)
         cleanup = (
-            cleanup_state(None, "the destination cluster is not registered")
-            if access is None
+            cleanup_state(None, access)
+            if isinstance(access, str)
             else self._drop_temporary(lease.job_id, access)[0]
         )
         state = (
@@ -494,7 +558,7 @@ class RestoreService:
         """Checks that nothing of the job is left (dropping what is); raises while something
         is, so the lease stays and the next pass tries again."""
         access = self._lease_access(lease)
-        if access is None:
+        if isinstance(access, str):  # nothing can be dropped there, nor ever checked
             return
         cleanup, cleaned = self._drop_temporary(lease.job_id, access)
         if not cleaned:

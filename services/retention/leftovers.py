@@ -65,6 +65,7 @@ from managed_backups.shared.dataplane.manifest import ManifestError, list_manife
 from managed_backups.shared.dataplane.objectstore import ObjectStore
 from managed_backups.shared.dataplane.verify import cleanup_partial
 from managed_backups.shared.domain.backup import Backup, load_backup
+from managed_backups.shared.domain.ids import backup_aggregate_id
 from managed_backups.shared.eventstore import EventStore, IntegrityError
 from managed_backups.shared.jobs import (
     SWEEP,
@@ -97,6 +98,8 @@ class Sweeper(Protocol):
     name: str
 
     def object_store(self, region: str) -> ObjectStore: ...
+
+    def cluster_store(self, cluster_id: str, region: str) -> ObjectStore: ...
 
 
 def chains_to_sweep(backups: Sequence[IndexedBackup]) -> dict[str, list[IndexedBackup]]:
@@ -170,7 +173,8 @@ def _sweep_chain(
     leases = JobLeases(worker.db, SWEEP)
     until = now + timedelta(seconds=SWEEP_LEASE_SECONDS)
     detail = {"chain_id": chain_id, "region": region}
-    if not leases.take(UUID(chain_id), cluster_id, worker.name, until, detail):
+    job_id = backup_aggregate_id(cluster_id, UUID(chain_id))  # chain ids repeat across clusters
+    if not leases.take(job_id, cluster_id, worker.name, until, detail):
         return  # another retention worker is sweeping it
     try:
         writing = backup_writing_chain(worker.db, cluster_id, chain_id)
@@ -183,7 +187,7 @@ def _sweep_chain(
                 writing.job_id,
             )
             return
-        store = worker.object_store(region)
+        store = worker.cluster_store(cluster_id, region)  # encrypted manifests: its keys
         manifests = list_manifests(store, cluster_id, chain_id)  # raises if one is unreadable
         by_id = {m.backup_id: m for m in manifests}
         if chain_id not in by_id:
@@ -223,4 +227,4 @@ def _sweep_chain(
         report.objects_deleted += result.deleted_objects
         report.bytes_freed += result.deleted_bytes
     finally:
-        leases.release(UUID(chain_id))
+        leases.release(job_id)

@@ -7,7 +7,7 @@ the system clock (simulated or not):
    ``BackupExpired``, the chain's backups atomically, *before* anything is deleted;
 2. then, for each expired chain (and each chain whose full backup failed: nothing in it can be
    restored), once no backup of it is running and no job lease holds any of its backups
-   (:func:`backups_in_use`: a running restore), its objects (the chain's prefix in its region
+   (:func:`~managed_backups.shared.jobs.held_backups`: a running restore), its objects (the chain's prefix in its region
    store) are deleted, then ``BackupDeleted`` is recorded on each of its backups (the full
    carries the objects and bytes freed);
 3. a pass killed anywhere leaves expired-but-not-deleted chains, which the next pass deletes:
@@ -43,6 +43,7 @@ from managed_backups.shared.dataplane.objectstore import (
     DELETE_BATCH,
     ObjectInfo,
     ObjectStore,
+    ObjectStoreError,
     open_store,
 )
 from managed_backups.shared.domain.backup import Backup, load_backup
@@ -57,8 +58,10 @@ from managed_backups.shared.domain.connection_secret import (
     ConnectionSecret,
     a_deleted_clusters_secret_goes_when_its_backups_do,
 )
+from managed_backups.shared.domain.ids import cluster_aggregate_id
+from managed_backups.shared.encryption import ClusterEncryption
 from managed_backups.shared.eventstore import EventStore, IntegrityError, event_topics
-from managed_backups.shared.jobs import backups_in_use
+from managed_backups.shared.jobs import held_backups
 from managed_backups.shared.secrets import ConnectionSecrets
 from managed_backups.shared.sqldb import SqlDatabase
 
@@ -73,6 +76,9 @@ FOLLOWED = event_topics(
     Cluster.ClusterDeleted,
 )
 P = "mb_retention_"
+INDEX_VERSION = 2
+"""The index's shape. 2: backups keyed by (cluster, backup id), a backup id being unique only
+within its cluster. An index of an older shape is dropped when opened and rebuilt from the log."""
 StoreUrlFor = Callable[[str], str]
 """The object store URL of a region."""
 
@@ -107,10 +113,24 @@ class RetentionIndex:
                 f"CREATE TABLE IF NOT EXISTS {P}position (name TEXT PRIMARY KEY, "
                 "position BIGINT NOT NULL)"
             )
+            cursor.execute(f"SELECT position FROM {P}position WHERE name = 'schema'")
+            row = cursor.fetchone()
+            if row is None or int(row[0]) < INDEX_VERSION:
+                for table in ("backups", "clusters"):
+                    cursor.execute(f"DROP TABLE IF EXISTS {P}{table}")
+                cursor.execute(
+                    f"DELETE FROM {P}position WHERE name = 'index'"
+                )  # rebuilt from the log
+                cursor.execute(
+                    f"INSERT INTO {P}position (name, position) VALUES ('schema', ?) "
+                    "ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+                    (INDEX_VERSION,),
+                )
             cursor.execute(
-                f"CREATE TABLE IF NOT EXISTS {P}backups (backup_id TEXT PRIMARY KEY, "
+                f"CREATE TABLE IF NOT EXISTS {P}backups (backup_id TEXT NOT NULL, "
                 "cluster_id TEXT NOT NULL, chain_id TEXT NOT NULL, is_full INTEGER NOT NULL, "
-                "status TEXT NOT NULL, data_from TEXT, expires_at TEXT, region TEXT NOT NULL)"
+                "status TEXT NOT NULL, data_from TEXT, expires_at TEXT, region TEXT NOT NULL, "
+                "PRIMARY KEY (cluster_id, backup_id))"
             )
             cursor.execute(
                 f"CREATE INDEX IF NOT EXISTS {P}backups_by_cluster ON {P}backups (cluster_id)"
@@ -148,7 +168,7 @@ class RetentionIndex:
                     cursor.execute(
                         f"INSERT INTO {P}backups (backup_id, cluster_id, chain_id, is_full, "
                         "status, data_from, expires_at, region) VALUES (?, ?, ?, ?, ?, NULL, "
-                        "NULL, ?) ON CONFLICT (backup_id) DO NOTHING",
+                        "NULL, ?) ON CONFLICT (cluster_id, backup_id) DO NOTHING",
                         (
                             str(fields["backup_id"]),
                             fields["cluster_id"],
@@ -160,23 +180,25 @@ class RetentionIndex:
                     )
                 elif name == "BackupDeleted":
                     cursor.execute(
-                        f"DELETE FROM {P}backups WHERE backup_id = ?", (str(fields["backup_id"]),)
+                        f"DELETE FROM {P}backups WHERE cluster_id = ? AND backup_id = ?",
+                        (fields["cluster_id"], str(fields["backup_id"])),
                     )
                 elif name == "BackupCompleted":
                     cursor.execute(
                         f"UPDATE {P}backups SET status = ?, data_from = ?, expires_at = ? "
-                        "WHERE backup_id = ?",
+                        "WHERE cluster_id = ? AND backup_id = ?",
                         (
                             STATUS_AFTER[name],
                             _ts(fields["as_of_time"]),
                             _ts(fields["expires_at"]),
+                            fields["cluster_id"],
                             str(fields["backup_id"]),
                         ),
                     )
                 else:
                     cursor.execute(
-                        f"UPDATE {P}backups SET status = ? WHERE backup_id = ?",
-                        (STATUS_AFTER[name], str(fields["backup_id"])),
+                        f"UPDATE {P}backups SET status = ? WHERE cluster_id = ? AND backup_id = ?",
+                        (STATUS_AFTER[name], fields["cluster_id"], str(fields["backup_id"])),
                     )
             cursor.execute(
                 f"INSERT INTO {P}position (name, position) VALUES ('index', ?) "
@@ -214,6 +236,11 @@ class RetentionIndex:
                 at,
             ),
         )
+        return [str(r[0]) for r in rows]
+
+    def clusters_with_backups(self) -> list[str]:
+        """Every cluster with a backup not yet deleted (what a rotation of all re-wraps)."""
+        rows = self.db.query(f"SELECT DISTINCT cluster_id FROM {P}backups ORDER BY 1")
         return [str(r[0]) for r in rows]
 
     def backups_of(self, cluster_ids: Sequence[str]) -> dict[str, list[IndexedBackup]]:
@@ -325,12 +352,17 @@ class Retention:
         store_url_for: StoreUrlFor,
         name: str = BY,
         secrets: ConnectionSecrets | None = None,
+        *,
+        encryption: ClusterEncryption | None = None,
     ) -> None:
         self.store = store
         self.db = db
         self.secrets = secrets
         """The secret store, whose deleted clusters' passwords a pass removes (None: not this
         worker's concern)."""
+        self.encryption = encryption
+        """The clusters' keys, to read encrypted manifests (the leftover sweep, rotation);
+        ``None``: the store's objects as they are (deleting chains needs no key)."""
         self.index = RetentionIndex(store, db)
         self.store_url_for = store_url_for
         self.name = name
@@ -344,6 +376,16 @@ class Retention:
             if url not in self._stores:
                 self._stores[url] = open_store(url)
             return self._stores[url]
+
+    def cluster_store(self, cluster_id: str, region: str) -> ObjectStore:
+        """The region's store as ``cluster_id`` reads it (sealed for it: encryption at rest)."""
+        objects = self.object_store(region)
+        if self.encryption is None:
+            return objects
+        cluster = self.store.get_or_none(cluster_aggregate_id(cluster_id), Cluster)
+        if cluster is None:
+            raise ObjectStoreError(f"cluster {cluster_id} is not registered: no keys for it")
+        return self.encryption.seal(objects, cluster)
 
     def enforce(self, now: datetime, cluster_id: str | None = None) -> PassReport:
         """One pass over ``cluster_id`` (None: every cluster) at ``now``."""
@@ -437,8 +479,9 @@ class Retention:
                 return
             report.backups_expired += len(to_expire)
         # The handshake with restores: expiry recorded first, then the holds are read.
-        held = backups_in_use(self.db)
+        holds = held_backups(self.db)
         for plan in plans:
+            held = holds.get(plan.cluster_id, set())
             plan.free = [
                 c for c in plan.doomed if not any(m.backup_id in held for m in plan.chains[c])
             ]

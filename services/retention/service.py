@@ -4,6 +4,8 @@
 a principal who may change that cluster's backup settings; every cluster: an administrator). A
 pass also runs every ``retention_interval_minutes`` of the system clock (simulated or not); a
 simulated clock's reached time is reported once the pass for it has run.
+``RotateEncryptionKeys`` starts key rotation jobs (:mod:`.key_rotation`), run under the same
+lock as the passes; their expired leases are reaped at every turn of the loop.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ from pydantic import TypeAdapter
 
 from managed_backups.contracts import topics
 from managed_backups.contracts.commands import EnforceRetention, RetentionCommand
+from managed_backups.services.retention.key_rotation import KeyRotations, rotate_handler
 from managed_backups.services.retention.retention import Retention
 from managed_backups.services.runtime import Runtime
 from managed_backups.shared.access import load_cluster, may_administer
 from managed_backups.shared.bus import ensure_topics, make_broker, subscribe_commands
 from managed_backups.shared.commands import CommandContext, CommandProcessor, Handled, Handler
 from managed_backups.shared.domain.roles import Action
+from managed_backups.shared.encryption import ClusterEncryption, platform_keyring
 from managed_backups.shared.secrets import ConnectionSecrets
 from managed_backups.shared.security import Principal
 
@@ -59,19 +63,25 @@ async def run(runtime: Runtime, stop: asyncio.Event) -> None:
     settings = runtime.settings
     await ensure_topics(settings.kafka_bootstrap_servers, auth=settings.kafka_auth())
     name = f"{NAME}-{settings.instance}"
+    encryption = ClusterEncryption(settings, runtime.store)
     retention = Retention(
         runtime.store,
         runtime.db,
         settings.region_store_url,
         NAME,
-        ConnectionSecrets(runtime.db, settings.secrets_path),
+        ConnectionSecrets(runtime.db, settings.secrets_path, platform_keyring(settings)),
+        encryption=encryption,
     )
     lock = asyncio.Lock()
+    rotations = KeyRotations(retention, encryption, name, lock, runtime.clock.now)
     broker = make_broker(settings.kafka_bootstrap_servers, name, auth=settings.kafka_auth())
     processor = CommandProcessor(
         topics.RETENTION_COMMANDS,
         TypeAdapter(RetentionCommand),
-        {"EnforceRetention": enforce_handler(retention, lock)},
+        {
+            "EnforceRetention": enforce_handler(retention, lock),
+            "RotateEncryptionKeys": rotate_handler(rotations),
+        },
         CommandContext(runtime.store, runtime.clock, NAME),
         runtime.verifier,
     )
@@ -84,6 +94,7 @@ async def run(runtime: Runtime, stop: asyncio.Event) -> None:
         while not stop.is_set():
             now = clock.now()
             try:
+                await asyncio.to_thread(rotations.reap_once, now)
                 if now >= due:
                     async with lock:
                         report = await asyncio.to_thread(retention.enforce, now)

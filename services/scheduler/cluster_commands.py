@@ -17,7 +17,7 @@ from managed_backups.shared.commands import CommandContext, Handled, Handler
 from managed_backups.shared.domain.backup_settings import SettingsChange, initial_settings
 from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.domain.connection_ref import parse_connection_ref
-from managed_backups.shared.domain.errors import Conflict
+from managed_backups.shared.domain.errors import Conflict, WrongRecordType
 from managed_backups.shared.domain.ids import cluster_aggregate_id
 from managed_backups.shared.domain.regions import choose_backup_region
 from managed_backups.shared.security import Action, Principal
@@ -28,7 +28,13 @@ def register_cluster(
 ) -> Handled:
     principal.require(Action.MANAGE_CLUSTERS, organization=command.organization)
     parse_connection_ref(command.connection_ref)
-    existing = context.store.get_or_none(cluster_aggregate_id(command.cluster_id), Cluster)
+    try:
+        existing = context.store.get_or_none(cluster_aggregate_id(command.cluster_id), Cluster)
+    except WrongRecordType:
+        raise Conflict(
+            f"cluster id {command.cluster_id} cannot be registered: its record id is taken by a "
+            "record an earlier version let a client place there; choose another cluster id"
+        ) from None
     if existing is not None:
         detail = " and was deleted; cluster ids are never reused" if existing.deleted else ""
         raise Conflict(f"cluster {command.cluster_id} is already registered{detail}")

@@ -3,6 +3,8 @@
 - :mod:`.objectstore`: one object-store abstraction chosen by URL (local directory, S3);
 - :mod:`.chunks`: content-defined chunks, zstd, SHA-256, streamed with bounded memory;
 - :mod:`.manifest`: the immutable per-backup manifest (versioned pydantic models);
+- :mod:`.keys`, :mod:`.sealing`: encryption at rest (key providers; chains sealed under a data
+  key wrapped by a key-encryption key, behind the object store);
 - :mod:`.errors`: :class:`BackupError` and its codes, mapped from PostgreSQL's and tools' failures;
 - :mod:`.sql`: SQL text shared by backup and restore (quoting, session settings, key types);
 - :mod:`.tools`: finding and running PostgreSQL's client tools;

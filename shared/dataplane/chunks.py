@@ -22,6 +22,10 @@ check them.
 Reading streams a chunk list back in order (:meth:`ChunkStore.iter_chunks`), with a bounded
 read-ahead, verifying every chunk's size and hash before handing it out: a missing object
 raises :class:`ChunkMissing`, a damaged one :class:`ChunkCorrupt`.
+
+On a store sealed for a cluster (:mod:`.sealing`), each compressed chunk is stored sealed under
+the chain's data key and named by a keyed hash (HMAC-SHA256 under a key derived from the data
+key) instead of its SHA-256; a chunk that fails authentication is :class:`ChunkCorrupt`.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import zstandard
 
 from .manifest import ChunkRef, chunk_key
 from .objectstore import ObjectNotFound, ObjectStore
+from .sealing import SealBroken
 
 __all__ = [
     "ADAPTIVE_LEVELS",
@@ -174,6 +179,19 @@ class ChunkStore:
     def key(self, digest: str) -> str:
         return chunk_key(self.cluster_id, self.chain_id, digest)
 
+    def name(self, raw: bytes, *, writing: bool) -> str:
+        """A chunk's name: its SHA-256, or on a sealed store the chain's keyed hash of it."""
+        sealer = self.store.sealer
+        if sealer is None:
+            return hashlib.sha256(raw).hexdigest()
+        return sealer.chunk_name(self.cluster_id, self.chain_id, raw, writing=writing)
+
+    def open_for_writing(self) -> None:
+        """Make the chain ready for writing before any data is read: on a sealed store this
+        creates a new chain's data key, and raises ``KeyUnavailable`` when the cluster has no
+        usable key (nothing written)."""
+        self.name(b"", writing=True)
+
     # ------------------------------------------------------------------ writing
     def _compress(self, raw: bytes, level: int) -> bytes:
         comps: dict[int, zstandard.ZstdCompressor] | None = getattr(self._local, "comps", None)
@@ -198,7 +216,7 @@ class ChunkStore:
         self, raw: bytes, level: int | None = None, compressed: bytes | None = None
     ) -> ChunkRef:
         """Hash, compress and store one chunk unless the chain already holds it."""
-        digest = hashlib.sha256(raw).hexdigest()
+        digest = self.name(raw, writing=True)
         with self._lock:
             stored = self._known.get(digest)
             if stored is not None:
@@ -210,14 +228,15 @@ class ChunkStore:
         else:
             data = self._compress(raw, level or self.level or ADAPTIVE_LEVELS[-1])
         wrote = self.store.put_if_absent(self.key(digest), data)
+        stored = self.store.stored_size(len(data))
         with self._lock:
-            self._known[digest] = len(data)
+            self._known[digest] = stored
             if wrote:
                 self.new_chunks += 1
-                self.new_stored_bytes += len(data)
+                self.new_stored_bytes += stored
             else:
                 self.reused_chunks += 1
-        return ChunkRef(hash=digest, size=len(raw), stored=len(data))
+        return ChunkRef(hash=digest, size=len(raw), stored=stored)
 
     def write_stream(
         self,
@@ -302,20 +321,23 @@ class ChunkStore:
 
     # ------------------------------------------------------------------ reading
     def read_chunk(self, ref: ChunkRef) -> bytes:
-        """The raw bytes of ``ref``, verified (size and SHA-256)."""
+        """The raw bytes of ``ref``, verified (size and hash; on a sealed store, authenticated)."""
         key = self.key(ref.hash)
         try:
             data = self.store.get(key)
         except ObjectNotFound:
             raise ChunkMissing(key) from None
+        except SealBroken as exc:
+            raise ChunkCorrupt(key, exc.reason) from None
         try:
             raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=ref.size)
         except zstandard.ZstdError as exc:
             raise ChunkCorrupt(key, f"zstd: {exc}") from None
         if len(raw) != ref.size:
             raise ChunkCorrupt(key, f"size {len(raw)} != {ref.size}")
-        if hashlib.sha256(raw).hexdigest() != ref.hash:
-            raise ChunkCorrupt(key, "sha256 mismatch")
+        if self.name(raw, writing=False) != ref.hash:
+            kind = "sha256" if self.store.sealer is None else "name (keyed hash)"
+            raise ChunkCorrupt(key, f"{kind} mismatch")
         return raw
 
     def iter_chunks(self, refs: Sequence[ChunkRef], *, prefetch: int = 4) -> Iterator[bytes]:

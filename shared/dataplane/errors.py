@@ -46,6 +46,10 @@ class ErrorCode(StrEnum):
     """A database or table is not in the backup."""
     CHUNK_MISSING = "CHUNK_MISSING"
     CHUNK_CORRUPT = "CHUNK_CORRUPT"
+    """A chunk is damaged: wrong size or hash, or (encrypted) it fails authentication."""
+    KEY_UNAVAILABLE = "KEY_UNAVAILABLE"
+    """Encryption at rest: no usable key-encryption key (revoked, missing), or a chain's data
+    key that no key of the cluster opens. Nothing was written in clear."""
     RESTORE_FAILED = "RESTORE_FAILED"
     """The destination refused the restored schema or rows."""
     CANCELLED = "CANCELLED"

@@ -48,6 +48,13 @@ rules, collation version: :class:`DatabaseLocale`), and ``DatabaseProperties.tab
 ``security_labels``. A version 3 or older database has no recorded locale: it is restored
 with the libc provider and its ``collate``/``ctype``, as those versions did. Its stored form
 is version 3's.
+
+How a stored manifest is read, outermost first: an encrypted chain's objects are sealed
+envelopes (:mod:`.sealing`: magic ``89 4d 42 45 01``), opened by the store sealed for the cluster
+before the bytes reach :func:`_decode` (raw sealed bytes here are refused: they need the
+cluster's key); then a zstd frame (its magic number: version 3 and later) or plain JSON
+(versions 1 and 2); then ``schema_version`` picks the model. Encryption is therefore not a
+schema version: any version can be stored sealed or not.
 """
 
 from __future__ import annotations
@@ -64,6 +71,7 @@ import zstandard
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .objectstore import ObjectNotFound, ObjectStore
+from .sealing import is_sealed
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -516,6 +524,8 @@ _Raw = dict[str, object]
 
 def _decode(data: bytes) -> _Raw:
     """A stored manifest's JSON object (version 3 documents are a zstd frame of it)."""
+    if is_sealed(data):
+        raise ManifestError("the manifest is encrypted: read it through the cluster's sealed store")
     if data[:4] == _ZSTD_MAGIC:
         try:
             data = zstandard.ZstdDecompressor().decompress(

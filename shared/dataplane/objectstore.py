@@ -15,6 +15,11 @@ the same key is a no-op), :meth:`ObjectStore.put_new` stores manifests and fails
 exists. Both use the store's atomic create-if-absent (``If-None-Match: *`` on S3, a
 no-replace rename on a local disk).
 
+Encryption at rest sits behind this class: a store *sealed* for a cluster
+(:meth:`ObjectStore.sealed_with`, :func:`.sealing.sealed_store`) seals every object it writes
+and opens every object it reads through its :class:`Sealer`; the data plane's readers and
+writers take it like any other store.
+
 The class is safe to share between threads: obstore's stores are thread-safe and release the
 GIL during I/O; the only mutable state here (statistics) is guarded by a lock.
 """
@@ -22,13 +27,14 @@ GIL during I/O; the only mutable state here (statistics) is guarded by a lock.
 from __future__ import annotations
 
 import builtins
+import copy
 import os
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import obstore
@@ -44,6 +50,7 @@ __all__ = [
     "ObjectNotFound",
     "ObjectStore",
     "ObjectStoreError",
+    "Sealer",
     "open_store",
 ]
 
@@ -64,6 +71,25 @@ class ObjectExists(ObjectStoreError):
 
 class ObjectNotFound(ObjectStoreError):
     """``get`` found no object at the key."""
+
+
+class Sealer(Protocol):
+    """Encryption at rest behind the store (:class:`.sealing.ClusterSealer`)."""
+
+    overhead: int
+    """Bytes a sealed object has beyond its content."""
+
+    def seal(self, key: str, data: bytes | memoryview) -> bytes | memoryview:
+        """What is stored at ``key`` for ``data``."""
+        ...
+
+    def open(self, key: str, data: bytes) -> bytes:
+        """The content of the object stored at ``key`` (authenticated)."""
+        ...
+
+    def chunk_name(self, cluster_id: str, chain_id: str, raw: bytes, *, writing: bool) -> str:
+        """The name (64 hex digits) of a chunk of raw bytes ``raw`` in the chain."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +121,9 @@ class ObjectStore:
         self.url = url
         self._lock = threading.Lock()
         self.stats = StoreStats()
+        self.sealer: Sealer | None = None
+        """Set on a store sealed for a cluster (:meth:`sealed_with`): objects are sealed on
+        write and opened on read."""
         # Some S3-compatible servers lack If-None-Match; then fall back to HEAD + PUT.
         self._conditional_put = True
         parts = urlsplit(url)
@@ -166,7 +195,19 @@ class ObjectStore:
         return parts._replace(query="&".join(kept)).geturl()
 
     def __repr__(self) -> str:
-        return f"ObjectStore({self.url!r})"
+        sealed = ", sealed" if self.sealer is not None else ""
+        return f"ObjectStore({self.url!r}{sealed})"
+
+    def sealed_with(self, sealer: Sealer | None) -> ObjectStore:
+        """This store (the same connection and statistics) sealing and opening its objects
+        with ``sealer`` (``None``: the raw objects)."""
+        view = copy.copy(self)
+        view.sealer = sealer
+        return view
+
+    def stored_size(self, size: int) -> int:
+        """The size of the object that stores ``size`` bytes of content."""
+        return size if self.sealer is None else size + self.sealer.overhead
 
     # ------------------------------------------------------------------ writes
     def put_if_absent(self, key: str, data: bytes | memoryview) -> bool:
@@ -176,7 +217,7 @@ class ObjectStore:
         content-addressed keys, that is the same content: a no-op).
         """
         try:
-            self._put_create(key, data)
+            self._put_create(key, self._sealed(key, data))
         except ObjectExists:
             with self._lock:
                 self.stats.skipped_existing += 1
@@ -185,7 +226,10 @@ class ObjectStore:
 
     def put_new(self, key: str, data: bytes | memoryview) -> None:
         """Store ``data`` at ``key``; raise :class:`ObjectExists` if the key is taken."""
-        self._put_create(key, data)
+        self._put_create(key, self._sealed(key, data))
+
+    def _sealed(self, key: str, data: bytes | memoryview) -> bytes | memoryview:
+        return data if self.sealer is None else self.sealer.seal(key, data)
 
     def _put_create(self, key: str, data: bytes | memoryview) -> None:
         if not self._conditional_put and self.exists(key):
@@ -223,7 +267,7 @@ class ObjectStore:
         with self._lock:
             self.stats.gets += 1
             self.stats.get_bytes += len(data)
-        return data
+        return data if self.sealer is None else self.sealer.open(key, data)
 
     def exists(self, key: str) -> bool:
         try:
@@ -248,6 +292,16 @@ class ObjectStore:
             if _is_not_found(exc):
                 return
             raise ObjectStoreError(f"list {prefix} failed: {_describe(exc)}") from None
+
+    def list_dirs(self, prefix: str) -> builtins.list[str]:
+        """The "directories" right under ``prefix`` (one delimited listing), as full prefixes."""
+        try:
+            listed = obstore.list_with_delimiter(self._store, prefix=prefix.rstrip("/") or None)
+        except Exception as exc:
+            if _is_not_found(exc):
+                return []
+            raise ObjectStoreError(f"list {prefix} failed: {_describe(exc)}") from None
+        return [str(p) for p in listed["common_prefixes"]]
 
     # ------------------------------------------------------------------ deletes
     def delete(self, keys: Iterable[str]) -> int:

@@ -131,6 +131,7 @@ from .chunks import (
 )
 from .engine import BackupError, BackupRequest, EngineAdapter, ErrorCode
 from .errors import pg_error
+from .keys import KeyUnavailable
 from .manifest import (
     BackupType,
     Catalog,
@@ -410,7 +411,10 @@ class PostgresAdapter(EngineAdapter):
     def _backup(self, request: BackupRequest, previous: Manifest | None) -> Manifest:
         run = _BackupRun(self, request, previous)
         try:
+            run.chunks.open_for_writing()  # fails closed (no key) before anything is read
             return run.take()
+        except KeyUnavailable as exc:
+            raise BackupError(ErrorCode.KEY_UNAVAILABLE, str(exc), "open the chain's key") from None
         except StreamCancelled:
             raise BackupError(ErrorCode.CANCELLED, "backup cancelled", "backup") from None
         except ObjectStoreError as exc:

@@ -3,7 +3,10 @@
 Verification (:func:`verify_backup`) reads every chunk a backup needs to be restored — its own,
 and the chunks of earlier backups of the chain that its incremental tables build on (the base
 rows and earlier deltas) — decompresses each, and checks its size and SHA-256. It reports the
-missing and corrupt chunk keys instead of stopping at the first.
+missing and corrupt chunk keys instead of stopping at the first. :func:`verify_stored` starts
+from the backup's id: a manifest of the chain that is missing or fails authentication (an
+encrypted chain's manifest altered) is reported like a chunk, by its key; a chain whose key no
+key of the cluster opens raises :class:`~.keys.KeyUnavailable`.
 
 Partial objects and their clean-up (:func:`cleanup_partial`). Chunks are uploaded before the
 manifest, and the manifest is written last, once: a backup whose writer died leaves chunks
@@ -42,8 +45,10 @@ from .manifest import (
     list_manifests,
     load_chain,
     manifest_key,
+    read_manifest,
 )
-from .objectstore import ObjectStore
+from .objectstore import ObjectNotFound, ObjectStore
+from .sealing import SealBroken
 
 __all__ = [
     "CleanupReport",
@@ -51,6 +56,7 @@ __all__ = [
     "cleanup_partial",
     "required_chunks",
     "verify_backup",
+    "verify_stored",
 ]
 
 
@@ -142,6 +148,21 @@ def verify_backup(
     report.missing.sort()
     report.corrupt.sort()
     return report
+
+
+def verify_stored(
+    store: ObjectStore, cluster_id: str, chain_id: str, backup_id: str, *, workers: int = 4
+) -> VerifyReport:
+    """Read the backup's manifest and its chain's, then :func:`verify_backup`. A manifest that
+    is missing or fails authentication is reported (its key), not raised."""
+    try:
+        manifest = read_manifest(store, cluster_id, chain_id, backup_id)
+        chain = load_chain(store, manifest) if manifest.parent_id is not None else [manifest]
+    except ObjectNotFound as exc:
+        return VerifyReport(backup_id=backup_id, missing=[str(exc)])
+    except SealBroken as exc:
+        return VerifyReport(backup_id=backup_id, corrupt=[exc.key])
+    return verify_backup(store, manifest, chain=chain, workers=workers)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate, event
 
 from managed_backups.contracts.enums import BackupStatus
+from managed_backups.shared.domain.errors import WrongRecordType
 from managed_backups.shared.domain.ids import backup_aggregate_id
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ class Backup(Aggregate):
         self.lease_until = lease_until
         self.started_at = at
         self.status = BackupStatus.IN_PROGRESS.value
+        self.encrypted: bool | None = None
         self.ended_at: datetime | None = None
         self.as_of_time: datetime | None = None
         self.expires_at: datetime | None = None
@@ -93,6 +95,7 @@ class Backup(Aggregate):
         expires_at: datetime,
         at: datetime,
         by: str,
+        encrypted: bool | None = None,
     ) -> None:
         self._completed(
             cluster_id=self.cluster_id,
@@ -105,6 +108,7 @@ class Backup(Aggregate):
             expires_at=expires_at,
             at=at,
             by=by,
+            encrypted=encrypted,
         )
 
     class BackupCompleted(Aggregate.Event):
@@ -118,6 +122,9 @@ class Backup(Aggregate):
         expires_at: datetime
         at: datetime
         by: str
+        encrypted: bool | None = None
+        """Whether its chain is stored encrypted (``None``: recorded before encryption at
+        rest). Readers refuse to take such a chain as unencrypted."""
 
     @event(BackupCompleted)
     def _completed(
@@ -132,8 +139,10 @@ class Backup(Aggregate):
         expires_at: datetime,
         at: datetime,
         by: str,
+        encrypted: bool | None = None,
     ) -> None:
         self.status = BackupStatus.COMPLETE.value
+        self.encrypted = encrypted
         self.as_of_time = as_of_time
         self.size_bytes = size_bytes
         self.expires_at = expires_at
@@ -307,6 +316,6 @@ def load_backup(store: EventStore, cluster_id: str, backup_id: UUID) -> Backup |
         return backup
     try:
         legacy = store.get_or_none(backup_id, Backup)
-    except TypeError:  # that bare id is another kind of aggregate: not a backup of this cluster
+    except WrongRecordType:  # that bare id is another kind of record: not a backup of this cluster
         return None
     return legacy if legacy is not None and legacy.cluster_id == cluster_id else None

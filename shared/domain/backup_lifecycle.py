@@ -124,7 +124,7 @@ def listed_backup_sql(backups: str, alias: str = "b", retention: str | None = No
         join = f" LEFT JOIN {retention} r ON r.cluster_id = f.cluster_id"
     return (
         f"{alias}.status IN ({statuses}) AND EXISTS (SELECT 1 FROM {backups} f{join} "
-        f"WHERE f.backup_id = {alias}.chain_id "
+        f"WHERE f.cluster_id = {alias}.cluster_id AND f.backup_id = {alias}.chain_id "
         f"AND (f.backup_id = {alias}.backup_id OR f.status = 'COMPLETE') "
         f"AND ({deleted_until} IS NULL OR {deleted_until} > ?) "
         f"AND (f.expires_at IS NULL OR f.expires_at > ? OR {kept} = f.backup_id))"

@@ -68,6 +68,36 @@ def require_allowed_retention(retention_days: int) -> None:
         )
 
 
+def backup_retention_follows_the_cluster(
+    cluster_id: str,
+    tier: Tier,
+    retention_days: int,
+    requested: int | None,
+    scheduled_with: int | None = None,
+) -> int:
+    """Rule: a backup, on demand or scheduled, is kept for its cluster's retention: what the
+    tier allows and the settings chose (``retention_days``; a BASIC cluster's is always 30
+    days), or, for the slot the schedule recorded, the retention it was scheduled with
+    (``scheduled_with``: a settings change may come between). Returns the retention to take
+    the backup with; any other requested value is refused naming the allowed one."""
+    allowed = {retention_days} | ({scheduled_with} if scheduled_with is not None else set())
+    if requested is None:
+        return scheduled_with if scheduled_with is not None else retention_days
+    require_allowed_retention(requested)
+    if requested not in allowed:
+        why = (
+            f"a BASIC cluster's backups are kept {BASIC_RETENTION_DAYS} days"
+            if tier is Tier.BASIC
+            else f"its backup settings keep backups {retention_days} days; change the "
+            "settings to keep them longer"
+        )
+        raise BadValue(
+            f"retention_days {requested} is not allowed for a backup of cluster {cluster_id}: "
+            f"{why} (allowed: {_allowed(tuple(sorted(allowed)))})"
+        )
+    return requested
+
+
 def decide_settings_change(
     tier: Tier,
     current: BackupSettings,
@@ -133,3 +163,18 @@ def settings_after_tier_change(
         )
         return basic, full
     return current, False
+
+
+@dataclass(frozen=True)
+class SettingsChoices:
+    configurable: bool
+    frequency_minutes: tuple[int, ...]
+    retention_days: tuple[int, ...]
+
+
+def settings_choices(tier: Tier) -> SettingsChoices:
+    """What a user may choose for a cluster of ``tier`` (what the console's Settings dialog
+    offers): nothing on BASIC, the allowed lists elsewhere."""
+    if tier is Tier.BASIC:
+        return SettingsChoices(False, (BASIC_FREQUENCY_MINUTES,), (BASIC_RETENTION_DAYS,))
+    return SettingsChoices(True, ALLOWED_FREQUENCIES_MINUTES, ALLOWED_RETENTION_DAYS)

@@ -242,6 +242,15 @@ class Cluster(Aggregate):
 
     # -- schedule ---------------------------------------------------------------------------
 
+    def scheduled_retention(self, backup_id: UUID) -> int | None:
+        """The retention the schedule recorded for ``backup_id`` if it is the last slot it
+        scheduled (None otherwise, or for a slot recorded before this was kept)."""
+        last = self.last_scheduled
+        if last is None or last.get("backup_id") != backup_id:
+            return None
+        retention = last.get("retention_days")
+        return int(retention) if retention is not None else None
+
     def _new_generation(self, at: datetime, full_backup_required: bool) -> None:
         self.generation += 1
         self.generation_start = at
@@ -301,6 +310,7 @@ class Cluster(Aggregate):
             "slot": slot,
             "chain_id": chain_id,
             "generation": generation,
+            "retention_days": retention_days,
             "at": at,
         }
         if backup_type == BackupType.FULL.value:

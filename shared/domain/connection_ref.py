@@ -10,7 +10,17 @@ identity, ``options`` changes server settings. Those are refused with a reason.
 The check parses the reference with libpq's own parser (through psycopg), so percent-encoded
 keywords (``?%70assword=``) are decoded exactly as libpq decodes them before the allow-list is
 applied. Local socket paths are refused too: they would reach this machine's own servers under
-the executor's operating-system identity (peer authentication).
+the executor's operating-system identity (peer authentication). ``sslrootcert`` names a file of
+the installation's CA directory by its bare name (or ``system``, libpq's own trust store):
+never a path, so it cannot name any other file of the service's machine (the secret store's
+key, say); :func:`ca_file` finds it there.
+
+Where a connection may go is :func:`address_refusal`: never to one of the installation's own
+endpoints (its event store, broker, object stores, API), and not to loopback, link-local or
+unspecified addresses unless the installation allows them (local development). It is applied
+to every address a host name resolves to, and the connection is then made to exactly those
+addresses (``shared/cluster_connection.py``), so a name that resolves elsewhere the next time
+(DNS rebinding) cannot slip past it.
 
 :func:`libpq_environment_refusal` is the same rule for the executor's process environment:
 variables that libpq applies to every connection and that the allow-list cannot override.
@@ -18,7 +28,11 @@ variables that libpq applies to every connection and that the allow-list cannot 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import ipaddress
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -90,7 +104,92 @@ def parse_connection_ref(ref: str) -> dict[str, str]:
             )
     if "sslmode" in values and values["sslmode"] not in SSL_MODES:
         raise BadValue(f"connection_ref sslmode must be one of {', '.join(SSL_MODES)}")
+    if "sslrootcert" in values:
+        sslrootcert_names_a_ca_file(values["sslrootcert"])
     return values
+
+
+SYSTEM_TRUST = "system"
+"""libpq's (≥ 16) name for the operating system's trust store."""
+_CA_FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}")
+CA_DIR_SETTING = "MANAGED_BACKUPS_CLUSTER_CA_DIR"
+
+
+def sslrootcert_names_a_ca_file(value: str) -> None:
+    """``sslrootcert`` is the bare name of a file in the installation's CA directory (or
+    ``system``): a path could name any file of the service's machine."""
+    if value == SYSTEM_TRUST:
+        return
+    if not _CA_FILE_NAME.fullmatch(value) or ".." in value:
+        raise BadValue(
+            f"connection_ref sslrootcert {value!r} must be the name of a file in the "
+            f"installation's CA directory ({CA_DIR_SETTING}), without a path, or 'system'"
+        )
+
+
+def ca_file(value: str, ca_dir: Path) -> str:
+    """The absolute path libpq reads for ``sslrootcert`` ``value``: a file under ``ca_dir``
+    (symbolic links resolved: one pointing out of the directory is refused), or ``system``."""
+    sslrootcert_names_a_ca_file(value)
+    if value == SYSTEM_TRUST:
+        return value
+    root = ca_dir.resolve()
+    path = (root / value).resolve()
+    if not path.is_relative_to(root) or not path.is_file():
+        raise BadValue(
+            f"connection_ref sslrootcert {value!r} is not a file of the installation's CA "
+            f"directory {root} ({CA_DIR_SETTING}); an operator puts the cluster's CA "
+            "certificate there"
+        )
+    return str(path)
+
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+LOCAL_SETTING = "MANAGED_BACKUPS_ALLOW_LOCAL_CLUSTERS"
+
+
+@dataclass(frozen=True)
+class OwnEndpoint:
+    """One of the installation's own services, where no tenant's connection may go."""
+
+    what: str
+    address: Address
+    port: int
+
+
+def address_refusal(
+    host: str,
+    address: Address,
+    port: int,
+    own: Sequence[OwnEndpoint],
+    allow_local: bool,
+) -> str | None:
+    """Why a tenant's connection to ``address``:``port`` (``host`` resolved) is refused, or
+    None. The installation's own endpoints never; loopback, link-local (cloud metadata
+    included) and unspecified addresses only where the installation allows local clusters."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    for endpoint in own:
+        if endpoint.port == port and endpoint.address == address:
+            return (
+                f"connection_ref host {host} ({address} port {port}) is this installation's "
+                f"{endpoint.what}: a cluster's connection never goes to the system's own services"
+            )
+    if allow_local:
+        return None
+    for local, kind in (
+        (address.is_loopback, "loopback"),
+        (address.is_link_local, "link-local"),
+        (address.is_unspecified, "unspecified"),
+    ):
+        if local:
+            return (
+                f"connection_ref host {host} resolves to {address}, a {kind} address: it "
+                "would reach the services' own machine or network; refused unless the "
+                f"installation allows local clusters ({LOCAL_SETTING}=true, for local "
+                "development)"
+            )
+    return None
 
 
 def libpq_environment_refusal(environ: Mapping[str, str]) -> str | None:

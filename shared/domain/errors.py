@@ -55,8 +55,22 @@ def not_registered(cluster_id: str) -> str:
     return f"cluster {cluster_id} is not registered"
 
 
+class WrongRecordType(NotFound):
+    """An id that names a record of another kind (written by a version that used client-chosen
+    ids as stream ids): answered as a record that does not exist, never naming what is there."""
+
+    def __init__(self, aggregate_id: object, wanted: str) -> None:
+        super().__init__(f"no {wanted} is recorded at {aggregate_id}")
+
+
 class Conflict(Refused):
     code = 409
+
+
+class TooMany(Refused):
+    """A bound on queued or running work is reached: retry once some of it has ended."""
+
+    code = 429
 
 
 class Malformed(Refused):

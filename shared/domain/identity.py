@@ -26,6 +26,7 @@ from eventsourcing.domain import Aggregate, event
 from managed_backups.contracts.enums import Role
 from managed_backups.shared.domain.errors import Conflict, NotFound
 from managed_backups.shared.domain.ids import NAMESPACE
+from managed_backups.shared.domain.ids import service_account_id as service_account_id
 
 ADMIN_ACCOUNT = "admin"
 """The name of the installation's administrator account (no organization)."""
@@ -33,12 +34,6 @@ ADMIN_ACCOUNT = "admin"
 
 def organization_aggregate_id(organization_id: str) -> UUID:
     return uuid5(NAMESPACE, f"organization:{organization_id}")
-
-
-def service_account_id(organization: str | None, name: str) -> UUID:
-    """A service account's id derives from its organization and name, so a name is unique
-    within its organization: two creations of the same name collide in the store."""
-    return uuid5(NAMESPACE, f"service-account:{organization or ''}/{name}")
 
 
 def api_key_stream_id(key_id: str) -> UUID:

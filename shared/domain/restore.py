@@ -1,7 +1,11 @@
 """The Restore aggregate: one restore job's life, PREPARING → RUNNING → SUCCEEDED | FAILED.
 
-Its id is the ``restore_id`` the sender chose, so a repeated StartRestore collides with the
-stream that already exists and starts nothing. Every phase change is an event (the audit trail);
+Its stream id derives from the destination cluster and the ``restore_id`` the sender chose
+(:func:`~managed_backups.shared.domain.ids.restore_aggregate_id`), so a repeated StartRestore
+collides with the stream that already exists and starts nothing, and no chosen id can name
+another record. The job's own id (its lease, its temporary databases) is that stream id;
+users see the ``restore_id`` they chose. Restores recorded before the id was derived live at
+the bare ``restore_id`` and are found by :func:`load_restore`, for their cluster only. Every phase change is an event (the audit trail);
 progress is recorded as ``RestoreProgressed`` at most once per percent. A terminal job never
 changes again: a late outcome and the lease reaper race on the stream version, and exactly one
 of them is recorded.
@@ -10,18 +14,23 @@ of them is recorded.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
 from managed_backups.contracts.enums import RestorePhase
+from managed_backups.shared.domain.errors import WrongRecordType
+from managed_backups.shared.domain.ids import restore_aggregate_id
+
+if TYPE_CHECKING:
+    from managed_backups.shared.eventstore import EventStore
 
 
 class Restore(Aggregate):
     @staticmethod
-    def create_id(restore_id: UUID) -> UUID:
-        return restore_id
+    def create_id(cluster_id: str, restore_id: UUID) -> UUID:
+        return restore_aggregate_id(cluster_id, restore_id)
 
     class RestoreRequested(Aggregate.Created):
         restore_id: UUID
@@ -235,3 +244,26 @@ class Restore(Aggregate):
         self.phase = RestorePhase.FAILED.value
         self.error = {"code": error_code, "message": error_message, "step": failed_step}
         self.ended_at = at
+
+
+def load_restore(store: EventStore, cluster_id: str, restore_id: UUID) -> Restore | None:
+    """The restore job ``restore_id`` into ``cluster_id``, or None. A job recorded before the id
+    was derived (stream id = the bare ``restore_id``) is found too, but only for its own
+    cluster; a bare id that names another kind of record is no restore."""
+    restore = store.get_or_none(restore_aggregate_id(cluster_id, restore_id), Restore)
+    if restore is not None:
+        return restore
+    try:
+        legacy = store.get_or_none(restore_id, Restore)
+    except WrongRecordType:
+        return None
+    return legacy if legacy is not None and legacy.cluster_id == cluster_id else None
+
+
+def load_job(store: EventStore, job_id: UUID) -> Restore | None:
+    """The restore job whose lease is ``job_id`` (its stream id), or None when no restore is
+    recorded there (an orphan lease, or an id that names another kind of record)."""
+    try:
+        return store.get_or_none(job_id, Restore)
+    except WrongRecordType:
+        return None

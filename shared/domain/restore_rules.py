@@ -2,8 +2,16 @@
 is a :class:`~.errors.Refused` (its 4xx code and a reason naming what is at fault), recorded
 as the command's outcome before any data moves.
 
-The order in :func:`check_restore_request` is the order a caller fixes things in: who may do
-it, which clusters, which backup, which objects.
+The order is the order a caller fixes things in: who may do it and which clusters
+(:func:`check_restore_request`, always first), then, in the restore service, which objects
+(:func:`objects_match_the_restore_type`, each named once), whether a CLUSTER restore runs
+there, which backup, the destination's real server version, where the tables go
+(:func:`table_restore_not_into_a_template_or_postgres`), what the destination already holds,
+and last how many jobs are queued (:func:`restore_jobs_within_bounds`, counted once the job's
+lease is taken). Because the access rule comes first, a caller without the restore right on
+both clusters is told the cluster is not registered, as for an id that names nothing, before
+any other rule could tell it the cluster exists (a 400 for a duplicate, a 403 for
+``postgres``, a 429 for a full queue).
 """
 
 from __future__ import annotations
@@ -13,11 +21,18 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from managed_backups.contracts.enums import BackupStatus, RestoreType, Tier
-from managed_backups.shared.access import ClusterRef, require_on_cluster
+from managed_backups.contracts.enums import BackupStatus, RestoreType, Role, Tier
+from managed_backups.shared.access import ClusterRef, registered_cluster, require_on_cluster
 from managed_backups.shared.domain.backup import Backup, load_backup
 from managed_backups.shared.domain.cluster import Cluster
-from managed_backups.shared.domain.errors import BadValue, Conflict, Forbidden, NotFound, Refused
+from managed_backups.shared.domain.errors import (
+    BadValue,
+    Conflict,
+    Forbidden,
+    NotFound,
+    Refused,
+    TooMany,
+)
 from managed_backups.shared.eventstore import EventStore, event_topics
 from managed_backups.shared.security import Action, Principal
 
@@ -31,9 +46,9 @@ def check_restore_request(
 ) -> tuple[Cluster, Cluster]:
     """Who may restore, and between which clusters: (source, destination), or the first rule
     that refuses. The backup and the objects are checked next, by the restore service."""
-    destination = store.get_or_none(Cluster.create_id(destination_id), Cluster)
+    destination = registered_cluster(store, destination_id)
     source = (
-        store.get_or_none(Cluster.create_id(source_id), Cluster)
+        registered_cluster(store, source_id)
         if source_id and source_id != destination_id
         else destination
     )
@@ -211,6 +226,75 @@ def objects_match_the_restore_type(
     databases = sorted({o["database"] for o in objects})
     if len(databases) > 1:
         raise BadValue(f"a TABLE restore takes tables of one database, not {', '.join(databases)}")
+    each_object_named_once(objects)
+
+
+def each_object_named_once(objects: Sequence[dict[str, Any]]) -> None:
+    """A request names each table once: a table named twice (a schema left out names
+    ``public``) would be restored twice, and the second copy fails after the first ran."""
+    seen: dict[tuple[str, str, str], int] = {}
+    for i, o in enumerate(objects):
+        key = (o["database"], o.get("schema") or "public", o.get("table") or "")
+        if key in seen:
+            raise BadValue(
+                f"objects[{i}] names {key[1]}.{key[2]} of database {key[0]} again "
+                f"(objects[{seen[key]}]); name each table once"
+            )
+        seen[key] = i
+
+
+TEMPLATE_DATABASES = ("template0", "template1")
+"""Templates every cluster has. A database with ``datistemplate`` set is one too."""
+MAINTENANCE_DATABASE = "postgres"
+
+
+def table_restore_not_into_a_template_or_postgres(
+    principal: Principal, destination: Cluster, target_database: str, target_is_template: bool
+) -> None:
+    """Rows restored into a template database appear in every database created from it
+    afterwards: no TABLE restore writes into one. The maintenance database ``postgres`` is
+    what tools and administrators connect to first: only a caller holding the Cluster Admin
+    role on the destination (or a role above it: Organization Admin, the system administrator)
+    restores tables into it: the role, as the rule names it, not an action that comes with it."""
+    if target_is_template or target_database in TEMPLATE_DATABASES:
+        raise BadValue(
+            f"database {target_database} is a template: tables restored into it would be "
+            "copied into every database created from it afterwards; restore into another "
+            "database (into_db) or a new one (new_db_name)"
+        )
+    if target_database == MAINTENANCE_DATABASE and not principal.holds_role(
+        Role.CLUSTER_ADMIN, destination.organization, destination.cluster_id
+    ):
+        raise Forbidden(
+            f"only a Cluster Admin (or an Organization Admin) may restore tables into database "
+            f"{MAINTENANCE_DATABASE} of cluster {destination.cluster_id}; restore into another "
+            "database (into_db) or a new one (new_db_name)"
+        )
+
+
+def restore_jobs_within_bounds(
+    destination: Cluster,
+    jobs_on_cluster: int,
+    jobs_in_organization: int,
+    per_cluster: int,
+    per_organization: int,
+) -> None:
+    """Queued and running restore jobs (this one included) are bounded per destination cluster
+    and per organization, so one tenant cannot fill the restore service's queue."""
+    if jobs_on_cluster > per_cluster:
+        raise TooMany(
+            f"cluster {destination.cluster_id} has {jobs_on_cluster - 1} restore jobs queued or "
+            f"running, the limit per cluster (MANAGED_BACKUPS_MAX_RESTORES_PER_CLUSTER={per_cluster}); "
+            "retry when one has ended"
+        )
+    if jobs_in_organization > per_organization:
+        raise TooMany(
+            # Not how many: they may be on clusters of the organization the caller cannot see.
+            f"organization {destination.organization} has reached its limit of restore jobs "
+            "queued or running "
+            f"(MANAGED_BACKUPS_MAX_RESTORES_PER_ORGANIZATION={per_organization}); retry when "
+            "one has ended"
+        )
 
 
 def no_other_restore_while_a_cluster_restore_runs(

@@ -57,6 +57,21 @@ ROLE_ACTIONS: dict[Role, frozenset[Action]] = {
 }
 
 
+ROLES_AT_LEAST: dict[Role, frozenset[Role]] = {
+    Role.SYSTEM_ADMIN: frozenset({Role.SYSTEM_ADMIN}),
+    Role.ORG_ADMIN: frozenset({Role.SYSTEM_ADMIN, Role.ORG_ADMIN}),
+    Role.CLUSTER_ADMIN: frozenset({Role.SYSTEM_ADMIN, Role.ORG_ADMIN, Role.CLUSTER_ADMIN}),
+    Role.CLUSTER_OPERATOR: frozenset(
+        {Role.SYSTEM_ADMIN, Role.ORG_ADMIN, Role.CLUSTER_ADMIN, Role.CLUSTER_OPERATOR}
+    ),
+    Role.CLUSTER_DEVELOPER: frozenset({Role.CLUSTER_DEVELOPER}),
+    Role.CLUSTER_MONITOR: frozenset({Role.CLUSTER_MONITOR}),
+}
+"""The roles that count as holding a role where a rule names a role rather than an action
+("only a Cluster Admin"): the role itself and those above it (an Organization Admin administers
+every cluster of its organization, the system administrator every cluster). Each holds every
+action of the roles it counts for (``tests/unit/test_security.py`` checks it)."""
+
 GRANTABLE: dict[ResourceType, frozenset[Role]] = {
     ResourceType.ORGANIZATION: frozenset(
         {

@@ -115,6 +115,16 @@ class ReadModels:
             (cluster_id, after, limit),
         )
 
+    def audit_before(self, cluster_id: str, before: int, limit: int) -> list[dict[str, Any]]:
+        """The ``limit`` events of the cluster just before position ``before``, in order (the
+        console opens the audit trail on its latest page and pages back)."""
+        docs = self._docs(
+            f"SELECT doc FROM {self.tables.audit} WHERE cluster_id = ? AND position < ? "
+            "ORDER BY position DESC LIMIT ?",
+            (cluster_id, before, limit),
+        )
+        return docs[::-1]
+
     # -- backups ----------------------------------------------------------------------------
 
     def backup(self, cluster_id: str, backup_id: str) -> dict[str, Any] | None:
@@ -127,6 +137,21 @@ class ReadModels:
         """The condition "listed to a user" on alias ``b`` (two ``now`` parameters)."""
         return listed_backup_sql(self.tables.backups, "b", self.tables.retention)
 
+    def _listed_between(
+        self, cluster_id: str, now: datetime, start: datetime | None, end: datetime | None
+    ) -> tuple[str, list[Any]]:
+        """The condition (on alias ``b``) and parameters: the cluster's listed backups whose
+        time is in [start, end)."""
+        where = f"b.cluster_id = ? AND {self._listed_sql()}"
+        params: list[Any] = [cluster_id, ts(now), ts(now)]
+        if start is not None:
+            where += " AND b.sort_time >= ?"
+            params.append(ts(start))
+        if end is not None:
+            where += " AND b.sort_time < ?"
+            params.append(ts(end))
+        return where, params
+
     def listed_backups(
         self,
         cluster_id: str,
@@ -137,14 +162,8 @@ class ReadModels:
     ) -> tuple[list[dict[str, Any]], bool]:
         """Backups a user can restore (or that are running): not expired, not failed, and an
         incremental only while its full is complete and unexpired. Returns (rows, has_more)."""
-        sql = f"SELECT b.doc FROM {self.tables.backups} b WHERE b.cluster_id = ? AND {self._listed_sql()}"
-        params: list[Any] = [cluster_id, ts(now), ts(now)]
-        if start is not None:
-            sql += " AND b.sort_time >= ?"
-            params.append(ts(start))
-        if end is not None:
-            sql += " AND b.sort_time < ?"
-            params.append(ts(end))
+        where, params = self._listed_between(cluster_id, now, start, end)
+        sql = f"SELECT b.doc FROM {self.tables.backups} b WHERE {where}"
         sql += f" ORDER BY b.sort_time {'DESC' if page.sort_desc else 'ASC'}, b.backup_id LIMIT ? OFFSET ?"
         params += [page.limit + 1, (page.page - 1) * page.limit]
         docs = self._docs(sql, params)
@@ -210,6 +229,36 @@ class ReadModels:
             "kept_past_retention": kept_past_retention(kept_expires, kept is not None, now),
         }
 
+    def backup_days(
+        self, cluster_id: str, now: datetime, start: datetime | None, end: datetime | None
+    ) -> list[tuple[str, int]]:
+        """(UTC day, number of listed backups whose data is from it), in day order: the days
+        the console's calendar marks."""
+        where, params = self._listed_between(cluster_id, now, start, end)
+        rows = self.db.query(
+            f"SELECT substr(b.sort_time, 1, 10) AS day, COUNT(*) FROM {self.tables.backups} b "
+            f"WHERE {where} GROUP BY substr(b.sort_time, 1, 10) ORDER BY 1",
+            params,
+        )
+        return [(str(day), int(count)) for day, count in rows]
+
+    def last_finished_backup(self, cluster_id: str) -> dict[str, Any] | None:
+        """The cluster's newest backup that ended, complete or failed (the clusters view marks a
+        cluster whose last backup failed)."""
+        return self._doc(
+            f"SELECT doc FROM {self.tables.backups} WHERE cluster_id = ? "
+            "AND status IN ('COMPLETE', 'FAILED', 'EXPIRED') ORDER BY sort_time DESC LIMIT 1",
+            (cluster_id,),
+        )
+
+    def backups_by_id(self, backup_id: str) -> list[dict[str, Any]]:
+        """The backups of any cluster with this id (the caller keeps those of the clusters it may
+        see): what ``backups show ID`` looks up without a cluster id."""
+        return self._docs(
+            f"SELECT doc FROM {self.tables.backups} WHERE backup_id = ? ORDER BY cluster_id",
+            (backup_id,),
+        )
+
     def incomplete_backups(self, cluster_id: str) -> list[dict[str, Any]]:
         return self._docs(
             f"SELECT doc FROM {self.tables.backups} WHERE cluster_id = ? "
@@ -273,7 +322,7 @@ class ReadModels:
         with the live one)."""
         return {
             table.removeprefix(self.prefix): [
-                list(r) for r in self.db.query(f"SELECT * FROM {table} ORDER BY 1")
+                list(r) for r in self.db.query(f"SELECT * FROM {table} ORDER BY 1, 2")
             ]
             for table in self.tables.all()
         }

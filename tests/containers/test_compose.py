@@ -244,6 +244,7 @@ def stack(compose: list[str]) -> Iterator[Stack]:
         **os.environ,
         "MANAGED_BACKUPS_API_PORT": str(port),
         "ORDERS_DB_PASSWORD": stack.cluster_password,
+        "MANAGED_BACKUPS_EVENT_STORE_PASSWORD": secrets.token_hex(16),
     }
     try:
         stack.run("up", "-d", "--no-build")

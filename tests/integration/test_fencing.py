@@ -196,7 +196,7 @@ async def test_a_worker_whose_lease_was_reaped_stops_and_writes_nothing(
                     datetime.now(UTC), "executor-other")  # fmt: skip
         store.save_all(backup)
         db = SqlDatabase(system.settings.store_url)
-        backup_leases(db).release(backup_id)
+        backup_leases(db).release(backup.id)
         db.close()
 
         # The stale worker stops: the executor accepts a new backup of the cluster only once it

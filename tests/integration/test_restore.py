@@ -22,7 +22,7 @@ from managed_backups.services.cli import main as cli_main
 from managed_backups.services.executor.service import run as run_executor
 from managed_backups.services.restore.service import run as run_restore
 from managed_backups.shared.domain.restore import Restore
-from managed_backups.shared.eventstore import open_event_store
+from managed_backups.shared.eventstore import EventStore, event_topics, open_event_store
 from managed_backups.shared.jobs import JobLeases
 from managed_backups.shared.sqldb import SqlDatabase
 from tests.harness import System, run_cluster_commands_only, service_process
@@ -135,12 +135,20 @@ async def world(
     await system.close()
 
 
+def find_restore(store: EventStore, restore_id: UUID) -> Restore | None:
+    """The job a client knows by ``restore_id`` (its stream id derives from its cluster too)."""
+    for row in store.notifications(0, 100_000, event_topics(Restore.RestoreRequested)):
+        if store.domain_event(row).restore_id == restore_id:  # type: ignore[attr-defined]
+            return store.get_or_none(row.originator_id, Restore)
+    return None
+
+
 async def wait_job(system: System, restore_id: str, timeout: float = 120) -> Restore:
     store = open_event_store(system.settings.store_url)
     try:
         async with asyncio.timeout(timeout):
             while True:
-                job = await asyncio.to_thread(store.get_or_none, UUID(restore_id), Restore)
+                job = await asyncio.to_thread(find_restore, store, UUID(restore_id))
                 if job is not None and job.is_terminal:
                     await system.wait_projection(store.max_position())
                     return job
@@ -489,7 +497,7 @@ async def test_killed_service_and_corrupted_chunk_leave_the_destination_as_it_wa
         store = open_event_store(system.settings.store_url)
         async with asyncio.timeout(60):
             while True:
-                job = await asyncio.to_thread(store.get_or_none, UUID(restore_id), Restore)
+                job = await asyncio.to_thread(find_restore, store, UUID(restore_id))
                 temporary = [d for d in databases(pg) if d.startswith("mb_restore_")]
                 if job is not None and job.phase == "RUNNING" and temporary:
                     break
@@ -518,11 +526,10 @@ async def test_killed_service_and_corrupted_chunk_leave_the_destination_as_it_wa
 
     # A corrupted chunk: the job fails naming it, nothing appears on the destination.
     from managed_backups.shared.dataplane.manifest import read_manifest
-    from managed_backups.shared.dataplane.objectstore import ObjectStore
 
     region = system.settings.data_dir / "objects" / "eu-west-1"
     manifest = read_manifest(
-        ObjectStore(region.as_uri()), cluster_id, str(backup_id), str(backup_id)
+        system.sealed_store(cluster_id, "eu-west-1"), cluster_id, str(backup_id), str(backup_id)
     )
     entry = manifest.table("big", "public", "wide")
     assert entry is not None
@@ -671,11 +678,12 @@ async def test_a_restore_worker_whose_lease_was_reaped_stops_and_records_nothing
     answer = await post_restore(world, body, cluster_id)
     assert answer.status_code == 200, answer.text
     restore_id = UUID(answer.json()["id"])
+    job_id = Restore.create_id(cluster_id, restore_id)
     store = open_event_store(system.settings.store_url)
     try:
         async with asyncio.timeout(60):  # the fault hits the job mid-copy
             while True:
-                job = await asyncio.to_thread(store.get_or_none, restore_id, Restore)
+                job = await asyncio.to_thread(store.get_or_none, job_id, Restore)
                 temporary = [d for d in databases(pg) if d.startswith("mb_restore_")]
                 if job is not None and job.phase == "RUNNING" and temporary:
                     break
@@ -685,7 +693,7 @@ async def test_a_restore_worker_whose_lease_was_reaped_stops_and_records_nothing
                  "unchanged", datetime.now(UTC), "restore-other")  # fmt: skip
         store.save_all(job)
         db = SqlDatabase(system.settings.store_url)
-        JobLeases(db, "restore").release(restore_id)
+        JobLeases(db, "restore").release(job_id)
         db.close()
 
         # The worker stops and drops its own temporary database; the copy never appears.
@@ -693,9 +701,9 @@ async def test_a_restore_worker_whose_lease_was_reaped_stops_and_records_nothing
             while databases(pg) != before:
                 assert "fenced copy" not in databases(pg)
                 await asyncio.sleep(0.1)
-        events = [type(e).__name__ for e in store.events.get(restore_id)]  # type: ignore[attr-defined]
+        events = [type(e).__name__ for e in store.events.get(job_id)]  # type: ignore[attr-defined]
         assert "RestoreSucceeded" not in events and events[-1] == "RestoreFailed", events
-        final = await asyncio.to_thread(store.get_or_none, restore_id, Restore)
+        final = await asyncio.to_thread(store.get_or_none, job_id, Restore)
         assert final is not None and final.error is not None
         assert final.error["code"] == "LEASE_EXPIRED"
     finally:

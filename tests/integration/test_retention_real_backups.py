@@ -45,6 +45,9 @@ from managed_backups.shared.dataplane.objectstore import ObjectStore
 from managed_backups.shared.dataplane.restore_plan import ClusterAccess, RestorePlan, execute_plan
 from managed_backups.shared.dataplane.verify import verify_backup
 from managed_backups.shared.domain.backup import Backup
+from managed_backups.shared.domain.cluster import Cluster as Registered
+from managed_backups.shared.domain.ids import cluster_aggregate_id
+from managed_backups.shared.encryption import ClusterEncryption
 from managed_backups.shared.eventstore import EventStore, open_event_store
 from managed_backups.shared.sqldb import SqlDatabase
 from managed_backups.shared.views import ReadModels
@@ -168,11 +171,13 @@ class Cluster:
         return read_manifest(self.objects, self.cluster_id, self.chain_of(backup_id), backup_id)
 
     def referenced(self, backup_ids: set[str]) -> set[str]:
-        """The manifests of ``backup_ids`` and every chunk they reference."""
+        """The manifests of ``backup_ids``, every chunk they reference and their chains' data
+        key objects (encryption at rest)."""
         keys: set[str] = set()
         for backup_id in backup_ids:
             chain = self.chain_of(backup_id)
             keys.add(manifest_key(self.cluster_id, chain, backup_id))
+            keys |= {k for k in self.stored_keys() if f"/chains/{chain}/keys/" in k}
             keys |= {
                 chunk_key(self.cluster_id, chain, ref.hash)
                 for ref in self.manifest(backup_id).chunk_refs()
@@ -238,7 +243,21 @@ async def test_retention_over_real_backups_keeps_exactly_the_listed_backups_rest
             secret=ROLE_PASSWORD,
         )
         assert registered.code == 200, registered
-        cluster = Cluster(system, cluster_id, ObjectStore(object_store_url))
+        # A backup is kept for its cluster's retention: the cluster keeps them 2 days.
+        kept = await system.command(
+            topics.CLUSTER_COMMANDS,
+            {
+                "type": "UpdateBackupSettings",
+                "cluster_id": cluster_id,
+                "retention_days": RETENTION_DAYS,
+            },
+        )
+        assert kept.code == 200, kept
+        encryption = ClusterEncryption(system.settings, store)
+        registry = store.get_or_none(cluster_aggregate_id(cluster_id), Registered)
+        assert registry is not None
+        objects = encryption.seal(ObjectStore(object_store_url), registry)
+        cluster = Cluster(system, cluster_id, objects)
 
         # Chain A: a full and an incremental.
         full_a = await cluster.take(src, "FULL")
@@ -282,7 +301,7 @@ async def test_retention_over_real_backups_keeps_exactly_the_listed_backups_rest
         assert shared and left_by_failed - shared
 
         await no_backup_lease(db, cluster_id)
-        worker = Retention(store, db, lambda region: object_store_url)
+        worker = Retention(store, db, lambda region: object_store_url, encryption=encryption)
         models = ReadModels(db)
         as_of = {b: cluster.backups[b].as_of_time for b in cluster.seen}
         assert all(t is not None for t in as_of.values())

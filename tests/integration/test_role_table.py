@@ -46,6 +46,7 @@ from managed_backups.services.api.app import create_app
 from managed_backups.services.executor.executor import BackupExecutor
 from managed_backups.services.projections.service import Projector
 from managed_backups.services.restore.restorer import RestoreService
+from managed_backups.services.retention.key_rotation import KeyRotations, rotate_handler
 from managed_backups.services.retention.retention import Retention
 from managed_backups.services.retention.service import enforce_handler
 from managed_backups.services.runtime import Runtime, open_runtime
@@ -53,6 +54,7 @@ from managed_backups.services.scheduler.cluster_commands import HANDLERS
 from managed_backups.shared.commands import CommandContext, CommandProcessor
 from managed_backups.shared.domain.identity import ServiceAccount
 from managed_backups.shared.domain.roles import ROLE_ACTIONS, Action
+from managed_backups.shared.encryption import ClusterEncryption
 from managed_backups.shared.settings import Settings
 from managed_backups.shared.views import ReadModels
 from tests.factories import new_cluster
@@ -271,6 +273,21 @@ ENDPOINTS = (
     ),
     Endpoint("GET", C + "/backups", Action.VIEW_BACKUPS, "cluster"),
     Endpoint("GET", C + "/backups/incomplete", Action.VIEW_BACKUPS, "cluster"),
+    Endpoint("GET", C + "/backups/days", Action.VIEW_BACKUPS, "cluster"),
+    Endpoint(  # back up now: an incremental without a full to extend is refused after the check
+        "POST",
+        C + "/backups",
+        Action.TAKE_BACKUP,
+        "cluster",
+        lambda w, t: {"type": "INCREMENTAL"},
+    ),
+    Endpoint("GET", C + "/backups/{backup_id}", Action.VIEW_BACKUPS, "cluster"),
+    Endpoint(  # an unknown backup: 404 "not known" after the access check
+        "POST", C + "/backups/{backup_id}/verify", Action.VIEW_BACKUPS, "cluster"
+    ),
+    Endpoint("GET", C + "/restore-destinations", Action.VIEW_BACKUPS, "cluster"),
+    Endpoint("GET", "/api/v1/backups/{backup_id}", None, "any"),
+    Endpoint("GET", "/api/v1/me", None, "any"),
     Endpoint("GET", C + "/backups/{backup_id}/databases", Action.VIEW_BACKUPS, "cluster"),
     Endpoint(
         "GET",
@@ -293,6 +310,20 @@ ENDPOINTS = (
         Action.MANAGE_CLUSTERS,
         "cluster",
         lambda w, t: {"password": "role-table"},
+    ),
+    Endpoint("GET", C + "/encryption-key", Action.VIEW_BACKUPS, "cluster"),
+    Endpoint(  # the clusters are STANDARD: refused (400, ADVANCED only) after the access check
+        "PUT",
+        C + "/encryption-key",
+        Action.CHANGE_BACKUP_SETTINGS,
+        "cluster",
+        lambda w, t: {"key_name": "role-table"},
+    ),
+    Endpoint(  # no customer key configured: nothing changes
+        "DELETE", C + "/encryption-key", Action.CHANGE_BACKUP_SETTINGS, "cluster"
+    ),
+    Endpoint(  # a RotateEncryptionKeys signed for the caller (no chain to re-wrap)
+        "POST", C + "/encryption-key/rotate", Action.CHANGE_BACKUP_SETTINGS, "cluster"
     ),
     Endpoint("GET", "/metrics", Action.ADMINISTER, "installation"),
     Endpoint("GET", "/admin/clock", Action.ADMINISTER, "installation"),
@@ -415,7 +446,12 @@ class LocalGateway:
         context = CommandContext(runtime.store, runtime.clock, "role-table")
         executor = BackupExecutor(runtime, "role-table")
         restore = RestoreService(runtime, "role-table")
-        retention = Retention(runtime.store, runtime.db, runtime.settings.region_store_url)
+        encryption = ClusterEncryption(runtime.settings, runtime.store)
+        retention = Retention(
+            runtime.store, runtime.db, runtime.settings.region_store_url, encryption=encryption
+        )
+        lock = asyncio.Lock()
+        rotations = KeyRotations(retention, encryption, "role-table", lock, runtime.clock.now)
         handlers: dict[str, tuple[TypeAdapter[Any], dict[str, Any]]] = {
             topics.CLUSTER_COMMANDS: (TypeAdapter(ClusterCommand), HANDLERS),
             topics.BACKUP_COMMANDS: (
@@ -428,7 +464,10 @@ class LocalGateway:
             ),
             topics.RETENTION_COMMANDS: (
                 TypeAdapter(RetentionCommand),
-                {"EnforceRetention": enforce_handler(retention, asyncio.Lock())},
+                {
+                    "EnforceRetention": enforce_handler(retention, lock),
+                    "RotateEncryptionKeys": rotate_handler(rotations),
+                },
             ),
         }
         self.processors = {
@@ -518,8 +557,36 @@ async def test_every_role_on_every_endpoint(tmp_path: Path) -> None:
                             f"{role} {endpoint.method} {endpoint.path} on {target}: {got}, "
                             f"expected {want} ({text})"
                         )
+        # What the console offers on a cluster (its ``actions``) is what the table allows.
+        for role, world in worlds.items():
+            headers = {"Authorization": f"Bearer {world.key}"}
+            for target in TARGETS:
+                want_actions = [
+                    name
+                    for name, action in CONSOLE_ACTIONS.items()
+                    if expected_on_cluster(role, action, target) == ALLOWED
+                ]
+                answer = await client.get(
+                    f"/api/v1/clusters/{world.clusters[target]}", headers=headers
+                )
+                got_actions = answer.json().get("actions", []) if answer.status_code == 200 else []
+                cases += 1
+                if got_actions != want_actions:
+                    mismatches.append(
+                        f"{role} actions on {target}: {got_actions}, expected {want_actions}"
+                    )
     runtime.close()
     assert not mismatches, f"{len(mismatches)} of {cases} cases:\n" + "\n".join(mismatches)
+
+
+CONSOLE_ACTIONS = {
+    "view_backups": Action.VIEW_BACKUPS,
+    "change_backup_settings": Action.CHANGE_BACKUP_SETTINGS,
+    "restore": Action.RESTORE,
+    "take_backup": Action.TAKE_BACKUP,
+    "manage_clusters": Action.MANAGE_CLUSTERS,
+}
+"""A cluster's ``actions`` (what the console shows controls for) and the action each names."""
 
 
 # -- over the topics: a real broker, the real services ------------------------------------------------
@@ -610,6 +677,17 @@ COMMANDS = {
         topics.RETENTION_COMMANDS,
         Action.ADMINISTER,
         lambda w, t: {"type": "EnforceRetention"},
+        scope="installation",
+    ),
+    "RotateEncryptionKeys": CommandCase(  # no chain to re-wrap: the job adds nothing
+        topics.RETENTION_COMMANDS,
+        Action.CHANGE_BACKUP_SETTINGS,
+        lambda w, t: {"type": "RotateEncryptionKeys", "cluster_id": w.clusters[t]},
+    ),
+    "RotateEncryptionKeys (every cluster)": CommandCase(
+        topics.RETENTION_COMMANDS,
+        Action.ADMINISTER,
+        lambda w, t: {"type": "RotateEncryptionKeys"},
         scope="installation",
     ),
 }

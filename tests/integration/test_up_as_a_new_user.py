@@ -162,28 +162,13 @@ def test_up_publish_and_query_within_a_second(up: Up) -> None:
     assert rejected.returncode == 1
     assert json.loads(rejected.stdout)["reason"] == "cluster orders-prod is already registered"
 
-    # The cluster's password, from stdin, through the API; the trail names who set it.
-    secret = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "managed_backups.services.cli",
-            "clusters",
-            "set-secret",
-            "orders-prod",
-            "--data-dir",
-            str(data),
-            "--api-url",
-            f"http://127.0.0.1:{port}",
-        ],
-        env=env,
-        input="its-password\n",
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    # The cluster's password, from stdin, through the API up serves for this data directory
+    # (its port, remembered there); the trail names who set it.
+    secret = up.cli("clusters", "set-secret", "orders-prod", stdin="its-password\n")
     assert secret.returncode == 0, secret.stdout + secret.stderr
+    listed = up.cli("clusters", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [c["id"] for c in json.loads(listed.stdout)["clusters"]] == ["orders-prod"]
     events = httpx.get(f"{url}/events", headers=headers, timeout=5).json()["events"]
     assert [e["by"] for e in events if e["type"] == "ConnectionSecretSet"] == ["admin"]
     assert "its-password" not in json.dumps(events)

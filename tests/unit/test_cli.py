@@ -37,18 +37,58 @@ COMMANDS = [
             "keys": ("create", "list", "revoke"),
             "grants": ("add", "list", "remove"),
             "broker": ("credentials", "setup"),
+            "encryption-key": (
+                "show",
+                "set",
+                "remove",
+                "rotate",
+                "new-customer-key",
+                "rotate-platform",
+            ),
         }.items()
         for command in ("", *commands)
     ),
+    ["clusters", "list"],
+    ["backups"],
+    ["backups", "list"],
+    ["backups", "show"],
+    ["settings"],
+    ["settings", "get"],
+    ["settings", "set"],
+    ["backup"],
+    ["backup", "now"],
+    ["backup", "verify"],
+    ["restores"],
+    ["restores", "list"],
+    ["history"],
 ]
+API_OPTIONS = ["--api-url", "--data-dir", "--credential"]
 DOCUMENTED_OPTIONS = {
     "up": ["--data-dir", "--api-port", "--simulated-clock"],
     "publish": ["--data-dir", "--credential", "--bootstrap-servers", "--timeout", "--api-url"],
-    "keys create": ["--account", "--name", "--expires-at", "--json", "--credential", "--api-url"],
-    "grants add": ["--account", "--role", "--organization", "--cluster", "--json"],
-    "accounts create": ["--organization", "--description", "--json"],
+    "orgs create": [*API_OPTIONS, "--json", "--name"],
+    "orgs list": [*API_OPTIONS, "--json"],
+    "accounts create": [*API_OPTIONS, "--json", "--organization", "--description"],
+    "accounts list": [*API_OPTIONS, "--json", "--organization"],
+    "keys create": [*API_OPTIONS, "--json", "--account", "--name", "--expires-at"],
+    "keys list": [*API_OPTIONS, "--json", "--account"],
+    "keys revoke": [*API_OPTIONS, "--json"],
+    "grants add": [*API_OPTIONS, "--json", "--account", "--role", "--organization", "--cluster"],
+    "grants list": [*API_OPTIONS, "--json", "--account"],
+    "grants remove": [*API_OPTIONS, "--json", "--account", "--role", "--organization", "--cluster"],
     "projections rebuild": ["--data-dir"],
-    "clusters set-secret": ["--data-dir", "--credential", "--api-url"],
+    "clusters set-secret": API_OPTIONS,
+    "clusters list": [*API_OPTIONS, "--json"],
+    "backups list": [*API_OPTIONS, "--json", "--date", "--limit", "--page"],
+    "backups show": [*API_OPTIONS, "--json", "--cluster", "--database"],
+    "settings get": [*API_OPTIONS, "--json"],
+    "settings set": [*API_OPTIONS, "--json", "--enabled", "--frequency", "--retention"],
+    "backup now": [*API_OPTIONS, "--json", "--type", "--wait"],
+    "backup verify": [*API_OPTIONS, "--json", "--cluster", "--timeout"],
+    "restores list": [*API_OPTIONS, "--json"],
+    "history": [*API_OPTIONS, "--json", "--limit", "--after"],
+    "encryption-key show": [*API_OPTIONS, "--json"],
+    "encryption-key set": [*API_OPTIONS, "--json"],
     "restore start": [
         "--type",
         "--database",
@@ -63,7 +103,8 @@ DOCUMENTED_OPTIONS = {
         "--skip-missing-views",
         "--skip-localities-check",
         "--follow",
-        "--api",
+        "--api-url",
+        "--data-dir",
         "--credential",
     ],
 }
@@ -104,6 +145,17 @@ def test_every_command_argument_and_option_has_a_help_text() -> None:
 def test_a_group_without_its_command_shows_its_commands_and_exits_2(runner: CliRunner) -> None:
     result = runner.invoke(cli.app, ["clusters"])
     assert result.exit_code == 2 and "set-secret" in result.output
+
+
+def test_keys_are_api_keys_and_encryption_keys_have_their_own_group(runner: CliRunner) -> None:
+    """``keys`` is the identity issue's API keys; a cluster's encryption key is
+    ``encryption-key`` (both were once named ``keys``)."""
+    api_keys = runner.invoke(cli.app, ["keys", "--help"])
+    assert api_keys.exit_code == 0 and "API keys" in api_keys.stdout
+    assert "rotate-platform" not in api_keys.stdout
+    encryption = runner.invoke(cli.app, ["encryption-key", "--help"])
+    assert encryption.exit_code == 0 and "rotate-platform" in encryption.stdout
+    assert "revoke" not in encryption.stdout
 
 
 @pytest.mark.parametrize(
@@ -172,7 +224,8 @@ def test_set_secret_without_a_credential_or_a_password(runner: CliRunner, tmp_pa
     no_key = runner.invoke(cli.app, ["clusters", "set-secret", "c1", "--data-dir", str(tmp_path)])
     assert (no_key.exit_code, no_key.stderr) == (
         2,
-        "no credential: pass --credential or --data-dir\n",
+        "no credential: pass --credential, set MANAGED_BACKUPS_CREDENTIAL, or pass the "
+        f"--data-dir of `managed-backups up` (its admin-api-key; looked in {tmp_path})\n",
     )
     (tmp_path / "admin-api-key").write_text("mbk_x\n")
     empty = runner.invoke(

@@ -92,3 +92,13 @@ def test_images_are_configurable() -> None:
     assert services["kafka"]["image"].startswith("${MANAGED_BACKUPS_KAFKA_IMAGE:-apache/kafka:")
     assert services["postgres"]["image"].startswith("${MANAGED_BACKUPS_POSTGRES_IMAGE:-postgres:")
     assert services["api"]["image"] == "${MANAGED_BACKUPS_IMAGE:-managed-backups:local}"
+
+
+def test_no_default_passwords_and_no_local_clusters() -> None:
+    """Compose refuses to start without an event-store password (none is built in), and its
+    services never connect to loopback or link-local addresses for a tenant."""
+    text = COMPOSE.read_text()
+    assert ":-mb}" not in text
+    assert text.count("${MANAGED_BACKUPS_EVENT_STORE_PASSWORD:?") == 2
+    env = compose()["x-managed-backups-env"]
+    assert env["MANAGED_BACKUPS_ALLOW_LOCAL_CLUSTERS"] == "false"

@@ -222,7 +222,7 @@ def test_command_subscribers_document_their_command_types() -> None:
         },
         topics.BACKUP_COMMANDS: {"TakeBackup", "VerifyBackup"},
         topics.RESTORE_COMMANDS: {"StartRestore"},
-        topics.RETENTION_COMMANDS: {"EnforceRetention"},
+        topics.RETENTION_COMMANDS: {"EnforceRetention", "RotateEncryptionKeys"},
     }
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from managed_backups.contracts.enums import Role
 from managed_backups.shared.domain.errors import Forbidden
+from managed_backups.shared.domain.roles import ROLE_ACTIONS, ROLES_AT_LEAST
 from managed_backups.shared.security import Action, Grant, Principal
 
 
@@ -46,3 +47,30 @@ def test_scopes_and_precedence() -> None:
         principal((Role.CLUSTER_OPERATOR, "cluster:c1")).require(
             Action.CHANGE_BACKUP_SETTINGS, "acme", "c1"
         )
+
+
+def test_roles_held_by_grant_scope_and_rank() -> None:
+    """A rule that names a role ("only a Cluster Admin") holds for that role and those above it,
+    where it is granted, with the organization's grants deciding over a cluster's."""
+    admin = principal((Role.CLUSTER_ADMIN, "cluster:c1"))
+    assert admin.holds_role(Role.CLUSTER_ADMIN, "acme", "c1")
+    assert not admin.holds_role(Role.CLUSTER_ADMIN, "acme", "c2")
+    assert not admin.holds_role(Role.ORG_ADMIN, "acme", "c1")
+    assert not principal((Role.CLUSTER_OPERATOR, "cluster:c1")).holds_role(
+        Role.CLUSTER_ADMIN, "acme", "c1"
+    )
+    assert principal((Role.ORG_ADMIN, "org:acme")).holds_role(Role.CLUSTER_ADMIN, "acme", "c1")
+    assert not principal((Role.ORG_ADMIN, "org:acme")).holds_role(Role.CLUSTER_ADMIN, "other", "x")
+    assert principal((Role.SYSTEM_ADMIN, "*")).holds_role(Role.CLUSTER_ADMIN, "any", "any")
+    operator_in_org = principal(
+        (Role.CLUSTER_OPERATOR, "org:acme"), (Role.CLUSTER_ADMIN, "cluster:c1")
+    )
+    assert not operator_in_org.holds_role(Role.CLUSTER_ADMIN, "acme", "c1")
+    service = Principal("service:scheduler", "service:scheduler", (), None, frozenset(Action))
+    assert not service.holds_role(Role.CLUSTER_ADMIN, "acme", "c1")
+
+
+@pytest.mark.parametrize("role", list(Role))
+def test_a_role_above_another_holds_all_its_actions(role: Role) -> None:
+    for above in ROLES_AT_LEAST[role]:
+        assert ROLE_ACTIONS[role] <= ROLE_ACTIONS[above], (role, above)

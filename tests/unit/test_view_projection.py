@@ -443,7 +443,7 @@ def test_a_batch_two_instances_read_is_applied_once(
         started(log, backup, backup, BackupType.FULL),
         completed(log, backup, 5000, T0),
     ]
-    applied = (first.apply_batch(batch), second.apply_batch(batch))
+    applied = (first.apply_batch(batch, after=0), second.apply_batch(batch, after=0))
     rows = db.query("SELECT stored_bytes FROM mb_view_retention WHERE cluster_id = ?", (CLUSTER,))
     assert [int(r[0]) for r in rows] == [5000]
     assert views.position() == 3 and applied == (True, False)

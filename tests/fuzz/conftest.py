@@ -1,0 +1,1 @@
+"""The fuzzers' fixtures: the integration tests' broker (``tests/conftest.py``)."""
