@@ -18,7 +18,6 @@ from managed_backups.services.executor.leases import backup_leases
 from managed_backups.shared.dataplane.manifest import manifest_key, read_manifest, save_manifest
 from managed_backups.shared.domain.backup import Backup
 from managed_backups.shared.eventstore import open_event_store
-from managed_backups.shared.region_stores import RegionStores
 from managed_backups.shared.sqldb import SqlDatabase
 from tests.harness import System
 from tests.infra.postgres import LocalPostgres
@@ -77,7 +76,7 @@ async def test_an_incremental_builds_on_the_newest_complete_backup_not_on_a_fail
     # A backup recorded FAILED (reaped) whose manifest, newer than every other, is in the store.
     reaped_id = uuid4()
     store = open_event_store(system.settings.store_url)
-    object_store = RegionStores(system.settings).for_region(first.region)
+    object_store = system.sealed_store(cluster_id, first.region)
     manifest = read_manifest(object_store, cluster_id, str(full_id), str(first_id))
     save_manifest(
         object_store,
@@ -216,7 +215,7 @@ async def test_a_worker_whose_lease_was_reaped_stops_and_writes_nothing(
                     break
                 assert again.code == 409, again
                 await asyncio.sleep(0.1)
-        object_store = RegionStores(system.settings).for_region(backup.region)
+        object_store = system.sealed_store(cluster_id, backup.region)
         key = manifest_key(cluster_id, str(backup_id), str(backup_id))
         assert not object_store.exists(key)
         assert events_of(system, backup_id) == ["BackupStarted", "BackupFailed"]
