@@ -516,7 +516,9 @@ async def relay_killed_mid_publish(work: Workload) -> Evidence:
 
 
 async def projections_killed_mid_batch(work: Workload) -> Evidence:
-    return await follower_killed_mid_batch(work, "projections", "mb_view_position")
+    return await follower_killed_mid_batch(
+        work, "projections", "mb_view_position WHERE name = 'views'"
+    )
 
 
 PAUSE_SECONDS = 15.0

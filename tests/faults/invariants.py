@@ -278,7 +278,7 @@ def events_once_everywhere(
     wanted_audit = set(state.cluster_positions)
     missing_views = sorted(wanted_audit - set(audit))
     extra_views = sorted(set(audit) - wanted_audit)
-    views_position = db.query("SELECT position FROM mb_view_position")
+    views_position = db.query("SELECT position FROM mb_view_position WHERE name = 'views'")
     at = int(views_position[0][0]) if views_position else 0
     top = max(state.positions, default=0)
     report.add(

@@ -234,6 +234,8 @@ class Stack:
             "MANAGED_BACKUPS_RESTORE_LEASE_SECONDS": str(RESTORE_LEASE_SECONDS),
             "MANAGED_BACKUPS_RETENTION_INTERVAL_MINUTES": "60",
             "MANAGED_BACKUPS_POLL_INTERVAL_SECONDS": "0.05",
+            # The backup targets are on this machine (behind the TCP proxy).
+            "MANAGED_BACKUPS_ALLOW_LOCAL_CLUSTERS": "true",
             # A TakeBackup refused while the cluster's previous backup still ran is sent again
             # after this many (real) seconds, once the scheduler looks at the cluster again.
             "MANAGED_BACKUPS_SCHEDULED_BACKUP_RESEND_SECONDS": "2",

@@ -155,7 +155,9 @@ class Workload:
         db = self.stack.db
 
         async def reached() -> bool:
-            rows = await asyncio.to_thread(db.query, "SELECT position FROM mb_view_position")
+            rows = await asyncio.to_thread(
+                db.query, "SELECT position FROM mb_view_position WHERE name = 'views'"
+            )
             return bool(rows) and int(rows[0][0]) >= position
 
         await wait_for(reached, f"views at {position}", timeout, every=0.1)
@@ -232,7 +234,9 @@ class Workload:
         assert self.stack.db is not None and self.stack.store is not None
         db, store = self.stack.db, self.stack.store
         top = await asyncio.to_thread(store.max_position)
-        views = await asyncio.to_thread(db.query, "SELECT position FROM mb_view_position")
+        views = await asyncio.to_thread(
+            db.query, "SELECT position FROM mb_view_position WHERE name = 'views'"
+        )
         relay = await asyncio.to_thread(db.query, "SELECT position FROM mb_relay_position")
         return bool(views and relay) and int(views[0][0]) >= top and int(relay[0][0]) >= top
 
