@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -319,9 +319,15 @@ def views_equal_rebuild(store: EventStore, db: SqlDatabase, report: Report) -> N
 
 
 def stores_match_backups(
-    state: LogState, stores: dict[str, ObjectStore], report: Report, after_retention: bool
+    state: LogState,
+    stores: dict[str, ObjectStore],
+    report: Report,
+    after_retention: bool,
+    sealed: Callable[[str, str], ObjectStore] | None = None,
 ) -> None:
-    """No listed backup without its objects; after retention, no orphan object."""
+    """No listed backup without its objects; after retention, no orphan object (a chunk or a
+    manifest no live backup needs). ``sealed(region, cluster_id)``: the region's store as the
+    services read it for the cluster (manifests are stored encrypted)."""
     wanted: dict[str, set[str]] = defaultdict(set)
     missing: list[str] = []
     live = [
@@ -331,8 +337,9 @@ def stores_match_backups(
         store = stores[backup.region]
         mkey = manifest_key(backup.cluster_id, backup.chain_id, backup.backup_id)
         wanted[backup.region].add(mkey)
+        reader = sealed(backup.region, backup.cluster_id) if sealed is not None else store
         try:
-            manifest = read_manifest(store, backup.cluster_id, backup.chain_id, backup.backup_id)
+            manifest = read_manifest(reader, backup.cluster_id, backup.chain_id, backup.backup_id)
         except (ManifestError, Exception) as exc:
             missing.append(f"{backup.backup_id}: manifest {type(exc).__name__}")
             continue
@@ -341,7 +348,11 @@ def stores_match_backups(
     orphans: list[str] = []
     counted = 0
     for region, store in stores.items():
-        present = {info.key for info in store.list("clusters")}
+        present = {
+            info.key
+            for info in store.list("clusters")
+            if "/chunks/" in info.key or "/manifests/" in info.key
+        }
         counted += len(present)
         missing += sorted(wanted[region] - present)[:5]
         if after_retention:
@@ -372,6 +383,7 @@ async def check_all(
     auth: KafkaAuth | None,
     stores: dict[str, ObjectStore],
     after_retention: bool = True,
+    sealed: Callable[[str, str], ObjectStore] | None = None,
 ) -> tuple[Report, LogState]:
     report = Report(fault)
     state = await asyncio.to_thread(fold_log, store)
@@ -379,7 +391,7 @@ async def check_all(
     records = await topic_events(bootstrap, auth)
     events_once_everywhere(state, records, db, report)
     await asyncio.to_thread(no_job_running, state, db, report)
-    await asyncio.to_thread(stores_match_backups, state, stores, report, after_retention)
+    await asyncio.to_thread(stores_match_backups, state, stores, report, after_retention, sealed)
     await asyncio.to_thread(views_equal_rebuild, store, db, report)
     return report, state
 

@@ -49,6 +49,7 @@ from managed_backups.services.registry import COMMAND_LINE_USER, broker_users, s
 from managed_backups.shared.broker_access import ADMIN_USER, KafkaAuth, provision
 from managed_backups.shared.bus import ensure_topics
 from managed_backups.shared.clock import SimulatedClock
+from managed_backups.shared.dataplane.objectstore import ObjectStore, open_store
 from managed_backups.shared.eventstore import EventStore, open_event_store
 from managed_backups.shared.gateway import CommandGateway
 from managed_backups.shared.identity import Identity
@@ -168,6 +169,7 @@ class Stack:
     gateway: CommandGateway | None = None
     store: EventStore | None = None
     db: SqlDatabase | None = None
+    settings: Settings | None = None
     bucket: str = ""
 
     # -- start and stop --------------------------------------------------------------------
@@ -262,6 +264,7 @@ class Stack:
             simulated_clock=True,
             simulated_clock_start=CLOCK_START,
         )
+        self.settings = settings
         self.store = open_event_store(self.store_url)
         self.db = SqlDatabase(self.store_url)
         clock = SimulatedClock(self.db, datetime.fromisoformat(CLOCK_START))
@@ -455,6 +458,17 @@ class Stack:
             await asyncio.sleep(0.1)
 
     # -- targets -----------------------------------------------------------------------------
+
+    def sealed(self, region: str, cluster_id: str) -> ObjectStore:
+        """The region's store as the services read it for ``cluster_id`` (encryption at rest)."""
+        from managed_backups.shared.domain.cluster import Cluster
+        from managed_backups.shared.encryption import ClusterEncryption
+
+        assert self.settings is not None and self.store is not None
+        cluster = self.store.get_or_none(Cluster.create_id(cluster_id), Cluster)
+        assert cluster is not None, cluster_id
+        objects = open_store(self.region_stores()[region])
+        return ClusterEncryption(self.settings, self.store).seal(objects, cluster)
 
     def connection_ref(self) -> str:
         assert self.target_proxy is not None

@@ -283,6 +283,7 @@ class Workload:
             auth,
             open_stores(self.stack.region_stores()),
             after_retention,
+            self.stack.sealed,
         )
         return report, state
 
