@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from managed_backups.contracts import topics
 from managed_backups.shared.broker_access import ADMIN_USER, KafkaAuth
 from managed_backups.shared.dataplane.manifest import manifest_key
+from managed_backups.shared.domain.restore import Restore, load_restore
 from tests.faults.invariants import LogState, Report, behind, open_stores
 from tests.faults.stack import BACKUP_LEASE_SECONDS, RESTORE_LEASE_SECONDS, ServiceProcess
 from tests.faults.workload import Workload, wait_for
@@ -386,7 +387,8 @@ async def restore_killed_mid_restore(work: Workload) -> Evidence:
             temporary = [
                 d for d in await asyncio.to_thread(work.target_databases) if "mb_restore_" in d
             ]
-            leases = [r for r in work.leases("restore") if str(r[1]) == restore_id]
+            job_id = str(Restore.create_id("weekly-local", UUID(restore_id)))
+            leases = [r for r in work.leases("restore") if str(r[1]) in (job_id, restore_id)]
             return leases[0] if leases and temporary else None
 
         lease = await wait_for(running_lease, "the restore copying rows", 120, every=0.05)
@@ -412,10 +414,8 @@ async def restore_killed_mid_restore(work: Workload) -> Evidence:
 
 
 def restore_error(work: Workload, restore_id: str) -> str:
-    from managed_backups.shared.domain.restore import Restore
-
     assert work.stack.store is not None
-    job = work.stack.store.get_or_none(UUID(restore_id), Restore)
+    job = load_restore(work.stack.store, "weekly-local", UUID(restore_id))
     return str(job.error) if job is not None else "not recorded"
 
 

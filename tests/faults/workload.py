@@ -4,6 +4,7 @@ retention, and the waits that tell when the system has settled (from the sources
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -146,7 +147,12 @@ class Workload:
         rows = self.stack.db.query(
             "SELECT kind, job_id, owner, lease_until, detail FROM mb_job_leases"
         )
-        return [tuple(r) for r in rows if kind is None or r[0] == kind]
+        # A backup lease is keyed by the backup's stream id; its detail names the backup id.
+        return [
+            (k, json.loads(d).get("backup_id", j) if k == "backup" else j, o, u, d)
+            for k, j, o, u, d in rows
+            if kind is None or k == kind
+        ]
 
     async def wait_views(self, position: int | None, timeout: float = 60) -> None:
         if position is None:
