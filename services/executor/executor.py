@@ -281,10 +281,6 @@ class BackupExecutor:
                     self._record_completed, backup, manifest, encrypted, running
                 )
         except BackupError as error:
-            if running.lost.is_set():
-                # Its lease is gone: the reaper records the backup's end, not this worker.
-                log.warning("backup %s stopped: it lost its lease", backup.backup_id)
-                return
             message = error.message
             if error.code is ErrorCode.AUTHENTICATION_FAILED:
                 message = await asyncio.to_thread(
@@ -423,19 +419,19 @@ class BackupExecutor:
         step: str,
         running: Running | None = None,
     ) -> bool:
-        """Record the backup FAILED. A worker (``running``) whose fencing token is stale
-        records nothing (the reaper does, as ``LEASE_EXPIRED``)."""
+        """Record the backup FAILED. A worker (``running``) whose fencing token is stale records
+        ``LEASE_LOST`` instead, and only if the backup's end is not recorded yet: its lease may
+        have been released as an orphan (it expired before the start was saved), and then no
+        reaper records the end. A stale worker never writes a result (a manifest, COMPLETE)."""
         backup = load_backup(self.runtime.store, cluster_id, backup_id)
         if backup is None or backup.is_terminal:
             return False
         if running is not None:
             try:
                 self._fenced(running)
-            except BackupError:
-                log.warning(
-                    "backup %s lost its lease: its failure is left to the reaper", backup_id
-                )
-                return False
+            except BackupError as lost:
+                log.warning("backup %s stopped: it lost its lease", backup_id)
+                code, message, step = ErrorCode.LEASE_LOST.value, lost.message, "executor lease"
         backup.fail(code, message, step, self.runtime.clock.now(), self.name)
         try:
             self.runtime.store.save_all(backup)
