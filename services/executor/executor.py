@@ -308,6 +308,11 @@ class BackupExecutor:
             )
         finally:
             renewing.cancel()
+            if not running.lost.is_set():  # found out at the end (e.g. reaped, then it failed)
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self._fenced, running)
+            if running.lost.is_set():
+                log.warning("backup %s: its worker lost its lease and stopped", backup.backup_id)
             if self.running.get(cluster.cluster_id) is running:
                 self.running.pop(cluster.cluster_id, None)
             await asyncio.to_thread(self.leases.release, backup.id, running.fence)
