@@ -14,6 +14,13 @@ The pattern, for any service that runs long jobs recorded as events:
    terminal, cleans up what the job left half-done, then releases the lease. A lease whose job
    was never recorded (the save failed) is simply released: an orphan.
 
+**Fencing.** Each take of a lease draws a fresh fencing token. The worker holds the token
+(:class:`Fence`); a renewal, and :meth:`JobLeases.check` right before each write that commits the
+job's result (the manifest in the object store, the terminal event in the event store), succeed
+only while the row still has this owner and token. A worker whose lease was reaped (it paused
+or was cut off from the database longer than the lease) or taken anew therefore stops
+(:func:`keep_renewed` calls ``on_lost``) and its commits are refused with :class:`LeaseLost`.
+
 Leases are rows in the shared database (table ``mb_job_leases``, one per running job, keyed by
 the job's kind and id), not events: renewals are not history. Optimistic concurrency on the job's
 stream settles a race between a late completion and a reaper: exactly one of them is recorded.
@@ -24,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +57,19 @@ class Lease:
     holds (``"backups"``: the ids of the backups it reads, see :func:`backups_in_use`)."""
 
 
+class LeaseLost(Exception):
+    """The worker's lease expired, was reaped or taken over: it must stop and write nothing."""
+
+
+@dataclass(frozen=True)
+class Fence:
+    """What a worker holds of its lease: the job, its own name and the take's fencing token."""
+
+    job_id: UUID
+    owner: str
+    token: str
+
+
 def lease_until(now: datetime, seconds: float) -> datetime:
     return now + timedelta(seconds=seconds)
 
@@ -66,7 +87,19 @@ def ensure_table(db: SqlDatabase) -> None:
         "cluster_id TEXT NOT NULL, owner TEXT NOT NULL, lease_until TEXT NOT NULL, "
         "detail TEXT NOT NULL, PRIMARY KEY (kind, job_id))"
     )
+    _add_token_column(db)
     _ENSURED.add(db)
+
+
+def _add_token_column(db: SqlDatabase) -> None:
+    """Leases taken before fencing have no token column: add it (their token is empty, so no
+    fence of this version matches them; they are reaped as before)."""
+    if db.dialect == "postgres":
+        db.execute(f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS token TEXT NOT NULL DEFAULT ''")
+        return
+    columns = {row[1] for row in db.query(f"PRAGMA table_info({TABLE})")}
+    if "token" not in columns:
+        db.execute(f"ALTER TABLE {TABLE} ADD COLUMN token TEXT NOT NULL DEFAULT ''")
 
 
 class JobLeases:
@@ -88,9 +121,21 @@ class JobLeases:
     ) -> bool:
         """Take (or, for its owner, extend) the lease of ``job_id``; False if another worker
         holds it."""
+        return self.take_fenced(job_id, cluster_id, owner, until, detail) is not None
+
+    def take_fenced(
+        self,
+        job_id: UUID,
+        cluster_id: str,
+        owner: str,
+        until: datetime,
+        detail: Mapping[str, Any] | None = None,
+    ) -> Fence | None:
+        """:meth:`take`, returning the lease's :class:`Fence` (None if another worker holds
+        it). A new lease gets a fresh token; its owner extending it keeps the token."""
         self.db.execute(
-            f"INSERT INTO {TABLE} (kind, job_id, cluster_id, owner, lease_until, detail) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (kind, job_id) DO UPDATE SET "
+            f"INSERT INTO {TABLE} (kind, job_id, cluster_id, owner, lease_until, detail, token) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (kind, job_id) DO UPDATE SET "
             f"lease_until = excluded.lease_until WHERE {TABLE}.owner = excluded.owner",
             (
                 self.kind,
@@ -99,18 +144,46 @@ class JobLeases:
                 owner,
                 until.isoformat(),
                 json.dumps(dict(detail or {})),
+                uuid.uuid4().hex,
             ),
         )
         rows = self.db.query(
-            f"SELECT owner FROM {TABLE} WHERE kind = ? AND job_id = ?", (self.kind, str(job_id))
+            f"SELECT owner, token FROM {TABLE} WHERE kind = ? AND job_id = ?",
+            (self.kind, str(job_id)),
         )
-        return bool(rows) and rows[0][0] == owner
+        if not rows or rows[0][0] != owner:
+            return None
+        return Fence(job_id, owner, str(rows[0][1]))
 
-    def renew(self, job_id: UUID, until: datetime) -> None:
-        self.db.execute(
-            f"UPDATE {TABLE} SET lease_until = ? WHERE kind = ? AND job_id = ?",
-            (until.isoformat(), self.kind, str(job_id)),
+    def renew(self, job_id: UUID, until: datetime, fence: Fence | None = None) -> bool:
+        """Extend the lease to ``until``. With a ``fence``, only while the lease is still the
+        fence's (same owner and token); False otherwise: the worker lost its lease."""
+        sql = f"UPDATE {TABLE} SET lease_until = ? WHERE kind = ? AND job_id = ?"
+        params: tuple[str, ...] = (until.isoformat(), self.kind, str(job_id))
+        if fence is None:
+            self.db.execute(sql, params)
+            return True
+        rows = self.db.query(
+            f"{sql} AND owner = ? AND token = ? RETURNING job_id",
+            (*params, fence.owner, fence.token),
         )
+        return bool(rows)
+
+    def check(self, fence: Fence) -> None:
+        """Refuse (:class:`LeaseLost`) a write by a worker whose lease is no longer its own:
+        reaped, or taken anew (another token)."""
+        rows = self.db.query(
+            f"SELECT owner, token FROM {TABLE} WHERE kind = ? AND job_id = ?",
+            (self.kind, str(fence.job_id)),
+        )
+        if not rows:
+            raise LeaseLost(f"the lease of {self.kind} {fence.job_id} was reaped")
+        owner, token = rows[0]
+        if owner != fence.owner or token != fence.token:
+            raise LeaseLost(
+                f"the lease of {self.kind} {fence.job_id} was taken anew by {owner}; "
+                "this worker's fencing token is stale"
+            )
 
     def leave_to_reaper(self, job_id: UUID, now: datetime, detail: Mapping[str, Any]) -> None:
         """The job ended but left something to clean up: its lease expires now, with only
@@ -121,9 +194,17 @@ class JobLeases:
             (now.isoformat(), json.dumps(dict(detail)), self.kind, str(job_id)),
         )
 
-    def release(self, job_id: UUID) -> None:
+    def release(self, job_id: UUID, fence: Fence | None = None) -> None:
+        """Drop the lease; with a ``fence``, only if it is still the fence's (a worker that lost
+        its lease never drops the lease of whoever holds the job now)."""
+        if fence is None:
+            self.db.execute(
+                f"DELETE FROM {TABLE} WHERE kind = ? AND job_id = ?", (self.kind, str(job_id))
+            )
+            return
         self.db.execute(
-            f"DELETE FROM {TABLE} WHERE kind = ? AND job_id = ?", (self.kind, str(job_id))
+            f"DELETE FROM {TABLE} WHERE kind = ? AND job_id = ? AND owner = ? AND token = ?",
+            (self.kind, str(job_id), fence.owner, fence.token),
         )
 
     def expired(self, now: datetime) -> list[Lease]:
@@ -200,16 +281,28 @@ def exclusive_job(db: SqlDatabase, cluster_id: str) -> Lease | None:
 
 
 async def keep_renewed(
-    leases: JobLeases, job_id: UUID, seconds: float, now: Callable[[], datetime]
+    leases: JobLeases,
+    job_id: UUID,
+    seconds: float,
+    now: Callable[[], datetime],
+    fence: Fence | None = None,
+    on_lost: Callable[[], None] | None = None,
 ) -> None:
     """Renew ``job_id``'s lease every third of ``seconds`` until cancelled (run it as a task for
-    as long as the process holds the job)."""
+    as long as the process holds the job). With a ``fence``: once a renewal finds the lease
+    lost (expired, reaped, taken over), call ``on_lost`` (stop the job) and return."""
     while True:
         await asyncio.sleep(seconds / 3)
         try:
-            await asyncio.to_thread(leases.renew, job_id, lease_until(now(), seconds))
+            held = await asyncio.to_thread(leases.renew, job_id, lease_until(now(), seconds), fence)
         except Exception:
             log.exception("renewing the lease of %s %s failed; will retry", leases.kind, job_id)
+            continue
+        if not held:
+            log.warning("%s %s lost its lease: stopping it", leases.kind, job_id)
+            if on_lost is not None:
+                on_lost()
+            return
 
 
 HOLDS = "backups"

@@ -30,6 +30,7 @@ import json
 import os
 import secrets
 import threading
+import uuid
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -58,9 +59,20 @@ def ensure_private_dir(path: Path) -> Path:
 
 
 def create_private_file(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    """Create ``path`` (0600) holding ``data``, or raise ``FileExistsError``. The file appears
+    whole or not at all: it is written under a temporary name, then linked into place (two
+    instances starting at once: the second never reads a half-written key; the fault suite's
+    two schedulers did)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)  # atomic, and fails if another instance created it first
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class ConnectionSecrets:

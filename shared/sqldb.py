@@ -45,11 +45,28 @@ def to_psycopg(sql: str) -> str:
     return "".join(out)
 
 
+DDL_LOCK_KEY = 0x6D625F64646C  # "mb_ddl"
+"""The advisory lock that serialises the services' ``CREATE … IF NOT EXISTS`` on PostgreSQL."""
+
+
+def _is_create_if_missing(sql: str) -> bool:
+    head = " ".join(sql.split()[:6]).upper()
+    return head.startswith("CREATE") and "IF NOT EXISTS" in head
+
+
 class _PgCursor:
     def __init__(self, cursor: psycopg.Cursor[Any]) -> None:
         self._cursor = cursor
+        self._ddl_locked = False
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        if not self._ddl_locked and _is_create_if_missing(sql):
+            # Two processes starting at once (two instances of a service) both run ``CREATE
+            # TABLE IF NOT EXISTS``; PostgreSQL checks the name before it inserts the catalog
+            # rows, so the slower one fails with a unique violation on ``pg_type``. Held until
+            # the transaction ends: the second one waits, then finds the table.
+            self._cursor.execute("SELECT pg_advisory_xact_lock(%s)", (DDL_LOCK_KEY,))
+            self._ddl_locked = True
         return self._cursor.execute(to_psycopg(sql), tuple(params))
 
     def fetchall(self) -> list[Any]:

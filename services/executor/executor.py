@@ -14,11 +14,12 @@ import contextlib
 import logging
 import threading
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from managed_backups.contracts.commands import TakeBackup, VerifyBackup
-from managed_backups.contracts.enums import BackupStatus, BackupType, Tier
+from managed_backups.contracts.enums import BackupReason, BackupStatus, BackupType, Tier
 from managed_backups.services.executor.leases import backup_leases
 from managed_backups.services.runtime import Runtime
 from managed_backups.shared import jobs
@@ -35,6 +36,9 @@ from managed_backups.shared.dataplane.verify import verify_stored
 from managed_backups.shared.domain.backup import Backup, load_backup
 from managed_backups.shared.domain.backup_lifecycle import (
     backup_expires_at,
+    chain_has_expired,
+    incremental_parent,
+    refuse_backup_on_expired_chain,
     refuse_second_backup,
 )
 from managed_backups.shared.domain.backup_settings import backup_retention_follows_the_cluster
@@ -52,7 +56,7 @@ from managed_backups.shared.encryption import (
 )
 from managed_backups.shared.eventstore import IntegrityError
 from managed_backups.shared.faults import crash_point
-from managed_backups.shared.jobs import keep_renewed, lease_until
+from managed_backups.shared.jobs import Fence, LeaseLost, keep_renewed, lease_until
 from managed_backups.shared.region_stores import RegionStores
 from managed_backups.shared.secrets import ConnectionSecrets
 from managed_backups.shared.security import Action, Principal
@@ -66,7 +70,16 @@ SWEEP_POLL_SECONDS = 0.5
 @dataclass
 class Running:
     backup_id: UUID
+    fence: Fence | None = None
+    """The backup's lease as this worker took it: every result it writes is checked against it."""
     cancel: threading.Event = field(default_factory=threading.Event)
+    lost: threading.Event = field(default_factory=threading.Event)
+    """Set when a renewal found the lease lost (reaped, taken anew): the worker stops, writes
+    nothing more, and leaves the backup to whoever holds its lease now (the reaper)."""
+
+    def lose_lease(self) -> None:
+        self.lost.set()
+        self.cancel.set()
 
 
 class BackupExecutor:
@@ -151,6 +164,13 @@ class BackupExecutor:
             assert newest_backup is not None
             chain_id = newest_backup.chain_id
         now = context.clock.now()
+        if command.backup_type is not BackupType.FULL:
+            full = load_backup(context.store, cluster.cluster_id, chain_id)
+            full_status = full.status if full is not None else None
+            if command.reason is not BackupReason.SCHEDULED:
+                refuse_backup_on_expired_chain(chain_id, full_status)
+            elif chain_has_expired(full_status):
+                return self._refuse_expired_chain(command, cluster, chain_id, principal, now)
         lease = lease_until(now, self.settings.backup_lease_seconds)
         backup = Backup(
             backup_id=command.backup_id,
@@ -174,7 +194,7 @@ class BackupExecutor:
         # is dropped by the reaper as an orphan.
         # The lease's job id is the backup's stream id: a backup id is unique only within
         # its cluster, so another tenant's backup of the same id never meets this lease.
-        if not self.leases.take(
+        fence = self.leases.take_fenced(
             backup.id,
             cluster.cluster_id,
             self.name,
@@ -184,16 +204,64 @@ class BackupExecutor:
                 "region": cluster.backup_region,
                 "backup_id": str(command.backup_id),
             },
-        ):
+        )
+        if fence is None:
             raise Conflict(f"backup {command.backup_id} is being started by another executor")
 
         async def start() -> None:
             crash_point(self.settings, "executor-after-backup-started-saved")
-            running = Running(command.backup_id)
+            running = Running(command.backup_id, fence)
             self.running[cluster.cluster_id] = running
             self._spawn(self._run(cluster, backup, running))
 
         return Handled([backup], cluster.cluster_id, follow_up=start)
+
+    def _refuse_expired_chain(
+        self,
+        command: TakeBackup,
+        cluster: Cluster,
+        chain_id: UUID,
+        principal: Principal,
+        now: datetime,
+    ) -> Handled:
+        """A scheduled incremental into an expired chain: refused, and the refusal recorded as
+        the slot's backup FAILED (``CHAIN_EXPIRED``) without running. The scheduler sees its
+        slot ended and schedules a full next; a resent TakeBackup finds the backup and does
+        nothing (no resend loop)."""
+        backup = Backup(
+            backup_id=command.backup_id,
+            cluster_id=cluster.cluster_id,
+            backup_type=command.backup_type.value,
+            chain_id=chain_id,
+            reason=command.reason.value,
+            region=cluster.backup_region,
+            retention_days=command.retention_days or cluster.retention_days,
+            scheduled_for=command.scheduled_for,
+            executor=self.name,
+            lease_until=now,
+            command_id=command.command_id,
+            at=now,
+            by=principal.name,
+        )
+        backup.fail(
+            ErrorCode.CHAIN_EXPIRED.value,
+            f"chain {chain_id} has expired; no incremental is added to it (the next scheduled "
+            "backup is a full)",
+            "check chain",
+            now,
+            self.name,
+        )
+        return Handled([backup], cluster.cluster_id)
+
+    def _fenced(self, running: Running) -> None:
+        """Refuse a write by this worker if its lease is no longer its own."""
+        if running.fence is None:
+            return
+        try:
+            self.leases.check(running.fence)
+        except LeaseLost as lost:
+            running.lose_lease()
+            raise BackupError(ErrorCode.LEASE_LOST, str(lost), "executor lease") from None
 
     async def _run(self, cluster: Cluster, backup: Backup, running: Running) -> None:
         renewing = asyncio.create_task(
@@ -202,12 +270,16 @@ class BackupExecutor:
                 backup.id,
                 self.settings.backup_lease_seconds,
                 self.runtime.clock.now,
+                running.fence,
+                running.lose_lease,
             )
         )
         try:
             async with self.slots:
                 manifest, encrypted = await asyncio.to_thread(self._take, cluster, backup, running)
-                await asyncio.to_thread(self._record_completed, backup, manifest, encrypted)
+                await asyncio.to_thread(
+                    self._record_completed, backup, manifest, encrypted, running
+                )
         except BackupError as error:
             message = error.message
             if error.code is ErrorCode.AUTHENTICATION_FAILED:
@@ -221,6 +293,7 @@ class BackupExecutor:
                 error.code.value,
                 message,
                 error.step,
+                running,
             )
         except Exception as error:  # never leave a backup IN_PROGRESS because of a bug
             log.exception("backup %s failed unexpectedly", backup.backup_id)
@@ -231,11 +304,18 @@ class BackupExecutor:
                 ErrorCode.INTERNAL.value,
                 f"{type(error).__name__}: {error}",
                 "executor",
+                running,
             )
         finally:
             renewing.cancel()
-            self.running.pop(cluster.cluster_id, None)
-            await asyncio.to_thread(self.leases.release, backup.id)
+            if not running.lost.is_set():  # found out at the end (e.g. reaped, then it failed)
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self._fenced, running)
+            if running.lost.is_set():
+                log.warning("backup %s: its worker lost its lease and stopped", backup.backup_id)
+            if self.running.get(cluster.cluster_id) is running:
+                self.running.pop(cluster.cluster_id, None)
+            await asyncio.to_thread(self.leases.release, backup.id, running.fence)
 
     def _take(self, cluster: Cluster, backup: Backup, running: Running) -> tuple[Manifest, bool]:
         """The backup's manifest, and whether its chain is stored encrypted."""
@@ -255,6 +335,7 @@ class BackupExecutor:
             cluster_id=cluster.cluster_id,
             backup_id=str(backup.backup_id),
             cancel=running.cancel,
+            before_commit=lambda: self._fenced(running),
         )
         if backup.backup_type == BackupType.FULL.value:
             return adapter.full_backup(request)
@@ -275,8 +356,22 @@ class BackupExecutor:
                 f"the full backup {backup.chain_id} this incremental depends on is not in the store",
                 "read chain manifests",
             )
-        previous = max(chain, key=lambda m: m.data_from)
-        return adapter.incremental_backup(request, previous)
+        by_id = {m.backup_id: m for m in chain}
+        parent = incremental_parent(
+            ((m.backup_id, m.data_from) for m in chain),
+            lambda backup_id: self._is_complete(cluster.cluster_id, backup_id),
+        )
+        if parent is None:
+            raise BackupError(
+                ErrorCode.INVALID_CHAIN,
+                f"chain {backup.chain_id} has no COMPLETE backup to build this incremental on",
+                "read chain manifests",
+            )
+        return adapter.incremental_backup(request, by_id[parent])
+
+    def _is_complete(self, cluster_id: str, backup_id: str) -> bool:
+        recorded = load_backup(self.runtime.store, cluster_id, UUID(backup_id))
+        return recorded is not None and recorded.status == BackupStatus.COMPLETE.value
 
     def _wait_for_sweep(self, cluster_id: str, chain_id: str, cancel: threading.Event) -> None:
         """Wait while retention sweeps the chain's leftovers, before reading or writing it.
@@ -295,10 +390,13 @@ class BackupExecutor:
             if cancel.wait(SWEEP_POLL_SECONDS):
                 raise BackupError(ErrorCode.CANCELLED, "backup cancelled", "wait for a sweep")
 
-    def _record_completed(self, started: Backup, manifest: Manifest, encrypted: bool) -> None:
+    def _record_completed(
+        self, started: Backup, manifest: Manifest, encrypted: bool, running: Running
+    ) -> None:
         backup = self.runtime.store.get_or_none(started.id, Backup)
         if backup is None or backup.is_terminal:
             return
+        self._fenced(running)  # a stale worker's completion is refused
         catalog = summarise_catalog(
             manifest.catalog.databases, max_tables=self.settings.catalog_tables_in_event
         )
@@ -318,11 +416,27 @@ class BackupExecutor:
             self.runtime.store.save_all(backup)
 
     def _record_failed(
-        self, cluster_id: str, backup_id: UUID, code: str, message: str, step: str
+        self,
+        cluster_id: str,
+        backup_id: UUID,
+        code: str,
+        message: str,
+        step: str,
+        running: Running | None = None,
     ) -> bool:
+        """Record the backup FAILED. A worker (``running``) whose fencing token is stale records
+        ``LEASE_LOST`` instead, and only if the backup's end is not recorded yet: its lease may
+        have been released as an orphan (it expired before the start was saved), and then no
+        reaper records the end. A stale worker never writes a result (a manifest, COMPLETE)."""
         backup = load_backup(self.runtime.store, cluster_id, backup_id)
         if backup is None or backup.is_terminal:
             return False
+        if running is not None:
+            try:
+                self._fenced(running)
+            except BackupError as lost:
+                log.warning("backup %s stopped: it lost its lease", backup_id)
+                code, message, step = ErrorCode.LEASE_LOST.value, lost.message, "executor lease"
         backup.fail(code, message, step, self.runtime.clock.now(), self.name)
         try:
             self.runtime.store.save_all(backup)

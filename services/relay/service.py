@@ -7,6 +7,7 @@ import asyncio
 from managed_backups.services.relay.relay import Relay
 from managed_backups.services.runtime import Runtime
 from managed_backups.shared.bus import ensure_topics
+from managed_backups.shared.loops import run_until_stopped
 
 
 async def run(runtime: Runtime, stop: asyncio.Event) -> None:
@@ -19,4 +20,4 @@ async def run(runtime: Runtime, stop: asyncio.Event) -> None:
         batch_size=settings.relay_batch_size,
         auth=settings.kafka_auth(),
     )
-    await relay.run(stop)
+    await run_until_stopped(relay.run, stop, "the relay")

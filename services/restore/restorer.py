@@ -99,6 +99,11 @@ class Running:
     cancel: threading.Event = field(default_factory=threading.Event)
     bytes_done: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    fence: jobs.Fence | None = None
+    """The job's lease as this worker took it: every result it records is checked against it."""
+    lost: threading.Event = field(default_factory=threading.Event)
+    """Set once a renewal found the lease lost (reaped, taken anew): the worker stops and
+    records nothing more; the reaper records the job's end."""
 
     def add(self, n: int) -> None:
         """Progress from the restore's worker threads (several tables copy at once)."""
@@ -284,7 +289,7 @@ class RestoreService:
         # The lease first: a job recorded without a lease could never be reaped.
         # It names every backup of the chain the restore reads: retention deletes none of them
         # while the lease is held (the job re-checks their expiry once it is recorded).
-        if not self.leases.take(
+        fence = self.leases.take_fenced(
             job_id,
             destination.cluster_id,
             self.name,
@@ -295,7 +300,8 @@ class RestoreService:
                 jobs.EXCLUSIVE: cluster_kind,
                 **jobs.holding([m.backup_id for m in chain], source.cluster_id),
             },
-        ):
+        )
+        if fence is None:
             raise Conflict(f"restore {command.restore_id} is being started by another worker")
         try:
             self._within_bounds(store, destination)
@@ -324,7 +330,7 @@ class RestoreService:
         job = Job(restore, plan, chain, objects_store, access, destination.organization)
 
         async def start() -> None:
-            running = Running(job_id)
+            running = Running(job_id, fence=fence)
             self.running[job_id] = running
             self._spawn(self._run(job, running))
 
@@ -361,10 +367,25 @@ class RestoreService:
 
     # -- the job ---------------------------------------------------------------------------------
 
-    def _record(self, job_id: UUID, change: Callable[[Restore], object]) -> bool:
+    def _record(
+        self,
+        job_id: UUID,
+        change: Callable[[Restore], object],
+        running: Running | None = None,
+    ) -> bool:
+        """Record ``change``; by a worker (``running``) only while its fencing token is current
+        (a worker whose lease was reaped or taken anew records nothing)."""
         restore = load_job(self.runtime.store, job_id)
         if restore is None or restore.is_terminal:
             return False
+        if running is not None and running.fence is not None:
+            try:
+                self.leases.check(running.fence)
+            except jobs.LeaseLost as lost:
+                running.lost.set()
+                running.cancel.set()
+                log.warning("restore %s lost its lease: %s", job_id, lost)
+                return False
         change(restore)
         try:
             self.runtime.store.save_all(restore)
@@ -387,9 +408,19 @@ class RestoreService:
         except Refused as refused:
             raise PlanError("BACKUP_NOT_RESTORABLE", refused.reason, "check the backup") from None
 
-    def _fail(self, job_id: UUID, code: str, message: str, step: str, state: str) -> bool:
+    def _fail(
+        self,
+        job_id: UUID,
+        code: str,
+        message: str,
+        step: str,
+        state: str,
+        running: Running | None = None,
+    ) -> bool:
         now = self.runtime.clock.now()
-        return self._record(job_id, lambda r: r.fail(code, message, step, state, now, self.name))
+        return self._record(
+            job_id, lambda r: r.fail(code, message, step, state, now, self.name), running
+        )
 
     def _progress(self, job_id: UUID, bytes_done: int) -> bool:
         now = self.runtime.clock.now()
@@ -422,6 +453,7 @@ class RestoreService:
                     self._record,
                     job_id,
                     lambda r: r.start_running(total, clock.now(), self.name),
+                    running,
                 )
                 work = asyncio.create_task(
                     asyncio.to_thread(
@@ -438,8 +470,14 @@ class RestoreService:
                     await asyncio.wait({work}, timeout=tick)
                     if work.done():
                         break
+                    if running.lost.is_set():
+                        continue  # waiting for the cancelled work to stop
                     until = jobs.lease_until(clock.now(), self.settings.restore_lease_seconds)
-                    await asyncio.to_thread(self.leases.renew, job_id, until)
+                    held = await asyncio.to_thread(self.leases.renew, job_id, until, running.fence)
+                    if not held:
+                        log.warning("restore %s lost its lease: stopping it", job_id)
+                        running.lost.set()
+                        running.cancel.set()
                     await asyncio.to_thread(self._progress, job_id, min(running.bytes_done, total))
                 outcome = work.result()
                 cleanup, cleaned = await asyncio.to_thread(self._drop_temporary, job_id, job.access)
@@ -457,6 +495,7 @@ class RestoreService:
                         clock.now(),
                         self.name,
                     ),
+                    running,
                 )
         except Exception as error:  # PlanError, or a bug: never leave a job running
             if isinstance(error, PlanError):
@@ -467,10 +506,12 @@ class RestoreService:
                 step = "restore service"
             cleanup, cleaned = await asyncio.to_thread(self._drop_temporary, job_id, job.access)
             state = destination_state(job.plan, job.plan.target_database, cleanup)
-            await asyncio.to_thread(self._fail, job_id, code, message, step, state)
+            await asyncio.to_thread(self._fail, job_id, code, message, step, state, running)
         finally:
             self.running.pop(job_id, None)
-            if cleaned:
+            if running.lost.is_set():
+                pass  # the lease is no longer this worker's: its holder (the reaper) releases it
+            elif cleaned:
                 await asyncio.to_thread(self.leases.release, job_id)
             else:  # the reaper drops what is left (it holds no backup, excludes nothing)
                 target = {"target_database": job.plan.target_database}

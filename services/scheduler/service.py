@@ -23,6 +23,7 @@ from managed_backups.shared.bus import (
     publish_json,
 )
 from managed_backups.shared.commands import CommandContext, CommandProcessor
+from managed_backups.shared.loops import run_until_stopped
 from managed_backups.shared.security import SERVICE_SUBJECT
 
 GROUP = "managed-backups.scheduler"
@@ -88,6 +89,8 @@ async def serve(runtime: Runtime, stop: asyncio.Event, name: str) -> None:
         held_exclusively=lambda: jobs.clusters_held_exclusively(runtime.db),
     )
     try:
-        await scheduler.run(stop)
+        # The event store restarting (or paused) does not end the service: the loop starts over
+        # from the store.
+        await run_until_stopped(scheduler.run, stop, "the schedule loop")
     finally:
         await broker.stop()

@@ -60,6 +60,9 @@ class BackupRequest:
     on_progress: Callable[[float], None] | None = None
     known_chunks: Mapping[str, int] | None = None
     on_snapshots: Callable[[Mapping[str, str]], None] | None = None
+    before_commit: Callable[[], None] | None = None
+    """Called right before the manifest (the backup's commit) is written; it raises (e.g. a
+    ``BackupError(LEASE_LOST)`` when the worker's fencing token is stale) to refuse the write."""
 
 
 class BackupEngine(ABC):

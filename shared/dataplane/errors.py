@@ -53,6 +53,10 @@ class ErrorCode(StrEnum):
     RESTORE_FAILED = "RESTORE_FAILED"
     """The destination refused the restored schema or rows."""
     CANCELLED = "CANCELLED"
+    LEASE_LOST = "LEASE_LOST"
+    """The worker lost its job's lease (reaped or taken anew): it stopped and wrote no result."""
+    CHAIN_EXPIRED = "CHAIN_EXPIRED"
+    """A scheduled incremental named a chain that has expired: refused, nothing was taken."""
     INTERNAL = "INTERNAL"
 
 

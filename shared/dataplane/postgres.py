@@ -684,6 +684,8 @@ class _BackupRun:
         )
         if flag.is_set():
             raise StreamCancelled()
+        if request.before_commit is not None:
+            request.before_commit()
         try:
             save_manifest(request.store, manifest)
         except ObjectExists:

@@ -13,6 +13,11 @@
   backups view): running or COMPLETE, and its chain not expired; an incremental only while its
   full is COMPLETE, because an incremental expires with its full (it cannot be restored without
   it). The retention service expires and deletes what this rule no longer lists.
+- **An incremental builds only on a COMPLETE backup** (:func:`incremental_parent`): the newest
+  COMPLETE backup of its chain, never a manifest a failed or reaped backup left behind.
+- **No backup into an expired chain** (:func:`chain_has_expired`,
+  :func:`refuse_backup_on_expired_chain`): a TakeBackup naming a chain whose full has expired is
+  refused; a scheduled one is recorded as FAILED (``CHAIN_EXPIRED``), final for its slot.
 - **At most one backup in flight per cluster** (:func:`backup_may_start`,
   :func:`refuse_second_backup`): the scheduler holds a due slot while the cluster's last backup
   is not terminal; an executor refuses a TakeBackup for a cluster whose backup it is running.
@@ -20,7 +25,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from uuid import UUID
 
@@ -124,6 +129,33 @@ def listed_backup_sql(backups: str, alias: str = "b", retention: str | None = No
         f"AND ({deleted_until} IS NULL OR {deleted_until} > ?) "
         f"AND (f.expires_at IS NULL OR f.expires_at > ? OR {kept} = f.backup_id))"
     )
+
+
+def incremental_parent(
+    chain: Iterable[tuple[str, datetime]], complete: Callable[[str], bool]
+) -> str | None:
+    """The backup an incremental builds on: among its chain's manifests ``(backup id, data
+    from)``, the newest whose backup is COMPLETE (``complete``); None if there is none. A manifest
+    whose backup failed or was reaped (its worker wrote on after losing its lease) is never a
+    parent: what it holds was never confirmed."""
+    for backup_id, _ in sorted(chain, key=lambda entry: entry[1], reverse=True):
+        if complete(backup_id):
+            return backup_id
+    return None
+
+
+def chain_has_expired(full_status: str | None) -> bool:
+    """Whether a chain, by its full backup's status (None: not recorded), has expired."""
+    return full_status == BackupStatus.EXPIRED.value
+
+
+def refuse_backup_on_expired_chain(chain_id: UUID, full_status: str | None) -> None:
+    """An on-demand TakeBackup naming an expired chain is refused (409)."""
+    if chain_has_expired(full_status):
+        raise Conflict(
+            f"chain {chain_id} has expired; an incremental cannot be added to it: take a full "
+            "backup or name a live chain"
+        )
 
 
 def backup_may_start(last_backup_status: str | None, last_backup_known: bool) -> bool:

@@ -8,6 +8,7 @@ import signal
 import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -22,6 +23,8 @@ from managed_backups.services.executor.service import run as run_executor
 from managed_backups.services.restore.service import run as run_restore
 from managed_backups.shared.domain.restore import Restore
 from managed_backups.shared.eventstore import EventStore, event_topics, open_event_store
+from managed_backups.shared.jobs import JobLeases
+from managed_backups.shared.sqldb import SqlDatabase
 from tests.harness import System, run_cluster_commands_only, service_process
 from tests.infra.postgres import LocalPostgres
 from tests.integration.test_executor import connection_ref, take, wait_terminal
@@ -639,3 +642,72 @@ async def test_cluster_restore_is_exclusive_and_replaces_every_database(world: W
     assert owners_and_grants(world.pg, SHOP) == (("shop_owner",), (True,))
     for table, expected in world.at_incremental.items():
         assert digest(world.pg, SHOP, table) == expected
+
+
+async def test_a_restore_worker_whose_lease_was_reaped_stops_and_records_nothing(
+    world: World,
+) -> None:
+    """Another instance reaped the restore while its worker still copied rows (as after a pause
+    longer than the lease): the worker's next renewal finds its fencing token stale, it stops,
+    the destination gets no database, and the job keeps the reaper's end."""
+    system, pg = world.system, world.pg
+    with psycopg.connect(pg.url, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE fenced")
+    with psycopg.connect(pg.url_for("fenced"), autocommit=True) as conn:
+        conn.execute("CREATE TABLE wide (id bigint PRIMARY KEY, payload text)")
+        conn.execute(
+            "INSERT INTO wide SELECT g, md5(g::text) || repeat(md5((g * 7)::text), 6) "
+            "FROM generate_series(1, 300000) g"
+        )
+    cluster_id = f"fenced-{uuid4().hex[:6]}"
+    assert (
+        await system.register(
+            cluster_id, connection_ref=connection_ref(pg), regions=["eu-west-1"],
+            secret=pg.password,
+        )
+    ).code == 200  # fmt: skip
+    backup_id = await take(system, cluster_id)
+    assert (await wait_terminal(system, backup_id)).status == "COMPLETE"
+    before = databases(pg)
+    body = {
+        "type": "DATABASE",
+        "backup_id": str(backup_id),
+        "objects": [{"database": "fenced"}],
+        "restore_opts": {"new_db_name": "fenced copy"},
+    }
+    answer = await post_restore(world, body, cluster_id)
+    assert answer.status_code == 200, answer.text
+    restore_id = UUID(answer.json()["id"])
+    job_id = Restore.create_id(cluster_id, restore_id)
+    store = open_event_store(system.settings.store_url)
+    try:
+        async with asyncio.timeout(60):  # the fault hits the job mid-copy
+            while True:
+                job = await asyncio.to_thread(store.get_or_none, job_id, Restore)
+                temporary = [d for d in databases(pg) if d.startswith("mb_restore_")]
+                if job is not None and job.phase == "RUNNING" and temporary:
+                    break
+                await asyncio.sleep(0.02)
+        # The reaper of another instance: the job recorded FAILED, then its lease released.
+        job.fail("LEASE_EXPIRED", "reaped by another instance", "restore lease",
+                 "unchanged", datetime.now(UTC), "restore-other")  # fmt: skip
+        store.save_all(job)
+        db = SqlDatabase(system.settings.store_url)
+        JobLeases(db, "restore").release(job_id)
+        db.close()
+
+        # The worker stops and drops its own temporary database; the copy never appears.
+        async with asyncio.timeout(60):
+            while databases(pg) != before:
+                assert "fenced copy" not in databases(pg)
+                await asyncio.sleep(0.1)
+        events = [type(e).__name__ for e in store.events.get(job_id)]  # type: ignore[attr-defined]
+        assert "RestoreSucceeded" not in events and events[-1] == "RestoreFailed", events
+        final = await asyncio.to_thread(store.get_or_none, job_id, Restore)
+        assert final is not None and final.error is not None
+        assert final.error["code"] == "LEASE_EXPIRED"
+    finally:
+        store.close()
+        with psycopg.connect(pg.url, autocommit=True) as conn:
+            conn.execute("DROP DATABASE IF EXISTS fenced WITH (FORCE)")
+            conn.execute('DROP DATABASE IF EXISTS "fenced copy" WITH (FORCE)')

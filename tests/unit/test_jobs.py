@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import uuid4
@@ -9,12 +10,16 @@ from uuid import uuid4
 import pytest
 
 from managed_backups.services.executor.leases import LEGACY_TABLE, backup_leases
+from managed_backups.shared.domain.backup_lifecycle import chain_has_expired, incremental_parent
 from managed_backups.shared.jobs import (
     SWEEP,
+    Fence,
     JobLeases,
+    LeaseLost,
     backup_writing_chain,
     backups_in_use,
     holding,
+    keep_renewed,
     lease_until,
     sweep_of_chain,
 )
@@ -213,3 +218,76 @@ def test_a_restore_says_its_temporary_databases_were_dropped_only_when_none_is_l
     assert "mb_restore_1_old_0 (permission denied)" in left
     unknown = cleanup_state(None, "connection refused")
     assert "were dropped" not in unknown and "connection refused" in unknown
+
+
+def test_a_stale_fencing_token_is_refused_and_cannot_renew_or_release(tmp_path: Path) -> None:
+    db = SqlDatabase(f"sqlite:///{tmp_path / 's.sqlite'}")
+    leases = JobLeases(db, "backup")
+    job = uuid4()
+    first = leases.take_fenced(job, "c1", "executor-a", lease_until(NOW, 60))
+    assert first is not None
+    assert leases.take_fenced(job, "c1", "executor-b", lease_until(NOW, 60)) is None
+    assert leases.take_fenced(job, "c1", "executor-a", lease_until(NOW, 90)) == first  # extended
+    leases.check(first)
+    assert leases.renew(job, lease_until(NOW, 120), first)
+
+    leases.release(job)  # reaped by another instance, then taken anew by executor-b
+    with pytest.raises(LeaseLost, match="reaped"):
+        leases.check(first)
+    assert not leases.renew(job, lease_until(NOW, 180), first)
+    second = leases.take_fenced(job, "c1", "executor-b", lease_until(NOW, 60))
+    assert second is not None and second.token != first.token
+    with pytest.raises(LeaseLost, match="stale"):
+        leases.check(first)
+    assert not leases.renew(job, lease_until(NOW, 180), first)
+    leases.release(job, first)  # the stale worker's release leaves the new holder's lease
+    [held] = leases.expired(NOW + timedelta(days=1))
+    assert held.owner == "executor-b" and held.until == lease_until(NOW, 60)
+    leases.check(second)
+    db.close()
+
+
+def test_leases_taken_before_fencing_get_a_token_column(tmp_path: Path) -> None:
+    db = SqlDatabase(f"sqlite:///{tmp_path / 's.sqlite'}")
+    db.execute(
+        "CREATE TABLE mb_job_leases (kind TEXT NOT NULL, job_id TEXT NOT NULL, "
+        "cluster_id TEXT NOT NULL, owner TEXT NOT NULL, lease_until TEXT NOT NULL, "
+        "detail TEXT NOT NULL, PRIMARY KEY (kind, job_id))"
+    )
+    old = uuid4()
+    db.execute(
+        "INSERT INTO mb_job_leases VALUES (?, ?, ?, ?, ?, ?)",
+        ("backup", str(old), "c1", "executor-0", NOW.isoformat(), "{}"),
+    )
+    leases = JobLeases(db, "backup")
+    [lease] = leases.expired(NOW + timedelta(seconds=1))
+    assert lease.job_id == old
+    with pytest.raises(LeaseLost):
+        leases.check(Fence(old, "executor-0", "any-token"))
+    db.close()
+
+
+async def test_keep_renewed_stops_the_worker_once_its_lease_is_lost(tmp_path: Path) -> None:
+    db = SqlDatabase(f"sqlite:///{tmp_path / 's.sqlite'}")
+    leases = JobLeases(db, "backup")
+    job = uuid4()
+    fence = leases.take_fenced(job, "c1", "executor-a", lease_until(NOW, 0.3))
+    assert fence is not None
+    lost = asyncio.Event()
+    renewing = asyncio.create_task(keep_renewed(leases, job, 0.3, lambda: NOW, fence, lost.set))
+    await asyncio.sleep(0.25)  # renewed at least once: still held
+    assert not lost.is_set() and not renewing.done()
+    leases.release(job)
+    async with asyncio.timeout(5):
+        await lost.wait()
+        await renewing  # it returns once it told the worker to stop
+    db.close()
+
+
+def test_an_incremental_builds_on_the_newest_complete_backup() -> None:
+    chain = [("full", NOW), ("i1", NOW + timedelta(hours=1)), ("reaped", NOW + timedelta(hours=2))]
+    assert incremental_parent(chain, lambda b: b != "reaped") == "i1"
+    assert incremental_parent(chain, lambda b: True) == "reaped"
+    assert incremental_parent(chain, lambda b: False) is None
+    assert chain_has_expired("EXPIRED") and not chain_has_expired("COMPLETE")
+    assert not chain_has_expired(None)

@@ -429,3 +429,21 @@ def test_every_event_class_has_a_handler_or_is_declared_audit_only() -> None:
     handled = set(vars(ViewProjection)["handle"].dispatcher.registry) - {object, EventBase}
     assert handled.isdisjoint(AUDIT_ONLY)
     assert handled | set(AUDIT_ONLY) == contract_classes
+
+
+def test_a_batch_two_instances_read_is_applied_once(
+    db: SqlDatabase, views: ReadModels, log: Log
+) -> None:
+    """Two instances of the projections read the same batch: the second finds the position
+    already past it and drops it, so the retention counters are not added twice."""
+    first, second = ViewProjection(db), ViewProjection(db)
+    backup = uuid4()
+    batch = [
+        registered(log),
+        started(log, backup, backup, BackupType.FULL),
+        completed(log, backup, 5000, T0),
+    ]
+    applied = (first.apply_batch(batch, after=0), second.apply_batch(batch, after=0))
+    rows = db.query("SELECT stored_bytes FROM mb_view_retention WHERE cluster_id = ?", (CLUSTER,))
+    assert [int(r[0]) for r in rows] == [5000]
+    assert views.position() == 3 and applied == (True, False)

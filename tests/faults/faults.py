@@ -1,0 +1,623 @@
+"""The faults: how each is injected, what shows it happened, what is checked after it beyond
+the common invariants.
+
+Each ``inject`` drives a day of work (or a restore, or a retention pass) with the fault in the
+middle of it, heals it (restarts what it killed, resumes what it paused), and returns the
+:class:`Evidence` that the fault really hit work in flight. The suite then waits until the
+system settled and checks the invariants (``invariants.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from managed_backups.contracts import topics
+from managed_backups.shared.broker_access import ADMIN_USER, KafkaAuth
+from managed_backups.shared.dataplane.manifest import manifest_key
+from managed_backups.shared.domain.restore import Restore, load_restore
+from tests.faults.invariants import LogState, Report, behind, open_stores
+from tests.faults.stack import BACKUP_LEASE_SECONDS, RESTORE_LEASE_SECONDS, ServiceProcess
+from tests.faults.workload import Workload, wait_for
+
+
+@dataclass
+class Evidence:
+    """What shows the fault happened (a fault that injects nothing proves nothing)."""
+
+    notes: list[str] = field(default_factory=list)
+    happened: bool = False
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def saw(self, note: str) -> None:
+        self.notes.append(note)
+
+
+Check = Callable[[Workload, LogState, Evidence], None]
+
+
+@dataclass(frozen=True)
+class Fault:
+    title: str
+    inject: Callable[[Workload], Awaitable[Evidence]]
+    after: tuple[Check, ...] = ()
+
+
+@dataclass
+class Outcome:
+    name: str
+    title: str
+    evidence: Evidence
+    report: Report
+    seconds: float
+
+    def render(self) -> str:
+        shown = "\n".join(f"  fault: {n}" for n in self.evidence.notes)
+        return f"== {self.title} ({self.seconds:.0f} s)\n{shown}\n{self.report.render()}"
+
+    def row(self) -> str:
+        held = "all held" if self.report.held else "BROKEN"
+        return f"| {self.title} | {'; '.join(self.evidence.notes)[:300]} | {held} | {self.seconds:.0f} s |"
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+async def running_backup_lease(work: Workload, timeout: float = 120) -> tuple[Any, ...]:
+    """A backup lease whose backup is recorded IN_PROGRESS (a backup in the middle of its work)."""
+
+    async def find() -> tuple[Any, ...] | None:
+        running = {b.backup_id for b in await work.running_backups()}
+        for lease in work.leases("backup"):
+            if str(lease[1]) in running:
+                return lease
+        return None
+
+    return await wait_for(find, "a backup in the middle of its work", timeout, every=0.1)
+
+
+async def only_running(work: Workload, backup_ids: set[str], timeout: float = 300) -> None:
+    """Wait until the backups running are ``backup_ids`` only (the others ended)."""
+
+    async def check() -> bool:
+        return {b.backup_id for b in await work.running_backups()} <= backup_ids
+
+    await wait_for(check, f"only {backup_ids} running", timeout)
+
+
+async def backup_ended(work: Workload, cluster_id: str, backup_id: str) -> Any:
+    async def check() -> Any:
+        state = await work.log()
+        backup = state.backups.get((cluster_id, backup_id))
+        return backup if backup is not None and backup.status != "IN_PROGRESS" else None
+
+    return await wait_for(check, f"backup {backup_id} to end", 180)
+
+
+def held_by(work: Workload, owner: str) -> set[str]:
+    """The backups whose leases ``owner`` holds (a killed or paused executor may run several:
+    all of them wait for the reaper)."""
+    return {str(lease[1]) for lease in work.leases("backup") if str(lease[2]) == owner}
+
+
+def cluster_of_backup(state: LogState, backup_id: str) -> str:
+    return next(c for (c, b) in state.backups if b == backup_id)
+
+
+def log_mentions(process: ServiceProcess, text: str) -> bool:
+    return text in process.log_text()
+
+
+# -- SIGKILL of each service mid-work -----------------------------------------------------------
+
+
+async def executor_killed_mid_backup(work: Workload) -> Evidence:
+    stack, evidence = work.stack, Evidence()
+    assert stack.target_proxy is not None
+    stack.target_proxy.slow(0.05)
+    try:
+        await work.next_day()
+        lease = await running_backup_lease(work)
+        victim = stack.owner_process(str(lease[2]))
+        orphans = held_by(work, str(lease[2]))
+        victim.kill()
+        evidence.saw(f"SIGKILL {victim.instance} while it ran backup {lease[1]}")
+        victim.start()
+    finally:
+        stack.target_proxy.slow(0)
+    backup_id = str(lease[1])
+    await only_running(work, orphans)
+    await asyncio.to_thread(stack.advance, BACKUP_LEASE_SECONDS + 5)
+    state = await work.log()
+    ended = await backup_ended(work, cluster_of_backup(state, backup_id), backup_id)
+    evidence.saw(f"backup {backup_id} ended {ended.status}: {ended.error}")
+    evidence.happened = ended.status == "FAILED" and "LEASE_EXPIRED" in (ended.error or "")
+    evidence.facts["backup"] = (ended.cluster_id, backup_id, ended.chain_id, ended.region)
+    return evidence
+
+
+async def stale_lease_worker(work: Workload) -> Evidence:
+    """SIGSTOP an executor mid-backup for longer than its lease: the other instance reaps the
+    backup; then SIGCONT: whatever the paused worker writes now must be refused."""
+    stack, evidence = work.stack, Evidence()
+    assert stack.target_proxy is not None
+    stack.target_proxy.slow(0.05)
+    try:
+        await work.next_day()
+        lease = await running_backup_lease(work)
+        victim = stack.owner_process(str(lease[2]))
+        orphans = held_by(work, str(lease[2]))
+        victim.pause()
+        stack.target_proxy.slow(0)  # the paused worker's backup is frozen; the others end
+        backup_id = str(lease[1])
+        evidence.saw(f"SIGSTOP {victim.instance} while it ran backup {backup_id}")
+        await only_running(work, orphans)
+        await asyncio.to_thread(stack.advance, BACKUP_LEASE_SECONDS + 5)
+        state = await work.log()
+        cluster_id = cluster_of_backup(state, backup_id)
+        ended = await backup_ended(work, cluster_id, backup_id)
+        evidence.saw(f"the other instance reaped it: {ended.status} ({ended.error})")
+        taken = [lease2 for lease2 in work.leases("backup") if str(lease2[1]) == backup_id]
+        evidence.saw(f"lease now {[(str(t[2]), t[4]) for t in taken]}")
+    finally:
+        stack.target_proxy.slow(0)
+    victim.resume()
+    evidence.saw(f"SIGCONT {victim.instance}")
+
+    async def refused() -> bool:
+        return log_mentions(victim, "lost its lease")
+
+    await wait_for(refused, "the resumed worker to meet its lost lease", 120)
+    evidence.saw("the resumed worker logged its lost lease and stopped")
+    evidence.happened = ended.status == "FAILED"
+    evidence.facts["backup"] = (cluster_id, backup_id, ended.chain_id, ended.region)
+    return evidence
+
+
+def stale_writes_refused(work: Workload, state: LogState, evidence: Evidence) -> None:
+    """The reaped backup stays FAILED (its worker's completion refused) and no manifest of it
+    exists: the writes it made after losing its lease were refused."""
+    cluster_id, backup_id, chain_id, region = evidence.facts["backup"]
+    backup = state.backups[(cluster_id, backup_id)]
+    assert backup.status in ("FAILED",) or backup.deleted, backup
+    assert "LEASE_EXPIRED" in (backup.error or ""), backup
+    store = open_stores(work.stack.region_stores())[region]
+    assert not store.exists(manifest_key(cluster_id, chain_id, backup_id)), (
+        "the stale worker wrote its manifest after losing its lease"
+    )
+
+
+# -- servers restarted, paused ------------------------------------------------------------------
+
+
+async def event_store_restarted(work: Workload) -> Evidence:
+    stack, evidence = work.stack, Evidence()
+    assert stack.events_pg is not None and stack.target_proxy is not None
+    stack.target_proxy.slow(0.02)
+    try:
+        await work.next_day()
+        lease = await running_backup_lease(work)
+        before = stack.events_pg.pid
+        await asyncio.to_thread(stack.events_pg.restart)
+        evidence.saw(
+            f"restarted the event store's PostgreSQL (pid {before} -> {stack.events_pg.pid}) "
+            f"while backup {lease[1]} ran"
+        )
+        evidence.happened = before != stack.events_pg.pid
+    finally:
+        stack.target_proxy.slow(0)
+    return evidence
+
+
+# -- the object store fails writes and deletes for a while -------------------------------------
+
+
+async def object_store_fails_writes(work: Workload) -> Evidence:
+    stack, evidence = work.stack, Evidence()
+    assert stack.s3_proxy is not None
+    stack.s3_proxy.fail_writes(True)
+    began = time.monotonic()
+    try:
+        await work.next_day()
+
+        async def refused_some() -> bool:
+            return sum(stack.s3_proxy.refused.values()) >= 5  # type: ignore[union-attr]
+
+        await wait_for(refused_some, "writes to be refused", 120)
+        await asyncio.sleep(10)
+    finally:
+        stack.s3_proxy.fail_writes(False)
+    refused = dict(stack.s3_proxy.refused)
+    evidence.saw(
+        f"the S3 proxy answered 503 to {refused} for {time.monotonic() - began:.0f} s "
+        "(writes and deletes), then forwarded again"
+    )
+    evidence.happened = sum(refused.values()) > 0
+    stack.s3_proxy.refused.clear()
+    return evidence
+
+
+# -- every message delivered twice --------------------------------------------------------------
+
+COMMAND_GROUPS = {
+    "scheduler": (topics.CLUSTER_COMMANDS, "managed-backups.scheduler"),
+    "backup-executor": (topics.BACKUP_COMMANDS, "managed-backups.backup-executor"),
+    "restore": (topics.RESTORE_COMMANDS, "managed-backups.restore"),
+    "retention": (topics.RETENTION_COMMANDS, "managed-backups.retention"),
+}
+
+
+async def end_offsets(work: Workload, topic: str) -> dict[TopicPartition, int]:
+    assert work.stack.kafka is not None
+    auth = KafkaAuth(ADMIN_USER, work.stack.passwords[ADMIN_USER], "PLAIN")
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=work.stack.kafka.bootstrap_servers, **auth.client_options()
+    )
+    await consumer.start()
+    try:
+        partitions = [
+            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])
+        ]
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = [
+                TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])
+            ]
+        return dict(await consumer.end_offsets(partitions))
+    finally:
+        await consumer.stop()
+
+
+async def rewind_group(work: Workload, group: str, offsets: dict[TopicPartition, int]) -> None:
+    """Commit ``offsets`` for ``group`` (whose members are stopped): the broker redelivers every
+    message after them."""
+    assert work.stack.kafka is not None
+    auth = KafkaAuth(ADMIN_USER, work.stack.passwords[ADMIN_USER], "PLAIN")
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=work.stack.kafka.bootstrap_servers,
+        group_id=group,
+        enable_auto_commit=False,
+        **auth.client_options(),
+    )
+    await consumer.start()
+    try:
+        consumer.assign(list(offsets))
+        for attempt in range(60):
+            try:
+                await consumer.commit(dict(offsets))
+                return
+            except Exception:  # the group still has members (a rebalance in progress)
+                if attempt == 59:
+                    raise
+                await asyncio.sleep(1)
+    finally:
+        await consumer.stop()
+
+
+async def results_per_command(work: Workload, since: dict[TopicPartition, int]) -> Counter[str]:
+    assert work.stack.kafka is not None
+    auth = KafkaAuth(ADMIN_USER, work.stack.passwords[ADMIN_USER], "PLAIN")
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=work.stack.kafka.bootstrap_servers, **auth.client_options()
+    )
+    await consumer.start()
+    counts: Counter[str] = Counter()
+    import json
+
+    try:
+        consumer.assign(list(since))
+        for tp, offset in since.items():
+            consumer.seek(tp, offset)
+        ends = await consumer.end_offsets(list(since))
+        async with asyncio.timeout(60):
+            while await behind(consumer, ends):
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    for record in records:
+                        result = json.loads(record.value)
+                        counts[str(result.get("command_id"))] += 1
+    finally:
+        await consumer.stop()
+    return counts
+
+
+async def every_message_twice(work: Workload) -> Evidence:
+    """Every command consumed since the fault began is delivered again (each consumer group
+    rewound to where it was), and every event relayed since then is published again (the
+    relay's position rewound)."""
+    stack, evidence = work.stack, Evidence()
+    assert stack.db is not None and stack.store is not None
+    starts = {name: await end_offsets(work, topic) for name, (topic, _) in COMMAND_GROUPS.items()}
+    results_start = await end_offsets(work, topics.COMMAND_RESULTS)
+    relay_from = int(stack.db.query("SELECT position FROM mb_relay_position")[0][0])
+    await work.next_day()
+    restore_id = await work.start_restore("weekly-s3", "app_twice")
+    await work.settle()
+    for name in [*COMMAND_GROUPS, "relay"]:
+        for process in stack.services[name]:
+            process.stop()
+    for name, (_, group) in COMMAND_GROUPS.items():
+        await rewind_group(work, group, starts[name])
+    stack.db.execute("UPDATE mb_relay_position SET position = ?", (relay_from,))
+    for name in [*COMMAND_GROUPS, "relay"]:
+        for process in stack.services[name]:
+            process.start()
+    evidence.saw(
+        f"stopped the command consumers and the relays, rewound their groups to the fault's "
+        f"start and the relay to position {relay_from}, restarted them"
+    )
+    total = sum(sum(o.values()) for o in starts.values())
+
+    async def redelivered() -> Counter[str] | None:
+        counts = await results_per_command(work, results_start)
+        twice = [c for c, n in counts.items() if n >= 2]
+        return counts if counts and len(twice) == len(counts) else None
+
+    counts = await wait_for(redelivered, "every command to be answered twice", 180, every=2)
+    evidence.saw(
+        f"{len(counts)} commands answered {min(counts.values())}+ times each "
+        f"(restore {restore_id} included); {total} messages were on the topics before"
+    )
+    evidence.happened = True
+    await asyncio.to_thread(work.drop_target_database, "app_twice")
+    return evidence
+
+
+async def restore_killed_mid_restore(work: Workload) -> Evidence:
+    """SIGKILL the restore instance copying rows into the destination: the other instance reaps
+    the job (``LEASE_EXPIRED``) and drops its temporary database; the destination stays as it
+    was (no new database)."""
+    stack, evidence = work.stack, Evidence()
+    assert stack.target_proxy is not None
+    before = await asyncio.to_thread(work.target_databases)
+    stack.target_proxy.slow(0.05)
+    try:
+        restore_id = await work.start_restore("weekly-local", "app_killed")
+
+        async def running_lease() -> tuple[Any, ...] | None:
+            state = await work.log()
+            if state.restores.get(restore_id, ("", ""))[1] != "RUNNING":
+                return None
+            temporary = [
+                d for d in await asyncio.to_thread(work.target_databases) if "mb_restore_" in d
+            ]
+            job_id = str(Restore.create_id("weekly-local", UUID(restore_id)))
+            leases = [r for r in work.leases("restore") if str(r[1]) in (job_id, restore_id)]
+            return leases[0] if leases and temporary else None
+
+        lease = await wait_for(running_lease, "the restore copying rows", 120, every=0.05)
+        victim = stack.owner_process(str(lease[2]))
+        victim.kill()
+        evidence.saw(f"SIGKILL {victim.instance} while restore {restore_id} copied rows")
+        victim.start()
+    finally:
+        stack.target_proxy.slow(0)
+    await asyncio.to_thread(stack.advance, RESTORE_LEASE_SECONDS + 5)
+
+    async def ended() -> str | None:
+        state = await work.log()
+        status = state.restores.get(restore_id, ("", ""))[1]
+        return status if status in ("SUCCEEDED", "FAILED") else None
+
+    status = await wait_for(ended, f"restore {restore_id} to end", 180)
+    reason = await asyncio.to_thread(restore_error, work, restore_id)
+    evidence.saw(f"restore {restore_id} ended {status}: {reason}")
+    evidence.happened = status == "FAILED" and "LEASE_EXPIRED" in reason
+    evidence.facts["databases_before"] = before
+    return evidence
+
+
+def restore_error(work: Workload, restore_id: str) -> str:
+    assert work.stack.store is not None
+    job = load_restore(work.stack.store, "weekly-local", UUID(restore_id))
+    return str(job.error) if job is not None else "not recorded"
+
+
+def destination_as_it_was(work: Workload, state: LogState, evidence: Evidence) -> None:
+    """The failed restore's destination is as it was: the same databases, none left half-made."""
+    after = work.target_databases()
+    assert after == evidence.facts["databases_before"], (evidence.facts["databases_before"], after)
+
+
+async def broker_restarted(work: Workload) -> Evidence:
+    """Restart the Kafka broker while a backup runs and the day's TakeBackups are in flight."""
+    stack, evidence = work.stack, Evidence()
+    assert stack.kafka is not None and stack.target_proxy is not None
+    stack.target_proxy.slow(0.02)
+    try:
+        await work.next_day()
+        lease = await running_backup_lease(work)
+        before = stack.kafka.pid
+        await asyncio.to_thread(stack.kafka.restart)
+        evidence.saw(
+            f"restarted the Kafka broker (pid {before} -> {stack.kafka.pid}) while backup "
+            f"{lease[1]} ran"
+        )
+        evidence.happened = before != stack.kafka.pid
+    finally:
+        stack.target_proxy.slow(0)
+    return evidence
+
+
+async def target_refuses_connections(work: Workload) -> Evidence:
+    """The backup targets' server refuses connections for a day (the proxy in front of it cuts
+    and refuses them), then answers again: that day's backups end FAILED (never hang or stay
+    running), the next day's COMPLETE."""
+    stack, evidence = work.stack, Evidence()
+    proxy = stack.target_proxy
+    assert proxy is not None
+    known = set((await work.log()).backups)
+    refused_before = proxy.refused
+    proxy.refuse()
+    try:
+        await work.next_day()
+        await work.settle()
+    finally:
+        proxy.accept()
+    state = await work.log()
+    refused_day = [b for key, b in state.backups.items() if key not in known]
+    evidence.saw(
+        f"the target refused {proxy.refused - refused_before} connections for a day: its "
+        f"{len(refused_day)} backups ended {sorted({b.status for b in refused_day})} "
+        f"({sorted({(b.error or '').split(':')[0] for b in refused_day})})"
+    )
+    known = set(state.backups)
+    await work.next_day()
+    await work.settle()
+    state = await work.log()
+    next_day = [b for key, b in state.backups.items() if key not in known]
+    evidence.saw(f"answering again: the next day's {len(next_day)} backups ended "
+                 f"{sorted({b.status for b in next_day})}")  # fmt: skip
+    evidence.happened = (
+        proxy.refused > refused_before
+        and bool(refused_day)
+        and all(b.status == "FAILED" for b in refused_day)
+        and bool(next_day)
+        and all(b.status == "COMPLETE" for b in next_day)
+    )
+    return evidence
+
+
+async def follower_killed_mid_batch(work: Workload, service: str, position_table: str) -> Evidence:
+    """SIGKILL one instance of a log follower (the relay, the projections) while the log has
+    events it has not yet passed (the day's backups being recorded), then start it again."""
+    stack, evidence = work.stack, Evidence()
+    assert stack.db is not None and stack.store is not None and stack.target_proxy is not None
+    db, store = stack.db, stack.store
+    victim = stack.instance(service, 0)
+    stack.target_proxy.slow(0.02)
+    try:
+        await work.next_day()
+
+        async def behind_the_log() -> tuple[int, int] | None:
+            top = await asyncio.to_thread(store.max_position)
+            rows = await asyncio.to_thread(db.query, f"SELECT position FROM {position_table}")
+            at = int(rows[0][0]) if rows else 0
+            return (at, top) if at < top else None
+
+        at, top = await wait_for(behind_the_log, f"{service} behind the log", 120, every=0.01)
+        victim.kill()
+        evidence.saw(f"SIGKILL {victim.instance} with the log at {top} and its position at {at}")
+        victim.start()
+    finally:
+        stack.target_proxy.slow(0)
+    evidence.happened = at < top
+    return evidence
+
+
+async def relay_killed_mid_publish(work: Workload) -> Evidence:
+    return await follower_killed_mid_batch(work, "relay", "mb_relay_position")
+
+
+async def projections_killed_mid_batch(work: Workload) -> Evidence:
+    return await follower_killed_mid_batch(
+        work, "projections", "mb_view_position WHERE name = 'views'"
+    )
+
+
+PAUSE_SECONDS = 15.0
+"""How long a server stays stopped: longer than the broker's session timeout (10 s), so the
+consumer groups lose their members; the simulated clock, kept in the event store, stands still."""
+
+
+async def server_paused(work: Workload, which: str) -> Evidence:
+    """SIGSTOP a server (its whole process group) while a backup runs, SIGCONT it after
+    :data:`PAUSE_SECONDS`."""
+    stack, evidence = work.stack, Evidence()
+    assert stack.events_pg is not None and stack.kafka is not None
+    assert stack.target_proxy is not None
+    pid = stack.events_pg.pid if which == "event store" else stack.kafka.pid
+    stack.target_proxy.slow(0.02)
+    try:
+        await work.next_day()
+        lease = await running_backup_lease(work)
+        stack.pause_server(pid)
+        began = time.monotonic()
+        try:
+            await asyncio.sleep(PAUSE_SECONDS)  # the fault's length, not a wait for an outcome
+        finally:
+            stack.resume_server(pid)
+        evidence.saw(
+            f"SIGSTOP of the {which}'s server (pid {pid}) for {time.monotonic() - began:.0f} s "
+            f"while backup {lease[1]} ran, then SIGCONT"
+        )
+        evidence.happened = True
+    finally:
+        stack.target_proxy.slow(0)
+    return evidence
+
+
+async def event_store_paused(work: Workload) -> Evidence:
+    return await server_paused(work, "event store")
+
+
+async def broker_paused(work: Workload) -> Evidence:
+    return await server_paused(work, "broker")
+
+
+FAULTS: dict[str, Fault] = {
+    "executor-killed-mid-backup": Fault(
+        "SIGKILL of a backup-executor mid-backup", executor_killed_mid_backup
+    ),
+    "stale-lease-worker": Fault(
+        "a backup-executor paused past its lease (SIGSTOP), then resumed",
+        stale_lease_worker,
+        (stale_writes_refused,),
+    ),
+    "event-store-restart": Fault(
+        "restart of the event store's PostgreSQL with backups in flight", event_store_restarted
+    ),
+    "object-store-fails-writes": Fault(
+        "the S3 store fails writes and deletes for a while", object_store_fails_writes
+    ),
+    "every-message-twice": Fault(
+        "every message delivered twice (consumer groups and the relay rewound)",
+        every_message_twice,
+    ),
+    "restore-killed-mid-restore": Fault(
+        "SIGKILL of a restore instance mid-restore",
+        restore_killed_mid_restore,
+        (destination_as_it_was,),
+    ),
+    "broker-restart": Fault("restart of the Kafka broker with work in flight", broker_restarted),
+    "relay-killed-mid-publish": Fault(
+        "SIGKILL of a relay instance with events not yet published", relay_killed_mid_publish
+    ),
+    "projections-killed-mid-batch": Fault(
+        "SIGKILL of a projections instance with events not yet applied",
+        projections_killed_mid_batch,
+    ),
+    "event-store-paused": Fault(
+        "the event store's PostgreSQL paused (SIGSTOP) with a backup in flight",
+        event_store_paused,
+    ),
+    "broker-paused": Fault(
+        "the Kafka broker paused (SIGSTOP) with a backup in flight", broker_paused
+    ),
+    "target-refuses-connections": Fault(
+        "a backup target refusing connections for a day, then answering again",
+        target_refuses_connections,
+    ),
+}
+ALL = tuple(FAULTS)
+DEFAULT = (
+    "executor-killed-mid-backup",
+    "stale-lease-worker",
+    "event-store-restart",
+    "object-store-fails-writes",
+    "every-message-twice",
+    "restore-killed-mid-restore",
+    "broker-restart",
+    "target-refuses-connections",
+    "relay-killed-mid-publish",
+    "projections-killed-mid-batch",
+)
+"""Every fault implemented so far but the two 15-second server pauses (``all`` adds them)."""
+UUID_ = UUID
+RESTORE_LEASE = RESTORE_LEASE_SECONDS
