@@ -440,6 +440,19 @@ class RestoreService:
             log.warning("restore %s: %s", job_id, cleanup_state(report))
         return cleanup_state(report), not report.left
 
+    def _still_holds(self, job_id: UUID, running: Running) -> None:
+        """Fencing at the restore's commit points (``execute_plan``'s ``before_commit``): a
+        worker whose lease was reaped or taken anew makes nothing visible on the destination."""
+        if running.fence is None:
+            return
+        try:
+            self.leases.check(running.fence)
+        except jobs.LeaseLost as lost:
+            running.lost.set()
+            running.cancel.set()
+            log.warning("restore %s lost its lease: %s", job_id, lost)
+            raise PlanError("LEASE_LOST", "the restore worker lost its lease", "commit") from None
+
     async def _run(self, job: Job, running: Running) -> None:
         job_id = job.restore.id  # the stream id: also the lease and the temporary databases
         clock = self.runtime.clock
@@ -464,6 +477,7 @@ class RestoreService:
                         job.access,
                         running.add,
                         running.cancel,
+                        lambda: self._still_holds(job_id, running),
                     )
                 )
                 while not work.done():

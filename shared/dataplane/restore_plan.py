@@ -559,14 +559,34 @@ def _literal(value: str) -> str:
 
 
 class _Progress:
-    def __init__(self, report: Callable[[int], None], cancel: threading.Event | None) -> None:
+    def __init__(
+        self,
+        report: Callable[[int], None],
+        cancel: threading.Event | None,
+        before_commit: Callable[[], None] | None = None,
+    ) -> None:
         self.report = report
         self.cancel = cancel
+        self.before_commit = before_commit
 
     def __call__(self, n: int) -> None:
         if self.cancel is not None and self.cancel.is_set():
             raise PlanError("CANCELLED", "the restore service is stopping", "copy rows")
         self.report(n)
+
+    def commit_point(self) -> None:
+        """Right before the step that makes the restore visible on the destination (a rename,
+        the CLUSTER swap, the TABLE restore's commit): a cancelled job, or one whose worker no
+        longer holds its lease (``before_commit`` raises), goes no further."""
+        if self.cancel is not None and self.cancel.is_set():
+            raise PlanError("CANCELLED", "the restore was cancelled", "commit")
+        if self.before_commit is not None:
+            self.before_commit()
+
+
+def _commit_point(progress: Callable[[int], None]) -> None:
+    if isinstance(progress, _Progress):
+        progress.commit_point()
 
 
 def execute_plan(
@@ -576,11 +596,13 @@ def execute_plan(
     access: ClusterAccess,
     progress: Callable[[int], None],
     cancel: threading.Event | None = None,
+    before_commit: Callable[[], None] | None = None,
 ) -> RestoreOutcome:
     """Run the restore; returns what the destination now holds from the backup and what of
     the backup it left out. On failure raises :class:`PlanError` after dropping the temporary
-    databases."""
-    tick = _Progress(progress, cancel)
+    databases. ``before_commit`` runs right before each step that makes the restore visible
+    (the restore service checks there that its worker still holds the job's lease: fencing)."""
+    tick = _Progress(progress, cancel, before_commit)
     try:
         access = access.with_client_tools()
         check_destination(access, plan)
@@ -604,6 +626,7 @@ def execute_plan(
                 no_owner=not keep,
                 no_privileges=not keep,
             )
+            tick.commit_point()
             _rename_database(access, plan.temporary_database, plan.target_database)
             if chain[-1].database(plan.source_database).is_template:
                 with access.connect() as conn:
@@ -624,6 +647,7 @@ def execute_plan(
             )
         outcome = _restore_tables(store, chain, plan, access, tick)
         if not plan.into_existing:
+            tick.commit_point()
             _rename_database(access, plan.temporary_database, plan.target_database)
         return RestoreOutcome(outcome.restored, [*outcome.left_out, *notes])
     except RestoreError as exc:
@@ -804,6 +828,8 @@ def _restore_tables(
                     )
             for sql in (*work.post_data, *work.attach, *work.acl):
                 conn.execute(sql)
+            if plan.into_existing:  # the commit makes the tables visible
+                _commit_point(progress)
             conn.commit()
         except psycopg.Error as exc:
             raise PlanError("RESTORE_FAILED", str(exc).splitlines()[0], step) from None
@@ -850,6 +876,7 @@ def _restore_cluster(
         # included): it runs from a database of its own, dropped afterwards.
         with access.connect() as conn:
             conn.execute(f"CREATE DATABASE {quote_ident(swap)} TEMPLATE template0")
+        _commit_point(progress)
         replaced = _swap_cluster(access, plan, swap, temps, templates, roles)
     except BaseException:
         _cleanup_quietly(access, plan)  # the databases first: they hold the roles' objects
