@@ -122,7 +122,11 @@ async def page(
 
 async def sign_in(page: Page, stack: Stack, key: str) -> None:
     await page.goto(f"{stack.url}/")
-    if await page.locator("#sign-out").is_visible():
+    # The page shows the sign-in form, or (a key kept for the browser session) the signed-in
+    # view once /me answered: wait for one of the two before deciding.
+    sign_out, key_field = page.locator("#sign-out"), page.locator("#api-key")
+    await expect(sign_out.or_(key_field).first).to_be_visible()
+    if await sign_out.is_visible():
         await page.click("#sign-out")
     await page.fill("#api-key", key)
     await page.click("form.sign-in button[type=submit]")

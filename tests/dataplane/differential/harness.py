@@ -480,14 +480,24 @@ class Run:
             row = conn.execute("SELECT current_setting('summarize_wal', true)").fetchone()
         return row is not None and row[0] == "on"
 
+    def checksums(self) -> bool:
+        with self.pg.connect() as conn:
+            row = conn.execute("SHOW data_checksums").fetchone()
+        return row is not None and row[0] == "on"
+
     def check_manifest(self, step: Step, result: StepResult) -> list[str]:
         problems: list[str] = []
         m = result.manifest
         if step.wal and self.summarizes():
+            # With data checksums (18's initdb default) the first hint-bit write to a block after
+            # a checkpoint is WAL-logged, so a table the previous backup only read may show as
+            # written and be probed: only the counts of a server without checksums are exact.
+            exact = not self.checksums()
             for key, text in step.wal:
                 note = m.database(result.names[key]).wal_summary or ""
-                if text not in note:
-                    problems.append(f"{key}: wal_summary {note!r} does not say {text!r}")
+                expected = text if exact else "WAL summaries "
+                if expected not in note:
+                    problems.append(f"{key}: wal_summary {note!r} does not say {expected!r}")
         listed = {db.name for db in m.databases} | {s.name for s in skipped_databases(m)}
         for key, name in result.names.items():
             if name not in listed:
