@@ -1,6 +1,6 @@
 """Streaming end to end: backing up a table several times larger than the memory it may use.
 
-The backup runs in a child process; its peak resident set (``ru_maxrss``) minus its resident
+The backup runs in a child process; its peak resident set (``VmHWM``) minus its resident
 set after the imports must stay far below the table's size, for both transports (psql pipe and
 psycopg rows)."""
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 _CHILD = textwrap.dedent(
     """
-    import json, os, resource, sys
+    import json, os, sys
     from managed_backups.shared.dataplane.engine import BackupRequest
     from managed_backups.shared.dataplane.objectstore import ObjectStore
     from managed_backups.shared.dataplane.postgres import PostgresAdapter
@@ -33,7 +33,10 @@ _CHILD = textwrap.dedent(
     with open("/proc/self/status") as f:
         baseline = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
     manifest = adapter.full_backup(BackupRequest(ObjectStore(args["store"]), "m", args["id"]))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across execve, so a child started by a large
+    # pytest process (vfork) would report the parent's resident set as its own peak.
+    with open("/proc/self/status") as f:
+        peak = next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
     print(json.dumps({"baseline_kib": baseline, "peak_kib": peak,
                       "logical": manifest.totals.logical_bytes}))
     """
