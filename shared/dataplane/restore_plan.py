@@ -584,11 +584,6 @@ class _Progress:
             self.before_commit()
 
 
-def _commit_point(progress: Callable[[int], None]) -> None:
-    if isinstance(progress, _Progress):
-        progress.commit_point()
-
-
 def execute_plan(
     store: Any,
     chain: Sequence[Manifest],
@@ -762,7 +757,7 @@ def _restore_tables(
     chain: Sequence[Manifest],
     plan: RestorePlan,
     access: ClusterAccess,
-    progress: Callable[[int], None],
+    progress: _Progress,
 ) -> RestoreOutcome:
     """The source schema restored into the scratch database (to compare definitions and
     read defaults), what to write chosen from the schema archive (:mod:`.table_restore`),
@@ -829,7 +824,7 @@ def _restore_tables(
             for sql in (*work.post_data, *work.attach, *work.acl):
                 conn.execute(sql)
             if plan.into_existing:  # the commit makes the tables visible
-                _commit_point(progress)
+                progress.commit_point()
             conn.commit()
         except psycopg.Error as exc:
             raise PlanError("RESTORE_FAILED", str(exc).splitlines()[0], step) from None
@@ -856,7 +851,7 @@ def _restore_cluster(
     chain: Sequence[Manifest],
     plan: RestorePlan,
     access: ClusterAccess,
-    progress: Callable[[int], None],
+    progress: _Progress,
 ) -> list[str]:
     """Every database of the backup into a temporary database, then one transaction renames
     the destination's user databases away and the restored ones into place, and creates or
@@ -876,7 +871,7 @@ def _restore_cluster(
         # included): it runs from a database of its own, dropped afterwards.
         with access.connect() as conn:
             conn.execute(f"CREATE DATABASE {quote_ident(swap)} TEMPLATE template0")
-        _commit_point(progress)
+        progress.commit_point()
         replaced = _swap_cluster(access, plan, swap, temps, templates, roles)
     except BaseException:
         _cleanup_quietly(access, plan)  # the databases first: they hold the roles' objects
