@@ -135,6 +135,11 @@ class Settings(BaseSettings):
         description="Tests only: the name of a fault point where the process exits abruptly "
         "(ignored in a production-like configuration).",
     )
+    test_hold_at: str | None = Field(
+        default=None,
+        description="Tests only: the name of a fault point where the process stops and waits "
+        "to be killed (ignored in a production-like configuration).",
+    )
     catalog_tables_in_event: int = Field(
         default=2000,
         ge=0,

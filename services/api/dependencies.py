@@ -25,6 +25,7 @@ from managed_backups.shared.access import ClusterRef, require_on_cluster
 from managed_backups.shared.command_tokens import CommandSigner
 from managed_backups.shared.dataplane.objectstore import ObjectStore
 from managed_backups.shared.encryption import ClusterEncryption
+from managed_backups.shared.faults import FaultPoint, fault_points, no_fault
 from managed_backups.shared.gateway import CommandGateway, CommandTimeout
 from managed_backups.shared.identity import Identity
 from managed_backups.shared.secrets import ConnectionSecrets
@@ -165,6 +166,7 @@ class Commands:
     gateway: CommandGateway
     signer: CommandSigner
     views: ProjectionWait
+    fault_point: FaultPoint = no_fault
 
     async def send(self, topic: str, body: dict[str, Any], who: Principal) -> CommandResult:
         """The accepted result; its rejection code (4xx) or 504 as an ``HTTPException``."""
@@ -177,10 +179,15 @@ class Commands:
     async def request(self, topic: str, body: dict[str, Any], who: Principal) -> CommandResult:
         """The command's result, whatever it is (504 as an ``HTTPException``)."""
         command = sign_for(self.signer, who, topic, {"command_id": str(uuid.uuid4()), **body})
+        # Validated and signed, not yet published; then published and answered, the caller not
+        # yet told: the fault suite kills an API instance at either point.
+        self.fault_point("api-before-publish")
         try:
-            return await self.gateway.request(topic, command)
+            result = await self.gateway.request(topic, command)
         except CommandTimeout as exc:
             raise HTTPException(status.HTTP_504_GATEWAY_TIMEOUT, str(exc)) from exc
+        self.fault_point("api-after-result")
+        return result
 
 
 def sign_for(
@@ -194,7 +201,7 @@ def sign_for(
 
 
 def commands(context: Context, views: Views) -> Commands:
-    return Commands(context.gateway, context.signer, views)
+    return Commands(context.gateway, context.signer, views, fault_points(context.runtime.settings))
 
 
 CommandsDep = Annotated[Commands, Depends(commands)]

@@ -61,6 +61,7 @@ from managed_backups.shared.domain.connection_secret import (
 from managed_backups.shared.domain.ids import cluster_aggregate_id
 from managed_backups.shared.encryption import ClusterEncryption
 from managed_backups.shared.eventstore import EventStore, IntegrityError, event_topics
+from managed_backups.shared.faults import FaultPoint, no_fault
 from managed_backups.shared.jobs import held_backups
 from managed_backups.shared.secrets import ConnectionSecrets
 from managed_backups.shared.sqldb import SqlDatabase
@@ -354,8 +355,10 @@ class Retention:
         secrets: ConnectionSecrets | None = None,
         *,
         encryption: ClusterEncryption | None = None,
+        fault_point: FaultPoint = no_fault,
     ) -> None:
         self.store = store
+        self.fault_point = fault_point
         self.db = db
         self.secrets = secrets
         """The secret store, whose deleted clusters' passwords a pass removes (None: not this
@@ -592,14 +595,17 @@ class Retention:
             for i in range(0, len(keys), size)
         ]
         failed: set[str] = set()
-        outcomes = self._pool.map(
-            lambda rk: _attempt(self.object_store(rk[0]).delete, rk[1]), batches
-        )
+        outcomes = self._pool.map(lambda rk: _attempt(self._delete_batch, *rk), batches)
         for (region, _), outcome in zip(batches, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 report.error(f"region {region}", outcome)
                 failed.add(region)
         return failed
+
+    def _delete_batch(self, region: str, keys: list[str]) -> None:
+        self.object_store(region).delete(keys)
+        # Objects gone, their deletion not yet recorded: the fault suite kills a worker here.
+        self.fault_point("retention-mid-deletion")
 
     def _record_deleted(self, plan: ClusterPlan, now: datetime) -> list[Aggregate]:
         recorded: list[Aggregate] = []

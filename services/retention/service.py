@@ -26,6 +26,7 @@ from managed_backups.shared.bus import ensure_topics, make_broker, subscribe_com
 from managed_backups.shared.commands import CommandContext, CommandProcessor, Handled, Handler
 from managed_backups.shared.domain.roles import Action
 from managed_backups.shared.encryption import ClusterEncryption, platform_keyring
+from managed_backups.shared.faults import fault_points
 from managed_backups.shared.secrets import ConnectionSecrets
 from managed_backups.shared.security import Principal
 
@@ -71,6 +72,7 @@ async def run(runtime: Runtime, stop: asyncio.Event) -> None:
         NAME,
         ConnectionSecrets(runtime.db, settings.secrets_path, platform_keyring(settings)),
         encryption=encryption,
+        fault_point=fault_points(settings),
     )
     lock = asyncio.Lock()
     rotations = KeyRotations(retention, encryption, name, lock, runtime.clock.now)

@@ -50,6 +50,7 @@ from managed_backups.shared.eventstore import (
     cluster_id_of,
     event_topics,
 )
+from managed_backups.shared.faults import FaultPoint, no_fault
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,7 @@ class Scheduler:
         resend_after_seconds: float = 30.0,
         batch_size: int = 500,
         held_exclusively: Callable[[], set[str]] = set,
+        fault_point: FaultPoint = no_fault,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -128,6 +130,7 @@ class Scheduler:
         self.batch_size = batch_size
         self.held_exclusively = held_exclusively
         """The clusters an exclusive job (a CLUSTER restore) holds: read once per tick."""
+        self.fault_point = fault_point
         self.clusters: dict[str, Cluster] = {}
         # Only the backups a decision still needs are remembered, per cluster: its last scheduled
         # backup and its chain's full. Everything older is forgotten, so memory (and the garbage
@@ -366,6 +369,8 @@ class Scheduler:
         if due:
             saved, resend = await asyncio.to_thread(self._decide_all, due, now)
             self.stats.resent += len(resend)
+            if saved:  # recorded, not yet sent: the fault suite kills a scheduler here
+                await asyncio.to_thread(self.fault_point, "scheduler-between-record-and-send")
             to_send = [*saved, *resend]
             # In slices: one gather of thousands of sends makes the producer's accumulator wake
             # every waiting send on each drained batch (quadratic in the burst size).

@@ -23,6 +23,7 @@ from managed_backups.shared.bus import (
     publish_json,
 )
 from managed_backups.shared.commands import CommandContext, CommandProcessor
+from managed_backups.shared.faults import fault_points
 from managed_backups.shared.loops import run_until_stopped
 from managed_backups.shared.security import SERVICE_SUBJECT
 
@@ -87,6 +88,7 @@ async def serve(runtime: Runtime, stop: asyncio.Event, name: str) -> None:
         poll_seconds=settings.poll_interval_seconds,
         resend_after_seconds=settings.scheduled_backup_resend_seconds,
         held_exclusively=lambda: jobs.clusters_held_exclusively(runtime.db),
+        fault_point=fault_points(settings),
     )
     try:
         # The event store restarting (or paused) does not end the service: the loop starts over
