@@ -10,22 +10,32 @@ system settled and checks the invariants (``invariants.py``).
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from managed_backups.contracts import topics
 from managed_backups.shared.broker_access import ADMIN_USER, KafkaAuth
-from managed_backups.shared.dataplane.manifest import manifest_key
+from managed_backups.shared.dataplane.manifest import chain_prefix, manifest_key
+from managed_backups.shared.domain.backup import load_backup
 from managed_backups.shared.domain.restore import Restore, load_restore
+from managed_backups.shared.faults import HOLDING
 from tests.faults.invariants import LogState, Report, behind, open_stores
-from tests.faults.stack import BACKUP_LEASE_SECONDS, RESTORE_LEASE_SECONDS, ServiceProcess
-from tests.faults.workload import Workload, wait_for
+from tests.faults.stack import (
+    BACKUP_LEASE_SECONDS,
+    LOCAL_REGION,
+    RESTORE_LEASE_SECONDS,
+    ServiceProcess,
+)
+from tests.faults.workload import DAY, Workload, wait_for
 
 
 @dataclass
@@ -561,6 +571,348 @@ async def broker_paused(work: Workload) -> Evidence:
     return await server_paused(work, "broker")
 
 
+# -- SIGKILL at a named fault point (``shared/faults.py``: the process holds there) -------------
+
+HOLD_ENV = "MANAGED_BACKUPS_TEST_HOLD_AT"
+
+
+def restart_holding(process: ServiceProcess, point: str | None) -> None:
+    """Stop ``process`` (SIGTERM) and start it again holding at ``point`` (None: nowhere)."""
+    process.stop()
+    if point is None:
+        process.env.pop(HOLD_ENV, None)
+    else:
+        process.env[HOLD_ENV] = point
+    process.start()
+
+
+async def holding(process: ServiceProcess, point: str, timeout: float = 120) -> None:
+    """Wait until ``process`` (its current run) logged that it holds at ``point``."""
+    text = HOLDING.format(point)
+
+    async def held() -> bool:
+        if not process.alive():
+            raise AssertionError(f"{process.instance} died before holding at {point}")
+        return text in process.log_text().rsplit("=== start", 1)[-1]
+
+    await wait_for(held, f"{process.instance} to hold at {point}", timeout, every=0.1)
+
+
+async def api_up(work: Workload, port: int, timeout: float = 120) -> None:
+    async def answers() -> bool:
+        try:
+            return (await work.stack.http("GET", "/healthz", port=port)).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    await wait_for(answers, f"the API on port {port}", timeout, every=0.2)
+
+
+async def backups_ended(work: Workload, timeout: float = 300) -> None:
+    """Every scheduled slot started and no backup running (without moving the clock past a
+    retention pass, unlike ``settle``)."""
+
+    async def idle() -> bool:
+        state = await work.log()
+        return all((c, b) in state.backups for c, b, _ in state.scheduled) and not any(
+            b.status == "IN_PROGRESS" for b in state.backups.values()
+        )
+
+    await wait_for(idle, "the day's backups to end", timeout)
+
+
+async def retention_killed_mid_deletion(work: Workload) -> Evidence:
+    """Days go by until a chain expires; the only retention instance left running holds after
+    deleting a batch of the expired chain's objects, before the deletion is recorded; it is
+    SIGKILLed there and both instances started again."""
+    stack, evidence = work.stack, Evidence()
+    victim, other = stack.instance("retention", 0), stack.instance("retention", 1)
+    point = "retention-mid-deletion"
+    other.stop()
+    restart_holding(victim, point)
+    try:
+        for _ in range(4):  # a day's backups, then the next retention pass; until it deletes
+            now = await work.next_day()
+            await backups_ended(work)
+            when = await asyncio.to_thread(stack.advance, 3660)
+
+            async def held_or_passed(when: datetime = when) -> str | None:
+                if HOLDING.format(point) in victim.log_text().rsplit("=== start", 1)[-1]:
+                    return "held"
+                if not victim.alive():
+                    raise AssertionError(f"{victim.instance} died")
+                reached = stack.reached().get("retention")
+                return "passed" if reached is not None and reached >= when else None
+
+            if await wait_for(held_or_passed, "the retention pass", 120, every=0.1) == "held":
+                break
+        else:
+            raise AssertionError(f"no chain expired in 4 days (the clock at {now})")
+        state = await work.log()
+        pending = {
+            (b.cluster_id, b.chain_id)
+            for b in state.backups.values()
+            if b.status == "EXPIRED" and not b.deleted
+        }
+        stores = open_stores(stack.region_stores())
+        left = {
+            chain: len(list(stores[region].list(chain_prefix(*chain))))
+            for chain in pending
+            for region in {b.region for b in state.backups.values() if b.cluster_id == chain[0]}
+        }
+        victim.kill()
+        evidence.saw(
+            f"SIGKILL {victim.instance} holding mid-deletion (a batch of objects deleted, the "
+            f"deletion not recorded): {len(pending)} expired chains not recorded deleted, "
+            f"objects left in them {sorted(left.values())}"
+        )
+    finally:
+        restart_holding(victim, None)
+        other.start()
+    evidence.happened = bool(pending)
+    evidence.facts["pending"] = pending
+    return evidence
+
+
+def expired_chains_deleted(work: Workload, state: LogState, evidence: Evidence) -> None:
+    """Every chain the killed worker was deleting is recorded deleted (by the other instance or
+    the restarted one) and none of its objects is left."""
+    stores = open_stores(work.stack.region_stores())
+    for cluster_id, chain_id in evidence.facts["pending"]:
+        members = [
+            b
+            for b in state.backups.values()
+            if (b.cluster_id, b.chain_id) == (cluster_id, chain_id)
+        ]
+        assert members and all(b.deleted for b in members), members
+        region = members[0].region
+        assert not list(stores[region].list(chain_prefix(cluster_id, chain_id))), chain_id
+
+
+async def scheduler_killed_between_record_and_send(work: Workload) -> Evidence:
+    """The only scheduler instance left running records the day's slots (``BackupScheduled``)
+    and holds before sending their TakeBackups; SIGKILL there, then both instances started
+    again: the slots must each end in exactly one backup, sent again by one of them."""
+    stack, evidence = work.stack, Evidence()
+    victim, other = stack.instance("scheduler", 0), stack.instance("scheduler", 1)
+    point = "scheduler-between-record-and-send"
+    other.stop()
+    restart_holding(victim, point)
+    try:
+        before = set((c, b) for c, b, _ in (await work.log()).scheduled)
+        sent_before = await end_offsets(work, topics.BACKUP_COMMANDS)
+        await asyncio.to_thread(work.touch_targets)
+        await asyncio.to_thread(stack.advance, DAY)
+        await holding(victim, point)
+        state = await work.log()
+        recorded = [(c, b) for c, b, _ in state.scheduled if (c, b) not in before]
+        started = [key for key in recorded if key in state.backups]
+        sent = await end_offsets(work, topics.BACKUP_COMMANDS)
+        victim.kill()
+        evidence.saw(
+            f"SIGKILL {victim.instance} holding after recording {len(recorded)} slots "
+            f"(BackupScheduled) and before sending: backup-commands end offsets "
+            f"{'unchanged' if sent == sent_before else 'MOVED'}, {len(started)} of them started"
+        )
+    finally:
+        restart_holding(victim, None)
+        other.start()
+    evidence.happened = bool(recorded) and sent == sent_before and not started
+    evidence.facts["slots"] = recorded
+    return evidence
+
+
+def recorded_slots_ended_once(work: Workload, state: LogState, evidence: Evidence) -> None:
+    """The slots recorded but never sent each ended in one COMPLETE or FAILED backup."""
+    for key in evidence.facts["slots"]:
+        backup = state.backups.get(key)
+        assert backup is not None and backup.status in ("COMPLETE", "FAILED", "EXPIRED"), key
+
+
+async def api_request_killed(
+    work: Workload, victim: ServiceProcess, port: int, point: str, database: str
+) -> tuple[str, set[str], dict[TopicPartition, int], dict[TopicPartition, int]]:
+    """Restart ``victim`` holding at ``point``, POST a restore to it, SIGKILL it once it holds;
+    returns what the client got, the restores recorded before, the restore-commands end offsets
+    before the request and at the kill."""
+    restart_holding(victim, point)
+    await api_up(work, port)
+    known = set((await work.log()).restores)
+    offsets = await end_offsets(work, topics.RESTORE_COMMANDS)
+    request = asyncio.create_task(
+        work.stack.http(
+            "POST",
+            "/api/v1/clusters/weekly-s3/restores",
+            port=port,
+            json={
+                "type": "DATABASE",
+                "objects": [{"database": "app"}],
+                "restore_opts": {"new_db_name": database},
+            },
+        )
+    )
+    try:
+        await holding(victim, point)
+        at_kill = await end_offsets(work, topics.RESTORE_COMMANDS)
+        victim.kill()
+    finally:
+        restart_holding(victim, None)
+    try:
+        response = await request
+        got = f"HTTP {response.status_code}"
+    except httpx.HTTPError as exc:
+        got = f"{type(exc).__name__}"
+    return got, known, offsets, at_kill
+
+
+async def api_killed_mid_request(work: Workload) -> Evidence:
+    """SIGKILL an API instance handling a restore request: once after the command was validated
+    and signed but before it was published (nothing may be recorded), once after its result came
+    back but before the client was answered (the restore runs, exactly once)."""
+    stack, evidence = work.stack, Evidence()
+    victim, port = stack.instance("api", 0), stack.api_ports[0]
+    got, known, offsets, at_kill = await api_request_killed(
+        work, victim, port, "api-before-publish", "app_api_lost"
+    )
+    state = await work.log()
+    published = sum(at_kill.values()) - sum(offsets.values())
+    unrecorded = set(state.restores) == known
+    evidence.saw(
+        f"SIGKILL {victim.instance} holding before publishing a StartRestore: the client got "
+        f"{got}; {published} commands published, {len(set(state.restores) - known)} restores "
+        "recorded"
+    )
+    first = got != "HTTP 200" and published == 0 and unrecorded
+
+    got, known, offsets, at_kill = await api_request_killed(
+        work, victim, port, "api-after-result", "app_api_once"
+    )
+    published = sum(at_kill.values()) - sum(offsets.values())
+
+    async def ended() -> list[str] | None:
+        state = await work.log()
+        new = [s for r, (_, s) in state.restores.items() if r not in known]
+        return new if new and all(s in ("SUCCEEDED", "FAILED") for s in new) else None
+
+    await api_up(work, port)
+    outcomes = await wait_for(ended, "the restore to end", 180)
+    evidence.saw(
+        f"SIGKILL {victim.instance} holding after the StartRestore was answered, before the "
+        f"client was: the client got {got}; {published} command published; the restore "
+        f"ran {len(outcomes)} time(s): {outcomes}"
+    )
+    databases = await asyncio.to_thread(work.target_databases)
+    evidence.happened = (
+        first and got != "HTTP 200" and published == 1 and outcomes == ["SUCCEEDED"]
+        and "app_api_once" in databases and "app_api_lost" not in databases
+    )  # fmt: skip
+    await asyncio.to_thread(work.drop_target_database, "app_api_once")
+    return evidence
+
+
+# -- a full disk under the local object store ---------------------------------------------------
+
+
+async def local_store_disk_full(work: Workload) -> Evidence:
+    """The local region's tmpfs filled while its cluster's backup of the day writes there: that
+    backup ends FAILED with a clear error, nothing of it listed; space freed, the next day's
+    backup is COMPLETE."""
+    stack, evidence = work.stack, Evidence()
+    assert stack.tmpfs is not None and stack.store is not None
+    if not stack.tmpfs_mounted:
+        raise AssertionError("the full-disk fault needs the stack's tmpfs (run as root)")
+    known = set((await work.log()).backups)
+    filler = await asyncio.to_thread(stack.tmpfs_fill)
+    filled, free = filler.stat().st_size, shutil.disk_usage(stack.tmpfs).free
+    try:
+        await work.next_day()
+        await work.settle()
+    finally:
+        filler.unlink()
+    state = await work.log()
+    local_day = [b for k, b in state.backups.items() if k not in known and b.region == LOCAL_REGION]
+    errors = []
+    for b in local_day:
+        backup = await asyncio.to_thread(load_backup, stack.store, b.cluster_id, UUID(b.backup_id))
+        errors.append(backup.error if backup is not None and backup.error else {})
+    evidence.saw(
+        f"filled the local store's tmpfs ({filled >> 20} MiB filler, {free} bytes left): its "
+        f"backups that day {[(b.backup_type, b.status) for b in local_day]}, "
+        f"{[(e.get('code'), e.get('message', '')[-60:]) for e in errors]}"
+    )
+    known = set(state.backups)
+    await work.next_day()
+    await work.settle()
+    state = await work.log()
+    next_day = [b for k, b in state.backups.items() if k not in known and b.region == LOCAL_REGION]
+    evidence.saw(f"space freed: the next day's {[(b.backup_type, b.status) for b in next_day]}")
+    evidence.happened = (
+        free < 64 << 10
+        and bool(local_day)
+        and all(b.status == "FAILED" for b in local_day)
+        and all("No space left on device" in e.get("message", "") for e in errors)
+        and bool(next_day)
+        and all(b.status == "COMPLETE" for b in next_day)
+    )
+    evidence.facts["failed"] = [(b.cluster_id, b.chain_id, b.backup_id) for b in local_day]
+    return evidence
+
+
+def no_manifest_of_failed(work: Workload, state: LogState, evidence: Evidence) -> None:
+    """No manifest of a backup the full disk failed (no partial manifest)."""
+    store = open_stores(work.stack.region_stores())[LOCAL_REGION]
+    for cluster_id, chain_id, backup_id in evidence.facts["failed"]:
+        assert not store.exists(manifest_key(cluster_id, chain_id, backup_id)), backup_id
+
+
+# -- several faults at once ---------------------------------------------------------------------
+
+
+async def mixed(work: Workload) -> Evidence:
+    """One simulated day with four faults at once: the S3 store failing writes, an executor
+    SIGKILLed mid-backup, the Kafka broker restarted, and every event of the day published
+    twice (the relays stopped and rewound to the day's start)."""
+    stack, evidence = work.stack, Evidence()
+    assert stack.s3_proxy is not None and stack.target_proxy is not None
+    assert stack.kafka is not None and stack.db is not None
+    relay_from = int(stack.db.query("SELECT position FROM mb_relay_position")[0][0])
+    refused_before = sum(stack.s3_proxy.refused.values())
+    stack.s3_proxy.fail_writes(True)
+    stack.target_proxy.slow(0.05)
+    try:
+        await work.next_day()
+        lease = await running_backup_lease(work)
+        victim = stack.owner_process(str(lease[2]))
+        orphans = held_by(work, str(lease[2]))
+        victim.kill()
+        evidence.saw(f"SIGKILL {victim.instance} while it ran backup {lease[1]}")
+        victim.start()
+        before = stack.kafka.pid
+        await asyncio.to_thread(stack.kafka.restart)
+        evidence.saw(f"restarted the Kafka broker (pid {before} -> {stack.kafka.pid})")
+
+        async def refused_some() -> bool:
+            return sum(stack.s3_proxy.refused.values()) > refused_before  # type: ignore[union-attr]
+
+        await wait_for(refused_some, "S3 writes to be refused", 120)
+    finally:
+        stack.s3_proxy.fail_writes(False)
+        stack.target_proxy.slow(0)
+    refused = sum(stack.s3_proxy.refused.values()) - refused_before
+    evidence.saw(f"the S3 proxy answered 503 to {refused} writes, then forwarded again")
+    for process in stack.services["relay"]:
+        process.stop()
+    stack.db.execute("UPDATE mb_relay_position SET position = ?", (relay_from,))
+    for process in stack.services["relay"]:
+        process.start()
+    top = await asyncio.to_thread(stack.store.max_position)  # type: ignore[union-attr]
+    evidence.saw(f"the relays rewound from {top} to {relay_from}: the day's events sent twice")
+    await only_running(work, orphans)
+    await asyncio.to_thread(stack.advance, BACKUP_LEASE_SECONDS + 5)
+    evidence.happened = before != stack.kafka.pid and refused > 0 and top > relay_from
+    return evidence
+
+
 FAULTS: dict[str, Fault] = {
     "executor-killed-mid-backup": Fault(
         "SIGKILL of a backup-executor mid-backup", executor_killed_mid_backup
@@ -604,6 +956,30 @@ FAULTS: dict[str, Fault] = {
         "a backup target refusing connections for a day, then answering again",
         target_refuses_connections,
     ),
+    "retention-killed-mid-deletion": Fault(
+        "SIGKILL of a retention instance mid-deletion",
+        retention_killed_mid_deletion,
+        (expired_chains_deleted,),
+    ),
+    "scheduler-killed-between-record-and-send": Fault(
+        "SIGKILL of a scheduler between recording a slot and sending its TakeBackup",
+        scheduler_killed_between_record_and_send,
+        (recorded_slots_ended_once,),
+    ),
+    "api-killed-mid-request": Fault(
+        "SIGKILL of an API instance mid-request (before publishing, after the result)",
+        api_killed_mid_request,
+    ),
+    "local-store-disk-full": Fault(
+        "a full disk under the local object store, then space freed",
+        local_store_disk_full,
+        (no_manifest_of_failed,),
+    ),
+    "mixed": Fault(
+        "mixed: S3 failing writes, an executor killed mid-backup, the broker restarted and "
+        "the day's events published twice, in one day",
+        mixed,
+    ),
 }
 ALL = tuple(FAULTS)
 DEFAULT = (
@@ -617,7 +993,13 @@ DEFAULT = (
     "target-refuses-connections",
     "relay-killed-mid-publish",
     "projections-killed-mid-batch",
+    "scheduler-killed-between-record-and-send",
+    "api-killed-mid-request",
+    "local-store-disk-full",
+    "retention-killed-mid-deletion",
 )
-"""Every fault implemented so far but the two 15-second server pauses (``all`` adds them)."""
+"""Every fault but the two 15-second server pauses and the mixed round (``all`` adds them): the
+pauses hold a server for a fixed time, the mixed round repeats four faults of this set at once
+(about 90 s); without them the set stays within about four minutes."""
 UUID_ = UUID
 RESTORE_LEASE = RESTORE_LEASE_SECONDS

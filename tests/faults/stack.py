@@ -36,7 +36,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -62,7 +62,11 @@ from tests.infra.s3 import create_bucket, s3_store_url
 
 S3_REGION = "s3-region"
 LOCAL_REGION = "local-region"
-CLOCK_START = "2026-01-05T00:00:00+00:00"
+CLOCK_START = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0).isoformat()
+"""The simulated clock starts at today's midnight (UTC), before the real time: a backup's "data
+from" is its snapshot's time on the target's server (the real clock), and its expiry counts
+from it, so the simulated days after it make chains expire and retention delete them, as in
+production (a clock starting months earlier would never let a backup expire)."""
 BACKUP_LEASE_SECONDS = 60.0
 RESTORE_LEASE_SECONDS = 60.0
 TMPFS_BYTES = 64 << 20
