@@ -13,8 +13,9 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -263,6 +264,27 @@ class BackupExecutor:
             running.lose_lease()
             raise BackupError(ErrorCode.LEASE_LOST, str(lost), "executor lease") from None
 
+    def _write_fence(self, running: Running) -> Callable[[], None]:
+        """What the backup's store calls before each object it writes: refused once the lease
+        is known lost, and checked against the lease table whenever a third of a lease (the
+        renewal period) has passed on the clock since the last check. A worker that stalled
+        past its lease (paused, starved) thus writes no chunk into a chain that retention may
+        already have deleted or swept: its first write after the stall is refused."""
+        every = timedelta(seconds=self.settings.backup_lease_seconds / 3)
+        checked = [self.runtime.clock.now()]
+
+        def before_write() -> None:
+            if running.lost.is_set():
+                raise BackupError(
+                    ErrorCode.LEASE_LOST, "the worker lost its lease", "executor lease"
+                )
+            now = self.runtime.clock.now()
+            if now - checked[0] >= every:
+                self._fenced(running)
+                checked[0] = now
+
+        return before_write
+
     async def _run(self, cluster: Cluster, backup: Backup, running: Running) -> None:
         renewing = asyncio.create_task(
             keep_renewed(
@@ -323,7 +345,8 @@ class BackupExecutor:
         if backup.backup_type != BackupType.FULL.value:
             full = load_backup(self.runtime.store, cluster.cluster_id, backup.chain_id)
         store = self.store_for(cluster, backup.region, full)
-        manifest = self._take_into(store, cluster, backup, running)
+        fenced = store.fenced_by(self._write_fence(running))
+        manifest = self._take_into(fenced, cluster, backup, running)
         return manifest, chain_is_encrypted(store, cluster.cluster_id, str(backup.chain_id))
 
     def _take_into(

@@ -30,7 +30,7 @@ import builtins
 import copy
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -124,6 +124,9 @@ class ObjectStore:
         self.sealer: Sealer | None = None
         """Set on a store sealed for a cluster (:meth:`sealed_with`): objects are sealed on
         write and opened on read."""
+        self.before_write: Callable[[], None] | None = None
+        """Set on a store fenced for a worker (:meth:`fenced_by`): called before every write,
+        it raises to refuse the write (the worker lost its lease)."""
         # Some S3-compatible servers lack If-None-Match; then fall back to HEAD + PUT.
         self._conditional_put = True
         parts = urlsplit(url)
@@ -198,6 +201,14 @@ class ObjectStore:
         sealed = ", sealed" if self.sealer is not None else ""
         return f"ObjectStore({self.url!r}{sealed})"
 
+    def fenced_by(self, before_write: Callable[[], None]) -> ObjectStore:
+        """This store (the same connection and statistics) calling ``before_write`` before
+        every object it writes: a worker's fence, which raises to refuse a write made after
+        the worker lost its lease."""
+        view = copy.copy(self)
+        view.before_write = before_write
+        return view
+
     def sealed_with(self, sealer: Sealer | None) -> ObjectStore:
         """This store (the same connection and statistics) sealing and opening its objects
         with ``sealer`` (``None``: the raw objects)."""
@@ -232,6 +243,8 @@ class ObjectStore:
         return data if self.sealer is None else self.sealer.seal(key, data)
 
     def _put_create(self, key: str, data: bytes | memoryview) -> None:
+        if self.before_write is not None:
+            self.before_write()
         if not self._conditional_put and self.exists(key):
             raise ObjectExists(key)
         try:
