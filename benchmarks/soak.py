@@ -54,6 +54,7 @@ import math
 import os
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -102,6 +103,7 @@ KILL_ORDER = (
 RETENTIONS = (2, 7, 30)
 TABLES = ("accounts", "notes")
 CONCURRENCY = 25
+SOAK_TMPFS_BYTES = 2 << 30
 
 
 @dataclass(frozen=True)
@@ -192,6 +194,15 @@ class SoakStack(Stack):
 
     timeline_sim: list[float]
     timeline_wall: list[float]
+
+    def start_servers(self) -> None:
+        super().start_servers()
+        if self.tmpfs is not None and self.tmpfs_mounted:
+            # The fault suite's 64 MiB (for its full-disk fault) would fill up over weeks of
+            # backups: the soak's local store is not meant to run out of space.
+            subprocess.run(
+                ["mount", "-o", f"remount,size={SOAK_TMPFS_BYTES}", str(self.tmpfs)], check=True
+            )
 
     def advance(self, seconds: float) -> datetime:
         now = super().advance(seconds)
@@ -438,6 +449,18 @@ class BrokerWatch:
                 await self.admin.close()
 
 
+async def report_progress(followed: FollowedLog, began: float, every: float = 30) -> None:
+    """A line every ``every`` seconds while the run lasts (a long run is not silent)."""
+    while True:
+        await asyncio.sleep(every)
+        tally = followed.tally
+        print(
+            f"  ... {time.monotonic() - began:.0f} s: {tally.scheduled} slots, {tally.started} "
+            f"backups started, {tally.complete} complete, {sum(tally.failed.values())} failed",
+            flush=True,
+        )
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     if not values:
         return math.nan
@@ -553,6 +576,7 @@ class Soak:
     async def day(self, day: int) -> None:
         began = time.monotonic()
         stack, work = self.stack, self.work
+        self.seen_slots.clear()  # a slot's TakeBackup is sent again the same day, if at all
         failing = [c for c in self.clusters if self.rng.random() < self.cfg.fail_rate]
         if not failing and self.summary.injected_failures == 0 and self.cfg.fail_rate > 0:
             failing = [self.rng.choice(self.clusters)]  # a short run shows the fault too
@@ -708,11 +732,15 @@ class Soak:
     def exists(self, database: str) -> bool:
         return database in self.work.target_databases()
 
-    async def measure_lateness(self) -> None:
+    async def measure_lateness(self, record: bool = True) -> None:
+        """The lateness of the TakeBackups published since the last call (``record=False``:
+        the registrations' backups, which wait for the registrations, not for the schedule)."""
         for published, backup_id, slot in await self.broker.take_backups():
             if backup_id in self.seen_slots:
                 continue  # sent again (a refused or lost TakeBackup): the first one counts
             self.seen_slots.add(backup_id)
+            if not record:
+                continue
             due = slot.timestamp()
             self.lateness_real.append(published - self.stack.reached_wall(due))
             self.lateness_sim.append(self.stack.sim_at(published) - due)
@@ -773,6 +801,7 @@ async def run(cfg: SoakConfig) -> Summary:
     summary = Summary(cfg.clusters, cfg.days, cfg.fail_rate)
     rss = RssSampler(stack)
     broker: BrokerWatch | None = None
+    progress: asyncio.Task[None] | None = None
     proxies: list[TcpProxy] = []
     try:
         stack.start_servers()
@@ -788,6 +817,7 @@ async def run(cfg: SoakConfig) -> Summary:
         await broker.start()
         work = SoakWorkload(stack)
         work.followed = FollowedLog(stack.store)
+        progress = asyncio.create_task(report_progress(work.followed, began), name="progress")
         names = [f"soak-{i:04d}" for i in range(cfg.clusters)]
         port = stack.target_pg.port
         assert port is not None
@@ -803,7 +833,7 @@ async def run(cfg: SoakConfig) -> Summary:
         await work.register(names)
         await work.settle(timeout=max(300, cfg.clusters * 3))
         summary.failed_at_registration = dict(work.followed.tally.failed)
-        await soak.measure_lateness()
+        await soak.measure_lateness(record=False)
         print(
             f"registered {cfg.clusters} clusters, first backups ended: "
             f"{time.monotonic() - began:.0f} s; {work.followed.tally}",
@@ -815,6 +845,8 @@ async def run(cfg: SoakConfig) -> Summary:
         rss.close()
         soak.finish()
     finally:
+        if progress is not None:
+            progress.cancel()
         if rss.is_alive():
             rss.close()
         if broker is not None:
