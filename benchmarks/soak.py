@@ -116,6 +116,9 @@ class SoakConfig:
     """Check the invariants every this many days (0: only at the end)."""
     seed: int = 25
     base: Path | None = None
+    wall_budget: float = 0.0
+    """Stop after the day during which this many real seconds passed, and check and report
+    the days run (0: no limit): the largest run that fits a time slot."""
 
 
 # -- the sources of truth, followed incrementally ------------------------------------------------
@@ -473,6 +476,7 @@ class Summary:
     clusters: int
     days: int
     fail_rate: float
+    days_run: int = 0
     scheduled: int = 0
     taken: int = 0
     complete: int = 0
@@ -515,7 +519,8 @@ class Summary:
             return ", ".join(f"{k} {v:.0f}" for k, v in sorted(values.items()))
 
         lines = [
-            f"== soak: {self.clusters} clusters x {self.days} simulated days "
+            f"== soak: {self.clusters} clusters x {self.days_run} simulated days "
+            f"(of {self.days} asked) "
             f"(fail rate {self.fail_rate:.1%}), wall {self.wall_s:.0f} s "
             f"(per day: {', '.join(f'{d:.0f}' for d in self.day_wall_s)} s)",
             f"backups scheduled        {self.scheduled}",
@@ -841,7 +846,12 @@ async def run(cfg: SoakConfig) -> Summary:
         )
         for day in range(1, cfg.days + 1):
             await soak.day(day)
-        await soak.check(f"soak of {cfg.clusters} clusters x {cfg.days} days")
+            summary.days_run = day
+            spent = time.monotonic() - began
+            if cfg.wall_budget and spent + 1.2 * summary.day_wall_s[-1] > cfg.wall_budget:
+                print(f"stopping after day {day}: the wall budget is spent", flush=True)
+                break
+        await soak.check(f"soak of {cfg.clusters} clusters x {summary.days_run} days")
         rss.close()
         soak.finish()
     finally:
@@ -869,6 +879,12 @@ def parse_args(argv: Sequence[str] | None) -> tuple[SoakConfig, Path | None]:
     parser.add_argument("--restores-per-day", type=int, default=SoakConfig.restores_per_day)
     parser.add_argument("--check-every", type=int, default=SoakConfig.check_every)
     parser.add_argument("--seed", type=int, default=SoakConfig.seed)
+    parser.add_argument(
+        "--wall-budget",
+        type=float,
+        default=0.0,
+        help="stop after the day that would end past this many real seconds (0: no limit)",
+    )
     parser.add_argument("--base", type=Path, default=None, help="keep the run's files here")
     parser.add_argument("--json", type=Path, default=None, help="write the summary here too")
     args = parser.parse_args(argv)
@@ -880,6 +896,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[SoakConfig, Path | None]:
         check_every=args.check_every,
         seed=args.seed,
         base=args.base,
+        wall_budget=args.wall_budget,
     )
     return cfg, args.json
 

@@ -35,7 +35,7 @@ async def test_short_soak(tmp_path: Path) -> None:
     assert not summary.restores_differing, summary.render()
     assert summary.restores_compared_equal == summary.restores.get("SUCCEEDED", 0)
     # The measurements are real numbers read from their sources.
-    assert summary.slots_measured >= 5 * 3, summary.render()
+    assert summary.slots_measured >= 5 * 2, summary.render()  # the days' slots
     assert summary.lateness_real_s_p99 >= 0, summary.render()
     assert summary.event_store_events > 0 and summary.event_store_table_bytes > 0
     assert summary.max_consumer_lag and summary.lag_samples > 0, summary.render()
