@@ -13,9 +13,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 from uuid import UUID
 
 from managed_backups.contracts.commands import TakeBackup, VerifyBackup
@@ -56,7 +54,8 @@ from managed_backups.shared.encryption import (
 )
 from managed_backups.shared.eventstore import IntegrityError
 from managed_backups.shared.faults import crash_point
-from managed_backups.shared.jobs import Fence, LeaseLost, keep_renewed, lease_until
+from managed_backups.shared.job_runner import JobHandle, JobRunner
+from managed_backups.shared.jobs import LeaseLost
 from managed_backups.shared.region_stores import RegionStores
 from managed_backups.shared.secrets import ConnectionSecrets
 from managed_backups.shared.security import Action, Principal
@@ -67,31 +66,23 @@ SWEEP_POLL_SECONDS = 0.5
 """How often a backup waiting for retention's sweep of its chain looks again."""
 
 
-@dataclass
-class Running:
-    backup_id: UUID
-    fence: Fence | None = None
-    """The backup's lease as this worker took it: every result it writes is checked against it."""
-    cancel: threading.Event = field(default_factory=threading.Event)
-    lost: threading.Event = field(default_factory=threading.Event)
-    """Set when a renewal found the lease lost (reaped, taken anew): the worker stops, writes
-    nothing more, and leaves the backup to whoever holds its lease now (the reaper)."""
-
-    def lose_lease(self) -> None:
-        self.lost.set()
-        self.cancel.set()
-
-
 class BackupExecutor:
     def __init__(self, runtime: Runtime, name: str) -> None:
         self.runtime = runtime
         self.settings = runtime.settings
         self.name = name
-        self.running: dict[str, Running] = {}
-        self.tasks: set[asyncio.Task[None]] = set()
         self.slots = asyncio.Semaphore(max(1, self.settings.max_concurrent_backups))
         self.stores = RegionStores(runtime.settings)
-        self.leases = backup_leases(runtime.db)
+        # Backups run through the one runner of leased jobs (lease, heartbeat, fence, reaper).
+        self.runner = JobRunner(
+            backup_leases(runtime.db),
+            name,
+            self.settings.backup_lease_seconds,
+            runtime.clock.now,
+            fail_expired=self._fail_expired,
+            record_lost=self._record_lost,
+        )
+        self.leases = self.runner.leases
         self.secrets = ConnectionSecrets(
             runtime.db, self.settings.secrets_path, platform_keyring(self.settings)
         )
@@ -116,11 +107,6 @@ class BackupExecutor:
         connection = cluster_connection(cluster, self.secrets, self.settings)
         return connection.postgres_adapter()
 
-    def _spawn(self, coroutine: Any) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coroutine)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
     # -- TakeBackup ------------------------------------------------------------------------------
 
     def take_backup(
@@ -136,8 +122,10 @@ class BackupExecutor:
         )
         if load_backup(context.store, cluster.cluster_id, command.backup_id) is not None:
             return Handled([], command.cluster_id)  # a duplicate TakeBackup does nothing
-        running = self.running.get(cluster.cluster_id)
-        refuse_second_backup(cluster.cluster_id, running.backup_id if running else None)
+        running = self.runner.running_on(cluster.cluster_id)
+        refuse_second_backup(
+            cluster.cluster_id, UUID(running.detail["backup_id"]) if running else None
+        )
         restoring = jobs.exclusive_job(self.runtime.db, cluster.cluster_id)
         no_backup_while_a_cluster_restore_runs(
             cluster.cluster_id, restoring.job_id if restoring else None
@@ -171,7 +159,7 @@ class BackupExecutor:
                 refuse_backup_on_expired_chain(chain_id, full_status)
             elif chain_has_expired(full_status):
                 return self._refuse_expired_chain(command, cluster, chain_id, principal, now)
-        lease = lease_until(now, self.settings.backup_lease_seconds)
+        lease = self.runner.until()
         backup = Backup(
             backup_id=command.backup_id,
             cluster_id=cluster.cluster_id,
@@ -194,25 +182,21 @@ class BackupExecutor:
         # is dropped by the reaper as an orphan.
         # The lease's job id is the backup's stream id: a backup id is unique only within
         # its cluster, so another tenant's backup of the same id never meets this lease.
-        fence = self.leases.take_fenced(
+        handle = self.runner.take(
             backup.id,
             cluster.cluster_id,
-            self.name,
-            lease,
             {
                 "chain_id": str(chain_id),
                 "region": cluster.backup_region,
                 "backup_id": str(command.backup_id),
             },
         )
-        if fence is None:
+        if handle is None:
             raise Conflict(f"backup {command.backup_id} is being started by another executor")
 
         async def start() -> None:
             crash_point(self.settings, "executor-after-backup-started-saved")
-            running = Running(command.backup_id, fence)
-            self.running[cluster.cluster_id] = running
-            self._spawn(self._run(cluster, backup, running))
+            self.runner.start(handle, lambda held: self._run(cluster, backup, held))
 
         return Handled([backup], cluster.cluster_id, follow_up=start)
 
@@ -253,27 +237,15 @@ class BackupExecutor:
         )
         return Handled([backup], cluster.cluster_id)
 
-    def _fenced(self, running: Running) -> None:
+    def _fenced(self, running: JobHandle) -> None:
         """Refuse a write by this worker if its lease is no longer its own."""
-        if running.fence is None:
-            return
         try:
-            self.leases.check(running.fence)
+            running.check()
         except LeaseLost as lost:
-            running.lose_lease()
             raise BackupError(ErrorCode.LEASE_LOST, str(lost), "executor lease") from None
 
-    async def _run(self, cluster: Cluster, backup: Backup, running: Running) -> None:
-        renewing = asyncio.create_task(
-            keep_renewed(
-                self.leases,
-                backup.id,
-                self.settings.backup_lease_seconds,
-                self.runtime.clock.now,
-                running.fence,
-                running.lose_lease,
-            )
-        )
+    async def _run(self, cluster: Cluster, backup: Backup, running: JobHandle) -> None:
+        """The backup's work (its lease renewed by the runner meanwhile), and its end recorded."""
         try:
             async with self.slots:
                 manifest, encrypted = await asyncio.to_thread(self._take, cluster, backup, running)
@@ -306,18 +278,8 @@ class BackupExecutor:
                 "executor",
                 running,
             )
-        finally:
-            renewing.cancel()
-            if not running.lost.is_set():  # found out at the end (e.g. reaped, then it failed)
-                with contextlib.suppress(Exception):
-                    await asyncio.to_thread(self._fenced, running)
-            if running.lost.is_set():
-                log.warning("backup %s: its worker lost its lease and stopped", backup.backup_id)
-            if self.running.get(cluster.cluster_id) is running:
-                self.running.pop(cluster.cluster_id, None)
-            await asyncio.to_thread(self.leases.release, backup.id, running.fence)
 
-    def _take(self, cluster: Cluster, backup: Backup, running: Running) -> tuple[Manifest, bool]:
+    def _take(self, cluster: Cluster, backup: Backup, running: JobHandle) -> tuple[Manifest, bool]:
         """The backup's manifest, and whether its chain is stored encrypted."""
         full = None
         if backup.backup_type != BackupType.FULL.value:
@@ -327,7 +289,7 @@ class BackupExecutor:
         return manifest, chain_is_encrypted(store, cluster.cluster_id, str(backup.chain_id))
 
     def _take_into(
-        self, store: ObjectStore, cluster: Cluster, backup: Backup, running: Running
+        self, store: ObjectStore, cluster: Cluster, backup: Backup, running: JobHandle
     ) -> Manifest:
         adapter = self.adapter_for(cluster)
         request = BackupRequest(
@@ -391,7 +353,7 @@ class BackupExecutor:
                 raise BackupError(ErrorCode.CANCELLED, "backup cancelled", "wait for a sweep")
 
     def _record_completed(
-        self, started: Backup, manifest: Manifest, encrypted: bool, running: Running
+        self, started: Backup, manifest: Manifest, encrypted: bool, running: JobHandle
     ) -> None:
         backup = self.runtime.store.get_or_none(started.id, Backup)
         if backup is None or backup.is_terminal:
@@ -422,21 +384,17 @@ class BackupExecutor:
         code: str,
         message: str,
         step: str,
-        running: Running | None = None,
+        running: JobHandle | None = None,
     ) -> bool:
-        """Record the backup FAILED. A worker (``running``) whose fencing token is stale records
-        ``LEASE_LOST`` instead, and only if the backup's end is not recorded yet: its lease may
-        have been released as an orphan (it expired before the start was saved), and then no
-        reaper records the end. A stale worker never writes a result (a manifest, COMPLETE)."""
+        """Record the backup FAILED; by a worker (``running``) only while its fencing token is
+        current. A stale worker records nothing here: the runner then records ``LEASE_LOST``
+        (:meth:`_record_lost`) if nobody recorded the backup's end. A stale worker never writes
+        a result (a manifest, COMPLETE)."""
         backup = load_backup(self.runtime.store, cluster_id, backup_id)
         if backup is None or backup.is_terminal:
             return False
-        if running is not None:
-            try:
-                self._fenced(running)
-            except BackupError as lost:
-                log.warning("backup %s stopped: it lost its lease", backup_id)
-                code, message, step = ErrorCode.LEASE_LOST.value, lost.message, "executor lease"
+        if running is not None and not running.holds():
+            return False
         backup.fail(code, message, step, self.runtime.clock.now(), self.name)
         try:
             self.runtime.store.save_all(backup)
@@ -446,48 +404,47 @@ class BackupExecutor:
 
     # -- leases ----------------------------------------------------------------------------------
 
-    def reap_once(self) -> int:
-        """Fail the backups whose executor died (``LEASE_EXPIRED``) and release their leases.
+    def _record_lost(self, running: JobHandle) -> bool:
+        """The worker lost its lease: FAILED ``LEASE_LOST`` unless the backup's end is recorded
+        (by the reaper, or by this worker before): its lease may have been released as an orphan
+        (it expired before the start was saved), and then no reaper records the end."""
+        return self._record_failed(
+            running.cluster_id,
+            UUID(running.detail["backup_id"]),
+            ErrorCode.LEASE_LOST.value,
+            f"the executor {self.name} lost the lease of this backup and stopped",
+            "executor lease",
+        )
+
+    def _fail_expired(self, lease: jobs.Lease) -> bool:
+        """The backup of an expired lease (its executor died): FAILED ``LEASE_EXPIRED``.
 
         Nothing is deleted here: what such a backup left half-written (chunks without a
         manifest) is swept by the retention service, the only service that deletes objects
         (``services/retention/leftovers.py``; a failed full goes with its chain). A lease whose
         backup was never recorded (an orphan: nothing was written) or has already ended is
         released."""
-        reaped = 0
-        for lease in self.leases.expired(self.runtime.clock.now()):
-            # Leases taken before the job id was the stream id name the bare backup id.
-            backup_id = UUID(str(lease.detail.get("backup_id", lease.job_id)))
-            cluster_id = lease.cluster_id
-            running = self.running.get(cluster_id)
-            if running is not None and running.backup_id == backup_id:
-                continue
-            failed = self._record_failed(
-                cluster_id,
-                backup_id,
-                "LEASE_EXPIRED",
-                f"the executor running this backup stopped renewing its lease for "
-                f"{self.settings.backup_lease_seconds:.0f} s (it died or lost the database)",
-                "executor lease",
-            )
-            self.leases.release(lease.job_id)
-            reaped += int(failed)
-        return reaped
+        # Leases taken before the job id was the stream id name the bare backup id.
+        backup_id = UUID(str(lease.detail.get("backup_id", lease.job_id)))
+        return self._record_failed(
+            lease.cluster_id,
+            backup_id,
+            "LEASE_EXPIRED",
+            f"the executor running this backup stopped renewing its lease for "
+            f"{self.settings.backup_lease_seconds:.0f} s (it died or lost the database)",
+            "executor lease",
+        )
+
+    def reap_once(self) -> int:
+        """Fail the backups whose executor died (``LEASE_EXPIRED``) and release their leases."""
+        return self.runner.reap_once()
 
     async def reap(self, stop: asyncio.Event) -> None:
-        interval = max(0.2, self.settings.backup_lease_seconds / 6)
-        while not stop.is_set():
-            try:
-                now = self.runtime.clock.now()
-                await asyncio.to_thread(self.reap_once)
-                if self.runtime.clock.simulated:
-                    await asyncio.to_thread(
-                        self.runtime.clock.report_reached, "backup-executor", now
-                    )
-            except Exception:
-                log.exception("reaping expired leases failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=interval)
+        clock = self.runtime.clock
+        reached = (
+            (lambda now: clock.report_reached("backup-executor", now)) if clock.simulated else None
+        )
+        await self.runner.reap(stop, reached)
 
     # -- VerifyBackup ----------------------------------------------------------------------------
 
@@ -506,7 +463,7 @@ class BackupExecutor:
             )
 
         async def start() -> None:
-            self._spawn(asyncio.to_thread(self._verify, cluster, backup, command, principal))
+            self.runner.spawn(asyncio.to_thread(self._verify, cluster, backup, command, principal))
 
         return Handled([], cluster.cluster_id, follow_up=start)
 
@@ -538,7 +495,4 @@ class BackupExecutor:
         self.runtime.store.save_all(latest)
 
     async def stop(self) -> None:
-        for running in self.running.values():
-            running.cancel.set()
-        if self.tasks:
-            await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.runner.stop()
