@@ -1,7 +1,8 @@
 """The backup-executor: takes and verifies backups (full and incremental).
 
 TakeBackup → BackupStarted (IN_PROGRESS, with a lease) is recorded atomically with the command's
-outcome, then the backup runs in a worker thread through the cluster's engine adapter into its
+outcome, then the backup runs (through the one runner of leased jobs, ``shared/job_runner.py``:
+renewed, fenced, reaped) in a worker thread through the cluster's engine adapter into its
 backup region's object store → BackupCompleted (COMPLETE) or BackupFailed (error code, message and
 the step or statement that failed). A TakeBackup for a backup id that already exists does nothing.
 VerifyBackup reads every chunk the backup depends on and records which are missing or corrupt.

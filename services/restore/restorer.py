@@ -7,9 +7,11 @@ accepted, the job's lease is taken (``shared/jobs.py``) *before* ``RestoreReques
 (PREPARING) is saved with the command's outcome; then a worker thread runs the restore plan
 (``shared/dataplane/restore_plan.py``): ``RestoreRunning``, ``RestoreProgressed`` at most once
 per percent, then ``RestoreSucceeded`` or ``RestoreFailed`` (code, message, step, and what the
-destination holds). The worker renews the lease every third of ``restore_lease_seconds``;
+destination holds). The job runs through the one runner of leased jobs
+(``shared/job_runner.py``): its lease is renewed every third of ``restore_lease_seconds``;
 every instance reaps expired leases: the job is failed with ``LEASE_EXPIRED`` and its
-temporary databases are dropped. Instances share jobs through their consumer group.
+temporary databases are dropped; a worker that lost its lease stops, and the job ends
+``LEASE_LOST`` if nobody recorded its end. Instances share jobs through their consumer group.
 """
 
 from __future__ import annotations
