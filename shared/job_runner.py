@@ -36,9 +36,12 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 from uuid import UUID
 
+from eventsourcing.domain import Aggregate
+
+from managed_backups.shared.eventstore import EventStore, IntegrityError
 from managed_backups.shared.jobs import (
     Fence,
     JobLeases,
@@ -103,6 +106,36 @@ class JobHandle:
 
 
 Work = Callable[[JobHandle], Awaitable[None]]
+
+
+class Job(Protocol):
+    """A job's aggregate (a backup, a restore, a key rotation)."""
+
+    @property
+    def is_terminal(self) -> bool: ...
+
+
+J = TypeVar("J", bound=Job)
+
+
+def record_job(
+    store: EventStore, job: J | None, change: Callable[[J], object], running: JobHandle | None
+) -> bool:
+    """Record ``change`` of a ``job`` that has not ended (None: not recorded); by its worker
+    (``running``) only while the worker's fencing token is current. False when nothing was
+    recorded: the job is unknown or ended, the worker lost its lease (the runner then records
+    the end if nobody did), or someone else (a reaper, a late end) recorded first: that stands."""
+    if job is None or job.is_terminal:
+        return False
+    if running is not None and not running.holds():
+        return False
+    change(job)
+    assert isinstance(job, Aggregate)  # every job is an event-sourced aggregate
+    try:
+        store.save_all(job)
+    except IntegrityError:
+        return False
+    return True
 
 
 class JobRunner:

@@ -11,7 +11,6 @@ VerifyBackup reads every chunk the backup depends on and records which are missi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 from datetime import datetime
@@ -53,9 +52,8 @@ from managed_backups.shared.encryption import (
     encrypted_chains,
     platform_keyring,
 )
-from managed_backups.shared.eventstore import IntegrityError
 from managed_backups.shared.faults import crash_point
-from managed_backups.shared.job_runner import JobHandle, JobRunner
+from managed_backups.shared.job_runner import JobHandle, JobRunner, record_job
 from managed_backups.shared.jobs import LeaseLost
 from managed_backups.shared.region_stores import RegionStores
 from managed_backups.shared.secrets import ConnectionSecrets
@@ -356,27 +354,28 @@ class BackupExecutor:
     def _record_completed(
         self, started: Backup, manifest: Manifest, encrypted: bool, running: JobHandle
     ) -> None:
-        backup = self.runtime.store.get_or_none(started.id, Backup)
-        if backup is None or backup.is_terminal:
-            return
-        self._fenced(running)  # a stale worker's completion is refused
+        """Record COMPLETE, unless the backup ended already (the reaper failed it: that stands)
+        or this worker lost its lease (a stale worker's completion is refused)."""
         catalog = summarise_catalog(
             manifest.catalog.databases, max_tables=self.settings.catalog_tables_in_event
         )
         now = self.runtime.clock.now()
-        backup.complete(
-            as_of_time=manifest.data_from,
-            size_bytes=manifest.totals.new_stored_bytes,
-            database_count=manifest.catalog.database_count,
-            catalog=catalog,
-            manifest_key=f"clusters/{manifest.cluster_id}/chains/{manifest.chain_id}/manifests/{manifest.backup_id}.json",
-            expires_at=backup_expires_at(manifest.data_from, backup.retention_days),
-            at=now,
-            by=self.name,
-            encrypted=encrypted,
-        )
-        with contextlib.suppress(IntegrityError):  # the reaper failed it first: that stands
-            self.runtime.store.save_all(backup)
+
+        def complete(backup: Backup) -> None:
+            backup.complete(
+                as_of_time=manifest.data_from,
+                size_bytes=manifest.totals.new_stored_bytes,
+                database_count=manifest.catalog.database_count,
+                catalog=catalog,
+                manifest_key=f"clusters/{manifest.cluster_id}/chains/{manifest.chain_id}/manifests/{manifest.backup_id}.json",
+                expires_at=backup_expires_at(manifest.data_from, backup.retention_days),
+                at=now,
+                by=self.name,
+                encrypted=encrypted,
+            )
+
+        store = self.runtime.store
+        record_job(store, store.get_or_none(started.id, Backup), complete, running)
 
     def _record_failed(
         self,
@@ -391,17 +390,13 @@ class BackupExecutor:
         current. A stale worker records nothing here: the runner then records ``LEASE_LOST``
         (:meth:`_record_lost`) if nobody recorded the backup's end. A stale worker never writes
         a result (a manifest, COMPLETE)."""
-        backup = load_backup(self.runtime.store, cluster_id, backup_id)
-        if backup is None or backup.is_terminal:
-            return False
-        if running is not None and not running.holds():
-            return False
-        backup.fail(code, message, step, self.runtime.clock.now(), self.name)
-        try:
-            self.runtime.store.save_all(backup)
-        except IntegrityError:
-            return False
-        return True
+        now = self.runtime.clock.now()
+        return record_job(
+            self.runtime.store,
+            load_backup(self.runtime.store, cluster_id, backup_id),
+            lambda backup: backup.fail(code, message, step, now, self.name),
+            running,
+        )
 
     # -- leases ----------------------------------------------------------------------------------
 

@@ -70,8 +70,8 @@ from managed_backups.shared.encryption import (
     encrypted_chains,
     platform_keyring,
 )
-from managed_backups.shared.eventstore import EventStore, IntegrityError
-from managed_backups.shared.job_runner import JobHandle, JobRunner
+from managed_backups.shared.eventstore import EventStore
+from managed_backups.shared.job_runner import JobHandle, JobRunner, record_job
 from managed_backups.shared.region_stores import RegionStores
 from managed_backups.shared.secrets import ConnectionSecrets
 from managed_backups.shared.security import Principal
@@ -379,17 +379,7 @@ class RestoreService:
         """Record ``change``; by a worker (``running``) only while its fencing token is current
         (a worker whose lease was reaped or taken anew records nothing here; the runner then
         records ``LEASE_LOST`` if nobody recorded the job's end: :meth:`_record_lost`)."""
-        restore = load_job(self.runtime.store, job_id)
-        if restore is None or restore.is_terminal:
-            return False
-        if running is not None and not running.holds():
-            return False
-        change(restore)
-        try:
-            self.runtime.store.save_all(restore)
-        except IntegrityError:  # the reaper (or a late outcome) came first: that stands
-            return False
-        return True
+        return record_job(self.runtime.store, load_job(self.runtime.store, job_id), change, running)
 
     def _chain_still_restorable(self, job: Job) -> None:
         """Once the job and its lease are recorded, the backup must still be restorable: retention

@@ -44,8 +44,7 @@ from managed_backups.shared.domain.errors import Conflict, NotFound, Refused, no
 from managed_backups.shared.domain.ids import cluster_aggregate_id, key_rotation_id
 from managed_backups.shared.domain.roles import Action
 from managed_backups.shared.encryption import ClusterEncryption
-from managed_backups.shared.eventstore import IntegrityError
-from managed_backups.shared.job_runner import JobHandle, JobRunner
+from managed_backups.shared.job_runner import JobHandle, JobRunner, record_job
 from managed_backups.shared.security import Principal
 
 log = logging.getLogger(__name__)
@@ -213,17 +212,7 @@ class KeyRotations:
     ) -> bool:
         """Record ``change``; by a worker (``running``) only while its fencing token is current."""
         store = self.retention.store
-        job = store.get_or_none(rotation_id, KeyRotation)
-        if job is None or job.is_terminal:
-            return False
-        if running is not None and not running.holds():
-            return False
-        change(job)
-        try:
-            store.save_all(job)
-        except IntegrityError:  # the reaper failed it first: that stands
-            return False
-        return True
+        return record_job(store, store.get_or_none(rotation_id, KeyRotation), change, running)
 
     def _record_lost(self, running: JobHandle) -> bool:
         """The worker lost its lease: FAILED ``LEASE_LOST`` unless the job's end is recorded

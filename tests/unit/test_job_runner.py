@@ -67,6 +67,18 @@ def runner_of(db: SqlDatabase, service: Jobs, owner: str = "worker-a") -> JobRun
     )
 
 
+def taken(
+    db: SqlDatabase, detail: dict[str, str] | None = None
+) -> tuple[Jobs, JobRunner, JobHandle]:
+    """A service's runner, and the handle of a job it took and recorded."""
+    service = Jobs()
+    runner = runner_of(db, service)
+    handle = runner.take(uuid4(), "c1", detail)
+    assert handle is not None
+    service.recorded.add(handle.job_id)
+    return service, runner, handle
+
+
 def commit_when_cancelled(service: Jobs, outcome: list[str]) -> Work:
     """A job that works until told to stop, then tries to commit (as a backup's manifest)."""
 
@@ -89,12 +101,8 @@ def commit_when_cancelled(service: Jobs, outcome: list[str]) -> Work:
 async def test_a_worker_whose_lease_was_reaped_is_cancelled_and_its_commit_refused(
     db: SqlDatabase,
 ) -> None:
-    service = Jobs()
-    runner = runner_of(db, service)
-    job = uuid4()
-    handle = runner.take(job, "c1", {"what": "it"})
-    assert handle is not None and handle.job_id == job
-    service.recorded.add(job)
+    service, runner, handle = taken(db, {"what": "it"})
+    job = handle.job_id
     outcome: list[str] = []
     task = runner.start(handle, commit_when_cancelled(service, outcome))
     await asyncio.sleep(LEASE)  # renewed on the way: still running, nothing ended
@@ -111,12 +119,8 @@ async def test_a_worker_whose_lease_was_reaped_is_cancelled_and_its_commit_refus
 
 
 async def test_a_stale_worker_never_releases_its_successors_lease(db: SqlDatabase) -> None:
-    service = Jobs()
-    runner = runner_of(db, service)
-    job = uuid4()
-    handle = runner.take(job, "c1")
-    assert handle is not None
-    service.recorded.add(job)
+    service, runner, handle = taken(db)
+    job = handle.job_id
     outcome: list[str] = []
     runner.leases.release(job)  # reaped, then taken anew by another worker
     successor = JobLeases(db, "test-job").take_fenced(job, "c1", "worker-b", lease_until(NOW, 60))
@@ -151,12 +155,8 @@ async def test_a_job_whose_lease_was_released_as_an_orphan_ends_lease_lost(
 
 
 async def test_a_job_that_ends_releases_its_lease_and_records_no_loss(db: SqlDatabase) -> None:
-    service = Jobs()
-    runner = runner_of(db, service)
-    job = uuid4()
-    handle = runner.take(job, "c1")
-    assert handle is not None
-    service.recorded.add(job)
+    service, runner, handle = taken(db)
+    job = handle.job_id
     reported: list[int] = []
 
     async def work(handle: JobHandle) -> None:
@@ -174,12 +174,8 @@ async def test_a_job_that_ends_releases_its_lease_and_records_no_loss(db: SqlDat
 async def test_a_job_that_left_something_behind_leaves_its_lease_to_the_reaper(
     db: SqlDatabase,
 ) -> None:
-    service = Jobs()
-    runner = runner_of(db, service)
-    job = uuid4()
-    handle = runner.take(job, "c1", {"holds": "much"})
-    assert handle is not None
-    service.recorded.add(job)
+    service, runner, handle = taken(db, {"holds": "much"})
+    job = handle.job_id
 
     async def work(handle: JobHandle) -> None:
         service.end(handle.job_id, "FAILED")
@@ -233,12 +229,8 @@ async def test_the_periodic_reaper_runs_until_stopped(db: SqlDatabase) -> None:
 
 
 async def test_stop_cancels_every_worker_and_waits_for_it(db: SqlDatabase) -> None:
-    service = Jobs()
-    runner = runner_of(db, service)
-    job = uuid4()
-    handle = runner.take(job, "c1")
-    assert handle is not None
-    service.recorded.add(job)
+    service, runner, handle = taken(db)
+    job = handle.job_id
     stopped = threading.Event()
 
     async def work(handle: JobHandle) -> None:
