@@ -365,6 +365,8 @@ SWEEP = "sweep"
 detail names the chain)."""
 BACKUP = "backup"
 """The lease kind of a running backup (its detail names the chain it writes into)."""
+VERIFY = "verify"
+"""The lease kind of a running verify of a backup (its detail holds the backup it reads)."""
 
 
 def _names_chain(lease: Lease, chain_id: str) -> bool:

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import threading
 from datetime import datetime
-from uuid import UUID
+from uuid import UUID, uuid5
 
 from managed_backups.contracts.commands import TakeBackup, VerifyBackup
 from managed_backups.contracts.enums import BackupReason, BackupStatus, BackupType, Tier
@@ -43,6 +43,7 @@ from managed_backups.shared.domain.backup_settings import backup_retention_follo
 from managed_backups.shared.domain.catalog import summarise_catalog
 from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.domain.errors import Conflict, NotFound
+from managed_backups.shared.domain.ids import backup_aggregate_id
 from managed_backups.shared.domain.restore_rules import (
     latest_restorable_backup,
     no_backup_while_a_cluster_restore_runs,
@@ -82,6 +83,17 @@ class BackupExecutor:
             record_lost=self._record_lost,
         )
         self.leases = self.runner.leases
+        # Verifies too: a verify's lease holds its backup (retention deletes no chain a lease
+        # names); it records its report only while it holds the lease. It records no start, so
+        # an expired verify lease is an orphan (released) and a lost verify is sent again.
+        self.verifies = JobRunner(
+            jobs.JobLeases(runtime.db, jobs.VERIFY),
+            name,
+            self.settings.backup_lease_seconds,
+            runtime.clock.now,
+            fail_expired=lambda lease: False,
+            record_lost=lambda running: False,
+        )
         self.secrets = ConnectionSecrets(
             runtime.db, self.settings.secrets_path, platform_keyring(self.settings)
         )
@@ -440,7 +452,7 @@ class BackupExecutor:
         reached = (
             (lambda now: clock.report_reached("backup-executor", now)) if clock.simulated else None
         )
-        await self.runner.reap(stop, reached)
+        await asyncio.gather(self.runner.reap(stop, reached), self.verifies.reap(stop))
 
     # -- VerifyBackup ----------------------------------------------------------------------------
 
@@ -448,23 +460,48 @@ class BackupExecutor:
         self, command: VerifyBackup, principal: Principal, context: CommandContext
     ) -> Handled:
         cluster = load_cluster(context.store, principal, Action.VIEW_BACKUPS, command.cluster_id)
-        backup = load_backup(context.store, cluster.cluster_id, command.backup_id)
-        if backup is None:
-            raise NotFound(
-                f"backup {command.backup_id} of cluster {cluster.cluster_id} is not known"
-            )
-        if backup.status != BackupStatus.COMPLETE.value:
-            raise Conflict(
-                f"backup {command.backup_id} is {backup.status}; only a COMPLETE backup can be verified"
-            )
+        # The lease first (it holds the backup: retention deletes no chain a lease names), then
+        # the status: retention records an expiry before it reads the leases, so either this
+        # sees the backup expired or retention sees it held.
+        stream_id = backup_aggregate_id(cluster.cluster_id, command.backup_id)
+        job_id = uuid5(stream_id, str(command.command_id))
+        handle = self.verifies.take(
+            job_id, cluster.cluster_id, jobs.holding([str(command.backup_id)])
+        )
+        if handle is None:
+            raise Conflict(f"verify {command.command_id} is being run by another executor")
+        try:
+            backup = load_backup(context.store, cluster.cluster_id, command.backup_id)
+            if backup is None:
+                raise NotFound(
+                    f"backup {command.backup_id} of cluster {cluster.cluster_id} is not known"
+                )
+            if backup.status != BackupStatus.COMPLETE.value:
+                raise Conflict(
+                    f"backup {command.backup_id} is {backup.status}; only a COMPLETE backup can "
+                    "be verified"
+                )
+        except (NotFound, Conflict):
+            self.verifies.leases.release(job_id, handle.fence)
+            raise
 
         async def start() -> None:
-            self.runner.spawn(asyncio.to_thread(self._verify, cluster, backup, command, principal))
+            self.verifies.start(
+                handle,
+                lambda held: asyncio.to_thread(
+                    self._verify, cluster, backup, command, principal, held
+                ),
+            )
 
         return Handled([], cluster.cluster_id, follow_up=start)
 
     def _verify(
-        self, cluster: Cluster, backup: Backup, command: VerifyBackup, principal: Principal
+        self,
+        cluster: Cluster,
+        backup: Backup,
+        command: VerifyBackup,
+        principal: Principal,
+        running: JobHandle,
     ) -> None:
         missing: list[str] = []
         corrupt: list[str] = []
@@ -477,6 +514,8 @@ class BackupExecutor:
             missing, corrupt, checked = report.missing, report.corrupt, report.chunks_checked
         except Exception as exc:
             missing = [f"manifest or chain unreadable: {exc}"]
+        if not running.holds():  # a stale verify records nothing: it is simply sent again
+            return
         latest = self.runtime.store.get_or_none(backup.id, Backup)
         assert latest is not None
         latest.record_verification(
@@ -491,4 +530,4 @@ class BackupExecutor:
         self.runtime.store.save_all(latest)
 
     async def stop(self) -> None:
-        await self.runner.stop()
+        await asyncio.gather(self.runner.stop(), self.verifies.stop())
