@@ -310,9 +310,10 @@ async def keep_renewed(
             )
             continue
         if not held:
-            log.warning("%s %s lost its lease: stopping it", leases.kind, job_id)
-            if on_lost is not None:
-                on_lost()
+            if on_lost is None:
+                log.warning("%s %s lost its lease", leases.kind, job_id)
+            else:
+                on_lost()  # it says so, and stops the job
             return
 
 
