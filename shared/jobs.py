@@ -287,21 +287,33 @@ async def keep_renewed(
     now: Callable[[], datetime],
     fence: Fence | None = None,
     on_lost: Callable[[], None] | None = None,
+    every: float | None = None,
+    on_renewed: Callable[[], None] | None = None,
 ) -> None:
-    """Renew ``job_id``'s lease every third of ``seconds`` until cancelled (run it as a task for
-    as long as the process holds the job). With a ``fence``: once a renewal finds the lease
-    lost (expired, reaped, taken over), call ``on_lost`` (stop the job) and return."""
+    """Renew ``job_id``'s lease every third of ``seconds`` (or every ``every`` seconds, if
+    sooner) until cancelled (run it as a task for as long as the process holds the job), and
+    call ``on_renewed`` (in a worker thread: e.g. record progress) after each renewal. With a
+    ``fence``: once a renewal finds the lease lost (expired, reaped, taken over), call
+    ``on_lost`` (stop the job) and return."""
+    interval = seconds / 3 if every is None else min(every, seconds / 3)
     while True:
-        await asyncio.sleep(seconds / 3)
+        await asyncio.sleep(interval)
         try:
             held = await asyncio.to_thread(leases.renew, job_id, lease_until(now(), seconds), fence)
+            if held and on_renewed is not None:
+                await asyncio.to_thread(on_renewed)
         except Exception:
-            log.exception("renewing the lease of %s %s failed; will retry", leases.kind, job_id)
+            log.exception(
+                "renewing the lease of %s %s (or its progress) failed; will retry",
+                leases.kind,
+                job_id,
+            )
             continue
         if not held:
-            log.warning("%s %s lost its lease: stopping it", leases.kind, job_id)
-            if on_lost is not None:
-                on_lost()
+            if on_lost is None:
+                log.warning("%s %s lost its lease", leases.kind, job_id)
+            else:
+                on_lost()  # it says so, and stops the job
             return
 
 
@@ -354,6 +366,8 @@ SWEEP = "sweep"
 detail names the chain)."""
 BACKUP = "backup"
 """The lease kind of a running backup (its detail names the chain it writes into)."""
+VERIFY = "verify"
+"""The lease kind of a running verify of a backup (its detail holds the backup it reads)."""
 
 
 def _names_chain(lease: Lease, chain_id: str) -> bool:

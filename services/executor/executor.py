@@ -1,7 +1,8 @@
 """The backup-executor: takes and verifies backups (full and incremental).
 
 TakeBackup → BackupStarted (IN_PROGRESS, with a lease) is recorded atomically with the command's
-outcome, then the backup runs in a worker thread through the cluster's engine adapter into its
+outcome, then the backup runs (through the one runner of leased jobs, ``shared/job_runner.py``:
+renewed, fenced, reaped) in a worker thread through the cluster's engine adapter into its
 backup region's object store → BackupCompleted (COMPLETE) or BackupFailed (error code, message and
 the step or statement that failed). A TakeBackup for a backup id that already exists does nothing.
 VerifyBackup reads every chunk the backup depends on and records which are missing or corrupt.
@@ -10,14 +11,11 @@ VerifyBackup reads every chunk the backup depends on and records which are missi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid5
 
 from managed_backups.contracts.commands import TakeBackup, VerifyBackup
 from managed_backups.contracts.enums import BackupReason, BackupStatus, BackupType, Tier
@@ -46,6 +44,7 @@ from managed_backups.shared.domain.backup_settings import backup_retention_follo
 from managed_backups.shared.domain.catalog import summarise_catalog
 from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.domain.errors import Conflict, NotFound
+from managed_backups.shared.domain.ids import backup_aggregate_id
 from managed_backups.shared.domain.restore_rules import (
     latest_restorable_backup,
     no_backup_while_a_cluster_restore_runs,
@@ -55,9 +54,9 @@ from managed_backups.shared.encryption import (
     encrypted_chains,
     platform_keyring,
 )
-from managed_backups.shared.eventstore import IntegrityError
 from managed_backups.shared.faults import crash_point
-from managed_backups.shared.jobs import Fence, LeaseLost, keep_renewed, lease_until
+from managed_backups.shared.job_runner import JobHandle, JobRunner, record_job
+from managed_backups.shared.jobs import LeaseLost
 from managed_backups.shared.region_stores import RegionStores
 from managed_backups.shared.secrets import ConnectionSecrets
 from managed_backups.shared.security import Action, Principal
@@ -68,31 +67,34 @@ SWEEP_POLL_SECONDS = 0.5
 """How often a backup waiting for retention's sweep of its chain looks again."""
 
 
-@dataclass
-class Running:
-    backup_id: UUID
-    fence: Fence | None = None
-    """The backup's lease as this worker took it: every result it writes is checked against it."""
-    cancel: threading.Event = field(default_factory=threading.Event)
-    lost: threading.Event = field(default_factory=threading.Event)
-    """Set when a renewal found the lease lost (reaped, taken anew): the worker stops, writes
-    nothing more, and leaves the backup to whoever holds its lease now (the reaper)."""
-
-    def lose_lease(self) -> None:
-        self.lost.set()
-        self.cancel.set()
-
-
 class BackupExecutor:
     def __init__(self, runtime: Runtime, name: str) -> None:
         self.runtime = runtime
         self.settings = runtime.settings
         self.name = name
-        self.running: dict[str, Running] = {}
-        self.tasks: set[asyncio.Task[None]] = set()
         self.slots = asyncio.Semaphore(max(1, self.settings.max_concurrent_backups))
         self.stores = RegionStores(runtime.settings)
-        self.leases = backup_leases(runtime.db)
+        # Backups run through the one runner of leased jobs (lease, heartbeat, fence, reaper).
+        self.runner = JobRunner(
+            backup_leases(runtime.db),
+            name,
+            self.settings.backup_lease_seconds,
+            runtime.clock.now,
+            fail_expired=self._fail_expired,
+            record_lost=self._record_lost,
+        )
+        self.leases = self.runner.leases
+        # Verifies too: a verify's lease holds its backup (retention deletes no chain a lease
+        # names); it records its report only while it holds the lease. It records no start, so
+        # an expired verify lease is an orphan (released) and a lost verify is sent again.
+        self.verifies = JobRunner(
+            jobs.JobLeases(runtime.db, jobs.VERIFY),
+            name,
+            self.settings.backup_lease_seconds,
+            runtime.clock.now,
+            fail_expired=lambda lease: False,
+            record_lost=lambda running: False,
+        )
         self.secrets = ConnectionSecrets(
             runtime.db, self.settings.secrets_path, platform_keyring(self.settings)
         )
@@ -117,11 +119,6 @@ class BackupExecutor:
         connection = cluster_connection(cluster, self.secrets, self.settings)
         return connection.postgres_adapter()
 
-    def _spawn(self, coroutine: Any) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coroutine)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
     # -- TakeBackup ------------------------------------------------------------------------------
 
     def take_backup(
@@ -137,8 +134,10 @@ class BackupExecutor:
         )
         if load_backup(context.store, cluster.cluster_id, command.backup_id) is not None:
             return Handled([], command.cluster_id)  # a duplicate TakeBackup does nothing
-        running = self.running.get(cluster.cluster_id)
-        refuse_second_backup(cluster.cluster_id, running.backup_id if running else None)
+        running = self.runner.running_on(cluster.cluster_id)
+        refuse_second_backup(
+            cluster.cluster_id, UUID(running.detail["backup_id"]) if running else None
+        )
         restoring = jobs.exclusive_job(self.runtime.db, cluster.cluster_id)
         no_backup_while_a_cluster_restore_runs(
             cluster.cluster_id, restoring.job_id if restoring else None
@@ -172,7 +171,7 @@ class BackupExecutor:
                 refuse_backup_on_expired_chain(chain_id, full_status)
             elif chain_has_expired(full_status):
                 return self._refuse_expired_chain(command, cluster, chain_id, principal, now)
-        lease = lease_until(now, self.settings.backup_lease_seconds)
+        lease = self.runner.until()
         backup = Backup(
             backup_id=command.backup_id,
             cluster_id=cluster.cluster_id,
@@ -195,25 +194,21 @@ class BackupExecutor:
         # is dropped by the reaper as an orphan.
         # The lease's job id is the backup's stream id: a backup id is unique only within
         # its cluster, so another tenant's backup of the same id never meets this lease.
-        fence = self.leases.take_fenced(
+        handle = self.runner.take(
             backup.id,
             cluster.cluster_id,
-            self.name,
-            lease,
             {
                 "chain_id": str(chain_id),
                 "region": cluster.backup_region,
                 "backup_id": str(command.backup_id),
             },
         )
-        if fence is None:
+        if handle is None:
             raise Conflict(f"backup {command.backup_id} is being started by another executor")
 
         async def start() -> None:
             crash_point(self.settings, "executor-after-backup-started-saved")
-            running = Running(command.backup_id, fence)
-            self.running[cluster.cluster_id] = running
-            self._spawn(self._run(cluster, backup, running))
+            self.runner.start(handle, lambda held: self._run(cluster, backup, held))
 
         return Handled([backup], cluster.cluster_id, follow_up=start)
 
@@ -254,48 +249,31 @@ class BackupExecutor:
         )
         return Handled([backup], cluster.cluster_id)
 
-    def _fenced(self, running: Running) -> None:
+    def _fenced(self, running: JobHandle) -> None:
         """Refuse a write by this worker if its lease is no longer its own."""
-        if running.fence is None:
-            return
         try:
-            self.leases.check(running.fence)
+            running.check()
         except LeaseLost as lost:
-            running.lose_lease()
             raise BackupError(ErrorCode.LEASE_LOST, str(lost), "executor lease") from None
 
-    def _write_fence(self, running: Running) -> Callable[[], None]:
-        """What the backup's store calls before each object it writes: refused once the lease
-        is known lost, and checked against the lease table whenever a third of a lease (the
-        renewal period) has passed on the clock since the last check. A worker that stalled
-        past its lease (paused, starved) thus writes no chunk into a chain that retention may
-        already have deleted or swept: its first write after the stall is refused."""
-        every = timedelta(seconds=self.settings.backup_lease_seconds / 3)
-        checked = [self.runtime.clock.now()]
+    def _write_fence(self, running: JobHandle) -> Callable[[], None]:
+        """What the backup's store calls before each object it writes (see
+        :meth:`JobHandle.write_fence`): a worker that stalled past its lease (paused, starved)
+        writes no chunk into a chain that retention may already have deleted or swept."""
+        fence = running.write_fence(
+            self.runtime.clock.now, timedelta(seconds=self.settings.backup_lease_seconds / 3)
+        )
 
         def before_write() -> None:
-            if running.lost.is_set():
-                raise BackupError(
-                    ErrorCode.LEASE_LOST, "the worker lost its lease", "executor lease"
-                )
-            now = self.runtime.clock.now()
-            if now - checked[0] >= every:
-                self._fenced(running)
-                checked[0] = now
+            try:
+                fence()
+            except LeaseLost as lost:
+                raise BackupError(ErrorCode.LEASE_LOST, str(lost), "executor lease") from None
 
         return before_write
 
-    async def _run(self, cluster: Cluster, backup: Backup, running: Running) -> None:
-        renewing = asyncio.create_task(
-            keep_renewed(
-                self.leases,
-                backup.id,
-                self.settings.backup_lease_seconds,
-                self.runtime.clock.now,
-                running.fence,
-                running.lose_lease,
-            )
-        )
+    async def _run(self, cluster: Cluster, backup: Backup, running: JobHandle) -> None:
+        """The backup's work (its lease renewed by the runner meanwhile), and its end recorded."""
         try:
             async with self.slots:
                 manifest, encrypted = await asyncio.to_thread(self._take, cluster, backup, running)
@@ -328,18 +306,8 @@ class BackupExecutor:
                 "executor",
                 running,
             )
-        finally:
-            renewing.cancel()
-            if not running.lost.is_set():  # found out at the end (e.g. reaped, then it failed)
-                with contextlib.suppress(Exception):
-                    await asyncio.to_thread(self._fenced, running)
-            if running.lost.is_set():
-                log.warning("backup %s: its worker lost its lease and stopped", backup.backup_id)
-            if self.running.get(cluster.cluster_id) is running:
-                self.running.pop(cluster.cluster_id, None)
-            await asyncio.to_thread(self.leases.release, backup.id, running.fence)
 
-    def _take(self, cluster: Cluster, backup: Backup, running: Running) -> tuple[Manifest, bool]:
+    def _take(self, cluster: Cluster, backup: Backup, running: JobHandle) -> tuple[Manifest, bool]:
         """The backup's manifest, and whether its chain is stored encrypted."""
         full = None
         if backup.backup_type != BackupType.FULL.value:
@@ -350,7 +318,7 @@ class BackupExecutor:
         return manifest, chain_is_encrypted(store, cluster.cluster_id, str(backup.chain_id))
 
     def _take_into(
-        self, store: ObjectStore, cluster: Cluster, backup: Backup, running: Running
+        self, store: ObjectStore, cluster: Cluster, backup: Backup, running: JobHandle
     ) -> Manifest:
         adapter = self.adapter_for(cluster)
         request = BackupRequest(
@@ -414,29 +382,30 @@ class BackupExecutor:
                 raise BackupError(ErrorCode.CANCELLED, "backup cancelled", "wait for a sweep")
 
     def _record_completed(
-        self, started: Backup, manifest: Manifest, encrypted: bool, running: Running
+        self, started: Backup, manifest: Manifest, encrypted: bool, running: JobHandle
     ) -> None:
-        backup = self.runtime.store.get_or_none(started.id, Backup)
-        if backup is None or backup.is_terminal:
-            return
-        self._fenced(running)  # a stale worker's completion is refused
+        """Record COMPLETE, unless the backup ended already (the reaper failed it: that stands)
+        or this worker lost its lease (a stale worker's completion is refused)."""
         catalog = summarise_catalog(
             manifest.catalog.databases, max_tables=self.settings.catalog_tables_in_event
         )
         now = self.runtime.clock.now()
-        backup.complete(
-            as_of_time=manifest.data_from,
-            size_bytes=manifest.totals.new_stored_bytes,
-            database_count=manifest.catalog.database_count,
-            catalog=catalog,
-            manifest_key=f"clusters/{manifest.cluster_id}/chains/{manifest.chain_id}/manifests/{manifest.backup_id}.json",
-            expires_at=backup_expires_at(manifest.data_from, backup.retention_days),
-            at=now,
-            by=self.name,
-            encrypted=encrypted,
-        )
-        with contextlib.suppress(IntegrityError):  # the reaper failed it first: that stands
-            self.runtime.store.save_all(backup)
+
+        def complete(backup: Backup) -> None:
+            backup.complete(
+                as_of_time=manifest.data_from,
+                size_bytes=manifest.totals.new_stored_bytes,
+                database_count=manifest.catalog.database_count,
+                catalog=catalog,
+                manifest_key=f"clusters/{manifest.cluster_id}/chains/{manifest.chain_id}/manifests/{manifest.backup_id}.json",
+                expires_at=backup_expires_at(manifest.data_from, backup.retention_days),
+                at=now,
+                by=self.name,
+                encrypted=encrypted,
+            )
+
+        store = self.runtime.store
+        record_job(store, store.get_or_none(started.id, Backup), complete, running)
 
     def _record_failed(
         self,
@@ -445,72 +414,63 @@ class BackupExecutor:
         code: str,
         message: str,
         step: str,
-        running: Running | None = None,
+        running: JobHandle | None = None,
     ) -> bool:
-        """Record the backup FAILED. A worker (``running``) whose fencing token is stale records
-        ``LEASE_LOST`` instead, and only if the backup's end is not recorded yet: its lease may
-        have been released as an orphan (it expired before the start was saved), and then no
-        reaper records the end. A stale worker never writes a result (a manifest, COMPLETE)."""
-        backup = load_backup(self.runtime.store, cluster_id, backup_id)
-        if backup is None or backup.is_terminal:
-            return False
-        if running is not None:
-            try:
-                self._fenced(running)
-            except BackupError as lost:
-                log.warning("backup %s stopped: it lost its lease", backup_id)
-                code, message, step = ErrorCode.LEASE_LOST.value, lost.message, "executor lease"
-        backup.fail(code, message, step, self.runtime.clock.now(), self.name)
-        try:
-            self.runtime.store.save_all(backup)
-        except IntegrityError:
-            return False
-        return True
+        """Record the backup FAILED; by a worker (``running``) only while its fencing token is
+        current. A stale worker records nothing here: the runner then records ``LEASE_LOST``
+        (:meth:`_record_lost`) if nobody recorded the backup's end. A stale worker never writes
+        a result (a manifest, COMPLETE)."""
+        now = self.runtime.clock.now()
+        return record_job(
+            self.runtime.store,
+            load_backup(self.runtime.store, cluster_id, backup_id),
+            lambda backup: backup.fail(code, message, step, now, self.name),
+            running,
+        )
 
     # -- leases ----------------------------------------------------------------------------------
 
-    def reap_once(self) -> int:
-        """Fail the backups whose executor died (``LEASE_EXPIRED``) and release their leases.
+    def _record_lost(self, running: JobHandle) -> bool:
+        """The worker lost its lease: FAILED ``LEASE_LOST`` unless the backup's end is recorded
+        (by the reaper, or by this worker before): its lease may have been released as an orphan
+        (it expired before the start was saved), and then no reaper records the end."""
+        return self._record_failed(
+            running.cluster_id,
+            UUID(running.detail["backup_id"]),
+            ErrorCode.LEASE_LOST.value,
+            f"the executor {self.name} lost the lease of this backup and stopped",
+            "executor lease",
+        )
+
+    def _fail_expired(self, lease: jobs.Lease) -> bool:
+        """The backup of an expired lease (its executor died): FAILED ``LEASE_EXPIRED``.
 
         Nothing is deleted here: what such a backup left half-written (chunks without a
         manifest) is swept by the retention service, the only service that deletes objects
         (``services/retention/leftovers.py``; a failed full goes with its chain). A lease whose
         backup was never recorded (an orphan: nothing was written) or has already ended is
         released."""
-        reaped = 0
-        for lease in self.leases.expired(self.runtime.clock.now()):
-            # Leases taken before the job id was the stream id name the bare backup id.
-            backup_id = UUID(str(lease.detail.get("backup_id", lease.job_id)))
-            cluster_id = lease.cluster_id
-            running = self.running.get(cluster_id)
-            if running is not None and running.backup_id == backup_id:
-                continue
-            failed = self._record_failed(
-                cluster_id,
-                backup_id,
-                "LEASE_EXPIRED",
-                f"the executor running this backup stopped renewing its lease for "
-                f"{self.settings.backup_lease_seconds:.0f} s (it died or lost the database)",
-                "executor lease",
-            )
-            self.leases.release(lease.job_id)
-            reaped += int(failed)
-        return reaped
+        # Leases taken before the job id was the stream id name the bare backup id.
+        backup_id = UUID(str(lease.detail.get("backup_id", lease.job_id)))
+        return self._record_failed(
+            lease.cluster_id,
+            backup_id,
+            "LEASE_EXPIRED",
+            f"the executor running this backup stopped renewing its lease for "
+            f"{self.settings.backup_lease_seconds:.0f} s (it died or lost the database)",
+            "executor lease",
+        )
+
+    def reap_once(self) -> int:
+        """Fail the backups whose executor died (``LEASE_EXPIRED``) and release their leases."""
+        return self.runner.reap_once()
 
     async def reap(self, stop: asyncio.Event) -> None:
-        interval = max(0.2, self.settings.backup_lease_seconds / 6)
-        while not stop.is_set():
-            try:
-                now = self.runtime.clock.now()
-                await asyncio.to_thread(self.reap_once)
-                if self.runtime.clock.simulated:
-                    await asyncio.to_thread(
-                        self.runtime.clock.report_reached, "backup-executor", now
-                    )
-            except Exception:
-                log.exception("reaping expired leases failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=interval)
+        clock = self.runtime.clock
+        reached = (
+            (lambda now: clock.report_reached("backup-executor", now)) if clock.simulated else None
+        )
+        await asyncio.gather(self.runner.reap(stop, reached), self.verifies.reap(stop))
 
     # -- VerifyBackup ----------------------------------------------------------------------------
 
@@ -518,23 +478,48 @@ class BackupExecutor:
         self, command: VerifyBackup, principal: Principal, context: CommandContext
     ) -> Handled:
         cluster = load_cluster(context.store, principal, Action.VIEW_BACKUPS, command.cluster_id)
-        backup = load_backup(context.store, cluster.cluster_id, command.backup_id)
-        if backup is None:
-            raise NotFound(
-                f"backup {command.backup_id} of cluster {cluster.cluster_id} is not known"
-            )
-        if backup.status != BackupStatus.COMPLETE.value:
-            raise Conflict(
-                f"backup {command.backup_id} is {backup.status}; only a COMPLETE backup can be verified"
-            )
+        # The lease first (it holds the backup: retention deletes no chain a lease names), then
+        # the status: retention records an expiry before it reads the leases, so either this
+        # sees the backup expired or retention sees it held.
+        stream_id = backup_aggregate_id(cluster.cluster_id, command.backup_id)
+        job_id = uuid5(stream_id, str(command.command_id))
+        handle = self.verifies.take(
+            job_id, cluster.cluster_id, jobs.holding([str(command.backup_id)])
+        )
+        if handle is None:
+            raise Conflict(f"verify {command.command_id} is being run by another executor")
+        try:
+            backup = load_backup(context.store, cluster.cluster_id, command.backup_id)
+            if backup is None:
+                raise NotFound(
+                    f"backup {command.backup_id} of cluster {cluster.cluster_id} is not known"
+                )
+            if backup.status != BackupStatus.COMPLETE.value:
+                raise Conflict(
+                    f"backup {command.backup_id} is {backup.status}; only a COMPLETE backup can "
+                    "be verified"
+                )
+        except (NotFound, Conflict):
+            self.verifies.leases.release(job_id, handle.fence)
+            raise
 
         async def start() -> None:
-            self._spawn(asyncio.to_thread(self._verify, cluster, backup, command, principal))
+            self.verifies.start(
+                handle,
+                lambda held: asyncio.to_thread(
+                    self._verify, cluster, backup, command, principal, held
+                ),
+            )
 
         return Handled([], cluster.cluster_id, follow_up=start)
 
     def _verify(
-        self, cluster: Cluster, backup: Backup, command: VerifyBackup, principal: Principal
+        self,
+        cluster: Cluster,
+        backup: Backup,
+        command: VerifyBackup,
+        principal: Principal,
+        running: JobHandle,
     ) -> None:
         missing: list[str] = []
         corrupt: list[str] = []
@@ -547,6 +532,8 @@ class BackupExecutor:
             missing, corrupt, checked = report.missing, report.corrupt, report.chunks_checked
         except Exception as exc:
             missing = [f"manifest or chain unreadable: {exc}"]
+        if not running.holds():  # a stale verify records nothing: it is simply sent again
+            return
         latest = self.runtime.store.get_or_none(backup.id, Backup)
         assert latest is not None
         latest.record_verification(
@@ -561,7 +548,4 @@ class BackupExecutor:
         self.runtime.store.save_all(latest)
 
     async def stop(self) -> None:
-        for running in self.running.values():
-            running.cancel.set()
-        if self.tasks:
-            await asyncio.gather(*self.tasks, return_exceptions=True)
+        await asyncio.gather(self.runner.stop(), self.verifies.stop())

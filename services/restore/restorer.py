@@ -7,20 +7,20 @@ accepted, the job's lease is taken (``shared/jobs.py``) *before* ``RestoreReques
 (PREPARING) is saved with the command's outcome; then a worker thread runs the restore plan
 (``shared/dataplane/restore_plan.py``): ``RestoreRunning``, ``RestoreProgressed`` at most once
 per percent, then ``RestoreSucceeded`` or ``RestoreFailed`` (code, message, step, and what the
-destination holds). The worker renews the lease every third of ``restore_lease_seconds``;
+destination holds). The job runs through the one runner of leased jobs
+(``shared/job_runner.py``): its lease is renewed every third of ``restore_lease_seconds``;
 every instance reaps expired leases: the job is failed with ``LEASE_EXPIRED`` and its
-temporary databases are dropped. Instances share jobs through their consumer group.
+temporary databases are dropped; a worker that lost its lease stops, and the job ends
+``LEASE_LOST`` if nobody recorded its end. Instances share jobs through their consumer group.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 from uuid import UUID
 
 import psycopg
@@ -70,7 +70,8 @@ from managed_backups.shared.encryption import (
     encrypted_chains,
     platform_keyring,
 )
-from managed_backups.shared.eventstore import EventStore, IntegrityError
+from managed_backups.shared.eventstore import EventStore
+from managed_backups.shared.job_runner import JobHandle, JobRunner, record_job
 from managed_backups.shared.region_stores import RegionStores
 from managed_backups.shared.secrets import ConnectionSecrets
 from managed_backups.shared.security import Principal
@@ -94,16 +95,13 @@ def cluster_access(
 
 
 @dataclass
-class Running:
-    job_id: UUID
-    cancel: threading.Event = field(default_factory=threading.Event)
+class Progress:
+    """How far a running restore is (reported by the job runner's heartbeat)."""
+
+    total: int | None = None
+    """Set once the job is recorded running."""
     bytes_done: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
-    fence: jobs.Fence | None = None
-    """The job's lease as this worker took it: every result it records is checked against it."""
-    lost: threading.Event = field(default_factory=threading.Event)
-    """Set once a renewal found the lease lost (reaped, taken anew): the worker stops and
-    records nothing more; the reaper records the job's end."""
 
     def add(self, n: int) -> None:
         """Progress from the restore's worker threads (several tables copy at once)."""
@@ -165,12 +163,20 @@ class RestoreService:
         self.runtime = runtime
         self.settings = runtime.settings
         self.name = name
-        self.running: dict[UUID, Running] = {}
-        self.tasks: set[asyncio.Task[None]] = set()
         # A freed slot goes to the organization with the fewest jobs running (fair.py).
         self.slots = FairSlots(self.settings.max_concurrent_restores)
         self.stores = RegionStores(runtime.settings)
-        self.leases = jobs.JobLeases(runtime.db, JOB_KIND)
+        # Restores run through the one runner of leased jobs (lease, heartbeat, fence, reaper).
+        self.runner = JobRunner(
+            jobs.JobLeases(runtime.db, JOB_KIND),
+            name,
+            self.settings.restore_lease_seconds,
+            runtime.clock.now,
+            fail_expired=self._fail_expired,
+            record_lost=self._record_lost,
+            cleanup=self._cleanup,
+        )
+        self.leases = self.runner.leases
         self.secrets = ConnectionSecrets(
             runtime.db, self.settings.secrets_path, platform_keyring(self.settings)
         )
@@ -285,15 +291,13 @@ class RestoreService:
             check_destination(access, plan)
         except PlanError as exc:
             raise Refused(exc.message, 503 if exc.code == "CONNECTION_FAILED" else 409) from None
-        lease = jobs.lease_until(now, self.settings.restore_lease_seconds)
+        lease = self.runner.until()
         # The lease first: a job recorded without a lease could never be reaped.
         # It names every backup of the chain the restore reads: retention deletes none of them
         # while the lease is held (the job re-checks their expiry once it is recorded).
-        fence = self.leases.take_fenced(
+        handle = self.runner.take(
             job_id,
             destination.cluster_id,
-            self.name,
-            lease,
             {
                 "target_database": plan.target_database,
                 jobs.ORGANIZATION: destination.organization,
@@ -301,12 +305,12 @@ class RestoreService:
                 **jobs.holding([m.backup_id for m in chain], source.cluster_id),
             },
         )
-        if fence is None:
+        if handle is None:
             raise Conflict(f"restore {command.restore_id} is being started by another worker")
         try:
             self._within_bounds(store, destination)
         except Refused:
-            self.leases.release(job_id)  # counted while it was taken; never recorded
+            self.leases.release(job_id, handle.fence)  # counted while taken; never recorded
             raise
         restore = Restore(
             restore_id=command.restore_id,
@@ -330,9 +334,13 @@ class RestoreService:
         job = Job(restore, plan, chain, objects_store, access, destination.organization)
 
         async def start() -> None:
-            running = Running(job_id, fence=fence)
-            self.running[job_id] = running
-            self._spawn(self._run(job, running))
+            progress = Progress()
+            self.runner.start(
+                handle,
+                lambda held: self._run(job, held, progress),
+                progress=lambda: self._progress(handle, progress),
+                progress_seconds=max(0.05, min(1.0, self.settings.restore_lease_seconds / 3)),
+            )
 
         return Handled([restore], destination.cluster_id, follow_up=start)
 
@@ -360,38 +368,18 @@ class RestoreService:
             self.settings.max_restores_per_organization,
         )
 
-    def _spawn(self, coroutine: Any) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coroutine)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
     # -- the job ---------------------------------------------------------------------------------
 
     def _record(
         self,
         job_id: UUID,
         change: Callable[[Restore], object],
-        running: Running | None = None,
+        running: JobHandle | None = None,
     ) -> bool:
         """Record ``change``; by a worker (``running``) only while its fencing token is current
-        (a worker whose lease was reaped or taken anew records nothing)."""
-        restore = load_job(self.runtime.store, job_id)
-        if restore is None or restore.is_terminal:
-            return False
-        if running is not None and running.fence is not None:
-            try:
-                self.leases.check(running.fence)
-            except jobs.LeaseLost as lost:
-                running.lost.set()
-                running.cancel.set()
-                log.warning("restore %s lost its lease: %s", job_id, lost)
-                return False
-        change(restore)
-        try:
-            self.runtime.store.save_all(restore)
-        except IntegrityError:  # the reaper (or a late outcome) came first: that stands
-            return False
-        return True
+        (a worker whose lease was reaped or taken anew records nothing here; the runner then
+        records ``LEASE_LOST`` if nobody recorded the job's end: :meth:`_record_lost`)."""
+        return record_job(self.runtime.store, load_job(self.runtime.store, job_id), change, running)
 
     def _chain_still_restorable(self, job: Job) -> None:
         """Once the job and its lease are recorded, the backup must still be restorable: retention
@@ -415,16 +403,21 @@ class RestoreService:
         message: str,
         step: str,
         state: str,
-        running: Running | None = None,
+        running: JobHandle | None = None,
     ) -> bool:
         now = self.runtime.clock.now()
         return self._record(
             job_id, lambda r: r.fail(code, message, step, state, now, self.name), running
         )
 
-    def _progress(self, job_id: UUID, bytes_done: int) -> bool:
+    def _progress(self, running: JobHandle, progress: Progress) -> None:
+        """Recorded by the job's worker, at most once per percent (the runner's heartbeat)."""
+        total = progress.total
+        if total is None:  # not running yet
+            return
+        done = min(progress.bytes_done, total)
         now = self.runtime.clock.now()
-        return self._record(job_id, lambda r: r.progress(bytes_done, now, self.name))
+        self._record(running.job_id, lambda r: r.progress(done, now, self.name), running)
 
     def _drop_temporary(self, job_id: UUID, access: ClusterAccess) -> tuple[str, bool]:
         """The cleanup step (after the plan, whatever its outcome; the reaper's too): the
@@ -440,23 +433,20 @@ class RestoreService:
             log.warning("restore %s: %s", job_id, cleanup_state(report))
         return cleanup_state(report), not report.left
 
-    def _still_holds(self, job_id: UUID, running: Running) -> None:
+    @staticmethod
+    def _still_holds(running: JobHandle) -> None:
         """Fencing at the restore's commit points (``execute_plan``'s ``before_commit``): a
         worker whose lease was reaped or taken anew makes nothing visible on the destination."""
-        if running.fence is None:
-            return
         try:
-            self.leases.check(running.fence)
-        except jobs.LeaseLost as lost:
-            running.lost.set()
-            running.cancel.set()
-            log.warning("restore %s lost its lease: %s", job_id, lost)
+            running.check()
+        except jobs.LeaseLost:
             raise PlanError("LEASE_LOST", "the restore worker lost its lease", "commit") from None
 
-    async def _run(self, job: Job, running: Running) -> None:
+    async def _run(self, job: Job, running: JobHandle, progress: Progress) -> None:
+        """The restore's work (its lease renewed and its progress recorded by the runner
+        meanwhile), its temporary databases dropped, and its end recorded."""
         job_id = job.restore.id  # the stream id: also the lease and the temporary databases
         clock = self.runtime.clock
-        tick = max(0.05, min(1.0, self.settings.restore_lease_seconds / 3))
         cleaned = True
         try:
             async with self.slots.slot(job.organization):
@@ -468,32 +458,17 @@ class RestoreService:
                     lambda r: r.start_running(total, clock.now(), self.name),
                     running,
                 )
-                work = asyncio.create_task(
-                    asyncio.to_thread(
-                        execute_plan,
-                        job.store,
-                        job.chain,
-                        job.plan,
-                        job.access,
-                        running.add,
-                        running.cancel,
-                        lambda: self._still_holds(job_id, running),
-                    )
+                progress.total = total
+                outcome = await asyncio.to_thread(
+                    execute_plan,
+                    job.store,
+                    job.chain,
+                    job.plan,
+                    job.access,
+                    progress.add,
+                    running.cancel,
+                    lambda: self._still_holds(running),
                 )
-                while not work.done():
-                    await asyncio.wait({work}, timeout=tick)
-                    if work.done():
-                        break
-                    if running.lost.is_set():
-                        continue  # waiting for the cancelled work to stop
-                    until = jobs.lease_until(clock.now(), self.settings.restore_lease_seconds)
-                    held = await asyncio.to_thread(self.leases.renew, job_id, until, running.fence)
-                    if not held:
-                        log.warning("restore %s lost its lease: stopping it", job_id)
-                        running.lost.set()
-                        running.cancel.set()
-                    await asyncio.to_thread(self._progress, job_id, min(running.bytes_done, total))
-                outcome = work.result()
                 cleanup, cleaned = await asyncio.to_thread(self._drop_temporary, job_id, job.access)
                 # What execute_plan could not drop is said again only if it is still there.
                 restored = [r for r in outcome.restored if not r.startswith(NOT_DROPPED)]
@@ -503,7 +478,7 @@ class RestoreService:
                     self._record,
                     job_id,
                     lambda r: r.succeed(
-                        running.bytes_done,
+                        progress.bytes_done,
                         restored,
                         outcome.left_out,
                         clock.now(),
@@ -522,22 +497,14 @@ class RestoreService:
             state = destination_state(job.plan, job.plan.target_database, cleanup)
             await asyncio.to_thread(self._fail, job_id, code, message, step, state, running)
         finally:
-            self.running.pop(job_id, None)
-            if running.lost.is_set():
-                pass  # the lease is no longer this worker's: its holder (the reaper) releases it
-            elif cleaned:
-                await asyncio.to_thread(self.leases.release, job_id)
-            else:  # the reaper drops what is left (it holds no backup, excludes nothing)
-                target = {"target_database": job.plan.target_database}
-                await asyncio.to_thread(
-                    self.leases.leave_to_reaper, job_id, self.runtime.clock.now(), target
-                )
+            if not cleaned:  # the reaper drops what is left (it holds no backup, excludes nothing)
+                running.leave_to_reaper({"target_database": job.plan.target_database})
 
     # -- leases ----------------------------------------------------------------------------------
 
-    def _lease_access(self, lease: jobs.Lease) -> ClusterAccess | str:
-        """How to reach the lease's destination, or why it cannot be reached."""
-        cluster = self.runtime.store.get_or_none(cluster_aggregate_id(lease.cluster_id), Cluster)
+    def _lease_access(self, cluster_id: str) -> ClusterAccess | str:
+        """How to reach a job's destination, or why it cannot be reached."""
+        cluster = self.runtime.store.get_or_none(cluster_aggregate_id(cluster_id), Cluster)
         if cluster is None:
             return "the destination cluster is not registered"
         try:
@@ -545,33 +512,50 @@ class RestoreService:
         except Refused as refused:  # e.g. its connection is no longer allowed
             return refused.reason
 
-    def _fail_expired(self, lease: jobs.Lease) -> bool:
-        """The job's temporary databases first (its worker died: nothing else drops them),
-        then its failure, saying what became of them."""
-        target = lease.detail.get("target_database")
-        access = self._lease_access(lease)
+    def _fail_unattended(
+        self, job_id: UUID, cluster_id: str, target: object, code: str, message: str
+    ) -> bool:
+        """A job no worker ends: its temporary databases first (nothing else drops them), then
+        its failure, saying what became of them; nothing if its end is recorded already."""
+        access = self._lease_access(cluster_id)
         cleanup = (
             cleanup_state(None, access)
             if isinstance(access, str)
-            else self._drop_temporary(lease.job_id, access)[0]
+            else self._drop_temporary(job_id, access)[0]
         )
         state = (
             f"unchanged: database {target} was not created, or the restore's transaction into "
             f"it was rolled back when its worker's connection closed; {cleanup}"
         )
-        return self._fail(
+        return self._fail(job_id, code, message, "restore lease", state)
+
+    def _fail_expired(self, lease: jobs.Lease) -> bool:
+        """The job of an expired lease (its worker died): FAILED ``LEASE_EXPIRED``."""
+        return self._fail_unattended(
             lease.job_id,
+            lease.cluster_id,
+            lease.detail.get("target_database"),
             "LEASE_EXPIRED",
             f"the restore worker {lease.owner} stopped renewing its lease for "
             f"{self.settings.restore_lease_seconds:.0f} s (it died or lost the database)",
-            "restore lease",
-            state,
+        )
+
+    def _record_lost(self, running: JobHandle) -> bool:
+        """The worker lost its lease: FAILED ``LEASE_LOST`` unless the job's end is recorded
+        (by the reaper, as a rule). Its lease may have been released as an orphan (it expired
+        before the start was saved), and then no reaper records the end."""
+        return self._fail_unattended(
+            running.job_id,
+            running.cluster_id,
+            running.detail.get("target_database"),
+            "LEASE_LOST",
+            f"the restore worker {self.name} lost the lease of this restore and stopped",
         )
 
     def _cleanup(self, lease: jobs.Lease) -> None:
         """Checks that nothing of the job is left (dropping what is); raises while something
         is, so the lease stays and the next pass tries again."""
-        access = self._lease_access(lease)
+        access = self._lease_access(lease.cluster_id)
         if isinstance(access, str):  # nothing can be dropped there, nor ever checked
             return
         cleanup, cleaned = self._drop_temporary(lease.job_id, access)
@@ -579,25 +563,10 @@ class RestoreService:
             raise RuntimeError(f"restore {lease.job_id}: {cleanup}")
 
     def reap_once(self) -> int:
-        return self.leases.reap(
-            self.runtime.clock.now(),
-            self._fail_expired,
-            self._cleanup,
-            running_here=lambda job_id: job_id in self.running,
-        )
+        return self.runner.reap_once()
 
     async def reap(self, stop: asyncio.Event) -> None:
-        interval = max(0.2, self.settings.restore_lease_seconds / 6)
-        while not stop.is_set():
-            try:
-                await asyncio.to_thread(self.reap_once)
-            except Exception:
-                log.exception("reaping expired restore leases failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=interval)
+        await self.runner.reap(stop)
 
     async def stop(self) -> None:
-        for running in self.running.values():
-            running.cancel.set()
-        if self.tasks:
-            await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.runner.stop()

@@ -9,21 +9,22 @@ by the current key (:func:`~managed_backups.shared.dataplane.sealing.rewrap_chai
 and manifests are never read nor written, so write-once buckets keep working and every
 stored object stays byte-identical.
 
-A job follows the lease pattern of :mod:`managed_backups.shared.jobs`: its lease (kind
-``key-rotation``) is taken before ``KeyRotationStarted`` is saved, renewed while it runs,
-released once ``KeyRotationCompleted`` or ``KeyRotationFailed`` is recorded; an instance that
-finds an expired lease fails the job (``LEASE_EXPIRED``). A rotation is idempotent (a chain
-already wrapped by the key is counted, not rewritten), so a failed or dead one is simply sent
-again. It runs under the retention pass's lock, so within one instance it never races a
-chain's deletion. (Fencing tokens, which would make a worker that lost its lease unable to
-write, come with the reliability work; a stale worker can at worst add a key object to a
-chain being deleted, which the next pass deletes with the rest of the chain's prefix.)
+A job runs through the one runner of leased jobs (:mod:`managed_backups.shared.job_runner`):
+its lease (kind ``key-rotation``) is taken before ``KeyRotationStarted`` is saved, renewed
+while it runs, released once ``KeyRotationCompleted`` or ``KeyRotationFailed`` is recorded; an
+instance that finds an expired lease fails the job (``LEASE_EXPIRED``). The worker is fenced: it
+checks its lease's fencing token right before each re-wrapped key object it writes and before
+recording the job's end, so a worker that lost its lease (reaped after a pause, taken anew)
+writes no more key objects and records nothing; a job whose lease was released as an orphan
+gets ``LEASE_LOST``. A rotation is idempotent (a chain already wrapped by the key is counted,
+not rewritten), so a failed or dead one is simply sent again. It runs under the retention
+pass's lock, so within one instance it never races a chain's deletion.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ from managed_backups.shared.domain.errors import Conflict, NotFound, Refused, no
 from managed_backups.shared.domain.ids import cluster_aggregate_id, key_rotation_id
 from managed_backups.shared.domain.roles import Action
 from managed_backups.shared.encryption import ClusterEncryption
-from managed_backups.shared.eventstore import IntegrityError
+from managed_backups.shared.job_runner import JobHandle, JobRunner, record_job
 from managed_backups.shared.security import Principal
 
 log = logging.getLogger(__name__)
@@ -75,8 +76,15 @@ class KeyRotations:
         self.lock = lock
         """The retention pass's lock: a rotation and a pass never overlap."""
         self.clock = clock
-        self.leases = jobs.JobLeases(retention.db, JOB_KIND)
-        self.running: set[UUID] = set()
+        self.runner = JobRunner(
+            jobs.JobLeases(retention.db, JOB_KIND),
+            name,
+            LEASE_SECONDS,
+            clock,
+            fail_expired=self._fail_expired,
+            record_lost=self._record_lost,
+        )
+        self.leases = self.runner.leases
 
     # -- the command ---------------------------------------------------------------------------
 
@@ -98,7 +106,7 @@ class KeyRotations:
         ]
         now = context.clock.now()
         until = jobs.lease_until(now, LEASE_SECONDS)
-        started: list[KeyRotation] = []
+        started: list[tuple[JobHandle, KeyRotation]] = []
         for cluster in clusters:
             rotation_id = key_rotation_id(cluster.cluster_id, command.command_id)
             if store.get_or_none(rotation_id, KeyRotation) is not None:
@@ -107,44 +115,53 @@ class KeyRotations:
                 key_id = self.encryption.keys_for(cluster).current_key_id()
             except KeyUnavailable as exc:
                 raise Refused(f"cluster {cluster.cluster_id}: no usable key: {exc}", 409) from None
-            if not self.leases.take(rotation_id, cluster.cluster_id, self.name, until):
+            handle = self.runner.take(rotation_id, cluster.cluster_id)
+            if handle is None:
                 raise Conflict(f"rotation {rotation_id} is being started by another worker")
             started.append(
-                KeyRotation(
-                    rotation_id=rotation_id,
-                    cluster_id=cluster.cluster_id,
-                    key_id=key_id,
-                    worker=self.name,
-                    lease_until=until,
-                    command_id=command.command_id,
-                    at=now,
-                    by=principal.name,
+                (
+                    handle,
+                    KeyRotation(
+                        rotation_id=rotation_id,
+                        cluster_id=cluster.cluster_id,
+                        key_id=key_id,
+                        worker=self.name,
+                        lease_until=until,
+                        command_id=command.command_id,
+                        at=now,
+                        by=principal.name,
+                    ),
                 )
             )
 
         async def run() -> None:
-            for job in started:
-                await self.run(job)
+            # All started (their leases renewed meanwhile); the pass's lock runs them in turn.
+            await asyncio.gather(
+                *(
+                    self.runner.start(handle, functools.partial(self.run, job))
+                    for handle, job in started
+                )
+            )
 
-        return Handled(list(started), command.cluster_id, follow_up=run)
+        return Handled([job for _, job in started], command.cluster_id, follow_up=run)
 
     # -- the job -------------------------------------------------------------------------------
 
-    async def run(self, job: KeyRotation) -> None:
-        self.running.add(job.rotation_id)
+    async def run(self, job: KeyRotation, running: JobHandle) -> None:
+        """The job's work (its lease renewed by the runner meanwhile), and its end recorded."""
         clock = self.clock
-        renewing = asyncio.create_task(
-            jobs.keep_renewed(self.leases, job.rotation_id, LEASE_SECONDS, clock)
-        )
         try:
             async with self.lock:
-                totals = await asyncio.to_thread(self.rewrap_cluster, job.cluster_id, job.key_id)
+                totals = await asyncio.to_thread(
+                    self.rewrap_cluster, job.cluster_id, job.key_id, running.check
+                )
             await asyncio.to_thread(
                 self._record,
                 job.rotation_id,
                 lambda r: r.complete(
                     totals.rewrapped, totals.already, totals.unencrypted, clock(), self.name
                 ),
+                running,
             )
             log.info("key rotation %s of %s: %s", job.rotation_id, job.cluster_id, totals)
         except Exception as exc:
@@ -152,16 +169,18 @@ class KeyRotations:
             message = str(exc)
             log.warning("key rotation %s of %s failed: %s", job.rotation_id, job.cluster_id, exc)
             await asyncio.to_thread(
-                self._record, job.rotation_id, lambda r: r.fail(code, message, clock(), self.name)
+                self._record,
+                job.rotation_id,
+                lambda r: r.fail(code, message, clock(), self.name),
+                running,
             )
-        finally:
-            renewing.cancel()
-            self.running.discard(job.rotation_id)
-            await asyncio.to_thread(self.leases.release, job.rotation_id)
 
-    def rewrap_cluster(self, cluster_id: str, key_id: str) -> RotationTotals:
+    def rewrap_cluster(
+        self, cluster_id: str, key_id: str, before_write: Callable[[], None] | None = None
+    ) -> RotationTotals:
         """Wrap every chain's data key by the cluster's current key (which must still be
-        ``key_id``: a key changed since the job started fails it, to be sent again)."""
+        ``key_id``: a key changed since the job started fails it, to be sent again);
+        ``before_write`` (the worker's fence) is checked before each key object written."""
         cluster = self.retention.store.get_or_none(cluster_aggregate_id(cluster_id), Cluster)
         if cluster is None:
             raise NotFound(not_registered(cluster_id))
@@ -176,7 +195,7 @@ class KeyRotations:
         chains = sorted({(b.chain_id, b.region) for b in backups})
         rewrapped = already = unencrypted = 0
         for chain_id, region in chains:
-            result = rewrap_chain(self.retention.object_store(region), keys, chain_id)
+            result = rewrap_chain(self.retention.object_store(region), keys, chain_id, before_write)
             if result.key_id is None:
                 unencrypted += 1
             elif result.added:
@@ -185,39 +204,43 @@ class KeyRotations:
                 already += 1
         return RotationTotals(rewrapped, already, unencrypted)
 
-    def _record(self, rotation_id: UUID, change: Callable[[KeyRotation], None]) -> None:
+    def _record(
+        self,
+        rotation_id: UUID,
+        change: Callable[[KeyRotation], None],
+        running: JobHandle | None = None,
+    ) -> bool:
+        """Record ``change``; by a worker (``running``) only while its fencing token is current."""
         store = self.retention.store
-        job = store.get_or_none(rotation_id, KeyRotation)
-        if job is None or job.is_terminal:
-            return
-        change(job)
-        with contextlib.suppress(IntegrityError):  # the reaper failed it first: that stands
-            store.save_all(job)
+        return record_job(store, store.get_or_none(rotation_id, KeyRotation), change, running)
+
+    def _record_lost(self, running: JobHandle) -> bool:
+        """The worker lost its lease: FAILED ``LEASE_LOST`` unless the job's end is recorded
+        (by the reaper, as a rule; not when its lease was released as an orphan)."""
+        message = (
+            f"the worker {self.name} lost the lease of this rotation and stopped; send the "
+            "rotation again (it is idempotent)"
+        )
+        return self._record(
+            running.job_id, lambda r: r.fail("LEASE_LOST", message, self.clock(), self.name)
+        )
+
+    def _fail_expired(self, lease: jobs.Lease) -> bool:
+        """The job of an expired lease (its worker died): FAILED ``LEASE_EXPIRED``. Nothing to
+        clean up: what a rotation wrote is complete key objects only."""
+        message = (
+            f"the worker running this rotation stopped renewing its lease for "
+            f"{LEASE_SECONDS:.0f} s; send the rotation again (it is idempotent)"
+        )
+        return self._record(
+            lease.job_id, lambda r: r.fail("LEASE_EXPIRED", message, self.clock(), self.name)
+        )
 
     # -- leases --------------------------------------------------------------------------------
 
     def reap_once(self, now: datetime) -> int:
-        """Fail the rotation jobs whose worker died (``LEASE_EXPIRED``); release their leases.
-        Nothing to clean up: what a rotation wrote is complete key objects only."""
-
-        def fail(lease: jobs.Lease) -> bool:
-            job = self.retention.store.get_or_none(lease.job_id, KeyRotation)
-            if job is None or job.is_terminal:
-                return False
-            job.fail(
-                "LEASE_EXPIRED",
-                f"the worker running this rotation stopped renewing its lease for "
-                f"{LEASE_SECONDS:.0f} s; send the rotation again (it is idempotent)",
-                now,
-                self.name,
-            )
-            try:
-                self.retention.store.save_all(job)
-            except IntegrityError:
-                return False
-            return True
-
-        return self.leases.reap(now, fail, lambda lease: None, lambda j: j in self.running)
+        """Fail the rotation jobs whose worker died (``LEASE_EXPIRED``); release their leases."""
+        return self.runner.reap_once(now)
 
 
 def rotate_handler(rotations: KeyRotations) -> Handler:

@@ -41,7 +41,7 @@ import hmac
 import json
 import os
 import threading
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -333,10 +333,16 @@ class RewrapResult:
     """Whether this call wrote the key object (``False``: it was already there)."""
 
 
-def rewrap_chain(store: ObjectStore, keys: ClusterKeys, chain_id: str) -> RewrapResult:
+def rewrap_chain(
+    store: ObjectStore,
+    keys: ClusterKeys,
+    chain_id: str,
+    before_write: Callable[[], None] | None = None,
+) -> RewrapResult:
     """Wrap the chain's data key by the cluster's current key-encryption key, in a key object
     of its own. Nothing else is read or written: chunks and manifests stay byte-identical, and
-    the objects of the older keys stay (write-once). Idempotent."""
+    the objects of the older keys stay (write-once). Idempotent. ``before_write`` is called
+    right before the key object is written (a rotation worker's fence: it raises to refuse)."""
     raw = store.sealed_with(None)
     cluster_id = keys.cluster_id
     prefix = f"clusters/{cluster_id}/chains/{chain_id}"
@@ -348,6 +354,8 @@ def rewrap_chain(store: ObjectStore, keys: ClusterKeys, chain_id: str) -> Rewrap
         return RewrapResult(chain_id, current, False)
     data_key = _unwrap_any(keys, objects, cluster_id, chain_id)
     key_id, wrapped = keys.wrap(data_key, data_key_context(cluster_id, chain_id))
+    if before_write is not None:
+        before_write()
     try:
         _write_key_object(raw, prefix, key_id, wrapped, cluster_id, chain_id)
     except ObjectExists:

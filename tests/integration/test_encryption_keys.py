@@ -8,10 +8,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import io
 import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -24,11 +26,16 @@ from managed_backups.contracts.enums import Role
 from managed_backups.services.cli import main as cli_main
 from managed_backups.services.executor.service import run as run_executor
 from managed_backups.services.restore.service import run as run_restore
+from managed_backups.services.retention.key_rotation import KeyRotations
+from managed_backups.services.retention.retention import Retention
 from managed_backups.services.retention.service import run as run_retention
+from managed_backups.services.runtime import open_runtime
 from managed_backups.shared.dataplane.engine import BackupRequest
 from managed_backups.shared.dataplane.objectstore import ObjectStore
 from managed_backups.shared.dataplane.postgres import PostgresAdapter
 from managed_backups.shared.domain.encryption_key import KeyRotation
+from managed_backups.shared.domain.ids import key_rotation_id
+from managed_backups.shared.encryption import ClusterEncryption
 from managed_backups.shared.eventstore import open_event_store
 from tests.harness import System, run_cluster_commands_only
 from tests.infra.postgres import LocalPostgres
@@ -39,6 +46,12 @@ from tests.restore_checks import table_digest
 pytestmark = pytest.mark.integration
 
 REGION = "us-east-1"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 MARKER = "iban-DE89-3704-0044-0532-0130-00"
 
 
@@ -454,3 +467,65 @@ async def test_a_chain_recorded_as_encrypted_is_never_read_as_unencrypted(
     finally:
         with psycopg.connect(world.pg.url_for("accounts"), autocommit=True) as conn:
             conn.execute("UPDATE ledger SET amount = 1 WHERE id = 1")
+
+
+async def test_a_rotation_worker_whose_lease_was_lost_writes_no_key_and_records_nothing(
+    world: World,
+) -> None:
+    """Key rotations are fenced: a rotation worker whose lease another instance reaped (as
+    after a pause longer than the lease) writes no re-wrapped key object and records nothing;
+    the reaper's end stands."""
+    system = world.system
+    cluster_id = await world.with_customer_key("k1")
+    await world.backup(cluster_id)
+    await rotations(system, cluster_id, 1)
+    world.new_key(cluster_id, "k2")
+    answer = await world.set_key(cluster_id, "k2")
+    assert answer.status_code == 200, answer.text
+    k2 = answer.json()["key_id"]
+    await rotations(system, cluster_id, 2)
+    # As if the chain were not re-wrapped by k2 yet: its k2 key object removed.
+    rewrapped = [k for k in world.objects(cluster_id) if k.endswith(f"/keys/{k2}.json")]
+    assert len(rewrapped) == 1
+    world.raw().delete(rewrapped)
+    before = world.objects(cluster_id)
+
+    runtime = open_runtime(system.settings)
+    try:
+        encryption = ClusterEncryption(runtime.settings, runtime.store)
+        retention = Retention(
+            runtime.store, runtime.db, runtime.settings.region_store_url, encryption=encryption
+        )
+        stale = KeyRotations(retention, encryption, "retention-stale", asyncio.Lock(), utc_now)
+        job_id = key_rotation_id(cluster_id, uuid4())
+        handle = stale.runner.take(job_id, cluster_id)
+        assert handle is not None
+        now = utc_now()
+        job = KeyRotation(
+            rotation_id=job_id,
+            cluster_id=cluster_id,
+            key_id=k2,
+            worker="retention-stale",
+            lease_until=stale.runner.until(),
+            command_id=uuid4(),
+            at=now,
+            by="test",
+        )
+        runtime.store.save_all(job)
+        # The reaper of another instance: the job recorded FAILED, then its lease released.
+        reaped = runtime.store.get_or_none(job_id, KeyRotation)
+        assert reaped is not None
+        reaped.fail("LEASE_EXPIRED", "reaped by another instance", now, "retention-other")
+        runtime.store.save_all(reaped)
+        stale.leases.release(job_id)
+
+        async with asyncio.timeout(60):
+            await stale.runner.start(handle, functools.partial(stale.run, job))
+        assert handle.lost.is_set()
+        assert world.objects(cluster_id) == before  # no key object written
+        events = [type(e).__name__ for e in runtime.store.events.get(job_id)]  # type: ignore[attr-defined]
+        assert events == ["KeyRotationStarted", "KeyRotationFailed"]
+        last = list(runtime.store.events.get(job_id))[-1]  # type: ignore[attr-defined]
+        assert last.error_code == "LEASE_EXPIRED"
+    finally:
+        runtime.close()

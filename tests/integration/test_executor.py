@@ -17,6 +17,7 @@ import pytest
 from managed_backups.contracts import topics
 from managed_backups.services.executor.service import run as run_executor
 from managed_backups.services.retention.retention import Retention
+from managed_backups.shared import jobs
 from managed_backups.shared.domain.backup import Backup
 from managed_backups.shared.domain.backup_lifecycle import TERMINAL
 from managed_backups.shared.eventstore import open_event_store
@@ -312,6 +313,15 @@ async def test_verify_finds_a_corrupted_chunk(system: System, source: LocalPostg
     # Not COMPLETE (or unknown): refused with the reason.
     unknown = await system.command(topics.BACKUP_COMMANDS, {**verify, "backup_id": str(uuid4())})
     assert unknown.code == 404
+    # Each verify ran through the job runner under a lease holding its backup, released once
+    # it ended (the refused one's at once).
+    db = SqlDatabase(system.settings.store_url)
+    try:
+        async with asyncio.timeout(30):
+            while jobs.of_kind(db, jobs.VERIFY):
+                await asyncio.sleep(0.05)
+    finally:
+        db.close()
 
 
 async def test_s3_region_store(tmp_path: Path, kafka: str, source: LocalPostgres) -> None:

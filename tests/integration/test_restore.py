@@ -644,12 +644,16 @@ async def test_cluster_restore_is_exclusive_and_replaces_every_database(world: W
         assert digest(world.pg, SHOP, table) == expected
 
 
-async def test_a_restore_worker_whose_lease_was_reaped_stops_and_records_nothing(
-    world: World,
+@pytest.mark.parametrize("lost", ["reaped", "released-as-orphan"])
+async def test_a_restore_worker_whose_lease_was_lost_stops_and_the_job_ends_once(
+    world: World, lost: str
 ) -> None:
-    """Another instance reaped the restore while its worker still copied rows (as after a pause
-    longer than the lease): the worker's next renewal finds its fencing token stale, it stops,
-    the destination gets no database, and the job keeps the reaper's end."""
+    """The restore's lease is lost while its worker still copies rows: the worker's next
+    renewal finds its fencing token stale, it stops, records nothing of its own, and the
+    destination gets no database. ``reaped``: another instance reaped it (as after a pause
+    longer than the lease), and the job keeps the reaper's end. ``released-as-orphan``: a reaper
+    released the lease without recording an end (as when the lease expired before the job's
+    start was saved): the job runner records FAILED ``LEASE_LOST``, so no job stays running."""
     system, pg = world.system, world.pg
     with psycopg.connect(pg.url, autocommit=True) as conn:
         conn.execute("CREATE DATABASE fenced")
@@ -688,10 +692,10 @@ async def test_a_restore_worker_whose_lease_was_reaped_stops_and_records_nothing
                 if job is not None and job.phase == "RUNNING" and temporary:
                     break
                 await asyncio.sleep(0.02)
-        # The reaper of another instance: the job recorded FAILED, then its lease released.
-        job.fail("LEASE_EXPIRED", "reaped by another instance", "restore lease",
-                 "unchanged", datetime.now(UTC), "restore-other")  # fmt: skip
-        store.save_all(job)
+        if lost == "reaped":  # the reaper of another instance: the job FAILED, lease released
+            job.fail("LEASE_EXPIRED", "reaped by another instance", "restore lease",
+                     "unchanged", datetime.now(UTC), "restore-other")  # fmt: skip
+            store.save_all(job)
         db = SqlDatabase(system.settings.store_url)
         JobLeases(db, "restore").release(job_id)
         db.close()
@@ -701,11 +705,21 @@ async def test_a_restore_worker_whose_lease_was_reaped_stops_and_records_nothing
             while databases(pg) != before:
                 assert "fenced copy" not in databases(pg)
                 await asyncio.sleep(0.1)
-        events = [type(e).__name__ for e in store.events.get(job_id)]  # type: ignore[attr-defined]
-        assert "RestoreSucceeded" not in events and events[-1] == "RestoreFailed", events
-        final = await asyncio.to_thread(store.get_or_none, job_id, Restore)
-        assert final is not None and final.error is not None
-        assert final.error["code"] == "LEASE_EXPIRED"
+        async with asyncio.timeout(60):
+            while True:
+                final = await asyncio.to_thread(store.get_or_none, job_id, Restore)
+                if final is not None and final.is_terminal:
+                    break
+                await asyncio.sleep(0.1)
+        recorded = list(store.events.get(job_id))  # type: ignore[attr-defined]
+        events = [type(e).__name__ for e in recorded]
+        assert "RestoreSucceeded" not in events and events.count("RestoreFailed") == 1, events
+        assert events[-1] == "RestoreFailed", events
+        assert final.error is not None
+        assert final.error["code"] == ("LEASE_EXPIRED" if lost == "reaped" else "LEASE_LOST")
+        if lost == "released-as-orphan":
+            assert "were dropped" in recorded[-1].destination_state, recorded[-1]
+        assert "fenced copy" not in databases(pg)
     finally:
         store.close()
         with psycopg.connect(pg.url, autocommit=True) as conn:

@@ -291,3 +291,52 @@ def test_an_incremental_builds_on_the_newest_complete_backup() -> None:
     assert incremental_parent(chain, lambda b: False) is None
     assert chain_has_expired("EXPIRED") and not chain_has_expired("COMPLETE")
     assert not chain_has_expired(None)
+
+
+async def test_a_verify_holds_its_backup_through_its_lease_until_it_ends(tmp_path: Path) -> None:
+    """A VerifyBackup runs through the job runner under a ``verify`` lease that holds the
+    backup (retention deletes no chain a lease names) from the command's handling until the
+    verify recorded its report; a refused one leaves no lease."""
+    from managed_backups.contracts.commands import VerifyBackup
+    from managed_backups.contracts.enums import Role
+    from managed_backups.services.executor.executor import BackupExecutor
+    from managed_backups.services.runtime import open_runtime
+    from managed_backups.shared.commands import CommandContext
+    from managed_backups.shared.domain.backup import load_backup
+    from managed_backups.shared.domain.errors import NotFound
+    from managed_backups.shared.jobs import VERIFY, of_kind
+    from managed_backups.shared.security import Grant, Principal
+    from managed_backups.shared.settings import Settings
+    from tests.factories import new_cluster
+
+    runtime = open_runtime(Settings(data_dir=tmp_path / "data"))
+    try:
+        executor = BackupExecutor(runtime, "executor-a")
+        now = runtime.clock.now()
+        backup = new_backup("shop", region="us-east-1", at=now)
+        backup.complete(
+            as_of_time=now, size_bytes=1, database_count=0, catalog=[], manifest_key="m",
+            expires_at=now + timedelta(days=7), at=now, by="test",
+        )  # fmt: skip
+        runtime.store.save_all(new_cluster("shop"), backup)
+        admin = Principal("someone", "k", (Grant(Role.CLUSTER_ADMIN, "cluster:shop"),))
+        context = CommandContext(runtime.store, runtime.clock, "executor-a")
+        command = VerifyBackup(
+            command_id=uuid4(), token="t", cluster_id="shop", backup_id=backup.backup_id
+        )
+        handled = executor.verify(command, admin, context)
+        assert backups_in_use(runtime.db, "shop") == {str(backup.backup_id)}
+        assert handled.follow_up is not None
+        await handled.follow_up()
+        async with asyncio.timeout(30):
+            await asyncio.gather(*executor.verifies.tasks)
+        verified = load_backup(runtime.store, "shop", backup.backup_id)
+        assert verified is not None and verified.version == backup.version + 1  # its report
+        assert backups_in_use(runtime.db) == set() and of_kind(runtime.db, VERIFY) == []
+
+        unknown = VerifyBackup(command_id=uuid4(), token="t", cluster_id="shop", backup_id=uuid4())
+        with pytest.raises(NotFound):
+            executor.verify(unknown, admin, context)
+        assert of_kind(runtime.db, VERIFY) == []
+    finally:
+        runtime.close()

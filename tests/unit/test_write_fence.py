@@ -12,9 +12,10 @@ from uuid import uuid4
 
 import pytest
 
-from managed_backups.services.executor.executor import BackupExecutor, Running
+from managed_backups.services.executor.executor import BackupExecutor
 from managed_backups.shared.dataplane.errors import BackupError, ErrorCode
 from managed_backups.shared.dataplane.objectstore import open_store
+from managed_backups.shared.job_runner import JobHandle
 from managed_backups.shared.jobs import JobLeases, lease_until
 from managed_backups.shared.sqldb import SqlDatabase
 
@@ -62,7 +63,7 @@ def test_a_worker_that_stalled_past_its_lease_writes_no_more_chunks(tmp_path: Pa
     job = uuid4()
     fence = executor.leases.take_fenced(job, "c1", "executor-a", lease_until(NOW, LEASE))
     assert fence is not None
-    running = Running(uuid4(), fence)
+    running = JobHandle(executor.leases, fence, "c1")
     store = open_store("memory://").fenced_by(executor._write_fence(running))
 
     store.put_if_absent("k/1", b"one")  # the lease is its own
@@ -84,7 +85,9 @@ def test_a_worker_holding_its_lease_checks_it_once_a_renewal_period(tmp_path: Pa
     job = uuid4()
     fence = executor.leases.take_fenced(job, "c1", "executor-a", lease_until(NOW, LEASE))
     assert fence is not None
-    store = open_store("memory://").fenced_by(executor._write_fence(Running(uuid4(), fence)))
+    store = open_store("memory://").fenced_by(
+        executor._write_fence(JobHandle(executor.leases, fence, "c1"))
+    )
     checks = []
     check = executor.leases.check
     executor.leases.check = lambda f: (checks.append(f), check(f))
