@@ -18,7 +18,6 @@ from aiokafka import AIOKafkaConsumer
 
 from managed_backups.contracts import topics
 from managed_backups.shared.bus import ensure_topics
-from managed_backups.shared.domain.cluster import Cluster
 from managed_backups.shared.eventstore import open_event_store
 from tests.factories import new_cluster
 
@@ -29,32 +28,7 @@ UPDATES_PER_CLUSTER = 24
 
 def fill_store(url: str) -> int:
     """CLUSTERS clusters, each with a registration and many settings updates."""
-    store = open_event_store(url)
-    now = datetime.now(UTC)
-    batch: list[Cluster] = []
-    for i in range(CLUSTERS):
-        cluster = new_cluster(f"relay-{i}", regions=("r1",), retention_days=30, at=now)
-        for n in range(UPDATES_PER_CLUSTER):
-            cluster._backup_settings_updated(
-                cluster_id=cluster.cluster_id,
-                enabled=True,
-                frequency_minutes=(5, 10)[n % 2],
-                retention_days=30,
-                retention_changed=False,
-                full_backup_required=True,
-                command_id=None,
-                at=now,
-                by="test",
-            )
-        batch.append(cluster)
-        if len(batch) == 50:
-            store.save(*batch)
-            batch = []
-    if batch:
-        store.save(*batch)
-    total = store.max_position()
-    store.close()
-    return total
+    return record_clusters(url, "relay", CLUSTERS, UPDATES_PER_CLUSTER, chunks=CLUSTERS // 50)
 
 
 def start_relay(tmp: Path, url: str, kafka: str) -> subprocess.Popen[bytes]:
