@@ -121,8 +121,6 @@ class Relay:
         self.active = OneActive(
             db, RELAY_ROLE, name, owner or f"{name}-{uuid4().hex[:12]}", lease_seconds
         )
-        self.published = 0
-        """Events this instance sent to the events topic (a test's and an operator's count)."""
 
     @property
     def position(self) -> int:
@@ -197,7 +195,6 @@ class Relay:
                 await self._set_aside(publishers, row, value, f"the broker refused it: {outcome}")
             elif isinstance(outcome, BaseException):
                 raise outcome  # transient: the whole batch is sent again (consumers dedupe)
-        self.published += len(sends)
 
     async def _set_aside(
         self, publishers: RelayPublishers, row: Notification, value: bytes, error: str
