@@ -155,6 +155,30 @@ class JobLeases:
             return None
         return Fence(job_id, owner, str(rows[0][1]))
 
+    def take_over_expired(
+        self, job_id: UUID, cluster_id: str, owner: str, until: datetime, now: datetime
+    ) -> Fence | None:
+        """:meth:`take_fenced`, and also take over the lease of another owner once it expired
+        (before ``now``) with a fresh token: for a role one instance holds at a time (the
+        active relay, :class:`~managed_backups.shared.log_follower.OneActive`), which nobody
+        reaps. The takeover is a compare-and-set on the old token: of two standbys, one wins."""
+        fence = self.take_fenced(job_id, cluster_id, owner, until)
+        if fence is not None:
+            return fence
+        rows = self.db.query(
+            f"SELECT owner, token, lease_until FROM {TABLE} WHERE kind = ? AND job_id = ?",
+            (self.kind, str(job_id)),
+        )
+        if not rows or datetime.fromisoformat(rows[0][2]) >= now:
+            return None
+        token = uuid.uuid4().hex
+        taken = self.db.query(
+            f"UPDATE {TABLE} SET owner = ?, token = ?, lease_until = ? "
+            "WHERE kind = ? AND job_id = ? AND owner = ? AND token = ? RETURNING job_id",
+            (owner, token, until.isoformat(), self.kind, str(job_id), rows[0][0], rows[0][1]),
+        )
+        return Fence(job_id, owner, token) if taken else None
+
     def renew(self, job_id: UUID, until: datetime, fence: Fence | None = None) -> bool:
         """Extend the lease to ``until``. With a ``fence``, only while the lease is still the
         fence's (same owner and token); False otherwise: the worker lost its lease."""

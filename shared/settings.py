@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     )
     instance: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     relay_batch_size: int = 500
+    relay_lease_seconds: float = Field(
+        default=5.0,
+        description="The active relay renews its lease every third of this; a standby relay "
+        "takes over once it expired (the active one died or paused).",
+    )
     poll_interval_seconds: float = 0.05
     scheduled_backup_resend_seconds: float = 30.0
     backup_lease_seconds: float = Field(

@@ -59,6 +59,7 @@ from managed_backups.contracts.events import (
     ServiceAccountCreated,
 )
 from managed_backups.shared.domain.backup_lifecycle import deleted_cluster_until
+from managed_backups.shared.log_follower import PositionRow
 from managed_backups.shared.sqldb import Cursor, SqlDatabase
 from managed_backups.shared.views.schema import DEFAULT_PREFIX, PROJECTION_NAME, Tables, ts
 
@@ -96,6 +97,9 @@ class ViewProjection:
     def __init__(self, db: SqlDatabase, prefix: str = DEFAULT_PREFIX) -> None:
         self.db = db
         self.t = Tables(prefix)
+        self.at = PositionRow(self.t.position, PROJECTION_NAME)
+        """The views' position: a row of their own position table (a rebuild swaps it with
+        them)."""
         self._rows: _BatchRows | None = None
 
     def apply_batch(self, events: Sequence[EventBase], after: int | None = None) -> bool:
@@ -116,37 +120,25 @@ class ViewProjection:
         if not events:
             return True
         with self.db.transaction() as cursor:
-            if after is not None and not self._claim(cursor, after, events[-1].position):
+            if after is not None and not self.at.claim(cursor, after, events[-1].position):
                 return False
-            self._rows = _BatchRows(self.t, cursor, self.db.dialect)
-            try:
-                self._rows.prefetch(events)
-                for event in events:
-                    self._audit(event, cursor)
-                    self.handle(event, cursor)
-                self._rows.flush()
-            finally:
-                self._rows = None
+            self.apply_in(cursor, events)
             if after is None:
-                cursor.execute(
-                    f"INSERT INTO {self.t.position} (name, position) VALUES (?, ?) "
-                    "ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-                    (PROJECTION_NAME, events[-1].position),
-                )
+                self.at.put(cursor, events[-1].position)
         return True
 
-    def _claim(self, cursor: Cursor, after: int, last: int) -> bool:
-        """Move the position from ``after`` to ``last``, if it is still ``after``."""
-        cursor.execute(
-            f"INSERT INTO {self.t.position} (name, position) VALUES (?, 0) "
-            "ON CONFLICT (name) DO NOTHING",
-            (PROJECTION_NAME,),
-        )
-        moved = cursor.execute(
-            f"UPDATE {self.t.position} SET position = ? WHERE name = ? AND position = ?",
-            (last, PROJECTION_NAME, after),
-        )
-        return int(moved.rowcount) == 1
+    def apply_in(self, cursor: Cursor, events: Sequence[EventBase]) -> None:
+        """Apply ``events`` in the caller's transaction, which moves the position (the
+        :class:`~managed_backups.shared.log_follower.LogFollower`'s, or :meth:`apply_batch`)."""
+        self._rows = _BatchRows(self.t, cursor, self.db.dialect)
+        try:
+            self._rows.prefetch(events)
+            for event in events:
+                self._audit(event, cursor)
+                self.handle(event, cursor)
+            self._rows.flush()
+        finally:
+            self._rows = None
 
     @property
     def rows(self) -> _BatchRows:

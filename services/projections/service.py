@@ -20,26 +20,29 @@ loop does instead:
 - Its runner processes events on its own threads; this service is an ``asyncio`` task stopped by
   the runtime's stop event.
 
-So this module keeps the part of that design that fits: a position committed atomically with the
-rows, read back on start, and a follower that polls ``select_notifications`` after it.
+So this module keeps the part of that design that fits, through the shared
+:class:`~managed_backups.shared.log_follower.LogFollower` every service uses: a position (the
+``views`` row of ``mb_view_position``) committed atomically with the rows by a compare-and-set,
+read back on start, and batches polled after it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
-import contextlib
 import itertools
 import multiprocessing
 import os
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 
+from eventsourcing.persistence import Notification
 from pydantic import TypeAdapter
 
 from managed_backups.contracts.events import DomainEvent, WireEvent
 from managed_backups.services.projections.handlers import ViewProjection
 from managed_backups.shared.eventstore import EventStore, open_event_store, to_wire_event
+from managed_backups.shared.log_follower import LogFollower
 from managed_backups.shared.sqldb import SqlDatabase
 from managed_backups.shared.views import ReadModels
 from managed_backups.shared.views.schema import DEFAULT_PREFIX
@@ -59,27 +62,27 @@ class Projector:
         self.store = store
         self.views = views
         self.projection = ViewProjection(views.db, views.prefix)
+        self.follower = LogFollower(store, views.db, self.projection.at, batch=batch, poll=poll)
         self.batch = batch
-        self.poll = poll
         if create:
             views.create()
 
+    def decode(self, row: Notification) -> WireEvent:
+        """A stored event in its contract form (what the handlers and the audit trail take)."""
+        return to_wire_event(row.id, self.store.domain_event(row))
+
     def read(self, after: int) -> tuple[int, list[WireEvent]]:
         """The batch after position ``after``: its last position and its contract events."""
-        rows = self.store.notifications(after, self.batch)
-        events = [to_wire_event(row.id, self.store.domain_event(row)) for row in rows]
-        return (rows[-1].id if rows else after), events
+        rows = self.follower.read(after)
+        return (rows[-1].id if rows else after), [self.decode(row) for row in rows]
 
     def catch_up_once(self) -> int:
         """Apply the next batch; returns how many events were applied (0 also when another
         writer moved the views meanwhile: the next call reads where they are now)."""
-        after = self.views.position()
-        _, events = self.read(after)
-        return len(events) if self.projection.apply_batch(events, after=after) else 0
+        return self.follower.follow_once(self.projection.apply_in, self.decode)
 
     def catch_up(self) -> None:
-        while self.catch_up_once() == self.batch:
-            pass
+        self.follower.catch_up(self.projection.apply_in, self.decode)
 
     def replay(self) -> None:
         """Catch up from the views' position to the end of the log, reading and decoding the
@@ -98,10 +101,7 @@ class Projector:
                 after = last
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            if await asyncio.to_thread(self.catch_up_once) < self.batch:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=self.poll)
+        await self.follower.run(stop, lambda: asyncio.to_thread(self.catch_up_once))
 
 
 def _decoded(url: str, first: int, last: int) -> list[str]:

@@ -4,7 +4,16 @@ Transactional-outbox style. Events are read in notification order and sent by on
 producer, keyed by cluster id (so one cluster's events land on one partition, in order); the relay's
 position is saved in the database only after the broker acknowledged the whole batch. A crash
 between the two republishes at most one batch: never a loss, never a reordering, and consumers
-drop the repeats by ``event_id`` (or ``position``).
+drop the repeats by ``event_id`` (or ``position``). The reading, the position (a row of
+``mb_relay_position``) and its compare-and-set commit are the shared
+:class:`~managed_backups.shared.log_follower.LogFollower`'s.
+
+One relay publishes at a time: of several relay processes on one store (two instances of every
+service), the one holding the relay's lease (:class:`~managed_backups.shared.log_follower.OneActive`)
+publishes and the others stand by; when it dies or pauses longer than the lease, a standby takes
+over from the stored position. A deposed relay that resumes mid-batch cannot move the position
+back (its commit is a compare-and-set from where its batch began): at most that batch is sent
+twice, and consumers drop the repeats.
 
 An event that cannot be published (larger than the topic's limit, refused by the broker as too
 large, or with no contract form) never stops the relay: it is set aside with an ERROR log line
@@ -18,11 +27,11 @@ two, so the document shows the relay's send operations on the events and dead-le
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 from datetime import UTC, datetime
 from typing import Any
+from uuid import uuid4
 
 from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
 from eventsourcing.persistence import Notification
@@ -35,6 +44,7 @@ from managed_backups.contracts.results import DeadLetter
 from managed_backups.shared.broker_access import KafkaAuth
 from managed_backups.shared.bus import DEAD_LETTER_PAYLOAD_LIMIT, make_broker
 from managed_backups.shared.eventstore import EventStore, to_wire_event
+from managed_backups.shared.log_follower import LogFollower, OneActive, PositionRow
 from managed_backups.shared.sqldb import SqlDatabase
 
 log = logging.getLogger(__name__)
@@ -74,26 +84,19 @@ def declare(broker: KafkaBroker) -> RelayPublishers:
     )
 
 
-def ensure_relay_table(db: SqlDatabase) -> None:
-    db.execute(
-        "CREATE TABLE IF NOT EXISTS mb_relay_position (name TEXT PRIMARY KEY, position BIGINT NOT NULL)"
-    )
-
-
-def load_position(db: SqlDatabase, name: str) -> int:
-    rows = db.query("SELECT position FROM mb_relay_position WHERE name = ?", (name,))
-    return int(rows[0][0]) if rows else 0
-
-
-def save_position(db: SqlDatabase, name: str, position: int) -> None:
-    db.execute(
-        "INSERT INTO mb_relay_position (name, position) VALUES (?, ?) "
-        "ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-        (name, position),
-    )
+RELAY_POSITIONS = "mb_relay_position"
+"""The relay's position table (one row per relay name), as every release has written it."""
+RELAY_ROLE = "relay"
+"""The ``mb_job_leases`` kind of the active relay's lease (:class:`OneActive`)."""
+RELAY_LEASE_SECONDS = 5.0
 
 
 class Relay:
+    """Publishes the log after its position, batch by batch (a :class:`LogFollower` on
+    ``mb_relay_position``), while it is the active relay of its name (:class:`OneActive`): of
+    two or more relay processes on one store, one publishes and the others stand by, so each
+    event is sent once; a standby takes over when the active one's lease expires."""
+
     def __init__(
         self,
         store: EventStore,
@@ -103,44 +106,59 @@ class Relay:
         batch_size: int = 500,
         poll_seconds: float = 0.02,
         auth: KafkaAuth | None = None,
+        owner: str | None = None,
+        lease_seconds: float = RELAY_LEASE_SECONDS,
     ) -> None:
         self.auth = auth
         self.store = store
-        self.db = db
         self.bootstrap_servers = bootstrap_servers
         self.name = name
         self.batch_size = batch_size
-        self.poll_seconds = poll_seconds
-        ensure_relay_table(db)
-        self.position = load_position(db, name)
+        at = PositionRow(RELAY_POSITIONS, name)
+        with db.transaction() as cursor:
+            at.create_table(cursor)
+        self.follower = LogFollower(store, db, at, batch=batch_size, poll=poll_seconds)
+        self.active = OneActive(
+            db, RELAY_ROLE, name, owner or f"{name}-{uuid4().hex[:12]}", lease_seconds
+        )
+
+    @property
+    def position(self) -> int:
+        return self.follower.position()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Relay batches until ``stop``. FastStream's publisher does what the outbox needs: it
-        sends through the broker's one idempotent producer (``acks=all``; per-partition order
-        holds across retries), and ``publish(..., no_confirm=True)`` returns the record's
-        delivery future once it is enqueued, so a whole batch is enqueued first and its
-        acknowledgements gathered afterwards (the barrier before the position is saved), each
-        record's failure mapped on its own. No Kafka transaction is involved: the position
-        saved after the acknowledgements, and consumers deduplicating by ``event_id``, give
-        at-least-once without loss or reordering."""
+        """Relay batches until ``stop`` while this instance is the active relay.
+
+        FastStream's publisher does what the outbox needs: it sends through the broker's one
+        idempotent producer (``acks=all``; per-partition order holds across retries), and
+        ``publish(..., no_confirm=True)`` returns the record's delivery future once it is
+        enqueued, so a whole batch is enqueued first and its acknowledgements gathered
+        afterwards (the barrier before the position is saved), each record's failure mapped on
+        its own. No Kafka transaction is involved: the position saved after the
+        acknowledgements (a compare-and-set, so a deposed relay never moves it back), and
+        consumers deduplicating by ``event_id``, give at-least-once without loss or
+        reordering."""
         broker = make_broker(
             self.bootstrap_servers, f"managed-backups-{self.name}", linger_ms=2, auth=self.auth
         )
         publishers = declare(broker)
         await broker.start()
         try:
-            while not stop.is_set():
-                sent = await self.relay_once(publishers)
-                if sent < self.batch_size:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), timeout=self.poll_seconds)
+            await self.active.run(
+                stop,
+                lambda stopping: self.follower.run(stopping, lambda: self.relay_once(publishers)),
+            )
         finally:
             await broker.stop()
 
     async def relay_once(self, publishers: RelayPublishers) -> int:
-        rows = await asyncio.to_thread(self.store.notifications, self.position, self.batch_size)
-        if not rows:
-            return 0
+        return await self.follower.follow_once_then_commit(
+            lambda rows: self._publish(publishers, rows)
+        )
+
+    async def _publish(self, publishers: RelayPublishers, rows: list[Notification]) -> None:
+        """Send ``rows`` and wait for every acknowledgement (raises on a transient failure:
+        the whole batch is sent again, consumers dedupe)."""
         sends: list[tuple[Notification, bytes, asyncio.Future[Any]]] = []
         for row in rows:
             try:
@@ -177,9 +195,6 @@ class Relay:
                 await self._set_aside(publishers, row, value, f"the broker refused it: {outcome}")
             elif isinstance(outcome, BaseException):
                 raise outcome  # transient: the whole batch is sent again (consumers dedupe)
-        self.position = rows[-1].id
-        await asyncio.to_thread(save_position, self.db, self.name, self.position)
-        return len(rows)
 
     async def _set_aside(
         self, publishers: RelayPublishers, row: Notification, value: bytes, error: str

@@ -19,5 +19,7 @@ async def run(runtime: Runtime, stop: asyncio.Event) -> None:
         settings.kafka_bootstrap_servers,
         batch_size=settings.relay_batch_size,
         auth=settings.kafka_auth(),
+        owner=f"relay-{settings.instance}",
+        lease_seconds=settings.relay_lease_seconds,
     )
     await run_until_stopped(relay.run, stop, "the relay")

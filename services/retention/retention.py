@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
-from eventsourcing.domain import Aggregate
+from eventsourcing.domain import Aggregate, DomainEventProtocol
 
 from managed_backups.contracts.enums import BackupStatus
 from managed_backups.services.retention.leftovers import sweep_leftovers
@@ -63,8 +63,9 @@ from managed_backups.shared.encryption import ClusterEncryption
 from managed_backups.shared.eventstore import EventStore, IntegrityError, event_topics
 from managed_backups.shared.faults import FaultPoint, no_fault
 from managed_backups.shared.jobs import held_backups
+from managed_backups.shared.log_follower import LogFollower, PositionRow
 from managed_backups.shared.secrets import ConnectionSecrets
-from managed_backups.shared.sqldb import SqlDatabase
+from managed_backups.shared.sqldb import Cursor, SqlDatabase
 
 log = logging.getLogger(__name__)
 BY = "retention"
@@ -77,6 +78,8 @@ FOLLOWED = event_topics(
     Cluster.ClusterDeleted,
 )
 P = "mb_retention_"
+INDEX_POSITION = PositionRow(f"{P}position", "index")
+"""The index's position in the log (its table also holds the index's shape, row ``schema``)."""
 INDEX_VERSION = 2
 """The index's shape. 2: backups keyed by (cluster, backup id), a backup id being unique only
 within its cluster. An index of an older shape is dropped when opened and rebuilt from the log."""
@@ -109,11 +112,9 @@ class RetentionIndex:
     def __init__(self, store: EventStore, db: SqlDatabase) -> None:
         self.store = store
         self.db = db
+        self.follower = LogFollower(store, db, INDEX_POSITION, FOLLOWED, batch=1000)
         with db.transaction() as cursor:
-            cursor.execute(
-                f"CREATE TABLE IF NOT EXISTS {P}position (name TEXT PRIMARY KEY, "
-                "position BIGINT NOT NULL)"
-            )
+            INDEX_POSITION.create_table(cursor)
             cursor.execute(f"SELECT position FROM {P}position WHERE name = 'schema'")
             row = cursor.fetchone()
             if row is None or int(row[0]) < INDEX_VERSION:
@@ -146,71 +147,62 @@ class RetentionIndex:
             )
 
     def position(self) -> int:
-        rows = self.db.query(f"SELECT position FROM {P}position WHERE name = 'index'")
-        return int(rows[0][0]) if rows else 0
+        return self.follower.position()
 
-    def follow_once(self, limit: int = 1000) -> int:
-        rows = self.store.notifications(self.position(), limit, FOLLOWED)
-        if not rows:
-            return 0
-        with self.db.transaction() as cursor:
-            for row in rows:
-                event = self.store.domain_event(row)
-                name = type(event).__name__
-                fields = event.__dict__
-                if name == "ClusterDeleted":
-                    until = deleted_cluster_until(fields["at"], fields["retention_days"])
-                    cursor.execute(
-                        f"INSERT INTO {P}clusters (cluster_id, deleted_until) VALUES (?, ?) "
-                        "ON CONFLICT (cluster_id) DO NOTHING",
-                        (fields["cluster_id"], _ts(until)),
-                    )
-                elif name == "BackupStarted":
-                    cursor.execute(
-                        f"INSERT INTO {P}backups (backup_id, cluster_id, chain_id, is_full, "
-                        "status, data_from, expires_at, region) VALUES (?, ?, ?, ?, ?, NULL, "
-                        "NULL, ?) ON CONFLICT (cluster_id, backup_id) DO NOTHING",
-                        (
-                            str(fields["backup_id"]),
-                            fields["cluster_id"],
-                            str(fields["chain_id"]),
-                            int(fields["backup_type"] == "FULL"),
-                            STATUS_AFTER[name],
-                            fields["region"],
-                        ),
-                    )
-                elif name == "BackupDeleted":
-                    cursor.execute(
-                        f"DELETE FROM {P}backups WHERE cluster_id = ? AND backup_id = ?",
-                        (fields["cluster_id"], str(fields["backup_id"])),
-                    )
-                elif name == "BackupCompleted":
-                    cursor.execute(
-                        f"UPDATE {P}backups SET status = ?, data_from = ?, expires_at = ? "
-                        "WHERE cluster_id = ? AND backup_id = ?",
-                        (
-                            STATUS_AFTER[name],
-                            _ts(fields["as_of_time"]),
-                            _ts(fields["expires_at"]),
-                            fields["cluster_id"],
-                            str(fields["backup_id"]),
-                        ),
-                    )
-                else:
-                    cursor.execute(
-                        f"UPDATE {P}backups SET status = ? WHERE cluster_id = ? AND backup_id = ?",
-                        (STATUS_AFTER[name], fields["cluster_id"], str(fields["backup_id"])),
-                    )
-            cursor.execute(
-                f"INSERT INTO {P}position (name, position) VALUES ('index', ?) "
-                "ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-                (rows[-1].id,),
-            )
-        return len(rows)
+    def follow_once(self) -> int:
+        return self.follower.follow_once(self._apply, self.store.domain_event)
 
     def catch_up(self) -> None:
-        while self.follow_once() > 0:
-            pass
+        self.follower.catch_up(self._apply, self.store.domain_event)
+
+    def _apply(self, cursor: Cursor, events: list[DomainEventProtocol[UUID]]) -> None:
+        """Apply followed events to the index, in the transaction that moves its position."""
+        for event in events:
+            name = type(event).__name__
+            fields = event.__dict__
+            if name == "ClusterDeleted":
+                until = deleted_cluster_until(fields["at"], fields["retention_days"])
+                cursor.execute(
+                    f"INSERT INTO {P}clusters (cluster_id, deleted_until) VALUES (?, ?) "
+                    "ON CONFLICT (cluster_id) DO NOTHING",
+                    (fields["cluster_id"], _ts(until)),
+                )
+            elif name == "BackupStarted":
+                cursor.execute(
+                    f"INSERT INTO {P}backups (backup_id, cluster_id, chain_id, is_full, "
+                    "status, data_from, expires_at, region) VALUES (?, ?, ?, ?, ?, NULL, "
+                    "NULL, ?) ON CONFLICT (cluster_id, backup_id) DO NOTHING",
+                    (
+                        str(fields["backup_id"]),
+                        fields["cluster_id"],
+                        str(fields["chain_id"]),
+                        int(fields["backup_type"] == "FULL"),
+                        STATUS_AFTER[name],
+                        fields["region"],
+                    ),
+                )
+            elif name == "BackupDeleted":
+                cursor.execute(
+                    f"DELETE FROM {P}backups WHERE cluster_id = ? AND backup_id = ?",
+                    (fields["cluster_id"], str(fields["backup_id"])),
+                )
+            elif name == "BackupCompleted":
+                cursor.execute(
+                    f"UPDATE {P}backups SET status = ?, data_from = ?, expires_at = ? "
+                    "WHERE cluster_id = ? AND backup_id = ?",
+                    (
+                        STATUS_AFTER[name],
+                        _ts(fields["as_of_time"]),
+                        _ts(fields["expires_at"]),
+                        fields["cluster_id"],
+                        str(fields["backup_id"]),
+                    ),
+                )
+            else:
+                cursor.execute(
+                    f"UPDATE {P}backups SET status = ? WHERE cluster_id = ? AND backup_id = ?",
+                    (STATUS_AFTER[name], fields["cluster_id"], str(fields["backup_id"])),
+                )
 
     def cluster_count(self) -> int:
         return int(self.db.query(f"SELECT COUNT(DISTINCT cluster_id) FROM {P}backups")[0][0])

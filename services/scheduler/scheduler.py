@@ -51,6 +51,7 @@ from managed_backups.shared.eventstore import (
     event_topics,
 )
 from managed_backups.shared.faults import FaultPoint, no_fault
+from managed_backups.shared.log_follower import LogReader
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ SendTakeBackup = Callable[[dict[str, Any]], Awaitable[None]]
 SignCommand = Callable[[dict[str, Any]], dict[str, Any]]
 """Adds the token of the scheduler's own principal to a command (``CommandSigner.signed``)."""
 SEND_SLICE = 200
+FOLLOW_BATCH = 1000
 
 
 def relevant_backups(cluster: Cluster | None) -> set[UUID]:
@@ -140,7 +142,10 @@ class Scheduler:
         self.tracked: dict[str, set[UUID]] = {}
         self.heap: list[tuple[datetime, str]] = []
         self.dirty: set[str] = set()
+        self.follower = LogReader(store, FOLLOWED, FOLLOW_BATCH)
         self.position = 0
+        """How far the scheduler followed the log: in memory (its state is rebuilt from the
+        store on start, :meth:`bootstrap`, so there is nothing to resume)."""
         self.stats = SchedulerStats()
         self._reported: datetime | None = None
 
@@ -148,16 +153,11 @@ class Scheduler:
 
     def bootstrap(self) -> None:
         self.position = self.store.max_position()
-        after = 0
-        registered = event_topics(Cluster.ClusterRegistered)
-        while True:
-            rows = self.store.notifications(after, 1000, registered)
+        for rows in LogReader(
+            self.store, event_topics(Cluster.ClusterRegistered), FOLLOW_BATCH
+        ).pages():
             for row in rows:
-                cluster_id = cluster_id_of(self.store.domain_event(row))
-                self._reload(cluster_id)
-            if len(rows) < 1000:
-                break
-            after = rows[-1].id
+                self._reload(cluster_id_of(self.store.domain_event(row)))
 
     def _reload(self, cluster_id: str) -> Cluster | None:
         cluster = self.store.get_or_none(cluster_aggregate_id(cluster_id), Cluster)
@@ -169,7 +169,7 @@ class Scheduler:
         return cluster
 
     def follow_once(self) -> int:
-        rows = self.store.notifications(self.position, 1000, FOLLOWED)
+        rows = self.follower.read(self.position)
         for row in rows:
             self.position = row.id
             event = self.store.domain_event(row)
@@ -362,7 +362,7 @@ class Scheduler:
         slot that waits for the cluster's backup in flight is decided when that backup ends.)"""
         started = time.process_time()
         began = self.clock.now()
-        while await asyncio.to_thread(self.follow_once) == 1000:
+        while await asyncio.to_thread(self.follow_once) == FOLLOW_BATCH:
             pass
         now = self.clock.now()
         due = sorted(self._due_clusters(now))

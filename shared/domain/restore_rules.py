@@ -34,6 +34,7 @@ from managed_backups.shared.domain.errors import (
     TooMany,
 )
 from managed_backups.shared.eventstore import EventStore, event_topics
+from managed_backups.shared.log_follower import LogReader
 from managed_backups.shared.security import Action, Principal
 
 
@@ -348,16 +349,11 @@ def latest_restorable_backup(
     position, completed = known
     topics = event_topics(Backup.BackupCompleted)
     found: list[tuple[datetime, UUID]] = list(completed)
-    after = position
-    while True:
-        page = store.notifications(after, 1000, topics)
+    for page in LogReader(store, topics, 1000).pages(position):
         for n in page:
             e = store.domain_event(n)
             if isinstance(e, Backup.BackupCompleted) and e.cluster_id == cluster_id:
                 found.append((e.as_of_time, e.backup_id))
-        if len(page) < 1000:
-            break
-        after = page[-1].id
     seen: set[UUID] = set()
     for _, backup_id in sorted(found, key=lambda f: f[0], reverse=True):
         if backup_id in seen:

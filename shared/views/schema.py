@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from managed_backups.shared.log_follower import PositionRow
 from managed_backups.shared.sqldb import SqlDatabase
 
 # The row of the position table that holds how far into the notification log the views are.
@@ -192,5 +193,4 @@ class Tables:
 
     def position_of(self, db: SqlDatabase) -> int:
         """How far into the notification log the views are (0 before the first event)."""
-        rows = db.query(f"SELECT position FROM {self.position} WHERE name = ?", (PROJECTION_NAME,))
-        return int(rows[0][0]) if rows else 0
+        return PositionRow(self.position, PROJECTION_NAME).load(db)

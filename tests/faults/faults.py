@@ -23,6 +23,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from managed_backups.contracts import topics
+from managed_backups.services.relay.relay import RELAY_ROLE
 from managed_backups.shared.broker_access import ADMIN_USER, KafkaAuth
 from managed_backups.shared.dataplane.manifest import chain_prefix, manifest_key
 from managed_backups.shared.domain.backup import load_backup
@@ -494,9 +495,13 @@ async def target_refuses_connections(work: Workload) -> Evidence:
     return evidence
 
 
-async def follower_killed_mid_batch(work: Workload, service: str, position_table: str) -> Evidence:
+async def follower_killed_mid_batch(
+    work: Workload, service: str, position_table: str, active: str | None = None
+) -> Evidence:
     """SIGKILL one instance of a log follower (the relay, the projections) while the log has
-    events it has not yet passed (the day's backups being recorded), then start it again."""
+    events it has not yet passed (the day's backups being recorded), then start it again. For a
+    service of which one instance is ``active`` at a time (the relay's role lease), the active
+    one."""
     stack, evidence = work.stack, Evidence()
     assert stack.db is not None and stack.store is not None and stack.target_proxy is not None
     db, store = stack.db, stack.store
@@ -512,6 +517,9 @@ async def follower_killed_mid_batch(work: Workload, service: str, position_table
             return (at, top) if at < top else None
 
         at, top = await wait_for(behind_the_log, f"{service} behind the log", 120, every=0.01)
+        if active is not None:
+            holders = work.leases(active)
+            victim = stack.owner_process(str(holders[0][2])) if holders else victim
         victim.kill()
         evidence.saw(f"SIGKILL {victim.instance} with the log at {top} and its position at {at}")
         victim.start()
@@ -522,7 +530,7 @@ async def follower_killed_mid_batch(work: Workload, service: str, position_table
 
 
 async def relay_killed_mid_publish(work: Workload) -> Evidence:
-    return await follower_killed_mid_batch(work, "relay", "mb_relay_position")
+    return await follower_killed_mid_batch(work, "relay", "mb_relay_position", RELAY_ROLE)
 
 
 async def projections_killed_mid_batch(work: Workload) -> Evidence:
@@ -939,7 +947,7 @@ FAULTS: dict[str, Fault] = {
     ),
     "broker-restart": Fault("restart of the Kafka broker with work in flight", broker_restarted),
     "relay-killed-mid-publish": Fault(
-        "SIGKILL of a relay instance with events not yet published", relay_killed_mid_publish
+        "SIGKILL of the active relay with events not yet published", relay_killed_mid_publish
     ),
     "projections-killed-mid-batch": Fault(
         "SIGKILL of a projections instance with events not yet applied",
