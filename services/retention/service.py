@@ -27,6 +27,7 @@ from managed_backups.shared.commands import CommandContext, CommandProcessor, Ha
 from managed_backups.shared.domain.roles import Action
 from managed_backups.shared.encryption import ClusterEncryption, platform_keyring
 from managed_backups.shared.faults import fault_points
+from managed_backups.shared.loops import run_until_stopped
 from managed_backups.shared.secrets import ConnectionSecrets
 from managed_backups.shared.security import Principal
 
@@ -91,8 +92,12 @@ async def run(runtime: Runtime, stop: asyncio.Event) -> None:
     await broker.start()
     interval = timedelta(minutes=settings.retention_interval_minutes)
     clock = runtime.clock
-    due = clock.now()
-    try:
+
+    async def passes(stop: asyncio.Event) -> None:
+        """A retention pass every ``interval`` of the clock (and the key rotations' reaper):
+        reading the clock reads the shared database when it is simulated, so the whole loop
+        runs under :func:`run_until_stopped` and outlives a restart of that database."""
+        due = clock.now()
         while not stop.is_set():
             now = clock.now()
             try:
@@ -114,5 +119,8 @@ async def run(runtime: Runtime, stop: asyncio.Event) -> None:
             except Exception:
                 log.exception("retention pass failed; the next one retries")
             await clock.sleep_until(due, 1.0)
+
+    try:
+        await run_until_stopped(passes, stop, "the retention loop")
     finally:
         await broker.stop()
