@@ -238,22 +238,7 @@ class SoakWorkload(Workload):
     async def log(self) -> LogState:
         return await asyncio.to_thread(self.followed.follow)
 
-    def _create_target_databases(self) -> None:
-        with self.stack.target() as conn:
-            conn.execute("DROP DATABASE IF EXISTS app")
-            conn.execute("CREATE DATABASE app")
-        with self.stack.target("app") as conn:
-            conn.execute(
-                "CREATE TABLE accounts (id bigint PRIMARY KEY, owner text, balance numeric)"
-            )
-            conn.execute(
-                "INSERT INTO accounts SELECT g, md5(g::text), g * 1.5 "
-                "FROM generate_series(1, 2000) g"
-            )
-            conn.execute("CREATE TABLE notes (id bigint PRIMARY KEY, body text)")
-            conn.execute(
-                "INSERT INTO notes SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 300) g"
-            )
+    TARGET_ROWS = (2000, 300, 4)  # one small database for every cluster
 
     async def register(self, names: Sequence[str]) -> None:
         """Register ``names`` as a user does, ``CONCURRENCY`` at a time."""

@@ -29,7 +29,7 @@ from managed_backups.shared.dataplane.manifest import chain_prefix, manifest_key
 from managed_backups.shared.domain.backup import load_backup
 from managed_backups.shared.domain.restore import Restore, load_restore
 from managed_backups.shared.faults import HOLDING
-from tests.faults.invariants import LogState, Report, behind, open_stores
+from tests.faults.invariants import BackupState, LogState, Report, behind, open_stores
 from tests.faults.stack import (
     BACKUP_LEASE_SECONDS,
     LOCAL_REGION,
@@ -129,18 +129,28 @@ def log_mentions(process: ServiceProcess, text: str) -> bool:
 # -- SIGKILL of each service mid-work -----------------------------------------------------------
 
 
+async def kill_an_executor_mid_backup(
+    work: Workload, evidence: Evidence
+) -> tuple[tuple[Any, ...], set[str]]:
+    """Move to the day's slot and SIGKILL the executor instance running one of its backups
+    (then start it again): the lease it held, and every backup it left for the reaper."""
+    stack = work.stack
+    await work.next_day()
+    lease = await running_backup_lease(work)
+    victim = stack.owner_process(str(lease[2]))
+    orphans = held_by(work, str(lease[2]))
+    victim.kill()
+    evidence.saw(f"SIGKILL {victim.instance} while it ran backup {lease[1]}")
+    victim.start()
+    return lease, orphans
+
+
 async def executor_killed_mid_backup(work: Workload) -> Evidence:
     stack, evidence = work.stack, Evidence()
     assert stack.target_proxy is not None
     stack.target_proxy.slow(0.05)
     try:
-        await work.next_day()
-        lease = await running_backup_lease(work)
-        victim = stack.owner_process(str(lease[2]))
-        orphans = held_by(work, str(lease[2]))
-        victim.kill()
-        evidence.saw(f"SIGKILL {victim.instance} while it ran backup {lease[1]}")
-        victim.start()
+        lease, orphans = await kill_an_executor_mid_backup(work, evidence)
     finally:
         stack.target_proxy.slow(0)
     backup_id = str(lease[1])
@@ -456,6 +466,20 @@ async def broker_restarted(work: Workload) -> Evidence:
     return evidence
 
 
+async def backups_since(work: Workload, known: set[Any]) -> tuple[LogState, list[BackupState]]:
+    """The log now, and its backups not among ``known`` (the keys of an earlier state's)."""
+    state = await work.log()
+    return state, [b for key, b in state.backups.items() if key not in known]
+
+
+async def next_days_backups(work: Workload, state: LogState) -> list[BackupState]:
+    """One more simulated day, settled: the backups it added to ``state``'s."""
+    known = set(state.backups)
+    await work.next_day()
+    await work.settle()
+    return (await backups_since(work, known))[1]
+
+
 async def target_refuses_connections(work: Workload) -> Evidence:
     """The backup targets' server refuses connections for a day (the proxy in front of it cuts
     and refuses them), then answers again: that day's backups end FAILED (never hang or stay
@@ -471,18 +495,13 @@ async def target_refuses_connections(work: Workload) -> Evidence:
         await work.settle()
     finally:
         proxy.accept()
-    state = await work.log()
-    refused_day = [b for key, b in state.backups.items() if key not in known]
+    state, refused_day = await backups_since(work, known)
     evidence.saw(
         f"the target refused {proxy.refused - refused_before} connections for a day: its "
         f"{len(refused_day)} backups ended {sorted({b.status for b in refused_day})} "
         f"({sorted({(b.error or '').split(':')[0] for b in refused_day})})"
     )
-    known = set(state.backups)
-    await work.next_day()
-    await work.settle()
-    state = await work.log()
-    next_day = [b for key, b in state.backups.items() if key not in known]
+    next_day = await next_days_backups(work, state)
     evidence.saw(f"answering again: the next day's {len(next_day)} backups ended "
                  f"{sorted({b.status for b in next_day})}")  # fmt: skip
     evidence.happened = (
@@ -837,8 +856,8 @@ async def local_store_disk_full(work: Workload) -> Evidence:
         await work.settle()
     finally:
         filler.unlink()
-    state = await work.log()
-    local_day = [b for k, b in state.backups.items() if k not in known and b.region == LOCAL_REGION]
+    state, that_day = await backups_since(work, known)
+    local_day = [b for b in that_day if b.region == LOCAL_REGION]
     errors = []
     for b in local_day:
         backup = await asyncio.to_thread(load_backup, stack.store, b.cluster_id, UUID(b.backup_id))
@@ -848,11 +867,7 @@ async def local_store_disk_full(work: Workload) -> Evidence:
         f"backups that day {[(b.backup_type, b.status) for b in local_day]}, "
         f"{[(e.get('code'), e.get('message', '')[-60:]) for e in errors]}"
     )
-    known = set(state.backups)
-    await work.next_day()
-    await work.settle()
-    state = await work.log()
-    next_day = [b for k, b in state.backups.items() if k not in known and b.region == LOCAL_REGION]
+    next_day = [b for b in await next_days_backups(work, state) if b.region == LOCAL_REGION]
     evidence.saw(f"space freed: the next day's {[(b.backup_type, b.status) for b in next_day]}")
     evidence.happened = (
         free < 64 << 10
@@ -888,13 +903,7 @@ async def mixed(work: Workload) -> Evidence:
     stack.s3_proxy.fail_writes(True)
     stack.target_proxy.slow(0.05)
     try:
-        await work.next_day()
-        lease = await running_backup_lease(work)
-        victim = stack.owner_process(str(lease[2]))
-        orphans = held_by(work, str(lease[2]))
-        victim.kill()
-        evidence.saw(f"SIGKILL {victim.instance} while it ran backup {lease[1]}")
-        victim.start()
+        _, orphans = await kill_an_executor_mid_backup(work, evidence)
         before = stack.kafka.pid
         await asyncio.to_thread(stack.kafka.restart)
         evidence.saw(f"restarted the Kafka broker (pid {before} -> {stack.kafka.pid})")

@@ -108,7 +108,11 @@ class Workload:
             assert result.code == 200, result
         await self.settle()
 
+    TARGET_ROWS = (20000, 3000, 8)
+    """The target's rows: accounts, notes, and how many md5s make a note's body."""
+
     def _create_target_databases(self) -> None:
+        accounts, notes, note_md5s = self.TARGET_ROWS
         with self.stack.target() as conn:
             conn.execute("DROP DATABASE IF EXISTS app")
             conn.execute("CREATE DATABASE app")
@@ -118,11 +122,13 @@ class Workload:
             )
             conn.execute(
                 "INSERT INTO accounts SELECT g, md5(g::text), g * 1.5 "
-                "FROM generate_series(1, 20000) g"
+                "FROM generate_series(1, %s) g",
+                (accounts,),
             )
             conn.execute("CREATE TABLE notes (id bigint PRIMARY KEY, body text)")
             conn.execute(
-                "INSERT INTO notes SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 3000) g"
+                "INSERT INTO notes SELECT g, repeat(md5(g::text), %s) FROM generate_series(1, %s) g",
+                (note_md5s, notes),
             )
 
     def touch_targets(self) -> None:

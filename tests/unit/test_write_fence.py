@@ -4,6 +4,7 @@ already have deleted or swept (the fault suite met such an orphan chunk)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -56,14 +57,23 @@ def executor_with(db: SqlDatabase, clock: Clock) -> Any:
     return executor
 
 
-def test_a_worker_that_stalled_past_its_lease_writes_no_more_chunks(tmp_path: Path) -> None:
+@pytest.fixture
+def worker(tmp_path: Path) -> Iterator[tuple[Any, Clock, JobHandle]]:
+    """An executor on a clock and a worker holding its backup's lease."""
     db = SqlDatabase(f"sqlite:///{tmp_path / 's.sqlite'}")
     clock = Clock()
     executor = executor_with(db, clock)
-    job = uuid4()
-    fence = executor.leases.take_fenced(job, "c1", "executor-a", lease_until(NOW, LEASE))
+    fence = executor.leases.take_fenced(uuid4(), "c1", "executor-a", lease_until(NOW, LEASE))
     assert fence is not None
-    running = JobHandle(executor.leases, fence, "c1")
+    yield executor, clock, JobHandle(executor.leases, fence, "c1")
+    db.close()
+
+
+def test_a_worker_that_stalled_past_its_lease_writes_no_more_chunks(
+    worker: tuple[Any, Clock, JobHandle],
+) -> None:
+    executor, clock, running = worker
+    job = running.job_id
     store = open_store("memory://").fenced_by(executor._write_fence(running))
 
     store.put_if_absent("k/1", b"one")  # the lease is its own
@@ -75,19 +85,13 @@ def test_a_worker_that_stalled_past_its_lease_writes_no_more_chunks(tmp_path: Pa
     assert not store.exists("k/2") and running.lost.is_set()
     with pytest.raises(BackupError):  # and every write after it
         store.put_if_absent("k/3", b"three")
-    db.close()
 
 
-def test_a_worker_holding_its_lease_checks_it_once_a_renewal_period(tmp_path: Path) -> None:
-    db = SqlDatabase(f"sqlite:///{tmp_path / 's.sqlite'}")
-    clock = Clock()
-    executor = executor_with(db, clock)
-    job = uuid4()
-    fence = executor.leases.take_fenced(job, "c1", "executor-a", lease_until(NOW, LEASE))
-    assert fence is not None
-    store = open_store("memory://").fenced_by(
-        executor._write_fence(JobHandle(executor.leases, fence, "c1"))
-    )
+def test_a_worker_holding_its_lease_checks_it_once_a_renewal_period(
+    worker: tuple[Any, Clock, JobHandle],
+) -> None:
+    executor, clock, running = worker
+    store = open_store("memory://").fenced_by(executor._write_fence(running))
     checks = []
     check = executor.leases.check
     executor.leases.check = lambda f: (checks.append(f), check(f))
@@ -95,4 +99,3 @@ def test_a_worker_holding_its_lease_checks_it_once_a_renewal_period(tmp_path: Pa
         clock.at = NOW + timedelta(seconds=second)
         store.put_if_absent(f"k/{second}", b"x")
     assert len(checks) == 3  # at 20, 40 and 60 s: a third of the lease apart
-    db.close()
