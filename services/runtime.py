@@ -5,12 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter
 
 from managed_backups.shared import logs
+from managed_backups.shared.bus import make_broker, subscribe_commands
 from managed_backups.shared.clock import Clock, build_clock
 from managed_backups.shared.command_tokens import CommandSigner, CommandVerifier
+from managed_backups.shared.commands import CommandContext, CommandProcessor, Handler
 from managed_backups.shared.eventstore import EventStore, open_event_store
 from managed_backups.shared.secrets import ensure_private_dir
 from managed_backups.shared.security import Authenticator, Principals
@@ -41,6 +47,42 @@ class Runtime:
     def close(self) -> None:
         self.db.close()
         self.store.close()
+
+
+async def serve_commands(
+    runtime: Runtime,
+    stop: asyncio.Event,
+    *,
+    name: str,
+    group: str,
+    topic: str,
+    commands: TypeAdapter[Any],
+    handlers: dict[str, Handler],
+    background: Callable[[asyncio.Event], Awaitable[None]],
+    actor: str | None = None,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """A command service's life: consume ``topic`` in consumer group ``group`` as broker client
+    ``name`` (each command's token checked, its outcome recorded as ``actor``, by default
+    ``name``), run ``background(stop)`` (a reaper, the retention passes) until ``stop``, then
+    stop consuming and call ``on_stop`` (e.g. cancel the jobs still running)."""
+    settings = runtime.settings
+    broker = make_broker(settings.kafka_bootstrap_servers, name, auth=settings.kafka_auth())
+    processor = CommandProcessor(
+        topic,
+        commands,
+        handlers,
+        CommandContext(runtime.store, runtime.clock, actor or name),
+        runtime.verifier,
+    )
+    subscribe_commands(broker, processor, group)
+    await broker.start()
+    try:
+        await background(stop)
+    finally:
+        await broker.stop()
+        if on_stop is not None:
+            await on_stop()
 
 
 def open_runtime(settings: Settings) -> Runtime:

@@ -10,9 +10,8 @@ from pydantic import TypeAdapter
 from managed_backups.contracts import topics
 from managed_backups.contracts.commands import BackupCommand
 from managed_backups.services.executor.executor import BackupExecutor
-from managed_backups.services.runtime import Runtime
-from managed_backups.shared.bus import ensure_topics, make_broker, subscribe_commands
-from managed_backups.shared.commands import CommandContext, CommandProcessor
+from managed_backups.services.runtime import Runtime, serve_commands
+from managed_backups.shared.bus import ensure_topics
 from managed_backups.shared.domain.connection_ref import libpq_environment_refusal
 
 GROUP = "managed-backups.backup-executor"
@@ -26,18 +25,14 @@ async def run(runtime: Runtime, stop: asyncio.Event) -> None:
     await ensure_topics(settings.kafka_bootstrap_servers, auth=settings.kafka_auth())
     name = f"backup-executor-{settings.instance}"
     executor = BackupExecutor(runtime, name)
-    broker = make_broker(settings.kafka_bootstrap_servers, name, auth=settings.kafka_auth())
-    processor = CommandProcessor(
-        topics.BACKUP_COMMANDS,
-        TypeAdapter(BackupCommand),
-        {"TakeBackup": executor.take_backup, "VerifyBackup": executor.verify},
-        CommandContext(runtime.store, runtime.clock, name),
-        runtime.verifier,
+    await serve_commands(
+        runtime,
+        stop,
+        name=name,
+        group=GROUP,
+        topic=topics.BACKUP_COMMANDS,
+        commands=TypeAdapter(BackupCommand),
+        handlers={"TakeBackup": executor.take_backup, "VerifyBackup": executor.verify},
+        background=executor.reap,
+        on_stop=executor.stop,
     )
-    subscribe_commands(broker, processor, GROUP)
-    await broker.start()
-    try:
-        await executor.reap(stop)
-    finally:
-        await broker.stop()
-        await executor.stop()

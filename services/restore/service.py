@@ -9,9 +9,8 @@ from pydantic import TypeAdapter
 from managed_backups.contracts import topics
 from managed_backups.contracts.commands import RestoreCommand
 from managed_backups.services.restore.restorer import RestoreService
-from managed_backups.services.runtime import Runtime
-from managed_backups.shared.bus import ensure_topics, make_broker, subscribe_commands
-from managed_backups.shared.commands import CommandContext, CommandProcessor
+from managed_backups.services.runtime import Runtime, serve_commands
+from managed_backups.shared.bus import ensure_topics
 
 GROUP = "managed-backups.restore"
 
@@ -21,18 +20,14 @@ async def run(runtime: Runtime, stop: asyncio.Event) -> None:
     await ensure_topics(settings.kafka_bootstrap_servers, auth=settings.kafka_auth())
     name = f"restore-{settings.instance}"
     service = RestoreService(runtime, name)
-    broker = make_broker(settings.kafka_bootstrap_servers, name, auth=settings.kafka_auth())
-    processor = CommandProcessor(
-        topics.RESTORE_COMMANDS,
-        TypeAdapter(RestoreCommand),
-        {"StartRestore": service.start_restore},
-        CommandContext(runtime.store, runtime.clock, name),
-        runtime.verifier,
+    await serve_commands(
+        runtime,
+        stop,
+        name=name,
+        group=GROUP,
+        topic=topics.RESTORE_COMMANDS,
+        commands=TypeAdapter(RestoreCommand),
+        handlers={"StartRestore": service.start_restore},
+        background=service.reap,
+        on_stop=service.stop,
     )
-    subscribe_commands(broker, processor, GROUP)
-    await broker.start()
-    try:
-        await service.reap(stop)
-    finally:
-        await broker.stop()
-        await service.stop()

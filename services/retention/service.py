@@ -20,10 +20,10 @@ from managed_backups.contracts import topics
 from managed_backups.contracts.commands import EnforceRetention, RetentionCommand
 from managed_backups.services.retention.key_rotation import KeyRotations, rotate_handler
 from managed_backups.services.retention.retention import Retention
-from managed_backups.services.runtime import Runtime
+from managed_backups.services.runtime import Runtime, serve_commands
 from managed_backups.shared.access import load_cluster, may_administer
-from managed_backups.shared.bus import ensure_topics, make_broker, subscribe_commands
-from managed_backups.shared.commands import CommandContext, CommandProcessor, Handled, Handler
+from managed_backups.shared.bus import ensure_topics
+from managed_backups.shared.commands import CommandContext, Handled, Handler
 from managed_backups.shared.domain.roles import Action
 from managed_backups.shared.encryption import ClusterEncryption, platform_keyring
 from managed_backups.shared.faults import fault_points
@@ -77,19 +77,6 @@ async def run(runtime: Runtime, stop: asyncio.Event) -> None:
     )
     lock = asyncio.Lock()
     rotations = KeyRotations(retention, encryption, name, lock, runtime.clock.now)
-    broker = make_broker(settings.kafka_bootstrap_servers, name, auth=settings.kafka_auth())
-    processor = CommandProcessor(
-        topics.RETENTION_COMMANDS,
-        TypeAdapter(RetentionCommand),
-        {
-            "EnforceRetention": enforce_handler(retention, lock),
-            "RotateEncryptionKeys": rotate_handler(rotations),
-        },
-        CommandContext(runtime.store, runtime.clock, NAME),
-        runtime.verifier,
-    )
-    subscribe_commands(broker, processor, GROUP)
-    await broker.start()
     interval = timedelta(minutes=settings.retention_interval_minutes)
     clock = runtime.clock
 
@@ -120,7 +107,20 @@ async def run(runtime: Runtime, stop: asyncio.Event) -> None:
                 log.exception("retention pass failed; the next one retries")
             await clock.sleep_until(due, 1.0)
 
-    try:
+    async def background(stop: asyncio.Event) -> None:
         await run_until_stopped(passes, stop, "the retention loop")
-    finally:
-        await broker.stop()
+
+    await serve_commands(
+        runtime,
+        stop,
+        name=name,
+        group=GROUP,
+        topic=topics.RETENTION_COMMANDS,
+        commands=TypeAdapter(RetentionCommand),
+        handlers={
+            "EnforceRetention": enforce_handler(retention, lock),
+            "RotateEncryptionKeys": rotate_handler(rotations),
+        },
+        background=background,
+        actor=NAME,
+    )
