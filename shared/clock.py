@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from abc import ABC, abstractmethod
 from datetime import UTC, datetime, timedelta
 
 from managed_backups.shared.settings import Settings
 from managed_backups.shared.sqldb import SqlDatabase
+
+log = logging.getLogger(__name__)
 
 
 def utcnow() -> datetime:
@@ -95,8 +98,20 @@ class SimulatedClock(Clock):
                 await self._task
 
     async def _follow(self) -> None:
+        """Follow the shared clock for :meth:`sleep_until`; a failed read (the database
+        restarting) is retried, never the end of the task: a dead follower would leave every
+        sleeper waiting out its whole real-time bound."""
+        failing = False
         while True:
-            new = await asyncio.to_thread(self._read)
+            try:
+                new = await asyncio.to_thread(self._read)
+            except Exception:
+                if not failing:
+                    log.exception("reading the simulated clock failed; retrying")
+                failing = True
+                await asyncio.sleep(max(self.poll, 0.5))
+                continue
+            failing = False
             if new != self._now:
                 self._now = new
                 self._changed.set()
