@@ -256,15 +256,17 @@ class JobRunner:
                 progress,
             )
         )
+        crashed = False
         try:
             await work(handle)
         except Exception:
+            crashed = True  # e.g. its end could not be recorded: the database went away
             log.exception("%s %s failed unexpectedly", self.kind, handle.job_id)
         finally:
             heartbeat.cancel()
-            await self._end(handle)
+            await self._end(handle, crashed)
 
-    async def _end(self, handle: JobHandle) -> None:
+    async def _end(self, handle: JobHandle, crashed: bool = False) -> None:
         try:
             if not handle.lost.is_set():  # found out only now (e.g. reaped as it ended)
                 with contextlib.suppress(Exception):
@@ -274,17 +276,45 @@ class JobRunner:
                     "%s %s: its worker lost its lease and stopped", self.kind, handle.job_id
                 )
                 await asyncio.to_thread(self.record_lost, handle)
+            elif crashed:  # its end may be unrecorded: never release, hand it to the reaper
+                await self._hand_to_reaper(handle)
+                return
             elif handle.left_to_reaper is not None:
                 await asyncio.to_thread(
                     self.leases.leave_to_reaper, handle.job_id, self.clock(), handle.left_to_reaper
                 )
                 return
             await asyncio.to_thread(self.leases.release, handle.job_id, handle.fence)
-        except Exception:  # the lease then expires and the reaper ends the job
-            log.exception("ending %s %s failed", self.kind, handle.job_id)
+        except Exception:
+            log.exception("ending %s %s failed; handing it to the reaper", self.kind, handle.job_id)
+            await self._hand_to_reaper(handle)
         finally:
             if self.running.get(handle.job_id) is handle:
                 self.running.pop(handle.job_id, None)
+
+    async def _hand_to_reaper(self, handle: JobHandle) -> None:
+        """Expire the job's lease now (:meth:`JobLeases.expire`), retried until the database
+        answers: the reaper of any instance, this one's included once the job leaves
+        :attr:`running`, then records its end (``LEASE_EXPIRED`` if none was) and cleans up,
+        instead of nobody until the lease's length passes (which a clock that stands still,
+        simulated, never reaches). A stopping service leaves the lease to expire by itself."""
+        delay = 0.5
+        while True:
+            try:
+                await asyncio.to_thread(self.leases.expire, handle.fence, self.clock())
+                return
+            except Exception as error:
+                log.warning(
+                    "handing %s %s to the reaper failed (%s); retrying in %.1f s",
+                    self.kind,
+                    handle.job_id,
+                    error,
+                    delay,
+                )
+            if handle.cancel.is_set():
+                return
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 5.0)
 
     # -- reaping ---------------------------------------------------------------------------------
 

@@ -218,6 +218,24 @@ class JobLeases:
             (now.isoformat(), json.dumps(dict(detail)), self.kind, str(job_id)),
         )
 
+    def expire(self, fence: Fence, now: datetime) -> bool:
+        """Hand a job whose worker could not record its end (its database went away) to the
+        reapers: its lease, while still the fence's, expires at once with its detail kept, so
+        the next pass of any instance fails the job (or, ended after all, drops the lease) and
+        cleans up after it. False when the lease is no longer the fence's."""
+        rows = self.db.query(
+            f"UPDATE {TABLE} SET lease_until = ? "
+            "WHERE kind = ? AND job_id = ? AND owner = ? AND token = ? RETURNING job_id",
+            (
+                (now - timedelta(microseconds=1)).isoformat(),
+                self.kind,
+                str(fence.job_id),
+                fence.owner,
+                fence.token,
+            ),
+        )
+        return bool(rows)
+
     def release(self, job_id: UUID, fence: Fence | None = None) -> None:
         """Drop the lease; with a ``fence``, only if it is still the fence's (a worker that lost
         its lease never drops the lease of whoever holds the job now)."""

@@ -192,6 +192,28 @@ async def test_a_job_that_left_something_behind_leaves_its_lease_to_the_reaper(
     assert service.cleaned == [job] and runner.leases.expired(NOW + timedelta(days=1)) == []
 
 
+async def test_a_job_whose_end_could_not_be_recorded_is_handed_to_the_reaper_at_once(
+    db: SqlDatabase,
+) -> None:
+    """Its worker crashed (recording its end failed: the database went away, then came back):
+    its lease is neither released (the job would stay running for ever, with nothing to reap)
+    nor left to run out (a clock standing still never gets there): it expires now, and the next
+    reaper pass, on the same clock, fails the job."""
+    service, runner, handle = taken(db, {"holds": "chunks"})
+    job = handle.job_id
+
+    async def work(handle: JobHandle) -> None:
+        raise OSError("the database system is shutting down")
+
+    async with asyncio.timeout(10):
+        await runner.start(handle, work)
+    [left] = runner.leases.expired(NOW)  # expired already on the same, unmoved, clock
+    assert left.detail == {"holds": "chunks"} and runner.running == {}
+    assert runner.reap_once(NOW) == 1
+    assert service.ended == {job: "LEASE_EXPIRED"} and service.cleaned == [job]
+    assert runner.leases.expired(NOW + timedelta(days=1)) == []
+
+
 def test_the_reaper_fails_expired_jobs_but_not_its_own_and_drops_orphans(db: SqlDatabase) -> None:
     service = Jobs()
     runner = runner_of(db, service)
