@@ -35,6 +35,7 @@ from tests.faults.stack import (
     LOCAL_REGION,
     RESTORE_LEASE_SECONDS,
     ServiceProcess,
+    Stack,
 )
 from tests.faults.workload import DAY, Workload, wait_for
 
@@ -613,6 +614,15 @@ def restart_holding(process: ServiceProcess, point: str | None) -> None:
     process.start()
 
 
+def held_alone(stack: Stack, service: str, point: str) -> tuple[ServiceProcess, ServiceProcess]:
+    """Stop ``service``'s instance 1 and restart instance 0 holding at ``point``: the victim
+    alone does the work, and stops where the fault is to hit it."""
+    victim, other = stack.instance(service, 0), stack.instance(service, 1)
+    other.stop()
+    restart_holding(victim, point)
+    return victim, other
+
+
 async def holding(process: ServiceProcess, point: str, timeout: float = 120) -> None:
     """Wait until ``process`` (its current run) logged that it holds at ``point``."""
     text = HOLDING.format(point)
@@ -653,10 +663,8 @@ async def retention_killed_mid_deletion(work: Workload) -> Evidence:
     deleting a batch of the expired chain's objects, before the deletion is recorded; it is
     SIGKILLed there and both instances started again."""
     stack, evidence = work.stack, Evidence()
-    victim, other = stack.instance("retention", 0), stack.instance("retention", 1)
     point = "retention-mid-deletion"
-    other.stop()
-    restart_holding(victim, point)
+    victim, other = held_alone(stack, "retention", point)
     try:
         for _ in range(4):  # a day's backups, then the next retention pass; until it deletes
             now = await work.next_day()
@@ -721,10 +729,8 @@ async def scheduler_killed_between_record_and_send(work: Workload) -> Evidence:
     and holds before sending their TakeBackups; SIGKILL there, then both instances started
     again: the slots must each end in exactly one backup, sent again by one of them."""
     stack, evidence = work.stack, Evidence()
-    victim, other = stack.instance("scheduler", 0), stack.instance("scheduler", 1)
     point = "scheduler-between-record-and-send"
-    other.stop()
-    restart_holding(victim, point)
+    victim, other = held_alone(stack, "scheduler", point)
     try:
         before = set((c, b) for c, b, _ in (await work.log()).scheduled)
         sent_before = await end_offsets(work, topics.BACKUP_COMMANDS)
