@@ -203,8 +203,8 @@ def wall_clock() -> datetime:
 class OneActive:
     """Exactly one active instance of a role (e.g. ``relay``) among a service's instances.
 
-    The active instance holds the role's lease in ``mb_job_leases`` (kind ``role``, a job id
-    derived from ``name``) and renews it every third of ``seconds``; the others stand by and try
+    The active instance holds the role's lease in ``mb_job_leases`` (its kind the role's name,
+    a job id derived from ``name``) and renews it every third of ``seconds``; the others stand by and try
     to take it every third of ``seconds``: once it expired (its holder was killed or paused
     longer than the lease) one of them takes it over with a fresh fencing token. A holder that
     finds at a renewal that it lost the lease stops its work and stands by again. Leases are
